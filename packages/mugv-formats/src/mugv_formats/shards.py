@@ -1,0 +1,456 @@
+"""Sharded tar datasets (WebDataset layout) shared by the clip- and latent-shard formats.
+
+A dataset directory holds::
+
+    shard-000000.tar          KEY.<ext> members, one group per sample (WebDataset layout)
+    shard-000000.parquet      that shard's manifest rows; written after the tar is complete
+    manifest.parquet          every sample's row, written on close
+    dataset.json              format, version, producer, config, shard counts; written LAST
+
+Each sample's ``KEY.json`` member is its record, including the sha256 of every other member.
+Shards are written under a temporary name and renamed; a shard counts as complete only when
+its ``.parquet`` sidecar exists, so a killed writer, reopened on the same directory, keeps the
+complete shards, drops the partial one and continues numbering after the last complete shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import typing
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mugv_formats.atomic import atomic_write_bytes, atomic_write_text
+from mugv_formats.errors import (
+    ChecksumError,
+    CorruptShardError,
+    FormatError,
+    MissingFieldError,
+)
+from mugv_formats.versioning import CURRENT_VERSIONS, check_format
+
+DATASET_JSON = "dataset.json"
+MANIFEST = "manifest.parquet"
+_SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+SCORE_PREFIX = "score."
+
+
+class DatasetHeader(BaseModel):
+    """Common header of every sharded dataset (``dataset.json``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: str
+    version: str
+    producer: str = Field(description="package and version that wrote the dataset")
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    config: dict[str, Any] = Field(default_factory=dict, description="config that made it")
+    shards: dict[str, int] = Field(default_factory=dict, description="shard file -> samples")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.shards.values())
+
+
+class ShardRecord(BaseModel):
+    """Common fields of one sample's record (its ``KEY.json`` member and manifest row)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: str
+    shard: str = ""
+    checksums: dict[str, str] = Field(default_factory=dict, description="member ext -> sha256")
+
+    @field_validator("key")
+    @classmethod
+    def _valid_key(cls, v: str) -> str:
+        if not _KEY_RE.match(v):
+            raise ValueError(f"sample key {v!r} must match {_KEY_RE.pattern} (no dots or slashes)")
+        return v
+
+
+H = TypeVar("H", bound=DatasetHeader)
+R = TypeVar("R", bound=ShardRecord)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dict_fields(record_type: type[BaseModel]) -> set[str]:
+    out = set()
+    for name, f in record_type.model_fields.items():
+        ann = f.annotation
+        if typing.get_origin(ann) is dict or ann is dict:
+            out.add(name)
+    return out
+
+
+def record_to_row(record: ShardRecord) -> dict[str, Any]:
+    """Flatten a record to one manifest row: ``scores`` become ``score.<name>`` columns,
+    other dicts become JSON strings."""
+    row: dict[str, Any] = {}
+    for k, v in record.model_dump(mode="json").items():
+        if k == "scores" and isinstance(v, dict):
+            for name, value in v.items():
+                row[SCORE_PREFIX + name] = value
+        elif isinstance(v, dict):
+            row[k] = json.dumps(v, sort_keys=True)
+        else:
+            row[k] = v
+    return row
+
+
+def row_to_record(row: Mapping[str, Any], record_type: type[R], *, where: str) -> R:
+    """Inverse of :func:`record_to_row`."""
+    data: dict[str, Any] = {}
+    scores: dict[str, float] = {}
+    dict_fields = _dict_fields(record_type)
+    for k, v in row.items():
+        if k.startswith(SCORE_PREFIX):
+            if v is not None:
+                scores[k[len(SCORE_PREFIX) :]] = v
+        elif k in dict_fields and isinstance(v, str):
+            data[k] = json.loads(v)
+        else:
+            data[k] = v
+    if "scores" in record_type.model_fields:
+        data["scores"] = scores
+    return validate_record(data, record_type, where=where)
+
+
+def validate_record(data: Any, record_type: type[R], *, where: str) -> R:
+    try:
+        return record_type.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"field {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise MissingFieldError(f"{where}: invalid {record_type.__name__}: {problems}") from None
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    columns: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in columns:
+                columns.append(k)
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+
+
+def write_parquet_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.BytesIO()
+    pq.write_table(rows_to_table(rows), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_header(path: Path, expected_format: str, header_type: type[H]) -> H:
+    """Read and check ``dataset.json`` of the dataset at ``path``."""
+    meta = path / DATASET_JSON
+    if not meta.is_file():
+        raise FormatError(
+            f"{path}: no {DATASET_JSON}; not a {expected_format} dataset, or its writer did "
+            "not finish (reopen it with the writer to resume)"
+        )
+    try:
+        data = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{meta}: not valid JSON ({e})") from None
+    for field in ("format", "version"):
+        if field not in data:
+            raise MissingFieldError(f"{meta}: missing field {field!r}")
+    check_format(data["format"], data["version"], expected_format=expected_format, where=meta)
+    return validate_record(data, header_type, where=str(meta))
+
+
+class ShardSetWriter(Generic[H, R]):
+    """Writes samples into numbered tar shards; resumable; see the module docstring."""
+
+    def __init__(
+        self, out_dir: str | Path, header: H, record_type: type[R], *, samples_per_shard: int = 64
+    ) -> None:
+        if samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.header = header
+        self.record_type = record_type
+        self.samples_per_shard = samples_per_shard
+        self._done: dict[str, list[R]] = {}
+        self._keys: set[str] = set()
+        self._tar: tarfile.TarFile | None = None
+        self._tmp_path: Path | None = None
+        self._rows: list[R] = []
+        self._closed = False
+        self._recover()
+
+    # -- resume ---------------------------------------------------------------------------
+    def _recover(self) -> None:
+        for p in self.out_dir.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink()  # partial shard or file of a killed writer
+        for p in sorted(self.out_dir.glob("shard-*.tar")):
+            if not _SHARD_RE.match(p.name):
+                continue
+            side = p.with_suffix(".parquet")
+            if not side.exists():
+                p.unlink()  # tar renamed but sidecar missing: incomplete shard
+                continue
+            rows = pq.read_table(side).to_pylist()
+            recs = [row_to_record(r, self.record_type, where=str(side)) for r in rows]
+            self._done[p.name] = recs
+            self._keys.update(r.key for r in recs)
+
+    def existing_records(self) -> list[R]:
+        """Records of the complete shards found when the writer was opened (for resume)."""
+        return [r for recs in self._done.values() for r in recs]
+
+    @property
+    def num_written(self) -> int:
+        return len(self._keys)
+
+    def _next_shard_name(self) -> str:
+        used = [int(_SHARD_RE.match(n).group(1)) for n in self._done]  # type: ignore[union-attr]
+        return f"shard-{(max(used) + 1) if used else 0:06d}.tar"
+
+    # -- writing --------------------------------------------------------------------------
+    def write_sample(self, record: R, members: Mapping[str, bytes]) -> R:
+        """Add one sample. ``members`` maps extension (e.g. ``"mp4"``) to bytes; the record
+        becomes the ``json`` member with checksums of the others. Returns the stored record."""
+        if self._closed:
+            raise RuntimeError(f"{self.out_dir}: writer is closed")
+        if record.key in self._keys:
+            raise ValueError(f"{self.out_dir}: duplicate sample key {record.key!r}")
+        for ext in members:
+            if ext == "json" or not re.match(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$", ext):
+                raise ValueError(f"invalid member extension {ext!r} for sample {record.key!r}")
+        if self._tar is None:
+            name = self._next_shard_name()
+            self._tmp_path = self.out_dir / f".{name}.tmp"
+            self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+            self._shard_name = name
+            self._rows = []
+        stored = record.model_copy(
+            update={
+                "shard": self._shard_name,
+                "checksums": {ext: sha256_hex(data) for ext, data in members.items()},
+            }
+        )
+        all_members = dict(members)
+        all_members["json"] = stored.model_dump_json().encode()
+        for ext, data in all_members.items():
+            info = tarfile.TarInfo(f"{record.key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self._rows.append(stored)
+        self._keys.add(record.key)
+        if len(self._rows) >= self.samples_per_shard:
+            self._finish_shard()
+        return stored
+
+    def _finish_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        assert self._tmp_path is not None
+        with open(self._tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        final = self.out_dir / self._shard_name
+        os.replace(self._tmp_path, final)
+        write_parquet_atomic(final.with_suffix(".parquet"), [record_to_row(r) for r in self._rows])
+        self._done[self._shard_name] = self._rows
+        self._tar, self._tmp_path, self._rows = None, None, []
+
+    def close(self) -> H:
+        """Finish the open shard, write ``manifest.parquet`` then ``dataset.json``."""
+        if self._closed:
+            return self.header
+        self._finish_shard()
+        names = sorted(self._done)
+        rows = [record_to_row(r) for n in names for r in self._done[n]]
+        write_parquet_atomic(self.out_dir / MANIFEST, rows)
+        self.header = self.header.model_copy(
+            update={"shards": {n: len(self._done[n]) for n in names}}
+        )
+        self._finalize(self.out_dir)
+        atomic_write_text(self.out_dir / DATASET_JSON, self.header.model_dump_json(indent=2))
+        self._closed = True
+        return self.header
+
+    def _finalize(self, out_dir: Path) -> None:
+        """Hook for formats that add files before ``dataset.json`` (e.g. energon metadata)."""
+
+    def abort(self) -> None:
+        """Drop the open shard without finishing the dataset (complete shards stay)."""
+        if self._tar is not None:
+            self._tar.close()
+            if self._tmp_path is not None and self._tmp_path.exists():
+                self._tmp_path.unlink()
+            self._tar = None
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _check_member_name(name: str, shard: Path) -> None:
+    if name.startswith("/") or name.startswith("\\") or os.path.isabs(name):
+        raise CorruptShardError(f"{shard}: member {name!r} has an absolute path; refused")
+    parts = re.split(r"[/\\]", name)
+    if ".." in parts:
+        raise CorruptShardError(f"{shard}: member {name!r} escapes the shard with '..'; refused")
+
+
+def iter_shard_members(shard: Path) -> Iterator[tuple[str, str, bytes]]:
+    """Yield ``(key, ext, data)`` for each member of ``shard``, refusing unsafe members and
+    turning truncation or corruption into :class:`CorruptShardError` naming shard and member."""
+    current = "<header>"
+    try:
+        with tarfile.open(shard, "r|") as tar:
+            for info in tar:
+                current = info.name
+                _check_member_name(info.name, shard)
+                if not info.isfile():
+                    raise CorruptShardError(
+                        f"{shard}: member {info.name!r} is not a regular file (type "
+                        f"{info.type!r}); links and devices are refused"
+                    )
+                base = info.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    raise CorruptShardError(f"{shard}: member {info.name!r} has no extension")
+                key, ext = base.split(".", 1)
+                f = tar.extractfile(info)
+                data = f.read() if f is not None else b""
+                if len(data) != info.size:
+                    raise CorruptShardError(
+                        f"{shard}: member {info.name!r} is truncated ({len(data)} of {info.size} bytes)"
+                    )
+                yield key, ext, data
+    except CorruptShardError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise CorruptShardError(
+            f"{shard}: unreadable or truncated at member {current!r}: {e}"
+        ) from None
+
+
+class ShardSetReader(Generic[H, R]):
+    """Reads a dataset written by :class:`ShardSetWriter`, verifying checksums."""
+
+    def __init__(
+        self, path: str | Path, expected_format: str, header_type: type[H], record_type: type[R]
+    ) -> None:
+        self.path = Path(path)
+        self.record_type = record_type
+        self.header: H = read_header(self.path, expected_format, header_type)
+        for name in self.header.shards:
+            if not (self.path / name).is_file():
+                raise CorruptShardError(
+                    f"{self.path / name}: shard listed in {DATASET_JSON} is missing"
+                )
+
+    def __len__(self) -> int:
+        return self.header.num_samples
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        return [self.path / n for n in self.header.shards]
+
+    def records(self) -> list[R]:
+        """All records from ``manifest.parquet`` (no shard is opened)."""
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise FormatError(f"{manifest}: manifest missing")
+        try:
+            rows = pq.read_table(manifest).to_pylist()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise CorruptShardError(f"{manifest}: unreadable parquet ({e})") from None
+        return [
+            row_to_record(r, self.record_type, where=f"{manifest} row {i}")
+            for i, r in enumerate(rows)
+        ]
+
+    def iter_shard(
+        self, shard: str | Path, *, verify: bool = True
+    ) -> Iterator[tuple[R, dict[str, bytes]]]:
+        """Yield ``(record, members)`` of one shard; members maps ext -> bytes (json excluded)."""
+        shard_path = self.path / shard if not Path(shard).is_absolute() else Path(shard)
+        pending_key: str | None = None
+        members: dict[str, bytes] = {}
+        for key, ext, data in iter_shard_members(shard_path):
+            if pending_key is not None and key != pending_key:
+                yield self._finish_sample(shard_path, pending_key, members, verify)
+                members = {}
+            pending_key = key
+            if ext in members:
+                raise CorruptShardError(f"{shard_path}: member {key}.{ext} appears twice")
+            members[ext] = data
+        if pending_key is not None:
+            yield self._finish_sample(shard_path, pending_key, members, verify)
+
+    def _finish_sample(
+        self, shard: Path, key: str, members: dict[str, bytes], verify: bool
+    ) -> tuple[R, dict[str, bytes]]:
+        where = f"{shard}: member {key}.json"
+        if "json" not in members:
+            raise CorruptShardError(f"{shard}: sample {key!r} has no {key}.json record member")
+        try:
+            data = json.loads(members.pop("json"))
+        except json.JSONDecodeError as e:
+            raise CorruptShardError(f"{where}: not valid JSON ({e})") from None
+        record = validate_record(data, self.record_type, where=where)
+        if record.key != key:
+            raise CorruptShardError(
+                f"{where}: record key {record.key!r} does not match member name"
+            )
+        for ext, digest in record.checksums.items():
+            if ext not in members:
+                raise CorruptShardError(f"{shard}: member {key}.{ext} is missing")
+            if verify and sha256_hex(members[ext]) != digest:
+                raise ChecksumError(
+                    f"{shard}: member {key}.{ext} fails its sha256 check (stored {digest[:12]}..., "
+                    f"read {sha256_hex(members[ext])[:12]}...)"
+                )
+        return record, members
+
+    def iter_samples(self, *, verify: bool = True) -> Iterator[tuple[R, dict[str, bytes]]]:
+        for name in self.header.shards:
+            yield from self.iter_shard(name, verify=verify)
+
+
+def new_header(
+    header_type: type[H],
+    fmt: str,
+    *,
+    producer: str,
+    config: Mapping[str, Any] | None,
+    **fields: Any,
+) -> H:
+    return header_type(
+        format=fmt,
+        version=CURRENT_VERSIONS[fmt],
+        producer=producer,
+        config=dict(config or {}),
+        **fields,
+    )
