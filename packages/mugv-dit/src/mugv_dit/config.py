@@ -1,0 +1,293 @@
+"""Typed configuration of mugv-dit: model presets, objective, data, parallelism, training.
+
+Precedence: CLI ``--set a.b=value`` > YAML file > defaults. Every run writes its resolved
+config (``resolved_config.yaml``) next to its outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(BaseModel):
+    """Architecture of MUG-DiT (see DESIGN.md, "DiT")."""
+
+    model_config = _STRICT
+
+    hidden_size: int = Field(48, description="Transformer width.")
+    num_layers: int = Field(2, description="Number of DiT blocks.")
+    num_heads: int = Field(4, description="Attention heads; head_dim = hidden/heads.")
+    ffn_hidden_size: int | None = Field(None, description="MLP width; default 4 * hidden.")
+    in_channels: int = Field(24, description="Latent channels of the VAE.")
+    learn_sigma: bool = Field(
+        True, description="Output 2 * in_channels (as the original); the loss uses the first half."
+    )
+    patch_size: tuple[int, int, int] = Field((1, 2, 2), description="(t, h, w) patch size.")
+    text_dim: int = Field(4096, description="Width of the text-encoder features (T5-XXL: 4096).")
+    null_text_tokens: int = Field(
+        1, description="Length of the learned null caption used for caption dropout."
+    )
+    freq_embed_dim: int = Field(256, description="Sinusoidal width of timestep / fps embeddings.")
+    timestep_scale: float = Field(
+        1000.0, description="Noise level s in [0,1] is embedded as s * timestep_scale."
+    )
+    rope_theta: float = Field(10000.0, description="RoPE base.")
+    norm_eps: float = Field(1e-6, description="Epsilon of every LayerNorm / RMSNorm.")
+    init_std: float = Field(0.02, description="Std of the normal init of linear weights.")
+    attention_backend: Literal["auto", "sdpa", "flash"] = Field(
+        "auto", description="auto: flash-attn if installed and on CUDA, else torch SDPA."
+    )
+    fused_ops: bool = Field(
+        False,
+        description="Use mugv_kernels fused ops (modulated LN, gated residual, QK-norm+RoPE).",
+    )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} not divisible by num_heads={self.num_heads}"
+            )
+        if self.head_dim % 6:
+            raise ValueError(
+                f"model head_dim={self.head_dim} must be divisible by 6 (3D RoPE: h/w/t pairs)"
+            )
+        return self
+
+
+def _preset(hidden: int, heads: int, ffn: int | None = None, layers: int = 56) -> dict:
+    return {
+        "hidden_size": hidden,
+        "num_heads": heads,
+        "num_layers": layers,
+        "ffn_hidden_size": ffn or 4 * hidden,
+        "text_dim": 4096,
+    }
+
+
+MODEL_PRESETS: dict[str, dict] = {
+    "debug": {"hidden_size": 48, "num_heads": 4, "num_layers": 2, "text_dim": 32},
+    "1b": _preset(1152, 16),
+    "2b": _preset(1728, 24),
+    "4b": _preset(2304, 32),
+    "10b": _preset(3456, 48, 13824),
+    "18b": _preset(4608, 64),
+}
+
+
+def model_preset(name: str, **overrides) -> ModelConfig:
+    """Model config of a named preset (``debug``, ``1b``, ``2b``, ``4b``, ``10b``, ``18b``)."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+class ObjectiveConfig(BaseModel):
+    """Rectified-flow objective and conditioning tasks."""
+
+    model_config = _STRICT
+
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    shift_by_resolution: bool = Field(
+        True, description="Shift s by ratio = sqrt(H*W/512^2) * sqrt(T_latent)."
+    )
+    base_resolution: int = Field(512 * 512, description="Pixel area with no shift.")
+    task_ratios: dict[str, float] = Field(
+        default_factory=lambda: {"t2v": 1.0},
+        description="Sampling weights of tasks t2v / i2v / continuation (images are always t2i).",
+    )
+    continuation_max_frames: int = Field(
+        2, description="Continuation conditions on 1..this many leading latent frames."
+    )
+    caption_dropout: float = Field(0.1, description="Probability of the null caption.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveConfig:
+        bad = set(self.task_ratios) - {"t2v", "i2v", "continuation"}
+        if bad:
+            raise ValueError(f"objective.task_ratios: unknown tasks {sorted(bad)}")
+        if not self.task_ratios or sum(self.task_ratios.values()) <= 0:
+            raise ValueError(f"objective.task_ratios must have a positive sum: {self.task_ratios}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"objective.caption_dropout={self.caption_dropout} not in [0, 1]")
+        return self
+
+
+class DataConfig(BaseModel):
+    """Latent-shard input."""
+
+    model_config = _STRICT
+
+    path: str | None = Field(None, description="Latent dataset directory (mugv.latent-shards).")
+    tokens_per_batch: int = Field(
+        4096, description="Token budget of one micro-batch per DP rank (video tokens)."
+    )
+    max_batch_size: int = Field(64, description="Upper bound on samples per micro-batch.")
+    num_workers: int = Field(0, description="Loader worker processes.")
+    seed: int = 1234
+
+
+class StageConfig(BaseModel):
+    """One curriculum stage: what data it trains on, how long, and its LR schedule."""
+
+    model_config = _STRICT
+
+    name: str
+    steps: int = Field(..., gt=0)
+    max_height: int | None = Field(None, description="Keep samples at most this tall (pixels).")
+    max_frames: int | None = Field(None, description="Keep samples at most this long (frames).")
+    min_frames: int | None = Field(None, description="Keep samples at least this long.")
+    image_share_start: float | None = Field(
+        None, description="Share of image (1-frame) samples at the stage start; None = natural."
+    )
+    image_share_end: float | None = Field(None, description="Share at the stage end (annealed).")
+    task_ratios: dict[str, float] | None = Field(
+        None, description="Overrides objective.task_ratios in this stage."
+    )
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    lr_decay: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr: float = 0.0
+
+
+class ParallelConfig(BaseModel):
+    """Megatron-Core parallel layout."""
+
+    model_config = _STRICT
+
+    tensor_parallel: int = 1
+    distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and run control."""
+
+    model_config = _STRICT
+
+    seed: int = 42
+    bf16: bool = Field(True, description="bf16 params/compute on GPU (always fp32 on CPU).")
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    ema_decay: float | None = Field(0.9999, description="EMA of the weights; None disables.")
+    nonfinite: Literal["skip", "stop"] = Field(
+        "stop", description="On a NaN/Inf loss or grad norm: skip the step or stop with a report."
+    )
+    max_skipped_steps: int = 10
+    log_every: int = 1
+    save_every: int = 0
+    peak_tflops: float | None = Field(
+        None,
+        description="Per-device peak (TFLOP/s) for MFU; default 989 on H100/H200, none on CPU.",
+    )
+    progress: bool = True
+
+
+class RunConfig(BaseModel):
+    """Everything a ``mugv-dit train`` run needs."""
+
+    model_config = _STRICT
+
+    preset: str | None = Field(None, description="Model preset; `model` fields override it.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    curriculum: list[StageConfig] = Field(
+        default_factory=lambda: [StageConfig(name="main", steps=10)]
+    )
+    output_dir: str = "runs/dit"
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.curriculum)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        names = [s.name for s in self.curriculum]
+        if not names:
+            raise ValueError("curriculum must list at least one stage")
+        if len(set(names)) != len(names):
+            raise ValueError(f"curriculum stage names must be unique: {names}")
+        return self
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.path=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            if part.isdigit() and isinstance(node, list):
+                node = node[int(part)]
+                continue
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = _parse_value(value)
+        else:
+            node[last] = _parse_value(value)
+    return raw
+
+
+def resolve_config(raw: dict) -> RunConfig:
+    """Build a RunConfig from a raw dict, expanding ``preset`` into model fields."""
+    raw = dict(raw)
+    preset = raw.get("preset")
+    if preset is not None:
+        if preset not in MODEL_PRESETS:
+            raise ValueError(f"preset {preset!r} unknown; choose from {sorted(MODEL_PRESETS)}")
+        raw["model"] = {**MODEL_PRESETS[preset], **(raw.get("model") or {})}
+    return RunConfig(**raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config and apply CLI overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path}: top level must be a mapping")
+    return resolve_config(apply_overrides(raw, overrides or []))
+
+
+def dump_config(config: BaseModel) -> str:
+    """YAML text of a config (what `resolved_config.yaml` holds)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,191 @@
+"""Self- and cross-attention of MUG-DiT built from Megatron-Core tensor-parallel linears.
+
+Shapes: B batch, N tokens (start + video + end), H local heads (heads / TP), D head dim,
+L packed text tokens of the whole batch, K = D/2 RoPE pairs.
+
+Fused projections are laid out per head (``[heads, (q, k, v), D]`` rows) so that a column
+split over TP ranks hands each rank whole heads; the release's ``[(q, k, v), heads, D]``
+layout is reordered on import (see ``mugv_dit.original``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from mugv_dit.model.ops import qk_rmsnorm_rope, rms_norm
+
+_HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
+
+
+@dataclass
+class PackedText:
+    """Variable-length text tokens of a batch packed without padding.
+
+    ``tokens_LC``: all samples' tokens one after another; ``cu_seqlens``: int32 ``[B+1]``
+    offsets; ``max_len``: longest sample.
+    """
+
+    tokens_LC: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_len: int
+
+    @classmethod
+    def from_list(cls, items: list[torch.Tensor]) -> PackedText:
+        if not items:
+            raise ValueError("PackedText needs at least one sample")
+        lengths = [int(t.shape[0]) for t in items]
+        if min(lengths) <= 0:
+            raise ValueError(f"every text must have >= 1 token, got lengths {lengths}")
+        cu = torch.zeros(len(items) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+        return cls(torch.cat(items, dim=0), cu.to(items[0].device), max(lengths))
+
+    @property
+    def lengths(self) -> list[int]:
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+    def split(self) -> list[torch.Tensor]:
+        return list(torch.split(self.tokens_LC, self.lengths, dim=0))
+
+
+def _use_flash(backend: str, x: torch.Tensor) -> bool:
+    if backend == "flash":
+        if not _HAS_FLASH or not x.is_cuda:
+            raise RuntimeError("attention_backend=flash needs flash-attn and CUDA tensors")
+        return True
+    return backend == "auto" and _HAS_FLASH and x.is_cuda and x.dtype in (torch.bfloat16,)
+
+
+def dense_attention(q_BNHD, k_BNHD, v_BNHD, backend: str = "auto") -> torch.Tensor:
+    """Full bidirectional attention over equal-length sequences -> ``[B, N, H, D]``."""
+    if _use_flash(backend, q_BNHD):
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func(q_BNHD, k_BNHD, v_BNHD)
+    out_BHND = F.scaled_dot_product_attention(
+        q_BNHD.transpose(1, 2), k_BNHD.transpose(1, 2), v_BNHD.transpose(1, 2)
+    )
+    return out_BHND.transpose(1, 2)
+
+
+def packed_cross_attention(
+    q_BNHD: torch.Tensor, k_LHD: torch.Tensor, v_LHD: torch.Tensor, text: PackedText, backend
+) -> torch.Tensor:
+    """Each sample's video queries attend to its own packed text keys -> ``[B, N, H, D]``."""
+    b, n, h, d = q_BNHD.shape
+    if _use_flash(backend, q_BNHD):
+        from flash_attn import flash_attn_varlen_func
+
+        cu_q = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q_BNHD.device)
+        out = flash_attn_varlen_func(
+            q_BNHD.reshape(b * n, h, d),
+            k_LHD,
+            v_LHD,
+            cu_q,
+            text.cu_seqlens.to(q_BNHD.device),
+            n,
+            text.max_len,
+        )
+        return out.view(b, n, h, d)
+    outs = []
+    bounds = text.cu_seqlens.tolist()
+    for i in range(b):
+        k = k_LHD[bounds[i] : bounds[i + 1]].transpose(0, 1)[None]
+        v = v_LHD[bounds[i] : bounds[i + 1]].transpose(0, 1)[None]
+        q = q_BNHD[i : i + 1].transpose(1, 2)
+        outs.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2))
+    return torch.cat(outs, dim=0)
+
+
+class _AttentionBase(MegatronModule):
+    def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
+        super().__init__(config)
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        if config.num_attention_heads % tp:
+            raise ValueError(
+                f"num_heads={config.num_attention_heads} not divisible by tensor_parallel={tp}"
+            )
+        self.heads_local = config.num_attention_heads // tp
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.eps = eps
+        self.backend = backend
+        self.fused = fused
+        self.q_norm_weight = torch.nn.Parameter(torch.ones(self.head_dim))
+        self.k_norm_weight = torch.nn.Parameter(torch.ones(self.head_dim))
+
+    def _linear_col(self, out_features: int) -> ColumnParallelLinear:
+        cfg = self.config
+        return ColumnParallelLinear(
+            cfg.hidden_size, out_features, config=cfg, init_method=cfg.init_method, bias=True
+        )
+
+    def _linear_row(self) -> RowParallelLinear:
+        cfg = self.config
+        return RowParallelLinear(
+            cfg.hidden_size,
+            cfg.hidden_size,
+            config=cfg,
+            init_method=cfg.output_layer_init_method,
+            bias=True,
+            input_is_parallel=True,
+            skip_bias_add=False,
+        )
+
+
+class SelfAttention(_AttentionBase):
+    """3D self-attention: fused qkv -> QK-RMSNorm -> 3D RoPE -> attention -> out proj."""
+
+    def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
+        super().__init__(config, eps=eps, backend=backend, fused=fused)
+        self.qkv = self._linear_col(3 * config.hidden_size)
+        self.proj = self._linear_row()
+
+    def forward(self, x_BNC, cos_BNK, sin_BNK) -> torch.Tensor:
+        b, n, _ = x_BNC.shape
+        qkv, _ = self.qkv(x_BNC)
+        qkv_BNH3D = qkv.view(b, n, self.heads_local, 3, self.head_dim)
+        q, k, v = qkv_BNH3D.unbind(3)
+        q, k = qk_rmsnorm_rope(
+            q,
+            k,
+            self.q_norm_weight,
+            self.k_norm_weight,
+            cos_BNK,
+            sin_BNK,
+            self.eps,
+            fused=self.fused,
+        )
+        out_BNHD = dense_attention(q, k, v.contiguous(), self.backend)
+        out, _ = self.proj(out_BNHD.reshape(b, n, -1))
+        return out
+
+
+class CrossAttention(_AttentionBase):
+    """Video queries attend to packed variable-length text (QK-RMSNorm, no RoPE, no gate)."""
+
+    def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
+        super().__init__(config, eps=eps, backend=backend, fused=fused)
+        self.q = self._linear_col(config.hidden_size)
+        self.kv = self._linear_col(2 * config.hidden_size)
+        self.proj = self._linear_row()
+
+    def forward(self, x_BNC, text_LC: torch.Tensor, text: PackedText) -> torch.Tensor:
+        b, n, _ = x_BNC.shape
+        q, _ = self.q(x_BNC)
+        q_BNHD = rms_norm(
+            q.view(b, n, self.heads_local, self.head_dim), self.q_norm_weight, self.eps
+        )
+        kv, _ = self.kv(text_LC)
+        k_LHD, v_LHD = kv.view(-1, self.heads_local, 2, self.head_dim).unbind(2)
+        k_LHD = rms_norm(k_LHD, self.k_norm_weight, self.eps)
+        out_BNHD = packed_cross_attention(q_BNHD, k_LHD, v_LHD.contiguous(), text, self.backend)
+        out, _ = self.proj(out_BNHD.reshape(b, n, -1))
+        return out

@@ -1,0 +1,128 @@
+"""The MUG-DiT block, assembled Megatron-style from a spec of named submodule slots.
+
+Block (per token, with adaLN-single modulation chosen by the token's noise level):
+    x = x + gate_msa * SelfAttn(modLN(x; shift_msa, scale_msa))
+    x = x + CrossAttn(LN_affine(x), text)                      (pre-LN, no gate)
+    x = x + gate_mlp * MLP(modLN(x; shift_mlp, scale_mlp))
+where the six modulation vectors are ``table[layer] + t_block(t_emb)``; tokens of clean
+conditioning frames (and the start/end tokens) use the t=0 embedding instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from mugv_dit.model.attention import CrossAttention, PackedText, SelfAttention
+from mugv_dit.model.ops import gated_residual, layer_norm, modulated_layer_norm
+
+
+class MLP(MegatronModule):
+    """fc1 (column parallel) -> GELU(tanh) -> fc2 (row parallel)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        self.fc1 = ColumnParallelLinear(
+            config.hidden_size,
+            config.ffn_hidden_size,
+            config=config,
+            init_method=config.init_method,
+            bias=True,
+        )
+        self.fc2 = RowParallelLinear(
+            config.ffn_hidden_size,
+            config.hidden_size,
+            config=config,
+            init_method=config.output_layer_init_method,
+            bias=True,
+            input_is_parallel=True,
+            skip_bias_add=False,
+        )
+
+    def forward(self, x_BNC: torch.Tensor) -> torch.Tensor:
+        h, _ = self.fc1(x_BNC)
+        out, _ = self.fc2(F.gelu(h, approximate="tanh"))
+        return out
+
+
+@dataclass
+class DiTLayerSubmodules:
+    """Slots of a DiT block; a spec function fills them."""
+
+    self_attention: ModuleSpec | type = SelfAttention
+    cross_attention: ModuleSpec | type = CrossAttention
+    mlp: ModuleSpec | type = MLP
+    extra: dict = field(default_factory=dict)
+
+
+def select_per_token(
+    value_t_BC: torch.Tensor, value_0_BC: torch.Tensor, noisy_BN1: torch.Tensor
+) -> torch.Tensor:
+    """Per-token choice between the t and t=0 modulation vectors -> ``[B, N, C]``."""
+    return torch.where(noisy_BN1, value_t_BC[:, None, :], value_0_BC[:, None, :])
+
+
+class DiTLayer(MegatronModule):
+    """One MUG-DiT block (see module docstring)."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        submodules: DiTLayerSubmodules,
+        *,
+        eps: float = 1e-6,
+        attention_backend: str = "auto",
+        fused_ops: bool = False,
+    ):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.eps = eps
+        self.fused_ops = fused_ops
+        attn_kw = {"eps": eps, "backend": attention_backend, "fused": fused_ops}
+        self.self_attention = build_module(submodules.self_attention, config, **attn_kw)
+        self.cross_attention = build_module(submodules.cross_attention, config, **attn_kw)
+        self.mlp = build_module(submodules.mlp, config)
+        self.cross_norm_weight = torch.nn.Parameter(torch.ones(hidden))
+        self.cross_norm_bias = torch.nn.Parameter(torch.zeros(hidden))
+        self.scale_shift_table = torch.nn.Parameter(torch.randn(6, hidden) / hidden**0.5)
+
+    def forward(
+        self,
+        x_BNC: torch.Tensor,
+        *,
+        t_mod_B6C: torch.Tensor,
+        t0_mod_B6C: torch.Tensor,
+        noisy_BN1: torch.Tensor,
+        text_LC: torch.Tensor,
+        text: PackedText,
+        cos_BNK: torch.Tensor,
+        sin_BNK: torch.Tensor,
+    ) -> torch.Tensor:
+        table = self.scale_shift_table.to(t_mod_B6C.dtype)
+        mod_t = (table[None] + t_mod_B6C).unbind(1)
+        mod_0 = (table[None] + t0_mod_B6C).unbind(1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            select_per_token(a, b, noisy_BN1).to(x_BNC.dtype) for a, b in zip(mod_t, mod_0)
+        )
+        h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, self.eps, fused=self.fused_ops)
+        x_BNC = gated_residual(x_BNC, self.self_attention(h, cos_BNK, sin_BNK), gate_msa)
+        h = layer_norm(x_BNC, self.eps, self.cross_norm_weight, self.cross_norm_bias)
+        x_BNC = x_BNC + self.cross_attention(h, text_LC, text)
+        h = modulated_layer_norm(x_BNC, shift_mlp, scale_mlp, self.eps, fused=self.fused_ops)
+        return gated_residual(x_BNC, self.mlp(h), gate_mlp)
+
+
+def get_dit_layer_spec() -> ModuleSpec:
+    """Spec of the standard MUG-DiT block (SDPA/flash attention, torch or fused elementwise)."""
+    return ModuleSpec(
+        module=DiTLayer,
+        submodules=DiTLayerSubmodules(
+            self_attention=SelfAttention, cross_attention=CrossAttention, mlp=MLP
+        ),
+    )

@@ -1,0 +1,90 @@
+"""Elementwise DiT ops with a switch between plain PyTorch and mugv_kernels fused versions.
+
+Every op here has a torch path that is the numerical reference. ``fused=True`` routes to
+``mugv_kernels`` when it provides the op and raises a clear error when it does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from mugv_dit.model.rope import apply_rope_interleaved
+
+
+def _kernel(name: str):
+    try:
+        module = importlib.import_module("mugv_kernels")
+    except ImportError as exc:  # pragma: no cover - mugv-kernels is a declared dependency
+        raise RuntimeError("model.fused_ops=true needs the mugv-kernels package") from exc
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise RuntimeError(
+            f"model.fused_ops=true but this mugv_kernels has no {name!r}; set model.fused_ops=false"
+        )
+    return fn
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32, or float64 when the input is float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def layer_norm(x_BND: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+    """LayerNorm over the last dim, computed in float32, returned in the input dtype."""
+    acc = acc_dtype(x_BND.dtype)
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    return F.layer_norm(x_BND.to(acc), x_BND.shape[-1:], w, b, eps).to(x_BND.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in float32 (as the release), scaled by ``weight``."""
+    acc = acc_dtype(x.dtype)
+    xa = x.to(acc)
+    xa = xa * torch.rsqrt(xa.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.to(acc) * xa).to(x.dtype)
+
+
+def modulated_layer_norm(
+    x_BND: torch.Tensor,
+    shift_BND: torch.Tensor,
+    scale_BND: torch.Tensor,
+    eps: float,
+    *,
+    fused: bool = False,
+) -> torch.Tensor:
+    """``LN(x) * (1 + scale) + shift`` with per-token shift/scale (adaLN)."""
+    if fused:
+        return _kernel("modulated_layer_norm")(x_BND, shift_BND, scale_BND, eps=eps)
+    return layer_norm(x_BND, eps) * (1 + scale_BND) + shift_BND
+
+
+def gated_residual(
+    x_BND: torch.Tensor, y_BND: torch.Tensor, gate_BND: torch.Tensor
+) -> torch.Tensor:
+    """``x + gate * y`` (the adaLN gated residual)."""
+    return x_BND + gate_BND * y_BND
+
+
+def qk_rmsnorm_rope(
+    q_BNHD: torch.Tensor,
+    k_BNHD: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    cos_BNK: torch.Tensor,
+    sin_BNK: torch.Tensor,
+    eps: float,
+    *,
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm of q and k followed by interleaved 3D RoPE."""
+    if fused:
+        return _kernel("qk_rmsnorm_rope3d")(
+            q_BNHD, k_BNHD, q_weight, k_weight, cos_BNK, sin_BNK, eps=eps
+        )
+    q = apply_rope_interleaved(rms_norm(q_BNHD, q_weight, eps), cos_BNK, sin_BNK)
+    k = apply_rope_interleaved(rms_norm(k_BNHD, k_weight, eps), cos_BNK, sin_BNK)
+    return q, k

@@ -1,0 +1,73 @@
+"""Process-group set-up: torch.distributed + Megatron-Core parallel_state.
+
+Works for one process (world size 1, no launcher) and under torchrun (env:// rendezvous).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from mugv_dit.compat import default_backend
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(tensor_parallel: int = 1, backend: str = "auto") -> None:
+    """Initialise torch.distributed (if needed) and Megatron's TP/DP groups."""
+    if backend == "auto":
+        backend = default_backend()
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(
+                {
+                    "RANK": "0",
+                    "WORLD_SIZE": "1",
+                    "LOCAL_RANK": "0",
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(_free_port()),
+                }
+            )
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+    world = dist.get_world_size()
+    if world % tensor_parallel:
+        raise ValueError(f"world size {world} not divisible by tensor_parallel={tensor_parallel}")
+    if parallel_state.model_parallel_is_initialized():
+        if parallel_state.get_tensor_model_parallel_world_size() != tensor_parallel:
+            raise ValueError("parallel_state already initialised with another tensor_parallel")
+        return
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel,
+        create_gloo_process_groups=backend != "gloo",
+    )
+
+
+def destroy_distributed() -> None:
+    """Tear down Megatron's groups and the default process group."""
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def dp_rank() -> int:
+    return parallel_state.get_data_parallel_rank()
+
+
+def dp_size() -> int:
+    return parallel_state.get_data_parallel_world_size()
+
+
+def tp_rank() -> int:
+    return parallel_state.get_tensor_model_parallel_rank()
