@@ -1,0 +1,216 @@
+"""Conv-only temporal VAE: 8 frames of trunk features <-> one latent.
+
+Tensor legend: B batch (or batch x chunks), C channels, T time, H, W feature height/width.
+Every convolution pads time with zeros symmetrically and space with zeros, so one 8-frame
+chunk never sees another (minimal encoding is enforced by the caller's reshape).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mugv_vae.config import TemporalConfig
+
+
+def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.Tensor:
+    """GroupNorm followed by SiLU; the fused Triton kernel when asked for."""
+    if fused:
+        from mugv_kernels import group_norm_silu as fused_op
+
+        return fused_op(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+    return F.silu(norm(x))
+
+
+class TimeConv3d(nn.Module):
+    """3D convolution with zero padding: symmetric in time, ``k//2`` in space.
+
+    For stride 1 the time padding is ``(k-1)//2`` before and ``k-1-(k-1)//2`` after; for
+    stride 2 with k=3 it is 0 before and 1 after, so T frames give T/2 outputs.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        time_stride: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        k = kernel_size
+        time_pad = (k - 1) + (1 - time_stride)
+        self.time_pad = (time_pad // 2, time_pad - time_pad // 2)
+        self.conv = nn.Conv3d(
+            in_channels,
+            out_channels,
+            kernel_size=(k, k, k),
+            stride=(time_stride, 1, 1),
+            padding=(0, k // 2, k // 2),
+            bias=bias,
+        )
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        if self.time_pad != (0, 0):
+            x_BCTHW = F.pad(x_BCTHW, (0, 0, 0, 0, *self.time_pad))
+        return self.conv(x_BCTHW)
+
+
+class ResBlock3d(nn.Module):
+    """GroupNorm+SiLU -> conv -> GroupNorm+SiLU -> conv, plus a (1x1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(cfg.num_groups, in_channels, eps=cfg.norm_eps)
+        self.conv1 = TimeConv3d(in_channels, out_channels, 3, bias=False)
+        self.norm2 = nn.GroupNorm(cfg.num_groups, out_channels, eps=cfg.norm_eps)
+        self.conv2 = TimeConv3d(out_channels, out_channels, 3, bias=False)
+        self.shortcut = (
+            TimeConv3d(in_channels, out_channels, 1, bias=False)
+            if in_channels != out_channels
+            else None
+        )
+        self.fused = False
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(group_norm_silu(x_BCTHW, self.norm1, self.fused))
+        h = self.conv2(group_norm_silu(h, self.norm2, self.fused))
+        residual = x_BCTHW if self.shortcut is None else self.shortcut(x_BCTHW)
+        return h + residual
+
+
+class EncoderStage(nn.Module):
+    """Res-blocks, then an optional stride-2 time down-sampling convolution."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, cfg: TemporalConfig, downsample: bool
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResBlock3d(in_channels if i == 0 else out_channels, out_channels, cfg)
+            for i in range(cfg.num_res_blocks)
+        )
+        self.down = TimeConv3d(out_channels, out_channels, 3, time_stride=2) if downsample else None
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x_BCTHW = block(x_BCTHW)
+        if self.down is not None:
+            x_BCTHW = self.down(x_BCTHW)
+        return x_BCTHW
+
+
+class TemporalEncoder(nn.Module):
+    """Trunk features ``[B, C_feat, 8, H, W]`` -> moments ``[B, 2*latent, 1, H, W]``."""
+
+    def __init__(self, in_channels: int, latent_channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        widths = [cfg.filters * m for m in cfg.channel_multipliers]
+        self.conv_in = TimeConv3d(in_channels, cfg.filters, 3, bias=False)
+        stages, prev = [], cfg.filters
+        for i, width in enumerate(widths):
+            stages.append(EncoderStage(prev, width, cfg, downsample=i < len(widths) - 1))
+            prev = width
+        self.stages = nn.ModuleList(stages)
+        self.mid = nn.ModuleList(ResBlock3d(prev, prev, cfg) for _ in range(cfg.num_res_blocks))
+        self.norm_out = nn.GroupNorm(cfg.num_groups, prev, eps=cfg.norm_eps)
+        self.conv_out = TimeConv3d(prev, 2 * latent_channels, 1)
+        self.moments_proj = TimeConv3d(2 * latent_channels, 2 * latent_channels, 1)
+        self.fused = False
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        x_BCTHW = self.conv_in(x_BCTHW)
+        for stage in self.stages:
+            x_BCTHW = stage(x_BCTHW)
+        for block in self.mid:
+            x_BCTHW = block(x_BCTHW)
+        x_BCTHW = self.conv_out(group_norm_silu(x_BCTHW, self.norm_out, self.fused))
+        return self.moments_proj(x_BCTHW)
+
+
+class NearestTimeUpsample(nn.Module):
+    """Repeat every frame twice (nearest up-sampling in time), then a res-block."""
+
+    def __init__(self, channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        self.block = ResBlock3d(channels, channels, cfg)
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.repeat_interleave(x_BCTHW, 2, dim=2))
+
+
+class DepthToSpaceTime(nn.Module):
+    """Conv to 2x channels, then move channel pairs into time: ``[B,2C,T] -> [B,C,2T]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = TimeConv3d(channels, 2 * channels, 3)
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x_BCTHW)
+        b, c2, t, h, w = y.shape
+        # channel index = c * 2 + s  ->  time index = t * 2 + s
+        y = y.view(b, c2 // 2, 2, t, h, w).permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(b, c2 // 2, t * 2, h, w)
+
+
+class DecoderStage(nn.Module):
+    """Res-blocks, then an optional depth-to-space time up-sampling."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, cfg: TemporalConfig, upsample: bool
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResBlock3d(in_channels if i == 0 else out_channels, out_channels, cfg)
+            for i in range(cfg.num_res_blocks)
+        )
+        self.up = DepthToSpaceTime(out_channels) if upsample else None
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x_BCTHW = block(x_BCTHW)
+        if self.up is not None:
+            x_BCTHW = self.up(x_BCTHW)
+        return x_BCTHW
+
+
+class TemporalDecoder(nn.Module):
+    """Latents ``[B, latent, R, H, W]`` -> trunk features ``[B, C_feat, 8R, H, W]``."""
+
+    def __init__(self, out_channels: int, latent_channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        widths = [cfg.filters * m for m in cfg.channel_multipliers]
+        top = widths[-1]
+        self.latent_proj = TimeConv3d(latent_channels, latent_channels, 1)
+        self.conv_in = TimeConv3d(latent_channels, top, 3)
+        self.mid = nn.ModuleList(ResBlock3d(top, top, cfg) for _ in range(cfg.num_res_blocks))
+        self.mid_up = NearestTimeUpsample(top, cfg)
+        # Stages run deepest first; depth-to-space after all but the last two (the nearest
+        # up-sampling above is the third time doubling).
+        n = len(widths)
+        stages, prev = [], top
+        for k, i in enumerate(reversed(range(n))):
+            stages.append(DecoderStage(prev, widths[i], cfg, upsample=k < n - 2))
+            prev = widths[i]
+        self.stages = nn.ModuleList(stages)
+        self.norm_out = nn.GroupNorm(cfg.num_groups, prev, eps=cfg.norm_eps)
+        self.conv_out = TimeConv3d(prev, out_channels, 3)
+        self.fused = False
+
+    def forward(self, z_BCTHW: torch.Tensor) -> torch.Tensor:
+        x_BCTHW = self.conv_in(self.latent_proj(z_BCTHW))
+        for block in self.mid:
+            x_BCTHW = block(x_BCTHW)
+        x_BCTHW = self.mid_up(x_BCTHW)
+        for stage in self.stages:
+            x_BCTHW = stage(x_BCTHW)
+        return self.conv_out(group_norm_silu(x_BCTHW, self.norm_out, self.fused))
+
+
+def set_fused_group_norm_silu(module: nn.Module, fused: bool) -> None:
+    """Switch every temporal block of ``module`` to (or from) the fused GroupNorm+SiLU."""
+    for m in module.modules():
+        if hasattr(m, "fused"):
+            m.fused = fused

@@ -1,0 +1,256 @@
+"""The mugv 8x8x8 video VAE: spatial trunk + temporal VAE + latent normalisation.
+
+Tensor legend: B batch, C channels, T frames (or latents), H, W pixels (or features/latents),
+K latents per clip, R latents per decoder window.
+
+Frame/latent rule ("1+8k"): a clip of ``T = 1 + 8k`` frames in [-1, 1] encodes to ``1 + k``
+latents. The first frame is repeated 7 times in front, giving ``k + 1`` chunks of 8 frames;
+each latent is computed from its own chunk only (minimal encoding), so latent 0 is a
+still-image latent. ``decode`` undoes it and drops the 7 padding frames. Any other ``T`` is
+refused with a ``ValueError``; trim a clip to the largest ``1 + 8k`` first.
+
+Latent normalisation: ``encode`` returns ``(z - latent_mean) / latent_std`` and ``decode``
+expects such normalised latents; the per-channel statistics are buffers stored in the
+checkpoint. ``encode_raw``/``decode_raw`` work on un-normalised latents. Normalisation
+happens in exactly one place (``normalize``/``denormalize``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig
+from mugv_vae.model.distribution import DiagonalGaussian
+from mugv_vae.model.temporal import TemporalDecoder, TemporalEncoder, set_fused_group_norm_silu
+from mugv_vae.model.tiling import tiled_apply
+
+DECODER_WINDOWS = (1, 4, 8)
+"""Decoder windows (latents seen together) used in training; any R >= 1 works at inference."""
+
+
+def latent_frames(num_frames: int) -> int:
+    """Latents for a clip of ``num_frames`` (= 1 + 8k) frames; ValueError otherwise."""
+    if num_frames < 1 or (num_frames - 1) % TIME_COMPRESSION:
+        raise ValueError(
+            f"num_frames must be 1 + {TIME_COMPRESSION}k (1, 9, 17, 25, 33, ...), got {num_frames}"
+        )
+    return 1 + (num_frames - 1) // TIME_COMPRESSION
+
+
+def check_video(video_BCTHW: torch.Tensor, name: str = "video") -> None:
+    """Raise ValueError unless ``video`` is a float [B, 3, 1+8k, H, W] tensor in [-1, 1]."""
+    if not isinstance(video_BCTHW, torch.Tensor) or not video_BCTHW.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating-point tensor, got {getattr(video_BCTHW, 'dtype', type(video_BCTHW))}"
+        )
+    if video_BCTHW.ndim != 5 or video_BCTHW.shape[1] != 3:
+        raise ValueError(f"{name} must have shape [B, 3, T, H, W], got {tuple(video_BCTHW.shape)}")
+    _, _, t, h, w = video_BCTHW.shape
+    latent_frames(t)
+    if h % SPATIAL_COMPRESSION or w % SPATIAL_COMPRESSION or h == 0 or w == 0:
+        raise ValueError(f"{name} height and width must be multiples of 8, got {h}x{w}")
+    lo, hi = float(video_BCTHW.min()), float(video_BCTHW.max())
+    if lo < -1.001 or hi > 1.001:
+        raise ValueError(
+            f"{name} values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}] "
+            "(scale uint8 frames with x / 127.5 - 1)"
+        )
+    if lo >= 0.0 and video_BCTHW.numel() > 4096:
+        warnings.warn(
+            f"{name} has no negative values (min {lo:.3g}): frames in [0, 1] instead of [-1, 1]?",
+            stacklevel=3,
+        )
+
+
+class MugvVAE(nn.Module):
+    """8x8x8 video VAE with 24 latent channels (see the module docstring for the rules)."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        from mugv_vae.model.trunk import SpatialTrunk
+
+        self.config = config
+        feat = config.trunk.feature_channels
+        self.trunk = SpatialTrunk(config.trunk, config.in_channels)
+        self.temporal_encoder = TemporalEncoder(feat, config.latent_channels, config.temporal)
+        self.temporal_decoder = TemporalDecoder(feat, config.latent_channels, config.temporal)
+        self.register_buffer("latent_mean", torch.zeros(config.latent_channels))
+        self.register_buffer("latent_std", torch.ones(config.latent_channels))
+        self.frame_batch_size: int | None = None
+        """Frames per trunk call (None: all at once). Bounds memory; output is unchanged."""
+        self.chunk_batch_size: int | None = None
+        """8-frame chunks / decoder windows per temporal call (None: all at once)."""
+        set_fused_group_norm_silu(self, config.fused_group_norm_silu)
+        self.trunk.gradient_checkpointing = config.gradient_checkpointing
+
+    # ----------------------------------------------------------------- normalisation
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store per-channel latent statistics (measured with ``mugv-vae stats``)."""
+        c = self.config.latent_channels
+        mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
+        if mean.numel() != c or std.numel() != c:
+            raise ValueError(
+                f"latent stats must have {c} entries, got {mean.numel()}, {std.numel()}"
+            )
+        if not bool((std > 0).all()):
+            raise ValueError(f"latent_std must be positive, got {std.tolist()}")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
+
+    def normalize(self, z_BCTHW: torch.Tensor) -> torch.Tensor:
+        m = self.latent_mean.to(z_BCTHW.dtype).view(1, -1, 1, 1, 1)
+        s = self.latent_std.to(z_BCTHW.dtype).view(1, -1, 1, 1, 1)
+        return (z_BCTHW - m) / s
+
+    def denormalize(self, z_BCTHW: torch.Tensor) -> torch.Tensor:
+        m = self.latent_mean.to(z_BCTHW.dtype).view(1, -1, 1, 1, 1)
+        s = self.latent_std.to(z_BCTHW.dtype).view(1, -1, 1, 1, 1)
+        return z_BCTHW * s + m
+
+    # ----------------------------------------------------------------- building blocks
+    def _batched(self, fn, x: torch.Tensor, size: int | None) -> torch.Tensor:
+        if size is None or x.shape[0] <= size:
+            return fn(x)
+        return torch.cat([fn(part) for part in x.split(size)], dim=0)
+
+    def encode_features(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        """Trunk features of every frame, ``[B, C_feat, T, H/8, W/8]``."""
+        b, c, t, h, w = video_BCTHW.shape
+        frames_NCHW = video_BCTHW.transpose(1, 2).reshape(b * t, c, h, w)
+        f_NCHW = self._batched(self.trunk.encode, frames_NCHW, self.frame_batch_size)
+        return f_NCHW.view(b, t, *f_NCHW.shape[1:]).transpose(1, 2)
+
+    def _moments(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        f_BCTHW = self.encode_features(video_BCTHW)
+        b, c, _, h, w = f_BCTHW.shape
+        pad = TIME_COMPRESSION - 1
+        f_BCTHW = torch.cat([f_BCTHW[:, :, :1].expand(b, c, pad, h, w), f_BCTHW], dim=2)
+        k = f_BCTHW.shape[2] // TIME_COMPRESSION
+        # Minimal encoding: every 8-frame chunk becomes its own batch element.
+        chunks = f_BCTHW.view(b, c, k, TIME_COMPRESSION, h, w).transpose(1, 2)
+        chunks = chunks.reshape(b * k, c, TIME_COMPRESSION, h, w)
+        m = self._batched(self.temporal_encoder, chunks, self.chunk_batch_size)
+        return m.view(b, k, m.shape[1], h, w).transpose(1, 2)
+
+    def encode_posterior(self, video_BCTHW: torch.Tensor) -> DiagonalGaussian:
+        """Posterior over raw (un-normalised) latents ``[B, 24, 1+k, H/8, W/8]``."""
+        check_video(video_BCTHW)
+        return DiagonalGaussian(self._moments(video_BCTHW))
+
+    def encode_raw(
+        self,
+        video_BCTHW: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 64,
+    ) -> torch.Tensor:
+        """Raw latents: the posterior mean (or a sample). ``tile`` (pixels) bounds memory."""
+        check_video(video_BCTHW)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            post = DiagonalGaussian(self._moments(x))
+            return post.sample(generator) if sample else post.mode()
+
+        if tile is None:
+            return run(video_BCTHW)
+        return tiled_apply(
+            run, video_BCTHW, tile, tile_overlap, Fraction(1, 8), align=SPATIAL_COMPRESSION
+        )
+
+    def encode(
+        self,
+        video_BCTHW: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 64,
+    ) -> torch.Tensor:
+        """Video ``[B, 3, 1+8k, H, W]`` in [-1, 1] -> normalised latents ``[B, 24, 1+k, H/8, W/8]``."""
+        return self.normalize(self.encode_raw(video_BCTHW, sample, generator, tile, tile_overlap))
+
+    def decode_features(self, z_BCKHW: torch.Tensor, window: int = 8) -> torch.Tensor:
+        """Raw latents -> trunk features ``[B, C_feat, 8K - 7, h, w]`` via windows of R latents."""
+        if window < 1:
+            raise ValueError(f"decoder window must be >= 1 latent, got {window}")
+        b, c, k, h, w = z_BCKHW.shape
+        outs = []
+        full = (k // window) * window
+        if full:
+            wins = z_BCKHW[:, :, :full].view(b, c, full // window, window, h, w).transpose(1, 2)
+            wins = wins.reshape(-1, c, window, h, w)
+            f = self._batched(self.temporal_decoder, wins, self.chunk_batch_size)
+            f = f.view(b, full // window, *f.shape[1:]).transpose(1, 2)
+            outs.append(f.reshape(b, f.shape[1], -1, *f.shape[-2:]))
+        if full < k:
+            outs.append(self.temporal_decoder(z_BCKHW[:, :, full:]))
+        f_BCTHW = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return f_BCTHW[:, :, TIME_COMPRESSION - 1 :]
+
+    def decode_raw(
+        self,
+        z_BCKHW: torch.Tensor,
+        window: int = 8,
+        tile: int | None = None,
+        tile_overlap: int = 8,
+    ) -> torch.Tensor:
+        """Raw latents ``[B, 24, 1+k, h, w]`` -> video ``[B, 3, 1+8k, 8h, 8w]``.
+
+        ``tile`` and ``tile_overlap`` are in latents (spatial tiling bounds memory).
+        """
+        if z_BCKHW.ndim != 5 or z_BCKHW.shape[1] != self.config.latent_channels:
+            raise ValueError(
+                f"latents must have shape [B, {self.config.latent_channels}, K, h, w], "
+                f"got {tuple(z_BCKHW.shape)}"
+            )
+
+        def run(z: torch.Tensor) -> torch.Tensor:
+            f_BCTHW = self.decode_features(z, window)
+            b, c, t, h, w = f_BCTHW.shape
+            f_NCHW = f_BCTHW.transpose(1, 2).reshape(b * t, c, h, w)
+            x_NCHW = self._batched(self.trunk.decode, f_NCHW, self.frame_batch_size)
+            return x_NCHW.view(b, t, *x_NCHW.shape[1:]).transpose(1, 2)
+
+        if tile is None:
+            return run(z_BCKHW)
+        return tiled_apply(run, z_BCKHW, tile, tile_overlap, SPATIAL_COMPRESSION)
+
+    def decode(
+        self,
+        latents_BCKHW: torch.Tensor,
+        window: int = 8,
+        tile: int | None = None,
+        tile_overlap: int = 8,
+    ) -> torch.Tensor:
+        """Normalised latents (as ``encode`` returns them) -> video in about [-1, 1]."""
+        return self.decode_raw(self.denormalize(latents_BCKHW), window, tile, tile_overlap)
+
+    def forward(
+        self, video_BCTHW: torch.Tensor, window: int = 8, sample: bool = True
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Training pass: reconstruction and posterior (raw latent space)."""
+        posterior = self.encode_posterior(video_BCTHW)
+        z = posterior.sample() if sample else posterior.mode()
+        return self.decode_raw(z, window), posterior
+
+    @property
+    def device(self) -> torch.device:
+        return self.latent_mean.device
+
+    # ----------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", **overrides) -> MugvVAE:
+        """Load a VAE checkpoint folder (``mugv.vae-checkpoint``)."""
+        from mugv_vae.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=device, **overrides)
+
+    def save_pretrained(self, path, extra: dict | None = None):
+        """Write this model as a VAE checkpoint folder (atomic)."""
+        from mugv_vae.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, extra)
