@@ -1,0 +1,1 @@
+"""Rectified-flow objective of MUG-DiT as pure functions."""
