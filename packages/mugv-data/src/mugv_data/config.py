@@ -1,0 +1,306 @@
+"""Typed configuration of a curation run: one frozen pydantic model per concern.
+
+Precedence: CLI ``--set key=value`` > ``--input``/``--output`` flags > YAML file > defaults.
+Every run writes the resolved config (``resolved_config.yaml``) beside its outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Frozen(BaseModel):
+    """Base of every config: immutable, unknown keys are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputConfig(Frozen):
+    """Where the raw videos are."""
+
+    paths: list[str] = Field(default_factory=list)
+    """Files, directories (searched recursively), glob patterns or ``@list.txt`` list files."""
+    extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".webm", ".avi", ".mkv", ".mpg", ".mpeg", ".mov", ".m4v"]
+    )
+    """Extensions picked up when scanning directories (explicit files are always taken)."""
+
+
+class DecodeConfig(Frozen):
+    """Decoding and probing."""
+
+    backend: Literal["auto", "decord", "pyav"] = "auto"
+    """``auto``: decord when installed and it agrees with PyAV on sampled frames, else PyAV."""
+    check_agreement: bool = True
+    """Compare decord and PyAV frames at a few indices; fall back to PyAV when they disagree."""
+    agreement_tolerance: float = 6.0
+    """Max mean absolute pixel difference (0-255) for two decoders to count as agreeing."""
+    analysis_short_side: int = Field(360, ge=32)
+    """Frames used for scoring are resized so their short side is at most this."""
+    cache_mb: int = Field(1024, ge=0)
+    """Keep every analysis frame of a source in memory up to this size; beyond it re-decode."""
+    max_file_bytes: int = Field(64 << 30, gt=0)
+    """Files larger than this are skipped (recorded as rejects)."""
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+    """Videos longer than this are skipped (recorded as rejects)."""
+    vfr_tolerance: float = Field(0.05, ge=0)
+    """Relative std of frame intervals above which a stream counts as variable frame rate."""
+    threads: int = Field(1, ge=0)
+    """Decoder threads per worker (0: decoder default)."""
+
+
+class SplitConfig(Frozen):
+    """Shot splitting (PySceneDetect detectors + a twin-comparison dissolve detector)."""
+
+    content_threshold: float = Field(27.0, gt=0)
+    """ContentDetector threshold for hard cuts (HSV delta, 0-255)."""
+    adaptive: bool = False
+    """Use AdaptiveDetector (robust to fast camera motion) instead of ContentDetector."""
+    fade_threshold: float = Field(12.0, ge=0)
+    """ThresholdDetector luma level for fades to/from black (0 disables)."""
+    dissolve: bool = True
+    """Detect gradual transitions (dissolves) with twin comparison."""
+    dissolve_low: float = Field(2.0, gt=0)
+    """Per-frame difference above which a frame may belong to a gradual transition."""
+    dissolve_high: float = Field(40.0, gt=0)
+    """Accumulated difference over a candidate transition that makes it a transition."""
+    dissolve_window: int = Field(8, ge=2)
+    """Minimum number of frames of a gradual transition."""
+    min_scene_frames: int = Field(8, ge=1)
+    """Minimum distance between two detected cuts, in frames."""
+    trim_frames: int = Field(2, ge=0)
+    """Frames dropped at each side of a shot (transition remnants)."""
+    min_clip_s: float = Field(2.0, gt=0)
+    """Shots shorter than this are rejected."""
+    max_clip_s: float = Field(10.0, gt=0)
+    """Longer shots are cut into consecutive clips of at most this length."""
+    detect_short_side: int = Field(144, ge=16)
+    """Resolution (short side) at which shots are detected."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.max_clip_s < self.min_clip_s:
+            raise ValueError(
+                f"split.max_clip_s={self.max_clip_s} < split.min_clip_s={self.min_clip_s}"
+            )
+        if self.dissolve_high <= self.dissolve_low:
+            raise ValueError(f"split.dissolve_high={self.dissolve_high} must exceed dissolve_low")
+        return self
+
+
+class ClipConfig(Frozen):
+    """How kept clips are re-encoded."""
+
+    fps: float | None = Field(None, gt=0)
+    """Normalise every clip to this frame rate (None: keep the source rate; VFR sources are
+    always normalised to their average rate)."""
+    short_side: int | None = Field(None, ge=16)
+    """Resize so the short side is this (None: keep size). Never upscales."""
+    crf: int = Field(20, ge=0, le=51)
+    preset: str = "veryfast"
+    codec: str = "libx264"
+
+
+class RangeFilterConfig(Frozen):
+    """A score kept within ``[min, max]`` (either bound may be None)."""
+
+    enabled: bool = True
+    min: float | None = None
+    max: float | None = None
+
+
+class SharpnessConfig(RangeFilterConfig):
+    min: float | None = 200.0
+    max: float | None = 2000.0
+    num_frames: int = Field(3, ge=1)
+
+
+class MotionConfig(RangeFilterConfig):
+    min: float | None = 1.0
+    max: float | None = 20.0
+    frame_gap: int = Field(1, ge=1)
+    """Distance (frames) between the two frames of each of the 3 pairs."""
+    flow_short_side: int = Field(256, ge=16)
+
+
+class BorderConfig(RangeFilterConfig):
+    max: float | None = 0.15
+    luma_threshold: float = 20.0
+    num_frames: int = Field(3, ge=1)
+
+
+class StaticConfig(RangeFilterConfig):
+    min: float | None = 0.5
+    """Min mean absolute frame difference (0-255) between frames across the clip."""
+    max_frozen_ratio: float = Field(0.5, ge=0, le=1)
+    """Max fraction of consecutive frame pairs that are identical (frozen)."""
+    frozen_eps: float = 0.25
+
+
+class BrightnessConfig(RangeFilterConfig):
+    min: float | None = 20.0
+    max: float | None = 235.0
+    num_frames: int = Field(3, ge=1)
+
+
+class TextConfig(RangeFilterConfig):
+    max: float | None = 0.02
+    num_frames: int = Field(1, ge=1)
+    """Frames (evenly spaced) on which text is detected; the max ratio is the score."""
+    det_limit_side: int = Field(640, ge=32)
+
+
+class AestheticConfig(RangeFilterConfig):
+    enabled: bool = False
+    min: float | None = 4.5
+    clip_path: str | None = None
+    """Local Hugging Face folder of a CLIP model (e.g. clip-vit-large-patch14)."""
+    head_path: str | None = None
+    """Local LAION aesthetic MLP weights (.pth / .safetensors)."""
+    device: str = "cuda"
+    batch_size: int = Field(32, ge=1)
+    num_frames: int = Field(1, ge=1)
+
+
+class FiltersConfig(Frozen):
+    sharpness: SharpnessConfig = SharpnessConfig()
+    motion: MotionConfig = MotionConfig()
+    borders: BorderConfig = BorderConfig()
+    static: StaticConfig = StaticConfig()
+    brightness: BrightnessConfig = BrightnessConfig()
+    text: TextConfig = TextConfig()
+    aesthetic: AestheticConfig = AestheticConfig()
+    short_circuit: bool = False
+    """Stop scoring a clip at its first rejection (faster; histograms then miss scores)."""
+
+
+class CaptionConfig(Frozen):
+    source: Literal["none", "sidecar", "table", "vlm"] = "none"
+    """``sidecar``: VIDEO.txt next to each video; ``table``: a CSV/JSONL with source,caption
+    (optional start_s,end_s); ``vlm``: a Qwen2-VL model from a local folder."""
+    table_path: str | None = None
+    model_path: str | None = None
+    device: str = "cuda"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    batch_size: int = Field(8, ge=1)
+    num_frames: int = Field(8, ge=1)
+    frame_short_side: int = Field(224, ge=28)
+    max_new_tokens: int = Field(96, ge=1)
+    prompt: str = "Describe this video in detail: subjects, actions, scene, camera motion."
+
+
+class TagConfig(Frozen):
+    enabled: bool = True
+    vocabulary: dict[str, list[str]] | None = None
+    """Tag -> keywords; None uses the built-in vocabulary."""
+
+
+class DedupConfig(Frozen):
+    enabled: bool = True
+    threshold: float = Field(0.97, gt=0, le=1)
+    """Cosine similarity at or above which the later clip is a near duplicate."""
+    embedding: Literal["auto", "thumbnail", "clip"] = "auto"
+    """``auto``: CLIP embeddings when the aesthetic stage ran, else thumbnail embeddings."""
+
+
+class BalanceConfig(Frozen):
+    enabled: bool = True
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight = mean over tags of count(tag)^-alpha, normalised to mean 1."""
+
+
+class EngineConfig(Frozen):
+    kind: Literal["sequential", "process", "ray"] = "process"
+    workers: int = Field(0, ge=0)
+    """Worker processes/actors (0: one per available CPU)."""
+    ray_address: str | None = None
+    """Join this Ray cluster (``auto`` or ``ray://host:port``); None starts a local one."""
+    ray_num_cpus: int | None = None
+    """CPUs of a locally started Ray (None: all)."""
+
+
+class OutputConfig(Frozen):
+    path: str | None = None
+    clips_per_shard: int = Field(64, ge=1)
+    report_thumbnails: int = Field(48, ge=0)
+    """Max thumbnails of kept and of rejected clips in the HTML report."""
+
+
+class CurateConfig(Frozen):
+    """Everything a curation run needs."""
+
+    input: InputConfig = InputConfig()
+    decode: DecodeConfig = DecodeConfig()
+    split: SplitConfig = SplitConfig()
+    clip: ClipConfig = ClipConfig()
+    filters: FiltersConfig = FiltersConfig()
+    captions: CaptionConfig = CaptionConfig()
+    tags: TagConfig = TagConfig()
+    dedup: DedupConfig = DedupConfig()
+    balance: BalanceConfig = BalanceConfig()
+    engine: EngineConfig = EngineConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML) into (["a","b","c"], value)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ValueError(f"override {item!r} has an empty key")
+    return parts, yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with every ``key=value`` override set."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    inputs: list[str] | None = None,
+    output: str | None = None,
+) -> CurateConfig:
+    """Load a YAML config, apply CLI flags and overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = copy.deepcopy(data)
+    if inputs:
+        data.setdefault("input", {})["paths"] = list(inputs)
+    if output:
+        data.setdefault("output", {})["path"] = str(output)
+    data = apply_overrides(data, overrides or [])
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise ValueError(f"invalid curation config{where}:\n{e}") from e
+
+
+def dump_config(config: CurateConfig) -> str:
+    """YAML text of a resolved config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

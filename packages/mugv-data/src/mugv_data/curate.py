@@ -1,0 +1,274 @@
+"""The curation driver: discover -> per-source stages on an engine -> dataset-level stages
+(captions, tags, dedup, balance) -> clip shards, rejects table, report.
+
+Output directory::
+
+    shard-*.tar, shard-*.parquet, manifest.parquet, dataset.json   (mugv_formats clip shards)
+    rejects.parquet        one row per dropped file or clip: source, key, stage, kind, reason
+    resolved_config.yaml   the config that made this run
+    summary.json           counts per stage, timings
+    report.html + report/  thumbnails and score histograms
+    .staging/              per-source results (resume); clip mp4s are removed when done
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mugv_formats import ClipRecord, ClipShardWriter, atomic_write_bytes, atomic_write_text
+from tqdm import tqdm
+
+from mugv_data import __version__
+from mugv_data.captions import CaptionTable, sidecar_caption
+from mugv_data.config import CurateConfig, dump_config
+from mugv_data.dedup import near_duplicates
+from mugv_data.engines import make_engine
+from mugv_data.inputs import discover_inputs, source_id
+from mugv_data.pipeline import ClipOutcome, SourceResult
+from mugv_data.staging import Staging
+from mugv_data.tags import Tagger, balanced_weights
+
+REJECTS = "rejects.parquet"
+RESOLVED_CONFIG = "resolved_config.yaml"
+SUMMARY = "summary.json"
+PRODUCER = f"mugv-data {__version__}"
+
+
+@dataclass
+class KeptClip:
+    """A clip that survived the per-source stages, with dataset-level fields."""
+
+    source: SourceResult
+    clip: ClipOutcome
+    caption: str = ""
+    tags: list[str] = field(default_factory=list)
+    weight: float = 1.0
+
+
+@dataclass
+class CurateSummary:
+    out_dir: Path
+    sources: int
+    sources_rejected: int
+    clips_seen: int
+    clips_kept: int
+    rejects_by_stage: dict[str, int]
+    seconds: float
+    timings: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+
+def run_sources(
+    config: CurateConfig, sources: list[Path], staging: Staging, progress: bool
+) -> None:
+    """Run per-source stages for sources not yet staged."""
+    todo = [s for s in sources if not staging.done(source_id(s))]
+    if not todo:
+        return
+    engine = make_engine(config)
+    try:
+        bar = tqdm(total=len(todo), desc="sources", unit="video", disable=not progress)
+        for res in engine.map(todo):
+            staging.save(res)
+            bar.update(1)
+            bar.set_postfix(kept=sum(c.kept for c in res.clips))
+        bar.close()
+    finally:
+        engine.close()
+
+
+def assign_captions(
+    config: CurateConfig, kept: list[KeptClip], staging: Staging, progress: bool
+) -> None:
+    cc = config.captions
+    if cc.source == "sidecar":
+        for k in kept:
+            k.caption = sidecar_caption(k.source.source) or ""
+    elif cc.source == "table":
+        if not cc.table_path:
+            raise ValueError("captions.source=table needs captions.table_path")
+        table = CaptionTable(cc.table_path)
+        for k in kept:
+            k.caption = table.lookup(k.source.source, k.clip.start_s, k.clip.end_s) or ""
+    elif cc.source == "vlm":
+        from mugv_data.vlm import VLMCaptioner
+
+        captioner = VLMCaptioner(cc)
+        paths = [staging.mp4_path(k.clip.key) for k in kept]
+        caps = captioner.caption_files(paths, progress=progress)
+        for k, c in zip(kept, caps):
+            k.caption = c
+
+
+def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
+    """Run a full curation; resumable (re-running on the same output finishes the work)."""
+    t0 = time.perf_counter()
+    if not config.output.path:
+        raise ValueError("output.path is not set (use --output DIR)")
+    if not config.input.paths:
+        raise ValueError("input.paths is empty (use --input PATH ...)")
+    out = Path(config.output.path)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RESOLVED_CONFIG, dump_config(config))
+    sources = discover_inputs(config.input.paths, config.input.extensions)
+    if not sources:
+        raise ValueError(f"no input videos found in {config.input.paths}")
+    staging = Staging(out)
+    run_sources(config, sources, staging, progress)
+
+    results = [staging.load(source_id(s)) for s in sources]
+    rejects: list[dict[str, Any]] = []
+    kept: list[KeptClip] = []
+    for r in results:
+        if r.reject_stage is not None:
+            rejects.append(
+                dict(
+                    source=r.source,
+                    key=None,
+                    stage=r.reject_stage,
+                    kind=r.reject_kind,
+                    reason=r.reject_detail,
+                )
+            )
+        for c in r.clips:
+            if c.kept:
+                kept.append(KeptClip(r, c))
+            else:
+                rejects.append(
+                    dict(
+                        source=r.source,
+                        key=c.key,
+                        stage=c.rejected_stage,
+                        kind=c.rejected_stage,
+                        reason=c.reason,
+                    )
+                )
+
+    assign_captions(config, kept, staging, progress)
+    if config.tags.enabled:
+        tagger = Tagger(config.tags.vocabulary)
+        for k in kept:
+            k.tags = tagger(k.caption)
+    if config.dedup.enabled and kept:
+        emb = np.asarray([k.clip.embedding for k in kept], dtype=np.float32)
+        dups = near_duplicates(emb, config.dedup.threshold)
+        survivors = []
+        for i, k in enumerate(kept):
+            if i in dups:
+                j, sim = dups[i]
+                k.clip.rejected_stage = "dedup"
+                k.clip.reason = f"near-duplicate of {kept[j].clip.key} (cos {sim:.4f} >= {config.dedup.threshold:g})"
+                k.clip.scores["dedup_similarity"] = sim
+                rejects.append(
+                    dict(
+                        source=k.source.source,
+                        key=k.clip.key,
+                        stage="dedup",
+                        kind="dedup",
+                        reason=k.clip.reason,
+                    )
+                )
+            else:
+                survivors.append(k)
+        kept = survivors
+    if config.balance.enabled and kept:
+        for k, w in zip(kept, balanced_weights([k.tags for k in kept], config.balance.alpha)):
+            k.weight = float(w)
+
+    write_shards(config, out, kept, staging, progress)
+    write_rejects(out / REJECTS, rejects)
+    from mugv_data.report import write_report
+
+    write_report(out, results, kept, staging, config)
+    timings: Counter = Counter()
+    for r in results:
+        timings.update(r.timings)
+    stage_counts = Counter(r["stage"] for r in rejects)
+    summary = CurateSummary(
+        out_dir=out,
+        sources=len(results),
+        sources_rejected=sum(r.reject_stage is not None for r in results),
+        clips_seen=sum(len(r.clips) for r in results),
+        clips_kept=len(kept),
+        rejects_by_stage=dict(sorted(stage_counts.items())),
+        seconds=time.perf_counter() - t0,
+        timings={k: round(v, 4) for k, v in sorted(timings.items())},
+    )
+    atomic_write_text(out / SUMMARY, json.dumps(summary.as_dict(), indent=2))
+    shutil.rmtree(staging.clips, ignore_errors=True)
+    return summary
+
+
+def write_shards(
+    config: CurateConfig, out: Path, kept: list[KeptClip], staging: Staging, progress: bool
+) -> None:
+    """Write kept clips into clip shards, skipping clips already in complete shards."""
+    writer = ClipShardWriter(
+        out,
+        producer=PRODUCER,
+        config=config.model_dump(mode="json"),
+        clips_per_shard=config.output.clips_per_shard,
+    )
+    existing = {r.key for r in writer.existing_records()}
+    with writer:
+        for k in tqdm(kept, desc="shards", unit="clip", disable=not progress):
+            c = k.clip
+            if c.key in existing:
+                continue
+            mp4 = staging.mp4_path(c.key)
+            if not mp4.is_file():
+                raise RuntimeError(f"staged clip {mp4} is missing; delete {staging.root} and rerun")
+            rec = ClipRecord(
+                key=c.key,
+                source=k.source.source,
+                start_s=c.start_s,
+                end_s=c.end_s,
+                fps=c.fps,
+                num_frames=c.num_frames,
+                width=c.width,
+                height=c.height,
+                scores=c.scores,
+                caption=k.caption,
+                tags=k.tags,
+                sample_weight=k.weight,
+                extra={
+                    "source_start_frame": c.start_frame,
+                    "source_end_frame": c.end_frame,
+                    "source_fps": k.source.probe["fps"] if k.source.probe else None,
+                    "decoder": k.source.decoder,
+                },
+            )
+            writer.write(rec, mp4.read_bytes())
+
+
+def write_rejects(path: Path, rows: list[dict[str, Any]]) -> None:
+    schema = pa.schema(
+        [
+            ("source", pa.string()),
+            ("key", pa.string()),
+            ("stage", pa.string()),
+            ("kind", pa.string()),
+            ("reason", pa.string()),
+        ]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_rejects(out_dir: str | Path) -> list[dict[str, Any]]:
+    return pq.read_table(Path(out_dir) / REJECTS).to_pylist()

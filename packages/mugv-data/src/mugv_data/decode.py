@@ -1,0 +1,297 @@
+"""Frame readers: decord (fast random access) with PyAV as the reference and the fallback.
+
+Shape legend: N frames, H height, W width, 3 RGB channels; frames are uint8 ``[N, H, W, 3]``
+in display orientation (the stream's rotation is applied).
+
+decord misplaces frames on some streams (e.g. MPEG-2 whose timestamps do not start at 0), so
+:func:`open_reader` decodes a few frames with both decoders and falls back to PyAV when they
+disagree. The reason is kept on the reader (``fallback_reason``) and recorded per source.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import av
+import numpy as np
+
+from mugv_data.config import DecodeConfig
+from mugv_data.probe import VideoInfo
+
+try:  # optional extra
+    import decord
+
+    decord.bridge.set_bridge("native")
+    HAVE_DECORD = True
+except Exception:  # pragma: no cover - depends on the platform
+    decord = None
+    HAVE_DECORD = False
+
+
+def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(w, h) scaled so the short side is at most ``short_side``, even, never upscaled."""
+    if short_side is None or min(width, height) <= short_side:
+        w, h = width, height
+    else:
+        s = short_side / min(width, height)
+        w, h = round(width * s), round(height * s)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
+def _rotate_NHW3(frames_NHW3: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 0:
+        return frames_NHW3
+    return np.ascontiguousarray(np.rot90(frames_NHW3, k=rotation // 90, axes=(1, 2)))
+
+
+class FrameReader(ABC):
+    """Decodes frames of one video at a fixed output size (display orientation)."""
+
+    backend: str = ""
+
+    def __init__(self, info: VideoInfo, short_side: int | None, threads: int = 1) -> None:
+        self.info = info
+        self.width, self.height = target_size(info.width, info.height, short_side)
+        rotated = info.rotation in (90, 270)
+        # size asked from the decoder, in coded orientation
+        self._dec_w, self._dec_h = (
+            (self.height, self.width) if rotated else (self.width, self.height)
+        )
+        self.threads = threads
+        self.fallback_reason: str | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.info.num_frames
+
+    @abstractmethod
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed) as uint8 [N, H, W, 3]."""
+
+    def iter_frames(
+        self, start: int = 0, stop: int | None = None, chunk: int = 32
+    ) -> Iterator[np.ndarray]:
+        """Yield frames ``start..stop-1`` in order as uint8 [H, W, 3]."""
+        stop = self.num_frames if stop is None else min(stop, self.num_frames)
+        for a in range(start, stop, chunk):
+            batch = self.get_batch(list(range(a, min(a + chunk, stop))))
+            yield from batch
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release decoder resources."""
+
+
+class DecordReader(FrameReader):
+    backend = "decord"
+
+    def __init__(self, info: VideoInfo, short_side: int | None, threads: int = 1) -> None:
+        super().__init__(info, short_side, threads)
+        if not HAVE_DECORD:
+            raise RuntimeError("decord is not installed (install mugv-data[decord])")
+        self._vr = decord.VideoReader(
+            info.path, ctx=decord.cpu(0), width=self._dec_w, height=self._dec_h, num_threads=threads
+        )
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in indices]
+        if not idx:
+            return np.zeros((0, self.height, self.width, 3), np.uint8)
+        bad = [i for i in idx if not 0 <= i < len(self._vr)]
+        if bad:
+            raise IndexError(f"{self.info.path}: frame index {bad[0]} outside [0, {len(self._vr)})")
+        frames = self._vr.get_batch(idx).asnumpy()
+        return _rotate_NHW3(frames, self.info.rotation)
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVReader(FrameReader):
+    """Reference reader: seeks to the keyframe before the first wanted frame, then decodes in
+    order, identifying frames by their pts in the probe's timestamp table."""
+
+    backend = "pyav"
+
+    def __init__(self, info: VideoInfo, short_side: int | None, threads: int = 1) -> None:
+        super().__init__(info, short_side, threads)
+        self._pts_index = {int(p): i for i, p in enumerate(info.pts)}
+        self._container = None
+
+    def _open(self):
+        if self._container is None:
+            self._container = av.open(self.info.path)
+            s = self._container.streams.video[0]
+            s.thread_type = "AUTO" if self.threads != 1 else "SLICE"
+            if self.threads > 0:
+                s.codec_context.thread_count = self.threads
+        return self._container
+
+    def _to_array(self, frame) -> np.ndarray:
+        return frame.to_ndarray(width=self._dec_w, height=self._dec_h, format="rgb24")
+
+    def _decode_range(self, first: int, last: int, wanted: set[int]) -> dict[int, np.ndarray]:
+        out = self._decode_range_from(first, last, wanted, seek=True)
+        if len(out) < len(wanted):  # unreliable seek (e.g. MPEG-TS): decode from the start
+            self.close()
+            out = self._decode_range_from(first, last, wanted, seek=False)
+        return out
+
+    def _decode_range_from(
+        self, first: int, last: int, wanted: set[int], *, seek: bool
+    ) -> dict[int, np.ndarray]:
+        c = self._open()
+        stream = c.streams.video[0]
+        if seek:
+            c.seek(int(self.info.pts[first]), stream=stream, backward=True, any_frame=False)
+        out: dict[int, np.ndarray] = {}
+        counter = None if seek else -1
+        for frame in c.decode(stream):
+            if frame.pts is not None and int(frame.pts) in self._pts_index:
+                i = self._pts_index[int(frame.pts)]
+                counter = i
+            elif counter is not None:
+                counter += 1
+                i = counter
+            else:
+                continue
+            if i in wanted:
+                out[i] = self._to_array(frame)
+            if i >= last:
+                break
+        return out
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in indices]
+        if not idx:
+            return np.zeros((0, self.height, self.width, 3), np.uint8)
+        bad = [i for i in idx if not 0 <= i < self.num_frames]
+        if bad:
+            raise IndexError(
+                f"{self.info.path}: frame index {bad[0]} outside [0, {self.num_frames})"
+            )
+        wanted = sorted(set(idx))
+        got: dict[int, np.ndarray] = {}
+        # decode contiguous-ish groups; a gap of > 64 frames triggers a new seek
+        group = [wanted[0]]
+        for i in [*wanted[1:], None]:
+            if i is not None and i - group[-1] <= 64:
+                group.append(i)
+                continue
+            got.update(self._decode_range(group[0], group[-1], set(group)))
+            if i is not None:
+                group = [i]
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            raise RuntimeError(f"{self.info.path}: PyAV could not decode frame(s) {missing[:5]}")
+        frames = np.stack([got[i] for i in idx])
+        return _rotate_NHW3(frames, self.info.rotation)
+
+    def iter_frames(
+        self, start: int = 0, stop: int | None = None, chunk: int = 32
+    ) -> Iterator[np.ndarray]:
+        stop = self.num_frames if stop is None else min(stop, self.num_frames)
+        if start >= stop:
+            return
+        seek = start > 0
+        self.close()
+        c = self._open()
+        stream = c.streams.video[0]
+        if seek:
+            c.seek(int(self.info.pts[start]), stream=stream, backward=True, any_frame=False)
+        expected = start
+        counter = None if seek else -1
+        for frame in c.decode(stream):
+            if frame.pts is not None and int(frame.pts) in self._pts_index:
+                counter = self._pts_index[int(frame.pts)]
+            elif counter is not None:
+                counter += 1
+            else:
+                continue
+            if counter < expected:
+                continue
+            if counter != expected and seek and expected == start:
+                # the seek landed past the start (unreliable index): decode from the beginning
+                yield from self._iter_from_start(start, stop)
+                return
+            if counter != expected:
+                raise RuntimeError(
+                    f"{self.info.path}: PyAV skipped from frame {expected} to {counter}"
+                )
+            yield _rotate_NHW3(self._to_array(frame)[None], self.info.rotation)[0]
+            expected += 1
+            if expected >= stop:
+                return
+        if expected < stop:
+            raise RuntimeError(f"{self.info.path}: stream ended at frame {expected} of {stop}")
+
+    def _iter_from_start(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        self.close()
+        c = self._open()
+        for i, frame in enumerate(c.decode(c.streams.video[0])):
+            if i >= stop:
+                return
+            if i >= start:
+                yield _rotate_NHW3(self._to_array(frame)[None], self.info.rotation)[0]
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+def check_agreement(a: FrameReader, b: FrameReader, tolerance: float) -> str | None:
+    """None when ``a`` and ``b`` decode the same frames at a few indices; else the reason."""
+    n = a.info.num_frames
+    idx = sorted({0, n // 3, (2 * n) // 3, max(0, n - 2)})
+    try:
+        fa = a.get_batch(idx).astype(np.float32)
+    except Exception as e:
+        return f"{a.backend} failed on indices {idx}: {e}"
+    fb = b.get_batch(idx).astype(np.float32)
+    diffs = np.abs(fa - fb).mean(axis=(1, 2, 3))
+    worst = int(np.argmax(diffs))
+    if diffs[worst] > tolerance:
+        return (
+            f"{a.backend} and {b.backend} disagree at frame {idx[worst]}: mean |diff| "
+            f"{diffs[worst]:.2f} > decode.agreement_tolerance={tolerance}"
+        )
+    return None
+
+
+def open_reader(info: VideoInfo, config: DecodeConfig, short_side: int | None) -> FrameReader:
+    """Reader for ``info`` at ``short_side``: decord when allowed and trustworthy, else PyAV."""
+    if config.backend == "pyav" or (config.backend == "auto" and not HAVE_DECORD):
+        return PyAVReader(info, short_side, config.threads)
+    if info.rotation != 0 and config.backend == "auto":
+        ref = PyAVReader(info, short_side, config.threads)
+        ref.fallback_reason = f"rotation {info.rotation}: decord mishandles display-matrix rotation"
+        return ref
+    try:
+        reader: FrameReader = DecordReader(info, short_side, config.threads)
+    except Exception as e:
+        if config.backend == "decord":
+            raise
+        ref = PyAVReader(info, short_side, config.threads)
+        ref.fallback_reason = f"decord cannot open: {e}"
+        return ref
+    reason = None
+    n_decord = len(reader._vr)
+    if n_decord != info.num_frames:
+        reason = f"decord counts {n_decord} frames, demuxer {info.num_frames}"
+    elif config.check_agreement:
+        ref = PyAVReader(info, short_side, config.threads)
+        try:
+            reason = check_agreement(reader, ref, config.agreement_tolerance)
+        finally:
+            ref.close()
+    if reason is None:
+        return reader
+    if config.backend == "decord":
+        warnings.warn(f"{info.path}: {reason} (decode.backend=decord kept)", stacklevel=2)
+        return reader
+    reader.close()
+    ref = PyAVReader(info, short_side, config.threads)
+    ref.fallback_reason = reason
+    return ref

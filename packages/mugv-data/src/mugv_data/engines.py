@@ -1,0 +1,159 @@
+"""Engines place per-source work: in-process (sequential), a local process pool, or Ray.
+
+Each engine builds one :class:`~mugv_data.pipeline.SourceProcessor` per worker (stages set up
+once per worker) and yields :class:`~mugv_data.pipeline.SourceResult` objects as sources finish
+(any order; the driver sorts). Worker resources come from the stages' declarations.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from mugv_data.config import CurateConfig
+from mugv_data.pipeline import SourceProcessor, SourceResult, worker_resources
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class Engine:
+    """Maps sources to results."""
+
+    def __init__(self, config: CurateConfig) -> None:
+        self.config = config
+        self.resources = worker_resources(config)
+
+    def num_workers(self, total_cpus: int) -> int:
+        if self.config.engine.workers > 0:
+            return self.config.engine.workers
+        return max(1, int(total_cpus // max(self.resources.cpus, 1e-6)))
+
+    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release workers."""
+
+
+class SequentialEngine(Engine):
+    """Runs everything in the calling process (tests, debugging)."""
+
+    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
+        proc = SourceProcessor(self.config)
+        proc.setup()
+        try:
+            for s in sources:
+                yield proc(s)
+        finally:
+            proc.teardown()
+
+
+_WORKER: SourceProcessor | None = None
+
+
+def _init_worker(config_json: str) -> None:
+    global _WORKER
+    _WORKER = SourceProcessor(CurateConfig.model_validate_json(config_json))
+    _WORKER.setup()
+
+
+def _run_worker(path: str) -> SourceResult:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER(path)
+
+
+class ProcessPoolEngine(Engine):
+    """Local process pool (spawned workers, so decoders and ONNX threads start clean)."""
+
+    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
+        n = min(self.num_workers(available_cpus()), max(1, len(sources)))
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(self.config.model_dump_json(),),
+        ) as pool:
+            pending: set[Future] = set()
+            it = iter(sources)
+            # bounded in-flight work so results stream back and memory stays flat
+            for s in it:
+                pending.add(pool.submit(_run_worker, str(s)))
+                if len(pending) >= 2 * n:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(_run_worker, str(nxt)))
+
+
+class RayEngine(Engine):
+    """Ray actors (one SourceProcessor each) sized by the stages' declared resources.
+
+    ``engine.ray_address`` joins an existing cluster; otherwise a local Ray is started with
+    ``engine.ray_num_cpus`` CPUs. Results are returned by value, so workers on other nodes
+    need only read access to the source videos.
+    """
+
+    def __init__(self, config: CurateConfig) -> None:
+        super().__init__(config)
+        import ray
+
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            e = config.engine
+            if e.ray_address:
+                ray.init(address=e.ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=e.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+            self._started = True
+
+    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
+        ray = self._ray
+        total = int(ray.cluster_resources().get("CPU", 1))
+        n = min(self.num_workers(total), max(1, len(sources)))
+        r = self.resources
+        actor_cls = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus)(_RayWorker)
+        actors = [actor_cls.remote(self.config.model_dump_json()) for _ in range(n)]
+        pool = ray.util.ActorPool(actors)
+        try:
+            yield from pool.map_unordered(lambda a, s: a.run.remote(s), [str(s) for s in sources])
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+
+
+class _RayWorker:
+    def __init__(self, config_json: str) -> None:
+        self.proc = SourceProcessor(CurateConfig.model_validate_json(config_json))
+        self.proc.setup()
+
+    def run(self, path: str) -> SourceResult:
+        return self.proc(path)
+
+
+def make_engine(config: CurateConfig) -> Engine:
+    kind = config.engine.kind
+    if kind == "sequential":
+        return SequentialEngine(config)
+    if kind == "process":
+        return ProcessPoolEngine(config)
+    if kind == "ray":
+        return RayEngine(config)
+    raise ValueError(f"engine.kind={kind!r} is not sequential, process or ray")

@@ -1,0 +1,298 @@
+"""Per-source work: probe -> decode -> shot split -> clip stages -> encode kept clips.
+
+:class:`SourceProcessor` is built once per worker (stages set up once) and turns one video
+path into a picklable :class:`SourceResult`; engines only move paths in and results out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mugv_data.config import CurateConfig
+from mugv_data.decode import FrameReader, open_reader, target_size
+from mugv_data.encode import encode_mp4, resample_indices
+from mugv_data.inputs import source_id
+from mugv_data.probe import ProbeError, VideoInfo, probe_video
+from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
+from mugv_data.stages.filters import (
+    BorderFilter,
+    BrightnessFilter,
+    MotionFilter,
+    SharpnessFilter,
+    StaticFilter,
+)
+from mugv_data.stages.split import ShotSplitter
+from mugv_data.stages.text import TextFilter
+
+THUMB_SHORT_SIDE = 96
+EMBED_SIDE = 16
+
+
+@dataclass
+class ClipOutcome:
+    """One candidate clip after the per-source stages (kept or rejected)."""
+
+    key: str
+    index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    scores: dict[str, float]
+    rejected_stage: str | None
+    reason: str | None
+    fps: float = 0.0
+    num_frames: int = 0
+    width: int = 0
+    height: int = 0
+    thumb_jpeg: bytes | None = None
+    embedding: list[float] | None = None
+    mp4: bytes | None = field(default=None, repr=False)
+
+    @property
+    def kept(self) -> bool:
+        return self.rejected_stage is None
+
+
+@dataclass
+class SourceResult:
+    """Everything a worker learned about one source video."""
+
+    source: str
+    source_id: str
+    probe: dict[str, Any] | None = None
+    decoder: str | None = None
+    fallback_reason: str | None = None
+    reject_stage: str | None = None
+    reject_kind: str | None = None
+    reject_detail: str | None = None
+    split: dict[str, Any] = field(default_factory=dict)
+    clips: list[ClipOutcome] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
+    """Enabled clip stages, cheap ones first."""
+    f = config.filters
+    threads = max(1, config.decode.threads)
+    stages: list[ClipStage] = []
+    for cfg, cls in (
+        (f.brightness, BrightnessFilter),
+        (f.borders, BorderFilter),
+        (f.static, StaticFilter),
+        (f.sharpness, SharpnessFilter),
+        (f.motion, MotionFilter),
+    ):
+        if cfg.enabled:
+            stages.append(cls(cfg))
+    if f.text.enabled:
+        stages.append(TextFilter(f.text, threads=threads))
+    if f.aesthetic.enabled:
+        from mugv_data.stages.aesthetic import AestheticFilter
+
+        stages.append(AestheticFilter(f.aesthetic))
+    for s in stages:
+        s.short_circuit = f.short_circuit
+    return stages
+
+
+def worker_resources(config: CurateConfig) -> Resources:
+    """Resources one worker needs: the max over its stages."""
+    r = ShotSplitter(config.split).resources
+    for s in build_clip_stages(config):
+        r = r.merge(s.resources)
+    return r
+
+
+def thumbnail_jpeg(frame_HW3: np.ndarray) -> bytes:
+    h, w = frame_HW3.shape[:2]
+    s = THUMB_SHORT_SIDE / min(h, w)
+    small = cv2.resize(
+        frame_HW3, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+    )
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80]
+    )
+    assert ok
+    return buf.tobytes()
+
+
+def thumbnail_embedding(frames_NHW3: np.ndarray) -> np.ndarray:
+    """Unit-norm float32 vector from tiny zero-mean gray versions of a few frames."""
+    parts = []
+    for f in frames_NHW3:
+        g = cv2.resize(
+            cv2.cvtColor(f, cv2.COLOR_RGB2GRAY),
+            (EMBED_SIDE, EMBED_SIDE),
+            interpolation=cv2.INTER_AREA,
+        )
+        g = g.astype(np.float32).ravel()
+        parts.append(g - g.mean())
+    v = np.concatenate(parts)
+    return (v / (np.linalg.norm(v) + 1e-6)).astype(np.float32)
+
+
+class SourceProcessor:
+    """Runs every per-source stage for one video at a time."""
+
+    def __init__(self, config: CurateConfig) -> None:
+        self.config = config
+        self.splitter = ShotSplitter(config.split)
+        self.stages = build_clip_stages(config)
+        self._ready = False
+
+    def setup(self) -> None:
+        if not self._ready:
+            cv2.setNumThreads(max(1, self.config.decode.threads))
+            self.splitter.setup()
+            for s in self.stages:
+                s.setup()
+            self._ready = True
+
+    def teardown(self) -> None:
+        for s in self.stages:
+            s.teardown()
+        self._ready = False
+
+    def __call__(self, path: str | Path) -> SourceResult:
+        self.setup()
+        path = Path(path)
+        res = SourceResult(source=str(path.resolve()), source_id=source_id(path))
+        t0 = time.perf_counter()
+        try:
+            info = probe_video(path, self.config.decode)
+        except ProbeError as e:
+            res.reject_stage, res.reject_kind, res.reject_detail = "probe", e.kind, e.detail
+            return res
+        res.probe = info.summary()
+        res.timings["probe"] = time.perf_counter() - t0
+        try:
+            self._process(info, res)
+        except Exception as e:  # a bad stream must not stop the run
+            res.reject_stage, res.reject_kind = "decode", "decode-error"
+            res.reject_detail = f"{type(e).__name__}: {e}"
+            res.clips = []
+        return res
+
+    def _process(self, info: VideoInfo, res: SourceResult) -> None:
+        cfg = self.config
+        tm = res.timings
+        t = time.perf_counter()
+        reader = open_reader(info, cfg.decode, cfg.decode.analysis_short_side)
+        res.decoder, res.fallback_reason = reader.backend, reader.fallback_reason
+        frame_bytes = reader.width * reader.height * 3
+        use_cache = info.num_frames * frame_bytes <= cfg.decode.cache_mb * (1 << 20)
+        cache: list[np.ndarray] = []
+
+        def frames_iter():
+            for f in reader.iter_frames():
+                if use_cache:
+                    cache.append(f)
+                yield f
+
+        shots, res.split = self.splitter.detect(frames_iter(), info.num_frames)
+        tm["decode_split"] = time.perf_counter() - t
+
+        def getter(start: int):
+            if use_cache:
+                return lambda idx: np.stack([cache[start + i] for i in idx])
+            return lambda idx: reader.get_batch([start + i for i in idx])
+
+        clips: list[Clip] = []
+        ts = info.timestamps_s
+        for shot in shots:
+            spans, why = self.splitter.clip_spans(shot, ts, info.fps)
+            if why is not None:
+                spans = [(shot.start, shot.end)]
+            for a, b in spans:
+                c = Clip(
+                    key=f"{res.source_id}-{len(clips):04d}",
+                    source=res.source,
+                    index=len(clips),
+                    start_frame=a,
+                    end_frame=b,
+                    start_s=float(ts[a]),
+                    end_s=float(ts[b - 1] + 1.0 / info.fps),
+                    fps=info.fps,
+                    frames=ClipFrames(b - a, info.fps, getter(a)),
+                )
+                if why is not None:
+                    c.reject("split", why)
+                clips.append(c)
+        candidates = [c for c in clips if c.kept]
+        for stage in self.stages:
+            t = time.perf_counter()
+            stage.process(candidates)
+            tm[stage.name] = time.perf_counter() - t
+        t = time.perf_counter()
+        out_reader: FrameReader | None = None
+        for c in clips:
+            mid = c.frames.get([c.frames.num_frames // 2])[0]
+            o = ClipOutcome(
+                key=c.key,
+                index=c.index,
+                start_frame=c.start_frame,
+                end_frame=c.end_frame,
+                start_s=c.start_s,
+                end_s=c.end_s,
+                scores=dict(c.scores),
+                rejected_stage=c.rejected_stage,
+                reason=c.reason,
+                thumb_jpeg=thumbnail_jpeg(mid),
+                embedding=thumbnail_embedding(c.frames.get(c.frames.evenly(3))).tolist(),
+            )
+            if "aesthetic_embedding" in c.extra:
+                o.scores = dict(o.scores)
+                o.embedding = list(c.extra["aesthetic_embedding"])
+            if c.kept:
+                out_reader = self._encode(
+                    info, c, o, reader, cache if use_cache else None, out_reader
+                )
+            res.clips.append(o)
+        tm["encode"] = time.perf_counter() - t
+        reader.close()
+        if out_reader is not None and out_reader is not reader:
+            out_reader.close()
+
+    def _encode(
+        self, info: VideoInfo, c: Clip, o: ClipOutcome, reader: FrameReader, cache, out_reader
+    ):
+        cc = self.config.clip
+        w, h = target_size(info.width, info.height, cc.short_side)
+        fps = cc.fps if cc.fps is not None else (info.fps if info.vfr else None)
+        if cache is not None and (w, h) == (reader.width, reader.height):
+            src, get = reader, (lambda idx: (cache[i] for i in idx))
+        else:
+            if out_reader is None:
+                out_reader = open_reader(info, self.config.decode, cc.short_side)
+            src = out_reader
+            get = None
+        if fps is None:
+            fps = info.fps
+            idx = np.arange(c.start_frame, c.end_frame)
+        else:
+            idx = resample_indices(info.timestamps_s, c.start_frame, c.end_frame, fps)
+        if get is not None:
+            frames = get(idx)
+        elif len(idx) == c.end_frame - c.start_frame:
+            frames = src.iter_frames(c.start_frame, c.end_frame)
+        else:
+            frames = (f for a in range(0, len(idx), 32) for f in src.get_batch(idx[a : a + 32]))
+        o.mp4 = encode_mp4(
+            frames,
+            fps,
+            width=w,
+            height=h,
+            codec=cc.codec,
+            crf=cc.crf,
+            preset=cc.preset,
+            threads=max(1, self.config.decode.threads),
+        )
+        o.fps, o.num_frames, o.width, o.height = float(fps), len(idx), w, h
+        return out_reader

@@ -1,0 +1,148 @@
+"""Stage framework: frozen config, declared resources, setup/process/teardown lifecycle.
+
+A :class:`ClipStage` scores every candidate clip of one source and may reject it; the score
+is always recorded (``clip.scores``), the verdict as ``(stage, reason)``. Engines call
+``setup()`` once per worker, ``process()`` per source batch, ``teardown()`` at the end.
+
+Shape legend: N frames, H, W, 3 (RGB uint8).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mugv_data.config import RangeFilterConfig
+
+
+class Resources(BaseModel):
+    """What one worker running the stage needs."""
+
+    model_config = ConfigDict(frozen=True)
+    cpus: float = Field(1.0, ge=0)
+    gpus: float = Field(0.0, ge=0)
+
+    def merge(self, other: Resources) -> Resources:
+        """Resources of a worker running both stages (max of each)."""
+        return Resources(cpus=max(self.cpus, other.cpus), gpus=max(self.gpus, other.gpus))
+
+
+@dataclass
+class ClipFrames:
+    """Access to the analysis frames of one clip (indices relative to the clip start)."""
+
+    num_frames: int
+    fps: float
+    _get: Callable[[Sequence[int]], np.ndarray]
+
+    def get(self, rel_indices: Sequence[int]) -> np.ndarray:
+        """uint8 [N, H, W, 3] frames at clip-relative indices."""
+        idx = [int(i) for i in rel_indices]
+        if any(not 0 <= i < self.num_frames for i in idx):
+            raise IndexError(f"clip frame index out of range [0, {self.num_frames}): {idx}")
+        return self._get(idx)
+
+    def evenly(self, k: int) -> list[int]:
+        """``k`` clip-relative indices spread over the clip (centres of k equal parts)."""
+        k = max(1, min(k, self.num_frames))
+        return [int((j + 0.5) * self.num_frames / k) for j in range(k)]
+
+
+@dataclass
+class Clip:
+    """A candidate clip of one source moving through the stages."""
+
+    key: str
+    source: str
+    index: int
+    start_frame: int
+    end_frame: int
+    """Exclusive."""
+    start_s: float
+    end_s: float
+    fps: float
+    frames: ClipFrames | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    rejected_stage: str | None = None
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return self.rejected_stage is None
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+    def reject(self, stage: str, reason: str) -> None:
+        """Record the first rejection (later stages still record their scores)."""
+        if self.rejected_stage is None:
+            self.rejected_stage, self.reason = stage, reason
+
+
+class Stage(ABC):  # noqa: B024 - never instantiated directly
+    """Base of every stage. Subclasses set ``name`` and take their frozen config."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @property
+    def resources(self) -> Resources:
+        return Resources()
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load models/engines once per worker."""
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``setup`` took."""
+
+
+class ClipStage(Stage):
+    """Scores clips of one source; ``process`` sees all candidate clips of the source."""
+
+    short_circuit: bool = False
+
+    @abstractmethod
+    def process(self, clips: list[Clip]) -> None:
+        """Record scores on ``clips`` and reject the ones that fail."""
+
+
+class RangeFilter(ClipStage):
+    """A clip stage whose primary score (``score_name``) must lie in [config.min, config.max]."""
+
+    score_name: ClassVar[str] = ""
+    config: RangeFilterConfig
+
+    @abstractmethod
+    def score(self, clip: Clip) -> dict[str, float]:
+        """Scores of one clip; must contain ``score_name``."""
+
+    def verdict(self, clip: Clip, scores: dict[str, float]) -> str | None:
+        """Reason to reject, or None to keep."""
+        v = scores[self.score_name]
+        lo, hi = self.config.min, self.config.max
+        if not np.isfinite(v):
+            return f"{self.score_name} is {v}"
+        if lo is not None and v < lo:
+            return f"{self.score_name} {v:.4g} < min {lo:g}"
+        if hi is not None and v > hi:
+            return f"{self.score_name} {v:.4g} > max {hi:g}"
+        return None
+
+    def process(self, clips: list[Clip]) -> None:
+        for clip in clips:
+            if clip.frames is None or (self.short_circuit and not clip.kept):
+                continue
+            scores = self.score(clip)
+            clip.scores.update({k: float(v) for k, v in scores.items()})
+            reason = self.verdict(clip, scores)
+            if reason is not None:
+                clip.reject(self.name, reason)

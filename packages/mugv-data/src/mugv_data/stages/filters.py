@@ -1,0 +1,186 @@
+"""CPU scoring filters: sharpness, motion, borders/letterbox, static/frozen, brightness.
+
+All scores are computed on the clip's analysis frames (short side <= decode.analysis_short_side).
+Shape legend: N frames, H, W, 3 (RGB uint8); gray frames are [H, W].
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+
+from mugv_data.config import (
+    BorderConfig,
+    BrightnessConfig,
+    MotionConfig,
+    SharpnessConfig,
+    StaticConfig,
+)
+from mugv_data.stages.base import Clip, RangeFilter, Resources
+
+
+def gray(frame_HW3: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] luma of an RGB frame."""
+    return cv2.cvtColor(frame_HW3, cv2.COLOR_RGB2GRAY)
+
+
+def resize_short(img: np.ndarray, short_side: int) -> np.ndarray:
+    """Downscale so the short side is at most ``short_side`` (area interpolation)."""
+    h, w = img.shape[:2]
+    if min(h, w) <= short_side:
+        return img
+    s = short_side / min(h, w)
+    return cv2.resize(
+        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+    )
+
+
+def laplacian_variance(gray_HW: np.ndarray) -> float:
+    """Variance of the 3x3 Laplacian (float64): the classic focus measure."""
+    return float(cv2.Laplacian(gray_HW, cv2.CV_64F).var())
+
+
+class SharpnessFilter(RangeFilter):
+    """Mean Laplacian variance over evenly spaced frames; keep within [min, max] (200, 2000)."""
+
+    name = "sharpness"
+    score_name = "sharpness"
+    config: SharpnessConfig
+
+    def score(self, clip: Clip) -> dict[str, float]:
+        frames_NHW3 = clip.frames.get(clip.frames.evenly(self.config.num_frames))
+        return {"sharpness": float(np.mean([laplacian_variance(gray(f)) for f in frames_NHW3]))}
+
+
+def flow_magnitude(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
+    """Mean Farneback optical-flow magnitude (pixels) from gray frame a to b."""
+    flow_HW2 = cv2.calcOpticalFlowFarneback(
+        a_HW,
+        b_HW,
+        None,
+        pyr_scale=0.5,
+        levels=3,
+        winsize=15,
+        iterations=3,
+        poly_n=5,
+        poly_sigma=1.2,
+        flags=0,
+    )
+    return float(np.sqrt((flow_HW2.astype(np.float64) ** 2).sum(-1)).mean())
+
+
+class MotionFilter(RangeFilter):
+    """Mean optical-flow magnitude over 3 frame pairs (start, middle, end); keep [1, 20]."""
+
+    name = "motion"
+    score_name = "motion"
+    config: MotionConfig
+
+    def pairs(self, n: int) -> list[tuple[int, int]]:
+        g = min(self.config.frame_gap, n - 1)
+        mid = max(0, n // 2 - g // 2)
+        firsts = [0, min(mid, n - 1 - g), n - 1 - g]
+        return [(a, a + g) for a in firsts]
+
+    def score(self, clip: Clip) -> dict[str, float]:
+        pairs = self.pairs(clip.frames.num_frames)
+        idx = sorted({i for p in pairs for i in p})
+        frames = dict(zip(idx, clip.frames.get(idx)))
+        short = self.config.flow_short_side
+        g = {i: resize_short(gray(f), short) for i, f in frames.items()}
+        mags = [flow_magnitude(g[a], g[b]) for a, b in pairs]
+        return {
+            "motion": float(np.mean(mags)),
+            "motion_start": mags[0],
+            "motion_middle": mags[1],
+            "motion_end": mags[2],
+        }
+
+
+def border_sizes(
+    gray_HW: np.ndarray, luma_threshold: float, max_std: float = 6.0
+) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) counts of uniform dark rows/columns at the frame edges."""
+    _h, _w = gray_HW.shape
+    g = gray_HW.astype(np.float32)
+    row_dark = (g.mean(1) < luma_threshold) & (g.std(1) < max_std)
+    col_dark = (g.mean(0) < luma_threshold) & (g.std(0) < max_std)
+
+    def run(mask: np.ndarray) -> int:
+        if mask.all():
+            return len(mask)
+        return int(np.argmin(mask))  # first False
+
+    return run(row_dark), run(row_dark[::-1]), run(col_dark), run(col_dark[::-1])
+
+
+class BorderFilter(RangeFilter):
+    """Fraction of the frame covered by black borders (letterbox/pillarbox); keep <= max."""
+
+    name = "borders"
+    score_name = "border_ratio"
+    config: BorderConfig
+
+    def score(self, clip: Clip) -> dict[str, float]:
+        frames_NHW3 = clip.frames.get(clip.frames.evenly(self.config.num_frames))
+        sizes = np.array([border_sizes(gray(f), self.config.luma_threshold) for f in frames_NHW3])
+        t, b, lft, r = np.median(sizes, axis=0)
+        h, w = frames_NHW3.shape[1:3]
+        inner = max(0.0, h - t - b) * max(0.0, w - lft - r)
+        return {"border_ratio": float(1.0 - inner / (h * w))}
+
+
+class StaticFilter(RangeFilter):
+    """Near-static and frozen clips.
+
+    ``static_diff``: mean |frame difference| (0-255) between 5 frames spread over the clip
+    (keep >= min); ``frozen_ratio``: share of 8 sampled consecutive pairs that are identical
+    (mean |diff| < frozen_eps; keep <= max_frozen_ratio).
+    """
+
+    name = "static"
+    score_name = "static_diff"
+    config: StaticConfig
+
+    def score(self, clip: Clip) -> dict[str, float]:
+        n = clip.frames.num_frames
+        spread = clip.frames.evenly(5)
+        starts = [min(i, n - 2) for i in clip.frames.evenly(8)]
+        idx = sorted(set(spread) | set(starts) | {i + 1 for i in starts})
+        g = {
+            i: resize_short(gray(f), 128).astype(np.float32)
+            for i, f in zip(idx, clip.frames.get(idx))
+        }
+        spread_d = [
+            float(np.abs(g[a] - g[b]).mean()) for a, b in itertools.pairwise(spread) if a != b
+        ]
+        pair_d = [float(np.abs(g[a] - g[a + 1]).mean()) for a in starts]
+        return {
+            "static_diff": float(np.mean(spread_d)) if spread_d else 0.0,
+            "frozen_ratio": float(np.mean([d < self.config.frozen_eps for d in pair_d])),
+        }
+
+    def verdict(self, clip: Clip, scores: dict[str, float]) -> str | None:
+        if scores["frozen_ratio"] > self.config.max_frozen_ratio:
+            return (
+                f"frozen_ratio {scores['frozen_ratio']:.3g} > max {self.config.max_frozen_ratio:g}"
+            )
+        return super().verdict(clip, scores)
+
+
+class BrightnessFilter(RangeFilter):
+    """Mean luma (0-255) over evenly spaced frames; keep within [min, max]."""
+
+    name = "brightness"
+    score_name = "brightness"
+    config: BrightnessConfig
+
+    def score(self, clip: Clip) -> dict[str, float]:
+        frames_NHW3 = clip.frames.get(clip.frames.evenly(self.config.num_frames))
+        return {"brightness": float(np.mean([gray(f).mean() for f in frames_NHW3]))}
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(cpus=1)

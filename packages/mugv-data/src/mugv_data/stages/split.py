@@ -1,0 +1,200 @@
+"""Shot splitting: hard cuts (PySceneDetect Content/Adaptive detector), fades (PySceneDetect
+ThresholdDetector) and dissolves (twin comparison with a blend check), then clips.
+
+Frames are fed one by one (our own decoder, at ``split.detect_short_side``) so PySceneDetect
+is used only for its detectors. A transition is an excluded frame span ``[a, b)``; a hard cut
+at frame t is the empty span ``[t, t)``. Shots are the complement of the transitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from mugv_data.config import SplitConfig
+from mugv_data.stages.base import Resources, Stage
+
+
+class DissolveDetector:
+    """Gradual-transition detector (twin comparison, Zhang et al. 1993) with a blend test.
+
+    A candidate starts when the frame-to-frame difference rises above ``low`` and ends when it
+    falls back. It is a dissolve when the candidate lasts >= ``min_len`` frames, its endpoints
+    differ by >= ``high`` (mean |diff|, 0-255), and the middle frame is close to a linear blend
+    of the endpoints (camera motion fails this test).
+    """
+
+    def __init__(self, low: float, high: float, min_len: int, max_len: int = 90) -> None:
+        self.low, self.high, self.min_len, self.max_len = low, high, min_len, max_len
+        self.spans: list[tuple[int, int]] = []
+        self._prev: np.ndarray | None = None
+        self._cand: list[np.ndarray] = []
+        self._cand_start = -1
+
+    def process(self, t: int, gray_HW: np.ndarray) -> None:
+        g = gray_HW.astype(np.float32)
+        if self._prev is None:
+            self._prev = g
+            return
+        d = float(np.abs(g - self._prev).mean())
+        if d > self.low:
+            if not self._cand:
+                self._cand_start = t
+                self._cand = [self._prev]
+            self._cand.append(g)
+            if len(self._cand) > self.max_len:
+                self._cand = []
+        elif self._cand:
+            self._close(t)
+        self._prev = g
+
+    def _close(self, t: int) -> None:
+        frames = self._cand
+        self._cand = []
+        if len(frames) - 1 < self.min_len:
+            return
+        a, b = frames[0], frames[-1]
+        delta = float(np.abs(b - a).mean())
+        if delta < self.high:
+            return
+        ba = (b - a).ravel()
+        denom = float(ba @ ba)
+        residuals = []
+        for m in (
+            frames[len(frames) // 3],
+            frames[len(frames) // 2],
+            frames[(2 * len(frames)) // 3],
+        ):
+            ma = (m - a).ravel()
+            alpha = float(ma @ ba) / denom
+            residuals.append(float(np.abs(ma - alpha * ba).mean()))
+        if max(residuals) < 0.25 * delta:
+            self.spans.append((self._cand_start, t))
+
+    def finish(self, t: int) -> None:
+        if self._cand:
+            self._close(t)
+
+
+@dataclass(frozen=True)
+class Shot:
+    start: int
+    end: int
+    """Exclusive."""
+
+
+def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort and merge overlapping/touching transition spans."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def shots_from_spans(num_frames: int, spans: list[tuple[int, int]], trim: int) -> list[Shot]:
+    """Complement of the transition spans, each shot trimmed by ``trim`` frames per side
+    (never trimming the very first or last frame of the video)."""
+    shots = []
+    pos = 0
+    for a, b in [*merge_spans(spans), (num_frames, num_frames)]:
+        s = pos + (trim if pos > 0 else 0)
+        e = a - (trim if a < num_frames else 0)
+        if e > s:
+            shots.append(Shot(s, e))
+        pos = max(pos, b)
+    return shots
+
+
+class ShotSplitter(Stage):
+    """Detects transitions over every frame of a source and returns the shots."""
+
+    name = "split"
+    config: SplitConfig
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(cpus=1)
+
+    def _detectors(self):
+        from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
+
+        c = self.config
+        dets = []
+        if c.adaptive:
+            dets.append(AdaptiveDetector(min_scene_len=c.min_scene_frames))
+        else:
+            dets.append(
+                ContentDetector(threshold=c.content_threshold, min_scene_len=c.min_scene_frames)
+            )
+        if c.fade_threshold > 0:
+            dets.append(
+                ThresholdDetector(threshold=c.fade_threshold, min_scene_len=c.min_scene_frames)
+            )
+        return dets
+
+    def detect(self, frames_iter, num_frames: int) -> tuple[list[Shot], dict]:
+        """Feed RGB frames [H, W, 3] (any size; resized to detect_short_side) in order.
+
+        Returns the shots and a summary (cut frames, dissolve spans).
+        """
+        c = self.config
+        dets = self._detectors()
+        dissolve = (
+            DissolveDetector(c.dissolve_low, c.dissolve_high, c.dissolve_window)
+            if c.dissolve
+            else None
+        )
+        cuts: set[int] = set()
+        n = 0
+        for t, frame_HW3 in enumerate(frames_iter):
+            small = _resize_short(frame_HW3, c.detect_short_side)
+            bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+            for d in dets:
+                cuts.update(int(x) for x in d.process_frame(t, bgr))
+            if dissolve is not None:
+                dissolve.process(t, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+            n = t + 1
+        for d in dets:
+            cuts.update(int(x) for x in d.post_process(n))
+        if dissolve is not None:
+            dissolve.finish(n)
+        if n != num_frames:
+            raise RuntimeError(f"decoded {n} frames, expected {num_frames}")
+        cuts = {x for x in cuts if 0 < x < n}
+        dissolves = dissolve.spans if dissolve is not None else []
+        spans = [(x, x) for x in cuts] + list(dissolves)
+        shots = shots_from_spans(n, spans, c.trim_frames)
+        return shots, {"cuts": sorted(cuts), "dissolves": [list(s) for s in dissolves]}
+
+    def clip_spans(
+        self, shot: Shot, timestamps_s: np.ndarray, fps: float
+    ) -> tuple[list[tuple[int, int]], str | None]:
+        """Cut a shot into clips of at most max_clip_s; (spans, reason-if-too-short)."""
+        c = self.config
+        n = shot.end - shot.start
+        dur = n / fps
+        if dur < c.min_clip_s:
+            return [], f"shot {dur:.2f} s < split.min_clip_s {c.min_clip_s:g}"
+        max_n = max(1, int(np.floor(c.max_clip_s * fps + 1e-6)))
+        min_n = int(np.ceil(c.min_clip_s * fps - 1e-6))
+        spans = []
+        for a in range(shot.start, shot.end, max_n):
+            b = min(a + max_n, shot.end)
+            if b - a >= min_n:
+                spans.append((a, b))
+        return spans, None
+
+
+def _resize_short(img: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if min(h, w) <= short_side:
+        return img
+    s = short_side / min(h, w)
+    return cv2.resize(
+        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+    )

@@ -1,0 +1,60 @@
+"""Small synthetic videos (textures, cuts, dissolves) for tests, benchmarks and demos."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+
+def texture(h: int, w: int, seed: int = 0, blur: float = 1.0) -> np.ndarray:
+    """A detailed RGB texture (uint8 [h, w, 3])."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(img, (0, 0), blur) if blur > 0 else img
+
+
+def write_video(
+    path: Path,
+    frames,
+    fps: float = 25.0,
+    *,
+    codec: str = "libx264",
+    fmt: str | None = None,
+    rotation: int | None = None,
+    pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+) -> Path:
+    """Encode RGB uint8 frames [H, W, 3] to ``path``; optional display rotation / custom pts."""
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            s.options = {"crf": "18", "preset": "ultrafast", "bf": "0"}
+        if time_base is not None:
+            s.codec_context.time_base = time_base
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            if pts is not None:
+                vf.pts = pts[i]
+                vf.time_base = time_base
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def moving_texture(
+    n: int, h: int = 96, w: int = 128, speed: float = 2.0, seed: int = 0
+) -> list[np.ndarray]:
+    """Frames of a texture translating right by ``speed`` px/frame."""
+    big = texture(h, w + int(np.ceil(speed * n)) + 2, seed)
+    return [np.ascontiguousarray(big[:, round(i * speed) : round(i * speed) + w]) for i in range(n)]
