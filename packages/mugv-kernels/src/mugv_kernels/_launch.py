@@ -1,0 +1,49 @@
+"""Launch-size heuristics shared by the Triton wrappers."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (>= 1)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; 4 for the CPU interpreter (keeps the grid tiny)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def row_tiling(
+    n: int,
+    seq_len: int,
+    hidden: int,
+    device: torch.device,
+    *,
+    tile_elems: int = 8192,
+    programs_per_sm: int = 4,
+) -> tuple[int, int, int, int]:
+    """Tiling of ``[N, L, D]`` row kernels: ``(BLOCK_D, BLOCK_R, rows_per_prog, num_warps)``.
+
+    A program handles ``rows_per_prog`` consecutive tokens of one sample in tiles of
+    ``BLOCK_R x BLOCK_D``; the grid aims at ``programs_per_sm`` programs per multiprocessor
+    so that per-sample partial sums stay few.
+    """
+    block_d = next_pow2(hidden)
+    block_r = max(1, min(16, tile_elems // block_d, next_pow2(seq_len)))
+    target = max(1, programs_per_sm * sm_count(device))
+    per_sample = max(1, target // max(1, n))
+    rows = -(-seq_len // per_sample)
+    rows = max(block_r, -(-rows // block_r) * block_r)
+    num_warps = max(4, min(16, block_r * block_d // 512))
+    return block_d, block_r, rows, num_warps

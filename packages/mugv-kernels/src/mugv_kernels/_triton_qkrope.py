@@ -1,0 +1,115 @@
+"""Triton kernels of the per-head RMSNorm + interleaved 3D RoPE (kernel 3).
+
+Geometry: ``x [B, L, H, Dh]`` with arbitrary strides is seen as ``R = B*L*H`` rows of ``Dh``;
+row ``r`` is ``(b, l, h)`` with ``h = r % H``, ``l = (r // H) % L``, ``b = r // (H*L)``. Each row
+is loaded as its even and odd channels (the rotary pairs ``(2i, 2i+1)``), ``P = Dh // 2``.
+Program ``pid`` handles ``rows_per_prog`` rows in tiles of ``BLOCK_R``; the backward writes one
+fp32 partial sum of the weight gradient per program (``[num_programs, Dh]``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _row_offsets(rows, H, L, s_b, s_l, s_h):
+    h = rows % H
+    bl = rows // H
+    pos = bl % L
+    b = bl // L
+    return b * s_b + pos * s_l + h * s_h, pos
+
+
+@triton.jit
+def rmsnorm_rope_fwd_kernel(
+    x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, rstd_ptr,
+    R, H, L, P, rows_per_prog, eps,
+    sx_b, sx_l, sx_h, sx_d,
+    sc_l, sc_p, ss_l, ss_p,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    w_e = tl.load(w_ptr + 2 * offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+    w_o = tl.load(w_ptr + 2 * offs_p + 1, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+    row_start = pid * rows_per_prog
+    for r in range(0, rows_per_prog, BLOCK_R):
+        local = r + tl.arange(0, BLOCK_R)
+        rows = (row_start + local).to(tl.int64)
+        mask_r = (rows < R) & (local < rows_per_prog)
+        mask = mask_r[:, None] & mask_p[None, :]
+        base, pos = _row_offsets(rows, H, L, sx_b, sx_l, sx_h)
+        ptr_e = x_ptr + base[:, None] + (2 * offs_p)[None, :] * sx_d
+        x_e = tl.load(ptr_e, mask=mask, other=0.0).to(tl.float32)
+        x_o = tl.load(ptr_e + sx_d, mask=mask, other=0.0).to(tl.float32)
+        ms = (tl.sum(x_e * x_e, axis=1) + tl.sum(x_o * x_o, axis=1)) / (2 * P)
+        rstd = 1.0 / tl.sqrt(ms + eps)
+        a = x_e * rstd[:, None] * w_e
+        b = x_o * rstd[:, None] * w_o
+        cos = tl.load(cos_ptr + pos[:, None] * sc_l + offs_p[None, :] * sc_p, mask=mask, other=0.0)
+        sin = tl.load(sin_ptr + pos[:, None] * ss_l + offs_p[None, :] * ss_p, mask=mask, other=0.0)
+        cos = cos.to(tl.float32)
+        sin = sin.to(tl.float32)
+        out_e = a * cos - b * sin
+        out_o = a * sin + b * cos
+        o_ptr = out_ptr + rows[:, None] * (2 * P) + (2 * offs_p)[None, :]
+        tl.store(o_ptr, out_e.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(o_ptr + 1, out_o.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + rows, rstd, mask=mask_r)
+
+
+@triton.jit
+def rmsnorm_rope_bwd_kernel(
+    dout_ptr, x_ptr, w_ptr, cos_ptr, sin_ptr, rstd_ptr, dx_ptr, dw_ptr,
+    R, H, L, P, rows_per_prog,
+    sdo_b, sdo_l, sdo_h, sdo_d,
+    sx_b, sx_l, sx_h, sx_d,
+    sc_l, sc_p, ss_l, ss_p,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    w_e = tl.load(w_ptr + 2 * offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+    w_o = tl.load(w_ptr + 2 * offs_p + 1, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+    dw_e = tl.zeros([BLOCK_P], dtype=tl.float32)
+    dw_o = tl.zeros([BLOCK_P], dtype=tl.float32)
+    row_start = pid * rows_per_prog
+    for r in range(0, rows_per_prog, BLOCK_R):
+        local = r + tl.arange(0, BLOCK_R)
+        rows = (row_start + local).to(tl.int64)
+        mask_r = (rows < R) & (local < rows_per_prog)
+        mask = mask_r[:, None] & mask_p[None, :]
+        base, pos = _row_offsets(rows, H, L, sx_b, sx_l, sx_h)
+        ptr_e = x_ptr + base[:, None] + (2 * offs_p)[None, :] * sx_d
+        x_e = tl.load(ptr_e, mask=mask, other=0.0).to(tl.float32)
+        x_o = tl.load(ptr_e + sx_d, mask=mask, other=0.0).to(tl.float32)
+        dbase, _ = _row_offsets(rows, H, L, sdo_b, sdo_l, sdo_h)
+        dptr_e = dout_ptr + dbase[:, None] + (2 * offs_p)[None, :] * sdo_d
+        do_e = tl.load(dptr_e, mask=mask, other=0.0).to(tl.float32)
+        do_o = tl.load(dptr_e + sdo_d, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=mask_r, other=0.0)
+        cos = tl.load(cos_ptr + pos[:, None] * sc_l + offs_p[None, :] * sc_p, mask=mask, other=0.0)
+        sin = tl.load(sin_ptr + pos[:, None] * ss_l + offs_p[None, :] * ss_p, mask=mask, other=0.0)
+        cos = cos.to(tl.float32)
+        sin = sin.to(tl.float32)
+        du_e = do_e * cos + do_o * sin
+        du_o = do_o * cos - do_e * sin
+        xn_e = x_e * rstd[:, None]
+        xn_o = x_o * rstd[:, None]
+        dw_e += tl.sum(du_e * xn_e, axis=0)
+        dw_o += tl.sum(du_o * xn_o, axis=0)
+        dxn_e = du_e * w_e
+        dxn_o = du_o * w_o
+        dot = (tl.sum(dxn_e * xn_e, axis=1) + tl.sum(dxn_o * xn_o, axis=1)) / (2 * P)
+        dx_e = (dxn_e - xn_e * dot[:, None]) * rstd[:, None]
+        dx_o = (dxn_o - xn_o * dot[:, None]) * rstd[:, None]
+        o_ptr = dx_ptr + rows[:, None] * (2 * P) + (2 * offs_p)[None, :]
+        tl.store(o_ptr, dx_e.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(o_ptr + 1, dx_o.to(dx_ptr.dtype.element_ty), mask=mask)
+    dw_base = dw_ptr + pid * (2 * P) + 2 * offs_p
+    tl.store(dw_base, dw_e, mask=mask_p)
+    tl.store(dw_base + 1, dw_o, mask=mask_p)

@@ -1,0 +1,115 @@
+"""GroupNorm + SiLU for channels-first VAE activations (kernel 4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mugv_kernels._dispatch import use_triton_for
+from mugv_kernels._launch import next_pow2
+from mugv_kernels.reference import check_group_norm, group_norm_silu_ref
+
+
+def _block(spatial: int) -> int:
+    return min(4096, next_pow2(spatial))
+
+
+def _group_stats(x_NCS: torch.Tensor, num_groups: int, eps: float, block: int):
+    """Mean and rstd per ``(n, group)`` (flattened ``[N*G]`` fp32) from chunk partials."""
+    from mugv_kernels import _triton_groupnorm as kern
+
+    n, c, s = x_NCS.shape
+    chunks = -(-s // block)
+    mean_c = torch.empty(n * c, chunks, device=x_NCS.device, dtype=torch.float32)
+    m2_c = torch.empty_like(mean_c)
+    kern.gn_stats_kernel[(n * c, chunks)](x_NCS, mean_c, m2_c, s, chunks, BLOCK=block)
+    counts = torch.full((chunks,), float(block), device=x_NCS.device)
+    counts[-1] = s - (chunks - 1) * block
+    # Chan's combination over the chunks of all channels of a group.
+    mean_c = mean_c.view(n * num_groups, -1)
+    m2_c = m2_c.view(n * num_groups, -1)
+    counts = counts.repeat(c // num_groups)
+    total = float((c // num_groups) * s)
+    mean = (mean_c * counts).sum(dim=1) / total
+    m2 = m2_c.sum(dim=1) + ((mean_c - mean[:, None]).square() * counts).sum(dim=1)
+    rstd = torch.rsqrt(m2 / total + eps)
+    return mean.contiguous(), rstd.contiguous()
+
+
+class GroupNormSiLUFn(torch.autograd.Function):
+    """Triton forward/backward of :func:`group_norm_silu`."""
+
+    @staticmethod
+    def forward(ctx, x, num_groups, weight, bias, eps):
+        from mugv_kernels import _triton_groupnorm as kern
+
+        n, c = x.shape[:2]
+        s = math.prod(x.shape[2:])
+        x_NCS = x.contiguous().view(n, c, s)
+        w = weight if weight is not None else torch.ones(c, device=x.device)
+        b = bias if bias is not None else torch.zeros(c, device=x.device)
+        block = _block(s)
+        mean, rstd = _group_stats(x_NCS, num_groups, eps, block)
+        out = torch.empty_like(x_NCS)
+        grid = (n * c, -(-s // block))
+        kern.gn_apply_kernel[grid](
+            x_NCS, out, w, b, mean, rstd, c, s, c // num_groups, BLOCK=block, num_warps=8
+        )
+        ctx.save_for_backward(x_NCS, w, b, mean, rstd)
+        ctx.meta = (x.shape, num_groups, weight is not None, bias is not None)
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dout):
+        from mugv_kernels import _triton_groupnorm as kern
+
+        x_NCS, w, b, mean, rstd = ctx.saved_tensors
+        x_shape, num_groups, has_w, has_b = ctx.meta
+        n, c, s = x_NCS.shape
+        dout_NCS = dout.contiguous().view(n, c, s)
+        block = _block(s)
+        chunks = -(-s // block)
+        grid = (n * c, chunks)
+        sum_dz = torch.empty(n * c, chunks, device=x_NCS.device, dtype=torch.float32)
+        sum_dz_xhat = torch.empty_like(sum_dz)
+        kern.gn_bwd_reduce_kernel[grid](
+            dout_NCS, x_NCS, w, b, mean, rstd, sum_dz, sum_dz_xhat,
+            c, s, c // num_groups, chunks, BLOCK=block, num_warps=8,
+        )  # fmt: skip
+        a_NC = sum_dz.sum(dim=1).view(n, c)
+        b_NC = sum_dz_xhat.sum(dim=1).view(n, c)
+        count = (c // num_groups) * s
+        wf = w.float()
+        m1 = (a_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
+        m2 = (b_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
+        dx = torch.empty_like(x_NCS)
+        kern.gn_bwd_dx_kernel[grid](
+            dout_NCS, x_NCS, dx, w, b, mean, rstd, m1.contiguous(), m2.contiguous(),
+            c, s, c // num_groups, BLOCK=block, num_warps=8,
+        )  # fmt: skip
+        dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
+        db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+        return dx.view(x_shape), None, dw, db, None
+
+
+def group_norm_silu(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    eps: float = 1e-6,
+    use_triton: bool | None = None,
+) -> torch.Tensor:
+    """``silu(GroupNorm(x, num_groups, weight, bias, eps))`` for ``x [N, C, *spatial]``.
+
+    ``weight``/``bias`` are ``[C]`` or ``None`` (no affine). The Triton path reads ``x`` in
+    channels-first contiguous order (a non-contiguous input is copied once). Statistics and
+    arithmetic in fp32; output in x's dtype. ``use_triton`` as in
+    :func:`mugv_kernels.modulated_layer_norm`.
+    """
+    check_group_norm(x, num_groups, weight, bias)
+    if not use_triton_for(use_triton, x, "group_norm_silu"):
+        return group_norm_silu_ref(x, num_groups, weight, bias, eps=eps)
+    return GroupNormSiLUFn.apply(x, int(num_groups), weight, bias, float(eps))

@@ -1,0 +1,110 @@
+"""QK RMSNorm + 3D RoPE (kernel 3): public function and its Triton autograd Function."""
+
+from __future__ import annotations
+
+import torch
+
+from mugv_kernels._dispatch import use_triton_for
+from mugv_kernels._launch import next_pow2, sm_count
+from mugv_kernels.reference import check_qk, qk_rmsnorm_rope3d_ref
+
+
+def _tiling(rows: int, head_dim: int, device: torch.device) -> tuple[int, int, int, int]:
+    """``(BLOCK_P, BLOCK_R, rows_per_prog, num_warps)`` for ``rows`` rows of ``head_dim``."""
+    block_p = next_pow2(head_dim // 2)
+    block_r = max(1, min(64, 4096 // block_p, next_pow2(rows)))
+    target = 8 * sm_count(device)
+    per_prog = max(block_r, -(-rows // target))
+    per_prog = -(-per_prog // block_r) * block_r
+    return block_p, block_r, per_prog, 4 if block_r * block_p <= 1024 else 8
+
+
+def _fwd(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float):
+    from mugv_kernels import _triton_qkrope as kern
+
+    b, seq_len, heads, head_dim = x.shape
+    rows = b * seq_len * heads
+    out = torch.empty((b, seq_len, heads, head_dim), device=x.device, dtype=x.dtype)
+    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    block_p, block_r, per_prog, warps = _tiling(rows, head_dim, x.device)
+    kern.rmsnorm_rope_fwd_kernel[(-(-rows // per_prog),)](
+        x, w, cos, sin, out, rstd,
+        rows, heads, seq_len, head_dim // 2, per_prog, eps,
+        *x.stride(), *cos.stride(), *sin.stride(),
+        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+    )  # fmt: skip
+    return out, rstd
+
+
+def _bwd(dout, x, w, cos, sin, rstd):
+    from mugv_kernels import _triton_qkrope as kern
+
+    b, seq_len, heads, head_dim = x.shape
+    rows = b * seq_len * heads
+    block_p, block_r, per_prog, warps = _tiling(rows, head_dim, x.device)
+    grid = -(-rows // per_prog)
+    dx = torch.empty((b, seq_len, heads, head_dim), device=x.device, dtype=x.dtype)
+    dw = torch.empty((grid, head_dim), device=x.device, dtype=torch.float32)
+    kern.rmsnorm_rope_bwd_kernel[(grid,)](
+        dout, x, w, cos, sin, rstd, dx, dw,
+        rows, heads, seq_len, head_dim // 2, per_prog,
+        *dout.stride(), *x.stride(), *cos.stride(), *sin.stride(),
+        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+    )  # fmt: skip
+    return dx, dw.sum(dim=0).to(w.dtype)
+
+
+class QKRMSNormRoPEFn(torch.autograd.Function):
+    """Triton forward/backward of :func:`qk_rmsnorm_rope3d` (cos/sin are constants)."""
+
+    @staticmethod
+    def forward(ctx, q, k, q_weight, k_weight, cos, sin, eps):
+        ctx.set_materialize_grads(False)
+        q_out, q_rstd = _fwd(q, q_weight, cos, sin, eps)
+        k_out, k_rstd = _fwd(k, k_weight, cos, sin, eps)
+        ctx.save_for_backward(q, k, q_weight, k_weight, cos, sin, q_rstd, k_rstd)
+        return q_out, k_out
+
+    @staticmethod
+    def backward(ctx, dq_out, dk_out):
+        q, k, q_weight, k_weight, cos, sin, q_rstd, k_rstd = ctx.saved_tensors
+        dq = dqw = dk = dkw = None
+        if dq_out is not None:
+            dq, dqw = _bwd(dq_out, q, q_weight, cos, sin, q_rstd)
+        if dk_out is not None:
+            dk, dkw = _bwd(dk_out, k, k_weight, cos, sin, k_rstd)
+        return dq, dk, dqw, dkw, None, None, None
+
+
+def qk_rmsnorm_rope3d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    eps: float = 1e-6,
+    use_triton: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm with learned weight, then interleaved 3D rotary embedding.
+
+    Args:
+        q, k: ``[B, L, H, Dh]`` (k may have another head count; any strides).
+        q_weight, k_weight: RMSNorm weights ``[Dh]``.
+        cos, sin: ``[L, Dh // 2]`` tables (see :func:`mugv_kernels.rope3d_frequencies`); pair
+            ``(2i, 2i+1)`` rotates by the angle of column ``i``. They are treated as constants
+            by the Triton path (if they require grad the reference path is taken).
+        eps: RMSNorm epsilon.
+        use_triton: see :func:`mugv_kernels.modulated_layer_norm`.
+
+    Returns ``(q_out, k_out)`` with the shapes and dtypes of q and k (fp32 inside).
+    """
+    check_qk(q, k, q_weight, k_weight, cos, sin)
+    if (
+        not use_triton_for(use_triton, q, "qk_rmsnorm_rope3d")
+        or cos.requires_grad
+        or sin.requires_grad
+    ):
+        return qk_rmsnorm_rope3d_ref(q, k, q_weight, k_weight, cos, sin, eps=eps)
+    return QKRMSNormRoPEFn.apply(q, k, q_weight, k_weight, cos, sin, float(eps))
