@@ -38,3 +38,48 @@ def make_video():
         return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
 
     return make
+
+
+SAMPLE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+
+
+@pytest.fixture(scope="session")
+def clip_dataset(tmp_path_factory, clip_dir) -> Path:
+    """A clip-shard dataset (2 shards) of the real sample clips."""
+    import av
+    import mugv_formats as mf
+
+    out = tmp_path_factory.mktemp("clips") / "clips"
+    with mf.ClipShardWriter(out, producer="mugv-vae tests", clips_per_shard=2) as writer:
+        for name in SAMPLE_CLIPS:
+            data = (clip_dir / name).read_bytes()
+            with av.open(str(clip_dir / name)) as c:
+                s = c.streams.video[0]
+                fps, frames, w, h = float(s.average_rate), s.frames, s.width, s.height
+            writer.write(
+                mf.ClipRecord(
+                    key=name.removesuffix(".mp4"),
+                    source=str(clip_dir / name),
+                    start_s=0.0,
+                    end_s=frames / fps,
+                    fps=fps,
+                    num_frames=frames,
+                    width=w,
+                    height=h,
+                    caption=f"sample clip {name}",
+                ),
+                data,
+            )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random tiny-preset checkpoint folder with non-trivial latent statistics."""
+    torch.manual_seed(0)
+    model = MugvVAE(tiny_config())
+    c = model.config.latent_channels
+    model.set_latent_stats(torch.linspace(-0.5, 0.5, c), torch.linspace(0.5, 1.5, c))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(path)
+    return path

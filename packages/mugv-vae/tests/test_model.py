@@ -139,3 +139,14 @@ def test_mugv_preset_matches_the_released_architecture_size():
     )
     assert model.config.trunk.feature_channels == 512
     assert n_temporal > 100_000_000
+
+
+def test_fused_group_norm_silu_switch_matches_the_torch_path(make_video):
+    pytest.importorskip("mugv_kernels.group_norm")
+    torch.manual_seed(0)
+    plain = MugvVAE(tiny_config()).eval()
+    fused = MugvVAE(tiny_config().model_copy(update={"fused_group_norm_silu": True})).eval()
+    fused.load_state_dict(plain.state_dict())
+    video = make_video(t=9)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.encode(video), plain.encode(video), rtol=1e-4, atol=1e-5)

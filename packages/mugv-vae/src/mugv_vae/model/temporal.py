@@ -15,11 +15,11 @@ from mugv_vae.config import TemporalConfig
 
 
 def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.Tensor:
-    """GroupNorm followed by SiLU; the fused Triton kernel when asked for."""
+    """GroupNorm followed by SiLU; ``mugv_kernels.group_norm_silu`` (fused Triton) if asked."""
     if fused:
         from mugv_kernels import group_norm_silu as fused_op
 
-        return fused_op(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+        return fused_op(x, norm.num_groups, norm.weight, norm.bias, eps=norm.eps)
     return F.silu(norm(x))
 
 

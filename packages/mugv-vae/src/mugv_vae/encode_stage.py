@@ -1,0 +1,184 @@
+"""Encode stage: clip shards (``mugv.clip-shards``) -> latent shards (``mugv.latent-shards``).
+
+Work is split by whole input shards. Each input shard becomes one complete single-shard
+latent dataset under ``<output>.parts/<shard>/`` (its ``dataset.json`` marks it done, so a
+rerun skips it: resumable). When every part exists, rank 0 merges the parts, in input-shard
+order, into ``<output>`` (written under a temporary name and renamed). Under ``torchrun`` each
+rank takes shards ``rank, rank + world, ...`` on its own GPU.
+
+Stored latents are normalised once, by the VAE (``latents_normalized = true``), with the
+checkpoint's statistics in the dataset header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm import tqdm
+
+from mugv_vae.video import load_clip, parse_resolution
+
+
+class EncodeConfig(BaseModel):
+    """Settings of one ``mugv-vae encode`` run (written into the output's header)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="VAE checkpoint folder.")
+    input: str = Field(description="Clip-shard dataset to read.")
+    output: str = Field(description="Latent-shard dataset to write.")
+    resolutions: list[str] = Field(
+        default_factory=lambda: ["256x256"],
+        description="Resolution buckets HxW; each clip goes to the closest aspect ratio.",
+    )
+    frames: int = Field(33, ge=1, description="Frames per clip (cut to the largest 1+8k).")
+    mode: Literal["mode", "sample"] = Field(
+        "mode", description="Store the posterior mean ('mode') or a sample ('sample')."
+    )
+    seed: int = Field(0, description="Seed for 'sample' mode (per clip: seed + clip index).")
+    device: str = Field("cuda" if torch.cuda.is_available() else "cpu")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Compute dtype.")
+    latent_dtype: Literal["float32", "float16"] = Field("float32", description="Stored dtype.")
+    samples_per_shard: int = Field(64, ge=1)
+    tile: int | None = Field(None, description="Spatial tile (pixels) for bounded memory.")
+    frame_batch_size: int | None = Field(16, description="Frames per trunk call.")
+    keep_parts: bool = Field(False, description="Keep <output>.parts after the merge.")
+
+    @field_validator("resolutions")
+    @classmethod
+    def _res(cls, v: list[str]) -> list[str]:
+        for r in v:
+            parse_resolution(r)
+        if not v:
+            raise ValueError("at least one resolution bucket is needed")
+        return v
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and torch.distributed.is_available() and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, header_kw, device):
+    import mugv_formats as mf
+
+    buckets = [parse_resolution(r) for r in cfg.resolutions]
+    header = mf.LatentShardWriter.make_header(**header_kw)
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    if part_dir.exists():
+        shutil.rmtree(part_dir)  # an unfinished part: start it again
+    part_dir.mkdir(parents=True)
+    count = 0
+    with mf.LatentShardWriter(part_dir, header, samples_per_shard=1 << 30, energon=False) as writer:
+        for index, (record, mp4) in enumerate(dataset.iter_clips(shard)):
+            video = load_clip(
+                mp4, cfg.frames, buckets, where=f"{dataset.path}/{shard}:{record.key}"
+            )
+            x = video.unsqueeze(0).to(device)
+            gen = None
+            if cfg.mode == "sample":
+                gen = torch.Generator(device=device).manual_seed(cfg.seed + index)
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+            ):
+                z = vae.encode(x, sample=cfg.mode == "sample", generator=gen, tile=cfg.tile)
+            latents = z[0].float().cpu().numpy().astype(cfg.latent_dtype)
+            writer.write(
+                mf.LatentRecord(
+                    key=record.key,
+                    clip_key=record.key,
+                    caption=record.caption,
+                    fps=record.fps,
+                    num_frames=video.shape[1],
+                    height=video.shape[2],
+                    width=video.shape[3],
+                    sample_weight=record.sample_weight,
+                    extra={"source": record.source, "source_shard": shard},
+                ),
+                latents,
+            )
+            count += 1
+    return count
+
+
+def run_encode(cfg: EncodeConfig) -> dict:
+    """Run the encode stage; returns a summary (also printed by the CLI)."""
+    import mugv_formats as mf
+
+    from mugv_vae import __version__
+    from mugv_vae.checkpoint import checkpoint_id, load_checkpoint
+
+    rank, world = _dist()
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dataset = mf.ClipDataset(cfg.input)
+    shards = list(dataset.header.shards)
+    output = Path(cfg.output)
+    parts = Path(f"{output}.parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    vae = load_checkpoint(cfg.checkpoint, device=device)
+    vae.frame_batch_size = cfg.frame_batch_size
+    header_kw = dict(
+        producer=f"mugv-vae {__version__}",
+        config=cfg.model_dump(mode="json"),
+        vae_checkpoint_id=checkpoint_id(cfg.checkpoint),
+        latent_channels=vae.config.latent_channels,
+        latent_mean=vae.latent_mean.tolist(),
+        latent_std=vae.latent_std.tolist(),
+        latents_normalized=True,
+    )
+    mine = shards[rank::world]
+    todo = [s for s in mine if not (parts / Path(s).stem / "dataset.json").is_file()]
+    start, encoded = time.perf_counter(), 0
+    for shard in tqdm(todo, desc=f"encode rank {rank}", disable=rank != 0):
+        part = parts / Path(shard).stem
+        encoded += _encode_shard(cfg, vae, dataset, shard, part, header_kw, device)
+    _barrier(world)
+    summary = {
+        "shards": len(shards),
+        "skipped_shards": len(mine) - len(todo),
+        "encoded_clips_rank0": encoded,
+        "seconds": round(time.perf_counter() - start, 3),
+        "output": str(output),
+    }
+    if rank == 0:
+        summary["samples"] = _merge(cfg, shards, parts, output, header_kw)
+        if not cfg.keep_parts:
+            shutil.rmtree(parts)
+    _barrier(world)
+    return summary
+
+
+def _merge(cfg: EncodeConfig, shards: list[str], parts: Path, output: Path, header_kw) -> int:
+    import mugv_formats as mf
+
+    header = mf.LatentShardWriter.make_header(**header_kw)
+    n = 0
+    with mf.atomic_replace_dir(output) as tmp:
+        with mf.LatentShardWriter(tmp, header, samples_per_shard=cfg.samples_per_shard) as writer:
+            for shard in shards:
+                for sample in mf.LatentDataset(parts / Path(shard).stem):
+                    record = sample.record.model_copy(update={"shard": "", "checksums": {}})
+                    writer.write(record, np.asarray(sample.latents), sample.text)
+                    n += 1
+        (tmp / "encode_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return n
