@@ -6,6 +6,7 @@ PyTorch reference otherwise; ``True`` = Triton (CPU tensors only under ``TRITON_
 sequence-parallel norms in :mod:`mugv_kernels.megatron_norms`.
 """
 
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from mugv_kernels import megatron_norms
@@ -16,7 +17,10 @@ from mugv_kernels.modules import GroupNormSiLU, ModulatedLayerNorm, QKRMSNormRoP
 from mugv_kernels.qk_norm_rope import qk_rmsnorm_rope3d
 from mugv_kernels.rope import default_split, rope3d_frequencies
 
-__version__ = _version("mugv-kernels")
+try:
+    __version__ = _version("mugv-kernels")
+except PackageNotFoundError:  # source tree on PYTHONPATH, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "GroupNormSiLU",

@@ -24,26 +24,34 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+#: Launch parameters per kernel; benchmarks may override entries to sweep them.
+#: ``tile_elems``: elements of one ``BLOCK_R x BLOCK_D`` tile; ``programs_per_sm``: grid
+#: target; ``warp_elems``: tile elements per warp (sets ``num_warps``, clamped to 4..16).
+TUNING: dict[str, dict[str, int]] = {
+    "modln_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
+    "modln_bwd": {"tile_elems": 4096, "programs_per_sm": 4, "warp_elems": 256},
+    "gated_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
+    "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
+    "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512},
+    "gn": {"block": 4096, "num_warps": 8},
+}
+
+
 def row_tiling(
-    n: int,
-    seq_len: int,
-    hidden: int,
-    device: torch.device,
-    *,
-    tile_elems: int = 8192,
-    programs_per_sm: int = 4,
+    n: int, seq_len: int, hidden: int, device: torch.device, key: str
 ) -> tuple[int, int, int, int]:
     """Tiling of ``[N, L, D]`` row kernels: ``(BLOCK_D, BLOCK_R, rows_per_prog, num_warps)``.
 
     A program handles ``rows_per_prog`` consecutive tokens of one sample in tiles of
     ``BLOCK_R x BLOCK_D``; the grid aims at ``programs_per_sm`` programs per multiprocessor
-    so that per-sample partial sums stay few.
+    so that per-sample partial sums stay few. Parameters come from ``TUNING[key]``.
     """
+    tune = TUNING[key]
     block_d = next_pow2(hidden)
-    block_r = max(1, min(16, tile_elems // block_d, next_pow2(seq_len)))
-    target = max(1, programs_per_sm * sm_count(device))
+    block_r = max(1, min(16, tune["tile_elems"] // block_d, next_pow2(seq_len)))
+    target = max(1, tune["programs_per_sm"] * sm_count(device))
     per_sample = max(1, target // max(1, n))
     rows = -(-seq_len // per_sample)
     rows = max(block_r, -(-rows // block_r) * block_r)
-    num_warps = max(4, min(16, block_r * block_d // 512))
+    num_warps = max(4, min(16, block_r * block_d // tune["warp_elems"]))
     return block_d, block_r, rows, num_warps

@@ -102,3 +102,33 @@ def gn_bwd_dx_kernel(
     m2 = tl.load(m2_ptr + ng)
     dx = (dz * w - m1 - x_hat * m2) * rstd
     tl.store(dx_ptr + nc * S + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gn_combine_kernel(
+    mean_c_ptr, m2_c_ptr, mean_ptr, rstd_ptr, S, num_chunks, per_group, eps,
+    BLOCK: tl.constexpr, CHUNK_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Group mean/rstd from the ``per_group = channels_per_group * num_chunks`` chunk partials
+    of group ``ng`` (Chan's formula: ``M2 = sum M2_j + sum n_j (mean_j - mean)^2``)."""
+    ng = tl.program_id(0).to(tl.int64)
+    total = (per_group // num_chunks).to(tl.float32) * S
+    acc = tl.zeros([CHUNK_BLOCK], dtype=tl.float32)
+    for start in range(0, per_group, CHUNK_BLOCK):
+        j = start + tl.arange(0, CHUNK_BLOCK)
+        mask = j < per_group
+        cnt = tl.minimum(S - (j % num_chunks) * BLOCK, BLOCK).to(tl.float32)
+        m = tl.load(mean_c_ptr + ng * per_group + j, mask=mask, other=0.0)
+        acc += tl.where(mask, cnt * m, 0.0)
+    mean = tl.sum(acc, axis=0) / total
+    acc2 = tl.zeros([CHUNK_BLOCK], dtype=tl.float32)
+    for start in range(0, per_group, CHUNK_BLOCK):
+        j = start + tl.arange(0, CHUNK_BLOCK)
+        mask = j < per_group
+        cnt = tl.minimum(S - (j % num_chunks) * BLOCK, BLOCK).to(tl.float32)
+        m = tl.load(mean_c_ptr + ng * per_group + j, mask=mask, other=0.0)
+        m2 = tl.load(m2_c_ptr + ng * per_group + j, mask=mask, other=0.0)
+        acc2 += tl.where(mask, m2 + cnt * (m - mean) * (m - mean), 0.0)
+    var = tl.sum(acc2, axis=0) / total
+    tl.store(mean_ptr + ng, mean)
+    tl.store(rstd_ptr + ng, 1.0 / tl.sqrt(var + eps))

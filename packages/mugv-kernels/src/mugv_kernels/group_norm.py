@@ -7,12 +7,12 @@ import math
 import torch
 
 from mugv_kernels._dispatch import use_triton_for
-from mugv_kernels._launch import next_pow2
+from mugv_kernels._launch import TUNING, next_pow2
 from mugv_kernels.reference import check_group_norm, group_norm_silu_ref
 
 
 def _block(spatial: int) -> int:
-    return min(4096, next_pow2(spatial))
+    return min(TUNING["gn"]["block"], next_pow2(spatial))
 
 
 def _group_stats(x_NCS: torch.Tensor, num_groups: int, eps: float, block: int):
@@ -23,18 +23,19 @@ def _group_stats(x_NCS: torch.Tensor, num_groups: int, eps: float, block: int):
     chunks = -(-s // block)
     mean_c = torch.empty(n * c, chunks, device=x_NCS.device, dtype=torch.float32)
     m2_c = torch.empty_like(mean_c)
-    kern.gn_stats_kernel[(n * c, chunks)](x_NCS, mean_c, m2_c, s, chunks, BLOCK=block)
-    counts = torch.full((chunks,), float(block), device=x_NCS.device)
-    counts[-1] = s - (chunks - 1) * block
-    # Chan's combination over the chunks of all channels of a group.
-    mean_c = mean_c.view(n * num_groups, -1)
-    m2_c = m2_c.view(n * num_groups, -1)
-    counts = counts.repeat(c // num_groups)
-    total = float((c // num_groups) * s)
-    mean = (mean_c * counts).sum(dim=1) / total
-    m2 = m2_c.sum(dim=1) + ((mean_c - mean[:, None]).square() * counts).sum(dim=1)
-    rstd = torch.rsqrt(m2 / total + eps)
-    return mean.contiguous(), rstd.contiguous()
+    kern.gn_stats_kernel[(n * c, chunks)](
+        x_NCS, mean_c, m2_c, s, chunks, BLOCK=block, num_warps=TUNING["gn"]["num_warps"]
+    )
+    groups = n * num_groups
+    per_group = (c // num_groups) * chunks
+    mean = torch.empty(groups, device=x_NCS.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    chunk_block = min(1024, next_pow2(per_group))
+    kern.gn_combine_kernel[(groups,)](
+        mean_c, m2_c, mean, rstd, s, chunks, per_group, eps,
+        BLOCK=block, CHUNK_BLOCK=chunk_block, num_warps=4,
+    )  # fmt: skip
+    return mean, rstd
 
 
 class GroupNormSiLUFn(torch.autograd.Function):
@@ -54,7 +55,17 @@ class GroupNormSiLUFn(torch.autograd.Function):
         out = torch.empty_like(x_NCS)
         grid = (n * c, -(-s // block))
         kern.gn_apply_kernel[grid](
-            x_NCS, out, w, b, mean, rstd, c, s, c // num_groups, BLOCK=block, num_warps=8
+            x_NCS,
+            out,
+            w,
+            b,
+            mean,
+            rstd,
+            c,
+            s,
+            c // num_groups,
+            BLOCK=block,
+            num_warps=TUNING["gn"]["num_warps"],
         )
         ctx.save_for_backward(x_NCS, w, b, mean, rstd)
         ctx.meta = (x.shape, num_groups, weight is not None, bias is not None)
@@ -75,7 +86,7 @@ class GroupNormSiLUFn(torch.autograd.Function):
         sum_dz_xhat = torch.empty_like(sum_dz)
         kern.gn_bwd_reduce_kernel[grid](
             dout_NCS, x_NCS, w, b, mean, rstd, sum_dz, sum_dz_xhat,
-            c, s, c // num_groups, chunks, BLOCK=block, num_warps=8,
+            c, s, c // num_groups, chunks, BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
         )  # fmt: skip
         a_NC = sum_dz.sum(dim=1).view(n, c)
         b_NC = sum_dz_xhat.sum(dim=1).view(n, c)
@@ -86,7 +97,7 @@ class GroupNormSiLUFn(torch.autograd.Function):
         dx = torch.empty_like(x_NCS)
         kern.gn_bwd_dx_kernel[grid](
             dout_NCS, x_NCS, dx, w, b, mean, rstd, m1.contiguous(), m2.contiguous(),
-            c, s, c // num_groups, BLOCK=block, num_warps=8,
+            c, s, c // num_groups, BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
         )  # fmt: skip
         dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
         db = a_NC.sum(dim=0).to(b.dtype) if has_b else None

@@ -93,7 +93,7 @@ class ModulatedLayerNormFn(torch.autograd.Function):
         out_NLD = torch.empty((n, seq_len, hidden), device=x.device, dtype=x.dtype)
         mean = torch.empty(n * seq_len, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
-        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device)
+        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_fwd")
         kern.modln_fwd_kernel[(_cdiv(seq_len, rows), n)](
             x_NLD, out_NLD, shift_k, scale_k, br_NL, mean, rstd,
             seq_len, hidden, rows, eps,
@@ -117,9 +117,7 @@ class ModulatedLayerNormFn(torch.autograd.Function):
         layout = ctx.layout
         n, seq_len, hidden = x_NLD.shape
         dout_NLD = dout.reshape(n, seq_len, hidden)
-        block_d, block_r, rows, warps = row_tiling(
-            n, seq_len, hidden, x_NLD.device, tile_elems=4096
-        )
+        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x_NLD.device, "modln_bwd")
         p = _cdiv(seq_len, rows)
         dx_NLD = torch.empty((n, seq_len, hidden), device=x_NLD.device, dtype=x_NLD.dtype)
         dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, x_NLD.device)
@@ -156,7 +154,7 @@ class GatedResidualModulatedNormFn(torch.autograd.Function):
         hn_NLD = torch.empty_like(h_NLD)
         mean = torch.empty(n * seq_len, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
-        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device)
+        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "gated_fwd")
         bias_arg = bias if bias is not None else x_NLD
         kern.gated_fwd_kernel[(_cdiv(seq_len, rows), n)](
             x_NLD, y_NLD, bias_arg, gate_k, shift_k, scale_k, br_NL,
@@ -189,9 +187,7 @@ class GatedResidualModulatedNormFn(torch.autograd.Function):
             dhn = torch.zeros_like(h_NLD)
         dhn_NLD = dhn.reshape(n, seq_len, hidden)
         dh_NLD = dh.reshape(n, seq_len, hidden) if dh is not None else dhn_NLD
-        block_d, block_r, rows, warps = row_tiling(
-            n, seq_len, hidden, h_NLD.device, tile_elems=2048
-        )
+        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, h_NLD.device, "gated_bwd")
         p = _cdiv(seq_len, rows)
         dev = h_NLD.device
         dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=h_NLD.dtype)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 
 from mugv_kernels._dispatch import use_triton_for
-from mugv_kernels._launch import next_pow2, sm_count
+from mugv_kernels._launch import TUNING, next_pow2, sm_count
 from mugv_kernels.reference import check_qk, qk_rmsnorm_rope3d_ref
 
 
 def _tiling(rows: int, head_dim: int, device: torch.device) -> tuple[int, int, int, int]:
     """``(BLOCK_P, BLOCK_R, rows_per_prog, num_warps)`` for ``rows`` rows of ``head_dim``."""
+    tune = TUNING["qk"]
     block_p = next_pow2(head_dim // 2)
-    block_r = max(1, min(64, 4096 // block_p, next_pow2(rows)))
-    target = 8 * sm_count(device)
+    block_r = max(1, min(128, tune["tile_elems"] // block_p, next_pow2(rows)))
+    target = tune["programs_per_sm"] * sm_count(device)
     per_prog = max(block_r, -(-rows // target))
     per_prog = -(-per_prog // block_r) * block_r
-    return block_p, block_r, per_prog, 4 if block_r * block_p <= 1024 else 8
+    return block_p, block_r, per_prog, max(4, min(16, block_r * block_p // tune["warp_elems"]))
 
 
 def _fwd(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float):
