@@ -230,11 +230,15 @@ class MugvVAE(nn.Module):
         return self.decode_raw(self.denormalize(latents_BCKHW), window, tile, tile_overlap)
 
     def forward(
-        self, video_BCTHW: torch.Tensor, window: int = 8, sample: bool = True
+        self,
+        video_BCTHW: torch.Tensor,
+        window: int = 8,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, DiagonalGaussian]:
         """Training pass: reconstruction and posterior (raw latent space)."""
         posterior = self.encode_posterior(video_BCTHW)
-        z = posterior.sample() if sample else posterior.mode()
+        z = posterior.sample(generator) if sample else posterior.mode()
         return self.decode_raw(z, window), posterior
 
     @property

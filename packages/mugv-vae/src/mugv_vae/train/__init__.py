@@ -1,0 +1,1 @@
+"""Training of the mugv video VAE: losses, discriminator, data, EMA, parallelism, trainer."""

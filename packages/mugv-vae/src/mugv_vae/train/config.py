@@ -1,0 +1,109 @@
+"""Typed training configuration (YAML file + dotted CLI overrides; CLI > file > defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Cfg):
+    preset: str | None = Field("tiny", description="Architecture preset (when no checkpoint).")
+    checkpoint: str | None = Field(None, description="Start from this VAE checkpoint folder.")
+    sdxl_vae: str | None = Field(None, description="Local diffusers AutoencoderKL for the trunk.")
+    freeze_trunk: bool = Field(False, description="Train only the temporal VAE.")
+    fused_group_norm_silu: bool = Field(False, description="Fused Triton GroupNorm+SiLU.")
+    gradient_checkpointing: bool = False
+
+
+class DataSection(_Cfg):
+    clips: str = Field(description="Clip-shard dataset, or a folder of video files.")
+    resolution: str = Field("64x64", description="Training crop HxW.")
+    frames: int = Field(17, ge=1, description="Frames per video sample (1+8k).")
+    batch_size: int = Field(2, ge=1, description="Samples per rank per step.")
+    image_ratio: float = Field(
+        0.25, ge=0, le=1, description="Share of steps whose batch is single images (T=1)."
+    )
+    num_workers: int = Field(0, ge=0)
+    decoder_windows: list[int] = Field(
+        default_factory=lambda: [1, 4, 8], description="Decoder windows R sampled per step."
+    )
+    eval_clips: str | None = Field(None, description="Held-out clips for periodic PSNR.")
+
+
+class LossSection(_Cfg):
+    mse: float = 1.0
+    l1: float = 1.0
+    adaptive_l1: float = Field(1.0, description="Strength of the |dt Laplacian| L1 weight.")
+    perceptual: float = 0.1
+    lpips_weights: str | None = Field(None, description="Local LPIPS weights file.")
+    kl: float = 1e-6
+    gan: float = Field(0.05, description="Generator hinge-loss weight in the GAN stage.")
+    gan_start_step: int | None = Field(None, description="Enable the GAN stage from this step.")
+    disc_channels: int = 64
+    disc_lr: float = 1e-4
+
+
+class OptimSection(_Cfg):
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+
+class TrainConfig(_Cfg):
+    """Everything one training run needs; written to ``<output>/train_config.yaml``."""
+
+    output: str = Field(description="Run folder: checkpoints, TensorBoard logs, final export.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    loss: LossSection = Field(default_factory=LossSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+    ema_decay: float = 0.999
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, float32 on CPU."
+    )
+    parallel: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
+    device: str | None = None
+    log_every: int = 10
+    image_every: int = 100
+    checkpoint_every: int = 100
+    eval_every: int = 0
+    keep_checkpoints: int = 2
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config and apply ``KEY=VALUE`` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return TrainConfig.model_validate(data)

@@ -1,0 +1,111 @@
+"""Training data: deterministic per-step batches of clips from clip shards or video files.
+
+Batch ``step`` on ``rank`` depends only on ``(seed, step, rank)``, so resuming at any step
+reproduces the exact batches without sampler state. Videos are decoded with PyAV up to
+``frames + max_offset`` frames; a random temporal offset and the bucket crop follow. A step
+is an image step (T = 1, one random frame per clip) with probability ``image_ratio``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mugv_vae.video import decode_video, parse_resolution, to_model_input, usable_frames
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+
+
+class ClipSource:
+    """Random access to encoded clips: a clip-shard dataset or a folder of videos."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.path = path
+        self._blobs: list[bytes] | None = None
+        if (path / "dataset.json").is_file():
+            import mugv_formats as mf
+
+            ds = mf.ClipDataset(path)
+            self.keys, self._blobs = [], []
+            for record, mp4 in ds:
+                self.keys.append(record.key)
+                self._blobs.append(mp4)
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            self.files = files
+            self.keys = [p.stem for p in files]
+        else:
+            raise FileNotFoundError(f"{path}: neither a clip-shard dataset nor a folder of videos")
+        if not self.keys:
+            raise ValueError(f"{path}: no clips found")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def read(self, index: int) -> bytes:
+        if self._blobs is not None:
+            return self._blobs[index]
+        return self.files[index].read_bytes()
+
+
+def step_rng(seed: int, step: int, rank: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, rank])
+
+
+class StepBatches(Dataset):
+    """``dataset[step]`` -> dict(video ``[B, 3, T, H, W]`` in [-1, 1], window, is_image)."""
+
+    def __init__(
+        self,
+        source: ClipSource,
+        resolution: str,
+        frames: int,
+        batch_size: int,
+        image_ratio: float,
+        windows: list[int],
+        seed: int,
+        rank: int,
+        steps: int,
+        max_offset: int = 16,
+    ) -> None:
+        self.source, self.size = source, parse_resolution(resolution)
+        self.frames, self.batch_size, self.image_ratio = frames, batch_size, image_ratio
+        self.windows, self.seed, self.rank, self.steps = windows, seed, rank, steps
+        self.max_offset = max_offset
+        usable_frames(frames, frames)  # validates >= 1
+        if (frames - 1) % 8:
+            raise ValueError(f"data.frames must be 1 + 8k, got {frames}")
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict:
+        rng = step_rng(self.seed, step, self.rank)
+        is_image = bool(rng.random() < self.image_ratio)
+        clips = []
+        for _ in range(self.batch_size):
+            idx = int(rng.integers(len(self.source)))
+            raw = decode_video(
+                self.source.read(idx),
+                max_frames=self.frames + self.max_offset,
+                where=f"{self.source.path}:{self.source.keys[idx]}",
+            )
+            if is_image:
+                t0 = int(rng.integers(raw.shape[0]))
+                part = raw[t0 : t0 + 1]
+            else:
+                n = usable_frames(raw.shape[0], self.frames)
+                t0 = int(rng.integers(raw.shape[0] - n + 1))
+                part = raw[t0 : t0 + n]
+                if n < self.frames:  # short clip: repeat the last frame
+                    pad = np.repeat(part[-1:], self.frames - n, axis=0)
+                    part = np.concatenate([part, pad])
+            clips.append(to_model_input(np.ascontiguousarray(part), self.size))
+        latents = 1 if is_image else 1 + (self.frames - 1) // 8
+        allowed = [w for w in self.windows if w <= latents] or [1]
+        window = int(allowed[int(rng.integers(len(allowed)))])
+        return {"video": torch.stack(clips), "window": window, "is_image": is_image, "step": step}
