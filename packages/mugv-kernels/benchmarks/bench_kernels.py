@@ -273,6 +273,7 @@ SWEEP = [
     ("gated_fwd", "tile_elems", (4096, 16384)),
     ("gated_bwd", "warp_elems", (128, 512)),
     ("gated_bwd", "tile_elems", (4096,)),
+    ("qk", "vec", (0,)),
     ("qk", "tile_elems", (2048, 8192)),
     ("qk", "programs_per_sm", (4, 16)),
     ("gn", "block", (2048, 8192)),

@@ -26,13 +26,14 @@ def sm_count(device: torch.device) -> int:
 
 #: Launch parameters per kernel; benchmarks may override entries to sweep them.
 #: ``tile_elems``: elements of one ``BLOCK_R x BLOCK_D`` tile; ``programs_per_sm``: grid
-#: target; ``warp_elems``: tile elements per warp (sets ``num_warps``, clamped to 4..16).
+#: target; ``warp_elems``: tile elements per warp (sets ``num_warps``, clamped to 4..16);
+#: ``vec`` (qk): load whole rows and split pairs in registers instead of strided loads.
 TUNING: dict[str, dict[str, int]] = {
     "modln_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     "modln_bwd": {"tile_elems": 4096, "programs_per_sm": 4, "warp_elems": 256},
     "gated_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
-    "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512},
+    "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512, "vec": 1},
     "gn": {"block": 4096, "num_warps": 8},
 }
 

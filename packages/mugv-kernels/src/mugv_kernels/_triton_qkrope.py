@@ -23,12 +23,46 @@ def _row_offsets(rows, H, L, s_b, s_l, s_h):
 
 
 @triton.jit
+def _load_pairs(ptr, base, offs_p, mask_r, P, s_d, VEC: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_P: tl.constexpr):  # fmt: skip
+    """Even and odd channels of a tile of rows, fp32 ``[BLOCK_R, BLOCK_P]`` each. ``VEC``
+    loads whole rows (wide loads) and splits them in registers; else two strided loads."""
+    if VEC:
+        offs = tl.arange(0, 2 * BLOCK_P)
+        mask = mask_r[:, None] & (offs < 2 * P)[None, :]
+        x = tl.load(ptr + base[:, None] + offs[None, :] * s_d, mask=mask, other=0.0)
+        x_e, x_o = tl.split(tl.reshape(x.to(tl.float32), [BLOCK_R, BLOCK_P, 2]))
+    else:
+        mask = mask_r[:, None] & (offs_p < P)[None, :]
+        ptr_e = ptr + base[:, None] + (2 * offs_p)[None, :] * s_d
+        x_e = tl.load(ptr_e, mask=mask, other=0.0).to(tl.float32)
+        x_o = tl.load(ptr_e + s_d, mask=mask, other=0.0).to(tl.float32)
+    return x_e, x_o
+
+
+@triton.jit
+def _store_pairs(ptr, rows, out_e, out_o, offs_p, mask_r, P, VEC: tl.constexpr,
+                 BLOCK_P: tl.constexpr):  # fmt: skip
+    """Store even/odd channel tiles into contiguous rows of ``2 * P``."""
+    if VEC:
+        offs = tl.arange(0, 2 * BLOCK_P)
+        mask = mask_r[:, None] & (offs < 2 * P)[None, :]
+        out = tl.interleave(out_e, out_o).to(ptr.dtype.element_ty)
+        tl.store(ptr + rows[:, None] * (2 * P) + offs[None, :], out, mask=mask)
+    else:
+        mask = mask_r[:, None] & (offs_p < P)[None, :]
+        o_ptr = ptr + rows[:, None] * (2 * P) + (2 * offs_p)[None, :]
+        tl.store(o_ptr, out_e.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(o_ptr + 1, out_o.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def rmsnorm_rope_fwd_kernel(
     x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, rstd_ptr,
     R, H, L, P, rows_per_prog, eps,
     sx_b, sx_l, sx_h, sx_d,
     sc_l, sc_p, ss_l, ss_p,
-    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    VEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     offs_p = tl.arange(0, BLOCK_P)
@@ -42,9 +76,7 @@ def rmsnorm_rope_fwd_kernel(
         mask_r = (rows < R) & (local < rows_per_prog)
         mask = mask_r[:, None] & mask_p[None, :]
         base, pos = _row_offsets(rows, H, L, sx_b, sx_l, sx_h)
-        ptr_e = x_ptr + base[:, None] + (2 * offs_p)[None, :] * sx_d
-        x_e = tl.load(ptr_e, mask=mask, other=0.0).to(tl.float32)
-        x_o = tl.load(ptr_e + sx_d, mask=mask, other=0.0).to(tl.float32)
+        x_e, x_o = _load_pairs(x_ptr, base, offs_p, mask_r, P, sx_d, VEC, BLOCK_R, BLOCK_P)
         ms = (tl.sum(x_e * x_e, axis=1) + tl.sum(x_o * x_o, axis=1)) / (2 * P)
         rstd = 1.0 / tl.sqrt(ms + eps)
         a = x_e * rstd[:, None] * w_e
@@ -55,9 +87,7 @@ def rmsnorm_rope_fwd_kernel(
         sin = sin.to(tl.float32)
         out_e = a * cos - b * sin
         out_o = a * sin + b * cos
-        o_ptr = out_ptr + rows[:, None] * (2 * P) + (2 * offs_p)[None, :]
-        tl.store(o_ptr, out_e.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(o_ptr + 1, out_o.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_pairs(out_ptr, rows, out_e, out_o, offs_p, mask_r, P, VEC, BLOCK_P)
         tl.store(rstd_ptr + rows, rstd, mask=mask_r)
 
 
@@ -68,7 +98,7 @@ def rmsnorm_rope_bwd_kernel(
     sdo_b, sdo_l, sdo_h, sdo_d,
     sx_b, sx_l, sx_h, sx_d,
     sc_l, sc_p, ss_l, ss_p,
-    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    VEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     offs_p = tl.arange(0, BLOCK_P)
@@ -84,13 +114,9 @@ def rmsnorm_rope_bwd_kernel(
         mask_r = (rows < R) & (local < rows_per_prog)
         mask = mask_r[:, None] & mask_p[None, :]
         base, pos = _row_offsets(rows, H, L, sx_b, sx_l, sx_h)
-        ptr_e = x_ptr + base[:, None] + (2 * offs_p)[None, :] * sx_d
-        x_e = tl.load(ptr_e, mask=mask, other=0.0).to(tl.float32)
-        x_o = tl.load(ptr_e + sx_d, mask=mask, other=0.0).to(tl.float32)
+        x_e, x_o = _load_pairs(x_ptr, base, offs_p, mask_r, P, sx_d, VEC, BLOCK_R, BLOCK_P)
         dbase, _ = _row_offsets(rows, H, L, sdo_b, sdo_l, sdo_h)
-        dptr_e = dout_ptr + dbase[:, None] + (2 * offs_p)[None, :] * sdo_d
-        do_e = tl.load(dptr_e, mask=mask, other=0.0).to(tl.float32)
-        do_o = tl.load(dptr_e + sdo_d, mask=mask, other=0.0).to(tl.float32)
+        do_e, do_o = _load_pairs(dout_ptr, dbase, offs_p, mask_r, P, sdo_d, VEC, BLOCK_R, BLOCK_P)
         rstd = tl.load(rstd_ptr + rows, mask=mask_r, other=0.0)
         cos = tl.load(cos_ptr + pos[:, None] * sc_l + offs_p[None, :] * sc_p, mask=mask, other=0.0)
         sin = tl.load(sin_ptr + pos[:, None] * ss_l + offs_p[None, :] * ss_p, mask=mask, other=0.0)
@@ -107,9 +133,7 @@ def rmsnorm_rope_bwd_kernel(
         dot = (tl.sum(dxn_e * xn_e, axis=1) + tl.sum(dxn_o * xn_o, axis=1)) / (2 * P)
         dx_e = (dxn_e - xn_e * dot[:, None]) * rstd[:, None]
         dx_o = (dxn_o - xn_o * dot[:, None]) * rstd[:, None]
-        o_ptr = dx_ptr + rows[:, None] * (2 * P) + (2 * offs_p)[None, :]
-        tl.store(o_ptr, dx_e.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.store(o_ptr + 1, dx_o.to(dx_ptr.dtype.element_ty), mask=mask)
+        _store_pairs(dx_ptr, rows, dx_e, dx_o, offs_p, mask_r, P, VEC, BLOCK_P)
     dw_base = dw_ptr + pid * (2 * P) + 2 * offs_p
     tl.store(dw_base, dw_e, mask=mask_p)
     tl.store(dw_base + 1, dw_o, mask=mask_p)

@@ -104,6 +104,9 @@ class GroupNormSiLUFn(torch.autograd.Function):
         return dx.view(x_shape), None, dw, db, None
 
 
+_triton_gn = torch.compiler.disable(GroupNormSiLUFn.apply)  # graph break under torch.compile
+
+
 def group_norm_silu(
     x: torch.Tensor,
     num_groups: int,
@@ -123,4 +126,4 @@ def group_norm_silu(
     check_group_norm(x, num_groups, weight, bias)
     if not use_triton_for(use_triton, x, "group_norm_silu"):
         return group_norm_silu_ref(x, num_groups, weight, bias, eps=eps)
-    return GroupNormSiLUFn.apply(x, int(num_groups), weight, bias, float(eps))
+    return _triton_gn(x, int(num_groups), weight, bias, float(eps))

@@ -218,6 +218,12 @@ class GatedResidualModulatedNormFn(torch.autograd.Function):
         )  # fmt: skip
 
 
+# Under torch.compile the Triton paths run as opaque eager calls (a graph break), so model code
+# can be compiled whether the fused ops are on or off.
+_triton_modln = torch.compiler.disable(ModulatedLayerNormFn.apply)
+_triton_gated = torch.compiler.disable(GatedResidualModulatedNormFn.apply)
+
+
 def modulated_layer_norm(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -244,7 +250,7 @@ def modulated_layer_norm(
     layout = resolve_layout(x, {"shift": shift, "scale": scale}, token_branch)
     if not use_triton_for(use_triton, x, "modulated_layer_norm"):
         return modulated_layer_norm_ref(x, shift, scale, token_branch=token_branch, eps=eps)
-    return ModulatedLayerNormFn.apply(x, shift, scale, token_branch, float(eps), layout)
+    return _triton_modln(x, shift, scale, token_branch, float(eps), layout)
 
 
 def gated_residual_modulated_norm(
@@ -275,6 +281,4 @@ def gated_residual_modulated_norm(
         return gated_residual_modulated_norm_ref(
             x, y, gate, shift, scale, bias=bias, token_branch=token_branch, eps=eps
         )
-    return GatedResidualModulatedNormFn.apply(
-        x, y, gate, shift, scale, bias, token_branch, float(eps), layout
-    )
+    return _triton_gated(x, y, gate, shift, scale, bias, token_branch, float(eps), layout)

@@ -20,7 +20,9 @@ def _tiling(rows: int, head_dim: int, device: torch.device) -> tuple[int, int, i
     return block_p, block_r, per_prog, max(4, min(16, block_r * block_p // tune["warp_elems"]))
 
 
-def _fwd(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float):
+def _fwd(
+    x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, vec: bool
+):
     from mugv_kernels import _triton_qkrope as kern
 
     b, seq_len, heads, head_dim = x.shape
@@ -32,12 +34,12 @@ def _fwd(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         x, w, cos, sin, out, rstd,
         rows, heads, seq_len, head_dim // 2, per_prog, eps,
         *x.stride(), *cos.stride(), *sin.stride(),
-        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+        VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
     return out, rstd
 
 
-def _bwd(dout, x, w, cos, sin, rstd):
+def _bwd(dout, x, w, cos, sin, rstd, vec: bool):
     from mugv_kernels import _triton_qkrope as kern
 
     b, seq_len, heads, head_dim = x.shape
@@ -50,7 +52,7 @@ def _bwd(dout, x, w, cos, sin, rstd):
         dout, x, w, cos, sin, rstd, dx, dw,
         rows, heads, seq_len, head_dim // 2, per_prog,
         *dout.stride(), *x.stride(), *cos.stride(), *sin.stride(),
-        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+        VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
     return dx, dw.sum(dim=0).to(w.dtype)
 
@@ -61,8 +63,9 @@ class QKRMSNormRoPEFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, q_weight, k_weight, cos, sin, eps):
         ctx.set_materialize_grads(False)
-        q_out, q_rstd = _fwd(q, q_weight, cos, sin, eps)
-        k_out, k_rstd = _fwd(k, k_weight, cos, sin, eps)
+        ctx.vec = bool(TUNING["qk"]["vec"])
+        q_out, q_rstd = _fwd(q, q_weight, cos, sin, eps, ctx.vec)
+        k_out, k_rstd = _fwd(k, k_weight, cos, sin, eps, ctx.vec)
         ctx.save_for_backward(q, k, q_weight, k_weight, cos, sin, q_rstd, k_rstd)
         return q_out, k_out
 
@@ -71,10 +74,13 @@ class QKRMSNormRoPEFn(torch.autograd.Function):
         q, k, q_weight, k_weight, cos, sin, q_rstd, k_rstd = ctx.saved_tensors
         dq = dqw = dk = dkw = None
         if dq_out is not None:
-            dq, dqw = _bwd(dq_out, q, q_weight, cos, sin, q_rstd)
+            dq, dqw = _bwd(dq_out, q, q_weight, cos, sin, q_rstd, ctx.vec)
         if dk_out is not None:
-            dk, dkw = _bwd(dk_out, k, k_weight, cos, sin, k_rstd)
+            dk, dkw = _bwd(dk_out, k, k_weight, cos, sin, k_rstd, ctx.vec)
         return dq, dk, dqw, dkw, None, None, None
+
+
+_triton_qk = torch.compiler.disable(QKRMSNormRoPEFn.apply)  # graph break under torch.compile
 
 
 def qk_rmsnorm_rope3d(
@@ -108,4 +114,4 @@ def qk_rmsnorm_rope3d(
         or sin.requires_grad
     ):
         return qk_rmsnorm_rope3d_ref(q, k, q_weight, k_weight, cos, sin, eps=eps)
-    return QKRMSNormRoPEFn.apply(q, k, q_weight, k_weight, cos, sin, float(eps))
+    return _triton_qk(q, k, q_weight, k_weight, cos, sin, float(eps))

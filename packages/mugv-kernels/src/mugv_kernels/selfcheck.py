@@ -9,12 +9,14 @@ by ``||a - ref|| / ||ref||``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from mugv_kernels import reference as ref
+from mugv_kernels._launch import TUNING
 from mugv_kernels.group_norm import group_norm_silu
 from mugv_kernels.modulated_norm import gated_residual_modulated_norm, modulated_layer_norm
 from mugv_kernels.qk_norm_rope import qk_rmsnorm_rope3d
@@ -57,6 +59,18 @@ class Result:
         return f"{flag:4s} {self.name:48s} out {self.out_err:.2e} grad(max) {worst:.2e}"
 
 
+@contextlib.contextmanager
+def _tuned(key: str, **params: int) -> Iterator[None]:
+    """Temporarily override launch parameters (to cover every kernel variant)."""
+    old = dict(TUNING[key])
+    TUNING[key].update(params)
+    try:
+        yield
+    finally:
+        TUNING[key].clear()
+        TUNING[key].update(old)
+
+
 def _rand(shape, device, dtype, gen, *, offset: float = 0.0, scale: float = 1.0):
     t = torch.randn(shape, generator=gen, dtype=torch.float32, device="cpu") * scale + offset
     return t.to(device=device, dtype=dtype)
@@ -67,16 +81,19 @@ def _noncontig_act(b, seq_len, hidden, device, dtype, gen):
     return _rand((seq_len, b, hidden), device, dtype, gen, offset=0.5).transpose(0, 1)
 
 
-def _modln_case(b, seq_len, hidden, layout, *, noncontig=False, lead=()):
+def _modln_case(b, seq_len, hidden, layout, *, noncontig=False, lead=(), shared=False):
+    """``shared``: the modulation has leading dims of 1 (one table broadcast over the batch)."""
+
     def build(device, dtype, gen):
         if noncontig:
             x = _noncontig_act(b, seq_len, hidden, device, dtype, gen)
         else:
             x = _rand((*lead, b, seq_len, hidden), device, dtype, gen, offset=0.5)
+        mb = 1 if shared else b
         mshape = {
-            "sample": (*lead, b, hidden),
-            "token": (*lead, b, seq_len, hidden),
-            "branch": (*lead, b, 2, hidden),
+            "sample": (*lead, mb, hidden),
+            "token": (*lead, mb, seq_len, hidden),
+            "branch": (*lead, mb, 2, hidden),
         }[layout]
         shift = _rand(mshape, device, dtype, gen, scale=0.5)
         scale = _rand(mshape, device, dtype, gen, scale=0.5)
@@ -95,6 +112,7 @@ def _modln_case(b, seq_len, hidden, layout, *, noncontig=False, lead=()):
         return fn, ref_fn, inputs
 
     tag = f"modln[{layout}] {(*lead, b, seq_len, hidden)}" + (" strided" if noncontig else "")
+    tag += " shared" if shared else ""
     return tag, build
 
 
@@ -162,7 +180,8 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False):
         }
 
         def fn(q, k, q_weight, k_weight):
-            return qk_rmsnorm_rope3d(q, k, q_weight, k_weight, cos, sin, use_triton=True)
+            with _tuned("qk", vec=int(not strided)):  # strided views: strided-load variant
+                return qk_rmsnorm_rope3d(q, k, q_weight, k_weight, cos, sin, use_triton=True)
 
         def ref_fn(q, k, q_weight, k_weight):
             return ref.qk_rmsnorm_rope3d_ref(q, k, q_weight, k_weight, cos.double(), sin.double())
@@ -201,6 +220,8 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _modln_case(2, 9, 24, "branch"),
             _modln_case(2, 6, 24, "sample", noncontig=True),
             _modln_case(3, 5, 12, "branch", lead=(2,)),
+            _modln_case(3, 4, 16, "token", shared=True),
+            _modln_case(2, 5, 16, "sample", lead=(2,), shared=True),
             _gated_case(2, 5, 24, "sample"),
             _gated_case(2, 7, 20, "token", bias=False),
             _gated_case(2, 9, 24, "branch", noncontig=True),
@@ -216,6 +237,7 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _modln_case(2, 301, 3456, "branch"),
             _modln_case(3, 129, 1000, "sample", noncontig=True),
             _modln_case(3, 65, 72, "branch", lead=(2,)),
+            _modln_case(4, 200, 1152, "token", shared=True),
             _gated_case(2, 333, 1728, "sample"),
             _gated_case(1, 257, 3456, "branch"),
             _gated_case(2, 131, 1152, "token", bias=False, noncontig=True),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One GPU session of mugv-kernels: GPU tests, then the benchmark table and a launch sweep.
+# Run from the repository root on the GPU machine; results go to $OUT.
+set -u
+export PYTHONPATH=packages/mugv-formats/src:packages/mugv-kernels/src PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/mugv-kernels-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/smi.txt" 2>&1
+python -c "import torch, triton; print(torch.__version__, triton.__version__)"
+t0=$(date +%s)
+if python -c "import pytest" 2>/dev/null; then
+  python -m pytest packages/mugv-kernels/tests/test_gpu.py -m gpu -q -p no:cacheprovider \
+    2>&1 | tail -n 25 | tee "$OUT/gpu_tests.log"
+else
+  python -m mugv_kernels.cli check --size medium --json "$OUT/check.json" 2>&1 | tail -n 40 \
+    | tee "$OUT/gpu_tests.log"
+fi
+echo "tests took $(( $(date +%s) - t0 )) s"
+python packages/mugv-kernels/benchmarks/bench_kernels.py --out "$OUT" \
+  --deadline-s "${DEADLINE_S:-280}" --sweep-until-s "${SWEEP_UNTIL_S:-340}" 2>&1 \
+  | grep -v '^{' | tee "$OUT/bench.log"
