@@ -22,16 +22,21 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
+def _edge_weights(n: int, device, dtype) -> torch.Tensor:
+    """Weights over an overlap of ``n`` positions, rising from the tile's edge inwards: 0 at
+    the edge (the position most affected by the tile's zero padding) to 1, so the two tiles'
+    weights sum to 1 everywhere; 0.5 for a single position."""
+    if n == 1:
+        return torch.full((1,), 0.5, device=device, dtype=dtype)
+    return torch.arange(n, device=device, dtype=dtype) / (n - 1)
+
+
 def _ramp(length: int, overlap_before: int, overlap_after: int, device, dtype) -> torch.Tensor:
     w = torch.ones(length, device=device, dtype=dtype)
     if overlap_before > 0:
-        w[:overlap_before] = torch.arange(1, overlap_before + 1, device=device, dtype=dtype) / (
-            overlap_before + 1
-        )
+        w[:overlap_before] = _edge_weights(overlap_before, device, dtype)
     if overlap_after > 0:
-        w[length - overlap_after :] = torch.arange(
-            overlap_after, 0, -1, device=device, dtype=dtype
-        ) / (overlap_after + 1)
+        w[length - overlap_after :] = _edge_weights(overlap_after, device, dtype).flip(0)
     return w
 
 
