@@ -187,14 +187,11 @@ def test_eval_and_stats_commands(tiny_checkpoint, clip_dataset, tmp_path, capsys
     assert stats["positions"] == 3 * 2 * 4 * 4
     # After storing the stats, encoded latents are standardised on that data.
     from mugv_vae.train.data import ClipSource
-    from mugv_vae.video import load_clip
 
     src = ClipSource(clip_dataset)
     zs = torch.cat(
         [
-            model.encode(load_clip(src.read(i), 9, [(32, 32)]).unsqueeze(0))
-            .transpose(0, 1)
-            .reshape(24, -1)
+            model.encode(src.load(i, 9, [(32, 32)]).unsqueeze(0)).transpose(0, 1).reshape(24, -1)
             for i in range(len(src))
         ],
         dim=1,

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mugv_vae.metrics import psnr, ssim
-from mugv_vae.video import load_clip, parse_resolution
+from mugv_vae.video import parse_resolution
 
 
 class EvalConfig(BaseModel):
@@ -53,7 +53,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     rows = []
     start = time.perf_counter()
     for i, key in enumerate(source.keys):
-        x = load_clip(source.read(i), cfg.frames, [size], where=key).unsqueeze(0).to(device)
+        x = source.load(i, cfg.frames, [size]).unsqueeze(0).to(device)
         with torch.no_grad():
             y = model.decode(model.encode(x), window=cfg.window).clamp(-1, 1)
             row = {"clip": key, "frames": x.shape[2], "psnr": float(psnr(y, x))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mugv_vae.video import load_clip, parse_resolution
+from mugv_vae.video import parse_resolution
 
 
 def measure_latent_stats(
@@ -34,7 +34,7 @@ def measure_latent_stats(
     count = 0
     n = min(max_clips, len(source))
     for i in range(n):
-        x = load_clip(source.read(i), frames, [size], where=source.keys[i]).unsqueeze(0)
+        x = source.load(i, frames, [size]).unsqueeze(0)
         with torch.no_grad():
             z = model.encode_raw(x.to(device)).double().cpu()
         z = z.transpose(0, 1).reshape(c, -1)

@@ -89,20 +89,26 @@ def to_model_input(frames_THWC: np.ndarray, size: tuple[int, int]) -> torch.Tens
     return x_TCHW.permute(1, 0, 2, 3).contiguous()
 
 
+def prepare_clip(
+    raw_THWC: np.ndarray, frames: int, buckets: list[tuple[int, int]], where: str = "video"
+) -> torch.Tensor:
+    """Decoded uint8 frames -> ``[3, 1+8k, H, W]`` in [-1, 1] at the closest bucket; cut to
+    the largest 1+8k frames up to ``frames`` (with a warning when the clip is shorter)."""
+    n = usable_frames(raw_THWC.shape[0], frames)
+    if n < frames:
+        warnings.warn(
+            f"{where}: {raw_THWC.shape[0]} frames available, using {n} (requested {frames})",
+            stacklevel=2,
+        )
+    size = choose_bucket(raw_THWC.shape[1], raw_THWC.shape[2], buckets)
+    return to_model_input(np.ascontiguousarray(raw_THWC[:n]), size)
+
+
 def load_clip(
     data: bytes,
     frames: int,
     buckets: list[tuple[int, int]],
     where: str = "video",
 ) -> torch.Tensor:
-    """mp4 bytes -> ``[3, 1+8k, H, W]`` in [-1, 1] at the closest bucket; the clip is cut to
-    the largest 1+8k frames up to ``frames`` (with a warning when shorter)."""
-    raw = decode_video(data, max_frames=frames, where=where)
-    n = usable_frames(raw.shape[0], frames)
-    if n < frames:
-        warnings.warn(
-            f"{where}: {raw.shape[0]} frames available, using {n} (requested {frames})",
-            stacklevel=2,
-        )
-    size = choose_bucket(raw.shape[1], raw.shape[2], buckets)
-    return to_model_input(raw[:n], size)
+    """mp4 bytes -> ``[3, 1+8k, H, W]`` in [-1, 1] (see ``prepare_clip``)."""
+    return prepare_clip(decode_video(data, max_frames=frames, where=where), frames, buckets, where)

@@ -79,6 +79,7 @@ class TrainConfig(_Cfg):
     checkpoint_every: int = 100
     eval_every: int = 0
     keep_checkpoints: int = 2
+    save_final: bool = Field(True, description="Write a checkpoint after the last step.")
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,5 +1,8 @@
 """Training data: deterministic per-step batches of clips from clip shards or video files.
 
+Sources: a clip-shard dataset, a folder of video files, or a folder of pre-decoded clips
+(``.npy`` uint8 ``[T, H, W, 3]``, e.g. a decoded cache on a machine without PyAV).
+
 Batch ``step`` on ``rank`` depends only on ``(seed, step, rank)``, so resuming at any step
 reproduces the exact batches without sampler state. Videos are decoded with PyAV up to
 ``frames + max_offset`` frames; a random temporal offset and the bucket crop follow. A step
@@ -14,7 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mugv_vae.video import decode_video, parse_resolution, to_model_input, usable_frames
+from mugv_vae.video import (
+    decode_video,
+    parse_resolution,
+    prepare_clip,
+    to_model_input,
+    usable_frames,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
@@ -35,7 +44,8 @@ class ClipSource:
                 self.keys.append(record.key)
                 self._blobs.append(mp4)
         elif path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            suffixes = (*VIDEO_SUFFIXES, ".npy")
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
             self.files = files
             self.keys = [p.stem for p in files]
         else:
@@ -46,10 +56,23 @@ class ClipSource:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def read(self, index: int) -> bytes:
+    def frames(self, index: int, max_frames: int | None = None) -> np.ndarray:
+        """The first ``max_frames`` frames of clip ``index`` as uint8 ``[T, H, W, 3]``."""
+        where = f"{self.path}:{self.keys[index]}"
         if self._blobs is not None:
-            return self._blobs[index]
-        return self.files[index].read_bytes()
+            return decode_video(self._blobs[index], max_frames=max_frames, where=where)
+        f = self.files[index]
+        if f.suffix == ".npy":
+            arr = np.load(f, mmap_mode="r")
+            if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+                raise ValueError(f"{f}: expected uint8 [T, H, W, 3], got {arr.dtype} {arr.shape}")
+            return np.asarray(arr[:max_frames])
+        return decode_video(f.read_bytes(), max_frames=max_frames, where=where)
+
+    def load(self, index: int, frames: int, buckets: list[tuple[int, int]]):
+        """Clip ``index`` as VAE input ``[3, 1+8k, H, W]`` in [-1, 1] (closest bucket)."""
+        where = f"{self.path}:{self.keys[index]}"
+        return prepare_clip(self.frames(index, frames), frames, buckets, where)
 
 
 def step_rng(seed: int, step: int, rank: int) -> np.random.Generator:
@@ -89,11 +112,7 @@ class StepBatches(Dataset):
         clips = []
         for _ in range(self.batch_size):
             idx = int(rng.integers(len(self.source)))
-            raw = decode_video(
-                self.source.read(idx),
-                max_frames=self.frames + self.max_offset,
-                where=f"{self.source.path}:{self.source.keys[idx]}",
-            )
+            raw = self.source.frames(idx, self.frames + self.max_offset)
             if is_image:
                 t0 = int(rng.integers(raw.shape[0]))
                 part = raw[t0 : t0 + 1]

@@ -289,12 +289,12 @@ class Trainer:
         model = self.ema_model().to(self.device)
         if self.rank != 0:
             return None
-        from mugv_vae.video import load_clip, parse_resolution
+        from mugv_vae.video import parse_resolution
 
         size = [parse_resolution(self.cfg.data.resolution)]
         scores = []
         for i in range(len(self.eval_source)):
-            x = load_clip(self.eval_source.read(i), self.cfg.data.frames, size).unsqueeze(0)
+            x = self.eval_source.load(i, self.cfg.data.frames, size).unsqueeze(0)
             x = x.to(self.device)
             with self._autocast():
                 y = model.decode_raw(model.encode_raw(x), window=8)
@@ -305,16 +305,23 @@ class Trainer:
         if self.rank != 0:
             return
         if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.output / "tensorboard"))
+                self.writer = SummaryWriter(str(self.output / "tensorboard"))
+            except ImportError:
+                warnings.warn(
+                    "tensorboard not installed: logging to metrics.jsonl only", stacklevel=2
+                )
+                self.writer = False
         for k, v in logs.items():
-            self.writer.add_scalar(f"train/{k}", v, self.step)
+            if self.writer:
+                self.writer.add_scalar(f"train/{k}", v, self.step)
         with open(self.output / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, **logs}) + "\n")
 
     def _log_images(self) -> None:
-        if self.rank != 0 or self.writer is None:
+        if self.rank != 0 or not self.writer:
             return
         video, recon = self._last
         t = video.shape[2] // 2
@@ -355,8 +362,10 @@ class Trainer:
                     self._log(ev)
             if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
-        final = self.save() if self.step > start or not resumed else self._checkpoint_dirs()[-1]
-        if self.writer is not None:
+        final = None
+        if cfg.save_final:
+            final = self.save() if self.step > start or not resumed else self._checkpoint_dirs()[-1]
+        if self.writer:
             self.writer.close()
         return {
             "steps": self.step,
