@@ -78,7 +78,8 @@ class Problem:
 
 
 def _act(shape, dtype, device, gen, offset=0.0):
-    return (torch.randn(shape, generator=gen) + offset).to(device=device, dtype=dtype)
+    """Random activation drawn on the device (``gen`` lives there too)."""
+    return (torch.randn(shape, generator=gen, device=device) + offset).to(dtype)
 
 
 def dit_problems(cfg: BenchConfig, device, dtype) -> list[Problem]:
@@ -263,21 +264,35 @@ def copy_ceiling(device, replays: int) -> dict:
 
 # ---------------------------------------------------------------- driver
 
-#: launch-parameter variants tried by ``--sweep`` (kernel key, parameter, values)
+#: launch-parameter variants tried by ``--sweep`` (kernel key, parameter overrides)
 SWEEP = [
-    ("modln_fwd", "tile_elems", (4096, 16384)),
-    ("modln_fwd", "warp_elems", (256, 1024)),
-    ("modln_fwd", "programs_per_sm", (2, 8)),
-    ("modln_bwd", "tile_elems", (2048, 8192)),
-    ("modln_bwd", "warp_elems", (128, 512)),
-    ("gated_fwd", "tile_elems", (4096, 16384)),
-    ("gated_bwd", "warp_elems", (128, 512)),
-    ("gated_bwd", "tile_elems", (4096,)),
-    ("qk", "vec", (0,)),
-    ("qk", "tile_elems", (2048, 8192)),
-    ("qk", "programs_per_sm", (4, 16)),
-    ("gn", "block", (2048, 8192)),
-    ("gn", "num_warps", (4, 16)),
+    ("modln_fwd", {"tile_elems": 4096}),
+    ("modln_fwd", {"tile_elems": 16384}),
+    ("modln_fwd", {"warp_elems": 256}),
+    ("modln_fwd", {"warp_elems": 1024}),
+    ("modln_fwd", {"programs_per_sm": 2}),
+    ("modln_fwd", {"programs_per_sm": 8}),
+    ("modln_bwd", {"tile_elems": 2048}),
+    ("modln_bwd", {"tile_elems": 8192}),
+    ("modln_bwd", {"warp_elems": 128}),
+    ("modln_bwd", {"warp_elems": 512}),
+    ("gated_fwd", {"tile_elems": 4096}),
+    ("gated_fwd", {"tile_elems": 16384}),
+    ("gated_bwd", {"warp_elems": 128}),
+    ("gated_bwd", {"warp_elems": 512}),
+    ("gated_bwd", {"tile_elems": 4096}),
+    ("qk", {"vec": 0}),
+    ("qk", {"tile_elems": 2048}),
+    ("qk", {"tile_elems": 8192}),
+    ("qk", {"programs_per_sm": 4}),
+    ("qk", {"programs_per_sm": 16}),
+    ("gn", {"group_kernel": 1}),
+    ("gn", {"group_kernel": 1, "group_min_per_sm": 0}),
+    ("gn", {"group_kernel": 1, "num_warps": 16}),
+    ("gn", {"block": 2048}),
+    ("gn", {"block": 8192}),
+    ("gn", {"num_warps": 4}),
+    ("gn", {"num_warps": 16}),
 ]
 _SWEEP_KERNEL = {
     "modln": "modulated_layer_norm",
@@ -290,20 +305,21 @@ _SWEEP_KERNEL = {
 def sweep(problems: list[Problem], cfg: BenchConfig, device, deadline: float) -> list[dict]:
     """Time the Triton kernels under each launch-parameter variant (one change at a time)."""
     rows = []
-    for key, param, values in SWEEP:
+    for key, params in SWEEP:
         kernel = _SWEEP_KERNEL[key.split("_")[0]]
         probs = [p for p in problems if p.kernel == kernel and "branch" not in p.shape]
-        for value in values:
-            if time.perf_counter() > deadline:
-                return rows
-            old = TUNING[key][param]
-            TUNING[key][param] = value
-            try:
-                for prob in (probs[0], probs[-1]):
-                    for row in bench_problem(prob, cfg, device, False, ("triton",), False):
-                        rows.append({**row, "variant": f"{key}.{param}={value}"})
-            finally:
-                TUNING[key][param] = old
+        if time.perf_counter() > deadline:
+            break
+        old = dict(TUNING[key])
+        TUNING[key].update(params)
+        variant = f"{key}." + ",".join(f"{k}={v}" for k, v in params.items())
+        try:
+            for prob in [probs[0]] + ([probs[-1]] if len(probs) > 1 else []):
+                for row in bench_problem(prob, cfg, device, False, ("triton",), False):
+                    rows.append({**row, "variant": variant})
+        finally:
+            TUNING[key].clear()
+            TUNING[key].update(old)
     return rows
 
 
@@ -315,7 +331,7 @@ def bench_problem(
     impl_names: tuple[str, ...] | None = None,
     host_timing: bool = True,
 ) -> list[dict]:
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     act_bytes = prob.fwd_bytes
     n_sets = 3 if act_bytes < (200 << 20) else 2
     sets = []
@@ -444,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                    "elapsed_s": time.perf_counter() - start}  # fmt: skip
         _atomic_write(out / "kernels.json", json.dumps(payload, indent=1))
         for r in sweep_rows:
-            print(f"{r['variant']:34s} {r['shape']:24s} fwd {r.get('fwd_ms', 0):.4f} "
+            print(f"{r['variant']:44s} {r['shape']:22s} fwd {r.get('fwd_ms', 0):.4f} "
                   f"fwd_bwd {r.get('fwd_bwd_ms', 0):.4f}")  # fmt: skip
     print(f"elapsed {time.perf_counter() - start:.0f} s")
     return 0

@@ -27,14 +27,16 @@ def sm_count(device: torch.device) -> int:
 #: Launch parameters per kernel; benchmarks may override entries to sweep them.
 #: ``tile_elems``: elements of one ``BLOCK_R x BLOCK_D`` tile; ``programs_per_sm``: grid
 #: target; ``warp_elems``: tile elements per warp (sets ``num_warps``, clamped to 4..16);
-#: ``vec`` (qk): load whole rows and split pairs in registers instead of strided loads.
+#: ``vec`` (qk): load whole rows and split pairs in registers instead of strided loads;
+#: ``group_kernel`` (gn): one program per (sample, group) when there are at least
+#: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply.
 TUNING: dict[str, dict[str, int]] = {
     "modln_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     "modln_bwd": {"tile_elems": 4096, "programs_per_sm": 4, "warp_elems": 256},
     "gated_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
     "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512, "vec": 1},
-    "gn": {"block": 4096, "num_warps": 8},
+    "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},
 }
 
 

@@ -112,7 +112,7 @@ def gn_combine_kernel(
     """Group mean/rstd from the ``per_group = channels_per_group * num_chunks`` chunk partials
     of group ``ng`` (Chan's formula: ``M2 = sum M2_j + sum n_j (mean_j - mean)^2``)."""
     ng = tl.program_id(0).to(tl.int64)
-    total = (per_group // num_chunks).to(tl.float32) * S
+    total = ((per_group // num_chunks) * 1.0) * S
     acc = tl.zeros([CHUNK_BLOCK], dtype=tl.float32)
     for start in range(0, per_group, CHUNK_BLOCK):
         j = start + tl.arange(0, CHUNK_BLOCK)
@@ -132,3 +132,103 @@ def gn_combine_kernel(
     var = tl.sum(acc2, axis=0) / total
     tl.store(mean_ptr + ng, mean)
     tl.store(rstd_ptr + ng, 1.0 / tl.sqrt(var + eps))
+
+
+# ------------------------------------------------------------------ one program per group
+# Used when there are enough (n, group) pairs to fill the GPU. Statistics (sums shifted by
+# the group's first element, for stability) and the apply pass run in one program; the second
+# pass walks the group backwards so that its first reads hit what the first pass left in L2.
+
+
+@triton.jit
+def gn_group_fwd_kernel(
+    x_ptr, out_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, C, S, channels_per_group, eps,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    ng = tl.program_id(0).to(tl.int64)
+    base = ng * channels_per_group * S
+    offs = tl.arange(0, BLOCK)
+    shift = tl.load(x_ptr + base).to(tl.float32)
+    acc_s = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK], dtype=tl.float32)
+    for cl in range(0, channels_per_group):
+        for start in range(0, S, BLOCK):
+            mask = start + offs < S
+            x = tl.load(x_ptr + base + cl * S + start + offs, mask=mask, other=0.0)
+            d = tl.where(mask, x.to(tl.float32) - shift, 0.0)
+            acc_s += d
+            acc_q += d * d
+    count = (channels_per_group * 1.0) * S
+    mean_d = tl.sum(acc_s, axis=0) / count
+    var = tl.maximum(tl.sum(acc_q, axis=0) / count - mean_d * mean_d, 0.0)
+    mean = shift + mean_d
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(mean_ptr + ng, mean)
+    tl.store(rstd_ptr + ng, rstd)
+    num_chunks = tl.cdiv(S, BLOCK)
+    for ci in range(0, channels_per_group):
+        cl = channels_per_group - 1 - ci
+        c = (ng * channels_per_group + cl) % C
+        w = tl.load(w_ptr + c).to(tl.float32)
+        b = tl.load(b_ptr + c).to(tl.float32)
+        for k in range(0, num_chunks):
+            start = (num_chunks - 1 - k) * BLOCK
+            mask = start + offs < S
+            ptrs = base + cl * S + start + offs
+            x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+            _, z, sig = _silu_parts(x, mean, rstd, w, b)
+            tl.store(out_ptr + ptrs, (z * sig).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gn_group_bwd_kernel(
+    dout_ptr, x_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, sum_dz_ptr, sum_dz_xhat_ptr,
+    C, S, channels_per_group, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Per group: per-channel sums of dz and dz*x_hat (written per channel row, for the weight
+    and bias gradients), then dx; the second pass walks backwards as in the forward."""
+    ng = tl.program_id(0).to(tl.int64)
+    base = ng * channels_per_group * S
+    offs = tl.arange(0, BLOCK)
+    mean = tl.load(mean_ptr + ng)
+    rstd = tl.load(rstd_ptr + ng)
+    m1_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    m2_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for cl in range(0, channels_per_group):
+        c = (ng * channels_per_group + cl) % C
+        w = tl.load(w_ptr + c).to(tl.float32)
+        b = tl.load(b_ptr + c).to(tl.float32)
+        acc_a = tl.zeros([BLOCK], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, S, BLOCK):
+            mask = start + offs < S
+            ptrs = base + cl * S + start + offs
+            x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+            dout = tl.load(dout_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+            x_hat, z, sig = _silu_parts(x, mean, rstd, w, b)
+            dz = tl.where(mask, dout * sig * (1.0 + z * (1.0 - sig)), 0.0)
+            acc_a += dz
+            acc_b += dz * x_hat
+        tl.store(sum_dz_ptr + ng * channels_per_group + cl, tl.sum(acc_a, axis=0))
+        tl.store(sum_dz_xhat_ptr + ng * channels_per_group + cl, tl.sum(acc_b, axis=0))
+        m1_acc += w * acc_a
+        m2_acc += w * acc_b
+    count = (channels_per_group * 1.0) * S
+    m1 = tl.sum(m1_acc, axis=0) / count
+    m2 = tl.sum(m2_acc, axis=0) / count
+    num_chunks = tl.cdiv(S, BLOCK)
+    for ci in range(0, channels_per_group):
+        cl = channels_per_group - 1 - ci
+        c = (ng * channels_per_group + cl) % C
+        w = tl.load(w_ptr + c).to(tl.float32)
+        b = tl.load(b_ptr + c).to(tl.float32)
+        for k in range(0, num_chunks):
+            start = (num_chunks - 1 - k) * BLOCK
+            mask = start + offs < S
+            ptrs = base + cl * S + start + offs
+            x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+            dout = tl.load(dout_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+            x_hat, z, sig = _silu_parts(x, mean, rstd, w, b)
+            dz = dout * sig * (1.0 + z * (1.0 - sig))
+            dx = (dz * w - m1 - x_hat * m2) * rstd
+            tl.store(dx_ptr + ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

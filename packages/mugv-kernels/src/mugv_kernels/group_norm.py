@@ -7,7 +7,7 @@ import math
 import torch
 
 from mugv_kernels._dispatch import use_triton_for
-from mugv_kernels._launch import TUNING, next_pow2
+from mugv_kernels._launch import TUNING, next_pow2, sm_count
 from mugv_kernels.reference import check_group_norm, group_norm_silu_ref
 
 
@@ -51,24 +51,26 @@ class GroupNormSiLUFn(torch.autograd.Function):
         w = weight if weight is not None else torch.ones(c, device=x.device)
         b = bias if bias is not None else torch.zeros(c, device=x.device)
         block = _block(s)
-        mean, rstd = _group_stats(x_NCS, num_groups, eps, block)
+        warps = TUNING["gn"]["num_warps"]
         out = torch.empty_like(x_NCS)
-        grid = (n * c, -(-s // block))
-        kern.gn_apply_kernel[grid](
-            x_NCS,
-            out,
-            w,
-            b,
-            mean,
-            rstd,
-            c,
-            s,
-            c // num_groups,
-            BLOCK=block,
-            num_warps=TUNING["gn"]["num_warps"],
+        groups = n * num_groups
+        per_group = bool(TUNING["gn"]["group_kernel"]) and (
+            groups >= TUNING["gn"]["group_min_per_sm"] * sm_count(x.device)
         )
+        if per_group:
+            mean = torch.empty(groups, device=x.device, dtype=torch.float32)
+            rstd = torch.empty_like(mean)
+            kern.gn_group_fwd_kernel[(groups,)](
+                x_NCS, out, w, b, mean, rstd, c, s, c // num_groups, eps,
+                BLOCK=block, num_warps=warps,
+            )  # fmt: skip
+        else:
+            mean, rstd = _group_stats(x_NCS, num_groups, eps, block)
+            kern.gn_apply_kernel[(n * c, -(-s // block))](
+                x_NCS, out, w, b, mean, rstd, c, s, c // num_groups, BLOCK=block, num_warps=warps,
+            )  # fmt: skip
         ctx.save_for_backward(x_NCS, w, b, mean, rstd)
-        ctx.meta = (x.shape, num_groups, weight is not None, bias is not None)
+        ctx.meta = (x.shape, num_groups, weight is not None, bias is not None, per_group)
         return out.view(x.shape)
 
     @staticmethod
@@ -76,10 +78,21 @@ class GroupNormSiLUFn(torch.autograd.Function):
         from mugv_kernels import _triton_groupnorm as kern
 
         x_NCS, w, b, mean, rstd = ctx.saved_tensors
-        x_shape, num_groups, has_w, has_b = ctx.meta
+        x_shape, num_groups, has_w, has_b, per_group = ctx.meta
         n, c, s = x_NCS.shape
         dout_NCS = dout.contiguous().view(n, c, s)
         block = _block(s)
+        if per_group:
+            dx = torch.empty_like(x_NCS)
+            a_NC = torch.empty(n, c, device=x_NCS.device, dtype=torch.float32)
+            b_NC = torch.empty_like(a_NC)
+            kern.gn_group_bwd_kernel[(n * num_groups,)](
+                dout_NCS, x_NCS, dx, w, b, mean, rstd, a_NC, b_NC, c, s, c // num_groups,
+                BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
+            )  # fmt: skip
+            dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
+            db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+            return dx.view(x_shape), None, dw, db, None
         chunks = -(-s // block)
         grid = (n * c, chunks)
         sum_dz = torch.empty(n * c, chunks, device=x_NCS.device, dtype=torch.float32)

@@ -192,7 +192,7 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False):
     return tag + (" strided" if strided else ""), build
 
 
-def _gn_case(shape, groups, *, affine=True, offset=2.0):
+def _gn_case(shape, groups, *, affine=True, offset=2.0, group_kernel=False):
     def build(device, dtype, gen):
         channels = shape[1]
         inputs = {"x": _rand(shape, device, dtype, gen, offset=offset)}
@@ -201,14 +201,16 @@ def _gn_case(shape, groups, *, affine=True, offset=2.0):
             inputs["bias"] = _rand((channels,), device, dtype, gen, scale=0.3)
 
         def fn(x, weight=None, bias=None):
-            return group_norm_silu(x, groups, weight, bias, use_triton=True)
+            with _tuned("gn", group_kernel=int(group_kernel), group_min_per_sm=0):
+                return group_norm_silu(x, groups, weight, bias, use_triton=True)
 
         def ref_fn(x, weight=None, bias=None):
             return ref.group_norm_silu_ref(x, groups, weight, bias)
 
         return fn, ref_fn, inputs
 
-    return f"gn_silu {shape} G{groups}" + ("" if affine else " noaffine"), build
+    tag = f"gn_silu {shape} G{groups}" + ("" if affine else " noaffine")
+    return tag + (" per-group" if group_kernel else ""), build
 
 
 def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[Case]:
@@ -229,6 +231,8 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _qk_case(1, (1, 3, 3), 2, 2, 10, strided=True),
             _gn_case((2, 8, 3, 5, 7), 4),
             _gn_case((3, 6, 11, 9), 3, affine=False),
+            _gn_case((2, 8, 3, 5, 7), 4, group_kernel=True),
+            _gn_case((3, 6, 70), 6, affine=False, offset=50.0, group_kernel=True),
         ]
     elif size == "medium":
         specs = [
@@ -247,6 +251,8 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gn_case((2, 128, 5, 33, 31), 32),
             _gn_case((3, 512, 17, 19), 32, affine=False),
             _gn_case((1, 64, 9, 64, 64), 32, offset=20.0),
+            _gn_case((4, 128, 5, 33, 31), 32, group_kernel=True),
+            _gn_case((2, 64, 9, 64, 64), 32, offset=20.0, group_kernel=True),
         ]
     else:
         raise ValueError(f"size must be 'tiny' or 'medium', got {size!r}")
