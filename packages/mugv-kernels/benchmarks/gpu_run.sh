@@ -19,3 +19,6 @@ echo "tests took $(( $(date +%s) - t0 )) s"
 python packages/mugv-kernels/benchmarks/bench_kernels.py --out "$OUT" \
   --deadline-s "${DEADLINE_S:-280}" --sweep-until-s "${SWEEP_UNTIL_S:-340}" 2>&1 \
   | grep -v '^{' | tee "$OUT/bench.log"
+# Stretch: head-dim-72 attention vs SDPA backends (own process: a crash cannot cost the above).
+timeout "${ATTN_TIMEOUT_S:-150}" python packages/mugv-kernels/benchmarks/bench_attention.py \
+  --out "$OUT" 2>&1 | grep -v '^{' | tee "$OUT/attention.log"
