@@ -80,6 +80,9 @@ class TrainConfig(_Cfg):
     eval_every: int = 0
     keep_checkpoints: int = 2
     save_final: bool = Field(True, description="Write a checkpoint after the last step.")
+    max_seconds: float | None = Field(
+        None, description="Stop (cleanly, as after the last step) once this much time passed."
+    )
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

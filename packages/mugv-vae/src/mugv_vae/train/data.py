@@ -66,7 +66,7 @@ class ClipSource:
             arr = np.load(f, mmap_mode="r")
             if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
                 raise ValueError(f"{f}: expected uint8 [T, H, W, 3], got {arr.dtype} {arr.shape}")
-            return np.asarray(arr[:max_frames])
+            return np.array(arr[:max_frames])  # a writable copy
         return decode_video(f.read_bytes(), max_frames=max_frames, where=where)
 
     def load(self, index: int, frames: int, buckets: list[tuple[int, int]]):

@@ -35,10 +35,10 @@ _STEP_DIR = re.compile(r"step-(\d+)\Z")
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
-    """A full CPU tensor from a plain tensor or an FSDP2 DTensor (collective for DTensor)."""
+    """A full tensor from a plain tensor or an FSDP2 DTensor (collective for DTensor)."""
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
-    return t.detach().cpu()
+    return t.detach()
 
 
 class Trainer:
@@ -116,6 +116,7 @@ class Trainer:
         )
         self.eval_source = ClipSource(cfg.data.eval_clips) if cfg.data.eval_clips else None
         self.writer = None
+        self._ema_model: MugvVAE | None = None
 
     # ------------------------------------------------------------------ building
     def _build_model(self) -> MugvVAE:
@@ -145,7 +146,7 @@ class Trainer:
         return sorted(dirs, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
     def _model_state(self) -> dict[str, torch.Tensor]:
-        return {k: _full(v) for k, v in self.model.state_dict().items()}
+        return {k: _full(v).cpu() for k, v in self.model.state_dict().items()}
 
     def _optim_state(self) -> dict:
         if self.parallel == "fsdp2":
@@ -159,12 +160,15 @@ class Trainer:
         return self.optimizer.state_dict()
 
     def ema_model(self) -> MugvVAE:
-        """A plain (unsharded) copy of the model holding the EMA weights (collective)."""
-        state = self._model_state()
+        """A plain (unsharded) model on the device holding the EMA weights (collective under
+        FSDP2). Built once, refreshed on every call."""
+        state = {k: _full(v) for k, v in self.model.state_dict().items()}
         state.update({k: _full(v) for k, v in self.ema.shadow.items()})
-        model = MugvVAE(self.model.config)
-        model.load_state_dict(state)
-        return model.eval()
+        if self._ema_model is None:
+            with torch.device(self.device):
+                self._ema_model = MugvVAE(self.model.config).eval()
+        self._ema_model.load_state_dict(state)
+        return self._ema_model
 
     def save(self) -> Path | None:
         import mugv_formats as mf
@@ -174,7 +178,7 @@ class Trainer:
             "model": self._model_state(),
             "ema": {
                 "decay": self.ema.decay,
-                "shadow": {k: _full(v) for k, v in self.ema.shadow.items()},
+                "shadow": {k: _full(v).cpu() for k, v in self.ema.shadow.items()},
             },
             "optimizer": self._optim_state(),
             "config": self.cfg.model_dump(mode="json"),
@@ -286,7 +290,7 @@ class Trainer:
         """PSNR of the EMA weights on the held-out clips (rank 0; collective gather)."""
         if self.eval_source is None:
             return None
-        model = self.ema_model().to(self.device)
+        model = self.ema_model()
         if self.rank != 0:
             return None
         from mugv_vae.video import parse_resolution
@@ -328,6 +332,15 @@ class Trainer:
         side = torch.cat([video[0, :, t], recon[0, :, t].float()], dim=-1)  # [3, H, 2W]
         self.writer.add_image("recon/input_vs_output", ((side + 1) / 2).clamp(0, 1), self.step)
 
+    def _out_of_time(self, t0: float) -> bool:
+        """True once ``max_seconds`` passed on any rank (all ranks agree, no deadlock)."""
+        flag = torch.tensor(
+            [float(time.perf_counter() - t0 > self.cfg.max_seconds)], device=self.device
+        )
+        if self.world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def fit(self) -> dict:
         cfg = self.cfg
         if self.rank == 0:
@@ -347,7 +360,8 @@ class Trainer:
         last: dict[str, float] = {}
         from tqdm import tqdm
 
-        for batch in tqdm(loader, total=len(steps), disable=self.rank != 0, desc="train"):
+        bar = tqdm(loader, total=len(steps), disable=self.rank != 0, desc="train", mininterval=10)
+        for batch in bar:
             last = self.train_step(batch)
             if not all(math.isfinite(v) for v in last.values()):
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {last}")
@@ -362,6 +376,9 @@ class Trainer:
                     self._log(ev)
             if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
+            if cfg.max_seconds is not None and self._out_of_time(t0):
+                break
+
         final = None
         if cfg.save_final:
             final = self.save() if self.step > start or not resumed else self._checkpoint_dirs()[-1]

@@ -1,0 +1,143 @@
+"""Encode/decode throughput and peak memory: mugv VAE vs diffusers AutoencoderKLWan (Wan2.1).
+
+Both models random-initialised, bf16 weights and activations, one GPU, same process. For each
+size ``TxHxW``: one warm-up, then ``--repeats`` timed runs (CUDA-synchronised wall clock);
+frames/s = T / seconds; peak = ``torch.cuda.max_memory_allocated`` during the call (weights
+included). Prints a Markdown table and writes JSON.
+
+    python packages/mugv-vae/benchmarks/bench_vae.py --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+
+import torch
+
+
+def _time(fn, repeats: int) -> tuple[float, float, object]:
+    fn()  # warm-up (cudnn autotune, allocator)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times, out = [], None
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times), torch.cuda.max_memory_allocated() / 2**30, out
+
+
+def bench_ours(size, repeats, frame_pixels, fused=False):
+    from mugv_vae.config import mugv_config
+    from mugv_vae.model import MugvVAE
+
+    t, h, w = size
+    cfg = mugv_config().model_copy(update={"fused_group_norm_silu": fused})
+    with torch.device("cuda"):
+        model = MugvVAE(cfg).to(torch.bfloat16).eval()
+    model.frame_batch_size = max(1, frame_pixels // (h * w))
+    x = torch.rand(1, 3, t, h, w, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    with torch.no_grad():
+        enc_s, enc_mem, z = _time(lambda: model.encode(x), repeats)
+        dec_s, dec_mem, y = _time(lambda: model.decode(z, window=8), repeats)
+    assert y.shape == x.shape
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "encode_s": enc_s,
+        "decode_s": dec_s,
+        "encode_peak_gib": enc_mem,
+        "decode_peak_gib": dec_mem,
+        "latent_shape": list(z.shape),
+        "params": params,
+        "frame_batch_size": max(1, frame_pixels // (h * w)),
+    }
+
+
+def bench_wan(size, repeats):
+    from diffusers import AutoencoderKLWan
+
+    t, h, w = size
+    with torch.device("cuda"):
+        model = AutoencoderKLWan().to(torch.bfloat16).eval()
+    x = torch.rand(1, 3, t, h, w, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    with torch.no_grad():
+        enc_s, enc_mem, z = _time(lambda: model.encode(x).latent_dist.mode(), repeats)
+        dec_s, dec_mem, y = _time(lambda: model.decode(z).sample, repeats)
+    assert y.shape[2:] == x.shape[2:], (y.shape, x.shape)
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "encode_s": enc_s,
+        "decode_s": dec_s,
+        "encode_peak_gib": enc_mem,
+        "decode_peak_gib": dec_mem,
+        "latent_shape": list(z.shape),
+        "params": params,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", default="33x256x256,33x480x832,105x720x1280")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--frame-pixels",
+        type=int,
+        default=4_000_000,
+        help="our trunk processes floor(this / (H*W)) frames per call",
+    )
+    ap.add_argument("--models", default="ours,ours-fused,wan")
+    ap.add_argument("--out", default="bench_vae.json")
+    args = ap.parse_args()
+    torch.backends.cudnn.benchmark = True
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    rows = []
+    for size in sizes:
+        for name in args.models.split(","):
+            torch.cuda.empty_cache()
+            try:
+                if name == "wan":
+                    r = bench_wan(size, args.repeats)
+                else:  # "ours" or "ours-fused" (Triton GroupNorm+SiLU in the temporal VAE)
+                    r = bench_ours(size, args.repeats, args.frame_pixels, name == "ours-fused")
+                r["encode_fps"] = size[0] / r["encode_s"]
+                r["decode_fps"] = size[0] / r["decode_s"]
+            except torch.OutOfMemoryError as e:
+                r = {"error": f"OOM: {str(e)[:200]}"}
+            r.update(model=name, size="x".join(map(str, size)))
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    table = [
+        "| size (TxHxW) | model | encode frames/s | decode frames/s | enc+dec frames/s | encode peak GiB | decode peak GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            table.append(f"| {r['size']} | {r['model']} | {r['error']} | | | | |")
+            continue
+        both = r["size"].split("x")[0]
+        both = int(both) / (r["encode_s"] + r["decode_s"])
+        table.append(
+            f"| {r['size']} | {r['model']} | {r['encode_fps']:.1f} | {r['decode_fps']:.1f} | {both:.1f} | {r['encode_peak_gib']:.2f} | {r['decode_peak_gib']:.2f} |"
+        )
+    print("\n".join(table))
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "dtype": "bfloat16",
+        "repeats": args.repeats,
+        "frame_pixels": args.frame_pixels,
+    }
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows, "table": "\n".join(table)}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
