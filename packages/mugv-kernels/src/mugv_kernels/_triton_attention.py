@@ -23,23 +23,32 @@ def _tile(ptr, rows, L, s_l, cols, ncols, s_d, TRANS: tl.constexpr):
 
 
 @triton.jit
+def _head(b, h, s_b, s_h, ALIGN: tl.constexpr):
+    """Element offset of head ``(b, h)``; ``ALIGN`` divides it (checked by the host)."""
+    if ALIGN > 1:  # written as a product with ALIGN so the compiler sees the divisibility
+        return (b * (s_b // ALIGN) + h * (s_h // ALIGN)) * ALIGN
+    return b * s_b + h * s_h
+
+
+@triton.jit
 def attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    L, H, Dh, qk_scale,
+    L, H, Dh: tl.constexpr, qk_scale,
     sq_b, sq_l, sq_h, sq_d,
     sk_b, sk_l, sk_h, sk_d,
     sv_b, sv_l, sv_h, sv_d,
     so_b, so_l, so_h, so_d,
     D1: tl.constexpr, D2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_ptr += b * sq_b + h * sq_h
-    k_ptr += b * sk_b + h * sk_h
-    v_ptr += b * sv_b + h * sv_h
-    o_ptr += b * so_b + h * so_h
+    q_ptr += _head(b, h, sq_b, sq_h, ALIGN)
+    k_ptr += _head(b, h, sk_b, sk_h, ALIGN)
+    v_ptr += _head(b, h, sv_b, sv_h, ALIGN)
+    o_ptr += _head(b, h, so_b, so_h, ALIGN)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     d1 = tl.arange(0, D1)
@@ -81,7 +90,7 @@ def attn_fwd_kernel(
 
 @triton.jit
 def attn_bwd_delta_kernel(
-    o_ptr, do_ptr, delta_ptr, L, H, Dh,
+    o_ptr, do_ptr, delta_ptr, L, H, Dh: tl.constexpr,
     so_b, so_l, so_h, so_d, sdo_b, sdo_l, sdo_h, sdo_d,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -100,22 +109,23 @@ def attn_bwd_delta_kernel(
 @triton.jit
 def attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    L, H, Dh, qk_scale, sm_scale,
+    L, H, Dh: tl.constexpr, qk_scale, sm_scale,
     sq_b, sq_l, sq_h, sq_d,
     sk_b, sk_l, sk_h, sk_d,
     sv_b, sv_l, sv_h, sv_d,
     sdo_b, sdo_l, sdo_h, sdo_d,
     D1: tl.constexpr, D2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dK, dV for BLOCK_N keys; dK/dV written contiguous ``[B, L, H, Dh]``."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_ptr += b * sq_b + h * sq_h
-    k_ptr += b * sk_b + h * sk_h
-    v_ptr += b * sv_b + h * sv_h
-    do_ptr += b * sdo_b + h * sdo_h
+    q_ptr += _head(b, h, sq_b, sq_h, ALIGN)
+    k_ptr += _head(b, h, sk_b, sk_h, ALIGN)
+    v_ptr += _head(b, h, sv_b, sv_h, ALIGN)
+    do_ptr += _head(b, h, sdo_b, sdo_h, ALIGN)
     lse_ptr += bh.to(tl.int64) * L
     delta_ptr += bh.to(tl.int64) * L
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -160,22 +170,23 @@ def attn_bwd_dkdv_kernel(
 @triton.jit
 def attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    L, H, Dh, qk_scale, sm_scale,
+    L, H, Dh: tl.constexpr, qk_scale, sm_scale,
     sq_b, sq_l, sq_h, sq_d,
     sk_b, sk_l, sk_h, sk_d,
     sv_b, sv_l, sv_h, sv_d,
     sdo_b, sdo_l, sdo_h, sdo_d,
     D1: tl.constexpr, D2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):  # fmt: skip
     """dQ for BLOCK_M queries; written contiguous ``[B, L, H, Dh]``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_ptr += b * sq_b + h * sq_h
-    k_ptr += b * sk_b + h * sk_h
-    v_ptr += b * sv_b + h * sv_h
-    do_ptr += b * sdo_b + h * sdo_h
+    q_ptr += _head(b, h, sq_b, sq_h, ALIGN)
+    k_ptr += _head(b, h, sk_b, sk_h, ALIGN)
+    v_ptr += _head(b, h, sv_b, sv_h, ALIGN)
+    do_ptr += _head(b, h, sdo_b, sdo_h, ALIGN)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < L
     offs_n0 = tl.arange(0, BLOCK_N)

@@ -34,6 +34,18 @@ def _blocks(seq_len: int, m: int, n: int) -> tuple[int, int]:
     return min(m, cap), min(n, cap)
 
 
+def _align(*tensors: torch.Tensor) -> int:
+    """8 if every head of every tensor starts on a multiple of 8 elements (last stride 1)."""
+    ok = all(
+        t.stride(-1) == 1
+        and t.stride(0) % 8 == 0
+        and t.stride(2) % 8 == 0
+        and t.data_ptr() % (8 * t.element_size()) == 0
+        for t in tensors
+    )
+    return 8 if ok else 1
+
+
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale=None):
     """SDPA on ``[B, L, H, Dh]`` tensors (float64 inputs compute in float64)."""
     out = F.scaled_dot_product_attention(
@@ -58,7 +70,7 @@ class FlashAttentionFn(torch.autograd.Function):
         kern.attn_fwd_kernel[(-(-seq_len // bm), b * heads)](
             q, k, v, out, lse, seq_len, heads, head_dim, scale * math.log2(math.e),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn,
+            D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn, ALIGN=_align(q, k, v, out),
             num_warps=t["fwd_warps"], num_stages=t["fwd_stages"],
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse)
@@ -83,16 +95,17 @@ class FlashAttentionFn(torch.autograd.Function):
         dv = torch.empty_like(dq)
         qk_scale = ctx.scale * math.log2(math.e)
         strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
+        align = _align(q, k, v, dout)
         bm, bn = _blocks(seq_len, t["dkdv_m"], t["dkdv_n"])
         kern.attn_bwd_dkdv_kernel[(-(-seq_len // bn), b * heads)](
             q, k, v, dout, lse, delta, dk, dv, seq_len, heads, head_dim, qk_scale, ctx.scale,
-            *strides, D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn,
+            *strides, D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn, ALIGN=align,
             num_warps=t["dkdv_warps"], num_stages=t["dkdv_stages"],
         )  # fmt: skip
         bm, bn = _blocks(seq_len, t["dq_m"], t["dq_n"])
         kern.attn_bwd_dq_kernel[(-(-seq_len // bm), b * heads)](
             q, k, v, dout, lse, delta, dq, seq_len, heads, head_dim, qk_scale, ctx.scale,
-            *strides, D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn,
+            *strides, D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn, ALIGN=align,
             num_warps=t["dq_warps"], num_stages=t["dq_stages"],
         )  # fmt: skip
         return dq, dk, dv, None

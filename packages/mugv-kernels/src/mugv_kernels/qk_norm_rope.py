@@ -20,6 +20,23 @@ def _tiling(rows: int, head_dim: int, device: torch.device) -> tuple[int, int, i
     return block_p, block_r, per_prog, max(4, min(16, block_r * block_p // tune["warp_elems"]))
 
 
+def _align(t: torch.Tensor, skip_last: bool = True) -> int:
+    """8 if every row offset of ``t`` (strides but the last) and its address are multiples of
+    8 elements (and the last stride is 1), else 1: a promise the kernels pass to the compiler."""
+    strides = t.stride()[:-1] if skip_last else t.stride()
+    ok = t.stride(-1) == 1 and all(s % 8 == 0 for s in strides)
+    return 8 if ok and t.data_ptr() % (8 * t.element_size()) == 0 else 1
+
+
+def _table_align(cos: torch.Tensor, sin: torch.Tensor) -> int:
+    """4 if the rows of both tables start on multiples of 4 elements, else 1."""
+    ok = all(
+        t.stride(1) == 1 and t.stride(0) % 4 == 0 and t.data_ptr() % (4 * t.element_size()) == 0
+        for t in (cos, sin)
+    )
+    return 4 if ok else 1
+
+
 def _fwd(
     x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, vec: bool
 ):
@@ -32,8 +49,9 @@ def _fwd(
     block_p, block_r, per_prog, warps = _tiling(rows, head_dim, x.device)
     kern.rmsnorm_rope_fwd_kernel[(-(-rows // per_prog),)](
         x, w, cos, sin, out, rstd,
-        rows, heads, seq_len, head_dim // 2, per_prog, eps,
+        rows, heads, seq_len, per_prog, eps,
         *x.stride(), *cos.stride(), *sin.stride(),
+        P=head_dim // 2, X_ALIGN=_align(x), DO_ALIGN=1, T_ALIGN=_table_align(cos, sin),
         VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
     return out, rstd
@@ -50,9 +68,10 @@ def _bwd(dout, x, w, cos, sin, rstd, vec: bool):
     dw = torch.empty((grid, head_dim), device=x.device, dtype=torch.float32)
     kern.rmsnorm_rope_bwd_kernel[(grid,)](
         dout, x, w, cos, sin, rstd, dx, dw,
-        rows, heads, seq_len, head_dim // 2, per_prog,
+        rows, heads, seq_len, per_prog,
         *dout.stride(), *x.stride(), *cos.stride(), *sin.stride(),
-        VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+        P=head_dim // 2, X_ALIGN=_align(x), DO_ALIGN=_align(dout),
+        T_ALIGN=_table_align(cos, sin), VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
     return dx, dw.sum(dim=0).to(w.dtype)
 

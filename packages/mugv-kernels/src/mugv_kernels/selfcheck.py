@@ -258,6 +258,7 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gated_case(2, 9, 24, "branch", noncontig=True),
             _qk_case(2, (2, 2, 3), 3, 2, 12),
             _qk_case(1, (1, 3, 3), 2, 2, 10, strided=True),
+            _qk_case(1, (1, 2, 3), 2, 2, 16),  # 8-aligned rows: the aligned-offset path
             _gn_case((2, 8, 3, 5, 7), 4),
             _gn_case((3, 6, 11, 9), 3, affine=False),
             _gn_case((2, 8, 3, 5, 7), 4, group_kernel=True),
