@@ -188,3 +188,17 @@ def test_public_ops_trace_under_torch_compile_fullgraph(gen):
     (grad,) = torch.autograd.grad(out.sum(), x)
     (grad_ref,) = torch.autograd.grad(block(x).sum(), x)
     assert torch.allclose(grad, grad_ref, atol=1e-4)
+
+
+def test_per_sample_rope_tables_equal_per_sample_calls(gen):
+    q, k = _randd(3, L, 2, 12, gen=gen), _randd(3, L, 1, 12, gen=gen)
+    w = _randd(12, gen=gen)
+    angles = _randd(3, L, 6, gen=gen)
+    q_out, k_out = mk.qk_rmsnorm_rope3d(q, k, w, w, angles.cos(), angles.sin())
+    for i in range(3):
+        qi, ki = mk.qk_rmsnorm_rope3d(
+            q[i : i + 1], k[i : i + 1], w, w, angles[i].cos(), angles[i].sin()
+        )
+        assert torch.equal(q_out[i : i + 1], qi) and torch.equal(k_out[i : i + 1], ki)
+    with pytest.raises(ValueError, match=r"B=3 \(or 1\)"):
+        mk.qk_rmsnorm_rope3d(q, k, w, w, angles[:2].cos(), angles[:2].sin())

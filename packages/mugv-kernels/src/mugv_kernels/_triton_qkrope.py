@@ -25,15 +25,16 @@ def _row_offsets(rows, H, L, s_b, s_l, s_h, ALIGN: tl.constexpr):
         base = (b * (s_b // ALIGN) + pos * (s_l // ALIGN) + h * (s_h // ALIGN)) * ALIGN
     else:
         base = b * s_b + pos * s_l + h * s_h
-    return base, pos
+    return base, pos, b
 
 
 @triton.jit
-def _load_table(ptr, pos, s_l, s_p, offs_p, mask, ALIGN: tl.constexpr):
+def _load_table(ptr, b, pos, s_b, s_l, s_p, offs_p, mask, ALIGN: tl.constexpr):
+    """Rows of a ``[B or 1, L, P]`` cos/sin table (``s_b = 0`` for one shared table)."""
     if ALIGN > 1:
-        row = pos * (s_l // ALIGN) * ALIGN
+        row = (b * (s_b // ALIGN) + pos * (s_l // ALIGN)) * ALIGN
     else:
-        row = pos * s_l
+        row = b * s_b + pos * s_l
     return tl.load(ptr + row[:, None] + offs_p[None, :] * s_p, mask=mask, other=0.0).to(tl.float32)
 
 
@@ -76,7 +77,7 @@ def rmsnorm_rope_fwd_kernel(
     x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, rstd_ptr,
     R, H, L, rows_per_prog, eps,
     sx_b, sx_l, sx_h, sx_d,
-    sc_l, sc_p, ss_l, ss_p,
+    sc_b, sc_l, sc_p, ss_b, ss_l, ss_p,
     P: tl.constexpr, X_ALIGN: tl.constexpr, DO_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr,
     VEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -91,14 +92,14 @@ def rmsnorm_rope_fwd_kernel(
         rows = (row_start + local).to(tl.int64)
         mask_r = (rows < R) & (local < rows_per_prog)
         mask = mask_r[:, None] & mask_p[None, :]
-        base, pos = _row_offsets(rows, H, L, sx_b, sx_l, sx_h, X_ALIGN)
+        base, pos, bidx = _row_offsets(rows, H, L, sx_b, sx_l, sx_h, X_ALIGN)
         x_e, x_o = _load_pairs(x_ptr, base, offs_p, mask_r, P, sx_d, VEC, BLOCK_R, BLOCK_P)
         ms = (tl.sum(x_e * x_e, axis=1) + tl.sum(x_o * x_o, axis=1)) / (2 * P)
         rstd = 1.0 / tl.sqrt(ms + eps)
         a = x_e * rstd[:, None] * w_e
         b = x_o * rstd[:, None] * w_o
-        cos = _load_table(cos_ptr, pos, sc_l, sc_p, offs_p, mask, T_ALIGN)
-        sin = _load_table(sin_ptr, pos, ss_l, ss_p, offs_p, mask, T_ALIGN)
+        cos = _load_table(cos_ptr, bidx, pos, sc_b, sc_l, sc_p, offs_p, mask, T_ALIGN)
+        sin = _load_table(sin_ptr, bidx, pos, ss_b, ss_l, ss_p, offs_p, mask, T_ALIGN)
         out_e = a * cos - b * sin
         out_o = a * sin + b * cos
         _store_pairs(out_ptr, rows, out_e, out_o, offs_p, mask_r, P, VEC, BLOCK_P)
@@ -111,7 +112,7 @@ def rmsnorm_rope_bwd_kernel(
     R, H, L, rows_per_prog,
     sdo_b, sdo_l, sdo_h, sdo_d,
     sx_b, sx_l, sx_h, sx_d,
-    sc_l, sc_p, ss_l, ss_p,
+    sc_b, sc_l, sc_p, ss_b, ss_l, ss_p,
     P: tl.constexpr, X_ALIGN: tl.constexpr, DO_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr,
     VEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -128,13 +129,13 @@ def rmsnorm_rope_bwd_kernel(
         rows = (row_start + local).to(tl.int64)
         mask_r = (rows < R) & (local < rows_per_prog)
         mask = mask_r[:, None] & mask_p[None, :]
-        base, pos = _row_offsets(rows, H, L, sx_b, sx_l, sx_h, X_ALIGN)
+        base, pos, bidx = _row_offsets(rows, H, L, sx_b, sx_l, sx_h, X_ALIGN)
         x_e, x_o = _load_pairs(x_ptr, base, offs_p, mask_r, P, sx_d, VEC, BLOCK_R, BLOCK_P)
-        dbase, _ = _row_offsets(rows, H, L, sdo_b, sdo_l, sdo_h, DO_ALIGN)
+        dbase, _, _ = _row_offsets(rows, H, L, sdo_b, sdo_l, sdo_h, DO_ALIGN)
         do_e, do_o = _load_pairs(dout_ptr, dbase, offs_p, mask_r, P, sdo_d, VEC, BLOCK_R, BLOCK_P)
         rstd = tl.load(rstd_ptr + rows, mask=mask_r, other=0.0)
-        cos = _load_table(cos_ptr, pos, sc_l, sc_p, offs_p, mask, T_ALIGN)
-        sin = _load_table(sin_ptr, pos, ss_l, ss_p, offs_p, mask, T_ALIGN)
+        cos = _load_table(cos_ptr, bidx, pos, sc_b, sc_l, sc_p, offs_p, mask, T_ALIGN)
+        sin = _load_table(sin_ptr, bidx, pos, ss_b, ss_l, ss_p, offs_p, mask, T_ALIGN)
         du_e = do_e * cos + do_o * sin
         du_o = do_o * cos - do_e * sin
         xn_e = x_e * rstd[:, None]

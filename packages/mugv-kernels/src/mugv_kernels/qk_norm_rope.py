@@ -28,11 +28,21 @@ def _align(t: torch.Tensor, skip_last: bool = True) -> int:
     return 8 if ok and t.data_ptr() % (8 * t.element_size()) == 0 else 1
 
 
+def _table_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """``(s_b, s_l, s_p)`` of a ``[L, P]`` or ``[B or 1, L, P]`` table (``s_b = 0`` if shared)."""
+    if t.ndim == 2:
+        return 0, t.stride(0), t.stride(1)
+    return (0 if t.shape[0] == 1 else t.stride(0)), t.stride(1), t.stride(2)
+
+
 def _table_align(cos: torch.Tensor, sin: torch.Tensor) -> int:
     """4 if the rows of both tables start on multiples of 4 elements, else 1."""
     ok = all(
-        t.stride(1) == 1 and t.stride(0) % 4 == 0 and t.data_ptr() % (4 * t.element_size()) == 0
-        for t in (cos, sin)
+        st[2] == 1
+        and st[0] % 4 == 0
+        and st[1] % 4 == 0
+        and t.data_ptr() % (4 * t.element_size()) == 0
+        for t, st in ((cos, _table_strides(cos)), (sin, _table_strides(sin)))
     )
     return 4 if ok else 1
 
@@ -50,7 +60,7 @@ def _fwd(
     kern.rmsnorm_rope_fwd_kernel[(-(-rows // per_prog),)](
         x, w, cos, sin, out, rstd,
         rows, heads, seq_len, per_prog, eps,
-        *x.stride(), *cos.stride(), *sin.stride(),
+        *x.stride(), *_table_strides(cos), *_table_strides(sin),
         P=head_dim // 2, X_ALIGN=_align(x), DO_ALIGN=1, T_ALIGN=_table_align(cos, sin),
         VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
@@ -69,7 +79,7 @@ def _bwd(dout, x, w, cos, sin, rstd, vec: bool):
     kern.rmsnorm_rope_bwd_kernel[(grid,)](
         dout, x, w, cos, sin, rstd, dx, dw,
         rows, heads, seq_len, per_prog,
-        *dout.stride(), *x.stride(), *cos.stride(), *sin.stride(),
+        *dout.stride(), *x.stride(), *_table_strides(cos), *_table_strides(sin),
         P=head_dim // 2, X_ALIGN=_align(x), DO_ALIGN=_align(dout),
         T_ALIGN=_table_align(cos, sin), VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
@@ -118,7 +128,8 @@ def qk_rmsnorm_rope3d(
     Args:
         q, k: ``[B, L, H, Dh]`` (k may have another head count; any strides).
         q_weight, k_weight: RMSNorm weights ``[Dh]``.
-        cos, sin: ``[L, Dh // 2]`` tables (see :func:`mugv_kernels.rope3d_frequencies`); pair
+        cos, sin: ``[L, Dh // 2]`` tables (see :func:`mugv_kernels.rope3d_frequencies`), or
+            per-sample ``[B, L, Dh // 2]`` (``[1, L, Dh // 2]`` broadcasts); pair
             ``(2i, 2i+1)`` rotates by the angle of column ``i``. They are treated as constants
             by the Triton path (if they require grad the reference path is taken).
         eps: RMSNorm epsilon.

@@ -123,10 +123,13 @@ def check_qk(
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if tuple(w.shape) != (head_dim,):
             raise ValueError(f"{name} must have shape [{head_dim}], got {tuple(w.shape)}")
+    pairs = head_dim // 2
     for name, t in (("cos", cos), ("sin", sin)):
-        if tuple(t.shape) != (seq_len, head_dim // 2):
+        shape = tuple(t.shape)
+        if shape != (seq_len, pairs) and shape not in ((b, seq_len, pairs), (1, seq_len, pairs)):
             raise ValueError(
-                f"{name} must have shape [L={seq_len}, Dh//2={head_dim // 2}], got {tuple(t.shape)}"
+                f"{name} must have shape [L={seq_len}, Dh//2={pairs}] or "
+                f"[B={b} (or 1), L, Dh//2], got {shape}"
             )
 
 
@@ -139,15 +142,15 @@ def rms_norm_rope_ref(
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Per-head RMSNorm with weight, then interleaved rotary: pair ``(2i, 2i+1)`` = ``(a, b)``
-    becomes ``(a cos - b sin, a sin + b cos)`` with ``cos/sin[l, i]``."""
+    becomes ``(a cos - b sin, a sin + b cos)`` with ``cos/sin[l, i]`` (or ``[b, l, i]``)."""
     dtype = acc_dtype(x_BLHD, weight, cos_LP)
     xf = x_BLHD.to(dtype)
     rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
     u = xf * rstd * weight.to(dtype)
     u_pairs = u.unflatten(-1, (-1, 2))
     a, b = u_pairs[..., 0], u_pairs[..., 1]
-    cos = cos_LP.to(dtype)[:, None, :]
-    sin = sin_LP.to(dtype)[:, None, :]
+    cos = cos_LP.to(dtype).unsqueeze(-2)  # [L, 1, P] or [B, L, 1, P]
+    sin = sin_LP.to(dtype).unsqueeze(-2)
     out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
     return out.to(x_BLHD.dtype)
 

@@ -159,7 +159,8 @@ def _gated_case(b, seq_len, hidden, layout, *, bias=True, noncontig=False):
     return tag + (" strided" if noncontig else ""), build
 
 
-def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False):
+def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False, per_sample=False):
+    """``per_sample``: ``[B, L, P]`` tables (frame positions differ per sample)."""
     seq_len = grid_thw[0] * grid_thw[1] * grid_thw[2]
 
     def build(device, dtype, gen):
@@ -173,7 +174,21 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False):
         if head_dim % 6:
             third = 2 * ((head_dim // 2) // 3)
             split = (head_dim - 2 * third, third, third)
-        cos, sin = rope3d_frequencies(grid_thw, head_dim, split=split, device=device)
+        if per_sample:
+            tables = [
+                rope3d_frequencies(
+                    grid_thw,
+                    head_dim,
+                    split=split,
+                    frame_positions=torch.arange(grid_thw[0]) * (i + 1) + i,
+                    device=device,
+                )
+                for i in range(b)
+            ]
+            cos = torch.stack([c for c, _ in tables])
+            sin = torch.stack([s_ for _, s_ in tables])
+        else:
+            cos, sin = rope3d_frequencies(grid_thw, head_dim, split=split, device=device)
         inputs = {
             "q": q,
             "k": k,
@@ -191,6 +206,7 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False):
         return fn, ref_fn, inputs
 
     tag = f"qk_rope B{b} {grid_thw} Hq{heads_q} Hk{heads_k} Dh{head_dim}"
+    tag += " per-sample" if per_sample else ""
     return tag + (" strided" if strided else ""), build
 
 
@@ -259,6 +275,7 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _qk_case(2, (2, 2, 3), 3, 2, 12),
             _qk_case(1, (1, 3, 3), 2, 2, 10, strided=True),
             _qk_case(1, (1, 2, 3), 2, 2, 16),  # 8-aligned rows: the aligned-offset path
+            _qk_case(2, (3, 1, 2), 2, 1, 12, per_sample=True),
             _gn_case((2, 8, 3, 5, 7), 4),
             _gn_case((3, 6, 11, 9), 3, affine=False),
             _gn_case((2, 8, 3, 5, 7), 4, group_kernel=True),
@@ -278,6 +295,7 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _qk_case(2, (3, 6, 10), 24, 24, 72),
             _qk_case(1, (2, 5, 7), 16, 8, 64, strided=True),
             _qk_case(1, (5, 4, 4), 4, 4, 128),
+            _qk_case(3, (4, 6, 9), 12, 12, 72, per_sample=True),
             _gn_case((2, 128, 5, 33, 31), 32),
             _gn_case((3, 512, 17, 19), 32, affine=False),
             _gn_case((1, 64, 9, 64, 64), 32, offset=20.0),
