@@ -113,6 +113,17 @@ def dit_problems(cfg: BenchConfig, device, dtype) -> list[Problem]:
                     inputs["token_branch"] = (torch.rand(1, tokens, generator=gen) < 0.1).to(device)
                 return inputs
 
+            if tokens == max(cfg.dit_tokens) and hidden == max(cfg.dit_hidden):
+
+                def mk_modln_token(gen, tokens=tokens, hidden=hidden):
+                    return {
+                        name: _act((1, tokens, hidden), dtype, device, gen, 0.5 * (name == "x"))
+                        for name in ("x", "shift", "scale")
+                    }
+
+                # per-token modulation: shift/scale are read (and their grads written) too
+                probs.append(Problem("modulated_layer_norm", shape + " per-token", mk_modln_token,
+                                     _run_modln, ("x", "shift", "scale"), 4 * act, 6 * act))  # fmt: skip
             names = ("x", "y", "gate", "shift", "scale", "bias")
             probs.append(Problem("gated_residual_modulated_norm", shape, mk_gated, _run_gated,
                                  names, 4 * act, 6 * act))  # fmt: skip

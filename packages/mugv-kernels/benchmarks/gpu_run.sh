@@ -9,16 +9,16 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "
 python -c "import torch, triton; print(torch.__version__, triton.__version__)"
 t0=$(date +%s)
 if python -c "import pytest" 2>/dev/null; then
-  python -m pytest packages/mugv-kernels/tests/test_gpu.py -m gpu -q -p no:cacheprovider \
+  timeout "${TEST_TIMEOUT_S:-120}" python -m pytest packages/mugv-kernels/tests/test_gpu.py -m gpu -q -p no:cacheprovider \
     2>&1 | tail -n 25 | tee "$OUT/gpu_tests.log"
 else
-  python -m mugv_kernels.cli check --size medium --json "$OUT/check.json" 2>&1 | tail -n 40 \
+  timeout "${TEST_TIMEOUT_S:-120}" python -m mugv_kernels.cli check --size medium --json "$OUT/check.json" 2>&1 | tail -n 40 \
     | tee "$OUT/gpu_tests.log"
 fi
 echo "tests took $(( $(date +%s) - t0 )) s"
 python packages/mugv-kernels/benchmarks/bench_kernels.py --out "$OUT" \
-  --deadline-s "${DEADLINE_S:-280}" --sweep-until-s "${SWEEP_UNTIL_S:-340}" 2>&1 \
+  --deadline-s "${DEADLINE_S:-220}" --sweep-until-s "${SWEEP_UNTIL_S:-260}" 2>&1 \
   | grep -v '^{' | tee "$OUT/bench.log"
 # Stretch: head-dim-72 attention vs SDPA backends (own process: a crash cannot cost the above).
-timeout "${ATTN_TIMEOUT_S:-150}" python packages/mugv-kernels/benchmarks/bench_attention.py \
+timeout "${ATTN_TIMEOUT_S:-100}" python packages/mugv-kernels/benchmarks/bench_attention.py \
   --out "$OUT" 2>&1 | grep -v '^{' | tee "$OUT/attention.log"
