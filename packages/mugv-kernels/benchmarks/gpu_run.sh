@@ -5,15 +5,15 @@ set -u
 export PYTHONPATH=packages/mugv-formats/src:packages/mugv-kernels/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/mugv-kernels-out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/smi.txt" 2>&1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1
 python -c "import torch, triton; print(torch.__version__, triton.__version__)"
 t0=$(date +%s)
 if python -c "import pytest" 2>/dev/null; then
-  timeout "${TEST_TIMEOUT_S:-120}" python -m pytest packages/mugv-kernels/tests/test_gpu.py -m gpu -q -p no:cacheprovider \
-    2>&1 | tail -n 25 | tee "$OUT/gpu_tests.log"
+  timeout "${TEST_TIMEOUT_S:-120}" python -m pytest packages/mugv-kernels/tests/test_gpu.py -m gpu \
+    -q --tb=line -rf -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 30
 else
-  timeout "${TEST_TIMEOUT_S:-120}" python -m mugv_kernels.cli check --size medium --json "$OUT/check.json" 2>&1 | tail -n 40 \
-    | tee "$OUT/gpu_tests.log"
+  timeout "${TEST_TIMEOUT_S:-120}" python -m mugv_kernels.cli check --size medium 2>&1 \
+    | tee "$OUT/gpu_tests.log" | tail -n 40
 fi
 echo "tests took $(( $(date +%s) - t0 )) s"
 python packages/mugv-kernels/benchmarks/bench_kernels.py --out "$OUT" \
