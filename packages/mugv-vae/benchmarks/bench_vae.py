@@ -33,7 +33,7 @@ def _time(fn, repeats: int) -> tuple[float, float, object]:
     return min(times), torch.cuda.max_memory_allocated() / 2**30, out
 
 
-def bench_ours(size, repeats, frame_pixels, fused=False):
+def bench_ours(size, repeats, frame_pixels, fused=False, channels_last=False):
     from mugv_vae.config import mugv_config
     from mugv_vae.model import MugvVAE
 
@@ -41,6 +41,10 @@ def bench_ours(size, repeats, frame_pixels, fused=False):
     cfg = mugv_config().model_copy(update={"fused_group_norm_silu": fused})
     with torch.device("cuda"):
         model = MugvVAE(cfg).to(torch.bfloat16).eval()
+    if channels_last:  # NHWC / NDHWC convolutions (cuDNN's fast layouts for bf16)
+        model.trunk.to(memory_format=torch.channels_last)
+        model.temporal_encoder.to(memory_format=torch.channels_last_3d)
+        model.temporal_decoder.to(memory_format=torch.channels_last_3d)
     model.frame_batch_size = max(1, frame_pixels // (h * w))
     x = torch.rand(1, 3, t, h, w, device="cuda", dtype=torch.bfloat16) * 2 - 1
     with torch.no_grad():
@@ -91,7 +95,7 @@ def main() -> None:
         default=4_000_000,
         help="our trunk processes floor(this / (H*W)) frames per call",
     )
-    ap.add_argument("--models", default="ours,ours-fused,wan")
+    ap.add_argument("--models", default="wan,ours,ours-fused,ours-fused-cl")
     ap.add_argument("--out", default="bench_vae.json")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -103,8 +107,10 @@ def main() -> None:
             try:
                 if name == "wan":
                     r = bench_wan(size, args.repeats)
-                else:  # "ours" or "ours-fused" (Triton GroupNorm+SiLU in the temporal VAE)
-                    r = bench_ours(size, args.repeats, args.frame_pixels, name == "ours-fused")
+                else:  # "ours", "-fused": Triton GroupNorm+SiLU, "-cl": channels-last convs
+                    r = bench_ours(
+                        size, args.repeats, args.frame_pixels, "fused" in name, name.endswith("-cl")
+                    )
                 r["encode_fps"] = size[0] / r["encode_s"]
                 r["decode_fps"] = size[0] / r["decode_s"]
             except torch.OutOfMemoryError as e:
@@ -112,6 +118,8 @@ def main() -> None:
             r.update(model=name, size="x".join(map(str, size)))
             rows.append(r)
             print(json.dumps(r), flush=True)
+            with open(args.out + ".partial", "w") as f:
+                json.dump(rows, f)
     table = [
         "| size (TxHxW) | model | encode frames/s | decode frames/s | enc+dec frames/s | encode peak GiB | decode peak GiB |",
         "|---|---|---|---|---|---|---|",

@@ -150,3 +150,26 @@ def test_fused_group_norm_silu_switch_matches_the_torch_path(make_video):
     video = make_video(t=9)
     with torch.no_grad():
         torch.testing.assert_close(fused.encode(video), plain.encode(video), rtol=1e-4, atol=1e-5)
+
+
+def test_unified_variant_keeps_the_rules(make_video, tmp_path):
+    torch.manual_seed(0)
+    model = MugvVAE(preset("unified-tiny")).eval()
+    video = make_video(t=17, h=32, w=48)
+    with torch.no_grad():
+        z = model.encode(video)
+        assert z.shape == (1, 24, 3, 4, 6)
+        assert model.decode(z, window=2).shape == video.shape
+        changed = video.clone()
+        changed[:, :, 1:9] = -changed[:, :, 1:9]
+        z2 = model.encode(changed)
+    assert torch.equal(z[:, :, [0, 2]], z2[:, :, [0, 2]])  # minimal encoding
+    assert not torch.allclose(z[:, :, 1], z2[:, :, 1])
+    model.save_pretrained(tmp_path / "u")
+    again = MugvVAE.from_pretrained(tmp_path / "u")
+    assert again.config.variant == "unified"
+    with torch.no_grad():
+        assert torch.equal(again.encode(video), z)
+    # 2D and 3D blocks alternate inside every stage.
+    kernels = [b.conv1.conv.kernel_size for b in model.temporal_encoder.stages[0]]
+    assert kernels == [(1, 3, 3), (3, 3, 3)]

@@ -7,6 +7,8 @@ features into one latent. Presets:
 - ``tiny``: a few channels everywhere, runs on a CPU in milliseconds (tests, demos).
 - ``mugv``: the released MUG-V architecture (SDXL-VAE trunk, 512-channel features,
   temporal VAE with 128 filters, multipliers 1,2,2,4, four res-blocks per stage).
+- ``unified`` / ``unified-tiny``: the report's unified variant (no separate trunk; 2D and 3D
+  res-blocks alternate in each down-sampling stage).
 """
 
 from __future__ import annotations
@@ -103,6 +105,26 @@ class TemporalConfig(_Frozen):
         return self
 
 
+class UnifiedConfig(_Frozen):
+    """Unified variant: no image trunk; 2D (1x3x3) and 3D (3x3x3) res-blocks alternate in
+    every stage, and the first three stages each down-sample T, H and W by 2."""
+
+    channels: tuple[int, ...] = Field((128, 256, 512, 512), description="Per-stage widths.")
+    pairs_per_stage: int = Field(2, ge=1, description="(2D block, 3D block) pairs per stage.")
+    num_groups: int = Field(32, ge=1, description="GroupNorm groups.")
+
+    @model_validator(mode="after")
+    def _check(self) -> UnifiedConfig:
+        if len(self.channels) != 4:
+            raise ValueError(f"unified.channels must have 4 entries (8x8x8), got {self.channels}")
+        for c in self.channels:
+            if c % self.num_groups:
+                raise ValueError(
+                    f"unified width {c} is not divisible by num_groups={self.num_groups}"
+                )
+        return self
+
+
 class VAEConfig(_Frozen):
     """Full architecture of the mugv video VAE (what ``config.json`` of a checkpoint holds)."""
 
@@ -118,9 +140,12 @@ class VAEConfig(_Frozen):
     gradient_checkpointing: bool = Field(
         False, description="Recompute block activations in the backward pass (training)."
     )
-    variant: Literal["mugv"] = Field(
-        "mugv", description="Architecture family; 'mugv' is the released trunk+temporal design."
+    variant: Literal["mugv", "unified"] = Field(
+        "mugv",
+        description="'mugv': the released image trunk + temporal VAE (uses trunk/temporal); "
+        "'unified': one 2D/3D-alternating encoder/decoder over pixels (uses unified).",
     )
+    unified: UnifiedConfig = Field(default_factory=UnifiedConfig)
 
 
 def tiny_config() -> VAEConfig:
@@ -144,7 +169,25 @@ def mugv_config() -> VAEConfig:
     return VAEConfig()
 
 
-PRESETS = {"tiny": tiny_config, "mugv": mugv_config}
+def unified_config() -> VAEConfig:
+    """The report's unified variant (2D and 3D convolutions alternating in each stage)."""
+    return VAEConfig(variant="unified")
+
+
+def unified_tiny_config() -> VAEConfig:
+    """Unified variant with a few channels (CPU tests)."""
+    return VAEConfig(
+        variant="unified",
+        unified=UnifiedConfig(channels=(8, 8, 16, 16), pairs_per_stage=1, num_groups=4),
+    )
+
+
+PRESETS = {
+    "tiny": tiny_config,
+    "mugv": mugv_config,
+    "unified": unified_config,
+    "unified-tiny": unified_tiny_config,
+}
 
 
 def preset(name: str) -> VAEConfig:

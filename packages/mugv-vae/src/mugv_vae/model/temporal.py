@@ -28,44 +28,60 @@ class TimeConv3d(nn.Module):
 
     For stride 1 the time padding is ``(k-1)//2`` before and ``k-1-(k-1)//2`` after; for
     stride 2 with k=3 it is 0 before and 1 after, so T frames give T/2 outputs.
+    ``kernel_size`` is ``k`` or ``(k_time, k_space)`` (``(1, 3)``: a per-frame 2D conv);
+    ``space_stride=2`` halves H and W (padding 0 before, 1 after, like time).
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
+        kernel_size: int | tuple[int, int] = 3,
         time_stride: int = 1,
         bias: bool = True,
+        space_stride: int = 1,
     ) -> None:
         super().__init__()
-        k = kernel_size
-        time_pad = (k - 1) + (1 - time_stride)
+        kt, ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        time_pad = (kt - 1) + (1 - time_stride)
+        space_pad = (ks - 1) + (1 - space_stride)
         self.time_pad = (time_pad // 2, time_pad - time_pad // 2)
+        self.space_pad = (space_pad // 2, space_pad - space_pad // 2)
+        symmetric = self.space_pad[0] == self.space_pad[1]
         self.conv = nn.Conv3d(
             in_channels,
             out_channels,
-            kernel_size=(k, k, k),
-            stride=(time_stride, 1, 1),
-            padding=(0, k // 2, k // 2),
+            kernel_size=(kt, ks, ks),
+            stride=(time_stride, space_stride, space_stride),
+            padding=(0, self.space_pad[0], self.space_pad[0]) if symmetric else 0,
             bias=bias,
         )
+        self._pad_space = not symmetric
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        if self.time_pad != (0, 0):
-            x_BCTHW = F.pad(x_BCTHW, (0, 0, 0, 0, *self.time_pad))
+        sp = self.space_pad if self._pad_space else (0, 0)
+        if self.time_pad != (0, 0) or sp != (0, 0):
+            x_BCTHW = F.pad(x_BCTHW, (*sp, *sp, *self.time_pad))
         return self.conv(x_BCTHW)
 
 
 class ResBlock3d(nn.Module):
-    """GroupNorm+SiLU -> conv -> GroupNorm+SiLU -> conv, plus a (1x1x1) shortcut."""
+    """GroupNorm+SiLU -> conv -> GroupNorm+SiLU -> conv, plus a (1x1x1) shortcut.
 
-    def __init__(self, in_channels: int, out_channels: int, cfg: TemporalConfig) -> None:
+    ``kernel=(1, 3)`` makes it a per-frame 2D block (used by the unified variant)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cfg: TemporalConfig,
+        kernel: int | tuple[int, int] = 3,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(cfg.num_groups, in_channels, eps=cfg.norm_eps)
-        self.conv1 = TimeConv3d(in_channels, out_channels, 3, bias=False)
+        self.conv1 = TimeConv3d(in_channels, out_channels, kernel, bias=False)
         self.norm2 = nn.GroupNorm(cfg.num_groups, out_channels, eps=cfg.norm_eps)
-        self.conv2 = TimeConv3d(out_channels, out_channels, 3, bias=False)
+        self.conv2 = TimeConv3d(out_channels, out_channels, kernel, bias=False)
         self.shortcut = (
             TimeConv3d(in_channels, out_channels, 1, bias=False)
             if in_channels != out_channels

@@ -71,13 +71,22 @@ class MugvVAE(nn.Module):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        from mugv_vae.model.trunk import SpatialTrunk
-
         self.config = config
-        feat = config.trunk.feature_channels
-        self.trunk = SpatialTrunk(config.trunk, config.in_channels)
-        self.temporal_encoder = TemporalEncoder(feat, config.latent_channels, config.temporal)
-        self.temporal_decoder = TemporalDecoder(feat, config.latent_channels, config.temporal)
+        if config.variant == "unified":
+            from mugv_vae.model.unified import PixelTrunk, UnifiedDecoder, UnifiedEncoder
+
+            # Identity trunk; the 8-frame chunk encoder/decoder works on pixels directly.
+            self.trunk = PixelTrunk()
+            c, u = config.in_channels, config.unified
+            self.temporal_encoder = UnifiedEncoder(c, config.latent_channels, u)
+            self.temporal_decoder = UnifiedDecoder(c, config.latent_channels, u)
+        else:
+            from mugv_vae.model.trunk import SpatialTrunk
+
+            feat = config.trunk.feature_channels
+            self.trunk = SpatialTrunk(config.trunk, config.in_channels)
+            self.temporal_encoder = TemporalEncoder(feat, config.latent_channels, config.temporal)
+            self.temporal_decoder = TemporalDecoder(feat, config.latent_channels, config.temporal)
         self.register_buffer("latent_mean", torch.zeros(config.latent_channels))
         self.register_buffer("latent_std", torch.ones(config.latent_channels))
         self.frame_batch_size: int | None = None
@@ -134,7 +143,7 @@ class MugvVAE(nn.Module):
         chunks = f_BCTHW.view(b, c, k, TIME_COMPRESSION, h, w).transpose(1, 2)
         chunks = chunks.reshape(b * k, c, TIME_COMPRESSION, h, w)
         m = self._batched(self.temporal_encoder, chunks, self.chunk_batch_size)
-        return m.view(b, k, m.shape[1], h, w).transpose(1, 2)
+        return m.view(b, k, m.shape[1], *m.shape[-2:]).transpose(1, 2)
 
     def encode_posterior(self, video_BCTHW: torch.Tensor) -> DiagonalGaussian:
         """Posterior over raw (un-normalised) latents ``[B, 24, 1+k, H/8, W/8]``."""

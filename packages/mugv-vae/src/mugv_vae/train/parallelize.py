@@ -31,15 +31,17 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def apply_fsdp2(model: nn.Module) -> nn.Module:
-    """Shard parameters with FSDP2 (``fully_shard``): each temporal stage, each trunk block,
-    then the root."""
+    """Shard parameters with FSDP2 (``fully_shard``): every temporal res-block, every trunk
+    block, then the root."""
     from torch.distributed.fsdp import fully_shard
 
-    units: list[nn.Module] = []
-    for enc in (model.temporal_encoder, model.temporal_decoder):
-        units += list(enc.stages) + list(enc.mid)
-    units += [*model.trunk.encoder.down_blocks, model.trunk.encoder.mid_block]
-    units += [*model.trunk.decoder.up_blocks, model.trunk.decoder.mid_block]
+    from mugv_vae.model.temporal import ResBlock3d
+
+    units: list[nn.Module] = [m for m in model.modules() if isinstance(m, ResBlock3d)]
+    trunk = model.trunk
+    if hasattr(trunk, "encoder"):
+        units += [*trunk.encoder.down_blocks, trunk.encoder.mid_block]
+        units += [*trunk.decoder.up_blocks, trunk.decoder.mid_block]
     for unit in units:
         fully_shard(unit)
     fully_shard(model)
