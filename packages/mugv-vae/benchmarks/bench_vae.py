@@ -20,12 +20,13 @@ import torch
 
 
 def _time(fn, repeats: int) -> tuple[float, float, object]:
-    fn()  # warm-up (cudnn autotune, allocator)
+    fn()  # warm-up (cudnn autotune, allocator); its output is dropped at once
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     times, out = [], None
     for _ in range(repeats):
         torch.cuda.synchronize()
+        out = None  # free the previous output before the next call
         t = time.perf_counter()
         out = fn()
         torch.cuda.synchronize()
@@ -59,6 +60,7 @@ def bench_ours(size, repeats, frame_pixels, fused=False, channels_last=False):
         "decode_peak_gib": dec_mem,
         "latent_shape": list(z.shape),
         "params": params,
+        "weights_gib": params * 2 / 2**30,
         "frame_batch_size": max(1, frame_pixels // (h * w)),
     }
 
@@ -82,6 +84,7 @@ def bench_wan(size, repeats):
         "decode_peak_gib": dec_mem,
         "latent_shape": list(z.shape),
         "params": params,
+        "weights_gib": params * 2 / 2**30,
     }
 
 
