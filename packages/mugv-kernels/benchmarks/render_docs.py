@@ -1,0 +1,136 @@
+"""Render the committed benchmark page from the JSON files a GPU run wrote.
+
+Usage: ``python render_docs.py RESULTS_DIR docs/benchmarks/kernels``: copies ``kernels.json``
+(and ``attention.json`` when present) and writes ``README.md`` with the device, date, command,
+copy ceiling, the main table, the launch sweep and the attention table.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+GOAL_COPY, GOAL_COMPILE = 0.85, 1.3
+
+
+def _fmt(v, digits=3):
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"
+
+
+def main_table(data: dict) -> list[str]:
+    ceiling = data["copy_ceiling"]["GBps"]
+    groups: dict = {}
+    for r in data["rows"]:
+        groups.setdefault((r["kernel"], r["shape"]), {})[r["impl"]] = r
+    lines = [
+        "| kernel | shape | pass | triton ms | GB/s | % of copy | eager ms | compile ms "
+        "| vs eager | vs compile | goals (85% / 1.3x) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for (kernel, shape), impls in groups.items():
+        for mode in ("fwd", "fwd_bwd"):
+            t, e, c = (impls.get(i, {}) for i in ("triton", "eager", "compile"))
+            tm, em, cm = (x.get(f"{mode}_ms") for x in (t, e, c))
+            gbps = t.get(f"{mode}_GBps")
+            frac = gbps / ceiling if gbps else None
+            vs_c = cm / tm if tm and cm else None
+            goals = (
+                ("yes" if frac and frac >= GOAL_COPY else "no")
+                + " / "
+                + ("yes" if vs_c and vs_c >= GOAL_COMPILE else ("n/a" if vs_c is None else "no"))
+            )
+            lines.append(
+                f"| {kernel} | {shape} | {mode} | {_fmt(tm)} | {_fmt(gbps, 0)} | "
+                f"{_fmt(100 * frac if frac else None, 0)}% | {_fmt(em)} | {_fmt(cm)} | "
+                f"{_fmt(em / tm if tm and em else None, 2)} | {_fmt(vs_c, 2)} | {goals} |"
+            )
+    return lines
+
+
+def sweep_table(data: dict) -> list[str]:
+    rows = data.get("sweep") or []
+    if not rows:
+        return []
+    base = {(r["kernel"], r["shape"]): r for r in data["rows"] if r["impl"] == "triton"}
+    lines = [
+        "| variant | shape | fwd ms (default) | fwd ms | fwd+bwd ms (default) | fwd+bwd ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        b = base.get((r["kernel"], r["shape"]), {})
+        lines.append(
+            f"| {r['variant']} | {r['shape']} | {_fmt(b.get('fwd_ms'), 4)} | "
+            f"{_fmt(r.get('fwd_ms'), 4)} | {_fmt(b.get('fwd_bwd_ms'), 4)} | "
+            f"{_fmt(r.get('fwd_bwd_ms'), 4)} |"
+        )
+    return lines
+
+
+def attention_table(data: dict) -> list[str]:
+    lines = [
+        "| shape | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['impl']} | {r['error'][:80]} | | | |")
+        else:
+            lines.append(
+                f"| {r['shape']} | {r['impl']} | {r['fwd_ms']:.2f} | {r['fwd_tflops']:.0f} | "
+                f"{r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_tflops']:.0f} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    src, dst = Path(argv[0]), Path(argv[1])
+    dst.mkdir(parents=True, exist_ok=True)
+    data = json.loads((src / "kernels.json").read_text())
+    shutil.copyfile(src / "kernels.json", dst / "kernels.json")
+    ceiling = data["copy_ceiling"]
+    out = [
+        "# mugv-kernels benchmarks",
+        "",
+        f"- device: {data['device']}; date: {data['date']}; torch {data['torch']}, "
+        f"triton {data['triton']}",
+        f"- command (repository root, on the GPU machine): "
+        f"`PYTHONPATH=packages/mugv-kernels/src python packages/mugv-kernels/benchmarks/"
+        f"{data['command']}` (via `packages/mugv-kernels/benchmarks/gpu_run.sh`)",
+        f"- copy ceiling measured in the same run: {ceiling['GBps']:.0f} GB/s "
+        f"(1 GiB device-to-device copy, bytes read + written)",
+        "- times: CUDA-graph replays (launch overhead excluded), median; several input sets "
+        "rotate so the working set exceeds L2. `GB/s` = fewest bytes the op must move "
+        "(activation-sized inputs read once, outputs written once) / time. eager = the PyTorch "
+        "reference (`mugv_kernels.reference`), compile = `torch.compile` of it (default mode, "
+        "static shapes). bf16 activations, fp32 accumulation.",
+        "",
+        *main_table(data),
+        "",
+    ]
+    sweep = sweep_table(data)
+    if sweep:
+        out += ["## Launch-parameter sweep (Triton, one change at a time)", "", *sweep, ""]
+    attn_path = src / "attention.json"
+    if attn_path.exists():
+        attn = json.loads(attn_path.read_text())
+        shutil.copyfile(attn_path, dst / "attention.json")
+        out += [
+            "## Experimental head-dim-72 attention vs SDPA",
+            "",
+            f"device: {attn['device']}; date: {attn['date']}; command: "
+            f"`python packages/mugv-kernels/benchmarks/{attn['command']}`. TFLOP/s from "
+            "4·B·H·L²·72 (forward) and 3.5x that (forward+backward), bf16, non-causal.",
+            "",
+            *attention_table(attn),
+            "",
+        ]
+    (dst / "README.md").write_text("\n".join(out))
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
