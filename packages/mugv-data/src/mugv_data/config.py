@@ -65,11 +65,12 @@ class SplitConfig(Frozen):
     """ThresholdDetector luma level for fades to/from black (0 disables)."""
     dissolve: bool = True
     """Detect gradual transitions (dissolves) with twin comparison."""
-    dissolve_low: float = Field(2.0, gt=0)
-    """Per-frame difference above which a frame may belong to a gradual transition."""
-    dissolve_high: float = Field(40.0, gt=0)
-    """Accumulated difference over a candidate transition that makes it a transition."""
-    dissolve_window: int = Field(8, ge=2)
+    dissolve_low: float = Field(0.06, gt=0, lt=1)
+    """Frame-to-frame colour-histogram distance (0-1) above which a frame may belong to a
+    gradual transition."""
+    dissolve_high: float = Field(0.4, gt=0, le=1)
+    """Histogram distance between the ends of a candidate that makes it a transition."""
+    dissolve_window: int = Field(6, ge=2)
     """Minimum number of frames of a gradual transition."""
     min_scene_frames: int = Field(8, ge=1)
     """Minimum distance between two detected cuts, in frames."""

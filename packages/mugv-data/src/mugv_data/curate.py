@@ -272,3 +272,61 @@ def write_rejects(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def read_rejects(out_dir: str | Path) -> list[dict[str, Any]]:
     return pq.read_table(Path(out_dir) / REJECTS).to_pylist()
+
+
+def _load_results(out: Path, config: CurateConfig) -> list[SourceResult]:
+    staging = Staging(out)
+    sources = discover_inputs(config.input.paths, config.input.extensions)
+    return [staging.load(source_id(s)) for s in sources if staging.done(source_id(s))]
+
+
+def rebuild_report(out_dir: str | Path) -> Path:
+    """Rewrite ``report.html`` of a finished output directory from its staging and shards."""
+    from mugv_formats import ClipDataset
+
+    from mugv_data.config import load_config
+    from mugv_data.report import write_report
+
+    out = Path(out_dir)
+    if not (out / RESOLVED_CONFIG).is_file():
+        raise ValueError(f"{out} has no {RESOLVED_CONFIG}: not a mugv-data output directory")
+    config = load_config(out / RESOLVED_CONFIG)
+    results = _load_results(out, config)
+    by_key = {(c.key): (r, c) for r in results for c in r.clips}
+    kept = []
+    for rec in ClipDataset(out).records():
+        if rec.key in by_key:
+            r, c = by_key[rec.key]
+            kept.append(
+                KeptClip(r, c, caption=rec.caption, tags=list(rec.tags), weight=rec.sample_weight)
+            )
+    return write_report(out, results, kept, Staging(out), config)
+
+
+def summarize_output(out_dir: str | Path) -> dict[str, Any]:
+    """Counts, per-score statistics and rejects per stage of a curated output directory."""
+    from mugv_formats import ClipDataset
+
+    out = Path(out_dir)
+    ds = ClipDataset(out)
+    recs = ds.records()
+    scores: dict[str, list[float]] = {}
+    for r in recs:
+        for k, v in r.scores.items():
+            scores.setdefault(k, []).append(v)
+    stats = {
+        k: {"min": float(np.min(v)), "mean": float(np.mean(v)), "max": float(np.max(v))}
+        for k, v in sorted(scores.items())
+    }
+    rejects = read_rejects(out) if (out / REJECTS).is_file() else []
+    return {
+        "format": ds.header.format,
+        "version": ds.header.version,
+        "producer": ds.header.producer,
+        "clips": len(recs),
+        "shards": len(ds.header.shards),
+        "seconds_of_video": round(sum(r.duration_s for r in recs), 3),
+        "tags": dict(Counter(t for r in recs for t in r.tags).most_common()),
+        "scores": stats,
+        "rejects_by_stage": dict(Counter(r["stage"] for r in rejects)),
+    }

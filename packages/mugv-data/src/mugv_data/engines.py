@@ -108,7 +108,16 @@ class RayEngine(Engine):
 
     def __init__(self, config: CurateConfig) -> None:
         super().__init__(config)
+        local = not config.engine.ray_address
+        if local:
+            # A local Ray runs its workers with this interpreter; Ray's `uv run` hook would
+            # otherwise rebuild the environment for every worker (minutes, or failures).
+            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         import ray
+        from ray._private import ray_constants
+
+        if local:
+            ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
         self._ray = ray
         self._started = False

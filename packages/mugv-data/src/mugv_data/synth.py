@@ -58,3 +58,29 @@ def moving_texture(
     """Frames of a texture translating right by ``speed`` px/frame."""
     big = texture(h, w + int(np.ceil(speed * n)) + 2, seed)
     return [np.ascontiguousarray(big[:, round(i * speed) : round(i * speed) + w]) for i in range(n)]
+
+
+def scene(n: int, h: int = 96, w: int = 128, speed: float = 1.5, seed: int = 0) -> list[np.ndarray]:
+    """A smooth, tinted, detailed "scene" panning right by ``speed`` px/frame: distinct seeds
+    give visibly different shots (colour and layout), like real footage."""
+    rng = np.random.default_rng(seed)
+    width = w + int(np.ceil(speed * n)) + 2
+    base = rng.standard_normal((h, width)).astype(np.float32)
+    low = cv2.GaussianBlur(base, (0, 0), 6.0)
+    low = (low - low.mean()) / (low.std() + 1e-6)
+    fine = cv2.GaussianBlur(rng.standard_normal((h, width)).astype(np.float32), (0, 0), 0.6)
+    tint = rng.uniform(40, 215, 3).astype(np.float32)
+    img = tint[None, None, :] + 45.0 * low[..., None] + 25.0 * fine[..., None]
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return [np.ascontiguousarray(img[:, round(i * speed) : round(i * speed) + w]) for i in range(n)]
+
+
+def dissolve(a: list[np.ndarray], b: list[np.ndarray]) -> list[np.ndarray]:
+    """Cross-fade frame by frame from ``a`` to ``b`` (same length; weights 1/(n+1) .. n/(n+1))."""
+    n = len(a)
+    return [
+        ((1 - (i + 1) / (n + 1)) * x.astype(np.float32) + (i + 1) / (n + 1) * y.astype(np.float32))
+        .round()
+        .astype(np.uint8)
+        for i, (x, y) in enumerate(zip(a, b))
+    ]

@@ -8,6 +8,7 @@ at frame t is the empty span ``[t, t)``. Shots are the complement of the transit
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -17,60 +18,62 @@ from mugv_data.config import SplitConfig
 from mugv_data.stages.base import Resources, Stage
 
 
-class DissolveDetector:
-    """Gradual-transition detector (twin comparison, Zhang et al. 1993) with a blend test.
+def color_histogram(frame_HW3: np.ndarray) -> np.ndarray:
+    """Normalised 8x8x8 RGB histogram [512] of a 64x48 version of the frame."""
+    small = cv2.resize(frame_HW3, (64, 48), interpolation=cv2.INTER_AREA)
+    h = cv2.calcHist([small], [0, 1, 2], None, [8, 8, 8], [0, 256] * 3).ravel()
+    return h / max(h.sum(), 1.0)
 
-    A candidate starts when the frame-to-frame difference rises above ``low`` and ends when it
-    falls back. It is a dissolve when the candidate lasts >= ``min_len`` frames, its endpoints
-    differ by >= ``high`` (mean |diff|, 0-255), and the middle frame is close to a linear blend
-    of the endpoints (camera motion fails this test).
+
+def hist_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Total-variation distance of two normalised histograms, in [0, 1]."""
+    return 0.5 * float(np.abs(a - b).sum())
+
+
+class DissolveDetector:
+    """Gradual-transition detector: twin comparison (Zhang et al. 1993) on colour histograms.
+
+    Histograms barely change under camera motion but drift steadily through a dissolve or a
+    fade. A candidate starts when the frame-to-frame histogram distance rises above ``low``
+    and ends when it falls back; it is a gradual transition when it lasts >= ``min_len``
+    frames, its endpoints are >= ``high`` apart and the distance from its first frame grows
+    monotonically through it (checked at 1/3, 2/3 and the end) with no single step doing
+    most of the change (that would be a hard cut).
     """
 
-    def __init__(self, low: float, high: float, min_len: int, max_len: int = 90) -> None:
+    def __init__(self, low: float, high: float, min_len: int, max_len: int = 120) -> None:
         self.low, self.high, self.min_len, self.max_len = low, high, min_len, max_len
         self.spans: list[tuple[int, int]] = []
         self._prev: np.ndarray | None = None
         self._cand: list[np.ndarray] = []
         self._cand_start = -1
 
-    def process(self, t: int, gray_HW: np.ndarray) -> None:
-        g = gray_HW.astype(np.float32)
+    def process(self, t: int, frame_HW3: np.ndarray) -> None:
+        h = color_histogram(frame_HW3)
         if self._prev is None:
-            self._prev = g
+            self._prev = h
             return
-        d = float(np.abs(g - self._prev).mean())
-        if d > self.low:
+        if hist_distance(h, self._prev) > self.low:
             if not self._cand:
                 self._cand_start = t
                 self._cand = [self._prev]
-            self._cand.append(g)
+            self._cand.append(h)
             if len(self._cand) > self.max_len:
                 self._cand = []
         elif self._cand:
             self._close(t)
-        self._prev = g
+        self._prev = h
 
     def _close(self, t: int) -> None:
-        frames = self._cand
+        hs = self._cand
         self._cand = []
-        if len(frames) - 1 < self.min_len:
+        if len(hs) - 1 < self.min_len:
             return
-        a, b = frames[0], frames[-1]
-        delta = float(np.abs(b - a).mean())
-        if delta < self.high:
-            return
-        ba = (b - a).ravel()
-        denom = float(ba @ ba)
-        residuals = []
-        for m in (
-            frames[len(frames) // 3],
-            frames[len(frames) // 2],
-            frames[(2 * len(frames)) // 3],
-        ):
-            ma = (m - a).ravel()
-            alpha = float(ma @ ba) / denom
-            residuals.append(float(np.abs(ma - alpha * ba).mean()))
-        if max(residuals) < 0.25 * delta:
+        d = [hist_distance(hs[0], hs[i]) for i in (len(hs) // 3, (2 * len(hs)) // 3, len(hs) - 1)]
+        steps = [hist_distance(a, b) for a, b in itertools.pairwise(hs)]
+        gradual = max(steps) < 0.6 * d[-1]  # no single step does most of the change
+        monotone = d[0] <= d[1] + 0.02 and d[1] <= d[2] + 0.02
+        if d[-1] >= self.high and gradual and monotone:
             self.spans.append((self._cand_start, t))
 
     def finish(self, t: int) -> None:
@@ -157,7 +160,7 @@ class ShotSplitter(Stage):
             for d in dets:
                 cuts.update(int(x) for x in d.process_frame(t, bgr))
             if dissolve is not None:
-                dissolve.process(t, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+                dissolve.process(t, small)
             n = t + 1
         for d in dets:
             cuts.update(int(x) for x in d.post_process(n))

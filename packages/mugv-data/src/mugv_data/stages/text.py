@@ -39,7 +39,7 @@ class TextDetector:
                 "Global.use_det": True,
                 "Global.use_cls": False,
                 "Global.use_rec": False,
-                "Global.log_level": "warning",
+                "Global.log_level": "error",
                 "Global.max_side_len": 4096,
                 "Det.limit_side_len": limit_side,
                 "Det.limit_type": "max",

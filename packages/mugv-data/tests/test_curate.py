@@ -1,0 +1,231 @@
+"""End-to-end curation: real sample clips -> valid clip shards; engines agree; CLI; resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+import yaml
+from mugv_data.cli import main as cli_main
+from mugv_data.config import CurateConfig, load_config
+from mugv_data.curate import curate, read_rejects
+from mugv_data.synth import scene, write_video
+from mugv_formats import ClipDataset
+
+SCORES = {
+    "brightness",
+    "border_ratio",
+    "static_diff",
+    "frozen_ratio",
+    "sharpness",
+    "motion",
+    "text_ratio",
+}
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def run(inputs, out, *overrides) -> tuple[CurateConfig, list]:
+    """Curate with the shipped demo config (+ overrides); returns (config, verified clips)."""
+    cfg = load_config(
+        DEMO, inputs=[str(i) for i in inputs], output=str(out), overrides=list(overrides)
+    )
+    curate(cfg, progress=False)
+    ds = ClipDataset(out)
+    return cfg, [(r, b) for r, b in ds]  # iterating verifies every checksum
+
+
+def fingerprint(items) -> list[tuple]:
+    return [
+        (
+            r.key,
+            round(r.start_s, 6),
+            round(r.end_s, 6),
+            r.num_frames,
+            r.sha256,
+            tuple(sorted((k, round(v, 6)) for k, v in r.scores.items())),
+        )
+        for r, _ in items
+    ]
+
+
+@pytest.fixture(scope="module")
+def sequential_run(samples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seq")
+    cfg, items = run([samples], out, "engine.kind=sequential")
+    return out, cfg, items
+
+
+def test_curation_of_real_samples_writes_valid_shards(sequential_run):
+    out, cfg, items = sequential_run
+    assert len(items) >= 3  # the lead's demo needs clips to flow on
+    for rec, mp4 in items:
+        assert min(rec.width, rec.height) <= 360
+        assert set(rec.scores) >= SCORES, rec.scores.keys()
+        with av.open(__import__("io").BytesIO(mp4)) as c:
+            s = c.streams.video[0]
+            n = sum(1 for _ in c.decode(s))
+            assert (s.width, s.height) == (rec.width, rec.height)
+        assert n == rec.num_frames
+        assert rec.end_s - rec.start_s == pytest.approx(rec.num_frames / rec.fps, abs=1.5 / rec.fps)
+        assert rec.duration_s >= cfg.split.min_clip_s - 1e-6
+    rejects = read_rejects(out)
+    assert {r["stage"] for r in rejects} >= {"split", "sharpness"}
+    assert all(r["reason"] for r in rejects)
+    # every candidate clip is either kept or rejected, exactly once
+    kept = {r.key for r, _ in items}
+    rejected = {r["key"] for r in rejects if r["key"]}
+    assert not kept & rejected
+    assert load_config(out / "resolved_config.yaml") == cfg
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "report/thumbs/" in html
+    assert len(list((out / "report" / "thumbs").glob("*.jpg"))) == len(kept | rejected)
+
+
+def test_process_pool_engine_gives_the_same_clips(samples, sequential_run, tmp_path):
+    _, _, seq_items = sequential_run
+    _, items = run([samples], tmp_path / "pp", "engine.kind=process", "engine.workers=2")
+    assert fingerprint(items) == fingerprint(seq_items)
+
+
+def test_bad_inputs_are_skipped_and_recorded(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    write_video(d / "good.mp4", scene(60, seed=1))
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "garbage.mp4").write_bytes(os.urandom(20000))
+    (d / "notes.mkv").write_text("definitely not a video\n")
+    data = (d / "good.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    write_video(d / "one_frame.mp4", scene(1, seed=2))
+    with av.open(str(d / "audio.m4a"), "w") as c:  # audio only
+        s = c.add_stream("aac", rate=16000)
+        import numpy as np
+
+        for i in range(20):
+            fr = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
+            fr.sample_rate, fr.pts = 16000, i * 1024
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with open(d / "huge.mp4", "wb") as f:  # sparse: takes no disk space
+        f.truncate(70 << 30)
+    # TS cut mid-stream: decodable up to the cut
+    write_video(d / "cut.ts", scene(75, seed=3), codec="mpeg2video", fmt="mpegts")
+    ts = (d / "cut.ts").read_bytes()
+    (d / "cut.ts").write_bytes(ts[: int(len(ts) * 0.6)])
+    cfg = load_config(
+        None,
+        inputs=[str(d / "*")],
+        output=str(tmp_path / "out"),
+        overrides=["engine.kind=sequential", "filters.text.enabled=false", "split.min_clip_s=1.0"],
+    )
+    summary = curate(cfg, progress=False)
+    rej = {Path(r["source"]).name: r for r in read_rejects(tmp_path / "out") if r["key"] is None}
+    assert rej["zero.mp4"]["kind"] == "zero-byte"
+    assert rej["garbage.mp4"]["kind"] == "not-a-video"
+    assert rej["notes.mkv"]["kind"] == "not-a-video"
+    assert rej["truncated.mp4"]["kind"] in {"not-a-video", "corrupt", "decode-error"}
+    assert rej["one_frame.mp4"]["kind"] == "too-few-frames"
+    assert rej["audio.m4a"]["kind"] == "audio-only"
+    assert rej["huge.mp4"]["kind"] == "too-large"
+    assert all(str(r["source"]).endswith(n) and r["reason"] for n, r in rej.items())
+    assert summary.sources == 9 and summary.sources_rejected == 7
+    keys = [r.key for r in ClipDataset(tmp_path / "out").records()]
+    assert len(keys) >= 2  # the good file and the readable part of the cut TS still give clips
+
+
+def test_cli_curate_report_inspect(samples, tmp_path, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump({"engine": {"kind": "sequential"}, "split": {"min_clip_s": 1.0}})
+    )
+    out = tmp_path / "o"
+    rc = cli_main(
+        [
+            "curate",
+            str(cfg_path),
+            "--input",
+            str(samples / "bikes.mp4"),
+            "--output",
+            str(out),
+            "--set",
+            "filters.motion.min=0.2",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    assert (
+        yaml.safe_load((out / "resolved_config.yaml").read_text())["filters"]["motion"]["min"]
+        == 0.2
+    )
+    capsys.readouterr()
+    assert cli_main(["inspect", str(out)]) == 0
+    info = yaml.safe_load(capsys.readouterr().out)
+    assert info["format"] == "mugv.clip-shards" and info["clips"] >= 1
+    assert cli_main(["inspect", str(samples / "bikes.mp4")]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["num_frames"] == 250
+    (out / "report.html").unlink()
+    assert cli_main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    assert (
+        cli_main(["curate", "--input", str(samples), "--set", "nope.x=1", "--output", str(out)])
+        == 2
+    )
+    assert "nope" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(8):
+        write_video(d / f"v{i}.mp4", scene(70, seed=10 + i, speed=1.5))
+    base = [
+        "--input",
+        str(d),
+        "--set",
+        "engine.kind=sequential",
+        "--set",
+        "filters.text.enabled=false",
+        "--set",
+        "split.min_clip_s=1.0",
+        "--set",
+        "output.clips_per_shard=2",
+        "--set",
+        "dedup.enabled=false",
+        "--no-progress",
+    ]
+    ref = tmp_path / "ref"
+    assert cli_main(["curate", *base, "--output", str(ref)]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mugv_data.cli", "curate", *base, "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    staged = out / ".staging" / "sources"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not staged.is_dir() or len(list(staged.glob("*.json"))) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "dataset.json").exists(), "run finished before it was killed"
+    assert cli_main(["curate", *base, "--output", str(out)]) == 0
+    a = [(r.key, r.sha256) for r in ClipDataset(ref).records()]
+    b = [(r.key, r.sha256) for r in ClipDataset(out).records()]
+    assert len(a) == len({k for k, _ in a}) >= 8
+    assert sorted(a) == sorted(b)
+
+
+def test_ray_engine_gives_the_same_clips(samples, sequential_run, tmp_path):
+    pytest.importorskip("ray")
+    _, _, seq_items = sequential_run
+    _, items = run([samples], tmp_path / "ray", "engine.kind=ray", "engine.ray_num_cpus=2")
+    assert fingerprint(items) == fingerprint(seq_items)

@@ -1,0 +1,166 @@
+"""Shot splitting and the CPU filters against independent references."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from mugv_data.config import (
+    BorderConfig,
+    BrightnessConfig,
+    MotionConfig,
+    SharpnessConfig,
+    SplitConfig,
+    StaticConfig,
+    TextConfig,
+)
+from mugv_data.encode import resample_indices
+from mugv_data.stages.base import Clip, ClipFrames
+from mugv_data.stages.filters import (
+    BorderFilter,
+    BrightnessFilter,
+    MotionFilter,
+    SharpnessFilter,
+    StaticFilter,
+    laplacian_variance,
+)
+from mugv_data.stages.split import ShotSplitter, shots_from_spans
+from mugv_data.stages.text import TextFilter
+from mugv_data.synth import dissolve, scene
+
+
+def make_clip(frames: list[np.ndarray], fps: float = 25.0) -> Clip:
+    arr = np.stack(frames)
+    return Clip(
+        key="k-0000",
+        source="s",
+        index=0,
+        start_frame=0,
+        end_frame=len(arr),
+        start_s=0.0,
+        end_s=len(arr) / fps,
+        fps=fps,
+        frames=ClipFrames(len(arr), fps, lambda idx: arr[list(idx)]),
+    )
+
+
+def test_split_hard_cut_and_dissolve():
+    a, b, c = scene(30, seed=1), scene(46, seed=2), scene(46, seed=3)
+    frames = a + b[:30] + dissolve(b[30:], c[:16]) + c[16:]
+    shots, info = ShotSplitter(SplitConfig(trim_frames=2)).detect(iter(frames), len(frames))
+    assert info["cuts"] == [30]
+    assert len(info["dissolves"]) == 1
+    d0, d1 = info["dissolves"][0]
+    assert 58 <= d0 <= 61 and 75 <= d1 <= 78  # the cross-fade occupies frames 60..75
+    assert [(s.start, s.end) for s in shots][:2] == [(0, 28), (32, d0 - 2)]
+    assert shots[-1].start == d1 + 2 and shots[-1].end == len(frames)
+
+
+def test_split_fast_pan_is_one_shot():
+    frames = scene(90, seed=5, speed=4)
+    shots, info = ShotSplitter(SplitConfig()).detect(iter(frames), len(frames))
+    assert [(s.start, s.end) for s in shots] == [(0, 90)]
+    assert info == {"cuts": [], "dissolves": []}
+
+
+def test_clip_spans_min_max_duration():
+    sp = ShotSplitter(SplitConfig(min_clip_s=1.0, max_clip_s=2.0))
+    ts = np.arange(200) / 25.0
+    from mugv_data.stages.split import Shot
+
+    spans, why = sp.clip_spans(Shot(0, 130), ts, 25.0)  # 5.2 s -> 2 + 2 + 1.2
+    assert why is None and spans == [(0, 50), (50, 100), (100, 130)]
+    spans, why = sp.clip_spans(Shot(0, 20), ts, 25.0)
+    assert spans == [] and "0.80 s < split.min_clip_s 1" in why
+    assert shots_from_spans(10, [(4, 4), (3, 6)], 0) == [
+        type(shots_from_spans(10, [], 0)[0])(0, 3),
+        type(shots_from_spans(10, [], 0)[0])(6, 10),
+    ]
+
+
+def test_resample_indices_to_lower_fps_and_vfr():
+    ts = np.arange(100) / 30.0
+    idx = resample_indices(ts, 10, 70, 15.0)  # 2 s at 15 fps -> every other frame
+    assert list(idx) == list(range(10, 70, 2))
+    vfr = np.cumsum([0] + [0.04 if i % 2 else 0.08 for i in range(59)])
+    idx = resample_indices(vfr, 0, 60, 25.0)
+    assert np.all(np.diff(idx) >= 0) and idx[-1] <= 59
+    assert np.all(vfr[idx] <= np.arange(len(idx)) / 25.0 + 1e-9)
+
+
+def test_laplacian_variance_matches_float64_reference():
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    p = np.pad(g.astype(np.float64), 1, mode="reflect")  # OpenCV's default BORDER_REFLECT_101
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * p[1:-1, 1:-1]
+    assert laplacian_variance(g) == pytest.approx(lap.var(), rel=1e-12)
+
+
+def test_sharpness_filter_rejects_blur():
+    sharp = scene(10, seed=1)
+    blurred = [cv2.GaussianBlur(f, (0, 0), 3) for f in sharp]
+    f = SharpnessFilter(SharpnessConfig(min=50, max=None))
+    cs, cb = make_clip(sharp), make_clip(blurred)
+    f.process([cs, cb])
+    assert cs.scores["sharpness"] > 10 * cb.scores["sharpness"]
+    assert cs.kept and cb.rejected_stage == "sharpness" and "< min 50" in cb.reason
+
+
+def test_motion_matches_known_translation():
+    f = MotionFilter(MotionConfig(min=1, max=20, flow_short_side=512))
+    moving, still = make_clip(scene(30, speed=3.0, seed=2)), make_clip([scene(1, seed=2)[0]] * 30)
+    f.process([moving, still])
+    # interior flow is the 3 px shift; borders (where content leaves the frame) pull it down a bit
+    assert 2.4 < moving.scores["motion"] < 3.3
+    assert still.scores["motion"] < 0.05 and still.rejected_stage == "motion"
+    assert moving.kept
+    assert f.pairs(30) == [(0, 1), (15, 16), (28, 29)]
+
+
+def test_border_ratio_letterbox():
+    frames = scene(5, seed=3)
+    boxed = [f.copy() for f in frames]
+    for f in boxed:
+        f[:16] = 0
+        f[-16:] = 0
+    f = BorderFilter(BorderConfig(max=0.15))
+    a, b = make_clip(frames), make_clip(boxed)
+    f.process([a, b])
+    assert a.scores["border_ratio"] == pytest.approx(0.0, abs=0.02)
+    assert b.scores["border_ratio"] == pytest.approx(32 / 96, abs=0.02)
+    assert a.kept and b.rejected_stage == "borders"
+
+
+def test_static_and_frozen():
+    f = StaticFilter(StaticConfig())
+    frozen = make_clip([scene(1, seed=4)[0]] * 40)
+    half = scene(20, seed=4)
+    stutter = make_clip([x for x in half for _ in range(2)])  # every frame shown twice
+    moving = make_clip(scene(40, seed=4))
+    f.process([frozen, stutter, moving])
+    assert frozen.scores["static_diff"] == 0.0 and frozen.scores["frozen_ratio"] == 1.0
+    assert frozen.rejected_stage == "static"
+    assert moving.kept and moving.scores["frozen_ratio"] == 0.0 and moving.scores["static_diff"] > 1
+    assert 0.3 <= stutter.scores["frozen_ratio"] <= 0.7
+
+
+def test_brightness():
+    dark = make_clip([np.full((32, 32, 3), 10, np.uint8)] * 4)
+    ok = make_clip([np.full((32, 32, 3), 128, np.uint8)] * 4)
+    f = BrightnessFilter(BrightnessConfig())
+    f.process([dark, ok])
+    assert dark.scores["brightness"] == pytest.approx(10) and dark.rejected_stage == "brightness"
+    assert ok.kept
+
+
+def test_text_area_ratio_with_real_detector():
+    base = np.full((240, 320, 3), 200, np.uint8)
+    texty = base.copy()
+    cv2.putText(texty, "BREAKING NEWS", (10, 200), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+    cv2.putText(texty, "subscribe now", (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2)
+    f = TextFilter(TextConfig(max=0.02))
+    f.setup()
+    a, b = make_clip([base] * 3), make_clip([texty] * 3)
+    f.process([a, b])
+    assert a.scores["text_ratio"] == 0.0 and a.kept
+    assert 0.04 < b.scores["text_ratio"] < 0.5 and b.rejected_stage == "text"
