@@ -40,6 +40,7 @@ def bench_ours(size, repeats, frame_pixels, fused=False, channels_last=False):
 
     t, h, w = size
     cfg = mugv_config().model_copy(update={"fused_group_norm_silu": fused})
+    torch.manual_seed(0)  # same weights and input for every variant: outputs are comparable
     with torch.device("cuda"):
         model = MugvVAE(cfg).to(torch.bfloat16).eval()
     if channels_last:  # NHWC / NDHWC convolutions (cuDNN's fast layouts for bf16)
@@ -62,6 +63,7 @@ def bench_ours(size, repeats, frame_pixels, fused=False, channels_last=False):
         "params": params,
         "weights_gib": params * 2 / 2**30,
         "frame_batch_size": max(1, frame_pixels // (h * w)),
+        "_latents": z.float().cpu(),
     }
 
 
@@ -103,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    rows = []
+    rows, reference = [], {}
     for size in sizes:
         for name in args.models.split(","):
             torch.cuda.empty_cache()
@@ -119,6 +121,10 @@ def main() -> None:
             except torch.OutOfMemoryError as e:
                 r = {"error": f"OOM: {str(e)[:200]}"}
             r.update(model=name, size="x".join(map(str, size)))
+            z = r.pop("_latents", None)
+            if z is not None:
+                ref = reference.setdefault(r["size"], z)  # the first 'ours*' variant
+                r["latent_max_abs_diff_vs_first_ours"] = float((z - ref).abs().max())
             rows.append(r)
             print(json.dumps(r), flush=True)
             with open(args.out + ".partial", "w") as f:
