@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU run behind docs/benchmarks/vae/: benchmark vs AutoencoderKLWan, then a short real
+# training run on pre-decoded sample clips. Run from the repository root with OUT set;
+# expects diffusers as a wheel in .whl/ when the machine lacks it, and the clips prepared by
+# `python packages/mugv-vae/benchmarks/prepare_clips.py .vae_gpu` in .vae_gpu/.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+SITE=/tmp/site
+mkdir -p "$SITE"
+python3 -c "import diffusers" 2>/dev/null || python3 -m pip install -q --no-index --no-deps \
+  --no-compile --no-cache-dir --target "$SITE" .whl/diffusers-*.whl
+# Source-tree packages have no installed metadata: give importlib.metadata a version for them.
+for p in mugv-formats:1.0.0 mugv-kernels:0.1.0 mugv-vae:0.1.0; do
+  n=${p%%:*}; v=${p##*:}; d="$SITE/${n//-/_}-$v.dist-info"; mkdir -p "$d"
+  printf 'Metadata-Version: 2.1\nName: %s\nVersion: %s\n' "$n" "$v" > "$d/METADATA"
+done
+export PYTHONPATH="$SITE:packages/mugv-formats/src:packages/mugv-kernels/src:packages/mugv-vae/src"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+timeout "${BENCH_TIMEOUT:-230}" python3 packages/mugv-vae/benchmarks/bench_vae.py \
+  --out "$OUT/bench_vae.json" 2>&1 | grep -v "kept in float32" | tee "$OUT/bench.log"
+cp "$OUT/bench_vae.json.partial" "$OUT/bench_rows_partial.json" 2>/dev/null
+timeout "${TRAIN_TIMEOUT:-200}" python3 packages/mugv-vae/benchmarks/train_curve.py \
+  --train .vae_gpu/train --eval .vae_gpu/eval --out "$OUT/run" \
+  --max-seconds "${TRAIN_SECONDS:-110}" 2>&1 | grep -v "it/s]" | tail -4
+cp "$OUT/run/metrics.jsonl" "$OUT/metrics.jsonl" 2>/dev/null
+rm -rf "$OUT/run"
+python3 -m pytest --version >/dev/null 2>&1 && timeout 60 python3 -m pytest -q -m gpu \
+  -p no:cacheprovider packages/mugv-vae/tests/test_gpu.py 2>&1 | tail -3
+exit 0
