@@ -113,6 +113,19 @@ def assign_captions(
             k.caption = c
 
 
+def dedup_embeddings(config: CurateConfig, kept: list[KeptClip]) -> np.ndarray:
+    """[N, D] embeddings for near-duplicate search (see ``dedup.embedding``)."""
+    kind = config.dedup.embedding
+    have_clip = all(k.clip.clip_embedding is not None for k in kept)
+    if kind == "clip" and not have_clip:
+        raise ValueError(
+            "dedup.embedding=clip needs filters.aesthetic.enabled=true (CLIP embeddings)"
+        )
+    if kind == "clip" or (kind == "auto" and have_clip):
+        return np.asarray([k.clip.clip_embedding for k in kept], dtype=np.float32)
+    return np.asarray([k.clip.embedding for k in kept], dtype=np.float32)
+
+
 def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
     """Run a full curation; resumable (re-running on the same output finishes the work)."""
     t0 = time.perf_counter()
@@ -163,7 +176,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
         for k in kept:
             k.tags = tagger(k.caption)
     if config.dedup.enabled and kept:
-        emb = np.asarray([k.clip.embedding for k in kept], dtype=np.float32)
+        emb = dedup_embeddings(config, kept)
         dups = near_duplicates(emb, config.dedup.threshold)
         survivors = []
         for i, k in enumerate(kept):

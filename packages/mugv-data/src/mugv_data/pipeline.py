@@ -53,6 +53,9 @@ class ClipOutcome:
     height: int = 0
     thumb_jpeg: bytes | None = None
     embedding: list[float] | None = None
+    """Thumbnail embedding (always present for clips with frames)."""
+    clip_embedding: list[float] | None = None
+    """CLIP image embedding (when the aesthetic stage ran)."""
     mp4: bytes | None = field(default=None, repr=False)
 
     @property
@@ -247,9 +250,8 @@ class SourceProcessor:
                 thumb_jpeg=thumbnail_jpeg(mid),
                 embedding=thumbnail_embedding(c.frames.get(c.frames.evenly(3))).tolist(),
             )
-            if "aesthetic_embedding" in c.extra:
-                o.scores = dict(o.scores)
-                o.embedding = list(c.extra["aesthetic_embedding"])
+            if "clip_embedding" in c.extra:
+                o.clip_embedding = [float(x) for x in c.extra["clip_embedding"]]
             if c.kept:
                 out_reader = self._encode(
                     info, c, o, reader, cache if use_cache else None, out_reader
