@@ -1,17 +1,128 @@
-"""Command line of mugv-dit."""
+"""Command line of mugv-dit.
+
+    mugv-dit train CONFIG.yaml [--set key.path=value ...] [--max-steps N]
+    mugv-dit export --run RUN_DIR --output DIR [--weights ema|model]
+    mugv-dit embed-text --input LATENTS --output LATENTS_WITH_TEXT --text-encoder PATH|tiny-random
+    mugv-dit presets
+
+``train`` runs under torchrun for several processes (TP/DP from the config and world size);
+without torchrun it runs as one process. Heavy imports happen inside the subcommands.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mugv_dit import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mugv-dit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mugv-dit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mugv-dit {__version__}")
-    parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command")
+
+    train = sub.add_parser("train", help="pre-train a DiT on latent shards")
+    train.add_argument("config", help="run config YAML")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.seed=3 (repeatable)",
+    )
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps of this invocation (the run resumes later)",
+    )
+    train.add_argument(
+        "--micro-batches",
+        type=int,
+        default=None,
+        help="global micro-batches per step (default: DP size); a multiple of DP",
+    )
+
+    export = sub.add_parser("export", help="export a training checkpoint to mugv.dit-export")
+    export.add_argument("--run", required=True, help="run output directory (has checkpoints/)")
+    export.add_argument("--output", required=True, help="export folder to write")
+    export.add_argument("--weights", choices=["ema", "model"], default="ema")
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+
+    embed = sub.add_parser("embed-text", help="add T5 text features to a latent dataset")
+    embed.add_argument("--input", required=True, help="latent dataset without (or with) text")
+    embed.add_argument("--output", required=True, help="new latent dataset to write")
+    embed.add_argument(
+        "--text-encoder",
+        required=True,
+        help="local path of a transformers T5 encoder, or 'tiny-random' (tests / demos)",
+    )
+    embed.add_argument("--max-length", type=int, default=300)
+    embed.add_argument("--batch-size", type=int, default=8)
+    embed.add_argument("--device", default="auto")
+
+    sub.add_parser("presets", help="list model presets with parameter counts")
     return parser
+
+
+def _train(args) -> int:
+    from mugv_dit.config import load_config
+    from mugv_dit.parallel import destroy_distributed
+    from mugv_dit.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, micro_batches_per_step=args.micro_batches)
+    try:
+        logs = trainer.run(max_steps=args.max_steps)
+    finally:
+        trainer.close()
+        destroy_distributed()
+    done = [log for log in logs if "loss" in log]
+    if done:
+        print(
+            f"trained {len(logs)} steps; last loss {done[-1]['loss']:.6f}; outputs in {cfg.output_dir}"
+        )
+    return 0
+
+
+def _export(args) -> int:
+    from mugv_dit.export import export_run
+
+    path = export_run(args.run, args.output, weights=args.weights, step=args.step)
+    print(f"exported {args.weights} weights to {path}")
+    return 0
+
+
+def _embed(args) -> int:
+    from mugv_dit.text import embed_text_dataset
+
+    n = embed_text_dataset(
+        args.input,
+        args.output,
+        args.text_encoder,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"wrote {n} samples with text features to {args.output}")
+    return 0
+
+
+def _presets() -> int:
+    from mugv_dit.config import MODEL_PRESETS, model_preset
+
+    for name in MODEL_PRESETS:
+        cfg = model_preset(name)
+        per_block = 16 * cfg.hidden_size**2 + 2 * cfg.hidden_size * (
+            cfg.ffn_size - 4 * cfg.hidden_size
+        )
+        print(
+            f"{name:6s} hidden={cfg.hidden_size:5d} layers={cfg.num_layers:3d} heads={cfg.num_heads:3d}"
+            f" head_dim={cfg.head_dim:3d} ffn={cfg.ffn_size:6d} ~{per_block * cfg.num_layers / 1e9:.2f}B"
+        )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,4 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-    return 0
+        return 0
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "export":
+            return _export(args)
+        if args.command == "embed-text":
+            return _embed(args)
+        return _presets()
+    except ValueError as exc:  # user errors: one clear line, no traceback
+        print(f"mugv-dit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

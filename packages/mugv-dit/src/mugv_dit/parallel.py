@@ -47,10 +47,7 @@ def init_distributed(tensor_parallel: int = 1, backend: str = "auto") -> None:
         if parallel_state.get_tensor_model_parallel_world_size() != tensor_parallel:
             raise ValueError("parallel_state already initialised with another tensor_parallel")
         return
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_parallel,
-        create_gloo_process_groups=backend != "gloo",
-    )
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
 
 
 def destroy_distributed() -> None:

@@ -176,6 +176,20 @@ class MUGDiT(MegatronModule):
         out = unpatchify(out_BMP, grid, cfg.patch_size, cfg.out_channels)
         return out.to(torch.promote_types(out.dtype, torch.float32))
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """Megatron sharded state dict with global (TP-independent) shapes.
+
+        MegatronModule's default treats the ``blocks`` ModuleList as a plain (replicated)
+        module; each block is re-emitted through its own sharded_state_dict so the
+        tensor-parallel linears are saved with their TP axis.
+        """
+        state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        for i, block in enumerate(self.blocks):
+            state.update(
+                block.sharded_state_dict(f"{prefix}blocks.{i}.", sharded_offsets, metadata)
+            )
+        return state
+
 
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters held by this rank."""

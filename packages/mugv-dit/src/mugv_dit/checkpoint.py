@@ -1,0 +1,104 @@
+"""Training checkpoints as Megatron distributed checkpoints (torch_dist).
+
+Layout of ``OUTPUT/checkpoints``::
+
+    step_0000100/    a dist_checkpointing directory: model, EMA, optimizer (sharded tensors)
+                     + trainer state (step, sampler cursors) in its common part
+    latest           text file naming the last COMPLETE step directory (written last)
+
+Sharded tensors carry global offsets, so a checkpoint re-loads under another TP/DP layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from mugv_formats import atomic_write_text
+
+from mugv_dit.compat import adam_state_for_loading, torch_adam_step_on_load
+
+LATEST = "latest"
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:07d}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The last complete checkpoint under ``root`` or None."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise ValueError(f"{pointer} names {path}, which does not exist")
+    return path
+
+
+def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: bool) -> dict:
+    """The sharded state dict of a training run (model, EMA, optimizer, trainer counters)."""
+    model_sd = model.sharded_state_dict(prefix="model.")
+    state = dict(model_sd)
+    if ema is not None:
+        state.update(ema.sharded_state_dict(prefix="ema."))
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd,
+            is_loading=loading,
+            metadata={"distrib_optim_sharding_type": "fully_reshardable"},
+        )
+    if trainer_state is not None:
+        state["trainer"] = trainer_state
+    return state
+
+
+def save_checkpoint(root: Path, step: int, model, ema, optimizer, trainer_state: dict) -> Path:
+    """Save a checkpoint; ``latest`` is updated only after every rank finished."""
+    path = step_dir(root, step)
+    if dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    state = build_state(model, ema, optimizer, trainer_state, loading=False)
+    dist_checkpointing.save(state, str(path))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        atomic_write_text(root / LATEST, path.name + "\n")
+    dist.barrier()
+    return path
+
+
+def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
+    """Load a checkpoint into model / EMA / optimizer in place; return the trainer state."""
+    with adam_state_for_loading(optimizer):
+        template = build_state(model, ema, optimizer, {}, loading=True)
+    template.pop("trainer")
+    loaded = dist_checkpointing.load(template, str(path))
+    _load_module(model, _strip(loaded, "model."), path)
+    if ema is not None:
+        _load_module(ema, _strip(loaded, "ema."), path)
+    if optimizer is not None:
+        with torch_adam_step_on_load(optimizer):
+            optimizer.load_state_dict(loaded["optimizer"])
+    return loaded.get("trainer", {})
+
+
+def load_model_weights(path: Path, model, *, which: str = "model") -> None:
+    """Load only the (EMA or raw) model weights of a checkpoint into ``model``."""
+    if which not in ("model", "ema"):
+        raise ValueError(f"which={which!r}: choose 'model' or 'ema'")
+    template = model.sharded_state_dict(prefix=f"{which}.")
+    loaded = dist_checkpointing.load(template, str(path))
+    _load_module(model, _strip(loaded, f"{which}."), path)
+
+
+def _load_module(module, state: dict, path: Path) -> None:
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,220 @@
+"""Latent-shard input for DiT training: random access, buckets, token-budget batches.
+
+Every step draws ONE bucket (equal latent shape) and forms the step's global micro-batches
+from it, so all DP ranks get the same number of tokens (balanced by construction). The plan
+of a step is a pure function of (seed, step, sampler state), independent of the TP/DP
+layout: a DP=2 run sees exactly the micro-batches a DP=1 run accumulates. The sampler state
+(per-bucket epoch cursors) is tiny and goes into the training checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mugv_formats import ChecksumError, CorruptShardError, LatentDataset, LatentSample
+
+from mugv_dit.config import StageConfig
+from mugv_dit.diffusion.prepare import CleanBatch
+
+BucketKey = tuple[int, int, int, int, int]  # latent T, H, W; pixel height, width
+
+
+class LatentIndex:
+    """Random access to the samples of a latent-shard dataset (tar offsets per shard)."""
+
+    def __init__(self, path: str | Path, *, verify: bool = True):
+        self.path = Path(path)
+        self.dataset = LatentDataset(self.path)
+        self.header = self.dataset.header
+        self.records = self.dataset.records()
+        self.verify = verify
+        if not self.records:
+            raise ValueError(f"latent dataset {self.path} has no samples")
+        missing = [r.key for r in self.records if r.text_length is None]
+        if missing or self.header.text_dim is None:
+            raise ValueError(
+                f"latent dataset {self.path}: {len(missing)} samples (e.g. {missing[:3]}) have no "
+                "text features; run `mugv-dit embed-text` first"
+            )
+        self._offsets: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def bucket_of(self, i: int) -> BucketKey:
+        r = self.records[i]
+        _, t, h, w = r.latent_shape
+        return (t, h, w, r.height, r.width)
+
+    def _shard_offsets(self, shard: str) -> dict[str, tuple[int, int]]:
+        if shard not in self._offsets:
+            offsets = {}
+            try:
+                with tarfile.open(self.path / shard, "r:") as tar:
+                    for info in tar.getmembers():
+                        offsets[info.name] = (info.offset_data, info.size)
+            except (tarfile.TarError, OSError) as e:
+                raise CorruptShardError(f"{self.path / shard}: unreadable tar ({e})") from None
+            self._offsets[shard] = offsets
+        return self._offsets[shard]
+
+    def load(self, i: int) -> LatentSample:
+        """Read, checksum and decode sample ``i``."""
+        import hashlib
+
+        record = self.records[i]
+        offsets = self._shard_offsets(record.shard)
+        members: dict[str, bytes] = {}
+        shard_path = self.path / record.shard
+        with open(shard_path, "rb") as f:
+            for ext in ("latents.npy", "text.npy"):
+                name = f"{record.key}.{ext}"
+                if name not in offsets:
+                    continue
+                off, size = offsets[name]
+                f.seek(off)
+                members[ext] = f.read(size)
+        if self.verify:
+            for ext, digest in record.checksums.items():
+                if ext in members and hashlib.sha256(members[ext]).hexdigest() != digest:
+                    raise ChecksumError(f"{shard_path}: member {record.key}.{ext} fails sha256")
+        return LatentDataset.decode(record, members, str(shard_path))
+
+
+def tokens_of(bucket: BucketKey, patch: tuple[int, int, int]) -> int:
+    """Video tokens of one sample of a bucket."""
+    t, h, w = bucket[:3]
+    return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+
+def stage_accepts(stage: StageConfig, bucket: BucketKey, num_frames: int) -> bool:
+    """Whether a sample of this bucket / pixel length belongs to a curriculum stage."""
+    if stage.max_height is not None and bucket[3] > stage.max_height:
+        return False
+    if stage.max_frames is not None and num_frames > stage.max_frames:
+        return False
+    return not (stage.min_frames is not None and num_frames < stage.min_frames)
+
+
+@dataclass
+class StepPlan:
+    """Global micro-batches (lists of sample indices) of one step, all from one bucket."""
+
+    bucket: BucketKey
+    micro_batches: list[list[int]]
+
+
+class BucketSampler:
+    """Deterministic bucketed, token-budget sampler with savable state."""
+
+    def __init__(
+        self,
+        index: LatentIndex,
+        *,
+        tokens_per_batch: int,
+        max_batch_size: int,
+        micro_batches_per_step: int,
+        patch: tuple[int, int, int],
+        seed: int,
+    ):
+        self.index = index
+        self.tokens_per_batch = tokens_per_batch
+        self.max_batch_size = max_batch_size
+        self.micro_batches_per_step = micro_batches_per_step
+        self.patch = patch
+        self.seed = seed
+        members: dict[BucketKey, list[int]] = defaultdict(list)
+        for i in range(len(index)):
+            members[index.bucket_of(i)].append(i)
+        self.buckets = sorted(members)
+        self.members = {b: members[b] for b in self.buckets}
+        self.cursors: dict[int, int] = {}
+
+    def batch_size(self, bucket: BucketKey) -> int:
+        per = tokens_of(bucket, self.patch)
+        return max(1, min(self.max_batch_size, self.tokens_per_batch // max(per, 1)))
+
+    def _eligible(self, stage: StageConfig, bucket: BucketKey) -> list[int]:
+        recs = self.index.records
+        return [i for i in self.members[bucket] if stage_accepts(stage, bucket, recs[i].num_frames)]
+
+    def _draw(self, bucket_id: int, pool: list[int], n: int) -> list[int]:
+        out = []
+        cursor = self.cursors.get(bucket_id, 0)
+        for _ in range(n):
+            epoch, pos = divmod(cursor, len(pool))
+            perm = list(pool)
+            random.Random(self.seed * 7919 + bucket_id * 104729 + epoch).shuffle(perm)
+            out.append(perm[pos])
+            cursor += 1
+        self.cursors[bucket_id] = cursor
+        return out
+
+    def plan(self, step: int, stage: StageConfig, progress: float) -> StepPlan:
+        """Plan step ``step`` of ``stage`` (``progress`` in [0, 1] anneals the image share)."""
+        rng = random.Random(self.seed * 1_000_003 + step)
+        pools = {
+            bid: pool for bid, b in enumerate(self.buckets) if (pool := self._eligible(stage, b))
+        }
+        if not pools:
+            raise ValueError(
+                f"curriculum stage {stage.name!r} accepts no sample of {self.index.path} "
+                f"(max_height={stage.max_height}, frames in [{stage.min_frames}, {stage.max_frames}])"
+            )
+        ids = sorted(pools)
+        if stage.image_share_start is not None:
+            end = (
+                stage.image_share_end
+                if stage.image_share_end is not None
+                else stage.image_share_start
+            )
+            share = stage.image_share_start + (end - stage.image_share_start) * progress
+            images = [b for b in ids if self.buckets[b][0] == 1]
+            videos = [b for b in ids if self.buckets[b][0] > 1]
+            if images and videos:
+                ids = images if rng.random() < share else videos
+        weights = [len(pools[b]) for b in ids]
+        bid = rng.choices(ids, weights=weights)[0]
+        bucket = self.buckets[bid]
+        bs = self.batch_size(bucket)
+        micro = [self._draw(bid, pools[bid], bs) for _ in range(self.micro_batches_per_step)]
+        return StepPlan(bucket, micro)
+
+    def state_dict(self) -> dict:
+        return {
+            "cursors": {str(k): v for k, v in self.cursors.items()},
+            "buckets": len(self.buckets),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("buckets") != len(self.buckets):
+            raise ValueError(
+                f"sampler state has {state.get('buckets')} buckets, dataset has {len(self.buckets)}: "
+                "resume needs the same dataset"
+            )
+        self.cursors = {int(k): int(v) for k, v in state["cursors"].items()}
+
+
+def collate(samples: list[LatentSample], device: torch.device | str = "cpu") -> CleanBatch:
+    """Stack equal-shape samples into a CleanBatch (latents float32, text per sample)."""
+    shapes = {tuple(s.latents.shape) for s in samples}
+    if len(shapes) != 1:
+        raise ValueError(f"micro-batch mixes latent shapes {sorted(shapes)}")
+    latents = torch.from_numpy(np.stack([s.latents.astype(np.float32) for s in samples]))
+    texts = [torch.from_numpy(s.text.astype(np.float32)).to(device) for s in samples]
+    fps = torch.tensor([s.record.fps for s in samples], dtype=torch.float32)
+    r0 = samples[0].record
+    return CleanBatch(
+        latents.to(device),
+        texts,
+        fps.to(device),
+        r0.height,
+        r0.width,
+        [s.record.key for s in samples],
+    )

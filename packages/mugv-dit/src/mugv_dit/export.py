@@ -1,0 +1,115 @@
+"""DiT inference export (mugv_formats ``mugv.dit-export``) <-> training checkpoints.
+
+The export holds the full (TP=1) state dict of MUGDiT under mugv's own parameter names plus
+the ModelConfig; ``import`` loads it into a model of any TP size by slicing each tensor-parallel
+parameter along its partition dim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from mugv_formats import DIT_EXPORT_FORMAT, load_weights_folder, save_weights_folder
+
+from mugv_dit import __version__
+from mugv_dit.config import ModelConfig, resolve_config
+
+ARCHITECTURE = "MUGDiT"
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without Megatron's ``_extra_state`` entries (TP=1 models only)."""
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (unsharded) state dict into a model of any TP size."""
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    params = dict(model.named_parameters())
+    expected = set(params)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"state dict does not fit the model: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            full = state[name]
+            if getattr(param, "tensor_model_parallel", False) and tp > 1:
+                dim = param.partition_dim
+                full = full.chunk(tp, dim=dim)[rank]
+            if tuple(full.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"{name}: shape {tuple(full.shape)} does not fit parameter {tuple(param.shape)}"
+                )
+            param.copy_(full.to(param.dtype))
+
+
+def save_export(path: str | Path, model_cfg: ModelConfig, state: dict, extra: dict | None = None):
+    """Write a ``mugv.dit-export`` folder."""
+    return save_weights_folder(
+        path,
+        format=DIT_EXPORT_FORMAT,
+        architecture=ARCHITECTURE,
+        config=model_cfg.model_dump(mode="json"),
+        state_dict=state,
+        extra=extra or {},
+        producer=f"mugv-dit {__version__}",
+    )
+
+
+def load_export(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read a ``mugv.dit-export`` folder -> (ModelConfig, full state dict)."""
+    folder = load_weights_folder(path, format=DIT_EXPORT_FORMAT)
+    if folder.architecture != ARCHITECTURE:
+        raise ValueError(f"{path}: architecture {folder.architecture!r} is not {ARCHITECTURE!r}")
+    return ModelConfig(**folder.config), folder.state_dict
+
+
+def build_model_from_export(path: str | Path, *, dtype: torch.dtype = torch.float32):
+    """A MUGDiT (current TP layout; initialises one local process if needed) with the
+    export's weights."""
+    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit.parallel import init_distributed
+
+    init_distributed(1)
+    from megatron.core import parallel_state
+
+    model_cfg, state = load_export(path)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    model = MUGDiT(model_cfg, megatron_config(model_cfg, tensor_parallel=tp, params_dtype=dtype))
+    load_full_state_dict(model, state)
+    return model
+
+
+def export_run(run_dir: str | Path, output: str | Path, *, weights: str = "ema", step=None):
+    """Export the EMA (or raw) weights of a run's checkpoint, in one local process (TP=1)."""
+    from mugv_dit.checkpoint import latest_checkpoint, load_model_weights, step_dir
+    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit.parallel import init_distributed
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "resolved_config.yaml"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run_dir} is not a mugv-dit run (no resolved_config.yaml)")
+    cfg = resolve_config(yaml.safe_load(cfg_path.read_text()))
+    root = run_dir / "checkpoints"
+    ckpt = step_dir(root, step) if step is not None else latest_checkpoint(root)
+    if ckpt is None or not ckpt.is_dir():
+        raise ValueError(f"{run_dir}: no checkpoint {'at step ' + str(step) if step else ''} found")
+    if weights == "ema" and cfg.train.ema_decay is None:
+        raise ValueError(f"{run_dir} trained without EMA; use --weights model")
+    init_distributed(1)
+    with cpu_megatron():
+        model = MUGDiT(cfg.model, megatron_config(cfg.model))
+        load_model_weights(ckpt, model, which=weights)
+    extra = {"run": str(run_dir), "checkpoint": ckpt.name, "weights": weights}
+    return save_export(output, cfg.model, full_state_dict(model), extra)

@@ -1,0 +1,339 @@
+"""The pre-training loop: Megatron DDP + (distributed) optimizer over a curriculum of stages.
+
+Build order: process groups -> model (same seed on every rank) -> Megatron DDP wrapper ->
+Megatron optimizer -> EMA copy -> data index + sampler -> resume from the latest checkpoint.
+The trainer checkpoints only its own counters (step, sampler cursors); model, EMA and
+optimizer checkpoint themselves through their sharded state dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from mugv_formats import atomic_write_text
+
+from mugv_dit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mugv_dit.compat import cpu_megatron, default_device
+from mugv_dit.config import RunConfig, StageConfig, dump_config
+from mugv_dit.data import BucketSampler, LatentIndex, collate, tokens_of
+from mugv_dit.diffusion.loss import masked_velocity_sse, noisy_element_count
+from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
+from mugv_dit.flops import train_step_flops
+from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.parallel import init_distributed
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN/Inf loss or gradient with ``train.nonfinite=stop`` (or too many skips)."""
+
+
+def stage_at(curriculum: list[StageConfig], step: int) -> tuple[int, StageConfig, int]:
+    """(stage index, stage, step within the stage) of a global step."""
+    start = 0
+    for i, stage in enumerate(curriculum):
+        if step < start + stage.steps:
+            return i, stage, step - start
+        start += stage.steps
+    raise ValueError(f"step {step} is past the curriculum ({start} steps)")
+
+
+def stage_lr(stage: StageConfig, step_in_stage: int) -> float:
+    """Learning rate of a stage: linear warm-up, then constant / cosine / linear decay."""
+    if stage.warmup_steps and step_in_stage < stage.warmup_steps:
+        return stage.lr * (step_in_stage + 1) / stage.warmup_steps
+    if stage.lr_decay == "constant":
+        return stage.lr
+    span = max(1, stage.steps - stage.warmup_steps)
+    frac = min(1.0, (step_in_stage - stage.warmup_steps) / span)
+    if stage.lr_decay == "linear":
+        return stage.min_lr + (stage.lr - stage.min_lr) * (1 - frac)
+    return stage.min_lr + (stage.lr - stage.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+class Trainer:
+    """Runs a RunConfig to completion, resuming from its output directory when possible."""
+
+    def __init__(self, cfg: RunConfig, *, micro_batches_per_step: int | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.stack = ExitStack()
+        # 1. process groups (torchrun env or a single local process)
+        init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.backend)
+        self.shim = self.stack.enter_context(cpu_megatron())
+        self.device = default_device()
+        self.rank = dist.get_rank()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.micro_batches = micro_batches_per_step or self.dp_size
+        if self.micro_batches % self.dp_size:
+            raise ValueError(
+                f"micro_batches_per_step={self.micro_batches} not divisible by DP={self.dp_size}"
+            )
+        self.bf16 = cfg.train.bf16 and self.device.type == "cuda"
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        # 2. model: identical seed on every rank -> identical replicated params, and
+        #    TP-invariant init of the parallel linears (CPU master weights, then split)
+        torch.manual_seed(cfg.train.seed)
+        tcfg = megatron_config(
+            cfg.model,
+            tensor_parallel=cfg.parallel.tensor_parallel,
+            params_dtype=dtype,
+            cpu_init=True,
+        )
+        model = MUGDiT(cfg.model, tcfg).to(self.device)
+        # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+            overlap_param_gather=cfg.parallel.overlap_param_gather,
+            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+            check_for_nan_in_grad=False,
+        )
+        self.model = DistributedDataParallel(tcfg, ddp_cfg, model)
+        # 4. optimizer (fp32 main params when bf16)
+        opt_cfg = OptimizerConfig(
+            optimizer="adam",
+            lr=cfg.curriculum[0].lr,
+            weight_decay=cfg.train.weight_decay,
+            adam_beta1=cfg.train.adam_beta1,
+            adam_beta2=cfg.train.adam_beta2,
+            adam_eps=cfg.train.adam_eps,
+            clip_grad=cfg.train.clip_grad,
+            bf16=self.bf16,
+            params_dtype=dtype,
+            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        )
+        self.optimizer = get_megatron_optimizer(opt_cfg, [self.model])
+        # 5. EMA: an fp32 copy with the same TP sharding (checkpoints through the same path)
+        self.ema = None
+        if cfg.train.ema_decay is not None:
+            ema_tcfg = megatron_config(
+                cfg.model, tensor_parallel=cfg.parallel.tensor_parallel, cpu_init=True
+            )
+            self.ema = MUGDiT(cfg.model, ema_tcfg).to(self.device).requires_grad_(False)
+            with torch.no_grad():
+                for p_ema, p in zip(self.ema.parameters(), model.parameters()):
+                    p_ema.copy_(p.float())
+        # 6. data
+        if cfg.data.path is None:
+            raise ValueError("data.path is not set (use --set data.path=DIR)")
+        self.index = LatentIndex(cfg.data.path)
+        if self.index.header.text_dim != cfg.model.text_dim:
+            raise ValueError(
+                f"dataset text_dim={self.index.header.text_dim} != model.text_dim={cfg.model.text_dim}"
+            )
+        if self.index.header.latent_channels != cfg.model.in_channels:
+            raise ValueError(
+                f"dataset latent_channels={self.index.header.latent_channels} != "
+                f"model.in_channels={cfg.model.in_channels}"
+            )
+        self.sampler = BucketSampler(
+            self.index,
+            tokens_per_batch=cfg.data.tokens_per_batch,
+            max_batch_size=cfg.data.max_batch_size,
+            micro_batches_per_step=self.micro_batches,
+            patch=cfg.model.patch_size,
+            seed=cfg.data.seed,
+        )
+        self.step = 0
+        self.skipped = 0
+        # 7. resume
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.model.module, self.ema, self.optimizer)
+            self.step = int(state["step"])
+            self.skipped = int(state.get("skipped", 0))
+            self.sampler.load_state_dict(state["sampler"])
+        self.writer = None
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "resolved_config.yaml", dump_config(cfg))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # -- one step -------------------------------------------------------------------------
+    def _train_step(self, stage_idx: int, stage: StageConfig, in_stage: int) -> dict:
+        cfg = self.cfg
+        plan = self.sampler.plan(self.step, stage, in_stage / max(1, stage.steps))
+        mine = list(range(self.dp_rank, self.micro_batches, self.dp_size))
+        prepared = []
+        count = 0
+        for mb in mine:
+            batch = collate([self.index.load(i) for i in plan.micro_batches[mb]], self.device)
+            seed = micro_batch_seed(cfg.train.seed, self.step, mb)
+            inputs = prepare_inputs(batch, cfg.objective, seed=seed, task_ratios=stage.task_ratios)
+            _, c, _, h, w = batch.latents_BCTHW.shape
+            count += noisy_element_count(inputs.noisy_frames_BT, c * h * w)
+            prepared.append((batch, inputs))
+        total = torch.tensor([float(count)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, group=self.dp_group)
+        total_count = max(1.0, float(total.item()))
+
+        lr = stage_lr(stage, in_stage)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        sse_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        text_tokens = 0
+        for batch, inputs in prepared:
+            text = PackedText.from_list(batch.texts)
+            text_tokens += int(text.tokens_LC.shape[0])
+            pred = self.model(
+                inputs.noisy_BCTHW,
+                inputs.sigma_B.to(self.device),
+                text,
+                fps_B=batch.fps_B,
+                noisy_frames_BT=inputs.noisy_frames_BT.to(self.device),
+                drop_caption_B=inputs.drop_caption_B,
+            )
+            sse = masked_velocity_sse(
+                pred, inputs.target_BCTHW, inputs.noisy_frames_BT.to(self.device)
+            )
+            # DDP averages grads over DP ranks: scale so the result is sum(sse) / total_count
+            (sse * (self.dp_size / total_count)).backward()
+            sse_sum += sse.detach().double()
+        self.model.finish_grad_sync()
+        dist.all_reduce(sse_sum, group=self.dp_group)
+        loss = float(sse_sum.item()) / total_count
+        if not math.isfinite(loss):
+            return self._nonfinite(loss, plan, "loss")
+        ok, grad_norm, _ = self.optimizer.step()
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return self._nonfinite(grad_norm, plan, "grad norm")
+        if self.ema is not None and ok:
+            self._update_ema()
+        tokens = tokens_of(plan.bucket, cfg.model.patch_size) * sum(
+            len(mb) for mb in plan.micro_batches
+        )
+        per_sample_text = text_tokens / max(1, sum(len(plan.micro_batches[m]) for m in mine))
+        flops = train_step_flops(
+            cfg.model,
+            tokens_of(plan.bucket, cfg.model.patch_size),
+            int(per_sample_text),
+            sum(len(mb) for mb in plan.micro_batches),
+        )
+        return {
+            "loss": loss,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": lr,
+            "stage": stage.name,
+            "tokens": tokens,
+            "flops": flops,
+            "bucket": list(plan.bucket),
+        }
+
+    def _nonfinite(self, value: float, plan, what: str) -> dict:
+        self.skipped += 1
+        msg = (
+            f"non-finite {what} ({value}) at step {self.step}, bucket {plan.bucket}, "
+            f"micro-batches {plan.micro_batches}"
+        )
+        if self.cfg.train.nonfinite == "stop" or self.skipped > self.cfg.train.max_skipped_steps:
+            raise NonFiniteError(msg + f" (skipped so far: {self.skipped})")
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        return {"skipped": True, "reason": msg}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.train.ema_decay
+        for p_ema, p in zip(self.ema.parameters(), self.model.module.parameters()):
+            p_ema.lerp_(p.detach().float(), 1 - decay)
+
+    # -- the run ----------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "skipped": self.skipped, "sampler": self.sampler.state_dict()}
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.ckpt_root,
+            self.step,
+            self.model.module,
+            self.ema,
+            self.optimizer,
+            self.trainer_state(),
+        )
+
+    def run(self, max_steps: int | None = None) -> list[dict]:
+        """Train until the curriculum ends (or ``max_steps`` more steps); return the logs."""
+        cfg = self.cfg
+        total = cfg.total_steps
+        stop = total if max_steps is None else min(total, self.step + max_steps)
+        logs = []
+        bar = None
+        if self.rank == 0 and cfg.train.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
+        metrics_path = self.out / "metrics.jsonl"
+        peak = cfg.train.peak_tflops
+        if peak is None and self.device.type == "cuda":
+            peak = 989.0
+        try:
+            while self.step < stop:
+                stage_idx, stage, in_stage = stage_at(cfg.curriculum, self.step)
+                t0 = time.perf_counter()
+                log = self._train_step(stage_idx, stage, in_stage)
+                dt = time.perf_counter() - t0
+                log.update(step=self.step, time_s=dt)
+                if "flops" in log:
+                    world = dist.get_world_size()
+                    log["tflops_per_device"] = log["flops"] / dt / world / 1e12
+                    log["tokens_per_s"] = log["tokens"] / dt
+                    if peak:
+                        log["mfu"] = log["tflops_per_device"] / peak
+                self.step += 1
+                logs.append(log)
+                if self.rank == 0:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(log) + "\n")
+                    if (
+                        self.writer is not None
+                        and "loss" in log
+                        and self.step % cfg.train.log_every == 0
+                    ):
+                        for k in (
+                            "loss",
+                            "grad_norm",
+                            "lr",
+                            "tflops_per_device",
+                            "tokens_per_s",
+                            "mfu",
+                        ):
+                            if k in log:
+                                self.writer.add_scalar(f"train/{k}", log[k], self.step)
+                    if bar is not None:
+                        bar.update(1)
+                        if "loss" in log:
+                            bar.set_postfix(loss=f"{log['loss']:.4f}", stage=stage.name)
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                    self.save()
+            if (
+                self.step == total
+                and latest_checkpoint(self.ckpt_root) != self.ckpt_root / f"step_{total:07d}"
+            ):
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.writer is not None:
+                self.writer.flush()
+        return logs
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.stack.close()

@@ -1,0 +1,59 @@
+"""Tiny latent-shard datasets for the mugv-dit tests (written with mugv_formats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from mugv_formats import LatentRecord, LatentShardWriter
+
+# (latent T, H, W, pixel frames, pixel height, pixel width, count)
+DEFAULT_LAYOUT = [
+    (1, 4, 4, 1, 32, 32, 4),  # images
+    (3, 4, 4, 17, 32, 32, 6),  # short clips
+    (3, 4, 6, 17, 32, 48, 4),  # another aspect ratio
+    (5, 4, 4, 33, 32, 32, 4),  # longer clips
+]
+
+
+def make_latent_dataset(
+    path: Path,
+    *,
+    text_dim: int | None = 32,
+    channels: int = 24,
+    layout=DEFAULT_LAYOUT,
+    seed: int = 0,
+    with_text: bool = True,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    header = LatentShardWriter.make_header(
+        producer="mugv-dit-tests 0",
+        vae_checkpoint_id="test-vae",
+        latent_channels=channels,
+        latent_mean=[0.0] * channels,
+        latent_std=[1.0] * channels,
+        text_encoder_id="test-t5" if with_text else None,
+        text_dim=text_dim if with_text else None,
+        max_text_len=16,
+    )
+    n = 0
+    with LatentShardWriter(path, header, samples_per_shard=5, energon=False) as writer:
+        for t, h, w, frames, ph, pw, count in layout:
+            for _ in range(count):
+                lat = rng.standard_normal((channels, t, h, w)).astype(np.float32)
+                text = None
+                if with_text:
+                    text = rng.standard_normal((int(rng.integers(2, 9)), text_dim)).astype(
+                        np.float32
+                    )
+                rec = LatentRecord(
+                    key=f"s{n:04d}",
+                    caption=f"sample {n}",
+                    fps=24.0,
+                    num_frames=frames,
+                    height=ph,
+                    width=pw,
+                )
+                writer.write(rec, lat, text)
+                n += 1
+    return path

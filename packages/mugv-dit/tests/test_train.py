@@ -1,0 +1,197 @@
+"""End-to-end pre-training on CPU: curriculum, parity across TP/DP layouts, exact resume,
+export round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mugv_dit.config import load_config
+from mugv_dit_fixtures import make_latent_dataset
+
+CURRICULUM = [
+    {"name": "images", "steps": 2, "lr": 1e-3, "image_share_start": 1.0, "image_share_end": 0.5},
+    {"name": "short", "steps": 2, "lr": 1e-3, "max_frames": 17, "lr_decay": "cosine"},
+    {
+        "name": "long",
+        "steps": 2,
+        "lr": 5e-4,
+        "min_frames": 17,
+        "task_ratios": {"i2v": 1.0, "continuation": 1.0},
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_latent_dataset(tmp_path_factory.mktemp("latents") / "ds")
+
+
+def _config(tmp_path: Path, dataset: Path, out: str, **extra) -> Path:
+    raw = {
+        "preset": "debug",
+        "model": {"text_dim": 32},
+        "objective": {"task_ratios": {"t2v": 1.0, "i2v": 1.0}, "caption_dropout": 0.3},
+        "data": {"path": str(dataset), "tokens_per_batch": 64},
+        "train": {"progress": False, "ema_decay": 0.9},
+        "curriculum": CURRICULUM,
+        "output_dir": str(tmp_path / out),
+        **extra,
+    }
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def _train_inprocess(cfg_path: Path, overrides=(), max_steps=None):
+    from mugv_dit.trainer import Trainer
+
+    trainer = Trainer(load_config(cfg_path, list(overrides)), micro_batches_per_step=2)
+    try:
+        logs = trainer.run(max_steps=max_steps)
+        state = trainer.model.module.state_dict()
+        trainer.final_state = {
+            k: v.detach().clone() for k, v in state.items() if torch.is_tensor(v)
+        }
+        return logs, trainer.final_state
+    finally:
+        trainer.close()
+
+
+@pytest.fixture(scope="module")
+def reference_run(megatron_single, dataset, tmp_path_factory):
+    """TP=1, DP=1, two accumulated micro-batches per step, checkpoint every 2 steps."""
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = _config(tmp, dataset, "ref", train={"progress": False, "ema_decay": 0.9, "save_every": 2})
+    logs, final = _train_inprocess(cfg)
+    return tmp / "ref", logs, final
+
+
+def test_curriculum_runs_through_all_stages(reference_run):
+    run_dir, logs, _ = reference_run
+    assert [log["stage"] for log in logs] == ["images"] * 2 + ["short"] * 2 + ["long"] * 2
+    assert all(torch.isfinite(torch.tensor(log["loss"])) for log in logs)
+    # stage filters are honoured: "short" only <= 17 frames (T_latent 1 or 3), "long" >= 17
+    assert all(log["bucket"][0] in (1, 3) for log in logs[2:4])
+    assert all(log["bucket"][0] >= 3 for log in logs[4:6])
+    assert logs[0]["lr"] == pytest.approx(1e-3) and logs[4]["lr"] == pytest.approx(5e-4)
+    resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
+    assert resolved["model"]["hidden_size"] == 48
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000006"
+    assert list((run_dir / "tensorboard").iterdir())
+
+
+def test_resume_after_interruption_is_exact(megatron_single, reference_run, dataset, tmp_path):
+    ref_dir, _, _final = reference_run
+    cfg = _config(
+        tmp_path, dataset, "run", train={"progress": False, "ema_decay": 0.9, "save_every": 2}
+    )
+    _train_inprocess(cfg, max_steps=3)  # "killed" after step 3; last checkpoint at step 2
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+    _train_inprocess(cfg)
+    ref, got = _losses(ref_dir), _losses(tmp_path / "run")
+    for step in range(6):
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(cfg: Path, *args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "mugv_dit.cli",
+        "train",
+        str(cfg),
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def test_tp2_from_tp1_checkpoint_and_dp2_match_tp1(reference_run, dataset, tmp_path):
+    """TP=2 resumes the TP=1 run's step-2 checkpoint (re-sharded on load); DP=2 (distributed
+    optimizer) trains from scratch. Both reproduce the TP=1 losses."""
+    ref_dir, _, _final = reference_run
+    ref = _losses(ref_dir)
+    tp_cfg = _config(tmp_path, dataset, "tp2", parallel={"tensor_parallel": 2})
+    ckpts = tmp_path / "tp2" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    shutil.copytree(ref_dir / "checkpoints" / "step_0000002", ckpts / "step_0000002")
+    (ckpts / "latest").write_text("step_0000002\n")
+    _torchrun(tp_cfg, "--micro-batches", "2")
+    got = _losses(tmp_path / "tp2")
+    assert sorted(got) == [2, 3, 4, 5]
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    dp_cfg = _config(tmp_path, dataset, "dp2")
+    _torchrun(dp_cfg, "--max-steps", "4")
+    got = _losses(tmp_path / "dp2")
+    for step in range(4):
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+
+
+def test_export_roundtrip(megatron_single, reference_run, tmp_path):
+    from mugv_dit.cli import main
+    from mugv_dit.export import build_model_from_export, load_export
+
+    ref_dir, _, final = reference_run
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(ref_dir),
+                "--output",
+                str(tmp_path / "exp"),
+                "--weights",
+                "model",
+            ]
+        )
+        == 0
+    )
+    assert main(["export", "--run", str(ref_dir), "--output", str(tmp_path / "ema")]) == 0
+    cfg, state = load_export(tmp_path / "exp")
+    for k, v in final.items():  # the export holds exactly the trained weights
+        if not k.endswith("_extra_state"):
+            torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+    _, ema_state = load_export(tmp_path / "ema")
+    assert cfg.hidden_size == 48 and "blocks.1.mlp.fc2.weight" in state
+    # the EMA lags the trained weights
+    assert not torch.equal(state["blocks.0.mlp.fc1.weight"], ema_state["blocks.0.mlp.fc1.weight"])
+    model = build_model_from_export(tmp_path / "exp")
+    for k, v in model.state_dict().items():
+        if not k.endswith("_extra_state"):
+            torch.testing.assert_close(v, state[k])
+
+
+def test_missing_text_features_is_a_clear_error(megatron_single, tmp_path):
+    from mugv_dit.data import LatentIndex
+
+    ds = make_latent_dataset(tmp_path / "notext", with_text=False)
+    with pytest.raises(ValueError, match="embed-text"):
+        LatentIndex(ds)
