@@ -31,7 +31,7 @@ BACKENDS = {
 TRITON_CONFIGS = {
     "triton_a": {},
     "triton_b": {"fwd_n": 128, "fwd_stages": 2, "dkdv_m": 32, "dkdv_stages": 3},
-    "triton_c": {"fwd_warps": 4, "fwd_m": 64, "dq_m": 64, "dq_warps": 4, "dkdv_warps": 4},
+    "triton_c": {"fwd_warps": 4, "fwd_m": 64, "dq_m": 64, "dq_warps": 4, "dkdv_n": 64},
 }
 
 

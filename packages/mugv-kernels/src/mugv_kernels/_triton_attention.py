@@ -17,17 +17,21 @@ def _tile(ptr, rows, L, s_l, cols, ncols, s_d, TRANS: tl.constexpr):
     """Load ``[rows, cols]`` (or its transpose) of one head, zero outside ``L x ncols``."""
     if TRANS:
         mask = (cols[:, None] < ncols) & (rows[None, :] < L)
-        return tl.load(ptr + rows[None, :] * s_l + cols[:, None] * s_d, mask=mask, other=0.0)
-    mask = (rows[:, None] < L) & (cols[None, :] < ncols)
-    return tl.load(ptr + rows[:, None] * s_l + cols[None, :] * s_d, mask=mask, other=0.0)
+        tile = tl.load(ptr + rows[None, :] * s_l + cols[:, None] * s_d, mask=mask, other=0.0)
+    else:
+        mask = (rows[:, None] < L) & (cols[None, :] < ncols)
+        tile = tl.load(ptr + rows[:, None] * s_l + cols[None, :] * s_d, mask=mask, other=0.0)
+    return tile
 
 
 @triton.jit
 def _head(b, h, s_b, s_h, ALIGN: tl.constexpr):
     """Element offset of head ``(b, h)``; ``ALIGN`` divides it (checked by the host)."""
     if ALIGN > 1:  # written as a product with ALIGN so the compiler sees the divisibility
-        return (b * (s_b // ALIGN) + h * (s_h // ALIGN)) * ALIGN
-    return b * s_b + h * s_h
+        off = (b * (s_b // ALIGN) + h * (s_h // ALIGN)) * ALIGN
+    else:
+        off = b * s_b + h * s_h
+    return off
 
 
 @triton.jit
