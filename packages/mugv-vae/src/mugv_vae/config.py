@@ -135,7 +135,8 @@ class VAEConfig(_Frozen):
     fused_group_norm_silu: bool = Field(
         False,
         description="Use mugv_kernels.group_norm_silu (fused Triton GroupNorm+SiLU) in the "
-        "temporal VAE instead of the PyTorch ops. Same weights, same maths.",
+        "trunk's res-blocks and the temporal VAE instead of the PyTorch ops. Same weights, "
+        "same maths.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute block activations in the backward pass (training)."

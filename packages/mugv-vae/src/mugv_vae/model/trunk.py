@@ -5,10 +5,12 @@ Tensor legend: N frames (batch x time folded), C channels, H, W height/width.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -22,6 +24,22 @@ UNUSED_AUTOENCODER_KL_PREFIXES = (
     "quant_conv.",
     "post_quant_conv.",
 )
+
+
+def _gn_silu(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    from mugv_kernels import group_norm_silu
+
+    return group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, eps=norm.eps)
+
+
+def _fused_resnet_forward(self: ResnetBlock2D, x: torch.Tensor, temb=None, *args, **kwargs):
+    """``ResnetBlock2D.forward`` of a VAE block (no time embedding, no up/down-sampling) with
+    each GroupNorm+SiLU pair fused into one kernel. Same weights, same maths."""
+    h = self.conv1(_gn_silu(x, self.norm1))
+    h = self.conv2(self.dropout(_gn_silu(h, self.norm2)))
+    if self.conv_shortcut is not None:
+        x = self.conv_shortcut(x)
+    return (x + h) / self.output_scale_factor
 
 
 def _autoencoder_kl(cfg: TrunkConfig, in_channels: int) -> AutoencoderKL:
@@ -59,6 +77,20 @@ class SpatialTrunk(nn.Module):
         del self.encoder.conv_norm_out, self.encoder.conv_act, self.encoder.conv_out
         del self.decoder.conv_in
         self.gradient_checkpointing = False
+        self.fused = False
+
+    def set_fused_group_norm_silu(self, fused: bool) -> None:
+        """Route every res-block's GroupNorm+SiLU (and the decoder's output norm) through
+        ``mugv_kernels.group_norm_silu``, or back to the diffusers/PyTorch path."""
+        self.fused = fused
+        for m in self.modules():
+            if not isinstance(m, ResnetBlock2D):
+                continue
+            plain = m.upsample is None and m.downsample is None and m.time_emb_proj is None
+            if fused and plain and isinstance(m.nonlinearity, nn.SiLU):
+                m.forward = types.MethodType(_fused_resnet_forward, m)
+            elif "forward" in m.__dict__:
+                del m.forward
 
     def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -79,7 +111,10 @@ class SpatialTrunk(nn.Module):
         h = self._run(self.decoder.mid_block, h)
         for block in self.decoder.up_blocks:
             h = self._run(block, h)
-        h = self.decoder.conv_act(self.decoder.conv_norm_out(h))
+        if self.fused:
+            h = _gn_silu(h, self.decoder.conv_norm_out)
+        else:
+            h = self.decoder.conv_act(self.decoder.conv_norm_out(h))
         return self.decoder.conv_out(h)
 
     def load_autoencoder_kl(self, path: str | Path) -> None:

@@ -94,6 +94,8 @@ class MugvVAE(nn.Module):
         self.chunk_batch_size: int | None = None
         """8-frame chunks / decoder windows per temporal call (None: all at once)."""
         set_fused_group_norm_silu(self, config.fused_group_norm_silu)
+        if hasattr(self.trunk, "set_fused_group_norm_silu"):
+            self.trunk.set_fused_group_norm_silu(config.fused_group_norm_silu)
         self.trunk.gradient_checkpointing = config.gradient_checkpointing
 
     # ----------------------------------------------------------------- normalisation
