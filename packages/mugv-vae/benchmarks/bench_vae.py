@@ -100,7 +100,7 @@ def main() -> None:
         default=4_000_000,
         help="our trunk processes floor(this / (H*W)) frames per call",
     )
-    ap.add_argument("--models", default="wan,ours,ours-fused,ours-fused-cl")
+    ap.add_argument("--models", default="wan,ours,ours-fused,ours-cl")
     ap.add_argument("--out", default="bench_vae.json")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
