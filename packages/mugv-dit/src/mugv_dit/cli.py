@@ -125,7 +125,17 @@ def _presets() -> int:
     return 0
 
 
+def _quiet_megatron_warnings() -> None:
+    """Megatron-Core warns on import about optional Apex / TE fallbacks we do not use."""
+    import warnings
+
+    for message in ("Transformer Engine and Apex", "full scope is deprecated", "tp_group is None"):
+        warnings.filterwarnings("ignore", message=f".*{message}.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="megatron")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_megatron_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
