@@ -36,8 +36,10 @@ class DecodeConfig(Frozen):
 
     backend: Literal["auto", "decord", "pyav"] = "auto"
     """``auto``: decord when installed and it agrees with PyAV on sampled frames, else PyAV."""
-    check_agreement: bool = True
-    """Compare decord and PyAV frames at a few indices; fall back to PyAV when they disagree."""
+    check_agreement: Literal["always", "risky", "never"] = "risky"
+    """Compare decord and PyAV frames at a few indices and fall back to PyAV when they
+    disagree: ``always``, or only for ``risky`` streams (MPEG-1/2 video, MPEG-PS/TS
+    containers, first timestamp not 0, variable frame rate). Frame counts are always compared."""
     agreement_tolerance: float = 6.0
     """Max mean absolute pixel difference (0-255) for two decoders to count as agreeing."""
     analysis_short_side: int = Field(360, ge=32)

@@ -260,6 +260,21 @@ def check_agreement(a: FrameReader, b: FrameReader, tolerance: float) -> str | N
     return None
 
 
+RISKY_CODECS = {"mpeg1video", "mpeg2video"}
+RISKY_CONTAINERS = {"mpegts", "mpeg", "mpegvideo"}
+
+
+def is_risky(info: VideoInfo) -> bool:
+    """Streams on which decord is known to misplace frames (checked against PyAV)."""
+    containers = set(info.container.split(","))
+    return (
+        info.codec in RISKY_CODECS
+        or bool(containers & RISKY_CONTAINERS)
+        or abs(info.start_time_s) > 1e-9
+        or info.vfr
+    )
+
+
 def open_reader(info: VideoInfo, config: DecodeConfig, short_side: int | None) -> FrameReader:
     """Reader for ``info`` at ``short_side``: decord when allowed and trustworthy, else PyAV."""
     if config.backend == "pyav" or (config.backend == "auto" and not HAVE_DECORD):
@@ -280,7 +295,9 @@ def open_reader(info: VideoInfo, config: DecodeConfig, short_side: int | None) -
     n_decord = len(reader._vr)
     if n_decord != info.num_frames:
         reason = f"decord counts {n_decord} frames, demuxer {info.num_frames}"
-    elif config.check_agreement:
+    elif config.check_agreement == "always" or (
+        config.check_agreement == "risky" and is_risky(info)
+    ):
         ref = PyAVReader(info, short_side, config.threads)
         try:
             reason = check_agreement(reader, ref, config.agreement_tolerance)

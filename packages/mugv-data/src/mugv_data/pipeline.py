@@ -144,8 +144,10 @@ def thumbnail_embedding(frames_NHW3: np.ndarray) -> np.ndarray:
 class SourceProcessor:
     """Runs every per-source stage for one video at a time."""
 
-    def __init__(self, config: CurateConfig) -> None:
+    def __init__(self, config: CurateConfig, *, encode: bool = True) -> None:
+        """``encode=False`` scores clips without writing them (benchmarks, dry runs)."""
         self.config = config
+        self.encode = encode
         self.splitter = ShotSplitter(config.split)
         self.stages = build_clip_stages(config)
         self._ready = False
@@ -252,7 +254,7 @@ class SourceProcessor:
             )
             if "clip_embedding" in c.extra:
                 o.clip_embedding = [float(x) for x in c.extra["clip_embedding"]]
-            if c.kept:
+            if c.kept and self.encode:
                 out_reader = self._encode(
                     info, c, o, reader, cache if use_cache else None, out_reader
                 )

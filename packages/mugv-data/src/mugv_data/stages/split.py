@@ -199,5 +199,5 @@ def _resize_short(img: np.ndarray, short_side: int) -> np.ndarray:
         return img
     s = short_side / min(h, w)
     return cv2.resize(
-        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR
     )

