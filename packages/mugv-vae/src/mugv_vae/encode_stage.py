@@ -13,7 +13,6 @@ checkpoint's statistics in the dataset header.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
+from mugv_vae.distributed import barrier, init_distributed
 from mugv_vae.video import load_clip, parse_resolution
 
 
@@ -60,20 +60,6 @@ class EncodeConfig(BaseModel):
         if not v:
             raise ValueError("at least one resolution bucket is needed")
         return v
-
-
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and torch.distributed.is_available() and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, header_kw, device):
@@ -126,10 +112,10 @@ def run_encode(cfg: EncodeConfig) -> dict:
     from mugv_vae import __version__
     from mugv_vae.checkpoint import checkpoint_id, load_checkpoint
 
-    rank, world = _dist()
+    rank, world, local_rank = init_distributed()
     device = torch.device(cfg.device)
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local_rank)
     dataset = mf.ClipDataset(cfg.input)
     shards = list(dataset.header.shards)
     output = Path(cfg.output)
@@ -152,7 +138,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
     for shard in tqdm(todo, desc=f"encode rank {rank}", disable=rank != 0):
         part = parts / Path(shard).stem
         encoded += _encode_shard(cfg, vae, dataset, shard, part, header_kw, device)
-    _barrier(world)
+    barrier(world)
     summary = {
         "shards": len(shards),
         "skipped_shards": len(mine) - len(todo),
@@ -164,7 +150,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
         summary["samples"] = _merge(cfg, shards, parts, output, header_kw)
         if not cfg.keep_parts:
             shutil.rmtree(parts)
-    _barrier(world)
+    barrier(world)
     return summary
 
 

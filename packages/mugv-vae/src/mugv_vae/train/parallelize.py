@@ -5,21 +5,8 @@ Order (see ``Trainer``): build on the device -> ``apply_fsdp2`` or ``apply_ddp``
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world, local_rank); initialises the default process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    if world > 1:
-        return torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
 
 
 def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:

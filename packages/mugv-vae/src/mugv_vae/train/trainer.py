@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from mugv_vae.config import preset
+from mugv_vae.distributed import init_distributed
 from mugv_vae.metrics import psnr
 from mugv_vae.model import MugvVAE
 from mugv_vae.train import losses as L
@@ -29,7 +30,7 @@ from mugv_vae.train.config import TrainConfig
 from mugv_vae.train.data import ClipSource, StepBatches
 from mugv_vae.train.discriminator import PatchDiscriminator3D
 from mugv_vae.train.ema import EMA
-from mugv_vae.train.parallelize import apply_ddp, apply_fsdp2, init_distributed
+from mugv_vae.train.parallelize import apply_ddp, apply_fsdp2
 
 _STEP_DIR = re.compile(r"step-(\d+)\Z")
 
