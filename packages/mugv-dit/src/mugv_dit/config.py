@@ -43,6 +43,9 @@ class ModelConfig(BaseModel):
     attention_backend: Literal["auto", "sdpa", "flash"] = Field(
         "auto", description="auto: flash-attn if installed and on CUDA, else torch SDPA."
     )
+    recompute: Literal["none", "full"] = Field(
+        "none", description="Activation recompute: 'full' re-runs each block in backward."
+    )
     fused_ops: bool = Field(
         False,
         description="Use mugv_kernels fused ops (modulated LN, gated residual, QK-norm+RoPE).",

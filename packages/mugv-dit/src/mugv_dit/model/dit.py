@@ -6,7 +6,10 @@ N = M + 2 (start and end tokens), L packed text tokens, D hidden width.
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.utils.checkpoint
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -161,8 +164,14 @@ class MUGDiT(MegatronModule):
         )
         cos_BNK, sin_BNK = cos_BNK.to(device), sin_BNK.to(device)
 
+        recompute = self.training and cfg.recompute == "full" and torch.is_grad_enabled()
         for block in self.blocks:
-            x_BNC = block(
+            run = block
+            if recompute:
+                run = functools.partial(
+                    torch.utils.checkpoint.checkpoint, block, use_reentrant=False
+                )
+            x_BNC = run(
                 x_BNC,
                 t_mod_B6C=t_mod_B6C,
                 t0_mod_B6C=t0_mod_B6C,

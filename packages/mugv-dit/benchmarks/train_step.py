@@ -1,0 +1,253 @@
+"""Training-step throughput of MUG-DiT (Megatron-Core) vs diffusers WanTransformer3DModel.
+
+Prints a table and writes JSON. Model FLOPs come from ``mugv_dit.flops`` (matmuls +
+attention, x3 for forward+backward) and are used for BOTH implementations at matched
+width / heads / depth / tokens, so TFLOP/s compare like for like.
+
+    # one GPU, several cases, MUG and Wan side by side
+    python train_step.py --impl mug wan --case 1728x8@12.9k 3456x4@12.9k --json out.json
+    # several GPUs (weak scaling = same per-GPU batch, DP; or TP for big models)
+    torchrun --nproc-per-node 4 train_step.py --impl mug --case 1728x8@12.9k --tp 1
+
+Case syntax: HIDDENxLAYERS@TOKENS with TOKENS one of 12.9k (14x23x40 latent patches,
+~360p 5 s) or 50.4k (14x45x80, 720p 5 s); head dim 72.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+GRIDS = {"12.9k": (14, 46, 80), "50.4k": (14, 90, 160)}  # latent T, H, W (patch 1x2x2)
+
+
+def parse_case(text: str):
+    shape, tokens = text.split("@")
+    hidden, layers = (int(v) for v in shape.split("x"))
+    if tokens not in GRIDS:
+        raise ValueError(f"tokens {tokens!r} not in {sorted(GRIDS)}")
+    return hidden, layers, tokens
+
+
+def _timeit(step, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters
+
+
+def bench_mug(hidden, layers, grid, *, text_len, batch, tp, recompute, warmup, iters, with_opt):
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from mugv_dit.config import ModelConfig
+    from mugv_dit.model import MUGDiT, PackedText, megatron_config
+
+    cfg = ModelConfig(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=hidden // 72,
+        text_dim=4096,
+        recompute=recompute,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    tcfg = megatron_config(cfg, tensor_parallel=tp, params_dtype=torch.bfloat16, cpu_init=False)
+    model = MUGDiT(cfg, tcfg).to(device="cuda", dtype=torch.bfloat16).train()
+    ddp = DistributedDataParallel(
+        tcfg,
+        DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=True,
+            use_distributed_optimizer=True,
+            bucket_size=40_000_000,
+        ),
+        model,
+    )
+    opt = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=1e-5,
+            bf16=True,
+            params_dtype=torch.bfloat16,
+            use_distributed_optimizer=True,
+            clip_grad=1.0,
+        ),
+        [ddp],
+    )
+    t, h, w = grid
+    x = torch.randn(batch, cfg.in_channels, t, h, w, device="cuda", dtype=torch.bfloat16)
+    text = PackedText.from_list(
+        [torch.randn(text_len, 4096, device="cuda", dtype=torch.bfloat16) for _ in range(batch)]
+    )
+    sigma = torch.rand(batch, device="cuda")
+    fps = torch.full((batch,), 24.0, device="cuda")
+    target = torch.randn(batch, cfg.in_channels, t, h, w, device="cuda")
+
+    def fwd_bwd():
+        ddp.zero_grad_buffer()
+        out = ddp(x, sigma, text, fps_B=fps)
+        loss = (out[:, : cfg.in_channels] - target).pow(2).mean()
+        loss.backward()
+        ddp.finish_grad_sync()
+
+    def step():
+        fwd_bwd()
+        opt.step()
+
+    sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+    params = sum(p.numel() for p in model.parameters())
+    mem = torch.cuda.max_memory_allocated() / 2**30
+    return cfg, sec, params, mem, parallel_state.get_tensor_model_parallel_world_size()
+
+
+def bench_wan(hidden, layers, grid, *, text_len, batch, warmup, iters, with_opt):
+    from diffusers import WanTransformer3DModel
+    from mugv_dit.config import ModelConfig
+
+    cfg = ModelConfig(hidden_size=hidden, num_layers=layers, num_heads=hidden // 72, text_dim=4096)
+    model = (
+        WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=hidden // 72,
+            attention_head_dim=72,
+            in_channels=24,
+            out_channels=24,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=4 * hidden,
+            num_layers=layers,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+        )
+        .to(device="cuda", dtype=torch.bfloat16)
+        .train()
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    t, h, w = grid
+    x = torch.randn(batch, 24, t, h, w, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(batch, text_len, 4096, device="cuda", dtype=torch.bfloat16)
+    ts = torch.randint(0, 1000, (batch,), device="cuda")
+    target = torch.randn(batch, 24, t, h, w, device="cuda")
+
+    def fwd_bwd():
+        opt.zero_grad(set_to_none=True)
+        out = model(x, ts, text, return_dict=False)[0]
+        (out.float() - target).pow(2).mean().backward()
+
+    def step():
+        fwd_bwd()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+    params = sum(p.numel() for p in model.parameters())
+    mem = torch.cuda.max_memory_allocated() / 2**30
+    return cfg, sec, params, mem, 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--impl", nargs="+", default=["mug"], choices=["mug", "wan"])
+    parser.add_argument("--case", nargs="+", default=["1728x8@12.9k"])
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="samples per DP rank")
+    parser.add_argument("--text-len", type=int, default=128)
+    parser.add_argument("--recompute", default="none", choices=["none", "full"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--no-optimizer", action="store_true", help="time forward+backward only")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+
+    from mugv_dit.flops import train_step_flops
+    from mugv_dit.parallel import init_distributed
+
+    init_distributed(args.tp, backend="nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dp = world // args.tp
+    rows = []
+    for case in args.case:
+        hidden, layers, tok = parse_case(case)
+        grid = GRIDS[tok]
+        tokens = grid[0] * (grid[1] // 2) * (grid[2] // 2)
+        for impl in args.impl:
+            if impl == "wan" and world > 1:
+                continue
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            kw = dict(
+                text_len=args.text_len,
+                batch=args.batch,
+                warmup=args.warmup,
+                iters=args.iters,
+                with_opt=not args.no_optimizer,
+            )
+            try:
+                if impl == "mug":
+                    cfg, sec, params, mem, tp = bench_mug(
+                        hidden, layers, grid, tp=args.tp, recompute=args.recompute, **kw
+                    )
+                else:
+                    cfg, sec, params, mem, tp = bench_wan(hidden, layers, grid, **kw)
+            except torch.OutOfMemoryError as exc:
+                rows.append({"impl": impl, "case": case, "error": f"OOM: {str(exc)[:120]}"})
+                continue
+            flops = train_step_flops(cfg, tokens, args.text_len, args.batch)  # one DP replica
+            rows.append(
+                {
+                    "impl": impl,
+                    "case": case,
+                    "hidden": hidden,
+                    "layers": layers,
+                    "heads": hidden // 72,
+                    "tokens_per_sample": tokens,
+                    "batch_per_dp_rank": args.batch,
+                    "tp": tp,
+                    "dp": dp,
+                    "world": world,
+                    "recompute": args.recompute if impl == "mug" else "none",
+                    "optimizer_in_step": not args.no_optimizer,
+                    "step_s": sec,
+                    "tflops_per_gpu": flops / sec / tp / 1e12,
+                    "tokens_per_s_per_gpu": tokens * args.batch / sec / tp,
+                    "params_local": params,
+                    "peak_mem_gib": mem,
+                }
+            )
+    if rank == 0:
+        hdr = f"{'impl':5} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} {'tok/s/GPU':>10} {'mem GiB':>8}"
+        print(hdr)
+        for r in rows:
+            if "error" in r:
+                print(f"{r['impl']:5} {r['case']:14} {r['error']}")
+                continue
+            print(
+                f"{r['impl']:5} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "
+                f"{r['tflops_per_gpu']:11.1f} {r['tokens_per_s_per_gpu']:10.0f} {r['peak_mem_gib']:8.1f}"
+            )
+        if args.json:
+            meta = {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "label": args.label,
+                "argv": os.sys.argv,
+            }
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
