@@ -178,3 +178,17 @@ def test_unified_variant_keeps_the_rules(make_video, tmp_path):
     # 2D and 3D blocks alternate inside every stage.
     kernels = [b.conv1.conv.kernel_size for b in model.temporal_encoder.stages[0]]
     assert kernels == [(1, 3, 3), (3, 3, 3)]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(make_video):
+    torch.manual_seed(0)
+    plain = MugvVAE(tiny_config())
+    ckpt = MugvVAE(tiny_config().model_copy(update={"gradient_checkpointing": True}))
+    ckpt.load_state_dict(plain.state_dict())
+    video = make_video(t=9)
+    for model in (plain, ckpt):
+        recon, post = model(video, window=2, sample=False)
+        (recon.pow(2).mean() + post.kl().mean() * 1e-3).backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mugv_vae.config import TemporalConfig
 
@@ -88,8 +89,14 @@ class ResBlock3d(nn.Module):
             else None
         )
         self.fused = False
+        self.checkpointing = False
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x_BCTHW, use_reentrant=False)
+        return self._forward(x_BCTHW)
+
+    def _forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         h = self.conv1(group_norm_silu(x_BCTHW, self.norm1, self.fused))
         h = self.conv2(group_norm_silu(h, self.norm2, self.fused))
         residual = x_BCTHW if self.shortcut is None else self.shortcut(x_BCTHW)

@@ -97,6 +97,9 @@ class MugvVAE(nn.Module):
         if hasattr(self.trunk, "set_fused_group_norm_silu"):
             self.trunk.set_fused_group_norm_silu(config.fused_group_norm_silu)
         self.trunk.gradient_checkpointing = config.gradient_checkpointing
+        for m in self.modules():
+            if hasattr(m, "checkpointing"):  # temporal res-blocks
+                m.checkpointing = config.gradient_checkpointing
 
     # ----------------------------------------------------------------- normalisation
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
