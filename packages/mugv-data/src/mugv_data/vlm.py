@@ -1,0 +1,130 @@
+"""VLM captions: a Qwen2-VL-family model (transformers, local folder) captions clips in batches.
+
+Each clip contributes ``captions.num_frames`` evenly spaced frames (short side resized to
+``captions.frame_short_side``) as a multi-image prompt. Generation is greedy, batched with
+left padding. Nothing is downloaded: ``captions.model_path`` must be a local folder.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from mugv_data.config import CaptionConfig
+from mugv_data.decode import target_size
+
+
+def read_clip_frames(path: str | Path, num_frames: int, short_side: int) -> np.ndarray:
+    """``num_frames`` evenly spaced RGB frames [N, H, W, 3] of an mp4 (all frames decoded)."""
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    if not frames:
+        raise ValueError(f"{path}: no frames")
+    k = min(num_frames, len(frames))
+    idx = [int((j + 0.5) * len(frames) / k) for j in range(k)]
+    w, h = target_size(frames[0].width, frames[0].height, short_side)
+    return np.stack([frames[i].to_ndarray(width=w, height=h, format="rgb24") for i in idx])
+
+
+# Qwen2-VL's ChatML template, used when the tokenizer folder carries none.
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+IMAGE_PAD = "<|image_pad|>"
+
+
+class VLMCaptioner:
+    """Batched greedy captioning with a local Qwen2-VL-family checkpoint.
+
+    Uses the checkpoint's tokenizer and image processor directly (no ``AutoProcessor``, whose
+    video processor needs torchvision): each frame is one image of a multi-image prompt, and
+    each ``<|image_pad|>`` is expanded to the image's merged patch count, as Qwen2-VL expects.
+    """
+
+    def __init__(self, config: CaptionConfig) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        if not config.model_path or not Path(config.model_path).is_dir():
+            raise ValueError(
+                f"captions.model_path {config.model_path!r} is not a local model folder"
+            )
+        device = config.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn("captions.device=cuda but no GPU: captioning on CPU", stacklevel=2)
+            device = "cpu"
+        self.config = config
+        self.torch = torch
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, local_files_only=True)
+        self.tokenizer.padding_side = "left"
+        self.image_processor = AutoImageProcessor.from_pretrained(
+            config.model_path, local_files_only=True
+        )
+        self.merge = int(getattr(self.image_processor, "merge_size", 2))
+        dtype = getattr(torch, config.dtype) if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            config.model_path, dtype=dtype, local_files_only=True
+        )
+        self.model.eval().to(self.device)
+
+    def _prompt(self, n_frames: int) -> str:
+        content = [{"type": "image"}] * n_frames + [{"type": "text", "text": self.config.prompt}]
+        messages = [{"role": "user", "content": content}]
+        template = None if getattr(self.tokenizer, "chat_template", None) else QWEN2VL_CHAT_TEMPLATE
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, chat_template=template
+        )
+
+    def caption_frames(self, clips: Sequence[np.ndarray]) -> list[str]:
+        """Captions of one batch; each item is uint8 frames [N, H, W, 3]."""
+        images = [img for f in clips for img in f]
+        vis = self.image_processor(images=images, return_tensors="pt")
+        counts = (vis["image_grid_thw"].prod(-1) // (self.merge**2)).tolist()
+        texts, k = [], 0
+        for f in clips:
+            parts = self._prompt(len(f)).split(IMAGE_PAD)
+            if len(parts) != len(f) + 1:
+                raise ValueError(
+                    f"chat template produced {len(parts) - 1} image slots for {len(f)} frames"
+                )
+            text = parts[0]
+            for part in parts[1:]:
+                text += IMAGE_PAD * counts[k] + part
+                k += 1
+            texts.append(text)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = {**enc, **vis}
+        inputs = {n: t.to(self.device) for n, t in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with self.torch.inference_mode():
+            out_BL = self.model.generate(
+                **inputs,
+                max_new_tokens=self.config.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_BL = out_BL[:, enc["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_BL, skip_special_tokens=True)]
+
+    def caption_files(self, paths: Sequence[str | Path], progress: bool = False) -> list[str]:
+        """Captions of clip files, in order, ``captions.batch_size`` at a time."""
+        out: list[str] = []
+        bs = self.config.batch_size
+        for a in tqdm(
+            range(0, len(paths), bs), desc="captions", unit="batch", disable=not progress
+        ):
+            batch = [
+                read_clip_frames(p, self.config.num_frames, self.config.frame_short_side)
+                for p in paths[a : a + bs]
+            ]
+            out.extend(self.caption_frames(batch))
+        return out

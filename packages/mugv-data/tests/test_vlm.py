@@ -1,0 +1,143 @@
+"""Qwen2-VL captioner with a tiny random model of the real architecture (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mugv_data.config import CaptionConfig, load_config
+from mugv_data.curate import curate
+from mugv_data.synth import scene, write_video
+from mugv_formats import ClipDataset
+
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2vl(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    root = tmp_path_factory.mktemp("qwen2vl")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(
+        ["a dog runs on the grass", "a car drives down the road", "describe this video"], trainer
+    )
+    ft = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    ft.save_pretrained(root)  # no chat template: the captioner's built-in Qwen2-VL one is used
+    tf.Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16).save_pretrained(root)
+    ids = {t: ft.convert_tokens_to_ids(t) for t in SPECIAL}
+    cfg = tf.Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(ft),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [1, 1, 2],
+            },
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            bos_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    tf.Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(root)
+    return root
+
+
+def test_batched_captions_equal_one_by_one(tiny_qwen2vl):
+    from mugv_data.vlm import VLMCaptioner
+
+    cap = VLMCaptioner(
+        CaptionConfig(
+            source="vlm",
+            model_path=str(tiny_qwen2vl),
+            device="cpu",
+            num_frames=2,
+            frame_short_side=56,
+            max_new_tokens=6,
+            batch_size=3,
+        )
+    )
+    rng = np.random.default_rng(0)
+    clips = [
+        rng.integers(0, 256, (2, 56, 84, 3), dtype=np.uint8),
+        rng.integers(0, 256, (3, 56, 56, 3), dtype=np.uint8),  # different length and size
+        rng.integers(0, 256, (2, 84, 56, 3), dtype=np.uint8),
+    ]
+    batched = cap.caption_frames(clips)
+    single = [cap.caption_frames([c])[0] for c in clips]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+
+
+def test_vlm_captions_flow_into_clip_shards(tiny_qwen2vl, tmp_path):
+    from mugv_data.vlm import VLMCaptioner
+
+    d = tmp_path / "in"
+    d.mkdir()
+    write_video(d / "a.mp4", scene(60, seed=1))
+    write_video(d / "b.mp4", scene(60, seed=2))
+    over = [
+        "engine.kind=sequential",
+        "filters.text.enabled=false",
+        "split.min_clip_s=1.0",
+        "captions.source=vlm",
+        f"captions.model_path={tiny_qwen2vl}",
+        "captions.device=cpu",
+        "captions.num_frames=2",
+        "captions.frame_short_side=56",
+        "captions.max_new_tokens=6",
+        "captions.batch_size=2",
+    ]
+    cfg = load_config(None, inputs=[str(d)], output=str(tmp_path / "out"), overrides=over)
+    curate(cfg, progress=False)
+    cap = VLMCaptioner(cfg.captions)
+    items = list(ClipDataset(tmp_path / "out"))
+    assert len(items) == 2
+    for rec, mp4 in items:
+        p = tmp_path / f"{rec.key}.mp4"
+        p.write_bytes(mp4)
+        assert rec.caption == cap.caption_files([p])[0]
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    from mugv_data.vlm import VLMCaptioner
+
+    with pytest.raises(ValueError, match="not a local model folder"):
+        VLMCaptioner(CaptionConfig(source="vlm", model_path=str(tmp_path / "nope"), device="cpu"))
