@@ -195,3 +195,29 @@ def test_missing_text_features_is_a_clear_error(megatron_single, tmp_path):
     ds = make_latent_dataset(tmp_path / "notext", with_text=False)
     with pytest.raises(ValueError, match="embed-text"):
         LatentIndex(ds)
+
+
+def test_init_from_export_and_widen_cli(megatron_single, reference_run, dataset, tmp_path):
+    from mugv_dit.cli import main
+    from mugv_dit.export import load_export
+    from mugv_dit.trainer import Trainer
+
+    ref_dir, _, _ = reference_run
+    assert main(["export", "--run", str(ref_dir), "--output", str(tmp_path / "exp")]) == 0
+    _, state = load_export(tmp_path / "exp")
+    cfg = _config(
+        tmp_path, dataset, "init", train={"progress": False, "init_from": str(tmp_path / "exp")}
+    )
+    trainer = Trainer(load_config(cfg), micro_batches_per_step=2)
+    try:
+        for name, p in trainer.model.module.named_parameters():
+            torch.testing.assert_close(p.detach(), state[name], rtol=0, atol=0)
+        logs = trainer.run(max_steps=1)
+        assert logs[0]["step"] == 0 and logs[0]["loss"] < 3.0
+    finally:
+        trainer.close()
+    assert (
+        main(["widen", "--input", str(tmp_path / "exp"), "--output", str(tmp_path / "wide")]) == 0
+    )
+    wide_cfg, wide = load_export(tmp_path / "wide")
+    assert wide_cfg.hidden_size == 96 and wide["blocks.0.mlp.fc1.weight"].shape == (384, 96)

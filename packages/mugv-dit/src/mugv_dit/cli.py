@@ -3,6 +3,8 @@
     mugv-dit train CONFIG.yaml [--set key.path=value ...] [--max-steps N]
     mugv-dit export --run RUN_DIR --output DIR [--weights ema|model]
     mugv-dit embed-text --input LATENTS --output LATENTS_WITH_TEXT --text-encoder PATH|tiny-random
+    mugv-dit import-original --weights dit.pt --output DIR [--preset 10b]
+    mugv-dit widen --input EXPORT --output WIDE_EXPORT [--noise 1e-3]
     mugv-dit presets
 
 ``train`` runs under torchrun for several processes (TP/DP from the config and world size);
@@ -63,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=8)
     embed.add_argument("--device", default="auto")
 
+    orig = sub.add_parser(
+        "import-original", help="convert the released MUG-V dit.pt into a mugv.dit-export"
+    )
+    orig.add_argument("--weights", required=True, help="path of the release's dit.pt")
+    orig.add_argument("--output", required=True, help="export folder to write")
+    orig.add_argument("--preset", default="10b", help="model preset of the weights")
+
+    widen = sub.add_parser("widen", help="widen an export x2, function-preservingly")
+    widen.add_argument("--input", required=True, help="mugv.dit-export folder")
+    widen.add_argument("--output", required=True, help="wide export folder to write")
+    widen.add_argument("--noise", type=float, default=1e-3, help="relative symmetry-breaking noise")
+    widen.add_argument("--seed", type=int, default=0)
+
     sub.add_parser("presets", help="list model presets with parameter counts")
     return parser
 
@@ -110,6 +125,41 @@ def _embed(args) -> int:
     return 0
 
 
+def _import_original(args) -> int:
+    import torch
+
+    from mugv_dit.config import model_preset
+    from mugv_dit.export import save_export
+    from mugv_dit.original import load_original_checkpoint
+
+    cfg = model_preset(args.preset)
+    state = load_original_checkpoint(args.weights, cfg)
+    # the release has no learned null caption: start from a small random one
+    gen = torch.Generator().manual_seed(0)
+    state["y_embedder.null_caption"] = (
+        torch.randn(cfg.null_text_tokens, cfg.text_dim, generator=gen) / cfg.text_dim**0.5
+    ).to(next(iter(state.values())).dtype)
+    path = save_export(args.output, cfg, state, {"source": "MUG-V release dit.pt"})
+    print(f"wrote {path} ({args.preset})")
+    return 0
+
+
+def _widen(args) -> int:
+    from mugv_dit.expansion import widen_state_dict, widened_config
+    from mugv_dit.export import load_export, save_export
+
+    cfg, state = load_export(args.input)
+    wide = widen_state_dict(state, noise=args.noise, seed=args.seed)
+    path = save_export(
+        args.output,
+        widened_config(cfg),
+        wide,
+        {"widened_from": str(args.input), "noise": args.noise},
+    )
+    print(f"wrote {path} (hidden {cfg.hidden_size} -> {2 * cfg.hidden_size})")
+    return 0
+
+
 def _presets() -> int:
     from mugv_dit.config import MODEL_PRESETS, model_preset
 
@@ -148,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "embed-text":
             return _embed(args)
+        if args.command == "import-original":
+            return _import_original(args)
+        if args.command == "widen":
+            return _widen(args)
         return _presets()
     except ValueError as exc:  # user errors: one clear line, no traceback
         print(f"mugv-dit {args.command}: error: {exc}", file=sys.stderr)

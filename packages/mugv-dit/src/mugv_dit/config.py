@@ -208,6 +208,9 @@ class TrainConfig(BaseModel):
         description="Per-device peak (TFLOP/s) for MFU; default 989 on H100/H200, none on CPU.",
     )
     progress: bool = True
+    init_from: str | None = Field(
+        None, description="mugv.dit-export folder to start from when no checkpoint exists."
+    )
 
 
 class RunConfig(BaseModel):

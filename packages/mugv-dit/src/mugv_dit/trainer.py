@@ -155,6 +155,8 @@ class Trainer:
             self.step = int(state["step"])
             self.skipped = int(state.get("skipped", 0))
             self.sampler.load_state_dict(state["sampler"])
+        elif cfg.train.init_from is not None:
+            self._init_from_export(cfg.train.init_from)
         self.writer = None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,19 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _init_from_export(self, path: str) -> None:
+        """Start from exported weights (e.g. the imported release or a widened model)."""
+        from mugv_dit.export import load_export, load_full_state_dict
+
+        model_cfg, state = load_export(path)
+        if model_cfg.model_dump() != self.cfg.model.model_dump():
+            raise ValueError(f"train.init_from={path}: its model config differs from this run's")
+        load_full_state_dict(self.model.module, state)
+        if self.ema is not None:
+            load_full_state_dict(self.ema, state)
+        # the optimizer's fp32 main params were copied at construction: refresh them
+        self.optimizer.reload_model_params()
 
     # -- one step -------------------------------------------------------------------------
     def _train_step(self, stage_idx: int, stage: StageConfig, in_stage: int) -> dict:
