@@ -221,3 +221,26 @@ def test_init_from_export_and_widen_cli(megatron_single, reference_run, dataset,
     )
     wide_cfg, wide = load_export(tmp_path / "wide")
     assert wide_cfg.hidden_size == 96 and wide["blocks.0.mlp.fc1.weight"].shape == (384, 96)
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_loss_stops_or_skips(megatron_single, dataset, tmp_path, mode):
+    from mugv_dit.trainer import NonFiniteError, Trainer
+
+    cfg = _config(tmp_path, dataset, mode, train={"progress": False, "nonfinite": mode, "max_skipped_steps": 1})
+    trainer = Trainer(load_config(cfg), micro_batches_per_step=2)
+    try:
+        with torch.no_grad():
+            trainer.model.module.x_embedder.weight[0, 0] = float("nan")
+        before = trainer.model.module.t_block.weight.detach().clone()
+        if mode == "stop":
+            with pytest.raises(NonFiniteError, match="non-finite loss.*step 0"):
+                trainer.run(max_steps=1)
+        else:
+            logs = trainer.run(max_steps=1)
+            assert logs[0]["skipped"] and "non-finite loss" in logs[0]["reason"]
+            torch.testing.assert_close(trainer.model.module.t_block.weight, before)  # no update
+            with pytest.raises(NonFiniteError, match="skipped so far: 2"):
+                trainer.run(max_steps=1)
+    finally:
+        trainer.close()
