@@ -45,7 +45,9 @@ def _timeit(step, warmup: int, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def bench_mug(hidden, layers, grid, *, text_len, batch, tp, recompute, warmup, iters, with_opt):
+def bench_mug(
+    hidden, layers, grid, *, text_len, batch, tp, recompute, warmup, iters, with_opt, fused=False
+):
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -58,6 +60,7 @@ def bench_mug(hidden, layers, grid, *, text_len, batch, tp, recompute, warmup, i
         num_heads=hidden // 72,
         text_dim=4096,
         recompute=recompute,
+        fused_ops=fused,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     tcfg = megatron_config(cfg, tensor_parallel=tp, params_dtype=torch.bfloat16, cpu_init=False)
@@ -157,7 +160,7 @@ def bench_wan(hidden, layers, grid, *, text_len, batch, warmup, iters, with_opt)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", nargs="+", default=["mug"], choices=["mug", "wan"])
+    parser.add_argument("--impl", nargs="+", default=["mug"], choices=["mug", "mug-fused", "wan"])
     parser.add_argument("--case", nargs="+", default=["1728x8@12.9k"])
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1, help="samples per DP rank")
@@ -194,9 +197,15 @@ def main() -> None:
                 with_opt=not args.no_optimizer,
             )
             try:
-                if impl == "mug":
+                if impl.startswith("mug"):
                     cfg, sec, params, mem, tp = bench_mug(
-                        hidden, layers, grid, tp=args.tp, recompute=args.recompute, **kw
+                        hidden,
+                        layers,
+                        grid,
+                        tp=args.tp,
+                        recompute=args.recompute,
+                        fused=impl == "mug-fused",
+                        **kw,
                     )
                 else:
                     cfg, sec, params, mem, tp = bench_wan(hidden, layers, grid, **kw)
@@ -216,7 +225,7 @@ def main() -> None:
                     "tp": tp,
                     "dp": dp,
                     "world": world,
-                    "recompute": args.recompute if impl == "mug" else "none",
+                    "recompute": args.recompute if impl.startswith("mug") else "none",
                     "optimizer_in_step": not args.no_optimizer,
                     "step_s": sec,
                     "tflops_per_gpu": flops / sec / tp / 1e12,
@@ -226,11 +235,11 @@ def main() -> None:
                 }
             )
     if rank == 0:
-        hdr = f"{'impl':5} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} {'tok/s/GPU':>10} {'mem GiB':>8}"
+        hdr = f"{'impl':9} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} {'tok/s/GPU':>10} {'mem GiB':>8}"
         print(hdr)
         for r in rows:
             if "error" in r:
-                print(f"{r['impl']:5} {r['case']:14} {r['error']}")
+                print(f"{r['impl']:9} {r['case']:14} {r['error']}")
                 continue
             print(
                 f"{r['impl']:5} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "

@@ -227,7 +227,12 @@ def test_init_from_export_and_widen_cli(megatron_single, reference_run, dataset,
 def test_nonfinite_loss_stops_or_skips(megatron_single, dataset, tmp_path, mode):
     from mugv_dit.trainer import NonFiniteError, Trainer
 
-    cfg = _config(tmp_path, dataset, mode, train={"progress": False, "nonfinite": mode, "max_skipped_steps": 1})
+    cfg = _config(
+        tmp_path,
+        dataset,
+        mode,
+        train={"progress": False, "nonfinite": mode, "max_skipped_steps": 1},
+    )
     trainer = Trainer(load_config(cfg), micro_batches_per_step=2)
     try:
         with torch.no_grad():

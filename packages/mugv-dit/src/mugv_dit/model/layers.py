@@ -20,7 +20,12 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from mugv_dit.model.attention import CrossAttention, PackedText, SelfAttention
-from mugv_dit.model.ops import gated_residual, layer_norm, modulated_layer_norm
+from mugv_dit.model.ops import (
+    gated_residual,
+    layer_norm,
+    modulated_layer_norm,
+    residual_modulated_layer_norm,
+)
 
 
 class MLP(MegatronModule):
@@ -59,13 +64,6 @@ class DiTLayerSubmodules:
     cross_attention: ModuleSpec | type = CrossAttention
     mlp: ModuleSpec | type = MLP
     extra: dict = field(default_factory=dict)
-
-
-def select_per_token(
-    value_t_BC: torch.Tensor, value_0_BC: torch.Tensor, noisy_BN1: torch.Tensor
-) -> torch.Tensor:
-    """Per-token choice between the t and t=0 modulation vectors -> ``[B, N, C]``."""
-    return torch.where(noisy_BN1, value_t_BC[:, None, :], value_0_BC[:, None, :])
 
 
 class DiTLayer(MegatronModule):
@@ -107,15 +105,25 @@ class DiTLayer(MegatronModule):
         table = self.scale_shift_table.to(t_mod_B6C.dtype)
         mod_t = (table[None] + t_mod_B6C).unbind(1)
         mod_0 = (table[None] + t0_mod_B6C).unbind(1)
+        # six per-branch vectors [B, 2, D]: branch 0 = t (noisy tokens), branch 1 = t=0
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            select_per_token(a, b, noisy_BN1).to(x_BNC.dtype) for a, b in zip(mod_t, mod_0)
+            torch.stack([a, b], dim=1).to(x_BNC.dtype) for a, b in zip(mod_t, mod_0)
         )
-        h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, self.eps, fused=self.fused_ops)
-        x_BNC = gated_residual(x_BNC, self.self_attention(h, cos_BNK, sin_BNK), gate_msa)
-        h = layer_norm(x_BNC, self.eps, self.cross_norm_weight, self.cross_norm_bias)
-        x_BNC = x_BNC + self.cross_attention(h, text_LC, text)
-        h = modulated_layer_norm(x_BNC, shift_mlp, scale_mlp, self.eps, fused=self.fused_ops)
-        return gated_residual(x_BNC, self.mlp(h), gate_mlp)
+        clean_BN = ~noisy_BN1[..., 0]
+        fused, eps = self.fused_ops, self.eps
+        h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
+        x_BNC = gated_residual(x_BNC, self.self_attention(h, cos_BNK, sin_BNK), gate_msa, clean_BN)
+        h = layer_norm(x_BNC, eps, self.cross_norm_weight, self.cross_norm_bias)
+        x_BNC, h = residual_modulated_layer_norm(
+            x_BNC,
+            self.cross_attention(h, text_LC, text),
+            shift_mlp,
+            scale_mlp,
+            clean_BN,
+            eps,
+            fused=fused,
+        )
+        return gated_residual(x_BNC, self.mlp(h), gate_mlp, clean_BN)
 
 
 def get_dit_layer_spec() -> ModuleSpec:

@@ -48,25 +48,56 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (weight.to(acc) * xa).to(x.dtype)
 
 
+def select_branch(value_B2D: torch.Tensor, clean_BN: torch.Tensor) -> torch.Tensor:
+    """Per-token vector ``[B, N, D]``: branch 0 (noisy, t) or branch 1 (clean, t=0)."""
+    return torch.where(clean_BN[..., None], value_B2D[:, 1:2], value_B2D[:, 0:1])
+
+
 def modulated_layer_norm(
     x_BND: torch.Tensor,
-    shift_BND: torch.Tensor,
-    scale_BND: torch.Tensor,
+    shift_B2D: torch.Tensor,
+    scale_B2D: torch.Tensor,
+    clean_BN: torch.Tensor,
     eps: float,
     *,
     fused: bool = False,
 ) -> torch.Tensor:
-    """``LN(x) * (1 + scale) + shift`` with per-token shift/scale (adaLN)."""
+    """``LN(x) * (1 + scale) + shift`` (adaLN); shift/scale per branch ``[B, 2, D]`` (t, t=0)
+    chosen per token by ``clean_BN`` (True: the token takes the t=0 branch)."""
     if fused:
-        return _kernel("modulated_layer_norm")(x_BND, shift_BND, scale_BND, eps=eps)
-    return layer_norm(x_BND, eps) * (1 + scale_BND) + shift_BND
+        return _kernel("modulated_layer_norm")(
+            x_BND, shift_B2D, scale_B2D, token_branch=clean_BN, eps=eps
+        )
+    shift = select_branch(shift_B2D, clean_BN).to(x_BND.dtype)
+    scale = select_branch(scale_B2D, clean_BN).to(x_BND.dtype)
+    return layer_norm(x_BND, eps) * (1 + scale) + shift
+
+
+def residual_modulated_layer_norm(
+    x_BND: torch.Tensor,
+    y_BND: torch.Tensor,
+    shift_B2D: torch.Tensor,
+    scale_B2D: torch.Tensor,
+    clean_BN: torch.Tensor,
+    eps: float,
+    *,
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h = x + y`` and the modulated LN of ``h``, fused in one pass when ``fused``."""
+    if fused:
+        ones = torch.ones_like(shift_B2D)
+        return _kernel("gated_residual_modulated_norm")(
+            x_BND, y_BND, ones, shift_B2D, scale_B2D, token_branch=clean_BN, eps=eps
+        )
+    h = x_BND + y_BND
+    return h, modulated_layer_norm(h, shift_B2D, scale_B2D, clean_BN, eps)
 
 
 def gated_residual(
-    x_BND: torch.Tensor, y_BND: torch.Tensor, gate_BND: torch.Tensor
+    x_BND: torch.Tensor, y_BND: torch.Tensor, gate_B2D: torch.Tensor, clean_BN: torch.Tensor
 ) -> torch.Tensor:
-    """``x + gate * y`` (the adaLN gated residual)."""
-    return x_BND + gate_BND * y_BND
+    """``x + gate * y`` (the adaLN gated residual) with a per-branch gate."""
+    return x_BND + select_branch(gate_B2D, clean_BN).to(x_BND.dtype) * y_BND
 
 
 def qk_rmsnorm_rope(
