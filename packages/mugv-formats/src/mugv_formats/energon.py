@@ -9,7 +9,9 @@ and its savable loaders.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
