@@ -64,11 +64,15 @@ def violations(root: Path = ROOT) -> list[str]:
                 if target not in PACKAGES:
                     problems.append(f"{rel}:{line}: imports unknown package mugv_{target}")
                 elif target not in ALLOWED[pkg]:
-                    problems.append(f"{rel}:{line}: mugv-{pkg} may not import mugv_{target} "
-                                    f"(allowed: {sorted(ALLOWED[pkg]) or 'none'})")
+                    problems.append(
+                        f"{rel}:{line}: mugv-{pkg} may not import mugv_{target} "
+                        f"(allowed: {sorted(ALLOWED[pkg]) or 'none'})"
+                    )
                 elif target not in declared:
-                    problems.append(f"{rel}:{line}: mugv-{pkg} imports mugv_{target} but does not "
-                                    f"declare mugv-{target} in its pyproject dependencies")
+                    problems.append(
+                        f"{rel}:{line}: mugv-{pkg} imports mugv_{target} but does not "
+                        f"declare mugv-{target} in its pyproject dependencies"
+                    )
     return problems
 
 

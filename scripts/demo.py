@@ -50,8 +50,10 @@ def script(name: str) -> str:
 
 
 def run_step(n: int, title: str, cmd: list[str]) -> float:
-    print(f"\n[{n}] {title}\n    $ {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}",
-          flush=True)
+    print(
+        f"\n[{n}] {title}\n    $ {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}",
+        flush=True,
+    )
     t0 = time.time()
     res = subprocess.run(cmd, cwd=ROOT)
     if res.returncode != 0:
@@ -73,28 +75,78 @@ def main(argv: list[str] | None = None) -> int:
     clips, vae, latents, text = out / "clips", out / "vae", out / "latents", out / "latents-text"
     dit, export = out / "dit", out / "dit-export"
     steps = [
-        ("curate the sample clips into clip shards",
-         [script("mugv-data"), "curate", "packages/mugv-data/configs/demo.yaml",
-          "--input", str(sample_clip_dir()), "--output", str(clips)]),
-        ("initialise a tiny VAE checkpoint",
-         [script("mugv-vae"), "init", "--preset", "tiny", "--output", str(vae), "--seed", "0"]),
-        ("encode clip shards into latent shards",
-         [script("mugv-vae"), "encode", "--checkpoint", str(vae), "--input", str(clips),
-          "--output", str(latents), "--resolution", "64x64", "--frames", "17", "--device", "cpu"]),
-        ("add text features (tiny random T5)",
-         [script("mugv-dit"), "embed-text", "--input", str(latents), "--output", str(text),
-          "--text-encoder", "tiny-random"]),
-        ("pre-train a debug DiT through the curriculum",
-         [script("mugv-dit"), "train", "packages/mugv-dit/configs/demo.yaml",
-          "--set", f"data.path={text}", "--set", f"output_dir={dit}"]),
-        ("export the DiT to the inference format",
-         [script("mugv-dit"), "export", "--run", str(dit), "--output", str(export)]),
+        (
+            "curate the sample clips into clip shards",
+            [
+                script("mugv-data"),
+                "curate",
+                "packages/mugv-data/configs/demo.yaml",
+                "--input",
+                str(sample_clip_dir()),
+                "--output",
+                str(clips),
+            ],
+        ),
+        (
+            "initialise a tiny VAE checkpoint",
+            [script("mugv-vae"), "init", "--preset", "tiny", "--output", str(vae), "--seed", "0"],
+        ),
+        (
+            "encode clip shards into latent shards",
+            [
+                script("mugv-vae"),
+                "encode",
+                "--checkpoint",
+                str(vae),
+                "--input",
+                str(clips),
+                "--output",
+                str(latents),
+                "--resolution",
+                "64x64",
+                "--frames",
+                "17",
+                "--device",
+                "cpu",
+            ],
+        ),
+        (
+            "add text features (tiny random T5)",
+            [
+                script("mugv-dit"),
+                "embed-text",
+                "--input",
+                str(latents),
+                "--output",
+                str(text),
+                "--text-encoder",
+                "tiny-random",
+            ],
+        ),
+        (
+            "pre-train a debug DiT through the curriculum",
+            [
+                script("mugv-dit"),
+                "train",
+                "packages/mugv-dit/configs/demo.yaml",
+                "--set",
+                f"data.path={text}",
+                "--set",
+                f"output_dir={dit}",
+            ],
+        ),
+        (
+            "export the DiT to the inference format",
+            [script("mugv-dit"), "export", "--run", str(dit), "--output", str(export)],
+        ),
     ]
     timings = []
     for i, (title, cmd) in enumerate(steps, 1):
         timings.append((title, run_step(i, title, cmd)))
     for path in (clips, latents, text, export):
-        run_step(len(steps) + 1, f"inspect {path.name}", [script("mugv-formats"), "inspect", str(path)])
+        run_step(
+            len(steps) + 1, f"inspect {path.name}", [script("mugv-formats"), "inspect", str(path)]
+        )
     print("\nend-to-end demo finished; outputs under", out)
     for title, seconds in timings:
         print(f"  {seconds:6.1f} s  {title}")

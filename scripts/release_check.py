@@ -55,7 +55,9 @@ def extras_of(wheel: Path) -> list[str]:
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if res.returncode != 0:
-        raise RuntimeError(f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout}\n{res.stderr}")
+        raise RuntimeError(
+            f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+        )
     return res
 
 
@@ -67,8 +69,19 @@ def uv() -> list[str]:
 def check(names: list[str], out: Path) -> list[tuple[str, float]]:
     out.mkdir(parents=True, exist_ok=True)
     for name in ALL:  # siblings must be available as wheels for --find-links
-        run([*uv(), "build", "--package", f"mugv-{name}", "--no-sources", "--wheel", "--out-dir", str(out)],
-            cwd=ROOT)
+        run(
+            [
+                *uv(),
+                "build",
+                "--package",
+                f"mugv-{name}",
+                "--no-sources",
+                "--wheel",
+                "--out-dir",
+                str(out),
+            ],
+            cwd=ROOT,
+        )
     results = []
     for name in names:
         t0 = time.time()
@@ -78,12 +91,21 @@ def check(names: list[str], out: Path) -> list[tuple[str, float]]:
             run([*uv(), "venv", "-q", "--python", sys.executable, str(venv)])
             py = venv / "bin" / "python"
             extras = [e for e in extras_of(wheel) if e not in SKIP_EXTRAS]
-            spec = f"mugv-{name}[{','.join(extras)}] @ {wheel.resolve().as_uri()}" if extras else str(wheel)
-            run([*uv(), "pip", "install", "-q", "--python", str(py), "--find-links", str(out), spec])
+            spec = (
+                f"mugv-{name}[{','.join(extras)}] @ {wheel.resolve().as_uri()}"
+                if extras
+                else str(wheel)
+            )
+            run(
+                [*uv(), "pip", "install", "-q", "--python", str(py), "--find-links", str(out), spec]
+            )
             run([str(py), "-c", IMPORT_ALL, f"mugv_{name}", ",".join(sorted(OPTIONAL_MODULES))])
             run([str(venv / "bin" / f"mugv-{name}"), "--help"])
         results.append((name, time.time() - t0))
-        print(f"mugv-{name}: wheel {wheel.name} installs alone, every module imports ({results[-1][1]:.1f}s)", flush=True)
+        print(
+            f"mugv-{name}: wheel {wheel.name} installs alone, every module imports ({results[-1][1]:.1f}s)",
+            flush=True,
+        )
     return results
 
 

@@ -19,8 +19,12 @@ from mugv_formats import (
 
 def test_demo_runs_end_to_end(repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    res = subprocess.run([sys.executable, str(repo_root / "scripts" / "demo.py"), "--output", str(out)],
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "demo.py"), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "end-to-end demo finished" in res.stdout
 
@@ -42,7 +46,9 @@ def test_demo_runs_end_to_end(repo_root: Path, tmp_path: Path) -> None:
     with_text = list(LatentDataset(out / "latents-text"))
     assert len(with_text) == len(samples)
     assert all(s.text is not None and s.text.shape[0] >= 1 for s in with_text)
-    for a, b in zip(sorted(samples, key=lambda s: s.record.key), sorted(with_text, key=lambda s: s.record.key)):
+    for a, b in zip(
+        sorted(samples, key=lambda s: s.record.key), sorted(with_text, key=lambda s: s.record.key)
+    ):
         np.testing.assert_array_equal(a.latents, b.latents)  # text stage leaves latents untouched
 
     export = load_weights_folder(out / "dit-export", format=DIT_EXPORT_FORMAT)

@@ -34,10 +34,13 @@ def test_check_catches_forbidden_and_undeclared_imports(repo_root: Path, tmp_pat
     (formats_src / "x.py").write_text("def f():\n    import mugv_kernels\n")
     problems = check_imports.violations(tmp_path)
     assert any("mugv_data/bad.py:2: mugv-data may not import mugv_vae" in p for p in problems)
-    assert any("mugv_formats/x.py:2: mugv-formats may not import mugv_kernels" in p for p in problems)
+    assert any(
+        "mugv_formats/x.py:2: mugv-formats may not import mugv_kernels" in p for p in problems
+    )
     assert not any("mugv_infer" in p for p in problems)
     # an allowed import that the pyproject does not declare is reported too
     (tmp_path / "packages" / "mugv-infer" / "pyproject.toml").write_text(
-        '[project]\nname = "mugv-infer"\ndependencies = ["mugv-formats>=1,<2"]\n')
+        '[project]\nname = "mugv-infer"\ndependencies = ["mugv-formats>=1,<2"]\n'
+    )
     problems = check_imports.violations(tmp_path)
     assert any("imports mugv_vae but does not declare mugv-vae" in p for p in problems)

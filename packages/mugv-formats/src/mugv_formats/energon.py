@@ -51,10 +51,12 @@ def index_for_energon(path: Path, shards: list[str], *, workers: int = 1) -> Non
         )
     from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
 
-    WebdatasetPreparator.prepare_dataset(
-        path,
-        list(shards),
-        split_parts_patterns=[("train", ".*")],
-        workers=workers,
-        shuffle_seed=None,
-    )
+    log = io.StringIO()  # energon prints progress lines; keep them out of the user's output
+    with contextlib.redirect_stdout(log):
+        WebdatasetPreparator.prepare_dataset(
+            path,
+            list(shards),
+            split_parts_patterns=[("train", ".*")],
+            workers=workers,
+            shuffle_seed=None,
+        )
