@@ -191,6 +191,6 @@ def test_aesthetic_head_shape_mismatch_is_clear(tiny_aesthetic, tmp_path):
     root, _, _ = tiny_aesthetic
     torch.save(build_head(8).state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="not a LAION aesthetic head for 16-d"):
-        AestheticScorer(root / "clip", tmp_path / "wrong.pth", device="cpu")
+        AestheticScorer.from_paths(root / "clip", tmp_path / "wrong.pth", device="cpu")
     with pytest.raises(ValueError, match="not a local model folder"):
-        AestheticScorer(tmp_path / "nope", tmp_path / "wrong.pth", device="cpu")
+        AestheticScorer.from_paths(tmp_path / "nope", tmp_path / "wrong.pth", device="cpu")

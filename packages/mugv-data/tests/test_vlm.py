@@ -82,7 +82,7 @@ def tiny_qwen2vl(tmp_path_factory):
 def test_batched_captions_equal_one_by_one(tiny_qwen2vl):
     from mugv_data.vlm import VLMCaptioner
 
-    cap = VLMCaptioner(
+    cap = VLMCaptioner.from_config(
         CaptionConfig(
             source="vlm",
             model_path=str(tiny_qwen2vl),
@@ -126,7 +126,7 @@ def test_vlm_captions_flow_into_clip_shards(tiny_qwen2vl, tmp_path):
     ]
     cfg = load_config(None, inputs=[str(d)], output=str(tmp_path / "out"), overrides=over)
     curate(cfg, progress=False)
-    cap = VLMCaptioner(cfg.captions)
+    cap = VLMCaptioner.from_config(cfg.captions)
     items = list(ClipDataset(tmp_path / "out"))
     assert len(items) == 2
     for rec, mp4 in items:
@@ -140,4 +140,6 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
     from mugv_data.vlm import VLMCaptioner
 
     with pytest.raises(ValueError, match="not a local model folder"):
-        VLMCaptioner(CaptionConfig(source="vlm", model_path=str(tmp_path / "nope"), device="cpu"))
+        VLMCaptioner.from_config(
+            CaptionConfig(source="vlm", model_path=str(tmp_path / "nope"), device="cpu")
+        )

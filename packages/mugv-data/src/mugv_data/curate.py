@@ -106,7 +106,7 @@ def assign_captions(
     elif cc.source == "vlm":
         from mugv_data.vlm import VLMCaptioner
 
-        captioner = VLMCaptioner(cc)
+        captioner = VLMCaptioner.from_config(cc)
         paths = [staging.mp4_path(k.clip.key) for k in kept]
         caps = captioner.caption_files(paths, progress=progress)
         for k, c in zip(kept, caps):

@@ -11,16 +11,18 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 from tqdm import tqdm
 
 from mugv_data.config import CaptionConfig
-from mugv_data.decode import target_size
 
 
 def read_clip_frames(path: str | Path, num_frames: int, short_side: int) -> np.ndarray:
     """``num_frames`` evenly spaced RGB frames [N, H, W, 3] of an mp4 (all frames decoded)."""
+    import av
+
+    from mugv_data.decode import target_size
+
     with av.open(str(path)) as c:
         frames = list(c.decode(video=0))
     if not frames:
@@ -49,14 +51,10 @@ class VLMCaptioner:
     each ``<|image_pad|>`` is expanded to the image's merged patch count, as Qwen2-VL expects.
     """
 
-    def __init__(self, config: CaptionConfig) -> None:
+    def __init__(self, config: CaptionConfig, model, tokenizer, image_processor) -> None:
+        """From loaded components (see :meth:`from_config` to load a local folder)."""
         import torch
-        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-        if not config.model_path or not Path(config.model_path).is_dir():
-            raise ValueError(
-                f"captions.model_path {config.model_path!r} is not a local model folder"
-            )
         device = config.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             warnings.warn("captions.device=cuda but no GPU: captioning on CPU", stacklevel=2)
@@ -64,17 +62,31 @@ class VLMCaptioner:
         self.config = config
         self.torch = torch
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, local_files_only=True)
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
-        self.image_processor = AutoImageProcessor.from_pretrained(
-            config.model_path, local_files_only=True
+        self.image_processor = image_processor
+        self.merge = int(getattr(image_processor, "merge_size", 2))
+        self.model = model.eval().to(self.device)
+
+    @classmethod
+    def from_config(cls, config: CaptionConfig) -> VLMCaptioner:
+        """Load model, tokenizer and image processor from ``captions.model_path`` (local)."""
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        if not config.model_path or not Path(config.model_path).is_dir():
+            raise ValueError(
+                f"captions.model_path {config.model_path!r} is not a local model folder"
+            )
+        cuda = config.device.startswith("cuda") and torch.cuda.is_available()
+        dtype = getattr(torch, config.dtype) if cuda else torch.float32
+        path = config.model_path
+        return cls(
+            config,
+            AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True),
+            AutoTokenizer.from_pretrained(path, local_files_only=True),
+            AutoImageProcessor.from_pretrained(path, local_files_only=True),
         )
-        self.merge = int(getattr(self.image_processor, "merge_size", 2))
-        dtype = getattr(torch, config.dtype) if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            config.model_path, dtype=dtype, local_files_only=True
-        )
-        self.model.eval().to(self.device)
 
     def _prompt(self, n_frames: int) -> str:
         content = [{"type": "image"}] * n_frames + [{"type": "text", "text": self.config.prompt}]

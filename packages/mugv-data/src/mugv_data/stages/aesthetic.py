@@ -76,37 +76,44 @@ def load_head_state(path: str | Path) -> dict:
 class AestheticScorer:
     """CLIP vision tower + projection + aesthetic head, batched, on one device."""
 
-    def __init__(self, clip_path: str | Path, head_path: str | Path, device: str = "cuda") -> None:
+    def __init__(self, model, head, device: str = "cuda") -> None:
+        """``model``: a transformers ``CLIPVisionModelWithProjection``; ``head``: the MLP."""
         import torch
-        from transformers import CLIPVisionModelWithProjection
 
-        if not Path(clip_path).is_dir():
-            raise ValueError(f"filters.aesthetic.clip_path {clip_path} is not a local model folder")
         if device.startswith("cuda") and not torch.cuda.is_available():
             warnings.warn("filters.aesthetic.device=cuda but no GPU: running on CPU", stacklevel=2)
             device = "cpu"
         self.torch = torch
         self.device = torch.device(device)
-        self.model = CLIPVisionModelWithProjection.from_pretrained(
-            str(clip_path), local_files_only=True
-        )
-        self.model.eval().to(self.device)
-        self.size = int(self.model.config.image_size)
-        dim = int(self.model.config.projection_dim)
-        self.head = build_head(dim)
-        state = load_head_state(head_path)
+        self.model = model.eval().to(self.device)
+        self.head = head.eval().to(self.device)
+        self.size = int(model.config.image_size)
+
+    @classmethod
+    def from_paths(
+        cls, clip_path: str | Path, head_path: str | Path, device: str = "cuda"
+    ) -> AestheticScorer:
+        """Load the CLIP folder and the head weights from local paths."""
+        from transformers import CLIPVisionModelWithProjection
+
+        if not Path(clip_path).is_dir():
+            raise ValueError(f"filters.aesthetic.clip_path {clip_path} is not a local model folder")
+        model = CLIPVisionModelWithProjection.from_pretrained(str(clip_path), local_files_only=True)
+        dim = int(model.config.projection_dim)
+        head = build_head(dim)
         try:
-            self.head.load_state_dict(state)
+            head.load_state_dict(load_head_state(head_path))
         except RuntimeError as e:
             raise ValueError(
                 f"{head_path}: not a LAION aesthetic head for {dim}-d embeddings: {e}"
             ) from e
-        self.head.eval().to(self.device)
+        return cls(model, head, device)
 
     def embed_and_score(self, frames_BHW3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(unit-norm embeddings float32 [B, D], aesthetic scores float32 [B])."""
         torch = self.torch
-        pix_B3SS = torch.from_numpy(clip_preprocess(frames_BHW3, self.size)).to(self.device)
+        dtype = next(self.model.parameters()).dtype
+        pix_B3SS = torch.from_numpy(clip_preprocess(frames_BHW3, self.size)).to(self.device, dtype)
         with torch.inference_mode():
             emb_BD = self.model(pixel_values=pix_B3SS).image_embeds.float()
             emb_BD = emb_BD / emb_BD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -133,7 +140,7 @@ class AestheticFilter(RangeFilter):
 
     def setup(self) -> None:
         if self._scorer is None:
-            self._scorer = AestheticScorer(
+            self._scorer = AestheticScorer.from_paths(
                 self.config.clip_path, self.config.head_path, self.config.device
             )
 
