@@ -24,6 +24,7 @@ def make_latent_dataset(
     layout=DEFAULT_LAYOUT,
     seed: int = 0,
     with_text: bool = True,
+    energon: bool = False,
 ) -> Path:
     rng = np.random.default_rng(seed)
     header = LatentShardWriter.make_header(
@@ -37,7 +38,7 @@ def make_latent_dataset(
         max_text_len=16,
     )
     n = 0
-    with LatentShardWriter(path, header, samples_per_shard=5, energon=False) as writer:
+    with LatentShardWriter(path, header, samples_per_shard=5, energon=energon) as writer:
         for t, h, w, frames, ph, pw, count in layout:
             for _ in range(count):
                 lat = rng.standard_normal((channels, t, h, w)).astype(np.float32)

@@ -32,7 +32,7 @@ CURRICULUM = [
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_latent_dataset(tmp_path_factory.mktemp("latents") / "ds")
+    return make_latent_dataset(tmp_path_factory.mktemp("latents") / "ds", energon=True)
 
 
 def _config(tmp_path: Path, dataset: Path, out: str, **extra) -> Path:
@@ -249,3 +249,23 @@ def test_nonfinite_loss_stops_or_skips(megatron_single, dataset, tmp_path, mode)
                 trainer.run(max_steps=1)
     finally:
         trainer.close()
+
+
+def test_energon_loader_resumes_exactly(megatron_single, dataset, tmp_path):
+    """data.loader=energon: bucketed energon batches, loader state saved with the checkpoint."""
+    common = {
+        "train": {"progress": False, "save_every": 2, "ema_decay": None},
+        "data": {"path": str(dataset), "tokens_per_batch": 64, "loader": "energon"},
+        "curriculum": [{"name": "a", "steps": 3}, {"name": "b", "steps": 2, "min_frames": 17}],
+    }
+    full = _config(tmp_path, dataset, "full", **common)
+    logs, _ = _train_inprocess(full)
+    assert [log["stage"] for log in logs] == ["a"] * 3 + ["b"] * 2
+    assert all(log["bucket"][0] >= 3 for log in logs[3:])  # stage filter applied in energon
+    part = _config(tmp_path, dataset, "part", **common)
+    _train_inprocess(part, max_steps=3)  # checkpoint at step 2 (mid-stage), killed after 3
+    assert (
+        tmp_path / "part" / "checkpoints" / "step_0000002" / "energon" / "rank_00000.pt"
+    ).is_file()
+    _train_inprocess(part)
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")

@@ -54,14 +54,21 @@ def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: b
     return state
 
 
-def save_checkpoint(root: Path, step: int, model, ema, optimizer, trainer_state: dict) -> Path:
-    """Save a checkpoint; ``latest`` is updated only after every rank finished."""
+def save_checkpoint(
+    root: Path, step: int, model, ema, optimizer, trainer_state: dict, per_rank_saver=None
+) -> Path:
+    """Save a checkpoint; ``latest`` is updated only after every rank finished.
+
+    ``per_rank_saver(path)`` (optional) writes rank-local extras (e.g. loader state) into the
+    checkpoint directory before it is declared complete."""
     path = step_dir(root, step)
     if dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     state = build_state(model, ema, optimizer, trainer_state, loading=False)
     dist_checkpointing.save(state, str(path))
+    if per_rank_saver is not None:
+        per_rank_saver(path)
     dist.barrier()
     if dist.get_rank() == 0:
         atomic_write_text(root / LATEST, path.name + "\n")

@@ -141,6 +141,11 @@ class DataConfig(BaseModel):
     model_config = _STRICT
 
     path: str | None = Field(None, description="Latent dataset directory (mugv.latent-shards).")
+    loader: Literal["plan", "energon"] = Field(
+        "plan",
+        description="plan: layout-independent bucketed step plans (same batches for any TP/DP); "
+        "energon: megatron-energon stream per DP rank with savable state.",
+    )
     tokens_per_batch: int = Field(
         4096, description="Token budget of one micro-batch per DP rank (video tokens)."
     )

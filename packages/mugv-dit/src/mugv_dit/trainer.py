@@ -146,6 +146,21 @@ class Trainer:
             patch=cfg.model.patch_size,
             seed=cfg.data.seed,
         )
+        self.energon = None
+        if cfg.data.loader == "energon":
+            from mugv_dit.data_energon import EnergonLatentLoader
+
+            self.energon = EnergonLatentLoader(
+                cfg.data.path,
+                dp_rank=self.dp_rank,
+                dp_size=self.dp_size,
+                dp_group=self.dp_group,
+                tokens_per_batch=cfg.data.tokens_per_batch,
+                max_batch_size=cfg.data.max_batch_size,
+                patch=cfg.model.patch_size,
+                num_workers=cfg.data.num_workers,
+                seed=cfg.data.seed,
+            )
         self.step = 0
         self.skipped = 0
         # 7. resume
@@ -155,6 +170,8 @@ class Trainer:
             self.step = int(state["step"])
             self.skipped = int(state.get("skipped", 0))
             self.sampler.load_state_dict(state["sampler"])
+            if self.energon is not None:
+                self.energon.restore(ckpt / "energon" / f"rank_{self.rank:05d}.pt")
         elif cfg.train.init_from is not None:
             self._init_from_export(cfg.train.init_from)
         self.writer = None
@@ -181,20 +198,34 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------
     def _train_step(self, stage_idx: int, stage: StageConfig, in_stage: int) -> dict:
         cfg = self.cfg
-        plan = self.sampler.plan(self.step, stage, in_stage / max(1, stage.steps))
-        mine = list(range(self.dp_rank, self.micro_batches, self.dp_size))
+        if self.energon is None:
+            plan = self.sampler.plan(self.step, stage, in_stage / max(1, stage.steps))
+            mine = list(range(self.dp_rank, self.micro_batches, self.dp_size))
+            batches = [
+                collate([self.index.load(i) for i in plan.micro_batches[mb]], self.device)
+                for mb in mine
+            ]
+        else:
+            n_local = self.micro_batches // self.dp_size
+            batches = self.energon.next_batches(stage_idx, stage, n_local, self.device)
+            mine = [self.dp_rank * n_local + j for j in range(n_local)]
         prepared = []
         count = 0
-        for mb in mine:
-            batch = collate([self.index.load(i) for i in plan.micro_batches[mb]], self.device)
+        tokens = 0
+        samples = 0
+        for mb, batch in zip(mine, batches):
             seed = micro_batch_seed(cfg.train.seed, self.step, mb)
             inputs = prepare_inputs(batch, cfg.objective, seed=seed, task_ratios=stage.task_ratios)
-            _, c, _, h, w = batch.latents_BCTHW.shape
+            b, c, t, h, w = batch.latents_BCTHW.shape
             count += noisy_element_count(inputs.noisy_frames_BT, c * h * w)
+            bucket = (t, h, w, batch.height_px, batch.width_px)
+            tokens += b * tokens_of(bucket, cfg.model.patch_size)
+            samples += b
             prepared.append((batch, inputs))
-        total = torch.tensor([float(count)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(total, group=self.dp_group)
-        total_count = max(1.0, float(total.item()))
+        stats = torch.tensor([count, tokens, samples], dtype=torch.float64, device=self.device)
+        dist.all_reduce(stats, group=self.dp_group)
+        total_count = max(1.0, float(stats[0].item()))
+        global_tokens, global_samples = int(stats[1].item()), int(stats[2].item())
 
         lr = stage_lr(stage, in_stage)
         for group in self.optimizer.param_groups:
@@ -223,39 +254,34 @@ class Trainer:
         self.model.finish_grad_sync()
         dist.all_reduce(sse_sum, group=self.dp_group)
         loss = float(sse_sum.item()) / total_count
+        where = f"bucket {bucket}, samples {[k for b, _ in prepared for k in b.keys]}"
         if not math.isfinite(loss):
-            return self._nonfinite(loss, plan, "loss")
+            return self._nonfinite(loss, where, "loss")
         ok, grad_norm, _ = self.optimizer.step()
         if grad_norm is not None and not math.isfinite(grad_norm):
-            return self._nonfinite(grad_norm, plan, "grad norm")
+            return self._nonfinite(grad_norm, where, "grad norm")
         if self.ema is not None and ok:
             self._update_ema()
-        tokens = tokens_of(plan.bucket, cfg.model.patch_size) * sum(
-            len(mb) for mb in plan.micro_batches
-        )
-        per_sample_text = text_tokens / max(1, sum(len(plan.micro_batches[m]) for m in mine))
+        per_sample_text = text_tokens / max(1, sum(b.latents_BCTHW.shape[0] for b, _ in prepared))
         flops = train_step_flops(
             cfg.model,
-            tokens_of(plan.bucket, cfg.model.patch_size),
+            global_tokens // max(1, global_samples),
             int(per_sample_text),
-            sum(len(mb) for mb in plan.micro_batches),
+            global_samples,
         )
         return {
             "loss": loss,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "lr": lr,
             "stage": stage.name,
-            "tokens": tokens,
+            "tokens": global_tokens,
             "flops": flops,
-            "bucket": list(plan.bucket),
+            "bucket": list(bucket),
         }
 
-    def _nonfinite(self, value: float, plan, what: str) -> dict:
+    def _nonfinite(self, value: float, where: str, what: str) -> dict:
         self.skipped += 1
-        msg = (
-            f"non-finite {what} ({value}) at step {self.step}, bucket {plan.bucket}, "
-            f"micro-batches {plan.micro_batches}"
-        )
+        msg = f"non-finite {what} ({value}) at step {self.step}, {where}"
         if self.cfg.train.nonfinite == "stop" or self.skipped > self.cfg.train.max_skipped_steps:
             raise NonFiniteError(msg + f" (skipped so far: {self.skipped})")
         self.model.zero_grad_buffer()
@@ -280,7 +306,12 @@ class Trainer:
             self.ema,
             self.optimizer,
             self.trainer_state(),
+            per_rank_saver=self._save_loader_state if self.energon is not None else None,
         )
+
+    def _save_loader_state(self, path: Path) -> None:
+        (path / "energon").mkdir(exist_ok=True)
+        self.energon.save(path / "energon" / f"rank_{self.rank:05d}.pt")
 
     def run(self, max_steps: int | None = None) -> list[dict]:
         """Train until the curriculum ends (or ``max_steps`` more steps); return the logs."""
