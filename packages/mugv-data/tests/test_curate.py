@@ -230,3 +230,84 @@ def test_ray_engine_gives_the_same_clips(samples, sequential_run, tmp_path):
     _, _, seq_items = sequential_run
     _, items = run([samples], tmp_path / "ray", "engine.kind=ray", "engine.ray_num_cpus=2")
     assert fingerprint(items) == fingerprint(seq_items)
+
+
+def test_crash_while_writing_shards_resumes(tmp_path, monkeypatch):
+    import mugv_formats
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(5):
+        write_video(d / f"v{i}.mp4", scene(60, seed=30 + i))
+    over = [
+        "engine.kind=sequential",
+        "filters.text.enabled=false",
+        "split.min_clip_s=1.0",
+        "output.clips_per_shard=2",
+        "dedup.enabled=false",
+    ]
+    ref_cfg = load_config(None, inputs=[str(d)], output=str(tmp_path / "ref"), overrides=over)
+    curate(ref_cfg, progress=False)
+    cfg = load_config(None, inputs=[str(d)], output=str(tmp_path / "out"), overrides=over)
+    real_write = mugv_formats.ClipShardWriter.write
+    calls = {"n": 0}
+
+    def crashing_write(self, record, mp4):
+        calls["n"] += 1
+        if calls["n"] == 4:  # two complete shards, the third one open
+            raise KeyboardInterrupt("simulated kill")
+        return real_write(self, record, mp4)
+
+    monkeypatch.setattr(mugv_formats.ClipShardWriter, "write", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        curate(cfg, progress=False)
+    assert len(list((tmp_path / "out").glob("shard-*.parquet"))) == 1
+    monkeypatch.setattr(mugv_formats.ClipShardWriter, "write", real_write)
+    curate(cfg, progress=False)
+    a = sorted((r.key, r.sha256) for r in ClipDataset(tmp_path / "ref").records())
+    b = sorted((r.key, r.sha256) for r in ClipDataset(tmp_path / "out").records())
+    assert len(a) == 5 and a == b
+
+
+def test_fps_normalisation_and_resize_end_to_end(tmp_path):
+    from fractions import Fraction
+
+    d = tmp_path / "in"
+    d.mkdir()
+    write_video(d / "cfr.mp4", scene(75, h=96, w=128, seed=40), fps=25)
+    pts, t = [], 0
+    for i in range(
+        90
+    ):  # VFR: alternating 40 ms / 20 ms frame intervals, 30 fps on average... -> avg 33.3 fps
+        pts.append(t)
+        t += 40 if i % 2 == 0 else 20
+    write_video(
+        d / "vfr.mkv", scene(90, h=96, w=128, seed=41), pts=pts, time_base=Fraction(1, 1000)
+    )
+    cfg = load_config(
+        None,
+        inputs=[str(d)],
+        output=str(tmp_path / "out"),
+        overrides=[
+            "engine.kind=sequential",
+            "filters.text.enabled=false",
+            "split.min_clip_s=1.0",
+            "clip.short_side=48",
+            "dedup.enabled=false",
+        ],
+    )
+    curate(cfg, progress=False)
+    recs = {r.source.rsplit("/", 1)[-1]: r for r in ClipDataset(tmp_path / "out").records()}
+    cfr, vfr = recs["cfr.mp4"], recs["vfr.mkv"]
+    assert (cfr.width, cfr.height, cfr.fps, cfr.num_frames) == (64, 48, 25.0, 75)
+    assert vfr.fps == pytest.approx(1 / 0.03, rel=0.02)  # VFR is normalised to its average rate
+    assert vfr.num_frames == pytest.approx(90, abs=2)
+    cfg2 = cfg.model_copy(
+        update={
+            "clip": cfg.clip.model_copy(update={"fps": 12.5}),
+            "output": cfg.output.model_copy(update={"path": str(tmp_path / "o2")}),
+        }
+    )
+    curate(cfg2, progress=False)
+    r = next(r for r in ClipDataset(tmp_path / "o2").records() if r.source.endswith("cfr.mp4"))
+    assert r.fps == 12.5 and r.num_frames == 37
