@@ -146,6 +146,10 @@ class MUGDiT(MegatronModule):
 
         text = self._text_with_dropout(text, drop_caption_B)
         text_LC = self.y_embedder(text.tokens_LC)
+        if self.training and torch.is_grad_enabled():
+            # keep the null caption in the graph even when no caption is dropped, so every
+            # parameter gets a (zero) gradient and overlapped grad-reduce buckets complete
+            text_LC = text_LC + 0.0 * self.y_embedder.null_caption.sum().to(text_LC.dtype)
 
         x_BMC = self.x_embedder(patchify(latents_BCTHW.to(dtype), cfg.patch_size))
         x_BNC = torch.cat(

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One-GPU benchmark (H100): MUG-DiT (torch ops / fused mugv_kernels ops) vs diffusers Wan at
+# matched width / heads / depth / tokens. Run from the repository root on the GPU machine.
+set -o pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/megatron_core-*.whl .whl/diffusers-*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/packages/mugv-formats/src:$PWD/packages/mugv-kernels/src:$PWD/packages/mugv-dit/src
+export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+cd packages/mugv-dit/benchmarks
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/h100_gpu.txt"
+timeout 300 python3 train_step.py --impl mug mug-fused wan \
+  --case 1728x8@12.9k 1728x4@50.4k 3456x4@12.9k 3456x2@50.4k \
+  --warmup 2 --iters 5 --label h100-single --json "$OUT/h100.json" 2>&1 | tee "$OUT/h100.log"
