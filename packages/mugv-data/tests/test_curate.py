@@ -224,7 +224,6 @@ def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path):
     assert sorted(a) == sorted(b)
 
 
-@pytest.mark.slow  # ~30-40 s of local Ray start-up on 2 cores; run with -m slow
 def test_ray_engine_gives_the_same_clips(samples, sequential_run, tmp_path):
     pytest.importorskip("ray")
     _, _, seq_items = sequential_run
