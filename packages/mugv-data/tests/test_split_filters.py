@@ -107,14 +107,26 @@ def test_sharpness_filter_rejects_blur():
 
 
 def test_motion_matches_known_translation():
-    f = MotionFilter(MotionConfig(min=1, max=20, flow_short_side=512))
+    # 96x128 frames moving 3 px/frame; flow at full size, reported in 256p pixels: 3 * 256/96 = 8
+    f = MotionFilter(MotionConfig(min=1, max=20, flow_short_side=512, units_short_side=256))
     moving, still = make_clip(scene(30, speed=3.0, seed=2)), make_clip([scene(1, seed=2)[0]] * 30)
     f.process([moving, still])
-    # interior flow is the 3 px shift; borders (where content leaves the frame) pull it down a bit
-    assert 2.4 < moving.scores["motion"] < 3.3
-    assert still.scores["motion"] < 0.05 and still.rejected_stage == "motion"
+    # interior flow is the shift; borders (where content leaves the frame) pull it down a bit
+    assert 0.8 * 8 < moving.scores["motion"] < 1.1 * 8
+    assert still.scores["motion"] < 0.1 and still.rejected_stage == "motion"
     assert moving.kept
     assert f.pairs(30) == [(0, 1), (15, 16), (28, 29)]
+    # computing at a lower resolution reports the same motion in the same units
+    big = [
+        cv2.resize(x, (512, 384), interpolation=cv2.INTER_CUBIC)
+        for x in scene(6, speed=1.0, seed=3)
+    ]
+    hi = make_clip(big)
+    lo = make_clip(big)
+    MotionFilter(MotionConfig(flow_short_side=384)).process([hi])
+    MotionFilter(MotionConfig(flow_short_side=128)).process([lo])
+    assert lo.scores["motion"] == pytest.approx(hi.scores["motion"], rel=0.1)
+    assert hi.scores["motion"] == pytest.approx(4 * 256 / 384, rel=0.2)
 
 
 def test_border_ratio_letterbox():

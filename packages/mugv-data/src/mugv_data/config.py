@@ -128,7 +128,11 @@ class MotionConfig(RangeFilterConfig):
     max: float | None = 20.0
     frame_gap: int = Field(1, ge=1)
     """Distance (frames) between the two frames of each of the 3 pairs."""
-    flow_short_side: int = Field(256, ge=16)
+    flow_short_side: int = Field(128, ge=16)
+    """Resolution (short side) at which flow is computed (never upscaled)."""
+    units_short_side: int = Field(256, ge=16)
+    """Motion is reported in pixels of a frame with this short side, whatever the compute and
+    source resolutions, so thresholds do not depend on either."""
 
 
 class BorderConfig(RangeFilterConfig):

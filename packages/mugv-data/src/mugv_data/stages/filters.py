@@ -72,7 +72,9 @@ def flow_magnitude(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
 
 
 class MotionFilter(RangeFilter):
-    """Mean optical-flow magnitude over 3 frame pairs (start, middle, end); keep [1, 20]."""
+    """Mean optical-flow magnitude over 3 frame pairs (start, middle, end); keep [1, 20].
+
+    Flow is computed at ``flow_short_side`` and reported in pixels at ``units_short_side``."""
 
     name = "motion"
     score_name = "motion"
@@ -90,7 +92,8 @@ class MotionFilter(RangeFilter):
         frames = dict(zip(idx, clip.frames.get(idx)))
         short = self.config.flow_short_side
         g = {i: resize_short(gray(f), short) for i, f in frames.items()}
-        mags = [flow_magnitude(g[a], g[b]) for a, b in pairs]
+        scale = self.config.units_short_side / min(next(iter(g.values())).shape)
+        mags = [scale * flow_magnitude(g[a], g[b]) for a, b in pairs]
         return {
             "motion": float(np.mean(mags)),
             "motion_start": mags[0],
