@@ -136,7 +136,7 @@ def _torchrun(cfg: Path, *args: str) -> None:
 def test_tp2_from_tp1_checkpoint_and_dp2_match_tp1(reference_run, dataset, tmp_path):
     """TP=2 resumes the TP=1 run's step-2 checkpoint (re-sharded on load); DP=2 (distributed
     optimizer) trains from scratch. Both reproduce the TP=1 losses."""
-    ref_dir, _, _final = reference_run
+    ref_dir, _, final = reference_run
     ref = _losses(ref_dir)
     tp_cfg = _config(tmp_path, dataset, "tp2", parallel={"tensor_parallel": 2})
     ckpts = tmp_path / "tp2" / "checkpoints"
@@ -148,6 +148,15 @@ def test_tp2_from_tp1_checkpoint_and_dp2_match_tp1(reference_run, dataset, tmp_p
     assert sorted(got) == [2, 3, 4, 5]
     for step in got:
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    # the TP=2 run's final weights (gathered through export) equal the TP=1 run's, including
+    # replicated parameters such as the QK-norm weights that each TP rank sees only partly
+    from mugv_dit.export import export_run, load_export
+
+    export_run(tmp_path / "tp2", tmp_path / "tp2_export", weights="model")
+    _, tp2_state = load_export(tmp_path / "tp2_export")
+    for name, value in final.items():
+        if not name.endswith("_extra_state"):
+            torch.testing.assert_close(tp2_state[name], value, rtol=1e-4, atol=2e-6, msg=name)
     dp_cfg = _config(tmp_path, dataset, "dp2")
     _torchrun(dp_cfg, "--max-steps", "4")
     got = _losses(tmp_path / "dp2")

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    copy_to_tensor_model_parallel_region,
+)
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -121,6 +125,15 @@ class _AttentionBase(MegatronModule):
         self.q_norm_weight = torch.nn.Parameter(torch.ones(self.head_dim))
         self.k_norm_weight = torch.nn.Parameter(torch.ones(self.head_dim))
 
+    def qk_norm_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm weights, shared by all heads. Each TP rank only sees its own heads, so the
+        weights pass through copy_to_tensor_model_parallel_region: identity forward,
+        all-reduce of their gradient over the TP group in backward (replicas stay equal)."""
+        return (
+            copy_to_tensor_model_parallel_region(self.q_norm_weight),
+            copy_to_tensor_model_parallel_region(self.k_norm_weight),
+        )
+
     def _linear_col(self, out_features: int) -> ColumnParallelLinear:
         cfg = self.config
         return ColumnParallelLinear(
@@ -153,11 +166,12 @@ class SelfAttention(_AttentionBase):
         qkv, _ = self.qkv(x_BNC)
         qkv_BNH3D = qkv.view(b, n, self.heads_local, 3, self.head_dim)
         q, k, v = qkv_BNH3D.unbind(3)
+        q_weight, k_weight = self.qk_norm_weights()
         q, k = qk_rmsnorm_rope(
             q,
             k,
-            self.q_norm_weight,
-            self.k_norm_weight,
+            q_weight,
+            k_weight,
             cos_BNK,
             sin_BNK,
             self.eps,
@@ -180,12 +194,11 @@ class CrossAttention(_AttentionBase):
     def forward(self, x_BNC, text_LC: torch.Tensor, text: PackedText) -> torch.Tensor:
         b, n, _ = x_BNC.shape
         q, _ = self.q(x_BNC)
-        q_BNHD = rms_norm(
-            q.view(b, n, self.heads_local, self.head_dim), self.q_norm_weight, self.eps
-        )
+        q_weight, k_weight = self.qk_norm_weights()
+        q_BNHD = rms_norm(q.view(b, n, self.heads_local, self.head_dim), q_weight, self.eps)
         kv, _ = self.kv(text_LC)
         k_LHD, v_LHD = kv.view(-1, self.heads_local, 2, self.head_dim).unbind(2)
-        k_LHD = rms_norm(k_LHD, self.k_norm_weight, self.eps)
+        k_LHD = rms_norm(k_LHD, k_weight, self.eps)
         out_BNHD = packed_cross_attention(q_BNHD, k_LHD, v_LHD.contiguous(), text, self.backend)
         out, _ = self.proj(out_BNHD.reshape(b, n, -1))
         return out
