@@ -310,3 +310,31 @@ def test_fps_normalisation_and_resize_end_to_end(tmp_path):
     curate(cfg2, progress=False)
     r = next(r for r in ClipDataset(tmp_path / "o2").records() if r.source.endswith("cfr.mp4"))
     assert r.fps == 12.5 and r.num_frames == 37
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    write_video(d / "a.mp4", scene(60, seed=50))
+    over = ["engine.kind=sequential", "filters.text.enabled=false", "split.min_clip_s=1.0"]
+    curate(
+        load_config(None, inputs=[str(d)], output=str(tmp_path / "o"), overrides=over),
+        progress=False,
+    )
+    # same config, other engine: fine (idempotent)
+    curate(
+        load_config(
+            None, inputs=[str(d)], output=str(tmp_path / "o"), overrides=[*over, "engine.workers=1"]
+        ),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match=r"different config \(sections: filters\)"):
+        curate(
+            load_config(
+                None,
+                inputs=[str(d)],
+                output=str(tmp_path / "o"),
+                overrides=[*over, "filters.sharpness.min=10"],
+            ),
+            progress=False,
+        )

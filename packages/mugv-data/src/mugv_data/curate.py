@@ -126,6 +126,27 @@ def dedup_embeddings(config: CurateConfig, kept: list[KeptClip]) -> np.ndarray:
     return np.asarray([k.clip.embedding for k in kept], dtype=np.float32)
 
 
+#: Config sections that decide what a run produces (engine and input may change on resume).
+RESULT_SECTIONS = ("decode", "split", "clip", "filters", "captions", "tags", "dedup", "balance")
+
+
+def check_resume_config(config: CurateConfig, staging: Staging) -> None:
+    """Refuse to resume an output directory made with a different result-deciding config."""
+    path = staging.root / "config.json"
+    now = {k: getattr(config, k).model_dump(mode="json") for k in RESULT_SECTIONS}
+    now["clips_per_shard"] = config.output.clips_per_shard
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if changed:
+            raise ValueError(
+                f"{staging.root.parent} was curated with a different config (sections: "
+                f"{', '.join(changed)}); use a new --output, or delete the directory to start over"
+            )
+    else:
+        atomic_write_text(path, json.dumps(now, indent=1))
+
+
 def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
     """Run a full curation; resumable (re-running on the same output finishes the work)."""
     t0 = time.perf_counter()
@@ -140,6 +161,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
     if not sources:
         raise ValueError(f"no input videos found in {config.input.paths}")
     staging = Staging(out)
+    check_resume_config(config, staging)
     run_sources(config, sources, staging, progress)
 
     results = [staging.load(source_id(s)) for s in sources]
