@@ -3,7 +3,8 @@
 # 50.4k tokens with TP=4 and full recompute. Run from the repository root on the GPU machine.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/megatron_core-*.whl || exit 1
+  --target /tmp/site .whl/megatron_core-*.whl .whl/pydantic*.whl \
+  .whl/annotated_types-*.whl .whl/typing_inspection-*.whl .whl/typing_extensions-*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/packages/mugv-formats/src:$PWD/packages/mugv-kernels/src:$PWD/packages/mugv-dit/src
 export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
