@@ -91,7 +91,7 @@ class Trainer:
             params_dtype=dtype,
             cpu_init=True,
         )
-        model = MUGDiT(cfg.model, tcfg).to(self.device)
+        model = MUGDiT(cfg.model, tcfg).to(device=self.device, dtype=dtype)
         # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
         ddp_cfg = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
