@@ -74,8 +74,9 @@ def prepare_inputs(
     if cfg.shift_by_resolution:
         ratio = resolution_shift_ratio(batch.height_px, batch.width_px, t, cfg.base_resolution)
         sigma_B = shift_sigma(sigma_B, ratio)
-    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.dtype)
-    noisy = add_noise(x0, noise, sigma_B)
+    # drawn on the CPU from the seeded generator (same numbers on every device), then moved
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device, x0.dtype)
+    noisy = add_noise(x0, noise, sigma_B.to(x0.device))
     keep = noisy_frames_BT[:, None, :, None, None].to(x0.device)
     noisy = torch.where(keep, noisy, x0)  # conditioning frames stay clean
     drop = torch.rand(b, generator=gen) < cfg.caption_dropout
