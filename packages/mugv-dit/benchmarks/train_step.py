@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1, help="samples per DP rank")
     parser.add_argument("--text-len", type=int, default=128)
-    parser.add_argument("--recompute", default="none", choices=["none", "full"])
+    parser.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--no-optimizer", action="store_true", help="time forward+backward only")

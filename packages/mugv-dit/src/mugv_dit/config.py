@@ -43,8 +43,10 @@ class ModelConfig(BaseModel):
     attention_backend: Literal["auto", "sdpa", "flash"] = Field(
         "auto", description="auto: flash-attn if installed and on CUDA, else torch SDPA."
     )
-    recompute: Literal["none", "full"] = Field(
-        "none", description="Activation recompute: 'full' re-runs each block in backward."
+    recompute: Literal["none", "selective", "full"] = Field(
+        "none",
+        description="Activation recompute: 'selective' re-runs each block's MLP (its two "
+        "FFN-wide activations are the largest), 'full' re-runs each whole block in backward.",
     )
     fused_ops: bool = Field(
         False,

@@ -84,6 +84,7 @@ class MUGDiT(MegatronModule):
                 eps=model_cfg.norm_eps,
                 attention_backend=model_cfg.attention_backend,
                 fused_ops=model_cfg.fused_ops,
+                recompute_mlp=model_cfg.recompute == "selective",
             )
             for _ in range(model_cfg.num_layers)
         )

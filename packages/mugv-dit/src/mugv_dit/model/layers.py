@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
@@ -77,8 +78,10 @@ class DiTLayer(MegatronModule):
         eps: float = 1e-6,
         attention_backend: str = "auto",
         fused_ops: bool = False,
+        recompute_mlp: bool = False,
     ):
         super().__init__(config)
+        self.recompute_mlp = recompute_mlp
         hidden = config.hidden_size
         self.eps = eps
         self.fused_ops = fused_ops
@@ -123,7 +126,11 @@ class DiTLayer(MegatronModule):
             eps,
             fused=fused,
         )
-        return gated_residual(x_BNC, self.mlp(h), gate_mlp, clean_BN)
+        if self.recompute_mlp and self.training and torch.is_grad_enabled():
+            mlp_out = torch.utils.checkpoint.checkpoint(self.mlp, h, use_reentrant=False)
+        else:
+            mlp_out = self.mlp(h)
+        return gated_residual(x_BNC, mlp_out, gate_mlp, clean_BN)
 
 
 def get_dit_layer_spec() -> ModuleSpec:
