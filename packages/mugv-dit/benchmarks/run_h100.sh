@@ -10,6 +10,8 @@ export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 cd packages/mugv-dit/benchmarks
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/h100_gpu.txt"
+(cd ../../.. && timeout 120 python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu.py -q \
+  -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.log")
 timeout 300 python3 train_step.py --impl mug mug-fused wan \
   --case 1728x8@12.9k 1728x4@50.4k 3456x4@12.9k 3456x2@50.4k \
   --warmup 2 --iters 5 --label h100-single --json "$OUT/h100.json" 2>&1 | tee "$OUT/h100.log"
