@@ -126,6 +126,14 @@ def write_report(out: Path, results, kept, staging, config: CurateConfig) -> Pat
         f"<tr><td>{html.escape(str(s))}</td><td>{n}</td></tr>"
         for s, n in sorted(stage_counts.items(), key=str)
     )
+    srows = "".join(
+        f"<tr><td>{html.escape(Path(r.source).name)}</td><td>{html.escape(str(r.decoder))}</td>"
+        f"<td>{html.escape(str(r.fallback_reason or ''))}</td>"
+        f"<td>{(r.probe or {}).get('duration_s', '')}</td><td>{len(r.clips)}</td>"
+        f"<td>{sum(c.key in kept_keys for c in r.clips)}</td></tr>"
+        for r in results
+        if r.reject_stage is None
+    )
     frows = "".join(
         f"<tr><td>{html.escape(Path(r.source).name)}</td><td>{html.escape(str(r.reject_kind))}</td>"
         f"<td>{html.escape(str(r.reject_detail))}</td></tr>"
@@ -137,6 +145,7 @@ svg{{margin:4px;border:1px solid #ddd}} table{{border-collapse:collapse}} td{{bo
 <h1>mugv-data curation report</h1>
 <p>{len(results)} sources ({len(file_rejects)} rejected), {len(all_clips)} candidate clips, <b>{len(kept_keys)} kept</b>.</p>
 <h2>Rejected clips per stage</h2><table>{rows}</table>
+<h2>Sources</h2><table><tr><td>source</td><td>decoder</td><td>fallback reason</td><td>seconds</td><td>clips</td><td>kept</td></tr>{srows}</table>
 <h2>Rejected files</h2><table>{frows}</table>
 <h2>Scores</h2><p>green: kept, red: rejected, dashed: thresholds</p>{hists}
 <h2>Kept clips</h2>{"".join(kept_cards)}
