@@ -27,7 +27,8 @@ from mugv_dit_fixtures import make_latent_dataset
 make_latent_dataset(pathlib.Path("/tmp/lat"))
 from mugv_dit.cli import main
 rc = main(["train", "packages/mugv-dit/configs/demo.yaml", "--set", "data.path=/tmp/lat",
-           "--set", "output_dir=/tmp/run", "--set", "train.progress=false"])
+           "--set", "output_dir=/tmp/run", "--set", "train.progress=false",
+           "--set", "train.async_save=true", "--set", "train.save_every=3"])
 print("train rc", rc)
 print(open("/tmp/run/metrics.jsonl").read())
 print("export rc", main(["export", "--run", "/tmp/run", "--output", "/tmp/exp"]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mugv_dit.config import ModelConfig
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 
@@ -31,8 +30,13 @@ def _inputs(cfg):
 
 def _run(model, cfg):
     x, sigma, texts, noisy = _inputs(cfg)
-    out = model(x, sigma, PackedText.from_list(texts), fps_B=torch.tensor([24.0, 12.0], device="cuda"),
-                noisy_frames_BT=noisy)
+    out = model(
+        x,
+        sigma,
+        PackedText.from_list(texts),
+        fps_B=torch.tensor([24.0, 12.0], device="cuda"),
+        noisy_frames_BT=noisy,
+    )
     out.pow(2).mean().backward()
     grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.float(), grads

@@ -76,6 +76,58 @@ def save_checkpoint(
     return path
 
 
+class CheckpointSaver:
+    """Saves checkpoints synchronously, or asynchronously (CUDA only) through Megatron's
+    AsyncCallsQueue: tensors are staged to host memory at save time and written in the
+    background; ``latest`` is updated by a finalize step once every rank has finished."""
+
+    def __init__(self, root: Path, *, async_save: bool = False):
+        self.root = root
+        self.queue = None
+        if async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.queue = AsyncCallsQueue(persistent=False)
+
+    def save(self, step, model, ema, optimizer, trainer_state, per_rank_saver=None) -> Path:
+        if self.queue is None:
+            return save_checkpoint(
+                self.root, step, model, ema, optimizer, trainer_state, per_rank_saver
+            )
+        self.wait()  # one checkpoint in flight at a time
+        path = step_dir(self.root, step)
+        if dist.get_rank() == 0:
+            path.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        state = build_state(model, ema, optimizer, trainer_state, loading=False)
+        request = dist_checkpointing.save(state, str(path), async_sharded_save=True)
+        if per_rank_saver is not None:
+            per_rank_saver(path)
+
+        def mark_complete(root=self.root, name=path.name):
+            if dist.get_rank() == 0:
+                atomic_write_text(root / LATEST, name + "\n")
+
+        request.add_finalize_fn(mark_complete)
+        self.queue.schedule_async_request(request)
+        return path
+
+    def poll(self) -> None:
+        """Finalize checkpoints whose background writes are done (call on every rank)."""
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        """Block until every scheduled checkpoint is complete."""
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
+
+
 def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     """Load a checkpoint into model / EMA / optimizer in place; return the trainer state."""
     with adam_state_for_loading(optimizer):

@@ -210,6 +210,9 @@ class TrainConfig(BaseModel):
     max_skipped_steps: int = 10
     log_every: int = 1
     save_every: int = 0
+    async_save: bool = Field(
+        False, description="Write checkpoints in the background (CUDA only; sync on CPU)."
+    )
     peak_tflops: float | None = Field(
         None,
         description="Per-device peak (TFLOP/s) for MFU; default 989 on H100/H200, none on CPU.",

@@ -21,7 +21,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from mugv_formats import atomic_write_text
 
-from mugv_dit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint
 from mugv_dit.compat import cpu_megatron, default_device
 from mugv_dit.config import RunConfig, StageConfig, dump_config
 from mugv_dit.data import BucketSampler, LatentIndex, collate, tokens_of
@@ -161,13 +161,18 @@ class Trainer:
                 num_workers=cfg.data.num_workers,
                 seed=cfg.data.seed,
             )
+        self.saver = CheckpointSaver(
+            self.ckpt_root, async_save=cfg.train.async_save and self.device.type == "cuda"
+        )
         self.step = 0
         self.skipped = 0
+        self.last_saved_step = -1
         # 7. resume
         ckpt = latest_checkpoint(self.ckpt_root)
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model.module, self.ema, self.optimizer)
             self.step = int(state["step"])
+            self.last_saved_step = self.step
             self.skipped = int(state.get("skipped", 0))
             self.sampler.load_state_dict(state["sampler"])
             if self.energon is not None:
@@ -299,8 +304,8 @@ class Trainer:
         return {"step": self.step, "skipped": self.skipped, "sampler": self.sampler.state_dict()}
 
     def save(self) -> Path:
-        return save_checkpoint(
-            self.ckpt_root,
+        self.last_saved_step = self.step
+        return self.saver.save(
             self.step,
             self.model.module,
             self.ema,
@@ -367,11 +372,10 @@ class Trainer:
                             bar.set_postfix(loss=f"{log['loss']:.4f}", stage=stage.name)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                     self.save()
-            if (
-                self.step == total
-                and latest_checkpoint(self.ckpt_root) != self.ckpt_root / f"step_{total:07d}"
-            ):
+                self.saver.poll()
+            if self.step == total and self.last_saved_step != total:
                 self.save()
+            self.saver.wait()
         finally:
             if bar is not None:
                 bar.close()
@@ -380,6 +384,7 @@ class Trainer:
         return logs
 
     def close(self) -> None:
+        self.saver.close()
         if self.writer is not None:
             self.writer.close()
         self.stack.close()
