@@ -130,6 +130,12 @@ class MotionConfig(RangeFilterConfig):
     """Distance (frames) between the two frames of each of the 3 pairs."""
     flow_short_side: int = Field(128, ge=16)
     """Resolution (short side) at which flow is computed (never upscaled)."""
+    method: Literal["farneback", "raft"] = "farneback"
+    """``raft``: torchvision RAFT (needs torchvision and local weights; meant for GPUs)."""
+    raft_weights: str | None = None
+    """Local state dict of torchvision ``raft_large`` / ``raft_small`` (see raft_small)."""
+    raft_small: bool = False
+    device: str = "cuda"
     units_short_side: int = Field(256, ge=16)
     """Motion is reported in pixels of a frame with this short side, whatever the compute and
     source resolutions, so thresholds do not depend on either."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -29,6 +28,8 @@ def write_video(
     time_base: Fraction | None = None,
 ) -> Path:
     """Encode RGB uint8 frames [H, W, 3] to ``path``; optional display rotation / custom pts."""
+    import av
+
     frames = list(frames)
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w", format=fmt) as c:

@@ -71,6 +71,54 @@ def flow_magnitude(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
     return float(np.sqrt((flow_HW2.astype(np.float64) ** 2).sum(-1)).mean())
 
 
+class RaftFlow:
+    """torchvision RAFT on one device; mean flow magnitude of frame pairs in one batch."""
+
+    def __init__(self, weights: str | None, small: bool, device: str) -> None:
+        if not weights:
+            raise ValueError(
+                "filters.motion.method=raft needs filters.motion.raft_weights (a local file)"
+            )
+        import torch
+        from torchvision.models.optical_flow import raft_large, raft_small
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("filters.motion.method=raft with device=cuda but no GPU is visible")
+        self.torch = torch
+        self.device = torch.device(device)
+        model = raft_small() if small else raft_large()
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"filters.motion.raft_weights {weights}: {e}") from e
+        self.model = model.eval().to(self.device)
+
+    def magnitudes(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+        """Mean |flow| (pixels) for RGB uint8 frame pairs of one size (multiple of 8)."""
+        torch = self.torch
+
+        def batch(frames):
+            x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).to(self.device)
+            return x.float() / 127.5 - 1.0
+
+        with torch.inference_mode():
+            flow_B2HW = self.model(batch([a for a, _ in pairs]), batch([b for _, b in pairs]))[-1]
+        return flow_B2HW.float().norm(dim=1).mean(dim=(1, 2)).cpu().tolist()
+
+
+def resize_short_multiple(img: np.ndarray, short_side: int, multiple: int = 8) -> np.ndarray:
+    """Resize so the short side is at most ``short_side`` and both sides are multiples of 8."""
+    h, w = img.shape[:2]
+    s = min(1.0, short_side / min(h, w))
+    nh, nw = (
+        max(multiple, round(h * s / multiple) * multiple),
+        max(multiple, round(w * s / multiple) * multiple),
+    )
+    if (nh, nw) == (h, w):
+        return img
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+
+
 class MotionFilter(RangeFilter):
     """Mean optical-flow magnitude over 3 frame pairs (start, middle, end); keep [1, 20].
 
@@ -79,6 +127,23 @@ class MotionFilter(RangeFilter):
     name = "motion"
     score_name = "motion"
     config: MotionConfig
+
+    def __init__(self, config: MotionConfig) -> None:
+        super().__init__(config)
+        self._raft: RaftFlow | None = None
+
+    @property
+    def resources(self) -> Resources:
+        gpu = self.config.method == "raft" and self.config.device.startswith("cuda")
+        return Resources(cpus=1, gpus=0.5 if gpu else 0.0)
+
+    def setup(self) -> None:
+        if self.config.method == "raft" and self._raft is None:
+            c = self.config
+            self._raft = RaftFlow(c.raft_weights, c.raft_small, c.device)
+
+    def teardown(self) -> None:
+        self._raft = None
 
     def pairs(self, n: int) -> list[tuple[int, int]]:
         g = min(self.config.frame_gap, n - 1)
@@ -91,9 +156,15 @@ class MotionFilter(RangeFilter):
         idx = sorted({i for p in pairs for i in p})
         frames = dict(zip(idx, clip.frames.get(idx)))
         short = self.config.flow_short_side
-        g = {i: resize_short(gray(f), short) for i, f in frames.items()}
-        scale = self.config.units_short_side / min(next(iter(g.values())).shape)
-        mags = [scale * flow_magnitude(g[a], g[b]) for a, b in pairs]
+        if self.config.method == "raft":
+            self.setup()
+            rgb = {i: resize_short_multiple(f, short) for i, f in frames.items()}
+            scale = self.config.units_short_side / min(next(iter(rgb.values())).shape[:2])
+            mags = [scale * m for m in self._raft.magnitudes([(rgb[a], rgb[b]) for a, b in pairs])]
+        else:
+            g = {i: resize_short(gray(f), short) for i, f in frames.items()}
+            scale = self.config.units_short_side / min(next(iter(g.values())).shape)
+            mags = [scale * flow_magnitude(g[a], g[b]) for a, b in pairs]
         return {
             "motion": float(np.mean(mags)),
             "motion_start": mags[0],
