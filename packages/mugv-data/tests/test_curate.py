@@ -338,3 +338,13 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
             ),
             progress=False,
         )
+
+
+def test_gpu_slots_for_process_workers():
+    from mugv_data.engines import gpu_slots
+
+    assert gpu_slots(2, 0.5, 8) == ["0", "1", "0", "1"]  # 2 workers per GPU
+    assert gpu_slots(4, 1.0, 2) == ["0", "1"]
+    assert gpu_slots(0, 0.0, 4) == []
+    with pytest.raises(ValueError, match="no GPU is visible"):
+        gpu_slots(0, 0.5, 4)

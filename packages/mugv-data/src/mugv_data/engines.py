@@ -59,8 +59,36 @@ class SequentialEngine(Engine):
 _WORKER: SourceProcessor | None = None
 
 
-def _init_worker(config_json: str) -> None:
+def visible_gpus() -> int:
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else torch if importable)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def gpu_slots(num_gpus: int, gpus_per_worker: float, workers: int) -> list[str]:
+    """CUDA device id per worker: workers share GPUs ``1 / gpus_per_worker`` at a time.
+
+    Raises ValueError when the stages need GPUs and none are visible."""
+    if gpus_per_worker <= 0:
+        return []
+    if num_gpus == 0:
+        raise ValueError("a GPU stage is enabled (resources gpus > 0) but no GPU is visible")
+    per_gpu = max(1, int(1.0 / gpus_per_worker))
+    n = min(workers, num_gpus * per_gpu)
+    return [str(i % num_gpus) for i in range(n)]
+
+
+def _init_worker(config_json: str, gpu_queue=None) -> None:
     global _WORKER
+    if gpu_queue is not None:  # before anything imports torch in this fresh (spawned) process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
     _WORKER = SourceProcessor(CurateConfig.model_validate_json(config_json))
     _WORKER.setup()
 
@@ -71,16 +99,26 @@ def _run_worker(path: str) -> SourceResult:
 
 
 class ProcessPoolEngine(Engine):
-    """Local process pool (spawned workers, so decoders and ONNX threads start clean)."""
+    """Local process pool (spawned workers, so decoders and ONNX threads start clean).
+
+    With GPU stages, workers are limited to what the visible GPUs hold (``1 / gpus`` workers
+    per GPU) and each worker is pinned to one GPU through ``CUDA_VISIBLE_DEVICES``."""
 
     def map(self, sources: list[Path]) -> Iterator[SourceResult]:
         n = min(self.num_workers(available_cpus()), max(1, len(sources)))
         ctx = mp.get_context("spawn")
+        queue = None
+        slots = gpu_slots(visible_gpus(), self.resources.gpus, n) if self.resources.gpus > 0 else []
+        if slots:
+            n = len(slots)
+            queue = ctx.Manager().Queue()
+            for s in slots:
+                queue.put(s)
         with ProcessPoolExecutor(
             max_workers=n,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.config.model_dump_json(),),
+            initargs=(self.config.model_dump_json(), queue),
         ) as pool:
             pending: set[Future] = set()
             it = iter(sources)
