@@ -65,13 +65,19 @@ def test_split_fast_pan_is_one_shot():
 
 def test_clip_spans_min_max_duration():
     sp = ShotSplitter(SplitConfig(min_clip_s=1.0, max_clip_s=2.0))
-    ts = np.arange(200) / 25.0
+    ts = np.arange(300) / 25.0
     from mugv_data.stages.split import Shot
 
-    spans, why = sp.clip_spans(Shot(0, 130), ts, 25.0)  # 5.2 s -> 2 + 2 + 1.2
-    assert why is None and spans == [(0, 50), (50, 100), (100, 130)]
-    spans, why = sp.clip_spans(Shot(0, 20), ts, 25.0)
-    assert spans == [] and "0.80 s < split.min_clip_s 1" in why
+    assert sp.clip_spans(Shot(0, 130), ts, 25.0) == [
+        (0, 50, None),
+        (50, 100, None),
+        (100, 130, None),
+    ]
+    ((a, b, why),) = sp.clip_spans(Shot(0, 20), ts, 25.0)
+    assert (a, b) == (0, 20) and why == "shot 0.80 s < split.min_clip_s 1"
+    spans = sp.clip_spans(Shot(0, 110), ts, 25.0)  # 4.4 s -> 2 + 2 + a 0.4 s tail, recorded
+    assert spans[:2] == [(0, 50, None), (50, 100, None)]
+    assert spans[2] == (100, 110, "tail of shot 0.40 s < split.min_clip_s 1")
     assert shots_from_spans(10, [(4, 4), (3, 6)], 0) == [
         type(shots_from_spans(10, [], 0)[0])(0, 3),
         type(shots_from_spans(10, [], 0)[0])(6, 10),

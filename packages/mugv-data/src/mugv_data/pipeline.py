@@ -212,10 +212,7 @@ class SourceProcessor:
         clips: list[Clip] = []
         ts = info.timestamps_s
         for shot in shots:
-            spans, why = self.splitter.clip_spans(shot, ts, info.fps)
-            if why is not None:
-                spans = [(shot.start, shot.end)]
-            for a, b in spans:
+            for a, b, why in self.splitter.clip_spans(shot, ts, info.fps):
                 c = Clip(
                     key=f"{res.source_id}-{len(clips):04d}",
                     source=res.source,

@@ -176,21 +176,23 @@ class ShotSplitter(Stage):
 
     def clip_spans(
         self, shot: Shot, timestamps_s: np.ndarray, fps: float
-    ) -> tuple[list[tuple[int, int]], str | None]:
-        """Cut a shot into clips of at most max_clip_s; (spans, reason-if-too-short)."""
+    ) -> list[tuple[int, int, str | None]]:
+        """Cut a shot into clips of at most ``max_clip_s``: ``(start, end, reject_reason)``
+        per span; spans shorter than ``min_clip_s`` (a short shot, or the tail of a long one)
+        carry the reason they are dropped."""
         c = self.config
-        n = shot.end - shot.start
-        dur = n / fps
-        if dur < c.min_clip_s:
-            return [], f"shot {dur:.2f} s < split.min_clip_s {c.min_clip_s:g}"
         max_n = max(1, int(np.floor(c.max_clip_s * fps + 1e-6)))
         min_n = int(np.ceil(c.min_clip_s * fps - 1e-6))
-        spans = []
+        whole = shot.end - shot.start < min_n
+        out: list[tuple[int, int, str | None]] = []
         for a in range(shot.start, shot.end, max_n):
             b = min(a + max_n, shot.end)
-            if b - a >= min_n:
-                spans.append((a, b))
-        return spans, None
+            why = None
+            if b - a < min_n:
+                what = "shot" if whole else "tail of shot"
+                why = f"{what} {(b - a) / fps:.2f} s < split.min_clip_s {c.min_clip_s:g}"
+            out.append((a, b, why))
+        return out
 
 
 def _resize_short(img: np.ndarray, short_side: int) -> np.ndarray:
