@@ -1,5 +1,5 @@
 """The curation driver: discover -> per-source stages on an engine -> dataset-level stages
-(captions, tags, dedup, balance) -> clip shards, rejects table, report.
+(dedup, then captions, tags, balance) -> clip shards, rejects table, report.
 
 Output directory::
 
@@ -192,11 +192,6 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
                     )
                 )
 
-    assign_captions(config, kept, staging, progress)
-    if config.tags.enabled:
-        tagger = Tagger(config.tags.vocabulary)
-        for k in kept:
-            k.tags = tagger(k.caption)
     if config.dedup.enabled and kept:
         emb = dedup_embeddings(config, kept)
         dups = near_duplicates(emb, config.dedup.threshold)
@@ -219,6 +214,12 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
             else:
                 survivors.append(k)
         kept = survivors
+    # captions after dedup: the VLM (the slowest stage) never sees a duplicate
+    assign_captions(config, kept, staging, progress)
+    if config.tags.enabled:
+        tagger = Tagger(config.tags.vocabulary)
+        for k in kept:
+            k.tags = tagger(k.caption)
     if config.balance.enabled and kept:
         for k, w in zip(kept, balanced_weights([k.tags for k in kept], config.balance.alpha)):
             k.weight = float(w)
