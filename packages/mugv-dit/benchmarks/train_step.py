@@ -46,10 +46,26 @@ def _timeit(step, warmup: int, iters: int) -> float:
 
 
 def bench_mug(
-    hidden, layers, grid, *, text_len, batch, tp, recompute, warmup, iters, with_opt, fused=False
+    hidden,
+    layers,
+    grid,
+    *,
+    text_len,
+    batch,
+    tp,
+    recompute,
+    warmup,
+    iters,
+    with_opt,
+    fused=False,
+    sp=False,
 ):
     from megatron.core import parallel_state, tensor_parallel
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from mugv_dit.config import ModelConfig
     from mugv_dit.model import MUGDiT, PackedText, megatron_config
@@ -63,7 +79,9 @@ def bench_mug(
         fused_ops=fused,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
-    tcfg = megatron_config(cfg, tensor_parallel=tp, params_dtype=torch.bfloat16, cpu_init=False)
+    tcfg = megatron_config(
+        cfg, tensor_parallel=tp, params_dtype=torch.bfloat16, cpu_init=False, sequence_parallel=sp
+    )
     model = MUGDiT(cfg, tcfg).to(device="cuda", dtype=torch.bfloat16).train()
     ddp = DistributedDataParallel(
         tcfg,
@@ -100,7 +118,7 @@ def bench_mug(
         out = ddp(x, sigma, text, fps_B=fps)
         loss = (out[:, : cfg.in_channels] - target).pow(2).mean()
         loss.backward()
-        ddp.finish_grad_sync()
+        finalize_model_grads([ddp])
 
     def step():
         fwd_bwd()
@@ -165,6 +183,7 @@ def main() -> None:
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1, help="samples per DP rank")
     parser.add_argument("--text-len", type=int, default=128)
+    parser.add_argument("--sp", action="store_true", help="sequence parallelism (TP > 1)")
     parser.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
@@ -226,6 +245,7 @@ def main() -> None:
                     "dp": dp,
                     "world": world,
                     "recompute": args.recompute if impl.startswith("mug") else "none",
+                    "sequence_parallel": bool(args.sp and args.tp > 1),
                     "optimizer_in_step": not args.no_optimizer,
                     "step_s": sec,
                     "tflops_per_gpu": flops / sec / tp / 1e12,

@@ -13,6 +13,7 @@ DEFAULT_LAYOUT = [
     (3, 4, 4, 17, 32, 32, 6),  # short clips
     (3, 4, 6, 17, 32, 48, 4),  # another aspect ratio
     (5, 4, 4, 33, 32, 32, 4),  # longer clips
+    (3, 6, 6, 17, 48, 48, 4),  # odd token count (29 with start/end): sequence-parallel padding
 ]
 
 

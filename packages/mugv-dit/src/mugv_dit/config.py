@@ -185,6 +185,9 @@ class ParallelConfig(BaseModel):
     model_config = _STRICT
 
     tensor_parallel: int = 1
+    sequence_parallel: bool = Field(
+        False, description="Shard tokens over TP ranks outside attention/MLP (TP > 1)."
+    )
     distributed_optimizer: bool = True
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False

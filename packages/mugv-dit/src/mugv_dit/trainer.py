@@ -17,7 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from mugv_formats import atomic_write_text
 
@@ -90,6 +94,7 @@ class Trainer:
             tensor_parallel=cfg.parallel.tensor_parallel,
             params_dtype=dtype,
             cpu_init=True,
+            sequence_parallel=cfg.parallel.sequence_parallel,
         )
         model = MUGDiT(cfg.model, tcfg).to(device=self.device, dtype=dtype)
         # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
@@ -256,7 +261,9 @@ class Trainer:
             # DDP averages grads over DP ranks: scale so the result is sum(sse) / total_count
             (sse * (self.dp_size / total_count)).backward()
             sse_sum += sse.detach().double()
-        self.model.finish_grad_sync()
+        # DP grad sync, plus the TP all-reduce of grads that are partial per token shard
+        # under sequence parallelism (row-parallel biases)
+        finalize_model_grads([self.model])
         dist.all_reduce(sse_sum, group=self.dp_group)
         loss = float(sse_sum.item()) / total_count
         where = f"bucket {bucket}, samples {[k for b, _ in prepared for k in b.keys]}"

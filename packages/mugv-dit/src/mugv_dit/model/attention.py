@@ -10,6 +10,7 @@ layout is reordered on import (see ``mugv_dit.original``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 
@@ -109,6 +110,27 @@ def packed_cross_attention(
     return torch.cat(outs, dim=0)
 
 
+def column_forward(layer: ColumnParallelLinear, x_BNC: torch.Tensor) -> torch.Tensor:
+    """Column-parallel linear on ``[B, N, C]``. With sequence parallelism the input holds this
+    rank's token shard ``[B, N/tp, C]`` and Megatron all-gathers it along its first dim, so
+    the call goes through the ``[N, B, C]`` layout; the output covers all N tokens."""
+    if layer.sequence_parallel:
+        out, _ = layer(x_BNC.transpose(0, 1))
+        return out.transpose(0, 1)
+    out, _ = layer(x_BNC)
+    return out
+
+
+def row_forward(layer: RowParallelLinear, y_BNC: torch.Tensor) -> torch.Tensor:
+    """Row-parallel linear on ``[B, N, C/tp]``; with sequence parallelism Megatron
+    reduce-scatters the output over tokens, giving this rank's shard ``[B, N/tp, C]``."""
+    if layer.sequence_parallel:
+        out, _ = layer(y_BNC.transpose(0, 1).contiguous())
+        return out.transpose(0, 1)
+    out, _ = layer(y_BNC)
+    return out
+
+
 class _AttentionBase(MegatronModule):
     def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
         super().__init__(config)
@@ -162,9 +184,12 @@ class SelfAttention(_AttentionBase):
         self.proj = self._linear_row()
 
     def forward(self, x_BNC, cos_BNK, sin_BNK) -> torch.Tensor:
-        b, n, _ = x_BNC.shape
-        qkv, _ = self.qkv(x_BNC)
-        qkv_BNH3D = qkv.view(b, n, self.heads_local, 3, self.head_dim)
+        """``x``: tokens (this rank's shard with sequence parallelism, padded to a multiple of
+        the TP size); ``cos/sin``: RoPE tables of the real (unpadded) sequence."""
+        qkv = column_forward(self.qkv, x_BNC)
+        b, n_pad, _ = qkv.shape
+        n = cos_BNK.shape[1]
+        qkv_BNH3D = qkv[:, :n].view(b, n, self.heads_local, 3, self.head_dim)
         q, k, v = qkv_BNH3D.unbind(3)
         q_weight, k_weight = self.qk_norm_weights()
         q, k = qk_rmsnorm_rope(
@@ -178,8 +203,10 @@ class SelfAttention(_AttentionBase):
             fused=self.fused,
         )
         out_BNHD = dense_attention(q, k, v.contiguous(), self.backend)
-        out, _ = self.proj(out_BNHD.reshape(b, n, -1))
-        return out
+        out = out_BNHD.reshape(b, n, -1)
+        if n_pad > n:  # padding tokens (sequence parallel) are never keys; zero outputs
+            out = torch.nn.functional.pad(out, (0, 0, 0, n_pad - n))
+        return row_forward(self.proj, out)
 
 
 class CrossAttention(_AttentionBase):
@@ -188,17 +215,24 @@ class CrossAttention(_AttentionBase):
     def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
         super().__init__(config, eps=eps, backend=backend, fused=fused)
         self.q = self._linear_col(config.hidden_size)
-        self.kv = self._linear_col(2 * config.hidden_size)
+        # text tokens are replicated, never sequence-sharded
+        text_config = dataclasses.replace(config, sequence_parallel=False)
+        self.kv = ColumnParallelLinear(
+            config.hidden_size,
+            2 * config.hidden_size,
+            config=text_config,
+            init_method=config.init_method,
+            bias=True,
+        )
         self.proj = self._linear_row()
 
     def forward(self, x_BNC, text_LC: torch.Tensor, text: PackedText) -> torch.Tensor:
-        b, n, _ = x_BNC.shape
-        q, _ = self.q(x_BNC)
+        q = column_forward(self.q, x_BNC)
+        b, n, _ = q.shape
         q_weight, k_weight = self.qk_norm_weights()
         q_BNHD = rms_norm(q.view(b, n, self.heads_local, self.head_dim), q_weight, self.eps)
         kv, _ = self.kv(text_LC)
         k_LHD, v_LHD = kv.view(-1, self.heads_local, 2, self.head_dim).unbind(2)
         k_LHD = rms_norm(k_LHD, k_weight, self.eps)
         out_BNHD = packed_cross_attention(q_BNHD, k_LHD, v_LHD.contiguous(), text, self.backend)
-        out, _ = self.proj(out_BNHD.reshape(b, n, -1))
-        return out
+        return row_forward(self.proj, out_BNHD.reshape(b, n, -1))

@@ -10,6 +10,11 @@ import functools
 
 import torch
 import torch.utils.checkpoint
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import (
+    gather_from_sequence_parallel_region,
+    scatter_to_sequence_parallel_region,
+)
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -34,9 +39,12 @@ def megatron_config(
     tensor_parallel: int = 1,
     params_dtype: torch.dtype = torch.float32,
     cpu_init: bool = True,
+    sequence_parallel: bool = False,
 ) -> TransformerConfig:
-    """Megatron-Core TransformerConfig for a mugv ModelConfig."""
+    """Megatron-Core TransformerConfig for a mugv ModelConfig (sequence parallelism only
+    takes effect with tensor_parallel > 1)."""
     return TransformerConfig(
+        sequence_parallel=sequence_parallel and tensor_parallel > 1,
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         ffn_hidden_size=cfg.ffn_size,
@@ -160,6 +168,10 @@ class MUGDiT(MegatronModule):
         noisy_tok_BM = noisy_frames_BT[:, ::pt].repeat_interleave(tokens_per_frame, dim=1)
         edge = torch.zeros(b, 1, dtype=torch.bool, device=device)
         noisy_BN1 = torch.cat([edge, noisy_tok_BM, edge], dim=1)[..., None]
+        n_real = x_BNC.shape[1]
+        noisy_full_BN1 = noisy_BN1
+        if self.config.sequence_parallel:
+            x_BNC, noisy_BN1 = self._shard_sequence(x_BNC, noisy_BN1)
         cos_BNK, sin_BNK = dit_rope_tables(
             grid,
             cfg.head_dim,
@@ -186,9 +198,28 @@ class MUGDiT(MegatronModule):
                 cos_BNK=cos_BNK,
                 sin_BNK=sin_BNK,
             )
-        out_BMP = self.final_layer(x_BNC[:, 1:-1], t_emb, t0_emb, noisy_BN1[:, 1:-1])
+        if self.config.sequence_parallel:
+            # the final layer is replicated: gather tokens; backward just splits the grad
+            x_NBC = gather_from_sequence_parallel_region(
+                x_BNC.transpose(0, 1).contiguous(), tensor_parallel_output_grad=False
+            )
+            x_BNC = x_NBC.transpose(0, 1)[:, :n_real]
+        out_BMP = self.final_layer(x_BNC[:, 1:-1], t_emb, t0_emb, noisy_full_BN1[:, 1:-1])
         out = unpatchify(out_BMP, grid, cfg.patch_size, cfg.out_channels)
         return out.to(torch.promote_types(out.dtype, torch.float32))
+
+    def _shard_sequence(self, x_BNC: torch.Tensor, noisy_BN1: torch.Tensor):
+        """Pad tokens to a multiple of the TP size and keep this rank's contiguous shard
+        (sequence parallelism). Padding tokens are never attention keys (see SelfAttention)."""
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        rank = parallel_state.get_tensor_model_parallel_rank()
+        pad = (-x_BNC.shape[1]) % tp
+        if pad:
+            x_BNC = torch.nn.functional.pad(x_BNC, (0, 0, 0, pad))
+            noisy_BN1 = torch.nn.functional.pad(noisy_BN1, (0, 0, 0, pad))
+        x_NBC = scatter_to_sequence_parallel_region(x_BNC.transpose(0, 1).contiguous())
+        shard = x_NBC.shape[0]
+        return x_NBC.transpose(0, 1), noisy_BN1[:, rank * shard : (rank + 1) * shard]
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """Megatron sharded state dict with global (TP-independent) shapes.

@@ -15,12 +15,22 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    copy_to_tensor_model_parallel_region,
+)
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from mugv_dit.model.attention import CrossAttention, PackedText, SelfAttention
+from mugv_dit.model.attention import (
+    CrossAttention,
+    PackedText,
+    SelfAttention,
+    column_forward,
+    row_forward,
+)
 from mugv_dit.model.ops import (
     gated_residual,
     layer_norm,
@@ -52,9 +62,8 @@ class MLP(MegatronModule):
         )
 
     def forward(self, x_BNC: torch.Tensor) -> torch.Tensor:
-        h, _ = self.fc1(x_BNC)
-        out, _ = self.fc2(F.gelu(h, approximate="tanh"))
-        return out
+        h = column_forward(self.fc1, x_BNC)
+        return row_forward(self.fc2, F.gelu(h, approximate="tanh"))
 
 
 @dataclass
@@ -106,17 +115,22 @@ class DiTLayer(MegatronModule):
         sin_BNK: torch.Tensor,
     ) -> torch.Tensor:
         table = self.scale_shift_table.to(t_mod_B6C.dtype)
-        mod_t = (table[None] + t_mod_B6C).unbind(1)
-        mod_0 = (table[None] + t0_mod_B6C).unbind(1)
         # six per-branch vectors [B, 2, D]: branch 0 = t (noisy tokens), branch 1 = t=0
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            torch.stack([a, b], dim=1).to(x_BNC.dtype) for a, b in zip(mod_t, mod_0)
-        )
+        mods_B62D = torch.stack([table[None] + t_mod_B6C, table[None] + t0_mod_B6C], dim=2)
+        cross_w, cross_b = self.cross_norm_weight, self.cross_norm_bias
+        if self.config.sequence_parallel:
+            # used on this rank's token shard only: all-reduce their gradients over TP
+            mods_B62D = copy_to_tensor_model_parallel_region(mods_B62D)
+            cross_w = copy_to_tensor_model_parallel_region(cross_w)
+            cross_b = copy_to_tensor_model_parallel_region(cross_b)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods_B62D.to(
+            x_BNC.dtype
+        ).unbind(1)
         clean_BN = ~noisy_BN1[..., 0]
         fused, eps = self.fused_ops, self.eps
         h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
         x_BNC = gated_residual(x_BNC, self.self_attention(h, cos_BNK, sin_BNK), gate_msa, clean_BN)
-        h = layer_norm(x_BNC, eps, self.cross_norm_weight, self.cross_norm_bias)
+        h = layer_norm(x_BNC, eps, cross_w, cross_b)
         x_BNC, h = residual_modulated_layer_norm(
             x_BNC,
             self.cross_attention(h, text_LC, text),
