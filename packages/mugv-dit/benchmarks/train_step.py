@@ -23,7 +23,13 @@ import time
 import torch
 import torch.distributed as dist
 
-GRIDS = {"12.9k": (14, 46, 80), "50.4k": (14, 90, 160)}  # latent T, H, W (patch 1x2x2)
+GRIDS = {"12.9k": (14, 46, 80), "50.4k": (14, 90, 160), "tiny": (2, 4, 6)}  # latent T, H, W
+DEVICE = "cuda"  # --device cpu: a CPU/gloo smoke run of the same code (fp32, no timing value)
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def parse_case(text: str):
@@ -37,11 +43,11 @@ def parse_case(text: str):
 def _timeit(step, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
-    torch.cuda.synchronize()
+    _sync()
     return (time.perf_counter() - t0) / iters
 
 
@@ -78,11 +84,14 @@ def bench_mug(
         recompute=recompute,
         fused_ops=fused,
     )
-    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    on_gpu = DEVICE == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    if on_gpu:
+        tensor_parallel.model_parallel_cuda_manual_seed(1234)
     tcfg = megatron_config(
-        cfg, tensor_parallel=tp, params_dtype=torch.bfloat16, cpu_init=False, sequence_parallel=sp
+        cfg, tensor_parallel=tp, params_dtype=dtype, cpu_init=not on_gpu, sequence_parallel=sp
     )
-    model = MUGDiT(cfg, tcfg).to(device="cuda", dtype=torch.bfloat16).train()
+    model = MUGDiT(cfg, tcfg).to(device=DEVICE, dtype=dtype).train()
     ddp = DistributedDataParallel(
         tcfg,
         DistributedDataParallelConfig(
@@ -105,13 +114,13 @@ def bench_mug(
         [ddp],
     )
     t, h, w = grid
-    x = torch.randn(batch, cfg.in_channels, t, h, w, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(batch, cfg.in_channels, t, h, w, device=DEVICE, dtype=dtype)
     text = PackedText.from_list(
-        [torch.randn(text_len, 4096, device="cuda", dtype=torch.bfloat16) for _ in range(batch)]
+        [torch.randn(text_len, 4096, device=DEVICE, dtype=dtype) for _ in range(batch)]
     )
-    sigma = torch.rand(batch, device="cuda")
-    fps = torch.full((batch,), 24.0, device="cuda")
-    target = torch.randn(batch, cfg.in_channels, t, h, w, device="cuda")
+    sigma = torch.rand(batch, device=DEVICE)
+    fps = torch.full((batch,), 24.0, device=DEVICE)
+    target = torch.randn(batch, cfg.in_channels, t, h, w, device=DEVICE)
 
     def fwd_bwd():
         ddp.zero_grad_buffer()
@@ -126,7 +135,7 @@ def bench_mug(
 
     sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
     params = sum(p.numel() for p in model.parameters())
-    mem = torch.cuda.max_memory_allocated() / 2**30
+    mem = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
     return cfg, sec, params, mem, parallel_state.get_tensor_model_parallel_world_size()
 
 
@@ -190,12 +199,20 @@ def main() -> None:
     parser.add_argument("--no-optimizer", action="store_true", help="time forward+backward only")
     parser.add_argument("--json", default=None)
     parser.add_argument("--label", default="")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
 
+    from contextlib import ExitStack
+
+    from mugv_dit.compat import cpu_megatron
     from mugv_dit.flops import train_step_flops
     from mugv_dit.parallel import init_distributed
 
-    init_distributed(args.tp, backend="nccl")
+    init_distributed(args.tp, backend="nccl" if DEVICE == "cuda" else "gloo")
+    stack = ExitStack()
+    stack.enter_context(cpu_megatron(DEVICE == "cpu"))
     rank, world = dist.get_rank(), dist.get_world_size()
     dp = world // args.tp
     rows = []
@@ -206,8 +223,9 @@ def main() -> None:
         for impl in args.impl:
             if impl == "wan" and world > 1:
                 continue
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             kw = dict(
                 text_len=args.text_len,
                 batch=args.batch,
@@ -262,12 +280,12 @@ def main() -> None:
                 print(f"{r['impl']:9} {r['case']:14} {r['error']}")
                 continue
             print(
-                f"{r['impl']:5} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "
+                f"{r['impl']:9} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "
                 f"{r['tflops_per_gpu']:11.1f} {r['tokens_per_s_per_gpu']:10.0f} {r['peak_mem_gib']:8.1f}"
             )
         if args.json:
             meta = {
-                "device": torch.cuda.get_device_name(),
+                "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
                 "torch": torch.__version__,
                 "label": args.label,
                 "argv": os.sys.argv,
@@ -275,6 +293,7 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "rows": rows}, f, indent=1)
     dist.barrier()
+    stack.close()
     dist.destroy_process_group()
 
 
