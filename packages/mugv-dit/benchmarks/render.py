@@ -28,8 +28,8 @@ def main() -> None:
             "",
             f"device: {meta['device']}, torch {meta['torch']}; command: `{' '.join(meta['argv'])}`",
             "",
-            "| impl | case | heads | tokens/sample | TP | DP | recompute | step s | model TFLOP/s/GPU | tokens/s/GPU | peak GiB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| impl | case | heads | tokens/sample | TP | SP | DP | recompute | step s | model TFLOP/s/GPU | tokens/s/GPU | peak GiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in data["rows"]:
             if "error" in r:
@@ -37,6 +37,7 @@ def main() -> None:
                 continue
             lines.append(
                 f"| {r['impl']} | {r['case']} | {r['heads']} | {r['tokens_per_sample']} | {r['tp']} "
+                f"| {'yes' if r.get('sequence_parallel') else 'no'} "
                 f"| {r['dp']} | {r['recompute']} | {r['step_s']:.3f} | {r['tflops_per_gpu']:.0f} "
                 f"| {r['tokens_per_s_per_gpu']:.0f} | {r['peak_mem_gib']:.1f} |"
             )
