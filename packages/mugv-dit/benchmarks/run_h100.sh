@@ -19,17 +19,4 @@ timeout 300 python3 train_step.py --impl mug mug-fused wan \
 # mugv-formats reads its own version from package metadata: give the source tree one.
 mkdir -p /tmp/site/mugv_formats-1.0.0.dist-info
 printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' > /tmp/site/mugv_formats-1.0.0.dist-info/METADATA
-cd ../../..
-timeout 150 python3 - <<'PY' 2>&1 | tee "$OUT/trainer_gpu.log"
-import sys, pathlib
-sys.path.insert(0, "packages/mugv-dit/tests")
-from mugv_dit_fixtures import make_latent_dataset
-make_latent_dataset(pathlib.Path("/tmp/lat"))
-from mugv_dit.cli import main
-rc = main(["train", "packages/mugv-dit/configs/demo.yaml", "--set", "data.path=/tmp/lat",
-           "--set", "output_dir=/tmp/run", "--set", "train.progress=false",
-           "--set", "train.async_save=true", "--set", "train.save_every=3"])
-print("train rc", rc)
-print(open("/tmp/run/metrics.jsonl").read())
-print("export rc", main(["export", "--run", "/tmp/run", "--output", "/tmp/exp"]))
-PY
+timeout 150 python3 gpu_trainer_smoke.py /tmp/dit-smoke 2>&1 | tee "$OUT/trainer_gpu.log"
