@@ -56,6 +56,36 @@ def test_split_hard_cut_and_dissolve():
     assert shots[-1].start == d1 + 2 and shots[-1].end == len(frames)
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_fast_content_score_is_bit_identical_to_scenedetect(samples, adaptive):
+    """The OpenCV frame score equals PySceneDetect's numpy one on real frames (and cuts)."""
+    from mugv_data.decode import DecordReader
+    from mugv_data.probe import probe_video
+    from mugv_data.stages.split import _fast_detector_classes, _resize_short
+    from scenedetect.detectors import AdaptiveDetector, ContentDetector
+
+    info = probe_video(samples / "bikes.mp4")
+    reader = DecordReader(info, 360)
+    frames = [
+        cv2.cvtColor(_resize_short(f, 144), cv2.COLOR_RGB2BGR)
+        for f in reader.get_batch(range(0, 250, 2))
+    ]
+    reader.close()
+    fast_cls = _fast_detector_classes()[0 if adaptive else 1]
+    ref_cls = AdaptiveDetector if adaptive else ContentDetector
+    fast, ref = fast_cls(min_scene_len=4), ref_cls(min_scene_len=4)
+    fast_scores, ref_scores, fast_cuts, ref_cuts = [], [], [], []
+    for t, f in enumerate(frames):
+        fast_cuts += fast.process_frame(t, f)
+        ref_cuts += ref.process_frame(t, f)
+        fast_scores.append(fast._frame_score)
+        ref_scores.append(ref._frame_score)
+    assert fast._mugv_last_hsv is not None  # the OpenCV path ran
+    assert max(ref_scores) > 1.0  # real content changes, not all-equal frames
+    assert fast_scores == ref_scores
+    assert fast_cuts + fast.post_process(len(frames)) == ref_cuts + ref.post_process(len(frames))
+
+
 def test_split_fast_pan_is_one_shot():
     frames = scene(90, seed=5, speed=4)
     shots, info = ShotSplitter(SplitConfig()).detect(iter(frames), len(frames))
