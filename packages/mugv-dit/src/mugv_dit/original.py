@@ -10,6 +10,10 @@ The release (Shopee-MUG/MUG-V, ``mug_v/dit/model.py``) names parameters as liste
   ``cross_attn.kv_linear`` likewise ``[(k, v), heads, d]`` -> ``[heads, (k, v), d]``.
 * the release has no learned null caption; mugv's ``y_embedder.null_caption`` keeps the
   target model's value (or its initialisation).
+
+Behavioural note: the release's start/end tokens take the t=0 modulation whenever a frame mask
+is passed (always in its training code) but the t modulation when none is (its plain T2V
+inference path); mugv always uses t=0 for them, i.e. the training behaviour.
 """
 
 from __future__ import annotations
