@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -163,6 +165,46 @@ def test_motion_matches_known_translation():
     MotionFilter(MotionConfig(flow_short_side=128)).process([lo])
     assert lo.scores["motion"] == pytest.approx(hi.scores["motion"], rel=0.1)
     assert hi.scores["motion"] == pytest.approx(4 * 256 / 384, rel=0.2)
+
+
+def test_filters_share_one_gray_frame_set_and_match_references():
+    """Every frame is fetched once across the CPU filters; scores equal float64 references."""
+    arr = np.stack(scene(40, h=192, w=256, seed=7))
+    fetched: list[int] = []
+
+    def get(idx):
+        fetched.extend(idx)
+        return arr[list(idx)]
+
+    clip = make_clip(list(arr))
+    clip.frames = ClipFrames(len(arr), 25.0, get)
+    for stage in (
+        BrightnessFilter(BrightnessConfig(min=None, max=None)),
+        BorderFilter(BorderConfig(max=None)),
+        StaticFilter(StaticConfig(min=None, max_frozen_ratio=1.0)),
+        SharpnessFilter(SharpnessConfig(min=None, max=None)),
+        MotionFilter(MotionConfig(min=None, max=None, flow_short_side=128)),
+    ):
+        stage.process([clip])
+    assert sorted(fetched) == sorted(set(fetched))
+    g = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in arr]
+    idx = clip.frames.evenly(3)
+    assert clip.scores["brightness"] == pytest.approx(np.mean([g[i].mean() for i in idx]), 1e-12)
+    lap = [cv2.Laplacian(g[i].astype(np.float64), cv2.CV_64F).var() for i in idx]
+    assert clip.scores["sharpness"] == pytest.approx(np.mean(lap), rel=1e-9)
+    small = [cv2.resize(x, (171, 128), interpolation=cv2.INTER_AREA).astype(np.float64) for x in g]
+    spread = clip.frames.evenly(5)
+    ref = np.mean([np.abs(small[a] - small[b]).mean() for a, b in itertools.pairwise(spread)])
+    assert clip.scores["static_diff"] == pytest.approx(ref, rel=1e-12)
+    flows = [
+        cv2.calcOpticalFlowFarneback(
+            small[a].astype(np.uint8), small[b].astype(np.uint8), None, 0.5, 3, 15, 3, 5, 1.2, 0
+        ).astype(np.float64)
+        for a, b in MotionFilter(MotionConfig()).pairs(40)
+    ]
+    ref_motion = np.mean([np.sqrt((fl**2).sum(-1)).mean() * 256 / 128 for fl in flows])
+    assert clip.scores["motion"] == pytest.approx(ref_motion, rel=1e-6)
+    assert clip.scores["motion"] > 1.0  # the scene pans: a real flow, not zeros
 
 
 def test_border_ratio_letterbox():

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +33,17 @@ class Resources(BaseModel):
         return Resources(cpus=max(self.cpus, other.cpus), gpus=max(self.gpus, other.gpus))
 
 
+def resize_short(img: np.ndarray, short_side: int) -> np.ndarray:
+    """Downscale so the short side is at most ``short_side`` (area interpolation)."""
+    h, w = img.shape[:2]
+    if min(h, w) <= short_side:
+        return img
+    s = short_side / min(h, w)
+    return cv2.resize(
+        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+    )
+
+
 @dataclass
 class ClipFrames:
     """Access to the analysis frames of one clip (indices relative to the clip start)."""
@@ -39,6 +51,27 @@ class ClipFrames:
     num_frames: int
     fps: float
     _get: Callable[[Sequence[int]], np.ndarray]
+    _gray: dict[tuple[int, int | None], np.ndarray] = field(default_factory=dict, repr=False)
+    """Luma frames already computed for this clip, by (index, short side)."""
+
+    def gray(self, rel_indices: Sequence[int], short_side: int | None = None) -> list[np.ndarray]:
+        """uint8 [H, W] luma of the frames at ``rel_indices``; with ``short_side``, downscaled
+        (area interpolation, never upscaled) so the short side is at most that.
+
+        Memoised per clip, so the filters share one grayscale frame set: each frame is fetched,
+        converted and resized once, whichever stages ask for it.
+        """
+        idx = [int(i) for i in rel_indices]
+        missing = sorted({i for i in idx if (i, short_side) not in self._gray})
+        if missing:
+            full = [i for i in missing if (i, None) not in self._gray]
+            if full:
+                for i, f in zip(full, self.get(full), strict=True):
+                    self._gray[(i, None)] = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+            if short_side is not None:
+                for i in missing:
+                    self._gray[(i, short_side)] = resize_short(self._gray[(i, None)], short_side)
+        return [self._gray[(i, short_side)] for i in idx]
 
     def get(self, rel_indices: Sequence[int]) -> np.ndarray:
         """uint8 [N, H, W, 3] frames at clip-relative indices."""

@@ -26,17 +26,6 @@ def gray(frame_HW3: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_HW3, cv2.COLOR_RGB2GRAY)
 
 
-def resize_short(img: np.ndarray, short_side: int) -> np.ndarray:
-    """Downscale so the short side is at most ``short_side`` (area interpolation)."""
-    h, w = img.shape[:2]
-    if min(h, w) <= short_side:
-        return img
-    s = short_side / min(h, w)
-    return cv2.resize(
-        img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
-    )
-
-
 def laplacian_variance(gray_HW: np.ndarray) -> float:
     """Variance of the 3x3 Laplacian (float64): the classic focus measure."""
     return float(cv2.Laplacian(gray_HW, cv2.CV_64F).var())
@@ -50,8 +39,8 @@ class SharpnessFilter(RangeFilter):
     config: SharpnessConfig
 
     def score(self, clip: Clip) -> dict[str, float]:
-        frames_NHW3 = clip.frames.get(clip.frames.evenly(self.config.num_frames))
-        return {"sharpness": float(np.mean([laplacian_variance(gray(f)) for f in frames_NHW3]))}
+        grays = clip.frames.gray(clip.frames.evenly(self.config.num_frames))
+        return {"sharpness": float(np.mean([laplacian_variance(g) for g in grays]))}
 
 
 def flow_magnitude(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
@@ -68,7 +57,8 @@ def flow_magnitude(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
         poly_sigma=1.2,
         flags=0,
     )
-    return float(np.sqrt((flow_HW2.astype(np.float64) ** 2).sum(-1)).mean())
+    mag_HW = cv2.magnitude(flow_HW2[..., 0], flow_HW2[..., 1])
+    return float(mag_HW.mean(dtype=np.float64))
 
 
 class RaftFlow:
@@ -154,15 +144,15 @@ class MotionFilter(RangeFilter):
     def score(self, clip: Clip) -> dict[str, float]:
         pairs = self.pairs(clip.frames.num_frames)
         idx = sorted({i for p in pairs for i in p})
-        frames = dict(zip(idx, clip.frames.get(idx)))
         short = self.config.flow_short_side
         if self.config.method == "raft":
             self.setup()
+            frames = dict(zip(idx, clip.frames.get(idx), strict=True))
             rgb = {i: resize_short_multiple(f, short) for i, f in frames.items()}
             scale = self.config.units_short_side / min(next(iter(rgb.values())).shape[:2])
             mags = [scale * m for m in self._raft.magnitudes([(rgb[a], rgb[b]) for a, b in pairs])]
         else:
-            g = {i: resize_short(gray(f), short) for i, f in frames.items()}
+            g = dict(zip(idx, clip.frames.gray(idx, short), strict=True))
             scale = self.config.units_short_side / min(next(iter(g.values())).shape)
             mags = [scale * flow_magnitude(g[a], g[b]) for a, b in pairs]
         return {
@@ -198,12 +188,17 @@ class BorderFilter(RangeFilter):
     config: BorderConfig
 
     def score(self, clip: Clip) -> dict[str, float]:
-        frames_NHW3 = clip.frames.get(clip.frames.evenly(self.config.num_frames))
-        sizes = np.array([border_sizes(gray(f), self.config.luma_threshold) for f in frames_NHW3])
+        grays = clip.frames.gray(clip.frames.evenly(self.config.num_frames))
+        sizes = np.array([border_sizes(g, self.config.luma_threshold) for g in grays])
         t, b, lft, r = np.median(sizes, axis=0)
-        h, w = frames_NHW3.shape[1:3]
+        h, w = grays[0].shape
         inner = max(0.0, h - t - b) * max(0.0, w - lft - r)
         return {"border_ratio": float(1.0 - inner / (h * w))}
+
+
+def mean_abs_diff(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
+    """Mean |a - b| of two uint8 images (exact: integer sum / pixel count)."""
+    return cv2.sumElems(cv2.absdiff(a_HW, b_HW))[0] / a_HW.size
 
 
 class StaticFilter(RangeFilter):
@@ -223,14 +218,9 @@ class StaticFilter(RangeFilter):
         spread = clip.frames.evenly(5)
         starts = [min(i, n - 2) for i in clip.frames.evenly(8)]
         idx = sorted(set(spread) | set(starts) | {i + 1 for i in starts})
-        g = {
-            i: resize_short(gray(f), 128).astype(np.float32)
-            for i, f in zip(idx, clip.frames.get(idx))
-        }
-        spread_d = [
-            float(np.abs(g[a] - g[b]).mean()) for a, b in itertools.pairwise(spread) if a != b
-        ]
-        pair_d = [float(np.abs(g[a] - g[a + 1]).mean()) for a in starts]
+        g = dict(zip(idx, clip.frames.gray(idx, 128), strict=True))
+        spread_d = [mean_abs_diff(g[a], g[b]) for a, b in itertools.pairwise(spread) if a != b]
+        pair_d = [mean_abs_diff(g[a], g[a + 1]) for a in starts]
         return {
             "static_diff": float(np.mean(spread_d)) if spread_d else 0.0,
             "frozen_ratio": float(np.mean([d < self.config.frozen_eps for d in pair_d])),
@@ -252,8 +242,8 @@ class BrightnessFilter(RangeFilter):
     config: BrightnessConfig
 
     def score(self, clip: Clip) -> dict[str, float]:
-        frames_NHW3 = clip.frames.get(clip.frames.evenly(self.config.num_frames))
-        return {"brightness": float(np.mean([gray(f).mean() for f in frames_NHW3]))}
+        grays = clip.frames.gray(clip.frames.evenly(self.config.num_frames))
+        return {"brightness": float(np.mean([g.mean() for g in grays]))}
 
     @property
     def resources(self) -> Resources:
