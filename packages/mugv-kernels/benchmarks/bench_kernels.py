@@ -110,7 +110,8 @@ def dit_problems(cfg: BenchConfig, device, dtype) -> list[Problem]:
                 for name in ("gate", "shift", "scale"):
                     inputs[name] = _act(mshape, dtype, device, gen)
                 if branch:
-                    inputs["token_branch"] = (torch.rand(1, tokens, generator=gen) < 0.1).to(device)
+                    mask = torch.rand(1, tokens, generator=gen, device=device) < 0.1
+                    inputs["token_branch"] = mask
                 return inputs
 
             if tokens == max(cfg.dit_tokens) and hidden == max(cfg.dit_hidden):
@@ -269,6 +270,8 @@ def copy_ceiling(device, replays: int) -> dict:
     n = 1 << 29  # 1 GiB of bf16
     src = torch.randn(n, device=device, dtype=torch.float32).to(torch.bfloat16)
     dst = torch.empty_like(src)
+    for _ in range(200):  # ~0.1 s of copies first, so clocks are up
+        dst.copy_(src)
     ms = graph_time_ms(lambda i: dst.copy_(src), 1, 4, replays)
     return {"bytes": 2 * src.numel() * 2, "ms": ms, "GBps": 2 * src.numel() * 2 / ms / 1e6}
 
@@ -459,9 +462,20 @@ def main(argv: list[str] | None = None) -> int:
     problems = dit_problems(cfg, device, dtype) + vae_problems(cfg, device, dtype)
     for prob in problems:
         allow_compile = time.perf_counter() - start < cfg.deadline_s
-        rows.extend(bench_problem(prob, cfg, device, allow_compile))
+        try:
+            rows.extend(bench_problem(prob, cfg, device, allow_compile))
+        except Exception as err:  # keep the other rows
+            rows.append({"kernel": prob.kernel, "shape": prob.shape, "impl": "triton",
+                         "error": f"{type(err).__name__}: {str(err)[:300]}"})  # fmt: skip
+            print(f"{prob.kernel} {prob.shape}: {rows[-1]['error']}", flush=True)
         payload = {**meta, "rows": rows, "elapsed_s": time.perf_counter() - start}
         _atomic_write(out / "kernels.json", json.dumps(payload, indent=1))
+    end_ceiling = copy_ceiling(device, cfg.replays)  # again, warm; the higher one counts
+    if end_ceiling["GBps"] > ceiling["GBps"]:
+        ceiling = end_ceiling
+    meta["copy_ceiling"] = ceiling
+    meta["copy_ceiling_end"] = end_ceiling
+    _atomic_write(out / "kernels.json", json.dumps({**meta, "rows": rows}, indent=1))
     md = table(rows, ceiling["GBps"])
     _atomic_write(out / "kernels.md", md + "\n")
     print(md)

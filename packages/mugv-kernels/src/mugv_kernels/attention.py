@@ -29,9 +29,15 @@ def _split(head_dim: int) -> tuple[int, int]:
     return d1, max(16, next_pow2(max(1, head_dim - d1)))
 
 
-def _blocks(seq_len: int, m: int, n: int) -> tuple[int, int]:
+def _blocks(seq_len: int, m: int, n: int, dtype: torch.dtype) -> tuple[int, int]:
     cap = max(16, next_pow2(seq_len))
+    if dtype == torch.float32:  # fp32 tiles take twice the shared memory
+        cap = min(cap, 64)
     return min(m, cap), min(n, cap)
+
+
+def _stages(stages: int, dtype: torch.dtype) -> int:
+    return 1 if dtype == torch.float32 else stages
 
 
 def _align(*tensors: torch.Tensor) -> int:
@@ -64,14 +70,14 @@ class FlashAttentionFn(torch.autograd.Function):
         b, seq_len, heads, head_dim = q.shape
         d1, d2 = _split(head_dim)
         t = ATTN_TUNING
-        bm, bn = _blocks(seq_len, t["fwd_m"], t["fwd_n"])
+        bm, bn = _blocks(seq_len, t["fwd_m"], t["fwd_n"], q.dtype)
         out = torch.empty((b, seq_len, heads, head_dim), device=q.device, dtype=q.dtype)
         lse = torch.empty((b * heads, seq_len), device=q.device, dtype=torch.float32)
         kern.attn_fwd_kernel[(-(-seq_len // bm), b * heads)](
             q, k, v, out, lse, seq_len, heads, head_dim, scale * math.log2(math.e),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn, ALIGN=_align(q, k, v, out),
-            num_warps=t["fwd_warps"], num_stages=t["fwd_stages"],
+            num_warps=t["fwd_warps"], num_stages=_stages(t["fwd_stages"], q.dtype),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
@@ -96,17 +102,17 @@ class FlashAttentionFn(torch.autograd.Function):
         qk_scale = ctx.scale * math.log2(math.e)
         strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
         align = _align(q, k, v, dout)
-        bm, bn = _blocks(seq_len, t["dkdv_m"], t["dkdv_n"])
+        bm, bn = _blocks(seq_len, t["dkdv_m"], t["dkdv_n"], q.dtype)
         kern.attn_bwd_dkdv_kernel[(-(-seq_len // bn), b * heads)](
             q, k, v, dout, lse, delta, dk, dv, seq_len, heads, head_dim, qk_scale, ctx.scale,
             *strides, D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn, ALIGN=align,
-            num_warps=t["dkdv_warps"], num_stages=t["dkdv_stages"],
+            num_warps=t["dkdv_warps"], num_stages=_stages(t["dkdv_stages"], q.dtype),
         )  # fmt: skip
-        bm, bn = _blocks(seq_len, t["dq_m"], t["dq_n"])
+        bm, bn = _blocks(seq_len, t["dq_m"], t["dq_n"], q.dtype)
         kern.attn_bwd_dq_kernel[(-(-seq_len // bm), b * heads)](
             q, k, v, dout, lse, delta, dq, seq_len, heads, head_dim, qk_scale, ctx.scale,
             *strides, D1=d1, D2=d2, BLOCK_M=bm, BLOCK_N=bn, ALIGN=align,
-            num_warps=t["dq_warps"], num_stages=t["dq_stages"],
+            num_warps=t["dq_warps"], num_stages=_stages(t["dq_stages"], q.dtype),
         )  # fmt: skip
         return dq, dk, dv, None
 
