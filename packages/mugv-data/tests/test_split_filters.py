@@ -254,3 +254,29 @@ def test_text_area_ratio_with_real_detector():
     f.process([a, b])
     assert a.scores["text_ratio"] == 0.0 and a.kept
     assert 0.04 < b.scores["text_ratio"] < 0.5 and b.rejected_stage == "text"
+
+
+def test_text_detector_direct_path_matches_rapidocr_pipeline(samples):
+    """Table normalisation gives rapidocr's exact network input; boxes equal its full path."""
+    from mugv_data.decode import DecordReader
+    from mugv_data.probe import probe_video
+    from mugv_data.stages.text import TextDetector
+    from rapidocr.ch_ppocr_det.utils import DetPreProcess
+
+    reader = DecordReader(probe_video(samples / "bikes.mp4"), 360)
+    frame = reader.get_batch([60])[0].copy()
+    reader.close()
+    cv2.putText(frame, "BREAKING NEWS", (10, 200), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255,) * 3, 2)
+    cv2.putText(frame, "live 24/7", (300, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
+    det = TextDetector(640)
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    ref_in = DetPreProcess(640, "max", [0.5] * 3, [0.5] * 3)(bgr)
+    assert np.array_equal(det._det.get_preprocess()(bgr), ref_in)
+    assert det._is_direct(*frame.shape[:2])
+    ref = det._engine(bgr, use_det=True, use_cls=False, use_rec=False).boxes
+    boxes = det.boxes(frame)
+    assert len(boxes) >= 2 and np.array_equal(boxes, np.asarray(ref))
+    # frames rapidocr would resize or pad take its full path (and still detect)
+    assert not det._is_direct(24, 200) and not det._is_direct(40, 400)
+    tiny = cv2.resize(frame[180:215, 0:260], (260, 24), interpolation=cv2.INTER_AREA)
+    assert det.area_ratio(tiny) > 0.1
