@@ -7,7 +7,9 @@ median is the fairer number):
   chain      probe + decode + shot split + brightness/borders/static/sharpness/motion/text
   chain+enc  the chain plus H.264 encoding of kept clips
 
-Throughput: candidate clips/s (clips the split produces) and source-seconds/s.
+Throughput: candidate clips/s (clips the split produces) and source-seconds/s, from wall
+time; CPU time of the process (``time.process_time``) is reported beside it, since on a
+shared machine it is less disturbed by other jobs.
 
     uv run python packages/mugv-data/benchmarks/throughput.py [--input DIR] [--repeats 3] \
         [--json docs/benchmarks/data/throughput.json]
@@ -87,18 +89,27 @@ def main() -> None:
     proc_enc.setup()
     setup_s = time.perf_counter() - t
     times: dict[str, list[float]] = {"decode": [], "chain": [], "chain+enc": []}
+    cpu: dict[str, list[float]] = {"decode": [], "chain": [], "chain+enc": []}
     clips = kept = 0
     stage_runs: list[dict[str, float]] = []
     chain(proc, paths[:1])  # warm-up (ONNX session, caches)
     for _ in range(args.repeats):
+        c0 = time.process_time()
         times["decode"].append(decode_only(paths, cfg.decode.analysis_short_side))
+        c1 = time.process_time()
         stages: dict[str, float] = {}
         dt, clips, kept = chain(proc, paths, stages)
+        c2 = time.process_time()
         times["chain"].append(dt)
         stage_runs.append(stages)
         times["chain+enc"].append(chain(proc_enc, paths)[0])
+        c3 = time.process_time()
+        cpu["decode"].append(c1 - c0)
+        cpu["chain"].append(c2 - c1)
+        cpu["chain+enc"].append(c3 - c2)
     med = {m: statistics.median(ts) for m, ts in times.items()}
     best = {m: min(ts) for m, ts in times.items()}
+    med_cpu = {m: statistics.median(ts) for m, ts in cpu.items()}
     median_stages = {k: statistics.median(r.get(k, 0.0) for r in stage_runs) for k in stage_runs[0]}
     rows = []
     for mode, dt in med.items():
@@ -113,6 +124,9 @@ def main() -> None:
                 "best_seconds": round(best[mode], 4),
                 "best_fraction_of_decode": round(best["decode"] / best[mode], 3),
                 "all_seconds": [round(t, 4) for t in times[mode]],
+                "cpu_seconds": round(med_cpu[mode], 4),
+                "clips_per_cpu_s": round(clips / med_cpu[mode], 3),
+                "fraction_of_decode_cpu": round(med_cpu["decode"] / med_cpu[mode], 3),
             }
         )
     sizes = sorted({target_size(i.width, i.height, cfg.decode.analysis_short_side) for i in infos})
@@ -145,11 +159,13 @@ def main() -> None:
     )
     print(
         f"{'mode':<10} {'seconds':>8} {'clips/s':>8} {'src-s/s':>8} {'frames/s':>9} {'vs decode':>9}"
+        f" {'cpu-s':>7} {'vs decode (cpu)':>15}"
     )
     for r in rows:
         print(
             f"{r['mode']:<10} {r['seconds']:>8.3f} {r['clips_per_s']:>8.2f} {r['source_seconds_per_s']:>8.2f} "
-            f"{r['frames_per_s']:>9.1f} {r['fraction_of_decode']:>9.2f}"
+            f"{r['frames_per_s']:>9.1f} {r['fraction_of_decode']:>9.2f} {r['cpu_seconds']:>7.3f}"
+            f" {r['fraction_of_decode_cpu']:>15.2f}"
         )
     print("(median of", args.repeats, "repeats; best-of fraction:", end=" ")
     print(f"{best['decode'] / best['chain']:.2f})")
