@@ -348,3 +348,39 @@ def test_gpu_slots_for_process_workers():
     assert gpu_slots(0, 0.0, 4) == []
     with pytest.raises(ValueError, match="no GPU is visible"):
         gpu_slots(0, 0.5, 4)
+
+
+def test_decoder_released_before_filter_stages_when_frames_are_cached(samples, monkeypatch):
+    """With every frame cached, the reader is closed before the stages run (decord's worker
+    thread would otherwise burn CPU beside them); scores and encoding still work."""
+    import mugv_data.pipeline as pipeline
+    from mugv_data.stages.base import ClipStage
+
+    readers = []
+    real_open = pipeline.open_reader
+
+    def spy(*args, **kwargs):
+        r = real_open(*args, **kwargs)
+        readers.append(r)
+        return r
+
+    class ReaderState(ClipStage):
+        name = "reader_state"
+
+        def process(self, clips):
+            for c in clips:
+                c.scores["reader_open"] = float(readers[0]._vr is not None)
+
+    monkeypatch.setattr(pipeline, "open_reader", spy)
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+        overrides=["decode.backend=decord"],
+    )
+    proc = pipeline.SourceProcessor(cfg, encode=True)
+    proc.stages.append(ReaderState(cfg.filters))
+    res = proc(samples / "bikes.mp4")
+    scored = [c for c in res.clips if c.rejected_stage != "split"]
+    assert res.decoder == "decord" and scored
+    assert all(c.scores["reader_open"] == 0.0 for c in scored)
+    assert all("sharpness" in c.scores and "text_ratio" in c.scores for c in scored)
+    assert any(c.kept and c.mp4 for c in res.clips)

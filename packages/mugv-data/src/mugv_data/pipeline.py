@@ -202,6 +202,10 @@ class SourceProcessor:
                 yield f
 
         shots, res.split = self.splitter.detect(frames_iter(), info.num_frames)
+        if use_cache:
+            # every frame is cached: release the decoder now (decord keeps a worker thread
+            # busy while a reader is open, stealing CPU from the filter stages)
+            reader.close()
         tm["decode_split"] = time.perf_counter() - t
 
         def getter(start: int):
