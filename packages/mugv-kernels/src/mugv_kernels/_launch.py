@@ -32,7 +32,8 @@ def sm_count(device: torch.device) -> int:
 #: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply.
 TUNING: dict[str, dict[str, int]] = {
     "modln_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
-    "modln_bwd": {"tile_elems": 4096, "programs_per_sm": 4, "warp_elems": 256},
+    # tile 2048: measured 3x faster than 4096 at D=1728 on an H100 (2026-11-22 sweep)
+    "modln_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
     "gated_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
     "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512, "vec": 1},

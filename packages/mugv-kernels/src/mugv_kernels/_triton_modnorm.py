@@ -113,7 +113,8 @@ def _store_mod_grad(
 ):
     """Write a modulation gradient: per token directly (MODE 1), else the partial sums."""
     if MODE == 1:
-        tl.store(ptr + (n * L + rows[:, None]) * D + offs_d[None, :], val, mask=mask_2d)
+        out = val.to(ptr.dtype.element_ty)
+        tl.store(ptr + (n * L + rows[:, None]) * D + offs_d[None, :], out, mask=mask_2d)
     elif MODE == 0:
         tl.store(ptr + (n * P + pid_l) * D + offs_d, acc0, mask=mask_d)
     else:

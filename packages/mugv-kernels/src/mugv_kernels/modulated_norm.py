@@ -66,9 +66,13 @@ def _mod_grad_to_input(
     return reduce_to_shape(grad, mod_shape).to(mod_dtype)
 
 
-def _mod_grad_buffer(n: int, seq_len: int, hidden: int, p: int, layout: Layout, device):
+def _mod_grad_buffer(
+    n: int, seq_len: int, hidden: int, p: int, layout: Layout, device, dtype: torch.dtype
+):
+    """Per-token gradients are final values, written in the modulation's dtype; per-sample and
+    per-branch ones are fp32 partial sums per program."""
     if layout == "token":
-        return torch.empty(n, seq_len, hidden, device=device, dtype=torch.float32)
+        return torch.empty(n, seq_len, hidden, device=device, dtype=dtype)
     if layout == "sample":
         return torch.empty(n, p, hidden, device=device, dtype=torch.float32)
     return torch.empty(n, p, 2, hidden, device=device, dtype=torch.float32)
@@ -120,8 +124,9 @@ class ModulatedLayerNormFn(torch.autograd.Function):
         block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x_NLD.device, "modln_bwd")
         p = _cdiv(seq_len, rows)
         dx_NLD = torch.empty((n, seq_len, hidden), device=x_NLD.device, dtype=x_NLD.dtype)
-        dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, x_NLD.device)
-        dscale_k = torch.empty_like(dshift_k)
+        dev = x_NLD.device
+        dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, ctx.specs[0][1])
+        dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, ctx.specs[1][1])
         kern.modln_bwd_kernel[(p, n)](
             dout_NLD, x_NLD, scale_k, br_NL, mean, rstd,
             dx_NLD, dshift_k, dscale_k,
@@ -192,9 +197,9 @@ class GatedResidualModulatedNormFn(torch.autograd.Function):
         dev = h_NLD.device
         dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=h_NLD.dtype)
         dy_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=ctx.y_dtype)
-        dgate_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev)
-        dshift_k = torch.empty_like(dgate_k)
-        dscale_k = torch.empty_like(dgate_k)
+        dgate_k, dshift_k, dscale_k = (
+            _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, spec[1]) for spec in ctx.specs
+        )
         dbias_k = (
             torch.empty(n, p, hidden, device=dev, dtype=torch.float32) if ctx.has_bias else dx_NLD
         )
