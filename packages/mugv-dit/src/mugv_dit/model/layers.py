@@ -33,7 +33,7 @@ from mugv_dit.model.attention import (
 )
 from mugv_dit.model.ops import (
     gated_residual,
-    layer_norm,
+    gated_residual_layer_norm,
     modulated_layer_norm,
     residual_modulated_layer_norm,
 )
@@ -129,8 +129,16 @@ class DiTLayer(MegatronModule):
         clean_BN = ~noisy_BN1[..., 0]
         fused, eps = self.fused_ops, self.eps
         h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
-        x_BNC = gated_residual(x_BNC, self.self_attention(h, cos_BNK, sin_BNK), gate_msa, clean_BN)
-        h = layer_norm(x_BNC, eps, cross_w, cross_b)
+        x_BNC, h = gated_residual_layer_norm(
+            x_BNC,
+            self.self_attention(h, cos_BNK, sin_BNK),
+            gate_msa,
+            clean_BN,
+            cross_w,
+            cross_b,
+            eps,
+            fused=fused,
+        )
         x_BNC, h = residual_modulated_layer_norm(
             x_BNC,
             self.cross_attention(h, text_LC, text),

@@ -100,6 +100,32 @@ def gated_residual(
     return x_BND + select_branch(gate_B2D, clean_BN).to(x_BND.dtype) * y_BND
 
 
+def gated_residual_layer_norm(
+    x_BND: torch.Tensor,
+    y_BND: torch.Tensor,
+    gate_B2D: torch.Tensor,
+    clean_BN: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    *,
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h = x + gate * y`` (per-branch gate) and the affine ``LN(h) * weight + bias``.
+
+    Fused, this is the kernel's gated residual + modulated LN with ``scale = weight - 1`` and
+    ``shift = bias`` (the same for both branches): one pass instead of two."""
+    if fused:
+        b, d = x_BND.shape[0], x_BND.shape[-1]
+        shift = bias.to(gate_B2D.dtype).expand(b, 2, d)
+        scale = (weight.to(gate_B2D.dtype) - 1).expand(b, 2, d)
+        return _kernel("gated_residual_modulated_norm")(
+            x_BND, y_BND, gate_B2D, shift, scale, token_branch=clean_BN, eps=eps
+        )
+    h = gated_residual(x_BND, y_BND, gate_B2D, clean_BN)
+    return h, layer_norm(h, eps, weight, bias)
+
+
 def qk_rmsnorm_rope(
     q_BNHD: torch.Tensor,
     k_BNHD: torch.Tensor,
