@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # The GPU run behind docs/benchmarks/vae/: benchmark vs AutoencoderKLWan, then a short real
 # training run on pre-decoded sample clips. Run from the repository root with OUT set;
-# expects wheels (diffusers, pydantic, PyYAML, tqdm) in $WHL for what the machine lacks, and the clips prepared by
+# expects wheels (diffusers, pydantic, PyYAML, tqdm) in $WHL (.whl) for what the machine lacks,
+# and the clips prepared by
 # `python packages/mugv-vae/benchmarks/prepare_clips.py .vae_gpu` in .vae_gpu/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site
 mkdir -p "$SITE"
-WHL=${WHL:-.vae_gpu/whl}
+WHL=${WHL:-.whl}
 need() {  # need MODULE WHEEL_GLOB...: install the wheels when MODULE does not import
   local mod=$1; shift
   python3 -c "import $mod" 2>/dev/null && return 0
-  echo "installing $* for $mod"
-  (cd "$WHL" && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target "$SITE" "$@")
+  local files=() g
+  for g in "$@"; do files+=("$WHL"/$g); done  # glob inside the wheel folder
+  echo "installing ${files[*]} for $mod"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target "$SITE" "${files[@]}"
 }
-need pydantic pydantic-*.whl pydantic_core-*.whl annotated_types-*.whl \
-  typing_inspection-*.whl typing_extensions-*.whl
-need yaml PyYAML-*.whl
-need tqdm tqdm-*.whl
-need diffusers diffusers-*.whl
+need pydantic 'pydantic-*.whl' 'pydantic_core-*.whl' 'annotated_types-*.whl' \
+  'typing_inspection-*.whl' 'typing_extensions-*.whl'
+need yaml 'PyYAML-*.whl'
+need tqdm 'tqdm-*.whl'
+need diffusers 'diffusers-*.whl'
 # Source-tree packages have no installed metadata: give importlib.metadata a version for them.
 for p in mugv-formats:1.0.0 mugv-kernels:0.1.0 mugv-vae:0.1.0; do
   n=${p%%:*}; v=${p##*:}; d="$SITE/${n//-/_}-$v.dist-info"; mkdir -p "$d"
