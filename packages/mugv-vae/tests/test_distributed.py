@@ -9,11 +9,14 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.slow
+
+TINY_CPU_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 def _torchrun(*args: str) -> list[dict]:
@@ -38,7 +41,7 @@ def test_two_rank_training_matches_across_layouts_and_resumes(tmp_path, clip_dir
     shutil.copy(clip_dir / "carphone_pristine.mp4", clips)
     base = [
         "train",
-        "packages/mugv-vae/configs/tiny_cpu.yaml",
+        str(TINY_CPU_YAML),
         "-o",
         f"output={tmp_path}/run",
         "-o",

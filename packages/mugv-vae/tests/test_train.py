@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from mugv_vae.model import MugvVAE
 from mugv_vae.train.config import load_train_config
 from mugv_vae.train.trainer import Trainer
+
+TINY_CPU_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def _cfg(tmp_path, clips, steps, **extra):
         "ema_decay=0.5",
         *[f"{k}={v}" for k, v in extra.items()],
     ]
-    return load_train_config("packages/mugv-vae/configs/tiny_cpu.yaml", overrides)
+    return load_train_config(str(TINY_CPU_YAML), overrides)
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, small_clips):
