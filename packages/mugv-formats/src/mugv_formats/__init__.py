@@ -6,6 +6,7 @@ its format and version; readers refuse other major versions, verify checksums an
 file and member at fault.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from mugv_formats.atomic import (
@@ -53,7 +54,10 @@ from mugv_formats.weights import (
     save_weights_folder,
 )
 
-__version__ = _version("mugv-formats")
+try:
+    __version__ = _version("mugv-formats")
+except _PackageNotFoundError:  # running from a source tree (PYTHONPATH=packages/*/src)
+    __version__ = "0+source"
 
 __all__ = [
     "CLIP_SHARDS_FORMAT",

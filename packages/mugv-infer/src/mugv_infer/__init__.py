@@ -1,5 +1,9 @@
 """Text/image-to-video generation from mugv weights (T2V, I2V, TI2V) and enhancement."""
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-__version__ = _version("mugv-infer")
+try:
+    __version__ = _version("mugv-infer")
+except _PackageNotFoundError:  # running from a source tree (PYTHONPATH=packages/*/src)
+    __version__ = "0+source"
