@@ -12,6 +12,7 @@ import pytest
 triton = pytest.importorskip("triton")
 from mugv_kernels import _triton_attention as A  # noqa: E402
 from mugv_kernels import _triton_groupnorm as G  # noqa: E402
+from mugv_kernels import _triton_groupnorm_cl as GCL  # noqa: E402
 from mugv_kernels import _triton_modnorm as M  # noqa: E402
 from mugv_kernels import _triton_qkrope as Q  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -164,6 +165,26 @@ def test_group_norm_kernels_compile():
     _compile(
         G.gn_group_bwd_kernel,
         {"dout_ptr": "bf16", **xwb, "dx_ptr": "bf16", **stats, **sums, **geo},
+        8,
+    )  # fmt: skip
+
+
+def test_channels_last_group_norm_kernels_compile():
+    xwb = {"x_ptr": "bf16", "w_ptr": "bf16", "b_ptr": "bf16"}
+    stats = {"mean_ptr": "fp32", "rstd_ptr": "fp32"}
+    geo = {"S": 65536, "C": 128, "num_chunks": 2048, "BLOCK_S": 32, "BLOCK_C": 128}
+    _compile(GCL.gn_cl_stats_kernel, {"x_ptr": "bf16", "m2_ptr": "fp32", **stats, **geo}, 8)
+    _compile(GCL.gn_cl_apply_kernel, {**xwb, "out_ptr": "bf16", **stats, **geo, "cpg": 4}, 8)
+    sums = {"sum_dz_ptr": "fp32", "sum_dz_xhat_ptr": "fp32"}
+    _compile(
+        GCL.gn_cl_bwd_reduce_kernel,
+        {"dout_ptr": "bf16", **xwb, **stats, **sums, **geo, "cpg": 4},
+        8,
+    )
+    _compile(
+        GCL.gn_cl_bwd_dx_kernel,
+        {"dout_ptr": "bf16", **xwb, "dx_ptr": "bf16", **stats, "m1_ptr": "fp32",
+         "m2_ptr": "fp32", **geo, "cpg": 4},
         8,
     )  # fmt: skip
 

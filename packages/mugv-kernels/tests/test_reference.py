@@ -104,6 +104,22 @@ def test_group_norm_silu_matches_manual_formula(gen):
     assert rel_err(out, z * torch.sigmoid(z)) < 1e-12
 
 
+@pytest.mark.parametrize(
+    ("shape", "fmt"),
+    [((2, 8, 5, 7), torch.channels_last), ((2, 8, 3, 5, 7), torch.channels_last_3d)],
+)
+def test_group_norm_channels_last_layout_is_read_as_stored(shape, fmt):
+    from mugv_kernels.group_norm import _as_NSC, _from_NSC, is_channels_last
+
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    assert is_channels_last(x) and not is_channels_last(x.contiguous())
+    x_NSC = _as_NSC(x)  # the [N, S, C] view the Triton kernels read: no copy
+    assert x_NSC.data_ptr() == x.data_ptr() and x_NSC.is_contiguous()
+    assert torch.equal(x_NSC, x.flatten(2).transpose(1, 2))
+    back = _from_NSC(x_NSC, x.shape)
+    assert back.stride() == x.stride() and torch.equal(back, x)
+
+
 def test_references_are_differentiable_in_float64(gen):
     x = _randd(2, 3, 4, gen=gen).requires_grad_()
     y = _randd(2, 3, 4, gen=gen).requires_grad_()

@@ -29,7 +29,8 @@ def sm_count(device: torch.device) -> int:
 #: target; ``warp_elems``: tile elements per warp (sets ``num_warps``, clamped to 4..16);
 #: ``vec`` (qk): load whole rows and split pairs in registers instead of strided loads;
 #: ``group_kernel`` (gn): one program per (sample, group) when there are at least
-#: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply.
+#: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply;
+#: ``max_block_c`` (gn_cl): widest channel tile of the channels-last kernels.
 TUNING: dict[str, dict[str, int]] = {
     "modln_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     # tile 2048: measured 3x faster than 4096 at D=1728 on an H100 (2026-11-22 sweep)
@@ -38,6 +39,8 @@ TUNING: dict[str, dict[str, int]] = {
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
     "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512, "vec": 1},
     "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},
+    # channels-last GroupNorm: tiles of (gn.block // BLOCK_C) positions x BLOCK_C channels
+    "gn_cl": {"max_block_c": 256, "num_warps": 8},
 }
 
 

@@ -15,6 +15,35 @@ def _block(spatial: int) -> int:
     return min(TUNING["gn"]["block"], next_pow2(spatial))
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when ``x [N, C, *spatial]`` is stored channels-last (NHWC / NDHWC memory: the
+    channel stride is 1 and the rest is dense), and not also plainly contiguous."""
+    return (not x.is_contiguous()) and x.movedim(1, -1).is_contiguous()
+
+
+def _cl_tiling(s: int, c: int) -> tuple[int, int, int]:
+    """``(BLOCK_S, BLOCK_C, num_chunks)`` of the channels-last kernels."""
+    block_c = min(next_pow2(c), TUNING["gn_cl"]["max_block_c"])
+    block_s = max(1, min(TUNING["gn"]["block"] // block_c, next_pow2(s)))
+    return block_s, block_c, -(-s // block_s)
+
+
+def _combine(mean_c, m2_c, n, c, num_groups, chunks, s, block, eps):
+    """Group mean/rstd (``[N*G]`` fp32) from per-channel chunk partials ``[N*C, chunks]``."""
+    from mugv_kernels import _triton_groupnorm as kern
+
+    groups = n * num_groups
+    per_group = (c // num_groups) * chunks
+    mean = torch.empty(groups, device=mean_c.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    chunk_block = min(1024, next_pow2(per_group))
+    kern.gn_combine_kernel[(groups,)](
+        mean_c, m2_c, mean, rstd, s, chunks, per_group, eps,
+        BLOCK=block, CHUNK_BLOCK=chunk_block, num_warps=4,
+    )  # fmt: skip
+    return mean, rstd
+
+
 def _group_stats(x_NCS: torch.Tensor, num_groups: int, eps: float, block: int):
     """Mean and rstd per ``(n, group)`` (flattened ``[N*G]`` fp32) from chunk partials."""
     from mugv_kernels import _triton_groupnorm as kern
@@ -26,16 +55,73 @@ def _group_stats(x_NCS: torch.Tensor, num_groups: int, eps: float, block: int):
     kern.gn_stats_kernel[(n * c, chunks)](
         x_NCS, mean_c, m2_c, s, chunks, BLOCK=block, num_warps=TUNING["gn"]["num_warps"]
     )
-    groups = n * num_groups
-    per_group = (c // num_groups) * chunks
-    mean = torch.empty(groups, device=x_NCS.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    chunk_block = min(1024, next_pow2(per_group))
-    kern.gn_combine_kernel[(groups,)](
-        mean_c, m2_c, mean, rstd, s, chunks, per_group, eps,
-        BLOCK=block, CHUNK_BLOCK=chunk_block, num_warps=4,
+    return _combine(mean_c, m2_c, n, c, num_groups, chunks, s, block, eps)
+
+
+def _backward_sums(sum_dz, sum_dz_xhat, w, n, c, num_groups, s):
+    """Per-channel sums ``a [N, C]``, ``b [N, C]`` and per-group ``m1``, ``m2`` of dx."""
+    a_NC = sum_dz.sum(dim=1).view(n, c)
+    b_NC = sum_dz_xhat.sum(dim=1).view(n, c)
+    count = (c // num_groups) * s
+    wf = w.float()
+    m1 = (a_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
+    m2 = (b_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
+    return a_NC, b_NC, m1.contiguous(), m2.contiguous()
+
+
+def _fwd_channels_last(x_NSC, num_groups, w, b, eps):
+    from mugv_kernels import _triton_groupnorm_cl as kern
+
+    n, s, c = x_NSC.shape
+    block_s, block_c, chunks = _cl_tiling(s, c)
+    grid = (n * chunks, -(-c // block_c))
+    warps = TUNING["gn_cl"]["num_warps"]
+    mean_c = torch.empty(n * c, chunks, device=x_NSC.device, dtype=torch.float32)
+    m2_c = torch.empty_like(mean_c)
+    kern.gn_cl_stats_kernel[grid](
+        x_NSC, mean_c, m2_c, s, c, chunks, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps
+    )
+    mean, rstd = _combine(mean_c, m2_c, n, c, num_groups, chunks, s, block_s, eps)
+    out = torch.empty_like(x_NSC)
+    kern.gn_cl_apply_kernel[grid](
+        x_NSC, out, w, b, mean, rstd, s, c, c // num_groups, chunks,
+        BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
-    return mean, rstd
+    return out, mean, rstd
+
+
+def _bwd_channels_last(dout_NSC, x_NSC, w, b, mean, rstd, num_groups):
+    from mugv_kernels import _triton_groupnorm_cl as kern
+
+    n, s, c = x_NSC.shape
+    block_s, block_c, chunks = _cl_tiling(s, c)
+    grid = (n * chunks, -(-c // block_c))
+    warps = TUNING["gn_cl"]["num_warps"]
+    cpg = c // num_groups
+    sum_dz = torch.empty(n * c, chunks, device=x_NSC.device, dtype=torch.float32)
+    sum_dz_xhat = torch.empty_like(sum_dz)
+    kern.gn_cl_bwd_reduce_kernel[grid](
+        dout_NSC, x_NSC, w, b, mean, rstd, sum_dz, sum_dz_xhat, s, c, cpg, chunks,
+        BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
+    )  # fmt: skip
+    a_NC, b_NC, m1, m2 = _backward_sums(sum_dz, sum_dz_xhat, w, n, c, num_groups, s)
+    dx = torch.empty_like(x_NSC)
+    kern.gn_cl_bwd_dx_kernel[grid](
+        dout_NSC, x_NSC, dx, w, b, mean, rstd, m1, m2, s, c, cpg, chunks,
+        BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
+    )  # fmt: skip
+    return dx, a_NC, b_NC
+
+
+def _as_NSC(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, *spatial]`` -> ``[N, S, C]`` (a view when ``t`` is channels-last)."""
+    t_NSC = t.movedim(1, -1)
+    return t_NSC.contiguous().view(t.shape[0], -1, t.shape[1])
+
+
+def _from_NSC(t_NSC: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``[N, S, C]`` -> ``[N, C, *spatial]`` view with channels-last strides."""
+    return t_NSC.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
 class GroupNormSiLUFn(torch.autograd.Function):
@@ -47,9 +133,16 @@ class GroupNormSiLUFn(torch.autograd.Function):
 
         n, c = x.shape[:2]
         s = math.prod(x.shape[2:])
-        x_NCS = x.contiguous().view(n, c, s)
         w = weight if weight is not None else torch.ones(c, device=x.device)
         b = bias if bias is not None else torch.zeros(c, device=x.device)
+        meta = (x.shape, num_groups, weight is not None, bias is not None)
+        if is_channels_last(x):
+            x_NSC = _as_NSC(x)
+            out_NSC, mean, rstd = _fwd_channels_last(x_NSC, num_groups, w, b, eps)
+            ctx.save_for_backward(x_NSC, w, b, mean, rstd)
+            ctx.meta = (*meta, "channels_last")
+            return _from_NSC(out_NSC, x.shape)
+        x_NCS = x.contiguous().view(n, c, s)
         block = _block(s)
         warps = TUNING["gn"]["num_warps"]
         out = torch.empty_like(x_NCS)
@@ -70,19 +163,27 @@ class GroupNormSiLUFn(torch.autograd.Function):
                 x_NCS, out, w, b, mean, rstd, c, s, c // num_groups, BLOCK=block, num_warps=warps,
             )  # fmt: skip
         ctx.save_for_backward(x_NCS, w, b, mean, rstd)
-        ctx.meta = (x.shape, num_groups, weight is not None, bias is not None, per_group)
+        ctx.meta = (*meta, "per_group" if per_group else "chunked")
         return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, dout):
         from mugv_kernels import _triton_groupnorm as kern
 
-        x_NCS, w, b, mean, rstd = ctx.saved_tensors
-        x_shape, num_groups, has_w, has_b, per_group = ctx.meta
+        x_saved, w, b, mean, rstd = ctx.saved_tensors
+        x_shape, num_groups, has_w, has_b, variant = ctx.meta
+        if variant == "channels_last":
+            dx_NSC, a_NC, b_NC = _bwd_channels_last(
+                _as_NSC(dout), x_saved, w, b, mean, rstd, num_groups
+            )
+            dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
+            db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+            return _from_NSC(dx_NSC, x_shape), None, dw, db, None
+        x_NCS = x_saved
         n, c, s = x_NCS.shape
         dout_NCS = dout.contiguous().view(n, c, s)
         block = _block(s)
-        if per_group:
+        if variant == "per_group":
             dx = torch.empty_like(x_NCS)
             a_NC = torch.empty(n, c, device=x_NCS.device, dtype=torch.float32)
             b_NC = torch.empty_like(a_NC)
@@ -101,15 +202,10 @@ class GroupNormSiLUFn(torch.autograd.Function):
             dout_NCS, x_NCS, w, b, mean, rstd, sum_dz, sum_dz_xhat,
             c, s, c // num_groups, chunks, BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
         )  # fmt: skip
-        a_NC = sum_dz.sum(dim=1).view(n, c)
-        b_NC = sum_dz_xhat.sum(dim=1).view(n, c)
-        count = (c // num_groups) * s
-        wf = w.float()
-        m1 = (a_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
-        m2 = (b_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
+        a_NC, b_NC, m1, m2 = _backward_sums(sum_dz, sum_dz_xhat, w, n, c, num_groups, s)
         dx = torch.empty_like(x_NCS)
         kern.gn_bwd_dx_kernel[grid](
-            dout_NCS, x_NCS, dx, w, b, mean, rstd, m1.contiguous(), m2.contiguous(),
+            dout_NCS, x_NCS, dx, w, b, mean, rstd, m1, m2,
             c, s, c // num_groups, BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
         )  # fmt: skip
         dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
@@ -131,8 +227,10 @@ def group_norm_silu(
 ) -> torch.Tensor:
     """``silu(GroupNorm(x, num_groups, weight, bias, eps))`` for ``x [N, C, *spatial]``.
 
-    ``weight``/``bias`` are ``[C]`` or ``None`` (no affine). The Triton path reads ``x`` in
-    channels-first contiguous order (a non-contiguous input is copied once). Statistics and
+    ``weight``/``bias`` are ``[C]`` or ``None`` (no affine). The Triton path reads ``x`` as
+    stored when it is channels-first contiguous or channels-last (``torch.channels_last`` /
+    ``channels_last_3d``: no copy, and the output and ``dx`` keep that memory format); any
+    other layout is copied once to channels-first. Statistics and
     arithmetic in fp32; output in x's dtype. ``use_triton`` as in
     :func:`mugv_kernels.modulated_layer_norm`.
     """

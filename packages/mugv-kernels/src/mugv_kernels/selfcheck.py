@@ -210,17 +210,35 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False, per_samp
     return tag + (" strided" if strided else ""), build
 
 
-def _gn_case(shape, groups, *, affine=True, offset=2.0, group_kernel=False):
+def _gn_case(
+    shape, groups, *, affine=True, offset=2.0, group_kernel=False, channels_last=False, block_c=0
+):
+    """``channels_last``: ``x`` in NHWC / NDHWC memory (the output and dx must keep it);
+    ``block_c``: narrower channel tiles (several tiles per row) and 4-position chunks for the
+    channels-last path."""
+
     def build(device, dtype, gen):
         channels = shape[1]
-        inputs = {"x": _rand(shape, device, dtype, gen, offset=offset)}
+        x = _rand(shape, device, dtype, gen, offset=offset)
+        if channels_last:
+            fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+            x = x.contiguous(memory_format=fmt)
+        inputs = {"x": x}
         if affine:
             inputs["weight"] = _rand((channels,), device, dtype, gen, offset=1.0, scale=0.3)
             inputs["bias"] = _rand((channels,), device, dtype, gen, scale=0.3)
 
         def fn(x, weight=None, bias=None):
-            with _tuned("gn", group_kernel=int(group_kernel), group_min_per_sm=0):
-                return group_norm_silu(x, groups, weight, bias, use_triton=True)
+            cl_tune = {"max_block_c": block_c} if block_c else {}
+            gn_tune = {"block": 4 * block_c} if block_c else {}  # several position chunks
+            with (
+                _tuned("gn", group_kernel=int(group_kernel), group_min_per_sm=0, **gn_tune),
+                _tuned("gn_cl", **cl_tune),
+            ):
+                out = group_norm_silu(x, groups, weight, bias, use_triton=True)
+            if channels_last:
+                return _ChannelsLastCheck.apply(out)
+            return out
 
         def ref_fn(x, weight=None, bias=None):
             return ref.group_norm_silu_ref(x, groups, weight, bias)
@@ -228,7 +246,25 @@ def _gn_case(shape, groups, *, affine=True, offset=2.0, group_kernel=False):
         return fn, ref_fn, inputs
 
     tag = f"gn_silu {shape} G{groups}" + ("" if affine else " noaffine")
+    tag += " channels-last" if channels_last else ""
+    tag += f" block_c{block_c}" if block_c else ""
     return tag + (" per-group" if group_kernel else ""), build
+
+
+class _ChannelsLastCheck(torch.autograd.Function):
+    """Identity that asserts channels-last memory of the output and of the incoming gradient
+    (which the check then hands on as channels-last, as a channels-last network would)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        if not y.movedim(1, -1).is_contiguous():
+            raise AssertionError(f"output lost channels-last memory: strides {y.stride()}")
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        fmt = torch.channels_last if dy.ndim == 4 else torch.channels_last_3d
+        return dy.contiguous(memory_format=fmt)
 
 
 #: attention: fp32 products run as tf32 on GPUs, and P is rounded to the input dtype
@@ -280,6 +316,9 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gn_case((3, 6, 11, 9), 3, affine=False),
             _gn_case((2, 8, 3, 5, 7), 4, group_kernel=True),
             _gn_case((3, 6, 70), 6, affine=False, offset=50.0, group_kernel=True),
+            _gn_case((2, 8, 3, 5, 7), 4, channels_last=True),
+            _gn_case((3, 6, 11, 9), 3, affine=False, offset=50.0, channels_last=True),
+            _gn_case((2, 12, 5, 7), 4, channels_last=True, block_c=8),
         ]
     elif size == "medium":
         specs = [
@@ -301,6 +340,9 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gn_case((1, 64, 9, 64, 64), 32, offset=20.0),
             _gn_case((4, 128, 5, 33, 31), 32, group_kernel=True),
             _gn_case((2, 64, 9, 64, 64), 32, offset=20.0, group_kernel=True),
+            _gn_case((2, 128, 5, 33, 31), 32, channels_last=True),
+            _gn_case((3, 512, 17, 19), 32, affine=False, channels_last=True),
+            _gn_case((1, 96, 9, 64, 64), 32, offset=20.0, channels_last=True),
         ]
     else:
         raise ValueError(f"size must be 'tiny' or 'medium', got {size!r}")
