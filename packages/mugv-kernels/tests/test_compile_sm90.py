@@ -31,6 +31,8 @@ def _compile(kernel, args: dict, num_warps: int, num_stages: int = 3):
             sig[name], attrs[(i,)] = _PTR[value], [["tt.divisibility", 16]]
         elif isinstance(value, bool):
             sig[name] = "i1"
+        elif value == 1 and isinstance(value, int):  # the JIT specialises ints equal to 1
+            sig[name], consts[name] = "constexpr", 1
         elif isinstance(value, int):
             sig[name] = "i32"
             if value % 16 == 0:
@@ -109,25 +111,29 @@ def test_modulated_norm_kernels_compile(mode):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("vec", [True, False])
-def test_qk_rope_kernels_compile(vec):
-    strides = {"sx_b": L * H * DH, "sx_l": H * DH, "sx_h": DH, "sx_d": 1}
+@pytest.mark.parametrize(("heads", "bh", "bt"), [(24, 8, 4), (48, 16, 2)])
+def test_qk_rope_kernels_compile(heads, bh, bt):
+    def st(p, h):
+        return {f"s{p}_b": L * h * DH, f"s{p}_l": h * DH, f"s{p}_h": DH, f"s{p}_d": 1}
+
     tables = {"sc_b": 0, "sc_l": 36, "sc_p": 1, "ss_b": L * 36, "ss_l": 36, "ss_p": 1}
-    meta = {"P": 36, "X_ALIGN": 8, "DO_ALIGN": 8, "T_ALIGN": 4, "VEC": vec}
-    meta |= {"BLOCK_R": 64, "BLOCK_P": 64}
-    ptrs = {"x_ptr": "bf16", "w_ptr": "bf16", "cos_ptr": "fp32", "sin_ptr": "fp32"}
-    sizes = {"R": L * H, "H": H, "L": L, "rows_per_prog": 2304}
+    meta = {"HQ": heads, "HK": heads, "BHQ": bh, "BHK": bh, "DH": DH, "D1": 64, "D1V": 64, "D2": 8}
+    meta |= {"Q_ALIGN": 8, "K_ALIGN": 8, "T_ALIGN": 4}
+    ptrs = {"q_ptr": "bf16", "k_ptr": "bf16", "qw_ptr": "bf16", "kw_ptr": "bf16"}
+    ptrs |= {"cos_ptr": "fp32", "sin_ptr": "fp32"}
+    sizes = {"NT": L, "L": L, "tokens_per_prog": 48, "eps": 1e-6}
     _compile(
-        Q.rmsnorm_rope_fwd_kernel,
-        {**ptrs, "out_ptr": "bf16", "rstd_ptr": "fp32", **sizes, "eps": 1e-6, **strides,
-         **tables, **meta},
+        Q.qk_fwd_kernel,
+        {**ptrs, "qo_ptr": "bf16", "ko_ptr": "bf16", **sizes, **st("q", heads),
+         **st("k", heads), **tables, **meta, "BT": bt},
         8,
     )  # fmt: skip
-    dstrides = {"sdo_b": L * H * DH, "sdo_l": H * DH, "sdo_h": DH, "sdo_d": 1}
     _compile(
-        Q.rmsnorm_rope_bwd_kernel,
-        {"dout_ptr": "bf16", **ptrs, "rstd_ptr": "fp32", "dx_ptr": "bf16", "dw_ptr": "fp32",
-         **sizes, **dstrides, **strides, **tables, **meta},
+        Q.qk_bwd_kernel,
+        {**ptrs, "dqo_ptr": "bf16", "dko_ptr": "bf16", "dq_ptr": "bf16", "dk_ptr": "bf16",
+         "dw_ptr": "fp32", **sizes, **st("dq", heads), **st("dk", heads), **st("q", heads),
+         **st("k", heads), **tables, **meta, "DQ_ALIGN": 8, "DK_ALIGN": 8, "DO_Q": True,
+         "DO_K": True, "P2": 4, "BT": bt // 2},
         8,
     )  # fmt: skip
 

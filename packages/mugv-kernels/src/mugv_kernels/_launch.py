@@ -27,7 +27,8 @@ def sm_count(device: torch.device) -> int:
 #: Launch parameters per kernel; benchmarks may override entries to sweep them.
 #: ``tile_elems``: elements of one ``BLOCK_R x BLOCK_D`` tile; ``programs_per_sm``: grid
 #: target; ``warp_elems``: tile elements per warp (sets ``num_warps``, clamped to 4..16);
-#: ``vec`` (qk): load whole rows and split pairs in registers instead of strided loads;
+#: ``max_heads`` (qk, qk_bwd): most heads in one ``[tokens, heads, head_dim]`` tile;
+#: ``split`` (qk): head dim as a power of two + the rest (72 = 64 + 8), else one padded tile;
 #: ``group_kernel`` (gn): one program per (sample, group) when there are at least
 #: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply;
 #: ``max_block_c`` (gn_cl): widest channel tile of the channels-last kernels.
@@ -37,7 +38,14 @@ TUNING: dict[str, dict[str, int]] = {
     "modln_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
     "gated_fwd": {"tile_elems": 8192, "programs_per_sm": 4, "warp_elems": 512},
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
-    "qk": {"tile_elems": 4096, "programs_per_sm": 8, "warp_elems": 512, "vec": 1},
+    "qk": {
+        "tile_elems": 4096,
+        "programs_per_sm": 8,
+        "warp_elems": 512,
+        "max_heads": 16,
+        "split": 1,
+    },
+    "qk_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256, "max_heads": 16},
     "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},
     # channels-last GroupNorm: tiles of (gn.block // BLOCK_C) positions x BLOCK_C channels
     "gn_cl": {"max_block_c": 256, "num_warps": 8},

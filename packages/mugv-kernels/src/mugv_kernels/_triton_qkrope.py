@@ -1,10 +1,18 @@
-"""Triton kernels of the per-head RMSNorm + interleaved 3D RoPE (kernel 3).
+"""Triton kernels of the per-head RMSNorm + interleaved 3D RoPE (kernel 3), q and k together.
 
-Geometry: ``x [B, L, H, Dh]`` with arbitrary strides is seen as ``R = B*L*H`` rows of ``Dh``;
-row ``r`` is ``(b, l, h)`` with ``h = r % H``, ``l = (r // H) % L``, ``b = r // (H*L)``. Each row
-is loaded as its even and odd channels (the rotary pairs ``(2i, 2i+1)``), ``P = Dh // 2``.
-Program ``pid`` handles ``rows_per_prog`` rows in tiles of ``BLOCK_R``; the backward writes one
-fp32 partial sum of the weight gradient per program (``[num_programs, Dh]``).
+Geometry: ``q [B, L, HQ, DH]`` and ``k [B, L, HK, DH]`` (any strides) are seen as ``NT = B*L``
+tokens. Program ``pid`` handles ``tokens_per_prog`` consecutive tokens in blocks of ``BT``;
+for each token block it loads the cos/sin rows once and runs every head of q, then of k, in
+``(token, head, channel)`` tiles of ``[BT, BH, D]``. The head dim is cut into two power-of-two
+parts, ``D1`` (largest power of two <= DH) and ``D2`` (the rest, padded; 0 when DH is a power of
+two), e.g. 72 = 64 + 8, so no lane of a tile is padding at DH=72 (or, with ``D2 = 0`` and
+``D1V = DH < D1``, one padded part). A part is loaded as whole contiguous rows (wide loads);
+the rotary pairs ``(2i, 2i+1)`` are split by reshaping the channel axis to ``[D/2, 2]`` (the
+pair lies in one thread's registers: no shuffle); all arithmetic, the per-head sums included,
+runs on the ``[BT, BH, D/2]`` pair halves, whose layout both parts share; the results are
+joined and stored the same way. RMS statistics are recomputed in the backward (nothing saved
+but the inputs); the backward writes one fp32 partial weight gradient per program and tensor,
+``[num_programs, 2, DH]``.
 """
 
 from __future__ import annotations
@@ -14,140 +22,282 @@ import triton.language as tl
 
 
 @triton.jit
-def _row_offsets(rows, H, L, s_b, s_l, s_h, ALIGN: tl.constexpr):
-    """Element offset of each row and its token position; ``ALIGN`` is a divisor of every
-    offset that the host checked (it lets the compiler emit wide loads)."""
-    h = rows % H
-    bl = rows // H
-    pos = bl % L
-    b = bl // L
-    if ALIGN > 1:  # written as a product with ALIGN so the compiler sees the divisibility
-        base = (b * (s_b // ALIGN) + pos * (s_l // ALIGN) + h * (s_h // ALIGN)) * ALIGN
-    else:
-        base = b * s_b + pos * s_l + h * s_h
-    return base, pos, b
-
-
-@triton.jit
-def _load_table(ptr, b, pos, s_b, s_l, s_p, offs_p, mask, ALIGN: tl.constexpr):
-    """Rows of a ``[B or 1, L, P]`` cos/sin table (``s_b = 0`` for one shared table)."""
+def _token_base(b, pos, s_b, s_l, ALIGN: tl.constexpr):
+    """Element offset of each token's first head; ``ALIGN`` divides every offset (checked by
+    the host; written as a product so that the compiler sees it and emits wide loads)."""
     if ALIGN > 1:
-        row = (b * (s_b // ALIGN) + pos * (s_l // ALIGN)) * ALIGN
-    else:
-        row = b * s_b + pos * s_l
-    return tl.load(ptr + row[:, None] + offs_p[None, :] * s_p, mask=mask, other=0.0).to(tl.float32)
+        return (b * (s_b // ALIGN) + pos * (s_l // ALIGN)) * ALIGN
+    return b * s_b + pos * s_l
 
 
 @triton.jit
-def _load_pairs(ptr, base, offs_p, mask_r, P, s_d, VEC: tl.constexpr, BLOCK_R: tl.constexpr,
-                BLOCK_P: tl.constexpr):  # fmt: skip
-    """Even and odd channels of a tile of rows, fp32 ``[BLOCK_R, BLOCK_P]`` each. ``VEC``
-    loads whole rows (wide loads) and splits them in registers; else two strided loads."""
-    if VEC:
-        offs = tl.arange(0, 2 * BLOCK_P)
-        mask = mask_r[:, None] & (offs < 2 * P)[None, :]
-        x = tl.load(ptr + base[:, None] + offs[None, :] * s_d, mask=mask, other=0.0)
-        x_e, x_o = tl.split(tl.reshape(x.to(tl.float32), [BLOCK_R, BLOCK_P, 2]))
+def _part(base_T, mask_T, h0, s_h, s_d, H: tl.constexpr, BH: tl.constexpr,
+          D_OFF: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, ALIGN: tl.constexpr):  # fmt: skip
+    """Offsets and mask of the ``[BT, BH, DB]`` tile of heads ``h0..h0+BH`` and channels
+    ``D_OFF..D_OFF+DB`` (``DV`` of them valid)."""
+    h = h0 + tl.arange(0, BH)
+    d = D_OFF + tl.arange(0, DB)
+    if ALIGN > 1:
+        head = (h * (s_h // ALIGN)) * ALIGN
     else:
-        mask = mask_r[:, None] & (offs_p < P)[None, :]
-        ptr_e = ptr + base[:, None] + (2 * offs_p)[None, :] * s_d
-        x_e = tl.load(ptr_e, mask=mask, other=0.0).to(tl.float32)
-        x_o = tl.load(ptr_e + s_d, mask=mask, other=0.0).to(tl.float32)
+        head = h * s_h
+    offs = base_T[:, None, None] + head[None, :, None] + (d * s_d)[None, None, :]
+    mask = mask_T[:, None, None]
+    if H % BH != 0:
+        mask = mask & (h < H)[None, :, None]
+    if DV < DB:
+        mask = mask & (d < D_OFF + DV)[None, None, :]
+    return offs, mask
+
+
+@triton.jit
+def _table(ptr, b, pos, s_b, s_l, s_p, mask_T, P: tl.constexpr, P_OFF: tl.constexpr,
+           PB: tl.constexpr, ALIGN: tl.constexpr):  # fmt: skip
+    """cos or sin columns ``P_OFF..P_OFF+PB`` of each token, fp32 ``[BT, 1, PB]``."""
+    p = P_OFF + tl.arange(0, PB)
+    row = _token_base(b, pos, s_b, s_l, ALIGN)
+    mask = mask_T[:, None] & (p < P)[None, :]
+    vals = tl.load(ptr + row[:, None] + (p * s_p)[None, :], mask=mask, other=0.0)
+    return vals.to(tl.float32)[:, None, :]
+
+
+@triton.jit
+def _pairs(x, BT: tl.constexpr, BH: tl.constexpr, DB: tl.constexpr):
+    """Even and odd channels of ``x [BT, BH, DB]``, each ``[BT, BH, DB/2]`` (a pair lies in
+    one thread's registers, so this is free)."""
+    return tl.split(tl.reshape(x, [BT, BH, DB // 2, 2]))
+
+
+@triton.jit
+def _interleave(x_e, x_o, BT: tl.constexpr, BH: tl.constexpr, DB: tl.constexpr):
+    return tl.reshape(tl.join(x_e, x_o), [BT, BH, DB])
+
+
+@triton.jit
+def _weight_pairs(w_ptr, D_OFF: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr):
+    """Even and odd weights of channels ``D_OFF..D_OFF+DB``, fp32 ``[1, 1, DB/2]`` each."""
+    d = D_OFF + 2 * tl.arange(0, DB // 2)
+    mask = d < D_OFF + DV
+    w_e = tl.load(w_ptr + d, mask=mask, other=0.0).to(tl.float32)[None, None, :]
+    w_o = tl.load(w_ptr + d + 1, mask=mask, other=0.0).to(tl.float32)[None, None, :]
+    return w_e, w_o
+
+
+@triton.jit
+def _load_part(x_ptr, base, mask_T, h0, s_h, s_d, H: tl.constexpr, BH: tl.constexpr,
+               D_OFF: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr, ALIGN: tl.constexpr,
+               BT: tl.constexpr):  # fmt: skip
+    """Pairs of one part, fp32: ``(x_e, x_o)`` each ``[BT, BH, DB/2]``, and the row mask."""
+    offs, mask = _part(base, mask_T, h0, s_h, s_d, H, BH, D_OFF, DB, DV, ALIGN)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x_e, x_o = _pairs(x, BT, BH, DB)
     return x_e, x_o
 
 
 @triton.jit
-def _store_pairs(ptr, rows, out_e, out_o, offs_p, mask_r, P, VEC: tl.constexpr,
-                 BLOCK_P: tl.constexpr):  # fmt: skip
-    """Store even/odd channel tiles into contiguous rows of ``2 * P``."""
-    if VEC:
-        offs = tl.arange(0, 2 * BLOCK_P)
-        mask = mask_r[:, None] & (offs < 2 * P)[None, :]
-        out = tl.interleave(out_e, out_o).to(ptr.dtype.element_ty)
-        tl.store(ptr + rows[:, None] * (2 * P) + offs[None, :], out, mask=mask)
+def _store_part(ptr, out_base, mask_T, h0, v_e, v_o, H: tl.constexpr, BH: tl.constexpr,
+                DH: tl.constexpr, D_OFF: tl.constexpr, DB: tl.constexpr, DV: tl.constexpr,
+                BT: tl.constexpr):  # fmt: skip
+    """Store pairs into contiguous ``[.., H, DH]`` rows starting at ``out_base``."""
+    offs, mask = _part(out_base, mask_T, h0, DH, 1, H, BH, D_OFF, DB, DV, 1)
+    v = _interleave(v_e, v_o, BT, BH, DB)
+    tl.store(ptr + offs, v.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_tensor(x_ptr, w_ptr, out_ptr, b, pos, tok, mask_T, s_b, s_l, s_h, s_d, eps,
+                c1, s1, c2, s2, H: tl.constexpr, BH: tl.constexpr, DH: tl.constexpr,
+                D1: tl.constexpr, D1V: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr,
+                ALIGN: tl.constexpr):  # fmt: skip
+    """All heads of one tensor for one token block; every step works on the pair halves
+    (``[BT, BH, D/2]``), so both parts' reductions share one layout."""
+    base = _token_base(b, pos, s_b, s_l, ALIGN)
+    out_base = tok * (H * DH)
+    w1_e, w1_o = _weight_pairs(w_ptr, 0, D1, D1V)
+    if D2 > 0:
+        w2_e, w2_o = _weight_pairs(w_ptr, D1, D2, DH - D1)
+    for h0 in range(0, H, BH):
+        x1_e, x1_o = _load_part(x_ptr, base, mask_T, h0, s_h, s_d, H, BH, 0, D1, D1V, ALIGN, BT)
+        ss = tl.sum(x1_e * x1_e + x1_o * x1_o, axis=2)
+        if D2 > 0:
+            x2_e, x2_o = _load_part(
+                x_ptr, base, mask_T, h0, s_h, s_d, H, BH, D1, D2, DH - D1, ALIGN, BT
+            )
+            ss += tl.sum(x2_e * x2_e + x2_o * x2_o, axis=2)
+        rstd = (1.0 / tl.sqrt(ss / DH + eps))[:, :, None]
+        a = x1_e * rstd * w1_e
+        b1 = x1_o * rstd * w1_o
+        _store_part(out_ptr, out_base, mask_T, h0, a * c1 - b1 * s1, a * s1 + b1 * c1,
+                    H, BH, DH, 0, D1, D1V, BT)  # fmt: skip
+        if D2 > 0:
+            a2 = x2_e * rstd * w2_e
+            b2 = x2_o * rstd * w2_o
+            _store_part(out_ptr, out_base, mask_T, h0, a2 * c2 - b2 * s2, a2 * s2 + b2 * c2,
+                        H, BH, DH, D1, D2, DH - D1, BT)  # fmt: skip
+
+
+@triton.jit
+def _tables(cos_ptr, sin_ptr, b, pos, mask_T, sc_b, sc_l, sc_p, ss_b, ss_l, ss_p,
+            DH: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, T_ALIGN: tl.constexpr):  # fmt: skip
+    """cos/sin of each token for both head-dim parts (part 2 repeats part 1 when D2 = 0)."""
+    c1 = _table(cos_ptr, b, pos, sc_b, sc_l, sc_p, mask_T, DH // 2, 0, D1 // 2, T_ALIGN)
+    s1 = _table(sin_ptr, b, pos, ss_b, ss_l, ss_p, mask_T, DH // 2, 0, D1 // 2, T_ALIGN)
+    if D2 > 0:
+        c2 = _table(cos_ptr, b, pos, sc_b, sc_l, sc_p, mask_T, DH // 2, D1 // 2, D2 // 2, T_ALIGN)
+        s2 = _table(sin_ptr, b, pos, ss_b, ss_l, ss_p, mask_T, DH // 2, D1 // 2, D2 // 2, T_ALIGN)
     else:
-        mask = mask_r[:, None] & (offs_p < P)[None, :]
-        o_ptr = ptr + rows[:, None] * (2 * P) + (2 * offs_p)[None, :]
-        tl.store(o_ptr, out_e.to(ptr.dtype.element_ty), mask=mask)
-        tl.store(o_ptr + 1, out_o.to(ptr.dtype.element_ty), mask=mask)
+        c2 = c1
+        s2 = s1
+    return c1, s1, c2, s2
 
 
 @triton.jit
-def rmsnorm_rope_fwd_kernel(
-    x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, rstd_ptr,
-    R, H, L, rows_per_prog, eps,
-    sx_b, sx_l, sx_h, sx_d,
+def qk_fwd_kernel(
+    q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr,
+    NT, L, tokens_per_prog, eps,
+    sq_b, sq_l, sq_h, sq_d, sk_b, sk_l, sk_h, sk_d,
     sc_b, sc_l, sc_p, ss_b, ss_l, ss_p,
-    P: tl.constexpr, X_ALIGN: tl.constexpr, DO_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr,
-    VEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    HQ: tl.constexpr, HK: tl.constexpr, BHQ: tl.constexpr, BHK: tl.constexpr,
+    DH: tl.constexpr, D1: tl.constexpr, D1V: tl.constexpr, D2: tl.constexpr,
+    BT: tl.constexpr, Q_ALIGN: tl.constexpr, K_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    offs_p = tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    w_e = tl.load(w_ptr + 2 * offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-    w_o = tl.load(w_ptr + 2 * offs_p + 1, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-    row_start = pid * rows_per_prog
-    for r in range(0, rows_per_prog, BLOCK_R):
-        local = r + tl.arange(0, BLOCK_R)
-        rows = (row_start + local).to(tl.int64)
-        mask_r = (rows < R) & (local < rows_per_prog)
-        mask = mask_r[:, None] & mask_p[None, :]
-        base, pos, bidx = _row_offsets(rows, H, L, sx_b, sx_l, sx_h, X_ALIGN)
-        x_e, x_o = _load_pairs(x_ptr, base, offs_p, mask_r, P, sx_d, VEC, BLOCK_R, BLOCK_P)
-        ms = (tl.sum(x_e * x_e, axis=1) + tl.sum(x_o * x_o, axis=1)) / (2 * P)
-        rstd = 1.0 / tl.sqrt(ms + eps)
-        a = x_e * rstd[:, None] * w_e
-        b = x_o * rstd[:, None] * w_o
-        cos = _load_table(cos_ptr, bidx, pos, sc_b, sc_l, sc_p, offs_p, mask, T_ALIGN)
-        sin = _load_table(sin_ptr, bidx, pos, ss_b, ss_l, ss_p, offs_p, mask, T_ALIGN)
-        out_e = a * cos - b * sin
-        out_o = a * sin + b * cos
-        _store_pairs(out_ptr, rows, out_e, out_o, offs_p, mask_r, P, VEC, BLOCK_P)
-        tl.store(rstd_ptr + rows, rstd, mask=mask_r)
+    start = tl.program_id(0).to(tl.int64) * tokens_per_prog
+    for t0 in range(0, tokens_per_prog, BT):
+        local = t0 + tl.arange(0, BT)
+        tok = start + local
+        mask_T = (tok < NT) & (local < tokens_per_prog)
+        b = tok // L
+        pos = tok % L
+        c1, s1, c2, s2 = _tables(cos_ptr, sin_ptr, b, pos, mask_T, sc_b, sc_l, sc_p,
+                                 ss_b, ss_l, ss_p, DH, D1, D2, T_ALIGN)  # fmt: skip
+        _fwd_tensor(q_ptr, qw_ptr, qo_ptr, b, pos, tok, mask_T, sq_b, sq_l, sq_h, sq_d, eps,
+                    c1, s1, c2, s2, HQ, BHQ, DH, D1, D1V, D2, BT, Q_ALIGN)  # fmt: skip
+        _fwd_tensor(k_ptr, kw_ptr, ko_ptr, b, pos, tok, mask_T, sk_b, sk_l, sk_h, sk_d, eps,
+                    c1, s1, c2, s2, HK, BHK, DH, D1, D1V, D2, BT, K_ALIGN)  # fmt: skip
 
 
 @triton.jit
-def rmsnorm_rope_bwd_kernel(
-    dout_ptr, x_ptr, w_ptr, cos_ptr, sin_ptr, rstd_ptr, dx_ptr, dw_ptr,
-    R, H, L, rows_per_prog,
-    sdo_b, sdo_l, sdo_h, sdo_d,
-    sx_b, sx_l, sx_h, sx_d,
+def _bwd_pairs(do_e, do_o, x_e, x_o, rstd, w_e, w_o, c, s):
+    """Normalised input pairs and the gradient w.r.t. them, before the RMS projection; the
+    output gradient is rotated back (transposed rotation) first."""
+    xh_e = x_e * rstd
+    xh_o = x_o * rstd
+    du_e = do_e * c + do_o * s
+    du_o = do_o * c - do_e * s
+    return xh_e, xh_o, du_e, du_o, du_e * w_e, du_o * w_o
+
+
+@triton.jit
+def _bwd_tensor(do_ptr, x_ptr, w_ptr, dx_ptr, b, pos, tok, mask_T,
+                sdo_b, sdo_l, sdo_h, sdo_d, s_b, s_l, s_h, s_d, eps, c1, s1, c2, s2,
+                dw1_e, dw1_o, dw2_e, dw2_o,
+                H: tl.constexpr, BH: tl.constexpr, DH: tl.constexpr, D1: tl.constexpr,
+                D1V: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr, ALIGN: tl.constexpr,
+                DO_ALIGN: tl.constexpr):  # fmt: skip
+    base = _token_base(b, pos, s_b, s_l, ALIGN)
+    dbase = _token_base(b, pos, sdo_b, sdo_l, DO_ALIGN)
+    out_base = tok * (H * DH)
+    w1_e, w1_o = _weight_pairs(w_ptr, 0, D1, D1V)
+    if D2 > 0:
+        w2_e, w2_o = _weight_pairs(w_ptr, D1, D2, DH - D1)
+    for h0 in range(0, H, BH):
+        x1_e, x1_o = _load_part(x_ptr, base, mask_T, h0, s_h, s_d, H, BH, 0, D1, D1V, ALIGN, BT)
+        d1_e, d1_o = _load_part(
+            do_ptr, dbase, mask_T, h0, sdo_h, sdo_d, H, BH, 0, D1, D1V, DO_ALIGN, BT
+        )
+        ss = tl.sum(x1_e * x1_e + x1_o * x1_o, axis=2)
+        if D2 > 0:
+            x2_e, x2_o = _load_part(
+                x_ptr, base, mask_T, h0, s_h, s_d, H, BH, D1, D2, DH - D1, ALIGN, BT
+            )
+            d2_e, d2_o = _load_part(
+                do_ptr, dbase, mask_T, h0, sdo_h, sdo_d, H, BH, D1, D2, DH - D1, DO_ALIGN, BT
+            )
+            ss += tl.sum(x2_e * x2_e + x2_o * x2_o, axis=2)
+        rstd = (1.0 / tl.sqrt(ss / DH + eps))[:, :, None]
+        xh1_e, xh1_o, du1_e, du1_o, g1_e, g1_o = _bwd_pairs(
+            d1_e, d1_o, x1_e, x1_o, rstd, w1_e, w1_o, c1, s1
+        )
+        dw1_e += du1_e * xh1_e
+        dw1_o += du1_o * xh1_o
+        dot = tl.sum(g1_e * xh1_e + g1_o * xh1_o, axis=2)
+        if D2 > 0:
+            xh2_e, xh2_o, du2_e, du2_o, g2_e, g2_o = _bwd_pairs(
+                d2_e, d2_o, x2_e, x2_o, rstd, w2_e, w2_o, c2, s2
+            )
+            dw2_e += du2_e * xh2_e
+            dw2_o += du2_o * xh2_o
+            dot += tl.sum(g2_e * xh2_e + g2_o * xh2_o, axis=2)
+        dot = (dot / DH)[:, :, None]
+        _store_part(dx_ptr, out_base, mask_T, h0, (g1_e - xh1_e * dot) * rstd,
+                    (g1_o - xh1_o * dot) * rstd, H, BH, DH, 0, D1, D1V, BT)  # fmt: skip
+        if D2 > 0:
+            _store_part(dx_ptr, out_base, mask_T, h0, (g2_e - xh2_e * dot) * rstd,
+                        (g2_o - xh2_o * dot) * rstd, H, BH, DH, D1, D2, DH - D1, BT)  # fmt: skip
+    return dw1_e, dw1_o, dw2_e, dw2_o
+
+
+@triton.jit
+def _store_dw(dw_ptr, dw1_e, dw1_o, dw2_e, dw2_o, DH: tl.constexpr, D1: tl.constexpr,
+              D1V: tl.constexpr, D2: tl.constexpr):  # fmt: skip
+    """Weight-gradient partials (summed over tokens and heads) at the even/odd channels."""
+    d1 = 2 * tl.arange(0, D1 // 2)
+    m1 = d1 < D1V
+    tl.store(dw_ptr + d1, tl.sum(tl.sum(dw1_e, axis=0), axis=0), mask=m1)
+    tl.store(dw_ptr + d1 + 1, tl.sum(tl.sum(dw1_o, axis=0), axis=0), mask=m1)
+    if D2 > 0:
+        d2 = D1 + 2 * tl.arange(0, D2 // 2)
+        m2 = d2 < DH
+        tl.store(dw_ptr + d2, tl.sum(tl.sum(dw2_e, axis=0), axis=0), mask=m2)
+        tl.store(dw_ptr + d2 + 1, tl.sum(tl.sum(dw2_o, axis=0), axis=0), mask=m2)
+
+
+@triton.jit
+def qk_bwd_kernel(
+    dqo_ptr, dko_ptr, q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, dq_ptr, dk_ptr, dw_ptr,
+    NT, L, tokens_per_prog, eps,
+    sdq_b, sdq_l, sdq_h, sdq_d, sdk_b, sdk_l, sdk_h, sdk_d,
+    sq_b, sq_l, sq_h, sq_d, sk_b, sk_l, sk_h, sk_d,
     sc_b, sc_l, sc_p, ss_b, ss_l, ss_p,
-    P: tl.constexpr, X_ALIGN: tl.constexpr, DO_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr,
-    VEC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    HQ: tl.constexpr, HK: tl.constexpr, BHQ: tl.constexpr, BHK: tl.constexpr,
+    DH: tl.constexpr, D1: tl.constexpr, D1V: tl.constexpr, D2: tl.constexpr,
+    BT: tl.constexpr, Q_ALIGN: tl.constexpr, K_ALIGN: tl.constexpr, DQ_ALIGN: tl.constexpr,
+    DK_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr, DO_Q: tl.constexpr, DO_K: tl.constexpr,
+    P2: tl.constexpr,
 ):  # fmt: skip
+    """Gradients of q and k (each only when ``DO_Q`` / ``DO_K``); weight-gradient partials of
+    program ``pid`` go to ``dw[pid, 0]`` (q) and ``dw[pid, 1]`` (k). ``P2 = max(D2 / 2, 1)``."""
     pid = tl.program_id(0)
-    offs_p = tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    w_e = tl.load(w_ptr + 2 * offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-    w_o = tl.load(w_ptr + 2 * offs_p + 1, mask=mask_p, other=0.0).to(tl.float32)[None, :]
-    dw_e = tl.zeros([BLOCK_P], dtype=tl.float32)
-    dw_o = tl.zeros([BLOCK_P], dtype=tl.float32)
-    row_start = pid * rows_per_prog
-    for r in range(0, rows_per_prog, BLOCK_R):
-        local = r + tl.arange(0, BLOCK_R)
-        rows = (row_start + local).to(tl.int64)
-        mask_r = (rows < R) & (local < rows_per_prog)
-        mask = mask_r[:, None] & mask_p[None, :]
-        base, pos, bidx = _row_offsets(rows, H, L, sx_b, sx_l, sx_h, X_ALIGN)
-        x_e, x_o = _load_pairs(x_ptr, base, offs_p, mask_r, P, sx_d, VEC, BLOCK_R, BLOCK_P)
-        dbase, _, _ = _row_offsets(rows, H, L, sdo_b, sdo_l, sdo_h, DO_ALIGN)
-        do_e, do_o = _load_pairs(dout_ptr, dbase, offs_p, mask_r, P, sdo_d, VEC, BLOCK_R, BLOCK_P)
-        rstd = tl.load(rstd_ptr + rows, mask=mask_r, other=0.0)
-        cos = _load_table(cos_ptr, bidx, pos, sc_b, sc_l, sc_p, offs_p, mask, T_ALIGN)
-        sin = _load_table(sin_ptr, bidx, pos, ss_b, ss_l, ss_p, offs_p, mask, T_ALIGN)
-        du_e = do_e * cos + do_o * sin
-        du_o = do_o * cos - do_e * sin
-        xn_e = x_e * rstd[:, None]
-        xn_o = x_o * rstd[:, None]
-        dw_e += tl.sum(du_e * xn_e, axis=0)
-        dw_o += tl.sum(du_o * xn_o, axis=0)
-        dxn_e = du_e * w_e
-        dxn_o = du_o * w_o
-        dot = (tl.sum(dxn_e * xn_e, axis=1) + tl.sum(dxn_o * xn_o, axis=1)) / (2 * P)
-        dx_e = (dxn_e - xn_e * dot[:, None]) * rstd[:, None]
-        dx_o = (dxn_o - xn_o * dot[:, None]) * rstd[:, None]
-        _store_pairs(dx_ptr, rows, dx_e, dx_o, offs_p, mask_r, P, VEC, BLOCK_P)
-    dw_base = dw_ptr + pid * (2 * P) + 2 * offs_p
-    tl.store(dw_base, dw_e, mask=mask_p)
-    tl.store(dw_base + 1, dw_o, mask=mask_p)
+    start = pid.to(tl.int64) * tokens_per_prog
+    dwq1_e = tl.zeros([BT, BHQ, D1 // 2], dtype=tl.float32)
+    dwq1_o = tl.zeros([BT, BHQ, D1 // 2], dtype=tl.float32)
+    dwq2_e = tl.zeros([BT, BHQ, P2], dtype=tl.float32)
+    dwq2_o = tl.zeros([BT, BHQ, P2], dtype=tl.float32)
+    dwk1_e = tl.zeros([BT, BHK, D1 // 2], dtype=tl.float32)
+    dwk1_o = tl.zeros([BT, BHK, D1 // 2], dtype=tl.float32)
+    dwk2_e = tl.zeros([BT, BHK, P2], dtype=tl.float32)
+    dwk2_o = tl.zeros([BT, BHK, P2], dtype=tl.float32)
+    for t0 in range(0, tokens_per_prog, BT):
+        local = t0 + tl.arange(0, BT)
+        tok = start + local
+        mask_T = (tok < NT) & (local < tokens_per_prog)
+        b = tok // L
+        pos = tok % L
+        c1, s1, c2, s2 = _tables(cos_ptr, sin_ptr, b, pos, mask_T, sc_b, sc_l, sc_p,
+                                 ss_b, ss_l, ss_p, DH, D1, D2, T_ALIGN)  # fmt: skip
+        if DO_Q:
+            dwq1_e, dwq1_o, dwq2_e, dwq2_o = _bwd_tensor(
+                dqo_ptr, q_ptr, qw_ptr, dq_ptr, b, pos, tok, mask_T,
+                sdq_b, sdq_l, sdq_h, sdq_d, sq_b, sq_l, sq_h, sq_d, eps, c1, s1, c2, s2,
+                dwq1_e, dwq1_o, dwq2_e, dwq2_o, HQ, BHQ, DH, D1, D1V, D2, BT, Q_ALIGN, DQ_ALIGN,
+            )  # fmt: skip
+        if DO_K:
+            dwk1_e, dwk1_o, dwk2_e, dwk2_o = _bwd_tensor(
+                dko_ptr, k_ptr, kw_ptr, dk_ptr, b, pos, tok, mask_T,
+                sdk_b, sdk_l, sdk_h, sdk_d, sk_b, sk_l, sk_h, sk_d, eps, c1, s1, c2, s2,
+                dwk1_e, dwk1_o, dwk2_e, dwk2_o, HK, BHK, DH, D1, D1V, D2, BT, K_ALIGN, DK_ALIGN,
+            )  # fmt: skip
+    if DO_Q:
+        _store_dw(dw_ptr + pid * (2 * DH), dwq1_e, dwq1_o, dwq2_e, dwq2_o, DH, D1, D1V, D2)
+    if DO_K:
+        _store_dw(dw_ptr + pid * (2 * DH) + DH, dwk1_e, dwk1_o, dwk2_e, dwk2_o, DH, D1, D1V, D2)

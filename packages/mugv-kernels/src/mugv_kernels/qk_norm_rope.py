@@ -9,15 +9,38 @@ from mugv_kernels._launch import TUNING, next_pow2, sm_count
 from mugv_kernels.reference import check_qk, qk_rmsnorm_rope3d_ref
 
 
-def _tiling(rows: int, head_dim: int, device: torch.device) -> tuple[int, int, int, int]:
-    """``(BLOCK_P, BLOCK_R, rows_per_prog, num_warps)`` for ``rows`` rows of ``head_dim``."""
-    tune = TUNING["qk"]
-    block_p = next_pow2(head_dim // 2)
-    block_r = max(1, min(128, tune["tile_elems"] // block_p, next_pow2(rows)))
+def _split_head_dim(head_dim: int) -> tuple[int, int]:
+    """``(D1, D2)``: D1 the largest power of two <= Dh, D2 the rest padded to a power of two
+    (0 when Dh is a power of two); e.g. 72 -> (64, 8). With ``TUNING["qk"]["split"] = 0``:
+    one padded part ``(next_pow2(Dh), 0)``."""
+    if not TUNING["qk"]["split"]:
+        return next_pow2(head_dim), 0
+    d1 = 1 << (head_dim.bit_length() - 1)
+    return d1, (next_pow2(head_dim - d1) if head_dim > d1 else 0)
+
+
+def _head_block(heads: int) -> int:
+    """Heads per tile: the largest power of two dividing ``heads`` (no masked lanes), at most
+    ``TUNING["qk"]["max_heads"]``; at least 4 (masked) when that divisor is smaller."""
+    cap = TUNING["qk"]["max_heads"]
+    bh = min(heads & -heads, cap)
+    if bh < 4 < heads:
+        bh = min(4, cap)
+    return min(bh, next_pow2(heads))
+
+
+def _tiling(tokens: int, heads: int, head_dim: int, device: torch.device, key: str):
+    """``(BT, tokens_per_prog, num_warps)`` for ``tokens`` tokens of ``heads`` heads."""
+    tune = TUNING[key]
+    d1, d2 = _split_head_dim(head_dim)
+    row = _head_block(heads) * (d1 + d2)
+    bt = max(1, min(64, tune["tile_elems"] // row, next_pow2(tokens)))
+    bt = 1 << (bt.bit_length() - 1)  # power of two
     target = tune["programs_per_sm"] * sm_count(device)
-    per_prog = max(block_r, -(-rows // target))
-    per_prog = -(-per_prog // block_r) * block_r
-    return block_p, block_r, per_prog, max(4, min(16, block_r * block_p // tune["warp_elems"]))
+    per_prog = max(bt, -(-tokens // target))
+    per_prog = -(-per_prog // bt) * bt
+    warps = max(4, min(16, bt * row // tune["warp_elems"]))
+    return bt, per_prog, 1 << (warps.bit_length() - 1)
 
 
 def _align(t: torch.Tensor, skip_last: bool = True) -> int:
@@ -47,65 +70,85 @@ def _table_align(cos: torch.Tensor, sin: torch.Tensor) -> int:
     return 4 if ok else 1
 
 
-def _fwd(
-    x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, vec: bool
-):
+def _geometry(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Launch constants shared by the forward and backward kernels."""
+    head_dim = q.shape[-1]
+    d1, d2 = _split_head_dim(head_dim)
+    return {
+        "HQ": q.shape[2], "HK": k.shape[2], "BHQ": _head_block(q.shape[2]),
+        "BHK": _head_block(k.shape[2]), "DH": head_dim, "D1": d1, "D1V": min(d1, head_dim),
+        "D2": d2,
+        "Q_ALIGN": _align(q), "K_ALIGN": _align(k), "T_ALIGN": _table_align(cos, sin),
+    }  # fmt: skip
+
+
+def _heads(q: torch.Tensor, k: torch.Tensor) -> int:
+    return max(q.shape[2], k.shape[2])
+
+
+def _fwd(q, k, q_weight, k_weight, cos, sin, eps: float):
     from mugv_kernels import _triton_qkrope as kern
 
-    b, seq_len, heads, head_dim = x.shape
-    rows = b * seq_len * heads
-    out = torch.empty((b, seq_len, heads, head_dim), device=x.device, dtype=x.dtype)
-    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-    block_p, block_r, per_prog, warps = _tiling(rows, head_dim, x.device)
-    kern.rmsnorm_rope_fwd_kernel[(-(-rows // per_prog),)](
-        x, w, cos, sin, out, rstd,
-        rows, heads, seq_len, per_prog, eps,
-        *x.stride(), *_table_strides(cos), *_table_strides(sin),
-        P=head_dim // 2, X_ALIGN=_align(x), DO_ALIGN=1, T_ALIGN=_table_align(cos, sin),
-        VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+    b, seq_len = q.shape[:2]
+    tokens = b * seq_len
+    q_out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    k_out = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    bt, per_prog, warps = _tiling(tokens, _heads(q, k), q.shape[-1], q.device, "qk")
+    kern.qk_fwd_kernel[(-(-tokens // per_prog),)](
+        q, k, q_weight, k_weight, cos, sin, q_out, k_out,
+        tokens, seq_len, per_prog, eps, *q.stride(), *k.stride(),
+        *_table_strides(cos), *_table_strides(sin),
+        **_geometry(q, k, cos, sin), BT=bt, num_warps=warps,
     )  # fmt: skip
-    return out, rstd
+    return q_out, k_out
 
 
-def _bwd(dout, x, w, cos, sin, rstd, vec: bool):
+def _bwd(dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, eps: float):
     from mugv_kernels import _triton_qkrope as kern
 
-    b, seq_len, heads, head_dim = x.shape
-    rows = b * seq_len * heads
-    block_p, block_r, per_prog, warps = _tiling(rows, head_dim, x.device)
-    grid = -(-rows // per_prog)
-    dx = torch.empty((b, seq_len, heads, head_dim), device=x.device, dtype=x.dtype)
-    dw = torch.empty((grid, head_dim), device=x.device, dtype=torch.float32)
-    kern.rmsnorm_rope_bwd_kernel[(grid,)](
-        dout, x, w, cos, sin, rstd, dx, dw,
-        rows, heads, seq_len, per_prog,
-        *dout.stride(), *x.stride(), *_table_strides(cos), *_table_strides(sin),
-        P=head_dim // 2, X_ALIGN=_align(x), DO_ALIGN=_align(dout),
-        T_ALIGN=_table_align(cos, sin), VEC=vec, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+    b, seq_len = q.shape[:2]
+    tokens = b * seq_len
+    bt, per_prog, warps = _tiling(tokens, _heads(q, k), q.shape[-1], q.device, "qk_bwd")
+    grid = -(-tokens // per_prog)
+    do_q, do_k = dq_out is not None, dk_out is not None
+    dq_out = dq_out if do_q else q  # placeholders, never read
+    dk_out = dk_out if do_k else k
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype) if do_q else q
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype) if do_k else k
+    dw = torch.zeros((grid, 2, q.shape[-1]), device=q.device, dtype=torch.float32)
+    kern.qk_bwd_kernel[(grid,)](
+        dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, dq, dk, dw,
+        tokens, seq_len, per_prog, eps, *dq_out.stride(), *dk_out.stride(),
+        *q.stride(), *k.stride(), *_table_strides(cos), *_table_strides(sin),
+        **_geometry(q, k, cos, sin), DQ_ALIGN=_align(dq_out), DK_ALIGN=_align(dk_out),
+        DO_Q=do_q, DO_K=do_k, P2=max(1, _split_head_dim(q.shape[-1])[1] // 2), BT=bt,
+        num_warps=warps,
     )  # fmt: skip
-    return dx, dw.sum(dim=0).to(w.dtype)
+    dw_2D = dw.sum(dim=0)
+    dqw = dw_2D[0].to(q_weight.dtype) if do_q else None
+    dkw = dw_2D[1].to(k_weight.dtype) if do_k else None
+    return (dq if do_q else None), (dk if do_k else None), dqw, dkw
 
 
 class QKRMSNormRoPEFn(torch.autograd.Function):
-    """Triton forward/backward of :func:`qk_rmsnorm_rope3d` (cos/sin are constants)."""
+    """Triton forward/backward of :func:`qk_rmsnorm_rope3d` (cos/sin are constants); one
+    launch each for q and k together. The RMS statistics are recomputed in the backward."""
 
     @staticmethod
     def forward(ctx, q, k, q_weight, k_weight, cos, sin, eps):
         ctx.set_materialize_grads(False)
-        ctx.vec = bool(TUNING["qk"]["vec"])
-        q_out, q_rstd = _fwd(q, q_weight, cos, sin, eps, ctx.vec)
-        k_out, k_rstd = _fwd(k, k_weight, cos, sin, eps, ctx.vec)
-        ctx.save_for_backward(q, k, q_weight, k_weight, cos, sin, q_rstd, k_rstd)
+        q_weight, k_weight = q_weight.contiguous(), k_weight.contiguous()
+        q_out, k_out = _fwd(q, k, q_weight, k_weight, cos, sin, eps)
+        ctx.save_for_backward(q, k, q_weight, k_weight, cos, sin)
+        ctx.eps = eps
         return q_out, k_out
 
     @staticmethod
     def backward(ctx, dq_out, dk_out):
-        q, k, q_weight, k_weight, cos, sin, q_rstd, k_rstd = ctx.saved_tensors
-        dq = dqw = dk = dkw = None
-        if dq_out is not None:
-            dq, dqw = _bwd(dq_out, q, q_weight, cos, sin, q_rstd, ctx.vec)
-        if dk_out is not None:
-            dk, dkw = _bwd(dk_out, k, k_weight, cos, sin, k_rstd, ctx.vec)
+        q, k, q_weight, k_weight, cos, sin = ctx.saved_tensors
+        if dq_out is None and dk_out is None:
+            return (None,) * 7
+        dq, dk, dqw, dkw = _bwd(dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, ctx.eps)
         return dq, dk, dqw, dkw, None, None, None
 
 
