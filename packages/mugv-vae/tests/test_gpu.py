@@ -38,3 +38,22 @@ def test_bf16_autocast_training_step_is_finite(make_video):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_channels_last_fused_path_matches_plain_on_cuda(make_video, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    plain = MugvVAE(tiny_config()).cuda().eval()
+    fast_cfg = tiny_config().model_copy(
+        update={"fused_group_norm_silu": True, "channels_last": True, "max_activation_bytes": 1}
+    )
+    fast = MugvVAE(fast_cfg).cuda().eval()
+    fast.load_state_dict(plain.state_dict())
+    video = make_video(t=17, h=64, w=64).cuda()
+    with torch.no_grad():
+        z = plain.encode(video)
+        torch.testing.assert_close(fast.encode(video), z, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            fast.decode(z, window=1), plain.decode(z, window=1), rtol=1e-3, atol=1e-3
+        )

@@ -20,6 +20,16 @@ ARCHITECTURE = "mugv-vae"
 """Architecture name written to, and required in, ``config.json``."""
 
 
+RUNTIME_FIELDS = (
+    "fused_group_norm_silu",
+    "gradient_checkpointing",
+    "channels_last",
+    "compile_trunk",
+    "max_activation_bytes",
+)
+"""Config fields that do not change weights: overridable when loading a checkpoint."""
+
+
 def _formats():
     import mugv_formats
 
@@ -75,7 +85,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **over
         raise f.FormatError(
             f"{path}/config.json: architecture {folder.architecture!r}, expected {ARCHITECTURE!r}"
         )
-    allowed = {"fused_group_norm_silu", "gradient_checkpointing"}
+    allowed = set(RUNTIME_FIELDS)
     bad = set(overrides) - allowed
     if bad:
         raise ValueError(f"cannot override {sorted(bad)} when loading; allowed: {sorted(allowed)}")

@@ -141,6 +141,23 @@ class VAEConfig(_Frozen):
     gradient_checkpointing: bool = Field(
         False, description="Recompute block activations in the backward pass (training)."
     )
+    channels_last: bool = Field(
+        False,
+        description="Run convolutions channels-last (NHWC in the trunk, NDHWC in the temporal "
+        "VAE): cuDNN's fast layouts for bf16 on GPUs. Same weights and maths.",
+    )
+    compile_trunk: bool = Field(
+        False,
+        description="torch.compile the per-frame trunk encode/decode (CUDA inputs only; CPU "
+        "stays eager). First calls at a new shape pay the compile time.",
+    )
+    max_activation_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Activation memory budget of encode/decode: frame micro-batches and "
+        "chunk/window groups are sized from it (weights, input and output not included). "
+        "Explicit frame_batch_size / chunk_batch_size on the model win. None: no limit.",
+    )
     variant: Literal["mugv", "unified"] = Field(
         "mugv",
         description="'mugv': the released image trunk + temporal VAE (uses trunk/temporal); "

@@ -24,6 +24,20 @@ def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.T
     return F.silu(norm(x))
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last_3d`` for an NDHWC-strided 5D tensor, else ``contiguous_format``."""
+    cl = x.ndim == 5 and not x.is_contiguous()
+    if cl and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _empty_like_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty tensor of ``shape`` with ``x``'s dtype, device and memory format."""
+    fmt = _memory_format(x)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
 class TimeConv3d(nn.Module):
     """3D convolution with zero padding: symmetric in time, ``k//2`` in space.
 
@@ -49,20 +63,28 @@ class TimeConv3d(nn.Module):
         self.time_pad = (time_pad // 2, time_pad - time_pad // 2)
         self.space_pad = (space_pad // 2, space_pad - space_pad // 2)
         symmetric = self.space_pad[0] == self.space_pad[1]
+        # Symmetric zero padding goes into the conv itself (no padded copy of the input).
+        time_symmetric = self.time_pad[0] == self.time_pad[1]
         self.conv = nn.Conv3d(
             in_channels,
             out_channels,
             kernel_size=(kt, ks, ks),
             stride=(time_stride, space_stride, space_stride),
-            padding=(0, self.space_pad[0], self.space_pad[0]) if symmetric else 0,
+            padding=(
+                self.time_pad[0] if time_symmetric else 0,
+                self.space_pad[0] if symmetric else 0,
+                self.space_pad[0] if symmetric else 0,
+            ),
             bias=bias,
         )
         self._pad_space = not symmetric
+        self._pad_time = not time_symmetric
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         sp = self.space_pad if self._pad_space else (0, 0)
-        if self.time_pad != (0, 0) or sp != (0, 0):
-            x_BCTHW = F.pad(x_BCTHW, (*sp, *sp, *self.time_pad))
+        tp = self.time_pad if self._pad_time else (0, 0)
+        if tp != (0, 0) or sp != (0, 0):
+            x_BCTHW = F.pad(x_BCTHW, (*sp, *sp, *tp))
         return self.conv(x_BCTHW)
 
 
@@ -100,7 +122,7 @@ class ResBlock3d(nn.Module):
         h = self.conv1(group_norm_silu(x_BCTHW, self.norm1, self.fused))
         h = self.conv2(group_norm_silu(h, self.norm2, self.fused))
         residual = x_BCTHW if self.shortcut is None else self.shortcut(x_BCTHW)
-        return h + residual
+        return h + residual if torch.is_grad_enabled() else h.add_(residual)
 
 
 class EncoderStage(nn.Module):
@@ -160,7 +182,12 @@ class NearestTimeUpsample(nn.Module):
         self.block = ResBlock3d(channels, channels, cfg)
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.repeat_interleave(x_BCTHW, 2, dim=2))
+        b, c, t, h, w = x_BCTHW.shape
+        # Written into a buffer of x's memory format (repeat_interleave returns NCDHW).
+        out = _empty_like_layout(x_BCTHW, (b, c, 2 * t, h, w))
+        pairs = out.view(b, c, t, 2, h, w)
+        pairs.copy_(x_BCTHW.unsqueeze(3).expand(b, c, t, 2, h, w))
+        return self.block(out)
 
 
 class DepthToSpaceTime(nn.Module):
@@ -173,9 +200,10 @@ class DepthToSpaceTime(nn.Module):
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         y = self.proj(x_BCTHW)
         b, c2, t, h, w = y.shape
-        # channel index = c * 2 + s  ->  time index = t * 2 + s
-        y = y.view(b, c2 // 2, 2, t, h, w).permute(0, 1, 3, 2, 4, 5)
-        return y.reshape(b, c2 // 2, t * 2, h, w)
+        # channel index = c * 2 + s  ->  time index = t * 2 + s (one copy, keeping y's layout)
+        out = _empty_like_layout(y, (b, c2 // 2, 2 * t, h, w))
+        out.view(b, c2 // 2, t, 2, h, w).copy_(y.view(b, c2 // 2, 2, t, h, w).transpose(2, 3))
+        return out
 
 
 class DecoderStage(nn.Module):

@@ -5,12 +5,16 @@ Tensor legend: N frames (batch x time folded), C channels, H, W height/width.
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.models.attention_processor import Attention
+from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
+from diffusers.models.upsampling import Upsample2D
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,20 +30,110 @@ UNUSED_AUTOENCODER_KL_PREFIXES = (
 )
 
 
-def _gn_silu(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    from mugv_kernels import group_norm_silu
+def gn_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.Tensor:
+    """``silu(norm(x))``; one ``mugv_kernels.group_norm_silu`` call (Triton) when ``fused``.
 
-    return group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, eps=norm.eps)
+    Either way the output keeps ``x``'s memory format where the op allows it (the fused
+    kernel reads channels-last activations in place once mugv-kernels supports them)."""
+    if fused:
+        from mugv_kernels import group_norm_silu
+
+        return group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, eps=norm.eps)
+    return F.silu(norm(x))
 
 
-def _fused_resnet_forward(self: ResnetBlock2D, x: torch.Tensor, temb=None, *args, **kwargs):
-    """``ResnetBlock2D.forward`` of a VAE block (no time embedding, no up/down-sampling) with
-    each GroupNorm+SiLU pair fused into one kernel. Same weights, same maths."""
-    h = self.conv1(_gn_silu(x, self.norm1))
-    h = self.conv2(self.dropout(_gn_silu(h, self.norm2)))
-    if self.conv_shortcut is not None:
-        x = self.conv_shortcut(x)
-    return (x + h) / self.output_scale_factor
+def resnet_forward(block: ResnetBlock2D, x_NCHW: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``ResnetBlock2D.forward`` of a VAE block (no time embedding, no up/down-sampling):
+    GroupNorm+SiLU -> conv -> GroupNorm+SiLU -> (dropout) -> conv, plus the shortcut. Same
+    weights and maths as diffusers; the residual sum is written into the conv output."""
+    h = block.conv1(gn_silu(x_NCHW, block.norm1, fused))
+    h = block.conv2(block.dropout(gn_silu(h, block.norm2, fused)))
+    shortcut = x_NCHW if block.conv_shortcut is None else block.conv_shortcut(x_NCHW)
+    h = h.add_(shortcut) if not torch.is_grad_enabled() else h + shortcut
+    if block.output_scale_factor != 1.0:
+        h = h / block.output_scale_factor
+    return h
+
+
+_NEAREST_MAX_NUMEL = 2**31 - 1
+"""``upsample_nearest2d`` on channels-last tensors fails above this many output elements
+(pytorch/pytorch#141831); larger batches are split."""
+
+
+def upsample_forward(up: Upsample2D, x_NCHW: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x up-sampling in the input dtype, then the conv. diffusers casts bf16 to fp32
+    around the interpolation; nearest is a copy, so that changes nothing but the traffic."""
+    n = x_NCHW.shape[0]
+    per_frame = x_NCHW[0].numel() * 4
+    if n * per_frame > _NEAREST_MAX_NUMEL and n > 1:
+        step = max(1, _NEAREST_MAX_NUMEL // per_frame)
+        return torch.cat([upsample_forward(up, part) for part in x_NCHW.split(step)])
+    return up.conv(F.interpolate(x_NCHW, scale_factor=2.0, mode="nearest"))
+
+
+def downsample_forward(down: Downsample2D, x_NCHW: torch.Tensor) -> torch.Tensor:
+    """diffusers ``Downsample2D`` with ``padding=0``: pad right/bottom by one, stride-2 conv."""
+    if down.padding == 0:
+        x_NCHW = F.pad(x_NCHW, (0, 1, 0, 1))
+    return down.conv(x_NCHW)
+
+
+def attention_forward(attn: Attention, x_NCHW: torch.Tensor) -> torch.Tensor:
+    """The VAE mid-block self-attention (diffusers ``AttnProcessor2_0`` maths): GroupNorm ->
+    q, k, v over the H*W tokens of each frame -> SDPA -> out projection -> + residual. On a
+    channels-last input the token view ``[N, H*W, C]`` is free."""
+    n, c, h, w = x_NCHW.shape
+    y_NCHW = attn.group_norm(x_NCHW)
+    tokens_NLC = y_NCHW.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    heads = attn.heads
+    q, k, v = (
+        proj(tokens_NLC).view(n, h * w, heads, -1).transpose(1, 2)
+        for proj in (attn.to_q, attn.to_k, attn.to_v)
+    )
+    o_NLC = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h * w, -1)
+    o_NLC = attn.to_out[1](attn.to_out[0](o_NLC))
+    out_NCHW = o_NLC.view(n, h, w, c).permute(0, 3, 1, 2)
+    if attn.residual_connection:
+        out_NCHW = out_NCHW + x_NCHW
+    if attn.rescale_output_factor != 1.0:
+        out_NCHW = out_NCHW / attn.rescale_output_factor
+    return out_NCHW
+
+
+def block_forward(block: nn.Module, x_NCHW: torch.Tensor, fused: bool) -> torch.Tensor:
+    """One trunk block (``DownEncoderBlock2D``, ``UpDecoderBlock2D`` or ``UNetMidBlock2D``)
+    through the functions above."""
+    if isinstance(block, UNetMidBlock2D):
+        x_NCHW = resnet_forward(block.resnets[0], x_NCHW, fused)
+        for attn, resnet in zip(block.attentions, block.resnets[1:]):
+            if attn is not None:
+                x_NCHW = attention_forward(attn, x_NCHW)
+            x_NCHW = resnet_forward(resnet, x_NCHW, fused)
+        return x_NCHW
+    for resnet in block.resnets:
+        x_NCHW = resnet_forward(resnet, x_NCHW, fused)
+    for down in getattr(block, "downsamplers", None) or ():
+        x_NCHW = downsample_forward(down, x_NCHW)
+    for up in getattr(block, "upsamplers", None) or ():
+        x_NCHW = upsample_forward(up, x_NCHW)
+    return x_NCHW
+
+
+def _check_block(block: nn.Module) -> None:
+    """Refuse trunk blocks the functions above do not cover (time embeddings, other
+    up/down-samplers, spatial norms)."""
+    for m in block.modules():
+        if isinstance(m, ResnetBlock2D) and (
+            m.time_emb_proj is not None
+            or m.upsample is not None
+            or m.downsample is not None
+            or not isinstance(m.nonlinearity, nn.SiLU)
+        ):
+            raise ValueError(f"unsupported trunk res-block configuration: {m}")
+        if isinstance(m, Attention) and (m.spatial_norm is not None or m.group_norm is None):
+            raise ValueError(f"unsupported trunk attention configuration: {m}")
+        if isinstance(m, Upsample2D) and (m.use_conv_transpose or not m.interpolate):
+            raise ValueError(f"unsupported trunk up-sampler: {m}")
 
 
 def _autoencoder_kl(cfg: TrunkConfig, in_channels: int) -> AutoencoderKL:
@@ -78,44 +172,76 @@ class SpatialTrunk(nn.Module):
         del self.decoder.conv_in
         self.gradient_checkpointing = False
         self.fused = False
+        self.channels_last = False
+        self.compile = False
+        self._compiled: dict[str, object] = {}
+        for block in (*self.encoder.down_blocks, self.encoder.mid_block):
+            _check_block(block)
+        for block in (self.decoder.mid_block, *self.decoder.up_blocks):
+            _check_block(block)
 
     def set_fused_group_norm_silu(self, fused: bool) -> None:
-        """Route every res-block's GroupNorm+SiLU (and the decoder's output norm) through
-        ``mugv_kernels.group_norm_silu``, or back to the diffusers/PyTorch path."""
+        """Run every GroupNorm+SiLU pair (res-blocks and the decoder's output norm) through
+        ``mugv_kernels.group_norm_silu``, or through ``F.group_norm`` + ``F.silu``."""
         self.fused = fused
-        for m in self.modules():
-            if not isinstance(m, ResnetBlock2D):
-                continue
-            plain = m.upsample is None and m.downsample is None and m.time_emb_proj is None
-            if fused and plain and isinstance(m.nonlinearity, nn.SiLU):
-                m.forward = types.MethodType(_fused_resnet_forward, m)
-            elif "forward" in m.__dict__:
-                del m.forward
 
-    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def set_channels_last(self, enabled: bool) -> None:
+        """Store conv weights and run activations channels-last (NHWC memory), cuDNN's fast
+        layout for bf16/fp16 convolutions. Same maths; outputs are NHWC-strided tensors."""
+        self.channels_last = enabled
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    def set_compile(self, enabled: bool) -> None:
+        """``torch.compile`` the per-frame encode and decode (CUDA inputs only; CPU calls
+        stay eager). Compiled lazily on first use, recompiled by dynamo on new shapes."""
+        self.compile = enabled
+        self._compiled = {}
+
+    def _run(self, fn, x: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, x, use_reentrant=False)
-        return module(x)
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
+
+    def _block(self, block: nn.Module):
+        return lambda x: block_forward(block, x, self.fused)
+
+    def _encode_eager(self, x_NCHW: torch.Tensor) -> torch.Tensor:
+        h = self.encoder.conv_in(x_NCHW)
+        for block in self.encoder.down_blocks:
+            h = self._run(self._block(block), h)
+        h = self._run(self._block(self.encoder.mid_block), h)
+        return h * self.cfg.feature_scale
+
+    def _decode_eager(self, f_NCHW: torch.Tensor) -> torch.Tensor:
+        h = f_NCHW / self.cfg.feature_scale
+        h = self._run(self._block(self.decoder.mid_block), h)
+        for block in self.decoder.up_blocks:
+            h = self._run(self._block(block), h)
+        h = gn_silu(h, self.decoder.conv_norm_out, self.fused)
+        return self.decoder.conv_out(h)
+
+    def _maybe_compiled(self, name: str, x: torch.Tensor):
+        eager = self._encode_eager if name == "encode" else self._decode_eager
+        if not (self.compile and x.is_cuda):
+            return eager
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(eager)
+        return self._compiled[name]
+
+    def _prepare(self, x_NCHW: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return x_NCHW.contiguous(memory_format=torch.channels_last)
+        return x_NCHW
 
     def encode(self, x_NCHW: torch.Tensor) -> torch.Tensor:
         """Frames in [-1, 1] ``[N, 3, H, W]`` -> features ``[N, C_feat, H/8, W/8]``."""
-        h = self.encoder.conv_in(x_NCHW)
-        for block in self.encoder.down_blocks:
-            h = self._run(block, h)
-        h = self._run(self.encoder.mid_block, h)
-        return h * self.cfg.feature_scale
+        x_NCHW = self._prepare(x_NCHW)
+        return self._maybe_compiled("encode", x_NCHW)(x_NCHW)
 
     def decode(self, f_NCHW: torch.Tensor) -> torch.Tensor:
         """Features ``[N, C_feat, H/8, W/8]`` -> frames ``[N, 3, H, W]``."""
-        h = f_NCHW / self.cfg.feature_scale
-        h = self._run(self.decoder.mid_block, h)
-        for block in self.decoder.up_blocks:
-            h = self._run(block, h)
-        if self.fused:
-            h = _gn_silu(h, self.decoder.conv_norm_out)
-        else:
-            h = self.decoder.conv_act(self.decoder.conv_norm_out(h))
-        return self.decoder.conv_out(h)
+        f_NCHW = self._prepare(f_NCHW)
+        return self._maybe_compiled("decode", f_NCHW)(f_NCHW)
 
     def load_autoencoder_kl(self, path: str | Path) -> None:
         """Load a local diffusers ``AutoencoderKL`` folder (e.g. the SDXL VAE) into the trunk.

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig
+from mugv_vae.model import streaming
 from mugv_vae.model.distribution import DiagonalGaussian
 from mugv_vae.model.temporal import TemporalDecoder, TemporalEncoder, set_fused_group_norm_silu
 from mugv_vae.model.tiling import tiled_apply
@@ -97,9 +98,22 @@ class MugvVAE(nn.Module):
         if hasattr(self.trunk, "set_fused_group_norm_silu"):
             self.trunk.set_fused_group_norm_silu(config.fused_group_norm_silu)
         self.trunk.gradient_checkpointing = config.gradient_checkpointing
+        if config.channels_last:
+            self.set_channels_last(True)
+        if config.compile_trunk and hasattr(self.trunk, "set_compile"):
+            self.trunk.set_compile(True)
         for m in self.modules():
             if hasattr(m, "checkpointing"):  # temporal res-blocks
                 m.checkpointing = config.gradient_checkpointing
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """NHWC / NDHWC weights and activations (cuDNN's fast layouts for bf16 convs).
+        Same maths; call again after ``load_state_dict`` only if it replaced parameters."""
+        if hasattr(self.trunk, "set_channels_last"):
+            self.trunk.set_channels_last(enabled)
+        fmt = torch.channels_last_3d if enabled else torch.contiguous_format
+        self.temporal_encoder.to(memory_format=fmt)
+        self.temporal_decoder.to(memory_format=fmt)
 
     # ----------------------------------------------------------------- normalisation
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -126,29 +140,16 @@ class MugvVAE(nn.Module):
         return z_BCTHW * s + m
 
     # ----------------------------------------------------------------- building blocks
-    def _batched(self, fn, x: torch.Tensor, size: int | None) -> torch.Tensor:
-        if size is None or x.shape[0] <= size:
-            return fn(x)
-        return torch.cat([fn(part) for part in x.split(size)], dim=0)
-
     def encode_features(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
         """Trunk features of every frame, ``[B, C_feat, T, H/8, W/8]``."""
         b, c, t, h, w = video_BCTHW.shape
         frames_NCHW = video_BCTHW.transpose(1, 2).reshape(b * t, c, h, w)
-        f_NCHW = self._batched(self.trunk.encode, frames_NCHW, self.frame_batch_size)
+        size = self.frame_batch_size or b * t
+        f_NCHW = torch.cat([self.trunk.encode(part) for part in frames_NCHW.split(size)])
         return f_NCHW.view(b, t, *f_NCHW.shape[1:]).transpose(1, 2)
 
     def _moments(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
-        f_BCTHW = self.encode_features(video_BCTHW)
-        b, c, _, h, w = f_BCTHW.shape
-        pad = TIME_COMPRESSION - 1
-        f_BCTHW = torch.cat([f_BCTHW[:, :, :1].expand(b, c, pad, h, w), f_BCTHW], dim=2)
-        k = f_BCTHW.shape[2] // TIME_COMPRESSION
-        # Minimal encoding: every 8-frame chunk becomes its own batch element.
-        chunks = f_BCTHW.view(b, c, k, TIME_COMPRESSION, h, w).transpose(1, 2)
-        chunks = chunks.reshape(b * k, c, TIME_COMPRESSION, h, w)
-        m = self._batched(self.temporal_encoder, chunks, self.chunk_batch_size)
-        return m.view(b, k, m.shape[1], *m.shape[-2:]).transpose(1, 2)
+        return streaming.encode_moments(self, video_BCTHW)
 
     def encode_posterior(self, video_BCTHW: torch.Tensor) -> DiagonalGaussian:
         """Posterior over raw (un-normalised) latents ``[B, 24, 1+k, H/8, W/8]``."""
@@ -191,18 +192,7 @@ class MugvVAE(nn.Module):
         """Raw latents -> trunk features ``[B, C_feat, 8K - 7, h, w]`` via windows of R latents."""
         if window < 1:
             raise ValueError(f"decoder window must be >= 1 latent, got {window}")
-        b, c, k, h, w = z_BCKHW.shape
-        outs = []
-        full = (k // window) * window
-        if full:
-            wins = z_BCKHW[:, :, :full].view(b, c, full // window, window, h, w).transpose(1, 2)
-            wins = wins.reshape(-1, c, window, h, w)
-            f = self._batched(self.temporal_decoder, wins, self.chunk_batch_size)
-            f = f.view(b, full // window, *f.shape[1:]).transpose(1, 2)
-            outs.append(f.reshape(b, f.shape[1], -1, *f.shape[-2:]))
-        if full < k:
-            outs.append(self.temporal_decoder(z_BCKHW[:, :, full:]))
-        f_BCTHW = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        f_BCTHW = streaming.decode_windows(self, z_BCKHW, window, self.chunk_batch_size)
         return f_BCTHW[:, :, TIME_COMPRESSION - 1 :]
 
     def decode_raw(
@@ -222,12 +212,11 @@ class MugvVAE(nn.Module):
                 f"got {tuple(z_BCKHW.shape)}"
             )
 
+        if window < 1:
+            raise ValueError(f"decoder window must be >= 1 latent, got {window}")
+
         def run(z: torch.Tensor) -> torch.Tensor:
-            f_BCTHW = self.decode_features(z, window)
-            b, c, t, h, w = f_BCTHW.shape
-            f_NCHW = f_BCTHW.transpose(1, 2).reshape(b * t, c, h, w)
-            x_NCHW = self._batched(self.trunk.decode, f_NCHW, self.frame_batch_size)
-            return x_NCHW.view(b, t, *x_NCHW.shape[1:]).transpose(1, 2)
+            return streaming.decode_video(self, z, window)
 
         if tile is None:
             return run(z_BCKHW)

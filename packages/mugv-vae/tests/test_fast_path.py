@@ -1,0 +1,91 @@
+"""The inference fast path: functional trunk blocks, channels-last layouts, memory budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mugv_vae.config import tiny_config
+from mugv_vae.model import MugvVAE
+from mugv_vae.model.streaming import plan, temporal_bytes_per_chunk, trunk_bytes_per_frame
+from mugv_vae.model.trunk import block_forward
+
+
+def _trunk_blocks(model: MugvVAE):
+    enc, dec = model.trunk.encoder, model.trunk.decoder
+    return [*enc.down_blocks, enc.mid_block, dec.mid_block, *dec.up_blocks]
+
+
+def test_functional_trunk_blocks_match_the_diffusers_modules():
+    # Independent reference: diffusers' own module forwards, float64 (the up-sampler's
+    # interpolation, the attention processor and the res-blocks are theirs).
+    torch.manual_seed(0)
+    model = MugvVAE(tiny_config()).double().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in _trunk_blocks(model):
+            c = block.resnets[0].in_channels
+            x = torch.randn(2, c, 16, 24, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(block_forward(block, x, False), block(x), rtol=0, atol=1e-12)
+
+
+def test_channels_last_model_matches_the_default_layout(make_video):
+    torch.manual_seed(0)
+    plain = MugvVAE(tiny_config()).eval()
+    cl = MugvVAE(tiny_config().model_copy(update={"channels_last": True})).eval()
+    cl.load_state_dict(plain.state_dict())
+    conv = cl.trunk.decoder.up_blocks[-1].resnets[0].conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    conv3d = cl.temporal_encoder.conv_in.conv
+    assert conv3d.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    video = make_video(t=17, h=32, w=48)
+    with torch.no_grad():
+        z = plain.encode(video)
+        torch.testing.assert_close(cl.encode(video), z, rtol=1e-4, atol=1e-5)
+        for window in (1, 2):
+            x = plain.decode(z, window=window)
+            y = cl.decode(z, window=window)
+            assert y.is_contiguous()  # the output video is written into a plain buffer
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
+    cfg = tiny_config()
+    per_frame = trunk_bytes_per_frame(cfg, 64, 64, 4)
+    per_chunk = temporal_bytes_per_chunk(cfg, 64, 64, 4)
+    # c0=8, c1=8: max(4*8, 2.5*8) = 32 channels of fp32 per pixel.
+    assert per_frame == 32 * 64 * 64 * 4
+    assert per_chunk == 2 * 8 * 16 * 8 * 8 * 4
+    assert plan(cfg, 64, 64, 4, None, None).frame_batch is None  # no budget: no limit
+    budgeted = cfg.model_copy(update={"max_activation_bytes": 10 * per_frame})
+    p = plan(budgeted, 64, 64, 4, None, None)
+    # Half the budget for the temporal pass: 10 * 524288 / (2 * 65536) = 40 chunks; their
+    # features (40 * 65536 / 2 bytes) stay alive beside the trunk: 7 frames fit the rest.
+    assert (p.chunk_batch, p.frame_batch) == (40, 7)
+    assert plan(budgeted, 64, 64, 4, 5, None).frame_batch == 5  # explicit sizes win
+    tiny_budget = cfg.model_copy(update={"max_activation_bytes": 1})
+    assert plan(tiny_budget, 64, 64, 4, None, None) == plan(cfg, 64, 64, 4, 1, 1)
+
+    torch.manual_seed(0)
+    free = MugvVAE(cfg).eval()
+    tight = MugvVAE(tiny_budget).eval()
+    tight.load_state_dict(free.state_dict())
+    video = make_video(t=25)
+    with torch.no_grad():
+        z = free.encode(video)
+        torch.testing.assert_close(tight.encode(video), z, rtol=1e-4, atol=1e-5)
+        for window in (1, 2, 8):
+            torch.testing.assert_close(
+                tight.decode(z, window=window), free.decode(z, window=window), rtol=1e-4, atol=5e-5
+            )
+
+
+def test_runtime_fields_can_be_overridden_when_loading(tmp_path):
+    torch.manual_seed(0)
+    MugvVAE(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    model = MugvVAE.from_pretrained(
+        tmp_path / "ckpt", channels_last=True, max_activation_bytes=2**20
+    )
+    assert model.config.channels_last and model.config.max_activation_bytes == 2**20
+    assert model.trunk.channels_last
+    with pytest.raises(ValueError, match="cannot override"):
+        MugvVAE.from_pretrained(tmp_path / "ckpt", latent_channels=8)
