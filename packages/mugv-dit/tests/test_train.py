@@ -113,8 +113,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(cfg: Path, *args: str) -> None:
+def _torchrun(*args: str, script: str | None = None, timeout: int = 300) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    entry = [script] if script else ["-m", "mugv_dit.cli"]
     cmd = [
         sys.executable,
         "-m",
@@ -123,22 +124,75 @@ def _torchrun(cfg: Path, *args: str) -> None:
         "2",
         "--master-port",
         str(_free_port()),
-        "-m",
-        "mugv_dit.cli",
-        "train",
-        str(cfg),
+        *entry,
         *args,
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-@pytest.mark.parametrize(
-    "sequence_parallel", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["sp", "nosp"]
-)
-def test_tp2_from_tp1_checkpoint_and_dp2_match_tp1(
-    reference_run, dataset, tmp_path, sequence_parallel
-):
+def _resume_from(run_dir: Path, source: Path, step: int) -> None:
+    """Seed ``run_dir`` with another run's checkpoint of ``step`` (to resume from)."""
+    ckpts = run_dir / "checkpoints"
+    ckpts.mkdir(parents=True)
+    name = f"step_{step:07d}"
+    shutil.copytree(source / "checkpoints" / name, ckpts / name)
+    (ckpts / "latest").write_text(name + "\n")
+
+
+def _run_layouts(tmp: Path, runs: list[dict]) -> None:
+    """Train several configs in ONE 2-process torchrun launch (see mugv_dit_layouts.py)."""
+    spec = tmp / "runs.json"
+    spec.write_text(json.dumps(runs))
+    _torchrun(str(spec), script=str(Path(__file__).with_name("mugv_dit_layouts.py")))
+
+
+@pytest.fixture(scope="module")
+def layout_runs(reference_run, dataset, tmp_path_factory):
+    """Other layouts of the reference run, all in one torchrun launch:
+
+    * tp2: TP=2 + sequence parallel, resuming the TP=1 run's step-2 checkpoint (re-sharded);
+    * dp2: DP=2 (distributed optimizer) from scratch, 3 steps;
+    * pp2: PP=2 (1F1B over 2 micro-batches), resuming the TP=1 step-2 checkpoint;
+    * cp2: CP=2 (all-to-all sequence parallel), resuming the TP=1 step-2 checkpoint.
+    """
+    ref_dir, _, _ = reference_run
+    tmp = tmp_path_factory.mktemp("layouts")
+    save2 = {"progress": False, "ema_decay": 0.9, "save_every": 2}
+    configs = {
+        "tp2": _config(
+            tmp, dataset, "tp2", parallel={"tensor_parallel": 2, "sequence_parallel": True}
+        ),
+        "dp2": _config(tmp, dataset, "dp2"),
+        "pp2": _config(tmp, dataset, "pp2", parallel={"pipeline_parallel": 2}, train=save2),
+        "cp2": _config(tmp, dataset, "cp2", parallel={"context_parallel": 2}),
+    }
+    for name in ("tp2", "pp2", "cp2"):
+        _resume_from(tmp / name, ref_dir, 2)
+    runs = [
+        {
+            "config": str(configs[name]),
+            "micro_batches": 2,
+            "max_steps": 3 if name == "dp2" else None,
+        }
+        for name in configs
+    ]
+    _run_layouts(tmp, runs)
+    return tmp
+
+
+def _assert_same_weights(run_dir: Path, expected: dict, out: Path) -> None:
+    """The run's final raw weights, loaded at TP=PP=CP=1 through export, equal ``expected``."""
+    from mugv_dit.export import export_run, load_export
+
+    export_run(run_dir, out, weights="model")
+    _, state = load_export(out)
+    for name, value in expected.items():
+        if not name.endswith("_extra_state"):
+            torch.testing.assert_close(state[name], value, rtol=1e-4, atol=2e-6, msg=name)
+
+
+def test_tp2_from_tp1_checkpoint_and_dp2_match_tp1(reference_run, layout_runs, tmp_path):
     """TP=2 (+ sequence parallel) resumes the TP=1 run's step-2 checkpoint (re-sharded on
     load); DP=2 (distributed optimizer) trains from scratch. Both reproduce the TP=1 losses."""
     ref_dir, ref_logs, final = reference_run
@@ -147,34 +201,67 @@ def test_tp2_from_tp1_checkpoint_and_dp2_match_tp1(
     assert any(log["bucket"][:3] == [3, 6, 6] for log in ref_logs[2:]), [
         g["bucket"] for g in ref_logs
     ]
-    tp_cfg = _config(
-        tmp_path,
-        dataset,
-        "tp2",
-        parallel={"tensor_parallel": 2, "sequence_parallel": sequence_parallel},
-    )
-    ckpts = tmp_path / "tp2" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    shutil.copytree(ref_dir / "checkpoints" / "step_0000002", ckpts / "step_0000002")
-    (ckpts / "latest").write_text("step_0000002\n")
-    _torchrun(tp_cfg, "--micro-batches", "2")
-    got = _losses(tmp_path / "tp2")
+    got = _losses(layout_runs / "tp2")
     assert sorted(got) == [2, 3, 4, 5]
     for step in got:
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
     # the TP=2 run's final weights (gathered through export) equal the TP=1 run's, including
     # replicated parameters such as the QK-norm weights that each TP rank sees only partly
-    from mugv_dit.export import export_run, load_export
+    _assert_same_weights(layout_runs / "tp2", final, tmp_path / "tp2_export")
+    got = _losses(layout_runs / "dp2")
+    assert sorted(got) == [0, 1, 2]
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
 
-    export_run(tmp_path / "tp2", tmp_path / "tp2_export", weights="model")
-    _, tp2_state = load_export(tmp_path / "tp2_export")
-    for name, value in final.items():
-        if not name.endswith("_extra_state"):
-            torch.testing.assert_close(tp2_state[name], value, rtol=1e-4, atol=2e-6, msg=name)
-    dp_cfg = _config(tmp_path, dataset, "dp2")
-    _torchrun(dp_cfg, "--max-steps", "3")
-    got = _losses(tmp_path / "dp2")
-    for step in range(3):
+
+def test_pipeline_parallel_matches_pp1_and_its_checkpoint_resumes_at_pp1(
+    megatron_single, reference_run, layout_runs, dataset, tmp_path
+):
+    """PP=2 (two stages of one block each, conditioning embedders on both, 1F1B over two
+    micro-batches) continues the PP=1 run with the same losses and grad norms; its step-4
+    checkpoint (saved by two stages) resumes at PP=1 (model, EMA, optimizer) and continues
+    the same curve; its final weights equal the PP=1 run's."""
+    ref_dir, ref_logs, final = reference_run
+    ref = _losses(ref_dir)
+    lines = (layout_runs / "pp2" / "metrics.jsonl").read_text().splitlines()
+    got = {r["step"]: r for r in map(json.loads, lines)}
+    assert sorted(got) == [2, 3, 4, 5]
+    for step in got:
+        assert got[step]["loss"] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+        # the stage-replicated embedders count once in the (clipped) grad norm
+        assert got[step]["grad_norm"] == pytest.approx(ref_logs[step]["grad_norm"], rel=1e-4)
+    _assert_same_weights(layout_runs / "pp2", final, tmp_path / "pp2_export")
+    cfg = _config(tmp_path, dataset, "pp1", train={"progress": False, "ema_decay": 0.9})
+    _resume_from(tmp_path / "pp1", layout_runs / "pp2", 4)
+    _train_inprocess(cfg)
+    got = _losses(tmp_path / "pp1")
+    assert sorted(got) == [4, 5]
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+
+
+def test_context_parallel_matches_cp1(reference_run, layout_runs, tmp_path):
+    """CP=2 (tokens sharded, heads exchanged all-to-all around self-attention, padded odd
+    token counts, per-shard final layer gathered for the loss) reproduces the CP=1 losses
+    and final weights after resuming the CP=1 checkpoint."""
+    ref_dir, _, final = reference_run
+    ref = _losses(ref_dir)
+    got = _losses(layout_runs / "cp2")
+    assert sorted(got) == [2, 3, 4, 5]
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    _assert_same_weights(layout_runs / "cp2", final, tmp_path / "cp2_export")
+
+
+@pytest.mark.slow
+def test_tp2_without_sequence_parallel_matches_tp1(reference_run, dataset, tmp_path):
+    ref_dir, _, _ = reference_run
+    cfg = _config(tmp_path, dataset, "tp2", parallel={"tensor_parallel": 2})
+    _resume_from(tmp_path / "tp2", ref_dir, 2)
+    _torchrun("train", str(cfg), "--micro-batches", "2")
+    ref, got = _losses(ref_dir), _losses(tmp_path / "tp2")
+    assert sorted(got) == [2, 3, 4, 5]
+    for step in got:
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
 
 

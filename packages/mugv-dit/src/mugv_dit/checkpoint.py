@@ -153,6 +153,10 @@ def load_model_weights(path: Path, model, *, which: str = "model") -> None:
 
 
 def _load_module(module, state: dict, path: Path) -> None:
+    # checkpoints name blocks by their global index; a pipeline stage holds them locally
+    if getattr(module, "layer_offset", 0):
+        local = {module.global_name(k): k for k in module.state_dict()}
+        state = {local.get(k, k): v for k, v in state.items()}
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing:

@@ -2,7 +2,9 @@
 
 Megatron-Core 0.16 allocates buffers with ``device='cuda'`` / ``torch.cuda.current_device()``,
 opens CUDA streams and checks ``param.type() == 'torch.cuda.FloatTensor'`` in its
-distributed data parallel wrapper, optimizers and grad clipping. On a machine without CUDA
+distributed data parallel wrapper, optimizers and grad clipping; its pipeline schedules and
+p2p communication allocate receive buffers on ``torch.cuda.current_device()`` and call
+``torch.cuda.synchronize()`` after ``batch_isend_irecv``. On a machine without CUDA
 (tests, the CPU demo) :func:`cpu_megatron` makes those calls land on the CPU:
 
 * factory functions and ``Tensor.to`` / ``Tensor.cuda`` asked for a CUDA device get the CPU,

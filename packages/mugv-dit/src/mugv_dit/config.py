@@ -184,9 +184,21 @@ class ParallelConfig(BaseModel):
 
     model_config = _STRICT
 
-    tensor_parallel: int = 1
+    tensor_parallel: int = Field(1, ge=1, description="Tensor-parallel ranks (heads, FFN).")
     sequence_parallel: bool = Field(
         False, description="Shard tokens over TP ranks outside attention/MLP (TP > 1)."
+    )
+    pipeline_parallel: int = Field(
+        1,
+        ge=1,
+        description="Pipeline stages (Megatron 1F1B schedule over the step's micro-batches); "
+        "model.num_layers must be divisible by it.",
+    )
+    context_parallel: int = Field(
+        1,
+        ge=1,
+        description="All-to-all (Ulysses) sequence parallelism: tokens sharded over this many "
+        "ranks, heads exchanged around self-attention; heads divisible by TP x this.",
     )
     distributed_optimizer: bool = True
     overlap_grad_reduce: bool = False
@@ -253,6 +265,17 @@ class RunConfig(BaseModel):
             raise ValueError("curriculum must list at least one stage")
         if len(set(names)) != len(names):
             raise ValueError(f"curriculum stage names must be unique: {names}")
+        par = self.parallel
+        if self.model.num_layers % par.pipeline_parallel:
+            raise ValueError(
+                f"model.num_layers={self.model.num_layers} not divisible by "
+                f"parallel.pipeline_parallel={par.pipeline_parallel}"
+            )
+        if self.model.num_heads % (par.tensor_parallel * par.context_parallel):
+            raise ValueError(
+                f"model.num_heads={self.model.num_heads} not divisible by parallel.tensor_parallel"
+                f" x parallel.context_parallel={par.tensor_parallel * par.context_parallel}"
+            )
         return self
 
 

@@ -30,10 +30,14 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
-    params = dict(model.named_parameters())
+    # a pipeline stage holds part of the model under local block indices
+    global_name = getattr(model, "global_name", lambda name: name)
+    params = {global_name(k): v for k, v in model.named_parameters()}
     expected = set(params)
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
+    if getattr(model, "pp_size", 1) > 1:
+        unexpected = []  # the other stages' parameters
     if missing or unexpected:
         raise ValueError(
             f"state dict does not fit the model: missing {missing[:5]} ({len(missing)}), "

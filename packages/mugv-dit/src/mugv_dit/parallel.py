@@ -22,8 +22,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(tensor_parallel: int = 1, backend: str = "auto") -> None:
-    """Initialise torch.distributed (if needed) and Megatron's TP/DP groups."""
+def init_distributed(
+    tensor_parallel: int = 1,
+    backend: str = "auto",
+    *,
+    pipeline_parallel: int = 1,
+    context_parallel: int = 1,
+) -> None:
+    """Initialise torch.distributed (if needed) and Megatron's TP/CP/PP/DP groups."""
     if backend == "auto":
         backend = default_backend()
     if not dist.is_initialized():
@@ -41,13 +47,26 @@ def init_distributed(tensor_parallel: int = 1, backend: str = "auto") -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
     world = dist.get_world_size()
-    if world % tensor_parallel:
-        raise ValueError(f"world size {world} not divisible by tensor_parallel={tensor_parallel}")
+    model_ranks = tensor_parallel * pipeline_parallel * context_parallel
+    if min(tensor_parallel, pipeline_parallel, context_parallel) < 1 or world % model_ranks:
+        raise ValueError(
+            f"world size {world} not divisible by tensor_parallel={tensor_parallel} x "
+            f"pipeline_parallel={pipeline_parallel} x context_parallel={context_parallel}"
+        )
     if parallel_state.model_parallel_is_initialized():
-        if parallel_state.get_tensor_model_parallel_world_size() != tensor_parallel:
-            raise ValueError("parallel_state already initialised with another tensor_parallel")
+        have = (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_context_parallel_world_size(),
+        )
+        if have != (tensor_parallel, pipeline_parallel, context_parallel):
+            raise ValueError(f"parallel_state already initialised with (TP, PP, CP)={have}")
         return
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        context_parallel_size=context_parallel,
+    )
 
 
 def destroy_distributed() -> None:
@@ -64,6 +83,14 @@ def dp_rank() -> int:
 
 def dp_size() -> int:
     return parallel_state.get_data_parallel_world_size()
+
+
+def pp_rank() -> int:
+    return parallel_state.get_pipeline_model_parallel_rank()
+
+
+def cp_rank() -> int:
+    return parallel_state.get_context_parallel_rank()
 
 
 def tp_rank() -> int:

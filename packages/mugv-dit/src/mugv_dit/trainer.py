@@ -23,6 +23,7 @@ from megatron.core.distributed import (
     finalize_model_grads,
 )
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
 from mugv_formats import atomic_write_text
 
 from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint
@@ -72,13 +73,20 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.stack = ExitStack()
         # 1. process groups (torchrun env or a single local process)
-        init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.backend)
+        par = cfg.parallel
+        init_distributed(
+            par.tensor_parallel,
+            par.backend,
+            pipeline_parallel=par.pipeline_parallel,
+            context_parallel=par.context_parallel,
+        )
         self.shim = self.stack.enter_context(cpu_megatron())
         self.device = default_device()
         self.rank = dist.get_rank()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        self.dp_group = parallel_state.get_data_parallel_group()
+        self.dp_group = parallel_state.get_data_parallel_group()  # without CP ranks
+        self.pp_size = par.pipeline_parallel
         self.micro_batches = micro_batches_per_step or self.dp_size
         if self.micro_batches % self.dp_size:
             raise ValueError(
@@ -89,12 +97,17 @@ class Trainer:
         # 2. model: identical seed on every rank -> identical replicated params, and
         #    TP-invariant init of the parallel linears (CPU master weights, then split)
         torch.manual_seed(cfg.train.seed)
+        layout = {
+            "tensor_parallel": par.tensor_parallel,
+            "pipeline_parallel": par.pipeline_parallel,
+            "context_parallel": par.context_parallel,
+        }
         tcfg = megatron_config(
             cfg.model,
-            tensor_parallel=cfg.parallel.tensor_parallel,
             params_dtype=dtype,
             cpu_init=True,
-            sequence_parallel=cfg.parallel.sequence_parallel,
+            sequence_parallel=par.sequence_parallel,
+            **layout,
         )
         model = MUGDiT(cfg.model, tcfg).to(device=self.device, dtype=dtype)
         # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
@@ -106,6 +119,10 @@ class Trainer:
             check_for_nan_in_grad=False,
         )
         self.model = DistributedDataParallel(tcfg, ddp_cfg, model)
+        # hooks of Megatron's forward-backward schedules: no grad sync until the last
+        # micro-batch, then DP reduce + TP (sequence parallel) + PP (conditioning) reductions
+        tcfg.no_sync_func = self.model.no_sync
+        tcfg.finalize_model_grads_func = finalize_model_grads
         # 4. optimizer (fp32 main params when bf16)
         opt_cfg = OptimizerConfig(
             optimizer="adam",
@@ -123,9 +140,7 @@ class Trainer:
         # 5. EMA: an fp32 copy with the same TP sharding (checkpoints through the same path)
         self.ema = None
         if cfg.train.ema_decay is not None:
-            ema_tcfg = megatron_config(
-                cfg.model, tensor_parallel=cfg.parallel.tensor_parallel, cpu_init=True
-            )
+            ema_tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
             self.ema = MUGDiT(cfg.model, ema_tcfg).to(self.device).requires_grad_(False)
             with torch.no_grad():
                 for p_ema, p in zip(self.ema.parameters(), model.parameters()):
@@ -152,6 +167,11 @@ class Trainer:
             seed=cfg.data.seed,
         )
         self.energon = None
+        if cfg.data.loader == "energon" and par.pipeline_parallel > 1:
+            raise ValueError(
+                "data.loader=energon with parallel.pipeline_parallel > 1 is not supported "
+                "(pipeline stages need equal-shape micro-batches within a step; use plan)"
+            )
         if cfg.data.loader == "energon":
             from mugv_dit.data_energon import EnergonLatentLoader
 
@@ -242,28 +262,10 @@ class Trainer:
             group["lr"] = lr
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        sse_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        text_tokens = 0
-        for batch, inputs in prepared:
-            text = PackedText.from_list(batch.texts)
-            text_tokens += int(text.tokens_LC.shape[0])
-            pred = self.model(
-                inputs.noisy_BCTHW,
-                inputs.sigma_B.to(self.device),
-                text,
-                fps_B=batch.fps_B,
-                noisy_frames_BT=inputs.noisy_frames_BT.to(self.device),
-                drop_caption_B=inputs.drop_caption_B,
-            )
-            sse = masked_velocity_sse(
-                pred, inputs.target_BCTHW, inputs.noisy_frames_BT.to(self.device)
-            )
-            # DDP averages grads over DP ranks: scale so the result is sum(sse) / total_count
-            (sse * (self.dp_size / total_count)).backward()
-            sse_sum += sse.detach().double()
-        # DP grad sync, plus the TP all-reduce of grads that are partial per token shard
-        # under sequence parallelism (row-parallel biases)
-        finalize_model_grads([self.model])
+        sse_sum = self._forward_backward(prepared, total_count)
+        text_tokens = sum(sum(int(x.shape[0]) for x in b.texts) for b, _ in prepared)
+        # the loss lives on the last pipeline stage: share it with every stage and DP rank
+        dist.all_reduce(sse_sum, group=parallel_state.get_pipeline_model_parallel_group())
         dist.all_reduce(sse_sum, group=self.dp_group)
         loss = float(sse_sum.item()) / total_count
         where = f"bucket {bucket}, samples {[k for b, _ in prepared for k in b.keys]}"
@@ -290,6 +292,51 @@ class Trainer:
             "flops": flops,
             "bucket": list(bucket),
         }
+
+    def _forward_backward(self, prepared: list, total_count: float) -> torch.Tensor:
+        """Forward and backward of this rank's micro-batches through Megatron's schedule (1F1B
+        pipelining with PP > 1); DP/TP/PP grad reductions run in its finalize hook. Returns
+        the summed squared error on the last pipeline stage (0 elsewhere), float64."""
+        device = self.device
+        n_micro = len(prepared)
+        # DDP averages over DP x CP ranks and the schedule scales each micro-batch's loss by
+        # CP / n_micro: the net gradient is that of sum(sse) / total_count
+        scale = self.dp_size * n_micro / total_count
+
+        def forward_step(data_iterator, model):
+            batch, inputs = next(data_iterator)
+            noisy_BT = inputs.noisy_frames_BT.to(device)
+            pred = model(
+                inputs.noisy_BCTHW,
+                inputs.sigma_B.to(device),
+                PackedText.from_list(batch.texts),
+                fps_B=batch.fps_B,
+                noisy_frames_BT=noisy_BT,
+                drop_caption_B=inputs.drop_caption_B,
+            )
+
+            def loss_func(pred_BCTHW):
+                sse = masked_velocity_sse(pred_BCTHW, inputs.target_BCTHW, noisy_BT)
+                return sse * scale, {"sse": sse.detach().double()}
+
+            return pred, loss_func
+
+        shape = prepared[0][0].latents_BCTHW.shape
+        if any(b.latents_BCTHW.shape != shape for b, _ in prepared) and self.pp_size > 1:
+            raise ValueError(f"pipeline micro-batches of one step differ in shape ({shape})")
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(prepared),
+            model=self.model,
+            num_microbatches=n_micro,
+            seq_length=self.model.module.padded_length(shape),
+            micro_batch_size=shape[0],
+            forward_only=False,
+        )
+        sse_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for out in outputs or []:
+            sse_sum += out["sse"]
+        return sse_sum
 
     def _nonfinite(self, value: float, where: str, what: str) -> dict:
         self.skipped += 1

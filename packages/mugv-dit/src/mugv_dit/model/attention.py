@@ -25,6 +25,7 @@ from megatron.core.tensor_parallel import (
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from mugv_dit.model.context_parallel import heads_to_seq, seq_to_heads
 from mugv_dit.model.ops import qk_rmsnorm_rope, rms_norm
 
 _HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
@@ -176,20 +177,43 @@ class _AttentionBase(MegatronModule):
 
 
 class SelfAttention(_AttentionBase):
-    """3D self-attention: fused qkv -> QK-RMSNorm -> 3D RoPE -> attention -> out proj."""
+    """3D self-attention: fused qkv -> QK-RMSNorm -> 3D RoPE -> attention -> out proj.
+
+    With context parallelism (Megatron's CP group of size > 1) the layer sees a token shard;
+    q/k/v are exchanged all-to-all (heads scattered, sequence gathered) around the attention.
+    """
 
     def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
         super().__init__(config, eps=eps, backend=backend, fused=fused)
         self.qkv = self._linear_col(3 * config.hidden_size)
         self.proj = self._linear_row()
+        self.cp_group = None
+        if (
+            parallel_state.model_parallel_is_initialized()
+            and parallel_state.get_context_parallel_world_size() > 1
+        ):
+            cp = parallel_state.get_context_parallel_world_size()
+            if self.heads_local % cp:
+                raise ValueError(
+                    f"num_heads={config.num_attention_heads} not divisible by "
+                    f"tensor_parallel x context_parallel={config.num_attention_heads // self.heads_local * cp}"
+                )
+            self.cp_group = parallel_state.get_context_parallel_group()
 
-    def forward(self, x_BNC, cos_BNK, sin_BNK) -> torch.Tensor:
-        """``x``: tokens (this rank's shard with sequence parallelism, padded to a multiple of
-        the TP size); ``cos/sin``: RoPE tables of the real (unpadded) sequence."""
+    def forward(self, x_BNC, cos_BNK, sin_BNK, n_real: int | None = None) -> torch.Tensor:
+        """``x``: tokens (this rank's shard with sequence / context parallelism, padded).
+
+        ``cos/sin``: RoPE tables. Without ``n_real`` they cover the real (unpadded) sequence
+        and there is no context parallelism. With ``n_real`` (the real length of the whole
+        sequence) they cover exactly the tokens of this rank's context-parallel shard
+        (padding included), which the column-parallel projection returns.
+        """
         qkv = column_forward(self.qkv, x_BNC)
         b, n_pad, _ = qkv.shape
-        n = cos_BNK.shape[1]
-        qkv_BNH3D = qkv[:, :n].view(b, n, self.heads_local, 3, self.head_dim)
+        n_tab = cos_BNK.shape[1]
+        if n_real is None:
+            n_real = n_tab
+        qkv_BNH3D = qkv[:, :n_tab].view(b, n_tab, self.heads_local, 3, self.head_dim)
         q, k, v = qkv_BNH3D.unbind(3)
         q_weight, k_weight = self.qk_norm_weights()
         q, k = qk_rmsnorm_rope(
@@ -202,10 +226,18 @@ class SelfAttention(_AttentionBase):
             self.eps,
             fused=self.fused,
         )
-        out_BNHD = dense_attention(q, k, v.contiguous(), self.backend)
-        out = out_BNHD.reshape(b, n, -1)
-        if n_pad > n:  # padding tokens (sequence parallel) are never keys; zero outputs
-            out = torch.nn.functional.pad(out, (0, 0, 0, n_pad - n))
+        if self.cp_group is not None:
+            q, k, v = (seq_to_heads(z, self.cp_group) for z in (q, k, v))
+        n_full = q.shape[1]
+        q, k, v = q[:, :n_real], k[:, :n_real], v[:, :n_real].contiguous()
+        out_BNHD = dense_attention(q, k, v, self.backend)
+        if n_full > n_real:  # padding tokens are never keys; their outputs are zero
+            out_BNHD = torch.nn.functional.pad(out_BNHD, (0, 0, 0, 0, 0, n_full - n_real))
+        if self.cp_group is not None:
+            out_BNHD = heads_to_seq(out_BNHD, self.cp_group)
+        out = out_BNHD.reshape(b, n_tab, -1)
+        if n_pad > n_tab:  # padding tokens (sequence parallel) are never keys; zero outputs
+            out = torch.nn.functional.pad(out, (0, 0, 0, n_pad - n_tab))
         return row_forward(self.proj, out)
 
 

@@ -6,11 +6,13 @@ N = M + 2 (start and end tokens), L packed text tokens, D hidden width.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 import torch.utils.checkpoint
 from megatron.core import parallel_state
+from megatron.core.enums import ModelType
 from megatron.core.tensor_parallel import (
     gather_from_sequence_parallel_region,
     scatter_to_sequence_parallel_region,
@@ -22,6 +24,7 @@ from torch import nn
 
 from mugv_dit.config import ModelConfig
 from mugv_dit.model.attention import PackedText
+from mugv_dit.model.context_parallel import gather_sequence, shard_bounds
 from mugv_dit.model.embeddings import (
     FinalLayer,
     ScalarEmbedder,
@@ -40,10 +43,12 @@ def megatron_config(
     params_dtype: torch.dtype = torch.float32,
     cpu_init: bool = True,
     sequence_parallel: bool = False,
+    pipeline_parallel: int = 1,
+    context_parallel: int = 1,
 ) -> TransformerConfig:
     """Megatron-Core TransformerConfig for a mugv ModelConfig (sequence parallelism only
     takes effect with tensor_parallel > 1)."""
-    return TransformerConfig(
+    config = TransformerConfig(
         sequence_parallel=sequence_parallel and tensor_parallel > 1,
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -51,6 +56,9 @@ def megatron_config(
         num_attention_heads=cfg.num_heads,
         kv_channels=cfg.head_dim,
         tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        context_parallel_size=context_parallel,
+        pipeline_dtype=params_dtype if pipeline_parallel > 1 else None,
         params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=cpu_init,
@@ -60,47 +68,146 @@ def megatron_config(
         attention_dropout=0.0,
         gradient_accumulation_fusion=False,
     )
+    # the conditioning embedders are replicated on every pipeline stage: Megatron's
+    # finalize_model_grads all-reduces grads of parameters marked `pipeline_parallel`
+    config.has_cond_embedder = pipeline_parallel > 1
+    return config
+
+
+# modules every pipeline stage holds (the conditioning of every block), by attribute name
+CONDITIONING_MODULES = ("t_embedder", "fps_embedder", "t_block", "y_embedder")
+
+
+def _pipeline_position() -> tuple[int, int]:
+    """(pipeline rank, pipeline size) from Megatron's parallel_state, (0, 1) without it."""
+    if not parallel_state.model_parallel_is_initialized():
+        return 0, 1
+    return (
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+
+
+def _context_parallel() -> tuple[int, int, object]:
+    """(CP rank, CP size, CP group); (0, 1, None) without context parallelism."""
+    if (
+        not parallel_state.model_parallel_is_initialized()
+        or parallel_state.get_context_parallel_world_size() == 1
+    ):
+        return 0, 1, None
+    return (
+        parallel_state.get_context_parallel_rank(),
+        parallel_state.get_context_parallel_world_size(),
+        parallel_state.get_context_parallel_group(),
+    )
 
 
 class MUGDiT(MegatronModule):
-    """The MUG-DiT video diffusion transformer on Megatron-Core parallel layers."""
+    """The MUG-DiT video diffusion transformer on Megatron-Core parallel layers.
+
+    Under pipeline parallelism an instance is one stage: it holds blocks
+    ``[layer_offset, layer_offset + len(blocks))``; the first stage (``pre_process``) also the
+    patch embedding and start/end tokens, the last (``post_process``) the final layer, and
+    EVERY stage the conditioning embedders (timestep, fps, ``t_block``, text), whose grads
+    Megatron all-reduces over the pipeline group. Non-first stages take their input tokens
+    through :meth:`set_input_tensor`; non-last stages return ``[N_shard, B, D]`` tokens.
+    """
 
     def __init__(
         self,
         model_cfg: ModelConfig,
         config: TransformerConfig,
         layer_spec: ModuleSpec | None = None,
+        *,
+        pre_process: bool | None = None,
+        post_process: bool | None = None,
     ):
         super().__init__(config)
         self.cfg = model_cfg
         d = model_cfg.hidden_size
         pt, ph, pw = model_cfg.patch_size
         spec = layer_spec or get_dit_layer_spec()
-        self.x_embedder = nn.Linear(model_cfg.in_channels * pt * ph * pw, d)
-        self.t_embedder = ScalarEmbedder(d, model_cfg.freq_embed_dim)
-        self.fps_embedder = ScalarEmbedder(d, model_cfg.freq_embed_dim)
-        self.t_block = nn.Linear(d, 6 * d)
-        self.y_embedder = TextEmbedder(
-            model_cfg.text_dim, d, model_cfg.null_text_tokens, model_cfg.norm_eps
-        )
-        self.start_token = nn.Parameter(torch.randn(d) * 0.02)
-        self.end_token = nn.Parameter(torch.randn(d) * 0.02)
-        self.blocks = nn.ModuleList(
-            build_module(
-                spec,
-                config,
-                eps=model_cfg.norm_eps,
-                attention_backend=model_cfg.attention_backend,
-                fused_ops=model_cfg.fused_ops,
-                recompute_mlp=model_cfg.recompute == "selective",
+        pp_rank, pp_size = _pipeline_position()
+        if model_cfg.num_layers % pp_size:
+            raise ValueError(
+                f"model.num_layers={model_cfg.num_layers} not divisible by pipeline_parallel={pp_size}"
             )
-            for _ in range(model_cfg.num_layers)
-        )
-        self.final_layer = FinalLayer(d, pt * ph * pw, model_cfg.out_channels, model_cfg.norm_eps)
-        with torch.no_grad():
-            for lin in (self.x_embedder, self.t_block, self.final_layer.linear):
-                nn.init.normal_(lin.weight, std=model_cfg.init_std)
-                nn.init.zeros_(lin.bias)
+        self.pp_rank, self.pp_size = pp_rank, pp_size
+        self.pre_process = pp_rank == 0 if pre_process is None else pre_process
+        self.post_process = pp_rank == pp_size - 1 if post_process is None else post_process
+        n_local = model_cfg.num_layers // pp_size
+        self.layer_offset = pp_rank * n_local
+        self.share_embeddings_and_output_weights = False  # read by finalize_model_grads
+        self.model_type = ModelType.encoder_or_decoder  # read by the pipeline schedules
+        self.input_tensor = None
+        # every part is initialised from its own seed drawn from the global RNG, so a stage
+        # holds exactly the weights of the same part of an unsplit model (any TP/PP layout)
+        base_seed = int(torch.randint(0, 2**62, (1,)).item())
+        seeded = functools.partial(_seeded_init, base_seed)
+        if self.pre_process:
+            with seeded(0):
+                self.x_embedder = nn.Linear(model_cfg.in_channels * pt * ph * pw, d)
+                self.start_token = nn.Parameter(torch.randn(d) * 0.02)
+                self.end_token = nn.Parameter(torch.randn(d) * 0.02)
+                _normal_linear(self.x_embedder, model_cfg.init_std)
+        with seeded(1):
+            self.t_embedder = ScalarEmbedder(d, model_cfg.freq_embed_dim)
+            self.fps_embedder = ScalarEmbedder(d, model_cfg.freq_embed_dim)
+            self.t_block = nn.Linear(d, 6 * d)
+            self.y_embedder = TextEmbedder(
+                model_cfg.text_dim, d, model_cfg.null_text_tokens, model_cfg.norm_eps
+            )
+            _normal_linear(self.t_block, model_cfg.init_std)
+        blocks = []
+        for i in range(self.layer_offset, self.layer_offset + n_local):
+            with seeded(100 + i):
+                blocks.append(
+                    build_module(
+                        spec,
+                        config,
+                        eps=model_cfg.norm_eps,
+                        attention_backend=model_cfg.attention_backend,
+                        fused_ops=model_cfg.fused_ops,
+                        recompute_mlp=model_cfg.recompute == "selective",
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        if self.post_process:
+            with seeded(2):
+                self.final_layer = FinalLayer(
+                    d, pt * ph * pw, model_cfg.out_channels, model_cfg.norm_eps
+                )
+                _normal_linear(self.final_layer.linear, model_cfg.init_std)
+        if pp_size > 1:
+            for name in CONDITIONING_MODULES:
+                for p in getattr(self, name).parameters():
+                    p.pipeline_parallel = True  # grads all-reduced over the pipeline group
+                    # counted once in the grad norm (Megatron skips params marked shared)
+                    p.shared = pp_rank > 0
+
+    def global_name(self, name: str) -> str:
+        """Name of a parameter of this stage in the full (unsplit) model."""
+        if self.layer_offset and name.startswith("blocks."):
+            i, rest = name[len("blocks.") :].split(".", 1)
+            return f"blocks.{int(i) + self.layer_offset}.{rest}"
+        return name
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Input tokens ``[N_shard, B, D]`` of a non-first pipeline stage (Megatron's hook)."""
+        if isinstance(input_tensor, list):
+            input_tensor = input_tensor[0]
+        self.input_tensor = input_tensor
+
+    def padded_length(self, latent_shape: tuple[int, ...]) -> int:
+        """Sequence length (start + video + end tokens) padded to a multiple of the ranks it is
+        sharded over (context parallel x tensor parallel with sequence parallelism)."""
+        _, _, t, h, w = latent_shape
+        pt, ph, pw = self.cfg.patch_size
+        n = (t // pt) * (h // ph) * (w // pw) + 2
+        mult = _context_parallel()[1]
+        if self.config.sequence_parallel:
+            mult *= parallel_state.get_tensor_model_parallel_world_size()
+        return n + (-n) % mult
 
     def _text_with_dropout(self, text: PackedText, drop_caption_B: torch.Tensor | None):
         if drop_caption_B is None or not bool(drop_caption_B.any()):
@@ -126,7 +233,8 @@ class MUGDiT(MegatronModule):
         """Predict ``[B, out_channels, T, H, W]`` (float32, or float64 for a float64 model) from noisy latents.
 
         Args:
-            latents_BCTHW: noisy latents (conditioning frames clean).
+            latents_BCTHW: noisy latents (conditioning frames clean). Non-first pipeline
+                stages read only its shape (their tokens come from the previous stage).
             sigma_B: noise level s in [0, 1] of the noisy frames.
             text: packed text features (``[L, text_dim]``) of the batch.
             fps_B: frames per second of each sample.
@@ -134,6 +242,8 @@ class MUGDiT(MegatronModule):
                 for clean conditioning frames (t=0 modulation). Default: all noisy.
             frame_positions_BT: RoPE time positions of latent frames; default 0..T-1.
             drop_caption_B: samples whose caption is replaced by the learned null caption.
+
+        Returns the prediction on the last pipeline stage, else this stage's output tokens.
         """
         cfg = self.cfg
         b, _, t, h, w = latents_BCTHW.shape
@@ -141,7 +251,7 @@ class MUGDiT(MegatronModule):
         grid = (t // pt, h // ph, w // pw)
         if len(text.cu_seqlens) != b + 1:
             raise ValueError(f"text has {len(text.cu_seqlens) - 1} samples, latents have {b}")
-        dtype = self.x_embedder.weight.dtype
+        dtype = self.t_block.weight.dtype
         device = latents_BCTHW.device
         if noisy_frames_BT is None:
             noisy_frames_BT = torch.ones(b, t, dtype=torch.bool, device=device)
@@ -160,18 +270,12 @@ class MUGDiT(MegatronModule):
             # parameter gets a (zero) gradient and overlapped grad-reduce buckets complete
             text_LC = text_LC + 0.0 * self.y_embedder.null_caption.sum().to(text_LC.dtype)
 
-        x_BMC = self.x_embedder(patchify(latents_BCTHW.to(dtype), cfg.patch_size))
-        x_BNC = torch.cat(
-            [self.start_token.expand(b, 1, -1), x_BMC, self.end_token.expand(b, 1, -1)], dim=1
-        )
         tokens_per_frame = grid[1] * grid[2]
         noisy_tok_BM = noisy_frames_BT[:, ::pt].repeat_interleave(tokens_per_frame, dim=1)
         edge = torch.zeros(b, 1, dtype=torch.bool, device=device)
         noisy_BN1 = torch.cat([edge, noisy_tok_BM, edge], dim=1)[..., None]
-        n_real = x_BNC.shape[1]
-        noisy_full_BN1 = noisy_BN1
-        if self.config.sequence_parallel:
-            x_BNC, noisy_BN1 = self._shard_sequence(x_BNC, noisy_BN1)
+        n_real = noisy_BN1.shape[1]
+        n_pad = self.padded_length(latents_BCTHW.shape)
         cos_BNK, sin_BNK = dit_rope_tables(
             grid,
             cfg.head_dim,
@@ -180,6 +284,32 @@ class MUGDiT(MegatronModule):
             dtype=torch.promote_types(dtype, torch.float32),
         )
         cos_BNK, sin_BNK = cos_BNK.to(device), sin_BNK.to(device)
+        # this rank's context-parallel shard of the (padded) sequence: mask and RoPE tables
+        cp_rank, cp_size, cp_group = _context_parallel()
+        lo, hi = shard_bounds(n_pad, cp_size, cp_rank)
+        pad_seq = functools.partial(_pad_tokens, n=n_pad)
+        noisy_BN1 = pad_seq(noisy_BN1)[:, lo:hi]
+        cos_BNK, sin_BNK = pad_seq(cos_BNK)[:, lo:hi], pad_seq(sin_BNK)[:, lo:hi]
+
+        if self.pre_process:
+            x_BMC = self.x_embedder(patchify(latents_BCTHW.to(dtype), cfg.patch_size))
+            x_BNC = torch.cat(
+                [self.start_token.expand(b, 1, -1), x_BMC, self.end_token.expand(b, 1, -1)],
+                dim=1,
+            )
+            x_BNC = pad_seq(x_BNC)[:, lo:hi]
+            if self.config.sequence_parallel:
+                x_NBC = scatter_to_sequence_parallel_region(x_BNC.transpose(0, 1).contiguous())
+                x_BNC = x_NBC.transpose(0, 1)
+        else:
+            if self.input_tensor is None:
+                raise RuntimeError("pipeline stage without input tensor (set_input_tensor)")
+            x_BNC = self.input_tensor.transpose(0, 1)
+        noisy_local_BN1 = noisy_BN1
+        if self.config.sequence_parallel:
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            shard = x_BNC.shape[1]
+            noisy_local_BN1 = noisy_BN1[:, tp_rank * shard : (tp_rank + 1) * shard]
 
         recompute = self.training and cfg.recompute == "full" and torch.is_grad_enabled()
         for block in self.blocks:
@@ -192,48 +322,73 @@ class MUGDiT(MegatronModule):
                 x_BNC,
                 t_mod_B6C=t_mod_B6C,
                 t0_mod_B6C=t0_mod_B6C,
-                noisy_BN1=noisy_BN1,
+                noisy_BN1=noisy_local_BN1,
                 text_LC=text_LC,
                 text=text,
                 cos_BNK=cos_BNK,
                 sin_BNK=sin_BNK,
+                n_real=n_real,
             )
+        if not self.post_process:
+            return x_BNC.transpose(0, 1).contiguous()
         if self.config.sequence_parallel:
             # the final layer is replicated: gather tokens; backward just splits the grad
             x_NBC = gather_from_sequence_parallel_region(
                 x_BNC.transpose(0, 1).contiguous(), tensor_parallel_output_grad=False
             )
-            x_BNC = x_NBC.transpose(0, 1)[:, :n_real]
-        out_BMP = self.final_layer(x_BNC[:, 1:-1], t_emb, t0_emb, noisy_full_BN1[:, 1:-1])
-        out = unpatchify(out_BMP, grid, cfg.patch_size, cfg.out_channels)
+            x_BNC = x_NBC.transpose(0, 1)
+        # per token, on this rank's context-parallel shard (start/end/padding rows discarded)
+        out_BNP = self.final_layer(x_BNC, t_emb, t0_emb, noisy_BN1)
+        if cp_group is not None:
+            out_BNP = gather_sequence(out_BNP, cp_group)
+        out = unpatchify(out_BNP[:, 1 : n_real - 1], grid, cfg.patch_size, cfg.out_channels)
         return out.to(torch.promote_types(out.dtype, torch.float32))
 
-    def _shard_sequence(self, x_BNC: torch.Tensor, noisy_BN1: torch.Tensor):
-        """Pad tokens to a multiple of the TP size and keep this rank's contiguous shard
-        (sequence parallelism). Padding tokens are never attention keys (see SelfAttention)."""
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        rank = parallel_state.get_tensor_model_parallel_rank()
-        pad = (-x_BNC.shape[1]) % tp
-        if pad:
-            x_BNC = torch.nn.functional.pad(x_BNC, (0, 0, 0, pad))
-            noisy_BN1 = torch.nn.functional.pad(noisy_BN1, (0, 0, 0, pad))
-        x_NBC = scatter_to_sequence_parallel_region(x_BNC.transpose(0, 1).contiguous())
-        shard = x_NBC.shape[0]
-        return x_NBC.transpose(0, 1), noisy_BN1[:, rank * shard : (rank + 1) * shard]
-
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
-        """Megatron sharded state dict with global (TP-independent) shapes.
+        """Megatron sharded state dict with global (TP- and PP-independent) keys and shapes.
 
         MegatronModule's default treats the ``blocks`` ModuleList as a plain (replicated)
-        module; each block is re-emitted through its own sharded_state_dict so the
-        tensor-parallel linears are saved with their TP axis.
+        module under local indices; each block is re-emitted through its own
+        sharded_state_dict under its GLOBAL index so the tensor-parallel linears are saved
+        with their TP axis and a pipeline stage writes its own layers. The conditioning
+        embedders exist on every stage: only stage 0's copy is the main replica.
         """
         state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        state = {k: v for k, v in state.items() if not k.startswith(f"{prefix}blocks.")}
         for i, block in enumerate(self.blocks):
             state.update(
-                block.sharded_state_dict(f"{prefix}blocks.{i}.", sharded_offsets, metadata)
+                block.sharded_state_dict(
+                    f"{prefix}blocks.{i + self.layer_offset}.", sharded_offsets, metadata
+                )
             )
+        if self.pp_rank > 0:
+            cond = tuple(f"{prefix}{name}." for name in CONDITIONING_MODULES)
+            for key, value in state.items():
+                if key.startswith(cond) and hasattr(value, "replica_id"):
+                    value.replica_id = (self.pp_rank, *tuple(value.replica_id)[1:])
         return state
+
+
+@contextlib.contextmanager
+def _seeded_init(base_seed: int, part: int):
+    """Run a part's initialisation from its own seed, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((base_seed + 7919 * part) % (2**63 - 1))
+        yield
+
+
+def _normal_linear(lin: nn.Linear, std: float) -> None:
+    with torch.no_grad():
+        nn.init.normal_(lin.weight, std=std)
+        nn.init.zeros_(lin.bias)
+
+
+def _pad_tokens(x_BN_: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-pad dim 1 (tokens) to length ``n``."""
+    pad = n - x_BN_.shape[1]
+    if pad <= 0:
+        return x_BN_
+    return torch.cat([x_BN_, x_BN_.new_zeros(x_BN_.shape[0], pad, *x_BN_.shape[2:])], dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -113,7 +113,9 @@ class DiTLayer(MegatronModule):
         text: PackedText,
         cos_BNK: torch.Tensor,
         sin_BNK: torch.Tensor,
+        n_real: int | None = None,
     ) -> torch.Tensor:
+        """One block on ``x`` (``n_real``: see :meth:`SelfAttention.forward`)."""
         table = self.scale_shift_table.to(t_mod_B6C.dtype)
         # six per-branch vectors [B, 2, D]: branch 0 = t (noisy tokens), branch 1 = t=0
         mods_B62D = torch.stack([table[None] + t_mod_B6C, table[None] + t0_mod_B6C], dim=2)
@@ -131,7 +133,7 @@ class DiTLayer(MegatronModule):
         h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
         x_BNC, h = gated_residual_layer_norm(
             x_BNC,
-            self.self_attention(h, cos_BNK, sin_BNK),
+            self.self_attention(h, cos_BNK, sin_BNK, n_real),
             gate_msa,
             clean_BN,
             cross_w,
