@@ -13,12 +13,13 @@ triton = pytest.importorskip("triton")
 from mugv_kernels import _triton_attention as A  # noqa: E402
 from mugv_kernels import _triton_groupnorm as G  # noqa: E402
 from mugv_kernels import _triton_groupnorm_cl as GCL  # noqa: E402
+from mugv_kernels import _triton_groupnorm_coop as GCO  # noqa: E402
 from mugv_kernels import _triton_modnorm as M  # noqa: E402
 from mugv_kernels import _triton_qkrope as Q  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-_PTR = {"bf16": "*bf16", "fp32": "*fp32", "u8": "*u8"}
+_PTR = {"bf16": "*bf16", "fp32": "*fp32", "u8": "*u8", "i32": "*i32"}
 
 
 def _compile(kernel, args: dict, num_warps: int, num_stages: int = 3):
@@ -191,6 +192,25 @@ def test_channels_last_group_norm_kernels_compile():
         GCL.gn_cl_bwd_dx_kernel,
         {"dout_ptr": "bf16", **xwb, "dx_ptr": "bf16", **stats, "m1_ptr": "fp32",
          "m2_ptr": "fp32", **geo, "cpg": 4},
+        8,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cpc", [1, 2])
+def test_cooperative_group_norm_kernels_compile(cpc):
+    xwb = {"x_ptr": "bf16", "w_ptr": "bf16", "b_ptr": "bf16"}
+    stats = {"mean_ptr": "fp32", "rstd_ptr": "fp32", "cnt_ptr": "i32"}
+    geo = {"C": 128, "S": 65536, "cpg": 4, "num_items": 4352, "K": 8, "KC": 2, "SC": 32768}
+    meta = {"CPC": cpc, "TILE": 4096, "CB": 8}
+    fwd = GCO.gn_coop_fwd_kernel
+    _compile(
+        fwd, {**xwb, "out_ptr": "bf16", "mean_c_ptr": "fp32", "m2_c_ptr": "fp32", **stats,
+              **geo, "eps": 1e-6, **meta}, 8
+    )  # fmt: skip
+    _compile(
+        GCO.gn_coop_bwd_kernel,
+        {"dout_ptr": "bf16", **xwb, "dx_ptr": "bf16", "sum_dz_ptr": "fp32",
+         "sum_dzx_ptr": "fp32", **stats, **geo, **meta},
         8,
     )  # fmt: skip
 

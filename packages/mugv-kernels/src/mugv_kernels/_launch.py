@@ -49,6 +49,16 @@ TUNING: dict[str, dict[str, int]] = {
     "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},
     # channels-last GroupNorm: tiles of (gn.block // BLOCK_C) positions x BLOCK_C channels
     "gn_cl": {"max_block_c": 256, "num_warps": 8},
+    # cooperative two-pass GroupNorm (x read from DRAM once): items of ~item_elems elements,
+    # at most programs_per_sm co-resident programs per multiprocessor
+    "gn_coop": {
+        "enabled": 1,
+        "item_elems": 32768,
+        "tile": 4096,
+        "num_warps": 8,
+        "programs_per_sm": 4,
+        "min_spatial": 1024,
+    },
 }
 
 

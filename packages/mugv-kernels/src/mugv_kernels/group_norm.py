@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
-from mugv_kernels._dispatch import use_triton_for
+from mugv_kernels._dispatch import interpreter_enabled, use_triton_for
 from mugv_kernels._launch import TUNING, next_pow2, sm_count
 from mugv_kernels.reference import check_group_norm, group_norm_silu_ref
 
@@ -113,6 +115,129 @@ def _bwd_channels_last(dout_NSC, x_NSC, w, b, mean, rstd, num_groups):
     return dx, a_NC, b_NC
 
 
+@dataclass(frozen=True)
+class _CoopPlan:
+    """Item split of the cooperative kernels (see ``_triton_groupnorm_coop``)."""
+
+    cpc: int  # whole channels per item (kc == 1) or 1
+    kc: int  # chunks per channel
+    sc: int  # elements per chunk
+    k: int  # items per group
+    programs: int  # persistent programs, a multiple of k
+
+
+def _coop_plan(n: int, c: int, s: int, num_groups: int, device: torch.device) -> _CoopPlan | None:
+    """Split for the cooperative kernels, or ``None`` when they do not apply (switched off,
+    tiny spatial size, or a group needs more items than programs can be co-resident)."""
+    tune = TUNING["gn_coop"]
+    if not tune["enabled"] or s < tune["min_spatial"]:
+        return None
+    cpg = c // num_groups
+    tile = tune["tile"]
+    if interpreter_enabled():  # programs run one after another: one item per group
+        return _CoopPlan(cpg, 1, s, 1, min(n * num_groups, 4))
+    target = tune["item_elems"]
+    if s >= target:
+        per_chunk = -(-s // -(-s // target))  # even split into ceil(s / target) chunks
+        sc = -(-per_chunk // tile) * tile  # rounded up to whole tiles
+        kc = -(-s // sc)
+        cpc = 1
+    else:
+        kc, sc = 1, s
+        cpc = max(d for d in range(1, cpg + 1) if cpg % d == 0 and d * s <= target)
+    k = (cpg // cpc) * kc
+    resident = _resident_programs(device)
+    if k > resident:
+        return None
+    items = n * num_groups * k
+    return _CoopPlan(cpc, kc, sc, k, min(items, resident // k * k))
+
+
+def _resident_programs(device: torch.device) -> int:
+    """Programs of the cooperative kernels that are surely co-resident: from the register
+    and shared-memory use of the compiled kernels (fallback: one per multiprocessor)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    tune = TUNING["gn_coop"]
+    return _resident(index, tune["num_warps"], tune["tile"], tune["programs_per_sm"])
+
+
+@functools.cache
+def _resident(index: int, warps: int, tile: int, max_per_sm: int) -> int:
+    from mugv_kernels import _triton_groupnorm_coop as kern
+
+    device = torch.device("cuda", index)
+    props = torch.cuda.get_device_properties(index)
+    try:
+        regs, shared = 0, 0
+        for fn in (kern.gn_coop_fwd_kernel, kern.gn_coop_bwd_kernel):
+            compiled = _warmup(fn, device, warps, tile)
+            regs = max(regs, int(compiled.n_regs))
+            shared = max(shared, int(compiled.metadata.shared))
+    except Exception:  # unknown: one program per multiprocessor always fits
+        return props.multi_processor_count
+    threads = 32 * warps
+    per_sm = min(2048 // threads, 65536 // (max(8, -(-regs // 8) * 8) * threads), 32)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    per_sm = min(per_sm, smem // (shared + 1024))
+    return max(1, min(per_sm, max_per_sm)) * props.multi_processor_count
+
+
+def _warmup(fn, device: torch.device, warps: int, tile: int):
+    """Compile (not run) a cooperative kernel for bf16 and read its resource use."""
+    t = torch.empty(8, device=device, dtype=torch.bfloat16)
+    f = torch.empty(8, device=device, dtype=torch.float32)
+    i = torch.empty(8, device=device, dtype=torch.int32)
+    meta = {"CPC": 1, "TILE": tile, "CB": 64, "num_warps": warps}
+    if fn.arg_names[0] == "x_ptr":
+        args = (t, t, t, t, f, f, i, f, f, 128, 4096, 4, 64, 2, 2, 4096, 1e-6)
+    else:
+        args = (t, t, t, t, t, f, f, f, f, i, 128, 4096, 4, 64, 2, 2, 4096)
+    compiled = fn.warmup(*args, grid=(1,), **meta)
+    if hasattr(compiled, "_init_handles"):
+        compiled._init_handles()
+    return compiled
+
+
+def _coop_buffers(n: int, c: int, num_groups: int, plan: _CoopPlan, device):
+    part = torch.empty(n * c, plan.kc, device=device, dtype=torch.float32)
+    counters = torch.zeros(n * num_groups, device=device, dtype=torch.int32)
+    return part, torch.empty_like(part), counters
+
+
+def _fwd_coop(x_NCS, num_groups, w, b, eps, plan: _CoopPlan):
+    from mugv_kernels import _triton_groupnorm_coop as kern
+
+    n, c, s = x_NCS.shape
+    mean_c, m2_c, counters = _coop_buffers(n, c, num_groups, plan, x_NCS.device)
+    mean = torch.empty(n * num_groups, device=x_NCS.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    out = torch.empty_like(x_NCS)
+    tune = TUNING["gn_coop"]
+    kern.gn_coop_fwd_kernel[(plan.programs,)](
+        x_NCS, out, w, b, mean_c, m2_c, counters, mean, rstd,
+        c, s, c // num_groups, n * num_groups * plan.k, plan.k, plan.kc, plan.sc, eps,
+        CPC=plan.cpc, TILE=tune["tile"], CB=min(1024, next_pow2(plan.k * plan.cpc)),
+        num_warps=tune["num_warps"],
+    )  # fmt: skip
+    return out, mean, rstd
+
+
+def _bwd_coop(dout_NCS, x_NCS, w, b, mean, rstd, num_groups, plan: _CoopPlan):
+    from mugv_kernels import _triton_groupnorm_coop as kern
+
+    n, c, s = x_NCS.shape
+    sum_dz, sum_dzx, counters = _coop_buffers(n, c, num_groups, plan, x_NCS.device)
+    dx = torch.empty_like(x_NCS)
+    tune = TUNING["gn_coop"]
+    kern.gn_coop_bwd_kernel[(plan.programs,)](
+        dout_NCS, x_NCS, dx, w, b, mean, rstd, sum_dz, sum_dzx, counters,
+        c, s, c // num_groups, n * num_groups * plan.k, plan.k, plan.kc, plan.sc,
+        CPC=plan.cpc, TILE=tune["tile"], CB=min(1024, next_pow2(plan.k * plan.cpc)),
+        num_warps=tune["num_warps"],
+    )  # fmt: skip
+    return dx, sum_dz.sum(dim=1).view(n, c), sum_dzx.sum(dim=1).view(n, c)
+
+
 def _as_NSC(t: torch.Tensor) -> torch.Tensor:
     """``[N, C, *spatial]`` -> ``[N, S, C]`` (a view when ``t`` is channels-last)."""
     t_NSC = t.movedim(1, -1)
@@ -143,6 +268,12 @@ class GroupNormSiLUFn(torch.autograd.Function):
             ctx.meta = (*meta, "channels_last")
             return _from_NSC(out_NSC, x.shape)
         x_NCS = x.contiguous().view(n, c, s)
+        plan = _coop_plan(n, c, s, num_groups, x.device)
+        if plan is not None:
+            out, mean, rstd = _fwd_coop(x_NCS, num_groups, w, b, eps, plan)
+            ctx.save_for_backward(x_NCS, w, b, mean, rstd)
+            ctx.meta = (*meta, plan)
+            return out.view(x.shape)
         block = _block(s)
         warps = TUNING["gn"]["num_warps"]
         out = torch.empty_like(x_NCS)
@@ -182,6 +313,11 @@ class GroupNormSiLUFn(torch.autograd.Function):
         x_NCS = x_saved
         n, c, s = x_NCS.shape
         dout_NCS = dout.contiguous().view(n, c, s)
+        if isinstance(variant, _CoopPlan):
+            dx, a_NC, b_NC = _bwd_coop(dout_NCS, x_NCS, w, b, mean, rstd, num_groups, variant)
+            dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
+            db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+            return dx.view(x_shape), None, dw, db, None
         block = _block(s)
         if variant == "per_group":
             dx = torch.empty_like(x_NCS)

@@ -215,11 +215,20 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False, per_samp
 
 
 def _gn_case(
-    shape, groups, *, affine=True, offset=2.0, group_kernel=False, channels_last=False, block_c=0
+    shape,
+    groups,
+    *,
+    affine=True,
+    offset=2.0,
+    group_kernel=False,
+    channels_last=False,
+    block_c=0,
+    coop=False,
+    item=0,
 ):
     """``channels_last``: ``x`` in NHWC / NDHWC memory (the output and dx must keep it);
     ``block_c``: narrower channel tiles (several tiles per row) and 4-position chunks for the
-    channels-last path."""
+    channels-last path; ``coop``: the cooperative kernels (``item``: elements per item)."""
 
     def build(device, dtype, gen):
         channels = shape[1]
@@ -235,9 +244,13 @@ def _gn_case(
         def fn(x, weight=None, bias=None):
             cl_tune = {"max_block_c": block_c} if block_c else {}
             gn_tune = {"block": 4 * block_c} if block_c else {}  # several position chunks
+            coop_tune = {"enabled": int(coop), "min_spatial": 0}
+            if item:
+                coop_tune |= {"item_elems": item, "tile": min(item, 4096)}
             with (
                 _tuned("gn", group_kernel=int(group_kernel), group_min_per_sm=0, **gn_tune),
                 _tuned("gn_cl", **cl_tune),
+                _tuned("gn_coop", **coop_tune),
             ):
                 out = group_norm_silu(x, groups, weight, bias, use_triton=True)
             if channels_last:
@@ -252,6 +265,7 @@ def _gn_case(
     tag = f"gn_silu {shape} G{groups}" + ("" if affine else " noaffine")
     tag += " channels-last" if channels_last else ""
     tag += f" block_c{block_c}" if block_c else ""
+    tag += (" coop" + (f"{item}" if item else "")) if coop else ""
     return tag + (" per-group" if group_kernel else ""), build
 
 
@@ -325,6 +339,8 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gn_case((2, 8, 3, 5, 7), 4, channels_last=True),
             _gn_case((3, 6, 11, 9), 3, affine=False, offset=50.0, channels_last=True),
             _gn_case((2, 12, 5, 7), 4, channels_last=True, block_c=8),
+            _gn_case((2, 8, 3, 5, 7), 4, coop=True),
+            _gn_case((3, 6, 70), 3, affine=False, offset=50.0, coop=True),
         ]
     elif size == "medium":
         specs = [
@@ -351,6 +367,10 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gn_case((2, 128, 5, 33, 31), 32, channels_last=True),
             _gn_case((3, 512, 17, 19), 32, affine=False, channels_last=True),
             _gn_case((1, 96, 9, 64, 64), 32, offset=20.0, channels_last=True),
+            _gn_case((2, 128, 5, 33, 31), 32, coop=True),  # whole channels per item
+            _gn_case((3, 512, 17, 19), 32, affine=False, coop=True),
+            _gn_case((1, 64, 9, 64, 64), 32, offset=20.0, coop=True),  # 2 chunks per channel
+            _gn_case((2, 64, 5, 37, 41), 16, coop=True, item=1024),  # 8 chunks, ragged tail
         ]
     else:
         raise ValueError(f"size must be 'tiny' or 'medium', got {size!r}")
