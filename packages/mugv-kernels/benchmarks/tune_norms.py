@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until-s", type=float, default=240.0)
     args = parser.parse_args(argv)
     if args.check:
+        from mugv_kernels.group_norm import _resident_programs
+
+        print("co-resident cooperative programs:", _resident_programs(torch.device("cuda")))
         return 0 if check(args.kernels) else 1
     cfg = bk.BenchConfig(out=args.out, impls=("triton",))
     device = torch.device("cuda")
