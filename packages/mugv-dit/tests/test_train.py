@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,46 @@ def test_resume_after_interruption_is_exact(megatron_single, reference_run, data
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
     _train_inprocess(cfg)
     ref, got = _losses(ref_dir), _losses(tmp_path / "run")
+    for step in range(6):
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+
+def test_resume_after_sigkill_is_exact(reference_run, dataset, tmp_path):
+    """A real `mugv-dit train` process is SIGKILLed right after its mid-stage checkpoint
+    (step 3: inside stage "short") is declared complete; the resumed run continues the
+    uninterrupted run's loss curve step for step."""
+    ref_dir, _, _ = reference_run
+    save3 = {"progress": False, "ema_decay": 0.9, "save_every": 3}
+    cfg = _config(tmp_path, dataset, "killed", train=save3)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    log = (tmp_path / "killed.log").open("w")
+    cmd = [sys.executable, "-m", "mugv_dit.cli", "train", str(cfg), "--micro-batches", "2"]
+    # a fresh single process: drop the rendezvous variables this pytest process set
+    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 240
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if latest.is_file() and latest.read_text().strip() == "step_0000003":
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "killed.log").read_text()[-3000:]
+    assert proc.returncode == -signal.SIGKILL, (
+        f"not killed mid-run (rc {proc.returncode}): {output}"
+    )
+    assert latest.read_text().strip() == "step_0000003"
+    before = _losses(tmp_path / "killed")
+    assert 0 in before and max(before) < 5, before
+    _train_inprocess(cfg)
+    ref, got = _losses(ref_dir), _losses(tmp_path / "killed")
+    assert sorted(got) == list(range(6))
     for step in range(6):
         assert got[step] == ref[step], (step, got[step], ref[step])
 
