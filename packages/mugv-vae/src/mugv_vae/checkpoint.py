@@ -24,6 +24,7 @@ RUNTIME_FIELDS = (
     "fused_group_norm_silu",
     "gradient_checkpointing",
     "channels_last",
+    "fused_nhwc_ops",
     "compile_trunk",
     "max_activation_bytes",
 )

@@ -146,6 +146,12 @@ class VAEConfig(_Frozen):
         description="Run convolutions channels-last (NHWC in the trunk, NDHWC in the temporal "
         "VAE): cuDNN's fast layouts for bf16 on GPUs. Same weights and maths.",
     )
+    fused_nhwc_ops: bool = Field(
+        False,
+        description="Inference on CUDA channels-last activations: the VAE's own Triton "
+        "GroupNorm+SiLU (the preceding conv's bias folded in) and bias+residual kernels "
+        "(mugv_vae.model.nhwc_ops). Other cases fall back to the usual path. Same maths.",
+    )
     compile_trunk: bool = Field(
         False,
         description="torch.compile the per-frame trunk encode/decode (CUDA inputs only; CPU "

@@ -13,10 +13,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mugv_vae.config import TemporalConfig
+from mugv_vae.model.nhwc_ops import group_norm_silu_nhwc, kernels_apply
 
 
-def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.Tensor:
-    """GroupNorm followed by SiLU; ``mugv_kernels.group_norm_silu`` (fused Triton) if asked."""
+def group_norm_silu(
+    x: torch.Tensor, norm: nn.GroupNorm, fused: bool, nhwc: bool = False
+) -> torch.Tensor:
+    """GroupNorm followed by SiLU: the VAE's channels-last kernels when ``nhwc`` and they
+    apply, else ``mugv_kernels.group_norm_silu`` (fused Triton) if ``fused``, else torch."""
+    if nhwc and kernels_apply(x, norm.num_groups):
+        return group_norm_silu_nhwc(x, norm)
     if fused:
         from mugv_kernels import group_norm_silu as fused_op
 
@@ -111,6 +117,7 @@ class ResBlock3d(nn.Module):
             else None
         )
         self.fused = False
+        self.nhwc_ops = False
         self.checkpointing = False
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
@@ -119,8 +126,8 @@ class ResBlock3d(nn.Module):
         return self._forward(x_BCTHW)
 
     def _forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(group_norm_silu(x_BCTHW, self.norm1, self.fused))
-        h = self.conv2(group_norm_silu(h, self.norm2, self.fused))
+        h = self.conv1(group_norm_silu(x_BCTHW, self.norm1, self.fused, self.nhwc_ops))
+        h = self.conv2(group_norm_silu(h, self.norm2, self.fused, self.nhwc_ops))
         residual = x_BCTHW if self.shortcut is None else self.shortcut(x_BCTHW)
         return h + residual if torch.is_grad_enabled() else h.add_(residual)
 
@@ -163,6 +170,7 @@ class TemporalEncoder(nn.Module):
         self.conv_out = TimeConv3d(prev, 2 * latent_channels, 1)
         self.moments_proj = TimeConv3d(2 * latent_channels, 2 * latent_channels, 1)
         self.fused = False
+        self.nhwc_ops = False
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         x_BCTHW = self.conv_in(x_BCTHW)
@@ -170,7 +178,7 @@ class TemporalEncoder(nn.Module):
             x_BCTHW = stage(x_BCTHW)
         for block in self.mid:
             x_BCTHW = block(x_BCTHW)
-        x_BCTHW = self.conv_out(group_norm_silu(x_BCTHW, self.norm_out, self.fused))
+        x_BCTHW = self.conv_out(group_norm_silu(x_BCTHW, self.norm_out, self.fused, self.nhwc_ops))
         return self.moments_proj(x_BCTHW)
 
 
@@ -249,6 +257,7 @@ class TemporalDecoder(nn.Module):
         self.norm_out = nn.GroupNorm(cfg.num_groups, prev, eps=cfg.norm_eps)
         self.conv_out = TimeConv3d(prev, out_channels, 3)
         self.fused = False
+        self.nhwc_ops = False
 
     def forward(self, z_BCTHW: torch.Tensor) -> torch.Tensor:
         x_BCTHW = self.conv_in(self.latent_proj(z_BCTHW))
@@ -257,7 +266,7 @@ class TemporalDecoder(nn.Module):
         x_BCTHW = self.mid_up(x_BCTHW)
         for stage in self.stages:
             x_BCTHW = stage(x_BCTHW)
-        return self.conv_out(group_norm_silu(x_BCTHW, self.norm_out, self.fused))
+        return self.conv_out(group_norm_silu(x_BCTHW, self.norm_out, self.fused, self.nhwc_ops))
 
 
 def set_fused_group_norm_silu(module: nn.Module, fused: bool) -> None:
@@ -265,3 +274,10 @@ def set_fused_group_norm_silu(module: nn.Module, fused: bool) -> None:
     for m in module.modules():
         if hasattr(m, "fused"):
             m.fused = fused
+
+
+def set_nhwc_ops(module: nn.Module, enabled: bool) -> None:
+    """Switch every block of ``module`` to (or from) the channels-last inference kernels."""
+    for m in module.modules():
+        if hasattr(m, "nhwc_ops"):
+            m.nhwc_ops = enabled

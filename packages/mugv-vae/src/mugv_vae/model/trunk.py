@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mugv_vae.config import TrunkConfig
+from mugv_vae.model.nhwc_ops import bias_residual_nhwc, group_norm_silu_nhwc, kernels_apply
 
 # Parts of a full AutoencoderKL that the cut trunk does not use.
 UNUSED_AUTOENCODER_KL_PREFIXES = (
@@ -30,11 +31,12 @@ UNUSED_AUTOENCODER_KL_PREFIXES = (
 )
 
 
-def gn_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.Tensor:
-    """``silu(norm(x))``; one ``mugv_kernels.group_norm_silu`` call (Triton) when ``fused``.
-
-    Either way the output keeps ``x``'s memory format where the op allows it (the fused
-    kernel reads channels-last activations in place once mugv-kernels supports them)."""
+def gn_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool, nhwc: bool = False) -> torch.Tensor:
+    """``silu(norm(x))``: the VAE's channels-last Triton kernels when ``nhwc`` and they apply
+    (:mod:`mugv_vae.model.nhwc_ops`), else one ``mugv_kernels.group_norm_silu`` call when
+    ``fused``, else ``F.group_norm`` + ``F.silu``. The output keeps ``x``'s memory format."""
+    if nhwc and kernels_apply(x, norm.num_groups):
+        return group_norm_silu_nhwc(x, norm)
     if fused:
         from mugv_kernels import group_norm_silu
 
@@ -42,10 +44,30 @@ def gn_silu(x: torch.Tensor, norm: nn.GroupNorm, fused: bool) -> torch.Tensor:
     return F.silu(norm(x))
 
 
-def resnet_forward(block: ResnetBlock2D, x_NCHW: torch.Tensor, fused: bool) -> torch.Tensor:
+def _resnet_nhwc(block: ResnetBlock2D, x_NCHW: torch.Tensor, fused: bool) -> torch.Tensor:
+    """Inference form of :func:`resnet_forward` on channels-last CUDA activations: the convs
+    run without their bias; conv1's is folded into the second GroupNorm+SiLU and conv2's is
+    added together with the shortcut in one pass."""
+    conv1, conv2 = block.conv1, block.conv2
+    h = conv1._conv_forward(gn_silu(x_NCHW, block.norm1, fused, True), conv1.weight, None)
+    h = group_norm_silu_nhwc(h, block.norm2, conv1.bias)
+    h = conv2._conv_forward(block.dropout(h), conv2.weight, None)
+    shortcut = x_NCHW if block.conv_shortcut is None else block.conv_shortcut(x_NCHW)
+    out = bias_residual_nhwc(h, conv2.bias, shortcut)
+    if block.output_scale_factor != 1.0:
+        out = out / block.output_scale_factor
+    return out
+
+
+def resnet_forward(
+    block: ResnetBlock2D, x_NCHW: torch.Tensor, fused: bool, nhwc: bool = False
+) -> torch.Tensor:
     """``ResnetBlock2D.forward`` of a VAE block (no time embedding, no up/down-sampling):
     GroupNorm+SiLU -> conv -> GroupNorm+SiLU -> (dropout) -> conv, plus the shortcut. Same
-    weights and maths as diffusers; the residual sum is written into the conv output."""
+    weights and maths as diffusers; the residual sum is written into the conv output.
+    ``nhwc``: :func:`_resnet_nhwc` where its kernels apply."""
+    if nhwc and kernels_apply(x_NCHW, block.norm1.num_groups):
+        return _resnet_nhwc(block, x_NCHW, fused)
     h = block.conv1(gn_silu(x_NCHW, block.norm1, fused))
     h = block.conv2(block.dropout(gn_silu(h, block.norm2, fused)))
     shortcut = x_NCHW if block.conv_shortcut is None else block.conv_shortcut(x_NCHW)
@@ -100,18 +122,20 @@ def attention_forward(attn: Attention, x_NCHW: torch.Tensor) -> torch.Tensor:
     return out_NCHW
 
 
-def block_forward(block: nn.Module, x_NCHW: torch.Tensor, fused: bool) -> torch.Tensor:
+def block_forward(
+    block: nn.Module, x_NCHW: torch.Tensor, fused: bool, nhwc: bool = False
+) -> torch.Tensor:
     """One trunk block (``DownEncoderBlock2D``, ``UpDecoderBlock2D`` or ``UNetMidBlock2D``)
     through the functions above."""
     if isinstance(block, UNetMidBlock2D):
-        x_NCHW = resnet_forward(block.resnets[0], x_NCHW, fused)
+        x_NCHW = resnet_forward(block.resnets[0], x_NCHW, fused, nhwc)
         for attn, resnet in zip(block.attentions, block.resnets[1:]):
             if attn is not None:
                 x_NCHW = attention_forward(attn, x_NCHW)
-            x_NCHW = resnet_forward(resnet, x_NCHW, fused)
+            x_NCHW = resnet_forward(resnet, x_NCHW, fused, nhwc)
         return x_NCHW
     for resnet in block.resnets:
-        x_NCHW = resnet_forward(resnet, x_NCHW, fused)
+        x_NCHW = resnet_forward(resnet, x_NCHW, fused, nhwc)
     for down in getattr(block, "downsamplers", None) or ():
         x_NCHW = downsample_forward(down, x_NCHW)
     for up in getattr(block, "upsamplers", None) or ():
@@ -172,6 +196,7 @@ class SpatialTrunk(nn.Module):
         del self.decoder.conv_in
         self.gradient_checkpointing = False
         self.fused = False
+        self.nhwc_ops = False
         self.channels_last = False
         self.compile = False
         self._compiled: dict[str, object] = {}
@@ -203,7 +228,7 @@ class SpatialTrunk(nn.Module):
         return fn(x)
 
     def _block(self, block: nn.Module):
-        return lambda x: block_forward(block, x, self.fused)
+        return lambda x: block_forward(block, x, self.fused, self.nhwc_ops)
 
     def _encode_eager(self, x_NCHW: torch.Tensor) -> torch.Tensor:
         h = self.encoder.conv_in(x_NCHW)
@@ -217,7 +242,7 @@ class SpatialTrunk(nn.Module):
         h = self._run(self._block(self.decoder.mid_block), h)
         for block in self.decoder.up_blocks:
             h = self._run(self._block(block), h)
-        h = gn_silu(h, self.decoder.conv_norm_out, self.fused)
+        h = gn_silu(h, self.decoder.conv_norm_out, self.fused, self.nhwc_ops)
         return self.decoder.conv_out(h)
 
     def _maybe_compiled(self, name: str, x: torch.Tensor):

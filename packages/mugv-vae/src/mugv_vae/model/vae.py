@@ -26,7 +26,12 @@ from torch import nn
 from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig
 from mugv_vae.model import streaming
 from mugv_vae.model.distribution import DiagonalGaussian
-from mugv_vae.model.temporal import TemporalDecoder, TemporalEncoder, set_fused_group_norm_silu
+from mugv_vae.model.temporal import (
+    TemporalDecoder,
+    TemporalEncoder,
+    set_fused_group_norm_silu,
+    set_nhwc_ops,
+)
 from mugv_vae.model.tiling import tiled_apply
 
 DECODER_WINDOWS = (1, 4, 8)
@@ -98,6 +103,7 @@ class MugvVAE(nn.Module):
         if hasattr(self.trunk, "set_fused_group_norm_silu"):
             self.trunk.set_fused_group_norm_silu(config.fused_group_norm_silu)
         self.trunk.gradient_checkpointing = config.gradient_checkpointing
+        set_nhwc_ops(self, config.fused_nhwc_ops)
         if config.channels_last:
             self.set_channels_last(True)
         if config.compile_trunk and hasattr(self.trunk, "set_compile"):

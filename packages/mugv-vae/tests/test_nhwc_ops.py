@@ -1,0 +1,70 @@
+"""The VAE's channels-last Triton kernels (mugv_vae.model.nhwc_ops): CPU interpreter parity
+against float64 torch and against the plain model, and an sm_90 compile of every kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mugv_vae.model import nhwc_ops
+
+triton = pytest.importorskip("triton")
+
+
+def test_kernels_match_torch_under_the_interpreter():
+    script = Path(__file__).with_name("_nhwc_interpret.py")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, err in errors.items():
+        limit = 1e-3 if name in ("encode", "decode") else 5e-5
+        assert err < limit, (name, err)
+
+
+def test_kernels_are_skipped_where_they_do_not_apply():
+    x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert not nhwc_ops.kernels_apply(x, 4)  # CPU tensor (no interpreter in this process)
+    assert nhwc_ops.as_nsc(torch.randn(2, 16, 4, 4)) is None  # channels-first
+    norm = torch.nn.GroupNorm(4, 16)
+    bias = torch.randn(16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            nhwc_ops.group_norm_silu_nhwc(x, norm, bias),
+            torch.nn.functional.silu(norm(x + bias.view(1, -1, 1, 1))),
+        )
+
+
+@pytest.mark.parametrize("channels", [128, 256, 512])
+def test_kernels_compile_for_hopper(channels):
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def compile_(kernel, sig, consts):
+        sig = {**sig, **dict.fromkeys(consts, "constexpr")}
+        src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
+        opts = {"num_warps": 8, "num_stages": 3}
+        assert triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["cubin"]
+
+    rows = nhwc_ops.TILE_ELEMS // channels
+    stats_sig = dict.fromkeys(("x_ptr", "bias_ptr", "mean_ptr", "m2_ptr", "cnt_ptr"), "*fp32")
+    stats_sig.update(x_ptr="*bf16", S="i32", P="i32")
+    consts = {"C": channels, "G": 32, "CPG": channels // 32, "BLOCK_S": rows, "TILES": 8}
+    compile_(nhwc_ops._gn_stats_kernel, stats_sig, {"HAS_BIAS": True, **consts})
+    apply_sig = {"x_ptr": "*bf16", "out_ptr": "*bf16", "a_ptr": "*fp32", "b_ptr": "*fp32"}
+    compile_(
+        nhwc_ops._scale_shift_silu_kernel,
+        {**apply_sig, "S": "i32"},
+        {"C": channels, "BLOCK_S": rows},
+    )
+    res_sig = dict.fromkeys(("x_ptr", "bias_ptr", "r_ptr", "out_ptr"), "*bf16")
+    compile_(
+        nhwc_ops._bias_residual_kernel, {**res_sig, "M": "i32"}, {"C": channels, "BLOCK_M": rows}
+    )
