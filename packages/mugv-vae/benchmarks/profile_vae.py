@@ -28,12 +28,19 @@ VARIANTS = {
         "channels_last": True,
         "compile_trunk": True,
     },
+    "cl-nhwc": {"fused_group_norm_silu": True, "channels_last": True, "fused_nhwc_ops": True},
+    "cl-fast": {
+        "fused_group_norm_silu": True,
+        "channels_last": True,
+        "fused_nhwc_ops": True,
+        "fold_upsample_conv": True,
+    },
 }
 
 CATEGORIES = [  # (category, regex over kernel names), first match wins
-    ("attention", r"fmha|flash|attention|softmax|cutlass.*Kernel|gemm|gemv|cublas|sm90_xmma"),
-    ("conv", r"conv|implicit|xmma|cudnn|sm90|nhwc|fprop|dgrad|wgrad|winograd"),
-    ("groupnorm", r"gn_|group_norm|GroupNorm|RowwiseMoments|ComputeFusedParams"),
+    ("attention", r"fmha|flash|attention|softmax|nvjet|gemv|cublas"),
+    ("conv", r"conv|implicit_gemm|xmma|cudnn|fprop|dgrad|wgrad|winograd"),
+    ("groupnorm", r"gn_|group_norm|GroupNorm|RowwiseMoments|ComputeFusedParams|scale_shift"),
     ("layout/copy", r"copy|transpose|Transpose|nchwToNhwc|nhwcToNchw|permute|contiguous|cat"),
     ("upsample", r"upsample|nearest|interp"),
     ("pad", r"pad|constant_pad"),
@@ -137,7 +144,7 @@ def run_variant(name: str, size, repeats: int, frame_batch: int | None, profile:
                 cats, top = kernel_table(prof)
                 row[f"{mode}_categories_ms"] = cats
                 row[f"{mode}_top_kernels"] = top
-        if name == "cl-fused" and profile:
+        if name.startswith("cl-") and profile:
             row["trunk_peak_mib"] = trunk_bytes(model, h, w)
     return row
 

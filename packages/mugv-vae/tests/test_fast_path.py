@@ -52,7 +52,7 @@ def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
     cfg = tiny_config()
     per_frame = trunk_bytes_per_frame(cfg, 64, 64, 4)
     per_chunk = temporal_bytes_per_chunk(cfg, 64, 64, 4)
-    # c0=8, c1=8: max(4*8, 2.5*8) = 32 channels of fp32 per pixel.
+    # c0=8, c1=8: max(4*8, 3*8) = 32 channels of fp32 per pixel.
     assert per_frame == 32 * 64 * 64 * 4
     assert per_chunk == 2 * 8 * 16 * 8 * 8 * 4
     assert plan(cfg, 64, 64, 4, None, None).frame_batch is None  # no budget: no limit
@@ -89,3 +89,35 @@ def test_runtime_fields_can_be_overridden_when_loading(tmp_path):
     assert model.trunk.channels_last
     with pytest.raises(ValueError, match="cannot override"):
         MugvVAE.from_pretrained(tmp_path / "ckpt", latent_channels=8)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_upsample_conv_is_the_same_function(channels_last):
+    # float64: the 2x2 phase convs equal nearest-2x + 3x3 conv up to rounding.
+    from mugv_vae.model.trunk import folded_upsample_forward, upsample_forward
+
+    torch.manual_seed(0)
+    model = MugvVAE(tiny_config()).double().eval()
+    up = model.trunk.decoder.up_blocks[0].upsamplers[0]
+    x = torch.randn(2, up.channels, 5, 7, dtype=torch.float64)
+    if channels_last:
+        up.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = folded_upsample_forward(up, x, {})
+        ref = upsample_forward(up, x)
+    assert out.shape == (2, up.conv.out_channels, 10, 14)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_fold_upsample_switch_in_the_model(make_video):
+    torch.manual_seed(0)
+    plain = MugvVAE(tiny_config()).double().eval()
+    folded = MugvVAE(tiny_config().model_copy(update={"fold_upsample_conv": True}))
+    folded = folded.double().eval()
+    folded.load_state_dict(plain.state_dict())
+    z = torch.randn(1, 24, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.decode(z), plain.decode(z), rtol=0, atol=1e-10)
+        assert len(folded.trunk._fold_cache) == 3  # one entry per up-sampler

@@ -57,3 +57,25 @@ def test_channels_last_fused_path_matches_plain_on_cuda(make_video, monkeypatch)
         torch.testing.assert_close(
             fast.decode(z, window=1), plain.decode(z, window=1), rtol=1e-3, atol=1e-3
         )
+
+
+def test_nhwc_kernels_and_folded_upsampling_match_plain_on_cuda(make_video, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    from mugv_vae.model import nhwc_ops
+
+    torch.manual_seed(0)
+    plain = MugvVAE(tiny_config()).cuda().eval()
+    update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
+    fast = MugvVAE(tiny_config().model_copy(update=update)).cuda().eval()
+    fast.load_state_dict(plain.state_dict())
+    video = make_video(t=17, h=64, w=96).cuda()
+    x = torch.randn(2, 16, 9, 12, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert nhwc_ops.kernels_apply(x, 4)
+        z = plain.encode(video)
+        torch.testing.assert_close(fast.encode(video), z, rtol=1e-3, atol=1e-3)
+        for window in (1, 8):
+            torch.testing.assert_close(
+                fast.decode(z, window=window), plain.decode(z, window=window), rtol=1e-3, atol=1e-3
+            )

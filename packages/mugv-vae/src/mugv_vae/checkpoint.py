@@ -25,6 +25,7 @@ RUNTIME_FIELDS = (
     "gradient_checkpointing",
     "channels_last",
     "fused_nhwc_ops",
+    "fold_upsample_conv",
     "compile_trunk",
     "max_activation_bytes",
 )

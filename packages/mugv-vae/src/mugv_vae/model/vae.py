@@ -104,6 +104,8 @@ class MugvVAE(nn.Module):
             self.trunk.set_fused_group_norm_silu(config.fused_group_norm_silu)
         self.trunk.gradient_checkpointing = config.gradient_checkpointing
         set_nhwc_ops(self, config.fused_nhwc_ops)
+        if hasattr(self.trunk, "fold_upsample"):
+            self.trunk.fold_upsample = config.fold_upsample_conv
         if config.channels_last:
             self.set_channels_last(True)
         if config.compile_trunk and hasattr(self.trunk, "set_compile"):
