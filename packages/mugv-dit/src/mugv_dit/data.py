@@ -156,8 +156,11 @@ class BucketSampler:
         self.cursors[bucket_id] = cursor
         return out
 
-    def plan(self, step: int, stage: StageConfig, progress: float) -> StepPlan:
-        """Plan step ``step`` of ``stage`` (``progress`` in [0, 1] anneals the image share)."""
+    def _choose(self, step: int, stage: StageConfig, progress: float) -> tuple[int, list[int]]:
+        """(bucket id, eligible pool) of step ``step``: a pure function of (seed, step,
+        stage, progress), the same on every rank. ``progress`` in [0, 1] anneals the image
+        share from ``image_share_start`` to ``image_share_end``; within images / videos a
+        bucket is drawn with probability proportional to its eligible samples."""
         rng = random.Random(self.seed * 1_000_003 + step)
         pools = {
             bid: pool for bid, b in enumerate(self.buckets) if (pool := self._eligible(stage, b))
@@ -181,9 +184,18 @@ class BucketSampler:
                 ids = images if rng.random() < share else videos
         weights = [len(pools[b]) for b in ids]
         bid = rng.choices(ids, weights=weights)[0]
+        return bid, pools[bid]
+
+    def choose_bucket(self, step: int, stage: StageConfig, progress: float) -> BucketKey:
+        """The bucket every rank draws step ``step``'s micro-batches from."""
+        return self.buckets[self._choose(step, stage, progress)[0]]
+
+    def plan(self, step: int, stage: StageConfig, progress: float) -> StepPlan:
+        """Plan step ``step`` of ``stage`` (``progress`` in [0, 1] anneals the image share)."""
+        bid, pool = self._choose(step, stage, progress)
         bucket = self.buckets[bid]
         bs = self.batch_size(bucket)
-        micro = [self._draw(bid, pools[bid], bs) for _ in range(self.micro_batches_per_step)]
+        micro = [self._draw(bid, pool, bs) for _ in range(self.micro_batches_per_step)]
         return StepPlan(bucket, micro)
 
     def state_dict(self) -> dict:

@@ -1,18 +1,24 @@
 """Latent shards through megatron-energon (Megatron's multimodal loader), savable state.
 
 The dataset directory carries ``.nv-meta`` (written by mugv_formats, ``CrudeWebdataset``);
-a cooker turns energon's decoded members into samples, ``batch_group_criterion`` buckets
-them by latent shape with a token-budget batch size, and each DP rank reads its own part of
-the stream (``WorkerConfig(rank=dp_rank, ...)``; TP ranks of one DP rank read the same).
-The loader state is saved per rank next to the training checkpoint and restored exactly.
+a cooker turns energon's decoded members into samples and each DP rank reads its own part of
+the stream (``WorkerConfig(rank=dp_rank, ...)``; TP/PP/CP ranks of one DP rank read the same).
 
-Differences from the default ``plan`` loader: DP ranks draw their own buckets (token budgets
-keep them balanced, not equal), runs are reproducible for one layout only, and curriculum
-image-share annealing is not applied (stage length/height filters are).
+Balanced steps: the bucket of every step is chosen by the same pure function as the ``plan``
+loader (:meth:`mugv_dit.data.BucketSampler.choose_bucket`: seed, step, stage filters and the
+stage's image-share annealing, weighted by bucket size), so ALL DP ranks and all micro-batches
+of a step share one bucket and one token-budget batch size, i.e. equal tokens per rank. Each
+rank sorts its stream into per-bucket reservoirs and takes the step's samples from the chosen
+one, pulling more from energon as needed. A reservoir holds at most ``reservoir_factor``
+steps' worth of its bucket; samples arriving at a full one are dropped and counted (that is
+how a bucket the schedule under-samples, e.g. images once their share is annealed down, is
+thinned). The loader state saved per rank next to each checkpoint is energon's own state
+plus the reservoirs' sample keys (re-read by key on restore), so a resume is exact.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,7 @@ from megatron.energon.edataclass import edataclass
 from megatron.energon.task_encoder.base import stateless
 
 from mugv_dit.config import StageConfig
-from mugv_dit.data import stage_accepts, tokens_of
+from mugv_dit.data import BucketKey, BucketSampler, LatentIndex, stage_accepts
 from mugv_dit.diffusion.prepare import CleanBatch
 
 
@@ -60,78 +66,79 @@ def cook_latent_sample(raw: dict) -> LatentShardSample:
 
 
 class LatentTaskEncoder(DefaultTaskEncoder):
-    """Buckets by (latent shape, pixel size); batch size from the token budget."""
+    """Single samples (no batching: buckets are formed by the loader), stage-filtered."""
 
     cookers = (Cooker(cook_latent_sample),)
 
-    def __init__(self, stage: StageConfig, tokens_per_batch: int, max_batch_size: int, patch):
+    def __init__(self, stage: StageConfig):
         super().__init__()
         self.stage = stage
-        self.tokens_per_batch = tokens_per_batch
-        self.max_batch_size = max_batch_size
-        self.patch = tuple(patch)
-
-    def _bucket(self, sample: LatentShardSample):
-        _, t, h, w = sample.latents.shape
-        rec = sample.record
-        return (t, h, w, int(rec["height"]), int(rec["width"]))
 
     @stateless
     def encode_sample(self, sample: LatentShardSample) -> LatentShardSample:
-        # stage filter here: energon's grouping step must never skip a sample
-        if not stage_accepts(self.stage, self._bucket(sample), int(sample.record["num_frames"])):
+        rec = sample.record
+        if not stage_accepts(self.stage, _bucket_of(sample), int(rec["num_frames"])):
             raise SkipSample()
         return sample
 
-    def batch_group_criterion(self, sample: LatentShardSample):
-        bucket = self._bucket(sample)
-        per = tokens_of(bucket, self.patch)
-        return bucket, max(1, min(self.max_batch_size, self.tokens_per_batch // max(per, 1)))
 
-    def batch(self, samples: list[LatentShardSample]) -> list[LatentShardSample]:
-        return samples
+def _bucket_of(sample: LatentShardSample) -> BucketKey:
+    _, t, h, w = sample.latents.shape
+    return (t, h, w, int(sample.record["height"]), int(sample.record["width"]))
 
 
-def to_clean_batch(samples: list[LatentShardSample], device) -> CleanBatch:
-    shapes = {tuple(s.latents.shape) for s in samples}
+@dataclass
+class _Item:
+    """One sample waiting in a bucket reservoir."""
+
+    key: str
+    latents: np.ndarray
+    text: np.ndarray
+    fps: float
+    height: int
+    width: int
+
+
+def to_clean_batch(items: list[_Item], device) -> CleanBatch:
+    shapes = {tuple(it.latents.shape) for it in items}
     if len(shapes) != 1:
         raise ValueError(
-            f"energon batch mixes latent shapes {sorted(shapes)} ({[s.__key__ for s in samples]})"
+            f"energon batch mixes latent shapes {sorted(shapes)} ({[it.key for it in items]})"
         )
-    latents = torch.from_numpy(np.stack([s.latents.astype(np.float32) for s in samples]))
-    texts = [torch.from_numpy(np.asarray(s.text, dtype=np.float32)).to(device) for s in samples]
-    fps = torch.tensor([float(s.record["fps"]) for s in samples], dtype=torch.float32)
-    r0 = samples[0].record
+    latents = torch.from_numpy(np.stack([it.latents.astype(np.float32) for it in items]))
+    texts = [torch.from_numpy(np.asarray(it.text, dtype=np.float32)).to(device) for it in items]
+    fps = torch.tensor([it.fps for it in items], dtype=torch.float32)
     return CleanBatch(
         latents.to(device),
         texts,
         fps.to(device),
-        int(r0["height"]),
-        int(r0["width"]),
-        [s.__key__ for s in samples],
+        items[0].height,
+        items[0].width,
+        [it.key for it in items],
     )
 
 
 class EnergonLatentLoader:
-    """Per-stage energon loaders for one DP rank, with savable state."""
+    """Per-stage energon streams of one DP rank with bucket reservoirs and savable state."""
 
     def __init__(
         self,
         path,
         *,
-        dp_rank,
-        dp_size,
-        dp_group,
-        tokens_per_batch,
-        max_batch_size,
-        patch,
+        index: LatentIndex,
+        sampler: BucketSampler,
+        dp_rank: int,
+        dp_size: int,
+        dp_group=None,
         num_workers: int = 0,
         seed: int = 0,
+        reservoir_factor: int = 4,
     ):
         self.path = str(path)
-        self.kw = dict(
-            tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size, patch=patch
-        )
+        self.index = index
+        self.sampler = sampler
+        self.dp_rank = dp_rank
+        self.reservoir_factor = reservoir_factor
         self.worker_config = WorkerConfig(
             rank=dp_rank,
             world_size=dp_size,
@@ -142,7 +149,10 @@ class EnergonLatentLoader:
         self.stage_idx: int | None = None
         self.loader = None
         self.iter = None
+        self.reservoirs: dict[BucketKey, list[_Item]] = {}
+        self.dropped = 0
         self._pending_state = None
+        self._key_to_index = {r.key: i for i, r in enumerate(index.records)}
 
     def _open(self, stage_idx: int, stage: StageConfig) -> None:
         ds = get_train_dataset(
@@ -151,23 +161,85 @@ class EnergonLatentLoader:
             batch_size=None,
             shuffle_buffer_size=64,
             max_samples_per_sequence=16,
-            task_encoder=LatentTaskEncoder(stage, **self.kw),
+            task_encoder=LatentTaskEncoder(stage),
         )
         self.loader = get_savable_loader(ds)
-        if self._pending_state is not None and self._pending_state["stage"] == stage_idx:
-            self.loader.restore_state_rank(self._pending_state["loader"])
-        self._pending_state = None
+        self.reservoirs = {}  # the previous stage's leftovers do not carry over
+        pending, self._pending_state = self._pending_state, None
+        if pending is not None and pending["stage"] == stage_idx:
+            self.loader.restore_state_rank(pending["loader"])
+            self.reservoirs = {
+                tuple(bucket): [self._load_item(key) for key in keys]
+                for bucket, keys in pending["reservoirs"]
+            }
+            self.dropped = int(pending["dropped"])
         self.stage_idx = stage_idx
         self.iter = iter(self.loader)
 
-    def next_batches(self, stage_idx: int, stage: StageConfig, n: int, device) -> list[CleanBatch]:
+    def _load_item(self, key: str) -> _Item:
+        if key not in self._key_to_index:
+            raise ValueError(f"energon loader state names sample {key!r}, not in {self.path}")
+        sample = self.index.load(self._key_to_index[key])
+        r = sample.record
+        return _Item(key, sample.latents, sample.text, float(r.fps), r.height, r.width)
+
+    def _capacity(self, bucket: BucketKey, n: int) -> int:
+        return self.reservoir_factor * n * self.sampler.batch_size(bucket)
+
+    def next_batches(
+        self, step: int, stage_idx: int, stage: StageConfig, progress: float, n: int, device
+    ) -> list[CleanBatch]:
+        """This rank's ``n`` micro-batches of step ``step`` (all from the step's bucket)."""
         if stage_idx != self.stage_idx:
             self._open(stage_idx, stage)
-        return [to_clean_batch(next(self.iter), device) for _ in range(n)]
+        bucket = self.sampler.choose_bucket(step, stage, progress)
+        bs = self.sampler.batch_size(bucket)
+        need = n * bs
+        pool = self.reservoirs.setdefault(bucket, [])
+        # a rank whose share holds >= 1 sample of the bucket finds `need` within need epochs
+        limit = (need + 1) * len(self.index)
+        pulled = 0
+        while len(pool) < need:
+            if pulled >= limit:
+                raise ValueError(
+                    f"{self.path}: the energon stream of DP rank {self.dp_rank} yielded no "
+                    f"sample of bucket {bucket} in {limit} draws (stage {stage.name!r}): "
+                    "this rank's share of the data lacks that bucket"
+                )
+            sample = next(self.iter)
+            pulled += 1
+            got = _bucket_of(sample)
+            queue = self.reservoirs.setdefault(got, [])
+            if len(queue) >= self._capacity(got, n):
+                self.dropped += 1
+                continue
+            rec = sample.record
+            queue.append(
+                _Item(
+                    sample.__key__,
+                    sample.latents,
+                    sample.text,
+                    float(rec["fps"]),
+                    int(rec["height"]),
+                    int(rec["width"]),
+                )
+            )
+        taken, pool[:] = pool[:need], pool[need:]
+        return [to_clean_batch(taken[j * bs : (j + 1) * bs], device) for j in range(n)]
+
+    def state(self) -> dict:
+        """Energon state + reservoir keys of this rank (what :meth:`save` writes)."""
+        return {
+            "stage": self.stage_idx,
+            "loader": None if self.loader is None else self.loader.save_state_rank(),
+            "reservoirs": [
+                (list(b), [it.key for it in items]) for b, items in self.reservoirs.items()
+            ],
+            "dropped": self.dropped,
+        }
 
     def save(self, path: Path) -> None:
-        state = None if self.loader is None else self.loader.save_state_rank()
-        torch.save({"stage": self.stage_idx, "loader": state}, path)
+        torch.save(self.state(), path)
 
     def restore(self, path: Path) -> None:
         if not path.is_file():

@@ -167,22 +167,16 @@ class Trainer:
             seed=cfg.data.seed,
         )
         self.energon = None
-        if cfg.data.loader == "energon" and par.pipeline_parallel > 1:
-            raise ValueError(
-                "data.loader=energon with parallel.pipeline_parallel > 1 is not supported "
-                "(pipeline stages need equal-shape micro-batches within a step; use plan)"
-            )
         if cfg.data.loader == "energon":
             from mugv_dit.data_energon import EnergonLatentLoader
 
             self.energon = EnergonLatentLoader(
                 cfg.data.path,
+                index=self.index,
+                sampler=self.sampler,
                 dp_rank=self.dp_rank,
                 dp_size=self.dp_size,
                 dp_group=self.dp_group,
-                tokens_per_batch=cfg.data.tokens_per_batch,
-                max_batch_size=cfg.data.max_batch_size,
-                patch=cfg.model.patch_size,
                 num_workers=cfg.data.num_workers,
                 seed=cfg.data.seed,
             )
@@ -237,7 +231,10 @@ class Trainer:
             ]
         else:
             n_local = self.micro_batches // self.dp_size
-            batches = self.energon.next_batches(stage_idx, stage, n_local, self.device)
+            progress = in_stage / max(1, stage.steps)
+            batches = self.energon.next_batches(
+                self.step, stage_idx, stage, progress, n_local, self.device
+            )
             mine = [self.dp_rank * n_local + j for j in range(n_local)]
         prepared = []
         count = 0
