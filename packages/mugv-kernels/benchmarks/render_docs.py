@@ -1,8 +1,10 @@
 """Render the committed benchmark page from the JSON files a GPU run wrote.
 
-Usage: ``python render_docs.py RESULTS_DIR docs/benchmarks/kernels``: copies ``kernels.json``
-(and ``attention.json`` when present) and writes ``README.md`` with the device, date, command,
-copy ceiling, the main table, the launch sweep and the attention table.
+Usage: ``python render_docs.py RESULTS_DIR docs/benchmarks/kernels [--previous OLD.json]``:
+copies ``kernels.json`` (and ``attention.json`` when present) and writes ``README.md`` with the
+device, date, command, copy ceiling, the main table, the launch sweep, the tuning run
+(``tune*.json`` in the docs folder), the attention table (from RESULTS_DIR, else the one
+already in the docs folder) and, with ``--previous``, the table of an earlier run.
 """
 
 from __future__ import annotations
@@ -71,6 +73,20 @@ def sweep_table(data: dict) -> list[str]:
     return lines
 
 
+def tune_table(data: dict) -> list[str]:
+    """Rows of a ``tune_norms.py`` run (each variant and the defaults timed in one run)."""
+    lines = [
+        "| variant | shape | fwd ms | fwd+bwd ms |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['shape']} | {_fmt(r.get('fwd_ms'), 4)} | "
+            f"{_fmt(r.get('fwd_bwd_ms'), 4)} |"
+        )
+    return lines
+
+
 def attention_table(data: dict) -> list[str]:
     lines = [
         "| shape | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
@@ -89,6 +105,11 @@ def attention_table(data: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    previous = None
+    if "--previous" in argv:
+        i = argv.index("--previous")
+        previous = json.loads(Path(argv[i + 1]).read_text())
+        argv = argv[:i] + argv[i + 2 :]
     src, dst = Path(argv[0]), Path(argv[1])
     dst.mkdir(parents=True, exist_ok=True)
     data = json.loads((src / "kernels.json").read_text())
@@ -117,10 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sweep_table(data)
     if sweep:
         out += ["## Launch-parameter sweep (Triton, one change at a time)", "", *sweep, ""]
+    for tune_path in sorted(dst.glob("tune*.json")):
+        tune = json.loads(tune_path.read_text())
+        out += [
+            f"## Tuning run ({tune_path.name}: each variant next to the defaults, same run)",
+            "",
+            f"device: {tune['device']}; date: {tune['date']}; command: "
+            f"`python packages/mugv-kernels/benchmarks/{tune['command']}` (Triton only; the "
+            "defaults were those of that moment, see FINDINGS).",
+            "",
+            *tune_table(tune),
+            "",
+        ]
     attn_path = src / "attention.json"
+    if not attn_path.exists():
+        attn_path = dst / "attention.json"
     if attn_path.exists():
         attn = json.loads(attn_path.read_text())
-        shutil.copyfile(attn_path, dst / "attention.json")
+        if attn_path.parent != dst:
+            shutil.copyfile(attn_path, dst / "attention.json")
         out += [
             "## Experimental head-dim-72 attention vs SDPA",
             "",
@@ -131,7 +167,18 @@ def main(argv: list[str] | None = None) -> int:
             *attention_table(attn),
             "",
         ]
-    notes = src / "FINDINGS.md"
+    if previous is not None:
+        out += [
+            "## Previous run (before this session's kernel changes)",
+            "",
+            f"device: {previous['device']}; date: {previous['date']}; copy ceiling "
+            f"{previous['copy_ceiling']['GBps']:.0f} GB/s; command: "
+            f"`{previous['command']}`",
+            "",
+            *main_table(previous),
+            "",
+        ]
+    notes = dst / "FINDINGS.md"
     if notes.exists():
         out += [notes.read_text()]
     (dst / "README.md").write_text("\n".join(out))

@@ -112,8 +112,8 @@ def test_modulated_norm_kernels_compile(mode):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("heads", "bh", "bt"), [(24, 8, 4), (48, 16, 2)])
-def test_qk_rope_kernels_compile(heads, bh, bt):
+@pytest.mark.parametrize(("heads", "bh", "bt", "dw_red"), [(24, 8, 4, False), (48, 16, 2, True)])
+def test_qk_rope_kernels_compile(heads, bh, bt, dw_red):
     def st(p, h):
         return {f"s{p}_b": L * h * DH, f"s{p}_l": h * DH, f"s{p}_h": DH, f"s{p}_d": 1}
 
@@ -134,7 +134,7 @@ def test_qk_rope_kernels_compile(heads, bh, bt):
         {**ptrs, "dqo_ptr": "bf16", "dko_ptr": "bf16", "dq_ptr": "bf16", "dk_ptr": "bf16",
          "dw_ptr": "fp32", **sizes, **st("dq", heads), **st("dk", heads), **st("q", heads),
          **st("k", heads), **tables, **meta, "DQ_ALIGN": 8, "DK_ALIGN": 8, "DO_Q": True,
-         "DO_K": True, "P2": 4, "BT": bt // 2},
+         "DO_K": True, "P2": 4, "DW_RED": dw_red, "BT": bt // 2},
         8,
     )  # fmt: skip
 

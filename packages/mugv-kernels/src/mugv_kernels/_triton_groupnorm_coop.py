@@ -8,10 +8,12 @@ host makes ``P`` a multiple of ``K`` and at most the number of co-resident progr
 ``K`` items of a group run at the same time on distinct programs.
 
 Per item: (1) statistics of its chunk (forward: per-channel mean and M2; backward: per-channel
-sums of dz and dz * x_hat) are written to ``[N*C, KC]`` partial buffers; (2) the program
-raises the group's arrival counter and waits until all ``K`` items have arrived; (3) it
-combines the group's partials and (4) re-reads its own chunk, which it read moments ago (hits
-L1/L2), to write ``y`` (or ``dx``). So ``x`` (and ``dy``) leave DRAM once: the two-pass floor.
+sums of dz and dz * x_hat) are written to ``[N*C, KC]`` partial buffers and the group's
+arrival counter is raised; (2) software-pipelined by one item, the program then waits until
+all ``K`` items of its *previous* item's group have arrived (their partners had a whole item's
+time to get there), combines that group's partials and re-reads the previous chunk, which it
+read one item ago (an L2 hit), to write ``y`` (or ``dx``). So ``x`` (and ``dy``) leave DRAM
+once: the two-pass floor. No deadlock: arrivals of round ``r`` only wait on round ``r - 2``.
 Under the CPU interpreter programs run one after another, so the host uses ``K = 1``.
 """
 
@@ -34,10 +36,15 @@ def _item(item, cpg, K, KC, SC, S, CPC: tl.constexpr):
 
 
 @triton.jit
-def _arrive_and_wait(cnt_ptr, g, K):
-    """Grid-level barrier of the ``K`` programs that hold the items of group ``g``."""
+def _arrive(cnt_ptr, g):
+    """Count this item's partials of group ``g`` as written."""
     tl.debug_barrier()  # every thread's partial stores precede the release below
     tl.atomic_add(cnt_ptr + g, 1, sem="release")
+
+
+@triton.jit
+def _wait(cnt_ptr, g, K):
+    """Spin until all ``K`` items of group ``g`` have arrived."""
     seen = tl.atomic_add(cnt_ptr + g, 0, sem="acquire")
     while seen < K:
         seen = tl.atomic_add(cnt_ptr + g, 0, sem="acquire")
@@ -85,45 +92,53 @@ def gn_coop_fwd_kernel(
     CPC: tl.constexpr, TILE: tl.constexpr, CB: tl.constexpr,
 ):  # fmt: skip
     offs = tl.arange(0, TILE)
-    for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
-        g, nc0, chunk, s0, s1 = _item(item, cpg, K, KC, SC, S, CPC)
-        for j in range(0, CPC):
-            row = (nc0 + j) * S
-            run_n = 0.0
-            run_mean = 0.0
-            run_m2 = 0.0
-            for t in range(s0, s1, TILE):
-                mask = t + offs < s1
-                x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
-                n_t = tl.minimum(s1 - t, TILE).to(tl.float32)
-                mean_t = tl.sum(x, axis=0) / n_t
-                d = tl.where(mask, x - mean_t, 0.0)
-                delta = mean_t - run_mean
-                tot = run_n + n_t
-                run_mean += delta * (n_t / tot)
-                run_m2 += tl.sum(d * d, axis=0) + delta * delta * (run_n * n_t / tot)
-                run_n = tot
-            tl.store(mean_c_ptr + (nc0 + j) * KC + chunk, run_mean)
-            tl.store(m2_c_ptr + (nc0 + j) * KC + chunk, run_m2)
-        _arrive_and_wait(cnt_ptr, g, K)
-        mean, rstd = _group_mean_rstd(mean_c_ptr, m2_c_ptr, g, cpg, KC, SC, S, eps, CB)
-        if item % K == 0:
-            tl.store(mean_ptr + g, mean)
-            tl.store(rstd_ptr + g, rstd)
-        n_tiles = tl.cdiv(s1 - s0, TILE)
-        for jj in range(0, CPC):  # backwards: the most recently read tiles first
-            j = CPC - 1 - jj
-            c = (nc0 + j) % C
-            w = tl.load(w_ptr + c).to(tl.float32)
-            b = tl.load(b_ptr + c).to(tl.float32)
-            row = (nc0 + j) * S
-            for k in range(0, n_tiles):
-                t = s0 + (n_tiles - 1 - k) * TILE
-                mask = t + offs < s1
-                x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
-                _, z, sig = _silu_parts(x, mean, rstd, w, b)
-                y = (z * sig).to(out_ptr.dtype.element_ty)
-                tl.store(out_ptr + row + t + offs, y, mask=mask)
+    pid = tl.program_id(0)
+    progs = tl.num_programs(0)
+    n_mine = tl.cdiv(num_items - pid, progs)
+    for it in range(0, n_mine + 1):  # statistics of item it, then the output of item it - 1
+        if it < n_mine:
+            g, nc0, chunk, s0, s1 = _item(pid + it * progs, cpg, K, KC, SC, S, CPC)
+            for j in range(0, CPC):
+                row = (nc0 + j) * S
+                run_n = 0.0
+                run_mean = 0.0
+                run_m2 = 0.0
+                for t in range(s0, s1, TILE):
+                    mask = t + offs < s1
+                    x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
+                    n_t = tl.minimum(s1 - t, TILE).to(tl.float32)
+                    mean_t = tl.sum(x, axis=0) / n_t
+                    d = tl.where(mask, x - mean_t, 0.0)
+                    delta = mean_t - run_mean
+                    tot = run_n + n_t
+                    run_mean += delta * (n_t / tot)
+                    run_m2 += tl.sum(d * d, axis=0) + delta * delta * (run_n * n_t / tot)
+                    run_n = tot
+                tl.store(mean_c_ptr + (nc0 + j) * KC + chunk, run_mean)
+                tl.store(m2_c_ptr + (nc0 + j) * KC + chunk, run_m2)
+            _arrive(cnt_ptr, g)
+        if it > 0:
+            item = pid + (it - 1) * progs
+            g, nc0, chunk, s0, s1 = _item(item, cpg, K, KC, SC, S, CPC)
+            _wait(cnt_ptr, g, K)
+            mean, rstd = _group_mean_rstd(mean_c_ptr, m2_c_ptr, g, cpg, KC, SC, S, eps, CB)
+            if item % K == 0:
+                tl.store(mean_ptr + g, mean)
+                tl.store(rstd_ptr + g, rstd)
+            n_tiles = tl.cdiv(s1 - s0, TILE)
+            for jj in range(0, CPC):  # backwards: the most recently read tiles first
+                j = CPC - 1 - jj
+                c = (nc0 + j) % C
+                w = tl.load(w_ptr + c).to(tl.float32)
+                b = tl.load(b_ptr + c).to(tl.float32)
+                row = (nc0 + j) * S
+                for k in range(0, n_tiles):
+                    t = s0 + (n_tiles - 1 - k) * TILE
+                    mask = t + offs < s1
+                    x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
+                    _, z, sig = _silu_parts(x, mean, rstd, w, b)
+                    y = (z * sig).to(out_ptr.dtype.element_ty)
+                    tl.store(out_ptr + row + t + offs, y, mask=mask)
 
 
 @triton.jit
@@ -155,42 +170,51 @@ def gn_coop_bwd_kernel(
     """Per item: per-channel partial sums of dz and dz * x_hat (``[N*C, KC]``, also used by
     the host for the weight/bias gradients), group barrier, then dx."""
     offs = tl.arange(0, TILE)
-    for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
-        g, nc0, chunk, s0, s1 = _item(item, cpg, K, KC, SC, S, CPC)
-        mean = tl.load(mean_ptr + g)
-        rstd = tl.load(rstd_ptr + g)
-        for j in range(0, CPC):
-            c = (nc0 + j) % C
-            w = tl.load(w_ptr + c).to(tl.float32)
-            b = tl.load(b_ptr + c).to(tl.float32)
-            row = (nc0 + j) * S
-            acc_a = tl.zeros([TILE], dtype=tl.float32)
-            acc_b = tl.zeros([TILE], dtype=tl.float32)
-            for t in range(s0, s1, TILE):
-                mask = t + offs < s1
-                x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
-                dout = tl.load(dout_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
-                x_hat, z, sig = _silu_parts(x, mean, rstd, w, b)
-                dz = tl.where(mask, dout * sig * (1.0 + z * (1.0 - sig)), 0.0)
-                acc_a += dz
-                acc_b += dz * x_hat
-            tl.store(sum_dz_ptr + (nc0 + j) * KC + chunk, tl.sum(acc_a, axis=0))
-            tl.store(sum_dzx_ptr + (nc0 + j) * KC + chunk, tl.sum(acc_b, axis=0))
-        _arrive_and_wait(cnt_ptr, g, K)
-        m1, m2 = _group_m1_m2(sum_dz_ptr, sum_dzx_ptr, w_ptr, g, C, cpg, KC, S, CB)
-        n_tiles = tl.cdiv(s1 - s0, TILE)
-        for jj in range(0, CPC):
-            j = CPC - 1 - jj
-            c = (nc0 + j) % C
-            w = tl.load(w_ptr + c).to(tl.float32)
-            b = tl.load(b_ptr + c).to(tl.float32)
-            row = (nc0 + j) * S
-            for k in range(0, n_tiles):
-                t = s0 + (n_tiles - 1 - k) * TILE
-                mask = t + offs < s1
-                x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
-                dout = tl.load(dout_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
-                x_hat, z, sig = _silu_parts(x, mean, rstd, w, b)
-                dz = dout * sig * (1.0 + z * (1.0 - sig))
-                dx = (dz * w - m1 - x_hat * m2) * rstd
-                tl.store(dx_ptr + row + t + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    pid = tl.program_id(0)
+    progs = tl.num_programs(0)
+    n_mine = tl.cdiv(num_items - pid, progs)
+    for it in range(0, n_mine + 1):  # sums of item it, then dx of item it - 1
+        if it < n_mine:
+            g, nc0, chunk, s0, s1 = _item(pid + it * progs, cpg, K, KC, SC, S, CPC)
+            mean = tl.load(mean_ptr + g)
+            rstd = tl.load(rstd_ptr + g)
+            for j in range(0, CPC):
+                c = (nc0 + j) % C
+                w = tl.load(w_ptr + c).to(tl.float32)
+                b = tl.load(b_ptr + c).to(tl.float32)
+                row = (nc0 + j) * S
+                acc_a = tl.zeros([TILE], dtype=tl.float32)
+                acc_b = tl.zeros([TILE], dtype=tl.float32)
+                for t in range(s0, s1, TILE):
+                    mask = t + offs < s1
+                    x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
+                    dout = tl.load(dout_ptr + row + t + offs, mask=mask, other=0.0)
+                    x_hat, z, sig = _silu_parts(x, mean, rstd, w, b)
+                    dz = tl.where(mask, dout.to(tl.float32) * sig * (1.0 + z * (1.0 - sig)), 0.0)
+                    acc_a += dz
+                    acc_b += dz * x_hat
+                tl.store(sum_dz_ptr + (nc0 + j) * KC + chunk, tl.sum(acc_a, axis=0))
+                tl.store(sum_dzx_ptr + (nc0 + j) * KC + chunk, tl.sum(acc_b, axis=0))
+            _arrive(cnt_ptr, g)
+        if it > 0:
+            g, nc0, chunk, s0, s1 = _item(pid + (it - 1) * progs, cpg, K, KC, SC, S, CPC)
+            mean = tl.load(mean_ptr + g)
+            rstd = tl.load(rstd_ptr + g)
+            _wait(cnt_ptr, g, K)
+            m1, m2 = _group_m1_m2(sum_dz_ptr, sum_dzx_ptr, w_ptr, g, C, cpg, KC, S, CB)
+            n_tiles = tl.cdiv(s1 - s0, TILE)
+            for jj in range(0, CPC):
+                j = CPC - 1 - jj
+                c = (nc0 + j) % C
+                w = tl.load(w_ptr + c).to(tl.float32)
+                b = tl.load(b_ptr + c).to(tl.float32)
+                row = (nc0 + j) * S
+                for k in range(0, n_tiles):
+                    t = s0 + (n_tiles - 1 - k) * TILE
+                    mask = t + offs < s1
+                    x = tl.load(x_ptr + row + t + offs, mask=mask, other=0.0).to(tl.float32)
+                    dout = tl.load(dout_ptr + row + t + offs, mask=mask, other=0.0)
+                    x_hat, z, sig = _silu_parts(x, mean, rstd, w, b)
+                    dz = dout.to(tl.float32) * sig * (1.0 + z * (1.0 - sig))
+                    dx = (dz * w - m1 - x_hat * m2) * rstd
+                    tl.store(dx_ptr + row + t + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

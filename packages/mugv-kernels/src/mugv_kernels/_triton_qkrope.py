@@ -188,12 +188,25 @@ def _bwd_pairs(do_e, do_o, x_e, x_o, rstd, w_e, w_o, c, s):
 
 
 @triton.jit
+def _add_dw(acc_e, acc_o, v_e, v_o, DW_RED: tl.constexpr):
+    """Accumulate weight-gradient terms: whole tiles, or (``DW_RED``) summed over tokens and
+    heads first into ``[1, 1, D/2]`` accumulators (fewer registers, a reduction per step)."""
+    if DW_RED:
+        acc_e += tl.sum(tl.sum(v_e, axis=0), axis=0)[None, None, :]
+        acc_o += tl.sum(tl.sum(v_o, axis=0), axis=0)[None, None, :]
+    else:
+        acc_e += v_e
+        acc_o += v_o
+    return acc_e, acc_o
+
+
+@triton.jit
 def _bwd_tensor(do_ptr, x_ptr, w_ptr, dx_ptr, b, pos, tok, mask_T,
                 sdo_b, sdo_l, sdo_h, sdo_d, s_b, s_l, s_h, s_d, eps, c1, s1, c2, s2,
                 dw1_e, dw1_o, dw2_e, dw2_o,
                 H: tl.constexpr, BH: tl.constexpr, DH: tl.constexpr, D1: tl.constexpr,
                 D1V: tl.constexpr, D2: tl.constexpr, BT: tl.constexpr, ALIGN: tl.constexpr,
-                DO_ALIGN: tl.constexpr):  # fmt: skip
+                DO_ALIGN: tl.constexpr, DW_RED: tl.constexpr):  # fmt: skip
     base = _token_base(b, pos, s_b, s_l, ALIGN)
     dbase = _token_base(b, pos, sdo_b, sdo_l, DO_ALIGN)
     out_base = tok * (H * DH)
@@ -218,15 +231,13 @@ def _bwd_tensor(do_ptr, x_ptr, w_ptr, dx_ptr, b, pos, tok, mask_T,
         xh1_e, xh1_o, du1_e, du1_o, g1_e, g1_o = _bwd_pairs(
             d1_e, d1_o, x1_e, x1_o, rstd, w1_e, w1_o, c1, s1
         )
-        dw1_e += du1_e * xh1_e
-        dw1_o += du1_o * xh1_o
+        dw1_e, dw1_o = _add_dw(dw1_e, dw1_o, du1_e * xh1_e, du1_o * xh1_o, DW_RED)
         dot = tl.sum(g1_e * xh1_e + g1_o * xh1_o, axis=2)
         if D2 > 0:
             xh2_e, xh2_o, du2_e, du2_o, g2_e, g2_o = _bwd_pairs(
                 d2_e, d2_o, x2_e, x2_o, rstd, w2_e, w2_o, c2, s2
             )
-            dw2_e += du2_e * xh2_e
-            dw2_o += du2_o * xh2_o
+            dw2_e, dw2_o = _add_dw(dw2_e, dw2_o, du2_e * xh2_e, du2_o * xh2_o, DW_RED)
             dot += tl.sum(g2_e * xh2_e + g2_o * xh2_o, axis=2)
         dot = (dot / DH)[:, :, None]
         _store_part(dx_ptr, out_base, mask_T, h0, (g1_e - xh1_e * dot) * rstd,
@@ -263,20 +274,24 @@ def qk_bwd_kernel(
     DH: tl.constexpr, D1: tl.constexpr, D1V: tl.constexpr, D2: tl.constexpr,
     BT: tl.constexpr, Q_ALIGN: tl.constexpr, K_ALIGN: tl.constexpr, DQ_ALIGN: tl.constexpr,
     DK_ALIGN: tl.constexpr, T_ALIGN: tl.constexpr, DO_Q: tl.constexpr, DO_K: tl.constexpr,
-    P2: tl.constexpr,
+    P2: tl.constexpr, DW_RED: tl.constexpr,
 ):  # fmt: skip
     """Gradients of q and k (each only when ``DO_Q`` / ``DO_K``); weight-gradient partials of
-    program ``pid`` go to ``dw[pid, 0]`` (q) and ``dw[pid, 1]`` (k). ``P2 = max(D2 / 2, 1)``."""
+    program ``pid`` go to ``dw[pid, 0]`` (q) and ``dw[pid, 1]`` (k). ``P2 = max(D2 / 2, 1)``;
+    ``AT``, ``AHQ``, ``AHK``: accumulator tile (``BT``, ``BHQ``, ``BHK``, or 1 with ``DW_RED``)."""
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * tokens_per_prog
-    dwq1_e = tl.zeros([BT, BHQ, D1 // 2], dtype=tl.float32)
-    dwq1_o = tl.zeros([BT, BHQ, D1 // 2], dtype=tl.float32)
-    dwq2_e = tl.zeros([BT, BHQ, P2], dtype=tl.float32)
-    dwq2_o = tl.zeros([BT, BHQ, P2], dtype=tl.float32)
-    dwk1_e = tl.zeros([BT, BHK, D1 // 2], dtype=tl.float32)
-    dwk1_o = tl.zeros([BT, BHK, D1 // 2], dtype=tl.float32)
-    dwk2_e = tl.zeros([BT, BHK, P2], dtype=tl.float32)
-    dwk2_o = tl.zeros([BT, BHK, P2], dtype=tl.float32)
+    AT: tl.constexpr = 1 if DW_RED else BT
+    AHQ: tl.constexpr = 1 if DW_RED else BHQ
+    AHK: tl.constexpr = 1 if DW_RED else BHK
+    dwq1_e = tl.zeros([AT, AHQ, D1 // 2], dtype=tl.float32)
+    dwq1_o = tl.zeros([AT, AHQ, D1 // 2], dtype=tl.float32)
+    dwq2_e = tl.zeros([AT, AHQ, P2], dtype=tl.float32)
+    dwq2_o = tl.zeros([AT, AHQ, P2], dtype=tl.float32)
+    dwk1_e = tl.zeros([AT, AHK, D1 // 2], dtype=tl.float32)
+    dwk1_o = tl.zeros([AT, AHK, D1 // 2], dtype=tl.float32)
+    dwk2_e = tl.zeros([AT, AHK, P2], dtype=tl.float32)
+    dwk2_o = tl.zeros([AT, AHK, P2], dtype=tl.float32)
     for t0 in range(0, tokens_per_prog, BT):
         local = t0 + tl.arange(0, BT)
         tok = start + local
@@ -289,13 +304,13 @@ def qk_bwd_kernel(
             dwq1_e, dwq1_o, dwq2_e, dwq2_o = _bwd_tensor(
                 dqo_ptr, q_ptr, qw_ptr, dq_ptr, b, pos, tok, mask_T,
                 sdq_b, sdq_l, sdq_h, sdq_d, sq_b, sq_l, sq_h, sq_d, eps, c1, s1, c2, s2,
-                dwq1_e, dwq1_o, dwq2_e, dwq2_o, HQ, BHQ, DH, D1, D1V, D2, BT, Q_ALIGN, DQ_ALIGN,
+                dwq1_e, dwq1_o, dwq2_e, dwq2_o, HQ, BHQ, DH, D1, D1V, D2, BT, Q_ALIGN, DQ_ALIGN, DW_RED,
             )  # fmt: skip
         if DO_K:
             dwk1_e, dwk1_o, dwk2_e, dwk2_o = _bwd_tensor(
                 dko_ptr, k_ptr, kw_ptr, dk_ptr, b, pos, tok, mask_T,
                 sdk_b, sdk_l, sdk_h, sdk_d, sk_b, sk_l, sk_h, sk_d, eps, c1, s1, c2, s2,
-                dwk1_e, dwk1_o, dwk2_e, dwk2_o, HK, BHK, DH, D1, D1V, D2, BT, K_ALIGN, DK_ALIGN,
+                dwk1_e, dwk1_o, dwk2_e, dwk2_o, HK, BHK, DH, D1, D1V, D2, BT, K_ALIGN, DK_ALIGN, DW_RED,
             )  # fmt: skip
     if DO_Q:
         _store_dw(dw_ptr + pid * (2 * DH), dwq1_e, dwq1_o, dwq2_e, dwq2_o, DH, D1, D1V, D2)

@@ -9,11 +9,11 @@ from mugv_kernels._launch import TUNING, next_pow2, sm_count
 from mugv_kernels.reference import check_qk, qk_rmsnorm_rope3d_ref
 
 
-def _split_head_dim(head_dim: int) -> tuple[int, int]:
+def _split_head_dim(head_dim: int, key: str = "qk") -> tuple[int, int]:
     """``(D1, D2)``: D1 the largest power of two <= Dh, D2 the rest padded to a power of two
-    (0 when Dh is a power of two); e.g. 72 -> (64, 8). With ``TUNING["qk"]["split"] = 0``:
+    (0 when Dh is a power of two); e.g. 72 -> (64, 8). With ``TUNING[key]["split"] = 0``:
     one padded part ``(next_pow2(Dh), 0)``."""
-    if not TUNING["qk"]["split"]:
+    if not TUNING[key]["split"]:
         return next_pow2(head_dim), 0
     d1 = 1 << (head_dim.bit_length() - 1)
     return d1, (next_pow2(head_dim - d1) if head_dim > d1 else 0)
@@ -32,7 +32,7 @@ def _head_block(heads: int) -> int:
 def _tiling(tokens: int, heads: int, head_dim: int, device: torch.device, key: str):
     """``(BT, tokens_per_prog, num_warps)`` for ``tokens`` tokens of ``heads`` heads."""
     tune = TUNING[key]
-    d1, d2 = _split_head_dim(head_dim)
+    d1, d2 = _split_head_dim(head_dim, key)
     row = _head_block(heads) * (d1 + d2)
     bt = max(1, min(64, tune["tile_elems"] // row, next_pow2(tokens)))
     bt = 1 << (bt.bit_length() - 1)  # power of two
@@ -70,10 +70,10 @@ def _table_align(cos: torch.Tensor, sin: torch.Tensor) -> int:
     return 4 if ok else 1
 
 
-def _geometry(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+def _geometry(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key: str):
     """Launch constants shared by the forward and backward kernels."""
     head_dim = q.shape[-1]
-    d1, d2 = _split_head_dim(head_dim)
+    d1, d2 = _split_head_dim(head_dim, key)
     return {
         "HQ": q.shape[2], "HK": k.shape[2], "BHQ": _head_block(q.shape[2]),
         "BHK": _head_block(k.shape[2]), "DH": head_dim, "D1": d1, "D1V": min(d1, head_dim),
@@ -98,7 +98,7 @@ def _fwd(q, k, q_weight, k_weight, cos, sin, eps: float):
         q, k, q_weight, k_weight, cos, sin, q_out, k_out,
         tokens, seq_len, per_prog, eps, *q.stride(), *k.stride(),
         *_table_strides(cos), *_table_strides(sin),
-        **_geometry(q, k, cos, sin), BT=bt, num_warps=warps,
+        **_geometry(q, k, cos, sin, "qk"), BT=bt, num_warps=warps,
     )  # fmt: skip
     return q_out, k_out
 
@@ -120,8 +120,9 @@ def _bwd(dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, eps: float):
         dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, dq, dk, dw,
         tokens, seq_len, per_prog, eps, *dq_out.stride(), *dk_out.stride(),
         *q.stride(), *k.stride(), *_table_strides(cos), *_table_strides(sin),
-        **_geometry(q, k, cos, sin), DQ_ALIGN=_align(dq_out), DK_ALIGN=_align(dk_out),
-        DO_Q=do_q, DO_K=do_k, P2=max(1, _split_head_dim(q.shape[-1])[1] // 2), BT=bt,
+        **_geometry(q, k, cos, sin, "qk_bwd"), DQ_ALIGN=_align(dq_out), DK_ALIGN=_align(dk_out),
+        DO_Q=do_q, DO_K=do_k, P2=max(1, _split_head_dim(q.shape[-1], "qk_bwd")[1] // 2),
+        DW_RED=bool(TUNING["qk_bwd"]["dw_reduce"]), BT=bt,
         num_warps=warps,
     )  # fmt: skip
     dw_2D = dw.sum(dim=0)

@@ -159,10 +159,23 @@ def _gated_case(b, seq_len, hidden, layout, *, bias=True, noncontig=False):
     return tag + (" strided" if noncontig else ""), build
 
 
-def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False, per_sample=False, tile=0):
+def _qk_case(
+    b,
+    grid_thw,
+    heads_q,
+    heads_k,
+    head_dim,
+    *,
+    strided=False,
+    per_sample=False,
+    tile=0,
+    hsplit=None,
+    dw_reduce=False,
+):
     """``per_sample``: ``[B, L, P]`` tables (frame positions differ per sample); ``tile``:
     a small ``tile_elems`` and one program per multiprocessor (several token blocks per
-    program, partial last block)."""
+    program, partial last block); ``hsplit``: force the head-dim split (1) or one padded part
+    (0) in both the forward and the backward; ``dw_reduce``: the step-wise weight-gradient sums."""
     seq_len = grid_thw[0] * grid_thw[1] * grid_thw[2]
 
     def build(device, dtype, gen):
@@ -200,7 +213,10 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False, per_samp
 
         def fn(q, k, q_weight, k_weight):
             tune = {"tile_elems": tile, "programs_per_sm": 1} if tile else {}
-            with _tuned("qk", **tune), _tuned("qk_bwd", **tune):
+            if hsplit is not None:
+                tune["split"] = hsplit
+            bwd_tune = {**tune, "dw_reduce": int(dw_reduce)}
+            with _tuned("qk", **tune), _tuned("qk_bwd", **bwd_tune):
                 return qk_rmsnorm_rope3d(q, k, q_weight, k_weight, cos, sin, use_triton=True)
 
         def ref_fn(q, k, q_weight, k_weight):
@@ -211,6 +227,8 @@ def _qk_case(b, grid_thw, heads_q, heads_k, head_dim, *, strided=False, per_samp
     tag = f"qk_rope B{b} {grid_thw} Hq{heads_q} Hk{heads_k} Dh{head_dim}"
     tag += " per-sample" if per_sample else ""
     tag += f" tile{tile}" if tile else ""
+    tag += f" split{hsplit}" if hsplit is not None else ""
+    tag += " dw-reduce" if dw_reduce else ""
     return tag + (" strided" if strided else ""), build
 
 
@@ -330,8 +348,9 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _qk_case(1, (1, 3, 3), 2, 2, 10, strided=True),
             _qk_case(1, (1, 2, 3), 2, 2, 16),  # 8-aligned rows: the aligned-offset path
             _qk_case(2, (3, 1, 2), 2, 1, 12, per_sample=True),
-            _qk_case(1, (1, 3, 4), 3, 6, 14, tile=32),  # D2 masked, heads masked, 3 blocks
-            _qk_case(2, (1, 1, 5), 4, 4, 72, tile=600),
+            _qk_case(1, (1, 3, 4), 3, 6, 14, tile=32, hsplit=1),  # D2 masked, heads masked
+            _qk_case(2, (1, 1, 5), 4, 4, 72, tile=600, hsplit=1, dw_reduce=True),
+            _qk_case(1, (1, 2, 3), 3, 2, 12, hsplit=0, dw_reduce=True),
             _gn_case((2, 8, 3, 5, 7), 4),
             _gn_case((3, 6, 11, 9), 3, affine=False),
             _gn_case((2, 8, 3, 5, 7), 4, group_kernel=True),
@@ -357,7 +376,9 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _qk_case(1, (2, 5, 7), 16, 8, 64, strided=True),
             _qk_case(1, (5, 4, 4), 4, 4, 128),
             _qk_case(3, (4, 6, 9), 12, 12, 72, per_sample=True),
-            _qk_case(1, (3, 7, 11), 3, 5, 80, tile=1024),
+            _qk_case(1, (3, 7, 11), 3, 5, 80, tile=1024, hsplit=1),
+            _qk_case(2, (3, 6, 10), 24, 24, 72, hsplit=1),
+            _qk_case(1, (3, 6, 10), 24, 8, 72, hsplit=0, dw_reduce=True),
             _qk_case(1, (3, 9, 10), 48, 48, 72, strided=True),
             _gn_case((2, 128, 5, 33, 31), 32),
             _gn_case((3, 512, 17, 19), 32, affine=False),
