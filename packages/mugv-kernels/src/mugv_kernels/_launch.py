@@ -53,7 +53,7 @@ TUNING: dict[str, dict[str, int]] = {
     },
     "qk_bwd": {
         "tile_elems": 2048,
-        "programs_per_sm": 8,
+        "programs_per_sm": 16,
         "warp_elems": 256,
         "max_heads": 16,
         "split": 0,
