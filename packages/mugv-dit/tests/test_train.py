@@ -155,7 +155,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(*args: str, script: str | None = None, timeout: int = 300) -> None:
+def _torchrun(*args: str, script: str | None = None, timeout: int = 300, nproc: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     entry = [script] if script else ["-m", "mugv_dit.cli"]
     cmd = [
@@ -163,7 +163,7 @@ def _torchrun(*args: str, script: str | None = None, timeout: int = 300) -> None
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
-        "2",
+        str(nproc),
         "--master-port",
         str(_free_port()),
         *entry,
@@ -182,11 +182,12 @@ def _resume_from(run_dir: Path, source: Path, step: int) -> None:
     (ckpts / "latest").write_text(name + "\n")
 
 
-def _run_layouts(tmp: Path, runs: list[dict]) -> None:
-    """Train several configs in ONE 2-process torchrun launch (see mugv_dit_layouts.py)."""
+def _run_layouts(tmp: Path, runs: list[dict], nproc: int = 2, timeout: int = 300) -> None:
+    """Train several configs in ONE torchrun launch (see mugv_dit_layouts.py)."""
     spec = tmp / "runs.json"
     spec.write_text(json.dumps(runs))
-    _torchrun(str(spec), script=str(Path(__file__).with_name("mugv_dit_layouts.py")))
+    script = str(Path(__file__).with_name("mugv_dit_layouts.py"))
+    _torchrun(str(spec), script=script, nproc=nproc, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -421,3 +422,28 @@ def test_energon_loader_resumes_exactly(megatron_single, dataset, tmp_path):
     ).is_file()
     _train_inprocess(part)
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_combined_layouts_on_four_ranks_match(reference_run, dataset, tmp_path):
+    """TP=2+SP x CP=2, PP=2 x CP=2, PP=2 x DP=2 and PP=2 x TP=2+SP (4 gloo ranks), each
+    resuming the TP=1 step-2 checkpoint, reproduce the single-process losses."""
+    ref_dir, _, _ = reference_run
+    layouts = {
+        "tpcp": {"tensor_parallel": 2, "sequence_parallel": True, "context_parallel": 2},
+        "ppcp": {"pipeline_parallel": 2, "context_parallel": 2},
+        "ppdp": {"pipeline_parallel": 2},
+        "pptp": {"pipeline_parallel": 2, "tensor_parallel": 2, "sequence_parallel": True},
+    }
+    runs = []
+    for name, parallel in layouts.items():
+        cfg = _config(tmp_path, dataset, name, parallel=parallel)
+        _resume_from(tmp_path / name, ref_dir, 2)
+        runs.append({"config": str(cfg), "micro_batches": 2})
+    _run_layouts(tmp_path, runs, nproc=4, timeout=600)
+    ref = _losses(ref_dir)
+    for name in layouts:
+        got = _losses(tmp_path / name)
+        assert sorted(got) == [2, 3, 4, 5], name
+        for step in got:
+            assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (name, step)

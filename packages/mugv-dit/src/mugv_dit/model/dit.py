@@ -289,7 +289,8 @@ class MUGDiT(MegatronModule):
         lo, hi = shard_bounds(n_pad, cp_size, cp_rank)
         pad_seq = functools.partial(_pad_tokens, n=n_pad)
         noisy_BN1 = pad_seq(noisy_BN1)[:, lo:hi]
-        cos_BNK, sin_BNK = pad_seq(cos_BNK)[:, lo:hi], pad_seq(sin_BNK)[:, lo:hi]
+        cos_BNK = pad_seq(cos_BNK)[:, lo:hi].contiguous()
+        sin_BNK = pad_seq(sin_BNK)[:, lo:hi].contiguous()
 
         if self.pre_process:
             x_BMC = self.x_embedder(patchify(latents_BCTHW.to(dtype), cfg.patch_size))
