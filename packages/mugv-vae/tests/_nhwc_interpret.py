@@ -33,8 +33,18 @@ with torch.no_grad():
         r = torch.randn_like(x)
         out = nhwc_ops.bias_residual_nhwc(x.clone(), conv_bias, r)
         errors[f"res{shape}"] = float((out - (x + conv_bias.view(view) + r)).abs().max())
+    phases = torch.randn(2, 4 * 16, 5, 8).contiguous(memory_format=torch.channels_last)
+    inter = nhwc_ops.phase_interleave(phases, 16)
+    assert inter is not None and inter.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.empty(2, 16, 8, 14)
+    for a in (0, 1):
+        for b in (0, 1):
+            p = 2 * a + b
+            ref[:, :, a::2, b::2] = phases[:, p * 16 : (p + 1) * 16, a : a + 4, b : b + 7]
+    errors["interleave"] = float((inter - ref).abs().max())
     plain = MugvVAE(tiny_config()).eval()
-    fast_cfg = tiny_config().model_copy(update={"channels_last": True, "fused_nhwc_ops": True})
+    update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
+    fast_cfg = tiny_config().model_copy(update=update)
     fast = MugvVAE(fast_cfg).eval()
     fast.load_state_dict(plain.state_dict())
     video = torch.rand(1, 3, 9, 32, 32) * 2 - 1

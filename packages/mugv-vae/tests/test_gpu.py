@@ -79,3 +79,19 @@ def test_nhwc_kernels_and_folded_upsampling_match_plain_on_cuda(make_video, monk
             torch.testing.assert_close(
                 fast.decode(z, window=window), plain.decode(z, window=window), rtol=1e-3, atol=1e-3
             )
+
+
+def test_chunked_wide_head_attention_matches_sdpa_on_cuda():
+    from mugv_vae.model import nhwc_ops
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(3, 1, 1000, 512, generator=g, device="cuda").to(torch.bfloat16)
+        for _ in range(3)
+    )
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    out = nhwc_ops.chunked_attention(q, k, v)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    err = (out.double() - ref).norm() / ref.norm()
+    err_sdpa = (sdpa.double() - ref).norm() / ref.norm()
+    assert err < 1e-2 and err < 2 * err_sdpa + 1e-3, (err, err_sdpa)

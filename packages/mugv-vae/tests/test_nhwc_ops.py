@@ -64,7 +64,18 @@ def test_kernels_compile_for_hopper(channels):
         {**apply_sig, "S": "i32"},
         {"C": channels, "BLOCK_S": rows},
     )
+    inter_sig = {"src_ptr": "*bf16", "out_ptr": "*bf16", "H": "i32", "W": "i32"}
+    compile_(nhwc_ops._phase_interleave_kernel, inter_sig, {"C": channels, "BLOCK_P": rows})
     res_sig = dict.fromkeys(("x_ptr", "bias_ptr", "r_ptr", "out_ptr"), "*bf16")
     compile_(
         nhwc_ops._bias_residual_kernel, {**res_sig, "M": "i32"}, {"C": channels, "BLOCK_M": rows}
     )
+
+
+def test_chunked_attention_matches_sdpa(monkeypatch):
+    monkeypatch.setattr(nhwc_ops, "ATTENTION_CHUNK_BYTES", 4 * 50 * 2 * 7)  # 7-query chunks
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 50, 32, generator=g, dtype=torch.float64) for _ in range(3))
+    out = nhwc_ops.chunked_attention(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # fp32 products on CPU

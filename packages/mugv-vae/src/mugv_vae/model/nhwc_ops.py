@@ -10,6 +10,10 @@ activation ``[N, C, *spatial]`` stored channels-last is the contiguous matrix ``
   torch combine into per-channel scale/shift, then one apply pass.
 - :func:`bias_residual_nhwc`: ``x + bias + residual`` in one pass (the second convolution of
   a res-block, run without its bias, plus the shortcut).
+- :func:`chunked_attention`: single-head attention with a wide head (the trunk's mid-block,
+  head dim 512, beyond the flash kernels) as cuBLAS products over query chunks: fp32 scores
+  (scale folded into the product), fp32 softmax, probabilities rounded to the input dtype
+  for the second product (as flash attention does).
 
 Used by the trunk and the temporal VAE when ``VAEConfig.fused_nhwc_ops`` is on, for CUDA
 channels-last tensors with power-of-two channel and group sizes and no autograd; every other
@@ -146,6 +150,51 @@ if triton is not None:
         tl.store(out_ptr + offs, (x + b + r).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _phase_interleave_kernel(
+        src_ptr, out_ptr, H, W, C: tl.constexpr, BLOCK_P: tl.constexpr
+    ):  # fmt: skip
+        """``out[n, 2i+a, 2j+b, c] = src[n, i+a, j+b, (2a+b)*C + c]`` (NHWC memory)."""
+        n = tl.program_id(0).to(tl.int64)
+        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask = (p < 4 * H * W)[:, None]
+        oy = p // (2 * W)
+        ox = p % (2 * W)
+        a = oy % 2
+        b = ox % 2
+        src_pix = (n * (H + 1) + oy // 2 + a) * (W + 1) + ox // 2 + b
+        cols = tl.arange(0, C)
+        src = src_pix[:, None] * (4 * C) + ((2 * a + b) * C)[:, None] + cols[None, :]
+        x = tl.load(src_ptr + src, mask=mask, other=0.0)
+        dst = (n * 4 * H * W + p)[:, None] * C + cols[None, :]
+        tl.store(out_ptr + dst, x, mask=mask)
+
+
+def phase_interleave(phases: torch.Tensor, channels: int) -> torch.Tensor | None:
+    """``[N, 4C, H+1, W+1]`` phase outputs of a folded up-sampling conv -> ``[N, C, 2H, 2W]``
+    channels-last, in one Triton pass; None where the kernel does not apply (caller copies)."""
+    if phases.ndim != 4 or not (
+        triton is not None
+        and (phases.is_cuda or INTERPRET)
+        and not torch.is_grad_enabled()
+        and _pow2(channels)
+        and as_nsc(phases) is not None
+    ):
+        return None
+    n, _, h1, w1 = phases.shape
+    h, w = h1 - 1, w1 - 1
+    out = torch.empty(
+        (n, channels, 2 * h, 2 * w), device=phases.device, dtype=phases.dtype
+    ).contiguous(memory_format=torch.channels_last)
+    block = _block_rows(channels)
+    _phase_interleave_kernel[(n, triton.cdiv(4 * h * w, block))](
+        as_nsc(phases), as_nsc(out), h, w, C=channels, BLOCK_P=block, num_warps=8
+    )
+    return out
+
+
 def _block_rows(c: int) -> int:
     return max(1, TILE_ELEMS // c)
 
@@ -217,3 +266,31 @@ def bias_residual_nhwc(
         x_nsc, bias, r_nsc, as_nsc(out), m, C=c, BLOCK_M=block_m, num_warps=8
     )
     return out
+
+
+ATTENTION_CHUNK_BYTES = 256 << 20
+"""fp32 score bytes per query chunk of :func:`chunked_attention`."""
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` for ``[B, heads, L, d]`` tensors, over query chunks
+    (see the module docstring). CPU tensors compute the products in fp32."""
+    b, heads, length, d = q.shape
+    q3, k3, v3 = (t.reshape(b * heads, -1, t.shape[-1]) for t in (q, k, v))
+    kt = k3.transpose(1, 2)
+    chunk = max(1, ATTENTION_CHUNK_BYTES // (4 * k3.shape[1] * max(1, b * heads)))
+    out = torch.empty((b * heads, length, v3.shape[-1]), device=q.device, dtype=q.dtype)
+    scale = d**-0.5
+    for s in range(0, length, chunk):
+        qc = q3[:, s : s + chunk]
+        if q.is_cuda:
+            scores = torch.bmm(qc, kt, out_dtype=torch.float32).mul_(scale)
+        else:
+            scores = torch.bmm(qc.float(), kt.float()).mul_(scale)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        if q.is_cuda:
+            out[:, s : s + chunk] = torch.bmm(probs.to(v3.dtype), v3)
+        else:
+            out[:, s : s + chunk] = torch.bmm(probs, v3.float()).to(out.dtype)
+    return out.view(b, heads, length, -1)

@@ -19,7 +19,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mugv_vae.config import TrunkConfig
-from mugv_vae.model.nhwc_ops import bias_residual_nhwc, group_norm_silu_nhwc, kernels_apply
+from mugv_vae.model.nhwc_ops import (
+    bias_residual_nhwc,
+    chunked_attention,
+    group_norm_silu_nhwc,
+    kernels_apply,
+    phase_interleave,
+)
 
 # Parts of a full AutoencoderKL that the cut trunk does not use.
 UNUSED_AUTOENCODER_KL_PREFIXES = (
@@ -132,6 +138,9 @@ def folded_upsample_forward(up: Upsample2D, x_NCHW: torch.Tensor, cache: dict) -
     n, _, h, w_ = x_NCHW.shape
     c = up.conv.out_channels
     phases = F.conv2d(x_NCHW, weight, bias, padding=1)  # [N, 4C, H+1, W+1]
+    out = phase_interleave(phases, c)
+    if out is not None:
+        return out
     fmt = _weight_format(phases) if phases.ndim == 4 else torch.contiguous_format
     out = torch.empty((n, c, 2 * h, 2 * w_), device=x_NCHW.device, dtype=phases.dtype)
     out = out.contiguous(memory_format=fmt)
@@ -150,10 +159,15 @@ def downsample_forward(down: Downsample2D, x_NCHW: torch.Tensor) -> torch.Tensor
     return down.conv(x_NCHW)
 
 
-def attention_forward(attn: Attention, x_NCHW: torch.Tensor) -> torch.Tensor:
+WIDE_HEAD = 256
+"""Head dims above this have no flash kernel; ``nhwc`` inference uses chunked products."""
+
+
+def attention_forward(attn: Attention, x_NCHW: torch.Tensor, nhwc: bool = False) -> torch.Tensor:
     """The VAE mid-block self-attention (diffusers ``AttnProcessor2_0`` maths): GroupNorm ->
     q, k, v over the H*W tokens of each frame -> SDPA -> out projection -> + residual. On a
-    channels-last input the token view ``[N, H*W, C]`` is free."""
+    channels-last input the token view ``[N, H*W, C]`` is free. ``nhwc`` (CUDA inference,
+    head dim > ``WIDE_HEAD``): :func:`~mugv_vae.model.nhwc_ops.chunked_attention`."""
     n, c, h, w = x_NCHW.shape
     y_NCHW = attn.group_norm(x_NCHW)
     tokens_NLC = y_NCHW.permute(0, 2, 3, 1).reshape(n, h * w, c)
@@ -162,7 +176,12 @@ def attention_forward(attn: Attention, x_NCHW: torch.Tensor) -> torch.Tensor:
         proj(tokens_NLC).view(n, h * w, heads, -1).transpose(1, 2)
         for proj in (attn.to_q, attn.to_k, attn.to_v)
     )
-    o_NLC = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h * w, -1)
+    wide = q.shape[-1] > WIDE_HEAD and x_NCHW.is_cuda and not torch.is_grad_enabled()
+    if nhwc and wide:
+        o = chunked_attention(q, k, v)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v)
+    o_NLC = o.transpose(1, 2).reshape(n, h * w, -1)
     o_NLC = attn.to_out[1](attn.to_out[0](o_NLC))
     out_NCHW = o_NLC.view(n, h, w, c).permute(0, 3, 1, 2)
     if attn.residual_connection:
@@ -185,7 +204,7 @@ def block_forward(
         x_NCHW = resnet_forward(block.resnets[0], x_NCHW, fused, nhwc)
         for attn, resnet in zip(block.attentions, block.resnets[1:]):
             if attn is not None:
-                x_NCHW = attention_forward(attn, x_NCHW)
+                x_NCHW = attention_forward(attn, x_NCHW, nhwc)
             x_NCHW = resnet_forward(resnet, x_NCHW, fused, nhwc)
         return x_NCHW
     for resnet in block.resnets:
