@@ -163,16 +163,28 @@ def vae_problems(cfg: BenchConfig, device, dtype) -> list[Problem]:
         for s in shape:
             act *= s
 
-        def mk_gn(gen, shape=shape):
+        def mk_gn(gen, shape=shape, channels_last=False):
             c = shape[1]
+            x = _act(shape, dtype, device, gen, 1.0)
+            if channels_last:  # NHWC / NDHWC memory, as in a channels-last VAE
+                fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+                x = x.contiguous(memory_format=fmt)
             return {
-                "x": _act(shape, dtype, device, gen, 1.0),
+                "x": x,
                 "weight": _act((c,), dtype, device, gen, 1.0),
                 "bias": _act((c,), dtype, device, gen),
             }
 
-        probs.append(Problem("group_norm_silu", "x".join(map(str, shape)), mk_gn, _run_gn,
+        name = "x".join(map(str, shape))
+        probs.append(Problem("group_norm_silu", name, mk_gn, _run_gn,
                              ("x", "weight", "bias"), 2 * act, 3 * act))  # fmt: skip
+        if shape == cfg.vae_shapes[1]:
+
+            def mk_gn_cl(gen, shape=shape):
+                return mk_gn(gen, shape, channels_last=True)
+
+            probs.append(Problem("group_norm_silu", name + " channels-last", mk_gn_cl, _run_gn,
+                                 ("x", "weight", "bias"), 2 * act, 3 * act))  # fmt: skip
     return probs
 
 
@@ -288,14 +300,15 @@ SWEEP = [
     ("qk_bwd", {"programs_per_sm": 8}),
     ("qk_bwd", {"programs_per_sm": 32}),
     ("qk_bwd", {"warp_elems": 128}),
-    ("gn_coop", {"enabled": 1}),
-    ("gn_coop", {"enabled": 1, "num_warps": 4}),
-    ("gn_coop", {"enabled": 1, "num_warps": 4, "item_elems": 16384}),
     ("modln_fwd", {"tile_elems": 4096}),
     ("modln_bwd", {"programs_per_sm": 16}),
     ("gated_fwd", {"tile_elems": 16384}),
     ("gated_fwd", {"tile_elems": 8192}),
     ("gated_bwd", {"programs_per_sm": 16}),
+    # last: the cooperative kernels spin on a grid barrier (rows so far are saved first)
+    ("gn_coop", {"enabled": 1}),
+    ("gn_coop", {"enabled": 1, "num_warps": 4}),
+    ("gn_coop", {"enabled": 1, "num_warps": 4, "item_elems": 16384}),
 ]
 _SWEEP_KERNEL = {
     "modln": "modulated_layer_norm",
@@ -305,8 +318,15 @@ _SWEEP_KERNEL = {
 }
 
 
-def sweep(problems: list[Problem], cfg: BenchConfig, device, deadline: float) -> list[dict]:
-    """Time the Triton kernels under each launch-parameter variant (one change at a time)."""
+def sweep(
+    problems: list[Problem],
+    cfg: BenchConfig,
+    device,
+    deadline: float,
+    on_rows: Callable[[list[dict]], None] = lambda rows: None,
+) -> list[dict]:
+    """Time the Triton kernels under each launch-parameter variant (one change at a time);
+    ``on_rows`` gets the rows so far after each variant (to save them)."""
     rows = []
     for key, params in SWEEP:
         kernel = _SWEEP_KERNEL[key.split("_")[0]]
@@ -323,6 +343,7 @@ def sweep(problems: list[Problem], cfg: BenchConfig, device, deadline: float) ->
         finally:
             TUNING[key].clear()
             TUNING[key].update(old)
+        on_rows(rows)
     return rows
 
 
@@ -469,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     _atomic_write(out / "kernels.md", md + "\n")
     print(md)
     if args.sweep_until_s > 0:
-        sweep_rows = sweep(problems, cfg, device, start + args.sweep_until_s)
+
+        def save(sweep_rows: list[dict]) -> None:
+            payload = {**meta, "rows": rows, "sweep": sweep_rows}
+            _atomic_write(out / "kernels.json", json.dumps(payload, indent=1))
+
+        sweep_rows = sweep(problems, cfg, device, start + args.sweep_until_s, save)
         payload = {**meta, "rows": rows, "sweep": sweep_rows,
                    "elapsed_s": time.perf_counter() - start}  # fmt: skip
         _atomic_write(out / "kernels.json", json.dumps(payload, indent=1))
