@@ -34,23 +34,43 @@ def _time(fn, repeats: int) -> tuple[float, float, object]:
     return min(times), torch.cuda.max_memory_allocated() / 2**30, out
 
 
-def bench_ours(size, repeats, frame_pixels, fused=False, channels_last=False):
+FAST = {
+    "channels_last": True,
+    "fused_group_norm_silu": True,
+    "fused_nhwc_ops": True,
+    "fold_upsample_conv": True,
+}
+VARIANTS = {
+    # name: (config overrides, memory setting); "px": trunk frame batch floor(4e6 / (H*W))
+    # frames (the previous run's rule), "budget": max_activation_bytes = --fast-budget,
+    # "wan": the budget that aims at Wan's peak measured in this run (see main()).
+    "ours-nchw-fused": ({"fused_group_norm_silu": True}, "px"),
+    "ours-fast-nofold": ({**FAST, "fold_upsample_conv": False}, "budget"),
+    "ours-fast": (FAST, "budget"),
+    "ours-fast-mem": (FAST, "wan"),
+}
+
+
+def bench_ours(size, repeats, overrides, budget=None, frame_pixels=None):
     from mugv_vae.config import mugv_config
     from mugv_vae.model import MugvVAE
+    from mugv_vae.model.streaming import plan
 
     t, h, w = size
-    cfg = mugv_config().model_copy(update={"fused_group_norm_silu": fused})
+    enc_budget, dec_budget = budget if isinstance(budget, tuple) else (budget, budget)
+    cfg = mugv_config().model_copy(update={**overrides, "max_activation_bytes": enc_budget})
     torch.manual_seed(0)  # same weights and input for every variant: outputs are comparable
     with torch.device("cuda"):
         model = MugvVAE(cfg).to(torch.bfloat16).eval()
-    if channels_last:  # NHWC / NDHWC convolutions (cuDNN's fast layouts for bf16)
-        model.trunk.to(memory_format=torch.channels_last)
-        model.temporal_encoder.to(memory_format=torch.channels_last_3d)
-        model.temporal_decoder.to(memory_format=torch.channels_last_3d)
-    model.frame_batch_size = max(1, frame_pixels // (h * w))
+    if frame_pixels is not None:
+        model.frame_batch_size = max(1, frame_pixels // (h * w))
+    p_enc = plan(cfg, h, w, 2, model.frame_batch_size, model.chunk_batch_size)
     x = torch.rand(1, 3, t, h, w, device="cuda", dtype=torch.bfloat16) * 2 - 1
     with torch.no_grad():
         enc_s, enc_mem, z = _time(lambda: model.encode(x), repeats)
+        # The decode budget may differ (Wan's decode peak differs from its encode peak).
+        model.config = cfg = cfg.model_copy(update={"max_activation_bytes": dec_budget})
+        p_dec = plan(cfg, h, w, 2, model.frame_batch_size, model.chunk_batch_size)
         dec_s, dec_mem, y = _time(lambda: model.decode(z, window=8), repeats)
     assert y.shape == x.shape
     params = sum(p.numel() for p in model.parameters())
@@ -62,8 +82,12 @@ def bench_ours(size, repeats, frame_pixels, fused=False, channels_last=False):
         "latent_shape": list(z.shape),
         "params": params,
         "weights_gib": params * 2 / 2**30,
-        "frame_batch_size": max(1, frame_pixels // (h * w)),
+        "config": overrides,
+        "max_activation_bytes": [enc_budget, dec_budget],
+        "encode_plan": [p_enc.frame_batch, p_enc.chunk_batch],
+        "decode_plan": [p_dec.frame_batch, p_dec.chunk_batch],
         "_latents": z.float().cpu(),
+        "_video": y[:, :, ::8].float().cpu(),
     }
 
 
@@ -94,37 +118,47 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="33x256x256,33x480x832,105x720x1280")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--frame-pixels", type=int, default=4_000_000)
     ap.add_argument(
-        "--frame-pixels",
-        type=int,
-        default=4_000_000,
-        help="our trunk processes floor(this / (H*W)) frames per call",
+        "--fast-budget", type=int, default=8 << 30, help="max_activation_bytes of 'budget' rows"
     )
-    ap.add_argument("--models", default="wan,ours,ours-fused,ours-cl")
+    ap.add_argument("--models", default="wan," + ",".join(VARIANTS))
     ap.add_argument("--out", default="bench_vae.json")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     rows, reference = [], {}
     for size in sizes:
+        wan_peak = None
         for name in args.models.split(","):
             torch.cuda.empty_cache()
             try:
                 if name == "wan":
                     r = bench_wan(size, args.repeats)
-                else:  # "ours", "-fused": Triton GroupNorm+SiLU, "-cl": channels-last convs
-                    r = bench_ours(
-                        size, args.repeats, args.frame_pixels, "fused" in name, name.endswith("-cl")
-                    )
+                    wan_peak = (r["encode_peak_gib"] * 2**30, r["decode_peak_gib"] * 2**30)
+                else:
+                    overrides, memory = VARIANTS[name]
+                    budget, px = None, None
+                    if memory == "px":
+                        px = args.frame_pixels
+                    elif memory == "budget":
+                        budget = args.fast_budget
+                    else:  # aim at Wan's peaks: minus weights, input and output video
+                        t, h, w = size
+                        fixed = 412e6 * 2 + 2 * 3 * t * h * w * 2
+                        peaks = wan_peak or (0, 0)
+                        budget = tuple(max(1, int(peak - fixed)) for peak in peaks)
+                    r = bench_ours(size, args.repeats, overrides, budget, px)
                 r["encode_fps"] = size[0] / r["encode_s"]
                 r["decode_fps"] = size[0] / r["decode_s"]
             except torch.OutOfMemoryError as e:
                 r = {"error": f"OOM: {str(e)[:200]}"}
             r.update(model=name, size="x".join(map(str, size)))
-            z = r.pop("_latents", None)
+            z, y = r.pop("_latents", None), r.pop("_video", None)
             if z is not None:
-                ref = reference.setdefault(r["size"], z)  # the first 'ours*' variant
-                r["latent_max_abs_diff_vs_first_ours"] = float((z - ref).abs().max())
+                ref = reference.setdefault(r["size"], (z, y))  # the first 'ours*' variant
+                r["latent_max_abs_diff_vs_first_ours"] = float((z - ref[0]).abs().max())
+                r["video_max_abs_diff_vs_first_ours"] = float((y - ref[1]).abs().max())
             rows.append(r)
             print(json.dumps(r), flush=True)
             with open(args.out + ".partial", "w") as f:
@@ -151,6 +185,7 @@ def main() -> None:
         "dtype": "bfloat16",
         "repeats": args.repeats,
         "frame_pixels": args.frame_pixels,
+        "fast_budget": args.fast_budget,
     }
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows, "table": "\n".join(table)}, f, indent=2)

@@ -34,6 +34,11 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 timeout "${BENCH_TIMEOUT:-230}" python3 packages/mugv-vae/benchmarks/bench_vae.py \
   --out "$OUT/bench_vae.json" 2>&1 | grep -v "kept in float32" | tee "$OUT/bench.log"
 cp "$OUT/bench_vae.json.partial" "$OUT/bench_rows_partial.json" 2>/dev/null
+if [ -n "${SKIP_TRAIN:-}" ]; then  # benchmark (+ GPU tests) only
+  python3 -m pytest --version >/dev/null 2>&1 && timeout 90 python3 -m pytest -q -o addopts="" \
+    -m gpu -p no:cacheprovider packages/mugv-vae/tests/test_gpu.py 2>&1 | tail -3
+  exit 0
+fi
 timeout "${TRAIN_TIMEOUT:-200}" python3 packages/mugv-vae/benchmarks/train_curve.py \
   --train .vae_gpu/train --eval .vae_gpu/eval --out "$OUT/run" \
   --max-seconds "${TRAIN_SECONDS:-110}" 2>&1 | grep -v "it/s]" | tail -4

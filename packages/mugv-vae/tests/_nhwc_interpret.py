@@ -47,7 +47,7 @@ with torch.no_grad():
     fast_cfg = tiny_config().model_copy(update=update)
     fast = MugvVAE(fast_cfg).eval()
     fast.load_state_dict(plain.state_dict())
-    video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
     z = plain.encode(video)
     errors["encode"] = float((fast.encode(video) - z).abs().max())
     errors["decode"] = float((fast.decode(z, window=1) - plain.decode(z, window=1)).abs().max())
