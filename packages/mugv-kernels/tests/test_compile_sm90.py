@@ -168,6 +168,13 @@ def test_group_norm_kernels_compile():
          "m2_ptr": "fp32", **geo},
         8,
     )  # fmt: skip
+    _compile(
+        G.gn_bwd_group_sums_kernel,
+        {"sum_dz_ptr": "fp32", "sum_dzx_ptr": "fp32", "w_ptr": "bf16", "a_ptr": "fp32", "b_ptr": "fp32", "m1_ptr": "fp32",
+         "m2_ptr": "fp32", "C": 128, "cpg": 4, "num_chunks": 16, "count": 262144.0,
+         "CPG_BLOCK": 4, "CHUNK_BLOCK": 16},
+        4,
+    )  # fmt: skip
     _compile(G.gn_group_fwd_kernel, {**xwb, "out_ptr": "bf16", **stats, **geo, "eps": 1e-6}, 8)
     _compile(
         G.gn_group_bwd_kernel,

@@ -232,3 +232,32 @@ def gn_group_bwd_kernel(
             dz = dout * sig * (1.0 + z * (1.0 - sig))
             dx = (dz * w - m1 - x_hat * m2) * rstd
             tl.store(dx_ptr + ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gn_bwd_group_sums_kernel(
+    sum_dz_ptr, sum_dzx_ptr, w_ptr, a_ptr, b_ptr, m1_ptr, m2_ptr, C, cpg, num_chunks, count,
+    CPG_BLOCK: tl.constexpr, CHUNK_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Per group ``ng``: per-channel totals ``a = sum dz``, ``b = sum dz * x_hat`` of the chunk
+    partials ``[N*C, num_chunks]`` (written to ``a``, ``b`` ``[N*C]`` for the weight and bias
+    gradients) and ``m1 = sum_c w_c a_c / count``, ``m2 = sum_c w_c b_c / count`` of dx."""
+    ng = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, CPG_BLOCK)
+    mask_r = rows < cpg
+    nc = ng * cpg + rows
+    acc_a = tl.zeros([CPG_BLOCK, CHUNK_BLOCK], dtype=tl.float32)
+    acc_b = tl.zeros([CPG_BLOCK, CHUNK_BLOCK], dtype=tl.float32)
+    for start in range(0, num_chunks, CHUNK_BLOCK):
+        j = start + tl.arange(0, CHUNK_BLOCK)
+        mask = mask_r[:, None] & (j < num_chunks)[None, :]
+        offs = nc[:, None] * num_chunks + j[None, :]
+        acc_a += tl.load(sum_dz_ptr + offs, mask=mask, other=0.0)
+        acc_b += tl.load(sum_dzx_ptr + offs, mask=mask, other=0.0)
+    a = tl.sum(acc_a, axis=1)
+    b = tl.sum(acc_b, axis=1)
+    tl.store(a_ptr + nc, a, mask=mask_r)
+    tl.store(b_ptr + nc, b, mask=mask_r)
+    w = tl.load(w_ptr + nc % C, mask=mask_r, other=0.0).to(tl.float32)
+    tl.store(m1_ptr + ng, tl.sum(w * a, axis=0) / count)
+    tl.store(m2_ptr + ng, tl.sum(w * b, axis=0) / count)

@@ -60,15 +60,28 @@ def _group_stats(x_NCS: torch.Tensor, num_groups: int, eps: float, block: int):
     return _combine(mean_c, m2_c, n, c, num_groups, chunks, s, block, eps)
 
 
+def _param_grad(t_NC: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Weight or bias gradient ``[C]`` from per-sample sums ``[N, C]`` (fewest launches)."""
+    return (t_NC[0] if t_NC.shape[0] == 1 else t_NC.sum(dim=0)).to(dtype)
+
+
 def _backward_sums(sum_dz, sum_dz_xhat, w, n, c, num_groups, s):
-    """Per-channel sums ``a [N, C]``, ``b [N, C]`` and per-group ``m1``, ``m2`` of dx."""
-    a_NC = sum_dz.sum(dim=1).view(n, c)
-    b_NC = sum_dz_xhat.sum(dim=1).view(n, c)
-    count = (c // num_groups) * s
-    wf = w.float()
-    m1 = (a_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
-    m2 = (b_NC * wf).view(n * num_groups, -1).sum(dim=1) / count
-    return a_NC, b_NC, m1.contiguous(), m2.contiguous()
+    """Per-channel sums ``a [N, C]``, ``b [N, C]`` and per-group ``m1``, ``m2`` of dx, from
+    the chunk partials ``[N*C, chunks]`` (one small launch)."""
+    from mugv_kernels import _triton_groupnorm as kern
+
+    cpg, chunks = c // num_groups, sum_dz.shape[1]
+    a_NC = torch.empty(n, c, device=w.device, dtype=torch.float32)
+    b_NC = torch.empty_like(a_NC)
+    m1 = torch.empty(n * num_groups, device=w.device, dtype=torch.float32)
+    m2 = torch.empty_like(m1)
+    cpg_block = next_pow2(cpg)
+    chunk_block = max(1, min(next_pow2(chunks), 4096 // cpg_block))
+    kern.gn_bwd_group_sums_kernel[(n * num_groups,)](
+        sum_dz, sum_dz_xhat, w, a_NC, b_NC, m1, m2, c, cpg, chunks, float(cpg * s),
+        CPG_BLOCK=cpg_block, CHUNK_BLOCK=chunk_block, num_warps=4,
+    )  # fmt: skip
+    return a_NC, b_NC, m1, m2
 
 
 def _fwd_channels_last(x_NSC, num_groups, w, b, eps):
@@ -307,16 +320,16 @@ class GroupNormSiLUFn(torch.autograd.Function):
             dx_NSC, a_NC, b_NC = _bwd_channels_last(
                 _as_NSC(dout), x_saved, w, b, mean, rstd, num_groups
             )
-            dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
-            db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+            dw = _param_grad(b_NC, w.dtype) if has_w else None
+            db = _param_grad(a_NC, b.dtype) if has_b else None
             return _from_NSC(dx_NSC, x_shape), None, dw, db, None
         x_NCS = x_saved
         n, c, s = x_NCS.shape
         dout_NCS = dout.contiguous().view(n, c, s)
         if isinstance(variant, _CoopPlan):
             dx, a_NC, b_NC = _bwd_coop(dout_NCS, x_NCS, w, b, mean, rstd, num_groups, variant)
-            dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
-            db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+            dw = _param_grad(b_NC, w.dtype) if has_w else None
+            db = _param_grad(a_NC, b.dtype) if has_b else None
             return dx.view(x_shape), None, dw, db, None
         block = _block(s)
         if variant == "per_group":
@@ -327,8 +340,8 @@ class GroupNormSiLUFn(torch.autograd.Function):
                 dout_NCS, x_NCS, dx, w, b, mean, rstd, a_NC, b_NC, c, s, c // num_groups,
                 BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
             )  # fmt: skip
-            dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
-            db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+            dw = _param_grad(b_NC, w.dtype) if has_w else None
+            db = _param_grad(a_NC, b.dtype) if has_b else None
             return dx.view(x_shape), None, dw, db, None
         chunks = -(-s // block)
         grid = (n * c, chunks)
@@ -344,8 +357,8 @@ class GroupNormSiLUFn(torch.autograd.Function):
             dout_NCS, x_NCS, dx, w, b, mean, rstd, m1, m2,
             c, s, c // num_groups, BLOCK=block, num_warps=TUNING["gn"]["num_warps"],
         )  # fmt: skip
-        dw = b_NC.sum(dim=0).to(w.dtype) if has_w else None
-        db = a_NC.sum(dim=0).to(b.dtype) if has_b else None
+        dw = _param_grad(b_NC, w.dtype) if has_w else None
+        db = _param_grad(a_NC, b.dtype) if has_b else None
         return dx.view(x_shape), None, dw, db, None
 
 

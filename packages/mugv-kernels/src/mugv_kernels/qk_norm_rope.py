@@ -115,7 +115,7 @@ def _bwd(dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, eps: float):
     dk_out = dk_out if do_k else k
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype) if do_q else q
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype) if do_k else k
-    dw = torch.zeros((grid, 2, q.shape[-1]), device=q.device, dtype=torch.float32)
+    dw = torch.empty((grid, 2, q.shape[-1]), device=q.device, dtype=torch.float32)
     kern.qk_bwd_kernel[(grid,)](
         dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, dq, dk, dw,
         tokens, seq_len, per_prog, eps, *dq_out.stride(), *dk_out.stride(),
@@ -125,9 +125,12 @@ def _bwd(dq_out, dk_out, q, k, q_weight, k_weight, cos, sin, eps: float):
         DW_RED=bool(TUNING["qk_bwd"]["dw_reduce"]), BT=bt,
         num_warps=warps,
     )  # fmt: skip
-    dw_2D = dw.sum(dim=0)
-    dqw = dw_2D[0].to(q_weight.dtype) if do_q else None
-    dkw = dw_2D[1].to(k_weight.dtype) if do_k else None
+    # rows of a tensor without gradient are never written: only the other row is read
+    if do_q and do_k and q_weight.dtype == k_weight.dtype:
+        dw_2D = dw.sum(dim=0).to(q_weight.dtype)  # one reduction and one cast for both
+        return dq, dk, dw_2D[0], dw_2D[1]
+    dqw = dw[:, 0].sum(dim=0).to(q_weight.dtype) if do_q else None
+    dkw = dw[:, 1].sum(dim=0).to(k_weight.dtype) if do_k else None
     return (dq if do_q else None), (dk if do_k else None), dqw, dkw
 
 

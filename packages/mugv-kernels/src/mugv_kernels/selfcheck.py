@@ -243,10 +243,12 @@ def _gn_case(
     block_c=0,
     coop=False,
     item=0,
+    block=0,
 ):
     """``channels_last``: ``x`` in NHWC / NDHWC memory (the output and dx must keep it);
     ``block_c``: narrower channel tiles (several tiles per row) and 4-position chunks for the
-    channels-last path; ``coop``: the cooperative kernels (``item``: elements per item)."""
+    channels-last path; ``coop``: the cooperative kernels (``item``: elements per item);
+    ``block``: a small chunk size of the channels-first chunked kernels (many chunks)."""
 
     def build(device, dtype, gen):
         channels = shape[1]
@@ -262,6 +264,8 @@ def _gn_case(
         def fn(x, weight=None, bias=None):
             cl_tune = {"max_block_c": block_c} if block_c else {}
             gn_tune = {"block": 4 * block_c} if block_c else {}  # several position chunks
+            if block:
+                gn_tune["block"] = block
             coop_tune = {"enabled": int(coop), "min_spatial": 0}
             if item:
                 coop_tune |= {"item_elems": item, "tile": min(item, 4096)}
@@ -284,6 +288,7 @@ def _gn_case(
     tag += " channels-last" if channels_last else ""
     tag += f" block_c{block_c}" if block_c else ""
     tag += (" coop" + (f"{item}" if item else "")) if coop else ""
+    tag += f" block{block}" if block else ""
     return tag + (" per-group" if group_kernel else ""), build
 
 
@@ -359,6 +364,7 @@ def cases(size: str = "tiny", dtypes: tuple[torch.dtype, ...] = (torch.float32,)
             _gn_case((3, 6, 11, 9), 3, affine=False, offset=50.0, channels_last=True),
             _gn_case((2, 12, 5, 7), 4, channels_last=True, block_c=8),
             _gn_case((2, 8, 3, 5, 7), 4, coop=True),
+            _gn_case((2, 8, 3, 5, 7), 4, offset=30.0, block=16),  # 7 chunks per channel
             _gn_case((3, 6, 70), 3, affine=False, offset=50.0, coop=True),
         ]
     elif size == "medium":
