@@ -49,3 +49,26 @@ def test_overrides_and_errors(tmp_path):
         load_config(None, ["curriculum=[{name: a, steps: 1}, {name: a, steps: 1}]"])
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_parallel_layout_errors_name_the_fields():
+    cfg = load_config(None, ["parallel.pipeline_parallel=2", "parallel.context_parallel=2"])
+    assert cfg.parallel.pipeline_parallel == 2 and cfg.parallel.context_parallel == 2
+    with pytest.raises(
+        ValueError, match=r"num_layers=2 not divisible by parallel.pipeline_parallel=4"
+    ):
+        load_config(None, ["parallel.pipeline_parallel=4"])
+    with pytest.raises(ValueError, match=r"num_heads=4 not divisible by .*context_parallel=8"):
+        load_config(None, ["parallel.tensor_parallel=2", "parallel.context_parallel=4"])
+    with pytest.raises(ValueError, match="context_parallel"):
+        load_config(None, ["parallel.context_parallel=0"])
+
+
+def test_model_stage_split_needs_divisible_layers(megatron_single, debug_cfg):
+    from mugv_dit.model import MUGDiT, megatron_config
+
+    model = MUGDiT(debug_cfg, megatron_config(debug_cfg))
+    # a single stage holds everything, named as in the full model
+    assert model.pre_process and model.post_process and model.layer_offset == 0
+    assert model.global_name("blocks.1.mlp.fc1.weight") == "blocks.1.mlp.fc1.weight"
+    assert model.padded_length((1, 24, 3, 4, 6)) == 3 * 2 * 3 + 2

@@ -195,8 +195,10 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
     """Other layouts of the reference run, all in one torchrun launch:
 
     * tp2: TP=2 + sequence parallel, resuming the TP=1 run's step-2 checkpoint (re-sharded);
-    * dp2: DP=2 (distributed optimizer) from scratch, 3 steps;
-    * pp2: PP=2 (1F1B over 2 micro-batches), resuming the TP=1 step-2 checkpoint;
+    * dp2: DP=2 (distributed optimizer, overlapped grad reduce and param gather) from
+      scratch, 3 steps;
+    * pp2: PP=2 (1F1B over 2 micro-batches, overlapped grad reduce: no sync until the last
+      micro-batch), resuming the TP=1 step-2 checkpoint;
     * cp2: CP=2 (all-to-all sequence parallel), resuming the TP=1 step-2 checkpoint.
     """
     ref_dir, _, _ = reference_run
@@ -206,8 +208,19 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
         "tp2": _config(
             tmp, dataset, "tp2", parallel={"tensor_parallel": 2, "sequence_parallel": True}
         ),
-        "dp2": _config(tmp, dataset, "dp2"),
-        "pp2": _config(tmp, dataset, "pp2", parallel={"pipeline_parallel": 2}, train=save2),
+        "dp2": _config(
+            tmp,
+            dataset,
+            "dp2",
+            parallel={"overlap_grad_reduce": True, "overlap_param_gather": True},
+        ),
+        "pp2": _config(
+            tmp,
+            dataset,
+            "pp2",
+            parallel={"pipeline_parallel": 2, "overlap_grad_reduce": True},
+            train=save2,
+        ),
         "cp2": _config(tmp, dataset, "cp2", parallel={"context_parallel": 2}),
     }
     for name in ("tp2", "pp2", "cp2"):
