@@ -187,12 +187,14 @@ def test_channels_last_group_norm_kernels_compile():
     xwb = {"x_ptr": "bf16", "w_ptr": "bf16", "b_ptr": "bf16"}
     stats = {"mean_ptr": "fp32", "rstd_ptr": "fp32"}
     geo = {"S": 65536, "C": 128, "num_chunks": 2048, "BLOCK_S": 32, "BLOCK_C": 128}
-    _compile(GCL.gn_cl_stats_kernel, {"x_ptr": "bf16", "m2_ptr": "fp32", **stats, **geo}, 8)
+    _compile(
+        GCL.gn_cl_stats_kernel, {"x_ptr": "bf16", "m2_ptr": "fp32", **stats, **geo, "tiles": 8}, 8
+    )
     _compile(GCL.gn_cl_apply_kernel, {**xwb, "out_ptr": "bf16", **stats, **geo, "cpg": 4}, 8)
     sums = {"sum_dz_ptr": "fp32", "sum_dz_xhat_ptr": "fp32"}
     _compile(
         GCL.gn_cl_bwd_reduce_kernel,
-        {"dout_ptr": "bf16", **xwb, **stats, **sums, **geo, "cpg": 4},
+        {"dout_ptr": "bf16", **xwb, **stats, **sums, **geo, "cpg": 4, "tiles": 8},
         8,
     )
     _compile(

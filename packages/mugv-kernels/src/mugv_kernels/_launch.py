@@ -32,7 +32,8 @@ def sm_count(device: torch.device) -> int:
 #: ``dw_reduce`` (qk_bwd): sum weight-gradient terms per step instead of whole-tile registers;
 #: ``group_kernel`` (gn): one program per (sample, group) when there are at least
 #: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply;
-#: ``max_block_c`` (gn_cl): widest channel tile of the channels-last kernels.
+#: ``max_block_c`` (gn_cl): widest channel tile of the channels-last kernels; ``stat_tiles``:
+#: position tiles per statistics program (fewer per-chunk partials to write and combine).
 TUNING: dict[str, dict[str, int]] = {
     # tile 2048, 64 programs per SM (about one program per tile: no persistent loop): measured
     # 17% faster than 8192 / 4 at L=12880 D=1728 and equal at L=50400 D=3456 (H100 sweep)
@@ -61,7 +62,7 @@ TUNING: dict[str, dict[str, int]] = {
     },
     "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},
     # channels-last GroupNorm: tiles of (gn.block // BLOCK_C) positions x BLOCK_C channels
-    "gn_cl": {"max_block_c": 256, "num_warps": 8},
+    "gn_cl": {"max_block_c": 256, "num_warps": 8, "stat_tiles": 8},
     # cooperative two-pass GroupNorm (x read from DRAM once): items of ~item_elems elements,
     # at most programs_per_sm co-resident programs per multiprocessor
     "gn_coop": {

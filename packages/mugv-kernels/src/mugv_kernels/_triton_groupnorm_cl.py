@@ -1,8 +1,9 @@
 """Triton kernels of GroupNorm + SiLU for channels-last activations (kernel 4, NHWC / NDHWC).
 
 Geometry: ``x [N, S, C]`` with channels contiguous (``S`` = product of the spatial dims), the
-memory of a ``channels_last`` / ``channels_last_3d`` tensor. Program ``(n * num_chunks + chunk,
-cb)`` handles the tile of ``BLOCK_S`` spatial positions x ``BLOCK_C`` channels; group ``g``
+memory of a ``channels_last`` / ``channels_last_3d`` tensor. Apply-pass program
+``(n * num_chunks + chunk, cb)`` handles the tile of ``BLOCK_S`` spatial positions x ``BLOCK_C``
+channels; a statistics program handles ``tiles`` such tiles (one chunk); group ``g``
 holds channels ``[g * cpg, (g + 1) * cpg)``, so a tile row covers several groups and the
 per-group values (mean, rstd, m1, m2) are gathered per channel. Per-chunk partial sums are
 written per channel as ``[N, C, num_chunks]``, the layout of the channels-first kernels, so
@@ -33,17 +34,50 @@ def _tile(S, C, num_chunks, reverse: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _chunk_tile(S, C, num_chunks, tiles, t, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Tile ``t`` of the ``tiles`` consecutive position tiles of a statistics program's chunk."""
+    pid = tl.program_id(0)
+    n = (pid // num_chunks).to(tl.int64)
+    chunk = pid % num_chunks
+    r0 = (chunk * tiles + t) * BLOCK_S
+    rows = r0 + tl.arange(0, BLOCK_S)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    mask = (rows < S)[:, None] & col_mask[None, :]
+    offs = n * S * C + rows[:, None].to(tl.int64) * C + cols[None, :]
+    n_t = tl.minimum(tl.maximum(S - r0, 0), BLOCK_S).to(tl.float32)
+    return n, chunk, cols, col_mask, mask, offs, n_t
+
+
+@triton.jit
 def gn_cl_stats_kernel(
-    x_ptr, mean_ptr, m2_ptr, S, C, num_chunks, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr
+    x_ptr, mean_ptr, m2_ptr, S, C, num_chunks, tiles,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    n, chunk, cols, col_mask, mask, offs = _tile(S, C, num_chunks, False, BLOCK_S, BLOCK_C)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    count = tl.minimum(S - chunk * BLOCK_S, BLOCK_S).to(tl.float32)
-    mean = tl.sum(x, axis=0) / count
-    centered = tl.where(mask, x - mean[None, :], 0.0)
+    """Per-channel (mean, M2) of a chunk of ``tiles * BLOCK_S`` positions, tiles merged with
+    Chan's formula (fewer partials than one per tile)."""
+    n, chunk, cols, col_mask, _m0, _o0, _n0 = _chunk_tile(
+        S, C, num_chunks, tiles, 0, BLOCK_S, BLOCK_C
+    )
+    run_n = 0.0
+    run_mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    run_m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for t in range(0, tiles):
+        _n1, _c1, _cols1, _cm1, mask, offs, n_t = _chunk_tile(
+            S, C, num_chunks, tiles, t, BLOCK_S, BLOCK_C
+        )
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean_t = tl.sum(x, axis=0) / tl.maximum(n_t, 1.0)
+        centered = tl.where(mask, x - mean_t[None, :], 0.0)
+        tot = run_n + n_t
+        frac = n_t / tl.maximum(tot, 1.0)  # 0 for a tile past the end
+        delta = mean_t - run_mean
+        run_mean += delta * frac
+        run_m2 += tl.sum(centered * centered, axis=0) + delta * delta * (run_n * frac)
+        run_n = tot
     dst = (n * C + cols) * num_chunks + chunk
-    tl.store(mean_ptr + dst, mean, mask=col_mask)
-    tl.store(m2_ptr + dst, tl.sum(centered * centered, axis=0), mask=col_mask)
+    tl.store(mean_ptr + dst, run_mean, mask=col_mask)
+    tl.store(m2_ptr + dst, run_m2, mask=col_mask)
 
 
 @triton.jit
@@ -74,22 +108,32 @@ def gn_cl_apply_kernel(
 @triton.jit
 def gn_cl_bwd_reduce_kernel(
     dout_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, sum_dz_ptr, sum_dz_xhat_ptr,
-    S, C, cpg, num_chunks, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    S, C, cpg, num_chunks, tiles, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Per-channel partial sums of ``dz`` and ``dz * x_hat`` over one chunk of positions."""
-    n, chunk, cols, col_mask, mask, offs = _tile(S, C, num_chunks, False, BLOCK_S, BLOCK_C)
+    """Per-channel partial sums of ``dz`` and ``dz * x_hat`` over a chunk of ``tiles`` tiles."""
+    n, chunk, cols, col_mask, _m0, _o0, _n0 = _chunk_tile(
+        S, C, num_chunks, tiles, 0, BLOCK_S, BLOCK_C
+    )
     _, mean, rstd, w, b = _channel_params(
         w_ptr, b_ptr, mean_ptr, rstd_ptr, n, cols, col_mask, C, cpg
     )
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    x_hat = (x - mean) * rstd
-    z = x_hat * w + b
-    sig = 1.0 / (1.0 + tl.exp(-z))
-    dz = tl.where(mask, dout * sig * (1.0 + z * (1.0 - sig)), 0.0)
+    acc_a = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for t in range(0, tiles):
+        _n1, _c1, _cols1, _cm1, mask, offs, _nt1 = _chunk_tile(
+            S, C, num_chunks, tiles, t, BLOCK_S, BLOCK_C
+        )
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x_hat = (x - mean) * rstd
+        z = x_hat * w + b
+        sig = 1.0 / (1.0 + tl.exp(-z))
+        dz = tl.where(mask, dout * sig * (1.0 + z * (1.0 - sig)), 0.0)
+        acc_a += tl.sum(dz, axis=0)
+        acc_b += tl.sum(dz * x_hat, axis=0)
     dst = (n * C + cols) * num_chunks + chunk
-    tl.store(sum_dz_ptr + dst, tl.sum(dz, axis=0), mask=col_mask)
-    tl.store(sum_dz_xhat_ptr + dst, tl.sum(dz * x_hat, axis=0), mask=col_mask)
+    tl.store(sum_dz_ptr + dst, acc_a, mask=col_mask)
+    tl.store(sum_dz_xhat_ptr + dst, acc_b, mask=col_mask)
 
 
 @triton.jit

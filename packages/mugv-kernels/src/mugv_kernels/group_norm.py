@@ -23,11 +23,15 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return (not x.is_contiguous()) and x.movedim(1, -1).is_contiguous()
 
 
-def _cl_tiling(s: int, c: int) -> tuple[int, int, int]:
-    """``(BLOCK_S, BLOCK_C, num_chunks)`` of the channels-last kernels."""
+def _cl_tiling(s: int, c: int) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_S, BLOCK_C, tiles, stat_chunks, tile_chunks)`` of the channels-last kernels:
+    statistics programs take ``tiles`` position tiles each (``stat_chunks`` per sample), the
+    apply / dx programs one tile (``tile_chunks`` per sample)."""
     block_c = min(next_pow2(c), TUNING["gn_cl"]["max_block_c"])
     block_s = max(1, min(TUNING["gn"]["block"] // block_c, next_pow2(s)))
-    return block_s, block_c, -(-s // block_s)
+    tile_chunks = -(-s // block_s)
+    tiles = max(1, min(TUNING["gn_cl"]["stat_tiles"], tile_chunks))
+    return block_s, block_c, tiles, -(-tile_chunks // tiles), tile_chunks
 
 
 def _combine(mean_c, m2_c, n, c, num_groups, chunks, s, block, eps):
@@ -88,18 +92,19 @@ def _fwd_channels_last(x_NSC, num_groups, w, b, eps):
     from mugv_kernels import _triton_groupnorm_cl as kern
 
     n, s, c = x_NSC.shape
-    block_s, block_c, chunks = _cl_tiling(s, c)
-    grid = (n * chunks, -(-c // block_c))
+    block_s, block_c, tiles, stat_chunks, tile_chunks = _cl_tiling(s, c)
+    c_blocks = -(-c // block_c)
     warps = TUNING["gn_cl"]["num_warps"]
-    mean_c = torch.empty(n * c, chunks, device=x_NSC.device, dtype=torch.float32)
+    mean_c = torch.empty(n * c, stat_chunks, device=x_NSC.device, dtype=torch.float32)
     m2_c = torch.empty_like(mean_c)
-    kern.gn_cl_stats_kernel[grid](
-        x_NSC, mean_c, m2_c, s, c, chunks, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps
-    )
-    mean, rstd = _combine(mean_c, m2_c, n, c, num_groups, chunks, s, block_s, eps)
+    kern.gn_cl_stats_kernel[(n * stat_chunks, c_blocks)](
+        x_NSC, mean_c, m2_c, s, c, stat_chunks, tiles,
+        BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
+    )  # fmt: skip
+    mean, rstd = _combine(mean_c, m2_c, n, c, num_groups, stat_chunks, s, block_s * tiles, eps)
     out = torch.empty_like(x_NSC)
-    kern.gn_cl_apply_kernel[grid](
-        x_NSC, out, w, b, mean, rstd, s, c, c // num_groups, chunks,
+    kern.gn_cl_apply_kernel[(n * tile_chunks, c_blocks)](
+        x_NSC, out, w, b, mean, rstd, s, c, c // num_groups, tile_chunks,
         BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
     return out, mean, rstd
@@ -109,20 +114,20 @@ def _bwd_channels_last(dout_NSC, x_NSC, w, b, mean, rstd, num_groups):
     from mugv_kernels import _triton_groupnorm_cl as kern
 
     n, s, c = x_NSC.shape
-    block_s, block_c, chunks = _cl_tiling(s, c)
-    grid = (n * chunks, -(-c // block_c))
+    block_s, block_c, tiles, stat_chunks, tile_chunks = _cl_tiling(s, c)
+    c_blocks = -(-c // block_c)
     warps = TUNING["gn_cl"]["num_warps"]
     cpg = c // num_groups
-    sum_dz = torch.empty(n * c, chunks, device=x_NSC.device, dtype=torch.float32)
+    sum_dz = torch.empty(n * c, stat_chunks, device=x_NSC.device, dtype=torch.float32)
     sum_dz_xhat = torch.empty_like(sum_dz)
-    kern.gn_cl_bwd_reduce_kernel[grid](
-        dout_NSC, x_NSC, w, b, mean, rstd, sum_dz, sum_dz_xhat, s, c, cpg, chunks,
+    kern.gn_cl_bwd_reduce_kernel[(n * stat_chunks, c_blocks)](
+        dout_NSC, x_NSC, w, b, mean, rstd, sum_dz, sum_dz_xhat, s, c, cpg, stat_chunks, tiles,
         BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
     a_NC, b_NC, m1, m2 = _backward_sums(sum_dz, sum_dz_xhat, w, n, c, num_groups, s)
     dx = torch.empty_like(x_NSC)
-    kern.gn_cl_bwd_dx_kernel[grid](
-        dout_NSC, x_NSC, dx, w, b, mean, rstd, m1, m2, s, c, cpg, chunks,
+    kern.gn_cl_bwd_dx_kernel[(n * tile_chunks, c_blocks)](
+        dout_NSC, x_NSC, dx, w, b, mean, rstd, m1, m2, s, c, cpg, tile_chunks,
         BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
     return dx, a_NC, b_NC

@@ -262,7 +262,7 @@ def _gn_case(
             inputs["bias"] = _rand((channels,), device, dtype, gen, scale=0.3)
 
         def fn(x, weight=None, bias=None):
-            cl_tune = {"max_block_c": block_c} if block_c else {}
+            cl_tune = {"max_block_c": block_c, "stat_tiles": 3} if block_c else {}
             gn_tune = {"block": 4 * block_c} if block_c else {}  # several position chunks
             if block:
                 gn_tune["block"] = block
