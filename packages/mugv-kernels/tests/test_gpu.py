@@ -58,3 +58,21 @@ def test_triton_path_runs_inside_torch_compile():
     (g,) = torch.autograd.grad(out.sum(), x)
     (g_ref,) = torch.autograd.grad(ref_out.sum(), x)
     assert torch.allclose(g, g_ref, atol=1e-3, rtol=1e-3)
+
+
+def test_qk_backward_with_only_k_needing_gradients():
+    """Only k's output is used: the kernel skips q (DO_Q=False) and must still match."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 120, 6, 72, generator=gen).cuda().bfloat16()
+    k = torch.randn(2, 120, 3, 72, generator=gen).cuda().bfloat16().requires_grad_()
+    qw = torch.randn(72, generator=gen).cuda().bfloat16()
+    kw = (torch.randn(72, generator=gen) * 0.1 + 1).cuda().bfloat16().requires_grad_()
+    cos, sin = mk.rope3d_frequencies((2, 6, 10), 72, device="cuda")
+    dout = torch.randn(2, 120, 3, 72, generator=gen).cuda().bfloat16()
+    grads = {}
+    for use_triton in (True, False):
+        _, k_out = mk.qk_rmsnorm_rope3d(q, k, qw, kw, cos, sin, use_triton=use_triton)
+        grads[use_triton] = torch.autograd.grad(k_out, (k, kw), dout)
+    for g, r in zip(grads[True], grads[False]):
+        err = ((g.double() - r.double()).norm() / r.double().norm()).item()
+        assert err < 2e-2, err
