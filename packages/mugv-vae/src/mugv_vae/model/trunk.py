@@ -5,6 +5,7 @@ Tensor legend: N frames (batch x time folded), C channels, H, W height/width.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import torch
@@ -219,6 +220,17 @@ def block_forward(
     return x_NCHW
 
 
+_BLOCK_OPTS = "_mugv_block_opts"
+"""Attribute of each trunk block: ``(fused, nhwc, fold_cache)`` set by ``SpatialTrunk``."""
+
+
+def _functional_block_forward(self: nn.Module, x_NCHW: torch.Tensor, *args, **kwargs):
+    """Installed as each trunk block's ``forward``: the block still runs through its own
+    ``__call__`` (FSDP2 / hooks see it) but computes :func:`block_forward`."""
+    fused, nhwc, fold_cache = getattr(self, _BLOCK_OPTS, (False, False, None))
+    return block_forward(self, x_NCHW, fused, nhwc, fold_cache)
+
+
 def _check_block(block: nn.Module) -> None:
     """Refuse trunk blocks the functions above do not cover (time embeddings, other
     up/down-samplers, spatial norms)."""
@@ -278,10 +290,18 @@ class SpatialTrunk(nn.Module):
         self.channels_last = False
         self.compile = False
         self._compiled: dict[str, object] = {}
-        for block in (*self.encoder.down_blocks, self.encoder.mid_block):
+        for block in self._blocks():
             _check_block(block)
-        for block in (self.decoder.mid_block, *self.decoder.up_blocks):
-            _check_block(block)
+            block.forward = types.MethodType(_functional_block_forward, block)
+
+    def _blocks(self) -> list[nn.Module]:
+        enc, dec = self.encoder, self.decoder
+        return [*enc.down_blocks, enc.mid_block, dec.mid_block, *dec.up_blocks]
+
+    def _refresh_block_opts(self) -> None:
+        opts = (self.fused, self.nhwc_ops, self._fold_cache if self.fold_upsample else None)
+        for block in self._blocks():
+            setattr(block, _BLOCK_OPTS, opts)
 
     def set_fused_group_norm_silu(self, fused: bool) -> None:
         """Run every GroupNorm+SiLU pair (res-blocks and the decoder's output norm) through
@@ -305,22 +325,18 @@ class SpatialTrunk(nn.Module):
             return checkpoint(fn, x, use_reentrant=False)
         return fn(x)
 
-    def _block(self, block: nn.Module):
-        fold = self._fold_cache if self.fold_upsample else None
-        return lambda x: block_forward(block, x, self.fused, self.nhwc_ops, fold)
-
     def _encode_eager(self, x_NCHW: torch.Tensor) -> torch.Tensor:
         h = self.encoder.conv_in(x_NCHW)
         for block in self.encoder.down_blocks:
-            h = self._run(self._block(block), h)
-        h = self._run(self._block(self.encoder.mid_block), h)
+            h = self._run(block, h)
+        h = self._run(self.encoder.mid_block, h)
         return h * self.cfg.feature_scale
 
     def _decode_eager(self, f_NCHW: torch.Tensor) -> torch.Tensor:
         h = f_NCHW / self.cfg.feature_scale
-        h = self._run(self._block(self.decoder.mid_block), h)
+        h = self._run(self.decoder.mid_block, h)
         for block in self.decoder.up_blocks:
-            h = self._run(self._block(block), h)
+            h = self._run(block, h)
         h = gn_silu(h, self.decoder.conv_norm_out, self.fused, self.nhwc_ops)
         return self.decoder.conv_out(h)
 
@@ -340,11 +356,13 @@ class SpatialTrunk(nn.Module):
     def encode(self, x_NCHW: torch.Tensor) -> torch.Tensor:
         """Frames in [-1, 1] ``[N, 3, H, W]`` -> features ``[N, C_feat, H/8, W/8]``."""
         x_NCHW = self._prepare(x_NCHW)
+        self._refresh_block_opts()
         return self._maybe_compiled("encode", x_NCHW)(x_NCHW)
 
     def decode(self, f_NCHW: torch.Tensor) -> torch.Tensor:
         """Features ``[N, C_feat, H/8, W/8]`` -> frames ``[N, 3, H, W]``."""
         f_NCHW = self._prepare(f_NCHW)
+        self._refresh_block_opts()
         return self._maybe_compiled("decode", f_NCHW)(f_NCHW)
 
     def load_autoencoder_kl(self, path: str | Path) -> None:
