@@ -13,9 +13,10 @@ STEPS = 24
 STAGE = StageConfig(name="anneal", steps=STEPS, image_share_start=1.0, image_share_end=0.0)
 
 
-# the default layout's samples one at a time, interleaved, so every 5-sample shard (and so
-# every DP rank's share of shards) holds every kind of sample
-INTERLEAVED = [(*group[:6], 1) for k in range(6) for group in DEFAULT_LAYOUT if k < group[6]]
+# the default layout (with twice the images) one sample at a time, interleaved, so every
+# 5-sample shard (and so every DP rank's share of shards) holds every kind of sample
+LAYOUT = [(*DEFAULT_LAYOUT[0][:6], 8), *DEFAULT_LAYOUT[1:]]
+INTERLEAVED = [(*group[:6], 1) for k in range(8) for group in LAYOUT if k < group[6]]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def test_dp_ranks_share_each_steps_bucket_and_token_budget(megatron_single, inde
     for loader in ranks:
         for bucket, items in loader.reservoirs.items():
             assert len(items) <= loader._capacity(bucket, 2)
+    assert [loader.borrowed for loader in ranks] == [0, 0]  # all from the energon streams
     # images stay in the stream after their share drops: the full reservoir thins them
     assert sum(loader.dropped for loader in ranks) > 0
 
@@ -93,9 +95,18 @@ def test_loader_state_restores_exactly(megatron_single, index, tmp_path):
             assert (x.latents_BCTHW == y.latents_BCTHW).all()
 
 
-def test_rank_without_the_steps_bucket_is_a_clear_error(megatron_single, grouped_index):
-    with pytest.raises(ValueError, match=r"DP rank 1 yielded no sample of bucket \(1, 4, 4"):
-        _step(_loader(grouped_index, 1), 0)
+def test_rank_without_the_steps_bucket_reads_it_from_the_manifest(megatron_single, grouped_index):
+    loader = _loader(grouped_index, 1)
+    with pytest.warns(UserWarning, match="DP rank 1's share of the shards lacks bucket"):
+        batches = _step(loader, 0)  # step 0 of the annealed stage is an image step
+    images = {r.key for r in grouped_index.records if r.latent_shape[1] == 1}
+    assert loader.borrowed == 2 * loader.sampler.batch_size((1, 4, 4, 32, 32))
+    for batch in batches:
+        assert batch.latents_BCTHW.shape[2] == 1 and set(batch.keys) <= images
+    # deterministic: a second loader borrows the same samples
+    again = _loader(grouped_index, 1)
+    with pytest.warns(UserWarning):
+        assert [b.keys for b in _step(again, 0)] == [b.keys for b in batches]
 
 
 def test_missing_state_file_is_a_clear_error(megatron_single, index, tmp_path):

@@ -96,6 +96,7 @@ def test_curriculum_runs_through_all_stages(reference_run):
     assert list((run_dir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow  # test_resume_after_sigkill_is_exact covers this with a real kill
 def test_resume_after_interruption_is_exact(megatron_single, reference_run, dataset, tmp_path):
     ref_dir, _, _final = reference_run
     cfg = _config(

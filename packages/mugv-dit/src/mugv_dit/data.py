@@ -140,6 +140,10 @@ class BucketSampler:
         per = tokens_of(bucket, self.patch)
         return max(1, min(self.max_batch_size, self.tokens_per_batch // max(per, 1)))
 
+    def eligible(self, stage: StageConfig, bucket: BucketKey) -> list[int]:
+        """Indices of the samples of ``bucket`` that ``stage`` accepts."""
+        return self._eligible(stage, bucket)
+
     def _eligible(self, stage: StageConfig, bucket: BucketKey) -> list[int]:
         recs = self.index.records
         return [i for i in self.members[bucket] if stage_accepts(stage, bucket, recs[i].num_frames)]

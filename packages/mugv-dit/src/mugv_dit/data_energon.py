@@ -12,12 +12,16 @@ rank sorts its stream into per-bucket reservoirs and takes the step's samples fr
 one, pulling more from energon as needed. A reservoir holds at most ``reservoir_factor``
 steps' worth of its bucket; samples arriving at a full one are dropped and counted (that is
 how a bucket the schedule under-samples, e.g. images once their share is annealed down, is
-thinned). The loader state saved per rank next to each checkpoint is energon's own state
+thinned). A rank whose share of the shards lacks the step's bucket (small or skewed datasets)
+reads the missing samples by key from the manifest instead (deterministically, counted and
+warned about once). The loader state saved per rank next to each checkpoint is energon's own state
 plus the reservoirs' sample keys (re-read by key on restore), so a resume is exact.
 """
 
 from __future__ import annotations
 
+import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +155,8 @@ class EnergonLatentLoader:
         self.iter = None
         self.reservoirs: dict[BucketKey, list[_Item]] = {}
         self.dropped = 0
+        self.borrowed = 0
+        self.seed = seed
         self._pending_state = None
         self._key_to_index = {r.key: i for i, r in enumerate(index.records)}
 
@@ -173,6 +179,7 @@ class EnergonLatentLoader:
                 for bucket, keys in pending["reservoirs"]
             }
             self.dropped = int(pending["dropped"])
+            self.borrowed = int(pending.get("borrowed", 0))
         self.stage_idx = stage_idx
         self.iter = iter(self.loader)
 
@@ -196,16 +203,10 @@ class EnergonLatentLoader:
         bs = self.sampler.batch_size(bucket)
         need = n * bs
         pool = self.reservoirs.setdefault(bucket, [])
-        # a rank whose share holds >= 1 sample of the bucket finds `need` within need epochs
-        limit = (need + 1) * len(self.index)
+        # a rank whose share holds the bucket at all finds it within two passes over the data
+        limit = 2 * len(self.index) + need
         pulled = 0
-        while len(pool) < need:
-            if pulled >= limit:
-                raise ValueError(
-                    f"{self.path}: the energon stream of DP rank {self.dp_rank} yielded no "
-                    f"sample of bucket {bucket} in {limit} draws (stage {stage.name!r}): "
-                    "this rank's share of the data lacks that bucket"
-                )
+        while len(pool) < need and pulled < limit:
             sample = next(self.iter)
             pulled += 1
             got = _bucket_of(sample)
@@ -224,8 +225,26 @@ class EnergonLatentLoader:
                     int(rec["width"]),
                 )
             )
+        if len(pool) < need:
+            pool.extend(self._borrow(step, stage, bucket, need - len(pool)))
         taken, pool[:] = pool[:need], pool[need:]
         return [to_clean_batch(taken[j * bs : (j + 1) * bs], device) for j in range(n)]
+
+    def _borrow(self, step: int, stage: StageConfig, bucket: BucketKey, k: int) -> list[_Item]:
+        """``k`` samples of ``bucket`` read by key from the manifest, for a rank whose share of
+        the shards lacks (enough of) the step's bucket; drawn from (seed, step, DP rank), so a
+        resumed run borrows the same ones."""
+        pool = self.sampler.eligible(stage, bucket)
+        rng = random.Random((self.seed * 1_000_003 + step) * 1009 + self.dp_rank)
+        picks = rng.choices(pool, k=k)
+        self.borrowed += k
+        if self.borrowed == k:  # first time: say so once
+            warnings.warn(
+                f"{self.path}: DP rank {self.dp_rank}'s share of the shards lacks bucket "
+                f"{bucket}; reading its samples from the manifest instead",
+                stacklevel=2,
+            )
+        return [self._load_item(self.index.records[i].key) for i in picks]
 
     def state(self) -> dict:
         """Energon state + reservoir keys of this rank (what :meth:`save` writes)."""
@@ -236,6 +255,7 @@ class EnergonLatentLoader:
                 (list(b), [it.key for it in items]) for b, items in self.reservoirs.items()
             ],
             "dropped": self.dropped,
+            "borrowed": self.borrowed,
         }
 
     def save(self, path: Path) -> None:
