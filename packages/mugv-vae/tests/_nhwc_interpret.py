@@ -34,14 +34,15 @@ with torch.no_grad():
         out = nhwc_ops.bias_residual_nhwc(x.clone(), conv_bias, r)
         errors[f"res{shape}"] = float((out - (x + conv_bias.view(view) + r)).abs().max())
     phases = torch.randn(2, 4 * 16, 5, 8).contiguous(memory_format=torch.channels_last)
-    inter = nhwc_ops.phase_interleave(phases, 16)
-    assert inter is not None and inter.is_contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(16)
+    inter = nhwc_ops.phase_interleave(phases, 16, bias)
+    assert inter.is_contiguous(memory_format=torch.channels_last)
     ref = torch.empty(2, 16, 8, 14)
     for a in (0, 1):
         for b in (0, 1):
             p = 2 * a + b
             ref[:, :, a::2, b::2] = phases[:, p * 16 : (p + 1) * 16, a : a + 4, b : b + 7]
-    errors["interleave"] = float((inter - ref).abs().max())
+    errors["interleave"] = float((inter - ref - bias.view(1, -1, 1, 1)).abs().max())
     plain = MugvVAE(tiny_config()).eval()
     update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
     fast_cfg = tiny_config().model_copy(update=update)

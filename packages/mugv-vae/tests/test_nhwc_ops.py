@@ -64,8 +64,15 @@ def test_kernels_compile_for_hopper(channels):
         {**apply_sig, "S": "i32"},
         {"C": channels, "BLOCK_S": rows},
     )
-    inter_sig = {"src_ptr": "*bf16", "out_ptr": "*bf16", "H": "i32", "W": "i32"}
-    compile_(nhwc_ops._phase_interleave_kernel, inter_sig, {"C": channels, "BLOCK_P": rows})
+    inter_sig = {
+        "src_ptr": "*bf16",
+        "bias_ptr": "*bf16",
+        "out_ptr": "*bf16",
+        "H": "i32",
+        "W": "i32",
+    }
+    inter_consts = {"HAS_BIAS": True, "C": channels, "BLOCK_P": rows}
+    compile_(nhwc_ops._phase_interleave_kernel, inter_sig, inter_consts)
     res_sig = dict.fromkeys(("x_ptr", "bias_ptr", "r_ptr", "out_ptr"), "*bf16")
     compile_(
         nhwc_ops._bias_residual_kernel, {**res_sig, "M": "i32"}, {"C": channels, "BLOCK_M": rows}

@@ -154,9 +154,10 @@ if triton is not None:
 
     @triton.jit
     def _phase_interleave_kernel(
-        src_ptr, out_ptr, H, W, C: tl.constexpr, BLOCK_P: tl.constexpr
+        src_ptr, bias_ptr, out_ptr, H, W,
+        HAS_BIAS: tl.constexpr, C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
-        """``out[n, 2i+a, 2j+b, c] = src[n, i+a, j+b, (2a+b)*C + c]`` (NHWC memory)."""
+        """``out[n, 2i+a, 2j+b, c] = src[n, i+a, j+b, (2a+b)*C + c] (+ bias[c])`` (NHWC)."""
         n = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         mask = (p < 4 * H * W)[:, None]
@@ -168,21 +169,34 @@ if triton is not None:
         cols = tl.arange(0, C)
         src = src_pix[:, None] * (4 * C) + ((2 * a + b) * C)[:, None] + cols[None, :]
         x = tl.load(src_ptr + src, mask=mask, other=0.0)
+        if HAS_BIAS:
+            x = (x.to(tl.float32) + tl.load(bias_ptr + cols).to(tl.float32)[None, :]).to(
+                out_ptr.dtype.element_ty
+            )
         dst = (n * 4 * H * W + p)[:, None] * C + cols[None, :]
         tl.store(out_ptr + dst, x, mask=mask)
 
 
-def phase_interleave(phases: torch.Tensor, channels: int) -> torch.Tensor | None:
-    """``[N, 4C, H+1, W+1]`` phase outputs of a folded up-sampling conv -> ``[N, C, 2H, 2W]``
-    channels-last, in one Triton pass; None where the kernel does not apply (caller copies)."""
-    if phases.ndim != 4 or not (
-        triton is not None
-        and (phases.is_cuda or INTERPRET)
+def phase_interleave_applies(x: torch.Tensor, channels: int) -> bool:
+    """True when :func:`phase_interleave` runs its kernel for a conv of channels-last ``x``."""
+    return (
+        x.ndim == 4
+        and triton is not None
+        and (x.is_cuda or INTERPRET)
         and not torch.is_grad_enabled()
         and _pow2(channels)
-        and as_nsc(phases) is not None
-    ):
-        return None
+        and as_nsc(x) is not None
+    )
+
+
+def phase_interleave(
+    phases: torch.Tensor, channels: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[N, 4C, H+1, W+1]`` channels-last phase outputs of a folded up-sampling conv (run
+    without its bias) -> ``[N, C, 2H, 2W]`` channels-last plus ``bias``, in one Triton pass
+    (only where :func:`phase_interleave_applies`)."""
+    if not phase_interleave_applies(phases, channels):
+        raise ValueError(f"phase_interleave needs channels-last CUDA phases, got {phases.shape}")
     n, _, h1, w1 = phases.shape
     h, w = h1 - 1, w1 - 1
     out = torch.empty(
@@ -190,8 +204,9 @@ def phase_interleave(phases: torch.Tensor, channels: int) -> torch.Tensor | None
     ).contiguous(memory_format=torch.channels_last)
     block = _block_rows(channels)
     _phase_interleave_kernel[(n, triton.cdiv(4 * h * w, block))](
-        as_nsc(phases), as_nsc(out), h, w, C=channels, BLOCK_P=block, num_warps=8
-    )
+        as_nsc(phases), bias if bias is not None else phases, as_nsc(out), h, w,
+        HAS_BIAS=bias is not None, C=channels, BLOCK_P=block, num_warps=8,
+    )  # fmt: skip
     return out
 
 

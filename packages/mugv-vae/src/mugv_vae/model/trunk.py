@@ -26,6 +26,7 @@ from mugv_vae.model.nhwc_ops import (
     group_norm_silu_nhwc,
     kernels_apply,
     phase_interleave,
+    phase_interleave_applies,
 )
 
 # Parts of a full AutoencoderKL that the cut trunk does not use.
@@ -59,8 +60,15 @@ def _resnet_nhwc(block: ResnetBlock2D, x_NCHW: torch.Tensor, fused: bool) -> tor
     h = conv1._conv_forward(gn_silu(x_NCHW, block.norm1, fused, True), conv1.weight, None)
     h = group_norm_silu_nhwc(h, block.norm2, conv1.bias, inplace=True)
     h = conv2._conv_forward(block.dropout(h), conv2.weight, None)
-    shortcut = x_NCHW if block.conv_shortcut is None else block.conv_shortcut(x_NCHW)
-    out = bias_residual_nhwc(h, conv2.bias, shortcut)
+    bias = conv2.bias
+    if block.conv_shortcut is None:
+        shortcut = x_NCHW
+    else:  # the shortcut conv's bias joins conv2's in the one residual pass
+        sc = block.conv_shortcut
+        shortcut = sc._conv_forward(x_NCHW, sc.weight, None)
+        if sc.bias is not None:
+            bias = sc.bias if bias is None else bias + sc.bias
+    out = bias_residual_nhwc(h, bias, shortcut)
     if block.output_scale_factor != 1.0:
         out = out / block.output_scale_factor
     return out
@@ -138,10 +146,10 @@ def folded_upsample_forward(up: Upsample2D, x_NCHW: torch.Tensor, cache: dict) -
     weight, bias = cache[key]
     n, _, h, w_ = x_NCHW.shape
     c = up.conv.out_channels
-    phases = F.conv2d(x_NCHW, weight, bias, padding=1)  # [N, 4C, H+1, W+1]
-    out = phase_interleave(phases, c)
-    if out is not None:
-        return out
+    if phase_interleave_applies(x_NCHW, c):  # the interleave pass adds the bias
+        phases = F.conv2d(x_NCHW, weight, None, padding=1)  # [N, 4C, H+1, W+1]
+        return phase_interleave(phases, c, up.conv.bias)
+    phases = F.conv2d(x_NCHW, weight, bias, padding=1)
     fmt = _weight_format(phases) if phases.ndim == 4 else torch.contiguous_format
     out = torch.empty((n, c, 2 * h, 2 * w_), device=x_NCHW.device, dtype=phases.dtype)
     out = out.contiguous(memory_format=fmt)
