@@ -200,11 +200,16 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
       scratch, 3 steps;
     * pp2: PP=2 (1F1B over 2 micro-batches, overlapped grad reduce: no sync until the last
       micro-batch), resuming the TP=1 step-2 checkpoint;
-    * cp2: CP=2 (all-to-all sequence parallel), resuming the TP=1 step-2 checkpoint.
+    * cp2: CP=2 (all-to-all sequence parallel), resuming the TP=1 step-2 checkpoint;
+    * pp2init: PP=2 starting from the reference's exported weights (`train.init_from`), 1 step.
     """
+    from mugv_dit.export import export_run
+
     ref_dir, _, _ = reference_run
     tmp = tmp_path_factory.mktemp("layouts")
+    export_run(ref_dir, tmp / "ref_export", weights="model")
     save2 = {"progress": False, "ema_decay": 0.9, "save_every": 2}
+    init = {"progress": False, "ema_decay": 0.9, "init_from": str(tmp / "ref_export")}
     configs = {
         "tp2": _config(
             tmp, dataset, "tp2", parallel={"tensor_parallel": 2, "sequence_parallel": True}
@@ -223,6 +228,7 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
             train=save2,
         ),
         "cp2": _config(tmp, dataset, "cp2", parallel={"context_parallel": 2}),
+        "pp2init": _config(tmp, dataset, "pp2init", parallel={"pipeline_parallel": 2}, train=init),
     }
     for name in ("tp2", "pp2", "cp2"):
         _resume_from(tmp / name, ref_dir, 2)
@@ -230,7 +236,7 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
         {
             "config": str(configs[name]),
             "micro_batches": 2,
-            "max_steps": 3 if name == "dp2" else None,
+            "max_steps": {"dp2": 3, "pp2init": 1}.get(name),
         }
         for name in configs
     ]
@@ -277,7 +283,7 @@ def test_pipeline_parallel_matches_pp1_and_its_checkpoint_resumes_at_pp1(
     """PP=2 (two stages of one block each, conditioning embedders on both, 1F1B over two
     micro-batches) continues the PP=1 run with the same losses and grad norms; its step-4
     checkpoint (saved by two stages) resumes at PP=1 (model, EMA, optimizer) and continues
-    the same curve; its final weights equal the PP=1 run's."""
+    the same curve; its final weights equal the PP=1 run's; an export initialises PP=2."""
     ref_dir, ref_logs, final = reference_run
     ref = _losses(ref_dir)
     lines = (layout_runs / "pp2" / "metrics.jsonl").read_text().splitlines()
@@ -295,6 +301,13 @@ def test_pipeline_parallel_matches_pp1_and_its_checkpoint_resumes_at_pp1(
     assert sorted(got) == [4, 5]
     for step in got:
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    # exported (full, PP=1) weights load into both stages: same first step as at PP=1
+    init = {"progress": False, "ema_decay": 0.9, "init_from": str(layout_runs / "ref_export")}
+    cfg = _config(tmp_path, dataset, "init1", train=init)
+    logs, _ = _train_inprocess(cfg, max_steps=1)
+    got = _losses(layout_runs / "pp2init")
+    assert got[0] == pytest.approx(logs[0]["loss"], rel=1e-5, abs=1e-6)
+    assert got[0] != pytest.approx(ref[0], rel=1e-3)  # trained weights, not the fresh init
 
 
 def test_context_parallel_matches_cp1(reference_run, layout_runs, tmp_path):
