@@ -227,7 +227,8 @@ class SelfAttention(_AttentionBase):
             fused=self.fused,
         )
         if self.cp_group is not None:
-            q, k, v = (seq_to_heads(z, self.cp_group) for z in (q, k, v))
+            # one exchange for q, k and v together: [3B, S, H, D] -> [3B, N, H/cp, D]
+            q, k, v = seq_to_heads(torch.cat([q, k, v], dim=0), self.cp_group).chunk(3, dim=0)
         n_full = q.shape[1]
         q, k, v = q[:, :n_real], k[:, :n_real], v[:, :n_real].contiguous()
         out_BNHD = dense_attention(q, k, v, self.backend)
