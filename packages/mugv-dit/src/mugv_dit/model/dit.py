@@ -1,7 +1,9 @@
 """MUG-DiT: the full model (embedders -> DiT blocks -> final layer).
 
 Shapes: B batch, C latent channels, T/H/W latent grid, M = T'*H'*W' video tokens,
-N = M + 2 (start and end tokens), L packed text tokens, D hidden width.
+N = M + 2 (start and end tokens), L packed text tokens, D hidden width, P = patch volume x
+output channels. Token dims hold this rank's shard where the sequence is split: padded to a
+multiple of CP (x TP with sequence parallelism), cut into CP shards, then SP shards.
 """
 
 from __future__ import annotations
