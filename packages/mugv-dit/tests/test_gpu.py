@@ -55,3 +55,29 @@ def test_bf16_close_to_float32(megatron_single):
     out16, _ = _run(*_model(True, torch.bfloat16))
     rel = (out16 - out32).norm() / out32.norm()
     assert rel < 3e-2, rel
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_pp2_and_cp2_match_dp2_on_two_gpus(tmp_path):
+    """The trainer under DP=2, PP=2 and CP=2 (NCCL, bf16) gives the same loss curve."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "parallel_layouts.py")
+    dims = ["--grid", "3", "8", "12", "--text-dim", "64"]
+    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    subprocess.run([sys.executable, script, "make-data", str(tmp_path), *dims], check=True, env=env)
+    out = tmp_path / "layouts.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", script]
+    cmd += ["run", str(tmp_path), *dims, "--hidden", "288", "--layers", "2", "--json", str(out)]
+    cmd += ["--warmup", "1", "--steps", "2", "--layouts", "dp", "pp", "cp"]
+    subprocess.run(cmd, check=True, env=env, timeout=300)
+    rows = {r["layout"]: r["losses"] for r in json.loads(out.read_text())["rows"]}
+    for name in ("pp", "cp"):
+        torch.testing.assert_close(
+            torch.tensor(rows[name]), torch.tensor(rows["dp"]), rtol=2e-2, atol=1e-3
+        )
