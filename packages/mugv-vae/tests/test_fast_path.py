@@ -62,6 +62,12 @@ def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
     # features (40 * 65536 / 2 bytes) stay alive beside the trunk: 7 frames fit the rest.
     assert (p.chunk_batch, p.frame_batch) == (40, 7)
     assert plan(budgeted, 64, 64, 4, 5, None).frame_batch == 5  # explicit sizes win
+    folded = cfg.model_copy(update={"fold_upsample_conv": True})
+    assert trunk_bytes_per_frame(folded, 64, 64, 4) == per_frame  # 4*c0 = 4*c1 here
+    big = folded.model_copy(
+        update={"trunk": cfg.trunk.model_copy(update={"block_out_channels": (8, 16, 16, 16)})}
+    )
+    assert trunk_bytes_per_frame(big, 64, 64, 4) == 4 * 16 * 64 * 64 * 4
     tiny_budget = cfg.model_copy(update={"max_activation_bytes": 1})
     assert plan(tiny_budget, 64, 64, 4, None, None) == plan(cfg, 64, 64, 4, 1, 1)
 

@@ -42,13 +42,16 @@ def trunk_bytes_per_frame(config: VAEConfig, height: int, width: int, elem: int)
     once in a full-resolution res-block. Decoder: the last up-sampling writes
     ``block_out_channels[1]`` channels at full resolution and the first full-resolution
     res-block reads them (input, its GroupNorm output and the narrower conv outputs): about
-    3 such tensors (measured on an H100 at 720p, bf16, channels-last: 1135 MiB per frame
-    encoding, 1364 MiB decoding; this gives 1125 and 1350). The larger is used for both.
+    3 such tensors, 4 with ``fold_upsample_conv`` (its four-phase conv output is live beside
+    the result). Measured on an H100 at 720p, bf16, channels-last (MiB per frame): encode 905
+    to 1135, decode 1251 to 1364, decode with folding 1703; this gives 1125, 1350 and 1800.
+    The larger is used for both.
     """
     if config.variant == "unified":
         return 0
     c0, c1 = config.trunk.block_out_channels[:2]
-    return int(max(4 * c0, 3 * c1) * height * width * elem)
+    dec = (4 if config.fold_upsample_conv else 3) * c1
+    return int(max(4 * c0, dec) * height * width * elem)
 
 
 def temporal_bytes_per_chunk(config: VAEConfig, height: int, width: int, elem: int) -> int:
