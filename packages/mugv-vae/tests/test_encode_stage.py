@@ -14,7 +14,12 @@ from mugv_vae.model import MugvVAE
 from mugv_vae.video import load_clip
 
 
-def test_encode_writes_normalised_latents_with_header(tiny_checkpoint, clip_dataset, tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["--fast", "--max-activation-bytes", "1"]], ids=["default", "budget"]
+)
+def test_encode_writes_normalised_latents_with_header(
+    tiny_checkpoint, clip_dataset, tmp_path, extra
+):
     out = tmp_path / "latents"
     argv = [
         "encode",
@@ -32,10 +37,14 @@ def test_encode_writes_normalised_latents_with_header(tiny_checkpoint, clip_data
         "17",
         "--device",
         "cpu",
+        *extra,
     ]
     assert main(argv) == 0
     ds = mf.LatentDataset(out)
     h = ds.header
+    # --fast is a no-op on CPU; the budget (1 byte) means one frame / chunk per call.
+    assert h.config["max_activation_bytes"] == (1 if extra else None)
+    assert h.config["frame_batch_size"] == (None if extra else 16)
     assert h.vae_checkpoint_id == checkpoint_id(tiny_checkpoint)
     assert h.latents_normalized is True
     model = MugvVAE.from_pretrained(tiny_checkpoint)

@@ -50,10 +50,16 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         "samples_per_shard": args.samples_per_shard,
         "tile": args.tile,
         "keep_parts": args.keep_parts,
+        "fast": args.fast,
+        "max_activation_bytes": args.max_activation_bytes,
     }
+
     if args.device:
         fields["device"] = args.device
-    summary = run_encode(EncodeConfig(**{k: v for k, v in fields.items() if v is not None}))
+    kwargs = {k: v for k, v in fields.items() if v is not None}
+    if args.max_activation_bytes is not None:
+        kwargs["frame_batch_size"] = None  # the budget picks the micro-batches
+    summary = run_encode(EncodeConfig(**kwargs))
     print(json.dumps(summary))
     return 0
 
@@ -133,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int)
     p.add_argument("--tile", type=int, help="spatial tile in pixels (bounded memory)")
     p.add_argument("--keep-parts", action="store_true", default=None)
+    p.add_argument(
+        "--fast", action="store_true", default=None, help="CUDA fast inference path (same maths)"
+    )
+    p.add_argument("--max-activation-bytes", type=int, help="activation memory budget")
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("train", help="train from a YAML config")

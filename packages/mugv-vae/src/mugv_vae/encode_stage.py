@@ -49,7 +49,17 @@ class EncodeConfig(BaseModel):
     latent_dtype: Literal["float32", "float16"] = Field("float32", description="Stored dtype.")
     samples_per_shard: int = Field(64, ge=1)
     tile: int | None = Field(None, description="Spatial tile (pixels) for bounded memory.")
-    frame_batch_size: int | None = Field(16, description="Frames per trunk call.")
+    frame_batch_size: int | None = Field(
+        16, description="Frames per trunk call (None: chosen from max_activation_bytes)."
+    )
+    fast: bool = Field(
+        False,
+        description="CUDA fast inference: channels-last, the NHWC Triton kernels and folded "
+        "up-sampling (VAEConfig runtime fields), cudnn.benchmark. Same maths.",
+    )
+    max_activation_bytes: int | None = Field(
+        None, ge=1, description="Activation memory budget (see VAEConfig)."
+    )
     keep_parts: bool = Field(False, description="Keep <output>.parts after the merge.")
 
     @field_validator("resolutions")
@@ -60,6 +70,15 @@ class EncodeConfig(BaseModel):
         if not v:
             raise ValueError("at least one resolution bucket is needed")
         return v
+
+
+FAST_RUNTIME = {
+    "channels_last": True,
+    "fused_group_norm_silu": True,
+    "fused_nhwc_ops": True,
+    "fold_upsample_conv": True,
+}
+"""VAEConfig runtime fields of ``--fast`` (the benchmark's ``ours-fast``)."""
 
 
 def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, header_kw, device):
@@ -121,7 +140,11 @@ def run_encode(cfg: EncodeConfig) -> dict:
     output = Path(cfg.output)
     parts = Path(f"{output}.parts")
     parts.mkdir(parents=True, exist_ok=True)
-    vae = load_checkpoint(cfg.checkpoint, device=device)
+    runtime = {"max_activation_bytes": cfg.max_activation_bytes}
+    if cfg.fast and device.type == "cuda":
+        runtime.update(FAST_RUNTIME)
+        torch.backends.cudnn.benchmark = True
+    vae = load_checkpoint(cfg.checkpoint, device=device, **runtime)
     vae.frame_batch_size = cfg.frame_batch_size
     header_kw = dict(
         producer=f"mugv-vae {__version__}",
