@@ -113,7 +113,8 @@ def test_resume_after_interruption_is_exact(megatron_single, reference_run, data
 def test_resume_after_sigkill_is_exact(reference_run, dataset, tmp_path):
     """A real `mugv-dit train` process is SIGKILLed right after its mid-stage checkpoint
     (step 3: inside stage "short") is declared complete; the resumed run continues the
-    uninterrupted run's loss curve step for step."""
+    uninterrupted run's loss curve step for step, and a step directory left by an interrupted
+    save is replaced, not mixed into the new checkpoint."""
     ref_dir, _, _ = reference_run
     save3 = {"progress": False, "ema_decay": 0.9, "save_every": 3}
     cfg = _config(tmp_path, dataset, "killed", train=save3)
@@ -143,7 +144,15 @@ def test_resume_after_sigkill_is_exact(reference_run, dataset, tmp_path):
     assert latest.read_text().strip() == "step_0000003"
     before = _losses(tmp_path / "killed")
     assert 0 in before and max(before) < 5, before
+    # what a kill during the final save would leave: a step directory `latest` never named
+    partial = latest.parent / "step_0000006"
+    partial.mkdir(exist_ok=True)
+    (partial / "__9_9.distcp").write_bytes(b"stale shard of an interrupted save")
     _train_inprocess(cfg)
+    assert latest.read_text().strip() == "step_0000006"
+    assert not (partial / "__9_9.distcp").exists()  # the new checkpoint started clean
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(6))  # re-run steps once
     ref, got = _losses(ref_dir), _losses(tmp_path / "killed")
     assert sorted(got) == list(range(6))
     for step in range(6):

@@ -11,6 +11,7 @@ Sharded tensors carry global offsets, so a checkpoint re-loads under another TP/
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch.distributed as dist
@@ -35,6 +36,19 @@ def latest_checkpoint(root: Path) -> Path | None:
     if not path.is_dir():
         raise ValueError(f"{pointer} names {path}, which does not exist")
     return path
+
+
+def _prepare_dir(root: Path, path: Path) -> None:
+    """Create ``path`` for a new checkpoint (rank 0). A directory already there that ``latest``
+    does not name was left by a save that never completed (a killed run): it is removed, so
+    no stale shard of it survives in the new checkpoint."""
+    if dist.get_rank() == 0:
+        pointer = root / LATEST
+        is_latest = pointer.is_file() and pointer.read_text().strip() == path.name
+        if path.exists() and not is_latest:
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
 
 
 def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: bool) -> dict:
@@ -62,9 +76,7 @@ def save_checkpoint(
     ``per_rank_saver(path)`` (optional) writes rank-local extras (e.g. loader state) into the
     checkpoint directory before it is declared complete."""
     path = step_dir(root, step)
-    if dist.get_rank() == 0:
-        path.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
+    _prepare_dir(root, path)
     state = build_state(model, ema, optimizer, trainer_state, loading=False)
     dist_checkpointing.save(state, str(path))
     if per_rank_saver is not None:
@@ -96,9 +108,7 @@ class CheckpointSaver:
             )
         self.wait()  # one checkpoint in flight at a time
         path = step_dir(self.root, step)
-        if dist.get_rank() == 0:
-            path.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
+        _prepare_dir(self.root, path)
         state = build_state(model, ema, optimizer, trainer_state, loading=False)
         request = dist_checkpointing.save(state, str(path), async_sharded_save=True)
         if per_rank_saver is not None:

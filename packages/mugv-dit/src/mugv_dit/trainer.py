@@ -64,6 +64,22 @@ def stage_lr(stage: StageConfig, step_in_stage: int) -> float:
     return stage.min_lr + (stage.lr - stage.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the log lines of steps >= ``step`` (re-run after a resume; a killed run may also
+    leave a torn last line), so ``metrics.jsonl`` holds each step of the curve once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", step) < step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
 class Trainer:
     """Runs a RunConfig to completion, resuming from its output directory when possible."""
 
@@ -202,6 +218,7 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "resolved_config.yaml", dump_config(cfg))
+            _trim_metrics(self.out / "metrics.jsonl", self.step)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
