@@ -221,7 +221,10 @@ class Trainer:
             _trim_metrics(self.out / "metrics.jsonl", self.step)
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            # scalars are logged at step + 1: drop those of steps re-run after a resume
+            self.writer = SummaryWriter(
+                str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None
+            )
 
     def _init_from_export(self, path: str) -> None:
         """Start from exported weights (e.g. the imported release or a widened model)."""
