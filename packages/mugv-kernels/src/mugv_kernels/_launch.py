@@ -40,11 +40,13 @@ TUNING: dict[str, dict[str, int]] = {
     "modln_fwd": {"tile_elems": 2048, "programs_per_sm": 64, "warp_elems": 512},
     # tile 2048: measured 3x faster than 4096 at D=1728 on an H100 (2026-11-22 sweep)
     "modln_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
-    # tile 4096, 64 per SM: 21% faster at L=12880 D=1728, 9% at L=50400 D=3456 than 8192 / 4
-    "gated_fwd": {"tile_elems": 4096, "programs_per_sm": 64, "warp_elems": 512},
+    # 64 per SM: ~20% faster at L=12880 D=1728 than 4 per SM; tile 16384 then beat 4096 by
+    # 2% / 9% at L=12880 D=1728 / L=50400 D=3456 (H100 sweep of the 07:00 run, after its table)
+    "gated_fwd": {"tile_elems": 16384, "programs_per_sm": 64, "warp_elems": 512},
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
-    # qk: head dim split 64 + 8 in the forward; the backward runs one padded 128-lane part
-    # (fewer accumulators) with more programs (H100 sweep, 2026-11-22)
+    # qk: head dim split 64 + 8 (forward and backward), 32 / 16 programs per SM. The backward
+    # split beat one padded part by 12% / 5% at 16 programs per SM (H100 sweep of the 07:00
+    # run, after its table, which was measured with split 0)
     "qk": {
         "tile_elems": 4096,
         "programs_per_sm": 32,
@@ -57,7 +59,7 @@ TUNING: dict[str, dict[str, int]] = {
         "programs_per_sm": 16,
         "warp_elems": 256,
         "max_heads": 16,
-        "split": 0,
+        "split": 1,
         "dw_reduce": 0,
     },
     "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},

@@ -54,30 +54,31 @@ def gn_cl_stats_kernel(
     x_ptr, mean_ptr, m2_ptr, S, C, num_chunks, tiles,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Per-channel (mean, M2) of a chunk of ``tiles * BLOCK_S`` positions, tiles merged with
-    Chan's formula (fewer partials than one per tile)."""
+    """Per-channel (mean, M2) of a chunk of ``tiles * BLOCK_S`` positions. Sums of the data
+    shifted by the chunk's first row (per channel, for stability) accumulate element-wise over
+    the tiles; the cross-thread reduction over positions runs once, at the end."""
     n, chunk, cols, col_mask, _m0, _o0, _n0 = _chunk_tile(
         S, C, num_chunks, tiles, 0, BLOCK_S, BLOCK_C
     )
-    run_n = 0.0
-    run_mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    run_m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    r_first = chunk * tiles * BLOCK_S
+    shift = tl.load(x_ptr + n * S * C + r_first.to(tl.int64) * C + cols, mask=col_mask, other=0.0)
+    shift = shift.to(tl.float32)[None, :]
+    acc_s = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for t in range(0, tiles):
-        _n1, _c1, _cols1, _cm1, mask, offs, n_t = _chunk_tile(
+        _n1, _c1, _cols1, _cm1, mask, offs, _nt1 = _chunk_tile(
             S, C, num_chunks, tiles, t, BLOCK_S, BLOCK_C
         )
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean_t = tl.sum(x, axis=0) / tl.maximum(n_t, 1.0)
-        centered = tl.where(mask, x - mean_t[None, :], 0.0)
-        tot = run_n + n_t
-        frac = n_t / tl.maximum(tot, 1.0)  # 0 for a tile past the end
-        delta = mean_t - run_mean
-        run_mean += delta * frac
-        run_m2 += tl.sum(centered * centered, axis=0) + delta * delta * (run_n * frac)
-        run_n = tot
+        d = tl.where(mask, x - shift, 0.0)
+        acc_s += d
+        acc_q += d * d
+    count = tl.minimum(S - r_first, tiles * BLOCK_S).to(tl.float32)
+    mean_d = tl.sum(acc_s, axis=0) / count
+    m2 = tl.maximum(tl.sum(acc_q, axis=0) - count * mean_d * mean_d, 0.0)
     dst = (n * C + cols) * num_chunks + chunk
-    tl.store(mean_ptr + dst, run_mean, mask=col_mask)
-    tl.store(m2_ptr + dst, run_m2, mask=col_mask)
+    tl.store(mean_ptr + dst, tl.sum(shift, axis=0) + mean_d, mask=col_mask)
+    tl.store(m2_ptr + dst, m2, mask=col_mask)
 
 
 @triton.jit
@@ -117,8 +118,8 @@ def gn_cl_bwd_reduce_kernel(
     _, mean, rstd, w, b = _channel_params(
         w_ptr, b_ptr, mean_ptr, rstd_ptr, n, cols, col_mask, C, cpg
     )
-    acc_a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_a = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)  # reduced once, after the loop
+    acc_b = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for t in range(0, tiles):
         _n1, _c1, _cols1, _cm1, mask, offs, _nt1 = _chunk_tile(
             S, C, num_chunks, tiles, t, BLOCK_S, BLOCK_C
@@ -129,11 +130,11 @@ def gn_cl_bwd_reduce_kernel(
         z = x_hat * w + b
         sig = 1.0 / (1.0 + tl.exp(-z))
         dz = tl.where(mask, dout * sig * (1.0 + z * (1.0 - sig)), 0.0)
-        acc_a += tl.sum(dz, axis=0)
-        acc_b += tl.sum(dz * x_hat, axis=0)
+        acc_a += dz
+        acc_b += dz * x_hat
     dst = (n * C + cols) * num_chunks + chunk
-    tl.store(sum_dz_ptr + dst, acc_a, mask=col_mask)
-    tl.store(sum_dz_xhat_ptr + dst, acc_b, mask=col_mask)
+    tl.store(sum_dz_ptr + dst, tl.sum(acc_a, axis=0), mask=col_mask)
+    tl.store(sum_dz_xhat_ptr + dst, tl.sum(acc_b, axis=0), mask=col_mask)
 
 
 @triton.jit
