@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- command (repository root, on the GPU machine): "
         f"`PYTHONPATH=packages/mugv-formats/src:packages/mugv-kernels/src python3 "
         f"packages/mugv-kernels/benchmarks/{data['command']}` ($OUT = the run's output folder; "
-        f"`benchmarks/gpu_run.sh` runs tests, this and the attention benchmark in one go)",
+        f"`benchmarks/gpu_run.sh` runs the GPU tests and this in one go)",
         f"- copy ceiling measured in the same run: {ceiling['GBps']:.0f} GB/s "
         f"(1 GiB device-to-device copy, bytes read + written)",
         "- times: CUDA-graph replays (launch overhead excluded), median; several input sets "
