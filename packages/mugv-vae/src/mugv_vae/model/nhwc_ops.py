@@ -231,7 +231,8 @@ def group_norm_silu_nhwc(
     n, s, c = x_nsc.shape
     cpg = c // g
     block_s = _block_rows(c)
-    progs = triton.cdiv(triton.cdiv(s, block_s), TILES_PER_PROGRAM)
+    tiles = min(TILES_PER_PROGRAM, triton.cdiv(s, block_s))
+    progs = triton.cdiv(triton.cdiv(s, block_s), tiles)
     mean_p = torch.empty(n, progs, g, device=x.device, dtype=torch.float32)
     m2_p = torch.empty_like(mean_p)
     cnt_p = torch.empty(n, progs, device=x.device, dtype=torch.float32)
@@ -239,7 +240,7 @@ def group_norm_silu_nhwc(
     _gn_stats_kernel[(n, progs)](
         x_nsc, bias_arg, mean_p, m2_p, cnt_p, s, progs,
         HAS_BIAS=in_bias is not None, C=c, G=g, CPG=cpg, BLOCK_S=block_s,
-        TILES=TILES_PER_PROGRAM, num_warps=8,
+        TILES=tiles, num_warps=8,
     )  # fmt: skip
     # Chan's combine over the programs of each sample: [N, P, G] -> [N, G].
     cnt = cnt_p.unsqueeze(-1)
