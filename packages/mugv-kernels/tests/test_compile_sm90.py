@@ -187,10 +187,6 @@ def test_channels_last_group_norm_kernels_compile():
     xwb = {"x_ptr": "bf16", "w_ptr": "bf16", "b_ptr": "bf16"}
     stats = {"mean_ptr": "fp32", "rstd_ptr": "fp32"}
     geo = {"S": 65536, "C": 128, "num_chunks": 2048, "BLOCK_S": 32, "BLOCK_C": 128}
-    _compile(
-        GCL.gn_cl_stats_kernel, {"x_ptr": "bf16", "m2_ptr": "fp32", **stats, **geo, "tiles": 8}, 8
-    )
-    _compile(GCL.gn_cl_apply_kernel, {**xwb, "out_ptr": "bf16", **stats, **geo, "cpg": 4}, 8)
     sums = {"sum_dz_ptr": "fp32", "sum_dz_xhat_ptr": "fp32"}
     _compile(
         GCL.gn_cl_bwd_reduce_kernel,
@@ -201,6 +197,38 @@ def test_channels_last_group_norm_kernels_compile():
         GCL.gn_cl_bwd_dx_kernel,
         {"dout_ptr": "bf16", **xwb, "dx_ptr": "bf16", **stats, "m1_ptr": "fp32",
          "m2_ptr": "fp32", **geo, "cpg": 4},
+        8,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(128, 32), (512, 32), (96, 32)])
+def test_channels_last_forward_kernels_compile(channels, groups):
+    """The forward statistics / apply and ``bias_residual`` kernels at the VAE's widths
+    (power-of-two) and a padded one (96 channels, 3 per group)."""
+    from mugv_kernels._launch import next_pow2
+    from mugv_kernels.channels_last import _block_rows
+
+    rows = _block_rows(channels)
+    cpg = channels // groups
+    _compile(
+        GCL.gn_cl_group_stats_kernel,
+        {"x_ptr": "bf16", "bias_ptr": "bf16", "mean_ptr": "fp32", "m2_ptr": "fp32",
+         "cnt_ptr": "fp32", "S": 14400, "P": 225, "HAS_BIAS": True, "C": channels,
+         "G": groups, "CPG": cpg, "BLOCK_G": next_pow2(groups), "BLOCK_CPG": next_pow2(cpg),
+         "BLOCK_S": rows, "TILES": 8},
+        8,
+    )  # fmt: skip
+    geo = {"C": channels, "BLOCK_C": next_pow2(channels)}
+    _compile(
+        GCL.gn_cl_scale_shift_silu_kernel,
+        {"x_ptr": "bf16", "out_ptr": "bf16", "a_ptr": "fp32", "b_ptr": "fp32", "S": 14400,
+         **geo, "BLOCK_S": rows},
+        8,
+    )  # fmt: skip
+    _compile(
+        GCL.bias_residual_kernel,
+        {"x_ptr": "bf16", "bias_ptr": "bf16", "r_ptr": "bf16", "out_ptr": "bf16", "M": 28800,
+         **geo, "BLOCK_M": rows},
         8,
     )  # fmt: skip
 

@@ -11,6 +11,7 @@ from importlib.metadata import version as _version
 
 from mugv_kernels import megatron_norms
 from mugv_kernels._dispatch import triton_available
+from mugv_kernels.channels_last import bias_residual
 from mugv_kernels.group_norm import group_norm_silu
 from mugv_kernels.modulated_norm import gated_residual_modulated_norm, modulated_layer_norm
 from mugv_kernels.modules import GroupNormSiLU, ModulatedLayerNorm, QKRMSNormRoPE3D
@@ -27,6 +28,7 @@ __all__ = [
     "ModulatedLayerNorm",
     "QKRMSNormRoPE3D",
     "__version__",
+    "bias_residual",
     "default_split",
     "gated_residual_modulated_norm",
     "group_norm_silu",

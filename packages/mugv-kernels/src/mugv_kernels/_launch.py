@@ -65,6 +65,10 @@ TUNING: dict[str, dict[str, int]] = {
     "gn": {"block": 4096, "num_warps": 8, "group_kernel": 0, "group_min_per_sm": 2},
     # channels-last GroupNorm: tiles of (gn.block // BLOCK_C) positions x BLOCK_C channels
     "gn_cl": {"max_block_c": 256, "num_warps": 8, "stat_tiles": 8},
+    # channels-last forward (statistics + apply) and bias_residual: tiles of
+    # tile_elems // next_pow2(C) positions x all channels, stat_tiles tiles per statistics
+    # program (the VAE's kernels: about 5x faster statistics than the gn_cl design)
+    "gn_cl_fwd": {"tile_elems": 8192, "stat_tiles": 8, "num_warps": 8},
     # cooperative two-pass GroupNorm (x read from DRAM once): items of ~item_elems elements,
     # at most programs_per_sm co-resident programs per multiprocessor
     "gn_coop": {

@@ -10,6 +10,7 @@ import torch
 
 from mugv_kernels._dispatch import interpreter_enabled, use_triton_for
 from mugv_kernels._launch import TUNING, next_pow2, sm_count
+from mugv_kernels.channels_last import forward_channels_last
 from mugv_kernels.reference import check_group_norm, group_norm_silu_ref
 
 
@@ -24,9 +25,9 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _cl_tiling(s: int, c: int) -> tuple[int, int, int, int, int]:
-    """``(BLOCK_S, BLOCK_C, tiles, stat_chunks, tile_chunks)`` of the channels-last kernels:
-    statistics programs take ``tiles`` position tiles each (``stat_chunks`` per sample), the
-    apply / dx programs one tile (``tile_chunks`` per sample)."""
+    """``(BLOCK_S, BLOCK_C, tiles, stat_chunks, tile_chunks)`` of the channels-last backward
+    kernels: reduce programs take ``tiles`` position tiles each (``stat_chunks`` per sample),
+    the dx programs one tile (``tile_chunks`` per sample)."""
     block_c = min(next_pow2(c), TUNING["gn_cl"]["max_block_c"])
     block_s = max(1, min(TUNING["gn"]["block"] // block_c, next_pow2(s)))
     tile_chunks = -(-s // block_s)
@@ -86,28 +87,6 @@ def _backward_sums(sum_dz, sum_dz_xhat, w, n, c, num_groups, s):
         CPG_BLOCK=cpg_block, CHUNK_BLOCK=chunk_block, num_warps=4,
     )  # fmt: skip
     return a_NC, b_NC, m1, m2
-
-
-def _fwd_channels_last(x_NSC, num_groups, w, b, eps):
-    from mugv_kernels import _triton_groupnorm_cl as kern
-
-    n, s, c = x_NSC.shape
-    block_s, block_c, tiles, stat_chunks, tile_chunks = _cl_tiling(s, c)
-    c_blocks = -(-c // block_c)
-    warps = TUNING["gn_cl"]["num_warps"]
-    mean_c = torch.empty(n * c, stat_chunks, device=x_NSC.device, dtype=torch.float32)
-    m2_c = torch.empty_like(mean_c)
-    kern.gn_cl_stats_kernel[(n * stat_chunks, c_blocks)](
-        x_NSC, mean_c, m2_c, s, c, stat_chunks, tiles,
-        BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
-    )  # fmt: skip
-    mean, rstd = _combine(mean_c, m2_c, n, c, num_groups, stat_chunks, s, block_s * tiles, eps)
-    out = torch.empty_like(x_NSC)
-    kern.gn_cl_apply_kernel[(n * tile_chunks, c_blocks)](
-        x_NSC, out, w, b, mean, rstd, s, c, c // num_groups, tile_chunks,
-        BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps,
-    )  # fmt: skip
-    return out, mean, rstd
 
 
 def _bwd_channels_last(dout_NSC, x_NSC, w, b, mean, rstd, num_groups):
@@ -281,7 +260,7 @@ class GroupNormSiLUFn(torch.autograd.Function):
         meta = (x.shape, num_groups, weight is not None, bias is not None)
         if is_channels_last(x):
             x_NSC = _as_NSC(x)
-            out_NSC, mean, rstd = _fwd_channels_last(x_NSC, num_groups, w, b, eps)
+            out_NSC, mean, rstd = forward_channels_last(x_NSC, num_groups, weight, bias, eps)
             ctx.save_for_backward(x_NSC, w, b, mean, rstd)
             ctx.meta = (*meta, "channels_last")
             return _from_NSC(out_NSC, x.shape)
@@ -370,6 +349,15 @@ class GroupNormSiLUFn(torch.autograd.Function):
 _triton_gn = torch.compiler.disable(GroupNormSiLUFn.apply)  # graph break under torch.compile
 
 
+@torch.compiler.disable
+def _triton_gn_inference(x, num_groups, weight, bias, eps, in_bias, inplace):
+    """Channels-last forward without autograd (no saved tensors; ``in_bias`` folded in)."""
+    x_NSC = _as_NSC(x)
+    out = x if inplace else torch.empty_like(x)
+    forward_channels_last(x_NSC, num_groups, weight, bias, eps, in_bias, _as_NSC(out))
+    return out
+
+
 def group_norm_silu(
     x: torch.Tensor,
     num_groups: int,
@@ -377,18 +365,36 @@ def group_norm_silu(
     bias: torch.Tensor | None,
     *,
     eps: float = 1e-6,
+    in_bias: torch.Tensor | None = None,
+    inplace: bool = False,
     use_triton: bool | None = None,
 ) -> torch.Tensor:
-    """``silu(GroupNorm(x, num_groups, weight, bias, eps))`` for ``x [N, C, *spatial]``.
+    """``silu(GroupNorm(x + in_bias, num_groups, weight, bias, eps))`` for ``x [N, C, *spatial]``.
 
-    ``weight``/``bias`` are ``[C]`` or ``None`` (no affine). The Triton path reads ``x`` as
-    stored when it is channels-first contiguous or channels-last (``torch.channels_last`` /
-    ``channels_last_3d``: no copy, and the output and ``dx`` keep that memory format); any
-    other layout is copied once to channels-first. Statistics and
-    arithmetic in fp32; output in x's dtype. ``use_triton`` as in
+    ``weight``/``bias`` are ``[C]`` or ``None`` (no affine). ``in_bias [C]`` (optional) is the
+    bias of the convolution that produced ``x`` (run without it): the Triton channels-last
+    path folds it into the normalisation, without a separate bias pass. The Triton path reads
+    ``x`` as stored when it is channels-first contiguous or channels-last
+    (``torch.channels_last`` / ``channels_last_3d``: no copy, and the output and ``dx`` keep
+    that memory format); any other layout is copied once to channels-first. Statistics and
+    arithmetic in fp32; output in x's dtype. ``inplace``: the channels-last Triton path
+    writes the result over ``x`` (a dead temporary; inference only: ``ValueError`` when
+    autograd is on for an input); other paths return a new tensor. ``use_triton`` as in
     :func:`mugv_kernels.modulated_layer_norm`.
     """
     check_group_norm(x, num_groups, weight, bias)
-    if not use_triton_for(use_triton, x, "group_norm_silu"):
+    if in_bias is not None and tuple(in_bias.shape) != (x.shape[1],):
+        raise ValueError(f"in_bias must have shape [{x.shape[1]}], got {tuple(in_bias.shape)}")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, in_bias)
+    )
+    if inplace and needs_grad:
+        raise ValueError("group_norm_silu: inplace=True is inference-only (autograd is on)")
+    triton_path = use_triton_for(use_triton, x, "group_norm_silu")
+    if triton_path and not needs_grad and is_channels_last(x):
+        return _triton_gn_inference(x, int(num_groups), weight, bias, float(eps), in_bias, inplace)
+    if in_bias is not None:
+        x = x + in_bias.view(1, -1, *([1] * (x.ndim - 2)))
+    if not triton_path:
         return group_norm_silu_ref(x, num_groups, weight, bias, eps=eps)
     return _triton_gn(x, int(num_groups), weight, bias, float(eps))

@@ -201,3 +201,15 @@ def group_norm_silu_ref(
     w = weight.to(dtype) if weight is not None else None
     b = bias.to(dtype) if bias is not None else None
     return F.silu(F.group_norm(x.to(dtype), num_groups, w, b, eps)).to(x.dtype)
+
+
+def bias_residual_ref(
+    x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+) -> torch.Tensor:
+    """``x + bias + residual`` for ``x [N, C, *spatial]`` (``bias [C]`` or ``None``), in the
+    accumulation dtype, rounded once to ``x``'s dtype."""
+    dtype = acc_dtype(x)
+    out = x.to(dtype) + residual.to(dtype)
+    if bias is not None:
+        out = out + bias.to(dtype).view(1, -1, *([1] * (x.ndim - 2)))
+    return out.to(x.dtype)

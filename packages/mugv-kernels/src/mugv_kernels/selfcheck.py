@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from mugv_kernels import reference as ref
-from mugv_kernels._launch import TUNING
+from mugv_kernels._launch import TUNING, next_pow2
 from mugv_kernels.attention import ATTN_TUNING, attention, attention_ref
 from mugv_kernels.group_norm import group_norm_silu
 from mugv_kernels.modulated_norm import gated_residual_modulated_norm, modulated_layer_norm
@@ -263,6 +263,10 @@ def _gn_case(
 
         def fn(x, weight=None, bias=None):
             cl_tune = {"max_block_c": block_c, "stat_tiles": 3} if block_c else {}
+            # forward: 4-position tiles, 3 per statistics program (several programs)
+            fwd_tune = {}
+            if block_c:
+                fwd_tune = {"tile_elems": 4 * next_pow2(shape[1]), "stat_tiles": 3}
             gn_tune = {"block": 4 * block_c} if block_c else {}  # several position chunks
             if block:
                 gn_tune["block"] = block
@@ -272,6 +276,7 @@ def _gn_case(
             with (
                 _tuned("gn", group_kernel=int(group_kernel), group_min_per_sm=0, **gn_tune),
                 _tuned("gn_cl", **cl_tune),
+                _tuned("gn_cl_fwd", **fwd_tune),
                 _tuned("gn_coop", **coop_tune),
             ):
                 out = group_norm_silu(x, groups, weight, bias, use_triton=True)
