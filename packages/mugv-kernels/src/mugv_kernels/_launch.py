@@ -32,7 +32,7 @@ def sm_count(device: torch.device) -> int:
 #: ``dw_reduce`` (qk_bwd): sum weight-gradient terms per step instead of whole-tile registers;
 #: ``group_kernel`` (gn): one program per (sample, group) when there are at least
 #: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply;
-#: ``max_block_c`` (gn_cl): widest channel tile of the channels-last kernels; ``stat_tiles``:
+#: ``max_block_c`` (gn_cl): widest channel tile of the channels-last backward kernels; ``stat_tiles``:
 #: position tiles per statistics program (fewer per-chunk partials to write and combine).
 TUNING: dict[str, dict[str, int]] = {
     # tile 2048, 64 programs per SM (about one program per tile: no persistent loop): measured
