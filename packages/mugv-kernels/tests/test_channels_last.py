@@ -80,7 +80,11 @@ def test_channels_last_inference_on_gpu(dtype):
     w, b, ib = (torch.randn(256, device="cuda", generator=g) for _ in range(3))
     with torch.no_grad():
         out = group_norm_silu(x, 32, w, b, in_bias=ib)
-        ref = F.silu(F.group_norm(x.double() + ib.double().view(1, -1, 1, 1), 32, w, b, 1e-6))
+        ref = F.silu(
+            F.group_norm(
+                x.double() + ib.double().view(1, -1, 1, 1), 32, w.double(), b.double(), 1e-6
+            )
+        )
         assert out.is_contiguous(memory_format=torch.channels_last)
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
