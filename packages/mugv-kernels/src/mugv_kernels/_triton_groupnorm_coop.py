@@ -22,6 +22,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from mugv_kernels._triton_groupnorm import _silu_parts
+
 
 @triton.jit
 def _item(item, cpg, K, KC, SC, S, CPC: tl.constexpr):
@@ -75,14 +77,6 @@ def _group_mean_rstd(mean_c_ptr, m2_c_ptr, g, cpg, KC, SC, S, eps, CB: tl.conste
         acc2 += tl.where(mask, m2 + cnt * (m - mean) * (m - mean), 0.0)
     var = tl.sum(acc2, axis=0) / total
     return mean, 1.0 / tl.sqrt(var + eps)
-
-
-@triton.jit
-def _silu_parts(x, mean, rstd, w, b):
-    x_hat = (x - mean) * rstd
-    z = x_hat * w + b
-    sig = 1.0 / (1.0 + tl.exp(-z))
-    return x_hat, z, sig
 
 
 @triton.jit
