@@ -24,11 +24,38 @@ def _ln(x, eps, w=None, b=None):
     return F.layer_norm(x, x.shape[-1:], w, b, eps)
 
 
-def _freqs_cis(head_dim, n, theta):
+def _cis(pos, head_dim, theta):
+    """Complex rotations of one 1D position for each of the ``head_dim / 6`` pairs."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 6)[: head_dim // 6].double() / head_dim))
-    return torch.polar(
-        torch.ones(n, len(freqs), dtype=torch.float64), torch.outer(torch.arange(n).double(), freqs)
-    )
+    return torch.polar(torch.ones_like(freqs), float(pos) * freqs)
+
+
+def _rope_rotations(frame_index, gt, gh, gw, head_dim, theta):
+    """Per sample and token, the (row, column, time) rotations of the release's rule:
+    the frame index has T+2 entries; the start token sits at time fi[0], row 0, column 0;
+    video token (t, h, w) at time fi[1 + t], row h, column w; the end token at time
+    fi[T + 1], row H-1, column W-1. Returns ``[B, N, 1, Dh/2]`` complex."""
+    rows = []
+    for fi in frame_index.tolist():
+        assert len(fi) == gt + 2
+        places = [(0, 0, fi[0])]
+        places += [(h, w, fi[1 + t]) for t in range(gt) for h in range(gh) for w in range(gw)]
+        places.append((gh - 1, gw - 1, fi[gt + 1]))
+        rows.append(
+            torch.stack(
+                [
+                    torch.cat(
+                        [
+                            _cis(r, head_dim, theta),
+                            _cis(c, head_dim, theta),
+                            _cis(tt, head_dim, theta),
+                        ]
+                    )
+                    for r, c, tt in places
+                ]
+            )
+        )
+    return torch.stack(rows)[:, :, None, :]
 
 
 def _timestep(t, dim=256):
@@ -38,8 +65,9 @@ def _timestep(t, dim=256):
     return torch.cat([torch.cos(args), torch.sin(args)], -1)
 
 
-def reference_forward(sd, cfg, x, sigma, texts, fps, noisy_frames):
-    """x [B,C,T,H,W] (float64), texts: list of [L_i, text_dim], noisy_frames [B,T] bool."""
+def reference_forward(sd, cfg, x, sigma, texts, fps, noisy_frames, frame_index=None):
+    """x [B,C,T,H,W] (float64), texts: list of [L_i, text_dim], noisy_frames [B,T] bool,
+    frame_index [B, T+2] (default arange(T+2))."""
     sd = {k: v.double() for k, v in sd.items() if not k.endswith("_extra_state")}
     sigma, fps = sigma.double(), fps.double()
     eps, hd, nh = cfg.norm_eps, cfg.head_dim, cfg.num_heads
@@ -71,13 +99,9 @@ def reference_forward(sd, cfg, x, sigma, texts, fps, noisy_frames):
     mask = torch.cat(
         [torch.zeros(b, 1, dtype=torch.bool), mask, torch.zeros(b, 1, dtype=torch.bool)], 1
     )
-    fs = _freqs_cis(hd, max(gh, gw, t), cfg.rope_theta)
-    k = hd // 6
-    hf = fs[:gh].reshape(1, gh, 1, k).expand(t, gh, gw, k)
-    wf = fs[:gw].reshape(1, 1, gw, k).expand(t, gh, gw, k)
-    tf = fs[:t].reshape(t, 1, 1, k).expand(t, gh, gw, k)
-    fc = torch.cat([hf, wf, tf], -1).reshape(-1, 3 * k)
-    fc = torch.cat([fc[:1], fc, fc[-1:]], 0)[None, :, None, :]
+    if frame_index is None:
+        frame_index = torch.arange(t + 2)[None].expand(b, t + 2)
+    fc = _rope_rotations(frame_index, t, gh, gw, hd, cfg.rope_theta)
 
     def rope(q):
         qc = torch.view_as_complex(q.reshape(*q.shape[:-1], -1, 2).contiguous())

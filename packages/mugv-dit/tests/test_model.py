@@ -37,6 +37,62 @@ def test_forward_matches_float64_reference(debug_model, debug_cfg):
     torch.testing.assert_close(out.double(), ref, rtol=1e-9, atol=1e-9)
 
 
+FRAME_INDEX = torch.tensor([[3, 5, 6, 9, 12], [0, 2, 4, 6, 20]])  # [B, T+2], T=3
+
+
+def test_frame_index_places_start_and_end_tokens(debug_model, debug_cfg):
+    """Unequal text lengths, a clean frame 0 and a non-default [B, T+2] frame index whose
+    start/end entries are not the neighbouring frames' times: the float64 reference places the
+    start token at (fi[0], row 0, col 0) and the end token at (fi[T+1], row H-1, col W-1)."""
+    x, sigma, texts, fps, noisy = _inputs(debug_cfg)
+    model = debug_model.double()
+    packed = PackedText.from_list([t.double() for t in texts])
+    kwargs = dict(fps_B=fps.double(), noisy_frames_BT=noisy)
+    out = model(x.double(), sigma.double(), packed, frame_index_BF=FRAME_INDEX, **kwargs)
+    ref = reference_forward(
+        model.state_dict(), debug_cfg, x.double(), sigma, texts, fps, noisy, FRAME_INDEX
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    # the start/end entries matter: moving only them changes every token's prediction
+    moved = FRAME_INDEX.clone()
+    moved[:, 0] += 1
+    moved[:, -1] -= 1
+    out_moved = model(x.double(), sigma.double(), packed, frame_index_BF=moved, **kwargs)
+    assert (out_moved - out).abs().amax() > 1e-6
+
+
+def test_default_frame_index_is_arange_t_plus_2(debug_model, debug_cfg):
+    x, sigma, texts, fps, noisy = _inputs(debug_cfg)
+    packed = PackedText.from_list(texts)
+    out = debug_model(x, sigma, packed, fps_B=fps, noisy_frames_BT=noisy)
+    explicit = torch.arange(5)[None].expand(2, 5)
+    same = debug_model(x, sigma, packed, fps_B=fps, noisy_frames_BT=noisy, frame_index_BF=explicit)
+    torch.testing.assert_close(out, same, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"T'\+2"):
+        debug_model(
+            x, sigma, packed, fps_B=fps, noisy_frames_BT=noisy, frame_index_BF=torch.zeros(2, 3)
+        )
+
+
+def test_float32_relative_error_vs_float64(debug_model, debug_cfg):
+    """The float32 model against the float64 reference: ~1e-6 relative (as the release,
+    which computes RoPE, RMSNorm and the timestep embedding in float32)."""
+    x, sigma, texts, fps, noisy = _inputs(debug_cfg)
+    out = debug_model(
+        x,
+        sigma,
+        PackedText.from_list(texts),
+        fps_B=fps,
+        noisy_frames_BT=noisy,
+        frame_index_BF=FRAME_INDEX,
+    )
+    ref = reference_forward(
+        debug_model.state_dict(), debug_cfg, x.double(), sigma, texts, fps, noisy, FRAME_INDEX
+    )
+    rel = ((out.double() - ref).norm() / ref.norm()).item()
+    assert rel < 5e-6, rel
+
+
 def test_float32_close_to_float64(debug_model, debug_cfg):
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     out32 = debug_model(x, sigma, PackedText.from_list(texts), fps_B=fps, noisy_frames_BT=noisy)

@@ -12,7 +12,9 @@ formula above with ``d = Dh / 3``). Other head dims need an explicit ``split``.
 
 Tokens are ordered time-major, ``(t, h, w)`` flattened, as after patchifying ``[T, H, W]``.
 Learned start/end tokens or text tokens are the caller's business: prepend/append rows to the
-tables (the release gives them the positions of the first and last video token).
+tables (the MUG-V release places its start token at row 0, column 0 and its end token at row
+H-1, column W-1, each at a time of its own: a frame index of T+2 entries; mugv-dit builds
+those tables).
 """
 
 from __future__ import annotations

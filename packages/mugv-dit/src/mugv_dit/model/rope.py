@@ -3,7 +3,9 @@
 The head dim ``Dh`` is cut into three equal contiguous parts (height, width, time), each an
 ordinary 1D RoPE of ``Dh/3`` channels whose pair ``j`` rotates by ``pos * theta**(-6 j / Dh)``
 (the MUG-V release's frequencies). Pairs are interleaved: channels ``(2i, 2i+1)`` form one
-complex number. Tables are ``cos, sin`` of shape ``[N, Dh/2]`` float32.
+complex number. Tables are ``cos, sin`` of shape ``[N, Dh/2]`` float32. Positions follow the
+release: a frame index of ``T + 2`` entries places the learned start/end tokens at their own
+times and at opposite corners of the patch grid.
 """
 
 from __future__ import annotations
@@ -14,45 +16,60 @@ import torch
 def rope3d_angles(
     grid_thw: tuple[int, int, int],
     head_dim: int,
-    frame_positions_T: torch.Tensor,
+    frame_index_F: torch.Tensor,
     *,
     theta: float = 10000.0,
 ) -> torch.Tensor:
-    """Rotation angles ``[T*H*W, Dh/2]`` (float64) for a time-major ``(t, h, w)`` token grid."""
+    """Rotation angles ``[T*H*W + 2, Dh/2]`` (float64) of ``[start, video tokens..., end]``.
+
+    ``frame_index_F`` has ``T + 2`` entries (start, the ``T`` token frames, end), as in the
+    MUG-V release: video token ``(t, h, w)`` sits at time ``fi[1 + t]``, row ``h``, column
+    ``w`` (time-major order); the start token at time ``fi[0]``, row 0, column 0; the end
+    token at time ``fi[T + 1]``, row ``H - 1``, column ``W - 1``.
+    """
     t, h, w = grid_thw
     if head_dim % 6:
         raise ValueError(f"head_dim={head_dim} must be divisible by 6 for 3D RoPE")
+    if tuple(frame_index_F.shape) != (t + 2,):
+        raise ValueError(
+            f"frame index must have T+2={t + 2} entries (start, {t} frames, end), "
+            f"got shape {tuple(frame_index_F.shape)}"
+        )
     part = head_dim // 3
-    device = frame_positions_T.device
+    device = frame_index_F.device
     j = torch.arange(part // 2, device=device, dtype=torch.float64)
     inv_freq = theta ** (-2.0 * j / part)
     pos_h = torch.arange(h, device=device, dtype=torch.float64)
     pos_w = torch.arange(w, device=device, dtype=torch.float64)
-    pos_t = frame_positions_T.to(torch.float64)
+    fi = frame_index_F.to(torch.float64)
     ang_h = (pos_h[:, None] * inv_freq)[None, :, None, :].expand(t, h, w, -1)
     ang_w = (pos_w[:, None] * inv_freq)[None, None, :, :].expand(t, h, w, -1)
-    ang_t = (pos_t[:, None] * inv_freq)[:, None, None, :].expand(t, h, w, -1)
-    return torch.cat((ang_h, ang_w, ang_t), dim=-1).reshape(t * h * w, head_dim // 2)
+    ang_t = (fi[1:-1, None] * inv_freq)[:, None, None, :].expand(t, h, w, -1)
+    video = torch.cat((ang_h, ang_w, ang_t), dim=-1).reshape(t * h * w, head_dim // 2)
+    corner = torch.tensor([[0.0, 0.0], [h - 1.0, w - 1.0]], device=device, dtype=torch.float64)
+    edge_pos = torch.cat((corner, fi[[0, -1], None]), dim=1)  # [2, (row, col, time)]
+    edge = (edge_pos[:, :, None] * inv_freq).reshape(2, head_dim // 2)
+    return torch.cat((edge[:1], video, edge[1:]), dim=0)
+
+
+def default_frame_index(batch: int, frames: int, device=None) -> torch.Tensor:
+    """The release's default frame index ``arange(T + 2)`` per sample, ``[B, T + 2]``."""
+    return torch.arange(frames + 2, device=device)[None].expand(batch, frames + 2)
 
 
 def dit_rope_tables(
     grid_thw: tuple[int, int, int],
     head_dim: int,
-    frame_positions_BT: torch.Tensor,
+    frame_index_BF: torch.Tensor,
     *,
     theta: float = 10000.0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos, sin`` tables ``[B, N, Dh/2]`` for ``[start, video tokens..., end]``.
-
-    The start token takes the position of the first video token, the end token that of the
-    last one (as in the MUG-V release).
-    """
-    tables = []
-    for frame_positions_T in frame_positions_BT:
-        ang_MK = rope3d_angles(grid_thw, head_dim, frame_positions_T, theta=theta)
-        tables.append(torch.cat((ang_MK[:1], ang_MK, ang_MK[-1:]), dim=0))
-    ang_BNK = torch.stack(tables)
+    """``cos, sin`` tables ``[B, N, Dh/2]`` for ``[start, video tokens..., end]`` from the
+    ``[B, T + 2]`` frame index (see :func:`rope3d_angles`)."""
+    ang_BNK = torch.stack(
+        [rope3d_angles(grid_thw, head_dim, fi_F, theta=theta) for fi_F in frame_index_BF]
+    )
     return ang_BNK.cos().to(dtype), ang_BNK.sin().to(dtype)
 
 
