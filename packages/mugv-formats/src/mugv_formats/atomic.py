@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing; the file appears under its name only on success."""
@@ -22,6 +29,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; files follow the umask
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -54,6 +62,7 @@ def atomic_replace_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; folders follow the umask
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -7,7 +7,9 @@ A dataset directory holds::
     manifest.parquet          every sample's row, written on close
     dataset.json              format, version, producer, config, shard counts; written LAST
 
-Each sample's ``KEY.json`` member is its record, including the sha256 of every other member.
+Each sample's ``KEY.json`` member is its record, including the sha256 of every other member;
+the sha256 of the ``KEY.json`` bytes themselves is the manifest's ``record_sha256`` column
+(format minor 1.1), and a reader checks that each record agrees with its manifest row.
 Shards are written under a temporary name and renamed; a shard counts as complete only when
 its ``.parquet`` sidecar exists, so a killed writer, reopened on the same directory, keeps the
 complete shards, drops the partial one and continues numbering after the last complete shard.
@@ -45,6 +47,8 @@ MANIFEST = "manifest.parquet"
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 SCORE_PREFIX = "score."
+#: manifest column holding the sha256 of each sample's ``KEY.json`` member (since 1.1)
+RECORD_SHA = "record_sha256"
 
 
 class DatasetHeader(BaseModel):
@@ -173,7 +177,23 @@ def read_header(path: Path, expected_format: str, header_type: type[H]) -> H:
         if field not in data:
             raise MissingFieldError(f"{meta}: missing field {field!r}")
     check_format(data["format"], data["version"], expected_format=expected_format, where=meta)
-    return validate_record(data, header_type, where=str(meta))
+    header = validate_record(data, header_type, where=str(meta))
+    for name in header.shards:
+        check_shard_name(name, meta)
+    return header
+
+
+def check_shard_name(name: str, where: str | Path) -> None:
+    """A shard named in a header must be a plain file name inside the dataset directory."""
+    if not name or os.path.isabs(name) or name.startswith(("/", "\\")):
+        raise CorruptShardError(f"{where}: shard {name!r} has an absolute path; refused")
+    parts = re.split(r"[/\\]", name)
+    if ".." in parts:
+        raise CorruptShardError(f"{where}: shard {name!r} escapes the dataset with '..'; refused")
+    if len(parts) != 1 or name in (".", ""):
+        raise CorruptShardError(
+            f"{where}: shard {name!r} is not a plain file name in the dataset directory; refused"
+        )
 
 
 class ShardSetWriter(Generic[H, R]):
@@ -194,6 +214,7 @@ class ShardSetWriter(Generic[H, R]):
         self._tar: tarfile.TarFile | None = None
         self._tmp_path: Path | None = None
         self._rows: list[R] = []
+        self._record_sha: dict[str, str] = {}  # key -> sha256 of its KEY.json member
         self._closed = False
         self._recover()
 
@@ -211,6 +232,9 @@ class ShardSetWriter(Generic[H, R]):
                 continue
             rows = pq.read_table(side).to_pylist()
             recs = [row_to_record(r, self.record_type, where=str(side)) for r in rows]
+            for r in rows:
+                if r.get(RECORD_SHA):
+                    self._record_sha[r["key"]] = r[RECORD_SHA]
             self._done[p.name] = recs
             self._keys.update(r.key for r in recs)
 
@@ -251,6 +275,7 @@ class ShardSetWriter(Generic[H, R]):
         )
         all_members = dict(members)
         all_members["json"] = stored.model_dump_json().encode()
+        self._record_sha[record.key] = sha256_hex(all_members["json"])
         for ext, data in all_members.items():
             info = tarfile.TarInfo(f"{record.key}.{ext}")
             info.size = len(data)
@@ -272,7 +297,7 @@ class ShardSetWriter(Generic[H, R]):
             os.fsync(f.fileno())
         final = self.out_dir / self._shard_name
         os.replace(self._tmp_path, final)
-        write_parquet_atomic(final.with_suffix(".parquet"), [record_to_row(r) for r in self._rows])
+        write_parquet_atomic(final.with_suffix(".parquet"), [self._row(r) for r in self._rows])
         self._done[self._shard_name] = self._rows
         self._tar, self._tmp_path, self._rows = None, None, []
 
@@ -282,7 +307,7 @@ class ShardSetWriter(Generic[H, R]):
             return self.header
         self._finish_shard()
         names = sorted(self._done)
-        rows = [record_to_row(r) for n in names for r in self._done[n]]
+        rows = [self._row(r) for n in names for r in self._done[n]]
         write_parquet_atomic(self.out_dir / MANIFEST, rows)
         self.header = self.header.model_copy(
             update={"shards": {n: len(self._done[n]) for n in names}}
@@ -291,6 +316,12 @@ class ShardSetWriter(Generic[H, R]):
         atomic_write_text(self.out_dir / DATASET_JSON, self.header.model_dump_json(indent=2))
         self._closed = True
         return self.header
+
+    def _row(self, record: R) -> dict[str, Any]:
+        row = record_to_row(record)
+        if record.key in self._record_sha:  # absent only for samples of a resumed 1.0 dataset
+            row[RECORD_SHA] = self._record_sha[record.key]
+        return row
 
     def _finalize(self, out_dir: Path) -> None:
         """Hook for formats that add files before ``dataset.json`` (e.g. energon metadata)."""
@@ -364,6 +395,7 @@ class ShardSetReader(Generic[H, R]):
         self.path = Path(path)
         self.record_type = record_type
         self.header: H = read_header(self.path, expected_format, header_type)
+        self._manifest_rows: dict[str, dict[str, Any]] | None = None
         for name in self.header.shards:
             if not (self.path / name).is_file():
                 raise CorruptShardError(
@@ -377,15 +409,25 @@ class ShardSetReader(Generic[H, R]):
     def shard_paths(self) -> list[Path]:
         return [self.path / n for n in self.header.shards]
 
-    def records(self) -> list[R]:
-        """All records from ``manifest.parquet`` (no shard is opened)."""
+    def _read_manifest(self) -> list[dict[str, Any]]:
         manifest = self.path / MANIFEST
         if not manifest.is_file():
             raise FormatError(f"{manifest}: manifest missing")
         try:
-            rows = pq.read_table(manifest).to_pylist()
+            return pq.read_table(manifest).to_pylist()
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptShardError(f"{manifest}: unreadable parquet ({e})") from None
+
+    def manifest_row(self, key: str) -> dict[str, Any] | None:
+        """The manifest row of sample ``key`` (None if the manifest lacks it)."""
+        if self._manifest_rows is None:
+            self._manifest_rows = {r["key"]: r for r in self._read_manifest()}
+        return self._manifest_rows.get(key)
+
+    def records(self) -> list[R]:
+        """All records from ``manifest.parquet`` (no shard is opened)."""
+        manifest = self.path / MANIFEST
+        rows = self._read_manifest()
         return [
             row_to_record(r, self.record_type, where=f"{manifest} row {i}")
             for i, r in enumerate(rows)
@@ -415,8 +457,19 @@ class ShardSetReader(Generic[H, R]):
         where = f"{shard}: member {key}.json"
         if "json" not in members:
             raise CorruptShardError(f"{shard}: sample {key!r} has no {key}.json record member")
+        raw = members.pop("json")
+        row = self.manifest_row(key) if verify else None
+        if verify:
+            if row is None:
+                raise CorruptShardError(f"{where}: sample {key!r} is not in {MANIFEST}")
+            stored = row.get(RECORD_SHA)
+            if stored and sha256_hex(raw) != stored:
+                raise ChecksumError(
+                    f"{where} fails its sha256 check (stored in {MANIFEST} {stored[:12]}..., "
+                    f"read {sha256_hex(raw)[:12]}...)"
+                )
         try:
-            data = json.loads(members.pop("json"))
+            data = json.loads(raw)
         except json.JSONDecodeError as e:
             raise CorruptShardError(f"{where}: not valid JSON ({e})") from None
         record = validate_record(data, self.record_type, where=where)
@@ -424,6 +477,8 @@ class ShardSetReader(Generic[H, R]):
             raise CorruptShardError(
                 f"{where}: record key {record.key!r} does not match member name"
             )
+        if row is not None:
+            self._check_agrees(record, row, where)
         for ext, digest in record.checksums.items():
             if ext not in members:
                 raise CorruptShardError(f"{shard}: member {key}.{ext} is missing")
@@ -433,6 +488,19 @@ class ShardSetReader(Generic[H, R]):
                     f"read {sha256_hex(members[ext])[:12]}...)"
                 )
         return record, members
+
+    def _check_agrees(self, record: R, row: Mapping[str, Any], where: str) -> None:
+        """The record in the shard and its manifest row must hold the same values."""
+        listed = row_to_record(
+            row, self.record_type, where=f"{self.path / MANIFEST} row {record.key!r}"
+        )
+        got, want = record.model_dump(mode="json"), listed.model_dump(mode="json")
+        for field in got:
+            if got[field] != want.get(field):
+                raise ChecksumError(
+                    f"{where}: field {field!r} is {got[field]!r}, {MANIFEST} says "
+                    f"{want.get(field)!r}; the record was changed"
+                )
 
     def iter_samples(self, *, verify: bool = True) -> Iterator[tuple[R, dict[str, bytes]]]:
         for name in self.header.shards:

@@ -21,8 +21,8 @@ PREFERENCE_FORMAT = "mugv.preference-data"
 
 #: The version each format is written at by this release of mugv-formats.
 CURRENT_VERSIONS: dict[str, str] = {
-    CLIP_SHARDS_FORMAT: "1.0",
-    LATENT_SHARDS_FORMAT: "1.0",
+    CLIP_SHARDS_FORMAT: "1.1",  # 1.1: manifest column record_sha256 (checksum of KEY.json)
+    LATENT_SHARDS_FORMAT: "1.1",
     VAE_CHECKPOINT_FORMAT: "1.0",
     DIT_EXPORT_FORMAT: "1.0",
     PREFERENCE_FORMAT: "1.0",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mugv_formats.atomic import atomic_replace_dir, atomic_write_text
+from mugv_formats.atomic import atomic_replace_dir, atomic_write_text, umask
 from mugv_formats.errors import ChecksumError, CorruptShardError, FormatError, MissingFieldError
 from mugv_formats.versioning import CURRENT_VERSIONS, check_format
 
@@ -132,6 +133,8 @@ def save_weights_folder(
             "extra": dict(extra or {}),
             "files": files,
         }
+        for name in files:  # safetensors writes 0600; weights follow the umask like the rest
+            os.chmod(tmp / name, 0o666 & ~umask())
         atomic_write_text(tmp / CONFIG_JSON, json.dumps(meta, indent=2, sort_keys=False))
     return path
 
