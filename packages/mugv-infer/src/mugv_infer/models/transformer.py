@@ -1,0 +1,465 @@
+"""MUG-DiT in plain PyTorch for inference (diffusers ``ModelMixin`` + ``ConfigMixin``).
+
+The same model as mugv-dit's Megatron MUGDiT, under the same parameter names, so a
+``mugv.dit-export`` folder loads by name (:meth:`MUGDiTTransformer3DModel.from_export`);
+``save_pretrained`` / ``from_pretrained`` round-trip through diffusers' own format.
+
+Block (adaLN-single; tokens of clean conditioning frames and the start/end tokens take the
+t=0 modulation, the others the t modulation):
+    x = x + gate_msa * SelfAttn(LN(x) * (1 + scale_msa) + shift_msa)   QK-RMSNorm, 3D RoPE
+    x = x + CrossAttn(LN_affine(x), text)                              QK-RMSNorm, no gate
+    x = x + gate_mlp * MLP(LN(x) * (1 + scale_mlp) + shift_mlp)        GELU (tanh)
+
+Legend: B batch, C channels, T/H/W latent grid, M video tokens, N = M + 2 tokens (start,
+video, end), L text tokens (padded), D hidden, Dh head dim, K = Dh/2 RoPE pairs,
+P = patch volume x output channels. With sequence parallelism (``self.sequence_parallel``,
+set by :mod:`mugv_infer.parallel`) the token dim of the blocks holds this rank's shard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from mugv_infer.models.attention import dense_attention, masked_cross_attention
+from mugv_infer.models.rope import MAX_FRAME_INDEX, apply_rope, default_frame_index, rope_tables
+
+EXPORT_ARCHITECTURE = "MUGDiT"
+# mugv-dit ModelConfig fields that describe training / runtime, not weights
+_EXPORT_RUNTIME_FIELDS = ("init_std", "attention_backend", "recompute", "fused_ops")
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+    """LayerNorm over the last dim in float32 (or wider), returned in the input dtype."""
+    acc = _acc(x.dtype)
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    return F.layer_norm(x.to(acc), x.shape[-1:], w, b, eps).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in float32 (as the release), scaled by ``weight``."""
+    acc = _acc(x.dtype)
+    xa = x.to(acc)
+    xa = xa * torch.rsqrt(xa.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.to(acc) * xa).to(x.dtype)
+
+
+def sinusoidal_embedding(values_B: torch.Tensor, dim: int, max_period: float = 10000.0):
+    """``[cos, sin]`` features of scalars -> ``[B, dim]`` (float32 or wider)."""
+    half = dim // 2
+    acc = _acc(values_B.dtype)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=acc, device=values_B.device) / half
+    )
+    args = values_B.to(acc)[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def patchify(x_BCTHW: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """``[B, C, T, H, W]`` -> ``[B, M, C*pt*ph*pw]`` (time-major tokens)."""
+    b, c, t, h, w = x_BCTHW.shape
+    pt, ph, pw = patch
+    x = x_BCTHW.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
+
+
+def unpatchify(x_BMP: torch.Tensor, grid, patch, channels: int) -> torch.Tensor:
+    """``[B, M, pt*ph*pw*C]`` (patch position major, then channel) -> ``[B, C, T, H, W]``."""
+    gt, gh, gw = grid
+    pt, ph, pw = patch
+    x = x_BMP.reshape(x_BMP.shape[0], gt, gh, gw, pt, ph, pw, channels)
+    return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(-1, channels, gt * pt, gh * ph, gw * pw)
+
+
+class ScalarEmbedder(nn.Module):
+    """Sinusoidal features -> Linear -> SiLU -> Linear (timestep and fps)."""
+
+    def __init__(self, hidden: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.fc1 = nn.Linear(freq_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, values_B: torch.Tensor) -> torch.Tensor:
+        emb = sinusoidal_embedding(values_B, self.freq_dim).to(self.fc1.weight.dtype)
+        return self.fc2(F.silu(self.fc1(emb)))
+
+
+class TextEmbedder(nn.Module):
+    """T5 features -> LN -> MLP (GELU tanh) -> LN, with a learned null caption."""
+
+    def __init__(self, text_dim: int, hidden: int, null_tokens: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.fc1 = nn.Linear(text_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.null_caption = nn.Parameter(torch.zeros(null_tokens, text_dim))
+
+    def forward(self, text_BLC: torch.Tensor) -> torch.Tensor:
+        h = layer_norm(text_BLC.to(self.fc1.weight.dtype), self.eps)
+        return layer_norm(self.fc2(F.gelu(self.fc1(h), approximate="tanh")), self.eps)
+
+
+class SelfAttention(nn.Module):
+    """Fused qkv (laid out ``[heads, (q, k, v), Dh]``) -> QK-RMSNorm -> 3D RoPE -> attention."""
+
+    def __init__(self, hidden: int, heads: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim, self.eps = heads, hidden // heads, eps
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.q_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+        self.k_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+        self.backend = "auto"
+        self.sequence_parallel = None  # set by mugv_infer.parallel.apply_sequence_parallel
+
+    def forward(self, x_BNC, cos_BNK, sin_BNK, n_real: int) -> torch.Tensor:
+        b, n, _ = x_BNC.shape
+        q, k, v = self.qkv(x_BNC).view(b, n, self.heads, 3, self.head_dim).unbind(3)
+        q = apply_rope(rms_norm(q, self.q_norm_weight, self.eps), cos_BNK, sin_BNK)
+        k = apply_rope(rms_norm(k, self.k_norm_weight, self.eps), cos_BNK, sin_BNK)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.attention(q, k, v.contiguous(), n_real, self.backend)
+        else:
+            out = dense_attention(q, k, v.contiguous(), self.backend)
+        return self.proj(out.reshape(b, n, -1))
+
+
+class CrossAttention(nn.Module):
+    """Video queries attend to the sample's (masked) text; QK-RMSNorm, no RoPE."""
+
+    def __init__(self, hidden: int, heads: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim, self.eps = heads, hidden // heads, eps
+        self.q = nn.Linear(hidden, hidden)
+        self.kv = nn.Linear(hidden, 2 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.q_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+        self.k_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+
+    def forward(self, x_BNC, text_BLC, mask_BL) -> torch.Tensor:
+        b, n, _ = x_BNC.shape
+        q = rms_norm(
+            self.q(x_BNC).view(b, n, self.heads, self.head_dim), self.q_norm_weight, self.eps
+        )
+        k, v = self.kv(text_BLC).view(b, text_BLC.shape[1], self.heads, 2, self.head_dim).unbind(3)
+        k = rms_norm(k, self.k_norm_weight, self.eps)
+        return self.proj(masked_cross_attention(q, k, v.contiguous(), mask_BL).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, ffn: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, ffn)
+        self.fc2 = nn.Linear(ffn, hidden)
+
+    def forward(self, x_BNC: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x_BNC), approximate="tanh"))
+
+
+def _per_token(value_B2C: torch.Tensor, clean_BN1: torch.Tensor) -> torch.Tensor:
+    """Branch 0 (t) for noisy tokens, branch 1 (t=0) for clean ones -> ``[B, N, C]``."""
+    return torch.where(clean_BN1, value_B2C[:, 1:2], value_B2C[:, 0:1])
+
+
+class MUGDiTBlock(nn.Module):
+    """One MUG-DiT block (see the module docstring)."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.self_attention = SelfAttention(hidden, heads, eps)
+        self.cross_attention = CrossAttention(hidden, heads, eps)
+        self.mlp = MLP(hidden, ffn)
+        self.cross_norm_weight = nn.Parameter(torch.ones(hidden))
+        self.cross_norm_bias = nn.Parameter(torch.zeros(hidden))
+        self.scale_shift_table = nn.Parameter(torch.zeros(6, hidden))
+
+    def forward(self, x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real):
+        mods = (self.scale_shift_table.to(mods_B26C.dtype) + mods_B26C).to(x_BNC.dtype)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.unbind(2)
+        eps = self.eps
+        h = layer_norm(x_BNC, eps) * (1 + _per_token(scale_msa, clean_BN1))
+        h = h + _per_token(shift_msa, clean_BN1)
+        attn = self.self_attention(h, cos_BNK, sin_BNK, n_real)
+        x_BNC = x_BNC + _per_token(gate_msa, clean_BN1) * attn
+        h = layer_norm(x_BNC, eps, self.cross_norm_weight, self.cross_norm_bias)
+        x_BNC = x_BNC + self.cross_attention(h, text_BLC, mask_BL)
+        h = layer_norm(x_BNC, eps) * (1 + _per_token(scale_mlp, clean_BN1))
+        h = h + _per_token(shift_mlp, clean_BN1)
+        return x_BNC + _per_token(gate_mlp, clean_BN1) * self.mlp(h)
+
+
+class FinalLayer(nn.Module):
+    """Modulated LN (2-row table + t embedding, per token t / t=0) -> linear to patches."""
+
+    def __init__(self, hidden: int, out_features: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.scale_shift_table = nn.Parameter(torch.zeros(2, hidden))
+        self.linear = nn.Linear(hidden, out_features)
+
+    def forward(self, x_BNC, emb_B2C, clean_BN1) -> torch.Tensor:
+        table = self.scale_shift_table.to(emb_B2C.dtype)
+        # emb_B2C[:, 0] = t embedding, [:, 1] = t=0 embedding; table rows = (shift, scale)
+        shift_B2C = (table[0] + emb_B2C).to(x_BNC.dtype)
+        scale_B2C = (table[1] + emb_B2C).to(x_BNC.dtype)
+        h = layer_norm(x_BNC, self.eps) * (1 + _per_token(scale_B2C, clean_BN1))
+        return self.linear(h + _per_token(shift_B2C, clean_BN1))
+
+
+@dataclass
+class MUGDiTOutput(BaseOutput):
+    """``sample``: the prediction ``[B, out_channels, T, H, W]`` (float32 or wider); the
+    velocity ``v = x0 - eps`` is its first ``in_channels`` channels."""
+
+    sample: torch.Tensor
+
+
+class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
+    """MUG-DiT video diffusion transformer (inference).
+
+    Config fields are those of mugv-dit's ``ModelConfig`` that shape the weights.
+    """
+
+    _no_split_modules = ["MUGDiTBlock"]
+    _skip_layerwise_casting_patterns = ["norm", "scale_shift_table", "start_token", "end_token"]
+
+    @register_to_config
+    def __init__(
+        self,
+        hidden_size: int = 48,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        ffn_hidden_size: int | None = None,
+        in_channels: int = 24,
+        learn_sigma: bool = True,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        text_dim: int = 4096,
+        null_text_tokens: int = 1,
+        freq_embed_dim: int = 256,
+        timestep_scale: float = 1000.0,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if hidden_size % num_heads or (hidden_size // num_heads) % 6:
+            raise ValueError(
+                f"hidden_size={hidden_size} / num_heads={num_heads} must give a head dim "
+                "divisible by 6 (3D RoPE)"
+            )
+        d = hidden_size
+        pt, ph, pw = patch_size
+        self.patch = (int(pt), int(ph), int(pw))
+        self.out_channels = in_channels * (2 if learn_sigma else 1)
+        self.x_embedder = nn.Linear(in_channels * pt * ph * pw, d)
+        self.start_token = nn.Parameter(torch.zeros(d))
+        self.end_token = nn.Parameter(torch.zeros(d))
+        self.t_embedder = ScalarEmbedder(d, freq_embed_dim)
+        self.fps_embedder = ScalarEmbedder(d, freq_embed_dim)
+        self.t_block = nn.Linear(d, 6 * d)
+        self.y_embedder = TextEmbedder(text_dim, d, null_text_tokens, norm_eps)
+        ffn = ffn_hidden_size or 4 * d
+        self.blocks = nn.ModuleList(
+            MUGDiTBlock(d, num_heads, ffn, norm_eps) for _ in range(num_layers)
+        )
+        self.final_layer = FinalLayer(d, pt * ph * pw * self.out_channels, norm_eps)
+        self.sequence_parallel = None  # set by mugv_infer.parallel.apply_sequence_parallel
+        self.step_cache = None  # a mugv_infer.step_cache.StepCache, set by the pipeline
+        self._rope_cache: dict = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_export(
+        cls, path: str | Path, *, torch_dtype: torch.dtype = torch.float32, verify: bool = True
+    ) -> MUGDiTTransformer3DModel:
+        """Load a ``mugv.dit-export`` folder (written by ``mugv-dit export``)."""
+        import mugv_formats as mf
+
+        folder = mf.load_weights_folder(path, format=mf.DIT_EXPORT_FORMAT, verify=verify)
+        if folder.architecture != EXPORT_ARCHITECTURE:
+            raise ValueError(
+                f"{path}/config.json: architecture {folder.architecture!r}, "
+                f"expected {EXPORT_ARCHITECTURE!r}"
+            )
+        config = {k: v for k, v in folder.config.items() if k not in _EXPORT_RUNTIME_FIELDS}
+        try:
+            model = cls(**config)
+        except TypeError as e:
+            raise ValueError(f"{path}/config.json: config does not fit MUG-DiT ({e})") from None
+        model.load_export_state_dict(folder.state_dict, where=str(path))
+        return model.to(torch_dtype).eval()
+
+    def load_export_state_dict(self, state: dict[str, torch.Tensor], where: str = "") -> None:
+        """Copy a full mugv-dit state dict, naming any missing / extra / misshapen tensor."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{where}: weights do not fit the config: missing {missing[:5]} "
+                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+            )
+        for name, tensor in state.items():
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise ValueError(
+                    f"{where}: tensor {name} has shape {tuple(tensor.shape)}, the config "
+                    f"needs {tuple(own[name].shape)}"
+                )
+        self.load_state_dict(state, strict=True)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict under mugv-dit's names (what ``mugv.dit-export`` stores)."""
+        return {k: v for k, v in self.state_dict().items()}
+
+    def set_attention_backend(self, backend: str) -> None:
+        """``auto`` / ``sdpa`` / ``fa4`` for the self-attention of every block."""
+        from mugv_infer.models.attention import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend {backend!r} unknown; choose from {BACKENDS}")
+        for block in self.blocks:
+            block.self_attention.backend = backend
+
+    # ------------------------------------------------------------------ forward
+    def _tables(self, grid, frame_index_BF, device):
+        fi = frame_index_BF.detach().cpu()
+        key = (grid, tuple(fi.flatten().tolist()), tuple(fi.shape), str(device))
+        if key not in self._rope_cache:
+            if len(self._rope_cache) >= 4:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
+            self._rope_cache[key] = rope_tables(
+                grid,
+                self.config.hidden_size // self.config.num_heads,
+                fi,
+                theta=self.config.rope_theta,
+                device=device,
+            )
+        return self._rope_cache[key]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        *,
+        fps: torch.Tensor | float = 30.0,
+        noisy_frames: torch.Tensor | None = None,
+        frame_index: torch.Tensor | None = None,
+        attention_kwargs: dict | None = None,
+        return_dict: bool = True,
+    ):
+        """Predict ``[B, out_channels, T, H, W]`` from noisy latents.
+
+        Args:
+            hidden_states: latents ``[B, C, T, H, W]`` (conditioning frames clean).
+            timestep: noise level s in [0, 1] per sample ``[B]`` (s = 1: pure noise).
+            encoder_hidden_states: text features ``[B, L, text_dim]`` (padded).
+            encoder_attention_mask: ``[B, L]``, True for real tokens (default: all real).
+            fps: frames per second (scalar or ``[B]``).
+            noisy_frames: ``[B, T]`` bool, False for clean conditioning frames (t=0
+                modulation). Default: all noisy.
+            frame_index: ``[B, T' + 2]`` RoPE time index of (start, T' token frames, end);
+                default ``arange(T' + 2)``; clamped to [0, 479] as in the release.
+            attention_kwargs: ``{"backend": "sdpa" | "fa4" | "auto"}`` for this call.
+        """
+        cfg = self.config
+        x_BCTHW = hidden_states
+        if x_BCTHW.ndim != 5 or x_BCTHW.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"hidden_states must be [B, {cfg.in_channels}, T, H, W], got {tuple(x_BCTHW.shape)}"
+            )
+        b, _, t, h, w = x_BCTHW.shape
+        pt, ph, pw = self.patch
+        if t % pt or h % ph or w % pw:
+            raise ValueError(
+                f"latent grid (T,H,W)=({t},{h},{w}) not divisible by patch {self.patch}"
+            )
+        grid = (t // pt, h // ph, w // pw)
+        device, dtype = x_BCTHW.device, self.t_block.weight.dtype
+        text_BLC = encoder_hidden_states
+        if text_BLC.ndim != 3 or text_BLC.shape[0] != b or text_BLC.shape[2] != cfg.text_dim:
+            raise ValueError(
+                f"encoder_hidden_states must be [B={b}, L, {cfg.text_dim}], got {tuple(text_BLC.shape)}"
+            )
+        mask_BL = encoder_attention_mask
+        if mask_BL is not None:
+            mask_BL = mask_BL.to(device=device, dtype=torch.bool)
+            if tuple(mask_BL.shape) != tuple(text_BLC.shape[:2]):
+                raise ValueError(
+                    f"encoder_attention_mask must be {tuple(text_BLC.shape[:2])}, got {tuple(mask_BL.shape)}"
+                )
+            if not bool(mask_BL.any(1).all()):
+                raise ValueError("every sample needs at least one unmasked text token")
+        sigma_B = torch.as_tensor(timestep, device=device).reshape(-1).expand(b)
+        fps_B = torch.as_tensor(fps, device=device).reshape(-1).expand(b)
+        if noisy_frames is None:
+            noisy_frames = torch.ones(b, t, dtype=torch.bool, device=device)
+        if frame_index is None:
+            frame_index = default_frame_index(b, grid[0])
+        backend = (attention_kwargs or {}).get("backend")
+        if backend is not None:
+            self.set_attention_backend(backend)
+
+        # conditioning: t and t=0 embeddings -> 6 modulation vectors per branch
+        acc = _acc(dtype)
+        t_emb = self.t_embedder(sigma_B.to(acc) * cfg.timestep_scale)
+        t0_emb = self.t_embedder(torch.zeros_like(sigma_B, dtype=acc))
+        fps_emb = self.fps_embedder(fps_B.to(acc))
+        emb_B2C = torch.stack([t_emb + fps_emb, t0_emb + fps_emb], dim=1)
+        mods_B26C = self.t_block(F.silu(emb_B2C)).unflatten(-1, (6, -1))
+        text_BLC = self.y_embedder(text_BLC)
+
+        # tokens: [start, video (time-major), end]; clean = t=0 branch
+        tokens_per_frame = grid[1] * grid[2]
+        noisy_BM = noisy_frames.to(device)[:, ::pt].repeat_interleave(tokens_per_frame, dim=1)
+        edge_B1 = torch.zeros(b, 1, dtype=torch.bool, device=device)
+        clean_BN1 = ~torch.cat([edge_B1, noisy_BM, edge_B1], dim=1)[..., None]
+        x_BMC = self.x_embedder(patchify(x_BCTHW.to(dtype), self.patch))
+        x_BNC = torch.cat(
+            [self.start_token.expand(b, 1, -1), x_BMC, self.end_token.expand(b, 1, -1)], dim=1
+        )
+        cos_BNK, sin_BNK = self._tables(grid, frame_index, device)
+        n_real = x_BNC.shape[1]
+        sp = self.sequence_parallel
+        if sp is not None:  # this rank's shard of the (padded) sequence
+            x_BNC, clean_BN1, cos_BNK, sin_BNK = (
+                sp.shard(v) for v in (x_BNC, clean_BN1, cos_BNK, sin_BNK)
+            )
+        cache = self.step_cache
+        if cache is not None and cache.can_skip(x_BNC, mods_B26C):
+            x_BNC = cache.reuse(x_BNC)
+        else:
+            x_in = x_BNC
+            for block in self.blocks:
+                x_BNC = block(
+                    x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real
+                )
+            if cache is not None:
+                cache.store(x_in, x_BNC)
+        out_BNP = self.final_layer(x_BNC, emb_B2C, clean_BN1)
+        if sp is not None:
+            out_BNP = sp.gather(out_BNP)[:, :n_real]
+        out = unpatchify(out_BNP[:, 1:-1], grid, self.patch, self.out_channels)
+        out = out.to(_acc(out.dtype))
+        return MUGDiTOutput(sample=out) if return_dict else (out,)
+
+
+__all__ = ["MAX_FRAME_INDEX", "MUGDiTOutput", "MUGDiTTransformer3DModel"]
