@@ -7,3 +7,16 @@ try:
     __version__ = _version("mugv-infer")
 except _PackageNotFoundError:  # running from a source tree (PYTHONPATH=packages/*/src)
     __version__ = "0+source"
+
+from mugv_infer.models import MUGDiTTransformer3DModel
+from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MUGVPipeline, MUGVPipelineOutput
+from mugv_infer.scheduler import MUGVFlowEulerScheduler
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "MUGDiTTransformer3DModel",
+    "MUGVFlowEulerScheduler",
+    "MUGVPipeline",
+    "MUGVPipelineOutput",
+    "__version__",
+]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -238,8 +239,13 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
     Config fields are those of mugv-dit's ``ModelConfig`` that shape the weights.
     """
 
-    _no_split_modules = ["MUGDiTBlock"]
-    _skip_layerwise_casting_patterns = ["norm", "scale_shift_table", "start_token", "end_token"]
+    _no_split_modules: ClassVar[list[str]] = ["MUGDiTBlock"]
+    _skip_layerwise_casting_patterns: ClassVar[list[str]] = [
+        "norm",
+        "scale_shift_table",
+        "start_token",
+        "end_token",
+    ]
 
     @register_to_config
     def __init__(
@@ -304,7 +310,8 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         except TypeError as e:
             raise ValueError(f"{path}/config.json: config does not fit MUG-DiT ({e})") from None
         model.load_export_state_dict(folder.state_dict, where=str(path))
-        return model.to(torch_dtype).eval()
+        # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules even when there are none
+        return nn.Module.to(model, torch_dtype).eval()
 
     def load_export_state_dict(self, state: dict[str, torch.Tensor], where: str = "") -> None:
         """Copy a full mugv-dit state dict, naming any missing / extra / misshapen tensor."""
@@ -327,6 +334,39 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict under mugv-dit's names (what ``mugv.dit-export`` stores)."""
         return {k: v for k, v in self.state_dict().items()}
+
+    def save_export(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write this model as a ``mugv.dit-export`` folder (what mugv-dit writes)."""
+        import mugv_formats as mf
+
+        from mugv_infer import __version__
+
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config["patch_size"] = list(config["patch_size"])
+        return mf.save_weights_folder(
+            path,
+            format=mf.DIT_EXPORT_FORMAT,
+            architecture=EXPORT_ARCHITECTURE,
+            config=config,
+            state_dict=self.export_state_dict(),
+            extra=extra or {},
+            producer=f"mugv-infer {__version__}",
+        )
+
+    @torch.no_grad()
+    def initialize_weights(self, seed: int = 0, std: float = 0.02) -> MUGDiTTransformer3DModel:
+        """Random weights as mugv-dit initialises them (tests and benchmarks)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm_weight"):
+                p.fill_(1.0)
+            elif name.endswith(("bias", "norm_bias")):
+                p.zero_()
+            elif name.endswith("scale_shift_table") or name.endswith("null_caption"):
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        return self
 
     def set_attention_backend(self, backend: str) -> None:
         """``auto`` / ``sdpa`` / ``fa4`` for the self-attention of every block."""

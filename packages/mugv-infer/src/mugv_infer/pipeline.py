@@ -1,0 +1,606 @@
+"""``MUGVPipeline``: text/image-to-video generation with MUG-DiT (a diffusers pipeline).
+
+``__call__`` reads like diffusers' video pipelines: check inputs, encode the prompt, plan the
+noise levels, prepare latents (conditioning latents written into their slots), denoise with
+classifier-free guidance inside a progress bar, decode, return :class:`MUGVPipelineOutput`.
+
+Tasks: T2V; I2V (``image``: its latent in slot 0, held clean, t=0 modulation); TI2V (both);
+first/last frame (``image`` + ``last_image``: slots 0 and T-1); continuation (``video``: the
+latents of its first ``1 + 8k`` frames fill slots 0..k).
+
+Legend: B batch (prompts x videos per prompt), C latent channels, T/H/W latent grid,
+L text tokens, D text width, F pixel frames.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from mugv_infer.models.transformer import MUGDiTTransformer3DModel
+from mugv_infer.scheduler import MUGVFlowEulerScheduler
+from mugv_infer.sizes import check_frames, check_size
+from mugv_infer.step_cache import StepCache
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
+    "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, "
+    "signature, watermark, username, blurry"
+)
+"""The release's negative prompt."""
+
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+TEMPORAL_COMPRESSION = 8
+SPATIAL_COMPRESSION = 8
+
+
+@dataclass
+class MUGVPipelineOutput(BaseOutput):
+    """``frames``: ``np`` float ``[B, F, H, W, 3]`` in [0, 1]; ``pt`` ``[B, F, 3, H, W]`` in
+    [0, 1]; ``pil`` a list (per video) of lists of images; ``latent`` the normalised latents
+    ``[B, C, T, H, W]``. ``prompt_embeds`` / ``prompt_attention_mask``: the text features used
+    (to write latent shards). ``step_cache_skipped``: steps served by the step cache."""
+
+    frames: Any
+    prompt_embeds: torch.Tensor | None = None
+    prompt_attention_mask: torch.Tensor | None = None
+    step_cache_skipped: int = 0
+
+
+def rescale_guidance(v_cfg: torch.Tensor, v_cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023): match the guided prediction's std to the
+    conditional one's per sample, mixed by ``rescale``."""
+    if rescale <= 0:
+        return v_cfg
+    dims = list(range(1, v_cfg.ndim))
+    ratio = v_cond.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True)
+    return rescale * (v_cfg * ratio) + (1 - rescale) * v_cfg
+
+
+def _pad_text(embeds: list[torch.Tensor], masks: list[torch.Tensor]):
+    """Concatenate ``[B_i, L_i, D]`` batches, padding L to the longest -> (embeds, masks)."""
+    length = max(e.shape[1] for e in embeds)
+    out_e, out_m = [], []
+    for e, m in zip(embeds, masks):
+        pad = length - e.shape[1]
+        out_e.append(torch.nn.functional.pad(e, (0, 0, 0, pad)))
+        out_m.append(torch.nn.functional.pad(m.bool(), (0, pad), value=False))
+    return torch.cat(out_e), torch.cat(out_m)
+
+
+class MUGVPipeline(DiffusionPipeline):
+    """MUG-V text/image-to-video pipeline.
+
+    Components: ``transformer`` (:class:`MUGDiTTransformer3DModel`), ``vae`` (mugv-vae's
+    ``MugvVAE``), ``scheduler`` (:class:`MUGVFlowEulerScheduler`), and optionally
+    ``tokenizer`` + ``text_encoder`` (transformers T5 encoder; without them pass
+    ``prompt_embeds``).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents"]  # noqa: RUF012
+
+    def __init__(self, transformer, vae, scheduler, tokenizer=None, text_encoder=None):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+        )
+        check_components(transformer, vae, text_encoder)
+        self._offload_device: torch.device | None = None
+        self.vae_tile: tuple[int, int] | None = None
+        self.cfg_parallel = None  # set by mugv_infer.parallel.apply_cfg_parallel
+        self.vae_checkpoint_id = "unknown"  # from_parts sets the VAE folder's id
+        self.text_encoder_id: str | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def from_parts(
+        cls,
+        model: str | Path,
+        vae: str | Path,
+        text_encoder: str | Path | None = None,
+        *,
+        torch_dtype: torch.dtype = torch.float32,
+    ) -> MUGVPipeline:
+        """Build from a ``mugv.dit-export`` (or diffusers-saved transformer) folder, a
+        ``mugv.vae-checkpoint`` folder and a local T5 folder. Errors name the part."""
+        from mugv_vae.model import MugvVAE
+
+        from mugv_infer.text import load_t5
+
+        model, vae = Path(model), Path(vae)
+        for name, p in (("model", model), ("vae", vae)):
+            if not (p / "config.json").is_file():
+                raise ValueError(f"{name} folder {p} has no config.json (missing or unfinished)")
+        transformer = load_transformer(model, torch_dtype)
+        try:
+            vae_model = MugvVAE.from_pretrained(vae)
+        except Exception as e:  # formats errors name the file
+            raise ValueError(f"vae folder {vae}: {e}") from None
+        tokenizer = encoder = None
+        if text_encoder is not None:
+            tokenizer, encoder = load_t5(text_encoder, torch_dtype)
+        return cls(
+            transformer, vae_model.to(torch_dtype), MUGVFlowEulerScheduler(), tokenizer, encoder
+        )
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """``transformer/`` (diffusers), ``vae/`` (mugv.vae-checkpoint), ``scheduler/``,
+        ``text_encoder/`` + ``tokenizer/`` (transformers), ``pipeline.json``."""
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(root / "transformer")
+        self.vae.save_pretrained(root / "vae")
+        self.scheduler.save_pretrained(root / "scheduler")
+        if self.text_encoder is not None:
+            self.text_encoder.save_pretrained(root / "text_encoder")
+            self.tokenizer.save_pretrained(root / "tokenizer")
+        (root / "pipeline.json").write_text(json.dumps({"class": type(self).__name__}, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, **kw):
+        """Load a folder written by :meth:`save_pretrained`."""
+        from mugv_vae.model import MugvVAE
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        root = Path(path)
+        if not (root / "pipeline.json").is_file():
+            raise ValueError(f"{root} is not a saved MUGVPipeline (no pipeline.json)")
+        transformer = MUGDiTTransformer3DModel.from_pretrained(
+            root / "transformer", torch_dtype=torch_dtype
+        )
+        vae = MugvVAE.from_pretrained(root / "vae").to(torch_dtype)
+        scheduler = MUGVFlowEulerScheduler.from_pretrained(root / "scheduler")
+        tokenizer = encoder = None
+        if (root / "text_encoder").is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+            encoder = T5EncoderModel.from_pretrained(
+                root / "text_encoder", local_files_only=True, torch_dtype=torch_dtype
+            ).eval()
+        return cls(transformer, vae, scheduler, tokenizer, encoder)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device="cuda") -> None:
+        """Keep every component on the CPU; move each to ``device`` only while it runs
+        (T5 for the prompt, the DiT for the loop, the VAE for encode/decode)."""
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", gpu_id or 0)
+        self._offload_device = dev
+        for module in self._modules_in_order():
+            module.to("cpu")
+
+    def enable_vae_tiling(self, tile_latents: int = 32, overlap_latents: int = 8) -> None:
+        """Decode in spatial tiles of ``tile_latents`` latents (bounds VAE memory)."""
+        self.vae_tile = (tile_latents, overlap_latents)
+
+    def disable_vae_tiling(self) -> None:
+        self.vae_tile = None
+
+    def _modules_in_order(self):
+        return [m for m in (self.text_encoder, self.transformer, self.vae) if m is not None]
+
+    @property
+    def _execution_device(self) -> torch.device:
+        if self._offload_device is not None:
+            return self._offload_device
+        return self.transformer.device
+
+    def _onload(self, module):
+        if self._offload_device is not None and module is not None:
+            module.to(self._offload_device)
+        return module
+
+    def _offload(self, module) -> None:
+        if self._offload_device is not None and module is not None:
+            module.to("cpu")
+            if self._offload_device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ parts of __call__
+    def check_inputs(
+        self,
+        prompt,
+        prompt_embeds,
+        negative_prompt,
+        negative_prompt_embeds,
+        height,
+        width,
+        num_frames,
+        num_inference_steps,
+        guidance_scale,
+        output_type,
+        image,
+        last_image,
+        video,
+        latents,
+        callback_on_step_end_tensor_inputs,
+    ) -> None:
+        """ValueError naming the bad value; runs before any model work."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt and prompt_embeds")
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(
+                f"prompt must be a string or a list of strings, got {type(prompt).__name__}"
+            )
+        if prompt is not None and self.text_encoder is None:
+            raise ValueError("prompt needs a text encoder; load one or pass prompt_embeds")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        check_size(height, width)
+        check_frames(num_frames, TEMPORAL_COMPRESSION)
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 = no guidance), got {guidance_scale}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} unknown; choose from {OUTPUT_TYPES}")
+        for name, img in (("image", image), ("last_image", last_image)):
+            if isinstance(img, torch.Tensor) and (
+                img.ndim != 3 or img.shape[0] != 3 or tuple(img.shape[1:]) != (height, width)
+            ):
+                raise ValueError(
+                    f"{name} tensor must be [3, {height}, {width}] in [-1, 1], got {tuple(img.shape)}"
+                )
+        if isinstance(video, torch.Tensor):
+            if video.ndim != 4 or video.shape[0] != 3 or tuple(video.shape[2:]) != (height, width):
+                raise ValueError(
+                    f"video tensor must be [3, F, {height}, {width}] in [-1, 1], got {tuple(video.shape)}"
+                )
+            if video.shape[1] >= num_frames:
+                raise ValueError(
+                    f"continuation video has {video.shape[1]} frames, needs fewer than num_frames={num_frames}"
+                )
+        if latents is not None:
+            shape = self.latent_shape(1, height, width, num_frames)[1:]
+            if tuple(latents.shape[1:]) != shape:
+                raise ValueError(
+                    f"latents must be [B, {', '.join(map(str, shape))}], got {tuple(latents.shape)}"
+                )
+        bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(
+                f"callback tensor inputs {sorted(bad)} unknown; allowed {self._callback_tensor_inputs}"
+            )
+
+    def latent_shape(self, batch: int, height: int, width: int, num_frames: int):
+        return (
+            batch,
+            self.transformer.config.in_channels,
+            check_frames(num_frames, TEMPORAL_COMPRESSION),
+            height // SPATIAL_COMPRESSION,
+            width // SPATIAL_COMPRESSION,
+        )
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 300,
+        device=None,
+    ):
+        """-> ``(embeds [B, L, D], mask [B, L], neg_embeds | None, neg_mask | None)``, repeated
+        ``num_videos_per_prompt`` times. Without a negative prompt the unconditional branch
+        uses the DiT's learned null caption."""
+        from mugv_infer.text import encode_prompts
+
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            self._onload(self.text_encoder)
+            prompt_embeds, prompt_attention_mask = encode_prompts(
+                self.tokenizer, self.text_encoder, prompts, device, max_sequence_length
+            )
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.bool)
+        b = prompt_embeds.shape[0]
+        neg, neg_mask = None, None
+        if do_classifier_free_guidance:
+            if negative_prompt_embeds is not None:
+                neg, neg_mask = negative_prompt_embeds, negative_prompt_attention_mask
+            elif negative_prompt is not None:
+                negs = (
+                    [negative_prompt] * b
+                    if isinstance(negative_prompt, str)
+                    else list(negative_prompt)
+                )
+                if len(negs) != b:
+                    raise ValueError(f"negative_prompt has {len(negs)} entries, prompt has {b}")
+                self._onload(self.text_encoder)
+                neg, neg_mask = encode_prompts(
+                    self.tokenizer, self.text_encoder, negs, device, max_sequence_length
+                )
+            else:
+                null = self.transformer.y_embedder.null_caption.detach()
+                neg = null[None].expand(b, -1, -1).float()
+            if neg_mask is None:
+                neg_mask = torch.ones(neg.shape[:2], dtype=torch.bool)
+            if neg.shape[0] != b:
+                raise ValueError(f"negative prompt batch {neg.shape[0]} != prompt batch {b}")
+        self._offload(self.text_encoder)
+
+        def rep(x):
+            return None if x is None else x.to(device).repeat_interleave(num_videos_per_prompt, 0)
+
+        return rep(prompt_embeds), rep(prompt_attention_mask), rep(neg), rep(neg_mask)
+
+    def _encode_frames(self, frames_BCFHW: torch.Tensor) -> torch.Tensor:
+        vae = self._onload(self.vae)
+        dev = self._execution_device
+        with torch.no_grad():
+            z = vae.encode(frames_BCFHW.to(dev, next(vae.parameters()).dtype))
+        return z.float()
+
+    def prepare_conditioning(self, image, last_image, video, height, width, num_frames, batch):
+        """-> (clean latents ``[B, C, T, H, W]`` or None, noisy frames ``[B, T]`` bool,
+        first pixel frames to paste back ``[3, F0, H, W]`` or None)."""
+        from mugv_infer.video_io import load_image
+
+        shape = self.latent_shape(batch, height, width, num_frames)
+        t = shape[2]
+        noisy = torch.ones(batch, t, dtype=torch.bool)
+        cond = torch.zeros(shape)
+        given = None
+        if video is not None:
+            frames = video if isinstance(video, torch.Tensor) else None
+            if frames is None:
+                from mugv_infer.video_io import load_video
+
+                frames = load_video(video, height, width, max_frames=num_frames - 1)
+            keep = 1 + (frames.shape[1] - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION
+            z = self._encode_frames(frames[None, :, :keep])
+            cond[:, :, : z.shape[2]] = z.cpu()
+            noisy[:, : z.shape[2]] = False
+            given = frames[:, :keep]
+        if image is not None:
+            img = image if isinstance(image, torch.Tensor) else load_image(image, height, width)
+            z = self._encode_frames(img[None, :, None])
+            cond[:, :, :1] = z.cpu()
+            noisy[:, 0] = False
+            given = img[:, None]
+        if last_image is not None:
+            img = (
+                last_image
+                if isinstance(last_image, torch.Tensor)
+                else load_image(last_image, height, width)
+            )
+            z = self._encode_frames(img[None, :, None])
+            cond[:, :, -1:] = z.cpu()
+            noisy[:, -1] = False
+        self._offload(self.vae)
+        if bool(noisy.all()):
+            return None, noisy, None
+        return cond, noisy, given
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> video ``[B, 3, F, H, W]`` in [-1, 1] (float32)."""
+        vae = self._onload(self.vae)
+        dtype = next(vae.parameters()).dtype
+        tile, overlap = self.vae_tile or (None, 8)
+        with torch.no_grad():
+            videos = [
+                vae.decode(
+                    z[None].to(self._execution_device, dtype), tile=tile, tile_overlap=overlap
+                )
+                for z in latents
+            ]
+        self._offload(self.vae)
+        return torch.cat(videos).float().clamp(-1, 1)
+
+    def _predict(self, x, sigma, text, text_mask, neg, neg_mask, fps, noisy, frame_index, attn_kw):
+        """Guided velocity: cond and uncond in one batch, or split over the CFG group."""
+        c = self.transformer.config.in_channels
+        dtype = self.transformer.dtype
+        common = dict(fps=fps, frame_index=frame_index, attention_kwargs=attn_kw)
+        if neg is None:
+            out = self.transformer(
+                x.to(dtype), sigma, text, text_mask, noisy_frames=noisy, **common
+            )
+            return out.sample[:, :c].float(), None
+        cfgp = self.cfg_parallel
+        if cfgp is not None:
+            mine = (text, text_mask) if cfgp.rank == 0 else (neg, neg_mask)
+            out = self.transformer(x.to(dtype), sigma, *mine, noisy_frames=noisy, **common)
+            cond, uncond = cfgp.exchange(out.sample[:, :c].float().contiguous())
+            return cond, uncond
+        both, both_mask = _pad_text([text, neg], [text_mask, neg_mask])
+        out = self.transformer(
+            torch.cat([x, x]).to(dtype),
+            torch.cat([sigma, sigma]),
+            both,
+            both_mask,
+            noisy_frames=torch.cat([noisy, noisy]),
+            **{
+                **common,
+                "fps": torch.cat([fps, fps]),
+                "frame_index": None
+                if frame_index is None
+                else torch.cat([frame_index, frame_index]),
+            },
+        )
+        cond, uncond = out.sample[:, :c].float().chunk(2)
+        return cond, uncond
+
+    # ------------------------------------------------------------------ __call__
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        image=None,
+        last_image=None,
+        video=None,
+        height: int = 720,
+        width: int = 1280,
+        num_frames: int = 105,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        guidance_rescale: float = 0.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        fps: float = 30.0,
+        frame_index: torch.Tensor | None = None,
+        aesthetic_score: float | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        attention_kwargs: dict | None = None,
+        max_sequence_length: int = 300,
+        step_cache_threshold: float = 0.0,
+        paste_condition_frames: bool = True,
+    ):
+        """Generate videos. ``image`` / ``last_image``: path, PIL image or ``[3, H, W]``
+        tensor in [-1, 1]; ``video``: path or ``[3, F, H, W]`` tensor (continuation).
+        ``aesthetic_score`` appends the release's "aesthetic score: X." to each prompt.
+        ``frame_index``: ``[B, T + 2]`` RoPE time index (default ``arange(T + 2)``).
+        ``step_cache_threshold`` > 0 enables the step cache (approximate)."""
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        self.check_inputs(
+            prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, height, width,
+            num_frames, num_inference_steps, guidance_scale, output_type, image, last_image,
+            video, latents, tensor_inputs,
+        )  # fmt: skip
+        if prompt is not None and aesthetic_score is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt = [f"{p} aesthetic score: {aesthetic_score:.1f}." for p in prompts]
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        # 1. text
+        text, text_mask, neg, neg_mask = self.encode_prompt(
+            prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds,
+            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
+            max_sequence_length, device,
+        )  # fmt: skip
+        batch = text.shape[0]
+        # 2. noise levels
+        t_lat = check_frames(num_frames, TEMPORAL_COMPRESSION)
+        self.scheduler.set_timesteps(
+            num_inference_steps, height=height, width=width, latent_frames=t_lat
+        )
+        # 3. latents: noise, conditioning latents in their slots
+        shape = self.latent_shape(batch, height, width, num_frames)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"))
+        if latents.shape[0] != batch:
+            raise ValueError(
+                f"latents batch {latents.shape[0]} != prompts x videos per prompt = {batch}"
+            )
+        latents = latents.float().to(device)
+        cond, noisy, given = self.prepare_conditioning(
+            image, last_image, video, height, width, num_frames, batch
+        )
+        noisy = noisy.to(device)
+        hold = noisy[:, None, :, None, None]
+        if cond is not None:
+            cond = cond.to(device)
+            latents = torch.where(hold, latents, cond)
+        fps_B = torch.full((batch,), float(fps), device=device)
+        fi = None if frame_index is None else frame_index.to(device).expand(batch, -1)
+        # 4. denoising loop
+        transformer = self._onload(self.transformer)
+        cache = StepCache(step_cache_threshold) if step_cache_threshold > 0 else None
+        transformer.step_cache = cache
+        try:
+            with self.progress_bar(total=num_inference_steps) as bar:
+                for i, s in enumerate(self.scheduler.timesteps):
+                    sigma = torch.full((batch,), float(s), device=device)
+                    v_cond, v_uncond = self._predict(
+                        latents, sigma, text, text_mask, neg, neg_mask, fps_B, noisy, fi,
+                        attention_kwargs,
+                    )  # fmt: skip
+                    v = v_cond
+                    if v_uncond is not None:
+                        v = v_uncond + guidance_scale * (v_cond - v_uncond)
+                        v = rescale_guidance(v, v_cond, guidance_rescale)
+                    latents = self.scheduler.step(v, s, latents).prev_sample
+                    if cond is not None:
+                        latents = torch.where(hold, latents, cond)
+                    if callback_on_step_end is not None:
+                        local = {"latents": latents}
+                        outs = callback_on_step_end(
+                            self, i, s, {k: local[k] for k in tensor_inputs}
+                        )
+                        latents = (outs or {}).get("latents", latents)
+                    bar.update()
+        finally:
+            transformer.step_cache = None
+        self._offload(self.transformer)
+        skipped = cache.skipped if cache is not None else 0
+        # 5. decode
+        if output_type == "latent":
+            frames = latents
+        else:
+            video_BCFHW = self.decode_latents(latents)
+            if paste_condition_frames and given is not None:
+                video_BCFHW[:, :, : given.shape[1]] = given.to(video_BCFHW)
+            frames = postprocess_video(video_BCFHW, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return MUGVPipelineOutput(
+            frames=frames,
+            prompt_embeds=text,
+            prompt_attention_mask=text_mask,
+            step_cache_skipped=skipped,
+        )
+
+
+def postprocess_video(video_BCFHW: torch.Tensor, output_type: str):
+    """[-1, 1] video -> the requested output type (see :class:`MUGVPipelineOutput`)."""
+    video01 = ((video_BCFHW + 1) / 2).clamp(0, 1).cpu()
+    if output_type == "pt":
+        return video01.permute(0, 2, 1, 3, 4)
+    arr = video01.permute(0, 2, 3, 4, 1).numpy()
+    if output_type == "np":
+        return arr
+    from PIL import Image
+
+    return [[Image.fromarray(np.round(f * 255).astype(np.uint8)) for f in v] for v in arr]
+
+
+def check_components(transformer, vae, text_encoder) -> None:
+    """Mismatched parts: ValueError naming both sides."""
+    c_dit = transformer.config.in_channels
+    c_vae = vae.config.latent_channels
+    if c_dit != c_vae:
+        raise ValueError(
+            f"the VAE makes {c_vae} latent channels but the DiT takes {c_dit} (model in_channels)"
+        )
+    if text_encoder is not None:
+        d = getattr(text_encoder.config, "d_model", None)
+        if d is not None and d != transformer.config.text_dim:
+            raise ValueError(
+                f"the text encoder gives {d}-wide features but the DiT takes text_dim={transformer.config.text_dim}"
+            )
+
+
+def load_transformer(path: Path, torch_dtype=torch.float32) -> MUGDiTTransformer3DModel:
+    """A ``mugv.dit-export`` folder or a diffusers-saved transformer folder."""
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("format") is not None:
+        return MUGDiTTransformer3DModel.from_export(path, torch_dtype=torch_dtype)
+    return MUGDiTTransformer3DModel.from_pretrained(path, torch_dtype=torch_dtype)
