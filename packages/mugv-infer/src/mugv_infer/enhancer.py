@@ -1,0 +1,177 @@
+"""The enhancer: one-step SDEdit refinement of a generated video at the same resolution.
+
+As the release's enhancer: encode the video, noise it to s = 0.3
+(``x = 0.7 x0 + 0.3 eps``), take ONE Euler step back to s = 0 with classifier-free guidance
+2.0 (no resolution shift), decode. The refiner is a MUG-DiT whose LoRA weights load through
+peft (:func:`load_lora`); :func:`save_lora` writes the same folder layout peft does
+(``adapter_config.json`` + ``adapter_model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from mugv_infer.pipeline import MUGVPipeline, MUGVPipelineOutput, postprocess_video
+
+DEFAULT_LORA_TARGETS = ("qkv", "proj", "q", "kv", "fc1", "fc2")
+"""Linear layers of the blocks a LoRA adapts by default (attention + MLP)."""
+
+
+def add_lora(transformer, rank: int = 4, alpha: float = 4.0, targets=DEFAULT_LORA_TARGETS):
+    """Inject an (empty: B = 0) LoRA adapter into the blocks' linears through peft."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets))
+    inject_adapter_in_model(config, transformer.blocks)
+    transformer._lora_config = config
+    return transformer
+
+
+def save_lora(transformer, path: str | Path) -> Path:
+    """Write the transformer's LoRA weights as a peft adapter folder."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = getattr(transformer, "_lora_config", None)
+    if config is None:
+        raise ValueError("the transformer has no LoRA adapter (add_lora / load_lora first)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(transformer.blocks)
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in state.items()},
+        path / "adapter_model.safetensors",
+    )
+    cfg = config.to_dict()
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    return path
+
+
+def load_lora(transformer, path: str | Path, *, fuse: bool = False):
+    """Load a peft LoRA adapter folder into the transformer's blocks.
+
+    ``fuse`` merges the low-rank update into the base weights (no extra cost per step).
+    ValueError naming the folder / the keys that do not fit.
+    """
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise ValueError(f"LoRA folder {path} has no {f.name}")
+    raw = json.loads(cfg_file.read_text())
+    config = LoraConfig(
+        r=int(raw["r"]),
+        lora_alpha=float(raw["lora_alpha"]),
+        target_modules=list(raw["target_modules"]),
+    )
+    inject_adapter_in_model(config, transformer.blocks)
+    state = load_file(str(weights))
+    result = set_peft_model_state_dict(transformer.blocks, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"LoRA folder {path}: keys that fit no layer: {unexpected[:5]}")
+    transformer._lora_config = config
+    if fuse:
+        from peft.tuners.lora import LoraLayer
+
+        for module in transformer.blocks.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+    return transformer
+
+
+class MUGVEnhancePipeline(MUGVPipeline):
+    """One-step SDEdit refiner (same components as :class:`MUGVPipeline`)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        strength: float = 0.3,
+        num_inference_steps: int = 1,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        fps: float = 30.0,
+        output_type: str = "np",
+        return_dict: bool = True,
+        attention_kwargs: dict | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ):
+        """``video``: ``[3, F, H, W]`` / ``[B, 3, F, H, W]`` in [-1, 1] or a file path
+        (resized to ``height`` x ``width`` when given). ``strength``: the noise level s the
+        video is taken to (0.3 as the release)."""
+        from mugv_infer.sizes import check_frames, check_size
+        from mugv_infer.video_io import load_video
+
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if not isinstance(video, torch.Tensor):
+            if height is None or width is None:
+                raise ValueError("enhancing a video file needs height and width")
+            video = load_video(video, height, width)
+        if video.ndim == 4:
+            video = video[None]
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, F, H, W] in [-1, 1], got {tuple(video.shape)}")
+        b, _, f, h, w = video.shape
+        check_size(h, w)
+        check_frames(f)
+        if prompt is not None:
+            n = 1 if isinstance(prompt, str) else len(prompt)
+            if n != b:
+                raise ValueError(f"{n} prompts for {b} videos")
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        text, text_mask, neg, neg_mask = self.encode_prompt(
+            prompt, negative_prompt, do_cfg, 1, prompt_embeds, prompt_attention_mask, device=device
+        )
+        x0 = self._encode_frames(video).to(device)
+        self._offload(self.vae)
+        self.scheduler.set_timesteps(num_inference_steps, sigma_max=strength)  # no shift
+        noise = randn_tensor(x0.shape, generator=generator, device=torch.device("cpu")).to(device)
+        latents = self.scheduler.add_noise(x0, noise, strength)
+        noisy = torch.ones(b, x0.shape[2], dtype=torch.bool, device=device)
+        fps_B = torch.full((b,), float(fps), device=device)
+        self._onload(self.transformer)
+        with self.progress_bar(total=num_inference_steps) as bar:
+            for s in self.scheduler.timesteps:
+                sigma = torch.full((b,), float(s), device=device)
+                v_cond, v_uncond = self._predict(
+                    latents,
+                    sigma,
+                    text,
+                    text_mask,
+                    neg,
+                    neg_mask,
+                    fps_B,
+                    noisy,
+                    None,
+                    attention_kwargs,
+                )
+                v = v_cond if v_uncond is None else v_uncond + guidance_scale * (v_cond - v_uncond)
+                latents = self.scheduler.step(v, s, latents).prev_sample
+                bar.update()
+        self._offload(self.transformer)
+        frames = (
+            latents
+            if output_type == "latent"
+            else postprocess_video(self.decode_latents(latents), output_type)
+        )
+        if not return_dict:
+            return (frames,)
+        return MUGVPipelineOutput(
+            frames=frames, prompt_embeds=text, prompt_attention_mask=text_mask
+        )
