@@ -1,22 +1,275 @@
-"""Command line of mugv-align."""
+"""Command line of mugv-align.
+
+    mugv-align sft CONFIG.yaml [--set key.path=value ...] [--max-steps N] [--micro-batches M]
+    mugv-align dpo CONFIG.yaml [...]            Flow-DPO on pairs (align.preference)
+    mugv-align kto CONFIG.yaml [...]            Flow-KTO on pass/fail labels
+    mugv-align precompute-ref CONFIG.yaml --output ERRORS.json
+    mugv-align ema-list --run RUN
+    mugv-align ema-reconstruct --run RUN --sigma-rel 0.07 [--step N] --output EXPORT
+    mugv-align ema-sweep --run RUN --data HELD_OUT_LATENTS [--sigma-rels 0.03,0.05,...]
+    mugv-align make-prefs --latents LATENTS --labels LABELS.csv|jsonl --output PREFS
+    mugv-align make-pairs --real LATENTS --generated GEN_LATENTS --output DIR
+
+Training commands run under torchrun for several processes (TP/CP/DP from the config and
+the world size); without torchrun as one process. User errors print one line and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from mugv_align import __version__
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config YAML")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set align.beta=1000 (repeatable)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps of this invocation (the run resumes later)",
+    )
+    p.add_argument(
+        "--micro-batches",
+        type=int,
+        default=None,
+        help="global micro-batches per step (default: DP size); a multiple of DP",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mugv-align", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mugv-align", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mugv-align {__version__}")
-    parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command")
+    _train_args(sub.add_parser("sft", help="supervised fine-tuning (annealed LR, power EMAs)"))
+    _train_args(sub.add_parser("dpo", help="Flow-DPO on preference pairs"))
+    _train_args(sub.add_parser("kto", help="Flow-KTO on pass/fail labels"))
+    pre = sub.add_parser("precompute-ref", help="store the reference model's errors")
+    pre.add_argument("config")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pre.add_argument("--output", required=True, help="JSON file to write")
+    pre.add_argument("--device", default=None)
+
+    lst = sub.add_parser("ema-list", help="list a run's EMA snapshots")
+    lst.add_argument("--run", required=True)
+    rec = sub.add_parser("ema-reconstruct", help="post-hoc EMA of any sigma_rel -> export")
+    rec.add_argument("--run", required=True, help="mugv-align run folder")
+    rec.add_argument("--sigma-rel", type=float, required=True)
+    rec.add_argument("--step", type=int, default=None, help="EMA at this step (default: last)")
+    rec.add_argument("--output", required=True, help="mugv.dit-export folder to write")
+    sweep = sub.add_parser("ema-sweep", help="evaluate candidate sigma_rel on held-out latents")
+    sweep.add_argument("--run", required=True)
+    sweep.add_argument("--data", required=True, help="held-out latent dataset (with text)")
+    sweep.add_argument(
+        "--sigma-rels", default="0.02,0.04,0.05,0.07,0.10,0.15", help="comma-separated candidates"
+    )
+    sweep.add_argument("--step", type=int, default=None)
+    sweep.add_argument("--draws", type=int, default=2, help="noise draws per sample")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--output", default=None, help="JSON results (default RUN/ema_sweep.json)")
+
+    mp = sub.add_parser("make-prefs", help="preference data from labels (CSV / JSONL)")
+    mp.add_argument("--latents", required=True)
+    mp.add_argument("--labels", required=True)
+    mp.add_argument("--output", required=True)
+    mp.add_argument(
+        "--kind",
+        choices=["dpo", "kto"],
+        default=None,
+        help="default: dpo when rows have 'chosen', else kto",
+    )
+    pairs = sub.add_parser("make-pairs", help="RDPO pairs: real clips vs generated samples")
+    pairs.add_argument("--real", required=True, help="latent dataset of real clips (with text)")
+    pairs.add_argument("--generated", required=True, help="latent shards written by mugv-infer")
+    pairs.add_argument("--output", required=True, help="folder: latents/ + prefs/")
+    pairs.add_argument("--max-per-caption", type=int, default=1)
     return parser
 
 
+def _train(args) -> int:
+    from mugv_dit.parallel import destroy_distributed
+
+    from mugv_align.config import load_align_config
+    from mugv_align.trainer import AlignTrainer
+
+    cfg = load_align_config(args.config, [*args.overrides, f"align.mode={args.command}"])
+    trainer = AlignTrainer(cfg, micro_batches_per_step=args.micro_batches)
+    try:
+        logs = trainer.run(max_steps=args.max_steps)
+    finally:
+        trainer.close()
+        destroy_distributed()
+    done = [log for log in logs if "loss" in log]
+    if done:
+        last = done[-1]
+        extra = "".join(
+            f"; {k} {last[k]:.4f}" for k in ("pref_accuracy", "reward_margin") if k in last
+        )
+        print(
+            f"trained {len(logs)} steps; last loss {last['loss']:.6f}{extra}; "
+            f"outputs in {cfg.output_dir}"
+        )
+    return 0
+
+
+def _run_config(run: str):
+    import yaml
+
+    from mugv_align.config import resolve_align_config
+
+    path = Path(run) / "resolved_config.yaml"
+    if not path.is_file():
+        raise ValueError(f"{run} is not a mugv-align run (no resolved_config.yaml)")
+    return resolve_align_config(yaml.safe_load(path.read_text()))
+
+
+def _reconstruct(run: str, sigma_rel: float, step: int | None):
+    from mugv_align.snapshots import list_snapshots, reconstruction_weights, weighted_average
+
+    snaps = list_snapshots(Path(run) / "ema_snapshots")
+    if step is not None:
+        snaps = [s for s in snaps if s["step"] <= step]
+        if not snaps:
+            raise ValueError(f"{run}: no EMA snapshot at or before step {step}")
+    weights = reconstruction_weights(snaps, sigma_rel, step)
+    return weighted_average(snaps, weights), snaps, weights
+
+
+def _ema_list(args) -> int:
+    from mugv_align.snapshots import describe, list_snapshots
+
+    for line in describe(list_snapshots(Path(args.run) / "ema_snapshots")):
+        print(line)
+    return 0
+
+
+def _ema_reconstruct(args) -> int:
+    from mugv_dit.export import save_export
+
+    cfg = _run_config(args.run)
+    state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step)
+    extra = {
+        "run": str(args.run),
+        "sigma_rel": args.sigma_rel,
+        "step": args.step,
+        "snapshots": [[s["step"], s["sigma_rel"], float(w)] for s, w in zip(snaps, weights)],
+    }
+    path = save_export(args.output, cfg.model, state, extra)
+    print(f"wrote post-hoc EMA sigma_rel={args.sigma_rel} from {len(snaps)} snapshots to {path}")
+    return 0
+
+
+def _ema_sweep(args) -> int:
+    import torch
+    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.data import LatentIndex
+    from mugv_dit.export import load_full_state_dict
+    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit.parallel import init_distributed
+    from mugv_formats import atomic_write_text
+
+    from mugv_align.evaluate import validation_loss
+
+    try:
+        cands = [float(x) for x in args.sigma_rels.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--sigma-rels {args.sigma_rels!r}: not comma-separated numbers") from None
+    cfg = _run_config(args.run)
+    index = LatentIndex(args.data)
+    init_distributed(1)
+    results = []
+    with cpu_megatron():
+        model = MUGDiT(cfg.model, megatron_config(cfg.model)).eval()
+        for s in cands:
+            state, _, _ = _reconstruct(args.run, s, args.step)
+            load_full_state_dict(model, state)
+            with torch.no_grad():
+                loss = validation_loss(
+                    model, index, cfg.objective, seed=args.seed, draws=args.draws
+                )
+            results.append({"sigma_rel": s, "val_loss": loss})
+            print(f"sigma_rel {s:.4f}  val_loss {loss:.6f}", flush=True)
+    best = min(results, key=lambda r: r["val_loss"])
+    print(f"best sigma_rel {best['sigma_rel']:.4f} (val_loss {best['val_loss']:.6f})")
+    out = Path(args.output) if args.output else Path(args.run) / "ema_sweep.json"
+    atomic_write_text(
+        out, json.dumps({"data": str(args.data), "results": results, "best": best}, indent=2)
+    )
+    return 0
+
+
+def _precompute(args) -> int:
+    from mugv_align.config import load_align_config
+    from mugv_align.reference import precompute_reference_errors
+
+    cfg = load_align_config(args.config, args.overrides)
+    n = precompute_reference_errors(cfg, args.output, device=args.device)
+    print(f"wrote reference errors of {n} items to {args.output}")
+    return 0
+
+
+def _make_prefs(args) -> int:
+    from mugv_align.prefs import make_prefs
+
+    kind, n = make_prefs(args.latents, args.labels, args.output, kind=args.kind)
+    print(f"wrote {n} {kind} items to {args.output}")
+    return 0
+
+
+def _make_pairs(args) -> int:
+    from mugv_align.prefs import make_real_pairs
+
+    n = make_real_pairs(
+        args.real, args.generated, args.output, max_per_caption=args.max_per_caption
+    )
+    print(f"wrote {n} real-vs-generated pairs to {args.output}/prefs")
+    return 0
+
+
+COMMANDS = {
+    "sft": _train,
+    "dpo": _train,
+    "kto": _train,
+    "precompute-ref": _precompute,
+    "ema-list": _ema_list,
+    "ema-reconstruct": _ema_reconstruct,
+    "ema-sweep": _ema_sweep,
+    "make-prefs": _make_prefs,
+    "make-pairs": _make_pairs,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from mugv_dit.cli import _quiet_megatron_warnings
+
+    _quiet_megatron_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-    return 0
+        return 0
+    from mugv_formats import FormatError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FormatError) as exc:  # user errors: one clear line, no traceback
+        msg = str(exc).splitlines()
+        print(
+            f"mugv-align {args.command}: error: {' '.join(m.strip() for m in msg)}", file=sys.stderr
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

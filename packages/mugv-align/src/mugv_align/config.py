@@ -1,0 +1,132 @@
+"""Typed configuration of mugv-align: mugv-dit's run config plus an ``align`` section.
+
+Precedence: CLI ``--set a.b=value`` > YAML file > defaults (mugv-dit's rules). Every run
+writes its resolved config (``resolved_config.yaml``) into its output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from mugv_dit.config import MODEL_PRESETS, RunConfig, apply_overrides
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PreferenceSource(BaseModel):
+    """One preference set (``mugv.preference-data``) and its share of the steps."""
+
+    model_config = _STRICT
+
+    path: str = Field(..., description="mugv.preference-data folder.")
+    weight: float = Field(1.0, gt=0, description="Relative probability of a step drawing here.")
+
+
+class AlignConfig(BaseModel):
+    """Post-training objective, reference model and post-hoc EMA."""
+
+    model_config = _STRICT
+
+    mode: Literal["sft", "dpo", "kto"] = Field("sft", description="Objective of the run.")
+    preference: list[PreferenceSource] = Field(
+        default_factory=list, description="Preference sets (dpo / kto), interleaved by weight."
+    )
+    items_per_micro_batch: int = Field(
+        1, ge=1, description="Pairs (dpo) or labelled samples (kto) per micro-batch."
+    )
+    beta: float = Field(
+        500.0, gt=0, description="Constant inverse temperature of Flow-DPO / Flow-KTO."
+    )
+    sft_weight: float = Field(
+        0.1,
+        ge=0,
+        description="Weight of the SFT (flow) loss regulariser on winners (dpo) / desirable "
+        "samples (kto).",
+    )
+    desirable_weight: float = Field(1.0, ge=0, description="KTO weight of desirable samples.")
+    undesirable_weight: float = Field(1.0, ge=0, description="KTO weight of undesirable ones.")
+    reference: Literal["live", "precomputed"] = Field(
+        "live",
+        description="live: a frozen copy sharded like the policy runs on each batch; "
+        "precomputed: its errors are read from `reference_errors`.",
+    )
+    reference_from: str | None = Field(
+        None, description="mugv.dit-export of the reference model; default train.init_from."
+    )
+    reference_errors: str | None = Field(
+        None, description="File written by `mugv-align precompute-ref` (reference=precomputed)."
+    )
+    ema_sigma_rels: list[float] = Field(
+        default_factory=lambda: [0.05, 0.10],
+        description="Power-function EMAs kept during training (EDM2); [] disables.",
+    )
+    ema_snapshot_every: int = Field(
+        0, ge=0, description="Save EMA snapshots every N steps (0: at checkpoints only)."
+    )
+    console_every: int = Field(0, ge=0, description="Print metrics every N steps (0: never).")
+
+
+class AlignRunConfig(RunConfig):
+    """Everything a ``mugv-align`` run needs (mugv-dit's RunConfig + ``align``)."""
+
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    output_dir: str = "runs/align"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, raw):
+        # post-training keeps power-function EMAs instead of mugv-dit's constant-decay EMA
+        if isinstance(raw, dict):
+            train = dict(raw.get("train") or {})
+            train.setdefault("ema_decay", None)
+            raw = {**raw, "train": train}
+        return raw
+
+    @model_validator(mode="after")
+    def _check_align(self) -> AlignRunConfig:
+        a = self.align
+        if a.mode != "sft":
+            if not a.preference:
+                raise ValueError(f"align.mode={a.mode} needs align.preference (a list of sets)")
+            if self.parallel.pipeline_parallel != 1:
+                raise ValueError(
+                    f"align.mode={a.mode} runs with parallel.pipeline_parallel=1 "
+                    "(TP / CP / DP are supported)"
+                )
+            if a.reference == "precomputed" and a.reference_errors is None:
+                raise ValueError("align.reference=precomputed needs align.reference_errors")
+            if a.reference == "live" and a.reference_from is None and self.train.init_from is None:
+                raise ValueError(
+                    "a live reference needs align.reference_from or train.init_from (an export)"
+                )
+        if a.ema_sigma_rels and self.train.ema_decay is not None:
+            raise ValueError(
+                "set train.ema_decay=null with align.ema_sigma_rels (power EMAs replace it)"
+            )
+        return self
+
+
+def resolve_align_config(raw: dict) -> AlignRunConfig:
+    raw = dict(raw)
+    preset = raw.get("preset")
+    if preset is not None:
+        if preset not in MODEL_PRESETS:
+            raise ValueError(f"preset {preset!r} unknown; choose from {sorted(MODEL_PRESETS)}")
+        raw["model"] = {**MODEL_PRESETS[preset], **(raw.get("model") or {})}
+    return AlignRunConfig(**raw)
+
+
+def load_align_config(path: str | Path | None, overrides: list[str] | None = None):
+    """Read a YAML align config and apply ``key.path=value`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path}: top level must be a mapping")
+    return resolve_align_config(apply_overrides(raw, overrides or []))

@@ -1,0 +1,230 @@
+"""Preference batches: sources, a layout-independent step sampler, per-item noise.
+
+Every item (a DPO pair or a KTO sample) draws its task, frame mask, noise level, noise and
+caption dropout from its own seed, a pure function of (data seed, item identity). A pair's
+winner and loser share all of them. So a live reference and errors precomputed before
+training see exactly the same inputs, and any TP / DP / accumulation layout forms the same
+micro-batches (as mugv-dit's BucketSampler does for pre-training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mugv_dit.config import ObjectiveConfig
+from mugv_dit.data import LatentIndex, collate
+from mugv_dit.diffusion.schedule import (
+    add_noise,
+    resolution_shift_ratio,
+    sample_logit_normal,
+    shift_sigma,
+    velocity_target,
+)
+from mugv_dit.diffusion.tasks import choose_task, frame_mask
+from mugv_formats import KTOSample, PreferencePair, read_preference_data
+
+
+def item_id(item: PreferencePair | KTOSample) -> str:
+    """Identity of an item: ``chosen>rejected`` (pair) or the sample key."""
+    return f"{item.chosen}>{item.rejected}" if isinstance(item, PreferencePair) else item.key
+
+
+def item_seed(data_seed: int, ident: str) -> int:
+    digest = hashlib.sha256(f"{data_seed}:{ident}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+def resolve_latent_path(pref_path: Path, latent_dataset: str) -> Path:
+    p = Path(latent_dataset)
+    return p if p.is_absolute() else (pref_path / p)
+
+
+@dataclass
+class Source:
+    """One preference set with the latent samples its keys name."""
+
+    path: Path
+    kind: str
+    items: list
+    index: LatentIndex
+    key_to_row: dict[str, int]
+    buckets: dict[tuple, list[int]]  # bucket -> item indices
+
+
+def load_source(path: str | Path, *, kind: str, text_dim: int, channels: int) -> Source:
+    path = Path(path)
+    if not (path / "dataset.json").is_file():
+        raise ValueError(f"preference set {path} does not exist (no dataset.json)")
+    header, items = read_preference_data(path)
+    if header.kind != kind:
+        raise ValueError(f"preference set {path} holds {header.kind} data, align.mode is {kind}")
+    latent_path = resolve_latent_path(path, header.latent_dataset)
+    index = LatentIndex(latent_path)
+    if index.header.text_dim != text_dim or index.header.latent_channels != channels:
+        raise ValueError(
+            f"{latent_path}: text_dim={index.header.text_dim}, channels="
+            f"{index.header.latent_channels} do not fit the model ({text_dim}, {channels})"
+        )
+    key_to_row = {r.key: i for i, r in enumerate(index.records)}
+    buckets: dict[tuple, list[int]] = {}
+    for n, item in enumerate(items):
+        keys = [item.chosen, item.rejected] if kind == "dpo" else [item.key]
+        for k in keys:
+            if k not in key_to_row:
+                raise ValueError(f"{path} item {n}: latent sample {k!r} not in {latent_path}")
+        shapes = {index.bucket_of(key_to_row[k]) for k in keys}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"{path} item {n}: chosen and rejected have different shapes {sorted(shapes)}"
+            )
+        buckets.setdefault(shapes.pop(), []).append(n)
+    return Source(path, kind, items, index, key_to_row, dict(sorted(buckets.items())))
+
+
+class PreferenceSampler:
+    """Step plans over several sources: each step draws a source by weight, then a bucket
+    (probability proportional to its items), then ``items_per_micro_batch`` items for each
+    global micro-batch from per-(source, bucket) epoch permutations. A pure function of
+    (seed, step, cursors); the cursors are the savable state."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        weights: list[float],
+        *,
+        items_per_micro_batch: int,
+        micro_batches_per_step: int,
+        seed: int,
+    ):
+        self.sources = sources
+        self.weights = weights
+        self.per_mb = items_per_micro_batch
+        self.n_micro = micro_batches_per_step
+        self.seed = seed
+        self.cursors: dict[str, int] = {}
+
+    def plan(self, step: int) -> tuple[int, list[list[int]]]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        s = rng.choices(range(len(self.sources)), weights=self.weights)[0]
+        src = self.sources[s]
+        keys = list(src.buckets)
+        b = rng.choices(range(len(keys)), weights=[len(src.buckets[k]) for k in keys])[0]
+        pool = src.buckets[keys[b]]
+        name = f"{s}:{b}"
+        cursor = self.cursors.get(name, 0)
+        micro = []
+        for _ in range(self.n_micro):
+            mb = []
+            for _ in range(self.per_mb):
+                epoch, pos = divmod(cursor, len(pool))
+                perm = list(pool)
+                random.Random(self.seed * 7919 + s * 15485863 + b * 104729 + epoch).shuffle(perm)
+                mb.append(perm[pos])
+                cursor += 1
+            micro.append(mb)
+        self.cursors[name] = cursor
+        return s, micro
+
+    def state_dict(self) -> dict:
+        return {"cursors": dict(self.cursors), "sources": [str(x.path) for x in self.sources]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursors = {str(k): int(v) for k, v in state.get("cursors", {}).items()}
+
+
+@dataclass
+class PrefBatch:
+    """Model inputs of one micro-batch. DPO: rows ``[w_1..w_B, l_1..l_B]``; KTO: ``[B]``."""
+
+    noisy_BCTHW: torch.Tensor
+    sigma_B: torch.Tensor
+    target_BCTHW: torch.Tensor
+    noisy_frames_BT: torch.Tensor
+    drop_caption_B: torch.Tensor
+    texts: list[torch.Tensor]
+    fps_B: torch.Tensor
+    latent_shape: tuple[int, ...]
+    ids: list[str]
+    weight_B: torch.Tensor  # per item
+    desirable_B: torch.Tensor  # KTO labels (all True for DPO)
+
+
+def prepare_group(
+    latents_GCTHW: torch.Tensor,
+    height_px: int,
+    width_px: int,
+    cfg: ObjectiveConfig,
+    seed: int,
+):
+    """Noisy inputs of G samples sharing ONE draw (task, mask, noise level, noise, caption
+    dropout) from ``seed``: a DPO pair (G = 2) or a KTO sample (G = 1)."""
+    g, c, t, h, w = latents_GCTHW.shape
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    task = choose_task(t, cfg.task_ratios, rng)
+    mask_T = frame_mask(task, t, rng, cfg.continuation_max_frames)
+    sigma = sample_logit_normal(
+        1, mean=cfg.logit_normal_mean, std=cfg.logit_normal_std, generator=gen
+    )
+    if cfg.shift_by_resolution:
+        sigma = shift_sigma(
+            sigma, resolution_shift_ratio(height_px, width_px, t, cfg.base_resolution)
+        )
+    noise = torch.randn((1, c, t, h, w), generator=gen, dtype=torch.float32)
+    drop = bool(torch.rand(1, generator=gen)[0] < cfg.caption_dropout)
+    x0 = latents_GCTHW.float().cpu()
+    noise = noise.expand(g, -1, -1, -1, -1)
+    sigma_G = sigma.expand(g).float()
+    noisy = add_noise(x0, noise, sigma_G)
+    keep = mask_T[None, None, :, None, None]
+    noisy = torch.where(keep, noisy, x0)
+    return noisy, sigma_G, velocity_target(x0, noise), mask_T.expand(g, -1), drop
+
+
+def build_batch(
+    src: Source, item_ids: list[int], cfg: ObjectiveConfig, data_seed: int, device
+) -> PrefBatch:
+    """Load, collate and noise the items of one micro-batch (one bucket)."""
+    groups = []
+    for n in item_ids:
+        item = src.items[n]
+        keys = [item.chosen, item.rejected] if src.kind == "dpo" else [item.key]
+        samples = [src.index.load(src.key_to_row[k]) for k in keys]
+        clean = collate(samples, "cpu")
+        ident = item_id(item)
+        noisy, sigma, target, mask, drop = prepare_group(
+            clean.latents_BCTHW, clean.height_px, clean.width_px, cfg, item_seed(data_seed, ident)
+        )
+        groups.append((noisy, sigma, target, mask, drop, clean, ident, item))
+    order = [0, 1] if src.kind == "dpo" else [0]
+    # DPO rows: all winners first, then all losers (so e[:B] are winners, e[B:] losers)
+    rows = [(g, j) for j in order for g in range(len(groups))]
+
+    def cat(k):
+        return torch.stack([groups[g][k][j] for g, j in rows]).to(device)
+
+    drop = torch.tensor([groups[g][4] for g, _ in rows])
+    texts = [groups[g][5].texts[j].to(device) for g, j in rows]
+    fps = torch.stack([groups[g][5].fps_B[j] for g, j in rows]).to(device)
+    weight = torch.tensor([float(groups[g][7].weight) for g in range(len(groups))])
+    desirable = torch.tensor(
+        [bool(getattr(groups[g][7], "desirable", True)) for g in range(len(groups))]
+    )
+    noisy = cat(0)
+    return PrefBatch(
+        noisy_BCTHW=noisy,
+        sigma_B=cat(1),
+        target_BCTHW=cat(2),
+        noisy_frames_BT=cat(3),
+        drop_caption_B=drop.to(device),
+        texts=texts,
+        fps_B=fps,
+        latent_shape=tuple(noisy.shape),
+        ids=[groups[g][6] for g in range(len(groups))],
+        weight_B=weight.to(device),
+        desirable_B=desirable.to(device),
+    )

@@ -1,0 +1,390 @@
+"""Post-training on mugv-dit's Megatron trainer: SFT, Flow-DPO, Flow-KTO, power EMAs.
+
+``AlignTrainer`` extends ``mugv_dit.trainer.Trainer`` (process groups, Megatron DDP,
+distributed optimizer, distributed checkpoints, resume, annealed LR schedules):
+
+* ``sft``: mugv-dit's step unchanged (flow loss on the curated latent set in ``data.path``,
+  LR from the curriculum, e.g. ``lr_decay: cosine``) plus the power EMAs.
+* ``dpo`` / ``kto``: the step's micro-batches come from preference sets
+  (:mod:`mugv_align.data`); the loss is computed from per-sample velocity errors of the
+  policy and of a frozen reference (a live model sharded like the policy, no gradients or
+  optimizer state; or errors precomputed with the same per-item seeds).
+
+Power EMAs (``align.ema_sigma_rels``) replace mugv-dit's single EMA in the ``ema`` slot of
+the checkpoint, so they resume exactly; snapshots for post-hoc reconstruction go to
+``OUTPUT/ema_snapshots``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
+from mugv_dit.diffusion.loss import masked_velocity_sse
+from mugv_dit.export import load_export, load_full_state_dict
+from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.trainer import Trainer
+from mugv_formats import atomic_write_text
+
+from mugv_align.config import AlignRunConfig
+from mugv_align.data import PreferenceSampler, build_batch, load_source
+from mugv_align.losses import (
+    dpo_margin,
+    flow_dpo_loss,
+    flow_kto_loss,
+    kto_reference_point,
+    per_sample_velocity_error,
+)
+from mugv_align.snapshots import PowerEMAs
+
+METRICS = ("pref_loss", "reward_margin", "pref_accuracy", "implicit_kl", "sft_loss")
+
+
+def read_reference_errors(path: str | Path, data_seed: int, objective: dict) -> dict:
+    """Reference errors written by :func:`mugv_align.reference.precompute_reference_errors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"align.reference_errors={path} does not exist")
+    try:
+        doc = json.loads(path.read_text())
+        errors = {str(k): [float(x) for x in v] for k, v in doc["errors"].items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a reference-errors file ({e})") from None
+    if doc.get("data_seed") != data_seed or doc.get("objective") != objective:
+        raise ValueError(
+            f"{path} was computed with another data.seed / objective: its noise would not match"
+        )
+    return errors
+
+
+class AlignTrainer(Trainer):
+    """Runs an AlignRunConfig to completion, resuming from its output folder."""
+
+    def __init__(self, cfg: AlignRunConfig, *, micro_batches_per_step: int | None = None):
+        a = cfg.align
+        self.sources = []
+        if a.mode != "sft" and cfg.data.path is None:
+            # the base trainer indexes a latent set: use the first preference set's
+            from mugv_formats import read_preference_data
+
+            from mugv_align.data import resolve_latent_path
+
+            p = Path(a.preference[0].path)
+            if not (p / "dataset.json").is_file():
+                raise ValueError(f"preference set {p} does not exist (no dataset.json)")
+            header, _ = read_preference_data(p)
+            cfg = cfg.model_copy(deep=True)
+            cfg.data.path = str(resolve_latent_path(p, header.latent_dataset))
+        super().__init__(cfg, micro_batches_per_step=micro_batches_per_step)
+        self.align = a
+        layout = {
+            "tensor_parallel": cfg.parallel.tensor_parallel,
+            "pipeline_parallel": cfg.parallel.pipeline_parallel,
+            "context_parallel": cfg.parallel.context_parallel,
+        }
+        # 8. power EMAs (fp32, sharded like the policy) in the checkpoint's `ema` slot
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if a.ema_sigma_rels:
+
+            def make():
+                tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
+                return MUGDiT(cfg.model, tcfg).to(self.device)
+
+            self.ema = PowerEMAs(make, a.ema_sigma_rels)
+            if ckpt is not None:
+                load_model_weights(ckpt, self.ema, which="ema")
+            else:
+                self.ema.copy_from(self.model.module)
+        # 9. preference sets, sampler and reference
+        self.ref_model = None
+        self.ref_errors = None
+        if a.mode != "sft":
+            for s in a.preference:
+                self.sources.append(
+                    load_source(
+                        s.path,
+                        kind=a.mode,
+                        text_dim=cfg.model.text_dim,
+                        channels=cfg.model.in_channels,
+                    )
+                )
+            self.pref_sampler = PreferenceSampler(
+                self.sources,
+                [s.weight for s in a.preference],
+                items_per_micro_batch=a.items_per_micro_batch,
+                micro_batches_per_step=self.micro_batches,
+                seed=cfg.data.seed,
+            )
+            if ckpt is not None:
+                state_file = self._align_state_path(self.step)
+                if not state_file.is_file():
+                    raise ValueError(f"{state_file} missing: cannot resume the preference sampler")
+                self.pref_sampler.load_state_dict(json.loads(state_file.read_text()))
+            if a.reference == "live":
+                self.ref_model = self._build_reference(cfg, layout)
+            else:
+                self.ref_errors = read_reference_errors(
+                    a.reference_errors, cfg.data.seed, cfg.objective.model_dump(mode="json")
+                )
+
+    def _build_reference(self, cfg, layout) -> MUGDiT:
+        """The frozen reference: same layout and dtype as the policy, no grads, no optimizer."""
+        path = cfg.align.reference_from or cfg.train.init_from
+        model_cfg, state = load_export(path)
+        if model_cfg.model_dump() != cfg.model.model_dump():
+            raise ValueError(f"reference {path}: its model config differs from this run's")
+        dtype = next(self.model.module.parameters()).dtype
+        tcfg = megatron_config(
+            cfg.model,
+            params_dtype=dtype,
+            cpu_init=True,
+            sequence_parallel=cfg.parallel.sequence_parallel,
+            **layout,
+        )
+        ref = MUGDiT(cfg.model, tcfg).to(device=self.device, dtype=dtype)
+        load_full_state_dict(ref, state)
+        return ref.eval().requires_grad_(False)
+
+    # -- EMA ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if isinstance(self.ema, PowerEMAs):
+            self.ema.update(self.model.module, self.step + 1)
+        else:
+            super()._update_ema()
+
+    def _maybe_snapshot(self, step: int, force: bool = False) -> None:
+        if not isinstance(self.ema, PowerEMAs):
+            return
+        every = self.align.ema_snapshot_every
+        if not force and not (every and step % every == 0):
+            return
+        root = self.out / "ema_snapshots"
+        writer = parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0
+        self.ema.save_snapshot(
+            root,
+            step,
+            tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+            pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+            writer=writer,
+        )
+        dist.barrier()
+        if self.rank == 0:
+            self.ema.finish_snapshot(root, step)
+        dist.barrier()
+
+    def _align_state_path(self, step: int) -> Path:
+        return self.ckpt_root / "align_state" / f"step_{step:07d}.json"
+
+    def save(self) -> Path:
+        """EMA snapshot and preference-sampler state (JSON) first, then mugv-dit's checkpoint,
+        whose ``latest`` pointer is written last: a kill in between leaves the previous
+        checkpoint complete."""
+        self._maybe_snapshot(self.step, force=True)
+        if self.sources and self.rank == 0:
+            path = self._align_state_path(self.step)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(self.pref_sampler.state_dict()))
+        return super().save()
+
+    # -- one step ---------------------------------------------------------------------------
+    def _train_step(self, stage_idx, stage, in_stage) -> dict:
+        if self.align.mode == "sft":
+            log = super()._train_step(stage_idx, stage, in_stage)
+        else:
+            log = self._preference_step(stage, in_stage)
+        if "loss" in log:
+            self._maybe_snapshot(self.step + 1)
+            self._report(log)
+        return log
+
+    def _report(self, log: dict) -> None:
+        if self.rank != 0:
+            return
+        step = self.step + 1
+        if self.writer is not None:
+            for k in METRICS:
+                if k in log:
+                    self.writer.add_scalar(f"align/{k}", log[k], step)
+        every = self.align.console_every
+        if every and step % every == 0:
+            parts = [f"{k}={log[k]:.4g}" for k in ("loss", *METRICS) if k in log]
+            print(f"step {step}: " + " ".join(parts), flush=True)
+
+    def _preference_step(self, stage, in_stage) -> dict:
+        from mugv_dit.trainer import stage_lr
+
+        cfg, a = self.cfg, self.align
+        s, plan = self.pref_sampler.plan(self.step)
+        src = self.sources[s]
+        mine = list(range(self.dp_rank, self.micro_batches, self.dp_size))
+        batches = [
+            build_batch(src, plan[mb], cfg.objective, cfg.data.seed, self.device) for mb in mine
+        ]
+        for b in batches:
+            b.ref_error_B = self._reference_errors(b)
+        # global normalisers: items, SFT elements (winners / desirable samples)
+        n_items = sum(len(b.ids) for b in batches)
+        sft_count = 0
+        for b in batches:
+            n = len(b.ids)
+            c, h, w = b.latent_shape[1], b.latent_shape[3], b.latent_shape[4]
+            sft_rows = (
+                b.noisy_frames_BT[:n]
+                if src.kind == "dpo"
+                else b.noisy_frames_BT[b.desirable_B.cpu()]
+            )
+            sft_count += int(sft_rows.sum()) * c * h * w
+        stats = torch.tensor([n_items, sft_count], dtype=torch.float64, device=self.device)
+        dist.all_reduce(stats, group=self.dp_group)
+        total_items, total_sft = float(stats[0]), max(1.0, float(stats[1]))
+        z = None
+        if src.kind == "kto":
+            z = self._kto_reference_point(batches, total_items)
+
+        lr = stage_lr(stage, in_stage)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        sums = self._preference_forward_backward(batches, src.kind, total_items, total_sft, z)
+        dist.all_reduce(sums, group=self.dp_group)
+        pref, margin, correct, kl, sft_sse, n_kl = (float(x) for x in sums)
+        n = max(1.0, total_items)
+        sft_loss = sft_sse / total_sft
+        log = {
+            "loss": pref / n + a.sft_weight * sft_loss,
+            "pref_loss": pref / n,
+            "reward_margin": margin / n,
+            "pref_accuracy": correct / n,
+            "implicit_kl": kl / max(1.0, n_kl),
+            "sft_loss": sft_loss,
+            "lr": lr,
+            "stage": stage.name,
+            "source": s,
+            "items": int(total_items),
+        }
+        if z is not None:
+            log["kto_z"] = float(z)
+        where = f"source {src.path}, items {[i for b in batches for i in b.ids]}"
+        if not math.isfinite(log["loss"]):
+            return self._nonfinite(log["loss"], where, "loss")
+        ok, grad_norm, _ = self.optimizer.step()
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return self._nonfinite(grad_norm, where, "grad norm")
+        if self.ema is not None and ok:
+            self._update_ema()
+        log["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        return log
+
+    def _forward(self, model, b):
+        return model(
+            b.noisy_BCTHW,
+            b.sigma_B.to(self.device),
+            PackedText.from_list(b.texts),
+            fps_B=b.fps_B,
+            noisy_frames_BT=b.noisy_frames_BT,
+            drop_caption_B=b.drop_caption_B,
+        )
+
+    @torch.no_grad()
+    def _reference_errors(self, b) -> torch.Tensor:
+        if self.ref_model is not None:
+            pred = self._forward(self.ref_model, b)
+            return per_sample_velocity_error(pred, b.target_BCTHW, b.noisy_frames_BT)
+        rows = []
+        for ident in b.ids:
+            if ident not in self.ref_errors:
+                raise ValueError(f"{self.align.reference_errors}: no reference error of {ident}")
+            rows.append(self.ref_errors[ident])
+        # DPO: [w_1..w_B, l_1..l_B]; KTO: [e_1..e_B]
+        cols = list(zip(*rows, strict=True))
+        return torch.tensor([x for col in cols for x in col], device=self.device)
+
+    @torch.no_grad()
+    def _kto_reference_point(self, batches, total_items: float) -> torch.Tensor:
+        """z = max(0, mean of g = e_ref - e over the global batch), detached: one no-grad
+        policy forward of this rank's micro-batches, summed over DP ranks."""
+        g_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b in batches:
+            e = per_sample_velocity_error(
+                self._forward(self.model, b), b.target_BCTHW, b.noisy_frames_BT
+            )
+            g_sum += (b.ref_error_B - e).double().sum()
+        dist.all_reduce(g_sum, group=self.dp_group)
+        return kto_reference_point(g_sum, total_items).float()
+
+    def _preference_forward_backward(self, batches, kind, total_items, total_sft, z):
+        a = self.align
+        n_micro = len(batches)
+        # DDP averages over DP x CP ranks and the schedule scales each micro-batch's loss by
+        # CP / n_micro: the net gradient is that of the global sums / global counts
+        scale = self.dp_size * n_micro
+
+        def forward_step(data_iterator, model):
+            b = next(data_iterator)
+            pred = self._forward(model, b)
+
+            def loss_func(pred_BCTHW):
+                e = per_sample_velocity_error(pred_BCTHW, b.target_BCTHW, b.noisy_frames_BT)
+                e_ref = b.ref_error_B.to(e.dtype)
+                n = len(b.ids)
+                if kind == "dpo":
+                    e_w, e_l = e[:n], e[n:]
+                    pref = flow_dpo_loss(e_w, e_l, e_ref[:n], e_ref[n:], a.beta, b.weight_B)
+                    margin = dpo_margin(e_w.detach(), e_l.detach(), e_ref[:n], e_ref[n:], a.beta)
+                    correct = (margin > 0).sum()
+                    sft_rows = slice(0, n)
+                else:
+                    pref = flow_kto_loss(
+                        e,
+                        e_ref,
+                        b.desirable_B,
+                        z,
+                        a.beta,
+                        desirable_weight=a.desirable_weight,
+                        undesirable_weight=a.undesirable_weight,
+                        weight=b.weight_B,
+                    )
+                    g = (e_ref - e.detach()) - z
+                    margin = torch.where(b.desirable_B, g, -g)  # signed by label
+                    correct = (margin > 0).sum()
+                    sft_rows = b.desirable_B
+                sft = masked_velocity_sse(
+                    pred_BCTHW[sft_rows], b.target_BCTHW[sft_rows], b.noisy_frames_BT[sft_rows]
+                )
+                loss = pref.sum() / total_items + a.sft_weight * sft / total_sft
+                metrics = torch.stack(
+                    [
+                        pref.detach().sum().double(),
+                        margin.detach().sum().double(),
+                        correct.double(),
+                        (e.detach() - e_ref).sum().double(),
+                        sft.detach().double(),
+                        torch.tensor(float(e.numel()), dtype=torch.float64, device=e.device),
+                    ]
+                )
+                return loss * scale, {"sums": metrics}
+
+            return pred, loss_func
+
+        shape = batches[0].latent_shape
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=self.model,
+            num_microbatches=n_micro,
+            seq_length=self.model.module.padded_length(shape),
+            micro_batch_size=shape[0],
+            forward_only=False,
+        )
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        for out in outputs or []:
+            sums += out["sums"]
+        return sums

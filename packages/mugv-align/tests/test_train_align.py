@@ -1,0 +1,307 @@
+"""End-to-end post-training on CPU: DPO / KTO learn a known preferred direction, SFT with
+power EMAs, exact resume, precomputed reference errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mugv_align.config import load_align_config
+from mugv_align_fixtures import make_export, make_task_latents, write_config, write_labels
+
+
+@pytest.fixture(scope="module")
+def task(megatron_single, tmp_path_factory):
+    from mugv_align.prefs import make_prefs
+
+    tmp = tmp_path_factory.mktemp("task")
+    make_task_latents(tmp / "train_lat", prompts=16, seed=0)
+    make_task_latents(tmp / "held_lat", prompts=8, seed=1, start=100)
+    make_export(tmp / "init", seed=0)
+    out = {"root": tmp}
+    for kind in ("dpo", "kto"):
+        make_prefs(
+            tmp / "train_lat",
+            write_labels(tmp / f"{kind}.jsonl", range(16), kind),
+            tmp / f"{kind}_train",
+        )
+        make_prefs(
+            tmp / "held_lat",
+            write_labels(tmp / f"{kind}_h.jsonl", range(100, 108), kind),
+            tmp / f"{kind}_held",
+        )
+    return out
+
+
+def _run(cfg_path: Path, max_steps=None, **kw):
+    from mugv_align.trainer import AlignTrainer
+
+    trainer = AlignTrainer(load_align_config(cfg_path), micro_batches_per_step=kw.get("mb", 2))
+    try:
+        logs = trainer.run(max_steps=max_steps)
+        state = {
+            k: v.detach().clone()
+            for k, v in trainer.model.module.state_dict().items()
+            if torch.is_tensor(v)
+        }
+        ema = None
+        if trainer.ema is not None:
+            ema = {
+                k: v.detach().clone()
+                for k, v in trainer.ema.state_dict().items()
+                if torch.is_tensor(v)
+            }
+        return logs, state, ema, trainer
+    finally:
+        trainer.close()
+
+
+def _held_out(task, kind, run_state, beta):
+    from mugv_align.data import load_source
+    from mugv_align.evaluate import preference_metrics
+    from mugv_dit.config import ObjectiveConfig
+    from mugv_dit.export import build_model_from_export, load_full_state_dict
+
+    root = task["root"]
+    ref = build_model_from_export(root / "init").eval()
+    pol = build_model_from_export(root / "init").eval()
+    load_full_state_dict(
+        pol, {k: v for k, v in run_state.items() if not k.endswith("_extra_state")}
+    )
+    src = load_source(root / f"{kind}_held", kind=kind, text_dim=32, channels=4)
+    obj = ObjectiveConfig(task_ratios={"t2v": 1.0}, caption_dropout=0.0)
+    return preference_metrics(pol, ref, src, obj, beta=beta, draws=4)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "kto"])
+def test_preference_training_raises_held_out_accuracy(task, tmp_path, kind):
+    root = task["root"]
+    align = {
+        "mode": kind,
+        "preference": [{"path": str(root / f"{kind}_train")}],
+        "beta": 20.0,
+        "sft_weight": 0.0,
+        "items_per_micro_batch": 4,
+        "reference_from": str(root / "init"),
+        "ema_sigma_rels": [],
+    }
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        align=align,
+        steps=30,
+        lr=2e-3,
+        train={"init_from": str(root / "init")},
+    )
+    logs, state, _, _ = _run(cfg)
+    assert logs[0]["pref_loss"] == pytest.approx(
+        0.6931471805599453 if kind == "dpo" else logs[0]["pref_loss"]
+    )
+    metrics = _held_out(task, kind, state, beta=20.0)
+    print(kind, logs[0]["pref_loss"], logs[-1]["pref_loss"], metrics)
+    assert metrics["accuracy"] >= 0.8, metrics
+    assert metrics["margin"] > 0
+    assert logs[-1]["pref_loss"] < logs[0]["pref_loss"]
+
+
+def _dpo_align(root, **extra):
+    return {
+        "mode": "dpo",
+        "preference": [{"path": str(root / "dpo_train")}],
+        "beta": 20.0,
+        "sft_weight": 0.5,
+        "items_per_micro_batch": 2,
+        "reference_from": str(root / "init"),
+        **extra,
+    }
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def dpo_reference_run(task, tmp_path_factory):
+    """DPO with the SFT regulariser and two power EMAs, checkpoints every 2 steps."""
+    root = task["root"]
+    tmp = tmp_path_factory.mktemp("dporef")
+    cfg = write_config(
+        tmp / "c.yaml",
+        tmp / "run",
+        steps=4,
+        align=_dpo_align(root, ema_sigma_rels=[0.05, 0.10], ema_snapshot_every=1),
+        train={"init_from": str(root / "init"), "save_every": 2},
+    )
+    logs, state, ema, _ = _run(cfg)
+    return tmp / "run", logs, state, ema
+
+
+def test_dpo_resume_after_interruption_is_exact(task, dpo_reference_run, tmp_path):
+    root = task["root"]
+    ref_dir, ref_logs, ref_state, ref_ema = dpo_reference_run
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        steps=4,
+        align=_dpo_align(root, ema_sigma_rels=[0.05, 0.10], ema_snapshot_every=1),
+        train={"init_from": str(root / "init"), "save_every": 2},
+    )
+    # a fresh process stops after step 3 (as if killed: its last checkpoint is step 2)
+    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mugv_align.cli",
+        "dpo",
+        str(cfg),
+        "--max-steps",
+        "3",
+        "--micro-batches",
+        "2",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_0000002"
+    _, state, ema, _ = _run(cfg)
+    assert _losses(tmp_path / "run") == _losses(ref_dir)
+    for k, v in ref_state.items():
+        assert torch.equal(state[k], v), k
+    for k, v in ref_ema.items():
+        assert torch.equal(ema[k], v), k
+    keys = {"pref_loss", "reward_margin", "pref_accuracy", "implicit_kl", "sft_loss"}
+    assert keys <= set(ref_logs[-1])
+    assert ref_logs[0]["pref_accuracy"] == 0.0 and ref_logs[0]["implicit_kl"] == 0.0
+
+
+def test_precomputed_reference_errors_match_the_live_reference(task, dpo_reference_run, tmp_path):
+    from mugv_align.cli import main
+
+    root = task["root"]
+    ref_dir, *_ = dpo_reference_run
+    align = _dpo_align(
+        root,
+        ema_sigma_rels=[0.05, 0.10],
+        reference="precomputed",
+        reference_errors=str(tmp_path / "ref.json"),
+    )
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        steps=4,
+        align=align,
+        train={"init_from": str(root / "init")},
+    )
+    assert main(["precompute-ref", str(cfg), "--output", str(tmp_path / "ref.json")]) == 0
+    doc = json.loads((tmp_path / "ref.json").read_text())
+    assert len(doc["errors"]) == 16 and all(len(v) == 2 for v in doc["errors"].values())
+    logs, *_ = _run(cfg)
+    want = _losses(ref_dir)
+    for log in logs:
+        assert log["loss"] == pytest.approx(want[log["step"]], rel=1e-5, abs=1e-7)
+    # a file made for another seed is refused (its noise would not match)
+    bad = write_config(
+        tmp_path / "b.yaml",
+        tmp_path / "bad",
+        steps=1,
+        align=align,
+        train={"init_from": str(root / "init")},
+        data={"seed": 8},
+    )
+    with pytest.raises(ValueError, match="another data.seed"):
+        _run(bad)
+
+
+def test_sft_power_emas_follow_the_trajectory_and_reconstruct(task, tmp_path, capsys):
+    """SFT (cosine-annealed LR) with two power EMAs: each EMA equals the power-profile
+    average of the actual parameter trajectory (float64 brute force); `ema-reconstruct` of a
+    stored sigma_rel returns that EMA; `ema-sweep` evaluates candidates on held-out latents."""
+    import numpy as np
+    from mugv_align.cli import main
+    from mugv_align.ema import discrete_profile, sigma_rel_to_gamma
+    from mugv_align.trainer import AlignTrainer
+    from mugv_dit.export import load_export
+
+    root = task["root"]
+    align = {"mode": "sft", "ema_sigma_rels": [0.05, 0.10], "ema_snapshot_every": 2}
+    cfg_path = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        steps=6,
+        align=align,
+        train={"init_from": str(root / "init")},
+        data={"path": str(root / "train_lat")},
+    )
+    cfg = load_align_config(cfg_path)
+    cfg.curriculum[0].lr_decay = "cosine"
+    trainer = AlignTrainer(cfg, micro_batches_per_step=1)
+    trajectory = []
+    update = trainer._update_ema
+
+    def record():
+        trajectory.append([p.detach().double().clone() for p in trainer.model.module.parameters()])
+        update()
+
+    trainer._update_ema = record
+    try:
+        logs = trainer.run()
+        emas = [[p.detach().double().clone() for p in m.parameters()] for m in trainer.ema.emas]
+    finally:
+        trainer.close()
+    lrs = [log["lr"] for log in logs]
+    assert lrs[0] > lrs[-1] >= 0 and lrs == sorted(lrs, reverse=True)  # annealed
+    assert len(trajectory) == 6
+    for sigma, ema in zip((0.05, 0.10), emas, strict=True):
+        w = discrete_profile(6, sigma_rel_to_gamma(sigma))
+        for i, p in enumerate(ema):
+            want = sum(float(w[t]) * trajectory[t][i] for t in range(6))
+            torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
+    snaps = sorted(p.parent.name for p in (tmp_path / "run/ema_snapshots").glob("*/snapshot.json"))
+    assert snaps == ["step_0000002", "step_0000004", "step_0000006"]
+
+    assert main(["ema-list", "--run", str(tmp_path / "run")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+    out = tmp_path / "ema10"
+    assert (
+        main(
+            [
+                "ema-reconstruct",
+                "--run",
+                str(tmp_path / "run"),
+                "--sigma-rel",
+                "0.10",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    _, state = load_export(out)
+    names = [n for n, _ in trainer.ema.emas[1].named_parameters()]
+    for name, p in zip(names, emas[1], strict=True):
+        torch.testing.assert_close(state[name].double(), p, rtol=1e-4, atol=1e-5)
+    assert (
+        main(
+            [
+                "ema-sweep",
+                "--run",
+                str(tmp_path / "run"),
+                "--data",
+                str(root / "held_lat"),
+                "--sigma-rels",
+                "0.05,0.08",
+                "--draws",
+                "1",
+            ]
+        )
+        == 0
+    )
+    sweep = json.loads((tmp_path / "run/ema_sweep.json").read_text())
+    assert [r["sigma_rel"] for r in sweep["results"]] == [0.05, 0.08]
+    assert all(np.isfinite(r["val_loss"]) for r in sweep["results"])
