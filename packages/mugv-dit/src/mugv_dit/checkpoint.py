@@ -7,20 +7,174 @@ Layout of ``OUTPUT/checkpoints``::
     latest           text file naming the last COMPLETE step directory (written last)
 
 Sharded tensors carry global offsets, so a checkpoint re-loads under another TP/DP layout.
+
+Loading never runs code from the run folder: the torch_dist ``.metadata`` pickle is read by
+an unpickler that admits only the checkpoint metadata classes (:class:`SafeMetadataReader`),
+and ``common.pt`` through ``torch.load(weights_only=True)``
+(:class:`SafeCommonLoadStrategy`); anything else raises :class:`UnsafeCheckpointError`
+naming the file and the refused class.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import enum
+import importlib
+import os
+import pickle
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import torch as mcore_torch_strategy
+from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
+    CachedMetadataFileSystemReader,
+)
+from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
 from mugv_formats import atomic_write_text
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from mugv_dit.compat import adam_state_for_loading, torch_adam_step_on_load
 
 LATEST = "latest"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds something other than checkpoint data (e.g. a planted pickle);
+    it is refused without running it."""
+
+
+# what a torch_dist `.metadata` file may name: the dataclasses and enums of torch's checkpoint
+# metadata and planner modules, a few containers, torch.Size, dtypes/layouts/memory formats
+_METADATA_MODULES = {
+    "torch.distributed.checkpoint.metadata",
+    "torch.distributed.checkpoint.planner",
+}
+_METADATA_CLASSES = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # looks a torch.layout up by its name
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+}
+
+
+def _admitted(module: str, name: str) -> bool:
+    if (module, name) in _METADATA_CLASSES:
+        return True
+    if module == "torch":
+        value = getattr(torch, name, None)
+        return isinstance(value, torch.dtype | torch.layout | torch.memory_format)
+    if module in _METADATA_MODULES:
+        value = getattr(importlib.import_module(module), name, None)
+        return isinstance(value, type) and (
+            dataclasses.is_dataclass(value) or issubclass(value, enum.Enum)
+        )
+    return False
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file, where: str):
+        super().__init__(file)
+        self.where = where
+
+    def find_class(self, module: str, name: str):
+        if not _admitted(module, name):
+            raise UnsafeCheckpointError(
+                f"{self.where}: checkpoint metadata names {module}.{name}, which is not a "
+                "checkpoint metadata class; refused (the file was not written by a checkpoint "
+                "save, or was tampered with)"
+            )
+        return super().find_class(module, name)
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> Metadata:
+    """Read a torch_dist ``.metadata`` file admitting only checkpoint metadata classes."""
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f, str(path)).load()
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
+        raise UnsafeCheckpointError(f"{path}: unreadable checkpoint metadata ({e})") from None
+    if not isinstance(metadata, Metadata):
+        raise UnsafeCheckpointError(
+            f"{path}: holds a {type(metadata).__name__}, not checkpoint metadata"
+        )
+    return metadata
+
+
+class SafeMetadataReader(CachedMetadataFileSystemReader):
+    """Megatron's torch_dist file reader whose ``.metadata`` goes through
+    :func:`read_checkpoint_metadata` instead of a plain ``pickle.load``."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        if self._cached_metadata is None:
+            path = self._get_metadata_path(kwargs.get("rank"))
+            if not os.path.isfile(path):
+                raise ValueError(f"{path}: checkpoint metadata missing (incomplete checkpoint)")
+            metadata = read_checkpoint_metadata(path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            self._cached_metadata = metadata
+        return self._cached_metadata
+
+
+def _safe_torch_load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()
+        reason = next((r for r in reason if "WeightsUnpickler error" in r), reason[-1:] or [""])
+        raise UnsafeCheckpointError(
+            f"{path}: holds objects other than tensors and plain data; refused ({reason})"
+        ) from None
+
+
+class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
+    """``common.pt`` through ``torch.load(weights_only=True)`` (sharded objects, which this
+    trainer does not write, keep Megatron's ``torch.load``, weights-only by default)."""
+
+    def load_common(self, checkpoint_dir):
+        path = os.path.join(checkpoint_dir, "common.pt")
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: checkpoint common state missing (incomplete checkpoint)")
+        return _safe_torch_load(path)
+
+
+@contextlib.contextmanager
+def _patched(owner, name: str, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def safe_load(template: dict, path: Path) -> dict:
+    """``dist_checkpointing.load`` that never unpickles anything but checkpoint data."""
+    if not (path / ".metadata").is_file():
+        raise ValueError(
+            f"{path / '.metadata'}: checkpoint metadata missing (incomplete checkpoint)"
+        )
+    # refused here, before torch's collective load would wrap the error in its own
+    read_checkpoint_metadata(path / ".metadata")
+    _safe_torch_load(path / "common.pt")
+
+    def reader(checkpoint_dir, cache_metadata: bool = False):
+        return SafeMetadataReader(checkpoint_dir)
+
+    with _patched(mcore_torch_strategy, "_get_filesystem_reader", reader):
+        return dist_checkpointing.load(
+            template, str(path), common_strategy=SafeCommonLoadStrategy()
+        )
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -143,7 +297,7 @@ def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     with adam_state_for_loading(optimizer):
         template = build_state(model, ema, optimizer, {}, loading=True)
     template.pop("trainer")
-    loaded = dist_checkpointing.load(template, str(path))
+    loaded = safe_load(template, path)
     _load_module(model, _strip(loaded, "model."), path)
     if ema is not None:
         _load_module(ema, _strip(loaded, "ema."), path)
@@ -158,7 +312,7 @@ def load_model_weights(path: Path, model, *, which: str = "model") -> None:
     if which not in ("model", "ema"):
         raise ValueError(f"which={which!r}: choose 'model' or 'ema'")
     template = model.sharded_state_dict(prefix=f"{which}.")
-    loaded = dist_checkpointing.load(template, str(path))
+    loaded = safe_load(template, path)
     _load_module(model, _strip(loaded, f"{which}."), path)
 
 

@@ -16,10 +16,17 @@ thinned). A rank whose share of the shards lacks the step's bucket (small or ske
 reads the missing samples by key from the manifest instead (deterministically, counted and
 warned about once). The loader state saved per rank next to each checkpoint is energon's own state
 plus the reservoirs' sample keys (re-read by key on restore), so a resume is exact.
+
+The state file holds plain data only (dicts, lists, str, int, bytes; energon's state
+dataclasses as tagged dicts) and is read with ``torch.load(weights_only=True)``: a pickle
+planted in a run folder is refused, never run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pickle
 import random
 import warnings
 from dataclasses import dataclass
@@ -259,11 +266,87 @@ class EnergonLatentLoader:
         }
 
     def save(self, path: Path) -> None:
-        torch.save(self.state(), path)
+        torch.save(state_to_plain(self.state()), path)
 
     def restore(self, path: Path) -> None:
         if not path.is_file():
             raise ValueError(f"{path}: energon loader state missing (resume needs the same layout)")
-        state = torch.load(path, weights_only=False)
+        state = load_plain_state(path)
         if state["loader"] is not None:
             self._pending_state = state
+
+
+# -- loader state as plain data -------------------------------------------------------------
+_CLASS_TAG = "__mugv_energon_class__"
+_ENERGON_PREFIX = "megatron.energon."
+
+
+def state_to_plain(obj):
+    """Energon loader state -> plain data (energon dataclasses and ``FlexState`` dicts become
+    tagged dicts); anything else that is not plain data is refused."""
+    from megatron.energon.state import FlexState
+
+    if obj is None or isinstance(obj, bool | int | float | str | bytes):
+        return obj
+    if isinstance(obj, list | tuple):
+        return type(obj)(state_to_plain(v) for v in obj)
+    cls = type(obj)
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    if isinstance(obj, FlexState):
+        return {_CLASS_TAG: name, "items": {k: state_to_plain(v) for k, v in obj.items()}}
+    if isinstance(obj, dict):
+        return {k: state_to_plain(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and cls.__module__.startswith(_ENERGON_PREFIX):
+        fields = {f.name: state_to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {_CLASS_TAG: name, "fields": fields}
+    raise TypeError(f"energon loader state holds a {name}, which is not plain data")
+
+
+def _energon_class(name: str, where: Path):
+    from megatron.energon.state import FlexState
+
+    module, _, qualname = str(name).partition(":")
+    if not module.startswith(_ENERGON_PREFIX) or not qualname.isidentifier():
+        raise ValueError(f"{where}: energon loader state names class {name!r}; refused")
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{where}: energon loader state names unknown class {name!r}") from None
+    if not (
+        isinstance(cls, type) and (dataclasses.is_dataclass(cls) or issubclass(cls, FlexState))
+    ):
+        raise ValueError(f"{where}: energon loader state names class {name!r}; refused")
+    return cls
+
+
+def plain_to_state(obj, where: Path):
+    """Inverse of :func:`state_to_plain`; only energon's state classes are rebuilt."""
+    if isinstance(obj, list | tuple):
+        return type(obj)(plain_to_state(v, where) for v in obj)
+    if not isinstance(obj, dict):
+        return obj
+    if _CLASS_TAG not in obj:
+        return {k: plain_to_state(v, where) for k, v in obj.items()}
+    cls = _energon_class(obj[_CLASS_TAG], where)
+    if "items" in obj:
+        return cls({k: plain_to_state(v, where) for k, v in obj["items"].items()})
+    return cls(**{k: plain_to_state(v, where) for k, v in obj["fields"].items()})
+
+
+def load_plain_state(path: Path) -> dict:
+    """Read a loader state file written by :meth:`EnergonLatentLoader.save`; a file holding
+    anything but plain data (e.g. a planted pickle) raises ValueError naming it, unrun."""
+    try:
+        plain = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: energon loader state is not plain data and was not loaded ({first}); "
+            "a state file written by mugv-dit holds plain data only"
+        ) from None
+    if not isinstance(plain, dict) or not {"stage", "loader", "reservoirs"} <= set(plain):
+        raise ValueError(f"{path}: not an energon loader state of mugv-dit")
+    try:
+        return plain_to_state(plain, path)
+    except TypeError as e:
+        raise ValueError(f"{path}: invalid energon loader state ({e})") from None

@@ -1,0 +1,120 @@
+"""Helpers of the hostile-input suite: tiny latent datasets, DiT runs, process-leak checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+# drop the rendezvous variables a pytest process may carry (the DiT tests set them)
+_DIST_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env.update(extra)
+    return env
+
+
+class Payload:
+    """A pickle that, if ever unpickled, creates ``marker`` (harmless proof of execution)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps(Payload(marker)))
+
+
+def make_latents(path: Path, *, n: int = 6, channels: int = 24, normalized: bool = True) -> Path:
+    from mugv_formats import LatentRecord, LatentShardWriter
+
+    rng = np.random.default_rng(0)
+    header = LatentShardWriter.make_header(
+        producer="hostile-tests 0",
+        vae_checkpoint_id="test-vae",
+        latent_channels=channels,
+        latent_mean=[0.0] * channels,
+        latent_std=[1.0] * channels,
+        latents_normalized=normalized,
+        text_encoder_id="test-t5",
+        text_dim=32,
+        max_text_len=16,
+    )
+    with LatentShardWriter(path, header, samples_per_shard=3, energon=True) as w:
+        for i in range(n):
+            rec = LatentRecord(
+                key=f"s{i:04d}", caption="c", fps=24.0, num_frames=17, height=32, width=32
+            )
+            lat = rng.standard_normal((channels, 3, 4, 4)).astype(np.float32)
+            w.write(rec, lat, rng.standard_normal((4, 32)).astype(np.float32))
+    return path
+
+
+def dit_config(tmp: Path, data: Path, name: str, *, steps: int = 2, **train) -> Path:
+    raw = {
+        "preset": "debug",
+        "model": {"text_dim": 32},
+        "data": {"path": str(data), "tokens_per_batch": 64, "loader": "energon"},
+        "train": {"progress": False, "save_every": 1, "ema_decay": 0.9, **train},
+        "curriculum": [{"name": "a", "steps": steps, "lr": 1e-3}],
+        "output_dir": str(tmp / name),
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+    )
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process whose parent chain reaches ``pid`` or that is in ``pid``'s session
+    (a child re-parented to init after its parent died keeps the session)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, sid = fields[0], int(fields[3])
+        if sid == pid and int(entry.name) != pid and state not in ("Z", "X"):
+            out.add(int(entry.name))
+    return out
+
+
+def kill_and_check_no_leak(proc: subprocess.Popen, *, within: float = 5.0) -> set[int]:
+    """SIGKILL ``proc`` (started with ``start_new_session=True``) and return the processes of
+    its session still alive ``within`` seconds later (the leak); cleans them up."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + within
+    left = descendants(proc.pid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = descendants(proc.pid)
+    for pid in left:  # do not leak them from the test either
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
