@@ -479,6 +479,8 @@ class MUGVPipeline(DiffusionPipeline):
         ``frame_index``: ``[B, T + 2]`` RoPE time index (default ``arange(T + 2)``).
         ``step_cache_threshold`` > 0 enables the step cache (approximate)."""
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if step_cache_threshold > 0 and self.transformer.sequence_parallel is not None:
+            raise ValueError("step_cache_threshold > 0 is not supported with sequence parallelism")
         self.check_inputs(
             prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, height, width,
             num_frames, num_inference_steps, guidance_scale, output_type, image, last_image,
