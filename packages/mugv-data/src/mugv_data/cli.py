@@ -65,6 +65,8 @@ def cmd_report(args) -> int:
 
 def cmd_inspect(args) -> int:
     p = Path(args.path)
+    if not p.exists():
+        raise ValueError(f"{p}: no such file or directory")
     if p.is_dir():
         from mugv_data.curate import summarize_output
 
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}[args.command]
     try:
         return handler(args)
-    except ValueError as e:  # user errors (bad config, bad input path, format errors)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        # user errors (bad config, bad input path, format errors): one line, no traceback
         print(f"mugv-data {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -155,7 +155,12 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
     if not config.input.paths:
         raise ValueError("input.paths is empty (use --input PATH ...)")
     out = Path(config.output.path)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output.path {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output.path {out}: cannot create the directory ({e})") from None
     atomic_write_text(out / RESOLVED_CONFIG, dump_config(config))
     sources = discover_inputs(config.input.paths, config.input.extensions)
     if not sources:

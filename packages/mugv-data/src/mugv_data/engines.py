@@ -11,9 +11,11 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 from mugv_data.config import CurateConfig
+from mugv_data.lifecycle import die_with_parent
 from mugv_data.pipeline import SourceProcessor, SourceResult, worker_resources
 
 
@@ -85,8 +87,9 @@ def gpu_slots(num_gpus: int, gpus_per_worker: float, workers: int) -> list[str]:
     return [str(i % num_gpus) for i in range(n)]
 
 
-def _init_worker(config_json: str, gpu_queue=None) -> None:
+def _init_worker(config_json: str, gpu_queue=None, parent_pid: int | None = None) -> None:
     global _WORKER
+    die_with_parent(parent_pid)  # a SIGKILLed driver leaves no worker behind
     if gpu_queue is not None:  # before anything imports torch in this fresh (spawned) process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
     _WORKER = SourceProcessor(CurateConfig.model_validate_json(config_json))
@@ -111,14 +114,16 @@ class ProcessPoolEngine(Engine):
         slots = gpu_slots(visible_gpus(), self.resources.gpus, n) if self.resources.gpus > 0 else []
         if slots:
             n = len(slots)
-            queue = ctx.Manager().Queue()
+            manager = SyncManager(ctx=ctx)
+            manager.start(die_with_parent, (os.getpid(),))
+            queue = manager.Queue()
             for s in slots:
                 queue.put(s)
         with ProcessPoolExecutor(
             max_workers=n,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.config.model_dump_json(), queue),
+            initargs=(self.config.model_dump_json(), queue, os.getpid()),
         ) as pool:
             pending: set[Future] = set()
             it = iter(sources)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -23,7 +24,7 @@ def discover_inputs(specs: list[str], extensions: list[str]) -> list[Path]:
     found: dict[str, Path] = {}
 
     def add(p: Path) -> None:
-        rp = p.resolve()
+        rp = resolve_path(p)
         found.setdefault(str(rp), rp)
 
     def visit(spec: str, base: Path | None, depth: int) -> None:
@@ -43,11 +44,13 @@ def discover_inputs(specs: list[str], extensions: list[str]) -> list[Path]:
                     visit(line, p.parent, depth + 1)
             return
         if p.is_dir():
+            # anything named like a video is taken, a folder or symlink loop too: it becomes
+            # a reject record with its reason instead of vanishing silently
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in exts:
+                if f.suffix.lower() in exts and not _inside_taken_dir(f, p, exts):
                     add(f)
             return
-        if p.is_file():
+        if p.is_file() or p.is_symlink():  # a dangling link or loop is one reject later
             add(p)
             return
         if _has_magic(str(p)):
@@ -68,6 +71,21 @@ def discover_inputs(specs: list[str], extensions: list[str]) -> list[Path]:
     return sorted(found.values(), key=str)
 
 
+def _inside_taken_dir(f: Path, root: Path, exts: set[str]) -> bool:
+    """Whether ``f`` lies in a folder named like a video below ``root`` (taken whole)."""
+    return any(
+        parent.suffix.lower() in exts for parent in f.relative_to(root).parents if parent.name
+    )
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``Path.resolve`` that survives symlink loops (the absolute, unresolved path then)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # RuntimeError: symlink loop (Python < 3.13)
+        return Path(os.path.abspath(path))
+
+
 def source_id(path: str | Path) -> str:
     """Stable 12-hex id of a source video (from its absolute path); prefix of its clip keys."""
-    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    return hashlib.sha1(str(resolve_path(path)).encode()).hexdigest()[:12]

@@ -17,7 +17,7 @@ import numpy as np
 from mugv_data.config import CurateConfig
 from mugv_data.decode import FrameReader, open_reader, target_size
 from mugv_data.encode import encode_mp4, resample_indices
-from mugv_data.inputs import source_id
+from mugv_data.inputs import resolve_path, source_id
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
 from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
 from mugv_data.stages.filters import (
@@ -150,6 +150,7 @@ class SourceProcessor:
         self.encode = encode
         self.splitter = ShotSplitter(config.split)
         self.stages = build_clip_stages(config)
+        self._decode = config.decode  # switched to PyAV for a retry after a decord failure
         self._ready = False
 
     def setup(self) -> None:
@@ -168,7 +169,7 @@ class SourceProcessor:
     def __call__(self, path: str | Path) -> SourceResult:
         self.setup()
         path = Path(path)
-        res = SourceResult(source=str(path.resolve()), source_id=source_id(path))
+        res = SourceResult(source=str(resolve_path(path)), source_id=source_id(path))
         t0 = time.perf_counter()
         try:
             info = probe_video(path, self.config.decode)
@@ -177,19 +178,33 @@ class SourceProcessor:
             return res
         res.probe = info.summary()
         res.timings["probe"] = time.perf_counter() - t0
+        self._decode = self.config.decode
         try:
             self._process(info, res)
         except Exception as e:  # a bad stream must not stop the run
-            res.reject_stage, res.reject_kind = "decode", "decode-error"
-            res.reject_detail = f"{type(e).__name__}: {e}"
+            detail = f"{type(e).__name__}: {e}"
             res.clips = []
+            if res.decoder == "decord" and self.config.decode.backend == "auto":
+                # decord fails on some streams it opened (e.g. odd scaled sizes): PyAV again
+                self._decode = self.config.decode.model_copy(update={"backend": "pyav"})
+                try:
+                    self._process(info, res)
+                    res.fallback_reason = f"decord failed mid-stream ({detail})"
+                    return res
+                except Exception as e2:
+                    detail = f"{type(e2).__name__}: {e2}"
+                    res.clips = []
+                finally:
+                    self._decode = self.config.decode
+            res.reject_stage, res.reject_kind = "decode", "decode-error"
+            res.reject_detail = detail
         return res
 
     def _process(self, info: VideoInfo, res: SourceResult) -> None:
         cfg = self.config
         tm = res.timings
         t = time.perf_counter()
-        reader = open_reader(info, cfg.decode, cfg.decode.analysis_short_side)
+        reader = open_reader(info, self._decode, cfg.decode.analysis_short_side)
         res.decoder, res.fallback_reason = reader.backend, reader.fallback_reason
         frame_bytes = reader.width * reader.height * 3
         use_cache = info.num_frames * frame_bytes <= cfg.decode.cache_mb * (1 << 20)
@@ -275,7 +290,7 @@ class SourceProcessor:
             src, get = reader, (lambda idx: (cache[i] for i in idx))
         else:
             if out_reader is None:
-                out_reader = open_reader(info, self.config.decode, cc.short_side)
+                out_reader = open_reader(info, self._decode, cc.short_side)
             src = out_reader
             get = None
         if fps is None:

@@ -20,7 +20,7 @@ from mugv_data.config import DecodeConfig
 
 class ProbeError(ValueError):
     """A source that cannot be curated. ``kind`` is one of: zero-byte, too-large, not-a-video,
-    audio-only, no-video-stream, corrupt, too-few-frames, too-long, decode-error."""
+    not-a-file, audio-only, no-video-stream, corrupt, too-few-frames, too-long, decode-error."""
 
     def __init__(self, path: str | Path, kind: str, detail: str) -> None:
         self.path = str(path)
@@ -85,6 +85,15 @@ def probe_video(path: str | Path, config: DecodeConfig | None = None) -> VideoIn
     """Probe ``path``; raise :class:`ProbeError` for anything that cannot be curated."""
     config = config or DecodeConfig()
     path = Path(path)
+    if not path.is_file():
+        what = (
+            "a directory"
+            if path.is_dir()
+            else "a symlink loop or dangling symlink"
+            if path.is_symlink()
+            else "not a regular file"
+        )
+        raise ProbeError(path, "not-a-file", f"{what}, not a video file")
     try:
         size = os.path.getsize(path)
     except OSError as e:
