@@ -18,12 +18,17 @@ naming the file and the refused class.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import enum
 import importlib
+import multiprocessing as mp
 import os
 import pickle
 import shutil
+import signal
+import sys
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import torch
@@ -222,6 +227,31 @@ def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: b
     return state
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Initializer of a helper process: SIGKILL when the parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+_MANAGERS: list[SyncManager] = []
+
+
+def _own_write_results_queue() -> None:
+    """Megatron's torch_dist writer passes results through a queue served by a spawned
+    manager process, started on the first save and never stopped: a SIGKILLed trainer leaves
+    it (and multiprocessing's resource tracker) running. Start that manager here instead, so
+    it dies with this process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=mp.get_context("spawn"))
+        manager.start(_die_with_parent, (os.getpid(),))
+        _MANAGERS.append(manager)  # the queue lives as long as its manager
+        filesystem_async._results_queue = manager.Queue()
+
+
 def save_checkpoint(
     root: Path, step: int, model, ema, optimizer, trainer_state: dict, per_rank_saver=None
 ) -> Path:
@@ -232,6 +262,7 @@ def save_checkpoint(
     path = step_dir(root, step)
     _prepare_dir(root, path)
     state = build_state(model, ema, optimizer, trainer_state, loading=False)
+    _own_write_results_queue()
     dist_checkpointing.save(state, str(path))
     if per_rank_saver is not None:
         per_rank_saver(path)
@@ -264,6 +295,7 @@ class CheckpointSaver:
         path = step_dir(self.root, step)
         _prepare_dir(self.root, path)
         state = build_state(model, ema, optimizer, trainer_state, loading=False)
+        _own_write_results_queue()
         request = dist_checkpointing.save(state, str(path), async_sharded_save=True)
         if per_rank_saver is not None:
             per_rank_saver(path)

@@ -88,6 +88,7 @@ def _train(args) -> int:
     from mugv_dit.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    check_user_values(cfg)
     trainer = Trainer(cfg, micro_batches_per_step=args.micro_batches)
     try:
         logs = trainer.run(max_steps=args.max_steps)
@@ -100,6 +101,30 @@ def _train(args) -> int:
             f"trained {len(logs)} steps; last loss {done[-1]['loss']:.6f}; outputs in {cfg.output_dir}"
         )
     return 0
+
+
+def check_user_values(cfg) -> None:
+    """Values the config schema admits but no run can use, named by their field."""
+    for i, stage in enumerate(cfg.curriculum):
+        for name in ("lr", "min_lr"):
+            value = getattr(stage, name)
+            if not value >= 0:  # also NaN
+                raise ValueError(
+                    f"curriculum[{i}] ({stage.name!r}).{name} = {value}: a learning rate must "
+                    "be >= 0"
+                )
+
+
+def _one_line(exc: Exception) -> str:
+    """A user error as one line (pydantic lists each invalid field as `loc: message`)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "invalid config: " + "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+    return " ".join(str(exc).split())
 
 
 def _export(args) -> int:
@@ -203,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "widen":
             return _widen(args)
         return _presets()
-    except ValueError as exc:  # user errors: one clear line, no traceback
-        print(f"mugv-dit {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        # user errors: one clear line, no traceback
+        print(f"mugv-dit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -34,6 +34,12 @@ class LatentIndex:
         self.header = self.dataset.header
         self.records = self.dataset.records()
         self.verify = verify
+        if not self.header.latents_normalized:
+            raise ValueError(
+                f"{self.path / 'dataset.json'}: latents_normalized is false (raw VAE latents); "
+                "the DiT trains on latents normalised with the VAE's statistics: re-encode with "
+                "`mugv-vae encode`, which normalises them"
+            )
         if not self.records:
             raise ValueError(f"latent dataset {self.path} has no samples")
         missing = [r.key for r in self.records if r.text_length is None]

@@ -1,0 +1,87 @@
+"""DiT trainer inputs (defects 2, 6, 9): the latent contract is checked by its consumer, user
+errors name their field in one line, a SIGKILLed trainer leaves no process behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from hostile_util import clean_env, dit_config, kill_and_check_no_leak, make_latents
+
+pytest.importorskip("megatron.core")
+
+
+def test_raw_latents_are_refused_by_name(tmp_path):
+    from mugv_dit.data import LatentIndex
+
+    ds = make_latents(tmp_path / "raw", normalized=False)
+    with pytest.raises(ValueError, match=r"dataset\.json: latents_normalized is false"):
+        LatentIndex(ds)
+
+
+def test_channel_count_mismatch_is_refused_by_name(tmp_path, capsys):
+    from mugv_dit.cli import main
+
+    cfg = dit_config(tmp_path, make_latents(tmp_path / "c16", channels=16), "run")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "latent_channels=16" in err and "in_channels" in err
+
+
+def test_negative_learning_rate_names_the_field(tmp_path, capsys):
+    from mugv_dit.cli import main
+
+    cfg = dit_config(tmp_path, tmp_path / "unused", "run")
+    raw = yaml.safe_load(cfg.read_text())
+    raw["curriculum"][0]["lr"] = -1e-3
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "curriculum[0]" in err and ".lr = -0.001" in err and len(err.splitlines()) == 1
+
+
+def test_invalid_config_value_is_one_line(tmp_path, capsys):
+    from mugv_dit.cli import main
+
+    cfg = dit_config(tmp_path, tmp_path / "unused", "run")
+    assert main(["train", str(cfg), "--set", "curriculum=[{name: a, steps: -3}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "steps" in err and len(err.splitlines()) == 1
+
+
+def test_missing_run_config_is_one_line(tmp_path, capsys):
+    from mugv_dit.cli import main
+
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_unreadable_checkpoint_metadata_is_a_named_error(tmp_path):
+    from mugv_dit.checkpoint import UnsafeCheckpointError, read_checkpoint_metadata
+
+    (tmp_path / ".metadata").write_bytes(b"\x00not a pickle at all")
+    with pytest.raises(UnsafeCheckpointError, match=r"\.metadata: unreadable checkpoint metadata"):
+        read_checkpoint_metadata(tmp_path / ".metadata")
+
+
+@pytest.mark.slow  # ~40 s: a real `mugv-dit train` process
+def test_sigkilled_trainer_leaves_no_process(tmp_path):
+    """Defect 2: Megatron's checkpoint-writer manager process dies with the trainer."""
+    cfg = dit_config(tmp_path, make_latents(tmp_path / "latents"), "run", steps=200)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mugv_dit.cli", "train", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+        start_new_session=True,
+    )
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not latest.is_file():
+        time.sleep(0.1)
+    assert proc.poll() is None, "training ended before it could be killed"
+    left = kill_and_check_no_leak(proc)
+    assert not left, f"processes left after SIGKILL of mugv-dit train: {sorted(left)}"
