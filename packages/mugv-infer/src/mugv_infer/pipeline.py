@@ -133,9 +133,14 @@ class MUGVPipeline(DiffusionPipeline):
         tokenizer = encoder = None
         if text_encoder is not None:
             tokenizer, encoder = load_t5(text_encoder, torch_dtype)
-        return cls(
+        pipe = cls(
             transformer, vae_model.to(torch_dtype), MUGVFlowEulerScheduler(), tokenizer, encoder
         )
+        from mugv_vae.checkpoint import checkpoint_id
+
+        pipe.vae_checkpoint_id = checkpoint_id(vae)
+        pipe.text_encoder_id = None if text_encoder is None else Path(text_encoder).name
+        return pipe
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """``transformer/`` (diffusers), ``vae/`` (mugv.vae-checkpoint), ``scheduler/``,
@@ -171,6 +176,15 @@ class MUGVPipeline(DiffusionPipeline):
                 root / "text_encoder", local_files_only=True, torch_dtype=torch_dtype
             ).eval()
         return cls(transformer, vae, scheduler, tokenizer, encoder)
+
+    def to(self, device=None, dtype: torch.dtype | None = None):
+        """Move (and optionally cast) every component; mugv-vae's VAE is a plain module, so
+        diffusers' generic ``to`` (which reads ``module.dtype``) is not used."""
+        for module in self._modules_in_order():
+            # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules it does not have
+            torch.nn.Module.to(module, device=device, dtype=dtype)
+        self._offload_device = None
+        return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device="cuda") -> None:
         """Keep every component on the CPU; move each to ``device`` only while it runs

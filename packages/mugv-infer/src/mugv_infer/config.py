@@ -1,0 +1,135 @@
+"""Typed settings of the ``mugv-infer`` commands.
+
+Precedence: ``--set key=value`` > command-line flags > ``--config`` YAML > defaults. The
+resolved settings are written beside every output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RuntimeConfig(BaseModel):
+    """Where and how the models run."""
+
+    model_config = _STRICT
+
+    device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1'.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="Weights/activations of DiT, VAE and T5 (CPU runs use float32)."
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep T5, DiT and VAE on the CPU; move each to the GPU while it runs."
+    )
+    vae_tile: int | None = Field(
+        None, description="Decode in spatial tiles of this many latents (None: whole frames)."
+    )
+    attention_backend: Literal["auto", "sdpa", "fa4"] = Field(
+        "auto", description="Self-attention kernel: auto = FA4 forward on Hopper if installed."
+    )
+    compile: bool = Field(False, description="torch.compile each DiT block (CUDA).")
+    step_cache_threshold: float = Field(
+        0.0, ge=0, description="> 0: reuse block residuals between steps (approximate)."
+    )
+    sequence_parallel: int = Field(1, ge=1, description="Ulysses sequence-parallel ranks.")
+    cfg_parallel: bool = Field(False, description="Run the CFG branches on 2 ranks.")
+
+
+class GenerateConfig(BaseModel):
+    """``mugv-infer generate``."""
+
+    model_config = _STRICT
+
+    model: Path = Field(description="mugv.dit-export folder (or a saved transformer folder).")
+    vae: Path = Field(description="mugv.vae-checkpoint folder.")
+    text_encoder: Path | None = Field(None, description="Local T5 encoder folder (with tokenizer).")
+    prompt: list[str] = Field(description="One or more prompts.")
+    negative_prompt: str | None = Field(
+        DEFAULT_NEGATIVE_PROMPT, description="None: the DiT's learned null caption."
+    )
+    aesthetic_score: float | None = Field(
+        6.0, description="Appends 'aesthetic score: X.' to each prompt (as the release)."
+    )
+    image: Path | None = Field(None, description="I2V / TI2V: first-frame image.")
+    last_image: Path | None = Field(None, description="Last-frame image.")
+    video: Path | None = Field(None, description="Continuation: a clip whose frames lead.")
+    resolution: str = Field("720p", description="'720p' (aspect-ratio table) or 'HEIGHTxWIDTH'.")
+    aspect_ratio: str = Field("16:9", description="Key of the release's 720p table (H:W).")
+    frames: int | str = Field(105, description="1 + 8k frames, or '5s' / '3s'.")
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(4.0, ge=1.0)
+    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
+    num_videos_per_prompt: int = Field(1, ge=1)
+    seed: int = 42
+    fps: float = Field(30.0, gt=0, description="fps the DiT is conditioned on.")
+    output_fps: float = Field(21.0, gt=0, description="fps written to the file (105 frames = 5 s).")
+    output_type: Literal["video", "latent"] = Field(
+        "video", description="'video': .mp4 / .gif / frames folder; 'latent': latent shards."
+    )
+    out: Path = Field(Path("out.mp4"), description="Output file or folder.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+class EnhanceConfig(BaseModel):
+    """``mugv-infer enhance``."""
+
+    model_config = _STRICT
+
+    model: Path
+    vae: Path
+    text_encoder: Path | None = None
+    lora: Path | None = Field(None, description="peft LoRA adapter folder of the enhancer.")
+    video: Path = Field(description="Video to refine.")
+    prompt: list[str] = Field(default_factory=lambda: [""])
+    negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
+    resolution: str = Field("720p")
+    aspect_ratio: str = Field("16:9")
+    strength: float = Field(0.3, gt=0, le=1, description="Noise level the video is taken to.")
+    steps: int = Field(1, ge=1)
+    guidance_scale: float = Field(2.0, ge=1.0)
+    seed: int = 42
+    fps: float = 30.0
+    output_fps: float = 21.0
+    out: Path = Path("enhanced.mp4")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+def _set_path(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def resolve(kind: type[BaseModel], yaml_path: Path | None, flags: dict, sets: list[str]):
+    """defaults < YAML < flags < ``--set key=value`` (values parsed as YAML scalars)."""
+    data: dict = {}
+    if yaml_path is not None:
+        if not yaml_path.is_file():
+            raise ValueError(f"config file {yaml_path} does not exist")
+        loaded = yaml.safe_load(yaml_path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {yaml_path} must hold a mapping")
+        data.update(loaded)
+    for k, v in flags.items():
+        if v is not None:
+            _set_path(data, k, v)
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    if isinstance(data.get("prompt"), str):
+        data["prompt"] = [data["prompt"]]
+    return kind.model_validate(data)
