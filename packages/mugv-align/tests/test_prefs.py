@@ -65,8 +65,21 @@ def test_cli_user_error_is_one_line_and_exit_2(latents, tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "self-pair" in err
-    assert main(["dpo", str(tmp_path / "missing.yaml")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "ema-reconstruct",
+                "--run",
+                str(tmp_path),
+                "--sigma-rel",
+                "0.1",
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert "not a mugv-align run" in capsys.readouterr().err
 
 
 def test_real_vs_generated_pairs(latents, tmp_path):

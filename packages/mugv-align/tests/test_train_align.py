@@ -94,8 +94,8 @@ def test_preference_training_raises_held_out_accuracy(task, tmp_path, kind):
         tmp_path / "c.yaml",
         tmp_path / "run",
         align=align,
-        steps=30,
-        lr=2e-3,
+        steps=10,
+        lr=4e-3,
         train={"init_from": str(root / "init")},
     )
     logs, state, _, _ = _run(cfg)
