@@ -75,7 +75,7 @@ def test_generate_latent_shards_readable_by_mugv_formats(parts, tmp_path):
 
     out = tmp_path / "shards"
     argv = _base(parts, out, "--output-type", "latent", "--prompt", "a red car drives fast")
-    assert main(argv + ["--set", "num_videos_per_prompt=2"]) == 0
+    assert main([*argv, "--set", "num_videos_per_prompt=2"]) == 0
     ds = LatentDataset(out)
     samples = list(ds)
     assert len(samples) == 4

@@ -198,6 +198,11 @@ class MUGVPipeline(DiffusionPipeline):
 
     def enable_vae_tiling(self, tile_latents: int = 32, overlap_latents: int = 8) -> None:
         """Decode in spatial tiles of ``tile_latents`` latents (bounds VAE memory)."""
+        if tile_latents < 1 or not 0 <= overlap_latents < tile_latents:
+            raise ValueError(
+                f"VAE tile {tile_latents} / overlap {overlap_latents}: need tile >= 1 and "
+                "0 <= overlap < tile"
+            )
         self.vae_tile = (tile_latents, overlap_latents)
 
     def disable_vae_tiling(self) -> None:

@@ -356,16 +356,19 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def initialize_weights(self, seed: int = 0, std: float = 0.02) -> MUGDiTTransformer3DModel:
         """Random weights as mugv-dit initialises them (tests and benchmarks)."""
-        g = torch.Generator().manual_seed(seed)
+        gens: dict = {}
         for name, p in self.named_parameters():
+            if p.device not in gens:  # a generator on the parameters' device (fast on GPU)
+                gens[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+            g = gens[p.device]
             if name.endswith("norm_weight"):
                 p.fill_(1.0)
             elif name.endswith(("bias", "norm_bias")):
                 p.zero_()
             elif name.endswith("scale_shift_table") or name.endswith("null_caption"):
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g, device=p.device) / p.shape[-1] ** 0.5)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
+                p.copy_(torch.randn(p.shape, generator=g, device=p.device) * std)
         return self
 
     def set_attention_backend(self, backend: str) -> None:

@@ -1,0 +1,304 @@
+"""One-GPU generation benchmark of mugv-infer: seconds per CFG step, end-to-end latency, peak
+memory; ours against the plain PyTorch reference of the same model in the same run.
+
+Random weights (nothing downloaded): the DiT preset (default ``10b``), a random T5-v1.1-XXL
+encoder (24 layers, 4096 wide; the real one is a local folder) and mugv-vae's released
+architecture. Variants (same weights, same inputs):
+
+* ``reference``: SDPA attention, eager PyTorch (no compile, no FA4);
+* ``ours``: FA4 forward when ``flash_attn.cute`` imports (else SDPA) + torch.compile of each block;
+* ``ours+cache``: ``ours`` with the step cache (``--step-cache THRESH``): speed-up, and the
+  deviation of the final latent (max / mean abs) and of the decoded video (PSNR) against
+  ``ours`` from the same noise.
+
+One CFG step = one DiT call on batch 2 (cond + uncond) at 720p x 105 frames = 50,402 tokens.
+End-to-end = T5 (prompt + negative, 300 tokens) + ``--e2e-steps`` CFG steps + VAE decode,
+timed through ``MUGVPipeline`` with model CPU offload of T5 and the VAE (``--offload``).
+
+Prints a table and writes JSON (device, date, command) to ``--out``.
+
+Example (one H200):
+    python packages/mugv-infer/benchmarks/bench_generate.py --preset 10b \
+        --out docs/benchmarks/infer/h200-10b-720p.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def build_dit(preset: str, device, dtype, seed: int = 0):
+    from mugv_infer.models import MUGDiTTransformer3DModel
+    from mugv_infer.models.presets import preset as dit_preset
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = MUGDiTTransformer3DModel(**dit_preset(preset))
+    finally:
+        torch.set_default_dtype(default)
+    return model.initialize_weights(seed).eval()
+
+
+def build_t5(device, dtype, width: int = 4096):
+    """Random T5-v1.1-XXL encoder (architecture only) built directly on the device; a
+    2-layer one of ``width`` when the DiT is not 4096-wide in text (smoke runs)."""
+    from transformers import T5Config, T5EncoderModel
+
+    xxl = width == 4096
+    cfg = T5Config(
+        vocab_size=32128,
+        d_model=width,
+        d_kv=64 if xxl else 8,
+        d_ff=10240 if xxl else 2 * width,
+        num_layers=24 if xxl else 2,
+        num_heads=64 if xxl else 4,
+        feed_forward_proj="gated-gelu",
+    )
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = T5EncoderModel(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def build_vae(device, dtype, tiny: bool = False):
+    from mugv_vae.config import mugv_config, tiny_config
+    from mugv_vae.model import MugvVAE
+
+    return MugvVAE(tiny_config() if tiny else mugv_config()).to(device, dtype).eval()
+
+
+def step_inputs(model, height, width, frames, device, dtype, text_len=300, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    t = 1 + (frames - 1) // 8
+    x = torch.randn(
+        2, model.config.in_channels, t, height // 8, width // 8, generator=g, device=device
+    )
+    text = torch.randn(2, text_len, model.config.text_dim, generator=g, device=device, dtype=dtype)
+    mask = torch.ones(2, text_len, dtype=torch.bool, device=device)
+    mask[1, 120:] = False  # the negative prompt is shorter
+    return x.to(dtype), torch.tensor([0.7, 0.7], device=device), text, mask
+
+
+def time_steps(model, inputs, n: int, warmup: int, backend: str) -> tuple[float, torch.Tensor]:
+    x, s, text, mask = inputs
+    out = None
+    with torch.no_grad():
+        for _ in range(warmup):
+            out = model(x, s, text, mask, attention_kwargs={"backend": backend}).sample
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = model(x, s, text, mask, attention_kwargs={"backend": backend}).sample
+        _sync()
+    return (time.perf_counter() - t0) / n, out
+
+
+def set_compiled(model, on: bool):
+    for block in model.blocks:
+        if on:
+            block.compile(dynamic=False)
+        else:
+            block._compiled_call_impl = None
+
+
+def model_tflop_per_step(cfg, tokens: int, text_len: int = 300, batch: int = 2) -> float:
+    """Matmul FLOPs of one DiT call (forward, batch 2): projections, MLP, attention."""
+    d, L = cfg.hidden_size, cfg.num_layers
+    f = cfg.ffn_hidden_size or 4 * d
+    per_token = 2 * (3 * d * d + d * d + d * d + d * d + 2 * d * f)  # qkv, proj, cross q/proj, mlp
+    attn = 2 * 2 * tokens * tokens * d  # QK^T and PV
+    cross = 2 * 2 * tokens * text_len * d + 2 * text_len * 2 * d * d
+    return batch * L * (tokens * per_token + attn + cross) / 1e12
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.float() - b.float()) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)  # range [-1, 1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="10b")
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--frames", type=int, default=105)
+    ap.add_argument("--steps", type=int, default=3, help="timed CFG steps per variant")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--e2e-steps", type=int, default=0, help="> 0: time a full pipeline run")
+    ap.add_argument("--offload", action="store_true", help="model CPU offload in the e2e run")
+    ap.add_argument("--vae-tile", type=int, default=32, help="VAE decode tile (latents)")
+    ap.add_argument("--step-cache", type=float, default=0.0, help="threshold; needs --e2e-steps")
+    ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA GPU (--device cpu for a smoke run)", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    from mugv_infer.models.attention import fa4_forward
+
+    result = {
+        "command": " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "preset": args.preset,
+        "size": [args.frames, args.height, args.width],
+        "fa4": fa4_forward() is not None,
+    }
+    _reset_peak()
+    model = build_dit(args.preset, device, dtype)
+    grid = (1 + (args.frames - 1) // 8, args.height // 16, args.width // 16)
+    tokens = grid[0] * grid[1] * grid[2] + 2
+    result["tokens"] = tokens
+    result["weights_gb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    inputs = step_inputs(model, args.height, args.width, args.frames, device, dtype)
+    flops = model_tflop_per_step(model.config, tokens)
+    rows = []
+    ref_s, ref_out = time_steps(model, inputs, args.steps, args.warmup, "sdpa")
+    rows.append(("reference (SDPA, eager)", ref_s))
+    ours_backend = "auto"
+    compiled = not args.no_compile and device.type == "cuda"
+    set_compiled(model, compiled)
+    ours_s, ours_out = time_steps(model, inputs, args.steps, args.warmup + 1, ours_backend)
+    set_compiled(model, False)
+    rows.append(
+        (
+            f"ours ({'FA4' if result['fa4'] else 'SDPA'}{'' if args.no_compile else ' + compile'})",
+            ours_s,
+        )
+    )
+    rel = ((ours_out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
+    result["dit"] = {
+        "reference_s_per_cfg_step": ref_s,
+        "ours_s_per_cfg_step": ours_s,
+        "speedup": ref_s / ours_s,
+        "ours_vs_reference_rel_l2": rel,
+        "model_tflop_per_cfg_step": flops,
+        "ours_tflops": flops / ours_s,
+        "reference_tflops": flops / ref_s,
+        "peak_memory_gb_dit_only": _peak_gb(),
+    }
+    print(f"{'variant':32s} {'s / CFG step':>12s} {'TFLOP/s':>8s}")
+    for name, s in rows:
+        print(f"{name:32s} {s:12.3f} {flops / s:8.0f}")
+    print(f"speed-up {ref_s / ours_s:.2f}x; ours vs reference rel L2 {rel:.2e}")
+
+    if args.e2e_steps > 0:
+        result["e2e"] = e2e(args, model, device, dtype)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def e2e(args, model, device, dtype) -> dict:
+    """T5 + N CFG steps + VAE decode through the pipeline; ours (and the step cache)."""
+    from mugv_infer.pipeline import MUGVPipeline
+    from mugv_infer.scheduler import MUGVFlowEulerScheduler
+
+    t5 = build_t5("cpu" if args.offload else device, dtype, model.config.text_dim)
+    vae = build_vae("cpu" if args.offload else device, dtype, tiny=args.preset == "debug")
+    pipe = MUGVPipeline(model, vae, MUGVFlowEulerScheduler())
+    if args.offload:
+        pipe.enable_model_cpu_offload(device=device)
+        model.to("cpu")
+    pipe.enable_vae_tiling(args.vae_tile, max(1, args.vae_tile // 4))
+    set_compiled(model, not args.no_compile and device.type == "cuda")
+    ids = torch.randint(0, 32128, (2, 300), generator=torch.Generator().manual_seed(0))
+
+    def run(threshold: float):
+        _sync()
+        _reset_peak()
+        t0 = time.perf_counter()
+        # T5 on the prompt and the negative prompt (token ids: the tokenizer is not timed)
+        pipe._onload(t5)
+        with torch.no_grad():
+            hidden = t5(input_ids=ids.to(device)).last_hidden_state
+        pipe._offload(t5)
+        _sync()
+        t_text = time.perf_counter() - t0
+        g = torch.Generator().manual_seed(0)
+        out = pipe(
+            prompt_embeds=hidden[:1],
+            negative_prompt_embeds=hidden[1:, :120],
+            height=args.height,
+            width=args.width,
+            num_frames=args.frames,
+            num_inference_steps=args.e2e_steps,
+            generator=g,
+            output_type="latent",
+            step_cache_threshold=threshold,
+        )
+        _sync()
+        t_dit = time.perf_counter() - t0 - t_text
+        t1 = time.perf_counter()
+        video = pipe.decode_latents(out.frames)
+        _sync()
+        t_vae = time.perf_counter() - t1
+        return (
+            {
+                "total_s": time.perf_counter() - t0,
+                "t5_s": t_text,
+                "dit_s": t_dit,
+                "vae_decode_s": t_vae,
+                "peak_memory_gb": _peak_gb(),
+                "skipped_steps": out.step_cache_skipped,
+            },
+            out.frames,
+            video,
+        )
+
+    exact, lat, video = run(0.0)
+    res = {"steps": args.e2e_steps, "offload": args.offload, "ours": exact}
+    print(f"e2e ours: {json.dumps(exact)}")
+    if args.step_cache > 0:
+        cached, lat_c, video_c = run(args.step_cache)
+        d = (lat_c - lat).abs()
+        cached.update(
+            threshold=args.step_cache,
+            speedup_dit=exact["dit_s"] / cached["dit_s"],
+            latent_max_abs=d.max().item(),
+            latent_mean_abs=d.mean().item(),
+            video_psnr_db=psnr(video_c, video),
+        )
+        res["ours+cache"] = cached
+        print(f"e2e ours+cache: {json.dumps(cached)}")
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())
