@@ -156,3 +156,10 @@ def test_truncated_shard_is_refused_by_name(tmp_path):
     shard.write_bytes(shard.read_bytes()[:700])
     with pytest.raises(CorruptShardError, match="shard-000000.tar"):
         list(ClipDataset(ds))
+
+
+def test_inspect_of_a_garbled_header_is_one_line_exit_2(tmp_path):
+    ds = _write_clips(tmp_path / "clips")
+    (ds / "dataset.json").write_text("{ not json")
+    r = _inspect(ds)
+    assert r.returncode == 2 and "dataset.json" in r.stderr and "Traceback" not in r.stderr

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             info = describe(args.path, verify=args.verify)
-        except (FormatError, FileNotFoundError) as e:
+        except (FormatError, ValueError, OSError) as e:  # user errors: one line, exit 2
             print(f"mugv-formats: error: {e}", file=sys.stderr)
             return 2
         if args.json:

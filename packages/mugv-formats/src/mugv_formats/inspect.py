@@ -25,7 +25,7 @@ def describe(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
     if path.is_file() and path.suffix == ".tar":
         return _describe_tar(path)
     if (path / "dataset.json").is_file():
-        fmt = json.loads((path / "dataset.json").read_text()).get("format")
+        fmt = _read_json(path / "dataset.json").get("format")
         if fmt == CLIP_SHARDS_FORMAT:
             return _describe_clips(path, verify)
         if fmt == LATENT_SHARDS_FORMAT:
@@ -37,13 +37,23 @@ def describe(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
             return {"path": str(path), **header.model_dump(), "items_read": len(items)}
         raise FormatError(f"{path / 'dataset.json'}: unknown format {fmt!r}")
     if (path / "config.json").is_file():
-        fmt = json.loads((path / "config.json").read_text()).get("format")
+        fmt = _read_json(path / "config.json").get("format")
         if fmt in (VAE_CHECKPOINT_FORMAT, DIT_EXPORT_FORMAT):
             return _describe_weights(path, fmt, verify)
         raise FormatError(f"{path / 'config.json'}: unknown format {fmt!r}")
     raise FormatError(
         f"{path}: not a mugv shard (.tar), dataset (dataset.json) or weights folder (config.json)"
     )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: top level is {type(data).__name__}, not an object")
+    return data
 
 
 def _describe_tar(path: Path) -> dict[str, Any]:

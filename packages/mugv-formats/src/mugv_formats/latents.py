@@ -165,7 +165,7 @@ class LatentShardWriter(ShardSetWriter[LatentDatasetHeader, LatentRecord]):
 
         energon.write_nv_meta(out_dir, self.header.shards)
         want = energon.energon_available() if self._energon is None else self._energon
-        if want:
+        if want and self.header.shards:  # energon cannot index nothing; an empty set stays valid
             energon.index_for_energon(out_dir, list(self.header.shards))
 
 

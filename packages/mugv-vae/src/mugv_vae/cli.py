@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"mugv-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -136,6 +136,11 @@ def run_encode(cfg: EncodeConfig) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     dataset = mf.ClipDataset(cfg.input)
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{cfg.input}: the clip dataset holds no clips (its curation kept none; see its "
+            "rejects.parquet); nothing to encode"
+        )
     shards = list(dataset.header.shards)
     output = Path(cfg.output)
     parts = Path(f"{output}.parts")

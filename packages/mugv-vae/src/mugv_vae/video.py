@@ -94,12 +94,15 @@ def prepare_clip(
 ) -> torch.Tensor:
     """Decoded uint8 frames -> ``[3, 1+8k, H, W]`` in [-1, 1] at the closest bucket; cut to
     the largest 1+8k frames up to ``frames`` (with a warning when the clip is shorter)."""
-    n = usable_frames(raw_THWC.shape[0], frames)
+    available = raw_THWC.shape[0]
+    n = usable_frames(available, frames)
     if n < frames:
-        warnings.warn(
-            f"{where}: {raw_THWC.shape[0]} frames available, using {n} (requested {frames})",
-            stacklevel=2,
-        )
+        rule = f"the VAE takes 1+8k frames (the first frame, then groups of {TIME_COMPRESSION})"
+        if available >= frames:  # decoding stops at `frames`: only the rule cut it
+            why = f"requested {frames} is not 1+8k; {rule}, so it uses the largest 1+8k <= {frames}"
+        else:
+            why = f"the clip has {available} frames < requested {frames}; {rule}"
+        warnings.warn(f"{where}: using {n} frames: {why}", stacklevel=2)
     size = choose_bucket(raw_THWC.shape[1], raw_THWC.shape[2], buckets)
     return to_model_input(np.ascontiguousarray(raw_THWC[:n]), size)
 
