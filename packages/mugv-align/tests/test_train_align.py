@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,23 +154,28 @@ def test_dpo_resume_after_interruption_is_exact(task, dpo_reference_run, tmp_pat
         align=_dpo_align(root, ema_sigma_rels=[0.05, 0.10], ema_snapshot_every=1),
         train={"init_from": str(root / "init"), "save_every": 2},
     )
-    # a fresh process stops after step 3 (as if killed: its last checkpoint is step 2)
+    # a real `mugv-align dpo` process is SIGKILLed right after its step-2 checkpoint is
+    # declared complete (mid-run: 4 steps); the resumed run continues the uninterrupted one
     dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mugv_align.cli",
-        "dpo",
-        str(cfg),
-        "--max-steps",
-        "3",
-        "--micro-batches",
-        "2",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_0000002"
+    cmd = [sys.executable, "-m", "mugv_align.cli", "dpo", str(cfg), "--micro-batches", "2"]
+    latest = tmp_path / "run/checkpoints/latest"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if latest.is_file() and latest.read_text().strip() == "step_0000002":
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode()[-3000:]
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run (rc {proc.returncode}): {err}"
+    assert latest.read_text().strip() == "step_0000002"
     _, state, ema, _ = _run(cfg)
     assert _losses(tmp_path / "run") == _losses(ref_dir)
     for k, v in ref_state.items():
@@ -432,3 +439,71 @@ def test_tp2_and_dp2_match_tp1_over_gloo(task, tmp_path):
         w_ref, w_got = _final_weights(ref_dir), _final_weights(got_dir)
         for k, v in w_ref.items():
             torch.testing.assert_close(w_got[k], v, rtol=1e-4, atol=2e-6, msg=f"{name} {k}")
+
+
+def test_trainer_gradient_equals_autograd_of_the_formula(task, tmp_path):
+    """The gradient Megatron accumulates over two micro-batches (main_grad) equals autograd
+    of an independent float64 evaluation of the DPO + SFT loss on the whole batch; the
+    reference gets no gradient and stays unchanged through training."""
+    import torch.nn.functional as F
+    from mugv_align.data import build_batch
+    from mugv_align.trainer import AlignTrainer
+    from mugv_dit.model import PackedText
+
+    root = task["root"]
+    beta, w_sft = 20.0, 0.5
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        steps=2,
+        align=_dpo_align(root, ema_sigma_rels=[]),
+        train={"init_from": str(root / "init")},
+    )
+    trainer = AlignTrainer(load_align_config(cfg), micro_batches_per_step=2)
+    try:
+        _, plan = trainer.pref_sampler.plan(0)
+        src = trainer.sources[0]
+        batches = [build_batch(src, mb, trainer.cfg.objective, 7, "cpu") for mb in plan]
+        for b in batches:
+            b.ref_error_B = trainer._reference_errors(b)
+        trainer.model.zero_grad_buffer()
+        n_items = sum(len(b.ids) for b in batches)
+        c, h, w = 4, 4, 4
+        sft_count = float(
+            sum(int(b.noisy_frames_BT[: len(b.ids)].sum()) * c * h * w for b in batches)
+        )
+        trainer._preference_forward_backward(batches, "dpo", float(n_items), sft_count, None)
+        module = trainer.model.module
+        got = [p.main_grad.clone() for p in module.parameters()]
+
+        params = list(module.parameters())
+        total = torch.zeros((), dtype=torch.float64)
+        for b in batches:
+            pred = module(
+                b.noisy_BCTHW,
+                b.sigma_B,
+                PackedText.from_list(b.texts),
+                fps_B=b.fps_B,
+                noisy_frames_BT=b.noisy_frames_BT,
+                drop_caption_B=b.drop_caption_B,
+            )
+            sq = (pred[:, :c].double() - b.target_BCTHW.double()) ** 2
+            m = b.noisy_frames_BT[:, None, :, None, None].double()
+            e = (sq * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * c * h * w)
+            ref = b.ref_error_B.double()
+            n = len(b.ids)
+            x = -beta / 2 * ((e[:n] - ref[:n]) - (e[n:] - ref[n:]))
+            total = total + (-F.logsigmoid(x)).sum() / n_items
+            total = total + w_sft * (sq[:n] * m[:n]).sum() / sft_count
+        want = torch.autograd.grad(total, params)
+        for g, wg in zip(got, want, strict=True):
+            tol = 1e-5 * float(wg.abs().max()) + 1e-9
+            torch.testing.assert_close(g.double(), wg.double(), rtol=1e-4, atol=tol)
+        assert any(g.abs().max() > 0 for g in got)
+        ref_before = [p.detach().clone() for p in trainer.ref_model.parameters()]
+        trainer.run()
+        assert all(p.grad is None and not p.requires_grad for p in trainer.ref_model.parameters())
+        for p, q in zip(trainer.ref_model.parameters(), ref_before, strict=True):
+            assert torch.equal(p, q)
+    finally:
+        trainer.close()
