@@ -1,7 +1,7 @@
 """One rank of a parallel generation (launched by test_parallel.py through torchrun).
 
 usage: python -m torch.distributed.run --nproc_per_node N mugv_infer_parallel_worker.py
-       MODEL VAE T5 SP CFG OUT.pt
+       MODEL VAE T5 SP CFG OUT.pt [DEVICE]   (DEVICE cpu (gloo, default) or cuda (nccl))
 """
 
 from __future__ import annotations
@@ -16,19 +16,24 @@ import torch.distributed as dist
 def main() -> None:
     model, vae, t5 = (Path(a) for a in sys.argv[1:4])
     sp, cfg, out = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
     from mugv_infer import MUGVPipeline
     from mugv_infer.parallel import init_parallel, parallelize_pipeline
 
     torch.set_num_threads(1)
-    groups = init_parallel(sp, cfg, backend="gloo")
+    groups = init_parallel(sp, cfg, backend="nccl" if device == "cuda" else "gloo")
     pipe = MUGVPipeline.from_parts(model, vae, t5)
     pipe.set_progress_bar_config(disable=True)
+    if device == "cuda":
+        import os
+
+        pipe.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     parallelize_pipeline(pipe, groups)
     result = run(pipe)
     if groups.world > 1:
         dist.barrier()
     if groups.rank == 0:
-        torch.save(result, out)
+        torch.save({k: v.cpu() for k, v in result.items()}, out)
     if groups.world > 1:
         dist.destroy_process_group()
 

@@ -1,0 +1,116 @@
+"""GPU tests (``uv run pytest -m gpu packages/mugv-infer``): FA4 forward against SDPA at head
+dim 72, bf16 on CUDA against float32 on CPU, compiled blocks, CPU offload, and (with 2 GPUs)
+NCCL sequence / CFG parallelism against one GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mugv_infer_fixtures import tiny_transformer
+
+pytestmark = pytest.mark.gpu
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+WORKER = Path(__file__).parent / "mugv_infer_parallel_worker.py"
+
+
+def _rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _inputs(device, dtype=torch.float32, text_dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 24, 3, 8, 12, generator=g)
+    text = torch.randn(2, 7, text_dim, generator=g)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    s = torch.tensor([0.9, 0.3])
+    return x.to(device, dtype), s.to(device), text.to(device, dtype), mask.to(device)
+
+
+@cuda
+def test_fa4_forward_matches_sdpa_at_head_dim_72():
+    from mugv_infer.models import MUGDiTTransformer3DModel
+    from mugv_infer.models.attention import dense_attention, fa4_forward
+
+    if fa4_forward() is None or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("flash-attn-4 not installed or not a Hopper GPU")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(2, 4096, 24, 72, generator=g, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3)
+    )
+    ref = dense_attention(q.double(), k.double(), v.double(), "sdpa")
+    assert _rel(dense_attention(q, k, v, "fa4"), ref) < 1e-2
+    assert _rel(dense_attention(q, k, v, "sdpa"), ref) < 1e-2
+    model = MUGDiTTransformer3DModel(hidden_size=144, num_heads=2, num_layers=2, text_dim=32)
+    model = model.initialize_weights(0).to("cuda", torch.bfloat16).eval()
+    x, s, text, mask = _inputs("cuda", torch.bfloat16)
+    with torch.no_grad():
+        a = model(x, s, text, mask, attention_kwargs={"backend": "fa4"}).sample
+        b = model(x, s, text, mask, attention_kwargs={"backend": "sdpa"}).sample
+    assert _rel(a, b) < 2e-2
+
+
+@cuda
+def test_bf16_cuda_close_to_float32_cpu():
+    model = tiny_transformer()
+    x, s, text, mask = _inputs("cpu")
+    with torch.no_grad():
+        ref = model(x, s, text, mask).sample
+        model16 = torch.nn.Module.to(model, "cuda", torch.bfloat16)
+        out = model16(*_inputs("cuda", torch.bfloat16)).sample
+    assert _rel(out.cpu(), ref) < 2e-2
+
+
+@cuda
+def test_compiled_blocks_match_eager():
+    from mugv_infer.optimize import compile_blocks
+
+    model = torch.nn.Module.to(tiny_transformer(), "cuda")
+    x, s, text, mask = _inputs("cuda")
+    with torch.no_grad():
+        eager = model(x, s, text, mask).sample
+        compile_blocks(model)
+        compiled = model(x, s, text, mask).sample
+    assert _rel(compiled, eager) < 1e-5
+
+
+@cuda
+def test_cpu_offload_on_cuda_equals_resident(parts):
+    from mugv_infer import MUGVPipeline
+
+    pipe = MUGVPipeline.from_parts(parts["model"], parts["vae"], parts["t5"])
+    pipe.set_progress_bar_config(disable=True)
+    lat = torch.randn(pipe.latent_shape(1, 32, 48, 9), generator=torch.Generator().manual_seed(0))
+    kw = dict(height=32, width=48, num_frames=9, num_inference_steps=2, output_type="pt")
+    pipe.to("cuda")
+    resident = pipe("a cat", latents=lat, **kw).frames
+    pipe.enable_model_cpu_offload(device="cuda")
+    offloaded = pipe("a cat", latents=lat, **kw).frames
+    assert pipe.transformer.device.type == "cpu"  # back on the CPU after the call
+    torch.testing.assert_close(offloaded, resident, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize(("sp", "cfg"), [(2, 1), (1, 2)], ids=["ulysses2", "cfg2"])
+def test_two_gpus_match_one(parts, sp, cfg, tmp_path):
+    def launch(n, s, c, out):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", str(WORKER),
+            str(parts["model"]), str(parts["vae"]), str(parts["t5"]), str(s), str(c), str(out),
+            "cuda",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return torch.load(out)
+
+    one = launch(1, 1, 1, tmp_path / "one.pt")
+    two = launch(2, sp, cfg, tmp_path / "two.pt")
+    torch.testing.assert_close(two["latents"], one["latents"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(two["video"], one["video"], rtol=1e-4, atol=1e-4)
