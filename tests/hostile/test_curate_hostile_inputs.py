@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -72,6 +73,12 @@ def hostile_dir(tmp_path_factory) -> Path:
     os.symlink("loop_b.mp4", d / "loop_a.mp4")
     os.symlink("loop_a.mp4", d / "loop_b.mp4")
     (d / "folder.mp4").mkdir()
+    # VFR: intervals 40, 40, 40, 120 ms repeated -> dominant 25 fps, average 16.7 fps
+    pts, t = [], 0
+    for i in range(48):
+        pts.append(t)
+        t += 120 if i % 4 == 3 else 40
+    write_video(d / "vfr.mkv", scene(48, seed=7), pts=pts, time_base=Fraction(1, 1000))
     return d
 
 
@@ -124,6 +131,14 @@ def test_every_bad_input_is_one_reject_with_a_reason(curated):
 def test_good_rotated_portrait_and_unicode_inputs_give_clips(curated):
     sources = {Path(r.source).name for r in ClipDataset(curated).records()}
     assert {"good.mp4", "rotated.mp4", "portrait.mp4", "ünïcödé 名前.mp4"} <= sources
+
+
+def test_vfr_clip_is_resampled_to_its_dominant_rate(curated):
+    """Defect 7: with clip.fps unset a VFR source keeps its timing at its dominant rate."""
+    (rec,) = [r for r in ClipDataset(curated).records() if r.source.endswith("vfr.mkv")]
+    assert rec.fps == pytest.approx(25.0)
+    # every output frame is 40 ms: the clip's span in the source is its frames / fps
+    assert rec.end_s - rec.start_s == pytest.approx(rec.num_frames / rec.fps, abs=0.045)
 
 
 def test_symlink_loop_given_directly_is_one_reject(hostile_dir, tmp_path):

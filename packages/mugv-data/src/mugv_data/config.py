@@ -101,7 +101,7 @@ class ClipConfig(Frozen):
 
     fps: float | None = Field(None, gt=0)
     """Normalise every clip to this frame rate (None: keep the source rate; VFR sources are
-    always normalised to their average rate)."""
+    always resampled to their dominant rate, the rate of their most common frame interval)."""
     short_side: int | None = Field(None, ge=16)
     """Resize so the short side is this (None: keep size). Never upscales."""
     crf: int = Field(20, ge=0, le=51)

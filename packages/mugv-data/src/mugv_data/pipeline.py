@@ -285,7 +285,8 @@ class SourceProcessor:
     ):
         cc = self.config.clip
         w, h = target_size(info.width, info.height, cc.short_side)
-        fps = cc.fps if cc.fps is not None else (info.fps if info.vfr else None)
+        # a VFR source is resampled to a constant rate: clip.fps, else its dominant rate
+        fps = cc.fps if cc.fps is not None else (info.dominant_fps if info.vfr else None)
         if cache is not None and (w, h) == (reader.width, reader.height):
             src, get = reader, (lambda idx: (cache[i] for i in idx))
         else:

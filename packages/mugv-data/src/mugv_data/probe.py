@@ -56,6 +56,9 @@ class VideoInfo:
     pts: np.ndarray = field(repr=False)
     """Raw sorted pts of each frame (stream time base), int64 [num_frames]."""
     time_base: float = 0.0
+    dominant_fps: float = 0.0
+    """Rate of the most common frame interval (0.1 ms bins; a tie takes the shorter interval);
+    a variable-frame-rate clip is resampled to it unless ``clip.fps`` is set."""
 
     def summary(self) -> dict:
         """JSON-friendly view (no per-frame arrays)."""
@@ -72,6 +75,7 @@ class VideoInfo:
             "duration_s": round(self.duration_s, 6),
             "start_time_s": round(self.start_time_s, 6),
             "vfr": self.vfr,
+            "dominant_fps": round(self.dominant_fps, 6),
             "has_audio": self.has_audio,
         }
 
@@ -146,6 +150,9 @@ def probe_video(path: str | Path, config: DecodeConfig | None = None) -> VideoIn
     mean_dt = float(dt.mean())
     fps = 1.0 / mean_dt
     vfr = bool(n > 2 and float(dt.std()) / mean_dt > config.vfr_tolerance)
+    bins, counts = np.unique(np.round(dt, 4), return_counts=True)  # sorted: ties -> shorter
+    dominant_dt = float(bins[int(np.argmax(counts))])
+    dominant_fps = 1.0 / dominant_dt if dominant_dt > 0 else fps
     duration = float(ts[-1] + mean_dt)
     if duration > config.max_duration_s:
         raise ProbeError(
@@ -171,6 +178,7 @@ def probe_video(path: str | Path, config: DecodeConfig | None = None) -> VideoIn
         timestamps_s=ts,
         pts=pts,
         time_base=tb,
+        dominant_fps=dominant_fps,
     )
 
 
