@@ -397,6 +397,8 @@ def _final_weights(run_dir: Path) -> dict:
 def test_tp2_and_dp2_match_tp1_over_gloo(task, tmp_path):
     """DPO at TP=2 (+ sequence parallel) and DP=2, and KTO at DP=2 (reference point reduced
     over DP ranks), in 2 gloo processes, reproduce the single-process losses and weights."""
+    from mugv_align.snapshots import list_snapshots, weighted_average
+
     root = task["root"]
     runs, refs = [], {}
     for kind, name, parallel in (
@@ -439,6 +441,13 @@ def test_tp2_and_dp2_match_tp1_over_gloo(task, tmp_path):
         w_ref, w_got = _final_weights(ref_dir), _final_weights(got_dir)
         for k, v in w_ref.items():
             torch.testing.assert_close(w_got[k], v, rtol=1e-4, atol=2e-6, msg=f"{name} {k}")
+        # the EMA snapshot (TP shards assembled along their partition dims) matches too
+        e_ref, e_got = (
+            weighted_average(list_snapshots(d / "ema_snapshots"), [1.0]) for d in (ref_dir, got_dir)
+        )
+        assert sorted(e_ref) == sorted(e_got)
+        for k, v in e_ref.items():
+            torch.testing.assert_close(e_got[k], v, rtol=1e-4, atol=2e-6, msg=f"{name} ema {k}")
 
 
 def test_trainer_gradient_equals_autograd_of_the_formula(task, tmp_path):
