@@ -6,7 +6,8 @@ encoder (24 layers, 4096 wide; the real one is a local folder) and mugv-vae's re
 architecture. Variants (same weights, same inputs):
 
 * ``reference``: SDPA attention, eager PyTorch (no compile, no FA4);
-* ``ours``: FA4 forward when ``flash_attn.cute`` imports (else SDPA) + torch.compile of each block;
+* ``ours``: FA4 forward when ``flash_attn.cute`` imports (else SDPA) + mugv-kernels fused
+  norms + torch.compile of each block;
 * ``ours+cache``: ``ours`` with the step cache (``--step-cache THRESH``): speed-up, and the
   deviation of the final latent (max / mean abs) and of the decoded video (PSNR) against
   ``ours`` from the same noise.
@@ -154,6 +155,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed CFG steps per variant")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-fused", action="store_true", help="ours without mugv-kernels ops")
     ap.add_argument("--e2e-steps", type=int, default=0, help="> 0: time a full pipeline run")
     ap.add_argument("--offload", action="store_true", help="model CPU offload in the e2e run")
     ap.add_argument("--vae-tile", type=int, default=32, help="VAE decode tile (latents)")
@@ -192,14 +194,14 @@ def main() -> int:
     ours_backend = "auto"
     compiled = not args.no_compile and device.type == "cuda"
     set_compiled(model, compiled)
+    model.set_fused_ops(not args.no_fused)
     ours_s, ours_out = time_steps(model, inputs, args.steps, args.warmup + 1, ours_backend)
     set_compiled(model, False)
-    rows.append(
-        (
-            f"ours ({'FA4' if result['fa4'] else 'SDPA'}{'' if args.no_compile else ' + compile'})",
-            ours_s,
-        )
-    )
+    parts = ["FA4" if result["fa4"] and device.type == "cuda" else "SDPA"]
+    parts += [] if args.no_fused else ["fused"]
+    parts += ["compile"] if compiled else []
+    result["ours_variant"] = " + ".join(parts)
+    rows.append((f"ours ({result['ours_variant']})", ours_s))
     rel = ((ours_out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
     result["dit"] = {
         "reference_s_per_cfg_step": ref_s,

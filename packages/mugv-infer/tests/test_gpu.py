@@ -81,6 +81,19 @@ def test_compiled_blocks_match_eager():
 
 
 @cuda
+def test_fused_kernels_match_plain_on_cuda():
+    model = torch.nn.Module.to(tiny_transformer(), "cuda", torch.bfloat16)
+    x, s, text, mask = _inputs("cuda", torch.bfloat16)
+    noisy = torch.ones(2, 3, dtype=torch.bool, device="cuda")
+    noisy[0, 0] = False
+    with torch.no_grad():
+        plain = model(x, s, text, mask, noisy_frames=noisy).sample
+        model.set_fused_ops(True)
+        fused = model(x, s, text, mask, noisy_frames=noisy).sample
+    assert _rel(fused, plain) < 1e-2
+
+
+@cuda
 def test_cpu_offload_on_cuda_equals_resident(parts):
     from mugv_infer import MUGVPipeline
 

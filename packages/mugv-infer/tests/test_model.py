@@ -137,3 +137,16 @@ def test_benchmark_script_smoke_run_on_cpu(tmp_path):
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["dit"]["ours_vs_reference_rel_l2"] < 1e-5
     assert res["e2e"]["ours+cache"]["skipped_steps"] >= 1
+
+
+def test_fused_ops_give_the_same_prediction():
+    """mugv-kernels' ops (their PyTorch reference path on CPU) wired into the block."""
+    model = tiny_transformer()
+    x, s, text, mask = _inputs()
+    noisy = torch.ones(2, 3, dtype=torch.bool)
+    noisy[0, 0] = False
+    with torch.no_grad():
+        plain = model(x, s, text, mask, noisy_frames=noisy).sample
+        model.set_fused_ops(True)
+        fused = model(x, s, text, mask, noisy_frames=noisy).sample
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

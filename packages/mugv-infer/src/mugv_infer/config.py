@@ -36,6 +36,9 @@ class RuntimeConfig(BaseModel):
         "auto", description="Self-attention kernel: auto = FA4 forward on Hopper if installed."
     )
     compile: bool = Field(False, description="torch.compile each DiT block (CUDA).")
+    fused_ops: bool = Field(
+        True, description="mugv-kernels fused norms in the blocks (Triton on CUDA)."
+    )
     step_cache_threshold: float = Field(
         0.0, ge=0, description="> 0: reuse block residuals between steps (approximate)."
     )

@@ -148,6 +148,7 @@ def _build(cfg, plan: Plan, pipeline_class):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     pipe = pipeline_class.from_parts(cfg.model, cfg.vae, cfg.text_encoder, torch_dtype=plan.dtype)
     pipe.transformer.set_attention_backend(rt.attention_backend)
+    pipe.transformer.set_fused_ops(rt.fused_ops)
     if rt.cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:

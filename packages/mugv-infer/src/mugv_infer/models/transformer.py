@@ -130,11 +130,18 @@ class SelfAttention(nn.Module):
         self.backend = "auto"
         self.sequence_parallel = None  # set by mugv_infer.parallel.apply_sequence_parallel
 
-    def forward(self, x_BNC, cos_BNK, sin_BNK, n_real: int) -> torch.Tensor:
+    def forward(self, x_BNC, cos_BNK, sin_BNK, n_real: int, fused: bool = False) -> torch.Tensor:
         b, n, _ = x_BNC.shape
         q, k, v = self.qkv(x_BNC).view(b, n, self.heads, 3, self.head_dim).unbind(3)
-        q = apply_rope(rms_norm(q, self.q_norm_weight, self.eps), cos_BNK, sin_BNK)
-        k = apply_rope(rms_norm(k, self.k_norm_weight, self.eps), cos_BNK, sin_BNK)
+        if fused:  # mugv-kernels: RMSNorm + RoPE in one pass (PyTorch reference off-GPU)
+            import mugv_kernels
+
+            q, k = mugv_kernels.qk_rmsnorm_rope3d(
+                q, k, self.q_norm_weight, self.k_norm_weight, cos_BNK, sin_BNK, eps=self.eps
+            )
+        else:
+            q = apply_rope(rms_norm(q, self.q_norm_weight, self.eps), cos_BNK, sin_BNK)
+            k = apply_rope(rms_norm(k, self.k_norm_weight, self.eps), cos_BNK, sin_BNK)
         if self.sequence_parallel is not None:
             out = self.sequence_parallel.attention(q, k, v.contiguous(), n_real, self.backend)
         else:
@@ -191,11 +198,16 @@ class MUGDiTBlock(nn.Module):
         self.cross_norm_weight = nn.Parameter(torch.ones(hidden))
         self.cross_norm_bias = nn.Parameter(torch.zeros(hidden))
         self.scale_shift_table = nn.Parameter(torch.zeros(6, hidden))
+        self.fused_ops = False  # runtime switch: mugv-kernels fused norms (set_fused_ops)
 
     def forward(self, x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real):
         mods = (self.scale_shift_table.to(mods_B26C.dtype) + mods_B26C).to(x_BNC.dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.unbind(2)
         eps = self.eps
+        if self.fused_ops:
+            return self._fused_forward(
+                x_BNC, mods.unbind(2), clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real
+            )
         h = layer_norm(x_BNC, eps) * (1 + _per_token(scale_msa, clean_BN1))
         h = h + _per_token(shift_msa, clean_BN1)
         attn = self.self_attention(h, cos_BNK, sin_BNK, n_real)
@@ -204,6 +216,30 @@ class MUGDiTBlock(nn.Module):
         x_BNC = x_BNC + self.cross_attention(h, text_BLC, mask_BL)
         h = layer_norm(x_BNC, eps) * (1 + _per_token(scale_mlp, clean_BN1))
         h = h + _per_token(shift_mlp, clean_BN1)
+        return x_BNC + _per_token(gate_mlp, clean_BN1) * self.mlp(h)
+
+    def _fused_forward(self, x_BNC, mods, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real):
+        """The same block through mugv-kernels: modulated LN, QK-RMSNorm + RoPE, and the two
+        "residual add + next norm" pairs each in one pass (Triton on CUDA, reference else)."""
+        import mugv_kernels as mk
+
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        eps, clean_BN = self.eps, clean_BN1[..., 0]
+        h = mk.modulated_layer_norm(x_BNC, shift_msa, scale_msa, token_branch=clean_BN, eps=eps)
+        attn = self.self_attention(h, cos_BNK, sin_BNK, n_real, fused=True)
+        # affine LN of the cross-attention as a modulated LN: scale = weight - 1, shift = bias
+        b, d = x_BNC.shape[0], x_BNC.shape[-1]
+        w = self.cross_norm_weight.to(x_BNC.dtype)
+        cross_scale = (w - 1).expand(b, 2, d)
+        cross_shift = self.cross_norm_bias.to(x_BNC.dtype).expand(b, 2, d)
+        x_BNC, h = mk.gated_residual_modulated_norm(
+            x_BNC, attn, gate_msa, cross_shift, cross_scale, token_branch=clean_BN, eps=eps
+        )
+        cross = self.cross_attention(h, text_BLC, mask_BL)
+        ones = torch.ones_like(shift_mlp)
+        x_BNC, h = mk.gated_residual_modulated_norm(
+            x_BNC, cross, ones, shift_mlp, scale_mlp, token_branch=clean_BN, eps=eps
+        )
         return x_BNC + _per_token(gate_mlp, clean_BN1) * self.mlp(h)
 
 
@@ -370,6 +406,12 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             else:
                 p.copy_(torch.randn(p.shape, generator=g, device=p.device) * std)
         return self
+
+    def set_fused_ops(self, enabled: bool = True) -> None:
+        """Route the block's norms through mugv-kernels (Triton on CUDA; its exact PyTorch
+        reference elsewhere)."""
+        for block in self.blocks:
+            block.fused_ops = enabled
 
     def set_attention_backend(self, backend: str) -> None:
         """``auto`` / ``sdpa`` / ``fa4`` for the self-attention of every block."""
