@@ -355,6 +355,14 @@ def test_dpo_on_real_vs_generated_pairs_through_the_cli(task, tmp_path):
     logs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [0, 1] and all("pref_accuracy" in r for r in logs)
     assert (tmp_path / "run/ema_snapshots/step_0000002/snapshot.json").is_file()
+    # the trained policy as an export (e.g. the next stage's reference / start point)
+    from mugv_dit.export import load_export
+
+    assert main(["export", "--run", str(tmp_path / "run"), "--output", str(tmp_path / "x")]) == 0
+    _, trained = load_export(tmp_path / "x")
+    _, init = load_export(root / "init")
+    assert trained.keys() == init.keys()
+    assert any(not torch.equal(trained[k], init[k]) for k in init)
 
 
 def _torchrun(script: str, *args: str, nproc: int = 2, timeout: int = 400) -> None:

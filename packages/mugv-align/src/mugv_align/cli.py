@@ -4,6 +4,7 @@
     mugv-align dpo CONFIG.yaml [...]            Flow-DPO on pairs (align.preference)
     mugv-align kto CONFIG.yaml [...]            Flow-KTO on pass/fail labels
     mugv-align precompute-ref CONFIG.yaml --output ERRORS.json
+    mugv-align export --run RUN --output EXPORT [--step N]      raw policy weights
     mugv-align ema-list --run RUN
     mugv-align ema-reconstruct --run RUN --sigma-rel 0.07 [--step N] --output EXPORT
     mugv-align ema-sweep --run RUN --data HELD_OUT_LATENTS [--sigma-rels 0.03,0.05,...]
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     pre.add_argument("--output", required=True, help="JSON file to write")
     pre.add_argument("--device", default=None)
+
+    exp = sub.add_parser("export", help="a run checkpoint's raw weights -> mugv.dit-export")
+    exp.add_argument("--run", required=True, help="mugv-align run folder")
+    exp.add_argument("--output", required=True, help="export folder to write")
+    exp.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
 
     lst = sub.add_parser("ema-list", help="list a run's EMA snapshots")
     lst.add_argument("--run", required=True)
@@ -144,6 +150,35 @@ def _reconstruct(run: str, sigma_rel: float, step: int | None):
             raise ValueError(f"{run}: no EMA snapshot at or before step {step}")
     weights = reconstruction_weights(snaps, sigma_rel, step)
     return weighted_average(snaps, weights), snaps, weights
+
+
+def _export(args) -> int:
+    from mugv_dit.checkpoint import latest_checkpoint, load_model_weights, step_dir
+    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.export import full_state_dict, save_export
+    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit.parallel import init_distributed
+
+    cfg = _run_config(args.run)
+    root = Path(args.run) / "checkpoints"
+    ckpt = step_dir(root, args.step) if args.step is not None else latest_checkpoint(root)
+    if ckpt is None or not ckpt.is_dir():
+        raise ValueError(
+            f"{args.run}: no checkpoint" + (f" at step {args.step}" if args.step else "")
+        )
+    init_distributed(1)
+    with cpu_megatron():
+        model = MUGDiT(cfg.model, megatron_config(cfg.model))
+        load_model_weights(ckpt, model, which="model")
+    extra = {
+        "run": str(args.run),
+        "checkpoint": ckpt.name,
+        "weights": "model",
+        "mode": cfg.align.mode,
+    }
+    path = save_export(args.output, cfg.model, full_state_dict(model), extra)
+    print(f"exported the raw weights of {ckpt.name} to {path}")
+    return 0
 
 
 def _ema_list(args) -> int:
@@ -242,6 +277,7 @@ COMMANDS = {
     "dpo": _train,
     "kto": _train,
     "precompute-ref": _precompute,
+    "export": _export,
     "ema-list": _ema_list,
     "ema-reconstruct": _ema_reconstruct,
     "ema-sweep": _ema_sweep,
