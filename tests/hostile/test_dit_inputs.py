@@ -85,3 +85,45 @@ def test_sigkilled_trainer_leaves_no_process(tmp_path):
     assert proc.poll() is None, "training ended before it could be killed"
     left = kill_and_check_no_leak(proc)
     assert not left, f"processes left after SIGKILL of mugv-dit train: {sorted(left)}"
+
+
+def test_changed_record_in_an_energon_shard_is_refused(tmp_path):
+    """Defect 3 on the energon path: fps 24 -> 2490 in a shard's KEY.json is refused."""
+    import io
+    import tarfile
+
+    from mugv_dit.config import StageConfig
+    from mugv_dit.data import BucketSampler, LatentIndex
+    from mugv_dit.data_energon import EnergonLatentLoader
+    from mugv_dit.parallel import init_distributed
+    from mugv_formats import ChecksumError
+
+    init_distributed(1, backend="gloo")
+    ds = make_latents(tmp_path / "lat")
+    shard = ds / "shard-000000.tar"
+    with tarfile.open(shard) as t:
+        members = [(i, t.extractfile(i).read()) for i in t.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
+        for info, data in members:
+            if info.name.endswith(".json"):
+                data = data.replace(b'"fps":24.0', b'"fps":2490.0')
+                info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    index = LatentIndex(ds)
+    sampler = BucketSampler(
+        index, tokens_per_batch=64, max_batch_size=4, micro_batches_per_step=1,
+        patch=(1, 2, 2), seed=0,
+    )  # fmt: skip
+    loader = EnergonLatentLoader(ds, index=index, sampler=sampler, dp_rank=0, dp_size=1)
+    with pytest.raises(ChecksumError, match=r"fps is 2490\.0 in the shard, 24\.0 in the manifest"):
+        for step in range(4):
+            loader.next_batches(step, 0, StageConfig(name="a", steps=4), 0.0, 1, "cpu")
+
+
+def test_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    from mugv_dit.cli import main
+
+    (tmp_path / "bad.yaml").write_text("a: [\n")
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid YAML" in err and len(err.splitlines()) == 1

@@ -69,3 +69,12 @@ def test_frames_warning_names_the_rule():
     assert x.shape[1] == 1
     (w,) = caught
     assert "1+8k" in str(w.message) and "4 frames available" not in str(w.message)
+
+
+def test_vae_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    from mugv_vae.cli import main
+
+    (tmp_path / "bad.yaml").write_text("a: [\n")
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "invalid YAML" in err and len(err.splitlines()) == 1

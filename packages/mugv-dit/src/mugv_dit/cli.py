@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import yaml
+
 from mugv_dit import __version__
 
 
@@ -231,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         # user errors: one clear line, no traceback
         print(f"mugv-dit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as exc:  # a config file that is not YAML
+        print(f"mugv-dit {args.command}: error: invalid YAML: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -46,6 +46,7 @@ from megatron.energon import (
 )
 from megatron.energon.edataclass import edataclass
 from megatron.energon.task_encoder.base import stateless
+from mugv_formats import ChecksumError, CorruptShardError
 
 from mugv_dit.config import StageConfig
 from mugv_dit.data import BucketKey, BucketSampler, LatentIndex, stage_accepts
@@ -197,6 +198,24 @@ class EnergonLatentLoader:
         r = sample.record
         return _Item(key, sample.latents, sample.text, float(r.fps), r.height, r.width)
 
+    def _checked_record(self, sample: LatentShardSample):
+        """The sample's manifest record, after checking that the record energon read from the
+        shard (``KEY.json``) and the latents agree with it (a changed record is refused)."""
+        key = sample.__key__
+        if key not in self._key_to_index:
+            raise CorruptShardError(f"{self.path}: sample {key!r} is not in the manifest")
+        rec = self.index.records[self._key_to_index[key]]
+        got = dict(sample.record)
+        got["latent_shape"] = list(sample.latents.shape)
+        want = rec.model_dump(mode="json")
+        for field in ("fps", "num_frames", "height", "width", "latent_shape", "key"):
+            if got.get(field) != want[field]:
+                raise ChecksumError(
+                    f"{self.path}: sample {key!r}: {field} is {got.get(field)!r} in the shard, "
+                    f"{want[field]!r} in the manifest; the shard was changed"
+                )
+        return rec
+
     def _capacity(self, bucket: BucketKey, n: int) -> int:
         return self.reservoir_factor * n * self.sampler.batch_size(bucket)
 
@@ -221,16 +240,9 @@ class EnergonLatentLoader:
             if len(queue) >= self._capacity(got, n):
                 self.dropped += 1
                 continue
-            rec = sample.record
+            rec = self._checked_record(sample)
             queue.append(
-                _Item(
-                    sample.__key__,
-                    sample.latents,
-                    sample.text,
-                    float(rec["fps"]),
-                    int(rec["height"]),
-                    int(rec["width"]),
-                )
+                _Item(sample.__key__, sample.latents, sample.text, rec.fps, rec.height, rec.width)
             )
         if len(pool) < need:
             pool.extend(self._borrow(step, stage, bucket, need - len(pool)))
