@@ -220,7 +220,7 @@ def build_batch(
         sigma_B=cat(1),
         target_BCTHW=cat(2),
         noisy_frames_BT=cat(3),
-        drop_caption_B=drop.to(device),
+        drop_caption_B=drop,  # on the CPU, as mugv-dit passes it
         texts=texts,
         fps_B=fps,
         latent_shape=tuple(noisy.shape),

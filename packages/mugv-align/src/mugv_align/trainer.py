@@ -238,7 +238,7 @@ class AlignTrainer(Trainer):
             sft_rows = (
                 b.noisy_frames_BT[:n]
                 if src.kind == "dpo"
-                else b.noisy_frames_BT[b.desirable_B.cpu()]
+                else b.noisy_frames_BT[b.desirable_B.to(b.noisy_frames_BT.device)]
             )
             sft_count += int(sft_rows.sum()) * c * h * w
         stats = torch.tensor([n_items, sft_count], dtype=torch.float64, device=self.device)
