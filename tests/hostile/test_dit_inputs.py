@@ -14,7 +14,7 @@ from hostile_util import clean_env, dit_config, kill_and_check_no_leak, make_lat
 pytest.importorskip("megatron.core")
 
 
-def test_raw_latents_are_refused_by_name(tmp_path):
+def test_raw_latents_are_refused_by_name(tmp_path, megatron_single):
     from mugv_dit.data import LatentIndex
 
     ds = make_latents(tmp_path / "raw", normalized=False)
@@ -22,7 +22,7 @@ def test_raw_latents_are_refused_by_name(tmp_path):
         LatentIndex(ds)
 
 
-def test_channel_count_mismatch_is_refused_by_name(tmp_path, capsys):
+def test_channel_count_mismatch_is_refused_by_name(tmp_path, capsys, megatron_single):
     from mugv_dit.cli import main
 
     cfg = dit_config(tmp_path, make_latents(tmp_path / "c16", channels=16), "run")
@@ -87,7 +87,7 @@ def test_sigkilled_trainer_leaves_no_process(tmp_path):
     assert not left, f"processes left after SIGKILL of mugv-dit train: {sorted(left)}"
 
 
-def test_changed_record_in_an_energon_shard_is_refused(tmp_path):
+def test_changed_record_in_an_energon_shard_is_refused(tmp_path, megatron_single):
     """Defect 3 on the energon path: fps 24 -> 2490 in a shard's KEY.json is refused."""
     import io
     import tarfile
@@ -95,10 +95,8 @@ def test_changed_record_in_an_energon_shard_is_refused(tmp_path):
     from mugv_dit.config import StageConfig
     from mugv_dit.data import BucketSampler, LatentIndex
     from mugv_dit.data_energon import EnergonLatentLoader
-    from mugv_dit.parallel import init_distributed
     from mugv_formats import ChecksumError
 
-    init_distributed(1, backend="gloo")
     ds = make_latents(tmp_path / "lat")
     shard = ds / "shard-000000.tar"
     with tarfile.open(shard) as t:

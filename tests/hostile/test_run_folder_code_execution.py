@@ -24,9 +24,7 @@ def saved_checkpoint(tmp_path_factory):
     from mugv_dit.compat import cpu_megatron
     from mugv_dit.config import model_preset
     from mugv_dit.model import MUGDiT, megatron_config
-    from mugv_dit.parallel import init_distributed
 
-    init_distributed(1, backend="gloo")
     cfg = model_preset("debug")
     with cpu_megatron():
         torch.manual_seed(0)
