@@ -19,10 +19,20 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from profile_step import profile_step
 
+IMPLS = {
+    "mug": "torch elementwise ops, SDPA attention, Megatron's default optimizer path",
+    "mug-fused": "mugv_kernels fused ops, SDPA attention (cuDNN at head dim 72)",
+    "mug-fa4": "fused ops + FlashAttention-4 (head dim padded 72 -> 96)",
+    "mug-fast": "mug-fa4 + fused AdamW + sync-free grad norm (the trainer's defaults)",
+    "wan": "diffusers WanTransformer3DModel with its default SDPA attention",
+    "wan-fa4": "the same Wan with its attention routed through the same FA4 call",
+}
 GRIDS = {"12.9k": (14, 46, 80), "50.4k": (14, 90, 160), "tiny": (2, 4, 6)}  # latent T, H, W
 DEVICE = "cuda"  # --device cpu: a CPU/gloo smoke run of the same code (fp32, no timing value)
 
@@ -65,6 +75,9 @@ def bench_mug(
     with_opt,
     fused=False,
     sp=False,
+    attention="auto",
+    fast_optimizer=False,
+    profile=None,
 ):
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.distributed import (
@@ -83,6 +96,7 @@ def bench_mug(
         text_dim=4096,
         recompute=recompute,
         fused_ops=fused,
+        attention_backend=attention,
     )
     on_gpu = DEVICE == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
@@ -102,6 +116,17 @@ def bench_mug(
         ),
         model,
     )
+    from megatron.core.optimizer import clip_grads
+    from megatron.core.optimizer import optimizer as megatron_optimizer
+    from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
+
+    saved = (
+        clip_grads.l2_norm_impl,
+        clip_grads.multi_tensor_scale_impl,
+        megatron_optimizer.multi_tensor_scale_impl,
+    )
+    if fast_optimizer:
+        install_foreach_multi_tensor_ops()
     opt = get_megatron_optimizer(
         OptimizerConfig(
             optimizer="adam",
@@ -113,6 +138,8 @@ def bench_mug(
         ),
         [ddp],
     )
+    if fast_optimizer and on_gpu:
+        enable_fused_adam(opt)
     t, h, w = grid
     x = torch.randn(batch, cfg.in_channels, t, h, w, device=DEVICE, dtype=dtype)
     text = PackedText.from_list(
@@ -134,12 +161,42 @@ def bench_mug(
         opt.step()
 
     sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+    if profile:
+        profile_step(step if with_opt else fwd_bwd, *profile)
+    (
+        clip_grads.l2_norm_impl,
+        clip_grads.multi_tensor_scale_impl,
+        megatron_optimizer.multi_tensor_scale_impl,
+    ) = saved
     params = sum(p.numel() for p in model.parameters())
     mem = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
     return cfg, sec, params, mem, parallel_state.get_tensor_model_parallel_world_size()
 
 
-def bench_wan(hidden, layers, grid, *, text_len, batch, warmup, iters, with_opt):
+def _patch_wan_attention_with_fa4() -> Callable[[], None]:
+    """Route diffusers' Wan attention through mugv-dit's FA4 call (same padding 72 -> 96);
+    returns the undo."""
+    from diffusers.models.transformers import transformer_wan
+    from mugv_dit.model.attention_backends import fa4_dense
+
+    original = transformer_wan.dispatch_attention_fn
+
+    def dispatch(query, key, value, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            return original(query, key, value, attn_mask=attn_mask, **kwargs)
+        return fa4_dense(query, key, value)  # [B, S, H, D] as diffusers passes them
+
+    transformer_wan.dispatch_attention_fn = dispatch
+
+    def undo() -> None:
+        transformer_wan.dispatch_attention_fn = original
+
+    return undo
+
+
+def bench_wan(
+    hidden, layers, grid, *, text_len, batch, warmup, iters, with_opt, fa4=False, profile=None
+):
     from diffusers import WanTransformer3DModel
     from mugv_dit.config import ModelConfig
 
@@ -179,7 +236,13 @@ def bench_wan(hidden, layers, grid, *, text_len, batch, warmup, iters, with_opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+    undo = _patch_wan_attention_with_fa4() if fa4 else (lambda: None)
+    try:
+        sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+        if profile:
+            profile_step(step if with_opt else fwd_bwd, *profile)
+    finally:
+        undo()
     params = sum(p.numel() for p in model.parameters())
     mem = torch.cuda.max_memory_allocated() / 2**30
     return cfg, sec, params, mem, 1
@@ -187,7 +250,19 @@ def bench_wan(hidden, layers, grid, *, text_len, batch, warmup, iters, with_opt)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", nargs="+", default=["mug"], choices=["mug", "mug-fused", "wan"])
+    parser.add_argument(
+        "--impl",
+        nargs="+",
+        default=["mug"],
+        choices=sorted(IMPLS),
+        help=" ".join(f"{k}: {v}." for k, v in IMPLS.items()),
+    )
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="also profile one step of every run (kernel time by category, idle time) into "
+        "DIR/profiles.jsonl",
+    )
     parser.add_argument("--case", nargs="+", default=["1728x8@12.9k"])
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1, help="samples per DP rank")
@@ -233,6 +308,9 @@ def main() -> None:
                 iters=args.iters,
                 with_opt=not args.no_optimizer,
             )
+            if args.profile_dir and rank == 0:
+                os.makedirs(args.profile_dir, exist_ok=True)
+                kw["profile"] = (os.path.join(args.profile_dir, "profiles.jsonl"), f"{impl} {case}")
             try:
                 if impl.startswith("mug"):
                     cfg, sec, params, mem, tp = bench_mug(
@@ -241,11 +319,15 @@ def main() -> None:
                         grid,
                         tp=args.tp,
                         recompute=args.recompute,
-                        fused=impl == "mug-fused",
+                        fused=impl != "mug",
+                        attention="fa4" if impl in ("mug-fa4", "mug-fast") else "sdpa",
+                        fast_optimizer=impl == "mug-fast",
                         **kw,
                     )
                 else:
-                    cfg, sec, params, mem, tp = bench_wan(hidden, layers, grid, **kw)
+                    cfg, sec, params, mem, tp = bench_wan(
+                        hidden, layers, grid, fa4=impl == "wan-fa4", **kw
+                    )
             except torch.OutOfMemoryError as exc:
                 rows.append({"impl": impl, "case": case, "error": f"OOM: {str(exc)[:120]}"})
                 continue

@@ -40,8 +40,11 @@ class ModelConfig(BaseModel):
     rope_theta: float = Field(10000.0, description="RoPE base.")
     norm_eps: float = Field(1e-6, description="Epsilon of every LayerNorm / RMSNorm.")
     init_std: float = Field(0.02, description="Std of the normal init of linear weights.")
-    attention_backend: Literal["auto", "sdpa", "flash"] = Field(
-        "auto", description="auto: flash-attn if installed and on CUDA, else torch SDPA."
+    attention_backend: Literal["auto", "sdpa", "flash", "fa4"] = Field(
+        "auto",
+        description="sdpa: torch SDPA; flash: flash-attn 2; fa4: FlashAttention-4 (flash-attn-4, "
+        "head dims padded to an exact one, 72 -> 96); auto: fa4 on Hopper when it imports and "
+        "passes a start-up self-check, else flash-attn 2 when installed, else SDPA.",
     )
     recompute: Literal["none", "selective", "full"] = Field(
         "none",
@@ -218,6 +221,11 @@ class TrainConfig(BaseModel):
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+    fused_adam: bool = Field(
+        True,
+        description="torch's fused AdamW kernel for the fp32 main params (same update rule as "
+        "the foreach path Megatron picks without apex/transformer-engine, one kernel).",
+    )
     ema_decay: float | None = Field(0.9999, description="EMA of the weights; None disables.")
     nonfinite: Literal["skip", "stop"] = Field(
         "stop", description="On a NaN/Inf loss or grad norm: skip the step or stop with a report."

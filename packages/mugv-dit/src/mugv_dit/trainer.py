@@ -34,6 +34,7 @@ from mugv_dit.diffusion.loss import masked_velocity_sse, noisy_element_count
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
 from mugv_dit.parallel import init_distributed
 
 
@@ -152,7 +153,10 @@ class Trainer:
             params_dtype=dtype,
             use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         )
+        install_foreach_multi_tensor_ops()  # no host sync per tensor in the grad norm
         self.optimizer = get_megatron_optimizer(opt_cfg, [self.model])
+        if cfg.train.fused_adam and self.device.type == "cuda":
+            enable_fused_adam(self.optimizer)
         # 5. EMA: an fp32 copy with the same TP sharding (checkpoints through the same path)
         self.ema = None
         if cfg.train.ema_decay is not None:

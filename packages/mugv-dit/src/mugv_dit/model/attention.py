@@ -11,11 +11,9 @@ layout is reordered on import (see ``mugv_dit.original``).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
@@ -25,10 +23,9 @@ from megatron.core.tensor_parallel import (
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from mugv_dit.model.attention_backends import dense_attention, varlen_cross_attention
 from mugv_dit.model.context_parallel import heads_to_seq, seq_to_heads
 from mugv_dit.model.ops import qk_rmsnorm_rope, rms_norm
-
-_HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
 
 
 @dataclass
@@ -36,12 +33,18 @@ class PackedText:
     """Variable-length text tokens of a batch packed without padding.
 
     ``tokens_LC``: all samples' tokens one after another; ``cu_seqlens``: int32 ``[B+1]``
-    offsets; ``max_len``: longest sample.
+    offsets (on the tokens' device); ``max_len``: longest sample; ``offsets``: the host copy
+    of ``cu_seqlens``, so that slicing by sample never waits for the device.
     """
 
     tokens_LC: torch.Tensor
     cu_seqlens: torch.Tensor
     max_len: int
+    offsets: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.offsets:
+            self.offsets = tuple(int(v) for v in self.cu_seqlens.tolist())
 
     @classmethod
     def from_list(cls, items: list[torch.Tensor]) -> PackedText:
@@ -52,63 +55,24 @@ class PackedText:
             raise ValueError(f"every text must have >= 1 token, got lengths {lengths}")
         cu = torch.zeros(len(items) + 1, dtype=torch.int32)
         cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
-        return cls(torch.cat(items, dim=0), cu.to(items[0].device), max(lengths))
+        offsets = tuple(int(v) for v in cu.tolist())
+        return cls(torch.cat(items, dim=0), cu.to(items[0].device), max(lengths), offsets)
 
     @property
     def lengths(self) -> list[int]:
-        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+        return [hi - lo for lo, hi in zip(self.offsets[:-1], self.offsets[1:])]
 
     def split(self) -> list[torch.Tensor]:
         return list(torch.split(self.tokens_LC, self.lengths, dim=0))
-
-
-def _use_flash(backend: str, x: torch.Tensor) -> bool:
-    if backend == "flash":
-        if not _HAS_FLASH or not x.is_cuda:
-            raise RuntimeError("attention_backend=flash needs flash-attn and CUDA tensors")
-        return True
-    return backend == "auto" and _HAS_FLASH and x.is_cuda and x.dtype in (torch.bfloat16,)
-
-
-def dense_attention(q_BNHD, k_BNHD, v_BNHD, backend: str = "auto") -> torch.Tensor:
-    """Full bidirectional attention over equal-length sequences -> ``[B, N, H, D]``."""
-    if _use_flash(backend, q_BNHD):
-        from flash_attn import flash_attn_func
-
-        return flash_attn_func(q_BNHD, k_BNHD, v_BNHD)
-    out_BHND = F.scaled_dot_product_attention(
-        q_BNHD.transpose(1, 2), k_BNHD.transpose(1, 2), v_BNHD.transpose(1, 2)
-    )
-    return out_BHND.transpose(1, 2)
 
 
 def packed_cross_attention(
     q_BNHD: torch.Tensor, k_LHD: torch.Tensor, v_LHD: torch.Tensor, text: PackedText, backend
 ) -> torch.Tensor:
     """Each sample's video queries attend to its own packed text keys -> ``[B, N, H, D]``."""
-    b, n, h, d = q_BNHD.shape
-    if _use_flash(backend, q_BNHD):
-        from flash_attn import flash_attn_varlen_func
-
-        cu_q = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q_BNHD.device)
-        out = flash_attn_varlen_func(
-            q_BNHD.reshape(b * n, h, d),
-            k_LHD,
-            v_LHD,
-            cu_q,
-            text.cu_seqlens.to(q_BNHD.device),
-            n,
-            text.max_len,
-        )
-        return out.view(b, n, h, d)
-    outs = []
-    bounds = text.cu_seqlens.tolist()
-    for i in range(b):
-        k = k_LHD[bounds[i] : bounds[i + 1]].transpose(0, 1)[None]
-        v = v_LHD[bounds[i] : bounds[i + 1]].transpose(0, 1)[None]
-        q = q_BNHD[i : i + 1].transpose(1, 2)
-        outs.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2))
-    return torch.cat(outs, dim=0)
+    return varlen_cross_attention(
+        q_BNHD, k_LHD, v_LHD, text.cu_seqlens, text.offsets, backend=backend
+    )
 
 
 def column_forward(layer: ColumnParallelLinear, x_BNC: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from mugv_dit.model.embeddings import (
     unpatchify,
 )
 from mugv_dit.model.layers import get_dit_layer_spec
-from mugv_dit.model.rope import dit_rope_tables
+from mugv_dit.model.rope import default_frame_index, dit_rope_tables
 
 
 def megatron_config(
@@ -211,6 +211,22 @@ class MUGDiT(MegatronModule):
             mult *= parallel_state.get_tensor_model_parallel_world_size()
         return n + (-n) % mult
 
+    def _rope_tables(self, grid, frame_index_BF, dtype, device):
+        """RoPE ``cos, sin`` tables of the full sequence, kept on ``device`` for the last few
+        (grid, frame index) seen: training repeats the same few shapes, and rebuilding them
+        would cost host work and a host-to-device copy every step."""
+        fi = frame_index_BF.detach().cpu()
+        key = (grid, tuple(fi.flatten().tolist()), tuple(fi.shape), dtype, str(device))
+        cache = self.__dict__.setdefault("_rope_cache", {})
+        if key not in cache:
+            cos, sin = dit_rope_tables(
+                grid, self.cfg.head_dim, fi, theta=self.cfg.rope_theta, dtype=dtype
+            )
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = (cos.to(device), sin.to(device))
+        return cache[key]
+
     def _text_with_dropout(self, text: PackedText, drop_caption_B: torch.Tensor | None):
         if drop_caption_B is None or not bool(drop_caption_B.any()):
             return text
@@ -229,7 +245,7 @@ class MUGDiT(MegatronModule):
         *,
         fps_B: torch.Tensor,
         noisy_frames_BT: torch.Tensor | None = None,
-        frame_positions_BT: torch.Tensor | None = None,
+        frame_index_BF: torch.Tensor | None = None,
         drop_caption_B: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict ``[B, out_channels, T, H, W]`` (float32, or float64 for a float64 model) from noisy latents.
@@ -242,7 +258,9 @@ class MUGDiT(MegatronModule):
             fps_B: frames per second of each sample.
             noisy_frames_BT: True for frames that carry noise (use the t modulation), False
                 for clean conditioning frames (t=0 modulation). Default: all noisy.
-            frame_positions_BT: RoPE time positions of latent frames; default 0..T-1.
+            frame_index_BF: RoPE time index ``[B, T' + 2]`` of the start token, the ``T'``
+                token frames (``T' = T / patch_t``) and the end token, as in the MUG-V
+                release; default ``arange(T' + 2)``.
             drop_caption_B: samples whose caption is replaced by the learned null caption.
 
         Returns the prediction on the last pipeline stage, else this stage's output tokens.
@@ -257,8 +275,13 @@ class MUGDiT(MegatronModule):
         device = latents_BCTHW.device
         if noisy_frames_BT is None:
             noisy_frames_BT = torch.ones(b, t, dtype=torch.bool, device=device)
-        if frame_positions_BT is None:
-            frame_positions_BT = torch.arange(t, device=device)[None].expand(b, t)
+        if frame_index_BF is None:
+            frame_index_BF = default_frame_index(b, grid[0])
+        elif tuple(frame_index_BF.shape) != (b, grid[0] + 2):
+            raise ValueError(
+                f"frame_index_BF must have shape [B, T'+2] = [{b}, {grid[0] + 2}] "
+                f"(start, {grid[0]} token frames, end), got {tuple(frame_index_BF.shape)}"
+            )
 
         t_emb = self.t_embedder(sigma_B * cfg.timestep_scale) + self.fps_embedder(fps_B)
         t0_emb = self.t_embedder(torch.zeros_like(sigma_B)) + self.fps_embedder(fps_B)
@@ -278,14 +301,9 @@ class MUGDiT(MegatronModule):
         noisy_BN1 = torch.cat([edge, noisy_tok_BM, edge], dim=1)[..., None]
         n_real = noisy_BN1.shape[1]
         n_pad = self.padded_length(latents_BCTHW.shape)
-        cos_BNK, sin_BNK = dit_rope_tables(
-            grid,
-            cfg.head_dim,
-            frame_positions_BT[:, ::pt],
-            theta=cfg.rope_theta,
-            dtype=torch.promote_types(dtype, torch.float32),
+        cos_BNK, sin_BNK = self._rope_tables(
+            grid, frame_index_BF, torch.promote_types(dtype, torch.float32), device
         )
-        cos_BNK, sin_BNK = cos_BNK.to(device), sin_BNK.to(device)
         # this rank's context-parallel shard of the (padded) sequence: mask and RoPE tables
         cp_rank, cp_size, cp_group = _context_parallel()
         lo, hi = shard_bounds(n_pad, cp_size, cp_rank)
