@@ -76,40 +76,30 @@ def _pad_head_dim(x: torch.Tensor, width: int) -> torch.Tensor:
     return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
 
 
-def fa4_dense(q_BNHD, k_BNHD, v_BNHD) -> torch.Tensor:
-    """Bidirectional FA4 attention with head-dim padding -> ``[B, N, H, D]``."""
+def _fa4_call(which: int, q, k, v, **kwargs) -> torch.Tensor:
+    """FA4's dense (0) or varlen (1) function on q/k/v zero-padded to an exact head dim, with
+    the softmax scale of the true head dim; the output is sliced back."""
     functions = fa4_functions()
     if functions is None:
         raise RuntimeError("attention_backend=fa4 needs the flash-attn-4 package")
-    d = q_BNHD.shape[-1]
+    d = q.shape[-1]
     width = fa4_padded_head_dim(d)
-    out, _ = functions[0](
-        _pad_head_dim(q_BNHD, width),
-        _pad_head_dim(k_BNHD, width),
-        _pad_head_dim(v_BNHD, width),
-        softmax_scale=d**-0.5,
-    )
+    padded = (_pad_head_dim(t, width) for t in (q, k, v))
+    out, _ = functions[which](*padded, softmax_scale=d**-0.5, **kwargs)
     return out[..., :d]
+
+
+def fa4_dense(q_BNHD, k_BNHD, v_BNHD) -> torch.Tensor:
+    """Bidirectional FA4 attention with head-dim padding -> ``[B, N, H, D]``."""
+    return _fa4_call(0, q_BNHD, k_BNHD, v_BNHD)
 
 
 def fa4_varlen(q_TQHD, k_TKHD, v_TKHD, cu_q, cu_k, max_q: int, max_k: int) -> torch.Tensor:
     """Packed variable-length FA4 attention with head-dim padding -> ``[total_q, H, D]``."""
-    functions = fa4_functions()
-    if functions is None:
-        raise RuntimeError("attention_backend=fa4 needs the flash-attn-4 package")
-    d = q_TQHD.shape[-1]
-    width = fa4_padded_head_dim(d)
-    out, _ = functions[1](
-        _pad_head_dim(q_TQHD, width),
-        _pad_head_dim(k_TKHD, width),
-        _pad_head_dim(v_TKHD, width),
-        cu_seqlens_q=cu_q,
-        cu_seqlens_k=cu_k,
-        max_seqlen_q=max_q,
-        max_seqlen_k=max_k,
-        softmax_scale=d**-0.5,
-    )
-    return out[..., :d]
+    return _fa4_call(
+        1, q_TQHD, k_TKHD, v_TKHD,
+        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+    )  # fmt: skip
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
