@@ -152,7 +152,9 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--frames", type=int, default=105)
-    ap.add_argument("--steps", type=int, default=3, help="timed CFG steps per variant")
+    ap.add_argument(
+        "--steps", type=int, default=3, help="timed CFG steps per variant (0: e2e only)"
+    )
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-fused", action="store_true", help="ours without mugv-kernels ops")
@@ -180,17 +182,50 @@ def main() -> int:
         "size": [args.frames, args.height, args.width],
         "fa4": fa4_forward() is not None,
     }
+
+    def save() -> None:  # after every part: a run cut short still leaves its numbers
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+
     _reset_peak()
+    t_build = time.perf_counter()
     model = build_dit(args.preset, device, dtype)
+    _sync()
     grid = (1 + (args.frames - 1) // 8, args.height // 16, args.width // 16)
     tokens = grid[0] * grid[1] * grid[2] + 2
     result["tokens"] = tokens
     result["weights_gb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    result["build_s"] = time.perf_counter() - t_build
+    save()
+    if args.steps > 0:
+        result["dit"] = per_step(args, model, tokens, device, dtype, result)
+        save()
+    if args.e2e_steps > 0:
+        model.set_fused_ops(not args.no_fused)
+        result["e2e"] = e2e(args, model, device, dtype, partial=save_e2e(result, save))
+        save()
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def save_e2e(result: dict, save):
+    def partial(part: dict) -> None:
+        result["e2e"] = part
+        save()
+
+    return partial
+
+
+def per_step(args, model, tokens: int, device, dtype, result: dict) -> dict:
+    """Seconds per CFG step (batch 2), plain reference against ours, same weights and inputs."""
     inputs = step_inputs(model, args.height, args.width, args.frames, device, dtype)
     flops = model_tflop_per_step(model.config, tokens)
     rows = []
     ref_s, ref_out = time_steps(model, inputs, args.steps, args.warmup, "sdpa")
     rows.append(("reference (SDPA, eager)", ref_s))
+    print(f"reference: {ref_s:.3f} s / CFG step", flush=True)
     ours_backend = "auto"
     compiled = not args.no_compile and device.type == "cuda"
     set_compiled(model, compiled)
@@ -203,7 +238,11 @@ def main() -> int:
     result["ours_variant"] = " + ".join(parts)
     rows.append((f"ours ({result['ours_variant']})", ours_s))
     rel = ((ours_out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
-    result["dit"] = {
+    print(f"{'variant':32s} {'s / CFG step':>12s} {'TFLOP/s':>8s}")
+    for name, s in rows:
+        print(f"{name:32s} {s:12.3f} {flops / s:8.0f}")
+    print(f"speed-up {ref_s / ours_s:.2f}x; ours vs reference rel L2 {rel:.2e}", flush=True)
+    return {
         "reference_s_per_cfg_step": ref_s,
         "ours_s_per_cfg_step": ours_s,
         "speedup": ref_s / ours_s,
@@ -213,27 +252,19 @@ def main() -> int:
         "reference_tflops": flops / ref_s,
         "peak_memory_gb_dit_only": _peak_gb(),
     }
-    print(f"{'variant':32s} {'s / CFG step':>12s} {'TFLOP/s':>8s}")
-    for name, s in rows:
-        print(f"{name:32s} {s:12.3f} {flops / s:8.0f}")
-    print(f"speed-up {ref_s / ours_s:.2f}x; ours vs reference rel L2 {rel:.2e}")
-
-    if args.e2e_steps > 0:
-        result["e2e"] = e2e(args, model, device, dtype)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return 0
 
 
-def e2e(args, model, device, dtype) -> dict:
+def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
     """T5 + N CFG steps + VAE decode through the pipeline; ours (and the step cache)."""
     from mugv_infer.pipeline import MUGVPipeline
     from mugv_infer.scheduler import MUGVFlowEulerScheduler
 
-    t5 = build_t5("cpu" if args.offload else device, dtype, model.config.text_dim)
-    vae = build_vae("cpu" if args.offload else device, dtype, tiny=args.preset == "debug")
+    # random init is fast on the GPU (T5-XXL: 4.7B parameters); offloaded parts then go to the CPU
+    t5 = build_t5(device, dtype, model.config.text_dim)
+    vae = build_vae(device, dtype, tiny=args.preset == "debug")
+    if args.offload:
+        t5.to("cpu")
+        vae.to("cpu")
     pipe = MUGVPipeline(model, vae, MUGVFlowEulerScheduler())
     if args.offload:
         pipe.enable_model_cpu_offload(device=device)
@@ -286,7 +317,8 @@ def e2e(args, model, device, dtype) -> dict:
 
     exact, lat, video = run(0.0)
     res = {"steps": args.e2e_steps, "offload": args.offload, "ours": exact}
-    print(f"e2e ours: {json.dumps(exact)}")
+    print(f"e2e ours: {json.dumps(exact)}", flush=True)
+    partial(res)
     if args.step_cache > 0:
         cached, lat_c, video_c = run(args.step_cache)
         d = (lat_c - lat).abs()

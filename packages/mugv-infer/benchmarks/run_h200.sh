@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# One-H200 run of mugv-infer: GPU tests, the 10b per-CFG-step table against the plain SDPA
+# reference, the 25-step end-to-end latency (offload + VAE tiling) and the step cache.
+# Run from the repository root on a machine staged by
+#     bash packages/mugv-dit/benchmarks/run_h200.sh stage            (carry .fa4a .whl)
+# then, one call each (OUT = the folder that comes back; each call stays under ~560 s):
+#     bash packages/mugv-infer/benchmarks/run_h200.sh stage           (carry .infer-wheels)
+#     source .fa4b/fa4-install.sh; bash packages/mugv-infer/benchmarks/run_h200.sh tests step
+#     source .fa4b/fa4-install.sh; bash packages/mugv-infer/benchmarks/run_h200.sh e2e
+#     source .fa4b/fa4-install.sh; bash packages/mugv-infer/benchmarks/run_h200.sh cache
+# (carry .fa4b in the last three; once /tmp/fa4 exists they also run without it).
+# PARTs, with the wall-clock limit of each (estimates on one H200 in brackets):
+#   stage  install the wheels of .infer-wheels/ that the machine lacks into /tmp/infer-deps
+#   tests  pytest -m gpu test_gpu.py                                        150 s  [~60 s]
+#   step   10b, 720p x 105 frames, 3 timed CFG steps, reference vs ours     330 s  [~230 s]
+#   e2e    10b, 25 steps end to end (T5 + DiT + VAE decode), CPU offload,
+#          VAE tile 32; no per-step table                                   520 s  [~450 s]
+#   cache  2b, 1 timed CFG step, then 25 steps end to end exact and with
+#          the step cache at 0.1: speed-up and deviation                    400 s  [~300 s]
+# Each part writes its log and JSON under $OUT (partial JSON if cut short) and the call ends
+# with a table of every JSON found there (summary.md).
+set -o pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+parts=${*:-tests step}
+here=packages/mugv-infer/benchmarks
+
+if [ "$parts" = stage ]; then
+  [ -f .infer-wheels/gpu-install.sh ] || {
+    echo "no .infer-wheels/: build it here with bash $here/gpu-carry.sh and carry it"
+    exit 1
+  }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  mkdir -p /tmp/site/mugv_formats-1.0.0.dist-info
+  printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
+    > /tmp/site/mugv_formats-1.0.0.dist-info/METADATA
+  source .infer-wheels/gpu-install.sh || exit 1
+  ls /tmp/infer-deps 2>/dev/null | grep dist-info | tee "$OUT/stage.txt"
+  exit 0
+fi
+
+# FlashAttention-4: already on PYTHONPATH (caller sourced .fa4b), or installed by an earlier call
+if ! python3 -c "import flash_attn.cute" 2>/dev/null; then
+  if [ -f .fa4b/fa4-install.sh ]; then
+    source .fa4b/fa4-install.sh || echo "fa4: not installed; ours runs SDPA"
+  elif [ -d /tmp/fa4/flash_attn ]; then
+    export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "fa4: not installed; ours runs SDPA"
+  fi
+fi
+src=$PWD/packages/mugv-formats/src:$PWD/packages/mugv-kernels/src:$PWD/packages/mugv-vae/src
+src=$src:$PWD/packages/mugv-infer/src
+export PYTHONPATH=$PYTHONPATH:/tmp/site:/tmp/infer-deps:$src
+export PYTHONUNBUFFERED=1
+mkdir -p /tmp/site/mugv_formats-1.0.0.dist-info
+printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
+  > /tmp/site/mugv_formats-1.0.0.dist-info/METADATA
+# the wheels, if carried in this call and not yet installed
+if [ -f .infer-wheels/gpu-install.sh ] && ! python3 -c "import diffusers, transformers" 2>/dev/null; then
+  source .infer-wheels/gpu-install.sh
+fi
+
+{
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
+  python3 - <<'PY'
+import importlib
+for name in ("torch", "triton", "diffusers", "transformers", "peft", "safetensors",
+             "sentencepiece", "flash_attn.cute", "mugv_kernels", "mugv_vae", "mugv_infer"):
+    try:
+        mod = importlib.import_module(name)
+        print(f"{name:16s} {getattr(mod, '__version__', 'ok')}")
+    except Exception as e:  # report, do not stop: the parts say what they miss
+        print(f"{name:16s} MISSING ({type(e).__name__}: {str(e)[:120]})")
+PY
+} 2>&1 | tee "$OUT/env.txt"
+if ! python3 -c "import diffusers, transformers, mugv_infer" 2>/dev/null; then
+  echo "mugv-infer's dependencies are missing: run the 'stage' part first (carry .infer-wheels)"
+  exit 1
+fi
+
+bench() {  # NAME LIMIT_S ARGS...: one bench_generate.py run -> NAME.log, NAME.json
+  local name=$1 limit=$2
+  shift 2
+  # BENCH_EXTRA (e.g. "--device cpu --preset debug ...") overrides, for a dry run on a CPU
+  # shellcheck disable=SC2086
+  set -- "$@" ${BENCH_EXTRA:-}
+  echo "=== $name (limit ${limit} s): bench_generate.py $*"
+  timeout -k 10 "$limit" python3 "$here/bench_generate.py" "$@" --out "$OUT/$name.json" 2>&1 \
+    | grep --line-buffered -v -i "warn" | tee "$OUT/$name.log"
+  echo "=== $name rc ${PIPESTATUS[0]} (124: cut at the limit; partial JSON kept)"
+}
+
+for part in $parts; do
+  t0=$SECONDS
+  case $part in
+    tests)
+      echo "=== tests (limit 150 s)"
+      timeout -k 10 150 python3 -m pytest -m gpu packages/mugv-infer/tests/test_gpu.py -rfEX -q \
+        -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/tests.log"
+      ;;
+    step) bench step 330 --preset 10b --steps 3 ;;
+    e2e) bench e2e 520 --preset 10b --steps 0 --e2e-steps 25 --offload --vae-tile 32 ;;
+    cache) bench cache 400 --preset 2b --steps 1 --e2e-steps 25 --step-cache 0.1 ;;
+    *) echo "unknown part $part (stage | tests | step | e2e | cache)" && exit 2 ;;
+  esac
+  echo "=== $part took $((SECONDS - t0)) s"
+done
+
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, pathlib, sys
+
+out = pathlib.Path(sys.argv[1])
+print("| run | preset | fa4 | ours variant | ref s/CFG step | ours s/CFG step | speed-up | rel L2 "
+      "| ours TFLOP/s | DiT peak GB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+e2e_rows = []
+for f in sorted(out.glob("*.json")):
+    try:
+        r = json.loads(f.read_text())
+    except ValueError:
+        continue
+    d = r.get("dit")
+    if d:
+        print(f"| {f.stem} | {r['preset']} | {r['fa4']} | {r.get('ours_variant')} "
+              f"| {d['reference_s_per_cfg_step']:.2f} | {d['ours_s_per_cfg_step']:.2f} "
+              f"| {d['speedup']:.2f}x | {d['ours_vs_reference_rel_l2']:.1e} "
+              f"| {d['ours_tflops']:.0f} | {d['peak_memory_gb_dit_only']:.1f} |")
+    for name, e in (r.get("e2e") or {}).items():
+        if isinstance(e, dict):
+            e2e_rows.append((f.stem, r["preset"], name, e))
+print()
+print("| run | preset | variant | total s | T5 s | DiT s | VAE decode s | peak GB | skipped "
+      "| DiT speed-up | latent max / mean abs | video PSNR dB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for stem, preset, name, e in e2e_rows:
+    try:
+        extra = "| | | |"
+        if "speedup_dit" in e:
+            extra = ("| {speedup_dit:.2f}x | {latent_max_abs:.3g} / {latent_mean_abs:.3g} "
+                     "| {video_psnr_db:.1f} |").format(**e)
+        print(f"| {stem} | {preset} | {name} | {e['total_s']:.1f} | {e['t5_s']:.1f} "
+              f"| {e['dit_s']:.1f} | {e['vae_decode_s']:.1f} | {e['peak_memory_gb']:.1f} "
+              f"| {e['skipped_steps']} {extra}")
+    except (KeyError, TypeError, ValueError) as err:
+        print(f"| {stem} | {preset} | {name} | incomplete: {err!r} |")
+PY
