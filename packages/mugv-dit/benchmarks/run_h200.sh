@@ -24,7 +24,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 if [ "$part" = tests ] || [ "$part" = all ]; then
   timeout 240 python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu.py \
-    packages/mugv-dit/tests/test_gpu_fa4.py -q -p no:cacheprovider -rxX 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+    packages/mugv-dit/tests/test_gpu_fa4.py -q -p no:cacheprovider -rfEX 2>&1 | tail -60 | tee "$OUT/gpu_tests.log"
 fi
 cd packages/mugv-dit/benchmarks
 IMPLS=${IMPLS:-mug-fused mug-fa4 mug-fast wan wan-fa4}

@@ -61,6 +61,27 @@ def _timeit(step, warmup: int, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+def _phases(fwd_bwd: Callable[[], None], opt_step: Callable[[], None] | None, reps: int = 3):
+    """Where a step's time goes, without the profiler: for forward+backward and for the
+    optimizer step, the synced wall time and the host time to enqueue the work (the call
+    returning before the GPU is done). Host time close to wall time means launch-bound."""
+    out = {}
+    for name, fn in (("fwd_bwd", fwd_bwd), ("opt", opt_step)):
+        if fn is None:
+            continue
+        host = wall = 0.0
+        for _ in range(reps):
+            _sync()
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+            _sync()
+            host += t1 - t0
+            wall += time.perf_counter() - t0
+        out[f"{name}_s"], out[f"{name}_host_s"] = wall / reps, host / reps
+    return out
+
+
 def bench_mug(
     hidden,
     layers,
@@ -161,6 +182,7 @@ def bench_mug(
         opt.step()
 
     sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+    phases = _phases(fwd_bwd, opt.step if with_opt else None)
     if profile:
         profile_step(step if with_opt else fwd_bwd, *profile)
     (
@@ -170,7 +192,7 @@ def bench_mug(
     ) = saved
     params = sum(p.numel() for p in model.parameters())
     mem = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0
-    return cfg, sec, params, mem, parallel_state.get_tensor_model_parallel_world_size()
+    return cfg, sec, params, mem, parallel_state.get_tensor_model_parallel_world_size(), phases
 
 
 def _patch_wan_attention_with_fa4() -> Callable[[], None]:
@@ -236,16 +258,27 @@ def bench_wan(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
+    def opt_step():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
     undo = _patch_wan_attention_with_fa4() if fa4 else (lambda: None)
     try:
         sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
+        phases = _phases(fwd_bwd, opt_step if with_opt else None)
         if profile:
             profile_step(step if with_opt else fwd_bwd, *profile)
     finally:
         undo()
     params = sum(p.numel() for p in model.parameters())
     mem = torch.cuda.max_memory_allocated() / 2**30
-    return cfg, sec, params, mem, 1
+    return cfg, sec, params, mem, 1, phases
+
+
+def _ms(row: dict, phase: str) -> str:
+    if f"phase_{phase}_s" not in row:
+        return "-"
+    return f"{1e3 * row[f'phase_{phase}_s']:.1f} ({1e3 * row[f'phase_{phase}_host_s']:.1f})"
 
 
 def main() -> None:
@@ -313,7 +346,7 @@ def main() -> None:
                 kw["profile"] = (os.path.join(args.profile_dir, "profiles.jsonl"), f"{impl} {case}")
             try:
                 if impl.startswith("mug"):
-                    cfg, sec, params, mem, tp = bench_mug(
+                    cfg, sec, params, mem, tp, phases = bench_mug(
                         hidden,
                         layers,
                         grid,
@@ -325,7 +358,7 @@ def main() -> None:
                         **kw,
                     )
                 else:
-                    cfg, sec, params, mem, tp = bench_wan(
+                    cfg, sec, params, mem, tp, phases = bench_wan(
                         hidden, layers, grid, fa4=impl == "wan-fa4", **kw
                     )
             except torch.OutOfMemoryError as exc:
@@ -352,10 +385,14 @@ def main() -> None:
                     "tokens_per_s_per_gpu": tokens * args.batch / sec / tp,
                     "params_local": params,
                     "peak_mem_gib": mem,
+                    **{f"phase_{k}": v for k, v in phases.items()},
                 }
             )
     if rank == 0:
-        hdr = f"{'impl':9} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} {'tok/s/GPU':>10} {'mem GiB':>8}"
+        hdr = (
+            f"{'impl':9} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} "
+            f"{'tok/s/GPU':>10} {'mem GiB':>8}  fwd+bwd ms (host)  optimizer ms (host)"
+        )
         print(hdr)
         for r in rows:
             if "error" in r:
@@ -364,6 +401,7 @@ def main() -> None:
             print(
                 f"{r['impl']:9} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "
                 f"{r['tflops_per_gpu']:11.1f} {r['tokens_per_s_per_gpu']:10.0f} {r['peak_mem_gib']:8.1f}"
+                f"  {_ms(r, 'fwd_bwd'):>17}  {_ms(r, 'opt'):>19}"
             )
         if args.json:
             meta = {

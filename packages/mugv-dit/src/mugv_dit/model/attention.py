@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
@@ -22,6 +23,7 @@ from megatron.core.tensor_parallel import (
 )
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import get_pg_size
 
 from mugv_dit.model.attention_backends import dense_attention, varlen_cross_attention
 from mugv_dit.model.context_parallel import heads_to_seq, seq_to_heads
@@ -75,10 +77,32 @@ def packed_cross_attention(
     )
 
 
+def is_plain_linear(layer: ColumnParallelLinear | RowParallelLinear) -> bool:
+    """True when a Megatron parallel linear has nothing to communicate or defer (one tensor
+    parallel rank, no sequence parallelism, bias applied, no fused wgrad accumulation): then
+    it is exactly ``F.linear``, and one call puts the bias into the GEMM's epilogue instead of
+    a separate add over the whole output (Megatron's fallback adds it afterwards). Gradients
+    are the same (weight / bias / input), so Megatron's DDP accumulates them as before."""
+    plain = getattr(layer, "_mugv_plain_linear", None)
+    if plain is None:
+        plain = (
+            get_pg_size(layer.tp_group) == 1
+            and not layer.sequence_parallel
+            and not layer.skip_bias_add
+            and not layer.gradient_accumulation_fusion
+            and not layer.config.defer_embedding_wgrad_compute
+            and getattr(layer, "weight", None) is not None
+        )
+        layer._mugv_plain_linear = plain
+    return plain
+
+
 def column_forward(layer: ColumnParallelLinear, x_BNC: torch.Tensor) -> torch.Tensor:
     """Column-parallel linear on ``[B, N, C]``. With sequence parallelism the input holds this
     rank's token shard ``[B, N/tp, C]`` and Megatron all-gathers it along its first dim, so
     the call goes through the ``[N, B, C]`` layout; the output covers all N tokens."""
+    if is_plain_linear(layer):
+        return F.linear(x_BNC, layer.weight, layer.bias)
     if layer.sequence_parallel:
         out, _ = layer(x_BNC.transpose(0, 1))
         return out.transpose(0, 1)
@@ -89,6 +113,8 @@ def column_forward(layer: ColumnParallelLinear, x_BNC: torch.Tensor) -> torch.Te
 def row_forward(layer: RowParallelLinear, y_BNC: torch.Tensor) -> torch.Tensor:
     """Row-parallel linear on ``[B, N, C/tp]``; with sequence parallelism Megatron
     reduce-scatters the output over tokens, giving this rank's shard ``[B, N/tp, C]``."""
+    if is_plain_linear(layer):
+        return F.linear(y_BNC, layer.weight, layer.bias)
     if layer.sequence_parallel:
         out, _ = layer(y_BNC.transpose(0, 1).contiguous())
         return out.transpose(0, 1)
@@ -194,7 +220,7 @@ class SelfAttention(_AttentionBase):
             # one exchange for q, k and v together: [3B, S, H, D] -> [3B, N, H/cp, D]
             q, k, v = seq_to_heads(torch.cat([q, k, v], dim=0), self.cp_group).chunk(3, dim=0)
         n_full = q.shape[1]
-        q, k, v = q[:, :n_real], k[:, :n_real], v[:, :n_real].contiguous()
+        q, k, v = q[:, :n_real], k[:, :n_real], v[:, :n_real]
         out_BNHD = dense_attention(q, k, v, self.backend)
         if n_full > n_real:  # padding tokens are never keys; their outputs are zero
             out_BNHD = torch.nn.functional.pad(out_BNHD, (0, 0, 0, 0, 0, n_full - n_real))
@@ -228,7 +254,7 @@ class CrossAttention(_AttentionBase):
         b, n, _ = q.shape
         q_weight, k_weight = self.qk_norm_weights()
         q_BNHD = rms_norm(q.view(b, n, self.heads_local, self.head_dim), q_weight, self.eps)
-        kv, _ = self.kv(text_LC)
+        kv = column_forward(self.kv, text_LC)
         k_LHD, v_LHD = kv.view(-1, self.heads_local, 2, self.head_dim).unbind(2)
         k_LHD = rms_norm(k_LHD, k_weight, self.eps)
         out_BNHD = packed_cross_attention(q_BNHD, k_LHD, v_LHD.contiguous(), text, self.backend)

@@ -227,6 +227,9 @@ def dense_attention(q_BNHD, k_BNHD, v_BNHD, backend: str = "auto") -> torch.Tens
     chosen = resolve_backend(backend, q_BNHD)
     if chosen == "fa4":
         return fa4_dense(q_BNHD, k_BNHD, v_BNHD)
+    # v may be a strided view of a fused projection: FA4 pads it into a new buffer anyway;
+    # the other kernels get it contiguous
+    v_BNHD = v_BNHD.contiguous()
     if chosen == "flash":
         return flash_attn2_functions()[0](q_BNHD, k_BNHD, v_BNHD)
     out_BHND = F.scaled_dot_product_attention(
