@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPU-machine side of gpu-carry.sh: `source .infer-wheels/gpu-install.sh` installs every carried
-# wheel whose distribution is not installed yet into /tmp/infer-deps (no index, no deps), and
-# puts it and the workspace sources (packages/*/src) on PYTHONPATH.
+# wheel whose distribution is not installed, or installed at another version (e.g. an older
+# huggingface-hub than transformers 5 accepts), into /tmp/infer-deps (no index, no deps), and
+# puts it first on PYTHONPATH, with the workspace sources (packages/*/src).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 missing=$(python3 - "$here" <<'PY'
 import importlib.metadata as m, pathlib, re, sys
 for whl in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
     dist = re.sub(r"[-_.]+", "-", whl.name.split("-")[0]).lower()
     try:
-        m.version(dist)
+        if m.version(dist) != whl.name.split("-")[1]:
+            print(whl)
     except m.PackageNotFoundError:
         print(whl)
 PY
