@@ -38,13 +38,15 @@ def plant_pickle(path: Path, marker: Path) -> None:
     path.write_bytes(pickle.dumps(Payload(marker)))
 
 
-def make_latents(path: Path, *, n: int = 6, channels: int = 24, normalized: bool = True) -> Path:
+def make_latents(
+    path: Path, *, n: int = 6, channels: int = 24, normalized: bool = True, vae: str = "test-vae"
+) -> Path:
     from mugv_formats import LatentRecord, LatentShardWriter
 
     rng = np.random.default_rng(0)
     header = LatentShardWriter.make_header(
         producer="hostile-tests 0",
-        vae_checkpoint_id="test-vae",
+        vae_checkpoint_id=vae,
         latent_channels=channels,
         latent_mean=[0.0] * channels,
         latent_std=[1.0] * channels,

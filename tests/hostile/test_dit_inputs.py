@@ -31,6 +31,34 @@ def test_channel_count_mismatch_is_refused_by_name(tmp_path, capsys, megatron_si
     assert "latent_channels=16" in err and "in_channels" in err
 
 
+def test_latents_of_another_vae_are_refused_by_name(tmp_path, capsys, megatron_single):
+    from mugv_dit.cli import main
+
+    cfg = dit_config(tmp_path, make_latents(tmp_path / "lat", vae="vae-B"), "run")
+    assert main(["train", str(cfg), "--set", "data.vae_checkpoint_id=vae-A"]) == 2
+    err = capsys.readouterr().err
+    assert "'vae-B'" in err and "data.vae_checkpoint_id='vae-A'" in err
+
+
+def test_resume_on_latents_of_another_vae_is_refused(tmp_path, capsys, megatron_single):
+    """A run started on VAE A's latents cannot resume on VAE B's (latent spaces differ), even
+    when the config names no VAE."""
+    from mugv_dit.cli import main
+
+    cfg = dit_config(tmp_path, make_latents(tmp_path / "a", vae="vae-A"), "run", steps=1)
+    assert main(["train", str(cfg)]) == 0
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["path"] = str(make_latents(tmp_path / "b", vae="vae-B"))
+    raw["curriculum"][0]["steps"] = 2
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "VAE 'vae-A'" in err and "VAE 'vae-B'" in err
+    raw["data"]["path"] = str(tmp_path / "a")  # the original latents: resumes
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg)]) == 0
+
+
 def test_negative_learning_rate_names_the_field(tmp_path, capsys):
     from mugv_dit.cli import main
 

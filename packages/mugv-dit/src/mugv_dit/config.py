@@ -157,6 +157,12 @@ class DataConfig(BaseModel):
     max_batch_size: int = Field(64, description="Upper bound on samples per micro-batch.")
     num_workers: int = Field(0, description="Loader worker processes.")
     seed: int = 1234
+    vae_checkpoint_id: str | None = Field(
+        None,
+        description="Id of the VAE the latents must come from (the dataset header's "
+        "vae_checkpoint_id); a dataset made by another VAE is refused. None: any, but a "
+        "resumed run still refuses a dataset whose VAE differs from the one it started on.",
+    )
 
 
 class StageConfig(BaseModel):

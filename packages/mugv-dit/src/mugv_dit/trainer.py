@@ -178,6 +178,12 @@ class Trainer:
                 f"dataset latent_channels={self.index.header.latent_channels} != "
                 f"model.in_channels={cfg.model.in_channels}"
             )
+        vae_id = self.index.header.vae_checkpoint_id
+        if cfg.data.vae_checkpoint_id is not None and vae_id != cfg.data.vae_checkpoint_id:
+            raise ValueError(
+                f"{cfg.data.path}: latents made by VAE {vae_id!r}, but "
+                f"data.vae_checkpoint_id={cfg.data.vae_checkpoint_id!r}"
+            )
         self.sampler = BucketSampler(
             self.index,
             tokens_per_batch=cfg.data.tokens_per_batch,
@@ -213,6 +219,13 @@ class Trainer:
             self.step = int(state["step"])
             self.last_saved_step = self.step
             self.skipped = int(state.get("skipped", 0))
+            started_on = state.get("vae_checkpoint_id")  # absent in checkpoints written before this check
+            if started_on is not None and started_on != vae_id:
+                raise ValueError(
+                    f"{ckpt}: this run trained on latents of VAE {started_on!r}, but "
+                    f"{cfg.data.path} holds latents of VAE {vae_id!r}; resuming would mix "
+                    "latent spaces (start a new run, or point data.path at the original latents)"
+                )
             self.sampler.load_state_dict(state["sampler"])
             if self.energon is not None:
                 self.energon.restore(ckpt / "energon" / f"rank_{self.rank:05d}.pt")
@@ -376,7 +389,12 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------
     def trainer_state(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped, "sampler": self.sampler.state_dict()}
+        return {
+            "step": self.step,
+            "skipped": self.skipped,
+            "sampler": self.sampler.state_dict(),
+            "vae_checkpoint_id": self.index.header.vae_checkpoint_id,
+        }
 
     def save(self) -> Path:
         self.last_saved_step = self.step
