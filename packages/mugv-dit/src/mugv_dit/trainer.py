@@ -219,7 +219,8 @@ class Trainer:
             self.step = int(state["step"])
             self.last_saved_step = self.step
             self.skipped = int(state.get("skipped", 0))
-            started_on = state.get("vae_checkpoint_id")  # absent in checkpoints written before this check
+            # the VAE the run started on (absent in checkpoints written before this check)
+            started_on = state.get("vae_checkpoint_id")
             if started_on is not None and started_on != vae_id:
                 raise ValueError(
                     f"{ckpt}: this run trained on latents of VAE {started_on!r}, but "
