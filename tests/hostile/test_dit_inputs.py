@@ -146,6 +146,43 @@ def test_changed_record_in_an_energon_shard_is_refused(tmp_path, megatron_single
             loader.next_batches(step, 0, StageConfig(name="a", steps=4), 0.0, 1, "cpu")
 
 
+def test_changed_latent_bytes_in_an_energon_shard_are_refused(tmp_path, megatron_single):
+    """Every member is checksummed on the energon path too: one flipped value inside a
+    ``.latents.npy`` (shape and record untouched) is refused by name."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from mugv_dit.config import StageConfig
+    from mugv_dit.data import BucketSampler, LatentIndex
+    from mugv_dit.data_energon import EnergonLatentLoader
+    from mugv_formats import ChecksumError
+
+    ds = make_latents(tmp_path / "lat", n=3)  # one shard holds all three samples
+    shard = ds / "shard-000000.tar"
+    with tarfile.open(shard) as t:
+        members = [(i, t.extractfile(i).read()) for i in t.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
+        for info, data in members:
+            if info.name.endswith(".latents.npy"):
+                arr = np.load(io.BytesIO(data))
+                arr.flat[5] += 1.0
+                buf = io.BytesIO()
+                np.save(buf, arr)
+                data = buf.getvalue()
+                assert len(data) == info.size
+            t.addfile(info, io.BytesIO(data))
+    index = LatentIndex(ds)
+    sampler = BucketSampler(
+        index, tokens_per_batch=64, max_batch_size=4, micro_batches_per_step=1,
+        patch=(1, 2, 2), seed=0,
+    )  # fmt: skip
+    loader = EnergonLatentLoader(ds, index=index, sampler=sampler, dp_rank=0, dp_size=1)
+    with pytest.raises(ChecksumError, match=r"member s000\d\.latents\.npy fails its sha256"):
+        for step in range(4):
+            loader.next_batches(step, 0, StageConfig(name="a", steps=4), 0.0, 1, "cpu")
+
+
 def test_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
     from mugv_dit.cli import main
 

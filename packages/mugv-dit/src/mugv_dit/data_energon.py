@@ -1,8 +1,9 @@
 """Latent shards through megatron-energon (Megatron's multimodal loader), savable state.
 
 The dataset directory carries ``.nv-meta`` (written by mugv_formats, ``CrudeWebdataset``);
-a cooker turns energon's decoded members into samples and each DP rank reads its own part of
-the stream (``WorkerConfig(rank=dp_rank, ...)``; TP/PP/CP ranks of one DP rank read the same).
+a cooker turns energon's raw members into samples (it decodes them itself, after taking the
+sha256 of every member's bytes, checked against the manifest as the ``plan`` loader does) and
+each DP rank reads its own part of the stream (``WorkerConfig(rank=dp_rank, ...)``; TP/PP/CP ranks of one DP rank read the same).
 
 Balanced steps: the bucket of every step is chosen by the same pure function as the ``plan``
 loader (:meth:`mugv_dit.data.BucketSampler.choose_bucket`: seed, step, stage filters and the
@@ -25,7 +26,10 @@ planted in a run folder is refused, never run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import io
+import json
 import pickle
 import random
 import warnings
@@ -60,20 +64,37 @@ class LatentShardSample(Sample):
     record: dict
     latents: np.ndarray
     text: np.ndarray
+    sha256: dict  # member ext ("json", "latents.npy", "text.npy") -> sha256 of its bytes
+
+
+def _npy(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CorruptShardError(f"{where}: not a readable .npy array ({e})") from None
 
 
 @stateless
 def cook_latent_sample(raw: dict) -> LatentShardSample:
-    """Crude sample (members decoded by energon: npy -> array, json -> dict) -> sample."""
+    """Crude sample (raw member bytes) -> sample: the members' sha256, then their decoding."""
+    key = raw.get("__key__")
     if "text.npy" not in raw:
-        raise ValueError(
-            f"sample {raw.get('__key__')}: no text features; run `mugv-dit embed-text`"
-        )
+        raise ValueError(f"sample {key}: no text features; run `mugv-dit embed-text`")
+    for ext in ("json", "latents.npy"):
+        if ext not in raw:
+            raise CorruptShardError(f"sample {key}: member {key}.{ext} missing")
+    try:
+        record = json.loads(raw["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptShardError(f"sample {key}: {key}.json is not valid JSON ({e})") from None
     return LatentShardSample(
         **basic_sample_keys(raw),
-        record=raw["json"],
-        latents=raw["latents.npy"],
-        text=raw["text.npy"],
+        record=record,
+        latents=_npy(raw["latents.npy"], f"sample {key}: member {key}.latents.npy"),
+        text=_npy(raw["text.npy"], f"sample {key}: member {key}.text.npy"),
+        sha256={
+            ext: hashlib.sha256(raw[ext]).hexdigest() for ext in ("json", "latents.npy", "text.npy")
+        },
     )
 
 
@@ -81,6 +102,7 @@ class LatentTaskEncoder(DefaultTaskEncoder):
     """Single samples (no batching: buckets are formed by the loader), stage-filtered."""
 
     cookers = (Cooker(cook_latent_sample),)
+    decoder = None  # raw bytes: the cooker checksums the members before decoding them
 
     def __init__(self, stage: StageConfig):
         super().__init__()
@@ -214,6 +236,17 @@ class EnergonLatentLoader:
                     f"{self.path}: sample {key!r}: {field} is {got.get(field)!r} in the shard, "
                     f"{want[field]!r} in the manifest; the shard was changed"
                 )
+        # then every byte: the record (any field) and the arrays
+        if self.index.verify:
+            row = self.index.dataset.manifest_row(key) or {}
+            wanted = {"json": row.get("record_sha256"), **rec.checksums}
+            for ext, digest in wanted.items():
+                if digest and sample.sha256.get(ext) != digest:
+                    raise ChecksumError(
+                        f"{self.path}: sample {key!r}: member {key}.{ext} fails its sha256 "
+                        f"check (manifest {digest[:12]}..., read "
+                        f"{str(sample.sha256.get(ext))[:12]}...); the shard was changed"
+                    )
         return rec
 
     def _capacity(self, bucket: BucketKey, n: int) -> int:
