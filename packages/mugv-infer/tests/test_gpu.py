@@ -57,6 +57,31 @@ def test_fa4_forward_matches_sdpa_at_head_dim_72():
 
 
 @cuda
+def test_fa4_packed_cross_attention_matches_sdpa_at_head_dim_72():
+    """FA4's varlen forward on the packed valid text keys against SDPA with the key mask
+    (unequal lengths, a hole in the mask), and against float64."""
+    from mugv_infer.models.attention import PackedText, fa4_varlen_forward, masked_cross_attention
+
+    if fa4_varlen_forward() is None or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("flash-attn-4 not installed or not a Hopper GPU")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 4096, 24, 72, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (
+        torch.randn(2, 300, 24, 72, generator=g, device="cuda", dtype=torch.bfloat16)
+        for _ in range(2)
+    )
+    mask = torch.ones(2, 300, dtype=torch.bool, device="cuda")
+    mask[1, 120:] = False
+    mask[0, 10:20] = False
+    ref = masked_cross_attention(q.double(), k.double(), v.double(), mask, "sdpa")
+    fa4 = masked_cross_attention(q, k, v, mask, "fa4")
+    fa4_packed = masked_cross_attention(q, k, v, mask, "fa4", PackedText.from_mask(mask))
+    assert _rel(fa4, ref) < 1e-2
+    assert _rel(masked_cross_attention(q, k, v, mask, "sdpa"), ref) < 1e-2
+    torch.testing.assert_close(fa4_packed, fa4, rtol=0, atol=0)
+
+
+@cuda
 def test_bf16_cuda_close_to_float32_cpu():
     model = tiny_transformer()
     x, s, text, mask = _inputs("cpu")

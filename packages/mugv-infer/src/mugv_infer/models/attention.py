@@ -4,9 +4,15 @@ Backends: ``sdpa`` (torch SDPA: cuDNN / flash / math), ``fa4`` (FlashAttention-4
 package ``flash-attn-4``, module ``flash_attn.cute``; its forward is exact at head dim 72, so
 no padding is needed for inference) and ``auto`` (``fa4`` on a Hopper GPU when it imports,
 else ``sdpa``). Libraries are detected by what they export: installing flash-attn-4 creates a
-``flash_attn`` namespace package without flash-attn 2's functions.
+``flash_attn`` namespace package without flash-attn 2's functions. FA4 runs for bf16 / fp16
+tensors only (other dtypes take SDPA under every backend).
 
-Legend: B batch, N query tokens, L key tokens, H heads, D head dim.
+Cross-attention to padded text: SDPA takes the boolean key mask; FA4 takes the valid keys
+packed (:class:`PackedText`, built once per DiT call from the mask) through its varlen
+function, every sample's queries one segment. FA4 calls are opaque to ``torch.compile`` (a
+graph break), so compiled blocks run them eagerly.
+
+Legend: B batch, N query tokens, L key tokens, H heads, D head dim, T packed valid keys.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +36,16 @@ def fa4_forward() -> Callable | None:
     except Exception:  # ImportError, or a CUDA / CuTe DSL set-up error on import
         return None
     return getattr(module, "flash_attn_func", None)
+
+
+@functools.cache
+def fa4_varlen_forward() -> Callable | None:
+    """FlashAttention-4's ``flash_attn_varlen_func`` or None."""
+    try:
+        module = importlib.import_module("flash_attn.cute")
+    except Exception:  # ImportError, or a CUDA / CuTe DSL set-up error on import
+        return None
+    return getattr(module, "flash_attn_varlen_func", None)
 
 
 def resolve_backend(requested: str, x: torch.Tensor) -> str:
@@ -48,25 +65,87 @@ def resolve_backend(requested: str, x: torch.Tensor) -> str:
     return "sdpa"
 
 
+def _fa4_dtype(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.bfloat16, torch.float16)
+
+
+def cross_attention_backend(requested: str, q: torch.Tensor) -> str:
+    """``fa4`` when the cross-attention of ``q`` runs FA4's varlen forward, else ``sdpa``."""
+    chosen = resolve_backend(requested, q)
+    if chosen == "fa4" and _fa4_dtype(q) and fa4_varlen_forward() is not None:
+        return "fa4"
+    return "sdpa"
+
+
+@torch.compiler.disable
+def _fa4_dense(q_BNHD, k_BNHD, v_BNHD) -> torch.Tensor:
+    out = fa4_forward()(q_BNHD, k_BNHD, v_BNHD, softmax_scale=q_BNHD.shape[-1] ** -0.5)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def dense_attention(q_BNHD, k_BNHD, v_BNHD, backend: str = "auto") -> torch.Tensor:
     """Bidirectional attention over one sequence per sample -> ``[B, N, H, D]``."""
-    if resolve_backend(backend, q_BNHD) == "fa4" and q_BNHD.dtype in (
-        torch.bfloat16,
-        torch.float16,
-    ):
-        out = fa4_forward()(q_BNHD, k_BNHD, v_BNHD, softmax_scale=q_BNHD.shape[-1] ** -0.5)
-        return out[0] if isinstance(out, tuple) else out
+    if resolve_backend(backend, q_BNHD) == "fa4" and _fa4_dtype(q_BNHD):
+        return _fa4_dense(q_BNHD, k_BNHD, v_BNHD)
     out_BHND = F.scaled_dot_product_attention(
         q_BNHD.transpose(1, 2), k_BNHD.transpose(1, 2), v_BNHD.transpose(1, 2)
     )
     return out_BHND.transpose(1, 2)
 
 
-def masked_cross_attention(q_BNHD, k_BLHD, v_BLHD, mask_BL: torch.Tensor | None) -> torch.Tensor:
+@dataclass(frozen=True)
+class PackedText:
+    """Where each sample's valid text keys sit once packed, sample after sample: built once
+    per DiT call from the key mask (one host sync for ``max_k``), shared by every layer."""
+
+    index_T: torch.Tensor  # flat indices into ``[B * L]`` of the valid keys, sample-major
+    cu_k: torch.Tensor  # [B + 1] int32 offsets of each sample's keys in the packed tensor
+    max_k: int  # most valid keys of one sample
+
+    @classmethod
+    def from_mask(cls, mask_BL: torch.Tensor) -> PackedText:
+        mask_BL = mask_BL.to(torch.bool)
+        counts_B = mask_BL.sum(1)
+        cu_k = F.pad(counts_B.cumsum(0), (1, 0)).to(torch.int32)
+        index_T = mask_BL.flatten().nonzero().squeeze(1)
+        return cls(index_T=index_T, cu_k=cu_k, max_k=int(counts_B.max()))
+
+
+@torch.compiler.disable
+def _fa4_packed_cross(q_BNHD, k_BLHD, v_BLHD, text: PackedText) -> torch.Tensor:
+    b, n, h, d = q_BNHD.shape
+    k_THD = k_BLHD.reshape(-1, h, d).index_select(0, text.index_T)
+    v_THD = v_BLHD.reshape(-1, h, d).index_select(0, text.index_T)
+    cu_q = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q_BNHD.device)
+    out = fa4_varlen_forward()(
+        q_BNHD.reshape(b * n, h, d), k_THD, v_THD,
+        cu_seqlens_q=cu_q, cu_seqlens_k=text.cu_k, max_seqlen_q=n, max_seqlen_k=text.max_k,
+        softmax_scale=d**-0.5,
+    )  # fmt: skip
+    out = out[0] if isinstance(out, tuple) else out
+    return out.view(b, n, h, d)
+
+
+def masked_cross_attention(
+    q_BNHD,
+    k_BLHD,
+    v_BLHD,
+    mask_BL: torch.Tensor | None,
+    backend: str = "sdpa",
+    packed: PackedText | None = None,
+) -> torch.Tensor:
     """Queries attend to each sample's valid keys (``mask_BL`` True) -> ``[B, N, H, D]``.
 
     Masked keys get zero weight, so a padded batch gives exactly the per-sample result.
+    ``backend`` ``fa4`` / ``auto`` on a Hopper GPU: FA4's varlen forward on the packed valid
+    keys (``packed``, else built here from the mask).
     """
+    if cross_attention_backend(backend, q_BNHD) == "fa4":
+        if packed is None:
+            b, length = k_BLHD.shape[:2]
+            full = torch.ones(b, length, dtype=torch.bool, device=k_BLHD.device)
+            packed = PackedText.from_mask(full if mask_BL is None else mask_BL)
+        return _fa4_packed_cross(q_BNHD, k_BLHD, v_BLHD, packed)
     attn_mask = None if mask_BL is None else mask_BL[:, None, None, :].to(torch.bool)
     out_BHND = F.scaled_dot_product_attention(
         q_BNHD.transpose(1, 2), k_BLHD.transpose(1, 2), v_BLHD.transpose(1, 2), attn_mask=attn_mask

@@ -30,7 +30,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from mugv_infer.models.attention import dense_attention, masked_cross_attention
+from mugv_infer.models.attention import (
+    PackedText,
+    cross_attention_backend,
+    dense_attention,
+    masked_cross_attention,
+)
 from mugv_infer.models.rope import MAX_FRAME_INDEX, apply_rope, default_frame_index, rope_tables
 
 EXPORT_ARCHITECTURE = "MUGDiT"
@@ -160,15 +165,17 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
         self.q_norm_weight = nn.Parameter(torch.ones(self.head_dim))
         self.k_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+        self.backend = "auto"
 
-    def forward(self, x_BNC, text_BLC, mask_BL) -> torch.Tensor:
+    def forward(self, x_BNC, text_BLC, mask_BL, text_pack: PackedText | None = None):
         b, n, _ = x_BNC.shape
         q = rms_norm(
             self.q(x_BNC).view(b, n, self.heads, self.head_dim), self.q_norm_weight, self.eps
         )
         k, v = self.kv(text_BLC).view(b, text_BLC.shape[1], self.heads, 2, self.head_dim).unbind(3)
         k = rms_norm(k, self.k_norm_weight, self.eps)
-        return self.proj(masked_cross_attention(q, k, v.contiguous(), mask_BL).reshape(b, n, -1))
+        out = masked_cross_attention(q, k, v.contiguous(), mask_BL, self.backend, text_pack)
+        return self.proj(out.reshape(b, n, -1))
 
 
 class MLP(nn.Module):
@@ -200,25 +207,30 @@ class MUGDiTBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.zeros(6, hidden))
         self.fused_ops = False  # runtime switch: mugv-kernels fused norms (set_fused_ops)
 
-    def forward(self, x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real):
+    def forward(
+        self, x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real,
+        text_pack: PackedText | None = None,
+    ):  # fmt: skip
+        """``text_pack``: the valid text keys packed (FA4 cross-attention), else None."""
         mods = (self.scale_shift_table.to(mods_B26C.dtype) + mods_B26C).to(x_BNC.dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.unbind(2)
         eps = self.eps
+        text = (text_BLC, mask_BL, text_pack)
         if self.fused_ops:
             return self._fused_forward(
-                x_BNC, mods.unbind(2), clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real
+                x_BNC, mods.unbind(2), clean_BN1, text, cos_BNK, sin_BNK, n_real
             )
         h = layer_norm(x_BNC, eps) * (1 + _per_token(scale_msa, clean_BN1))
         h = h + _per_token(shift_msa, clean_BN1)
         attn = self.self_attention(h, cos_BNK, sin_BNK, n_real)
         x_BNC = x_BNC + _per_token(gate_msa, clean_BN1) * attn
         h = layer_norm(x_BNC, eps, self.cross_norm_weight, self.cross_norm_bias)
-        x_BNC = x_BNC + self.cross_attention(h, text_BLC, mask_BL)
+        x_BNC = x_BNC + self.cross_attention(h, *text)
         h = layer_norm(x_BNC, eps) * (1 + _per_token(scale_mlp, clean_BN1))
         h = h + _per_token(shift_mlp, clean_BN1)
         return x_BNC + _per_token(gate_mlp, clean_BN1) * self.mlp(h)
 
-    def _fused_forward(self, x_BNC, mods, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real):
+    def _fused_forward(self, x_BNC, mods, clean_BN1, text, cos_BNK, sin_BNK, n_real):
         """The same block through mugv-kernels: modulated LN, QK-RMSNorm + RoPE, and the two
         "residual add + next norm" pairs each in one pass (Triton on CUDA, reference else)."""
         import mugv_kernels as mk
@@ -235,7 +247,7 @@ class MUGDiTBlock(nn.Module):
         x_BNC, h = mk.gated_residual_modulated_norm(
             x_BNC, attn, gate_msa, cross_shift, cross_scale, token_branch=clean_BN, eps=eps
         )
-        cross = self.cross_attention(h, text_BLC, mask_BL)
+        cross = self.cross_attention(h, *text)
         ones = torch.ones_like(shift_mlp)
         x_BNC, h = mk.gated_residual_modulated_norm(
             x_BNC, cross, ones, shift_mlp, scale_mlp, token_branch=clean_BN, eps=eps
@@ -414,13 +426,14 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             block.fused_ops = enabled
 
     def set_attention_backend(self, backend: str) -> None:
-        """``auto`` / ``sdpa`` / ``fa4`` for the self-attention of every block."""
+        """``auto`` / ``sdpa`` / ``fa4`` for the self- and cross-attention of every block."""
         from mugv_infer.models.attention import BACKENDS
 
         if backend not in BACKENDS:
             raise ValueError(f"attention backend {backend!r} unknown; choose from {BACKENDS}")
         for block in self.blocks:
             block.self_attention.backend = backend
+            block.cross_attention.backend = backend
 
     # ------------------------------------------------------------------ forward
     def _tables(self, grid, frame_index_BF, device):
@@ -528,6 +541,13 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             x_BNC, clean_BN1, cos_BNK, sin_BNK = (
                 sp.shard(v) for v in (x_BNC, clean_BN1, cos_BNK, sin_BNK)
             )
+        text_pack = None  # FA4 cross-attention: the valid keys packed once for every layer
+        if (
+            self.blocks
+            and cross_attention_backend(self.blocks[0].cross_attention.backend, x_BNC) == "fa4"
+        ):
+            ones_BL = torch.ones(text_BLC.shape[:2], dtype=torch.bool, device=device)
+            text_pack = PackedText.from_mask(ones_BL if mask_BL is None else mask_BL)
         cache = self.step_cache
         if cache is not None and cache.can_skip(x_BNC, mods_B26C):
             x_BNC = cache.reuse(x_BNC)
@@ -535,8 +555,9 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             x_in = x_BNC
             for block in self.blocks:
                 x_BNC = block(
-                    x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real
-                )
+                    x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real,
+                    text_pack,
+                )  # fmt: skip
             if cache is not None:
                 cache.store(x_in, x_BNC)
         out_BNP = self.final_layer(x_BNC, emb_B2C, clean_BN1)
