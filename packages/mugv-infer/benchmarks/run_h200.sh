@@ -115,7 +115,7 @@ out = pathlib.Path(sys.argv[1])
 print("| run | preset | fa4 | ours variant | ref s/CFG step | ours s/CFG step | speed-up | rel L2 "
       "| ours TFLOP/s | DiT peak GB |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-e2e_rows = []
+e2e_rows, cross_rows = [], []
 for f in sorted(out.glob("*.json")):
     try:
         r = json.loads(f.read_text())
@@ -127,9 +127,20 @@ for f in sorted(out.glob("*.json")):
               f"| {d['reference_s_per_cfg_step']:.2f} | {d['ours_s_per_cfg_step']:.2f} "
               f"| {d['speedup']:.2f}x | {d['ours_vs_reference_rel_l2']:.1e} "
               f"| {d['ours_tflops']:.0f} | {d['peak_memory_gb_dit_only']:.1f} |")
+    c = r.get("cross_attention")
+    if c:
+        cross_rows.append(f"| {f.stem} | {r['preset']} | {c['sdpa_masked_ms']:.2f} "
+                          f"| {c['fa4_packed_ms']:.2f} | {c['saved_s_per_cfg_step']:+.3f} "
+                          f"| {c['fa4_vs_sdpa_rel_l2']:.1e} |")
     for name, e in (r.get("e2e") or {}).items():
         if isinstance(e, dict):
             e2e_rows.append((f.stem, r["preset"], name, e))
+if cross_rows:
+    print()
+    print("| run | preset | cross-attn SDPA masked ms/layer | FA4 packed ms/layer "
+          "| s saved / CFG step | rel L2 |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(cross_rows))
 print()
 print("| run | preset | variant | total s | T5 s | DiT s | VAE decode s | peak GB | skipped "
       "| DiT speed-up | latent max / mean abs | video PSNR dB |")

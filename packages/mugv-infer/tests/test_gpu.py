@@ -1,6 +1,6 @@
 """GPU tests (``uv run pytest -m gpu packages/mugv-infer``): FA4 forward against SDPA at head
 dim 72, bf16 on CUDA against float32 on CPU, compiled blocks, CPU offload, and (with 2 GPUs)
-NCCL sequence / CFG parallelism against one GPU."""
+NCCL sequence / CFG parallelism against one GPU (SP x CFG with 4)."""
 
 from __future__ import annotations
 
@@ -134,9 +134,19 @@ def test_cpu_offload_on_cuda_equals_resident(parts):
     torch.testing.assert_close(offloaded, resident, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-@pytest.mark.parametrize(("sp", "cfg"), [(2, 1), (1, 2)], ids=["ulysses2", "cfg2"])
-def test_two_gpus_match_one(parts, sp, cfg, tmp_path):
+def _gpus(n):
+    return pytest.mark.skipif(torch.cuda.device_count() < n, reason=f"needs {n} GPUs")
+
+
+@pytest.mark.parametrize(
+    ("sp", "cfg"),
+    [
+        pytest.param(2, 1, id="ulysses2", marks=_gpus(2)),
+        pytest.param(1, 2, id="cfg2", marks=_gpus(2)),
+        pytest.param(2, 2, id="ulysses2xcfg2", marks=_gpus(4)),
+    ],
+)
+def test_several_gpus_match_one(parts, sp, cfg, tmp_path):
     def launch(n, s, c, out):
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
@@ -149,6 +159,6 @@ def test_two_gpus_match_one(parts, sp, cfg, tmp_path):
         return torch.load(out)
 
     one = launch(1, 1, 1, tmp_path / "one.pt")
-    two = launch(2, sp, cfg, tmp_path / "two.pt")
-    torch.testing.assert_close(two["latents"], one["latents"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(two["video"], one["video"], rtol=1e-4, atol=1e-4)
+    many = launch(sp * cfg, sp, cfg, tmp_path / "many.pt")
+    torch.testing.assert_close(many["latents"], one["latents"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(many["video"], one["video"], rtol=1e-4, atol=1e-4)

@@ -1,5 +1,5 @@
-"""Sequence-parallel (Ulysses) and CFG-parallel generation on CPU over gloo with 2 processes
-give the single-process output."""
+"""Sequence-parallel (Ulysses) and CFG-parallel generation on CPU over gloo with 2 processes,
+and both combined with 4 (SP=2 x CFG=2), give the single-process output."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def _torchrun(parts, sp, cfg, out: Path) -> dict:
     return torch.load(out)
 
 
-@pytest.mark.parametrize(("sp", "cfg"), [(2, 1), (1, 2)], ids=["ulysses2", "cfg2"])
+@pytest.mark.parametrize(
+    ("sp", "cfg"), [(2, 1), (1, 2), (2, 2)], ids=["ulysses2", "cfg2", "ulysses2xcfg2"]
+)
 def test_parallel_matches_single_process(parts, single, sp, cfg, tmp_path):
     got = _torchrun(parts, sp, cfg, tmp_path / "out.pt")
     torch.testing.assert_close(got["latents"], single["latents"], rtol=1e-5, atol=1e-5)
