@@ -249,13 +249,13 @@ def test_sft_power_emas_follow_the_trajectory_and_reconstruct(task, tmp_path, ca
     cfg.curriculum[0].lr_decay = "cosine"
     trainer = AlignTrainer(cfg, micro_batches_per_step=1)
     trajectory = []
-    update = trainer._update_ema
+    update = trainer.update_ema
 
     def record():
         trajectory.append([p.detach().double().clone() for p in trainer.model.module.parameters()])
         update()
 
-    trainer._update_ema = record
+    trainer.update_ema = record
     try:
         logs = trainer.run()
         emas = [[p.detach().double().clone() for p in m.parameters()] for m in trainer.ema.emas]

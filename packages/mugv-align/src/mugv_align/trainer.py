@@ -1,7 +1,8 @@
 """Post-training on mugv-dit's Megatron trainer: SFT, Flow-DPO, Flow-KTO, power EMAs.
 
 ``AlignTrainer`` extends ``mugv_dit.trainer.Trainer`` (process groups, Megatron DDP,
-distributed optimizer, distributed checkpoints, resume, annealed LR schedules):
+distributed optimizer, distributed checkpoints, resume, annealed LR schedules) through its
+public hooks only (``train_step``, ``update_ema``, ``skip_nonfinite``, ``save``):
 
 * ``sft``: mugv-dit's step unchanged (flow loss on the curated latent set in ``data.path``,
   LR from the curriculum, e.g. ``lr_decay: cosine``) plus the power EMAs.
@@ -151,13 +152,14 @@ class AlignTrainer(Trainer):
         load_full_state_dict(ref, state)
         return ref.eval().requires_grad_(False)
 
-    # -- EMA ------------------------------------------------------------------------------
+    # -- EMA (mugv-dit's update_ema hook) --------------------------------------------------
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def update_ema(self) -> None:
+        """The power EMAs at step ``self.step + 1`` (or mugv-dit's single EMA)."""
         if isinstance(self.ema, PowerEMAs):
             self.ema.update(self.model.module, self.step + 1)
         else:
-            super()._update_ema()
+            super().update_ema()
 
     def _maybe_snapshot(self, step: int, force: bool = False) -> None:
         if not isinstance(self.ema, PowerEMAs):
@@ -193,10 +195,12 @@ class AlignTrainer(Trainer):
             atomic_write_text(path, json.dumps(self.pref_sampler.state_dict()))
         return super().save()
 
-    # -- one step ---------------------------------------------------------------------------
-    def _train_step(self, stage_idx, stage, in_stage) -> dict:
+    # -- one step (mugv-dit's train_step hook) ---------------------------------------------
+    def train_step(self, stage_idx, stage, in_stage) -> dict:
+        """SFT: mugv-dit's step; DPO / KTO: :meth:`_preference_step`. Then the EMA snapshot
+        (if due) and the align metrics."""
         if self.align.mode == "sft":
-            log = super()._train_step(stage_idx, stage, in_stage)
+            log = super().train_step(stage_idx, stage, in_stage)
         else:
             log = self._preference_step(stage, in_stage)
         if "loss" in log:
@@ -274,12 +278,12 @@ class AlignTrainer(Trainer):
             log["kto_z"] = float(z)
         where = f"source {src.path}, items {[i for b in batches for i in b.ids]}"
         if not math.isfinite(log["loss"]):
-            return self._nonfinite(log["loss"], where, "loss")
+            return self.skip_nonfinite(log["loss"], where, "loss")
         ok, grad_norm, _ = self.optimizer.step()
         if grad_norm is not None and not math.isfinite(grad_norm):
-            return self._nonfinite(grad_norm, where, "grad norm")
+            return self.skip_nonfinite(grad_norm, where, "grad norm")
         if self.ema is not None and ok:
-            self._update_ema()
+            self.update_ema()
         log["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         return log
 

@@ -4,6 +4,13 @@ Build order: process groups -> model (same seed on every rank) -> Megatron DDP w
 Megatron optimizer -> EMA copy -> data index + sampler -> resume from the latest checkpoint.
 The trainer checkpoints only its own counters (step, sampler cursors); model, EMA and
 optimizer checkpoint themselves through their sharded state dicts.
+
+Public hooks for trainers built on this one (mugv-align's ``AlignTrainer``), each documented
+where it is defined: :meth:`Trainer.train_step` (one optimizer step: override to change the
+objective, call ``super().train_step`` for the pre-training step), :meth:`Trainer.update_ema`
+(fold the weights into the EMA after a successful optimizer step: override for another
+averaging scheme), :meth:`Trainer.skip_nonfinite` (the NaN/Inf policy, for steps written by a
+subclass), :meth:`Trainer.save` and :meth:`Trainer.trainer_state`.
 """
 
 from __future__ import annotations
@@ -258,7 +265,15 @@ class Trainer:
         self.optimizer.reload_model_params()
 
     # -- one step -------------------------------------------------------------------------
-    def _train_step(self, stage_idx: int, stage: StageConfig, in_stage: int) -> dict:
+    def train_step(self, stage_idx: int, stage: StageConfig, in_stage: int) -> dict:
+        """One optimizer step at ``self.step`` (``stage_idx``-th curriculum stage, step
+        ``in_stage`` within it); :meth:`run` calls it and advances ``self.step`` afterwards.
+
+        Hook: override to train another objective. Contract: set the LR, zero the grads,
+        run forward/backward through Megatron's schedule, step the optimizer, call
+        :meth:`update_ema` when the step was applied, and return the log dict (``loss``, ...;
+        or :meth:`skip_nonfinite`'s dict). ``flops`` / ``tokens`` in it add throughput to the
+        log."""
         cfg = self.cfg
         if self.energon is None:
             plan = self.sampler.plan(self.step, stage, in_stage / max(1, stage.steps))
@@ -305,12 +320,12 @@ class Trainer:
         loss = float(sse_sum.item()) / total_count
         where = f"bucket {bucket}, samples {[k for b, _ in prepared for k in b.keys]}"
         if not math.isfinite(loss):
-            return self._nonfinite(loss, where, "loss")
+            return self.skip_nonfinite(loss, where, "loss")
         ok, grad_norm, _ = self.optimizer.step()
         if grad_norm is not None and not math.isfinite(grad_norm):
-            return self._nonfinite(grad_norm, where, "grad norm")
+            return self.skip_nonfinite(grad_norm, where, "grad norm")
         if self.ema is not None and ok:
-            self._update_ema()
+            self.update_ema()
         per_sample_text = text_tokens / max(1, sum(b.latents_BCTHW.shape[0] for b, _ in prepared))
         flops = train_step_flops(
             cfg.model,
@@ -373,7 +388,11 @@ class Trainer:
             sse_sum += out["sse"]
         return sse_sum
 
-    def _nonfinite(self, value: float, where: str, what: str) -> dict:
+    def skip_nonfinite(self, value: float, where: str, what: str) -> dict:
+        """A NaN/Inf ``what`` (``"loss"`` / ``"grad norm"``) of value ``value`` at ``where``:
+        raise :class:`NonFiniteError` under ``train.nonfinite=stop`` (or past
+        ``train.max_skipped_steps``), else drop this step's gradients and return the log of
+        a skipped step. For subclasses' :meth:`train_step` too."""
         self.skipped += 1
         msg = f"non-finite {what} ({value}) at step {self.step}, {where}"
         if self.cfg.train.nonfinite == "stop" or self.skipped > self.cfg.train.max_skipped_steps:
@@ -383,7 +402,10 @@ class Trainer:
         return {"skipped": True, "reason": msg}
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def update_ema(self) -> None:
+        """Hook: fold the current weights into ``self.ema`` (called by :meth:`train_step`
+        after an applied optimizer step, ``self.step`` not yet advanced). Here: one
+        exponential moving average with ``train.ema_decay``."""
         decay = self.cfg.train.ema_decay
         for p_ema, p in zip(self.ema.parameters(), self.model.module.parameters()):
             p_ema.lerp_(p.detach().float(), 1 - decay)
@@ -431,7 +453,7 @@ class Trainer:
             while self.step < stop:
                 stage_idx, stage, in_stage = stage_at(cfg.curriculum, self.step)
                 t0 = time.perf_counter()
-                log = self._train_step(stage_idx, stage, in_stage)
+                log = self.train_step(stage_idx, stage, in_stage)
                 dt = time.perf_counter() - t0
                 log.update(step=self.step, time_s=dt)
                 if "flops" in log:
