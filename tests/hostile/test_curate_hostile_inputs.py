@@ -4,6 +4,7 @@ curation leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -16,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from hostile_util import clean_env, kill_and_check_no_leak
+from hostile_util import clean_env, descendants, kill_and_check_no_leak
 from mugv_data.cli import main as data_main
 from mugv_data.curate import read_rejects
 from mugv_data.synth import scene, texture, write_video
@@ -200,3 +201,77 @@ def test_sigkilled_process_pool_curation_leaves_no_process(tmp_path):
     assert proc.poll() is None, "curation ended before it could be killed"
     left = kill_and_check_no_leak(proc)
     assert not left, f"processes left after SIGKILL of the driver: {sorted(left)}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return "(gone)"
+
+
+def _processes_naming(text: str) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state not in ("Z", "X"):
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.slow  # ~1 min: starts a local Ray cluster
+def test_sigkilled_ray_curation_leaves_no_process(tmp_path):
+    """Defect 2 with the Ray engine: the local cluster the driver started (GCS, raylet, the
+    actors' workers) goes with it. Ray's processes leave the driver's session, so they are
+    found by the cluster's own temp folder in their command lines."""
+    import shutil
+    import signal
+    import tempfile
+
+    pytest.importorskip("ray")
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(6):
+        write_video(d / f"v{i}.mp4", scene(60, seed=40 + i))
+    out = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="mr", dir="/tmp")  # short: Ray's socket paths are long
+    cmd = [sys.executable, "-m", "mugv_data.cli", "curate", "--input", str(d), "--output", str(out)]
+    cmd += ["--engine", "ray", "--set", "engine.ray_num_cpus=2", *FAST]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**clean_env(), "RAY_TMPDIR": ray_tmp},
+        start_new_session=True,
+    )
+    try:
+        staged = out / ".staging" / "sources"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if staged.is_dir() and any(staged.glob("*.json")):
+                break  # the actors are up and have finished a source
+            time.sleep(0.1)
+        assert proc.poll() is None, "curation ended before it could be killed"
+        assert _processes_naming(ray_tmp), "no Ray process found by its temp folder"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        left = descendants(proc.pid) | _processes_naming(ray_tmp)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = descendants(proc.pid) | _processes_naming(ray_tmp)
+        names = {pid: _cmdline(pid)[:160] for pid in left}
+        assert not names, f"processes left after SIGKILL of the Ray driver: {names}"
+    finally:
+        for pid in descendants(proc.pid) | _processes_naming(ray_tmp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 from mugv_data.config import CurateConfig
-from mugv_data.lifecycle import die_with_parent
+from mugv_data.lifecycle import TreeReaper, die_with_parent
 from mugv_data.pipeline import SourceProcessor, SourceResult, worker_resources
 
 
@@ -164,11 +164,15 @@ class RayEngine(Engine):
 
         self._ray = ray
         self._started = False
+        self._reaper: TreeReaper | None = None
         if not ray.is_initialized():
             e = config.engine
             if e.ray_address:
                 ray.init(address=e.ray_address, log_to_driver=False)
             else:
+                # Ray's own processes (GCS, raylet, its agents) cannot die with us: a watcher
+                # kills what is left of our process tree if this driver is SIGKILLed
+                self._reaper = TreeReaper()
                 ray.init(num_cpus=e.ray_num_cpus, include_dashboard=False, log_to_driver=False)
             self._started = True
 
@@ -189,6 +193,9 @@ class RayEngine(Engine):
     def close(self) -> None:
         if self._started:
             self._ray.shutdown()
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
 
 
 class _RayWorker:

@@ -8,12 +8,14 @@ calls :func:`die_with_parent` first: on Linux the kernel sends it SIGKILL when t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -43,3 +45,99 @@ def _watch_parent(parent_pid: int, poll_s: float) -> None:
     while os.getppid() == parent_pid:
         time.sleep(poll_s)
     os._exit(1)
+
+
+# -- a process tree that dies with its root ------------------------------------------------
+# Processes started by a library, not by us (a local Ray cluster: GCS, raylet and the raylet's
+# own agents), cannot call die_with_parent. A small watcher process records the root's process
+# tree while the root lives and kills what is left of it when the root dies.
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """``(ppid, start time in clock ticks)`` of a live process, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _tree(root: int, known: dict[int, int]) -> dict[int, int]:
+    """Every live process descending from ``root`` or from an already ``known`` process
+    (whose parent may have died), as ``{pid: start time}``."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                stats[int(entry)] = st
+    inside = {root} | {p for p, t in known.items() if stats.get(p, (0, -1))[1] == t}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in inside and pid not in inside:
+                inside.add(pid)
+                grew = True
+    inside.discard(root)
+    return {pid: stats[pid][1] for pid in inside}
+
+
+def _reap(root: int, poll_s: float) -> None:
+    """The watcher's loop: runs until stdin closes (the root's clean stop) or the root dies."""
+    import select
+
+    me = os.getpid()
+    root_start = (_stat(root) or (0, -1))[1]
+    known: dict[int, int] = {}
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], poll_s)
+        alive = _stat(root) is not None and _stat(root)[1] == root_start
+        if ready and not sys.stdin.buffer.read1(4096) and alive:
+            return  # the root closed the pipe itself: a clean stop, nothing to kill
+        if not alive:
+            break
+        known.update(_tree(root, known))
+        known.pop(me, None)
+    for _ in range(3):  # what the dying tree spawned meanwhile is found on the next pass
+        known = {p: t for p, t in _tree(root, known).items() if p != me}
+        if not known:
+            return
+        for pid, start in known.items():
+            st = _stat(pid)
+            if st is not None and st[1] == start:  # never a reused pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(poll_s)
+
+
+class TreeReaper:
+    """Kills the descendants of this process when it dies without cleaning up (SIGKILL).
+
+    Linux only (reads ``/proc``); elsewhere it does nothing. :meth:`stop` ends the watcher
+    after a clean shutdown."""
+
+    def __init__(self, *, poll_s: float = 0.5):
+        self._proc = None
+        if not sys.platform.startswith("linux"):
+            return
+        import subprocess
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "mugv_data.lifecycle", str(os.getpid()), str(poll_s)],
+            stdin=subprocess.PIPE,
+            close_fds=True,
+        )
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+            self._proc = None
+
+
+if __name__ == "__main__":
+    _reap(int(sys.argv[1]), float(sys.argv[2]))

@@ -1,0 +1,83 @@
+"""Processes die with the process that started them: TreeReaper (for trees a library starts,
+such as a local Ray cluster) and die_with_parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+DRIVER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from mugv_data.lifecycle import TreeReaper
+    reaper = TreeReaper(poll_s=0.1)
+    # a child that starts a grandchild outside our session (as Ray's raylet starts its agents):
+    # once the driver dies both are re-parented, unreachable by a process-group or session kill
+    mid = subprocess.Popen([sys.executable, "-c",
+        "import subprocess, sys, time; p = subprocess.Popen(['sleep', '300'], start_new_session=True);"
+        " print(p.pid, flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+    print(mid.pid, mid.stdout.readline().strip(), flush=True)
+    if sys.argv[1] == "clean":
+        reaper.stop()
+        print("stopped", flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _start(mode: str) -> tuple[subprocess.Popen, list[int]]:
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, mode], stdout=subprocess.PIPE, text=True
+    )
+    tree = [int(v) for v in driver.stdout.readline().split()]
+    time.sleep(0.5)  # the watcher has seen the tree
+    return driver, tree
+
+
+def test_tree_reaper_kills_the_tree_of_a_sigkilled_driver():
+    driver, tree = _start("kill")
+    try:
+        assert all(_alive(p) for p in tree)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in tree if _alive(p)], "the driver's re-parented tree outlived it"
+    finally:
+        _kill(tree)
+
+
+def test_tree_reaper_stop_leaves_the_tree_alone():
+    driver, tree = _start("clean")
+    try:
+        assert driver.stdout.readline().strip() == "stopped"
+        driver.send_signal(signal.SIGKILL)  # after a clean stop nothing is watching any more
+        driver.wait(timeout=10)
+        time.sleep(1.0)
+        assert all(_alive(p) for p in tree)
+    finally:
+        _kill(tree)
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
