@@ -481,8 +481,7 @@ def test_trainer_gradient_equals_autograd_of_the_formula(task, tmp_path):
         _, plan = trainer.pref_sampler.plan(0)
         src = trainer.sources[0]
         batches = [build_batch(src, mb, trainer.cfg.objective, 7, "cpu") for mb in plan]
-        for b in batches:
-            b.ref_error_B = trainer._reference_errors(b)
+        trainer._set_reference_errors(batches)
         trainer.model.zero_grad_buffer()
         n_items = sum(len(b.ids) for b in batches)
         c, h, w = 4, 4, 4
@@ -524,3 +523,51 @@ def test_trainer_gradient_equals_autograd_of_the_formula(task, tmp_path):
             assert torch.equal(p, q)
     finally:
         trainer.close()
+
+
+def test_pipeline_parallel_matches_pp1_over_gloo(task, tmp_path):
+    """DPO (live reference, power EMA) and KTO (reference point through a no-grad pipeline
+    forward) at PP=2 — two stages of one block, 1F1B over two micro-batches, the reference's
+    errors from a forward-only pipeline pass — reproduce the single-process losses, weights
+    and EMA snapshot."""
+    from mugv_align.snapshots import list_snapshots, weighted_average
+
+    root = task["root"]
+    runs, refs = [], {}
+    for kind in ("dpo", "kto"):
+        align = {
+            **_dpo_align(root, ema_sigma_rels=[0.05]),
+            "mode": kind,
+            "preference": [{"path": str(root / f"{kind}_train")}],
+        }
+        paths = {}
+        for layout, parallel in (("pp1", {}), ("pp2", {"pipeline_parallel": 2})):
+            paths[layout] = write_config(
+                tmp_path / f"{kind}_{layout}.yaml",
+                tmp_path / f"{kind}_{layout}",
+                steps=3,
+                align=align,
+                train={"init_from": str(root / "init")},
+                parallel=parallel,
+            )
+        _run(paths["pp1"])
+        refs[kind] = tmp_path / f"{kind}_pp1"
+        runs.append({"config": str(paths["pp2"]), "micro_batches": 2})
+    spec = tmp_path / "runs.json"
+    spec.write_text(json.dumps(runs))
+    _torchrun(str(Path(__file__).with_name("mugv_align_layouts.py")), str(spec))
+    for kind, ref_dir in refs.items():
+        got_dir = tmp_path / f"{kind}_pp2"
+        want, got = _losses(ref_dir), _losses(got_dir)
+        assert sorted(got) == [0, 1, 2]
+        for step in got:
+            assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-7), (kind, step)
+        w_ref, w_got = _final_weights(ref_dir), _final_weights(got_dir)
+        for k, v in w_ref.items():
+            torch.testing.assert_close(w_got[k], v, rtol=1e-4, atol=2e-6, msg=f"{kind} {k}")
+        e_ref, e_got = (
+            weighted_average(list_snapshots(d / "ema_snapshots"), [1.0]) for d in (ref_dir, got_dir)
+        )
+        assert sorted(e_ref) == sorted(e_got)
+        for k, v in e_ref.items():
+            torch.testing.assert_close(e_got[k], v, rtol=1e-4, atol=2e-6, msg=f"{kind} ema {k}")

@@ -91,11 +91,6 @@ class AlignRunConfig(RunConfig):
         if a.mode != "sft":
             if not a.preference:
                 raise ValueError(f"align.mode={a.mode} needs align.preference (a list of sets)")
-            if self.parallel.pipeline_parallel != 1:
-                raise ValueError(
-                    f"align.mode={a.mode} runs with parallel.pipeline_parallel=1 "
-                    "(TP / CP / DP are supported)"
-                )
             if a.reference == "precomputed" and a.reference_errors is None:
                 raise ValueError("align.reference=precomputed needs align.reference_errors")
             if a.reference == "live" and a.reference_from is None and self.train.init_from is None:

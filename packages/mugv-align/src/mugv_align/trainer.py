@@ -231,8 +231,7 @@ class AlignTrainer(Trainer):
         batches = [
             build_batch(src, plan[mb], cfg.objective, cfg.data.seed, self.device) for mb in mine
         ]
-        for b in batches:
-            b.ref_error_B = self._reference_errors(b)
+        self._set_reference_errors(batches)
         # global normalisers: items, SFT elements (winners / desirable samples)
         n_items = sum(len(b.ids) for b in batches)
         sft_count = 0
@@ -258,6 +257,8 @@ class AlignTrainer(Trainer):
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         sums = self._preference_forward_backward(batches, src.kind, total_items, total_sft, z)
+        # the sums live on the last pipeline stage: share them with every stage, then DP
+        dist.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
         dist.all_reduce(sums, group=self.dp_group)
         pref, margin, correct, kl, sft_sse, n_kl = (float(x) for x in sums)
         n = max(1.0, total_items)
@@ -297,30 +298,74 @@ class AlignTrainer(Trainer):
             drop_caption_B=b.drop_caption_B,
         )
 
-    @torch.no_grad()
-    def _reference_errors(self, b) -> torch.Tensor:
-        if self.ref_model is not None:
-            pred = self._forward(self.ref_model, b)
-            return per_sample_velocity_error(pred, b.target_BCTHW, b.noisy_frames_BT)
-        rows = []
-        for ident in b.ids:
-            if ident not in self.ref_errors:
-                raise ValueError(f"{self.align.reference_errors}: no reference error of {ident}")
-            rows.append(self.ref_errors[ident])
-        # DPO: [w_1..w_B, l_1..l_B]; KTO: [e_1..e_B]
-        cols = list(zip(*rows, strict=True))
-        return torch.tensor([x for col in cols for x in col], device=self.device)
+    def _check_shapes(self, batches) -> None:
+        shape = batches[0].latent_shape
+        if self.pp_size > 1 and any(b.latent_shape != shape for b in batches):
+            raise ValueError(
+                f"pipeline micro-batches of one step differ in shape ({shape}): with "
+                "parallel.pipeline_parallel > 1 a step's preference items need one latent shape"
+            )
 
     @torch.no_grad()
+    def _pipeline_errors(self, model, batches) -> list[torch.Tensor | None]:
+        """Per-sample velocity errors of ``model`` (the policy or the frozen reference) on
+        each micro-batch, without gradients, through Megatron's forward-only schedule (with
+        PP > 1 the stages hand the activations on): the errors on the last pipeline stage,
+        None on the others."""
+        self._check_shapes(batches)
+
+        def forward_step(data_iterator, m):
+            b = next(data_iterator)
+            pred = self._forward(m, b)
+
+            def loss_func(pred_BCTHW):
+                e = per_sample_velocity_error(pred_BCTHW, b.target_BCTHW, b.noisy_frames_BT)
+                return e.sum(), {"e": e}
+
+            return pred, loss_func
+
+        shape = batches[0].latent_shape
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=model,
+            num_microbatches=len(batches),
+            seq_length=self.model.module.padded_length(shape),
+            micro_batch_size=shape[0],
+            forward_only=True,
+        )
+        if not parallel_state.is_pipeline_last_stage():
+            return [None] * len(batches)
+        return [out["e"] for out in outputs]
+
+    def _set_reference_errors(self, batches) -> None:
+        """``b.ref_error_B`` of every micro-batch: the live reference's errors (on the last
+        pipeline stage, where the loss is computed; None elsewhere) or the precomputed ones
+        (DPO: ``[w_1..w_B, l_1..l_B]``; KTO: ``[e_1..e_B]``)."""
+        if self.ref_model is not None:
+            for b, e in zip(batches, self._pipeline_errors(self.ref_model, batches), strict=True):
+                b.ref_error_B = e
+            return
+        for b in batches:
+            rows = []
+            for ident in b.ids:
+                if ident not in self.ref_errors:
+                    raise ValueError(
+                        f"{self.align.reference_errors}: no reference error of {ident}"
+                    )
+                rows.append(self.ref_errors[ident])
+            cols = list(zip(*rows, strict=True))
+            b.ref_error_B = torch.tensor([x for col in cols for x in col], device=self.device)
+
     def _kto_reference_point(self, batches, total_items: float) -> torch.Tensor:
         """z = max(0, mean of g = e_ref - e over the global batch), detached: one no-grad
-        policy forward of this rank's micro-batches, summed over DP ranks."""
+        policy forward of this rank's micro-batches (through the pipeline), summed over the
+        pipeline stages (only the last one holds errors) and the DP ranks."""
         g_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for b in batches:
-            e = per_sample_velocity_error(
-                self._forward(self.model, b), b.target_BCTHW, b.noisy_frames_BT
-            )
-            g_sum += (b.ref_error_B - e).double().sum()
+        for b, e in zip(batches, self._pipeline_errors(self.model, batches), strict=True):
+            if e is not None:
+                g_sum += (b.ref_error_B - e).double().sum()
+        dist.all_reduce(g_sum, group=parallel_state.get_pipeline_model_parallel_group())
         dist.all_reduce(g_sum, group=self.dp_group)
         return kto_reference_point(g_sum, total_items).float()
 
@@ -378,6 +423,7 @@ class AlignTrainer(Trainer):
 
             return pred, loss_func
 
+        self._check_shapes(batches)
         shape = batches[0].latent_shape
         outputs = get_forward_backward_func()(
             forward_step_func=forward_step,
