@@ -40,18 +40,16 @@ def _dense_stand_in(q, k, v, softmax_scale):
 
 @pytest.fixture
 def fake_fa4(monkeypatch):
-    """Make FA4 'available' on the CPU with the stand-ins; returns the varlen calls."""
+    """Make this CPU look like a Hopper GPU with FA4 installed (the stand-ins above) whose
+    self-check passed, for ``auto``; returns the varlen calls."""
     from mugv_infer.models import attention
 
     calls: list = []
     monkeypatch.setattr(attention, "fa4_varlen_forward", lambda: _varlen_stand_in(calls))
     monkeypatch.setattr(attention, "fa4_forward", lambda: _dense_stand_in)
-
-    def resolve(requested, x):
-        assert requested in attention.BACKENDS
-        return "fa4" if requested in ("fa4", "auto") else "sdpa"
-
-    monkeypatch.setattr(attention, "resolve_backend", resolve)
+    monkeypatch.setattr(attention, "_on_hopper", lambda x: True)
+    monkeypatch.setattr(attention, "_device_index", lambda x: 0)
+    monkeypatch.setattr(attention, "fa4_self_check", lambda kind, head_dim, index: None)
     return calls
 
 
@@ -75,11 +73,11 @@ def test_fa4_packed_cross_attention_equals_masked_sdpa(fake_fa4):
     mask = torch.rand(b, length, generator=g) > 0.4
     mask[:, 0] = True  # every sample keeps a key
     ref = masked_cross_attention(q, k, v, mask, "sdpa")
-    # fp32 always takes SDPA, even when FA4 is asked for
-    torch.testing.assert_close(masked_cross_attention(q, k, v, mask, "fa4"), ref)
+    # fp32 always takes SDPA
+    torch.testing.assert_close(masked_cross_attention(q, k, v, mask, "auto"), ref)
     assert fake_fa4 == []
     q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
-    out = masked_cross_attention(q16, k16, v16, mask, "fa4")
+    out = masked_cross_attention(q16, k16, v16, mask, "auto")
     counts = mask.sum(1)
     assert fake_fa4 == [
         ([0, n, 2 * n, 3 * n], [0, *counts.cumsum(0).tolist()], n, int(counts.max()))
@@ -112,8 +110,50 @@ def test_model_with_fa4_packs_the_text_once_per_call(fake_fa4, monkeypatch):
     with torch.no_grad():
         ref = model(x, s, text, mask, attention_kwargs={"backend": "sdpa"}).sample
         assert built == [] and fake_fa4 == []
-        out = model(x, s, text, mask, attention_kwargs={"backend": "fa4"}).sample
+        out = model(x, s, text, mask, attention_kwargs={"backend": "auto"}).sample
     assert len(built) == 1  # packed once, used by both layers
     assert len(fake_fa4) == 2 and fake_fa4[0][1] == [0, 5, 7]
     rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     assert rel < 2e-2
+
+
+def test_auto_keeps_sdpa_when_the_self_check_fails(fake_fa4, monkeypatch):
+    from mugv_infer.models import attention
+
+    q = torch.zeros(1, 4, 2, 72, dtype=torch.bfloat16)
+    assert attention.resolve_backend("auto", q) == "fa4"
+    assert attention.cross_attention_backend("auto", q) == "fa4"
+    checked = []
+
+    def failing(kind, head_dim, index):
+        checked.append((kind, head_dim))
+        return f"FA4 {kind} forward rel err 1.3 at {head_dim}"
+
+    monkeypatch.setattr(attention, "fa4_self_check", failing)
+    assert attention.resolve_backend("auto", q) == "sdpa"
+    assert attention.cross_attention_backend("auto", q) == "sdpa"
+    assert checked == [("dense", 72), ("varlen", 72)]
+    assert attention.cross_attention_backend("sdpa", q) == "sdpa"
+    with pytest.raises(ValueError, match="unknown"):
+        attention.cross_attention_backend("flash", q)
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        attention.cross_attention_backend("fa4", q)  # a CPU tensor
+
+
+def test_fa4_paths_under_torch_compile_equal_eager(fake_fa4):
+    """Dynamo traces the blocks around the FA4 calls (graph breaks) and the packed text; the
+    result equals eager (backend "eager": Dynamo only, no code generation)."""
+    model = tiny_transformer().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 24, 3, 4, 6, generator=g).to(torch.bfloat16)
+    text = torch.randn(2, 5, 32, generator=g).to(torch.bfloat16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    s = torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        eager = model(x, s, text, mask, attention_kwargs={"backend": "auto"}).sample
+        n_eager = len(fake_fa4)
+        for block in model.blocks:
+            block.compile(backend="eager", dynamic=False)
+        compiled = model(x, s, text, mask, attention_kwargs={"backend": "auto"}).sample
+    assert len(fake_fa4) == 2 * n_eager  # the FA4 calls still run
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

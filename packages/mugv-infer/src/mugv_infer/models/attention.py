@@ -5,7 +5,9 @@ package ``flash-attn-4``, module ``flash_attn.cute``; its forward is exact at he
 no padding is needed for inference) and ``auto`` (``fa4`` on a Hopper GPU when it imports,
 else ``sdpa``). Libraries are detected by what they export: installing flash-attn-4 creates a
 ``flash_attn`` namespace package without flash-attn 2's functions. FA4 runs for bf16 / fp16
-tensors only (other dtypes take SDPA under every backend).
+tensors only (other dtypes take SDPA under every backend). ``auto`` takes FA4 for a path
+(dense self-attention, varlen cross-attention) only after a start-up self-check of that path
+at the model's head dim against fp32 SDPA (:func:`fa4_self_check`, once per process).
 
 Cross-attention to padded text: SDPA takes the boolean key mask; FA4 takes the valid keys
 packed (:class:`PackedText`, built once per DiT call from the mask) through its varlen
@@ -48,11 +50,20 @@ def fa4_varlen_forward() -> Callable | None:
     return getattr(module, "flash_attn_varlen_func", None)
 
 
+def _on_hopper(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9
+
+
+def _device_index(x: torch.Tensor) -> int:
+    return x.device.index if x.device.index is not None else torch.cuda.current_device()
+
+
+@torch.compiler.disable  # plain Python (imports, a cached self-check): never traced
 def resolve_backend(requested: str, x: torch.Tensor) -> str:
-    """The backend that will run for a tensor on ``x.device``."""
+    """The self-attention backend that runs for a tensor ``x [..., head_dim]``. ``auto``
+    takes FA4 on a Hopper GPU only after :func:`fa4_self_check` passed at that head dim."""
     if requested not in BACKENDS:
         raise ValueError(f"attention backend {requested!r} unknown; choose from {BACKENDS}")
-    on_hopper = x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9
     if requested == "fa4":
         if not x.is_cuda or fa4_forward() is None:
             raise ValueError(
@@ -60,7 +71,8 @@ def resolve_backend(requested: str, x: torch.Tensor) -> str:
                 "(flash_attn.cute); use 'sdpa' or 'auto'"
             )
         return "fa4"
-    if requested == "auto" and on_hopper and fa4_forward() is not None:
+    auto_fa4 = requested == "auto" and _on_hopper(x) and fa4_forward() is not None
+    if auto_fa4 and fa4_self_check("dense", x.shape[-1], _device_index(x)) is None:
         return "fa4"
     return "sdpa"
 
@@ -69,16 +81,72 @@ def _fa4_dtype(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16)
 
 
+@torch.compiler.disable
 def cross_attention_backend(requested: str, q: torch.Tensor) -> str:
-    """``fa4`` when the cross-attention of ``q`` runs FA4's varlen forward, else ``sdpa``."""
-    chosen = resolve_backend(requested, q)
-    if chosen == "fa4" and _fa4_dtype(q) and fa4_varlen_forward() is not None:
+    """``fa4`` when the cross-attention of ``q`` runs FA4's varlen forward (bf16 / fp16
+    only), else ``sdpa``; ``auto`` after :func:`fa4_self_check` of the varlen path."""
+    if requested not in BACKENDS:
+        raise ValueError(f"attention backend {requested!r} unknown; choose from {BACKENDS}")
+    if requested == "fa4":
+        if not q.is_cuda or fa4_varlen_forward() is None:
+            raise ValueError(
+                "attention backend 'fa4' needs a CUDA tensor and the flash-attn-4 package "
+                "(flash_attn.cute); use 'sdpa' or 'auto'"
+            )
+        return "fa4" if _fa4_dtype(q) else "sdpa"
+    auto_fa4 = requested == "auto" and _fa4_dtype(q) and _on_hopper(q) and fa4_varlen_forward()
+    if auto_fa4 and fa4_self_check("varlen", q.shape[-1], _device_index(q)) is None:
         return "fa4"
     return "sdpa"
 
 
+@functools.cache
+def fa4_self_check(kind: str, head_dim: int, device_index: int = 0) -> str | None:
+    """Run FA4's ``kind`` forward (``dense``: one sequence per sample; ``varlen``: queries
+    against packed keys of unequal lengths) in bf16 against fp32 SDPA on random inputs at
+    ``head_dim``, once per process. None when within 2e-2 relative, else what failed (and
+    ``auto`` then keeps SDPA for that path, with a warning)."""
+    import warnings
+
+    device = torch.device("cuda", device_index)
+    g = torch.Generator(device=device).manual_seed(1234)
+    try:
+        q, k, v = (
+            torch.randn(2, 320, 2, head_dim, generator=g, device=device, dtype=torch.bfloat16)
+            for _ in range(3)
+        )
+        if kind == "dense":
+            out = _fa4_dense(q, k, v)
+            ref = _sdpa(q.float(), k.float(), v.float(), None)
+        else:
+            mask = torch.zeros(2, 64, dtype=torch.bool, device=device)
+            mask[0, :50] = True
+            mask[1, 3:40:2] = True
+            k, v = k[:, :64], v[:, :64]
+            out = _fa4_packed_cross(q, k, v, PackedText.from_mask(mask))
+            ref = _sdpa(q.float(), k.float(), v.float(), mask)
+        err = float((out.float() - ref).norm() / ref.norm())
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # a kernel that fails to compile or launch
+        problem = f"FA4 {kind} forward failed at head dim {head_dim}: {type(exc).__name__}: {exc}"
+    else:
+        problem = None if err < 2e-2 else f"FA4 {kind} forward rel err {err:.3g} at {head_dim}"
+    if problem is not None:
+        warnings.warn(f"attention backend auto keeps SDPA: {problem}", stacklevel=2)
+    return problem
+
+
+def _sdpa(q_BNHD, k_BLHD, v_BLHD, mask_BL: torch.Tensor | None) -> torch.Tensor:
+    attn_mask = None if mask_BL is None else mask_BL[:, None, None, :].to(torch.bool)
+    out_BHND = F.scaled_dot_product_attention(
+        q_BNHD.transpose(1, 2), k_BLHD.transpose(1, 2), v_BLHD.transpose(1, 2), attn_mask=attn_mask
+    )
+    return out_BHND.transpose(1, 2)
+
+
 @torch.compiler.disable
 def _fa4_dense(q_BNHD, k_BNHD, v_BNHD) -> torch.Tensor:
+    q_BNHD, k_BNHD, v_BNHD = (t.contiguous() for t in (q_BNHD, k_BNHD, v_BNHD))
     out = fa4_forward()(q_BNHD, k_BNHD, v_BNHD, softmax_scale=q_BNHD.shape[-1] ** -0.5)
     return out[0] if isinstance(out, tuple) else out
 
@@ -87,10 +155,7 @@ def dense_attention(q_BNHD, k_BNHD, v_BNHD, backend: str = "auto") -> torch.Tens
     """Bidirectional attention over one sequence per sample -> ``[B, N, H, D]``."""
     if resolve_backend(backend, q_BNHD) == "fa4" and _fa4_dtype(q_BNHD):
         return _fa4_dense(q_BNHD, k_BNHD, v_BNHD)
-    out_BHND = F.scaled_dot_product_attention(
-        q_BNHD.transpose(1, 2), k_BNHD.transpose(1, 2), v_BNHD.transpose(1, 2)
-    )
-    return out_BHND.transpose(1, 2)
+    return _sdpa(q_BNHD, k_BNHD, v_BNHD, None)
 
 
 @dataclass(frozen=True)
@@ -146,8 +211,4 @@ def masked_cross_attention(
             full = torch.ones(b, length, dtype=torch.bool, device=k_BLHD.device)
             packed = PackedText.from_mask(full if mask_BL is None else mask_BL)
         return _fa4_packed_cross(q_BNHD, k_BLHD, v_BLHD, packed)
-    attn_mask = None if mask_BL is None else mask_BL[:, None, None, :].to(torch.bool)
-    out_BHND = F.scaled_dot_product_attention(
-        q_BNHD.transpose(1, 2), k_BLHD.transpose(1, 2), v_BLHD.transpose(1, 2), attn_mask=attn_mask
-    )
-    return out_BHND.transpose(1, 2)
+    return _sdpa(q_BNHD, k_BLHD, v_BLHD, mask_BL)
