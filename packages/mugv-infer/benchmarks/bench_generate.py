@@ -200,7 +200,22 @@ def main() -> int:
     save()
     if args.steps > 0:
         if result["fa4"] and device.type == "cuda":
-            result["cross_attention"] = cross_attention_timing(model.config, tokens, device, dtype)
+            from mugv_infer.models.attention import fa4_self_check
+
+            dh = model.config.hidden_size // model.config.num_heads
+            index = torch.cuda.current_device()
+            # what `auto` (ours) will take: FA4 per path only after its self-check
+            result["fa4_self_check"] = {
+                kind: fa4_self_check(kind, dh, index) or "ok" for kind in ("dense", "varlen")
+            }
+            print(f"FA4 self-check at head dim {dh}: {result['fa4_self_check']}", flush=True)
+            try:
+                result["cross_attention"] = cross_attention_timing(
+                    model.config, tokens, device, dtype
+                )
+            except Exception as exc:  # keep the rest of the run
+                result["cross_attention_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                print(f"cross-attention timing failed: {result['cross_attention_error']}")
             save()
         result["dit"] = per_step(args, model, tokens, device, dtype, result)
         save()
@@ -275,7 +290,9 @@ def per_step(args, model, tokens: int, device, dtype, result: dict) -> dict:
     model.set_fused_ops(not args.no_fused)
     ours_s, ours_out = time_steps(model, inputs, args.steps, args.warmup + 1, ours_backend)
     set_compiled(model, False)
-    parts = ["FA4" if result["fa4"] and device.type == "cuda" else "SDPA"]
+    checks = result.get("fa4_self_check", {})
+    fa4_paths = [k for k in ("dense", "varlen") if checks.get(k) == "ok"]
+    parts = [f"FA4 ({' + '.join(fa4_paths)})" if fa4_paths else "SDPA"]
     parts += [] if args.no_fused else ["fused"]
     parts += ["compile"] if compiled else []
     result["ours_variant"] = " + ".join(parts)
