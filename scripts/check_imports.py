@@ -2,7 +2,8 @@
 """Check the import rules between mugv packages.
 
 Allowed: any -> mugv_formats, any -> mugv_kernels, align -> dit, infer -> vae; nothing else.
-mugv-formats imports no other mugv package. A package must also declare every sibling it
+mugv-formats imports no other mugv package. The umbrella ``mugv`` (packages/mugv) may import
+every stage; no stage imports the umbrella. A package must also declare every sibling it
 imports in its own pyproject dependencies. Prints each violation as FILE:LINE and exits 1.
 """
 
@@ -25,6 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "align": {"formats", "kernels", "dit"},
     "infer": {"formats", "kernels", "vae"},
 }
+#: The umbrella package ``mugv`` (packages/mugv): may import every stage, imported by none.
+UMBRELLA = "umbrella"
 
 
 def imported_mugv_packages(path: Path) -> list[tuple[int, str]]:
@@ -40,11 +43,17 @@ def imported_mugv_packages(path: Path) -> list[tuple[int, str]]:
             m = re.match(r"^mugv_(\w+?)(\.|$)", n)
             if m:
                 out.append((node.lineno, m.group(1)))
+            elif re.match(r"^mugv(\.|$)", n):
+                out.append((node.lineno, UMBRELLA))
     return out
 
 
+def _package_dir(pkg: str, root: Path) -> Path:
+    return root / "packages" / ("mugv" if pkg == UMBRELLA else f"mugv-{pkg}")
+
+
 def declared_siblings(pkg: str, root: Path = ROOT) -> set[str]:
-    data = tomllib.loads((root / "packages" / f"mugv-{pkg}" / "pyproject.toml").read_text())
+    data = tomllib.loads((_package_dir(pkg, root) / "pyproject.toml").read_text())
     deps = list(data["project"].get("dependencies", []))
     for extra in data["project"].get("optional-dependencies", {}).values():
         deps += extra
@@ -53,20 +62,24 @@ def declared_siblings(pkg: str, root: Path = ROOT) -> set[str]:
 
 def violations(root: Path = ROOT) -> list[str]:
     problems = []
-    for pkg in PACKAGES:
-        src = root / "packages" / f"mugv-{pkg}" / "src"
+    umbrella = _package_dir(UMBRELLA, root).is_dir()
+    for pkg in [*PACKAGES, UMBRELLA] if umbrella else PACKAGES:
+        src = _package_dir(pkg, root) / "src"
         declared = declared_siblings(pkg, root)
+        allowed = set(PACKAGES) if pkg == UMBRELLA else ALLOWED[pkg]
         for f in sorted(src.rglob("*.py")):
             for line, target in imported_mugv_packages(f):
                 if target == pkg:
                     continue
                 rel = f.relative_to(root)
-                if target not in PACKAGES:
+                if target == UMBRELLA:
+                    problems.append(f"{rel}:{line}: mugv-{pkg} may not import the umbrella mugv")
+                elif target not in PACKAGES:
                     problems.append(f"{rel}:{line}: imports unknown package mugv_{target}")
-                elif target not in ALLOWED[pkg]:
+                elif target not in allowed:
                     problems.append(
                         f"{rel}:{line}: mugv-{pkg} may not import mugv_{target} "
-                        f"(allowed: {sorted(ALLOWED[pkg]) or 'none'})"
+                        f"(allowed: {sorted(allowed) or 'none'})"
                     )
                 elif target not in declared:
                     problems.append(

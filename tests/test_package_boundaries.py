@@ -44,3 +44,20 @@ def test_check_catches_forbidden_and_undeclared_imports(repo_root: Path, tmp_pat
     )
     problems = check_imports.violations(tmp_path)
     assert any("imports mugv_vae but does not declare mugv-vae" in p for p in problems)
+
+
+def test_umbrella_may_import_stages_and_no_stage_imports_it(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    _copy_tree(repo_root, tmp_path)
+    umbrella = tmp_path / "packages" / "mugv"
+    (umbrella / "src" / "mugv").mkdir(parents=True)
+    shutil.copy(repo_root / "packages" / "mugv" / "pyproject.toml", umbrella / "pyproject.toml")
+    (umbrella / "src" / "mugv" / "ok.py").write_text("import mugv_dit\nimport mugv_infer.run\n")
+    vae_src = tmp_path / "packages" / "mugv-vae" / "src" / "mugv_vae"
+    vae_src.mkdir()
+    (vae_src / "bad.py").write_text("from mugv.config import load_config\n")
+    problems = check_imports.violations(tmp_path)
+    assert problems == [
+        "packages/mugv-vae/src/mugv_vae/bad.py:1: mugv-vae may not import the umbrella mugv"
+    ]

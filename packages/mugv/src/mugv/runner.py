@@ -1,0 +1,326 @@
+"""Run stages as child processes, reuse finished ones, show progress.
+
+A stage is a list of steps; a step is one command (a stage package's console script, or
+``python -m mugv.tools ...`` for the umbrella's own glue). Each child:
+
+- writes its output to ``RUN/logs/STAGE.log`` (the live display shows its last line);
+- dies with this process (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` armed before ``exec``), and is
+  killed when this process stops on an error or Ctrl-C.
+
+A stage that finished writes ``RUN/.mugv/done/STAGE.json`` atomically, holding a key: the
+sha256 of its resolved settings, the previous stage's key and the mugv version. A later run
+whose key matches, and whose outputs are all present, reuses the stage and says so. A
+different key, a missing output or ``--force STAGE`` (which also redoes every later stage)
+removes the stage's outputs and runs it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mugv import __version__
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class Step:
+    """One child process (``cmd``) or an in-process function (``fn``, fast glue only)."""
+
+    title: str
+    cmd: list[str] | None = None
+    fn: Callable[[], None] | None = None
+
+
+@dataclass
+class Stage:
+    name: str
+    title: str
+    settings: dict[str, Any]
+    """Everything that decides the stage's result (stage configs, paths, inputs)."""
+    outputs: list[Path]
+    """Files/folders the stage writes; all must exist for a reuse; removed before a re-run."""
+    steps: list[Step] = field(default_factory=list)
+    scratch: list[Path] = field(default_factory=list)
+    """Temporary paths of an interrupted attempt; removed before a re-run."""
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def stage_key(stage: Stage, upstream: str) -> str:
+    blob = json.dumps(
+        {
+            "stage": stage.name,
+            "settings": stage.settings,
+            "upstream": upstream,
+            "mugv": __version__,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _last_line(log: Path) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
+    return parts[-1][-110:] if parts else ""
+
+
+class Display:
+    """rich progress on a terminal, plain lines otherwise (logs, CI, tests)."""
+
+    def __init__(self, total: int, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=False)
+        self.live = self.console.is_terminal
+        self.progress = None
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}", style="dim"),
+                console=self.console,
+            )
+            self.progress.start()
+            self.pipeline = self.progress.add_task("pipeline", total=total, detail="")
+        self.stage_task = None
+
+    def print(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False)
+        else:
+            print(text, flush=True)
+
+    def start_stage(self, name: str, steps: int) -> None:
+        if self.progress is not None:
+            self.stage_task = self.progress.add_task(f"  {name}", total=steps, detail="")
+
+    def step(self, title: str, detail: str = "") -> None:
+        if self.progress is not None and self.stage_task is not None:
+            self.progress.update(self.stage_task, detail=f"{title}: {detail}" if detail else title)
+
+    def step_done(self) -> None:
+        if self.progress is not None and self.stage_task is not None:
+            self.progress.advance(self.stage_task)
+
+    def end_stage(self) -> None:
+        if self.progress is not None:
+            if self.stage_task is not None:
+                self.progress.remove_task(self.stage_task)
+                self.stage_task = None
+            self.progress.advance(self.pipeline)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class Runner:
+    def __init__(self, run_dir: Path, *, threads: int = 2, display: Display | None = None):
+        self.run_dir = run_dir
+        self.threads = threads
+        self.display = display
+        self.done_dir = run_dir / ".mugv" / "done"
+        self.log_dir = run_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        n = str(self.threads)
+        env.update(
+            OMP_NUM_THREADS=n,
+            MKL_NUM_THREADS=n,
+            PYTHONWARNINGS="ignore",
+            TOKENIZERS_PARALLELISM="false",
+            TQDM_MININTERVAL="1",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TRANSFORMERS_VERBOSITY="error",
+        )
+        # Bytecode caches: without them every stage recompiles torch, Megatron and transformers
+        # from source (~15 s a process on 2 cores); the first stage writes them, the rest reuse.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(k, None)  # each stage is a single process of its own
+        return env
+
+    def _run_cmd(self, stage: Stage, step: Step, log: Path) -> None:
+        assert step.cmd is not None
+        with open(log, "a") as f:
+            f.write(f"\n$ {' '.join(step.cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(
+                step.cmd,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                while proc.poll() is None:
+                    if self.display is not None:
+                        self.display.step(step.title, _last_line(log))
+                    time.sleep(0.25)
+            finally:
+                if proc.poll() is None:  # Ctrl-C or an error here: the child goes too
+                    proc.kill()
+                    proc.wait()
+        if proc.returncode != 0:
+            raise StageFailed(
+                f"stage {stage.name}: step '{step.title}' failed (exit {proc.returncode}); "
+                f"last lines of {log}:\n" + _tail(log, 25)
+            )
+
+    def run(self, stages: list[Stage], force: str | None = None) -> list[dict]:
+        """Run or reuse each stage in order. Returns one summary dict per stage."""
+        names = [s.name for s in stages]
+        if force is not None and force not in names:
+            raise ValueError(f"--force {force!r}: no such stage; stages are {', '.join(names)}")
+        forced = set(names[names.index(force) :]) if force else set()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        upstream, summary = "", []
+        for stage in stages:
+            key = stage_key(stage, upstream)
+            upstream = key
+            marker = self.done_dir / f"{stage.name}.json"
+            done = _read_marker(marker)
+            why = None
+            if stage.name in forced:
+                why = "forced"
+            elif done is None:
+                why = "not run yet"
+            elif done.get("key") != key:
+                why = "settings or an earlier stage changed"
+            elif missing := [str(p) for p in stage.outputs if not p.exists()]:
+                why = f"output missing: {missing[0]}"
+            if why is None:
+                self._say(
+                    f"[{stage.name}] reused: finished {done['finished']} ({done['seconds']:.1f} s)"
+                )
+                summary.append(
+                    {
+                        "stage": stage.name,
+                        "reused": True,
+                        "seconds": done["seconds"],
+                        "steps": done.get("steps", []),
+                    }
+                )
+                if self.display is not None:
+                    self.display.end_stage()
+                continue
+            summary.append(self._run_stage(stage, key, marker, why))
+        return summary
+
+    def _say(self, text: str) -> None:
+        if self.display is not None:
+            self.display.print(text)
+        else:
+            print(text, flush=True)
+
+    def _run_stage(self, stage: Stage, key: str, marker: Path, why: str) -> dict:
+        marker.unlink(missing_ok=True)  # a failed re-run must not look finished
+        for out in [*stage.outputs, *stage.scratch]:
+            if out.is_dir() and not out.is_symlink():
+                shutil.rmtree(out)
+            elif out.exists() or out.is_symlink():
+                out.unlink()
+        log = self.log_dir / f"{stage.name}.log"
+        log.write_text(f"# mugv {__version__}: stage {stage.name} ({why})\n")
+        self._say(f"[{stage.name}] {stage.title} ({why})")
+        if self.display is not None:
+            self.display.start_stage(stage.name, len(stage.steps))
+        t0 = time.perf_counter()
+        steps = []
+        for step in stage.steps:
+            if self.display is not None:
+                self.display.step(step.title)
+            s0 = time.perf_counter()
+            if step.cmd is not None:
+                self._run_cmd(stage, step, log)
+            else:
+                assert step.fn is not None
+                step.fn()
+            dt = time.perf_counter() - s0
+            steps.append({"title": step.title, "seconds": round(dt, 2)})
+            self._say(f"    {step.title}: {dt:.1f} s")
+            if self.display is not None:
+                self.display.step_done()
+        seconds = time.perf_counter() - t0
+        write_json_atomic(
+            marker,
+            {
+                "key": key,
+                "stage": stage.name,
+                "seconds": round(seconds, 2),
+                "steps": steps,
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "mugv": __version__,
+            },
+        )
+        if self.display is not None:
+            self.display.end_stage()
+        self._say(f"[{stage.name}] done in {seconds:.1f} s")
+        return {"stage": stage.name, "reused": False, "seconds": round(seconds, 2), "steps": steps}
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and "key" in data else None
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        text = path.read_text(errors="replace").replace("\r", "\n")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])

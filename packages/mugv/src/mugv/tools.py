@@ -1,0 +1,217 @@
+"""The umbrella's own glue steps, each run as ``python -m mugv.tools NAME ...`` by the pipeline.
+
+- ``text-encoder``: a local T5 folder that ``mugv-infer --text-encoder`` loads and that gives
+  the same features as ``mugv-dit embed-text --text-encoder tiny-random`` (the demo's text
+  encoder): the tiny random T5 with a byte tokenizer, saved with transformers' ``ByT5Tokenizer``
+  (ids = byte + 3) and its embedding rows moved by one to match mugv-dit's ids (byte + 2).
+  A real encoder folder is copied as is.
+- ``prompts``: the distinct captions of a latent dataset (JSON list).
+- ``infer``: ``exec`` a ``mugv-infer generate`` command with one ``--prompt`` per caption.
+- ``recon``: each curated clip through the VAE (posterior mean): original and reconstruction
+  as mp4, PSNR (JSON).
+- ``first-frame``: the first curated clip's first frame at the generation size (I2V input).
+- ``memorise`` and ``report``: see :mod:`mugv.memorise` and :mod:`mugv.report`.
+
+Everything here reads and writes stage formats only; writes are atomic (a ``.partial`` folder
+renamed at the end, or mugv-formats' atomic writers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _atomic_json(path: Path, data) -> None:
+    from mugv_formats import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def write_mp4(frames_THW3: np.ndarray, path: Path, fps: float = 8.0) -> Path:
+    """uint8 frames -> H.264 mp4 (yuv420p, browser-playable), written atomically."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.mp4")
+    _, h, w, _ = frames_THW3.shape
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for frame in frames_THW3:
+            img = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(frame[: h - h % 2, : w - w % 2]), format="rgb24"
+            )
+            container.mux(stream.encode(img))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+    return path
+
+
+def to_uint8(video_CTHW: np.ndarray) -> np.ndarray:
+    """[-1, 1] float [3, T, H, W] -> uint8 [T, H, W, 3]."""
+    x = (np.clip(video_CTHW, -1, 1) + 1) * 127.5
+    return np.round(x).astype(np.uint8).transpose(1, 2, 3, 0)
+
+
+def text_encoder_folder(source: str, out: Path) -> None:
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if source != "tiny-random":
+        shutil.copytree(source, tmp)
+        tmp.rename(out)
+        return
+    import torch
+    from mugv_dit.text import TINY_RANDOM, TextEncoder
+    from transformers import ByT5Tokenizer
+
+    enc = TextEncoder(TINY_RANDOM, device="cpu")
+    emb = enc.model.get_input_embeddings().weight
+    with torch.no_grad():
+        # mugv-dit's byte tokenizer: id = 2 + byte (pad 0, eos 1); ByT5's: id = 3 + byte
+        emb[3:259] = emb[2:258].clone()
+    enc.model.save_pretrained(tmp)
+    ByT5Tokenizer(extra_ids=0).save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def prompts(latents: Path, out: Path) -> None:
+    from mugv_formats import LatentDataset
+
+    caps = []
+    for r in LatentDataset(latents).records():
+        if r.caption and r.caption not in caps:
+            caps.append(r.caption)
+    if not caps:
+        raise SystemExit(f"{latents}: no sample has a caption")
+    _atomic_json(out, caps)
+
+
+def infer(args: argparse.Namespace, cmd: list[str]) -> None:
+    caps = args.prompt_list or json.loads(Path(args.prompts).read_text())
+    caps = caps[: args.max_prompts] if args.max_prompts else caps
+    argv = [*cmd]
+    for c in caps:
+        argv += ["--prompt", c]
+    os.execv(argv[0], argv)  # same process: dies with the pipeline like any stage
+
+
+def _clips(path: Path, frames: int, size: tuple[int, int]):
+    from mugv_formats import ClipDataset
+    from mugv_vae.video import load_clip
+
+    for record, mp4 in ClipDataset(path):
+        yield record, load_clip(mp4, frames, [size], where=record.key)
+
+
+def recon(vae_dir: Path, clips: Path, out: Path, resolution: str, frames: int) -> None:
+    import warnings
+
+    import torch
+    from mugv_vae.model import MugvVAE
+    from mugv_vae.video import parse_resolution
+
+    warnings.simplefilter("ignore")
+    size = parse_resolution(resolution)
+    vae = MugvVAE.from_pretrained(vae_dir).eval()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    for record, x_CTHW in _clips(clips, frames, size):
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x_CTHW[None]), window=1).clamp(-1, 1)[0]
+        a, b = to_uint8(x_CTHW.numpy()), to_uint8(y.numpy())
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+        psnr = float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+        write_mp4(a, tmp / f"{record.key}.orig.mp4")
+        write_mp4(b, tmp / f"{record.key}.recon.mp4")
+        rows.append(
+            {"key": record.key, "caption": record.caption, "frames": int(a.shape[0]), "psnr": psnr}
+        )
+        print(f"{record.key}: PSNR {psnr:.2f} dB", flush=True)
+    _atomic_json(tmp / "recon.json", {"resolution": resolution, "clips": rows})
+    tmp.rename(out)
+
+
+def first_frame(clips: Path, resolution: str, out: Path) -> None:
+    from mugv_vae.video import parse_resolution
+    from PIL import Image
+
+    _, x_CTHW = next(iter(_clips(clips, 1, parse_resolution(resolution))))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial.png")
+    Image.fromarray(to_uint8(x_CTHW.numpy())[0]).save(tmp)
+    os.replace(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(prog="python -m mugv.tools")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("text-encoder")
+    s.add_argument("--source", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("prompts")
+    s.add_argument("--latents", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("infer")
+    s.add_argument("--prompts", type=Path)
+    s.add_argument("--prompt-list", nargs="*")
+    s.add_argument("--max-prompts", type=int, default=0)
+    s = sub.add_parser("recon")
+    s.add_argument("--vae", type=Path, required=True)
+    s.add_argument("--clips", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--resolution", default="64x64")
+    s.add_argument("--frames", type=int, default=17)
+    s = sub.add_parser("first-frame")
+    s.add_argument("--clips", type=Path, required=True)
+    s.add_argument("--resolution", default="64x64")
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("memorise")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--sample-steps", type=int, default=16)
+    s = sub.add_parser("report")
+    s.add_argument("--run", type=Path, required=True)
+    a = p.parse_args(argv)
+    if a.cmd == "text-encoder":
+        text_encoder_folder(a.source, a.out)
+    elif a.cmd == "prompts":
+        prompts(a.latents, a.out)
+    elif a.cmd == "infer":
+        if not tail:
+            p.error("infer needs -- COMMAND ...")
+        infer(a, tail)
+    elif a.cmd == "recon":
+        recon(a.vae, a.clips, a.out, a.resolution, a.frames)
+    elif a.cmd == "first-frame":
+        first_frame(a.clips, a.resolution, a.out)
+    elif a.cmd == "memorise":
+        from mugv.memorise import run_memorise
+
+        run_memorise(a.run, a.out, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps)
+    elif a.cmd == "report":
+        from mugv.report import write_report
+
+        write_report(a.run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Stage reuse, --force, atomic markers and child processes that die with the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mugv.runner import Runner, Stage, StageFailed, Step
+
+
+def _stages(tmp: Path, settings: dict | None = None) -> list[Stage]:
+    """Three stages; each appends its name to calls.txt and writes its output from the last."""
+    calls = tmp / "calls.txt"
+
+    def step(name: str, src: str | None):
+        def fn():
+            with open(calls, "a") as f:
+                f.write(name + "\n")
+            prev = (tmp / src).read_text() if src else ""
+            (tmp / name).write_text(prev + name)
+
+        return fn
+
+    s = settings or {}
+    return [
+        Stage("a", "A", {"x": s.get("a", 1)}, [tmp / "a"], [Step("a", fn=step("a", None))]),
+        Stage("b", "B", {"x": s.get("b", 1)}, [tmp / "b"], [Step("b", fn=step("b", "a"))]),
+        Stage("c", "C", {"x": s.get("c", 1)}, [tmp / "c"], [Step("c", fn=step("c", "b"))]),
+    ]
+
+
+def _calls(tmp: Path) -> list[str]:
+    p = tmp / "calls.txt"
+    out = p.read_text().split() if p.exists() else []
+    p.unlink(missing_ok=True)
+    return out
+
+
+def test_reuse_force_and_settings_change(tmp_path, capsys):
+    run = Runner(tmp_path / "run")
+    summary = run.run(_stages(tmp_path))
+    assert _calls(tmp_path) == ["a", "b", "c"] and (tmp_path / "c").read_text() == "abc"
+    assert [s["reused"] for s in summary] == [False, False, False]
+
+    summary = run.run(_stages(tmp_path))
+    assert _calls(tmp_path) == [] and [s["reused"] for s in summary] == [True, True, True]
+    assert capsys.readouterr().out.count("reused") == 3
+
+    run.run(_stages(tmp_path), force="b")  # b and everything after it
+    assert _calls(tmp_path) == ["b", "c"]
+
+    run.run(_stages(tmp_path, {"a": 2}))  # a changed: its key and every later key change
+    assert _calls(tmp_path) == ["a", "b", "c"]
+    run.run(_stages(tmp_path, {"a": 2, "c": 5}))
+    assert _calls(tmp_path) == ["c"]
+
+    (tmp_path / "b").unlink()  # a missing output redoes that stage (and the next: new key)
+    run.run(_stages(tmp_path, {"a": 2, "c": 5}))
+    assert _calls(tmp_path) == ["b"]  # b's key is unchanged, so c's is too
+    marker = json.loads((tmp_path / "run/.mugv/done/b.json").read_text())
+    assert marker["stage"] == "b" and len(marker["key"]) == 64
+    assert not list((tmp_path / "run/.mugv/done").glob(".*tmp"))  # written atomically
+
+    with pytest.raises(ValueError, match="no such stage"):
+        run.run(_stages(tmp_path), force="nope")
+
+
+def test_failed_stage_leaves_no_marker_and_names_the_log(tmp_path):
+    stages = _stages(tmp_path)
+    stages[1].steps = [
+        Step("boom", cmd=[sys.executable, "-c", "print('bad input x'); raise SystemExit(3)"])
+    ]
+    run = Runner(tmp_path / "run")
+    with pytest.raises(
+        StageFailed, match=r"(?s)stage b: step 'boom' failed \(exit 3\).*bad input x"
+    ):
+        run.run(stages)
+    assert (tmp_path / "run/.mugv/done/a.json").is_file()
+    assert not (tmp_path / "run/.mugv/done/b.json").exists()
+    assert "bad input x" in (tmp_path / "run/logs/b.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_stage_process_dies_with_a_killed_pipeline(tmp_path):
+    """SIGKILL the pipeline process (no clean-up runs): its running stage child goes too."""
+    pidfile = tmp_path / "child.pid"
+    driver = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from mugv.runner import Runner, Stage, Step
+        child = ("import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+                 "time.sleep(120)")
+        Runner(Path({str(tmp_path / "run")!r})).run(
+            [Stage("s", "S", {{}}, [], [Step("sleep", cmd=[sys.executable, "-c", child])])])
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.time() + 60
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.time() < deadline and proc.poll() is None, "stage child never started"
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    assert _alive(child)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the stage process outlived the killed pipeline"
