@@ -217,7 +217,8 @@ def main() -> int:
                 result["cross_attention_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 print(f"cross-attention timing failed: {result['cross_attention_error']}")
             save()
-        result["dit"] = per_step(args, model, tokens, device, dtype, result)
+        result["dit"] = per_step(args, model, tokens, device, dtype, result, save)
+        result.pop("dit_reference_only", None)
         save()
     if args.e2e_steps > 0:
         model.set_fused_ops(not args.no_fused)
@@ -276,7 +277,7 @@ def cross_attention_timing(cfg, tokens: int, device, dtype, iters: int = 20) -> 
     return res
 
 
-def per_step(args, model, tokens: int, device, dtype, result: dict) -> dict:
+def per_step(args, model, tokens: int, device, dtype, result: dict, save=lambda: None) -> dict:
     """Seconds per CFG step (batch 2), plain reference against ours, same weights and inputs."""
     inputs = step_inputs(model, args.height, args.width, args.frames, device, dtype)
     flops = model_tflop_per_step(model.config, tokens)
@@ -284,6 +285,8 @@ def per_step(args, model, tokens: int, device, dtype, result: dict) -> dict:
     ref_s, ref_out = time_steps(model, inputs, args.steps, args.warmup, "sdpa")
     rows.append(("reference (SDPA, eager)", ref_s))
     print(f"reference: {ref_s:.3f} s / CFG step", flush=True)
+    result["dit_reference_only"] = {"reference_s_per_cfg_step": ref_s}  # if ours is cut short
+    save()
     ours_backend = "auto"
     compiled = not args.no_compile and device.type == "cuda"
     set_compiled(model, compiled)
@@ -333,7 +336,25 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
     set_compiled(model, not args.no_compile and device.type == "cuda")
     ids = torch.randint(0, 32128, (2, 300), generator=torch.Generator().manual_seed(0))
 
-    def run(threshold: float):
+    def warmup() -> float:
+        """One CFG step at the run's shapes, untimed: torch.compile and FA4's JIT."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            hidden = torch.zeros(2, 300, model.config.text_dim, dtype=dtype, device=device)
+        pipe(
+            prompt_embeds=hidden[:1],
+            negative_prompt_embeds=hidden[1:, :120],
+            height=args.height,
+            width=args.width,
+            num_frames=args.frames,
+            num_inference_steps=1,
+            generator=torch.Generator().manual_seed(1),
+            output_type="latent",
+        )
+        _sync()
+        return time.perf_counter() - t0
+
+    def run(threshold: float, progress=None):
         _sync()
         _reset_peak()
         t0 = time.perf_counter()
@@ -355,6 +376,7 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
             generator=g,
             output_type="latent",
             step_cache_threshold=threshold,
+            callback_on_step_end=progress,
         )
         _sync()
         t_dit = time.perf_counter() - t0 - t_text
@@ -375,8 +397,19 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
             video,
         )
 
-    exact, lat, video = run(0.0)
-    res = {"steps": args.e2e_steps, "offload": args.offload, "ours": exact}
+    res = {"steps": args.e2e_steps, "offload": args.offload, "warmup_s": warmup()}
+    print(f"e2e warm-up (compile, 1 CFG step): {res['warmup_s']:.1f} s", flush=True)
+    started = time.perf_counter()
+
+    def progress(_pipe, i, _t, tensors):  # partial numbers if the run is cut short
+        _sync()
+        res["ours_progress"] = {"steps_done": i + 1, "elapsed_s": time.perf_counter() - started}
+        partial(res)
+        return tensors
+
+    exact, lat, video = run(0.0, progress)
+    res.pop("ours_progress", None)
+    res["ours"] = exact
     print(f"e2e ours: {json.dumps(exact)}", flush=True)
     partial(res)
     if args.step_cache > 0:

@@ -52,7 +52,9 @@ if ! python3 -c "import flash_attn.cute" 2>/dev/null; then
 fi
 src=$PWD/packages/mugv-formats/src:$PWD/packages/mugv-kernels/src:$PWD/packages/mugv-vae/src
 src=$src:$PWD/packages/mugv-infer/src
-export PYTHONPATH=$PYTHONPATH:/tmp/site:/tmp/infer-deps:$src
+# /tmp/infer-deps before /tmp/site: what the stage part installed there (versions of uv.lock)
+# wins over other versions of the same distributions
+export PYTHONPATH=$PYTHONPATH:/tmp/infer-deps:/tmp/site:$src
 export PYTHONUNBUFFERED=1
 mkdir -p /tmp/site/mugv_formats-1.0.0.dist-info
 printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
@@ -146,6 +148,10 @@ print("| run | preset | variant | total s | T5 s | DiT s | VAE decode s | peak G
       "| DiT speed-up | latent max / mean abs | video PSNR dB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for stem, preset, name, e in e2e_rows:
+    if name == "ours_progress":  # the run was cut short: how far it got
+        print(f"| {stem} | {preset} | ours, cut short after {e['steps_done']} steps "
+              f"| {e['elapsed_s']:.1f} s of DiT (+ T5) | | | | | | | | |")
+        continue
     try:
         extra = "| | | |"
         if "speedup_dit" in e:
