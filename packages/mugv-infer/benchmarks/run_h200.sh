@@ -12,13 +12,15 @@
 # PARTs, with the wall-clock limit of each (estimates on one H200 in brackets):
 #   stage  install the wheels of .infer-wheels/ that the machine lacks into /tmp/infer-deps
 #   tests  pytest -m gpu test_gpu.py                                        150 s  [~60 s]
-#   step   10b, 720p x 105 frames, 3 timed CFG steps, reference vs ours     330 s  [~230 s]
+#   step   10b, 720p x 105 frames, 3 timed CFG steps, reference vs ours     330 s  [~260 s]
 #   e2e    10b, 25 steps end to end (T5 + DiT + VAE decode), CPU offload,
-#          VAE tile 32; no per-step table                                   520 s  [~450 s]
+#          VAE tile 32; no per-step table, one untimed warm-up step         520 s  [~480 s]
 #   cache  2b, 1 timed CFG step, then 25 steps end to end exact and with
-#          the step cache at 0.1: speed-up and deviation                    400 s  [~300 s]
+#          the step cache at 0.1: speed-up and deviation                    440 s  [~360 s]
 # Each part writes its log and JSON under $OUT (partial JSON if cut short) and the call ends
-# with a table of every JSON found there (summary.md).
+# with a table of every JSON found there (summary.md). BENCH_EXTRA="..." appends flags to
+# every bench_generate.py call (e.g. "--no-compile" if compiling the 10b block eats the e2e
+# budget; "--device cpu --preset debug --height 32 --width 48 --frames 9" for a CPU dry run).
 set -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 1
 OUT=${OUT:-/tmp/out}
@@ -104,7 +106,7 @@ for part in $parts; do
       ;;
     step) bench step 330 --preset 10b --steps 3 ;;
     e2e) bench e2e 520 --preset 10b --steps 0 --e2e-steps 25 --offload --vae-tile 32 ;;
-    cache) bench cache 400 --preset 2b --steps 1 --e2e-steps 25 --step-cache 0.1 ;;
+    cache) bench cache 440 --preset 2b --steps 1 --e2e-steps 25 --step-cache 0.1 ;;
     *) echo "unknown part $part (stage | tests | step | e2e | cache)" && exit 2 ;;
   esac
   echo "=== $part took $((SECONDS - t0)) s"
