@@ -58,6 +58,9 @@ src=$src:$PWD/packages/mugv-infer/src
 # wins over other versions of the same distributions
 export PYTHONPATH=$PYTHONPATH:/tmp/infer-deps:/tmp/site:$src
 export PYTHONUNBUFFERED=1
+# library deprecation chatter dropped from the logs (our own UserWarnings, e.g. an FA4
+# self-check that failed, stay)
+NOISE="FutureWarning|DeprecationWarning|^ +warnings\.warn|^ +return func|^ +checkpoint\.load"
 mkdir -p /tmp/site/mugv_formats-1.0.0.dist-info
 printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
   > /tmp/site/mugv_formats-1.0.0.dist-info/METADATA
@@ -92,7 +95,7 @@ bench() {  # NAME LIMIT_S ARGS...: one bench_generate.py run -> NAME.log, NAME.j
   set -- "$@" ${BENCH_EXTRA:-}
   echo "=== $name (limit ${limit} s): bench_generate.py $*"
   timeout -k 10 "$limit" python3 "$here/bench_generate.py" "$@" --out "$OUT/$name.json" 2>&1 \
-    | grep --line-buffered -v -i "warn" | tee "$OUT/$name.log"
+    | grep --line-buffered -v -E "$NOISE" | tee "$OUT/$name.log"
   echo "=== $name rc ${PIPESTATUS[0]} (124: cut at the limit; partial JSON kept)"
 }
 
