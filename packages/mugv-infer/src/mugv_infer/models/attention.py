@@ -71,7 +71,7 @@ def resolve_backend(requested: str, x: torch.Tensor) -> str:
                 "(flash_attn.cute); use 'sdpa' or 'auto'"
             )
         return "fa4"
-    auto_fa4 = requested == "auto" and _on_hopper(x) and fa4_forward() is not None
+    auto_fa4 = requested == "auto" and _fa4_dtype(x) and _on_hopper(x) and fa4_forward()
     if auto_fa4 and fa4_self_check("dense", x.shape[-1], _device_index(x)) is None:
         return "fa4"
     return "sdpa"
