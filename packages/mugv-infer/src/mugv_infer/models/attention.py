@@ -5,7 +5,8 @@ package ``flash-attn-4``, module ``flash_attn.cute``; its forward is exact at he
 no padding is needed for inference) and ``auto`` (``fa4`` on a Hopper GPU when it imports,
 else ``sdpa``). Libraries are detected by what they export: installing flash-attn-4 creates a
 ``flash_attn`` namespace package without flash-attn 2's functions. FA4 runs for bf16 / fp16
-tensors only (other dtypes take SDPA under every backend). ``auto`` takes FA4 for a path
+tensors at head dims that are multiples of 8 up to 128 (anything else takes SDPA under every
+backend). ``auto`` takes FA4 for a path
 (dense self-attention, varlen cross-attention) only after a start-up self-check of that path
 at the model's head dim against fp32 SDPA (:func:`fa4_self_check`, once per process).
 
@@ -71,14 +72,17 @@ def resolve_backend(requested: str, x: torch.Tensor) -> str:
                 "(flash_attn.cute); use 'sdpa' or 'auto'"
             )
         return "fa4"
-    auto_fa4 = requested == "auto" and _fa4_dtype(x) and _on_hopper(x) and fa4_forward()
+    auto_fa4 = requested == "auto" and _fa4_can_run(x) and _on_hopper(x) and fa4_forward()
     if auto_fa4 and fa4_self_check("dense", x.shape[-1], _device_index(x)) is None:
         return "fa4"
     return "sdpa"
 
 
-def _fa4_dtype(x: torch.Tensor) -> bool:
-    return x.dtype in (torch.bfloat16, torch.float16)
+def _fa4_can_run(x: torch.Tensor) -> bool:
+    """bf16 / fp16 at a head dim FA4 may take (multiple of 8, <= 128); ``auto`` still
+    self-checks it before use."""
+    head_dim = x.shape[-1]
+    return x.dtype in (torch.bfloat16, torch.float16) and head_dim % 8 == 0 and head_dim <= 128
 
 
 @torch.compiler.disable
@@ -93,8 +97,8 @@ def cross_attention_backend(requested: str, q: torch.Tensor) -> str:
                 "attention backend 'fa4' needs a CUDA tensor and the flash-attn-4 package "
                 "(flash_attn.cute); use 'sdpa' or 'auto'"
             )
-        return "fa4" if _fa4_dtype(q) else "sdpa"
-    auto_fa4 = requested == "auto" and _fa4_dtype(q) and _on_hopper(q) and fa4_varlen_forward()
+        return "fa4" if _fa4_can_run(q) else "sdpa"
+    auto_fa4 = requested == "auto" and _fa4_can_run(q) and _on_hopper(q) and fa4_varlen_forward()
     if auto_fa4 and fa4_self_check("varlen", q.shape[-1], _device_index(q)) is None:
         return "fa4"
     return "sdpa"
@@ -153,7 +157,7 @@ def _fa4_dense(q_BNHD, k_BNHD, v_BNHD) -> torch.Tensor:
 
 def dense_attention(q_BNHD, k_BNHD, v_BNHD, backend: str = "auto") -> torch.Tensor:
     """Bidirectional attention over one sequence per sample -> ``[B, N, H, D]``."""
-    if resolve_backend(backend, q_BNHD) == "fa4" and _fa4_dtype(q_BNHD):
+    if resolve_backend(backend, q_BNHD) == "fa4" and _fa4_can_run(q_BNHD):
         return _fa4_dense(q_BNHD, k_BNHD, v_BNHD)
     return _sdpa(q_BNHD, k_BNHD, v_BNHD, None)
 
