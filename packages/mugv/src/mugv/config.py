@@ -84,9 +84,14 @@ class MemoriseSection(BaseModel):
 
     model_config = _STRICT
     enabled: bool = True
-    steps: int = Field(300, ge=1)
-    lr: float = 2e-3
+    steps: int = Field(400, ge=1)
+    lr: float = 1e-3
     sample_steps: int = Field(16, ge=1)
+    model: dict[str, Any] = Field(
+        default_factory=lambda: {"hidden_size": 96, "num_heads": 4, "num_layers": 4},
+        description="Overrides of the DiT config's model (the debug preset is too small to "
+        "memorise a clip from pure noise).",
+    )
 
 
 class PipelineConfig(BaseModel):

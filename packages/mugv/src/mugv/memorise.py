@@ -1,7 +1,9 @@
 """The memorisation check: is the chain right end to end, not only running?
 
-A debug-size DiT is trained (``mugv-dit train``, T2V only, no caption dropout) for a few hundred
-CPU steps on ONE real clip's latents with its fixed caption, exported (``mugv-dit export``,
+A small DiT (mugv-dit's debug preset at width 96 and 4 layers: 2 layers of width 48 cannot
+place a clip's content from pure noise) is trained (``mugv-dit train``, T2V only, no caption
+dropout, noise levels up to pure noise) for a few hundred CPU steps on ONE real clip's
+latents with its fixed caption, exported (``mugv-dit export``,
 raw weights), and asked through mugv-infer's pipeline (its sampler, shift, normalisation, the
 text encoder folder) for that caption at the clip's size, frame count and fps, without CFG.
 A model that memorised its one clip regenerates its latents; an untrained one (same
@@ -74,7 +76,14 @@ def _one_clip_dataset(src: Path, dst: Path, copies: int, key: str | None = None)
 
 
 def run_memorise(
-    run: Path, out: Path, *, steps: int, lr: float, sample_steps: int, batch: int = 8
+    run: Path,
+    out: Path,
+    *,
+    steps: int,
+    lr: float,
+    sample_steps: int,
+    batch: int = 8,
+    model: dict | None = None,
 ) -> dict:
     import torch
 
@@ -88,8 +97,15 @@ def run_memorise(
     dit_cfg = yaml.safe_load((run / "configs" / "dit.yaml").read_text())
     cfg = {
         "preset": dit_cfg.get("preset", "debug"),
-        "model": dit_cfg.get("model", {}),
-        "objective": {"task_ratios": {"t2v": 1.0}, "caption_dropout": 0.0},
+        "model": {**dit_cfg.get("model", {}), **(model or {})},
+        # Noise levels up to pure noise, where the sampler starts: at 64x64 x 3 latents the
+        # resolution shift (r ~ 0.2) would keep training below s ~ 0.8.
+        "objective": {
+            "task_ratios": {"t2v": 1.0},
+            "caption_dropout": 0.0,
+            "shift_by_resolution": False,
+            "logit_normal_mean": 1.0,
+        },
         "data": {"path": str(out / "data"), "tokens_per_batch": 4096, "max_batch_size": batch},
         "train": {"ema_decay": None, "save_every": 0, "progress": False, "seed": 0},
         "curriculum": [

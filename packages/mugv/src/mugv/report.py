@@ -325,7 +325,7 @@ def _memorise(run: Path, asset: _Assets) -> str:
     c = asset(run / "memorise" / "untrained.mp4", "memorise/untrained.mp4")
     ok = res["trained_rel_error"] < 0.5 * res["untrained_rel_error"]
     return (
-        f"<p>A DiT of the debug size trained for {res['steps']} CPU steps on one clip's "
+        f"<p>A small DiT trained by mugv-dit for {res['steps']} CPU steps on one clip's "
         f"latents (<code>{_esc(res['clip'])}</code>, caption <i>{_esc(res['caption'])}</i>) "
         f"regenerates them through mugv-infer's sampler ({res['sample_steps']} steps, no CFG). "
         f"Relative latent error <b>{res['trained_rel_error']:.3f}</b> against "

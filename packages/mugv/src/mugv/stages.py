@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -497,6 +498,8 @@ def build_stages(cfg: PipelineConfig, run: Path) -> list[Stage]:
                             str(mem.lr),
                             "--sample-steps",
                             str(mem.sample_steps),
+                            "--model",
+                            json.dumps(mem.model),
                             "--out",
                             str(R / "memorise"),
                         ),

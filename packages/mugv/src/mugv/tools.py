@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--sample-steps", type=int, default=16)
+    s.add_argument("--model", type=json.loads, default={}, help="model overrides (JSON)")
     s = sub.add_parser("report")
     s.add_argument("--run", type=Path, required=True)
     a = p.parse_args(argv)
@@ -205,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "memorise":
         from mugv.memorise import run_memorise
 
-        run_memorise(a.run, a.out, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps)
+        run_memorise(
+            a.run, a.out, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps, model=a.model
+        )
     elif a.cmd == "report":
         from mugv.report import write_report
 
