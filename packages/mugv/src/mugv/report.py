@@ -18,11 +18,11 @@ from pathlib import Path
 from mugv.runner import _read_marker
 
 PLAIN = (
-    "These models are tiny (a VAE with a few channels trained for a couple of minutes, a DiT of "
-    "a few layers trained for tens of steps on four clips, on a CPU), so the generated videos "
-    "are poor: blurry colour fields, not pictures. The demo shows that every stage runs on "
-    "real data and hands its files to the next, and what each stage measured; quality comes "
-    "from the real model sizes, data and GPU hours (see the benchmarks)."
+    "These models are tiny (a VAE with a few channels trained for a few hundred steps, a DiT "
+    "of a few layers trained for tens of steps on a handful of clips, on a CPU), so the "
+    "generated videos are poor: blurry colour fields, not pictures. The demo shows that every "
+    "stage runs on real data and hands its files to the next, and what each stage measured; "
+    "quality comes from the real model sizes, data and GPU hours (see the benchmarks)."
 )
 
 CSS = """
@@ -331,8 +331,8 @@ def _memorise(run: Path, asset: _Assets) -> str:
         f"Relative latent error <b>{res['trained_rel_error']:.3f}</b> against "
         f"<b>{res['untrained_rel_error']:.3f}</b> for the untrained model "
         f'<span class="{"ok" if ok else "bad"}">({"passes" if ok else "fails"})</span>. '
-        f"Decoded frames: MSE to this clip's VAE reconstruction {res['mse_to_target']:.4f}, to "
-        f"the nearest other clip's {res['mse_to_nearest_other']:.4f}.</p>"
+        f"Decoded frames: MSE to this clip's VAE reconstruction {res['mse_to_target']:.2e}, "
+        f"to the nearest other clip's {res['mse_to_nearest_other']:.2e}.</p>"
         "<table><tr><th>VAE reconstruction of the clip</th><th>regenerated (trained)</th>"
         f"<th>untrained model</th></tr><tr><td>{_video(a, 160)}</td><td>{_video(b, 160)}</td>"
         f"<td>{_video(c, 160)}</td></tr></table>"
