@@ -324,6 +324,12 @@ def _memorise(run: Path, asset: _Assets) -> str:
     b = asset(run / "memorise" / "regenerated.mp4", "memorise/regenerated.mp4")
     c = asset(run / "memorise" / "untrained.mp4", "memorise/untrained.mp4")
     ok = res["trained_rel_error"] < 0.5 * res["untrained_rel_error"]
+    other = res.get("mse_to_nearest_other")
+    nearest = (
+        "no other clip to compare with"
+        if other is None
+        else f"to the nearest other clip's {other:.2e}"
+    )
     return (
         f"<p>A small DiT trained by mugv-dit for {res['steps']} CPU steps on one clip's "
         f"latents (<code>{_esc(res['clip'])}</code>, caption <i>{_esc(res['caption'])}</i>) "
@@ -332,7 +338,7 @@ def _memorise(run: Path, asset: _Assets) -> str:
         f"<b>{res['untrained_rel_error']:.3f}</b> for the untrained model "
         f'<span class="{"ok" if ok else "bad"}">({"passes" if ok else "fails"})</span>. '
         f"Decoded frames: MSE to this clip's VAE reconstruction {res['mse_to_target']:.2e}, "
-        f"to the nearest other clip's {res['mse_to_nearest_other']:.2e}.</p>"
+        f"{nearest}.</p>"
         "<table><tr><th>VAE reconstruction of the clip</th><th>regenerated (trained)</th>"
         f"<th>untrained model</th></tr><tr><td>{_video(a, 160)}</td><td>{_video(b, 160)}</td>"
         f"<td>{_video(c, 160)}</td></tr></table>"

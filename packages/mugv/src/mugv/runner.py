@@ -117,15 +117,21 @@ class Display:
                 TextColumn,
                 TimeElapsedColumn,
             )
+            from rich.table import Column
 
             self.progress = Progress(
                 SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=20),
+                TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+                BarColumn(bar_width=12),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("{task.fields[detail]}", style="dim"),
+                TextColumn(
+                    "{task.fields[detail]}",
+                    style="dim",
+                    table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"),
+                ),
                 console=self.console,
+                expand=True,
             )
             self.progress.start()
             self.pipeline = self.progress.add_task("pipeline", total=total, detail="")
