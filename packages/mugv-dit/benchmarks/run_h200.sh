@@ -23,8 +23,11 @@ printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' > /tmp/site
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 if [ "$part" = tests ] || [ "$part" = all ]; then
-  timeout 240 python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu.py \
-    packages/mugv-dit/tests/test_gpu_fa4.py -q -p no:cacheprovider -rfEX 2>&1 | tail -60 | tee "$OUT/gpu_tests.log"
+  # the whole report goes to the log (failures with their messages), its end to the console
+  COLUMNS=200 timeout 240 python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu.py \
+    packages/mugv-dit/tests/test_gpu_fa4.py -q -p no:cacheprovider --tb=short -rfEX \
+    -W ignore::DeprecationWarning -W ignore::UserWarning > "$OUT/gpu_tests.log" 2>&1
+  tail -30 "$OUT/gpu_tests.log"
 fi
 cd packages/mugv-dit/benchmarks
 IMPLS=${IMPLS:-mug-fused mug-fa4 mug-fast wan wan-fa4}

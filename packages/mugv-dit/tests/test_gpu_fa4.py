@@ -76,21 +76,23 @@ def test_self_check_accepts_fa4_at_72_and_auto_picks_it():
 
 
 def test_model_with_fa4_matches_sdpa(megatron_single):
+    """The whole model in bf16 with FA4 is as close to its float32 SDPA self as the bf16 SDPA
+    model is (output and every gradient): FA4 adds no error beyond bf16 rounding. Two bf16
+    runs are not compared with each other directly: for small gradients their difference is
+    rounding noise of either one."""
     from mugv_dit.config import ModelConfig
     from mugv_dit.model import MUGDiT, PackedText, megatron_config
 
-    results = {}
-    for backend in ("sdpa", "fa4"):
+    def run(backend, dtype):
         cfg = ModelConfig(
             hidden_size=288, num_heads=4, num_layers=2, text_dim=64, fused_ops=True,
             attention_backend=backend,
         )  # fmt: skip
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg, params_dtype=torch.bfloat16))
-        model = model.to("cuda", torch.bfloat16).train()
+        model = MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype)).to("cuda", dtype).train()
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 24, 3, 8, 12, generator=g).cuda()
-        texts = [torch.randn(7, 64, generator=g).cuda(), torch.randn(3, 64, generator=g).cuda()]
+        x = torch.randn(2, 24, 3, 8, 12, generator=g).cuda().to(dtype)
+        texts = [torch.randn(n, 64, generator=g).cuda().to(dtype) for n in (7, 3)]
         out = model(
             x,
             torch.tensor([0.3, 0.9], device="cuda"),
@@ -98,11 +100,17 @@ def test_model_with_fa4_matches_sdpa(megatron_single):
             fps_B=torch.tensor([24.0, 12.0], device="cuda"),
             noisy_frames_BT=torch.tensor([[False, True, True], [True, True, True]], device="cuda"),
         )
-        out.pow(2).mean().backward()
+        out.float().pow(2).mean().backward()
         grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
-        results[backend] = (out.float(), grads)
-    out_s, g_s = results["sdpa"]
-    out_f, g_f = results["fa4"]
-    assert _rel(out_f, out_s) < 2e-2
-    for name, g in g_s.items():
-        assert _rel(g_f[name], g) < 5e-2, name
+        return out.detach().float(), grads
+
+    out_ref, g_ref = run("sdpa", torch.float32)
+    out_s, g_s = run("sdpa", torch.bfloat16)
+    out_f, g_f = run("fa4", torch.bfloat16)
+    assert _rel(out_f, out_ref) <= 1.5 * _rel(out_s, out_ref) + 2e-3
+    worse = {
+        name: (_rel(g_f[name], g), _rel(g_s[name], g))
+        for name, g in g_ref.items()
+        if g.norm() > 0 and _rel(g_f[name], g) > 1.5 * _rel(g_s[name], g) + 1e-2
+    }
+    assert not worse, f"gradients further from float32 with FA4 than with SDPA: {worse}"

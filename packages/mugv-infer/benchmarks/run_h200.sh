@@ -104,8 +104,11 @@ for part in $parts; do
   case $part in
     tests)
       echo "=== tests (limit 180 s)"
-      timeout -k 10 180 python3 -m pytest -m gpu packages/mugv-infer/tests/test_gpu.py -rfEX -q \
-        -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/tests.log"
+      # the whole report to the log (failures with their messages), its end to the console
+      COLUMNS=200 timeout -k 10 180 python3 -m pytest -m gpu packages/mugv-infer/tests/test_gpu.py \
+        -rfEX -q --tb=short -p no:cacheprovider -W ignore::DeprecationWarning \
+        -W ignore::UserWarning > "$OUT/tests.log" 2>&1
+      tail -30 "$OUT/tests.log"
       ;;
     step) bench step 330 --preset 10b --steps 3 ;;
     e2e) bench e2e 520 --preset 10b --steps 0 --e2e-steps 25 --offload --vae-tile 32 ;;

@@ -82,14 +82,26 @@ def test_fa4_packed_cross_attention_matches_sdpa_at_head_dim_72():
 
 
 @cuda
+def _head_dim_72_transformer():
+    """Small, but at the real head dim (72): the tiny fixture's head dim 12 sends bf16 SDPA on
+    CUDA to its unfused math kernel, which computes the softmax in bf16 (the CPU's upcasts)."""
+    from mugv_infer.models import MUGDiTTransformer3DModel
+
+    model = MUGDiTTransformer3DModel(hidden_size=144, num_heads=2, num_layers=2, text_dim=32)
+    return model.initialize_weights(0).eval()
+
+
 def test_bf16_cuda_close_to_float32_cpu():
-    model = tiny_transformer()
-    x, s, text, mask = _inputs("cpu")
+    """bf16 on CUDA is as close to float32 as bf16 on the CPU is (the tiny model's bf16
+    error itself is rounding, larger than a fixed bound can assume)."""
+    model = _head_dim_72_transformer()
     with torch.no_grad():
-        ref = model(x, s, text, mask).sample
+        ref = model(*_inputs("cpu")).sample
+        cpu16 = torch.nn.Module.to(_head_dim_72_transformer(), torch.bfloat16)
+        err_cpu = _rel(cpu16(*_inputs("cpu", torch.bfloat16)).sample, ref)
         model16 = torch.nn.Module.to(model, "cuda", torch.bfloat16)
-        out = model16(*_inputs("cuda", torch.bfloat16)).sample
-    assert _rel(out.cpu(), ref) < 2e-2
+        err_cuda = _rel(model16(*_inputs("cuda", torch.bfloat16)).sample.cpu(), ref)
+    assert err_cuda <= 1.5 * err_cpu + 5e-3, (err_cuda, err_cpu)
 
 
 @cuda
@@ -107,15 +119,19 @@ def test_compiled_blocks_match_eager():
 
 @cuda
 def test_fused_kernels_match_plain_on_cuda():
-    model = torch.nn.Module.to(tiny_transformer(), "cuda", torch.bfloat16)
-    x, s, text, mask = _inputs("cuda", torch.bfloat16)
+    """bf16 with the fused kernels is as close to the float32 plain model as bf16 plain is."""
     noisy = torch.ones(2, 3, dtype=torch.bool, device="cuda")
     noisy[0, 0] = False
     with torch.no_grad():
+        model = torch.nn.Module.to(_head_dim_72_transformer(), "cuda")
+        ref = model(*_inputs("cuda"), noisy_frames=noisy).sample
+        model = torch.nn.Module.to(model, torch.bfloat16)
+        x, s, text, mask = _inputs("cuda", torch.bfloat16)
         plain = model(x, s, text, mask, noisy_frames=noisy).sample
         model.set_fused_ops(True)
         fused = model(x, s, text, mask, noisy_frames=noisy).sample
-    assert _rel(fused, plain) < 1e-2
+    err_plain, err_fused = _rel(plain, ref), _rel(fused, ref)
+    assert err_fused <= 1.5 * err_plain + 2e-3, (err_fused, err_plain)
 
 
 @cuda
