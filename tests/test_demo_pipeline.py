@@ -35,6 +35,7 @@ FAST = {
         "sample_steps": 2,
         "sft": {"curriculum": [{"name": "sft", "steps": 2, "lr": 3.0e-4}]},
         "dpo": {"curriculum": [{"name": "dpo", "steps": 2, "lr": 3.0e-4}]},
+        "kto": {"curriculum": [{"name": "kto", "steps": 2, "lr": 3.0e-4}]},
     },
     "generate": {"steps": 2, "max_prompts": 1},
     "memorise": {"enabled": False},
@@ -127,6 +128,13 @@ def test_every_hand_off(run) -> None:
         assert p.rejected.startswith("gen-")
     dpo = [json.loads(x) for x in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert len(dpo) == 2 and all({"reward_margin", "pref_accuracy"} <= set(r) for r in dpo)
+    _, labels = read_preference_data(out / "kto-prefs")
+    assert sorted(x.desirable for x in labels) == sorted(k.startswith("real-") for k in pool)
+    assert all(x.desirable == x.key.startswith("real-") and x.key in pool for x in labels)
+    kto = [json.loads(x) for x in (out / "kto" / "metrics.jsonl").read_text().splitlines()]
+    assert len(kto) == 2 and all("pref_accuracy" in r for r in kto)
+    kto_export = load_weights_folder(out / "kto-export", format=DIT_EXPORT_FORMAT)
+    assert set(kto_export.state_dict) == names
 
     # generate: playable videos of the requested size
     import av
@@ -146,7 +154,7 @@ def test_second_run_reuses_and_force_redoes_the_rest(run) -> None:
     out, cfg, _ = run
     markers = {p.name: p.read_text() for p in (out / ".mugv" / "done").glob("*.json")}
     res = _mugv("run", str(cfg))
-    assert res.stdout.count("reused: finished") == len(markers) == 10
+    assert res.stdout.count("reused: finished") == len(markers) == 11
     assert "0 stage(s) ran" in res.stdout
     assert {p.name: p.read_text() for p in (out / ".mugv" / "done").glob("*.json")} == markers
 

@@ -13,11 +13,20 @@ def test_defaults_file_and_overrides(tmp_path):
     assert cfg.run_dir == "runs/demo" and cfg.vae.config["model"]["preset"] == "tiny"
     f = tmp_path / "p.yaml"
     f.write_text(yaml.safe_dump({"run_dir": "x", "dit": {"config": {"preset": "debug"}}}))
-    cfg = load_config(f, ["generate.steps=3", "dit.config.train.seed=7", "curate.inputs=[a, b]"])
+    cfg = load_config(
+        f,
+        [
+            "generate.steps=3",
+            "dit.config.train.seed=7",
+            "curate.inputs=[a, b]",
+            "dit.config.curriculum.1.steps=9",
+        ],
+    )
+    assert cfg.dit.config["curriculum"][1]["steps"] == 9
     assert cfg.run_dir == "x" and cfg.generate.steps == 3 and cfg.curate.inputs == ["a", "b"]
     assert cfg.dit.config["train"]["seed"] == 7
     # the file merges into the defaults section by section: other dit fields stay
-    assert cfg.dit.config["curriculum"] == load_config().dit.config["curriculum"]
+    assert cfg.dit.config["curriculum"][0] == load_config().dit.config["curriculum"][0]
 
 
 @pytest.mark.parametrize(
@@ -26,6 +35,7 @@ def test_defaults_file_and_overrides(tmp_path):
         (["run", "missing.yaml"], "config file missing.yaml does not exist"),
         (["run", "--set", "generate.stepz=3"], "stepz"),
         (["run", "--set", "generate"], "must look like key.path=value"),
+        (["run", "--set", "dit.config.curriculum.5.steps=1"], "is not an index of a 2-item list"),
         (["demo", "--no-samples"], "no video files"),
     ],
 )

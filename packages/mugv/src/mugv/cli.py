@@ -22,7 +22,7 @@ import yaml
 from mugv import __version__
 
 STAGE_NAMES = [
-    "curate", "vae", "recon", "latents", "dit", "samples", "sft", "dpo", "generate",
+    "curate", "vae", "recon", "latents", "dit", "samples", "sft", "dpo", "kto", "generate",
     "memorise", "report",
 ]  # fmt: skip
 

@@ -57,13 +57,15 @@ class DitSection(BaseModel):
 
 
 class AlignSection(BaseModel):
-    """mugv-infer samples -> mugv-align make-pairs -> SFT -> Flow-DPO (real beats generated)."""
+    """mugv-infer samples -> mugv-align make-pairs -> SFT -> Flow-DPO (real beats generated)
+    and Flow-KTO (real passes, generated fails)."""
 
     model_config = _STRICT
     sample_steps: int = Field(4, ge=1, description="Sampler steps of the generated losers.")
     sample_seed: int = 1
     sft: dict[str, Any] = Field(default_factory=dict, description="mugv-align sft config.")
     dpo: dict[str, Any] = Field(default_factory=dict, description="mugv-align dpo config.")
+    kto: dict[str, Any] = Field(default_factory=dict, description="mugv-align kto config.")
 
 
 class GenerateSection(BaseModel):
@@ -113,8 +115,15 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else ""
 
 
+def _index(node: list, part: str, item: str):
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"--set {item!r}: {part!r} is not an index of a {len(node)}-item list")
+    return node[int(part)]
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict in place."""
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict in place; a
+    numeric part indexes a list (``dit.config.curriculum.0.steps=5``)."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r} must look like key.path=value")
@@ -122,10 +131,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         node = raw
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            if isinstance(node, list):
+                node = _index(node, part, item)
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
                 raise ValueError(f"--set {item!r}: {part!r} is not a section")
-        node[parts[-1]] = _parse_value(value)
+        if isinstance(node, list):
+            _index(node, parts[-1], item)
+            node[int(parts[-1])] = _parse_value(value)
+        else:
+            node[parts[-1]] = _parse_value(value)
     return raw
 
 

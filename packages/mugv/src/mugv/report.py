@@ -272,7 +272,26 @@ def _training(run: Path) -> str:
             ylabel="value",
         )
     )
+    kto = _jsonl(run / "kto" / "metrics.jsonl")
+    out.append(
+        svg_chart(
+            {
+                k: [(r["step"], r[k]) for r in kto if k in r]
+                for k in ("reward_margin", "pref_accuracy", "pref_loss")
+            },
+            title="KTO reward margin, accuracy and loss",
+            ylabel="value",
+        )
+    )
     out.append("</div>")
+    if kto:
+        n = min(5, len(kto))
+        acc = sum(r.get("pref_accuracy", 0.0) for r in kto[-n:]) / n
+        out.append(
+            f'<p id="kto-metrics">Flow-KTO on automatic labels (real clips pass, the DiT\'s '
+            f"samples fail): after {kto[-1]['step'] + 1} steps, accuracy <b>{acc:.2f}</b> "
+            f"(mean of the last {n} steps; first step {kto[0].get('pref_accuracy', 0.0):.2f}).</p>"
+        )
     if dpo:
         last = dpo[-1]
         n = min(5, len(dpo))
@@ -348,7 +367,7 @@ def _memorise(run: Path, asset: _Assets) -> str:
 def _formats(run: Path) -> str:
     rows = []
     for name in ("clips", "latents", "latents-text", "vae", "dit-export", "samples", "rdpo/prefs",
-                 "sft-export", "dpo-export"):  # fmt: skip
+                 "sft-export", "dpo-export", "kto-prefs", "kto-export"):  # fmt: skip
         p = run / name
         if not p.exists():
             continue
@@ -387,7 +406,7 @@ def write_report(run: Path) -> Path:
         ("vae", "2. Tiny VAE (mugv-vae)", _vae(run, asset)),
         (
             "training",
-            "3. DiT pre-training, SFT and Flow-DPO (mugv-dit, mugv-align)",
+            "3. DiT pre-training, SFT, Flow-DPO and Flow-KTO (mugv-dit, mugv-align)",
             _training(run),
         ),
         ("generate", "4. Generated videos (mugv-infer)", _generate(run, asset)),

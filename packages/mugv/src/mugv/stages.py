@@ -12,6 +12,8 @@ samples    mugv-infer generate --output-type latent       text-encoder/, samples
            (the DiT's own samples), mugv-align make-pairs
 sft        mugv-align sft, mugv-align export              sft/, sft-export/
 dpo        mugv-align dpo (real beats generated), export  dpo/, dpo-export/
+kto        mugv-align make-prefs (real pass, generated    kto-prefs/, kto/, kto-export/
+           fail), mugv-align kto, export
 generate   mugv-infer generate: T2V per caption, I2V      videos/
 memorise   mugv.tools memorise (mugv-dit + mugv-infer)    memorise/
 report     mugv.tools report                              report.html, report/
@@ -401,6 +403,70 @@ def build_stages(cfg: PipelineConfig, run: Path) -> list[Stage]:
                         str(R / "dpo"),
                         "--output",
                         str(R / "dpo-export"),
+                    ],
+                ),
+            ],
+        )
+    )
+
+    kto_cfg = {**al.kto, "output_dir": str(R / "kto")}
+    kto_cfg["data"] = {**kto_cfg.get("data", {}), "path": str(R / "rdpo" / "latents")}
+    kto_cfg["train"] = {**kto_cfg.get("train", {}), "init_from": str(R / "sft-export")}
+    kto_cfg["align"] = {
+        **kto_cfg.get("align", {}),
+        "mode": "kto",
+        "preference": [{"path": str(R / "kto-prefs")}],
+        "reference_from": str(R / "sft-export"),
+    }
+    stages.append(
+        Stage(
+            "kto",
+            "Flow-KTO: real clips pass, the model's samples fail (mugv-align)",
+            {"config": kto_cfg},
+            [
+                conf / "kto.yaml",
+                R / "kto-labels.jsonl",
+                R / "kto-prefs",
+                R / "kto",
+                R / "kto-export",
+            ],
+            steps=[
+                Step(
+                    "pass/fail labels",
+                    tool(
+                        "kto-labels",
+                        "--latents",
+                        str(R / "rdpo" / "latents"),
+                        "--out",
+                        str(R / "kto-labels.jsonl"),
+                    ),
+                ),
+                Step(
+                    "mugv-align make-prefs --kind kto",
+                    [
+                        script("mugv-align"),
+                        "make-prefs",
+                        "--latents",
+                        str(R / "rdpo" / "latents"),
+                        "--labels",
+                        str(R / "kto-labels.jsonl"),
+                        "--output",
+                        str(R / "kto-prefs"),
+                        "--kind",
+                        "kto",
+                    ],
+                ),
+                Step("config", fn=lambda: _write_yaml(conf / "kto.yaml", kto_cfg)),
+                Step("mugv-align kto", [script("mugv-align"), "kto", str(conf / "kto.yaml")]),
+                Step(
+                    "mugv-align export",
+                    [
+                        script("mugv-align"),
+                        "export",
+                        "--run",
+                        str(R / "kto"),
+                        "--output",
+                        str(R / "kto-export"),
                     ],
                 ),
             ],

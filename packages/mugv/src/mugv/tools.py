@@ -6,6 +6,7 @@
   (ids = byte + 3) and its embedding rows moved by one to match mugv-dit's ids (byte + 2).
   A real encoder folder is copied as is.
 - ``prompts``: the distinct captions of a latent dataset (JSON list).
+- ``kto-labels``: pass/fail labels over make-pairs' pool (real passes, generated fails).
 - ``infer``: ``exec`` a ``mugv-infer generate`` command with one ``--prompt`` per caption.
 - ``recon``: each curated clip through the VAE (posterior mean): original and reconstruction
   as mp4, PSNR (JSON).
@@ -95,6 +96,20 @@ def prompts(latents: Path, out: Path) -> None:
     _atomic_json(out, caps)
 
 
+def kto_labels(latents: Path, out: Path) -> None:
+    """Automatic KTO labels over a make-pairs pool: real clips pass, generated samples fail."""
+    from mugv_formats import LatentDataset, atomic_write_text
+
+    rows = []
+    for r in LatentDataset(latents).records():
+        if r.key.startswith(("real-", "gen-")):
+            label = "pass" if r.key.startswith("real-") else "fail"
+            rows.append({"key": r.key, "label": label, "label_source": "real-vs-generated"})
+    if not {r["label"] for r in rows} >= {"pass", "fail"}:
+        raise SystemExit(f"{latents}: needs real-* and gen-* samples (mugv-align make-pairs)")
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def infer(args: argparse.Namespace, cmd: list[str]) -> None:
     caps = args.prompt_list or json.loads(Path(args.prompts).read_text())
     caps = caps[: args.max_prompts] if args.max_prompts else caps
@@ -167,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("prompts")
     s.add_argument("--latents", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("kto-labels")
+    s.add_argument("--latents", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("infer")
     s.add_argument("--prompts", type=Path)
     s.add_argument("--prompt-list", nargs="*")
@@ -195,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         text_encoder_folder(a.source, a.out)
     elif a.cmd == "prompts":
         prompts(a.latents, a.out)
+    elif a.cmd == "kto-labels":
+        kto_labels(a.latents, a.out)
     elif a.cmd == "infer":
         if not tail:
             p.error("infer needs -- COMMAND ...")
