@@ -284,14 +284,6 @@ def _training(run: Path) -> str:
         )
     )
     out.append("</div>")
-    if kto:
-        n = min(5, len(kto))
-        acc = sum(r.get("pref_accuracy", 0.0) for r in kto[-n:]) / n
-        out.append(
-            f'<p id="kto-metrics">Flow-KTO on automatic labels (real clips pass, the DiT\'s '
-            f"samples fail): after {kto[-1]['step'] + 1} steps, accuracy <b>{acc:.2f}</b> "
-            f"(mean of the last {n} steps; first step {kto[0].get('pref_accuracy', 0.0):.2f}).</p>"
-        )
     if dpo:
         last = dpo[-1]
         n = min(5, len(dpo))
@@ -304,6 +296,14 @@ def _training(run: Path) -> str:
             f"(means of the last {n} steps; first step: margin "
             f"{dpo[0].get('reward_margin', float('nan')):.4g}, accuracy "
             f"{dpo[0].get('pref_accuracy', float('nan')):.2f}).</p>"
+        )
+    if kto:
+        n = min(5, len(kto))
+        acc = sum(r.get("pref_accuracy", 0.0) for r in kto[-n:]) / n
+        out.append(
+            f'<p id="kto-metrics">Flow-KTO on automatic labels (real clips pass, the DiT\'s '
+            f"samples fail): after {kto[-1]['step'] + 1} steps, accuracy <b>{acc:.2f}</b> "
+            f"(mean of the last {n} steps; first step {kto[0].get('pref_accuracy', 0.0):.2f}).</p>"
         )
     return "".join(out)
 
