@@ -87,6 +87,17 @@ def test_failed_stage_leaves_no_marker_and_names_the_log(tmp_path):
     assert "bad input x" in (tmp_path / "run/logs/b.log").read_text()
 
 
+def test_a_failing_glue_step_is_a_stage_failure(tmp_path):
+    def boom():
+        raise RuntimeError("no checkpoint in vae-train")
+
+    stages = _stages(tmp_path)
+    stages[2].steps = [Step("copy", fn=boom)]
+    with pytest.raises(StageFailed, match="stage c: step 'copy' failed: no checkpoint"):
+        Runner(tmp_path / "run").run(stages)
+    assert not (tmp_path / "run/.mugv/done/c.json").exists()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -291,7 +291,10 @@ class Runner:
                 self._run_cmd(stage, step, log)
             else:
                 assert step.fn is not None
-                step.fn()
+                try:
+                    step.fn()
+                except (OSError, RuntimeError, ValueError) as e:
+                    raise StageFailed(f"stage {stage.name}: step '{step.title}' failed: {e}") from e
             dt = time.perf_counter() - s0
             steps.append({"title": step.title, "seconds": round(dt, 2)})
             self._say(f"    {step.title}: {dt:.1f} s")
