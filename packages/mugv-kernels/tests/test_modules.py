@@ -1,18 +1,11 @@
-"""Module wrappers and the Megatron sequence-parallel norms."""
+"""The nn.Module wrappers of the fused ops."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import mugv_kernels as mk
 import pytest
 import torch
 import torch.nn.functional as F
-from mugv_kernels.megatron_norms import (
-    SequenceParallelLayerNorm,
-    SequenceParallelNorm,
-    SequenceParallelRMSNorm,
-)
 from torch import nn
 
 from .conftest import rel_err
@@ -38,70 +31,44 @@ def test_modulated_layer_norm_module_checks_hidden_size(gen):
         mod(torch.randn(2, 3, 9), shift, scale)
 
 
-def test_qk_module_has_trainable_weights(gen):
-    mod = mk.QKRMSNormRoPE3D(12)
-    cos, sin = mk.rope3d_frequencies((1, 2, 2), 12)
-    q = torch.randn(1, 4, 2, 12, generator=gen)
-    q_out, k_out = mod(q, q.clone(), cos, sin)
-    (q_out.sum() + k_out.square().sum()).backward()
-    assert mod.q_weight.grad is not None and mod.k_weight.grad.abs().sum() > 0
+def _rms_norm_rope_f64(x, weight, cos, sin, eps):
+    """Float64 oracle written from the definition: per-head RMSNorm with weight, then pair
+    ``(2i, 2i+1) = (a, b)`` -> ``(a cos - b sin, a sin + b cos)`` with ``cos/sin[l, i]``."""
+    x, weight, cos, sin = (t.double() for t in (x, weight, cos, sin))
+    u = x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight
+    a, b = u[..., 0::2], u[..., 1::2]
+    c, s = cos[:, None, :], sin[:, None, :]  # [L, 1, Dh/2]: one angle per token and pair
+    out = torch.empty_like(u)
+    out[..., 0::2] = a * c - b * s
+    out[..., 1::2] = a * s + b * c
+    return out
 
 
-def _config(**kw):
-    base = {
-        "sequence_parallel": True,
-        "layernorm_zero_centered_gamma": False,
-        "params_dtype": torch.float32,
-        "normalization": "LayerNorm",
-    }
-    return SimpleNamespace(**{**base, **kw})
-
-
-@pytest.mark.parametrize("sequence_parallel", [True, False])
-def test_sequence_parallel_norms_mark_their_parameters(sequence_parallel):
-    for cls in (SequenceParallelLayerNorm, SequenceParallelRMSNorm):
-        norm = cls(_config(sequence_parallel=sequence_parallel), 16, eps=1e-5)
-        assert list(norm.parameters())
-        assert all(p.sequence_parallel is sequence_parallel for p in norm.parameters())
-
-
-def test_sequence_parallel_norms_compute_plain_norms(gen):
-    x = torch.randn(5, 2, 16, generator=gen).bfloat16()
-    ln = SequenceParallelLayerNorm(_config(), 16, 1e-5)
+def test_qk_module_gradients_match_float64_reference(gen):
+    """Outputs and the gradients of q, k and both learned weights against the float64 oracle,
+    with distinct q/k weights (a swapped weight or a dropped weight gradient shows)."""
+    head_dim, seq_len, eps = 12, 6, 1e-6
+    mod = mk.QKRMSNormRoPE3D(head_dim, eps=eps)
     with torch.no_grad():
-        ln.weight.normal_(generator=gen)
-        ln.bias.normal_(generator=gen)
-    expected = F.layer_norm(x.float(), (16,), ln.weight, ln.bias, 1e-5)
-    assert rel_err(ln(x), expected) < 1e-2
-    rms = SequenceParallelRMSNorm(_config(layernorm_zero_centered_gamma=True), 16, 1e-5)
-    assert torch.equal(rms.weight, torch.zeros(16))  # zero-centred: applied weight is 1 + w
-    expected = F.rms_norm(x.float(), (16,), torch.ones(16), 1e-5)
-    assert rel_err(rms(x), expected) < 1e-2
+        mod.q_weight.copy_(1 + 0.3 * torch.randn(head_dim, generator=gen))
+        mod.k_weight.copy_(1 - 0.3 * torch.randn(head_dim, generator=gen))
+    angles = torch.rand(seq_len, head_dim // 2, generator=gen, dtype=torch.float64) * 6.3
+    cos, sin = angles.cos().float(), angles.sin().float()
+    q = torch.randn(2, seq_len, 3, head_dim, generator=gen).requires_grad_()
+    k = torch.randn(2, seq_len, 2, head_dim, generator=gen).requires_grad_()
+    dq_out, dk_out = torch.randn(q.shape, generator=gen), torch.randn(k.shape, generator=gen)
 
+    q_out, k_out = mod(q, k, cos, sin)
+    leaves = (q, k, mod.q_weight, mod.k_weight)
+    grads = torch.autograd.grad((q_out, k_out), leaves, (dq_out, dk_out))
 
-def test_norm_builder_chooses_by_config():
-    assert isinstance(SequenceParallelNorm(_config(), 8), SequenceParallelLayerNorm)
-    rms = SequenceParallelNorm(_config(normalization="RMSNorm"), 8, 1e-6)
-    assert isinstance(rms, SequenceParallelRMSNorm) and rms.eps == 1e-6
-    with pytest.raises(ValueError, match="normalization"):
-        SequenceParallelNorm(_config(normalization="BatchNorm"), 8)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    q64, k64, qw64, kw64 = leaves64
+    q_ref = _rms_norm_rope_f64(q64, qw64, angles.cos(), angles.sin(), eps)
+    k_ref = _rms_norm_rope_f64(k64, kw64, angles.cos(), angles.sin(), eps)
+    grads64 = torch.autograd.grad((q_ref, k_ref), leaves64, (dq_out.double(), dk_out.double()))
 
-
-def test_megatron_builds_the_norms_from_a_spec():
-    """With megatron-core installed, its own ModuleSpec/build_module path accepts the norms."""
-    core = pytest.importorskip("megatron.core.transformer")
-    from megatron.core.transformer.spec_utils import ModuleSpec, build_module
-
-    config = core.TransformerConfig(
-        num_layers=1,
-        hidden_size=16,
-        num_attention_heads=2,
-        sequence_parallel=True,
-        tensor_model_parallel_size=2,
-        normalization="RMSNorm",
-    )
-    norm = build_module(
-        ModuleSpec(module=SequenceParallelNorm), config=config, hidden_size=16, eps=1e-5
-    )
-    assert isinstance(norm, SequenceParallelRMSNorm)
-    assert norm.weight.sequence_parallel is True
+    assert rel_err(q_out, q_ref) < 1e-6 and rel_err(k_out, k_ref) < 1e-6
+    for name, g, g64 in zip(("q", "k", "q_weight", "k_weight"), grads, grads64):
+        assert g64.abs().sum() > 0, name
+        assert rel_err(g, g64) < 1e-5, (name, rel_err(g, g64))

@@ -2,14 +2,12 @@
 
 Every op takes ``use_triton``: ``None`` = Triton on CUDA tensors when triton imports, the
 PyTorch reference otherwise; ``True`` = Triton (CPU tensors only under ``TRITON_INTERPRET=1``);
-``False`` = reference. References live in :mod:`mugv_kernels.reference`; the Megatron
-sequence-parallel norms in :mod:`mugv_kernels.megatron_norms`.
+``False`` = reference. References live in :mod:`mugv_kernels.reference`.
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from mugv_kernels import megatron_norms
 from mugv_kernels._dispatch import triton_available
 from mugv_kernels.channels_last import bias_residual
 from mugv_kernels.group_norm import group_norm_silu
@@ -32,7 +30,6 @@ __all__ = [
     "default_split",
     "gated_residual_modulated_norm",
     "group_norm_silu",
-    "megatron_norms",
     "modulated_layer_norm",
     "qk_rmsnorm_rope3d",
     "rope3d_frequencies",
