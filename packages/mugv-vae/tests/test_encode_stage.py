@@ -93,3 +93,28 @@ def test_encode_refuses_a_newer_clip_format(tiny_checkpoint, clip_dataset, tmp_p
     bad_res = [*argv[:-6], "--resolution", "60x64", "--frames", "9", "--device", "cpu"]
     assert main(bad_res) == 2
     assert "multiples of 8" in capsys.readouterr().err
+
+
+def test_encode_refuses_a_kept_part_of_another_checkpoint(
+    tiny_checkpoint, clip_dataset, tmp_path, capsys
+):
+    """A rerun reuses kept parts; one written from another VAE checkpoint used to be merged
+    silently under this run's header. Now the merge refuses it naming the part and field, and
+    the merged header is derived from the parts' (every field carried)."""
+    out = tmp_path / "latents"
+    argv = [
+        "encode", "--checkpoint", str(tiny_checkpoint), "--input", str(clip_dataset),
+        "--output", str(out), "--resolution", "64x64", "--frames", "9", "--device", "cpu",
+        "--keep-parts",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    first = mf.LatentDataset(out).header
+    assert first.vae_checkpoint_id == checkpoint_id(tiny_checkpoint)
+    part = next((tmp_path / "latents.parts").iterdir()) / "dataset.json"
+    meta = json.loads(part.read_text())
+    meta["vae_checkpoint_id"] = "another-vae"
+    part.write_text(json.dumps(meta))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "vae_checkpoint_id is 'another-vae'" in err and str(part) in err
+    assert mf.LatentDataset(out).header.created == first.created  # the output is untouched

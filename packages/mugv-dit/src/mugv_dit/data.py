@@ -10,14 +10,13 @@ layout: a DP=2 run sees exactly the micro-batches a DP=1 run accumulates. The sa
 from __future__ import annotations
 
 import random
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from mugv_formats import ChecksumError, CorruptShardError, LatentDataset, LatentSample
+from mugv_formats import LatentDataset, LatentSample
 
 from mugv_dit.config import StageConfig
 from mugv_dit.diffusion.prepare import CleanBatch
@@ -26,14 +25,17 @@ BucketKey = tuple[int, int, int, int, int]  # latent T, H, W; pixel height, widt
 
 
 class LatentIndex:
-    """Random access to the samples of a latent-shard dataset (tar offsets per shard)."""
+    """The DiT's view of a latent-shard dataset: its records, their buckets and random access
+    (``mugv_formats``' :meth:`LatentDataset.open_indexed`, which guards members and checks
+    checksums). Refuses datasets the DiT cannot train on (raw latents, no text features)."""
 
     def __init__(self, path: str | Path, *, verify: bool = True):
         self.path = Path(path)
         self.dataset = LatentDataset(self.path)
         self.header = self.dataset.header
-        self.records = self.dataset.records()
         self.verify = verify
+        self.reader = self.dataset.open_indexed(verify=verify)
+        self.records = self.reader.records
         if not self.header.latents_normalized:
             raise ValueError(
                 f"{self.path / 'dataset.json'}: latents_normalized is false (raw VAE latents); "
@@ -48,7 +50,6 @@ class LatentIndex:
                 f"latent dataset {self.path}: {len(missing)} samples (e.g. {missing[:3]}) have no "
                 "text features; run `mugv-dit embed-text` first"
             )
-        self._offsets: dict[str, dict[str, tuple[int, int]]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -58,39 +59,9 @@ class LatentIndex:
         _, t, h, w = r.latent_shape
         return (t, h, w, r.height, r.width)
 
-    def _shard_offsets(self, shard: str) -> dict[str, tuple[int, int]]:
-        if shard not in self._offsets:
-            offsets = {}
-            try:
-                with tarfile.open(self.path / shard, "r:") as tar:
-                    for info in tar.getmembers():
-                        offsets[info.name] = (info.offset_data, info.size)
-            except (tarfile.TarError, OSError) as e:
-                raise CorruptShardError(f"{self.path / shard}: unreadable tar ({e})") from None
-            self._offsets[shard] = offsets
-        return self._offsets[shard]
-
-    def load(self, i: int) -> LatentSample:
-        """Read, checksum and decode sample ``i``."""
-        import hashlib
-
-        record = self.records[i]
-        offsets = self._shard_offsets(record.shard)
-        members: dict[str, bytes] = {}
-        shard_path = self.path / record.shard
-        with open(shard_path, "rb") as f:
-            for ext in ("latents.npy", "text.npy"):
-                name = f"{record.key}.{ext}"
-                if name not in offsets:
-                    continue
-                off, size = offsets[name]
-                f.seek(off)
-                members[ext] = f.read(size)
-        if self.verify:
-            for ext, digest in record.checksums.items():
-                if ext in members and hashlib.sha256(members[ext]).hexdigest() != digest:
-                    raise ChecksumError(f"{shard_path}: member {record.key}.{ext} fails sha256")
-        return LatentDataset.decode(record, members, str(shard_path))
+    def load(self, i: int | str) -> LatentSample:
+        """Read, checksum and decode sample ``i`` (manifest index or key)."""
+        return self.reader.load(i)
 
 
 def tokens_of(bucket: BucketKey, patch: tuple[int, int, int]) -> int:

@@ -2,7 +2,8 @@
 
 The dataset directory carries ``.nv-meta`` (written by mugv_formats, ``CrudeWebdataset``);
 a cooker turns energon's raw members into samples (it decodes them itself, after taking the
-sha256 of every member's bytes, checked against the manifest as the ``plan`` loader does) and
+sha256 of every member's bytes with ``mugv_formats.member_digests``; the loader checks them
+against the manifest with the dataset's indexed reader, as the ``plan`` loader's reads are) and
 each DP rank reads its own part of the stream (``WorkerConfig(rank=dp_rank, ...)``; TP/PP/CP ranks of one DP rank read the same).
 
 Balanced steps: the bucket of every step is chosen by the same pure function as the ``plan``
@@ -26,7 +27,6 @@ planted in a run folder is refused, never run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import io
 import json
@@ -50,7 +50,7 @@ from megatron.energon import (
 )
 from megatron.energon.edataclass import edataclass
 from megatron.energon.task_encoder.base import stateless
-from mugv_formats import ChecksumError, CorruptShardError
+from mugv_formats import ChecksumError, CorruptShardError, member_digests
 
 from mugv_dit.config import StageConfig
 from mugv_dit.data import BucketKey, BucketSampler, LatentIndex, stage_accepts
@@ -92,9 +92,7 @@ def cook_latent_sample(raw: dict) -> LatentShardSample:
         record=record,
         latents=_npy(raw["latents.npy"], f"sample {key}: member {key}.latents.npy"),
         text=_npy(raw["text.npy"], f"sample {key}: member {key}.text.npy"),
-        sha256={
-            ext: hashlib.sha256(raw[ext]).hexdigest() for ext in ("json", "latents.npy", "text.npy")
-        },
+        sha256=member_digests(raw),
     )
 
 
@@ -238,15 +236,7 @@ class EnergonLatentLoader:
                 )
         # then every byte: the record (any field) and the arrays
         if self.index.verify:
-            row = self.index.dataset.manifest_row(key) or {}
-            wanted = {"json": row.get("record_sha256"), **rec.checksums}
-            for ext, digest in wanted.items():
-                if digest and sample.sha256.get(ext) != digest:
-                    raise ChecksumError(
-                        f"{self.path}: sample {key!r}: member {key}.{ext} fails its sha256 "
-                        f"check (manifest {digest[:12]}..., read "
-                        f"{str(sample.sha256.get(ext))[:12]}...); the shard was changed"
-                    )
+            self.index.reader.verify_digests(key, sample.sha256)
         return rec
 
     def _capacity(self, bucket: BucketKey, n: int) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mugv_formats import LatentDataset, LatentShardWriter
+from mugv_formats import LatentDataset, LatentShardWriter, derive_header
 
 from mugv_dit import __version__
 
@@ -115,7 +115,8 @@ def embed_text_dataset(
     source = LatentDataset(input_path)
     encoder = TextEncoder(text_encoder, device=device, max_length=max_length)
     head = source.header
-    header = LatentShardWriter.make_header(
+    header = derive_header(
+        head,
         producer=f"mugv-dit {__version__}",
         config={
             "command": "embed-text",
@@ -124,12 +125,6 @@ def embed_text_dataset(
             "max_length": max_length,
             "input_config": head.config,
         },
-        vae_checkpoint_id=head.vae_checkpoint_id,
-        latent_channels=head.latent_channels,
-        compression=head.compression,
-        latent_mean=head.latent_mean,
-        latent_std=head.latent_std,
-        latents_normalized=head.latents_normalized,
         text_encoder_id=encoder.encoder_id,
         text_dim=encoder.dim,
         max_text_len=max_length,
@@ -142,8 +137,7 @@ def embed_text_dataset(
         def flush():
             feats = encoder.encode([s.record.caption for s in pending])
             for sample, text in zip(pending, feats):
-                record = sample.record.model_copy(update={"shard": "", "checksums": {}})
-                writer.write(record, sample.latents, text)
+                writer.write(sample.record.for_rewrite(), sample.latents, text)
             pending.clear()
 
         for sample in tqdm(source, total=len(source), desc="embed-text", unit="sample"):

@@ -23,7 +23,9 @@ from mugv_formats.errors import (
     MissingFieldError,
     VersionError,
 )
+from mugv_formats.indexed import IndexedShardReader, member_digests
 from mugv_formats.latents import (
+    IndexedLatentReader,
     LatentDataset,
     LatentDatasetHeader,
     LatentRecord,
@@ -37,6 +39,7 @@ from mugv_formats.preference import (
     read_preference_data,
     write_preference_data,
 )
+from mugv_formats.shards import DatasetHeader, ShardRecord, derive_header
 from mugv_formats.versioning import (
     CLIP_SHARDS_FORMAT,
     CURRENT_VERSIONS,
@@ -73,7 +76,10 @@ __all__ = [
     "ClipShardWriter",
     "CorruptShardError",
     "FormatError",
+    "DatasetHeader",
     "FormatVersion",
+    "IndexedLatentReader",
+    "IndexedShardReader",
     "KTOSample",
     "LatentDataset",
     "LatentDatasetHeader",
@@ -83,6 +89,7 @@ __all__ = [
     "MissingFieldError",
     "PreferenceHeader",
     "PreferencePair",
+    "ShardRecord",
     "VersionError",
     "WeightsFolder",
     "atomic_open",
@@ -90,7 +97,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_format",
+    "derive_header",
     "load_weights_folder",
+    "member_digests",
     "read_preference_data",
     "read_weights_config",
     "save_weights_folder",

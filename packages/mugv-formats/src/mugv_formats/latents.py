@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from mugv_formats.errors import CorruptShardError
+from mugv_formats.indexed import IndexedShardReader
 from mugv_formats.shards import (
     DatasetHeader,
     ShardRecord,
@@ -195,6 +196,19 @@ class LatentDataset(ShardSetReader[LatentDatasetHeader, LatentRecord]):
         for name in self.header.shards:
             yield from self.iter_shard_samples(name)
 
+    def open_indexed(self, *, verify: bool = True) -> IndexedLatentReader:
+        """Random access: ``reader.load(key_or_index)`` -> :class:`LatentSample`, checked."""
+        return IndexedLatentReader(self, verify=verify)
+
     def iter_shard_samples(self, shard: str, *, verify: bool = True) -> Iterator[LatentSample]:
         for record, members in self.iter_shard(shard, verify=verify):
             yield self.decode(record, members, str(self.path / shard))
+
+
+class IndexedLatentReader(IndexedShardReader[LatentDatasetHeader, LatentRecord]):
+    """Random access to a latent-shard dataset (:meth:`LatentDataset.open_indexed`)."""
+
+    def load(self, key_or_index: str | int) -> LatentSample:
+        """Read, verify and decode one sample, by key or manifest index."""
+        record, members = self.load_members(key_or_index)
+        return LatentDataset.decode(record, members, str(self.path / record.shard))

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,6 +68,10 @@ class DatasetHeader(BaseModel):
         return sum(self.shards.values())
 
 
+#: header fields a derived dataset never copies from its source (see :func:`derive_header`)
+_HEADER_OWN_FIELDS = ("format", "version", "producer", "created", "config", "shards")
+
+
 class ShardRecord(BaseModel):
     """Common fields of one sample's record (its ``KEY.json`` member and manifest row)."""
 
@@ -83,6 +87,13 @@ class ShardRecord(BaseModel):
         if not _KEY_RE.match(v):
             raise ValueError(f"sample key {v!r} must match {_KEY_RE.pattern} (no dots or slashes)")
         return v
+
+    def for_rewrite(self, **changes: Any) -> Self:
+        """A copy to write into another dataset: the fields a writer sets (``shard``,
+        ``checksums``) cleared, every other field kept, ``changes`` applied (validated)."""
+        data = self.model_dump()
+        data.update(shard="", checksums={}, **changes)
+        return type(self).model_validate(data)
 
 
 H = TypeVar("H", bound=DatasetHeader)
@@ -424,6 +435,12 @@ class ShardSetReader(Generic[H, R]):
             self._manifest_rows = {r["key"]: r for r in self._read_manifest()}
         return self._manifest_rows.get(key)
 
+    def open_indexed(self, *, verify: bool = True):
+        """Random access by key or index (:class:`mugv_formats.indexed.IndexedShardReader`)."""
+        from mugv_formats.indexed import IndexedShardReader
+
+        return IndexedShardReader(self, verify=verify)
+
     def records(self) -> list[R]:
         """All records from ``manifest.parquet`` (no shard is opened)."""
         manifest = self.path / MANIFEST
@@ -505,6 +522,27 @@ class ShardSetReader(Generic[H, R]):
     def iter_samples(self, *, verify: bool = True) -> Iterator[tuple[R, dict[str, bytes]]]:
         for name in self.header.shards:
             yield from self.iter_shard(name, verify=verify)
+
+
+def derive_header(
+    source: H,
+    *,
+    producer: str,
+    config: Mapping[str, Any] | None,
+    **changes: Any,
+) -> H:
+    """The header of a dataset made from ``source``'s (same type): every field of ``source``
+    is kept (so a field added to the format later is carried too) except the ones a new dataset
+    owns: the current format version, ``producer``, ``config``, a new ``created`` time and no
+    shards yet; ``changes`` override kept fields. The result is validated."""
+    for name in ("format", "version", "created", "shards"):
+        if name in changes:
+            raise ValueError(f"derive_header: {name!r} is set by the new dataset, not by changes")
+    data = source.model_dump()
+    for name in _HEADER_OWN_FIELDS:
+        data.pop(name, None)
+    data.update(changes)
+    return new_header(type(source), source.format, producer=producer, config=config, **data)
 
 
 def new_header(

@@ -182,17 +182,40 @@ def run_encode(cfg: EncodeConfig) -> dict:
     return summary
 
 
+_OWN_HEADER_FIELDS = {"format", "version", "producer", "created", "config", "shards"}
+
+
 def _merge(cfg: EncodeConfig, shards: list[str], parts: Path, output: Path, header_kw) -> int:
+    """Merge the parts, in input-shard order; the output's header is derived from theirs
+    (``derive_header``), and a part made by another run (another checkpoint, statistics, ...)
+    is refused by name: a kept part is reused only when it is what this run would write."""
     import mugv_formats as mf
 
-    header = mf.LatentShardWriter.make_header(**header_kw)
+    expected = mf.LatentShardWriter.make_header(**header_kw)
+    want = expected.model_dump(mode="json", exclude=_OWN_HEADER_FIELDS)
+    datasets = [mf.LatentDataset(parts / Path(shard).stem) for shard in shards]
+    for part in datasets:
+        got = part.header.model_dump(mode="json", exclude=_OWN_HEADER_FIELDS)
+        for field in want:
+            if got.get(field) != want[field]:
+                raise ValueError(
+                    f"{part.path / 'dataset.json'}: {field} is {got.get(field)!r}, this run "
+                    f"writes {want[field]!r}; the part was made by another encode run: delete "
+                    f"{parts} to encode again"
+                )
+    header = expected
+    if datasets:
+        header = mf.derive_header(
+            datasets[0].header, producer=expected.producer, config=expected.config
+        )
     n = 0
     with mf.atomic_replace_dir(output) as tmp:
         with mf.LatentShardWriter(tmp, header, samples_per_shard=cfg.samples_per_shard) as writer:
-            for shard in shards:
-                for sample in mf.LatentDataset(parts / Path(shard).stem):
-                    record = sample.record.model_copy(update={"shard": "", "checksums": {}})
-                    writer.write(record, np.asarray(sample.latents), sample.text)
+            for part in datasets:
+                for sample in part:
+                    writer.write(
+                        sample.record.for_rewrite(), np.asarray(sample.latents), sample.text
+                    )
                     n += 1
         (tmp / "encode_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     return n
