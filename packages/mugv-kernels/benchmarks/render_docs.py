@@ -1,10 +1,9 @@
 """Render the committed benchmark page from the JSON files a GPU run wrote.
 
 Usage: ``python render_docs.py RESULTS_DIR docs/benchmarks/kernels [--previous OLD.json]``:
-copies ``kernels.json`` (and ``attention.json`` when present) and writes ``README.md`` with the
-device, date, command, copy ceiling, the main table, the launch sweep, the tuning run
-(``tune*.json`` in the docs folder), the attention table (from RESULTS_DIR, else the one
-already in the docs folder) and, with ``--previous``, the table of an earlier run.
+copies ``kernels.json`` and writes ``README.md`` with the device, date, command, copy ceiling,
+the main table, the launch sweep, the tuning run (``tune*.json`` in the docs folder), a pointer
+to the removed attention kernels' notes and, with ``--previous``, the table of an earlier run.
 """
 
 from __future__ import annotations
@@ -87,22 +86,6 @@ def tune_table(data: dict) -> list[str]:
     return lines
 
 
-def attention_table(data: dict) -> list[str]:
-    lines = [
-        "| shape | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in data["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['shape']} | {r['impl']} | {r['error'][:80]} | | | |")
-        else:
-            lines.append(
-                f"| {r['shape']} | {r['impl']} | {r['fwd_ms']:.2f} | {r['fwd_tflops']:.0f} | "
-                f"{r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_tflops']:.0f} |"
-            )
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     previous = None
@@ -150,23 +133,14 @@ def main(argv: list[str] | None = None) -> int:
             *tune_table(tune),
             "",
         ]
-    attn_path = src / "attention.json"
-    if not attn_path.exists():
-        attn_path = dst / "attention.json"
-    if attn_path.exists():
-        attn = json.loads(attn_path.read_text())
-        if attn_path.parent != dst:
-            shutil.copyfile(attn_path, dst / "attention.json")
-        out += [
-            "## Experimental head-dim-72 attention vs SDPA",
-            "",
-            f"device: {attn['device']}; date: {attn['date']}; command: "
-            f"`python packages/mugv-kernels/benchmarks/{attn['command']}`. TFLOP/s from "
-            "4·B·H·L²·72 (forward) and 3.5x that (forward+backward), bf16, non-causal.",
-            "",
-            *attention_table(attn),
-            "",
-        ]
+    out += [
+        "## Head-dim-72 attention",
+        "",
+        "The experimental Triton attention was removed (FlashAttention-4 serves the DiT and "
+        "inference); its measurements and lessons: `attention.md`, "
+        "`docs/kernels-attention-notes.md`.",
+        "",
+    ]
     if previous is not None:
         out += [
             "## Previous run (before this session's kernel changes)",

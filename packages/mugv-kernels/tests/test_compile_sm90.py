@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 triton = pytest.importorskip("triton")
-from mugv_kernels import _triton_attention as A  # noqa: E402
 from mugv_kernels import _triton_groupnorm as G  # noqa: E402
 from mugv_kernels import _triton_groupnorm_cl as GCL  # noqa: E402
 from mugv_kernels import _triton_groupnorm_coop as GCO  # noqa: E402
@@ -250,26 +249,3 @@ def test_cooperative_group_norm_kernels_compile(cpc):
          "sum_dzx_ptr": "fp32", **stats, **geo, **meta},
         8,
     )  # fmt: skip
-
-
-def test_attention_kernels_compile():
-    def st(p):
-        return {f"s{p}_b": L * H * DH, f"s{p}_l": H * DH, f"s{p}_h": DH, f"s{p}_d": 1}
-
-    qkv = {"q_ptr": "bf16", "k_ptr": "bf16", "v_ptr": "bf16"}
-    meta = {"L": L, "H": H, "Dh": DH, "D1": 64, "D2": 16, "ALIGN": 8}
-    _compile(
-        A.attn_fwd_kernel,
-        {**qkv, "o_ptr": "bf16", "lse_ptr": "fp32", **meta, "qk_scale": 0.17, **st("q"),
-         **st("k"), **st("v"), **st("o"), "BLOCK_M": 128, "BLOCK_N": 64},
-        8,
-    )  # fmt: skip
-    bwd = {**qkv, "do_ptr": "bf16", "lse_ptr": "fp32", "delta_ptr": "fp32", **meta}
-    bwd |= {"qk_scale": 0.17, "sm_scale": 0.12, **st("q"), **st("k"), **st("v"), **st("do")}
-    _compile(
-        A.attn_bwd_dkdv_kernel,
-        {**bwd, "dk_ptr": "bf16", "dv_ptr": "bf16", "BLOCK_M": 64, "BLOCK_N": 128},
-        8,
-        2,
-    )
-    _compile(A.attn_bwd_dq_kernel, {**bwd, "dq_ptr": "bf16", "BLOCK_M": 128, "BLOCK_N": 64}, 8, 2)
