@@ -15,6 +15,8 @@ import pytest
 import torch
 from mugv_kernels.selfcheck import cases
 
+from .conftest import INTERPRETER_BOUNDS, check_parity
+
 pytest.importorskip("triton")
 
 DTYPES = ("float32", "bfloat16")
@@ -45,5 +47,13 @@ def test_every_case_ran(interpreter_results):
 @pytest.mark.parametrize("name", NAMES)
 def test_triton_interpreter_matches_float64_reference(interpreter_results, name):
     res = interpreter_results[name]
-    assert res["ok"], res
-    assert res["grad_err"], "no gradient was compared"
+    check_parity(name, res["out_err"], res["grad_err"], INTERPRETER_BOUNDS)
+
+
+def test_parity_check_rejects_errors_past_the_test_bounds():
+    """The bound check itself: a NaN, a too-large output or gradient error, or no gradient fail."""
+    good = {"x": 1e-6}
+    check_parity("case float32", 1e-6, good, INTERPRETER_BOUNDS)
+    for out_err, grad_err in ((3e-5, good), (1e-6, {"x": 3e-5}), (float("nan"), good), (0, {})):
+        with pytest.raises(AssertionError):
+            check_parity("case float32", out_err, grad_err, INTERPRETER_BOUNDS)
