@@ -30,6 +30,18 @@ def test_raft_needs_local_weights():
         MotionFilter(MotionConfig(method="raft", raft_weights=None, device="cpu")).setup()
 
 
+def test_raft_without_torchvision_names_the_extra(tmp_path, monkeypatch):
+    """torchvision is the optional ``raft`` extra: its absence is one ValueError naming it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models.optical_flow", None)
+    cfg = MotionConfig(method="raft", raft_weights=str(tmp_path / "w.pth"), device="cpu")
+    with pytest.raises(ValueError, match=r"needs torchvision: install mugv-data\[raft\]"):
+        MotionFilter(cfg).setup()
+
+
 @pytest.mark.gpu
 def test_raft_motion_cuda_matches_cpu(tmp_path):
     torch = pytest.importorskip("torch")

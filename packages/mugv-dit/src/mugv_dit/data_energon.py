@@ -38,18 +38,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from megatron.energon import (
-    Cooker,
-    DefaultTaskEncoder,
-    Sample,
-    SkipSample,
-    WorkerConfig,
-    basic_sample_keys,
-    get_savable_loader,
-    get_train_dataset,
-)
-from megatron.energon.edataclass import edataclass
-from megatron.energon.task_encoder.base import stateless
+
+try:
+    from megatron.energon import (
+        Cooker,
+        DefaultTaskEncoder,
+        Sample,
+        SkipSample,
+        WorkerConfig,
+        basic_sample_keys,
+        get_savable_loader,
+        get_train_dataset,
+    )
+    from megatron.energon.edataclass import edataclass
+    from megatron.energon.task_encoder.base import stateless
+except ModuleNotFoundError as e:
+    if not (e.name or "").startswith("megatron"):
+        raise
+    raise ModuleNotFoundError(
+        "data.loader=energon needs megatron-energon, an optional dependency of mugv-dit: "
+        "install mugv-dit[energon] (or use data.loader=plan)",
+        name=e.name,
+    ) from None
 from mugv_formats import ChecksumError, CorruptShardError, member_digests
 
 from mugv_dit.config import StageConfig

@@ -70,7 +70,13 @@ class RaftFlow:
                 "filters.motion.method=raft needs filters.motion.raft_weights (a local file)"
             )
         import torch
-        from torchvision.models.optical_flow import raft_large, raft_small
+
+        try:
+            from torchvision.models.optical_flow import raft_large, raft_small
+        except ModuleNotFoundError:
+            raise ValueError(
+                "filters.motion.method=raft needs torchvision: install mugv-data[raft]"
+            ) from None
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("filters.motion.method=raft with device=cuda but no GPU is visible")
