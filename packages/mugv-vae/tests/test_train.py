@@ -12,6 +12,8 @@ from mugv_vae.model import MugvVAE
 from mugv_vae.train.config import load_train_config
 from mugv_vae.train.trainer import Trainer
 
+from .mugv_vae_golden import GOLDEN, KEYS, STEPS, golden_losses
+
 TINY_CPU_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
@@ -69,21 +71,24 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, small_clips):
         assert torch.equal(ema.state_dict()[k], v), k
 
 
-def test_training_reduces_the_reconstruction_error(tmp_path, small_clips):
-    cfg = _cfg(
-        tmp_path,
-        small_clips,
-        12,
-        **{
-            "loss.gan_start_step": "null",
-            "optim.lr": 3e-3,
-            "data.image_ratio": 0,
-            "checkpoint_every": 100,
-        },
-    )
-    Trainer(cfg).fit()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r["mse"] for r in rows[-3:]) < sum(r["mse"] for r in rows[:3])
+def test_training_matches_the_golden_losses(tmp_path):
+    """A seeded tiny run reproduces the committed per-step metrics (``golden/losses.json``)
+    within fp32 noise: other thread counts and CPUs move them by < 1e-4 relative in 8 steps
+    (grad norms by ~1e-4). Regenerate after a deliberate change of the numerics:
+    ``uv run python packages/mugv-vae/tests/mugv_vae_golden.py --write``."""
+    golden = json.loads(GOLDEN.read_text())
+    want = golden["steps"]
+    # the committed run learns: its reconstruction error falls
+    assert sum(r["mse"] for r in want[-3:]) < 0.7 * sum(r["mse"] for r in want[:3])
+    got = golden_losses(tmp_path)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
+    for g, w in zip(got, want):
+        for key in KEYS:
+            rel = 1e-3 if key == "grad_norm" else 1e-4
+            assert g[key] == pytest.approx(w[key], rel=rel, abs=1e-7), (
+                f"step {w['step']} {key}: {g[key]!r} != golden {w[key]!r} "
+                f"(regenerate: {golden['generated_by']})"
+            )
 
 
 def test_missing_lpips_weights_warn_and_skip(tmp_path, small_clips):
