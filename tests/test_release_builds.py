@@ -1,11 +1,17 @@
 """Every package builds alone (no workspace sources) and its wheel installs and imports in a
-fresh virtual environment with only its declared dependencies (scripts/release_check.py)."""
+fresh virtual environment with only its declared dependencies (scripts/release_check.py).
+
+Marked ``slow`` (builds seven wheels and installs each into its own venv): excluded from the
+default ``uv run pytest``; CI (`.ci/run`) runs it after the fast suite."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import release_check
+
+pytestmark = pytest.mark.slow
 
 
 def test_every_package_builds_and_installs_alone(tmp_path: Path) -> None:
