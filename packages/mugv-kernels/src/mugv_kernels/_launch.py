@@ -34,19 +34,12 @@ def sm_count(device: torch.device) -> int:
 #: ``group_min_per_sm`` groups per multiprocessor, else chunk-parallel statistics + apply;
 #: ``max_block_c`` (gn_cl): widest channel tile of the channels-last backward kernels; ``stat_tiles``:
 #: position tiles per statistics program (fewer per-chunk partials to write and combine).
+#: Why these values (H100 sweeps): docs/benchmarks/kernels/launch-defaults.md.
 TUNING: dict[str, dict[str, int]] = {
-    # tile 2048, 64 programs per SM (about one program per tile: no persistent loop): measured
-    # 17% faster than 8192 / 4 at L=12880 D=1728 and equal at L=50400 D=3456 (H100 sweep)
     "modln_fwd": {"tile_elems": 2048, "programs_per_sm": 64, "warp_elems": 512},
-    # tile 2048: measured 3x faster than 4096 at D=1728 on an H100 (2026-11-22 sweep)
     "modln_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
-    # 64 per SM: ~20% faster at L=12880 D=1728 than 4 per SM; tile 16384 then beat 4096 by
-    # 2% / 9% at L=12880 D=1728 / L=50400 D=3456 (H100 sweep of the 07:00 run, after its table)
     "gated_fwd": {"tile_elems": 16384, "programs_per_sm": 64, "warp_elems": 512},
     "gated_bwd": {"tile_elems": 2048, "programs_per_sm": 4, "warp_elems": 256},
-    # qk: head dim split 64 + 8 (forward and backward), 32 / 16 programs per SM. The backward
-    # split beat one padded part by 12% / 5% at 16 programs per SM (H100 sweep of the 07:00
-    # run, after its table, which was measured with split 0)
     "qk": {
         "tile_elems": 4096,
         "programs_per_sm": 32,
@@ -67,12 +60,12 @@ TUNING: dict[str, dict[str, int]] = {
     "gn_cl": {"max_block_c": 256, "num_warps": 8, "stat_tiles": 8},
     # channels-last forward (statistics + apply) and bias_residual: tiles of
     # tile_elems // next_pow2(C) positions x all channels, stat_tiles tiles per statistics
-    # program (the VAE's kernels: about 5x faster statistics than the gn_cl design)
+    # program
     "gn_cl_fwd": {"tile_elems": 8192, "stat_tiles": 8, "num_warps": 8},
     # cooperative two-pass GroupNorm (x read from DRAM once): items of ~item_elems elements,
     # at most programs_per_sm co-resident programs per multiprocessor
     "gn_coop": {
-        "enabled": 0,  # measured 15-35% slower than the chunked kernels on an H100: off
+        "enabled": 0,  # off: slower than the chunked kernels so far (see the docs page)
         "item_elems": 32768,
         "tile": 4096,
         "num_warps": 8,
