@@ -12,8 +12,9 @@ imports in its own pyproject dependencies. Further:
 
 Scanned: each package's ``src/``, ``tests/`` and ``benchmarks/``. Imports are ``import``,
 ``from ... import`` (at any depth, inside functions too) and ``importlib.import_module("...")``
-/ ``__import__("...")`` with a literal name. A test or benchmark may import its own package's
-helper modules (files of its ``tests/`` / ``benchmarks/`` folder, e.g. ``mugv_dit_fixtures``);
+/ ``__import__("...")`` with a literal name; a name computed from a ``"mugv"`` prefix
+(``import_module(f"mugv_{x}")``) is itself a violation, as it cannot be checked. A test or
+benchmark may import its own package's helper modules (files of its ``tests/`` / ``benchmarks/`` folder, e.g. ``mugv_dit_fixtures``);
 importing another package's helpers follows the rules above. Exceptions are listed in
 ``ALLOWED_EXCEPTIONS`` with a reason. Prints each violation as FILE:LINE and exits 1.
 """
@@ -84,9 +85,14 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+#: Stands for a module name computed from a ``"mugv..."`` prefix (``f"mugv_{x}"``, ``"mugv_" + x``).
+COMPUTED = "<computed mugv name>"
+
+
 def _dynamic_import(call: ast.Call) -> str | None:
     """The literal module name of ``importlib.import_module("x")``, ``import_module("x")`` or
-    ``__import__("x")``; None for other calls, relative names and computed names."""
+    ``__import__("x")``; ``COMPUTED`` for a name built from a ``"mugv"`` prefix; None for
+    other calls, relative names and other computed names."""
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
     if name not in ("import_module", "__import__") or not call.args:
@@ -94,6 +100,11 @@ def _dynamic_import(call: ast.Call) -> str | None:
     arg = call.args[0]
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
         return None if arg.value.startswith(".") else arg.value
+    head = arg.values[0] if isinstance(arg, ast.JoinedStr) and arg.values else None
+    if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Add):
+        head = arg.left
+    if isinstance(head, ast.Constant) and str(head.value).startswith("mugv"):
+        return COMPUTED
     return None
 
 
@@ -169,6 +180,12 @@ def violations(root: Path = ROOT) -> list[str]:
         for f in _scanned_files(pkg, root):
             rel = f.relative_to(root)
             for line, name, top in imported_modules(f):
+                if name == COMPUTED:
+                    problems.append(
+                        f"{rel}:{line}: computes the name of a mugv module to import; "
+                        "the import rules cannot check it (import the module by name)"
+                    )
+                    continue
                 outside = name.split(".")[0]
                 if outside in FORBIDDEN.get(pkg, {}):
                     problems.append(
