@@ -164,13 +164,3 @@ def test_second_run_reuses_and_force_redoes_the_rest(run) -> None:
     assert ran == ["generate", "report"]
     assert "[dpo] reused" in res.stdout
     assert (out / "videos" / "t2v.mp4").stat().st_mtime_ns != before
-
-
-def test_old_demo_script_is_the_mugv_demo(repo_root: Path) -> None:
-    res = subprocess.run(
-        [sys.executable, str(repo_root / "scripts" / "demo.py"), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0 and "usage: mugv demo" in res.stdout
