@@ -107,7 +107,7 @@ def bench_mug(
         finalize_model_grads,
     )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from mugv_dit.config import ModelConfig
+    from mugv_dit.config import ModelConfig, RuntimeConfig
     from mugv_dit.model import MUGDiT, PackedText, megatron_config
 
     cfg = ModelConfig(
@@ -115,10 +115,8 @@ def bench_mug(
         num_layers=layers,
         num_heads=hidden // 72,
         text_dim=4096,
-        recompute=recompute,
-        fused_ops=fused,
-        attention_backend=attention,
     )
+    runtime = RuntimeConfig(recompute=recompute, fused_ops=fused, attention_backend=attention)
     on_gpu = DEVICE == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
     if on_gpu:
@@ -126,7 +124,7 @@ def bench_mug(
     tcfg = megatron_config(
         cfg, tensor_parallel=tp, params_dtype=dtype, cpu_init=not on_gpu, sequence_parallel=sp
     )
-    model = MUGDiT(cfg, tcfg).to(device=DEVICE, dtype=dtype).train()
+    model = MUGDiT(cfg, tcfg, runtime=runtime).to(device=DEVICE, dtype=dtype).train()
     ddp = DistributedDataParallel(
         tcfg,
         DistributedDataParallelConfig(

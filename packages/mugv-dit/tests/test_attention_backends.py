@@ -133,11 +133,13 @@ def test_flash_attn_namespace_without_fa2_functions_is_not_fa2(monkeypatch):
 
 
 def test_model_runs_with_explicit_sdpa_backend(megatron_single, debug_cfg):
+    from mugv_dit.config import RuntimeConfig
     from mugv_dit.model import MUGDiT, PackedText, megatron_config
 
-    cfg = debug_cfg.model_copy(update={"attention_backend": "sdpa"})
+    cfg = debug_cfg
     torch.manual_seed(0)
-    model = MUGDiT(cfg, megatron_config(cfg))
+    model = MUGDiT(cfg, megatron_config(cfg), runtime=RuntimeConfig(attention_backend="sdpa"))
+    assert all(block.self_attention.backend == "sdpa" for block in model.blocks)
     x = torch.randn(1, cfg.in_channels, 2, 4, 4)
     out = model(
         x,

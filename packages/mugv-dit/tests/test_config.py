@@ -72,3 +72,21 @@ def test_model_stage_split_needs_divisible_layers(megatron_single, debug_cfg):
     assert model.pre_process and model.post_process and model.layer_offset == 0
     assert model.global_name("blocks.1.mlp.fc1.weight") == "blocks.1.mlp.fc1.weight"
     assert model.padded_length((1, 24, 3, 4, 6)) == 3 * 2 * 3 + 2
+
+
+def test_runtime_settings_are_their_own_section(tmp_path):
+    cfg = load_config(None, ["runtime.fused_ops=true", "runtime.recompute=full"])
+    assert cfg.runtime.fused_ops and cfg.runtime.recompute == "full"
+    assert "fused_ops" not in cfg.model.model_dump()
+    assert yaml.safe_load(dump_config(cfg))["runtime"]["fused_ops"] is True
+
+
+def test_runtime_settings_under_model_are_read_from_old_configs(tmp_path):
+    """A resolved_config.yaml written before the split sets them under `model`."""
+    old = tmp_path / "resolved_config.yaml"
+    old.write_text(yaml.safe_dump({"model": {"text_dim": 32, "fused_ops": True}}))
+    with pytest.warns(FutureWarning, match=r"model.fused_ops .* runtime.fused_ops=True"):
+        cfg = load_config(old)
+    assert cfg.runtime.fused_ops and cfg.model.text_dim == 32
+    with pytest.raises(ValueError, match=r"model.fused_ops=True and runtime.fused_ops=False"):
+        load_config(old, ["runtime.fused_ops=false"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mugv_dit.config import ModelConfig
+from mugv_dit.config import ModelConfig, RuntimeConfig
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 
 pytestmark = [
@@ -15,9 +15,11 @@ pytestmark = [
 
 
 def _model(fused: bool, dtype):
-    cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64, fused_ops=fused)
+    cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64)
     torch.manual_seed(0)
-    return MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype)).to("cuda", dtype).train(), cfg
+    runtime = RuntimeConfig(fused_ops=fused)
+    model = MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype), runtime=runtime)
+    return model.to("cuda", dtype).train(), cfg
 
 
 def _inputs(cfg):

@@ -80,16 +80,15 @@ def test_model_with_fa4_matches_sdpa(megatron_single):
     model is (output and every gradient): FA4 adds no error beyond bf16 rounding. Two bf16
     runs are not compared with each other directly: for small gradients their difference is
     rounding noise of either one."""
-    from mugv_dit.config import ModelConfig
+    from mugv_dit.config import ModelConfig, RuntimeConfig
     from mugv_dit.model import MUGDiT, PackedText, megatron_config
 
     def run(backend, dtype):
-        cfg = ModelConfig(
-            hidden_size=288, num_heads=4, num_layers=2, text_dim=64, fused_ops=True,
-            attention_backend=backend,
-        )  # fmt: skip
+        cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64)
+        runtime = RuntimeConfig(fused_ops=True, attention_backend=backend)
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype)).to("cuda", dtype).train()
+        model = MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype), runtime=runtime)
+        model = model.to("cuda", dtype).train()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 24, 3, 8, 12, generator=g).cuda().to(dtype)
         texts = [torch.randn(n, 64, generator=g).cuda().to(dtype) for n in (7, 3)]

@@ -156,14 +156,15 @@ def test_bad_grid_names_shape(debug_model, debug_cfg):
 
 
 def test_recompute_gives_identical_gradients(megatron_single, debug_cfg):
+    from mugv_dit.config import RuntimeConfig
     from mugv_dit.model import MUGDiT, megatron_config
 
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     grads = []
     for mode in ("none", "selective", "full"):
-        cfg = debug_cfg.model_copy(update={"recompute": mode})
+        cfg = debug_cfg
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg)).train()
+        model = MUGDiT(cfg, megatron_config(cfg), runtime=RuntimeConfig(recompute=mode)).train()
         out = model(x, sigma, PackedText.from_list(texts), fps_B=fps, noisy_frames_BT=noisy)
         out.pow(2).mean().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -174,15 +175,17 @@ def test_recompute_gives_identical_gradients(megatron_single, debug_cfg):
 
 
 def test_fused_ops_switch_matches_torch_path(megatron_single, debug_cfg):
-    """model.fused_ops routes through mugv_kernels (its reference path on CPU): same outputs."""
+    """runtime.fused_ops routes through mugv_kernels (its reference path on CPU): same
+    outputs."""
+    from mugv_dit.config import RuntimeConfig
     from mugv_dit.model import MUGDiT, megatron_config
 
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     outs = []
     for fused in (False, True):
-        cfg = debug_cfg.model_copy(update={"fused_ops": fused})
+        cfg = debug_cfg
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg)).double()
+        model = MUGDiT(cfg, megatron_config(cfg), runtime=RuntimeConfig(fused_ops=fused)).double()
         outs.append(
             model(
                 x.double(),

@@ -412,6 +412,35 @@ def test_init_from_export_and_widen_cli(megatron_single, reference_run, dataset,
     assert wide_cfg.hidden_size == 96 and wide["blocks.0.mlp.fc1.weight"].shape == (384, 96)
 
 
+def test_init_from_export_that_differs_only_in_runtime_settings(
+    megatron_single, reference_run, dataset, tmp_path
+):
+    """An export made without fused ops (as `import-original` writes) starts a run that uses
+    them (as configs/pretrain_2b.yaml does): runtime settings are not the architecture."""
+    from mugv_dit.cli import main
+    from mugv_dit.export import load_export
+    from mugv_dit.trainer import Trainer
+
+    ref_dir, _, _ = reference_run
+    assert main(["export", "--run", str(ref_dir), "--output", str(tmp_path / "exp")]) == 0
+    _, state = load_export(tmp_path / "exp")
+    cfg = _config(
+        tmp_path,
+        dataset,
+        "fused",
+        model={"text_dim": 32, "fused_ops": True, "recompute": "full"},
+        train={"progress": False, "init_from": str(tmp_path / "exp")},
+    )
+    trainer = Trainer(load_config(cfg), micro_batches_per_step=2)
+    try:
+        for name, p in trainer.model.module.named_parameters():
+            torch.testing.assert_close(p.detach(), state[name], rtol=0, atol=0)
+        assert trainer.model.module.blocks[0].fused_ops
+        assert trainer.run(max_steps=1)[0]["loss"] < 3.0
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_loss_stops_or_skips(megatron_single, dataset, tmp_path, mode):
     from mugv_dit.trainer import NonFiniteError, Trainer

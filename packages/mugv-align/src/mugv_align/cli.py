@@ -225,7 +225,7 @@ def _ema_sweep(args) -> int:
     init_distributed(1)
     results = []
     with cpu_megatron():
-        model = MUGDiT(cfg.model, megatron_config(cfg.model)).eval()
+        model = MUGDiT(cfg.model, megatron_config(cfg.model), runtime=cfg.runtime).eval()
         for s in cands:
             state, _, _ = _reconstruct(args.run, s, args.step)
             load_full_state_dict(model, state)

@@ -6,6 +6,7 @@ config (``resolved_config.yaml``) next to its outputs.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +17,8 @@ _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(BaseModel):
-    """Architecture of MUG-DiT (see DESIGN.md, "DiT")."""
+    """Architecture of MUG-DiT (see DESIGN.md, "DiT"): what defines the weights, and what a
+    ``mugv.dit-export`` carries. How a model runs is :class:`RuntimeConfig`."""
 
     model_config = _STRICT
 
@@ -40,21 +42,6 @@ class ModelConfig(BaseModel):
     rope_theta: float = Field(10000.0, description="RoPE base.")
     norm_eps: float = Field(1e-6, description="Epsilon of every LayerNorm / RMSNorm.")
     init_std: float = Field(0.02, description="Std of the normal init of linear weights.")
-    attention_backend: Literal["auto", "sdpa", "flash", "fa4"] = Field(
-        "auto",
-        description="sdpa: torch SDPA; flash: flash-attn 2; fa4: FlashAttention-4 (flash-attn-4, "
-        "head dims padded to an exact one, 72 -> 96); auto: fa4 on Hopper when it imports and "
-        "passes a start-up self-check, else flash-attn 2 when installed, else SDPA.",
-    )
-    recompute: Literal["none", "selective", "full"] = Field(
-        "none",
-        description="Activation recompute: 'selective' re-runs each block's MLP (its two "
-        "FFN-wide activations are the largest), 'full' re-runs each whole block in backward.",
-    )
-    fused_ops: bool = Field(
-        False,
-        description="Use mugv_kernels fused ops (modulated LN, gated residual, QK-norm+RoPE).",
-    )
 
     @property
     def head_dim(self) -> int:
@@ -79,6 +66,33 @@ class ModelConfig(BaseModel):
                 f"model head_dim={self.head_dim} must be divisible by 6 (3D RoPE: h/w/t pairs)"
             )
         return self
+
+
+class RuntimeConfig(BaseModel):
+    """How a MUG-DiT runs: chosen when a model is built, not stored with its weights (an
+    export made with one setting loads under any other)."""
+
+    model_config = _STRICT
+
+    attention_backend: Literal["auto", "sdpa", "flash", "fa4"] = Field(
+        "auto",
+        description="sdpa: torch SDPA; flash: flash-attn 2; fa4: FlashAttention-4 (flash-attn-4, "
+        "head dims padded to an exact one, 72 -> 96); auto: fa4 on Hopper when it imports and "
+        "passes a start-up self-check, else flash-attn 2 when installed, else SDPA.",
+    )
+    recompute: Literal["none", "selective", "full"] = Field(
+        "none",
+        description="Activation recompute: 'selective' re-runs each block's MLP (its two "
+        "FFN-wide activations are the largest), 'full' re-runs each whole block in backward.",
+    )
+    fused_ops: bool = Field(
+        False,
+        description="Use mugv_kernels fused ops (modulated LN, gated residual, QK-norm+RoPE).",
+    )
+
+
+#: Fields of RuntimeConfig that ModelConfig held before (run configs and exports then).
+LEGACY_MODEL_RUNTIME_FIELDS = tuple(RuntimeConfig.model_fields)
 
 
 def _preset(hidden: int, heads: int, ffn: int | None = None, layers: int = 56) -> dict:
@@ -259,6 +273,7 @@ class RunConfig(BaseModel):
 
     preset: str | None = Field(None, description="Model preset; `model` fields override it.")
     model: ModelConfig = Field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
@@ -271,6 +286,33 @@ class RunConfig(BaseModel):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.curriculum)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_fields_out_of_model(cls, raw):
+        """Configs written before the split (``resolved_config.yaml`` of older runs) set the
+        runtime settings under ``model``: read them as ``runtime`` ones, with a warning."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            return raw
+        legacy = {k: v for k, v in raw["model"].items() if k in LEGACY_MODEL_RUNTIME_FIELDS}
+        if not legacy:
+            return raw
+        runtime = dict(raw.get("runtime") or {})
+        for key, value in legacy.items():
+            if key in runtime and runtime[key] != value:
+                raise ValueError(
+                    f"model.{key}={value!r} and runtime.{key}={runtime[key]!r}: {key} is a "
+                    f"runtime setting; set only runtime.{key}"
+                )
+            runtime[key] = value
+            warnings.warn(
+                f"model.{key} is a runtime setting: read as runtime.{key}={value!r} "
+                "(move it to the runtime section)",
+                FutureWarning,
+                stacklevel=2,
+            )
+        model = {k: v for k, v in raw["model"].items() if k not in legacy}
+        return {**raw, "model": model, "runtime": runtime}
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

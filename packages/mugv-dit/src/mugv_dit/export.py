@@ -1,7 +1,8 @@
 """DiT inference export (mugv_formats ``mugv.dit-export``) <-> training checkpoints.
 
 The export holds the full (TP=1) state dict of MUGDiT under mugv's own parameter names plus
-the ModelConfig; ``import`` loads it into a model of any TP size by slicing each tensor-parallel
+the ModelConfig (the architecture; format 1.0 exports also stored the runtime settings of the
+run that wrote them, which loading ignores: a model's RuntimeConfig is chosen when built); ``import`` loads it into a model of any TP size by slicing each tensor-parallel
 parameter along its partition dim.
 """
 
@@ -11,10 +12,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from mugv_formats import DIT_EXPORT_FORMAT, load_weights_folder, save_weights_folder
+from mugv_formats import (
+    DIT_EXPORT_FORMAT,
+    FormatVersion,
+    load_weights_folder,
+    save_weights_folder,
+)
+from pydantic import ValidationError
 
 from mugv_dit import __version__
-from mugv_dit.config import ModelConfig, resolve_config
+from mugv_dit.config import LEGACY_MODEL_RUNTIME_FIELDS, ModelConfig, RuntimeConfig, resolve_config
 
 ARCHITECTURE = "MUGDiT"
 
@@ -74,12 +81,31 @@ def load_export(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     folder = load_weights_folder(path, format=DIT_EXPORT_FORMAT)
     if folder.architecture != ARCHITECTURE:
         raise ValueError(f"{path}: architecture {folder.architecture!r} is not {ARCHITECTURE!r}")
-    return ModelConfig(**folder.config), folder.state_dict
+    return stored_model_config(folder.config, folder.version, where=path), folder.state_dict
 
 
-def build_model_from_export(path: str | Path, *, dtype: torch.dtype = torch.float32):
+def stored_model_config(config: dict, version: str, *, where) -> ModelConfig:
+    """The ModelConfig of an export's ``config`` at format ``version`` (1.0 exports also hold
+    the writer's runtime settings: left out)."""
+    if FormatVersion.parse(version, where=where) < FormatVersion(1, 1):
+        config = {k: v for k, v in config.items() if k not in LEGACY_MODEL_RUNTIME_FIELDS}
+    try:
+        return ModelConfig(**config)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']} (value {err['input']!r})"
+            for err in e.errors()
+        )
+        raise ValueError(
+            f"{where}/config.json: config does not fit ModelConfig: {problems}"
+        ) from None
+
+
+def build_model_from_export(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, runtime: RuntimeConfig | None = None
+):
     """A MUGDiT (current TP layout; initialises one local process if needed) with the
-    export's weights."""
+    export's weights, run with ``runtime`` settings (default: RuntimeConfig())."""
     from mugv_dit.model import MUGDiT, megatron_config
     from mugv_dit.parallel import init_distributed
 
@@ -88,7 +114,8 @@ def build_model_from_export(path: str | Path, *, dtype: torch.dtype = torch.floa
 
     model_cfg, state = load_export(path)
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    model = MUGDiT(model_cfg, megatron_config(model_cfg, tensor_parallel=tp, params_dtype=dtype))
+    tcfg = megatron_config(model_cfg, tensor_parallel=tp, params_dtype=dtype)
+    model = MUGDiT(model_cfg, tcfg, runtime=runtime)
     load_full_state_dict(model, state)
     return model
 

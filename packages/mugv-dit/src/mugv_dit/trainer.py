@@ -133,7 +133,7 @@ class Trainer:
             sequence_parallel=par.sequence_parallel,
             **layout,
         )
-        model = MUGDiT(cfg.model, tcfg).to(device=self.device, dtype=dtype)
+        model = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime).to(device=self.device, dtype=dtype)
         # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
         ddp_cfg = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
@@ -168,7 +168,8 @@ class Trainer:
         self.ema = None
         if cfg.train.ema_decay is not None:
             ema_tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
-            self.ema = MUGDiT(cfg.model, ema_tcfg).to(self.device).requires_grad_(False)
+            ema = MUGDiT(cfg.model, ema_tcfg, runtime=cfg.runtime)
+            self.ema = ema.to(self.device).requires_grad_(False)
             with torch.no_grad():
                 for p_ema, p in zip(self.ema.parameters(), model.parameters()):
                     p_ema.copy_(p.float())
@@ -256,8 +257,15 @@ class Trainer:
         from mugv_dit.export import load_export, load_full_state_dict
 
         model_cfg, state = load_export(path)
-        if model_cfg.model_dump() != self.cfg.model.model_dump():
-            raise ValueError(f"train.init_from={path}: its model config differs from this run's")
+        theirs, ours = model_cfg.model_dump(), self.cfg.model.model_dump()
+        diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+        if diff:
+            raise ValueError(
+                f"train.init_from={path}: its model config differs from this run's: "
+                + ", ".join(
+                    f"model.{k}={b!r} here, {a!r} in the export" for k, (a, b) in diff.items()
+                )
+            )
         load_full_state_dict(self.model.module, state)
         if self.ema is not None:
             load_full_state_dict(self.ema, state)

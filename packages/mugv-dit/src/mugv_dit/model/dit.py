@@ -24,7 +24,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
-from mugv_dit.config import ModelConfig
+from mugv_dit.config import ModelConfig, RuntimeConfig
 from mugv_dit.model.attention import PackedText
 from mugv_dit.model.context_parallel import gather_sequence, shard_bounds
 from mugv_dit.model.embeddings import (
@@ -121,11 +121,13 @@ class MUGDiT(MegatronModule):
         config: TransformerConfig,
         layer_spec: ModuleSpec | None = None,
         *,
+        runtime: RuntimeConfig | None = None,
         pre_process: bool | None = None,
         post_process: bool | None = None,
     ):
         super().__init__(config)
         self.cfg = model_cfg
+        self.runtime = runtime = runtime or RuntimeConfig()
         d = model_cfg.hidden_size
         pt, ph, pw = model_cfg.patch_size
         spec = layer_spec or get_dit_layer_spec()
@@ -168,9 +170,9 @@ class MUGDiT(MegatronModule):
                         spec,
                         config,
                         eps=model_cfg.norm_eps,
-                        attention_backend=model_cfg.attention_backend,
-                        fused_ops=model_cfg.fused_ops,
-                        recompute_mlp=model_cfg.recompute == "selective",
+                        attention_backend=runtime.attention_backend,
+                        fused_ops=runtime.fused_ops,
+                        recompute_mlp=runtime.recompute == "selective",
                     )
                 )
         self.blocks = nn.ModuleList(blocks)
@@ -332,7 +334,7 @@ class MUGDiT(MegatronModule):
             shard = x_BNC.shape[1]
             noisy_local_BN1 = noisy_BN1[:, tp_rank * shard : (tp_rank + 1) * shard]
 
-        recompute = self.training and cfg.recompute == "full" and torch.is_grad_enabled()
+        recompute = self.training and self.runtime.recompute == "full" and torch.is_grad_enabled()
         for block in self.blocks:
             run = block
             if recompute:

@@ -18,11 +18,12 @@ def _kernel(name: str):
     try:
         module = importlib.import_module("mugv_kernels")
     except ImportError as exc:  # pragma: no cover - mugv-kernels is a declared dependency
-        raise RuntimeError("model.fused_ops=true needs the mugv-kernels package") from exc
+        raise RuntimeError("runtime.fused_ops=true needs the mugv-kernels package") from exc
     fn = getattr(module, name, None)
     if fn is None:
         raise RuntimeError(
-            f"model.fused_ops=true but this mugv_kernels has no {name!r}; set model.fused_ops=false"
+            f"runtime.fused_ops=true but this mugv_kernels has no {name!r}; "
+            "set runtime.fused_ops=false"
         )
     return fn
 
