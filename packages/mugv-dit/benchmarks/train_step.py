@@ -109,6 +109,7 @@ def bench_mug(
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from mugv_dit.config import ModelConfig, RuntimeConfig
     from mugv_dit.model import MUGDiT, PackedText, megatron_config
+    from mugv_dit.parallel import parallel_context
 
     cfg = ModelConfig(
         hidden_size=hidden,
@@ -124,7 +125,8 @@ def bench_mug(
     tcfg = megatron_config(
         cfg, tensor_parallel=tp, params_dtype=dtype, cpu_init=not on_gpu, sequence_parallel=sp
     )
-    model = MUGDiT(cfg, tcfg, runtime=runtime).to(device=DEVICE, dtype=dtype).train()
+    model = MUGDiT(cfg, tcfg, runtime=runtime, parallel=parallel_context())
+    model = model.to(device=DEVICE, dtype=dtype).train()
     ddp = DistributedDataParallel(
         tcfg,
         DistributedDataParallelConfig(

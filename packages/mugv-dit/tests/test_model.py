@@ -196,3 +196,23 @@ def test_fused_ops_switch_matches_torch_path(megatron_single, debug_cfg):
             )
         )
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+
+
+def test_parallel_context_must_match_the_transformer_config(megatron_single, debug_cfg):
+    from mugv_dit.model import MUGDiT, megatron_config
+
+    with pytest.raises(ValueError, match=r"\(TP, PP, CP\)=\(1, 1, 1\) but .* \(1, 2, 1\)"):
+        MUGDiT(debug_cfg, megatron_config(debug_cfg, pipeline_parallel=2))
+
+
+def test_token_layout_pads_then_cuts_cp_then_sp_shards():
+    from mugv_dit.model.parallel_context import ParallelContext, TokenLayout
+
+    ctx = ParallelContext(tp_rank=1, tp_size=2, cp_rank=1, cp_size=2)
+    layout = TokenLayout.of(11, ctx, sequence_parallel=True)
+    assert (layout.n_padded, layout.lo, layout.hi) == (12, 6, 12)
+    x_BN1 = torch.arange(1.0, 12.0)[None, :, None]
+    assert layout.cp_shard(x_BN1).flatten().tolist() == [7, 8, 9, 10, 11, 0]
+    assert layout.sp_shard(layout.cp_shard(x_BN1)).flatten().tolist() == [10, 11, 0]
+    plain = TokenLayout.of(11, ParallelContext.single(), sequence_parallel=False)
+    assert plain.n_padded == 11 and torch.equal(plain.cp_shard(x_BN1), x_BN1)

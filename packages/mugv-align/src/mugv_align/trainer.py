@@ -95,7 +95,8 @@ class AlignTrainer(Trainer):
 
             def make():
                 tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
-                return MUGDiT(cfg.model, tcfg, runtime=cfg.runtime).to(self.device)
+                model = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime, parallel=self.parallel)
+                return model.to(self.device)
 
             self.ema = PowerEMAs(make, a.ema_sigma_rels)
             if ckpt is not None:
@@ -148,7 +149,8 @@ class AlignTrainer(Trainer):
             sequence_parallel=cfg.parallel.sequence_parallel,
             **layout,
         )
-        ref = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime).to(device=self.device, dtype=dtype)
+        ref = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime, parallel=self.parallel)
+        ref = ref.to(device=self.device, dtype=dtype)
         load_full_state_dict(ref, state)
         return ref.eval().requires_grad_(False)
 

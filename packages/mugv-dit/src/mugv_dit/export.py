@@ -107,15 +107,13 @@ def build_model_from_export(
     """A MUGDiT (current TP layout; initialises one local process if needed) with the
     export's weights, run with ``runtime`` settings (default: RuntimeConfig())."""
     from mugv_dit.model import MUGDiT, megatron_config
-    from mugv_dit.parallel import init_distributed
+    from mugv_dit.parallel import init_distributed, parallel_context
 
     init_distributed(1)
-    from megatron.core import parallel_state
-
     model_cfg, state = load_export(path)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    tcfg = megatron_config(model_cfg, tensor_parallel=tp, params_dtype=dtype)
-    model = MUGDiT(model_cfg, tcfg, runtime=runtime)
+    parallel = parallel_context()
+    tcfg = megatron_config(model_cfg, tensor_parallel=parallel.tp_size, params_dtype=dtype)
+    model = MUGDiT(model_cfg, tcfg, runtime=runtime, parallel=parallel)
     load_full_state_dict(model, state)
     return model
 

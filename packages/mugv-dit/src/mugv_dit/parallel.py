@@ -1,4 +1,5 @@
-"""Process-group set-up: torch.distributed + Megatron-Core parallel_state.
+"""Process-group set-up: torch.distributed + Megatron-Core parallel_state, and the model's
+:class:`ParallelContext` read from it once (:func:`parallel_context`).
 
 Works for one process (world size 1, no launcher) and under torchrun (env:// rendezvous).
 """
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from mugv_dit.compat import default_backend
+from mugv_dit.model.parallel_context import ParallelContext
 
 
 def _free_port() -> int:
@@ -77,21 +79,18 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def dp_rank() -> int:
-    return parallel_state.get_data_parallel_rank()
-
-
-def dp_size() -> int:
-    return parallel_state.get_data_parallel_world_size()
-
-
-def pp_rank() -> int:
-    return parallel_state.get_pipeline_model_parallel_rank()
-
-
-def cp_rank() -> int:
-    return parallel_state.get_context_parallel_rank()
-
-
-def tp_rank() -> int:
-    return parallel_state.get_tensor_model_parallel_rank()
+def parallel_context() -> ParallelContext:
+    """This process's place in Megatron's parallel_state, for the model (one process, no
+    model parallelism, when parallel_state is not initialised)."""
+    if not parallel_state.model_parallel_is_initialized():
+        return ParallelContext.single()
+    cp_size = parallel_state.get_context_parallel_world_size()
+    return ParallelContext(
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        pp_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        cp_rank=parallel_state.get_context_parallel_rank(),
+        cp_size=cp_size,
+        cp_group=parallel_state.get_context_parallel_group() if cp_size > 1 else None,
+    )

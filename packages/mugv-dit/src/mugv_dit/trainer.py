@@ -42,7 +42,7 @@ from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
-from mugv_dit.parallel import init_distributed
+from mugv_dit.parallel import init_distributed, parallel_context
 
 
 class NonFiniteError(RuntimeError):
@@ -133,7 +133,9 @@ class Trainer:
             sequence_parallel=par.sequence_parallel,
             **layout,
         )
-        model = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime).to(device=self.device, dtype=dtype)
+        self.parallel = parallel_context()
+        model = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime, parallel=self.parallel)
+        model = model.to(device=self.device, dtype=dtype)
         # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
         ddp_cfg = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
@@ -168,7 +170,7 @@ class Trainer:
         self.ema = None
         if cfg.train.ema_decay is not None:
             ema_tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
-            ema = MUGDiT(cfg.model, ema_tcfg, runtime=cfg.runtime)
+            ema = MUGDiT(cfg.model, ema_tcfg, runtime=cfg.runtime, parallel=self.parallel)
             self.ema = ema.to(self.device).requires_grad_(False)
             with torch.no_grad():
                 for p_ema, p in zip(self.ema.parameters(), model.parameters()):

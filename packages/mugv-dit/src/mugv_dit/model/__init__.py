@@ -2,5 +2,6 @@
 
 from mugv_dit.model.attention import PackedText
 from mugv_dit.model.dit import MUGDiT, megatron_config
+from mugv_dit.model.parallel_context import ParallelContext
 
-__all__ = ["MUGDiT", "PackedText", "megatron_config"]
+__all__ = ["MUGDiT", "PackedText", "ParallelContext", "megatron_config"]

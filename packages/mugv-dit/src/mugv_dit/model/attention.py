@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
@@ -125,7 +125,7 @@ def row_forward(layer: RowParallelLinear, y_BNC: torch.Tensor) -> torch.Tensor:
 class _AttentionBase(MegatronModule):
     def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
         super().__init__(config)
-        tp = parallel_state.get_tensor_model_parallel_world_size()
+        tp = config.tensor_model_parallel_size
         if config.num_attention_heads % tp:
             raise ValueError(
                 f"num_heads={config.num_attention_heads} not divisible by tensor_parallel={tp}"
@@ -169,26 +169,31 @@ class _AttentionBase(MegatronModule):
 class SelfAttention(_AttentionBase):
     """3D self-attention: fused qkv -> QK-RMSNorm -> 3D RoPE -> attention -> out proj.
 
-    With context parallelism (Megatron's CP group of size > 1) the layer sees a token shard;
-    q/k/v are exchanged all-to-all (heads scattered, sequence gathered) around the attention.
+    With context parallelism (``cp_group``: the context-parallel group, None without) the
+    layer sees a token shard; q/k/v are exchanged all-to-all (heads scattered, sequence
+    gathered) around the attention.
     """
 
-    def __init__(self, config: TransformerConfig, *, eps: float, backend: str, fused: bool):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        eps: float,
+        backend: str,
+        fused: bool,
+        cp_group: dist.ProcessGroup | None = None,
+    ):
         super().__init__(config, eps=eps, backend=backend, fused=fused)
         self.qkv = self._linear_col(3 * config.hidden_size)
         self.proj = self._linear_row()
-        self.cp_group = None
-        if (
-            parallel_state.model_parallel_is_initialized()
-            and parallel_state.get_context_parallel_world_size() > 1
-        ):
-            cp = parallel_state.get_context_parallel_world_size()
+        self.cp_group = cp_group
+        if cp_group is not None:
+            cp = dist.get_world_size(cp_group)
             if self.heads_local % cp:
                 raise ValueError(
                     f"num_heads={config.num_attention_heads} not divisible by "
                     f"tensor_parallel x context_parallel={config.num_attention_heads // self.heads_local * cp}"
                 )
-            self.cp_group = parallel_state.get_context_parallel_group()
 
     def forward(self, x_BNC, cos_BNK, sin_BNK, n_real: int | None = None) -> torch.Tensor:
         """``x``: tokens (this rank's shard with sequence / context parallelism, padded).

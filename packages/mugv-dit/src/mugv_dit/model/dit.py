@@ -3,7 +3,11 @@
 Shapes: B batch, C latent channels, T/H/W latent grid, M = T'*H'*W' video tokens,
 N = M + 2 (start and end tokens), L packed text tokens, D hidden width, P = patch volume x
 output channels. Token dims hold this rank's shard where the sequence is split: padded to a
-multiple of CP (x TP with sequence parallelism), cut into CP shards, then SP shards.
+multiple of CP (x TP with sequence parallelism), cut into CP shards, then SP shards (see
+:class:`~mugv_dit.model.parallel_context.TokenLayout`).
+
+The model reads its place in the parallel layout from the :class:`ParallelContext` it is
+given, never from Megatron's globals.
 """
 
 from __future__ import annotations
@@ -13,12 +17,7 @@ import functools
 
 import torch
 import torch.utils.checkpoint
-from megatron.core import parallel_state
 from megatron.core.enums import ModelType
-from megatron.core.tensor_parallel import (
-    gather_from_sequence_parallel_region,
-    scatter_to_sequence_parallel_region,
-)
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -26,7 +25,6 @@ from torch import nn
 
 from mugv_dit.config import ModelConfig, RuntimeConfig
 from mugv_dit.model.attention import PackedText
-from mugv_dit.model.context_parallel import gather_sequence, shard_bounds
 from mugv_dit.model.embeddings import (
     FinalLayer,
     ScalarEmbedder,
@@ -35,6 +33,7 @@ from mugv_dit.model.embeddings import (
     unpatchify,
 )
 from mugv_dit.model.layers import get_dit_layer_spec
+from mugv_dit.model.parallel_context import ParallelContext, TokenLayout
 from mugv_dit.model.rope import default_frame_index, dit_rope_tables
 
 
@@ -80,30 +79,6 @@ def megatron_config(
 CONDITIONING_MODULES = ("t_embedder", "fps_embedder", "t_block", "y_embedder")
 
 
-def _pipeline_position() -> tuple[int, int]:
-    """(pipeline rank, pipeline size) from Megatron's parallel_state, (0, 1) without it."""
-    if not parallel_state.model_parallel_is_initialized():
-        return 0, 1
-    return (
-        parallel_state.get_pipeline_model_parallel_rank(),
-        parallel_state.get_pipeline_model_parallel_world_size(),
-    )
-
-
-def _context_parallel() -> tuple[int, int, object]:
-    """(CP rank, CP size, CP group); (0, 1, None) without context parallelism."""
-    if (
-        not parallel_state.model_parallel_is_initialized()
-        or parallel_state.get_context_parallel_world_size() == 1
-    ):
-        return 0, 1, None
-    return (
-        parallel_state.get_context_parallel_rank(),
-        parallel_state.get_context_parallel_world_size(),
-        parallel_state.get_context_parallel_group(),
-    )
-
-
 class MUGDiT(MegatronModule):
     """The MUG-DiT video diffusion transformer on Megatron-Core parallel layers.
 
@@ -113,6 +88,8 @@ class MUGDiT(MegatronModule):
     EVERY stage the conditioning embedders (timestep, fps, ``t_block``, text), whose grads
     Megatron all-reduces over the pipeline group. Non-first stages take their input tokens
     through :meth:`set_input_tensor`; non-last stages return ``[N_shard, B, D]`` tokens.
+    ``parallel`` places the instance in the layout (default: one process); its sizes must be
+    those of ``config``.
     """
 
     def __init__(
@@ -122,6 +99,7 @@ class MUGDiT(MegatronModule):
         layer_spec: ModuleSpec | None = None,
         *,
         runtime: RuntimeConfig | None = None,
+        parallel: ParallelContext | None = None,
         pre_process: bool | None = None,
         post_process: bool | None = None,
     ):
@@ -131,7 +109,19 @@ class MUGDiT(MegatronModule):
         d = model_cfg.hidden_size
         pt, ph, pw = model_cfg.patch_size
         spec = layer_spec or get_dit_layer_spec()
-        pp_rank, pp_size = _pipeline_position()
+        self.parallel = parallel = parallel or ParallelContext.single()
+        sizes = (parallel.tp_size, parallel.pp_size, parallel.cp_size)
+        wanted = (
+            config.tensor_model_parallel_size,
+            config.pipeline_model_parallel_size,
+            config.context_parallel_size,
+        )
+        if sizes != wanted:
+            raise ValueError(
+                f"parallel context has (TP, PP, CP)={sizes} but the TransformerConfig "
+                f"{wanted}: pass parallel=mugv_dit.parallel.parallel_context()"
+            )
+        pp_rank, pp_size = parallel.pp_rank, parallel.pp_size
         if model_cfg.num_layers % pp_size:
             raise ValueError(
                 f"model.num_layers={model_cfg.num_layers} not divisible by pipeline_parallel={pp_size}"
@@ -173,6 +163,7 @@ class MUGDiT(MegatronModule):
                         attention_backend=runtime.attention_backend,
                         fused_ops=runtime.fused_ops,
                         recompute_mlp=runtime.recompute == "selective",
+                        cp_group=parallel.cp_group,
                     )
                 )
         self.blocks = nn.ModuleList(blocks)
@@ -202,16 +193,18 @@ class MUGDiT(MegatronModule):
             input_tensor = input_tensor[0]
         self.input_tensor = input_tensor
 
-    def padded_length(self, latent_shape: tuple[int, ...]) -> int:
-        """Sequence length (start + video + end tokens) padded to a multiple of the ranks it is
-        sharded over (context parallel x tensor parallel with sequence parallelism)."""
+    def token_layout(self, latent_shape: tuple[int, ...]) -> TokenLayout:
+        """How the sequence (start + video + end tokens) of latents of this shape is laid out
+        over the ranks."""
         _, _, t, h, w = latent_shape
         pt, ph, pw = self.cfg.patch_size
         n = (t // pt) * (h // ph) * (w // pw) + 2
-        mult = _context_parallel()[1]
-        if self.config.sequence_parallel:
-            mult *= parallel_state.get_tensor_model_parallel_world_size()
-        return n + (-n) % mult
+        return TokenLayout.of(n, self.parallel, self.config.sequence_parallel)
+
+    def padded_length(self, latent_shape: tuple[int, ...]) -> int:
+        """Sequence length (start + video + end tokens) padded to a multiple of the ranks it is
+        sharded over (context parallel x tensor parallel with sequence parallelism)."""
+        return self.token_layout(latent_shape).n_padded
 
     def _rope_tables(self, grid, frame_index_BF, dtype, device):
         """RoPE ``cos, sin`` tables of the full sequence, kept on ``device`` for the last few
@@ -273,7 +266,6 @@ class MUGDiT(MegatronModule):
         grid = (t // pt, h // ph, w // pw)
         if len(text.cu_seqlens) != b + 1:
             raise ValueError(f"text has {len(text.cu_seqlens) - 1} samples, latents have {b}")
-        dtype = self.t_block.weight.dtype
         device = latents_BCTHW.device
         if noisy_frames_BT is None:
             noisy_frames_BT = torch.ones(b, t, dtype=torch.bool, device=device)
@@ -284,56 +276,33 @@ class MUGDiT(MegatronModule):
                 f"frame_index_BF must have shape [B, T'+2] = [{b}, {grid[0] + 2}] "
                 f"(start, {grid[0]} token frames, end), got {tuple(frame_index_BF.shape)}"
             )
+        layout = self.token_layout(latents_BCTHW.shape)
 
-        t_emb = self.t_embedder(sigma_B * cfg.timestep_scale) + self.fps_embedder(fps_B)
-        t0_emb = self.t_embedder(torch.zeros_like(sigma_B)) + self.fps_embedder(fps_B)
+        # conditioning: timestep (noisy frames) and t=0 (clean frames) modulation, text
+        t_emb, t0_emb = self._time_embeddings(sigma_B, fps_B)
         t_mod_B6C = self.t_block(nn.functional.silu(t_emb)).unflatten(1, (6, -1))
         t0_mod_B6C = self.t_block(nn.functional.silu(t0_emb)).unflatten(1, (6, -1))
-
         text = self._text_with_dropout(text, drop_caption_B)
-        text_LC = self.y_embedder(text.tokens_LC)
-        if self.training and torch.is_grad_enabled():
-            # keep the null caption in the graph even when no caption is dropped, so every
-            # parameter gets a (zero) gradient and overlapped grad-reduce buckets complete
-            text_LC = text_LC + 0.0 * self.y_embedder.null_caption.sum().to(text_LC.dtype)
+        text_LC = self._embed_text(text)
 
-        tokens_per_frame = grid[1] * grid[2]
-        noisy_tok_BM = noisy_frames_BT[:, ::pt].repeat_interleave(tokens_per_frame, dim=1)
-        edge = torch.zeros(b, 1, dtype=torch.bool, device=device)
-        noisy_BN1 = torch.cat([edge, noisy_tok_BM, edge], dim=1)[..., None]
-        n_real = noisy_BN1.shape[1]
-        n_pad = self.padded_length(latents_BCTHW.shape)
+        # per-token noisy mask and RoPE tables of this rank's CP shard
+        noisy_BN1 = layout.cp_shard(self._noisy_tokens(noisy_frames_BT, grid))
+        dtype = self.t_block.weight.dtype
         cos_BNK, sin_BNK = self._rope_tables(
             grid, frame_index_BF, torch.promote_types(dtype, torch.float32), device
         )
-        # this rank's context-parallel shard of the (padded) sequence: mask and RoPE tables
-        cp_rank, cp_size, cp_group = _context_parallel()
-        lo, hi = shard_bounds(n_pad, cp_size, cp_rank)
-        pad_seq = functools.partial(_pad_tokens, n=n_pad)
-        noisy_BN1 = pad_seq(noisy_BN1)[:, lo:hi]
-        cos_BNK = pad_seq(cos_BNK)[:, lo:hi].contiguous()
-        sin_BNK = pad_seq(sin_BNK)[:, lo:hi].contiguous()
+        cos_BNK = layout.cp_shard(cos_BNK).contiguous()
+        sin_BNK = layout.cp_shard(sin_BNK).contiguous()
 
+        # tokens: [start, patches, end] on the first stage, the previous stage's elsewhere
         if self.pre_process:
-            x_BMC = self.x_embedder(patchify(latents_BCTHW.to(dtype), cfg.patch_size))
-            x_BNC = torch.cat(
-                [self.start_token.expand(b, 1, -1), x_BMC, self.end_token.expand(b, 1, -1)],
-                dim=1,
-            )
-            x_BNC = pad_seq(x_BNC)[:, lo:hi]
-            if self.config.sequence_parallel:
-                x_NBC = scatter_to_sequence_parallel_region(x_BNC.transpose(0, 1).contiguous())
-                x_BNC = x_NBC.transpose(0, 1)
+            x_BNC = layout.scatter_sp(layout.cp_shard(self._embed_video(latents_BCTHW)))
+        elif self.input_tensor is None:
+            raise RuntimeError("pipeline stage without input tensor (set_input_tensor)")
         else:
-            if self.input_tensor is None:
-                raise RuntimeError("pipeline stage without input tensor (set_input_tensor)")
             x_BNC = self.input_tensor.transpose(0, 1)
-        noisy_local_BN1 = noisy_BN1
-        if self.config.sequence_parallel:
-            tp_rank = parallel_state.get_tensor_model_parallel_rank()
-            shard = x_BNC.shape[1]
-            noisy_local_BN1 = noisy_BN1[:, tp_rank * shard : (tp_rank + 1) * shard]
 
+        noisy_local_BN1 = layout.sp_shard(noisy_BN1)  # the tokens this rank's blocks see
         recompute = self.training and self.runtime.recompute == "full" and torch.is_grad_enabled()
         for block in self.blocks:
             run = block
@@ -350,22 +319,44 @@ class MUGDiT(MegatronModule):
                 text=text,
                 cos_BNK=cos_BNK,
                 sin_BNK=sin_BNK,
-                n_real=n_real,
+                n_real=layout.n_real,
             )
         if not self.post_process:
             return x_BNC.transpose(0, 1).contiguous()
-        if self.config.sequence_parallel:
-            # the final layer is replicated: gather tokens; backward just splits the grad
-            x_NBC = gather_from_sequence_parallel_region(
-                x_BNC.transpose(0, 1).contiguous(), tensor_parallel_output_grad=False
-            )
-            x_BNC = x_NBC.transpose(0, 1)
-        # per token, on this rank's context-parallel shard (start/end/padding rows discarded)
-        out_BNP = self.final_layer(x_BNC, t_emb, t0_emb, noisy_BN1)
-        if cp_group is not None:
-            out_BNP = gather_sequence(out_BNP, cp_group)
-        out = unpatchify(out_BNP[:, 1 : n_real - 1], grid, cfg.patch_size, cfg.out_channels)
+        # per token on this rank's CP shard, then the whole sequence (start/end/padding cut)
+        out_BNP = self.final_layer(layout.gather_sp(x_BNC), t_emb, t0_emb, noisy_BN1)
+        out_BNP = layout.gather_cp(out_BNP)[:, 1 : layout.n_real - 1]
+        out = unpatchify(out_BNP, grid, cfg.patch_size, cfg.out_channels)
         return out.to(torch.promote_types(out.dtype, torch.float32))
+
+    def _time_embeddings(self, sigma_B, fps_B) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings ``[B, D]`` of the noise level and of t=0, each plus the fps embedding."""
+        t_emb = self.t_embedder(sigma_B * self.cfg.timestep_scale) + self.fps_embedder(fps_B)
+        t0_emb = self.t_embedder(torch.zeros_like(sigma_B)) + self.fps_embedder(fps_B)
+        return t_emb, t0_emb
+
+    def _embed_text(self, text: PackedText) -> torch.Tensor:
+        text_LC = self.y_embedder(text.tokens_LC)
+        if self.training and torch.is_grad_enabled():
+            # keep the null caption in the graph even when no caption is dropped, so every
+            # parameter gets a (zero) gradient and overlapped grad-reduce buckets complete
+            text_LC = text_LC + 0.0 * self.y_embedder.null_caption.sum().to(text_LC.dtype)
+        return text_LC
+
+    def _noisy_tokens(self, noisy_frames_BT: torch.Tensor, grid) -> torch.Tensor:
+        """``[B, N, 1]`` True for tokens of noisy frames (start/end tokens: False)."""
+        b, pt = noisy_frames_BT.shape[0], self.cfg.patch_size[0]
+        noisy_tok_BM = noisy_frames_BT[:, ::pt].repeat_interleave(grid[1] * grid[2], dim=1)
+        edge = torch.zeros(b, 1, dtype=torch.bool, device=noisy_frames_BT.device)
+        return torch.cat([edge, noisy_tok_BM, edge], dim=1)[..., None]
+
+    def _embed_video(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D]``: start token, embedded patches, end token."""
+        b = latents_BCTHW.shape[0]
+        x = patchify(latents_BCTHW.to(self.t_block.weight.dtype), self.cfg.patch_size)
+        x_BMC = self.x_embedder(x)
+        start, end = self.start_token.expand(b, 1, -1), self.end_token.expand(b, 1, -1)
+        return torch.cat([start, x_BMC, end], dim=1)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """Megatron sharded state dict with global (TP- and PP-independent) keys and shapes.
@@ -404,16 +395,3 @@ def _normal_linear(lin: nn.Linear, std: float) -> None:
     with torch.no_grad():
         nn.init.normal_(lin.weight, std=std)
         nn.init.zeros_(lin.bias)
-
-
-def _pad_tokens(x_BN_: torch.Tensor, n: int) -> torch.Tensor:
-    """Zero-pad dim 1 (tokens) to length ``n``."""
-    pad = n - x_BN_.shape[1]
-    if pad <= 0:
-        return x_BN_
-    return torch.cat([x_BN_, x_BN_.new_zeros(x_BN_.shape[0], pad, *x_BN_.shape[2:])], dim=1)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters held by this rank."""
-    return sum(p.numel() for p in model.parameters())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from megatron.core.tensor_parallel import (
@@ -88,6 +89,7 @@ class DiTLayer(MegatronModule):
         attention_backend: str = "auto",
         fused_ops: bool = False,
         recompute_mlp: bool = False,
+        cp_group: dist.ProcessGroup | None = None,
     ):
         super().__init__(config)
         self.recompute_mlp = recompute_mlp
@@ -95,7 +97,9 @@ class DiTLayer(MegatronModule):
         self.eps = eps
         self.fused_ops = fused_ops
         attn_kw = {"eps": eps, "backend": attention_backend, "fused": fused_ops}
-        self.self_attention = build_module(submodules.self_attention, config, **attn_kw)
+        self.self_attention = build_module(
+            submodules.self_attention, config, **attn_kw, cp_group=cp_group
+        )
         self.cross_attention = build_module(submodules.cross_attention, config, **attn_kw)
         self.mlp = build_module(submodules.mlp, config)
         self.cross_norm_weight = torch.nn.Parameter(torch.ones(hidden))
