@@ -41,7 +41,7 @@ FAST = {
     "fold_upsample_conv": True,
 }
 VARIANTS = {
-    # name: (config overrides, memory setting); "px": trunk frame batch floor(4e6 / (H*W))
+    # name: (VAERuntime fields, memory setting); "px": trunk frame batch floor(4e6 / (H*W))
     # frames (the previous run's rule), "budget": max_activation_bytes = --fast-budget,
     # "wan": the budget that aims at Wan's peak measured in this run (see main()).
     "ours-nchw-fused": ({"fused_group_norm_silu": True}, "px"),
@@ -52,25 +52,27 @@ VARIANTS = {
 
 
 def bench_ours(size, repeats, overrides, budget=None, frame_pixels=None):
-    from mugv_vae.config import mugv_config
+    from mugv_vae.config import VAERuntime, mugv_config
     from mugv_vae.model import MugvVAE
     from mugv_vae.model.streaming import plan
 
     t, h, w = size
     enc_budget, dec_budget = budget if isinstance(budget, tuple) else (budget, budget)
-    cfg = mugv_config().model_copy(update={**overrides, "max_activation_bytes": enc_budget})
+    cfg = mugv_config()
+    rt = VAERuntime(**overrides, max_activation_bytes=enc_budget)
     torch.manual_seed(0)  # same weights and input for every variant: outputs are comparable
     with torch.device("cuda"):
-        model = MugvVAE(cfg).to(torch.bfloat16).eval()
+        model = MugvVAE(cfg, rt).to(torch.bfloat16).eval()
     if frame_pixels is not None:
         model.frame_batch_size = max(1, frame_pixels // (h * w))
-    p_enc = plan(cfg, h, w, 2, model.frame_batch_size, model.chunk_batch_size)
+    p_enc = plan(cfg, rt, h, w, 2, model.frame_batch_size, model.chunk_batch_size)
     x = torch.rand(1, 3, t, h, w, device="cuda", dtype=torch.bfloat16) * 2 - 1
     with torch.no_grad():
         enc_s, enc_mem, z = _time(lambda: model.encode(x), repeats)
         # The decode budget may differ (Wan's decode peak differs from its encode peak).
-        model.config = cfg = cfg.model_copy(update={"max_activation_bytes": dec_budget})
-        p_dec = plan(cfg, h, w, 2, model.frame_batch_size, model.chunk_batch_size)
+        rt = rt.model_copy(update={"max_activation_bytes": dec_budget})
+        model.apply_runtime(rt)
+        p_dec = plan(cfg, rt, h, w, 2, model.frame_batch_size, model.chunk_batch_size)
         dec_s, dec_mem, y = _time(lambda: model.decode(z, window=8), repeats)
     assert y.shape == x.shape
     params = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from mugv_vae.config import tiny_config  # noqa: E402
+from mugv_vae.config import VAERuntime, tiny_config  # noqa: E402
 from mugv_vae.model import MugvVAE, nhwc_ops  # noqa: E402
 
 torch.manual_seed(0)
@@ -45,8 +45,7 @@ with torch.no_grad():
     errors["interleave"] = float((inter - ref - bias.view(1, -1, 1, 1)).abs().max())
     plain = MugvVAE(tiny_config()).eval()
     update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
-    fast_cfg = tiny_config().model_copy(update=update)
-    fast = MugvVAE(fast_cfg).eval()
+    fast = MugvVAE(tiny_config(), VAERuntime(**update)).eval()
     fast.load_state_dict(plain.state_dict())
     video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
     z = plain.encode(video)

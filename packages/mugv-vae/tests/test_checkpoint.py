@@ -47,7 +47,7 @@ def test_loading_refuses_foreign_or_newer_folders(tiny_checkpoint, tmp_path):
     (newer / "config.json").write_text(json.dumps(meta))
     with pytest.raises(mf.VersionError):
         load_checkpoint(newer)
-    with pytest.raises(ValueError, match="cannot override"):
+    with pytest.raises(TypeError):  # the architecture is the checkpoint's, not the loader's
         load_checkpoint(tiny_checkpoint, latent_channels=4)
 
 
@@ -57,3 +57,67 @@ def test_init_cli_writes_a_loadable_seeded_checkpoint(tmp_path):
     assert checkpoint_id(tmp_path / "a") == checkpoint_id(tmp_path / "b")
     assert MugvVAE.from_pretrained(tmp_path / "a").config.trunk.feature_channels == 16
     assert main(["init", "--preset", "nope", "--output", str(tmp_path / "c")]) == 2
+
+
+def _as_format_1_0(folder, **runtime):
+    """Rewrite ``config.json`` the way mugv-vae wrote it at format 1.0: the runtime fields
+    (these seven, with their stored values) inside ``config`` (the weights files and their
+    sha256 are unchanged)."""
+    meta = json.loads((folder / "config.json").read_text())
+    old = {
+        "fused_group_norm_silu": False,
+        "gradient_checkpointing": False,
+        "channels_last": False,
+        "fused_nhwc_ops": False,
+        "fold_upsample_conv": False,
+        "compile_trunk": False,
+        "max_activation_bytes": None,
+    }
+    old.update(runtime)
+    meta["version"] = "1.0"
+    meta["config"] = {**meta["config"], **old}
+    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def test_a_format_1_0_checkpoint_with_runtime_fields_still_loads(
+    tiny_checkpoint, make_video, tmp_path
+):
+    import shutil
+
+    from mugv_vae.config import VAERuntime
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_checkpoint, old)
+    _as_format_1_0(old, gradient_checkpointing=True, channels_last=True, max_activation_bytes=7)
+    model = MugvVAE.from_pretrained(old)
+    ref = MugvVAE.from_pretrained(tiny_checkpoint)
+    assert model.config == ref.config
+    assert model.runtime == VAERuntime()  # what was stored is not a choice of this load
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    video = make_video(t=9)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(video), ref.encode(video), rtol=0, atol=0)
+    assert checkpoint_id(old) == checkpoint_id(tiny_checkpoint)
+    fast = MugvVAE.from_pretrained(old, runtime=VAERuntime(channels_last=True))
+    assert fast.trunk.channels_last
+    # re-saved, it is a 1.1 checkpoint without them
+    model.save_pretrained(tmp_path / "resaved")
+    meta = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert meta["version"] == "1.1" and "channels_last" not in meta["config"]
+
+
+def test_a_format_1_1_checkpoint_with_a_runtime_field_is_refused_by_name(tiny_checkpoint, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["config"]["channels_last"] = True
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(mf.FormatError) as e:
+        load_checkpoint(bad)
+    assert str(e.value) == (
+        f"{bad}/config.json: invalid VAE config: field config.channels_last: Extra inputs are "
+        "not permitted (value True) (a runtime setting: chosen at load with VAERuntime)"
+    )

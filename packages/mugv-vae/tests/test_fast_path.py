@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from mugv_vae.config import tiny_config
+from mugv_vae.config import VAERuntime, tiny_config
 from mugv_vae.model import MugvVAE
 from mugv_vae.model.streaming import plan, temporal_bytes_per_chunk, trunk_bytes_per_frame
 from mugv_vae.model.trunk import block_forward
@@ -31,7 +33,7 @@ def test_functional_trunk_blocks_match_the_diffusers_modules():
 def test_channels_last_model_matches_the_default_layout(make_video):
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config()).eval()
-    cl = MugvVAE(tiny_config().model_copy(update={"channels_last": True})).eval()
+    cl = MugvVAE(tiny_config(), VAERuntime(channels_last=True)).eval()
     cl.load_state_dict(plain.state_dict())
     conv = cl.trunk.decoder.up_blocks[-1].resnets[0].conv1
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -49,31 +51,32 @@ def test_channels_last_model_matches_the_default_layout(make_video):
 
 
 def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
-    cfg = tiny_config()
-    per_frame = trunk_bytes_per_frame(cfg, 64, 64, 4)
+    cfg, rt = tiny_config(), VAERuntime()
+    per_frame = trunk_bytes_per_frame(cfg, rt, 64, 64, 4)
     per_chunk = temporal_bytes_per_chunk(cfg, 64, 64, 4)
     # c0=8, c1=8: max(4*8, 3*8) = 32 channels of fp32 per pixel.
     assert per_frame == 32 * 64 * 64 * 4
     assert per_chunk == 2 * 8 * 16 * 8 * 8 * 4
-    assert plan(cfg, 64, 64, 4, None, None).frame_batch is None  # no budget: no limit
-    budgeted = cfg.model_copy(update={"max_activation_bytes": 10 * per_frame})
-    p = plan(budgeted, 64, 64, 4, None, None)
+    assert plan(cfg, rt, 64, 64, 4, None, None).frame_batch is None  # no budget: no limit
+    budgeted = VAERuntime(max_activation_bytes=10 * per_frame)
+    p = plan(cfg, budgeted, 64, 64, 4, None, None)
     # Half the budget for the temporal pass: 10 * 524288 / (2 * 65536) = 40 chunks; their
     # features (40 * 65536 / 2 bytes) stay alive beside the trunk: 7 frames fit the rest.
     assert (p.chunk_batch, p.frame_batch) == (40, 7)
-    assert plan(budgeted, 64, 64, 4, 5, None).frame_batch == 5  # explicit sizes win
-    folded = cfg.model_copy(update={"fold_upsample_conv": True})
-    assert trunk_bytes_per_frame(folded, 64, 64, 4) == per_frame  # 4*c0 = 4*c1 here
-    big = folded.model_copy(
+    assert plan(cfg, budgeted, 64, 64, 4, 5, None).frame_batch == 5  # explicit sizes win
+    folded = VAERuntime(fold_upsample_conv=True)
+    assert trunk_bytes_per_frame(cfg, folded, 64, 64, 4) == per_frame  # 4*c0 = 4*c1 here
+    big = cfg.model_copy(
         update={"trunk": cfg.trunk.model_copy(update={"block_out_channels": (8, 16, 16, 16)})}
     )
-    assert trunk_bytes_per_frame(big, 64, 64, 4) == 4 * 16 * 64 * 64 * 4
-    tiny_budget = cfg.model_copy(update={"max_activation_bytes": 1})
-    assert plan(tiny_budget, 64, 64, 4, None, None) == plan(cfg, 64, 64, 4, 1, 1)
+    assert trunk_bytes_per_frame(big, folded, 64, 64, 4) == 4 * 16 * 64 * 64 * 4
+    assert trunk_bytes_per_frame(big, rt, 64, 64, 4) == 3 * 16 * 64 * 64 * 4
+    tiny_budget = VAERuntime(max_activation_bytes=1)
+    assert plan(cfg, tiny_budget, 64, 64, 4, None, None) == plan(cfg, rt, 64, 64, 4, 1, 1)
 
     torch.manual_seed(0)
     free = MugvVAE(cfg).eval()
-    tight = MugvVAE(tiny_budget).eval()
+    tight = MugvVAE(cfg, tiny_budget).eval()
     tight.load_state_dict(free.state_dict())
     video = make_video(t=25)
     with torch.no_grad():
@@ -85,16 +88,36 @@ def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
             )
 
 
-def test_runtime_fields_can_be_overridden_when_loading(tmp_path):
+def test_runtime_is_chosen_when_loading_and_not_stored(tmp_path):
     torch.manual_seed(0)
-    MugvVAE(tiny_config()).save_pretrained(tmp_path / "ckpt")
-    model = MugvVAE.from_pretrained(
-        tmp_path / "ckpt", channels_last=True, max_activation_bytes=2**20
-    )
-    assert model.config.channels_last and model.config.max_activation_bytes == 2**20
-    assert model.trunk.channels_last
-    with pytest.raises(ValueError, match="cannot override"):
+    MugvVAE(tiny_config(), VAERuntime(channels_last=True)).save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["version"] == "1.1"
+    assert set(meta["config"]) == {
+        "trunk", "temporal", "latent_channels", "in_channels", "variant", "unified"
+    }  # fmt: skip
+    plain = MugvVAE.from_pretrained(tmp_path / "ckpt")
+    assert plain.runtime == VAERuntime() and not plain.trunk.channels_last
+    rt = VAERuntime(channels_last=True, max_activation_bytes=2**20)
+    model = MugvVAE.from_pretrained(tmp_path / "ckpt", runtime=rt)
+    assert model.runtime == rt and model.trunk.channels_last
+    assert model.config == plain.config == tiny_config()
+    with pytest.raises(TypeError):
         MugvVAE.from_pretrained(tmp_path / "ckpt", latent_channels=8)
+
+
+def test_apply_runtime_switches_a_built_model(make_video):
+    torch.manual_seed(0)
+    model = MugvVAE(tiny_config()).eval()
+    video = make_video(t=9)
+    with torch.no_grad():
+        z = model.encode(video)
+        model.apply_runtime(VAERuntime(channels_last=True, max_activation_bytes=1))
+        conv = model.trunk.decoder.up_blocks[-1].resnets[0].conv1
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model.encode(video), z, rtol=1e-4, atol=1e-5)
+        model.apply_runtime(VAERuntime())
+        assert conv.weight.is_contiguous() and not model.trunk.channels_last
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -120,7 +143,7 @@ def test_folded_upsample_conv_is_the_same_function(channels_last):
 def test_fold_upsample_switch_in_the_model(make_video):
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config()).double().eval()
-    folded = MugvVAE(tiny_config().model_copy(update={"fold_upsample_conv": True}))
+    folded = MugvVAE(tiny_config(), VAERuntime(fold_upsample_conv=True))
     folded = folded.double().eval()
     folded.load_state_dict(plain.state_dict())
     z = torch.randn(1, 24, 2, 4, 4, dtype=torch.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mugv_vae.config import tiny_config
+from mugv_vae.config import VAERuntime, tiny_config
 from mugv_vae.model import MugvVAE
 
 pytestmark = [
@@ -19,7 +19,7 @@ def test_fused_group_norm_silu_matches_torch_on_cuda(make_video, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config()).cuda().eval()
-    fused = MugvVAE(tiny_config().model_copy(update={"fused_group_norm_silu": True})).cuda().eval()
+    fused = MugvVAE(tiny_config(), VAERuntime(fused_group_norm_silu=True)).cuda().eval()
     fused.load_state_dict(plain.state_dict())
     video = make_video(t=17, h=64, w=64).cuda()
     with torch.no_grad():
@@ -45,10 +45,8 @@ def test_channels_last_fused_path_matches_plain_on_cuda(make_video, monkeypatch)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config()).cuda().eval()
-    fast_cfg = tiny_config().model_copy(
-        update={"fused_group_norm_silu": True, "channels_last": True, "max_activation_bytes": 1}
-    )
-    fast = MugvVAE(fast_cfg).cuda().eval()
+    fast_rt = VAERuntime(fused_group_norm_silu=True, channels_last=True, max_activation_bytes=1)
+    fast = MugvVAE(tiny_config(), fast_rt).cuda().eval()
     fast.load_state_dict(plain.state_dict())
     video = make_video(t=17, h=64, w=64).cuda()
     with torch.no_grad():
@@ -67,7 +65,7 @@ def test_nhwc_kernels_and_folded_upsampling_match_plain_on_cuda(make_video, monk
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config()).cuda().eval()
     update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
-    fast = MugvVAE(tiny_config().model_copy(update=update)).cuda().eval()
+    fast = MugvVAE(tiny_config(), VAERuntime(**update)).cuda().eval()
     fast.load_state_dict(plain.state_dict())
     video = make_video(t=17, h=64, w=96).cuda()
     x = torch.randn(2, 16, 9, 12, device="cuda").contiguous(memory_format=torch.channels_last)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mugv_vae.config import VAEConfig, preset, tiny_config
+from mugv_vae.config import VAEConfig, VAERuntime, preset, tiny_config
 from mugv_vae.model import MugvVAE, latent_frames
 
 
@@ -145,7 +145,7 @@ def test_fused_group_norm_silu_switch_matches_the_torch_path(make_video, monkeyp
     mk = pytest.importorskip("mugv_kernels")
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config()).eval()
-    fused = MugvVAE(tiny_config().model_copy(update={"fused_group_norm_silu": True})).eval()
+    fused = MugvVAE(tiny_config(), VAERuntime(fused_group_norm_silu=True)).eval()
     fused.load_state_dict(plain.state_dict())
     video = make_video(t=9)
     calls = []
@@ -190,7 +190,7 @@ def test_unified_variant_keeps_the_rules(make_video, tmp_path):
 def test_gradient_checkpointing_gives_the_same_gradients(make_video):
     torch.manual_seed(0)
     plain = MugvVAE(tiny_config())
-    ckpt = MugvVAE(tiny_config().model_copy(update={"gradient_checkpointing": True}))
+    ckpt = MugvVAE(tiny_config(), VAERuntime(gradient_checkpointing=True))
     ckpt.load_state_dict(plain.state_dict())
     video = make_video(t=9)
     for model in (plain, ckpt):

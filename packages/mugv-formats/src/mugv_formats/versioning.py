@@ -23,7 +23,7 @@ PREFERENCE_FORMAT = "mugv.preference-data"
 CURRENT_VERSIONS: dict[str, str] = {
     CLIP_SHARDS_FORMAT: "1.1",  # 1.1: manifest column record_sha256 (checksum of KEY.json)
     LATENT_SHARDS_FORMAT: "1.1",
-    VAE_CHECKPOINT_FORMAT: "1.0",
+    VAE_CHECKPOINT_FORMAT: "1.1",  # 1.1: config holds the architecture only (no runtime fields)
     DIT_EXPORT_FORMAT: "1.1",  # 1.1: config is the architecture only (no runtime settings)
     PREFERENCE_FORMAT: "1.0",
 }

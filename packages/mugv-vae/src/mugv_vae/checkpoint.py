@@ -1,8 +1,10 @@
 """VAE checkpoints: mugv-formats weights folders (``config.json`` + safetensors).
 
-``config.json`` holds the architecture config (``VAEConfig``) and, under ``extra``, the
-latent statistics (also stored as the ``latent_mean``/``latent_std`` tensors) and the
-producer. The checkpoint id is derived from the weights files' sha256, so two folders with the
+``config.json`` holds the architecture config (``VAEConfig``: what defines the weights) and,
+under ``extra``, the latent statistics (also stored as the ``latent_mean``/``latent_std``
+tensors) and the producer. How the loaded model runs (``VAERuntime``) is chosen by the loader.
+Format 1.0 folders also stored the runtime fields in ``config``; they load, those fields
+ignored (the loader's runtime applies). The checkpoint id is derived from the weights files' sha256, so two folders with the
 same weights have the same id.
 """
 
@@ -13,23 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from mugv_vae.config import VAEConfig
+from mugv_vae.config import VAEConfig, VAERuntime
 
 ARCHITECTURE = "mugv-vae"
 """Architecture name written to, and required in, ``config.json``."""
 
-
-RUNTIME_FIELDS = (
-    "fused_group_norm_silu",
-    "gradient_checkpointing",
-    "channels_last",
-    "fused_nhwc_ops",
-    "fold_upsample_conv",
-    "compile_trunk",
-    "max_activation_bytes",
-)
-"""Config fields that do not change weights: overridable when loading a checkpoint."""
+_LEGACY_RUNTIME_FIELDS = frozenset(VAERuntime.model_fields)
+"""Runtime fields that format 1.0 folders stored in ``config`` (dropped when loading them)."""
 
 
 def _formats():
@@ -73,12 +67,37 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **overrides: Any):
-    """Load a VAE checkpoint folder into a ``MugvVAE`` (eval mode).
+def weights_config(path: str | Path, version: str, config: dict[str, Any]) -> VAEConfig:
+    """The ``VAEConfig`` of a checkpoint's ``config.json`` ``config`` section at format
+    ``version`` (a 1.0 section's runtime fields are dropped; later ones must have none)."""
+    f = _formats()
+    data = dict(config)
+    if f.FormatVersion.parse(version, where=path) < f.FormatVersion(1, 1):
+        for name in _LEGACY_RUNTIME_FIELDS:
+            data.pop(name, None)
+    try:
+        return VAEConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"field config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} "
+            f"(value {err.get('input')!r})"
+            + (
+                " (a runtime setting: chosen at load with VAERuntime)"
+                if err["loc"][0] in _LEGACY_RUNTIME_FIELDS
+                else ""
+            )
+            for err in e.errors()
+        )
+        raise f.FormatError(f"{path}/config.json: invalid VAE config: {problems}") from None
 
-    ``overrides`` replace top-level config fields that do not change weights (e.g.
-    ``fused_group_norm_silu=True``, ``gradient_checkpointing=True``).
-    """
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    runtime: VAERuntime | None = None,
+):
+    """Load a VAE checkpoint folder into a ``MugvVAE`` (eval mode) that runs with ``runtime``
+    (default: plain PyTorch, no budget)."""
     from mugv_vae.model import MugvVAE
 
     f = _formats()
@@ -87,15 +106,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", **over
         raise f.FormatError(
             f"{path}/config.json: architecture {folder.architecture!r}, expected {ARCHITECTURE!r}"
         )
-    allowed = set(RUNTIME_FIELDS)
-    bad = set(overrides) - allowed
-    if bad:
-        raise ValueError(f"cannot override {sorted(bad)} when loading; allowed: {sorted(allowed)}")
-    try:
-        config = VAEConfig.model_validate({**folder.config, **overrides})
-    except ValueError as e:
-        raise f.FormatError(f"{path}/config.json: invalid VAE config: {e}") from None
-    model = MugvVAE(config)
+    config = weights_config(path, folder.version, folder.config)
+    model = MugvVAE(config, runtime)
     missing, unexpected = model.load_state_dict(folder.state_dict, strict=False)
     if missing or unexpected:
         raise f.FormatError(

@@ -126,12 +126,28 @@ class UnifiedConfig(_Frozen):
 
 
 class VAEConfig(_Frozen):
-    """Full architecture of the mugv video VAE (what ``config.json`` of a checkpoint holds)."""
+    """Architecture of the mugv video VAE: what defines its weights, and all that a checkpoint's
+    ``config.json`` holds. How the model runs (kernels, layouts, memory) is :class:`VAERuntime`,
+    chosen when a model is built or loaded."""
 
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
     latent_channels: int = Field(24, ge=1, description="Channels of each latent.")
     in_channels: int = Field(3, description="Video channels (RGB).")
+    variant: Literal["mugv", "unified"] = Field(
+        "mugv",
+        description="'mugv': the released image trunk + temporal VAE (uses trunk/temporal); "
+        "'unified': one 2D/3D-alternating encoder/decoder over pixels (uses unified).",
+    )
+    unified: UnifiedConfig = Field(default_factory=UnifiedConfig)
+
+
+class VAERuntime(_Frozen):
+    """How a VAE runs: kernels, memory layouts, compilation, memory budget. None of these
+    change the weights (or, up to rounding, the maths); they are chosen at build / load time
+    (``MugvVAE(config, runtime)``, ``load_checkpoint(path, runtime=...)``) and never stored in a
+    checkpoint."""
+
     fused_group_norm_silu: bool = Field(
         False,
         description="Use mugv_kernels.group_norm_silu (fused Triton GroupNorm+SiLU) in the "
@@ -170,12 +186,6 @@ class VAEConfig(_Frozen):
         "chunk/window groups are sized from it (weights, input and output not included). "
         "Explicit frame_batch_size / chunk_batch_size on the model win. None: no limit.",
     )
-    variant: Literal["mugv", "unified"] = Field(
-        "mugv",
-        description="'mugv': the released image trunk + temporal VAE (uses trunk/temporal); "
-        "'unified': one 2D/3D-alternating encoder/decoder over pixels (uses unified).",
-    )
-    unified: UnifiedConfig = Field(default_factory=UnifiedConfig)
 
 
 def tiny_config() -> VAEConfig:

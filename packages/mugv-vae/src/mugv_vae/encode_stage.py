@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
+from mugv_vae.config import VAERuntime
 from mugv_vae.distributed import barrier, init_distributed
 from mugv_vae.video import load_clip, parse_resolution
 
@@ -55,10 +56,10 @@ class EncodeConfig(BaseModel):
     fast: bool = Field(
         False,
         description="CUDA fast inference: channels-last, the NHWC Triton kernels and folded "
-        "up-sampling (VAEConfig runtime fields), cudnn.benchmark. Same maths.",
+        "up-sampling (VAERuntime fields), cudnn.benchmark. Same maths.",
     )
     max_activation_bytes: int | None = Field(
-        None, ge=1, description="Activation memory budget (see VAEConfig)."
+        None, ge=1, description="Activation memory budget (see VAERuntime)."
     )
     keep_parts: bool = Field(False, description="Keep <output>.parts after the merge.")
 
@@ -78,7 +79,7 @@ FAST_RUNTIME = {
     "fused_nhwc_ops": True,
     "fold_upsample_conv": True,
 }
-"""VAEConfig runtime fields of ``--fast`` (the benchmark's ``ours-fast``)."""
+"""``VAERuntime`` fields of ``--fast`` (the benchmark's ``ours-fast``)."""
 
 
 def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, header_kw, device):
@@ -149,7 +150,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
     if cfg.fast and device.type == "cuda":
         runtime.update(FAST_RUNTIME)
         torch.backends.cudnn.benchmark = True
-    vae = load_checkpoint(cfg.checkpoint, device=device, **runtime)
+    vae = load_checkpoint(cfg.checkpoint, device=device, runtime=VAERuntime(**runtime))
     vae.frame_batch_size = cfg.frame_batch_size
     header_kw = dict(
         producer=f"mugv-vae {__version__}",

@@ -10,7 +10,7 @@ chunks into moments, and those are written into the output. Decode streams over 
 decoder windows the same way, writing decoded frames straight into the output video.
 
 Group and micro-batch sizes come from ``MugvVAE.frame_batch_size`` / ``chunk_batch_size``
-when set, else from ``VAEConfig.max_activation_bytes`` through the per-frame and per-chunk
+when set, else from ``VAERuntime.max_activation_bytes`` through the per-frame and per-chunk
 activation estimates below, else everything runs at once. None of this changes the maths:
 every 8-frame chunk and every decoder window is computed independently either way.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig
+from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig, VAERuntime
 
 PAD = TIME_COMPRESSION - 1
 """Frames of first-frame padding in front of every clip (the 1+8k rule)."""
@@ -35,7 +35,9 @@ class Plan:
     chunk_batch: int | None
 
 
-def trunk_bytes_per_frame(config: VAEConfig, height: int, width: int, elem: int) -> int:
+def trunk_bytes_per_frame(
+    config: VAEConfig, runtime: VAERuntime, height: int, width: int, elem: int
+) -> int:
     """Estimated peak activation bytes of the trunk per frame of ``height x width`` pixels.
 
     Encoder: about four full-resolution tensors of ``block_out_channels[0]`` channels live at
@@ -50,7 +52,7 @@ def trunk_bytes_per_frame(config: VAEConfig, height: int, width: int, elem: int)
     if config.variant == "unified":
         return 0
     c0, c1 = config.trunk.block_out_channels[:2]
-    dec = (4 if config.fold_upsample_conv else 3) * c1
+    dec = (4 if runtime.fold_upsample_conv else 3) * c1
     return int(max(4 * c0, dec) * height * width * elem)
 
 
@@ -67,6 +69,7 @@ def temporal_bytes_per_chunk(config: VAEConfig, height: int, width: int, elem: i
 
 def plan(
     config: VAEConfig,
+    runtime: VAERuntime,
     height: int,
     width: int,
     elem: int,
@@ -74,13 +77,13 @@ def plan(
     chunk_batch: int | None,
 ) -> Plan:
     """Micro-batch sizes for frames of ``height x width`` pixels: explicit sizes win; else
-    ``config.max_activation_bytes`` is split between the chunk group (temporal pass and its
+    ``runtime.max_activation_bytes`` is split between the chunk group (temporal pass and its
     feature buffer) and the trunk micro-batch; at least one of each always runs."""
-    budget = config.max_activation_bytes
+    budget = runtime.max_activation_bytes
     if budget is None or (frame_batch is not None and chunk_batch is not None):
         return Plan(frame_batch, chunk_batch)
     per_chunk = max(1, temporal_bytes_per_chunk(config, height, width, elem))
-    per_frame = max(1, trunk_bytes_per_frame(config, height, width, elem))
+    per_frame = max(1, trunk_bytes_per_frame(config, runtime, height, width, elem))
     if chunk_batch is None:
         chunk_batch = max(1, budget // (2 * per_chunk))
     if frame_batch is None:
@@ -112,6 +115,7 @@ def encode_moments(model, video_BCTHW: torch.Tensor) -> torch.Tensor:
     k = 1 + (t - 1) // TIME_COMPRESSION
     p = plan(
         model.config,
+        model.runtime,
         height,
         width,
         video_BCTHW.element_size(),
@@ -171,6 +175,7 @@ def decode_video(model, z_BCKHW: torch.Tensor, window: int) -> torch.Tensor:
     height, width = h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION
     p = plan(
         model.config,
+        model.runtime,
         height,
         width,
         z_BCKHW.element_size(),

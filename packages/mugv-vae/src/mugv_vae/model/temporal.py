@@ -276,6 +276,13 @@ def set_fused_group_norm_silu(module: nn.Module, fused: bool) -> None:
             m.fused = fused
 
 
+def set_checkpointing(module: nn.Module, enabled: bool) -> None:
+    """Recompute (or keep) the activations of every res-block of ``module`` in backward."""
+    for m in module.modules():
+        if isinstance(m, ResBlock3d):
+            m.checkpointing = enabled
+
+
 def set_nhwc_ops(module: nn.Module, enabled: bool) -> None:
     """Switch every block of ``module`` to (or from) the channels-last inference kernels."""
     for m in module.modules():

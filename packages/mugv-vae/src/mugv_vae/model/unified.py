@@ -120,9 +120,20 @@ class UnifiedDecoder(nn.Module):
 
 
 class PixelTrunk(nn.Module):
-    """Identity trunk of the unified variant: features are the pixels themselves."""
+    """Identity trunk of the unified variant: features are the pixels themselves. It has the
+    spatial trunk's runtime switches, with nothing to switch."""
 
     gradient_checkpointing = False
+    fold_upsample = False
+
+    def set_fused_group_norm_silu(self, fused: bool) -> None:
+        """No norms here."""
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """No weights here."""
+
+    def set_compile(self, enabled: bool) -> None:
+        """Nothing to compile."""
 
     def encode(self, x_NCHW: torch.Tensor) -> torch.Tensor:
         return x_NCHW

@@ -23,12 +23,13 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig
+from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig, VAERuntime
 from mugv_vae.model import streaming
 from mugv_vae.model.distribution import DiagonalGaussian
 from mugv_vae.model.temporal import (
     TemporalDecoder,
     TemporalEncoder,
+    set_checkpointing,
     set_fused_group_norm_silu,
     set_nhwc_ops,
 )
@@ -73,9 +74,12 @@ def check_video(video_BCTHW: torch.Tensor, name: str = "video") -> None:
 
 
 class MugvVAE(nn.Module):
-    """8x8x8 video VAE with 24 latent channels (see the module docstring for the rules)."""
+    """8x8x8 video VAE with 24 latent channels (see the module docstring for the rules).
 
-    def __init__(self, config: VAEConfig) -> None:
+    ``config`` defines the weights (and is what a checkpoint stores); ``runtime`` how the model
+    runs (kernels, layouts, memory budget), changeable later with :meth:`apply_runtime`."""
+
+    def __init__(self, config: VAEConfig, runtime: VAERuntime | None = None) -> None:
         super().__init__()
         self.config = config
         if config.variant == "unified":
@@ -99,29 +103,30 @@ class MugvVAE(nn.Module):
         """Frames per trunk call (None: all at once). Bounds memory; output is unchanged."""
         self.chunk_batch_size: int | None = None
         """8-frame chunks / decoder windows per temporal call (None: all at once)."""
-        set_fused_group_norm_silu(self, config.fused_group_norm_silu)
-        if hasattr(self.trunk, "set_fused_group_norm_silu"):
-            self.trunk.set_fused_group_norm_silu(config.fused_group_norm_silu)
-        self.trunk.gradient_checkpointing = config.gradient_checkpointing
-        set_nhwc_ops(self, config.fused_nhwc_ops)
-        if hasattr(self.trunk, "fold_upsample"):
-            self.trunk.fold_upsample = config.fold_upsample_conv
-        if config.channels_last:
-            self.set_channels_last(True)
-        if config.compile_trunk and hasattr(self.trunk, "set_compile"):
-            self.trunk.set_compile(True)
-        for m in self.modules():
-            if hasattr(m, "checkpointing"):  # temporal res-blocks
-                m.checkpointing = config.gradient_checkpointing
+        self.runtime = VAERuntime()
+        self.apply_runtime(runtime or VAERuntime())
+
+    def apply_runtime(self, runtime: VAERuntime) -> None:
+        """Choose how the model runs (see :class:`VAERuntime`); the weights are untouched."""
+        self.trunk.set_fused_group_norm_silu(runtime.fused_group_norm_silu)
+        set_fused_group_norm_silu(self, runtime.fused_group_norm_silu)
+        set_nhwc_ops(self, runtime.fused_nhwc_ops)
+        self.trunk.fold_upsample = runtime.fold_upsample_conv
+        self.trunk.gradient_checkpointing = runtime.gradient_checkpointing
+        set_checkpointing(self, runtime.gradient_checkpointing)
+        if runtime.channels_last != self.runtime.channels_last:
+            self.set_channels_last(runtime.channels_last)
+        self.trunk.set_compile(runtime.compile_trunk)
+        self.runtime = runtime
 
     def set_channels_last(self, enabled: bool) -> None:
         """NHWC / NDHWC weights and activations (cuDNN's fast layouts for bf16 convs).
         Same maths; call again after ``load_state_dict`` only if it replaced parameters."""
-        if hasattr(self.trunk, "set_channels_last"):
-            self.trunk.set_channels_last(enabled)
+        self.trunk.set_channels_last(enabled)
         fmt = torch.channels_last_3d if enabled else torch.contiguous_format
         self.temporal_encoder.to(memory_format=fmt)
         self.temporal_decoder.to(memory_format=fmt)
+        self.runtime = self.runtime.model_copy(update={"channels_last": enabled})
 
     # ----------------------------------------------------------------- normalisation
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -258,11 +263,11 @@ class MugvVAE(nn.Module):
 
     # ----------------------------------------------------------------- checkpoints
     @classmethod
-    def from_pretrained(cls, path, device="cpu", **overrides) -> MugvVAE:
-        """Load a VAE checkpoint folder (``mugv.vae-checkpoint``)."""
+    def from_pretrained(cls, path, device="cpu", runtime: VAERuntime | None = None) -> MugvVAE:
+        """Load a VAE checkpoint folder (``mugv.vae-checkpoint``) to run with ``runtime``."""
         from mugv_vae.checkpoint import load_checkpoint
 
-        return load_checkpoint(path, device=device, **overrides)
+        return load_checkpoint(path, device=device, runtime=runtime)
 
     def save_pretrained(self, path, extra: dict | None = None):
         """Write this model as a VAE checkpoint folder (atomic)."""

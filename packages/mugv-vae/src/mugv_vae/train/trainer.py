@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mugv_vae.config import preset
+from mugv_vae.config import VAERuntime, preset
 from mugv_vae.distributed import init_distributed
 from mugv_vae.metrics import psnr
 from mugv_vae.model import MugvVAE
@@ -122,14 +122,14 @@ class Trainer:
     # ------------------------------------------------------------------ building
     def _build_model(self) -> MugvVAE:
         m = self.cfg.model
-        overrides = {
-            "fused_group_norm_silu": m.fused_group_norm_silu,
-            "gradient_checkpointing": m.gradient_checkpointing,
-        }
+        runtime = VAERuntime(
+            fused_group_norm_silu=m.fused_group_norm_silu,
+            gradient_checkpointing=m.gradient_checkpointing,
+        )
         if m.checkpoint:
-            model = MugvVAE.from_pretrained(m.checkpoint, **overrides)
+            model = MugvVAE.from_pretrained(m.checkpoint, runtime=runtime)
         else:
-            model = MugvVAE(preset(m.preset or "tiny").model_copy(update=overrides))
+            model = MugvVAE(preset(m.preset or "tiny"), runtime)
             if m.sdxl_vae:
                 model.trunk.load_autoencoder_kl(m.sdxl_vae)
         if m.freeze_trunk:
