@@ -22,6 +22,61 @@ def test_raw_latents_are_refused_by_name(tmp_path, megatron_single):
         LatentIndex(ds)
 
 
+@pytest.mark.parametrize(
+    "member", ["../../outside.npy", "/etc/evil.npy", "s0000.latents.npy", "link"], ids=str
+)
+def test_plan_loader_refuses_unsafe_or_doubled_members(tmp_path, member):
+    """The default (``plan``) loader reads samples by offset through mugv-formats' indexed
+    reader: a shard holding a member outside the dataset, an absolute path, a second copy of a
+    sample's member or a link is refused by name, as a streaming read refuses it (the DiT's
+    own tar parser used to skip such members and read the rest)."""
+    import io
+    import tarfile
+
+    from mugv_dit.data import LatentIndex
+    from mugv_formats import CorruptShardError
+
+    ds = make_latents(tmp_path / "lat", n=3)
+    with tarfile.open(ds / "shard-000000.tar", "a") as t:
+        info = tarfile.TarInfo("s0009.latents.npy" if member == "link" else member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            t.addfile(info)
+        else:
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"bad"))
+    index = LatentIndex(ds)
+    with pytest.raises(CorruptShardError, match=r"shard-000000\.tar: member .*(refused|twice)"):
+        index.load(1)
+
+
+def test_plan_loader_refuses_changed_latent_bytes(tmp_path):
+    import io
+    import tarfile
+
+    import numpy as np
+    from mugv_dit.data import LatentIndex
+    from mugv_formats import ChecksumError
+
+    ds = make_latents(tmp_path / "lat", n=3)
+    shard = ds / "shard-000000.tar"
+    with tarfile.open(shard) as t:
+        members = [(i, t.extractfile(i).read()) for i in t.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
+        for info, data in members:
+            if info.name == "s0001.latents.npy":
+                arr = np.load(io.BytesIO(data))
+                arr.flat[5] += 1.0
+                buf = io.BytesIO()
+                np.save(buf, arr)
+                data = buf.getvalue()
+            t.addfile(info, io.BytesIO(data))
+    index = LatentIndex(ds)
+    index.load("s0000")
+    with pytest.raises(ChecksumError, match=r"member s0001\.latents\.npy fails its sha256"):
+        index.load(1)
+
+
 def test_channel_count_mismatch_is_refused_by_name(tmp_path, capsys, megatron_single):
     from mugv_dit.cli import main
 
