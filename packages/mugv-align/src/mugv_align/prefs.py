@@ -21,6 +21,7 @@ from mugv_formats import (
     LatentDataset,
     LatentShardWriter,
     PreferencePair,
+    derive_header,
     write_preference_data,
 )
 
@@ -151,25 +152,8 @@ def make_real_pairs(
     real_by_caption: dict[str, list] = {}
     for s in rds:
         real_by_caption.setdefault(s.record.caption, []).append(s)
-    header = LatentShardWriter.make_header(
-        producer=PRODUCER,
-        config={"real": str(real), "generated": str(generated)},
-        **{
-            k: v
-            for k, v in rh.model_dump().items()
-            if k
-            in (
-                "vae_checkpoint_id",
-                "latent_channels",
-                "compression",
-                "latent_mean",
-                "latent_std",
-                "latents_normalized",
-                "text_encoder_id",
-                "text_dim",
-                "max_text_len",
-            )
-        },
+    header = derive_header(
+        rh, producer=PRODUCER, config={"real": str(real), "generated": str(generated)}
     )
     pairs, used_real, skipped = [], {}, 0
     lat_dir = output / "latents"
@@ -185,11 +169,11 @@ def make_real_pairs(
                 continue
             gkey = f"gen-{g.record.key}"
             text = g.text if g.text is not None else cands[0].text
-            writer.write(g.record.model_copy(update={"key": gkey}), g.latents, text)
+            writer.write(g.record.for_rewrite(key=gkey), g.latents, text)
             for r in cands[:max_per_caption]:
                 rkey = f"real-{r.record.key}"
                 if rkey not in used_real:
-                    writer.write(r.record.model_copy(update={"key": rkey}), r.latents, r.text)
+                    writer.write(r.record.for_rewrite(key=rkey), r.latents, r.text)
                     used_real[rkey] = True
                 pairs.append(
                     PreferencePair(
