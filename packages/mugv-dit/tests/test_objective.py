@@ -102,3 +102,31 @@ def test_masked_loss_ignores_clean_frames_and_sigma_half():
     pred2[0, :, 0] += 100.0  # clean frame
     pred2[:, 4:] += 100.0  # learned-sigma half
     torch.testing.assert_close(masked_velocity_sse(pred2, target, mask), sse)
+
+
+def test_step_loss_is_the_mean_over_noisy_elements():
+    from mugv_dit.diffusion.loss import step_loss
+
+    assert step_loss(10.0, 4.0) == 2.5
+    assert step_loss(3.0, 0.0) == 3.0  # no noisy element: the sum itself (count floored at 1)
+
+
+def test_micro_batch_scale_gives_the_gradient_of_the_global_mean():
+    """2 DP ranks x 3 micro-batches: Megatron's schedule divides each micro-batch's loss by
+    the rank's micro-batch count and DDP averages the ranks' gradients; with the scale the
+    result is the gradient of sum(sse) / noisy_count."""
+    from mugv_dit.diffusion.loss import micro_batch_loss_scale
+
+    torch.manual_seed(0)
+    w = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    xs = torch.randn(6, 5, dtype=torch.float64)
+    count = 17.0
+    want = torch.autograd.grad(sum((w * x).pow(2).sum() for x in xs) / count, w)[0]
+    scale = micro_batch_loss_scale(count, dp_size=2, micro_batches=3)
+    rank_grads = [
+        torch.autograd.grad(
+            sum((w * x).pow(2).sum() * scale / 3 for x in xs[r * 3 : r * 3 + 3]), w
+        )[0]
+        for r in range(2)
+    ]
+    torch.testing.assert_close((rank_grads[0] + rank_grads[1]) / 2, want, rtol=1e-12, atol=0)

@@ -1,7 +1,9 @@
 """The pre-training loop: Megatron DDP + (distributed) optimizer over a curriculum of stages.
 
-Build order: process groups -> model (same seed on every rank) -> Megatron DDP wrapper ->
-Megatron optimizer -> EMA copy -> data index + sampler -> resume from the latest checkpoint.
+Build order (``Trainer.__init__``, one named ``_build_*`` step each): process groups ->
+model (same seed on every rank) -> Megatron DDP wrapper -> Megatron optimizer (``optim.py``,
+with the LR schedule) -> EMA copy -> data index + sampler -> resume from the latest checkpoint
+(or ``train.init_from``) -> logs.
 The trainer checkpoints only its own counters (step, sampler cursors); model, EMA and
 optimizer checkpoint themselves through their sharded state dicts.
 
@@ -29,7 +31,6 @@ from megatron.core.distributed import (
     DistributedDataParallelConfig,
     finalize_model_grads,
 )
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from mugv_formats import atomic_write_text
 
@@ -37,11 +38,16 @@ from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpo
 from mugv_dit.compat import cpu_megatron, default_device
 from mugv_dit.config import RunConfig, StageConfig, dump_config
 from mugv_dit.data import BucketSampler, LatentIndex, collate, tokens_of
-from mugv_dit.diffusion.loss import masked_velocity_sse, noisy_element_count
+from mugv_dit.diffusion.loss import (
+    masked_velocity_sse,
+    micro_batch_loss_scale,
+    noisy_element_count,
+    step_loss,
+)
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
-from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
+from mugv_dit.optim import build_optimizer, set_lr, stage_lr
 from mugv_dit.parallel import init_distributed, parallel_context
 
 
@@ -57,19 +63,6 @@ def stage_at(curriculum: list[StageConfig], step: int) -> tuple[int, StageConfig
             return i, stage, step - start
         start += stage.steps
     raise ValueError(f"step {step} is past the curriculum ({start} steps)")
-
-
-def stage_lr(stage: StageConfig, step_in_stage: int) -> float:
-    """Learning rate of a stage: linear warm-up, then constant / cosine / linear decay."""
-    if stage.warmup_steps and step_in_stage < stage.warmup_steps:
-        return stage.lr * (step_in_stage + 1) / stage.warmup_steps
-    if stage.lr_decay == "constant":
-        return stage.lr
-    span = max(1, stage.steps - stage.warmup_steps)
-    frac = min(1.0, (step_in_stage - stage.warmup_steps) / span)
-    if stage.lr_decay == "linear":
-        return stage.min_lr + (stage.lr - stage.min_lr) * (1 - frac)
-    return stage.min_lr + (stage.lr - stage.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -96,8 +89,25 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.stack = ExitStack()
-        # 1. process groups (torchrun env or a single local process)
-        par = cfg.parallel
+        # the trainer's own counters: all it checkpoints itself (with the sampler cursors)
+        self.step = 0
+        self.skipped = 0
+        self.last_saved_step = -1
+        # built in this order (the model's init draws from the seeded global RNG, then EMA's)
+        self._build_process_groups(micro_batches_per_step)
+        model = self._build_model()
+        self._build_ddp(model)
+        self._build_optimizer()
+        self._build_ema(model)
+        self._build_data()
+        self._resume()
+        self._open_logs()
+
+    # -- build steps (called once, in the order of __init__) ----------------------------------
+    def _build_process_groups(self, micro_batches_per_step: int | None) -> None:
+        """torch.distributed + Megatron groups (torchrun env or a single local process), this
+        rank's device, DP coordinates and the model's parallel context."""
+        par = self.cfg.parallel
         init_distributed(
             par.tensor_parallel,
             par.backend,
@@ -110,72 +120,76 @@ class Trainer:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_group = parallel_state.get_data_parallel_group()  # without CP ranks
+        self.pp_group = parallel_state.get_pipeline_model_parallel_group()
         self.pp_size = par.pipeline_parallel
+        self.parallel = parallel_context()
         self.micro_batches = micro_batches_per_step or self.dp_size
         if self.micro_batches % self.dp_size:
             raise ValueError(
                 f"micro_batches_per_step={self.micro_batches} not divisible by DP={self.dp_size}"
             )
-        self.bf16 = cfg.train.bf16 and self.device.type == "cuda"
-        dtype = torch.bfloat16 if self.bf16 else torch.float32
-        # 2. model: identical seed on every rank -> identical replicated params, and
-        #    TP-invariant init of the parallel linears (CPU master weights, then split)
-        torch.manual_seed(cfg.train.seed)
-        layout = {
+        self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self.layout = {
             "tensor_parallel": par.tensor_parallel,
             "pipeline_parallel": par.pipeline_parallel,
             "context_parallel": par.context_parallel,
         }
-        tcfg = megatron_config(
+
+    def _build_model(self) -> MUGDiT:
+        """The model: identical seed on every rank -> identical replicated params, and
+        TP-invariant init of the parallel linears (CPU master weights, then split)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)
+        self.tcfg = megatron_config(
             cfg.model,
-            params_dtype=dtype,
+            params_dtype=self.dtype,
             cpu_init=True,
-            sequence_parallel=par.sequence_parallel,
-            **layout,
+            sequence_parallel=cfg.parallel.sequence_parallel,
+            **self.layout,
         )
-        self.parallel = parallel_context()
-        model = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime, parallel=self.parallel)
-        model = model.to(device=self.device, dtype=dtype)
-        # 3. Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce)
+        model = MUGDiT(cfg.model, self.tcfg, runtime=cfg.runtime, parallel=self.parallel)
+        return model.to(device=self.device, dtype=self.dtype)
+
+    def _build_ddp(self, model: MUGDiT) -> None:
+        """Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce) and the hooks of
+        Megatron's forward-backward schedules: no grad sync until the last micro-batch, then
+        DP reduce + TP (sequence parallel) + PP (conditioning) reductions."""
+        par = self.cfg.parallel
         ddp_cfg = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
-            overlap_param_gather=cfg.parallel.overlap_param_gather,
-            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+            overlap_grad_reduce=par.overlap_grad_reduce,
+            overlap_param_gather=par.overlap_param_gather,
+            use_distributed_optimizer=par.distributed_optimizer,
             check_for_nan_in_grad=False,
         )
-        self.model = DistributedDataParallel(tcfg, ddp_cfg, model)
-        # hooks of Megatron's forward-backward schedules: no grad sync until the last
-        # micro-batch, then DP reduce + TP (sequence parallel) + PP (conditioning) reductions
-        tcfg.no_sync_func = self.model.no_sync
-        tcfg.finalize_model_grads_func = finalize_model_grads
-        # 4. optimizer (fp32 main params when bf16)
-        opt_cfg = OptimizerConfig(
-            optimizer="adam",
-            lr=cfg.curriculum[0].lr,
-            weight_decay=cfg.train.weight_decay,
-            adam_beta1=cfg.train.adam_beta1,
-            adam_beta2=cfg.train.adam_beta2,
-            adam_eps=cfg.train.adam_eps,
-            clip_grad=cfg.train.clip_grad,
-            bf16=self.bf16,
-            params_dtype=dtype,
-            use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        self.model = DistributedDataParallel(self.tcfg, ddp_cfg, model)
+        self.tcfg.no_sync_func = self.model.no_sync
+        self.tcfg.finalize_model_grads_func = finalize_model_grads
+
+    def _build_optimizer(self) -> None:
+        """Megatron's (distributed) Adam, fp32 main params when bf16 (see optim.py)."""
+        self.optimizer = build_optimizer(
+            self.cfg, self.model, bf16=self.bf16, dtype=self.dtype, device=self.device
         )
-        install_foreach_multi_tensor_ops()  # no host sync per tensor in the grad norm
-        self.optimizer = get_megatron_optimizer(opt_cfg, [self.model])
-        if cfg.train.fused_adam and self.device.type == "cuda":
-            enable_fused_adam(self.optimizer)
-        # 5. EMA: an fp32 copy with the same TP sharding (checkpoints through the same path)
+
+    def _build_ema(self, model: MUGDiT) -> None:
+        """EMA: an fp32 copy with the same TP sharding (checkpoints through the same path)."""
+        cfg = self.cfg
         self.ema = None
-        if cfg.train.ema_decay is not None:
-            ema_tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
-            ema = MUGDiT(cfg.model, ema_tcfg, runtime=cfg.runtime, parallel=self.parallel)
-            self.ema = ema.to(self.device).requires_grad_(False)
-            with torch.no_grad():
-                for p_ema, p in zip(self.ema.parameters(), model.parameters()):
-                    p_ema.copy_(p.float())
-        # 6. data
+        if cfg.train.ema_decay is None:
+            return
+        ema_tcfg = megatron_config(cfg.model, cpu_init=True, **self.layout)
+        ema = MUGDiT(cfg.model, ema_tcfg, runtime=cfg.runtime, parallel=self.parallel)
+        self.ema = ema.to(self.device).requires_grad_(False)
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), model.parameters()):
+                p_ema.copy_(p.float())
+
+    def _build_data(self) -> None:
+        """The latent index (checked against the model and data.vae_checkpoint_id), the
+        step-plan sampler, the energon loader if chosen, and the checkpoint saver."""
+        cfg = self.cfg
         if cfg.data.path is None:
             raise ValueError("data.path is not set (use --set data.path=DIR)")
         self.index = LatentIndex(cfg.data.path)
@@ -219,40 +233,47 @@ class Trainer:
         self.saver = CheckpointSaver(
             self.ckpt_root, async_save=cfg.train.async_save and self.device.type == "cuda"
         )
-        self.step = 0
-        self.skipped = 0
-        self.last_saved_step = -1
-        # 7. resume
-        ckpt = latest_checkpoint(self.ckpt_root)
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, self.model.module, self.ema, self.optimizer)
-            self.step = int(state["step"])
-            self.last_saved_step = self.step
-            self.skipped = int(state.get("skipped", 0))
-            # the VAE the run started on (absent in checkpoints written before this check)
-            started_on = state.get("vae_checkpoint_id")
-            if started_on is not None and started_on != vae_id:
-                raise ValueError(
-                    f"{ckpt}: this run trained on latents of VAE {started_on!r}, but "
-                    f"{cfg.data.path} holds latents of VAE {vae_id!r}; resuming would mix "
-                    "latent spaces (start a new run, or point data.path at the original latents)"
-                )
-            self.sampler.load_state_dict(state["sampler"])
-            if self.energon is not None:
-                self.energon.restore(ckpt / "energon" / f"rank_{self.rank:05d}.pt")
-        elif cfg.train.init_from is not None:
-            self._init_from_export(cfg.train.init_from)
-        self.writer = None
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "resolved_config.yaml", dump_config(cfg))
-            _trim_metrics(self.out / "metrics.jsonl", self.step)
-            from torch.utils.tensorboard import SummaryWriter
 
-            # scalars are logged at step + 1: drop those of steps re-run after a resume
-            self.writer = SummaryWriter(
-                str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None
+    def _resume(self) -> None:
+        """Resume from the latest checkpoint, else start from train.init_from if set."""
+        cfg = self.cfg
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if ckpt is None:
+            if cfg.train.init_from is not None:
+                self._init_from_export(cfg.train.init_from)
+            return
+        state = load_checkpoint(ckpt, self.model.module, self.ema, self.optimizer)
+        self.step = int(state["step"])
+        self.last_saved_step = self.step
+        self.skipped = int(state.get("skipped", 0))
+        # the VAE the run started on (absent in checkpoints written before this check)
+        started_on = state.get("vae_checkpoint_id")
+        vae_id = self.index.header.vae_checkpoint_id
+        if started_on is not None and started_on != vae_id:
+            raise ValueError(
+                f"{ckpt}: this run trained on latents of VAE {started_on!r}, but "
+                f"{cfg.data.path} holds latents of VAE {vae_id!r}; resuming would mix "
+                "latent spaces (start a new run, or point data.path at the original latents)"
             )
+        self.sampler.load_state_dict(state["sampler"])
+        if self.energon is not None:
+            self.energon.restore(ckpt / "energon" / f"rank_{self.rank:05d}.pt")
+
+    def _open_logs(self) -> None:
+        """Rank 0: resolved_config.yaml, metrics.jsonl trimmed to the resumed step, and
+        TensorBoard."""
+        self.writer = None
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "resolved_config.yaml", dump_config(self.cfg))
+        _trim_metrics(self.out / "metrics.jsonl", self.step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # scalars are logged at step + 1: drop those of steps re-run after a resume
+        self.writer = SummaryWriter(
+            str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None
+        )
 
     def _init_from_export(self, path: str) -> None:
         """Start from exported weights (e.g. the imported release or a widened model)."""
@@ -314,20 +335,19 @@ class Trainer:
             prepared.append((batch, inputs))
         stats = torch.tensor([count, tokens, samples], dtype=torch.float64, device=self.device)
         dist.all_reduce(stats, group=self.dp_group)
-        total_count = max(1.0, float(stats[0].item()))
+        noisy_count = float(stats[0].item())
         global_tokens, global_samples = int(stats[1].item()), int(stats[2].item())
 
         lr = stage_lr(stage, in_stage)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        sse_sum = self._forward_backward(prepared, total_count)
+        sse_sum = self._forward_backward(prepared, noisy_count)
         text_tokens = sum(sum(int(x.shape[0]) for x in b.texts) for b, _ in prepared)
         # the loss lives on the last pipeline stage: share it with every stage and DP rank
-        dist.all_reduce(sse_sum, group=parallel_state.get_pipeline_model_parallel_group())
+        dist.all_reduce(sse_sum, group=self.pp_group)
         dist.all_reduce(sse_sum, group=self.dp_group)
-        loss = float(sse_sum.item()) / total_count
+        loss = step_loss(float(sse_sum.item()), noisy_count)
         where = f"bucket {bucket}, samples {[k for b, _ in prepared for k in b.keys]}"
         if not math.isfinite(loss):
             return self.skip_nonfinite(loss, where, "loss")
@@ -353,15 +373,14 @@ class Trainer:
             "bucket": list(bucket),
         }
 
-    def _forward_backward(self, prepared: list, total_count: float) -> torch.Tensor:
+    def _forward_backward(self, prepared: list, noisy_count: float) -> torch.Tensor:
         """Forward and backward of this rank's micro-batches through Megatron's schedule (1F1B
         pipelining with PP > 1); DP/TP/PP grad reductions run in its finalize hook. Returns
         the summed squared error on the last pipeline stage (0 elsewhere), float64."""
         device = self.device
         n_micro = len(prepared)
-        # DDP averages over DP x CP ranks and the schedule scales each micro-batch's loss by
-        # CP / n_micro: the net gradient is that of sum(sse) / total_count
-        scale = self.dp_size * n_micro / total_count
+        # the net gradient is that of the step's loss, sum(sse) / noisy_count
+        scale = micro_batch_loss_scale(noisy_count, self.dp_size, n_micro)
 
         def forward_step(data_iterator, model):
             batch, inputs = next(data_iterator)

@@ -24,3 +24,17 @@ def masked_velocity_sse(
     err = (pred_BCTHW[:, :c].float() - target_BCTHW.float()).pow(2)
     weight = noisy_frames_BT[:, None, :, None, None].to(err.dtype)
     return (err * weight).sum()
+
+
+def step_loss(sse_sum: float, noisy_count: float) -> float:
+    """The loss of a step: summed squared error over the number of noisy elements, both
+    over the whole global batch (``noisy_count`` at least 1)."""
+    return sse_sum / max(1.0, noisy_count)
+
+
+def micro_batch_loss_scale(noisy_count: float, dp_size: int, micro_batches: int) -> float:
+    """Factor on one micro-batch's summed squared error that makes the accumulated, reduced
+    gradient that of :func:`step_loss`: Megatron's schedule divides each of this rank's
+    ``micro_batches`` losses by their number (and multiplies by CP, which its DDP then
+    averages away with the CP ranks) and DDP averages over the ``dp_size`` DP ranks."""
+    return dp_size * micro_batches / max(1.0, noisy_count)

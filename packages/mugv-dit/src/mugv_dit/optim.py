@@ -1,0 +1,58 @@
+"""The optimizer and its learning-rate schedule.
+
+Megatron's (distributed) Adam over the DDP-wrapped model, fp32 main params when training in
+bf16; the learning rate of each step comes from its curriculum stage (:func:`stage_lr`) and
+is set on the optimizer by :func:`set_lr` before the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+from mugv_dit.config import RunConfig, StageConfig
+from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
+
+
+def build_optimizer(cfg: RunConfig, ddp_model, *, bf16: bool, dtype: torch.dtype, device):
+    """Megatron optimizer of ``ddp_model`` from ``cfg.train`` (LR: the first stage's until
+    :func:`set_lr`); torch's fused AdamW kernel on CUDA with ``train.fused_adam``."""
+    train = cfg.train
+    opt_cfg = OptimizerConfig(
+        optimizer="adam",
+        lr=cfg.curriculum[0].lr,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_eps=train.adam_eps,
+        clip_grad=train.clip_grad,
+        bf16=bf16,
+        params_dtype=dtype,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+    )
+    install_foreach_multi_tensor_ops()  # no host sync per tensor in the grad norm
+    optimizer = get_megatron_optimizer(opt_cfg, [ddp_model])
+    if train.fused_adam and torch.device(device).type == "cuda":
+        enable_fused_adam(optimizer)
+    return optimizer
+
+
+def stage_lr(stage: StageConfig, step_in_stage: int) -> float:
+    """Learning rate of a stage: linear warm-up, then constant / cosine / linear decay."""
+    if stage.warmup_steps and step_in_stage < stage.warmup_steps:
+        return stage.lr * (step_in_stage + 1) / stage.warmup_steps
+    if stage.lr_decay == "constant":
+        return stage.lr
+    span = max(1, stage.steps - stage.warmup_steps)
+    frac = min(1.0, (step_in_stage - stage.warmup_steps) / span)
+    if stage.lr_decay == "linear":
+        return stage.min_lr + (stage.lr - stage.min_lr) * (1 - frac)
+    return stage.min_lr + (stage.lr - stage.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
