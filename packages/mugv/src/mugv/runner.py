@@ -181,6 +181,9 @@ class Runner:
         env.update(
             OMP_NUM_THREADS=n,
             MKL_NUM_THREADS=n,
+            # idle OpenMP threads sleep instead of spinning: on a small machine shared with
+            # other jobs, spinning threads slowed the tiny VAE's training several-fold
+            OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
             PYTHONWARNINGS="ignore",
             TOKENIZERS_PARALLELISM="false",
             TQDM_MININTERVAL="1",
