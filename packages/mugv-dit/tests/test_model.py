@@ -216,3 +216,24 @@ def test_token_layout_pads_then_cuts_cp_then_sp_shards():
     assert layout.sp_shard(layout.cp_shard(x_BN1)).flatten().tolist() == [10, 11, 0]
     plain = TokenLayout.of(11, ParallelContext.single(), sequence_parallel=False)
     assert plain.n_padded == 11 and torch.equal(plain.cp_shard(x_BN1), x_BN1)
+
+
+def test_rope_angles_place_start_end_and_video_tokens_as_the_release():
+    """Closed form: part j of each third rotates by pos * theta^(-6j/Dh); the start token sits
+    at (row 0, col 0, time fi[0]), video token (t, h, w) at (h, w, fi[1+t]), the end token at
+    (H-1, W-1, fi[T+1])."""
+    from mugv_dit.model.rope import rope3d_angles
+
+    t, h, w, dh, theta = 2, 3, 4, 12, 50.0
+    fi = torch.tensor([5, 1, 7, 9])
+    ang = rope3d_angles((t, h, w), dh, fi, theta=theta)
+    inv = theta ** (-6.0 * torch.arange(dh // 6, dtype=torch.float64) / dh)
+
+    def expect(row, col, time):
+        return torch.cat((row * inv, col * inv, time * inv))
+
+    assert ang.shape == (t * h * w + 2, dh // 2) and ang.dtype == torch.float64
+    torch.testing.assert_close(ang[0], expect(0, 0, 5), rtol=1e-15, atol=0)
+    torch.testing.assert_close(ang[-1], expect(h - 1, w - 1, 9), rtol=1e-15, atol=0)
+    token = 1 + (1 * h + 2) * w + 3  # video token (t=1, h=2, w=3)
+    torch.testing.assert_close(ang[token], expect(2, 3, 7), rtol=1e-15, atol=0)

@@ -14,7 +14,7 @@ from mugv_kernels.group_norm import group_norm_silu
 from mugv_kernels.modulated_norm import gated_residual_modulated_norm, modulated_layer_norm
 from mugv_kernels.modules import GroupNormSiLU, ModulatedLayerNorm, QKRMSNormRoPE3D
 from mugv_kernels.qk_norm_rope import qk_rmsnorm_rope3d
-from mugv_kernels.rope import default_split, rope3d_frequencies
+from mugv_kernels.rope import default_split, rope3d_angles, rope3d_frequencies
 
 try:
     __version__ = _version("mugv-kernels")
@@ -32,6 +32,7 @@ __all__ = [
     "group_norm_silu",
     "modulated_layer_norm",
     "qk_rmsnorm_rope3d",
+    "rope3d_angles",
     "rope3d_frequencies",
     "triton_available",
 ]

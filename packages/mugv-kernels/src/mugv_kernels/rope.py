@@ -11,10 +11,11 @@ release's head dim 72; its frequencies ``1 / theta ** (6 j / Dh)`` are exactly t
 formula above with ``d = Dh / 3``). Other head dims need an explicit ``split``.
 
 Tokens are ordered time-major, ``(t, h, w)`` flattened, as after patchifying ``[T, H, W]``.
-Learned start/end tokens or text tokens are the caller's business: prepend/append rows to the
-tables (the MUG-V release places its start token at row 0, column 0 and its end token at row
-H-1, column W-1, each at a time of its own: a frame index of T+2 entries; mugv-dit builds
-those tables).
+Tokens outside the grid (learned start/end tokens) take their angles from
+:func:`rope3d_angles` at positions of their own (the MUG-V release places its start token at
+row 0, column 0 and its end token at row H-1, column W-1, each at a time of its own: a frame
+index of T+2 entries; mugv-dit builds its tables so). These are the only 3D RoPE tables of
+mugv: mugv-dit's model builds its tables here.
 """
 
 from __future__ import annotations
@@ -31,6 +32,63 @@ def default_split(head_dim: int) -> tuple[int, int, int]:
         )
     part = head_dim // 3
     return (part, part, part)
+
+
+def _checked_split(head_dim: int, split: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"head_dim must be positive and even, got {head_dim}")
+    split = default_split(head_dim) if split is None else tuple(int(s) for s in split)
+    if len(split) != 3 or sum(split) != head_dim or any(s < 0 or s % 2 for s in split):
+        raise ValueError(
+            f"split={split} must be three even channel counts (height, width, time) "
+            f"summing to head_dim={head_dim}"
+        )
+    return split
+
+
+def rope3d_angles(
+    positions_N3: torch.Tensor,
+    head_dim: int,
+    *,
+    theta: float = 10000.0,
+    split: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """Rotation angles ``[N, head_dim // 2]`` (float64) of ``N`` tokens at ``positions_N3``
+    = (row, column, time) each: the height, width and time parts in that order (see the
+    module docstring); ``split`` as in :func:`rope3d_frequencies`."""
+    split = _checked_split(head_dim, split)
+    if positions_N3.dim() != 2 or positions_N3.shape[1] != 3:
+        raise ValueError(
+            f"positions must have shape [N, 3] (row, column, time), got {tuple(positions_N3.shape)}"
+        )
+    pos = positions_N3.to(torch.float64)
+
+    def angles(pos_N: torch.Tensor, channels: int) -> torch.Tensor:
+        j = torch.arange(channels // 2, device=pos_N.device, dtype=torch.float64)
+        inv_freq = theta ** (-2.0 * j / channels) if channels else j
+        return pos_N[:, None] * inv_freq[None, :]
+
+    return torch.cat([angles(pos[:, i], split[i]) for i in range(3)], dim=-1)
+
+
+def grid_positions(
+    grid_thw: tuple[int, int, int], frame_positions: torch.Tensor | None = None, device=None
+) -> torch.Tensor:
+    """(row, column, time) positions ``[T*H*W, 3]`` (float64) of a token grid in time-major
+    order; frame ``t`` sits at time ``frame_positions[t]`` (default ``t``)."""
+    t, h, w = (int(v) for v in grid_thw)
+    if frame_positions is None:
+        pos_t = torch.arange(t, device=device, dtype=torch.float64)
+    else:
+        if tuple(frame_positions.shape) != (t,):
+            raise ValueError(
+                f"frame_positions must have shape [{t}], got {tuple(frame_positions.shape)}"
+            )
+        pos_t = frame_positions.to(device=device, dtype=torch.float64)
+    pos_h = torch.arange(h, device=pos_t.device, dtype=torch.float64)
+    pos_w = torch.arange(w, device=pos_t.device, dtype=torch.float64)
+    tt, hh, ww = torch.meshgrid(pos_t, pos_h, pos_w, indexing="ij")
+    return torch.stack((hh, ww, tt), dim=-1).reshape(t * h * w, 3)
 
 
 def rope3d_frequencies(
@@ -54,35 +112,9 @@ def rope3d_frequencies(
             frame indices of a clip with gaps); default ``0..T-1``.
         device: where to build the tables.
     """
-    t, h, w = (int(v) for v in grid_thw)
-    if min(t, h, w) <= 0:
+    if min(int(v) for v in grid_thw) <= 0:
         raise ValueError(f"grid_thw must be positive, got {grid_thw}")
-    if head_dim <= 0 or head_dim % 2:
-        raise ValueError(f"head_dim must be positive and even, got {head_dim}")
-    split = default_split(head_dim) if split is None else tuple(int(s) for s in split)
-    if len(split) != 3 or sum(split) != head_dim or any(s < 0 or s % 2 for s in split):
-        raise ValueError(
-            f"split={split} must be three even channel counts (height, width, time) "
-            f"summing to head_dim={head_dim}"
-        )
-    if frame_positions is None:
-        pos_t = torch.arange(t, device=device, dtype=torch.float64)
-    else:
-        if tuple(frame_positions.shape) != (t,):
-            raise ValueError(
-                f"frame_positions must have shape [{t}], got {tuple(frame_positions.shape)}"
-            )
-        pos_t = frame_positions.to(device=device, dtype=torch.float64)
-    pos_h = torch.arange(h, device=device, dtype=torch.float64)
-    pos_w = torch.arange(w, device=device, dtype=torch.float64)
-
-    def angles(pos: torch.Tensor, channels: int) -> torch.Tensor:
-        j = torch.arange(channels // 2, device=device, dtype=torch.float64)
-        inv_freq = theta ** (-2.0 * j / channels) if channels else j
-        return pos[:, None] * inv_freq[None, :]
-
-    ang_h = angles(pos_h, split[0])[None, :, None, :].expand(t, h, w, -1)
-    ang_w = angles(pos_w, split[1])[None, None, :, :].expand(t, h, w, -1)
-    ang_t = angles(pos_t, split[2])[:, None, None, :].expand(t, h, w, -1)
-    ang = torch.cat((ang_h, ang_w, ang_t), dim=-1).reshape(t * h * w, head_dim // 2)
+    split = _checked_split(head_dim, split)
+    positions = grid_positions(grid_thw, frame_positions, device=device)
+    ang = rope3d_angles(positions, head_dim, theta=theta, split=split)
     return ang.cos().float(), ang.sin().float()

@@ -1,16 +1,19 @@
-"""Interleaved 3D rotary position embedding of video tokens (torch reference path).
+"""Interleaved 3D rotary position embedding of MUG-DiT's token sequence.
 
-The head dim ``Dh`` is cut into three equal contiguous parts (height, width, time), each an
-ordinary 1D RoPE of ``Dh/3`` channels whose pair ``j`` rotates by ``pos * theta**(-6 j / Dh)``
-(the MUG-V release's frequencies). Pairs are interleaved: channels ``(2i, 2i+1)`` form one
-complex number. Tables are ``cos, sin`` of shape ``[N, Dh/2]`` float32. Positions follow the
-release: a frame index of ``T + 2`` entries places the learned start/end tokens at their own
-times and at opposite corners of the patch grid.
+The tables come from :mod:`mugv_kernels.rope` (the one 3D RoPE of mugv: head dim ``Dh`` cut
+into three equal contiguous parts, height, width and time, each a 1D RoPE of ``Dh/3``
+channels whose pair ``j`` rotates by ``pos * theta**(-6 j / Dh)``, the MUG-V release's
+frequencies). Pairs are interleaved: channels ``(2i, 2i+1)`` form one complex number. Tables
+are ``cos, sin`` of shape ``[N, Dh/2]``. Positions follow the release: a frame index of
+``T + 2`` entries places the learned start/end tokens at their own times and at opposite
+corners of the patch grid.
 """
 
 from __future__ import annotations
 
 import torch
+from mugv_kernels.rope import grid_positions
+from mugv_kernels.rope import rope3d_angles as angles_at_positions
 
 
 def rope3d_angles(
@@ -35,21 +38,12 @@ def rope3d_angles(
             f"frame index must have T+2={t + 2} entries (start, {t} frames, end), "
             f"got shape {tuple(frame_index_F.shape)}"
         )
-    part = head_dim // 3
-    device = frame_index_F.device
-    j = torch.arange(part // 2, device=device, dtype=torch.float64)
-    inv_freq = theta ** (-2.0 * j / part)
-    pos_h = torch.arange(h, device=device, dtype=torch.float64)
-    pos_w = torch.arange(w, device=device, dtype=torch.float64)
     fi = frame_index_F.to(torch.float64)
-    ang_h = (pos_h[:, None] * inv_freq)[None, :, None, :].expand(t, h, w, -1)
-    ang_w = (pos_w[:, None] * inv_freq)[None, None, :, :].expand(t, h, w, -1)
-    ang_t = (fi[1:-1, None] * inv_freq)[:, None, None, :].expand(t, h, w, -1)
-    video = torch.cat((ang_h, ang_w, ang_t), dim=-1).reshape(t * h * w, head_dim // 2)
-    corner = torch.tensor([[0.0, 0.0], [h - 1.0, w - 1.0]], device=device, dtype=torch.float64)
-    edge_pos = torch.cat((corner, fi[[0, -1], None]), dim=1)  # [2, (row, col, time)]
-    edge = (edge_pos[:, :, None] * inv_freq).reshape(2, head_dim // 2)
-    return torch.cat((edge[:1], video, edge[1:]), dim=0)
+    corner = torch.tensor([[0.0, 0.0], [h - 1.0, w - 1.0]], device=fi.device, dtype=torch.float64)
+    edge_N3 = torch.cat((corner, fi[[0, -1], None]), dim=1)  # [2, (row, col, time)]
+    video_N3 = grid_positions(grid_thw, fi[1:-1], device=fi.device)
+    positions_N3 = torch.cat((edge_N3[:1], video_N3, edge_N3[1:]), dim=0)
+    return angles_at_positions(positions_N3, head_dim, theta=theta)
 
 
 def default_frame_index(batch: int, frames: int, device=None) -> torch.Tensor:
