@@ -335,10 +335,6 @@ class RunConfig(BaseModel):
         return self
 
 
-def _parse_value(text: str):
-    return yaml.safe_load(text)
-
-
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -356,9 +352,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
         last = parts[-1]
         if isinstance(node, list):
-            node[int(last)] = _parse_value(value)
+            node[int(last)] = yaml.safe_load(value)
         else:
-            node[last] = _parse_value(value)
+            node[last] = yaml.safe_load(value)
     return raw
 
 

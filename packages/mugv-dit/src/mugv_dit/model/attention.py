@@ -68,15 +68,6 @@ class PackedText:
         return list(torch.split(self.tokens_LC, self.lengths, dim=0))
 
 
-def packed_cross_attention(
-    q_BNHD: torch.Tensor, k_LHD: torch.Tensor, v_LHD: torch.Tensor, text: PackedText, backend
-) -> torch.Tensor:
-    """Each sample's video queries attend to its own packed text keys -> ``[B, N, H, D]``."""
-    return varlen_cross_attention(
-        q_BNHD, k_LHD, v_LHD, text.cu_seqlens, text.offsets, backend=backend
-    )
-
-
 def is_plain_linear(layer: ColumnParallelLinear | RowParallelLinear) -> bool:
     """True when a Megatron parallel linear has nothing to communicate or defer (one tensor
     parallel rank, no sequence parallelism, bias applied, no fused wgrad accumulation): then
@@ -262,5 +253,8 @@ class CrossAttention(_AttentionBase):
         kv = column_forward(self.kv, text_LC)
         k_LHD, v_LHD = kv.view(-1, self.heads_local, 2, self.head_dim).unbind(2)
         k_LHD = rms_norm(k_LHD, k_weight, self.eps)
-        out_BNHD = packed_cross_attention(q_BNHD, k_LHD, v_LHD.contiguous(), text, self.backend)
+        # each sample's video queries attend to its own packed text keys
+        out_BNHD = varlen_cross_attention(
+            q_BNHD, k_LHD, v_LHD.contiguous(), text.cu_seqlens, text.offsets, backend=self.backend
+        )
         return row_forward(self.proj, out_BNHD.reshape(b, n, -1))
