@@ -67,3 +67,16 @@ def test_runtime_field_in_a_new_export_is_refused(
         match=r"bad/config.json: config does not fit ModelConfig: fused_ops: Extra inputs are not permitted \(value True\)",
     ):
         load_export(path)
+
+
+def test_architecture_differences_name_each_field(debug_cfg):
+    """What train.init_from and mugv-align's reference report; runtime settings are not in
+    the architecture, so they can never differ."""
+    from mugv_dit.export import architecture_differences
+
+    assert architecture_differences(debug_cfg, debug_cfg.model_copy()) == []
+    wide = debug_cfg.model_copy(update={"hidden_size": 96, "num_heads": 8})
+    assert architecture_differences(wide, debug_cfg) == [
+        "model.hidden_size=48 here, 96 in the export",
+        "model.num_heads=4 here, 8 in the export",
+    ]

@@ -28,7 +28,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
 from mugv_dit.diffusion.loss import masked_velocity_sse
-from mugv_dit.export import load_export, load_full_state_dict
+from mugv_dit.export import architecture_differences, load_export, load_full_state_dict
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 from mugv_dit.trainer import Trainer
 from mugv_formats import atomic_write_text
@@ -139,8 +139,12 @@ class AlignTrainer(Trainer):
         """The frozen reference: same layout and dtype as the policy, no grads, no optimizer."""
         path = cfg.align.reference_from or cfg.train.init_from
         model_cfg, state = load_export(path)
-        if model_cfg.model_dump() != cfg.model.model_dump():
-            raise ValueError(f"reference {path}: its model config differs from this run's")
+        differences = architecture_differences(model_cfg, cfg.model)
+        if differences:
+            raise ValueError(
+                f"reference {path}: its model config differs from this run's: "
+                + ", ".join(differences)
+            )
         dtype = next(self.model.module.parameters()).dtype
         tcfg = megatron_config(
             cfg.model,

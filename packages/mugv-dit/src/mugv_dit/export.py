@@ -101,6 +101,17 @@ def stored_model_config(config: dict, version: str, *, where) -> ModelConfig:
         ) from None
 
 
+def architecture_differences(exported: ModelConfig, run: ModelConfig) -> list[str]:
+    """The fields where an export's architecture differs from a run's, each as
+    ``model.FIELD=RUN here, EXPORT in the export``; empty when the weights fit."""
+    theirs, ours = exported.model_dump(), run.model_dump()
+    return [
+        f"model.{k}={ours[k]!r} here, {theirs[k]!r} in the export"
+        for k in ours
+        if theirs[k] != ours[k]
+    ]
+
+
 def build_model_from_export(
     path: str | Path, *, dtype: torch.dtype = torch.float32, runtime: RuntimeConfig | None = None
 ):

@@ -277,17 +277,14 @@ class Trainer:
 
     def _init_from_export(self, path: str) -> None:
         """Start from exported weights (e.g. the imported release or a widened model)."""
-        from mugv_dit.export import load_export, load_full_state_dict
+        from mugv_dit.export import architecture_differences, load_export, load_full_state_dict
 
         model_cfg, state = load_export(path)
-        theirs, ours = model_cfg.model_dump(), self.cfg.model.model_dump()
-        diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
-        if diff:
+        differences = architecture_differences(model_cfg, self.cfg.model)
+        if differences:
             raise ValueError(
                 f"train.init_from={path}: its model config differs from this run's: "
-                + ", ".join(
-                    f"model.{k}={b!r} here, {a!r} in the export" for k, (a, b) in diff.items()
-                )
+                + ", ".join(differences)
             )
         load_full_state_dict(self.model.module, state)
         if self.ema is not None:
