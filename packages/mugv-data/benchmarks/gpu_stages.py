@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mugv_data.caption_vlm import VLMCaptioner
 from mugv_data.config import AestheticConfig, CaptionConfig
 from mugv_data.stages.aesthetic import AestheticFilter, AestheticScorer, build_head
 from mugv_data.stages.base import Clip, ClipFrames
-from mugv_data.vlm import VLMCaptioner
 
 SPECIAL = [
     "<|endoftext|>",

@@ -31,7 +31,7 @@ import cv2
 from mugv_data.config import load_config
 from mugv_data.decode import DecordReader, target_size
 from mugv_data.inputs import discover_inputs
-from mugv_data.pipeline import SourceProcessor
+from mugv_data.per_source import SourceProcessor
 from mugv_data.probe import probe_video
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

@@ -80,7 +80,7 @@ def tiny_qwen2vl(tmp_path_factory):
 
 
 def test_batched_captions_equal_one_by_one(tiny_qwen2vl):
-    from mugv_data.vlm import VLMCaptioner
+    from mugv_data.caption_vlm import VLMCaptioner
 
     cap = VLMCaptioner.from_config(
         CaptionConfig(
@@ -106,7 +106,7 @@ def test_batched_captions_equal_one_by_one(tiny_qwen2vl):
 
 
 def test_vlm_captions_flow_into_clip_shards(tiny_qwen2vl, tmp_path):
-    from mugv_data.vlm import VLMCaptioner
+    from mugv_data.caption_vlm import VLMCaptioner
 
     d = tmp_path / "in"
     d.mkdir()
@@ -137,7 +137,7 @@ def test_vlm_captions_flow_into_clip_shards(tiny_qwen2vl, tmp_path):
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     pytest.importorskip("transformers")
-    from mugv_data.vlm import VLMCaptioner
+    from mugv_data.caption_vlm import VLMCaptioner
 
     with pytest.raises(ValueError, match="not a local model folder"):
         VLMCaptioner.from_config(

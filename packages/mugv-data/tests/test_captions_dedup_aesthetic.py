@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from mugv_data.captions import CaptionTable, sidecar_caption
+from mugv_data.caption_files import CaptionTable, sidecar_caption
 from mugv_data.config import AestheticConfig, load_config
 from mugv_data.curate import curate, read_rejects
 from mugv_data.dedup import near_duplicates

@@ -356,11 +356,11 @@ def test_gpu_slots_for_process_workers():
 def test_decoder_released_before_filter_stages_when_frames_are_cached(samples, monkeypatch):
     """With every frame cached, the reader is closed before the stages run (decord's worker
     thread would otherwise burn CPU beside them); scores and encoding still work."""
-    import mugv_data.pipeline as pipeline
+    import mugv_data.per_source as per_source
     from mugv_data.stages.base import ClipStage
 
     readers = []
-    real_open = pipeline.open_reader
+    real_open = per_source.open_reader
 
     def spy(*args, **kwargs):
         r = real_open(*args, **kwargs)
@@ -374,12 +374,12 @@ def test_decoder_released_before_filter_stages_when_frames_are_cached(samples, m
             for c in clips:
                 c.scores["reader_open"] = float(readers[0]._vr is not None)
 
-    monkeypatch.setattr(pipeline, "open_reader", spy)
+    monkeypatch.setattr(per_source, "open_reader", spy)
     cfg = load_config(
         Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
         overrides=["decode.backend=decord"],
     )
-    proc = pipeline.SourceProcessor(cfg, encode=True)
+    proc = per_source.SourceProcessor(cfg, encode=True)
     proc.stages.append(ReaderState(cfg.filters))
     res = proc(samples / "bikes.mp4")
     scored = [c for c in res.clips if c.rejected_stage != "split"]

@@ -16,7 +16,7 @@ from mugv_data.config import (
     StaticConfig,
     TextConfig,
 )
-from mugv_data.encode import resample_indices
+from mugv_data.mp4_writer import resample_indices
 from mugv_data.stages.base import Clip, ClipFrames
 from mugv_data.stages.filters import (
     BorderFilter,

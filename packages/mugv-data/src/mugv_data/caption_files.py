@@ -1,4 +1,5 @@
-"""Captions from sidecar files or a CSV/JSONL table (the VLM captioner is in ``vlm.py``)."""
+"""Captions read from files: sidecar `VIDEO.txt` or a CSV/JSONL table (the VLM captioner is
+in ``caption_vlm.py``)."""
 
 from __future__ import annotations
 

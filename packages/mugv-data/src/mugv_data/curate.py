@@ -28,12 +28,12 @@ from mugv_formats import ClipRecord, ClipShardWriter, atomic_write_bytes, atomic
 from tqdm import tqdm
 
 from mugv_data import __version__
-from mugv_data.captions import CaptionTable, sidecar_caption
+from mugv_data.caption_files import CaptionTable, sidecar_caption
 from mugv_data.config import CurateConfig, dump_config
 from mugv_data.dedup import near_duplicates
 from mugv_data.engines import make_engine
 from mugv_data.inputs import discover_inputs, source_id
-from mugv_data.pipeline import ClipOutcome, SourceResult
+from mugv_data.per_source import ClipOutcome, SourceResult
 from mugv_data.staging import Staging
 from mugv_data.tags import Tagger, balanced_weights
 
@@ -104,7 +104,7 @@ def assign_captions(
         for k in kept:
             k.caption = table.lookup(k.source.source, k.clip.start_s, k.clip.end_s) or ""
     elif cc.source == "vlm":
-        from mugv_data.vlm import VLMCaptioner
+        from mugv_data.caption_vlm import VLMCaptioner
 
         captioner = VLMCaptioner.from_config(cc)
         paths = [staging.mp4_path(k.clip.key) for k in kept]

@@ -1,7 +1,7 @@
 """Engines place per-source work: in-process (sequential), a local process pool, or Ray.
 
-Each engine builds one :class:`~mugv_data.pipeline.SourceProcessor` per worker (stages set up
-once per worker) and yields :class:`~mugv_data.pipeline.SourceResult` objects as sources finish
+Each engine builds one :class:`~mugv_data.per_source.SourceProcessor` per worker (stages set up
+once per worker) and yields :class:`~mugv_data.per_source.SourceResult` objects as sources finish
 (any order; the driver sorts). Worker resources come from the stages' declarations.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mugv_data.config import CurateConfig
 from mugv_data.lifecycle import TreeReaper, die_with_parent
-from mugv_data.pipeline import SourceProcessor, SourceResult, worker_resources
+from mugv_data.per_source import SourceProcessor, SourceResult, worker_resources
 
 
 def available_cpus() -> int:

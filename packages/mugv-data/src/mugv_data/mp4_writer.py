@@ -1,4 +1,4 @@
-"""Clip encoding: frame selection for frame-rate normalisation and H.264/MP4 encoding (PyAV)."""
+"""The mp4 writer: frames chosen for frame-rate normalisation, H.264/MP4 encoding (PyAV)."""
 
 from __future__ import annotations
 

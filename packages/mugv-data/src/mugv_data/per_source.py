@@ -16,8 +16,8 @@ import numpy as np
 
 from mugv_data.config import CurateConfig
 from mugv_data.decode import FrameReader, open_reader, target_size
-from mugv_data.encode import encode_mp4, resample_indices
 from mugv_data.inputs import resolve_path, source_id
+from mugv_data.mp4_writer import encode_mp4, resample_indices
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
 from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
 from mugv_data.stages.filters import (

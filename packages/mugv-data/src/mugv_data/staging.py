@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mugv_formats import atomic_write_bytes, atomic_write_text
 
-from mugv_data.pipeline import ClipOutcome, SourceResult
+from mugv_data.per_source import ClipOutcome, SourceResult
 
 STAGING = ".staging"
 
