@@ -11,6 +11,7 @@ same weights have the same id.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ def checkpoint_id(path: str | Path) -> str:
 def save_checkpoint(
     model: torch.nn.Module, path: str | Path, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` (a ``MugvVAE``) as a VAE checkpoint folder, atomically."""
+    """Write ``model`` (a ``MugvVAE``: ``state_dict``, ``config``, ``latent_mean``/``latent_std``)
+    as a VAE checkpoint folder, atomically."""
     from mugv_vae import __version__
 
     f = _formats()
@@ -91,15 +93,22 @@ def weights_config(path: str | Path, version: str, config: dict[str, Any]) -> VA
         raise f.FormatError(f"{path}/config.json: invalid VAE config: {problems}") from None
 
 
-def load_checkpoint(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    runtime: VAERuntime | None = None,
-):
-    """Load a VAE checkpoint folder into a ``MugvVAE`` (eval mode) that runs with ``runtime``
-    (default: plain PyTorch, no budget)."""
-    from mugv_vae.model import MugvVAE
+@dataclass(frozen=True)
+class VAECheckpoint:
+    """What a checkpoint folder holds: the architecture, the weights, ``extra`` metadata."""
 
+    config: VAEConfig
+    state_dict: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    version: str
+
+
+def read_checkpoint(path: str | Path) -> VAECheckpoint:
+    """Read and check a VAE checkpoint folder (format, version, architecture, config).
+
+    Builds no model: ``MugvVAE.from_pretrained`` does, so this module never imports the model
+    (the dependency runs one way, model -> checkpoint).
+    """
     f = _formats()
     folder = f.load_weights_folder(path, format=f.VAE_CHECKPOINT_FORMAT)
     if folder.architecture != ARCHITECTURE:
@@ -107,11 +116,4 @@ def load_checkpoint(
             f"{path}/config.json: architecture {folder.architecture!r}, expected {ARCHITECTURE!r}"
         )
     config = weights_config(path, folder.version, folder.config)
-    model = MugvVAE(config, runtime)
-    missing, unexpected = model.load_state_dict(folder.state_dict, strict=False)
-    if missing or unexpected:
-        raise f.FormatError(
-            f"{path}: weights do not match the config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    return model.to(device).eval()
+    return VAECheckpoint(config, folder.state_dict, dict(folder.extra or {}), folder.version)

@@ -130,7 +130,8 @@ def run_encode(cfg: EncodeConfig) -> dict:
     import mugv_formats as mf
 
     from mugv_vae import __version__
-    from mugv_vae.checkpoint import checkpoint_id, load_checkpoint
+    from mugv_vae.checkpoint import checkpoint_id
+    from mugv_vae.model import MugvVAE
 
     rank, world, local_rank = init_distributed()
     device = torch.device(cfg.device)
@@ -150,7 +151,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
     if cfg.fast and device.type == "cuda":
         runtime.update(FAST_RUNTIME)
         torch.backends.cudnn.benchmark = True
-    vae = load_checkpoint(cfg.checkpoint, device=device, runtime=VAERuntime(**runtime))
+    vae = MugvVAE.from_pretrained(cfg.checkpoint, device=device, runtime=VAERuntime(**runtime))
     vae.frame_batch_size = cfg.frame_batch_size
     header_kw = dict(
         producer=f"mugv-vae {__version__}",

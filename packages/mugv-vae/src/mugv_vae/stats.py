@@ -22,10 +22,11 @@ def measure_latent_stats(
     max_clips: int = 256,
     write: bool = False,
 ) -> dict:
-    from mugv_vae.checkpoint import checkpoint_id, load_checkpoint
+    from mugv_vae.checkpoint import checkpoint_id
+    from mugv_vae.model import MugvVAE
     from mugv_vae.train.data import ClipSource
 
-    model = load_checkpoint(checkpoint, device=device)
+    model = MugvVAE.from_pretrained(checkpoint, device=device)
     source = ClipSource(clips)
     size = parse_resolution(resolution)
     c = model.config.latent_channels

@@ -23,6 +23,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from mugv_vae.checkpoint import read_checkpoint, save_checkpoint
 from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig, VAERuntime
 from mugv_vae.model import streaming
 from mugv_vae.model.distribution import DiagonalGaussian
@@ -264,13 +265,20 @@ class MugvVAE(nn.Module):
     # ----------------------------------------------------------------- checkpoints
     @classmethod
     def from_pretrained(cls, path, device="cpu", runtime: VAERuntime | None = None) -> MugvVAE:
-        """Load a VAE checkpoint folder (``mugv.vae-checkpoint``) to run with ``runtime``."""
-        from mugv_vae.checkpoint import load_checkpoint
+        """Load a VAE checkpoint folder (``mugv.vae-checkpoint``) into a model (eval mode) that
+        runs with ``runtime`` (default: plain PyTorch, no budget)."""
+        from mugv_formats import FormatError
 
-        return load_checkpoint(path, device=device, runtime=runtime)
+        ckpt = read_checkpoint(path)
+        model = cls(ckpt.config, runtime)
+        missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+        if missing or unexpected:
+            raise FormatError(
+                f"{path}: weights do not match the config: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        return model.to(device).eval()
 
     def save_pretrained(self, path, extra: dict | None = None):
         """Write this model as a VAE checkpoint folder (atomic)."""
-        from mugv_vae.checkpoint import save_checkpoint
-
         return save_checkpoint(self, path, extra)
