@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mugv_dit.config import MODEL_PRESETS, apply_overrides, dump_config, load_config, model_preset
+from mugv_dit.config import MODEL_PRESETS, dump_config, load_config, model_preset
+from mugv_formats.config_loading import apply_overrides
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -90,3 +91,16 @@ def test_runtime_settings_under_model_are_read_from_old_configs(tmp_path):
     assert cfg.runtime.fused_ops and cfg.model.text_dim == 32
     with pytest.raises(ValueError, match=r"model.fused_ops=True and runtime.fused_ops=False"):
         load_config(old, ["runtime.fused_ops=false"])
+
+
+def test_cli_config_errors_are_one_line_naming_file_field_value(tmp_path, capsys):
+    from mugv_dit.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: debug\ncurriculum: [{name: a, steps: 2}, {name: b, steps: 3}]\n")
+    cfg = load_config(path, ["curriculum.1.steps=5", "model.num_layers=4"])
+    assert [s.steps for s in cfg.curriculum] == [2, 5] and cfg.model.num_layers == 4
+    assert cfg.model.text_dim == MODEL_PRESETS["debug"]["text_dim"]  # preset still expanded
+    assert main(["train", str(path), "--set", "curriculum.1.steps=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(path) in err and "curriculum.1.steps = 0" in err

@@ -156,3 +156,13 @@ def test_parse_override_and_dump_round_trip():
     assert parse_override("a.0.b= 3 ") == (["a", "0", "b"], 3)
     cfg = load_config(Run, None, ["curriculum.0.steps=9"], base=_BASE)
     assert load_config(Run, None, base=__import__("yaml").safe_load(dump_config(cfg))) == cfg
+
+
+def test_flags_sit_between_the_file_and_the_overrides(tmp_path):
+    path = _yaml(tmp_path, "train: {seed: 3, bf16: false}\noutput_dir: a\n")
+    flags = {"train.seed": 4, "output_dir": None, "train.peak": 1.5}
+    cfg = load_config(Run, path, [], flags=flags)
+    assert (cfg.train.seed, cfg.train.bf16, cfg.output_dir, cfg.train.peak) == (4, False, "a", 1.5)
+    assert load_config(Run, path, ["train.seed=5"], flags=flags).train.seed == 5
+    with pytest.raises(ConfigError, match="flag output_dir.x: 'output_dir' is set to a value"):
+        load_config(Run, path, flags={"output_dir.x": 1})

@@ -151,3 +151,22 @@ def test_user_errors_are_one_line_and_name_the_thing(parts, tmp_path, capsys, ba
     err = _error(capsys, argv[:i] + argv[i + 2 :])
     assert "--text-encoder" in err
     assert not out.exists()
+
+
+def test_settings_file_flags_and_set_in_that_order_and_file_errors(tmp_path, capsys):
+    from mugv_infer.config import GenerateConfig, resolve
+
+    path = tmp_path / "gen.yaml"
+    path.write_text(
+        "model: m\nvae: v\nsteps: 3\nseed: 5\nprompt: [a, c]\nruntime: {dtype: float32}\n"
+    )
+    cfg = resolve(GenerateConfig, path, {"steps": 4, "seed": None}, ["steps=6", "prompt.1=b"])
+    assert (cfg.steps, cfg.seed, cfg.prompt, cfg.runtime.dtype) == (6, 5, ["a", "b"], "float32")
+    assert resolve(GenerateConfig, path, {}, ["prompt=one"]).prompt == ["one"]
+    assert resolve(GenerateConfig, path, {"steps": 4}, []).steps == 4
+    path.write_text("model: m\nvae: v\nsteps: 0\n")
+    err = _error(capsys, ["generate", "--config", str(path)])
+    assert str(path) in err and "steps = 0" in err
+    path.write_text("steps: [1\n")
+    err = _error(capsys, ["generate", "--config", str(path)])
+    assert str(path) in err and "not valid YAML" in err

@@ -104,9 +104,22 @@ def test_missing_lpips_weights_warn_and_skip(tmp_path, small_clips):
 
 
 def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="override"):
+    with pytest.raises(ValueError, match="key.path=value"):
         load_train_config(None, ["steps"])
     with pytest.raises(ValueError, match="steps"):
         load_train_config(None, [f"output={tmp_path}", "data.clips=x", "steps=0"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="missing.yaml does not exist"):
         load_train_config(tmp_path / "missing.yaml")
+
+
+def test_cli_set_and_its_old_spelling_and_one_line_errors(tmp_path, capsys):
+    from mugv_vae.cli import build_parser, main
+
+    args = build_parser().parse_args(["train", "c.yaml", "--set", "a=1", "-o", "b=2"])
+    assert args.overrides == ["a=1", "b=2"]
+    path = tmp_path / "train.yaml"
+    path.write_text(f"output: {tmp_path}\ndata: {{clips: x}}\n")
+    assert main(["train", str(path), "--set", "steps=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mugv-vae train: error: config file ") and str(path) in err
+    assert "steps = 0" in err

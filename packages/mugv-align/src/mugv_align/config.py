@@ -6,11 +6,12 @@ writes its resolved config (``resolved_config.yaml``) into its output folder.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from mugv_dit.config import MODEL_PRESETS, RunConfig, apply_overrides
+from mugv_dit.config import MODEL_PRESETS, RunConfig
+from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
@@ -114,14 +115,7 @@ def resolve_align_config(raw: dict) -> AlignRunConfig:
     return AlignRunConfig(**raw)
 
 
-def load_align_config(path: str | Path | None, overrides: list[str] | None = None):
-    """Read a YAML align config and apply ``key.path=value`` overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {path}: top level must be a mapping")
-    return resolve_align_config(apply_overrides(raw, overrides or []))
+def load_align_config(path: str | Path | None, overrides: Iterable[str] | None = ()):
+    """Read a YAML align config and apply ``--set`` overrides (mugv_formats.config_loading:
+    list indices, one-line ConfigError naming file, field and value)."""
+    return load_config(AlignRunConfig, path, overrides, build=resolve_align_config)

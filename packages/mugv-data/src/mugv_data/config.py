@@ -6,12 +6,13 @@ Every run writes the resolved config (``resolved_config.yaml``) beside its outpu
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from mugv_formats.config_loading import dump_config as dump_config  # re-exported
+from mugv_formats.config_loading import load_config as load_typed_config
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Frozen(BaseModel):
@@ -260,67 +261,18 @@ class CurateConfig(Frozen):
     output: OutputConfig = OutputConfig()
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value`` (value read as YAML) into (["a","b","c"], value)."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} is not key=value")
-    key, raw = item.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ValueError(f"override {item!r} has an empty key")
-    return parts, yaml.safe_load(raw)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with every ``key=value`` override set."""
-    out = copy.deepcopy(data)
-    for item in overrides:
-        parts, value = parse_override(item)
-        node = out
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 def load_config(
     path: str | Path | None = None,
     *,
-    overrides: list[str] | None = None,
+    overrides: Iterable[str] | None = None,
     inputs: list[str] | None = None,
     output: str | None = None,
 ) -> CurateConfig:
-    """Load a YAML config, apply CLI flags and overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            what = "is a directory" if Path(path).is_dir() else "does not exist"
-            raise ValueError(f"config file {path} {what}")
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"config file {path} cannot be read ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
-    data = copy.deepcopy(data)
-    if inputs:
-        data.setdefault("input", {})["paths"] = list(inputs)
-    if output:
-        data.setdefault("output", {})["path"] = str(output)
-    data = apply_overrides(data, overrides or [])
-    try:
-        return CurateConfig.model_validate(data)
-    except ValidationError as e:
-        where = f" in {path}" if path else ""
-        raise ValueError(f"invalid curation config{where}:\n{e}") from e
-
-
-def dump_config(config: CurateConfig) -> str:
-    """YAML text of a resolved config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """Load a YAML config, apply the ``--input``/``--output`` flags and ``--set`` overrides,
+    validate (mugv_formats.config_loading: list indices, one-line ConfigError naming file,
+    field and value)."""
+    flags = {
+        "input.paths": list(inputs) if inputs else None,
+        "output.path": str(output) if output else None,
+    }
+    return load_typed_config(CurateConfig, path, overrides, flags=flags)

@@ -7,10 +7,12 @@ config (``resolved_config.yaml``) next to its outputs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from mugv_formats.config_loading import dump_config as dump_config  # re-exported
+from mugv_formats.config_loading import load_config as load_typed_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
@@ -252,6 +254,11 @@ class TrainConfig(BaseModel):
     )
     max_skipped_steps: int = 10
     log_every: int = 1
+    tensorboard: bool = Field(
+        True,
+        description="Also log scalars to TensorBoard (needs mugv-dit[train]); metrics.jsonl "
+        "is always written.",
+    )
     save_every: int = 0
     async_save: bool = Field(
         False, description="Write checkpoints in the background (CUDA only; sync on CPU)."
@@ -335,29 +342,6 @@ class RunConfig(BaseModel):
         return self
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.path=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            if part.isdigit() and isinstance(node, list):
-                node = node[int(part)]
-                continue
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        last = parts[-1]
-        if isinstance(node, list):
-            node[int(last)] = yaml.safe_load(value)
-        else:
-            node[last] = yaml.safe_load(value)
-    return raw
-
-
 def resolve_config(raw: dict) -> RunConfig:
     """Build a RunConfig from a raw dict, expanding ``preset`` into model fields."""
     raw = dict(raw)
@@ -369,19 +353,7 @@ def resolve_config(raw: dict) -> RunConfig:
     return RunConfig(**raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config and apply CLI overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {path}: top level must be a mapping")
-    return resolve_config(apply_overrides(raw, overrides or []))
-
-
-def dump_config(config: BaseModel) -> str:
-    """YAML text of a config (what `resolved_config.yaml` holds)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``--set`` overrides (mugv_formats.config_loading:
+    list indices such as ``curriculum.0.steps=5``; ConfigError names file, field, value)."""
+    return load_typed_config(RunConfig, path, overrides, build=resolve_config)

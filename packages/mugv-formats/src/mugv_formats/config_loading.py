@@ -94,6 +94,21 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
     return out
 
 
+def _set_flags(raw: dict, flags: dict[str, Any]) -> dict:
+    out = copy.deepcopy(raw)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"flag {key}: {part!r} is set to a value, not a section")
+        node[parts[-1]] = value
+    return out
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """The mapping a YAML file holds (an empty file is ``{}``); ConfigError otherwise."""
     path = Path(path)
@@ -132,18 +147,20 @@ def validation_message(err: ValidationError, source: str | Path | None = None) -
 def load_config(
     model: type[M],
     path: str | Path | None = None,
-    overrides: Iterable[str] = (),
+    overrides: Iterable[str] | None = (),
     *,
     base: dict | None = None,
+    flags: dict[str, Any] | None = None,
     build: Callable[[dict], M] | None = None,
 ) -> M:
-    """``base`` (e.g. flags or packaged defaults) < the YAML at ``path`` < ``overrides``,
-    validated by ``model`` (or by ``build(raw)``, e.g. to expand a preset first). ``base`` is
-    merged with the file key by key, sections recursively."""
+    """``base`` (packaged defaults) < the YAML at ``path`` < ``flags`` (a command's own
+    options, dotted key -> value, None = not given) < ``overrides``, validated by ``model``
+    (or by ``build(raw)``, e.g. to expand a preset first). ``base`` is merged with the file
+    key by key, sections recursively."""
     raw = copy.deepcopy(base) if base else {}
     if path is not None:
         raw = _merge(raw, read_yaml_mapping(path))
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(_set_flags(raw, flags or {}), overrides or ())
     try:
         return build(raw) if build is not None else model.model_validate(raw)
     except ValidationError as e:

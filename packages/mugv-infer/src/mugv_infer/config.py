@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field
 
 from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT
@@ -105,34 +105,16 @@ class EnhanceConfig(BaseModel):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 
-def _set_path(data: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}: {k!r} is not a section")
-    node[keys[-1]] = value
+def _prompt_list(kind: type[BaseModel]):
+    def build(data: dict):
+        if isinstance(data.get("prompt"), str):
+            data = {**data, "prompt": [data["prompt"]]}
+        return kind.model_validate(data)
+
+    return build
 
 
 def resolve(kind: type[BaseModel], yaml_path: Path | None, flags: dict, sets: list[str]):
-    """defaults < YAML < flags < ``--set key=value`` (values parsed as YAML scalars)."""
-    data: dict = {}
-    if yaml_path is not None:
-        if not yaml_path.is_file():
-            raise ValueError(f"config file {yaml_path} does not exist")
-        loaded = yaml.safe_load(yaml_path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {yaml_path} must hold a mapping")
-        data.update(loaded)
-    for k, v in flags.items():
-        if v is not None:
-            _set_path(data, k, v)
-    for item in sets:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
-    if isinstance(data.get("prompt"), str):
-        data["prompt"] = [data["prompt"]]
-    return kind.model_validate(data)
+    """defaults < YAML < flags < ``--set key=value`` (mugv_formats.config_loading: values read
+    as YAML, list indices; a ConfigError of one line names the file, field and value)."""
+    return load_config(kind, yaml_path, sets, flags=flags, build=_prompt_list(kind))

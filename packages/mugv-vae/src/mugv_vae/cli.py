@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mugv_vae.train.config import load_train_config
     from mugv_vae.train.trainer import Trainer
 
-    cfg = load_train_config(args.config, args.override)
+    cfg = load_train_config(args.config, args.overrides)
     result = Trainer(cfg).fit()
     print(json.dumps(result))
     return 0
@@ -148,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a YAML config")
     p.add_argument("config", help="training config YAML")
     p.add_argument(
-        "--override", "-o", action="append", default=[], help="dotted KEY=VALUE (YAML value)"
+        "--set",
+        "--override",
+        "-o",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable; --override/-o: "
+        "the old spelling)",
     )
     p.set_defaults(func=_cmd_train)
 

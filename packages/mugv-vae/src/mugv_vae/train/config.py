@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
+from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -85,29 +86,7 @@ class TrainConfig(_Cfg):
     )
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
-
-
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config and apply ``KEY=VALUE`` overrides (values parsed as YAML)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return TrainConfig.model_validate(data)
+def load_train_config(path: str | Path | None, overrides: Iterable[str] | None = ()) -> TrainConfig:
+    """Read a YAML config and apply ``--set KEY=VALUE`` overrides (mugv_formats.config_loading:
+    values read as YAML, list indices, one-line ConfigError naming file, field and value)."""
+    return load_config(TrainConfig, path, overrides)
