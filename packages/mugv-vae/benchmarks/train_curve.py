@@ -56,7 +56,7 @@ def main() -> None:
         }
     )
     trainer = Trainer(cfg)
-    result = trainer.fit()
+    result = trainer.run()
     final = trainer.evaluate()
     if final:
         trainer.step = result["steps"]

@@ -73,7 +73,7 @@ def golden_losses(workdir: Path, overrides: tuple[str, ...] = ()) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        Trainer(cfg).fit()
+        Trainer(cfg).run()
     finally:
         torch.set_num_threads(threads)
     rows = [

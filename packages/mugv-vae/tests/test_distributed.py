@@ -61,7 +61,7 @@ def test_two_rank_training_matches_across_layouts_and_resumes(tmp_path, clip_dir
     )
     resumed = _torchrun(*base[:-4], "-o", "steps=3", "-o", "checkpoint_every=1")
     assert all(r["resumed_from"] == 2 and r["steps"] == 3 for r in resumed)
-    state = torch.load(tmp_path / "run/checkpoints/step-0000003/trainer.pt", weights_only=True)
+    state = torch.load(tmp_path / "run/checkpoints/step_0000003/trainer.pt", weights_only=True)
     assert state["step"] == 3 and not any(hasattr(v, "placements") for v in state["model"].values())
 
 
@@ -135,7 +135,7 @@ def test_fsdp2_resume_is_bit_exact(tmp_path, clip_dir):
     run("resumed", 2)
     run("resumed", 4)
     a, b = (
-        torch.load(tmp_path / f"{name}/checkpoints/step-0000004/trainer.pt", weights_only=True)
+        torch.load(tmp_path / f"{name}/checkpoints/step_0000004/trainer.pt", weights_only=True)
         for name in ("straight", "resumed")
     )
     a.pop("config"), b.pop("config")

@@ -46,14 +46,14 @@ def _cfg(tmp_path, clips, steps, **extra):
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, small_clips):
-    straight = Trainer(_cfg(tmp_path / "a", small_clips, 3)).fit()
+    straight = Trainer(_cfg(tmp_path / "a", small_clips, 3)).run()
     assert straight["steps"] == 3
-    first = Trainer(_cfg(tmp_path / "b", small_clips, 2)).fit()
+    first = Trainer(_cfg(tmp_path / "b", small_clips, 2)).run()
     assert first["steps"] == 2
-    resumed = Trainer(_cfg(tmp_path / "b", small_clips, 3)).fit()
+    resumed = Trainer(_cfg(tmp_path / "b", small_clips, 3)).run()
     assert resumed["resumed_from"] == 2
-    a = torch.load(tmp_path / "a/checkpoints/step-0000003/trainer.pt", weights_only=True)
-    b = torch.load(tmp_path / "b/checkpoints/step-0000003/trainer.pt", weights_only=True)
+    a = torch.load(tmp_path / "a/checkpoints/step_0000003/trainer.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoints/step_0000003/trainer.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["ema"]["shadow"]:
@@ -65,8 +65,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, small_clips):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert "gan_d" in rows[-1] and "gan_d" not in rows[0]
     assert list((tmp_path / "a/tensorboard").glob("events.out.tfevents.*"))
-    assert (tmp_path / "a/train_config.yaml").is_file()
-    ema = MugvVAE.from_pretrained(tmp_path / "a/checkpoints/step-0000003/vae")
+    assert (tmp_path / "a/resolved_config.yaml").is_file()
+    ema = MugvVAE.from_pretrained(tmp_path / "a/checkpoints/step_0000003/vae")
     for k, v in a["ema"]["shadow"].items():
         assert torch.equal(ema.state_dict()[k], v), k
 
@@ -123,3 +123,26 @@ def test_cli_set_and_its_old_spelling_and_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("mugv-vae train: error: config file ") and str(path) in err
     assert "steps = 0" in err
+
+
+def test_old_step_dash_checkpoints_resume_and_are_pruned(tmp_path, small_clips):
+    """Runs of before the step_NNNNNNN naming (step-NNNNNNN) resume; keep_checkpoints prunes
+    across both names, never the checkpoint just written."""
+    cfg = _cfg(tmp_path / "b", small_clips, 2)
+    Trainer(cfg).run()
+    root = tmp_path / "b/checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000002"]
+    (root / "step_0000002").rename(root / "step-0000002")
+    (root / "step-0000001").mkdir()  # an older one, incomplete (no trainer.pt): left alone
+    (root / "step-0000000").mkdir()
+    (root / "step-0000000/trainer.pt").write_bytes(b"")
+    result = Trainer(_cfg(tmp_path / "b", small_clips, 3)).run()
+    assert result["resumed_from"] == 2 and result["steps"] == 3
+    assert result["checkpoint"] == str(root / "step_0000003")
+    # keep_checkpoints=2 of the complete ones: step 0 (old name) goes
+    assert sorted(p.name for p in root.iterdir()) == [
+        "step-0000001",
+        "step-0000002",
+        "step_0000003",
+    ]
+    assert Trainer.fit is Trainer.run  # the old name still works

@@ -69,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mugv_vae.train.trainer import Trainer
 
     cfg = load_train_config(args.config, args.overrides)
-    result = Trainer(cfg).fit()
+    result = Trainer(cfg).run()
     print(json.dumps(result))
     return 0
 

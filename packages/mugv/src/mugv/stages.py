@@ -145,7 +145,9 @@ def build_stages(cfg: PipelineConfig, run: Path) -> list[Stage]:
     vae_cfg["data"] = {**vae_cfg.get("data", {}), "clips": str(R / "clips")}
 
     def copy_final_vae() -> None:
-        steps = sorted((R / "vae-train" / "checkpoints").glob("step-*/vae"))
+        # step_NNNNNNN (step-NNNNNNN before mugv-vae aligned with the other trainers)
+        found = (R / "vae-train" / "checkpoints").glob("step[_-]*/vae")
+        steps = sorted(found, key=lambda p: int(p.parent.name[5:]))
         if not steps:
             raise RuntimeError(f"mugv-vae train left no checkpoint in {R / 'vae-train'}")
         shutil.copytree(steps[-1], R / "vae.partial", dirs_exist_ok=True)

@@ -60,7 +60,7 @@ class OptimSection(_Cfg):
 
 
 class TrainConfig(_Cfg):
-    """Everything one training run needs; written to ``<output>/train_config.yaml``."""
+    """Everything one training run needs; written to ``<output>/resolved_config.yaml``."""
 
     output: str = Field(description="Run folder: checkpoints, TensorBoard logs, final export.")
     model: ModelSection = Field(default_factory=ModelSection)

@@ -1,7 +1,8 @@
 """VAE trainer: one GPU to many (torchrun; DDP or FSDP2), CPU for tests.
 
 State declared up front: ``step``; everything else (model, EMA, optimisers, discriminator)
-checkpoints itself. A training checkpoint is a folder ``<output>/checkpoints/step-NNNNNNN``
+checkpoints itself. A training checkpoint is a folder ``<output>/checkpoints/step_NNNNNNN``
+(``step-NNNNNNN`` of older runs still resumes)
 written under a temporary name and renamed (so it is complete or absent), holding
 ``trainer.pt`` (full, unsharded states) and ``vae/`` (the EMA weights as a VAE checkpoint).
 Batches depend only on ``(seed, step, rank)`` and the posterior noise on a generator seeded
@@ -12,14 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
 import time
 import warnings
 from pathlib import Path
 
 import torch
-import yaml
+from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name, step_dirs
 
 from mugv_vae.config import VAERuntime, preset
 from mugv_vae.distributed import init_distributed
@@ -31,8 +30,6 @@ from mugv_vae.train.data import ClipSource, StepBatches
 from mugv_vae.train.discriminator import PatchDiscriminator3D
 from mugv_vae.train.ema import EMA
 from mugv_vae.train.parallelize import apply_ddp, apply_fsdp2
-
-_STEP_DIR = re.compile(r"step-(\d+)\Z")
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -138,13 +135,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_dirs(self) -> list[Path]:
-        root = self.output / "checkpoints"
-        if not root.is_dir():
-            return []
-        dirs = [
-            p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "trainer.pt").is_file()
-        ]
-        return sorted(dirs, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+        return step_dirs(self.output / "checkpoints", lambda p: (p / "trainer.pt").is_file())
 
     def _model_state(self) -> dict[str, torch.Tensor]:
         return {k: _full(v).cpu() for k, v in self.model.state_dict().items()}
@@ -190,12 +181,16 @@ class Trainer:
         ema_model = self.ema_model()
         if self.rank != 0:
             return None
-        path = self.output / "checkpoints" / f"step-{self.step:07d}"
+        path = self.output / "checkpoints" / step_dir_name(self.step)
         with mf.atomic_replace_dir(path) as tmp:
             torch.save(state, tmp / "trainer.pt")
             ema_model.save_pretrained(tmp / "vae", extra={"train_step": self.step})
-        for old in self._checkpoint_dirs()[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_step_dirs(
+            path.parent,
+            self.cfg.keep_checkpoints,
+            protect={path.name},
+            complete=lambda p: (p / "trainer.pt").is_file(),
+        )
         return path
 
     def resume(self) -> bool:
@@ -342,13 +337,16 @@ class Trainer:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def fit(self) -> dict:
+    def run(self) -> dict:
+        """Train to ``cfg.steps`` (resuming the latest checkpoint); the run's config is
+        written first to ``<output>/resolved_config.yaml``."""
+        import mugv_formats as mf
+        from mugv_formats.config_loading import dump_config
+
         cfg = self.cfg
         if self.rank == 0:
             self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / "train_config.yaml").write_text(
-                yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-            )
+            mf.atomic_write_text(self.output / "resolved_config.yaml", dump_config(cfg))
         resumed = self.resume()
         start, t0 = self.step, time.perf_counter()
         steps = range(self.step, cfg.steps)
@@ -392,3 +390,5 @@ class Trainer:
             "last": last,
             "checkpoint": str(final) if final else None,
         }
+
+    fit = run  # the name before mugv-vae 0.x aligned with mugv-dit's Trainer.run
