@@ -26,3 +26,29 @@ def test_plan_loader_and_cli_import_without_energon():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_tensorboard_missing_names_the_extra_and_the_switch(monkeypatch):
+    from mugv_dit.trainer import tensorboard_writer_class
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError) as e:
+        tensorboard_writer_class()
+    assert "install mugv-dit[train]" in str(e.value)
+    assert "train.tensorboard=false" in str(e.value)
+
+
+def test_trainer_and_cli_import_without_tensorboard():
+    """tensorboard is the ``train`` extra: the trainer, export and the CLI import with it
+    blocked (a fresh interpreter), and nothing imports it on the way."""
+    code = (
+        "import sys; sys.modules['tensorboard'] = None\n"
+        "sys.modules['torch.utils.tensorboard'] = None\n"
+        "import mugv_dit.cli, mugv_dit.trainer, mugv_dit.export\n"
+        "from mugv_dit.config import TrainConfig\n"
+        "assert TrainConfig().tensorboard is True\n"
+        "loaded = [m for m, v in sys.modules.items() if v is not None]\n"
+        "assert not [m for m in loaded if 'tensorboard' in m], loaded\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]

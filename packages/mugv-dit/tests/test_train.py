@@ -96,6 +96,19 @@ def test_curriculum_runs_through_all_stages(reference_run):
     assert list((run_dir / "tensorboard").iterdir())
 
 
+def test_tensorboard_off_runs_without_tensorboard(megatron_single, dataset, tmp_path, monkeypatch):
+    """``train.tensorboard: false`` trains with tensorboard not importable (the ``train``
+    extra absent): metrics.jsonl is written, no tensorboard folder."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    cfg = _config(tmp_path, dataset, "notb", train={"progress": False, "tensorboard": False})
+    logs, _ = _train_inprocess(cfg, max_steps=1)
+    assert len(logs) == 1 and (tmp_path / "notb" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "notb" / "tensorboard").exists()
+    on = _config(tmp_path, dataset, "tb", train={"progress": False})
+    with pytest.raises(ImportError, match=r"install mugv-dit\[train\]"):
+        _train_inprocess(on, max_steps=1)
+
+
 @pytest.mark.slow  # test_resume_after_sigkill_is_exact covers this with a real kill
 def test_resume_after_interruption_is_exact(megatron_single, reference_run, dataset, tmp_path):
     ref_dir, _, _final = reference_run

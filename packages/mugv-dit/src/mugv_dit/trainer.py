@@ -65,6 +65,19 @@ def stage_at(curriculum: list[StageConfig], step: int) -> tuple[int, StageConfig
     raise ValueError(f"step {step} is past the curriculum ({start} steps)")
 
 
+def tensorboard_writer_class():
+    """``torch.utils.tensorboard.SummaryWriter``, imported only when a run logs to TensorBoard
+    (tensorboard is the ``train`` extra; inference and export need none of it)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ImportError(
+            f"train.tensorboard=true needs tensorboard, which is not installed ({e}): install "
+            "mugv-dit[train], or set train.tensorboard=false (metrics.jsonl is written either way)"
+        ) from None
+    return SummaryWriter
+
+
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop the log lines of steps >= ``step`` (re-run after a resume; a killed run may also
     leave a torn last line), so ``metrics.jsonl`` holds each step of the curve once."""
@@ -261,15 +274,16 @@ class Trainer:
 
     def _open_logs(self) -> None:
         """Rank 0: resolved_config.yaml, metrics.jsonl trimmed to the resumed step, and
-        TensorBoard."""
+        TensorBoard unless ``train.tensorboard`` is false."""
         self.writer = None
         if self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "resolved_config.yaml", dump_config(self.cfg))
         _trim_metrics(self.out / "metrics.jsonl", self.step)
-        from torch.utils.tensorboard import SummaryWriter
-
+        if not self.cfg.train.tensorboard:
+            return
+        SummaryWriter = tensorboard_writer_class()
         # scalars are logged at step + 1: drop those of steps re-run after a resume
         self.writer = SummaryWriter(
             str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None
