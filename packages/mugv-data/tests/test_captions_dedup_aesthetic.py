@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mugv_data.caption_files import CaptionTable, sidecar_caption
 from mugv_data.config import AestheticConfig, load_config
-from mugv_data.curate import curate, read_rejects
+from mugv_data.curate import curate, read_rejects, rebuild_report
 from mugv_data.dedup import near_duplicates
 from mugv_data.stages.base import Clip, ClipFrames
 from mugv_data.synth import scene, write_video
@@ -93,15 +93,26 @@ def test_curate_captions_tags_weights_and_dedup(tmp_path):
             "balance.alpha=1.0",
         ],
     )
-    curate(cfg, progress=False)
-    recs = {r.source.rsplit("/", 1)[-1]: r for r in ClipDataset(tmp_path / "out").records()}
+    summary = curate(cfg, progress=False)
+    out = tmp_path / "out"
+    recs = {r.source.rsplit("/", 1)[-1]: r for r in ClipDataset(out).records()}
     assert set(recs) == {"a.mp4", "b.mp4", "c.mp4"}  # a_copy dropped as a near duplicate
-    dup = [r for r in read_rejects(tmp_path / "out") if r["stage"] == "dedup"]
+    dup = [r for r in read_rejects(out) if r["stage"] == "dedup"]
     assert (
         len(dup) == 1
         and dup[0]["source"].endswith("a_copy.mp4")
         and "near-duplicate of" in dup[0]["reason"]
     )
+    # a dataset-level reject is bookkept like a per-clip one: a row with the clip's key and
+    # the stage as kind, counted in the summary and in the report (also when rebuilt)
+    assert dup[0]["kind"] == "dedup" and dup[0]["key"] not in {r.key for r in recs.values()}
+    assert summary.rejects_by_stage["dedup"] == 1
+    assert json.loads((out / "summary.json").read_text())["rejects_by_stage"]["dedup"] == 1
+    assert "<tr><td>dedup</td><td>1</td></tr>" in (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    rebuild_report(out)
+    assert "<tr><td>dedup</td><td>1</td></tr>" in (out / "report.html").read_text()
+    assert "<tr><td>None</td>" not in (out / "report.html").read_text()
     assert recs["a.mp4"].caption == "a dog runs on grass"
     assert recs["a.mp4"].tags == ["animal", "nature"] and recs["c.mp4"].tags == [
         "building",
@@ -194,3 +205,76 @@ def test_aesthetic_head_shape_mismatch_is_clear(tiny_aesthetic, tmp_path):
         AestheticScorer.from_paths(root / "clip", tmp_path / "wrong.pth", device="cpu")
     with pytest.raises(ValueError, match="not a local model folder"):
         AestheticScorer.from_paths(tmp_path / "nope", tmp_path / "wrong.pth", device="cpu")
+
+
+def _kept(key: str, source: str = "/v/a.mp4", embedding=(1.0, 0.0)):
+    from mugv_data.per_source import ClipOutcome, SourceResult
+    from mugv_data.stages.dataset import KeptClip
+
+    clip = ClipOutcome(key, 0, 0, 10, 0.0, 1.0, {}, None, None, embedding=list(embedding))
+    return KeptClip(SourceResult(source, "sid"), clip)
+
+
+def test_dataset_stages_reject_like_clip_stages_and_later_stages_skip_rejects():
+    from mugv_data.stages.dataset import DatasetStage, run_dataset_stages
+
+    seen: list[list[str]] = []
+
+    class DropB(DatasetStage):
+        name = "drop_b"
+
+        def process(self, clips):
+            seen.append([k.clip.key for k in clips])
+            for k in clips:
+                if k.clip.key == "b":
+                    k.clip.scores["drop_b"] = 1.0
+                    k.reject(self.name, "b is not wanted")
+
+    class Later(DatasetStage):
+        name = "later"
+
+        def process(self, clips):
+            seen.append([k.clip.key for k in clips])
+
+    clips = [_kept("a"), _kept("b", "/v/b.mp4"), _kept("c")]
+    kept, rejects = run_dataset_stages([DropB(), Later()], clips)
+    assert [k.clip.key for k in kept] == ["a", "c"]
+    assert seen == [["a", "b", "c"], ["a", "c"]]
+    assert rejects == [
+        dict(source="/v/b.mp4", key="b", stage="drop_b", kind="drop_b", reason="b is not wanted")
+    ]
+    assert clips[1].clip.rejected_stage == "drop_b" and clips[1].clip.scores == {"drop_b": 1.0}
+
+
+def test_dedup_stage_rejects_the_later_duplicate_with_its_similarity():
+    from mugv_data.stages.dataset import DedupStage, run_dataset_stages
+
+    cfg = load_config(None, overrides=["dedup.threshold=0.9", "dedup.embedding=thumbnail"])
+    clips = [_kept("a", embedding=(1, 0)), _kept("b", embedding=(0, 1)), _kept("a2")]
+    kept, rejects = run_dataset_stages([DedupStage(cfg)], clips)
+    assert [k.clip.key for k in kept] == ["a", "b"]
+    assert [(r["key"], r["stage"], r["kind"]) for r in rejects] == [("a2", "dedup", "dedup")]
+    assert rejects[0]["reason"] == "near-duplicate of a (cos 1.0000 >= 0.9)"
+    assert clips[2].clip.scores["dedup_similarity"] == pytest.approx(1.0)
+
+
+def test_vlm_caption_stage_rejects_an_unreadable_clip_and_captions_the_rest(tmp_path, monkeypatch):
+    """A staged clip the VLM cannot read is one ``captions`` reject with the error; the
+    others are captioned (a stub stands in for the model)."""
+    import mugv_data.caption_vlm as caption_vlm
+    from mugv_data.stages.dataset import CaptionStage, run_dataset_stages
+
+    class Stub:
+        def caption_frames(self, batch):
+            return [f"{len(f)} frames" for f in batch]
+
+    monkeypatch.setattr(caption_vlm.VLMCaptioner, "from_config", classmethod(lambda c, cc: Stub()))
+    write_video(tmp_path / "good.mp4", scene(20, seed=3))
+    (tmp_path / "bad.mp4").write_bytes(b"not an mp4")
+    cfg = load_config(None, overrides=["captions.source=vlm", "captions.num_frames=4"])
+    stage = CaptionStage(cfg, lambda key: tmp_path / f"{key}.mp4")
+    clips = [_kept("good"), _kept("bad")]
+    kept, rejects = run_dataset_stages([stage], clips)
+    assert [(k.clip.key, k.caption) for k in kept] == [("good", "4 frames")]
+    assert [(r["key"], r["stage"], r["kind"]) for r in rejects] == [("bad", "captions", "captions")]
+    assert rejects[0]["reason"].startswith(f"{tmp_path / 'bad.mp4'}: cannot read the clip")

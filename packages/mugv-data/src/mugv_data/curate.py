@@ -1,5 +1,6 @@
 """The curation driver: discover -> per-source stages on an engine -> dataset-level stages
-(dedup, then captions, tags, balance) -> clip shards, rejects table, report.
+(``stages/dataset.py``: dedup, then captions, tags, balance) -> clip shards, rejects table,
+report.
 
 Output directory::
 
@@ -17,7 +18,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +29,22 @@ from mugv_formats import ClipRecord, ClipShardWriter, atomic_write_bytes, atomic
 from tqdm import tqdm
 
 from mugv_data import __version__
-from mugv_data.caption_files import CaptionTable, sidecar_caption
 from mugv_data.config import CurateConfig, dump_config
-from mugv_data.dedup import near_duplicates
 from mugv_data.engines import make_engine
 from mugv_data.inputs import discover_inputs, source_id
-from mugv_data.per_source import ClipOutcome, SourceResult
+from mugv_data.per_source import SourceResult
+from mugv_data.stages.dataset import (
+    KeptClip,
+    build_dataset_stages,
+    reject_row,
+    run_dataset_stages,
+)
 from mugv_data.staging import Staging
-from mugv_data.tags import Tagger, balanced_weights
 
 REJECTS = "rejects.parquet"
 RESOLVED_CONFIG = "resolved_config.yaml"
 SUMMARY = "summary.json"
 PRODUCER = f"mugv-data {__version__}"
-
-
-@dataclass
-class KeptClip:
-    """A clip that survived the per-source stages, with dataset-level fields."""
-
-    source: SourceResult
-    clip: ClipOutcome
-    caption: str = ""
-    tags: list[str] = field(default_factory=list)
-    weight: float = 1.0
 
 
 @dataclass
@@ -88,42 +81,6 @@ def run_sources(
         bar.close()
     finally:
         engine.close()
-
-
-def assign_captions(
-    config: CurateConfig, kept: list[KeptClip], staging: Staging, progress: bool
-) -> None:
-    cc = config.captions
-    if cc.source == "sidecar":
-        for k in kept:
-            k.caption = sidecar_caption(k.source.source) or ""
-    elif cc.source == "table":
-        if not cc.table_path:
-            raise ValueError("captions.source=table needs captions.table_path")
-        table = CaptionTable(cc.table_path)
-        for k in kept:
-            k.caption = table.lookup(k.source.source, k.clip.start_s, k.clip.end_s) or ""
-    elif cc.source == "vlm":
-        from mugv_data.caption_vlm import VLMCaptioner
-
-        captioner = VLMCaptioner.from_config(cc)
-        paths = [staging.mp4_path(k.clip.key) for k in kept]
-        caps = captioner.caption_files(paths, progress=progress)
-        for k, c in zip(kept, caps):
-            k.caption = c
-
-
-def dedup_embeddings(config: CurateConfig, kept: list[KeptClip]) -> np.ndarray:
-    """[N, D] embeddings for near-duplicate search (see ``dedup.embedding``)."""
-    kind = config.dedup.embedding
-    have_clip = all(k.clip.clip_embedding is not None for k in kept)
-    if kind == "clip" and not have_clip:
-        raise ValueError(
-            "dedup.embedding=clip needs filters.aesthetic.enabled=true (CLIP embeddings)"
-        )
-    if kind == "clip" or (kind == "auto" and have_clip):
-        return np.asarray([k.clip.clip_embedding for k in kept], dtype=np.float32)
-    return np.asarray([k.clip.embedding for k in kept], dtype=np.float32)
 
 
 #: Config sections that decide what a run produces (engine and input may change on resume).
@@ -175,59 +132,19 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
     for r in results:
         if r.reject_stage is not None:
             rejects.append(
-                dict(
-                    source=r.source,
-                    key=None,
-                    stage=r.reject_stage,
-                    kind=r.reject_kind,
-                    reason=r.reject_detail,
-                )
+                reject_row(r.source, None, r.reject_stage, r.reject_kind, r.reject_detail)
             )
         for c in r.clips:
             if c.kept:
                 kept.append(KeptClip(r, c))
             else:
                 rejects.append(
-                    dict(
-                        source=r.source,
-                        key=c.key,
-                        stage=c.rejected_stage,
-                        kind=c.rejected_stage,
-                        reason=c.reason,
-                    )
+                    reject_row(r.source, c.key, c.rejected_stage, c.rejected_stage, c.reason)
                 )
-
-    if config.dedup.enabled and kept:
-        emb = dedup_embeddings(config, kept)
-        dups = near_duplicates(emb, config.dedup.threshold)
-        survivors = []
-        for i, k in enumerate(kept):
-            if i in dups:
-                j, sim = dups[i]
-                k.clip.rejected_stage = "dedup"
-                k.clip.reason = f"near-duplicate of {kept[j].clip.key} (cos {sim:.4f} >= {config.dedup.threshold:g})"
-                k.clip.scores["dedup_similarity"] = sim
-                rejects.append(
-                    dict(
-                        source=k.source.source,
-                        key=k.clip.key,
-                        stage="dedup",
-                        kind="dedup",
-                        reason=k.clip.reason,
-                    )
-                )
-            else:
-                survivors.append(k)
-        kept = survivors
-    # captions after dedup: the VLM (the slowest stage) never sees a duplicate
-    assign_captions(config, kept, staging, progress)
-    if config.tags.enabled:
-        tagger = Tagger(config.tags.vocabulary)
-        for k in kept:
-            k.tags = tagger(k.caption)
-    if config.balance.enabled and kept:
-        for k, w in zip(kept, balanced_weights([k.tags for k in kept], config.balance.alpha)):
-            k.weight = float(w)
+    # dataset-level stages (dedup, captions, tags, balance): same reject rows as per-clip ones
+    stages = build_dataset_stages(config, staging.mp4_path, progress=progress)
+    kept, dataset_rejects = run_dataset_stages(stages, kept)
+    rejects.extend(dataset_rejects)
 
     write_shards(config, out, kept, staging, progress)
     write_rejects(out / REJECTS, rejects)
@@ -334,6 +251,12 @@ def rebuild_report(out_dir: str | Path) -> Path:
     config = load_config(out / RESOLVED_CONFIG)
     results = _load_results(out, config)
     by_key = {(c.key): (r, c) for r in results for c in r.clips}
+    # dataset-level verdicts (dedup, captions, ...) live in rejects.parquet, not in staging
+    if (out / REJECTS).is_file():
+        for row in read_rejects(out):
+            if row["key"] in by_key and by_key[row["key"]][1].rejected_stage is None:
+                c = by_key[row["key"]][1]
+                c.rejected_stage, c.reason = row["stage"], row["reason"]
     kept = []
     for rec in ClipDataset(out).records():
         if rec.key in by_key:
