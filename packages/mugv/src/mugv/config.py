@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mugv_formats.config_loading import load_config as load_typed_config
 from pydantic import BaseModel, ConfigDict, Field
 
 _STRICT = ConfigDict(extra="forbid")
@@ -111,64 +112,12 @@ class PipelineConfig(BaseModel):
     memorise: MemoriseSection = Field(default_factory=MemoriseSection)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text.strip() else ""
-
-
-def _index(node: list, part: str, item: str):
-    if not part.isdigit() or int(part) >= len(node):
-        raise ValueError(f"--set {item!r}: {part!r} is not an index of a {len(node)}-item list")
-    return node[int(part)]
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict in place; a
-    numeric part indexes a list (``dit.config.curriculum.0.steps=5``)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r} must look like key.path=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            if isinstance(node, list):
-                node = _index(node, part, item)
-            else:
-                node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise ValueError(f"--set {item!r}: {part!r} is not a section")
-        if isinstance(node, list):
-            _index(node, parts[-1], item)
-            node[int(parts[-1])] = _parse_value(value)
-        else:
-            node[parts[-1]] = _parse_value(value)
-    return raw
-
-
 def demo_defaults() -> dict:
     """The packaged demo configuration as a dict."""
     return yaml.safe_load(files("mugv").joinpath("configs/demo.yaml").read_text())
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
-    """Defaults, then the YAML file (merged section by section), then ``--set`` overrides."""
-    raw = demo_defaults()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML ({e})") from None
-        if not isinstance(user, dict):
-            raise ValueError(f"config file {path}: top level must be a mapping")
-        raw = _merge(raw, user)
-    return PipelineConfig(**apply_overrides(raw, overrides or []))
+    """Defaults, then the YAML file (merged section by section), then ``--set`` overrides
+    (mugv_formats.config_loading: list indices, one-line errors naming file, field, value)."""
+    return load_typed_config(PipelineConfig, path, overrides, base=demo_defaults())
