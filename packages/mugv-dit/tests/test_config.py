@@ -104,3 +104,13 @@ def test_cli_config_errors_are_one_line_naming_file_field_value(tmp_path, capsys
     assert main(["train", str(path), "--set", "curriculum.1.steps=0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(path) in err and "curriculum.1.steps = 0" in err
+
+
+def test_mfu_peak_and_keep_checkpoints_come_from_config():
+    cfg = load_config(None)
+    assert cfg.train.peak_tflops == 989.0 and cfg.train.keep_checkpoints == 0
+    cfg = load_config(None, ["train.peak_tflops=312", "train.keep_checkpoints=3"])
+    assert cfg.train.peak_tflops == 312.0 and cfg.train.keep_checkpoints == 3
+    assert load_config(None, ["train.peak_tflops=null"]).train.peak_tflops is None
+    with pytest.raises(ValueError, match="train.keep_checkpoints = -1"):
+        load_config(None, ["train.keep_checkpoints=-1"])

@@ -525,3 +525,37 @@ def test_combined_layouts_on_four_ranks_match(reference_run, dataset, tmp_path):
         assert sorted(got) == [2, 3, 4, 5], name
         for step in got:
             assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (name, step)
+
+
+def test_keep_checkpoints_prunes_oldest_never_latest(megatron_single, dataset, tmp_path):
+    """``train.keep_checkpoints: 2`` with a checkpoint every step: after each save only the
+    newest two complete checkpoints remain, ``latest`` names one of them, and an incomplete
+    folder (no ``.metadata``) is not counted nor removed; the run still resumes."""
+    from mugv_dit.checkpoint import _mark_complete
+
+    train = {"progress": False, "ema_decay": None, "save_every": 1, "keep_checkpoints": 2}
+    cfg = _config(tmp_path, dataset, "keep", train=train)
+    root = tmp_path / "keep" / "checkpoints"
+    root.mkdir(parents=True)
+    (root / "step_0000000").mkdir()  # left by a killed save: no .metadata
+    _train_inprocess(cfg, max_steps=3)
+    names = sorted(p.name for p in root.iterdir() if p.name.startswith("step_"))
+    assert names == ["step_0000000", "step_0000002", "step_0000003"]
+    assert (root / "latest").read_text().strip() == "step_0000003"
+    logs, _ = _train_inprocess(cfg, max_steps=1)  # resumes at step 3
+    assert len([log for log in logs if "loss" in log]) == 1  # one step: 3 -> 4
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("step_0")) == [
+        "step_0000000",
+        "step_0000003",
+        "step_0000004",
+    ]
+    # the folder `latest` names survives even when it is not among the newest
+    (root / "step_0000009").mkdir()
+    (root / "step_0000009" / ".metadata").write_bytes(b"")
+    _mark_complete(root, root / "step_0000003", keep=1)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("step_0")) == [
+        "step_0000000",
+        "step_0000003",
+        "step_0000009",
+    ]
+    assert (root / "latest").read_text().strip() == "step_0000003"

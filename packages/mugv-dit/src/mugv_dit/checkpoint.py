@@ -40,6 +40,7 @@ from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_read
 )
 from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
 from mugv_formats import atomic_write_text
+from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from mugv_dit.compat import adam_state_for_loading, torch_adam_step_on_load
@@ -183,7 +184,14 @@ def safe_load(template: dict, path: Path) -> dict:
 
 
 def step_dir(root: Path, step: int) -> Path:
-    return root / f"step_{step:07d}"
+    return root / step_dir_name(step)
+
+
+def _mark_complete(root: Path, path: Path, keep: int) -> None:
+    """Rank 0, once every rank finished ``path``: point ``latest`` at it (atomic), then
+    remove all but the newest ``keep`` complete checkpoints (0: keep all), never ``path``."""
+    atomic_write_text(root / LATEST, path.name + "\n")
+    prune_step_dirs(root, keep, protect={path.name}, complete=lambda p: (p / ".metadata").is_file())
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -253,7 +261,14 @@ def _own_write_results_queue() -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model, ema, optimizer, trainer_state: dict, per_rank_saver=None
+    root: Path,
+    step: int,
+    model,
+    ema,
+    optimizer,
+    trainer_state: dict,
+    per_rank_saver=None,
+    keep: int = 0,
 ) -> Path:
     """Save a checkpoint; ``latest`` is updated only after every rank finished.
 
@@ -268,7 +283,7 @@ def save_checkpoint(
         per_rank_saver(path)
     dist.barrier()
     if dist.get_rank() == 0:
-        atomic_write_text(root / LATEST, path.name + "\n")
+        _mark_complete(root, path, keep)
     dist.barrier()
     return path
 
@@ -278,8 +293,9 @@ class CheckpointSaver:
     AsyncCallsQueue: tensors are staged to host memory at save time and written in the
     background; ``latest`` is updated by a finalize step once every rank has finished."""
 
-    def __init__(self, root: Path, *, async_save: bool = False):
+    def __init__(self, root: Path, *, async_save: bool = False, keep: int = 0):
         self.root = root
+        self.keep = keep  # complete checkpoints kept (newest; 0: all), see _mark_complete
         self.queue = None
         if async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -289,7 +305,7 @@ class CheckpointSaver:
     def save(self, step, model, ema, optimizer, trainer_state, per_rank_saver=None) -> Path:
         if self.queue is None:
             return save_checkpoint(
-                self.root, step, model, ema, optimizer, trainer_state, per_rank_saver
+                self.root, step, model, ema, optimizer, trainer_state, per_rank_saver, self.keep
             )
         self.wait()  # one checkpoint in flight at a time
         path = step_dir(self.root, step)
@@ -300,9 +316,9 @@ class CheckpointSaver:
         if per_rank_saver is not None:
             per_rank_saver(path)
 
-        def mark_complete(root=self.root, name=path.name):
+        def mark_complete(root=self.root, path=path, keep=self.keep):
             if dist.get_rank() == 0:
-                atomic_write_text(root / LATEST, name + "\n")
+                _mark_complete(root, path, keep)
 
         request.add_finalize_fn(mark_complete)
         self.queue.schedule_async_request(request)

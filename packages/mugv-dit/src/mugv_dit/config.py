@@ -260,12 +260,20 @@ class TrainConfig(BaseModel):
         "is always written.",
     )
     save_every: int = 0
+    keep_checkpoints: int = Field(
+        0,
+        ge=0,
+        description="Keep the newest N complete checkpoints, removing older ones once a new "
+        "one is complete (never the one `latest` names); 0 keeps all.",
+    )
     async_save: bool = Field(
         False, description="Write checkpoints in the background (CUDA only; sync on CPU)."
     )
     peak_tflops: float | None = Field(
-        None,
-        description="Per-device peak (TFLOP/s) for MFU; default 989 on H100/H200, none on CPU.",
+        989.0,
+        gt=0,
+        description="Per-device dense bf16 peak (TFLOP/s) that MFU is measured against "
+        "(H100/H200 SXM: 989; set yours for other GPUs); null: no MFU. Not reported on CPU.",
     )
     progress: bool = True
     init_from: str | None = Field(

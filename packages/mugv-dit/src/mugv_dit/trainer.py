@@ -244,7 +244,9 @@ class Trainer:
                 seed=cfg.data.seed,
             )
         self.saver = CheckpointSaver(
-            self.ckpt_root, async_save=cfg.train.async_save and self.device.type == "cuda"
+            self.ckpt_root,
+            async_save=cfg.train.async_save and self.device.type == "cuda",
+            keep=cfg.train.keep_checkpoints,
         )
 
     def _resume(self) -> None:
@@ -486,9 +488,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
         metrics_path = self.out / "metrics.jsonl"
-        peak = cfg.train.peak_tflops
-        if peak is None and self.device.type == "cuda":
-            peak = 989.0
+        peak = cfg.train.peak_tflops if self.device.type == "cuda" else None  # MFU: GPUs only
         try:
             while self.step < stop:
                 stage_idx, stage, in_stage = stage_at(cfg.curriculum, self.step)
