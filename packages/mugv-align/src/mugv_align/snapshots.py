@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from mugv_formats import atomic_write_text
+from mugv_formats.checkpoint_dirs import step_dir_name
 from torch import nn
 
 from mugv_align.ema import gamma_to_sigma_rel, power_beta, sigma_rel_to_gamma, solve_weights
@@ -79,7 +80,7 @@ class PowerEMAs(nn.Module):
 
         if not writer:
             return
-        folder = root / f"step_{step:07d}"
+        folder = root / step_dir_name(step)
         for sigma_rel, m in zip(self.sigma_rels, self.emas, strict=True):
             d = folder / ema_dir_name(sigma_rel)
             d.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ class PowerEMAs(nn.Module):
                 for s, g in zip(self.sigma_rels, self.gammas, strict=True)
             ],
         }
-        atomic_write_text(root / f"step_{step:07d}" / SNAPSHOT_INFO, json.dumps(info, indent=2))
+        atomic_write_text(root / step_dir_name(step) / SNAPSHOT_INFO, json.dumps(info, indent=2))
 
 
 # -- post-hoc reconstruction -------------------------------------------------------------

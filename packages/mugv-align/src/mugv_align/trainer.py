@@ -32,6 +32,7 @@ from mugv_dit.export import architecture_differences, load_export, load_full_sta
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 from mugv_dit.trainer import Trainer
 from mugv_formats import atomic_write_text
+from mugv_formats.checkpoint_dirs import step_dir_name
 
 from mugv_align.config import AlignRunConfig
 from mugv_align.data import PreferenceSampler, build_batch, load_source
@@ -188,7 +189,7 @@ class AlignTrainer(Trainer):
         dist.barrier()
 
     def _align_state_path(self, step: int) -> Path:
-        return self.ckpt_root / "align_state" / f"step_{step:07d}.json"
+        return self.ckpt_root / "align_state" / f"{step_dir_name(step)}.json"
 
     def save(self) -> Path:
         """EMA snapshot and preference-sampler state (JSON) first, then mugv-dit's checkpoint,
