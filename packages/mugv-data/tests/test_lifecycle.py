@@ -47,7 +47,7 @@ def _start(mode: str) -> tuple[subprocess.Popen, list[int]]:
         [sys.executable, "-c", DRIVER, mode], stdout=subprocess.PIPE, text=True
     )
     tree = [int(v) for v in driver.stdout.readline().split()]
-    time.sleep(0.5)  # the watcher has seen the tree
+    time.sleep(1.0)  # the watcher (polling every 0.1 s) has seen the tree
     return driver, tree
 
 

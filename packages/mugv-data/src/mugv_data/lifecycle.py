@@ -86,18 +86,25 @@ def _tree(root: int, known: dict[int, int]) -> dict[int, int]:
 
 
 def _reap(root: int, poll_s: float) -> None:
-    """The watcher's loop: runs until stdin closes (the root's clean stop) or the root dies."""
+    """The watcher's loop: runs until the root writes "stop" (its clean stop) or dies."""
     import select
 
     me = os.getpid()
     root_start = (_stat(root) or (0, -1))[1]
-    known: dict[int, int] = {}
+    known = {p: t for p, t in _tree(root, {}).items() if p != me}
+    sys.stdout.write("ready\n")  # the root waits for this: what it starts next is watched
+    sys.stdout.flush()
     while True:
         ready, _, _ = select.select([sys.stdin], [], [], poll_s)
-        alive = _stat(root) is not None and _stat(root)[1] == root_start
-        if ready and not sys.stdin.buffer.read1(4096) and alive:
-            return  # the root closed the pipe itself: a clean stop, nothing to kill
-        if not alive:
+        if ready:
+            data = sys.stdin.buffer.read1(4096)
+            if b"stop" in data:
+                return  # the root's clean stop: nothing to kill
+            if not data:
+                break  # the pipe closed without "stop": the root died (its state may not
+                # read as dead yet for a moment: the kernel closes files before that)
+        st = _stat(root)
+        if st is None or st[1] != root_start:
             break
         known.update(_tree(root, known))
         known.pop(me, None)
@@ -128,12 +135,19 @@ class TreeReaper:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "mugv_data.lifecycle", str(os.getpid()), str(poll_s)],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             close_fds=True,
         )
+        import select
+
+        ready, _, _ = select.select([self._proc.stdout], [], [], 120.0)
+        if not ready or self._proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("mugv_data.lifecycle: the process-tree watcher did not start")
 
     def stop(self) -> None:
         if self._proc is not None:
             with contextlib.suppress(OSError):
+                self._proc.stdin.write(b"stop\n")
                 self._proc.stdin.close()
             self._proc.wait(timeout=30)
             self._proc = None
