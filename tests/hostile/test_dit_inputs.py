@@ -244,4 +244,4 @@ def test_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("a: [\n")
     assert main(["train", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "invalid YAML" in err and len(err.splitlines()) == 1
+    assert "not valid YAML" in err and len(err.splitlines()) == 1
