@@ -187,6 +187,25 @@ def test_dpo_resume_after_interruption_is_exact(task, dpo_reference_run, tmp_pat
     assert ref_logs[0]["pref_accuracy"] == 0.0 and ref_logs[0]["implicit_kl"] == 0.0
 
 
+def test_kept_checkpoints_keep_their_sampler_states_only(task, tmp_path):
+    """train.keep_checkpoints prunes mugv-dit's step folders; align's per-checkpoint sampler
+    states (align_state/step_*.json) go with them."""
+    root = task["root"]
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        steps=3,
+        align=_dpo_align(root),
+        train={"init_from": str(root / "init"), "save_every": 1, "keep_checkpoints": 1},
+    )
+    _run(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    folders = sorted(p.name for p in ckpts.glob("step_*") if p.is_dir())
+    states = sorted(p.stem for p in (ckpts / "align_state").glob("step_*.json"))
+    assert folders == ["step_0000003"], folders
+    assert states == folders, states
+
+
 def test_precomputed_reference_errors_match_the_live_reference(task, dpo_reference_run, tmp_path):
     from mugv_align.cli import main
 

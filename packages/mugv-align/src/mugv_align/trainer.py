@@ -32,7 +32,7 @@ from mugv_dit.export import architecture_differences, load_export, load_full_sta
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 from mugv_dit.trainer import Trainer
 from mugv_formats import atomic_write_text
-from mugv_formats.checkpoint_dirs import step_dir_name
+from mugv_formats.checkpoint_dirs import checkpoint_step, step_dir_name, step_dirs
 
 from mugv_align.config import AlignRunConfig
 from mugv_align.data import PreferenceSampler, build_batch, load_source
@@ -200,7 +200,22 @@ class AlignTrainer(Trainer):
             path = self._align_state_path(self.step)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(self.pref_sampler.state_dict()))
-        return super().save()
+        saved = super().save()
+        if self.rank == 0:
+            self._prune_align_state()
+        return saved
+
+    def _prune_align_state(self) -> None:
+        """Drop the sampler states of checkpoints that ``train.keep_checkpoints`` removed
+        (those older than the oldest step folder left)."""
+        kept = [checkpoint_step(p.name) for p in step_dirs(self.ckpt_root)]
+        kept = [s for s in kept if s is not None]
+        if not kept:
+            return
+        for f in (self.ckpt_root / "align_state").glob("step_*.json"):
+            step = checkpoint_step(f.stem)
+            if step is not None and step < min(kept):
+                f.unlink(missing_ok=True)
 
     # -- one step (mugv-dit's train_step hook) ---------------------------------------------
     def train_step(self, stage_idx, stage, in_stage) -> dict:
