@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +123,27 @@ def kill_and_check_no_leak(proc: subprocess.Popen, *, within: float = 5.0) -> se
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return left
+
+
+def rewrite_members(shard: Path, edit: Callable[[str, bytes], bytes]) -> None:
+    """Rewrite a shard tar in place with ``edit(name, data)`` applied to every member (the
+    tar header follows the new size): a tampered shard, as an attacker or a bad disk makes."""
+    members = []
+    with tarfile.open(shard) as t:
+        for info in t.getmembers():
+            data = edit(info.name, t.extractfile(info).read())
+            info.size = len(data)
+            members.append((info, data))
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data))
+
+
+def bump_one_value(npy: bytes) -> bytes:
+    """The same ``.npy`` array with one value changed by 1 (same shape, same size)."""
+    arr = np.load(io.BytesIO(npy))
+    arr.flat[5] += 1.0
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    assert len(buf.getvalue()) == len(npy)
+    return buf.getvalue()

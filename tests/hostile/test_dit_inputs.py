@@ -9,7 +9,14 @@ import time
 
 import pytest
 import yaml
-from hostile_util import clean_env, dit_config, kill_and_check_no_leak, make_latents
+from hostile_util import (
+    bump_one_value,
+    clean_env,
+    dit_config,
+    kill_and_check_no_leak,
+    make_latents,
+    rewrite_members,
+)
 
 pytest.importorskip("megatron.core")
 
@@ -51,26 +58,14 @@ def test_plan_loader_refuses_unsafe_or_doubled_members(tmp_path, member):
 
 
 def test_plan_loader_refuses_changed_latent_bytes(tmp_path):
-    import io
-    import tarfile
-
-    import numpy as np
     from mugv_dit.data import LatentIndex
     from mugv_formats import ChecksumError
 
     ds = make_latents(tmp_path / "lat", n=3)
-    shard = ds / "shard-000000.tar"
-    with tarfile.open(shard) as t:
-        members = [(i, t.extractfile(i).read()) for i in t.getmembers()]
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
-        for info, data in members:
-            if info.name == "s0001.latents.npy":
-                arr = np.load(io.BytesIO(data))
-                arr.flat[5] += 1.0
-                buf = io.BytesIO()
-                np.save(buf, arr)
-                data = buf.getvalue()
-            t.addfile(info, io.BytesIO(data))
+    rewrite_members(
+        ds / "shard-000000.tar",
+        lambda name, data: bump_one_value(data) if name == "s0001.latents.npy" else data,
+    )
     index = LatentIndex(ds)
     index.load("s0000")
     with pytest.raises(ChecksumError, match=r"member s0001\.latents\.npy fails its sha256"):
@@ -170,72 +165,49 @@ def test_sigkilled_trainer_leaves_no_process(tmp_path):
     assert not left, f"processes left after SIGKILL of mugv-dit train: {sorted(left)}"
 
 
-def test_changed_record_in_an_energon_shard_is_refused(tmp_path, megatron_single):
-    """Defect 3 on the energon path: fps 24 -> 2490 in a shard's KEY.json is refused."""
-    import io
-    import tarfile
-
+def _read_through_energon(ds) -> None:
+    """Pull four steps of batches from ``ds`` through the energon loader."""
     from mugv_dit.config import StageConfig
     from mugv_dit.data import BucketSampler, LatentIndex
     from mugv_dit.data_energon import EnergonLatentLoader
-    from mugv_formats import ChecksumError
 
-    ds = make_latents(tmp_path / "lat")
-    shard = ds / "shard-000000.tar"
-    with tarfile.open(shard) as t:
-        members = [(i, t.extractfile(i).read()) for i in t.getmembers()]
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
-        for info, data in members:
-            if info.name.endswith(".json"):
-                data = data.replace(b'"fps":24.0', b'"fps":2490.0')
-                info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
     index = LatentIndex(ds)
     sampler = BucketSampler(
         index, tokens_per_batch=64, max_batch_size=4, micro_batches_per_step=1,
         patch=(1, 2, 2), seed=0,
     )  # fmt: skip
     loader = EnergonLatentLoader(ds, index=index, sampler=sampler, dp_rank=0, dp_size=1)
+    for step in range(4):
+        loader.next_batches(step, 0, StageConfig(name="a", steps=4), 0.0, 1, "cpu")
+
+
+def test_changed_record_in_an_energon_shard_is_refused(tmp_path, megatron_single):
+    """Defect 3 on the energon path: fps 24 -> 2490 in a shard's KEY.json is refused."""
+    from mugv_formats import ChecksumError
+
+    ds = make_latents(tmp_path / "lat")
+    rewrite_members(
+        ds / "shard-000000.tar",
+        lambda name, data: (
+            data.replace(b'"fps":24.0', b'"fps":2490.0') if name.endswith(".json") else data
+        ),
+    )
     with pytest.raises(ChecksumError, match=r"fps is 2490\.0 in the shard, 24\.0 in the manifest"):
-        for step in range(4):
-            loader.next_batches(step, 0, StageConfig(name="a", steps=4), 0.0, 1, "cpu")
+        _read_through_energon(ds)
 
 
 def test_changed_latent_bytes_in_an_energon_shard_are_refused(tmp_path, megatron_single):
     """Every member is checksummed on the energon path too: one flipped value inside a
     ``.latents.npy`` (shape and record untouched) is refused by name."""
-    import io
-    import tarfile
-
-    import numpy as np
-    from mugv_dit.config import StageConfig
-    from mugv_dit.data import BucketSampler, LatentIndex
-    from mugv_dit.data_energon import EnergonLatentLoader
     from mugv_formats import ChecksumError
 
     ds = make_latents(tmp_path / "lat", n=3)  # one shard holds all three samples
-    shard = ds / "shard-000000.tar"
-    with tarfile.open(shard) as t:
-        members = [(i, t.extractfile(i).read()) for i in t.getmembers()]
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
-        for info, data in members:
-            if info.name.endswith(".latents.npy"):
-                arr = np.load(io.BytesIO(data))
-                arr.flat[5] += 1.0
-                buf = io.BytesIO()
-                np.save(buf, arr)
-                data = buf.getvalue()
-                assert len(data) == info.size
-            t.addfile(info, io.BytesIO(data))
-    index = LatentIndex(ds)
-    sampler = BucketSampler(
-        index, tokens_per_batch=64, max_batch_size=4, micro_batches_per_step=1,
-        patch=(1, 2, 2), seed=0,
-    )  # fmt: skip
-    loader = EnergonLatentLoader(ds, index=index, sampler=sampler, dp_rank=0, dp_size=1)
+    rewrite_members(
+        ds / "shard-000000.tar",
+        lambda name, data: bump_one_value(data) if name.endswith(".latents.npy") else data,
+    )
     with pytest.raises(ChecksumError, match=r"member s000\d\.latents\.npy fails its sha256"):
-        for step in range(4):
-            loader.next_batches(step, 0, StageConfig(name="a", steps=4), 0.0, 1, "cpu")
+        _read_through_energon(ds)
 
 
 def test_config_that_is_not_yaml_is_one_line(tmp_path, capsys):

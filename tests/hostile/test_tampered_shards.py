@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hostile_util import rewrite_members
 from mugv_formats import (
     ChecksumError,
     ClipDataset,
@@ -44,20 +43,6 @@ def _write_clips(out: Path, n: int = 3) -> Path:
     return out
 
 
-def _rewrite_member(shard: Path, name: str, edit) -> None:
-    members = []
-    with tarfile.open(shard) as t:
-        for info in t.getmembers():
-            data = t.extractfile(info).read()
-            if info.name == name:
-                data = edit(data)
-                info.size = len(data)
-            members.append((info, data))
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
-        for info, data in members:
-            t.addfile(info, io.BytesIO(data))
-
-
 def _inspect(path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mugv_formats.cli", "inspect", str(path), *args],
@@ -69,10 +54,9 @@ def _inspect(path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_changed_byte_in_record_member_fails_verification(tmp_path):
     """Defect 3: fps 25 -> 2590 in clip000.json passes no check any more."""
     ds = _write_clips(tmp_path / "clips")
-    _rewrite_member(
+    rewrite_members(
         ds / "shard-000000.tar",
-        "clip000.json",
-        lambda b: b.replace(b'"fps":25.0', b'"fps":2590.0'),
+        lambda name, b: b.replace(b'"fps":25.0', b'"fps":2590.0') if name == "clip000.json" else b,
     )
     with pytest.raises(ChecksumError, match=r"clip000\.json"):
         list(ClipDataset(ds))
@@ -94,10 +78,9 @@ def test_record_disagreeing_with_manifest_is_refused_in_old_data(tmp_path):
     header["version"] = "1.0"
     (ds / "dataset.json").write_text(json.dumps(header))
     assert len(list(ClipDataset(ds))) == 3  # old data still reads
-    _rewrite_member(
+    rewrite_members(
         ds / "shard-000000.tar",
-        "clip001.json",
-        lambda b: b.replace(b'"fps":25.0', b'"fps":2590.0'),
+        lambda name, b: b.replace(b'"fps":25.0', b'"fps":2590.0') if name == "clip001.json" else b,
     )
     with pytest.raises(ChecksumError, match=r"clip001\.json.*fps"):
         list(ClipDataset(ds))
