@@ -16,6 +16,7 @@ Case syntax: HIDDENxLAYERS@TOKENS with TOKENS one of 12.9k (14x23x40 latent patc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import time
@@ -29,7 +30,8 @@ IMPLS = {
     "mug": "torch elementwise ops, SDPA attention, Megatron's default optimizer path",
     "mug-fused": "mugv_kernels fused ops, SDPA attention (cuDNN at head dim 72)",
     "mug-fa4": "fused ops + FlashAttention-4 (head dim padded 72 -> 96)",
-    "mug-fast": "mug-fa4 + fused AdamW + sync-free grad norm (the trainer's defaults)",
+    "mug-fused-adam": "mug-fa4 + fused AdamW + foreach grad norm under Megatron's step",
+    "mug-fast": "mug-fa4 + fused AdamW + the sync-free optimizer step (the trainer's defaults)",
     "wan": "diffusers WanTransformer3DModel with its default SDPA attention",
     "wan-fa4": "the same Wan with its attention routed through the same FA4 call",
 }
@@ -97,7 +99,7 @@ def bench_mug(
     fused=False,
     sp=False,
     attention="auto",
-    fast_optimizer=False,
+    optimizer_path="megatron",
     profile=None,
 ):
     from megatron.core import parallel_state, tensor_parallel
@@ -117,8 +119,10 @@ def bench_mug(
         num_heads=hidden // 72,
         text_dim=4096,
     )
-    runtime = RuntimeConfig(recompute=recompute, fused_ops=fused, attention_backend=attention)
     on_gpu = DEVICE == "cuda"
+    if not on_gpu and attention == "fa4":
+        attention = "sdpa"  # the CPU smoke run
+    runtime = RuntimeConfig(recompute=recompute, fused_ops=fused, attention_backend=attention)
     dtype = torch.bfloat16 if on_gpu else torch.float32
     if on_gpu:
         tensor_parallel.model_parallel_cuda_manual_seed(1234)
@@ -146,6 +150,7 @@ def bench_mug(
         clip_grads.multi_tensor_scale_impl,
         megatron_optimizer.multi_tensor_scale_impl,
     )
+    fast_optimizer = optimizer_path != "megatron"
     if fast_optimizer:
         install_foreach_multi_tensor_ops()
     opt = get_megatron_optimizer(
@@ -159,8 +164,13 @@ def bench_mug(
         ),
         [ddp],
     )
-    if fast_optimizer and on_gpu:
-        enable_fused_adam(opt)
+    if fast_optimizer:
+        enable_fused_adam(opt)  # CUDA; CPU too where torch has the fused kernel
+    opt_step = opt.step
+    if optimizer_path == "sync-free":
+        from mugv_dit.optimizer_step import SyncFreeStep
+
+        opt_step = SyncFreeStep(opt)
     t, h, w = grid
     x = torch.randn(batch, cfg.in_channels, t, h, w, device=DEVICE, dtype=dtype)
     text = PackedText.from_list(
@@ -179,10 +189,10 @@ def bench_mug(
 
     def step():
         fwd_bwd()
-        opt.step()
+        opt_step()
 
     sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
-    phases = _phases(fwd_bwd, opt.step if with_opt else None)
+    phases = _phases(fwd_bwd, opt_step if with_opt else None)
     if profile:
         profile_step(step if with_opt else fwd_bwd, *profile)
     (
@@ -331,6 +341,10 @@ def main() -> None:
         for impl in args.impl:
             if impl == "wan" and world > 1:
                 continue
+            # the previous impl's model and optimizer sit in reference cycles until collected:
+            # without this they count in this impl's peak memory (+4 GiB at 1728x8, H200,
+            # 2026-12-03)
+            gc.collect()
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -353,8 +367,11 @@ def main() -> None:
                         tp=args.tp,
                         recompute=args.recompute,
                         fused=impl != "mug",
-                        attention="fa4" if impl in ("mug-fa4", "mug-fast") else "sdpa",
-                        fast_optimizer=impl == "mug-fast",
+                        attention="fa4" if impl not in ("mug", "mug-fused") else "sdpa",
+                        optimizer_path={
+                            "mug-fast": "sync-free",
+                            "mug-fused-adam": "fused-adam",
+                        }.get(impl, "megatron"),
                         **kw,
                     )
                 else:

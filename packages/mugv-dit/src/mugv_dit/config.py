@@ -246,7 +246,15 @@ class TrainConfig(BaseModel):
     fused_adam: bool = Field(
         True,
         description="torch's fused AdamW kernel for the fp32 main params (same update rule as "
-        "the foreach path Megatron picks without apex/transformer-engine, one kernel).",
+        "the foreach path Megatron picks without apex/transformer-engine, one kernel); CUDA, "
+        "and the CPU where torch has it.",
+    )
+    sync_free_step: bool = Field(
+        True,
+        description="With fused_adam: the optimizer step without per-parameter Python or a "
+        "host sync (grad norm, clipping and the non-finite check on the device, inside the "
+        "fused kernel; a NaN/Inf grad norm leaves weights and moments untouched). Falls back "
+        "to Megatron's step where it does not apply (mugv_dit.optimizer_step.why_not).",
     )
     ema_decay: float | None = Field(0.9999, description="EMA of the weights; None disables.")
     nonfinite: Literal["skip", "stop"] = Field(

@@ -14,11 +14,14 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from mugv_dit.config import RunConfig, StageConfig
 from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
+from mugv_dit.optimizer_step import sync_free_step
 
 
 def build_optimizer(cfg: RunConfig, ddp_model, *, bf16: bool, dtype: torch.dtype, device):
     """Megatron optimizer of ``ddp_model`` from ``cfg.train`` (LR: the first stage's until
-    :func:`set_lr`); torch's fused AdamW kernel on CUDA with ``train.fused_adam``."""
+    :func:`set_lr`). With ``train.fused_adam``: torch's fused AdamW kernel (on every device
+    torch has it for) and, with ``train.sync_free_step``, ``optimizer.step`` replaced by
+    :class:`~mugv_dit.optimizer_step.SyncFreeStep` where it reproduces Megatron's step."""
     train = cfg.train
     opt_cfg = OptimizerConfig(
         optimizer="adam",
@@ -34,8 +37,10 @@ def build_optimizer(cfg: RunConfig, ddp_model, *, bf16: bool, dtype: torch.dtype
     )
     install_foreach_multi_tensor_ops()  # no host sync per tensor in the grad norm
     optimizer = get_megatron_optimizer(opt_cfg, [ddp_model])
-    if train.fused_adam and torch.device(device).type == "cuda":
-        enable_fused_adam(optimizer)
+    if train.fused_adam and enable_fused_adam(optimizer) and train.sync_free_step:
+        step = sync_free_step(optimizer)
+        if step is not None:
+            optimizer.step = step
     return optimizer
 
 
