@@ -41,7 +41,7 @@ def validation_loss(
         for d in range(draws):
             s = item_seed(seed, f"{index.records[i].key}#{d}")
             noisy, sigma, target, mask, drop = prepare_group(
-                clean.latents_BCTHW, clean.height_px, clean.width_px, objective, s
+                clean.latents_BCTHW, clean.height_px, clean.width_px, objective, s, device=device
             )
             pred = _predict(
                 model,
