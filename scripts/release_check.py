@@ -5,8 +5,9 @@ virtual environment, as CI does before publishing one package.
 For each package: ``uv build --package NAME --no-sources``; a new venv; ``uv pip install`` of
 that wheel only (sibling mugv packages it declares come from the freshly built wheels in
 ``--find-links``, everything else from the package index); then ``import mugv_NAME`` and
-``mugv-NAME --help`` must succeed. An undeclared import of a sibling or third-party package
-fails here. Usage: ``uv run python scripts/release_check.py [NAME ...] [--out DIR]``.
+``mugv-NAME --help`` must succeed (for the umbrella ``mugv``: every stage wheel from
+``--find-links``, ``import mugv``, ``mugv --help``). An undeclared import of a sibling or
+third-party package fails here. Usage: ``uv run python scripts/release_check.py [NAME ...] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL = ["formats", "kernels", "data", "vae", "dit", "align", "infer"]
+ALL = ["formats", "kernels", "data", "vae", "dit", "align", "infer", "mugv"]
+#: "mugv" is the umbrella (distribution, module and command ``mugv``); the others are the stage
+#: packages ``mugv-NAME`` / ``mugv_NAME``.
 #: Extras that cannot install on a CPU machine (flash-attn builds against CUDA).
 SKIP_EXTRAS = {"flash"}
 #: Optional modules whose absence a submodule may report at import time.
@@ -41,6 +44,14 @@ if failed:
     sys.exit("\\n".join(failed))
 print(pkg.__version__)
 """
+
+
+def dist_name(name: str) -> str:
+    return "mugv" if name == "mugv" else f"mugv-{name}"
+
+
+def module_name(name: str) -> str:
+    return dist_name(name).replace("-", "_")
 
 
 def extras_of(wheel: Path) -> list[str]:
@@ -74,7 +85,7 @@ def check(names: list[str], out: Path) -> list[tuple[str, float]]:
                 *uv(),
                 "build",
                 "--package",
-                f"mugv-{name}",
+                dist_name(name),
                 "--no-sources",
                 "--wheel",
                 "--out-dir",
@@ -85,25 +96,25 @@ def check(names: list[str], out: Path) -> list[tuple[str, float]]:
     results = []
     for name in names:
         t0 = time.time()
-        wheel = sorted(out.glob(f"mugv_{name}-*.whl"))[-1]
+        wheel = sorted(out.glob(f"{module_name(name)}-*.whl"))[-1]
         with tempfile.TemporaryDirectory(prefix=f"release-{name}-") as tmp:
             venv = Path(tmp) / "venv"
             run([*uv(), "venv", "-q", "--python", sys.executable, str(venv)])
             py = venv / "bin" / "python"
             extras = [e for e in extras_of(wheel) if e not in SKIP_EXTRAS]
             spec = (
-                f"mugv-{name}[{','.join(extras)}] @ {wheel.resolve().as_uri()}"
+                f"{dist_name(name)}[{','.join(extras)}] @ {wheel.resolve().as_uri()}"
                 if extras
                 else str(wheel)
             )
             run(
                 [*uv(), "pip", "install", "-q", "--python", str(py), "--find-links", str(out), spec]
             )
-            run([str(py), "-c", IMPORT_ALL, f"mugv_{name}", ",".join(sorted(OPTIONAL_MODULES))])
-            run([str(venv / "bin" / f"mugv-{name}"), "--help"])
+            run([str(py), "-c", IMPORT_ALL, module_name(name), ",".join(sorted(OPTIONAL_MODULES))])
+            run([str(venv / "bin" / dist_name(name)), "--help"])
         results.append((name, time.time() - t0))
         print(
-            f"mugv-{name}: wheel {wheel.name} installs alone, every module imports ({results[-1][1]:.1f}s)",
+            f"{dist_name(name)}: wheel {wheel.name} installs alone, every module imports ({results[-1][1]:.1f}s)",
             flush=True,
         )
     return results

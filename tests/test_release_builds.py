@@ -1,7 +1,7 @@
 """Every package builds alone (no workspace sources) and its wheel installs and imports in a
 fresh virtual environment with only its declared dependencies (scripts/release_check.py).
 
-Marked ``slow`` (builds seven wheels and installs each into its own venv): excluded from the
+Marked ``slow`` (builds the seven stage wheels and the umbrella `mugv`, installs each into its own venv): excluded from the
 default ``uv run pytest``; CI (`.ci/run`) runs it after the fast suite."""
 
 from __future__ import annotations
