@@ -18,7 +18,6 @@ naming the file and the refused class.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import enum
 import importlib
@@ -26,8 +25,6 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
-import signal
-import sys
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 
@@ -43,6 +40,7 @@ from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from mugv_dit.child_process import die_with_parent
 from mugv_dit.compat import adam_state_for_loading, torch_adam_step_on_load
 
 LATEST = "latest"
@@ -235,14 +233,6 @@ def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: b
     return state
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Initializer of a helper process: SIGKILL when the parent dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-
 _MANAGERS: list[SyncManager] = []
 
 
@@ -255,7 +245,7 @@ def _own_write_results_queue() -> None:
 
     if filesystem_async._results_queue is None:
         manager = SyncManager(ctx=mp.get_context("spawn"))
-        manager.start(_die_with_parent, (os.getpid(),))
+        manager.start(die_with_parent, (os.getpid(),))  # light module: the child starts fast
         _MANAGERS.append(manager)  # the queue lives as long as its manager
         filesystem_async._results_queue = manager.Queue()
 
