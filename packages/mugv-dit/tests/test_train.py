@@ -123,6 +123,36 @@ def test_resume_after_interruption_is_exact(megatron_single, reference_run, data
         assert got[step] == ref[step], (step, got[step], ref[step])
 
 
+@pytest.mark.parametrize(("before", "after"), [(False, True), (True, False)])
+def test_resume_keeps_this_runs_adam_kernel(megatron_single, dataset, tmp_path, before, after):
+    """Loading a checkpoint restores the param groups' settings, the saved fused/foreach flags
+    included: the resumed run must step with the kernel its own train.fused_adam chose (the
+    sync-free step needs the fused one), and continue the same loss curve."""
+    from mugv_dit.optimizer_step import SyncFreeStep
+    from mugv_dit.trainer import Trainer
+
+    train = {"progress": False, "ema_decay": None, "save_every": 2}
+    cfg = _config(tmp_path, dataset, "run", train={**train, "fused_adam": before})
+    _train_inprocess(cfg, max_steps=2)
+    trainer = Trainer(
+        load_config(cfg, [f"train.fused_adam={str(after).lower()}"]), micro_batches_per_step=2
+    )
+    try:
+        assert trainer.step == 2  # resumed
+        adam = trainer.optimizer.chained_optimizers[0].optimizer
+        assert all(bool(g["fused"]) is after for g in adam.param_groups)
+        assert isinstance(trainer.optimizer.step, SyncFreeStep) is after
+        logs = trainer.run(max_steps=2)  # steps 2 and 3
+    finally:
+        trainer.close()
+    ref = _config(tmp_path, dataset, "ref", train={**train, "fused_adam": after})
+    _train_inprocess(ref, max_steps=4)
+    got, want = _losses(tmp_path / "run"), _losses(tmp_path / "ref")
+    assert [log["step"] for log in logs if "loss" in log] == [2, 3]
+    for step in (2, 3):  # fused and foreach AdamW differ by rounding only
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
+
+
 def test_resume_after_sigkill_is_exact(reference_run, dataset, tmp_path):
     """A real `mugv-dit train` process is SIGKILLed right after its mid-stage checkpoint
     (step 3: inside stage "short") is declared complete; the resumed run continues the

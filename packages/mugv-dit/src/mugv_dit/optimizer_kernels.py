@@ -98,6 +98,25 @@ def enable_fused_adam(optimizer) -> int:
     return switched
 
 
+def keep_adam_kernel(optimizer):
+    """Record the kernel choice (``fused`` / ``foreach``) of every torch Adam/AdamW inside
+    ``optimizer``; the returned function puts it back. Loading a checkpoint replaces the
+    param groups' settings with the saved ones, these flags included, so a run resumed with
+    another ``train.fused_adam`` (or from a checkpoint written before the CPU used the fused
+    kernel) would otherwise keep the checkpoint's kernel."""
+    saved = [
+        (opt, [(g.get("fused"), g.get("foreach")) for g in opt.param_groups])
+        for opt in _torch_adams(optimizer)
+    ]
+
+    def restore() -> None:
+        for opt, flags in saved:
+            for group, (fused, foreach) in zip(opt.param_groups, flags, strict=True):
+                group["fused"], group["foreach"] = fused, foreach
+
+    return restore
+
+
 def _steps_on_device(opt, args, kwargs) -> None:
     for p, state in opt.state.items():
         step = state.get("step")

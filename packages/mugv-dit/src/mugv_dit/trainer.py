@@ -48,6 +48,7 @@ from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
 from mugv_dit.model import MUGDiT, PackedText, megatron_config
 from mugv_dit.optim import build_optimizer, set_lr, stage_lr
+from mugv_dit.optimizer_kernels import keep_adam_kernel
 from mugv_dit.parallel import init_distributed, parallel_context
 
 
@@ -257,7 +258,9 @@ class Trainer:
             if cfg.train.init_from is not None:
                 self._init_from_export(cfg.train.init_from)
             return
+        restore_kernel = keep_adam_kernel(self.optimizer)
         state = load_checkpoint(ckpt, self.model.module, self.ema, self.optimizer)
+        restore_kernel()  # this run's train.fused_adam, not the checkpoint's
         self.step = int(state["step"])
         self.last_saved_step = self.step
         self.skipped = int(state.get("skipped", 0))
