@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | 
 if [ "$part" = tests ] || [ "$part" = all ]; then
   # the whole report goes to the log (failures with their messages), its end to the console
   COLUMNS=200 timeout 240 python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu.py \
-    packages/mugv-dit/tests/test_gpu_fa4.py -q -p no:cacheprovider --tb=short -rfEX \
+    packages/mugv-dit/tests/test_gpu_fa4.py packages/mugv-dit/tests/test_optimizer_step.py -q -p no:cacheprovider --tb=short -rfEX \
     -W ignore::DeprecationWarning -W ignore::UserWarning > "$OUT/gpu_tests.log" 2>&1
   tail -30 "$OUT/gpu_tests.log"
 fi
