@@ -67,9 +67,7 @@ def why_not(optimizer) -> str | None:
         if getattr(cfg, "timers", None) is not None:
             return "Megatron timers"
         if getattr(cfg, "fp8_recipe", None) not in (None, "delayed") or any(
-            type(p).__name__.lower().find("float8") >= 0
-            for g in opt.model_float16_groups
-            for p in g
+            "float8" in type(p).__name__.lower() for g in opt.model_float16_groups for p in g
         ):
             return "fp8 params"
         adam = opt.optimizer
@@ -115,7 +113,7 @@ class _Shards:
                     self.model_views.append(param_data.view(-1)[world.start : world.end])
         self.set_grads()
         # Megatron's own filter (no shared params, no TP duplicates), on these grads
-        self.grads_for_norm = opt.get_main_grads_for_grad_norm()
+        self.grads_for_norm = [g for g in opt.get_main_grads_for_grad_norm() if g.numel()]
 
     def _key(self) -> tuple:
         opt = self.opt
@@ -154,7 +152,7 @@ class SyncFreeStep:
     @torch.no_grad()
     def grad_norm(self, shards: list[_Shards]) -> torch.Tensor:
         """Global L2 norm of the main grads (0-dim float32 tensor on their device)."""
-        grads = [g for s in shards for g in s.grads_for_norm if g.numel()]
+        grads = [g for s in shards for g in s.grads_for_norm]
         device = shards[0].grads[0].device if shards[0].grads else torch.device("cpu")
         if grads:
             sq = torch.stack(torch._foreach_norm(grads)).square().sum()
