@@ -121,15 +121,15 @@ def main() -> int:
     from mugv_align.config import resolve_align_config
     from mugv_align.reference import precompute_reference_errors
     from mugv_align.trainer import AlignTrainer
-    from mugv_dit.cli import _quiet_megatron_warnings
+    from mugv_dit import build_model
+    from mugv_dit.cli import quiet_megatron_warnings
     from mugv_dit.config import model_preset, resolve_config
     from mugv_dit.export import full_state_dict, save_export
-    from mugv_dit.model import MUGDiT, megatron_config
     from mugv_dit.parallel import init_distributed
     from mugv_dit.trainer import Trainer
     from mugv_formats import PreferencePair, write_preference_data
 
-    _quiet_megatron_warnings()
+    quiet_megatron_warnings()
     shape = tuple(int(x) for x in args.shape.split(","))
     if args.smoke:
         shape, args.steps, args.warmup, args.text_len = (4, 2, 4, 4), 3, 1, 5
@@ -146,7 +146,7 @@ def main() -> int:
     )
     init_distributed(1)
     torch.manual_seed(0)
-    m = MUGDiT(model, megatron_config(model, cpu_init=True))
+    m = build_model(model)
     save_export(tmp / "init", model, full_state_dict(m))
     ref_bytes = sum(p.numel() for p in m.parameters()) * 2  # bf16
     del m

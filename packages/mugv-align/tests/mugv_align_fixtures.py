@@ -66,13 +66,13 @@ def model_overrides() -> dict:
 
 def make_export(path: Path, seed: int = 0) -> Path:
     """A random-initialised tiny model as a mugv.dit-export (the reference / start point)."""
+    from mugv_dit import build_model
     from mugv_dit.config import model_preset
     from mugv_dit.export import full_state_dict, save_export
-    from mugv_dit.model import MUGDiT, megatron_config
 
     cfg = model_preset("debug", **model_overrides())
     torch.manual_seed(seed)
-    model = MUGDiT(cfg, megatron_config(cfg))
+    model = build_model(cfg)
     save_export(path, cfg, full_state_dict(model))
     return path
 

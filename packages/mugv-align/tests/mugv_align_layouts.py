@@ -14,12 +14,12 @@ from pathlib import Path
 from megatron.core import parallel_state
 from mugv_align.config import load_align_config
 from mugv_align.trainer import AlignTrainer
-from mugv_dit.cli import _quiet_megatron_warnings
+from mugv_dit.cli import quiet_megatron_warnings
 from mugv_dit.parallel import destroy_distributed
 
 
 def main(spec_path: str) -> int:
-    _quiet_megatron_warnings()
+    quiet_megatron_warnings()
     for run in json.loads(Path(spec_path).read_text()):
         trainer = AlignTrainer(
             load_align_config(run["config"]), micro_batches_per_step=run.get("micro_batches")

@@ -410,12 +410,12 @@ def _torchrun(script: str, *args: str, nproc: int = 2, timeout: int = 400) -> No
 
 def _final_weights(run_dir: Path) -> dict:
     from mugv_align_fixtures import model_overrides
+    from mugv_dit import build_model
     from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
     from mugv_dit.config import model_preset
-    from mugv_dit.model import MUGDiT, megatron_config
 
     cfg = model_preset("debug", **model_overrides())
-    model = MUGDiT(cfg, megatron_config(cfg))
+    model = build_model(cfg)
     load_model_weights(latest_checkpoint(run_dir / "checkpoints"), model, which="model")
     return {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
 

@@ -50,11 +50,11 @@ def run(args) -> None:
     import torch
     import torch.distributed as dist
     from megatron.core import parallel_state
-    from mugv_dit.cli import _quiet_megatron_warnings
+    from mugv_dit.cli import quiet_megatron_warnings
     from mugv_dit.config import resolve_config
     from mugv_dit.trainer import Trainer
 
-    _quiet_megatron_warnings()
+    quiet_megatron_warnings()
     work = Path(args.work)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     t, h, w = args.grid

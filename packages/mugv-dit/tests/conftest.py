@@ -33,7 +33,7 @@ def debug_cfg():
 
 @pytest.fixture
 def debug_model(megatron_single, debug_cfg):
-    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit import build_model
 
     torch.manual_seed(0)
-    return MUGDiT(debug_cfg, megatron_config(debug_cfg)).eval()
+    return build_model(debug_cfg).eval()

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 from megatron.core import parallel_state
-from mugv_dit.cli import _quiet_megatron_warnings
+from mugv_dit.cli import quiet_megatron_warnings
 from mugv_dit.config import load_config
 from mugv_dit.parallel import destroy_distributed
 from mugv_dit.trainer import Trainer
 
 
 def main(spec_path: str) -> int:
-    _quiet_megatron_warnings()
+    quiet_megatron_warnings()
     for run in json.loads(Path(spec_path).read_text()):
         cfg = load_config(run["config"])
         trainer = Trainer(cfg, micro_batches_per_step=run.get("micro_batches"))

@@ -66,9 +66,9 @@ def test_parallel_layout_errors_name_the_fields():
 
 
 def test_model_stage_split_needs_divisible_layers(megatron_single, debug_cfg):
-    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit import build_model
 
-    model = MUGDiT(debug_cfg, megatron_config(debug_cfg))
+    model = build_model(debug_cfg)
     # a single stage holds everything, named as in the full model
     assert model.pre_process and model.post_process and model.layer_offset == 0
     assert model.global_name("blocks.1.mlp.fc1.weight") == "blocks.1.mlp.fc1.weight"

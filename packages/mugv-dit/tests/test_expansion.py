@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from mugv_dit import build_model
 from mugv_dit.expansion import widen_state_dict, widened_config
 from mugv_dit.export import load_full_state_dict
-from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.model import PackedText
 
 
 def _run(model, seed=3):
@@ -29,10 +30,10 @@ def _run(model, seed=3):
 
 def test_widen_x2_is_function_preserving(megatron_single, debug_cfg):
     torch.manual_seed(0)
-    narrow = MUGDiT(debug_cfg, megatron_config(debug_cfg)).double().eval()
+    narrow = build_model(debug_cfg).double().eval()
     wide_cfg = widened_config(debug_cfg)
     assert (wide_cfg.hidden_size, wide_cfg.num_heads, wide_cfg.head_dim) == (96, 8, 12)
-    wide = MUGDiT(wide_cfg, megatron_config(wide_cfg)).double().eval()
+    wide = build_model(wide_cfg).double().eval()
     state = {k: v for k, v in narrow.state_dict().items() if not k.endswith("_extra_state")}
     load_full_state_dict(wide, widen_state_dict(state, noise=0.0))
     ref = _run(narrow)

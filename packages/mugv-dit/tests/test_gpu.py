@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mugv_dit import build_model
 from mugv_dit.config import ModelConfig, RuntimeConfig
-from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.model import PackedText
 
 pytestmark = [
     pytest.mark.gpu,
@@ -18,7 +19,7 @@ def _model(fused: bool, dtype):
     cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64)
     torch.manual_seed(0)
     runtime = RuntimeConfig(fused_ops=fused)
-    model = MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype), runtime=runtime)
+    model = build_model(cfg, dtype=dtype, runtime=runtime)
     return model.to("cuda", dtype).train(), cfg
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from mugv_dit.model import attention_backends as ab
+from mugv_kernels import attention as ab
 
 pytestmark = [
     pytest.mark.gpu,
@@ -70,9 +70,11 @@ def test_fa4_unpadded_dq_defect(head_dim):
 
 
 def test_self_check_accepts_fa4_at_72_and_auto_picks_it():
-    assert ab.fa4_self_check(72) is None
+    assert ab.fa4_self_check("dense", 72, needs_backward=True) is None
+    assert ab.fa4_self_check("varlen", 72, needs_backward=True) is None
     x = torch.zeros(1, 8, 1, 72, device="cuda", dtype=torch.bfloat16)
-    assert ab.resolve_backend("auto", x) == "fa4"
+    assert ab.resolve_backend("auto", x, needs_backward=True) == "fa4"
+    assert ab.resolve_backend("auto", x, path="varlen", needs_backward=True) == "fa4"
 
 
 def test_model_with_fa4_matches_sdpa(megatron_single):
@@ -80,14 +82,15 @@ def test_model_with_fa4_matches_sdpa(megatron_single):
     model is (output and every gradient): FA4 adds no error beyond bf16 rounding. Two bf16
     runs are not compared with each other directly: for small gradients their difference is
     rounding noise of either one."""
+    from mugv_dit import build_model
     from mugv_dit.config import ModelConfig, RuntimeConfig
-    from mugv_dit.model import MUGDiT, PackedText, megatron_config
+    from mugv_dit.model import PackedText
 
     def run(backend, dtype):
         cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64)
         runtime = RuntimeConfig(fused_ops=True, attention_backend=backend)
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg, params_dtype=dtype), runtime=runtime)
+        model = build_model(cfg, dtype=dtype, runtime=runtime)
         model = model.to("cuda", dtype).train()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 24, 3, 8, 12, generator=g).cuda().to(dtype)

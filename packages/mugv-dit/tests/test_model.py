@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from mugv_dit.model import PackedText
-from mugv_dit.model.embeddings import patchify, unpatchify
 from mugv_dit_reference import reference_forward
+from mugv_kernels.dit_ops import patchify, unpatchify
 
 
 def _inputs(cfg, b=2, t=3, h=4, w=6, seed=1):
@@ -156,15 +156,15 @@ def test_bad_grid_names_shape(debug_model, debug_cfg):
 
 
 def test_recompute_gives_identical_gradients(megatron_single, debug_cfg):
+    from mugv_dit import build_model
     from mugv_dit.config import RuntimeConfig
-    from mugv_dit.model import MUGDiT, megatron_config
 
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     grads = []
     for mode in ("none", "selective", "full"):
         cfg = debug_cfg
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg), runtime=RuntimeConfig(recompute=mode)).train()
+        model = build_model(cfg, runtime=RuntimeConfig(recompute=mode)).train()
         out = model(x, sigma, PackedText.from_list(texts), fps_B=fps, noisy_frames_BT=noisy)
         out.pow(2).mean().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -177,15 +177,15 @@ def test_recompute_gives_identical_gradients(megatron_single, debug_cfg):
 def test_fused_ops_switch_matches_torch_path(megatron_single, debug_cfg):
     """runtime.fused_ops routes through mugv_kernels (its reference path on CPU): same
     outputs."""
+    from mugv_dit import build_model
     from mugv_dit.config import RuntimeConfig
-    from mugv_dit.model import MUGDiT, megatron_config
 
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     outs = []
     for fused in (False, True):
         cfg = debug_cfg
         torch.manual_seed(0)
-        model = MUGDiT(cfg, megatron_config(cfg), runtime=RuntimeConfig(fused_ops=fused)).double()
+        model = build_model(cfg, runtime=RuntimeConfig(fused_ops=fused)).double()
         outs.append(
             model(
                 x.double(),
@@ -222,11 +222,11 @@ def test_rope_angles_place_start_end_and_video_tokens_as_the_release():
     """Closed form: part j of each third rotates by pos * theta^(-6j/Dh); the start token sits
     at (row 0, col 0, time fi[0]), video token (t, h, w) at (h, w, fi[1+t]), the end token at
     (H-1, W-1, fi[T+1])."""
-    from mugv_dit.model.rope import rope3d_angles
+    from mugv_kernels.rope import dit_token_positions, rope3d_angles
 
     t, h, w, dh, theta = 2, 3, 4, 12, 50.0
     fi = torch.tensor([5, 1, 7, 9])
-    ang = rope3d_angles((t, h, w), dh, fi, theta=theta)
+    ang = rope3d_angles(dit_token_positions((t, h, w), fi), dh, theta=theta)
     inv = theta ** (-6.0 * torch.arange(dh // 6, dtype=torch.float64) / dh)
 
     def expect(row, col, time):

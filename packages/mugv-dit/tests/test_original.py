@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mugv_dit import build_model
 from mugv_dit.config import model_preset
 from mugv_dit.export import load_full_state_dict
-from mugv_dit.model import MUGDiT, megatron_config
 from mugv_dit.original import (
     load_original_checkpoint,
     mugv_to_original,
@@ -31,7 +31,7 @@ def test_import_maps_qkv_per_head_and_patch_conv(megatron_single, debug_cfg, tmp
     path = tmp_path / "dit.pt"
     torch.save({k: v.float() for k, v in orig.items()}, path)
     mapped = load_original_checkpoint(str(path), debug_cfg)
-    model = MUGDiT(debug_cfg, megatron_config(debug_cfg)).double()
+    model = build_model(debug_cfg).double()
     mapped["y_embedder.null_caption"] = model.y_embedder.null_caption.detach()
     load_full_state_dict(model, {k: v.double() for k, v in mapped.items()})
     h, nh, d = debug_cfg.hidden_size, debug_cfg.num_heads, debug_cfg.head_dim
@@ -53,7 +53,7 @@ def test_import_maps_qkv_per_head_and_patch_conv(megatron_single, debug_cfg, tmp
     conv = torch.nn.functional.conv3d(
         lat, orig["x_embedder.proj.weight"], orig["x_embedder.proj.bias"], stride=(1, 2, 2)
     )
-    from mugv_dit.model.embeddings import patchify
+    from mugv_kernels.dit_ops import patchify
 
     lin = model.x_embedder(patchify(lat, (1, 2, 2)))
     torch.testing.assert_close(lin, conv.flatten(2).transpose(1, 2))

@@ -153,30 +153,17 @@ def _reconstruct(run: str, sigma_rel: float, step: int | None):
 
 
 def _export(args) -> int:
-    from mugv_dit.checkpoint import latest_checkpoint, load_model_weights, step_dir
-    from mugv_dit.compat import cpu_megatron
-    from mugv_dit.export import full_state_dict, save_export
-    from mugv_dit.model import MUGDiT, megatron_config
-    from mugv_dit.parallel import init_distributed
+    from mugv_dit.export import export_checkpoint, run_checkpoint
 
     cfg = _run_config(args.run)
-    root = Path(args.run) / "checkpoints"
-    ckpt = step_dir(root, args.step) if args.step is not None else latest_checkpoint(root)
-    if ckpt is None or not ckpt.is_dir():
-        raise ValueError(
-            f"{args.run}: no checkpoint" + (f" at step {args.step}" if args.step else "")
-        )
-    init_distributed(1)
-    with cpu_megatron():
-        model = MUGDiT(cfg.model, megatron_config(cfg.model))
-        load_model_weights(ckpt, model, which="model")
+    ckpt = run_checkpoint(args.run, args.step)
     extra = {
         "run": str(args.run),
         "checkpoint": ckpt.name,
         "weights": "model",
         "mode": cfg.align.mode,
     }
-    path = save_export(args.output, cfg.model, full_state_dict(model), extra)
+    path = export_checkpoint(ckpt, cfg.model, args.output, weights="model", extra=extra)
     print(f"exported the raw weights of {ckpt.name} to {path}")
     return 0
 
@@ -207,10 +194,10 @@ def _ema_reconstruct(args) -> int:
 
 def _ema_sweep(args) -> int:
     import torch
+    from mugv_dit.build import build_model
     from mugv_dit.compat import cpu_megatron
     from mugv_dit.data import LatentIndex
     from mugv_dit.export import load_full_state_dict
-    from mugv_dit.model import MUGDiT, megatron_config
     from mugv_dit.parallel import init_distributed
     from mugv_formats import atomic_write_text
 
@@ -225,7 +212,7 @@ def _ema_sweep(args) -> int:
     init_distributed(1)
     results = []
     with cpu_megatron():
-        model = MUGDiT(cfg.model, megatron_config(cfg.model), runtime=cfg.runtime).eval()
+        model = build_model(cfg.model, runtime=cfg.runtime).eval()
         for s in cands:
             state, _, _ = _reconstruct(args.run, s, args.step)
             load_full_state_dict(model, state)
@@ -287,9 +274,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mugv_dit.cli import _quiet_megatron_warnings
+    from mugv_dit.cli import quiet_megatron_warnings
 
-    _quiet_megatron_warnings()
+    quiet_megatron_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from mugv_dit.build import build_model
 from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
 from mugv_dit.diffusion.loss import masked_velocity_sse
 from mugv_dit.export import architecture_differences, load_export, load_full_state_dict
-from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.trainer import Trainer
 from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import checkpoint_step, step_dir_name, step_dirs
@@ -85,18 +86,12 @@ class AlignTrainer(Trainer):
             cfg.data.path = str(resolve_latent_path(p, header.latent_dataset))
         super().__init__(cfg, micro_batches_per_step=micro_batches_per_step)
         self.align = a
-        layout = {
-            "tensor_parallel": cfg.parallel.tensor_parallel,
-            "pipeline_parallel": cfg.parallel.pipeline_parallel,
-            "context_parallel": cfg.parallel.context_parallel,
-        }
         # 8. power EMAs (fp32, sharded like the policy) in the checkpoint's `ema` slot
         ckpt = latest_checkpoint(self.ckpt_root)
         if a.ema_sigma_rels:
 
             def make():
-                tcfg = megatron_config(cfg.model, cpu_init=True, **layout)
-                model = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime, parallel=self.parallel)
+                model = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
                 return model.to(self.device)
 
             self.ema = PowerEMAs(make, a.ema_sigma_rels)
@@ -130,13 +125,13 @@ class AlignTrainer(Trainer):
                     raise ValueError(f"{state_file} missing: cannot resume the preference sampler")
                 self.pref_sampler.load_state_dict(json.loads(state_file.read_text()))
             if a.reference == "live":
-                self.ref_model = self._build_reference(cfg, layout)
+                self.ref_model = self._build_reference(cfg)
             else:
                 self.ref_errors = read_reference_errors(
                     a.reference_errors, cfg.data.seed, cfg.objective.model_dump(mode="json")
                 )
 
-    def _build_reference(self, cfg, layout) -> MUGDiT:
+    def _build_reference(self, cfg) -> MUGDiT:
         """The frozen reference: same layout and dtype as the policy, no grads, no optimizer."""
         path = cfg.align.reference_from or cfg.train.init_from
         model_cfg, state = load_export(path)
@@ -147,15 +142,13 @@ class AlignTrainer(Trainer):
                 + ", ".join(differences)
             )
         dtype = next(self.model.module.parameters()).dtype
-        tcfg = megatron_config(
+        ref = build_model(
             cfg.model,
-            params_dtype=dtype,
-            cpu_init=True,
+            dtype=dtype,
+            layout=self.parallel,
+            runtime=cfg.runtime,
             sequence_parallel=cfg.parallel.sequence_parallel,
-            **layout,
-        )
-        ref = MUGDiT(cfg.model, tcfg, runtime=cfg.runtime, parallel=self.parallel)
-        ref = ref.to(device=self.device, dtype=dtype)
+        ).to(self.device)
         load_full_state_dict(ref, state)
         return ref.eval().requires_grad_(False)
 

@@ -202,8 +202,9 @@ def _presets() -> int:
     return 0
 
 
-def _quiet_megatron_warnings() -> None:
-    """Megatron-Core warns on import about optional Apex / TE fallbacks we do not use."""
+def quiet_megatron_warnings() -> None:
+    """Silence the warnings Megatron-Core gives on import about optional Apex / TE fallbacks we
+    do not use (every mugv-dit / mugv-align command calls this first)."""
     import warnings
 
     for message in ("Transformer Engine and Apex", "full scope is deprecated", "tp_group is None"):
@@ -212,7 +213,7 @@ def _quiet_megatron_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_megatron_warnings()
+    quiet_megatron_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -117,39 +117,86 @@ def build_model_from_export(
 ):
     """A MUGDiT (current TP layout; initialises one local process if needed) with the
     export's weights, run with ``runtime`` settings (default: RuntimeConfig())."""
-    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit.build import build_model
     from mugv_dit.parallel import init_distributed, parallel_context
 
     init_distributed(1)
     model_cfg, state = load_export(path)
-    parallel = parallel_context()
-    tcfg = megatron_config(model_cfg, tensor_parallel=parallel.tp_size, params_dtype=dtype)
-    model = MUGDiT(model_cfg, tcfg, runtime=runtime, parallel=parallel)
+    model = build_model(model_cfg, dtype=dtype, layout=parallel_context(), runtime=runtime)
     load_full_state_dict(model, state)
     return model
 
 
-def export_run(run_dir: str | Path, output: str | Path, *, weights: str = "ema", step=None):
-    """Export the EMA (or raw) weights of a run's checkpoint, in one local process (TP=1)."""
-    from mugv_dit.checkpoint import latest_checkpoint, load_model_weights, step_dir
+def write_random_export(
+    model_cfg: ModelConfig, out_dir: str | Path, *, seed: int, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write a randomly initialised MUGDiT of architecture ``model_cfg`` (drawn from
+    ``seed``, as a run of that seed starts) as a ``mugv.dit-export`` folder; returns it.
+
+    Runs in one local process (TP=1): sets up and tears down Megatron's groups unless they
+    are already up; the caller's global RNG state is left as it was."""
+    from megatron.core import parallel_state
+
+    from mugv_dit.build import build_model
     from mugv_dit.compat import cpu_megatron
-    from mugv_dit.model import MUGDiT, megatron_config
+    from mugv_dit.parallel import destroy_distributed, init_distributed
+
+    own_groups = not parallel_state.model_parallel_is_initialized()
+    init_distributed(1)
+    try:
+        with cpu_megatron(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            state = full_state_dict(build_model(model_cfg, dtype=dtype))
+    finally:
+        if own_groups:
+            destroy_distributed()
+    save_export(out_dir, model_cfg, state, {"weights": "random", "seed": seed})
+    return Path(out_dir)
+
+
+def run_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
+    """The checkpoint folder of a run at ``step`` (default: the latest)."""
+    from mugv_dit.checkpoint import latest_checkpoint, step_dir
+
+    root = Path(run_dir) / "checkpoints"
+    ckpt = step_dir(root, step) if step is not None else latest_checkpoint(root)
+    if ckpt is None or not ckpt.is_dir():
+        raise ValueError(f"{run_dir}: no checkpoint {'at step ' + str(step) if step else ''} found")
+    return ckpt
+
+
+def export_checkpoint(
+    ckpt: str | Path,
+    model_cfg: ModelConfig,
+    output: str | Path,
+    *,
+    weights: str = "ema",
+    extra: dict | None = None,
+) -> Path:
+    """Write the ``weights`` (``ema`` / ``model``) of a training checkpoint of architecture
+    ``model_cfg`` as a ``mugv.dit-export`` folder, in one local process (TP=1); ``extra``
+    goes into the export's metadata."""
+    from mugv_dit.build import build_model
+    from mugv_dit.checkpoint import load_model_weights
+    from mugv_dit.compat import cpu_megatron
     from mugv_dit.parallel import init_distributed
 
+    init_distributed(1)
+    with cpu_megatron():
+        model = build_model(model_cfg)
+        load_model_weights(Path(ckpt), model, which=weights)
+    return save_export(output, model_cfg, full_state_dict(model), extra)
+
+
+def export_run(run_dir: str | Path, output: str | Path, *, weights: str = "ema", step=None):
+    """Export the EMA (or raw) weights of a run's checkpoint, in one local process (TP=1)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "resolved_config.yaml"
     if not cfg_path.is_file():
         raise ValueError(f"{run_dir} is not a mugv-dit run (no resolved_config.yaml)")
     cfg = resolve_config(yaml.safe_load(cfg_path.read_text()))
-    root = run_dir / "checkpoints"
-    ckpt = step_dir(root, step) if step is not None else latest_checkpoint(root)
-    if ckpt is None or not ckpt.is_dir():
-        raise ValueError(f"{run_dir}: no checkpoint {'at step ' + str(step) if step else ''} found")
+    ckpt = run_checkpoint(run_dir, step)
     if weights == "ema" and cfg.train.ema_decay is None:
         raise ValueError(f"{run_dir} trained without EMA; use --weights model")
-    init_distributed(1)
-    with cpu_megatron():
-        model = MUGDiT(cfg.model, megatron_config(cfg.model))
-        load_model_weights(ckpt, model, which=weights)
     extra = {"run": str(run_dir), "checkpoint": ckpt.name, "weights": weights}
-    return save_export(output, cfg.model, full_state_dict(model), extra)
+    return export_checkpoint(ckpt, cfg.model, output, weights=weights, extra=extra)

@@ -34,6 +34,7 @@ from megatron.core.distributed import (
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from mugv_formats import atomic_write_text
 
+from mugv_dit.build import build_model
 from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint
 from mugv_dit.compat import cpu_megatron, default_device
 from mugv_dit.config import RunConfig, StageConfig, dump_config
@@ -46,7 +47,7 @@ from mugv_dit.diffusion.loss import (
 )
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
-from mugv_dit.model import MUGDiT, PackedText, megatron_config
+from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim import build_optimizer, set_lr, stage_lr
 from mugv_dit.optimizer_kernels import keep_adam_kernel
 from mugv_dit.parallel import init_distributed, parallel_context
@@ -144,26 +145,21 @@ class Trainer:
             )
         self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
-        self.layout = {
-            "tensor_parallel": par.tensor_parallel,
-            "pipeline_parallel": par.pipeline_parallel,
-            "context_parallel": par.context_parallel,
-        }
 
     def _build_model(self) -> MUGDiT:
         """The model: identical seed on every rank -> identical replicated params, and
         TP-invariant init of the parallel linears (CPU master weights, then split)."""
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
-        self.tcfg = megatron_config(
+        model = build_model(
             cfg.model,
-            params_dtype=self.dtype,
-            cpu_init=True,
+            dtype=self.dtype,
+            layout=self.parallel,
+            runtime=cfg.runtime,
             sequence_parallel=cfg.parallel.sequence_parallel,
-            **self.layout,
         )
-        model = MUGDiT(cfg.model, self.tcfg, runtime=cfg.runtime, parallel=self.parallel)
-        return model.to(device=self.device, dtype=self.dtype)
+        self.tcfg = model.config
+        return model.to(self.device)
 
     def _build_ddp(self, model: MUGDiT) -> None:
         """Megatron DDP (grad buffers, bucketed reduce-scatter / all-reduce) and the hooks of
@@ -193,8 +189,7 @@ class Trainer:
         self.ema = None
         if cfg.train.ema_decay is None:
             return
-        ema_tcfg = megatron_config(cfg.model, cpu_init=True, **self.layout)
-        ema = MUGDiT(cfg.model, ema_tcfg, runtime=cfg.runtime, parallel=self.parallel)
+        ema = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
         self.ema = ema.to(self.device).requires_grad_(False)
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), model.parameters()):
