@@ -44,3 +44,4 @@ def test_user_errors_are_one_line_exit_2(args, message, capsys, tmp_path, monkey
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("mugv: error:")
+    assert err.count("\n") == 1

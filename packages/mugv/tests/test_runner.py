@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mugv.layout import RunLayout
 from mugv.runner import Runner, Stage, StageFailed, Step
 
 
@@ -44,7 +45,7 @@ def _calls(tmp: Path) -> list[str]:
 
 
 def test_reuse_force_and_settings_change(tmp_path, capsys):
-    run = Runner(tmp_path / "run")
+    run = Runner(RunLayout(tmp_path / "run"))
     summary = run.run(_stages(tmp_path))
     assert _calls(tmp_path) == ["a", "b", "c"] and (tmp_path / "c").read_text() == "abc"
     assert [s["reused"] for s in summary] == [False, False, False]
@@ -77,7 +78,7 @@ def test_failed_stage_leaves_no_marker_and_names_the_log(tmp_path):
     stages[1].steps = [
         Step("boom", cmd=[sys.executable, "-c", "print('bad input x'); raise SystemExit(3)"])
     ]
-    run = Runner(tmp_path / "run")
+    run = Runner(RunLayout(tmp_path / "run"))
     with pytest.raises(
         StageFailed, match=r"(?s)stage b: step 'boom' failed \(exit 3\).*bad input x"
     ):
@@ -94,7 +95,7 @@ def test_a_failing_glue_step_is_a_stage_failure(tmp_path):
     stages = _stages(tmp_path)
     stages[2].steps = [Step("copy", fn=boom)]
     with pytest.raises(StageFailed, match="stage c: step 'copy' failed: no checkpoint"):
-        Runner(tmp_path / "run").run(stages)
+        Runner(RunLayout(tmp_path / "run")).run(stages)
     assert not (tmp_path / "run/.mugv/done/c.json").exists()
 
 
@@ -117,10 +118,11 @@ def test_stage_process_dies_with_a_killed_pipeline(tmp_path):
         f"""
         import sys
         from pathlib import Path
+        from mugv.layout import RunLayout
         from mugv.runner import Runner, Stage, Step
         child = ("import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
                  "time.sleep(120)")
-        Runner(Path({str(tmp_path / "run")!r})).run(
+        Runner(RunLayout(Path({str(tmp_path / "run")!r}))).run(
             [Stage("s", "S", {{}}, [], [Step("sleep", cmd=[sys.executable, "-c", child])])])
         """
     )

@@ -4,10 +4,13 @@ naming a console script that this environment has."""
 from __future__ import annotations
 
 import os
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
-from mugv.cli import STAGE_NAMES
+import pytest
+import yaml
 from mugv.config import load_config
+from mugv.layout import STAGE_NAMES, RunLayout
 from mugv.runner import stage_key
 from mugv.stages import build_stages, caption_for
 
@@ -21,20 +24,20 @@ def _cfg(tmp_path: Path, *extra: str):
 
 
 def test_stages_in_order_and_every_command_exists(tmp_path):
-    stages = build_stages(_cfg(tmp_path), tmp_path / "run")
+    stages = build_stages(_cfg(tmp_path), RunLayout(tmp_path / "run"))
     assert [s.name for s in stages] == STAGE_NAMES
     for stage in stages:
         for step in stage.steps:
             if step.cmd is not None:
                 assert Path(step.cmd[0]).is_file(), (stage.name, step.cmd[0])
         assert all(str(p).startswith(str(tmp_path / "run")) for p in stage.outputs)
-    no_mem = build_stages(_cfg(tmp_path, "memorise.enabled=false"), tmp_path / "run")
+    no_mem = build_stages(_cfg(tmp_path, "memorise.enabled=false"), RunLayout(tmp_path / "run"))
     assert "memorise" not in [s.name for s in no_mem]
 
 
 def test_inputs_captions_and_keys(tmp_path):
     cfg = _cfg(tmp_path)
-    curate = build_stages(cfg, tmp_path / "run")[0]
+    curate = build_stages(cfg, RunLayout(tmp_path / "run"))[0]
     assert [Path(v[0]).name for v in curate.settings["videos"]] == ["my_bike-ride.mp4"]
     assert curate.settings["captions"] == {"my_bike-ride.mp4": "a video of my bike ride"}
     assert caption_for(Path("bikes.mp4"), cfg.curate.captions) == cfg.curate.captions["bikes.mp4"]
@@ -43,4 +46,40 @@ def test_inputs_captions_and_keys(tmp_path):
     video = tmp_path / "videos" / "my_bike-ride.mp4"
     video.write_bytes(b"y" * 20)  # the input changed: the curate stage (and all after) redo
     os.utime(video, (1, 1))
-    assert stage_key(build_stages(cfg, tmp_path / "run")[0], "") != before
+    assert stage_key(build_stages(cfg, RunLayout(tmp_path / "run"))[0], "") != before
+
+
+def test_trainer_stages_chain_their_exports(tmp_path):
+    """dit -> sft -> dpo / kto: each trainer's config starts from the export the stage before
+    it lists as an output, and each stage exports what its config trains."""
+    stages = {s.name: s for s in build_stages(_cfg(tmp_path), RunLayout(tmp_path / "run"))}
+    configs = {}
+    for name in ("dit", "sft", "dpo", "kto"):
+        for step in stages[name].steps:
+            if step.title == "config":
+                step.fn()
+        configs[name] = yaml.safe_load((tmp_path / "run" / "configs" / f"{name}.yaml").read_text())
+        assert configs[name] == stages[name].settings["config"]
+        *_, train_dir, export_dir = stages[name].outputs
+        assert configs[name]["output_dir"] == str(train_dir)
+        export = stages[name].steps[-1].cmd
+        assert export[1:] == ["export", "--run", str(train_dir), "--output", str(export_dir)]
+    exported = {name: str(stages[name].outputs[-1]) for name in configs}
+    assert configs["sft"]["train"]["init_from"] == exported["dit"]
+    for name in ("dpo", "kto"):
+        assert configs[name]["train"]["init_from"] == exported["sft"]
+        assert configs[name]["align"]["reference_from"] == exported["sft"]
+    assert configs["kto"]["align"]["mode"] == "kto"
+    # the user's own sections survive the paths mugv fills in
+    assert configs["dit"]["curriculum"] == load_config().dit.config["curriculum"]
+
+
+def test_run_layout_names_distinct_paths_under_its_root(tmp_path):
+    run = RunLayout(tmp_path / "run")
+    names = [n for n, v in vars(RunLayout).items() if type(v).__name__ == "_Under"]
+    paths = [getattr(run, n) for n in names]
+    assert len(names) > 40 and len(set(paths)) == len(paths)
+    assert all(p.is_relative_to(run.root) and p != run.root for p in paths)
+    assert run.marker("dit") == run.done / "dit.json" and run.config("dit").parent == run.configs
+    with pytest.raises(FrozenInstanceError):
+        run.root = tmp_path  # type: ignore[misc]

@@ -18,13 +18,10 @@ import time
 from pathlib import Path
 
 import yaml
+from mugv_formats import atomic_write_text
 
 from mugv import __version__
-
-STAGE_NAMES = [
-    "curate", "vae", "recon", "latents", "dit", "samples", "sft", "dpo", "kto", "generate",
-    "memorise", "report",
-]  # fmt: skip
+from mugv.layout import STAGE_NAMES, RunLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,25 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "stages":
-        from mugv import stages
+        from mugv import stages  # its docstring; the pipeline's modules load only to run it
 
         print(stages.__doc__.split("\n\n", 1)[1])
         return 0
-    from mugv.config import load_config
-
-    overrides = list(args.set)
-    if args.run_dir is not None:
-        overrides.append(f"run_dir={args.run_dir}")
     try:
-        if args.command == "demo":
-            if args.input:
-                overrides.append(f"curate.inputs={[str(Path(i).resolve()) for i in args.input]}")
-            if args.no_samples:
-                overrides.append("curate.samples=false")
-            cfg = load_config(None, overrides)
-        else:
-            cfg = load_config(args.config, overrides)
-        return run_pipeline(cfg, force=args.force)
+        return _run(args)
     except ValueError as e:
         from pydantic import ValidationError
 
@@ -87,16 +71,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run_pipeline(cfg, force: str | None = None) -> int:
-    from mugv import stages as S
-    from mugv.runner import Display, Runner, StageFailed, write_json_atomic
+def _run(args: argparse.Namespace) -> int:
+    from mugv.config import load_config  # pydantic: ~0.6 s that --help and stages skip
 
-    run = Path(cfg.run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
-    stages = S.build_stages(cfg, run)
-    tmp = run / ".resolved_config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(run / "resolved_config.yaml")
+    overrides = list(args.set)
+    if args.run_dir is not None:
+        overrides.append(f"run_dir={args.run_dir}")
+    if args.command == "demo":
+        if args.input:
+            overrides.append(f"curate.inputs={[str(Path(i).resolve()) for i in args.input]}")
+        if args.no_samples:
+            overrides.append("curate.samples=false")
+        cfg = load_config(None, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+    return run_pipeline(cfg, force=args.force)
+
+
+def run_pipeline(cfg, force: str | None = None) -> int:
+    from mugv.runner import Display, Runner, StageFailed, write_json_atomic
+    from mugv.stages import build_stages
+
+    run = RunLayout(Path(cfg.run_dir).resolve())
+    run.root.mkdir(parents=True, exist_ok=True)
+    stages = build_stages(cfg, run)
+    atomic_write_text(
+        run.resolved_config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
     display = Display(len(stages))
     t0 = time.perf_counter()
     try:
@@ -112,13 +113,13 @@ def run_pipeline(cfg, force: str | None = None) -> int:
     finally:
         display.close()
     wall = time.perf_counter() - t0
-    write_json_atomic(run / "timings.json", {"wall_seconds": round(wall, 2), "stages": summary})
+    write_json_atomic(run.timings, {"wall_seconds": round(wall, 2), "stages": summary})
     ran = [s for s in summary if not s["reused"]]
     print(
         f"\nmugv: pipeline finished in {wall:.1f} s ({len(ran)} stage(s) ran, "
         f"{len(summary) - len(ran)} reused)"
     )
-    print(f"report: {run / 'report.html'}")
+    print(f"report: {run.report}")
     return 0
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _STRICT = ConfigDict(extra="forbid")
 
 
-class CurateSection(BaseModel):
+class CurateConfig(BaseModel):
     """mugv-data: raw videos -> clip shards."""
 
     model_config = _STRICT
@@ -32,7 +32,7 @@ class CurateSection(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="mugv-data curate config.")
 
 
-class VaeSection(BaseModel):
+class VaeConfig(BaseModel):
     """mugv-vae: train a tiny VAE on the curated clips, then reconstruct them for the report."""
 
     model_config = _STRICT
@@ -41,7 +41,7 @@ class VaeSection(BaseModel):
     recon_frames: int = Field(17, description="Frames per reconstruction (1+8k).")
 
 
-class EncodeSection(BaseModel):
+class EncodeConfig(BaseModel):
     """mugv-vae encode + mugv-dit embed-text: clip shards -> latent shards with text."""
 
     model_config = _STRICT
@@ -50,14 +50,14 @@ class EncodeSection(BaseModel):
     text_encoder: str = Field("tiny-random", description="Local T5 folder or 'tiny-random'.")
 
 
-class DitSection(BaseModel):
+class DitConfig(BaseModel):
     """mugv-dit: pre-train through the curriculum, export."""
 
     model_config = _STRICT
     config: dict[str, Any] = Field(default_factory=dict, description="mugv-dit run config.")
 
 
-class AlignSection(BaseModel):
+class AlignConfig(BaseModel):
     """mugv-infer samples -> mugv-align make-pairs -> SFT -> Flow-DPO (real beats generated)
     and Flow-KTO (real passes, generated fails)."""
 
@@ -69,7 +69,7 @@ class AlignSection(BaseModel):
     kto: dict[str, Any] = Field(default_factory=dict, description="mugv-align kto config.")
 
 
-class GenerateSection(BaseModel):
+class GenerateConfig(BaseModel):
     """mugv-infer: T2V of each caption and I2V from a curated clip's first frame."""
 
     model_config = _STRICT
@@ -82,7 +82,7 @@ class GenerateSection(BaseModel):
     max_prompts: int = Field(3, ge=1)
 
 
-class MemoriseSection(BaseModel):
+class MemoriseConfig(BaseModel):
     """A DiT trained to memorise one clip's latents, regenerated through mugv-infer."""
 
     model_config = _STRICT
@@ -98,18 +98,19 @@ class MemoriseSection(BaseModel):
 
 
 class PipelineConfig(BaseModel):
-    """The whole run. Paths are relative to the working directory."""
+    """The whole run. Paths are relative to the working directory. Each stage's section
+    defaults to its config's defaults (pydantic copies a default per instance)."""
 
     model_config = _STRICT
     run_dir: str = Field("runs/demo", description="Everything the run writes goes here.")
     threads: int = Field(2, ge=1, description="Torch / OpenMP threads of each stage.")
-    curate: CurateSection = Field(default_factory=CurateSection)
-    vae: VaeSection = Field(default_factory=VaeSection)
-    encode: EncodeSection = Field(default_factory=EncodeSection)
-    dit: DitSection = Field(default_factory=DitSection)
-    align: AlignSection = Field(default_factory=AlignSection)
-    generate: GenerateSection = Field(default_factory=GenerateSection)
-    memorise: MemoriseSection = Field(default_factory=MemoriseSection)
+    curate: CurateConfig = CurateConfig()
+    vae: VaeConfig = VaeConfig()
+    encode: EncodeConfig = EncodeConfig()
+    dit: DitConfig = DitConfig()
+    align: AlignConfig = AlignConfig()
+    generate: GenerateConfig = GenerateConfig()
+    memorise: MemoriseConfig = MemoriseConfig()
 
 
 def demo_defaults() -> dict:

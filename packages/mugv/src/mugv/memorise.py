@@ -11,7 +11,7 @@ architecture, random weights) does not. A sign, scale or position error between 
 inference (latent normalisation, RoPE positions, sampler direction, timestep shift, text
 features) breaks the match.
 
-Writes ``OUT/result.json``::
+Writes ``RUN/memorise/result.json`` (paths: :class:`mugv.layout.RunLayout`)::
 
     trained_rel_error    ||z_gen - z|| / ||z|| of the trained model's sample
     untrained_rel_error  the same for the random model (same seed, same noise)
@@ -31,15 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from mugv_formats import LatentDataset, LatentShardWriter, atomic_write_text
 
-from mugv.runner import _die_with_parent
-from mugv.stages import script
-from mugv.tools import _atomic_json, to_uint8, write_mp4
+from mugv.layout import RunLayout
+from mugv.media import to_uint8, write_mp4
+from mugv.runner import die_with_parent, script
 
 
 def _run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+    res = subprocess.run(cmd, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
     if res.returncode != 0:
         raise SystemExit(f"{Path(cmd[0]).name} failed with exit code {res.returncode}")
 
@@ -47,8 +48,6 @@ def _run(cmd: list[str]) -> None:
 def _one_clip_dataset(src: Path, dst: Path, copies: int, key: str | None = None):
     """Write ``copies`` copies (keys ``KEY-cN``) of one sample of latent dataset ``src`` into a
     new dataset ``dst``, so a training batch holds several noise draws of the same clip."""
-    from mugv_formats import LatentDataset, LatentShardWriter
-
     data = LatentDataset(src)
     samples = sorted(data, key=lambda s: s.record.key)
     pick = next(s for s in samples if key is None or s.record.key == key)
@@ -75,29 +74,13 @@ def _one_clip_dataset(src: Path, dst: Path, copies: int, key: str | None = None)
     return pick, samples
 
 
-def run_memorise(
-    run: Path,
-    out: Path,
-    *,
-    steps: int,
-    lr: float,
-    sample_steps: int,
-    batch: int = 8,
-    model: dict | None = None,
-) -> dict:
-    import torch
-
-    run, out = run.resolve(), out.resolve()
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    pick, samples = _one_clip_dataset(run / "latents-text", out / "data", batch)
-    rec = pick.record
-    print(f"memorising {rec.key} ({rec.caption!r}), latents {pick.latents.shape}", flush=True)
-
-    dit_cfg = yaml.safe_load((run / "configs" / "dit.yaml").read_text())
-    cfg = {
+def memorise_config(run: RunLayout, *, steps: int, lr: float, batch: int, model: dict) -> dict:
+    """The ``mugv-dit train`` config: the run's DiT (``model`` overrides its architecture) on
+    the one-clip dataset, T2V only, no caption dropout, noise levels up to pure noise."""
+    dit_cfg = yaml.safe_load(run.config("dit").read_text())
+    return {
         "preset": dit_cfg.get("preset", "debug"),
-        "model": {**dit_cfg.get("model", {}), **(model or {})},
+        "model": {**dit_cfg.get("model", {}), **model},
         # Noise levels up to pure noise, where the sampler starts: at 64x64 x 3 latents the
         # resolution shift (r ~ 0.2) would keep training below s ~ 0.8.
         "objective": {
@@ -106,7 +89,11 @@ def run_memorise(
             "shift_by_resolution": False,
             "logit_normal_mean": 1.0,
         },
-        "data": {"path": str(out / "data"), "tokens_per_batch": 4096, "max_batch_size": batch},
+        "data": {
+            "path": str(run.memorise_data),
+            "tokens_per_batch": 4096,
+            "max_batch_size": batch,
+        },
         "train": {"ema_decay": None, "save_every": 0, "progress": False, "seed": 0},
         "curriculum": [
             {
@@ -118,51 +105,85 @@ def run_memorise(
                 "min_lr": lr / 20,
             }
         ],
-        "output_dir": str(out / "dit"),
+        "output_dir": str(run.memorise_run),
     }
-    (out / "dit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    _run([script("mugv-dit"), "train", str(out / "dit.yaml")])
-    _run([script("mugv-dit"), "export", "--run", str(out / "dit"), "--output",
-          str(out / "trained"), "--weights", "model"])  # fmt: skip
 
-    # the same architecture with random weights
+
+def _sample(run: RunLayout, export: Path, caption: str, shape_CTHW, fps: float, steps: int):
+    """``caption``'s latents of the given shape from the DiT ``export`` through mugv-infer's
+    pipeline (no CFG, seed 0); returns them and the pipeline's VAE."""
+    import torch
+    from mugv_infer import MUGVPipeline
+
+    _, t, h, w = shape_CTHW
+    pipe = MUGVPipeline.from_parts(export, run.vae, run.text_encoder)
+    res = pipe(
+        prompt=[caption],
+        negative_prompt=None,
+        height=h * 8,
+        width=w * 8,
+        num_frames=1 + (t - 1) * 8,
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        fps=fps,
+        aesthetic_score=None,
+        output_type="latent",
+    )
+    return res.frames[0].float(), pipe.vae
+
+
+def _write_random_export(model_cfg, out: Path, *, seed: int) -> None:
+    import torch
     from mugv_dit.compat import cpu_megatron
-    from mugv_dit.export import full_state_dict, load_export, save_export
+    from mugv_dit.export import full_state_dict, save_export
     from mugv_dit.model import MUGDiT, megatron_config
     from mugv_dit.parallel import destroy_distributed, init_distributed
 
-    model_cfg, _ = load_export(out / "trained")
     init_distributed(1)  # Megatron's layers need their (one-process) groups to be built
     try:
         with cpu_megatron():
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             untrained = full_state_dict(MUGDiT(model_cfg, megatron_config(model_cfg)))
     finally:
         destroy_distributed()
-    save_export(out / "untrained", model_cfg, untrained)
+    save_export(out, model_cfg, untrained)
 
-    from mugv_infer import MUGVPipeline
+
+def run_memorise(
+    run: RunLayout,
+    *,
+    steps: int,
+    lr: float,
+    sample_steps: int,
+    batch: int = 8,
+    model: dict | None = None,
+) -> dict:
+    """Train, export, sample the trained and an untrained DiT, compare; see the module."""
+    import torch
+    from mugv_dit.export import load_export
+
+    shutil.rmtree(run.memorise, ignore_errors=True)
+    run.memorise.mkdir(parents=True)
+    pick, samples = _one_clip_dataset(run.latents_text, run.memorise_data, batch)
+    rec = pick.record
+    print(f"memorising {rec.key} ({rec.caption!r}), latents {pick.latents.shape}", flush=True)
+
+    cfg = memorise_config(run, steps=steps, lr=lr, batch=batch, model=model or {})
+    atomic_write_text(run.memorise_config, yaml.safe_dump(cfg, sort_keys=False))
+    _run([script("mugv-dit"), "train", str(run.memorise_config)])
+    _run([script("mugv-dit"), "export", "--run", str(run.memorise_run), "--output",
+          str(run.memorise_trained), "--weights", "model"])  # fmt: skip
+    model_cfg, _ = load_export(run.memorise_trained)
+    _write_random_export(model_cfg, run.memorise_untrained, seed=0)  # the same architecture
 
     target = torch.from_numpy(np.asarray(pick.latents, dtype=np.float32))
-    c, t, h, w = target.shape
+    exports = {"trained": run.memorise_trained, "untrained": run.memorise_untrained}
     gen = {}
-    for name in ("trained", "untrained"):
-        pipe = MUGVPipeline.from_parts(out / name, run / "vae", run / "text-encoder")
-        res = pipe(
-            prompt=[rec.caption],
-            negative_prompt=None,
-            height=h * 8,
-            width=w * 8,
-            num_frames=1 + (t - 1) * 8,
-            num_inference_steps=sample_steps,
-            guidance_scale=1.0,
-            generator=torch.Generator().manual_seed(0),
-            fps=float(rec.fps),
-            aesthetic_score=None,
-            output_type="latent",
+    for name, export in exports.items():
+        gen[name], vae = _sample(
+            run, export, rec.caption, target.shape, float(rec.fps), sample_steps
         )
-        gen[name] = res.frames[0].float()
-        vae = pipe.vae
     rel = {k: float((v - target).norm() / target.norm()) for k, v in gen.items()}
 
     with torch.no_grad():
@@ -177,25 +198,25 @@ def run_memorise(
         }
     mse = {k: float(np.mean((decoded["trained"] - r) ** 2)) for k, r in recons.items()}
     others = {k: v for k, v in mse.items() if k != rec.key}
-    write_mp4(to_uint8(recons[rec.key]), out / "target.mp4")
-    write_mp4(to_uint8(decoded["trained"]), out / "regenerated.mp4")
-    write_mp4(to_uint8(decoded["untrained"]), out / "untrained.mp4")
+    write_mp4(to_uint8(recons[rec.key]), run.memorise_target)
+    write_mp4(to_uint8(decoded["trained"]), run.memorise_regenerated)
+    write_mp4(to_uint8(decoded["untrained"]), run.memorise_untrained_video)
     result = {
         "clip": rec.key,
         "caption": rec.caption,
         "steps": steps,
         "lr": lr,
         "sample_steps": sample_steps,
-        "latent_shape": [c, t, h, w],
+        "latent_shape": list(target.shape),
         "trained_rel_error": rel["trained"],
         "untrained_rel_error": rel["untrained"],
         "mse_to_target": mse[rec.key],
         "mse_to_others": others,
         "mse_to_nearest_other": min(others.values()) if others else None,
     }
-    _atomic_json(out / "result.json", result)
+    atomic_write_text(run.memorise_result, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2), flush=True)
-    shutil.rmtree(out / "dit" / "checkpoints", ignore_errors=True)  # the export holds the weights
+    shutil.rmtree(run.memorise_run / "checkpoints", ignore_errors=True)  # the export has them
     return result
 
 

@@ -15,7 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-from mugv.runner import _read_marker
+from mugv_formats import ClipDataset, atomic_write_text
+
+from mugv.layout import STAGE_NAMES, RunLayout
+from mugv.runner import read_marker
 
 PLAIN = (
     "These models are tiny (a VAE with a few channels trained for a few hundred steps, a DiT "
@@ -114,10 +117,11 @@ def svg_chart(series: dict[str, list[tuple[float, float]]], *, title: str, ylabe
 
 
 class _Assets:
-    """Copies files into RUN/report/ and returns their paths relative to report.html."""
+    """Copies files into the report's asset folder (built as ``folder``, renamed to
+    ``RUN/report/`` at the end) and returns their paths relative to report.html."""
 
-    def __init__(self, run: Path, folder: Path):
-        self.run, self.folder = run, folder
+    def __init__(self, folder: Path, url: str):
+        self.folder, self.url = folder, url
 
     def __call__(self, src: Path, name: str | None = None) -> str | None:
         if not src.is_file():
@@ -125,7 +129,7 @@ class _Assets:
         dst = self.folder / (name or src.name)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        return f"report/{dst.relative_to(self.folder).as_posix()}"
+        return f"{self.url}/{dst.relative_to(self.folder).as_posix()}"
 
 
 def _video(src: str | None, w: int = 192) -> str:
@@ -137,10 +141,15 @@ def _video(src: str | None, w: int = 192) -> str:
     )
 
 
-def _overview(run: Path, stage_names: list[str]) -> str:
+def _series(rows: list[dict], keys: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    """``{key: [(step, value), ...]}`` of each metric ``key`` over the rows that have it."""
+    return {k: [(r["step"], r[k]) for r in rows if k in r] for k in keys}
+
+
+def _overview(run: RunLayout, stage_names: list[str]) -> str:
     rows, total = [], 0.0
     for name in stage_names:
-        m = _read_marker(run / ".mugv" / "done" / f"{name}.json")
+        m = read_marker(run.marker(name))
         if m is None:
             rows.append(f"<tr><td>{_esc(name)}</td><td colspan=3>not finished</td></tr>")
             continue
@@ -160,10 +169,9 @@ def _overview(run: Path, stage_names: list[str]) -> str:
     )
 
 
-def _curate(run: Path, asset: _Assets) -> str:
-    from mugv_formats import ClipDataset
-
-    clips = run / "clips"
+def _curate(run: RunLayout, asset: _Assets) -> str:
+    clips = run.clips
+    data_report = (clips / "report.html").relative_to(run.root).as_posix()  # mugv-data's page
     out = []
     summary = json.loads((clips / "summary.json").read_text())
     out.append(
@@ -171,7 +179,7 @@ def _curate(run: Path, asset: _Assets) -> str:
         f"split, <b>{summary['clips_kept']} kept</b>. Rejected by stage: "
         + ", ".join(f"{_esc(k)} {v}" for k, v in summary.get("rejects_by_stage", {}).items())
         + ". mugv-data's own report: "
-        '<a href="clips/report.html">clips/report.html</a>.</p><div class="grid">'
+        + f'<a href="{data_report}">{data_report}</a>.</p><div class="grid">'
     )
     shown = ("sharpness", "motion", "brightness", "text_ratio", "border_ratio", "frozen_ratio")
     for r in ClipDataset(clips).records():
@@ -187,7 +195,7 @@ def _curate(run: Path, asset: _Assets) -> str:
         )
     out.append("</div><h3>Rejects</h3><table><tr><th></th><th>clip</th><th>source</th>"
                "<th>stage</th><th>reason</th></tr>")  # fmt: skip
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # 0.5 s that the other `mugv.tools` commands skip
 
     rej = clips / "rejects.parquet"
     for row in pq.read_table(rej).to_pylist() if rej.is_file() else []:
@@ -202,23 +210,15 @@ def _curate(run: Path, asset: _Assets) -> str:
     return "".join(out)
 
 
-def _vae(run: Path, asset: _Assets) -> str:
-    logs = _jsonl(run / "vae-train" / "metrics.jsonl")
+def _vae(run: RunLayout, asset: _Assets) -> str:
+    logs = _jsonl(run.vae_train / "metrics.jsonl")
     out = [
         '<div class="grid">',
-        svg_chart(
-            {k: [(r["step"], r[k]) for r in logs if k in r] for k in ("loss", "mse", "l1")},
-            title="VAE training loss",
-            ylabel="loss",
-        ),
-        svg_chart(
-            {"psnr": [(r["step"], r["psnr"]) for r in logs if "psnr" in r]},
-            title="VAE training PSNR (dB)",
-            ylabel="dB",
-        ),
+        svg_chart(_series(logs, ("loss", "mse", "l1")), title="VAE training loss", ylabel="loss"),
+        svg_chart(_series(logs, ("psnr",)), title="VAE training PSNR (dB)", ylabel="dB"),
         "</div>",
     ]
-    rec_path = run / "recon" / "recon.json"
+    rec_path = run.recon_table
     if rec_path.is_file():
         rec = json.loads(rec_path.read_text())
         mean = sum(c["psnr"] for c in rec["clips"]) / max(1, len(rec["clips"]))
@@ -228,8 +228,7 @@ def _vae(run: Path, asset: _Assets) -> str:
             "<table><tr><th>clip</th><th>original</th><th>reconstruction</th><th>PSNR</th></tr>"
         )
         for c in rec["clips"]:
-            a = asset(run / "recon" / f"{c['key']}.orig.mp4", f"recon/{c['key']}.orig.mp4")
-            b = asset(run / "recon" / f"{c['key']}.recon.mp4", f"recon/{c['key']}.recon.mp4")
+            a, b = (asset(run.recon / name, f"recon/{name}") for name in run.recon_pair(c["key"]))
             out.append(
                 f"<tr><td>{_esc(c['key'])}<br><i>{_esc(c['caption'])}</i></td>"
                 f"<td>{_video(a, 128)}</td><td>{_video(b, 128)}</td>"
@@ -239,50 +238,27 @@ def _vae(run: Path, asset: _Assets) -> str:
     return "".join(out)
 
 
-def _training(run: Path) -> str:
+def _training(run: RunLayout) -> str:
     out = ['<div class="grid">']
-    dit = _jsonl(run / "dit" / "metrics.jsonl")
+    dit = _jsonl(run.dit / "metrics.jsonl")
     by_stage: dict[str, list] = {}
     for r in dit:
         if "loss" in r:
             by_stage.setdefault(str(r.get("stage", "train")), []).append((r["step"], r["loss"]))
     out.append(svg_chart(by_stage, title="DiT pre-training loss (per curriculum stage)",
                          ylabel="flow loss"))  # fmt: skip
-    sft = _jsonl(run / "sft" / "metrics.jsonl")
-    out.append(svg_chart({"sft": [(r["step"], r["loss"]) for r in sft if "loss" in r]},
-                         title="SFT loss", ylabel="flow loss"))  # fmt: skip
-    dpo = _jsonl(run / "dpo" / "metrics.jsonl")
-    out.append(
-        svg_chart(
-            {
-                k: [(r["step"], r[k]) for r in dpo if k in r]
-                for k in ("loss", "pref_loss", "sft_loss")
-            },
-            title="DPO losses",
-            ylabel="loss",
-        )
-    )
-    out.append(
-        svg_chart(
-            {
-                k: [(r["step"], r[k]) for r in dpo if k in r]
-                for k in ("reward_margin", "pref_accuracy")
-            },
-            title="DPO reward margin and accuracy",
-            ylabel="value",
-        )
-    )
-    kto = _jsonl(run / "kto" / "metrics.jsonl")
-    out.append(
-        svg_chart(
-            {
-                k: [(r["step"], r[k]) for r in kto if k in r]
-                for k in ("reward_margin", "pref_accuracy", "pref_loss")
-            },
-            title="KTO reward margin, accuracy and loss",
-            ylabel="value",
-        )
-    )
+    sft = _jsonl(run.sft / "metrics.jsonl")
+    dpo = _jsonl(run.dpo / "metrics.jsonl")
+    kto = _jsonl(run.kto / "metrics.jsonl")
+    charts = [
+        ({"sft": _series(sft, ("loss",))["loss"]}, "SFT loss", "flow loss"),
+        (_series(dpo, ("loss", "pref_loss", "sft_loss")), "DPO losses", "loss"),
+        (_series(dpo, ("reward_margin", "pref_accuracy")), "DPO reward margin and accuracy",
+         "value"),
+        (_series(kto, ("reward_margin", "pref_accuracy", "pref_loss")),
+         "KTO reward margin, accuracy and loss", "value"),
+    ]  # fmt: skip
+    out += [svg_chart(series, title=title, ylabel=ylabel) for series, title, ylabel in charts]
     out.append("</div>")
     if dpo:
         last = dpo[-1]
@@ -308,20 +284,18 @@ def _training(run: Path) -> str:
     return "".join(out)
 
 
-def _generate(run: Path, asset: _Assets) -> str:
-    vids = run / "videos"
-    prompts = (
-        json.loads((run / "prompts.json").read_text()) if (run / "prompts.json").is_file() else []
-    )
-    t2v = [vids / "t2v.mp4"] if (vids / "t2v.mp4").is_file() else sorted(vids.glob("t2v_*.mp4"))
+def _generate(run: RunLayout, asset: _Assets) -> str:
+    vids = run.videos
+    prompts = json.loads(run.prompts.read_text()) if run.prompts.is_file() else []
+    t2v = [run.t2v] if run.t2v.is_file() else sorted(vids.glob("t2v_*.mp4"))
     out = ['<h3>Text to video</h3><div class="grid">']
     for i, p in enumerate(t2v):
         src = asset(p, f"videos/t2v_{i}.mp4")
         cap = prompts[i] if i < len(prompts) else ""
         out.append(f'<div class="card">{_video(src)}<i>{_esc(cap)}</i></div>')
     out.append('</div><h3>Image to video</h3><div class="grid">')
-    img = asset(vids / "i2v_first_frame.png", "videos/i2v_first_frame.png")
-    i2v = [vids / "i2v.mp4"] if (vids / "i2v.mp4").is_file() else sorted(vids.glob("i2v_*.mp4"))
+    img = asset(run.i2v_first_frame, "videos/i2v_first_frame.png")
+    i2v = [run.i2v] if run.i2v.is_file() else sorted(vids.glob("i2v_*.mp4"))
     if img:
         out.append(f'<div class="card"><img src="{img}" width="192" alt="first frame">'
                    "first frame (from a curated clip)</div>")  # fmt: skip
@@ -334,14 +308,14 @@ def _generate(run: Path, asset: _Assets) -> str:
     return "".join(out)
 
 
-def _memorise(run: Path, asset: _Assets) -> str:
-    res_path = run / "memorise" / "result.json"
-    if not res_path.is_file():
+def _memorise(run: RunLayout, asset: _Assets) -> str:
+    if not run.memorise_result.is_file():
         return "<p>Not run (memorise.enabled=false).</p>"
-    res = json.loads(res_path.read_text())
-    a = asset(run / "memorise" / "target.mp4", "memorise/target.mp4")
-    b = asset(run / "memorise" / "regenerated.mp4", "memorise/regenerated.mp4")
-    c = asset(run / "memorise" / "untrained.mp4", "memorise/untrained.mp4")
+    res = json.loads(run.memorise_result.read_text())
+    a, b, c = (
+        asset(p, f"memorise/{p.name}")
+        for p in (run.memorise_target, run.memorise_regenerated, run.memorise_untrained_video)
+    )
     ok = res["trained_rel_error"] < 0.5 * res["untrained_rel_error"]
     other = res.get("mse_to_nearest_other")
     nearest = (
@@ -364,11 +338,11 @@ def _memorise(run: Path, asset: _Assets) -> str:
     )
 
 
-def _formats(run: Path) -> str:
+def _formats(run: RunLayout) -> str:
     rows = []
-    for name in ("clips", "latents", "latents-text", "vae", "dit-export", "samples", "rdpo/prefs",
-                 "sft-export", "dpo-export", "kto-prefs", "kto-export"):  # fmt: skip
-        p = run / name
+    for p in (run.clips, run.latents, run.latents_text, run.vae, run.dit_export, run.samples,
+              run.rdpo_prefs, run.sft_export, run.dpo_export, run.kto_prefs, run.kto_export):  # fmt: skip
+        name = p.relative_to(run.root).as_posix()
         if not p.exists():
             continue
         meta = None
@@ -393,13 +367,10 @@ def _formats(run: Path) -> str:
     )
 
 
-def write_report(run: Path) -> Path:
-    from mugv.cli import STAGE_NAMES
-
-    run = run.resolve()
-    tmp_assets = run / "report.partial"
+def write_report(run: RunLayout) -> Path:
+    tmp_assets = run.report_partial
     shutil.rmtree(tmp_assets, ignore_errors=True)
-    asset = _Assets(run, tmp_assets)
+    asset = _Assets(tmp_assets, run.report_assets.relative_to(run.root).as_posix())
     sections = [
         ("overview", "What ran", _overview(run, [s for s in STAGE_NAMES if s != "report"])),
         ("curate", "1. Curation (mugv-data)", _curate(run, asset)),
@@ -421,16 +392,13 @@ def write_report(run: Path) -> Path:
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>mugv demo report</title>"
         f"<style>{CSS}</style></head><body><h1>mugv demo report</h1>"
-        f"<p>Run folder <code>{_esc(run)}</code>. The pipeline: curate &rarr; VAE &rarr; "
+        f"<p>Run folder <code>{_esc(run.root)}</code>. The pipeline: curate &rarr; VAE &rarr; "
         "latents &rarr; DiT &rarr; samples/pairs &rarr; SFT &rarr; DPO &rarr; generate.</p>"
         f"{body}</body></html>"
     )
-    final_assets = run / "report"
-    shutil.rmtree(final_assets, ignore_errors=True)
+    shutil.rmtree(run.report_assets, ignore_errors=True)
     tmp_assets.mkdir(parents=True, exist_ok=True)
-    tmp_assets.rename(final_assets)
-    tmp = run / ".report.html.tmp"
-    tmp.write_text(page)
-    tmp.replace(run / "report.html")
-    print(f"wrote {run / 'report.html'}")
-    return run / "report.html"
+    tmp_assets.rename(run.report_assets)
+    atomic_write_text(run.report, page)
+    print(f"wrote {run.report}")
+    return run.report

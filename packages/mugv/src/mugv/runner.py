@@ -31,14 +31,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mugv_formats import atomic_write_text
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Column
+
 from mugv import __version__
+from mugv.layout import RunLayout
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child: the kernel kills it when this process dies (Linux)."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def script(name: str) -> str:
+    """A console script of this environment (beside the interpreter), else from PATH."""
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
 
 
 @dataclass
@@ -68,10 +86,7 @@ class StageFailed(RuntimeError):
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def stage_key(stage: Stage, upstream: str) -> str:
@@ -103,22 +118,10 @@ class Display:
     """rich progress on a terminal, plain lines otherwise (logs, CI, tests)."""
 
     def __init__(self, total: int, console=None):
-        from rich.console import Console
-
         self.console = console or Console(stderr=False)
         self.live = self.console.is_terminal
         self.progress = None
         if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-            from rich.table import Column
-
             self.progress = Progress(
                 SpinnerColumn(),
                 TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
@@ -168,12 +171,13 @@ class Display:
 
 
 class Runner:
-    def __init__(self, run_dir: Path, *, threads: int = 2, display: Display | None = None):
-        self.run_dir = run_dir
+    """Runs stages in the run folder ``layout``: markers in ``layout.done``, logs in
+    ``layout.logs``; each child with ``threads`` Torch / OpenMP threads."""
+
+    def __init__(self, layout: RunLayout, *, threads: int = 2, display: Display | None = None):
+        self.layout = layout
         self.threads = threads
         self.display = display
-        self.done_dir = run_dir / ".mugv" / "done"
-        self.log_dir = run_dir / "logs"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -209,7 +213,7 @@ class Runner:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env(),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             try:
                 while proc.poll() is None:
@@ -232,13 +236,13 @@ class Runner:
         if force is not None and force not in names:
             raise ValueError(f"--force {force!r}: no such stage; stages are {', '.join(names)}")
         forced = set(names[names.index(force) :]) if force else set()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
         upstream, summary = "", []
         for stage in stages:
             key = stage_key(stage, upstream)
             upstream = key
-            marker = self.done_dir / f"{stage.name}.json"
-            done = _read_marker(marker)
+            marker = self.layout.marker(stage.name)
+            done = read_marker(marker)
             why = None
             if stage.name in forced:
                 why = "forced"
@@ -279,7 +283,7 @@ class Runner:
                 shutil.rmtree(out)
             elif out.exists() or out.is_symlink():
                 out.unlink()
-        log = self.log_dir / f"{stage.name}.log"
+        log = self.layout.log(stage.name)
         log.write_text(f"# mugv {__version__}: stage {stage.name} ({why})\n")
         self._say(f"[{stage.name}] {stage.title} ({why})")
         if self.display is not None:
@@ -321,7 +325,8 @@ class Runner:
         return {"stage": stage.name, "reused": False, "seconds": round(seconds, 2), "steps": steps}
 
 
-def _read_marker(path: Path) -> dict | None:
+def read_marker(path: Path) -> dict | None:
+    """A finished stage's marker, or None where it is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

@@ -24,26 +24,24 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
+from mugv_formats import atomic_write_text
 
 from mugv.config import PipelineConfig
-from mugv.runner import Stage, Step
+from mugv.layout import RunLayout
+from mugv.runner import Stage, Step, script
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 
 
-def script(name: str) -> str:
-    """A console script of this environment (beside the interpreter), else from PATH."""
-    exe = Path(sys.executable).parent / name
-    return str(exe) if exe.exists() else name
-
-
 def tool(*args: str) -> list[str]:
+    """A command of the umbrella's own glue, :mod:`mugv.tools`."""
     return [sys.executable, "-m", "mugv.tools", *args]
 
 
@@ -82,9 +80,17 @@ def caption_for(path: Path, captions: dict[str, str]) -> str:
     return f"a video of {words}" if words else "a video"
 
 
-def _write_yaml(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+def write_yaml(path: Path, data: dict) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def merged(config: dict, **changes) -> dict:
+    """``config`` with each change: a dict is merged into that section (one level), any other
+    value replaces the key. The stage packages' configs get the run folder's paths so."""
+    out = dict(config)
+    for key, value in changes.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
 
 
 def _stamp(p: Path) -> list:
@@ -92,498 +98,296 @@ def _stamp(p: Path) -> list:
     return [str(p), st.st_size, int(st.st_mtime)]
 
 
-def build_stages(cfg: PipelineConfig, run: Path) -> list[Stage]:
-    """The pipeline's stages for the run folder ``run`` (absolute)."""
-    R = run
-    conf = R / "configs"
+def curate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     videos = input_videos(cfg)
-    stages: list[Stage] = []
+    captions = {v: caption_for(v, cfg.curate.captions) for v in videos}
 
-    # curate ---------------------------------------------------------------------------------
-    def write_curate_inputs() -> None:
-        (R / "curate").mkdir(parents=True, exist_ok=True)
-        with open(R / "curate" / "captions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["source", "caption"])
-            for v in videos:
-                w.writerow([str(v), caption_for(v, cfg.curate.captions)])
-        data_cfg = dict(cfg.curate.config)
-        data_cfg["captions"] = {"source": "table", "table_path": str(R / "curate" / "captions.csv")}
-        _write_yaml(R / "curate" / "config.yaml", data_cfg)
-        (R / "curate" / "inputs.txt").write_text("".join(f"{v}\n" for v in videos))
+    def write_inputs() -> None:
+        table = io.StringIO(newline="")
+        w = csv.writer(table)
+        w.writerow(["source", "caption"])
+        w.writerows([str(v), captions[v]] for v in videos)
+        atomic_write_text(run.curate_captions, table.getvalue())
+        captions_from = {"source": "table", "table_path": str(run.curate_captions)}
+        write_yaml(run.curate_config, {**cfg.curate.config, "captions": captions_from})
+        atomic_write_text(run.curate_inputs, "".join(f"{v}\n" for v in videos))
 
-    stages.append(
-        Stage(
-            "curate",
-            "raw videos -> clip shards (mugv-data)",
-            {
-                "config": cfg.curate.config,
-                "videos": [_stamp(v) for v in videos],
-                "captions": {v.name: caption_for(v, cfg.curate.captions) for v in videos},
-            },
-            [R / "curate", R / "clips"],
-            [
-                Step("inputs and captions table", fn=write_curate_inputs),
-                Step(
-                    "mugv-data curate",
-                    [
-                        script("mugv-data"),
-                        "curate",
-                        str(R / "curate" / "config.yaml"),
-                        "--input",
-                        f"@{R / 'curate' / 'inputs.txt'}",
-                        "--output",
-                        str(R / "clips"),
-                    ],
-                ),
-            ],
-        )
+    curate = [script("mugv-data"), "curate", str(run.curate_config)]
+    return Stage(
+        "curate",
+        "raw videos -> clip shards (mugv-data)",
+        {
+            "config": cfg.curate.config,
+            "videos": [_stamp(v) for v in videos],
+            "captions": {v.name: c for v, c in captions.items()},
+        },
+        [run.curate, run.clips],
+        [
+            Step("inputs and captions table", fn=write_inputs),
+            Step(
+                "mugv-data curate",
+                [*curate, "--input", f"@{run.curate_inputs}", "--output", str(run.clips)],
+            ),
+        ],
     )
 
-    # vae ------------------------------------------------------------------------------------
-    vae_cfg = {**cfg.vae.config, "output": str(R / "vae-train")}
-    vae_cfg["data"] = {**vae_cfg.get("data", {}), "clips": str(R / "clips")}
+
+def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    vae_cfg = merged(cfg.vae.config, output=str(run.vae_train), data={"clips": str(run.clips)})
+    vae_yaml = run.config("vae")
 
     def copy_final_vae() -> None:
         # step_NNNNNNN (step-NNNNNNN before mugv-vae aligned with the other trainers)
-        found = (R / "vae-train" / "checkpoints").glob("step[_-]*/vae")
+        found = (run.vae_train / "checkpoints").glob("step[_-]*/vae")
         steps = sorted(found, key=lambda p: int(p.parent.name[5:]))
         if not steps:
-            raise RuntimeError(f"mugv-vae train left no checkpoint in {R / 'vae-train'}")
-        shutil.copytree(steps[-1], R / "vae.partial", dirs_exist_ok=True)
-        (R / "vae.partial").rename(R / "vae")
+            raise RuntimeError(f"mugv-vae train left no checkpoint in {run.vae_train}")
+        shutil.copytree(steps[-1], run.vae_partial, dirs_exist_ok=True)
+        run.vae_partial.rename(run.vae)
 
-    stages.append(
-        Stage(
-            "vae",
-            "train a tiny VAE on the clips (mugv-vae)",
-            {"config": vae_cfg},
-            [conf / "vae.yaml", R / "vae-train", R / "vae"],
-            scratch=[R / "vae.partial"],
-            steps=[
-                Step("config", fn=lambda: _write_yaml(conf / "vae.yaml", vae_cfg)),
-                Step("mugv-vae train", [script("mugv-vae"), "train", str(conf / "vae.yaml")]),
-                Step("final checkpoint -> vae/", fn=copy_final_vae),
-            ],
-        )
-    )
-    stages.append(
-        Stage(
-            "recon",
-            "reconstruct the clips with the VAE (PSNR)",
-            {"resolution": cfg.vae.recon_resolution, "frames": cfg.vae.recon_frames},
-            [R / "recon"],
-            scratch=[R / "recon.partial"],
-            steps=[
-                Step(
-                    "mugv.tools recon",
-                    tool(
-                        "recon",
-                        "--vae",
-                        str(R / "vae"),
-                        "--clips",
-                        str(R / "clips"),
-                        "--out",
-                        str(R / "recon"),
-                        "--resolution",
-                        cfg.vae.recon_resolution,
-                        "--frames",
-                        str(cfg.vae.recon_frames),
-                    ),
-                )
-            ],
-        )
+    return Stage(
+        "vae",
+        "train a tiny VAE on the clips (mugv-vae)",
+        {"config": vae_cfg},
+        [vae_yaml, run.vae_train, run.vae],
+        scratch=[run.vae_partial],
+        steps=[
+            Step("config", fn=lambda: write_yaml(vae_yaml, vae_cfg)),
+            Step("mugv-vae train", [script("mugv-vae"), "train", str(vae_yaml)]),
+            Step("final checkpoint -> vae/", fn=copy_final_vae),
+        ],
     )
 
-    # latents --------------------------------------------------------------------------------
+
+def recon_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    size = {"resolution": cfg.vae.recon_resolution, "frames": cfg.vae.recon_frames}
+    return Stage(
+        "recon",
+        "reconstruct the clips with the VAE (PSNR)",
+        size,
+        [run.recon],
+        scratch=[run.recon_partial],
+        steps=[Step("mugv.tools recon", tool("recon", "--run", str(run.root), *_flags(size)))],
+    )
+
+
+def latents_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     enc = cfg.encode
-    stages.append(
-        Stage(
-            "latents",
-            "clip shards -> latent shards + text features (mugv-vae, mugv-dit)",
-            enc.model_dump(),
-            [R / "latents", R / "latents-text"],
-            [
-                Step(
-                    "mugv-vae encode",
-                    [
-                        script("mugv-vae"),
-                        "encode",
-                        "--checkpoint",
-                        str(R / "vae"),
-                        "--input",
-                        str(R / "clips"),
-                        "--output",
-                        str(R / "latents"),
-                        "--resolution",
-                        enc.resolution,
-                        "--frames",
-                        str(enc.frames),
-                        "--device",
-                        "cpu",
-                    ],
-                ),
-                Step(
-                    "mugv-dit embed-text",
-                    [
-                        script("mugv-dit"),
-                        "embed-text",
-                        "--input",
-                        str(R / "latents"),
-                        "--output",
-                        str(R / "latents-text"),
-                        "--text-encoder",
-                        enc.text_encoder,
-                        "--device",
-                        "cpu",
-                    ],
-                ),
-            ],
-        )
+    encode = [
+        script("mugv-vae"), "encode", "--checkpoint", str(run.vae), "--input", str(run.clips),
+        "--output", str(run.latents), *_flags({"resolution": enc.resolution, "frames": enc.frames}),
+        "--device", "cpu",
+    ]  # fmt: skip
+    embed = [
+        script("mugv-dit"), "embed-text", "--input", str(run.latents),
+        "--output", str(run.latents_text), "--text-encoder", enc.text_encoder, "--device", "cpu",
+    ]  # fmt: skip
+    return Stage(
+        "latents",
+        "clip shards -> latent shards + text features (mugv-vae, mugv-dit)",
+        enc.model_dump(),
+        [run.latents, run.latents_text],
+        [Step("mugv-vae encode", encode), Step("mugv-dit embed-text", embed)],
     )
 
-    # dit ------------------------------------------------------------------------------------
-    dit_cfg = {**cfg.dit.config, "output_dir": str(R / "dit")}
-    dit_cfg["data"] = {**dit_cfg.get("data", {}), "path": str(R / "latents-text")}
-    stages.append(
-        Stage(
-            "dit",
-            "pre-train the DiT through the curriculum (mugv-dit)",
-            {"config": dit_cfg},
-            [conf / "dit.yaml", R / "dit", R / "dit-export"],
-            [
-                Step("config", fn=lambda: _write_yaml(conf / "dit.yaml", dit_cfg)),
-                Step("mugv-dit train", [script("mugv-dit"), "train", str(conf / "dit.yaml")]),
-                Step(
-                    "mugv-dit export",
-                    [
-                        script("mugv-dit"),
-                        "export",
-                        "--run",
-                        str(R / "dit"),
-                        "--output",
-                        str(R / "dit-export"),
-                    ],
-                ),
-            ],
-        )
+
+def train_and_export(
+    run: RunLayout,
+    name: str,
+    title: str,
+    command: tuple[str, str],
+    config: dict,
+    folders: tuple[Path, Path],
+    *,
+    before: tuple[tuple[Step, Path], ...] = (),
+) -> Stage:
+    """The dit / sft / dpo / kto stage: ``config`` written as ``configs/NAME.yaml``, the
+    trainer ``command`` (console script, subcommand) run on it, its run exported with that
+    script's ``export``. ``folders``: the run folder (the config's ``output_dir``) and the
+    export. ``before``: steps that come first, each with the output it writes."""
+    package, subcommand = command
+    cfg_file = run.config(name)
+    train_dir, export_dir = folders
+    export = [script(package), "export", "--run", str(train_dir), "--output", str(export_dir)]
+    return Stage(
+        name,
+        title,
+        {"config": config},
+        [cfg_file, *(out for _, out in before), train_dir, export_dir],
+        steps=[
+            *(step for step, _ in before),
+            Step("config", fn=lambda: write_yaml(cfg_file, config)),
+            Step(f"{package} {subcommand}", [script(package), subcommand, str(cfg_file)]),
+            Step(f"{package} export", export),
+        ],
     )
 
-    # samples -> pairs -----------------------------------------------------------------------
-    al = cfg.align
-    infer_common = [
-        "--vae",
-        str(R / "vae"),
-        "--text-encoder",
-        str(R / "text-encoder"),
-        "--resolution",
-        enc.resolution,
-        "--frames",
-        str(enc.frames),
-        "--set",
-        "aesthetic_score=null",
-        "--set",
-        "runtime.device=cpu",
-    ]
-    stages.append(
-        Stage(
-            "samples",
-            "the DiT's own samples of each caption -> real-vs-generated pairs",
-            {"steps": al.sample_steps, "seed": al.sample_seed, "encoder": enc.text_encoder},
-            [R / "text-encoder", R / "samples", R / "rdpo", R / "prompts.json"],
-            scratch=[R / "text-encoder.partial"],
-            steps=[
-                Step(
-                    "text encoder folder for mugv-infer",
-                    tool(
-                        "text-encoder",
-                        "--source",
-                        enc.text_encoder,
-                        "--out",
-                        str(R / "text-encoder"),
-                    ),
-                ),
-                Step(
-                    "captions of the real clips",
-                    tool(
-                        "prompts",
-                        "--latents",
-                        str(R / "latents-text"),
-                        "--out",
-                        str(R / "prompts.json"),
-                    ),
-                ),
-                Step(
-                    "mugv-infer generate --output-type latent",
-                    tool(
-                        "infer",
-                        "--prompts",
-                        str(R / "prompts.json"),
-                        "--",
-                        script("mugv-infer"),
-                        "generate",
-                        "--model",
-                        str(R / "dit-export"),
-                        *infer_common,
-                        "--steps",
-                        str(al.sample_steps),
-                        "--seed",
-                        str(al.sample_seed),
-                        "--output-type",
-                        "latent",
-                        "--out",
-                        str(R / "samples"),
-                    ),
-                ),
-                Step(
-                    "mugv-align make-pairs",
-                    [
-                        script("mugv-align"),
-                        "make-pairs",
-                        "--real",
-                        str(R / "latents-text"),
-                        "--generated",
-                        str(R / "samples"),
-                        "--output",
-                        str(R / "rdpo"),
-                    ],
-                ),
-            ],
-        )
+
+def dit_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    dit_cfg = merged(cfg.dit.config, output_dir=str(run.dit), data={"path": str(run.latents_text)})
+    title = "pre-train the DiT through the curriculum (mugv-dit)"
+    return train_and_export(
+        run, "dit", title, ("mugv-dit", "train"), dit_cfg, (run.dit, run.dit_export)
     )
 
-    sft_cfg = {**al.sft, "output_dir": str(R / "sft")}
-    sft_cfg["data"] = {**sft_cfg.get("data", {}), "path": str(R / "latents-text")}
-    sft_cfg["train"] = {**sft_cfg.get("train", {}), "init_from": str(R / "dit-export")}
-    stages.append(
-        Stage(
-            "sft",
-            "supervised fine-tuning with power EMAs (mugv-align)",
-            {"config": sft_cfg},
-            [conf / "sft.yaml", R / "sft", R / "sft-export"],
-            [
-                Step("config", fn=lambda: _write_yaml(conf / "sft.yaml", sft_cfg)),
-                Step("mugv-align sft", [script("mugv-align"), "sft", str(conf / "sft.yaml")]),
-                Step(
-                    "mugv-align export",
-                    [
-                        script("mugv-align"),
-                        "export",
-                        "--run",
-                        str(R / "sft"),
-                        "--output",
-                        str(R / "sft-export"),
-                    ],
-                ),
-            ],
-        )
+
+def infer_flags(cfg: PipelineConfig, run: RunLayout) -> list[str]:
+    """The arguments every ``mugv-infer generate`` of the pipeline shares."""
+    return [
+        "--vae", str(run.vae), "--text-encoder", str(run.text_encoder),
+        *_flags({"resolution": cfg.encode.resolution, "frames": cfg.encode.frames}),
+        "--set", "aesthetic_score=null", "--set", "runtime.device=cpu",
+    ]  # fmt: skip
+
+
+def samples_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    al, enc = cfg.align, cfg.encode
+    sampling = {"steps": al.sample_steps, "seed": al.sample_seed}
+    generate = [
+        script("mugv-infer"), "generate", "--model", str(run.dit_export), *infer_flags(cfg, run),
+        *_flags(sampling), "--output-type", "latent", "--out", str(run.samples),
+    ]  # fmt: skip
+    pairs = [
+        script("mugv-align"), "make-pairs", "--real", str(run.latents_text),
+        "--generated", str(run.samples), "--output", str(run.rdpo),
+    ]  # fmt: skip
+    return Stage(
+        "samples",
+        "the DiT's own samples of each caption -> real-vs-generated pairs",
+        {**sampling, "encoder": enc.text_encoder},
+        [run.text_encoder, run.samples, run.rdpo, run.prompts],
+        scratch=[run.text_encoder_partial],
+        steps=[
+            Step(
+                "text encoder folder for mugv-infer",
+                tool("text-encoder", "--source", enc.text_encoder, "--out", str(run.text_encoder)),
+            ),
+            Step(
+                "captions of the real clips",
+                tool("prompts", "--latents", str(run.latents_text), "--out", str(run.prompts)),
+            ),
+            Step(
+                "mugv-infer generate --output-type latent",
+                tool("infer", "--prompts", str(run.prompts), "--", *generate),
+            ),
+            Step("mugv-align make-pairs", pairs),
+        ],
     )
 
-    dpo_cfg = {**al.dpo, "output_dir": str(R / "dpo")}
-    dpo_cfg["data"] = {**dpo_cfg.get("data", {}), "path": str(R / "rdpo" / "latents")}
-    dpo_cfg["train"] = {**dpo_cfg.get("train", {}), "init_from": str(R / "sft-export")}
-    dpo_cfg["align"] = {
-        **dpo_cfg.get("align", {}),
-        "preference": [{"path": str(R / "rdpo" / "prefs")}],
-        "reference_from": str(R / "sft-export"),
-    }
-    stages.append(
-        Stage(
-            "dpo",
-            "Flow-DPO: real clips beat the model's samples (mugv-align)",
-            {"config": dpo_cfg},
-            [conf / "dpo.yaml", R / "dpo", R / "dpo-export"],
-            [
-                Step("config", fn=lambda: _write_yaml(conf / "dpo.yaml", dpo_cfg)),
-                Step("mugv-align dpo", [script("mugv-align"), "dpo", str(conf / "dpo.yaml")]),
-                Step(
-                    "mugv-align export",
-                    [
-                        script("mugv-align"),
-                        "export",
-                        "--run",
-                        str(R / "dpo"),
-                        "--output",
-                        str(R / "dpo-export"),
-                    ],
-                ),
-            ],
-        )
+
+def sft_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    sft_cfg = merged(
+        cfg.align.sft,
+        output_dir=str(run.sft),
+        data={"path": str(run.latents_text)},
+        train={"init_from": str(run.dit_export)},
+    )
+    title = "supervised fine-tuning with power EMAs (mugv-align)"
+    return train_and_export(
+        run, "sft", title, ("mugv-align", "sft"), sft_cfg, (run.sft, run.sft_export)
     )
 
-    kto_cfg = {**al.kto, "output_dir": str(R / "kto")}
-    kto_cfg["data"] = {**kto_cfg.get("data", {}), "path": str(R / "rdpo" / "latents")}
-    kto_cfg["train"] = {**kto_cfg.get("train", {}), "init_from": str(R / "sft-export")}
-    kto_cfg["align"] = {
-        **kto_cfg.get("align", {}),
-        "mode": "kto",
-        "preference": [{"path": str(R / "kto-prefs")}],
-        "reference_from": str(R / "sft-export"),
-    }
-    stages.append(
-        Stage(
-            "kto",
-            "Flow-KTO: real clips pass, the model's samples fail (mugv-align)",
-            {"config": kto_cfg},
-            [
-                conf / "kto.yaml",
-                R / "kto-labels.jsonl",
-                R / "kto-prefs",
-                R / "kto",
-                R / "kto-export",
-            ],
-            steps=[
-                Step(
-                    "pass/fail labels",
-                    tool(
-                        "kto-labels",
-                        "--latents",
-                        str(R / "rdpo" / "latents"),
-                        "--out",
-                        str(R / "kto-labels.jsonl"),
-                    ),
-                ),
-                Step(
-                    "mugv-align make-prefs --kind kto",
-                    [
-                        script("mugv-align"),
-                        "make-prefs",
-                        "--latents",
-                        str(R / "rdpo" / "latents"),
-                        "--labels",
-                        str(R / "kto-labels.jsonl"),
-                        "--output",
-                        str(R / "kto-prefs"),
-                        "--kind",
-                        "kto",
-                    ],
-                ),
-                Step("config", fn=lambda: _write_yaml(conf / "kto.yaml", kto_cfg)),
-                Step("mugv-align kto", [script("mugv-align"), "kto", str(conf / "kto.yaml")]),
-                Step(
-                    "mugv-align export",
-                    [
-                        script("mugv-align"),
-                        "export",
-                        "--run",
-                        str(R / "kto"),
-                        "--output",
-                        str(R / "kto-export"),
-                    ],
-                ),
-            ],
-        )
+
+def _preference_config(base: dict, run: RunLayout, output: Path, **align) -> dict:
+    """A DPO / KTO config: the pool of make-pairs, started from and referenced to the SFT."""
+    return merged(
+        base,
+        output_dir=str(output),
+        data={"path": str(run.rdpo_latents)},
+        train={"init_from": str(run.sft_export)},
+        align={**align, "reference_from": str(run.sft_export)},
     )
 
-    # generate -------------------------------------------------------------------------------
+
+def dpo_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    prefs = [{"path": str(run.rdpo_prefs)}]
+    dpo_cfg = _preference_config(cfg.align.dpo, run, run.dpo, preference=prefs)
+    title = "Flow-DPO: real clips beat the model's samples (mugv-align)"
+    return train_and_export(
+        run, "dpo", title, ("mugv-align", "dpo"), dpo_cfg, (run.dpo, run.dpo_export)
+    )
+
+
+def kto_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    prefs = [{"path": str(run.kto_prefs)}]
+    kto_cfg = _preference_config(cfg.align.kto, run, run.kto, mode="kto", preference=prefs)
+    pool = str(run.rdpo_latents)
+    labels = tool("kto-labels", "--latents", pool, "--out", str(run.kto_labels))
+    make_prefs = [
+        script("mugv-align"), "make-prefs", "--latents", pool, "--labels", str(run.kto_labels),
+        "--output", str(run.kto_prefs), "--kind", "kto",
+    ]  # fmt: skip
+    before = (
+        (Step("pass/fail labels", labels), run.kto_labels),
+        (Step("mugv-align make-prefs --kind kto", make_prefs), run.kto_prefs),
+    )
+    title = "Flow-KTO: real clips pass, the model's samples fail (mugv-align)"
+    return train_and_export(
+        run, "kto", title, ("mugv-align", "kto"), kto_cfg, (run.kto, run.kto_export),
+        before=before,
+    )  # fmt: skip
+
+
+def generate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     gen = cfg.generate
-    gen_common = [
-        script("mugv-infer"),
+    generate = [
+        script("mugv-infer"), "generate", "--model", str(run.dpo_export), *infer_flags(cfg, run),
+        "--steps", str(gen.steps), "--guidance-scale", str(gen.guidance_scale),
+        "--seed", str(gen.seed),
+    ]  # fmt: skip
+    prompts = ["--prompts", str(run.prompts), "--max-prompts"]
+    prompt_list = ["--prompt-list", *gen.prompts] if gen.prompts else []
+    frame = str(run.i2v_first_frame)
+    t2v = tool("infer", *prompts, str(gen.max_prompts), *prompt_list, "--", *generate,
+               "--out", str(run.t2v))  # fmt: skip
+    first_frame = tool("first-frame", "--clips", str(run.clips),
+                       "--resolution", cfg.encode.resolution, "--out", frame)  # fmt: skip
+    i2v = tool("infer", *prompts, "1", "--", *generate, "--image", frame, "--out", str(run.i2v))
+    return Stage(
         "generate",
-        "--model",
-        str(R / "dpo-export"),
-        *infer_common,
-        "--steps",
-        str(gen.steps),
-        "--guidance-scale",
-        str(gen.guidance_scale),
-        "--seed",
-        str(gen.seed),
-    ]
-    prompts_arg = ["--prompt-list", *gen.prompts] if gen.prompts else []
-    stages.append(
-        Stage(
-            "generate",
-            "T2V of each caption and I2V from a clip's first frame (mugv-infer)",
-            gen.model_dump(),
-            [R / "videos"],
-            [
-                Step(
-                    "T2V",
-                    tool(
-                        "infer",
-                        "--prompts",
-                        str(R / "prompts.json"),
-                        "--max-prompts",
-                        str(gen.max_prompts),
-                        *prompts_arg,
-                        "--",
-                        *gen_common,
-                        "--out",
-                        str(R / "videos" / "t2v.mp4"),
-                    ),
-                ),
-                Step(
-                    "first frame of a curated clip",
-                    tool(
-                        "first-frame",
-                        "--clips",
-                        str(R / "clips"),
-                        "--resolution",
-                        enc.resolution,
-                        "--out",
-                        str(R / "videos" / "i2v_first_frame.png"),
-                    ),
-                ),
-                Step(
-                    "I2V",
-                    tool(
-                        "infer",
-                        "--prompts",
-                        str(R / "prompts.json"),
-                        "--max-prompts",
-                        "1",
-                        "--",
-                        *gen_common,
-                        "--image",
-                        str(R / "videos" / "i2v_first_frame.png"),
-                        "--out",
-                        str(R / "videos" / "i2v.mp4"),
-                    ),
-                ),
-            ],
-        )
+        "T2V of each caption and I2V from a clip's first frame (mugv-infer)",
+        gen.model_dump(),
+        [run.videos],
+        [Step("T2V", t2v), Step("first frame of a curated clip", first_frame), Step("I2V", i2v)],
     )
 
-    if cfg.memorise.enabled:
-        mem = cfg.memorise
-        stages.append(
-            Stage(
-                "memorise",
-                "a DiT memorises one clip; mugv-infer regenerates it",
-                mem.model_dump(),
-                [R / "memorise"],
-                [
-                    Step(
-                        "train, sample, compare",
-                        tool(
-                            "memorise",
-                            "--run",
-                            str(R),
-                            "--steps",
-                            str(mem.steps),
-                            "--lr",
-                            str(mem.lr),
-                            "--sample-steps",
-                            str(mem.sample_steps),
-                            "--model",
-                            json.dumps(mem.model),
-                            "--out",
-                            str(R / "memorise"),
-                        ),
-                    )
-                ],
-            )
-        )
 
-    stages.append(
-        Stage(
-            "report",
-            "report.html",
-            {"version": 1},
-            [R / "report", R / "report.html"],
-            scratch=[R / "report.partial"],
-            steps=[Step("write report.html", tool("report", "--run", str(R)))],
-        )
+def memorise_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    mem = cfg.memorise
+    knobs = {"steps": mem.steps, "lr": mem.lr, "sample_steps": mem.sample_steps}
+    memorise = tool("memorise", "--run", str(run.root), *_flags(knobs),
+                    "--model", json.dumps(mem.model))  # fmt: skip
+    return Stage(
+        "memorise",
+        "a DiT memorises one clip; mugv-infer regenerates it",
+        mem.model_dump(),
+        [run.memorise],
+        [Step("train, sample, compare", memorise)],
     )
-    return stages
+
+
+def report_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    return Stage(
+        "report",
+        "report.html",
+        {"version": 1},
+        [run.report_assets, run.report],
+        scratch=[run.report_partial],
+        steps=[Step("write report.html", tool("report", "--run", str(run.root)))],
+    )
+
+
+def _flags(values: dict) -> list[str]:
+    """``{"sample_steps": 4}`` -> ``["--sample-steps", "4"]``."""
+    return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def build_stages(cfg: PipelineConfig, run: RunLayout) -> list[Stage]:
+    """The pipeline's stages, in order, for the run folder ``run``."""
+    builders = [
+        curate_stage, vae_stage, recon_stage, latents_stage, dit_stage, samples_stage,
+        sft_stage, dpo_stage, kto_stage, generate_stage, memorise_stage, report_stage,
+    ]  # fmt: skip
+    if not cfg.memorise.enabled:
+        builders.remove(memorise_stage)
+    return [build(cfg, run) for build in builders]

@@ -8,13 +8,14 @@
 - ``prompts``: the distinct captions of a latent dataset (JSON list).
 - ``kto-labels``: pass/fail labels over make-pairs' pool (real passes, generated fails).
 - ``infer``: ``exec`` a ``mugv-infer generate`` command with one ``--prompt`` per caption.
-- ``recon``: each curated clip through the VAE (posterior mean): original and reconstruction
-  as mp4, PSNR (JSON).
+- ``recon``: each curated clip of a run through its VAE (posterior mean): original and
+  reconstruction as mp4, PSNR (JSON).
 - ``first-frame``: the first curated clip's first frame at the generation size (I2V input).
 - ``memorise`` and ``report``: see :mod:`mugv.memorise` and :mod:`mugv.report`.
 
 Everything here reads and writes stage formats only; writes are atomic (a ``.partial`` folder
-renamed at the end, or mugv-formats' atomic writers).
+renamed at the end, or mugv-formats' atomic writers). Torch, transformers and the stage
+packages' models are imported by the tools that use them: each tool is its own process.
 """
 
 from __future__ import annotations
@@ -24,43 +25,21 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+from mugv_formats import ClipDataset, LatentDataset, atomic_open, atomic_write_text
+
+from mugv.layout import RunLayout
+from mugv.media import to_uint8, write_mp4
+from mugv.memorise import run_memorise
+from mugv.report import write_report
 
 
-def _atomic_json(path: Path, data) -> None:
-    from mugv_formats import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_json(path: Path, data) -> None:
+    """``data`` as indented JSON, written atomically."""
     atomic_write_text(path, json.dumps(data, indent=2))
-
-
-def write_mp4(frames_THW3: np.ndarray, path: Path, fps: float = 8.0) -> Path:
-    """uint8 frames -> H.264 mp4 (yuv420p, browser-playable), written atomically."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.mp4")
-    _, h, w, _ = frames_THW3.shape
-    with av.open(str(tmp), "w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for frame in frames_THW3:
-            img = av.VideoFrame.from_ndarray(
-                np.ascontiguousarray(frame[: h - h % 2, : w - w % 2]), format="rgb24"
-            )
-            container.mux(stream.encode(img))
-        container.mux(stream.encode())
-    os.replace(tmp, path)
-    return path
-
-
-def to_uint8(video_CTHW: np.ndarray) -> np.ndarray:
-    """[-1, 1] float [3, T, H, W] -> uint8 [T, H, W, 3]."""
-    x = (np.clip(video_CTHW, -1, 1) + 1) * 127.5
-    return np.round(x).astype(np.uint8).transpose(1, 2, 3, 0)
 
 
 def text_encoder_folder(source: str, out: Path) -> None:
@@ -85,21 +64,17 @@ def text_encoder_folder(source: str, out: Path) -> None:
 
 
 def prompts(latents: Path, out: Path) -> None:
-    from mugv_formats import LatentDataset
-
     caps = []
     for r in LatentDataset(latents).records():
         if r.caption and r.caption not in caps:
             caps.append(r.caption)
     if not caps:
         raise SystemExit(f"{latents}: no sample has a caption")
-    _atomic_json(out, caps)
+    write_json(out, caps)
 
 
 def kto_labels(latents: Path, out: Path) -> None:
     """Automatic KTO labels over a make-pairs pool: real clips pass, generated samples fail."""
-    from mugv_formats import LatentDataset, atomic_write_text
-
     rows = []
     for r in LatentDataset(latents).records():
         if r.key.startswith(("real-", "gen-")):
@@ -120,41 +95,39 @@ def infer(args: argparse.Namespace, cmd: list[str]) -> None:
 
 
 def _clips(path: Path, frames: int, size: tuple[int, int]):
-    from mugv_formats import ClipDataset
     from mugv_vae.video import load_clip
 
     for record, mp4 in ClipDataset(path):
         yield record, load_clip(mp4, frames, [size], where=record.key)
 
 
-def recon(vae_dir: Path, clips: Path, out: Path, resolution: str, frames: int) -> None:
-    import warnings
-
+def recon(run: RunLayout, resolution: str, frames: int) -> None:
     import torch
     from mugv_vae.model import MugvVAE
     from mugv_vae.video import parse_resolution
 
     warnings.simplefilter("ignore")
     size = parse_resolution(resolution)
-    vae = MugvVAE.from_pretrained(vae_dir).eval()
-    tmp = out.with_name(out.name + ".partial")
+    vae = MugvVAE.from_pretrained(run.vae).eval()
+    tmp = run.recon_partial
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows = []
-    for record, x_CTHW in _clips(clips, frames, size):
+    for record, x_CTHW in _clips(run.clips, frames, size):
         with torch.no_grad():
             y = vae.decode(vae.encode(x_CTHW[None]), window=1).clamp(-1, 1)[0]
         a, b = to_uint8(x_CTHW.numpy()), to_uint8(y.numpy())
         mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
         psnr = float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
-        write_mp4(a, tmp / f"{record.key}.orig.mp4")
-        write_mp4(b, tmp / f"{record.key}.recon.mp4")
+        original, reconstruction = run.recon_pair(record.key)
+        write_mp4(a, tmp / original)
+        write_mp4(b, tmp / reconstruction)
         rows.append(
             {"key": record.key, "caption": record.caption, "frames": int(a.shape[0]), "psnr": psnr}
         )
         print(f"{record.key}: PSNR {psnr:.2f} dB", flush=True)
-    _atomic_json(tmp / "recon.json", {"resolution": resolution, "clips": rows})
-    tmp.rename(out)
+    write_json(tmp / run.recon_table.name, {"resolution": resolution, "clips": rows})
+    tmp.rename(run.recon)
 
 
 def first_frame(clips: Path, resolution: str, out: Path) -> None:
@@ -162,10 +135,8 @@ def first_frame(clips: Path, resolution: str, out: Path) -> None:
     from PIL import Image
 
     _, x_CTHW = next(iter(_clips(clips, 1, parse_resolution(resolution))))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial.png")
-    Image.fromarray(to_uint8(x_CTHW.numpy())[0]).save(tmp)
-    os.replace(tmp, out)
+    with atomic_open(out) as f:
+        Image.fromarray(to_uint8(x_CTHW.numpy())[0]).save(f, format="PNG")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--prompt-list", nargs="*")
     s.add_argument("--max-prompts", type=int, default=0)
     s = sub.add_parser("recon")
-    s.add_argument("--vae", type=Path, required=True)
-    s.add_argument("--clips", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--run", type=Path, required=True)
     s.add_argument("--resolution", default="64x64")
     s.add_argument("--frames", type=int, default=17)
     s = sub.add_parser("first-frame")
@@ -201,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("memorise")
     s.add_argument("--run", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--sample-steps", type=int, default=16)
@@ -220,19 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error("infer needs -- COMMAND ...")
         infer(a, tail)
     elif a.cmd == "recon":
-        recon(a.vae, a.clips, a.out, a.resolution, a.frames)
+        recon(RunLayout(a.run.resolve()), a.resolution, a.frames)
     elif a.cmd == "first-frame":
         first_frame(a.clips, a.resolution, a.out)
     elif a.cmd == "memorise":
-        from mugv.memorise import run_memorise
-
-        run_memorise(
-            a.run, a.out, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps, model=a.model
-        )
+        run = RunLayout(a.run.resolve())
+        run_memorise(run, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps, model=a.model)
     elif a.cmd == "report":
-        from mugv.report import write_report
-
-        write_report(a.run)
+        write_report(RunLayout(a.run.resolve()))
     return 0
 
 

@@ -1,0 +1,42 @@
+"""Frames and videos of the umbrella's glue (recon, first frame, memorisation check).
+
+Pixels in a stage's tensors are float ``[-1, 1]`` ``[C, T, H, W]``; files hold uint8
+``[T, H, W, 3]``. Videos are H.264 mp4 (yuv420p, browser-playable), written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+FPS = 8.0
+"""Frame rate of the report's short videos."""
+
+
+def to_uint8(video_CTHW: np.ndarray) -> np.ndarray:
+    """[-1, 1] float [3, T, H, W] -> uint8 [T, H, W, 3]."""
+    x = (np.clip(video_CTHW, -1, 1) + 1) * 127.5
+    return np.round(x).astype(np.uint8).transpose(1, 2, 3, 0)
+
+
+def write_mp4(frames_THW3: np.ndarray, path: Path, fps: float = FPS) -> Path:
+    """uint8 frames -> H.264 mp4 (crf 18), written atomically; an odd size loses a pixel."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.mp4")
+    _, h, w, _ = frames_THW3.shape
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for frame in frames_THW3:
+            img = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(frame[: h - h % 2, : w - w % 2]), format="rgb24"
+            )
+            container.mux(stream.encode(img))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+    return path
