@@ -109,8 +109,9 @@ def bench_mug(
         finalize_model_grads,
     )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from mugv_dit import build_model
     from mugv_dit.config import ModelConfig, RuntimeConfig
-    from mugv_dit.model import MUGDiT, PackedText, megatron_config
+    from mugv_dit.model import PackedText
     from mugv_dit.parallel import parallel_context
 
     cfg = ModelConfig(
@@ -126,11 +127,16 @@ def bench_mug(
     dtype = torch.bfloat16 if on_gpu else torch.float32
     if on_gpu:
         tensor_parallel.model_parallel_cuda_manual_seed(1234)
-    tcfg = megatron_config(
-        cfg, tensor_parallel=tp, params_dtype=dtype, cpu_init=not on_gpu, sequence_parallel=sp
+    model = build_model(
+        cfg,
+        dtype=dtype,
+        layout=parallel_context(),
+        runtime=runtime,
+        sequence_parallel=sp,
+        cpu_init=not on_gpu,
     )
-    model = MUGDiT(cfg, tcfg, runtime=runtime, parallel=parallel_context())
-    model = model.to(device=DEVICE, dtype=dtype).train()
+    tcfg = model.config
+    model = model.to(device=DEVICE).train()
     ddp = DistributedDataParallel(
         tcfg,
         DistributedDataParallelConfig(
@@ -206,10 +212,10 @@ def bench_mug(
 
 
 def _patch_wan_attention_with_fa4() -> Callable[[], None]:
-    """Route diffusers' Wan attention through mugv-dit's FA4 call (same padding 72 -> 96);
+    """Route diffusers' Wan attention through the training FA4 call (same padding 72 -> 96);
     returns the undo."""
     from diffusers.models.transformers import transformer_wan
-    from mugv_dit.model.attention_backends import fa4_dense
+    from mugv_kernels.attention import fa4_dense
 
     original = transformer_wan.dispatch_attention_fn
 
@@ -289,6 +295,33 @@ def _ms(row: dict, phase: str) -> str:
     if f"phase_{phase}_s" not in row:
         return "-"
     return f"{1e3 * row[f'phase_{phase}_s']:.1f} ({1e3 * row[f'phase_{phase}_host_s']:.1f})"
+
+
+def _print_rows(rows: list[dict], args) -> None:
+    """The table on stdout; with ``--json`` the rows and the machine in that file."""
+    hdr = (
+        f"{'impl':9} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} "
+        f"{'tok/s/GPU':>10} {'mem GiB':>8}  fwd+bwd ms (host)  optimizer ms (host)"
+    )
+    print(hdr)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['impl']:9} {r['case']:14} {r['error']}")
+            continue
+        print(
+            f"{r['impl']:9} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "
+            f"{r['tflops_per_gpu']:11.1f} {r['tokens_per_s_per_gpu']:10.0f} {r['peak_mem_gib']:8.1f}"
+            f"  {_ms(r, 'fwd_bwd'):>17}  {_ms(r, 'opt'):>19}"
+        )
+    if args.json:
+        meta = {
+            "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "label": args.label,
+            "argv": os.sys.argv,
+        }
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 def main() -> None:
@@ -406,29 +439,7 @@ def main() -> None:
                 }
             )
     if rank == 0:
-        hdr = (
-            f"{'impl':9} {'case':14} {'tp':>2} {'dp':>2} {'step_s':>8} {'TFLOP/s/GPU':>11} "
-            f"{'tok/s/GPU':>10} {'mem GiB':>8}  fwd+bwd ms (host)  optimizer ms (host)"
-        )
-        print(hdr)
-        for r in rows:
-            if "error" in r:
-                print(f"{r['impl']:9} {r['case']:14} {r['error']}")
-                continue
-            print(
-                f"{r['impl']:9} {r['case']:14} {r['tp']:>2} {r['dp']:>2} {r['step_s']:8.3f} "
-                f"{r['tflops_per_gpu']:11.1f} {r['tokens_per_s_per_gpu']:10.0f} {r['peak_mem_gib']:8.1f}"
-                f"  {_ms(r, 'fwd_bwd'):>17}  {_ms(r, 'opt'):>19}"
-            )
-        if args.json:
-            meta = {
-                "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
-                "torch": torch.__version__,
-                "label": args.label,
-                "argv": os.sys.argv,
-            }
-            with open(args.json, "w") as f:
-                json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        _print_rows(rows, args)
     dist.barrier()
     stack.close()
     dist.destroy_process_group()

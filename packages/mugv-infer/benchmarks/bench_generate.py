@@ -170,7 +170,7 @@ def main() -> int:
         return 2
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    from mugv_infer.models.attention import fa4_forward
+    from mugv_kernels.attention import fa4_functions
 
     result = {
         "command": " ".join(sys.argv),
@@ -180,7 +180,7 @@ def main() -> int:
         "host": platform.node(),
         "preset": args.preset,
         "size": [args.frames, args.height, args.width],
-        "fa4": fa4_forward() is not None,
+        "fa4": fa4_functions() is not None,
     }
 
     def save() -> None:  # after every part: a run cut short still leaves its numbers
@@ -200,13 +200,14 @@ def main() -> int:
     save()
     if args.steps > 0:
         if result["fa4"] and device.type == "cuda":
-            from mugv_infer.models.attention import fa4_self_check
+            from mugv_kernels.attention import fa4_self_check
 
             dh = model.config.hidden_size // model.config.num_heads
             index = torch.cuda.current_device()
             # what `auto` (ours) will take: FA4 per path only after its self-check
             result["fa4_self_check"] = {
-                kind: fa4_self_check(kind, dh, index) or "ok" for kind in ("dense", "varlen")
+                kind: fa4_self_check(kind, dh, index, needs_backward=False) or "ok"
+                for kind in ("dense", "varlen")
             }
             print(f"FA4 self-check at head dim {dh}: {result['fa4_self_check']}", flush=True)
             try:
@@ -240,7 +241,7 @@ def save_e2e(result: dict, save):
 def cross_attention_timing(cfg, tokens: int, device, dtype, iters: int = 20) -> dict:
     """One layer's text cross-attention at the benchmark's shape (batch 2: text of 300 and
     120 valid keys, padded to 300): SDPA with the key mask against FA4 on the packed keys."""
-    from mugv_infer.models.attention import PackedText, masked_cross_attention
+    from mugv_kernels.attention import PackedText, masked_cross_attention
 
     heads, dh = cfg.num_heads, cfg.hidden_size // cfg.num_heads
     g = torch.Generator(device=device).manual_seed(0)

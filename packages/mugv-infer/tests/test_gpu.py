@@ -35,9 +35,9 @@ def _inputs(device, dtype=torch.float32, text_dim=32, seed=0):
 @cuda
 def test_fa4_forward_matches_sdpa_at_head_dim_72():
     from mugv_infer.models import MUGDiTTransformer3DModel
-    from mugv_infer.models.attention import dense_attention, fa4_forward
+    from mugv_kernels.attention import dense_attention, fa4_functions
 
-    if fa4_forward() is None or torch.cuda.get_device_capability()[0] != 9:
+    if fa4_functions() is None or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("flash-attn-4 not installed or not a Hopper GPU")
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (
@@ -60,9 +60,9 @@ def test_fa4_forward_matches_sdpa_at_head_dim_72():
 def test_fa4_packed_cross_attention_matches_sdpa_at_head_dim_72():
     """FA4's varlen forward on the packed valid text keys against SDPA with the key mask
     (unequal lengths, a hole in the mask), and against float64."""
-    from mugv_infer.models.attention import PackedText, fa4_varlen_forward, masked_cross_attention
+    from mugv_kernels.attention import PackedText, fa4_functions, masked_cross_attention
 
-    if fa4_varlen_forward() is None or torch.cuda.get_device_capability()[0] != 9:
+    if fa4_functions() is None or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("flash-attn-4 not installed or not a Hopper GPU")
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(2, 4096, 24, 72, generator=g, device="cuda", dtype=torch.bfloat16)

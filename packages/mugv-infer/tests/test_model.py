@@ -66,23 +66,6 @@ def test_export_round_trip_and_errors_name_the_tensor(tmp_path):
         MUGDiTTransformer3DModel.from_export(tmp_path / "a")
 
 
-def test_rope_positions_of_start_and_end_tokens():
-    from mugv_infer.models.rope import rope_angles
-
-    fi = torch.tensor([[7, 1, 2, 9]])  # T = 2
-    ang = rope_angles((2, 3, 4), 12, fi)
-    inv = 10000.0 ** (-2.0 * torch.arange(2, dtype=torch.float64) / 4)
-    torch.testing.assert_close(ang[0, 0], torch.cat([0 * inv, 0 * inv, 7 * inv]))
-    torch.testing.assert_close(ang[0, -1], torch.cat([2 * inv, 3 * inv, 9 * inv]))
-    # video token (t=1, h=2, w=3) is token 1 + 1*12 + 2*4 + 3
-    torch.testing.assert_close(ang[0, 1 + 12 + 8 + 3], torch.cat([2 * inv, 3 * inv, 2 * inv]))
-    # clamped to [0, 479] as the release
-    big = rope_angles((2, 3, 4), 12, torch.tensor([[0, 1, 2, 900]]))
-    torch.testing.assert_close(big[0, -1, 4:], 479 * inv)
-    with pytest.raises(ValueError, match=r"\[B, T\+2\]"):
-        rope_angles((2, 3, 4), 12, torch.zeros(1, 3))
-
-
 def test_padded_text_equals_unpadded():
     model = tiny_transformer()
     x, s, text, mask = _inputs()

@@ -75,3 +75,53 @@ def test_scores_depend_only_on_relative_position(gen):
     shifted = score((2, 0, 1), (3, 2, 2))  # same offset (1, 2, 1)
     assert abs(base - shifted) < 1e-4 * max(1.0, abs(base))
     assert rel_err(torch.tensor(base), torch.tensor(score((0, 0, 0), (0, 0, 0)))) > 1e-3
+
+
+def test_dit_tables_place_start_end_tokens_and_clamp_the_frame_index_as_the_release():
+    """Closed form from the release's description: each third of the head dim is one axis
+    (row, column, time) whose pair j turns by pos * theta^(-6 j / Dh); the start token sits at
+    (row 0, column 0, time fi[0]), video token (t, h, w) at (h, w, fi[1 + t]), the end token at
+    (H - 1, W - 1, fi[T + 1]); times are clamped to [0, 479] (a 480-entry time table)."""
+    from mugv_kernels.rope import MAX_FRAME_INDEX, default_frame_index, dit_rope_tables
+
+    t, h, w, dh, theta = 2, 3, 4, 12, 50.0
+    fi_BF = torch.tensor([[5, 1, 7, 9], [0, 3, 700, -4]])
+    cos, sin = dit_rope_tables((t, h, w), dh, fi_BF, theta=theta, dtype=torch.float64)
+    inv = theta ** (-6.0 * torch.arange(dh // 6, dtype=torch.float64) / dh)
+
+    def expect(row, col, time):
+        ang = torch.cat((row * inv, col * inv, time * inv))
+        return ang.cos(), ang.sin()
+
+    token = 1 + (1 * h + 2) * w + 3  # video token (t=1, h=2, w=3)
+    cases = {
+        (0, 0): (0, 0, 5),
+        (0, -1): (h - 1, w - 1, 9),
+        (0, token): (2, 3, 7),
+        (1, token): (2, 3, MAX_FRAME_INDEX),  # 700 clamped
+        (1, -1): (h - 1, w - 1, 0),  # -4 clamped
+    }
+    assert cos.shape == sin.shape == (2, t * h * w + 2, dh // 2)
+    for (b, n), position in cases.items():
+        c, s = expect(*position)
+        torch.testing.assert_close(cos[b, n], c, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(sin[b, n], s, rtol=1e-15, atol=1e-15)
+    assert MAX_FRAME_INDEX == 479
+    assert default_frame_index(2, 3).tolist() == [[0, 1, 2, 3, 4]] * 2
+    with pytest.raises(ValueError, match=r"\[B, T\+2\]"):
+        dit_rope_tables((t, h, w), dh, torch.zeros(1, 3))
+
+
+def test_apply_rope_interleaved_rotates_channel_pairs():
+    from mugv_kernels.rope import apply_rope_interleaved
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 1, 4, generator=g, dtype=torch.float64)
+    ang = torch.randn(1, 2, 2, generator=g, dtype=torch.float64)
+    out = apply_rope_interleaved(x, ang.cos(), ang.sin())
+    z = (
+        torch.complex(x[..., 0::2], x[..., 1::2])
+        * torch.polar(torch.ones_like(ang), ang)[:, :, None]
+    )
+    torch.testing.assert_close(out[..., 0::2], z.real)
+    torch.testing.assert_close(out[..., 1::2], z.imag)

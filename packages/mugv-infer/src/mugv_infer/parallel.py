@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from mugv_infer.models.attention import dense_attention
+from mugv_kernels.attention import dense_attention
 
 
 @dataclass
@@ -121,7 +120,9 @@ class UlyssesSequenceParallel:
         qkv = torch.stack([q_BSHD, k_BSHD, v_BSHD]).view(3, b, s, p, h // p, d)
         recv = self._all_to_all(qkv.permute(3, 0, 1, 2, 4, 5))  # [P (seq chunk), 3, B, S, H/P, D]
         q, k, v = recv.permute(1, 2, 0, 3, 4, 5).reshape(3, b, p * s, h // p, d)
-        out = dense_attention(q[:, :n_real], k[:, :n_real], v[:, :n_real].contiguous(), backend)
+        out = dense_attention(
+            q[:, :n_real], k[:, :n_real], v[:, :n_real].contiguous(), backend, needs_backward=False
+        )
         if p * s > n_real:  # padding tokens are never keys; their outputs are zero
             out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, p * s - n_real))
         # heads -> seq: [P (seq chunk), B, S, H/P, D] -> chunk j (tokens j) to rank j

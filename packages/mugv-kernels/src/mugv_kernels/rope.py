@@ -14,13 +14,25 @@ Tokens are ordered time-major, ``(t, h, w)`` flattened, as after patchifying ``[
 Tokens outside the grid (learned start/end tokens) take their angles from
 :func:`rope3d_angles` at positions of their own (the MUG-V release places its start token at
 row 0, column 0 and its end token at row H-1, column W-1, each at a time of its own: a frame
-index of T+2 entries; mugv-dit builds its tables so). These are the only 3D RoPE tables of
-mugv: mugv-dit's model builds its tables here.
+index of T+2 entries). :func:`dit_token_positions` places MUG-DiT's ``[start, video..., end]``
+tokens so and :func:`dit_rope_tables` builds their tables: the only 3D RoPE tables of mugv,
+used by mugv-dit's model (training) and mugv-infer's transformer (inference) alike.
+
+Frame index clamp: the release precomputes its time frequencies for 480 positions
+(``precompute_freqs_cis_for_3drope(..., time_end=480)``, "videos' length up to 1min") and
+clamps the frame index into that table (``get_freq_cis``: ``clamp(0, 480 - 1)``), in its model
+forward, so for training and inference alike: frame indices are clamped to
+``[0, MAX_FRAME_INDEX]`` = ``[0, 479]`` here, once, for both.
+
+Legend: B batch, F = T + 2 frame-index entries, N = T*H*W + 2 tokens, K = Dh/2 pairs.
 """
 
 from __future__ import annotations
 
 import torch
+
+MAX_FRAME_INDEX = 479
+"""The release clamps frame indices to ``[0, MAX_FRAME_INDEX]`` (a 480-entry time table)."""
 
 
 def default_split(head_dim: int) -> tuple[int, int, int]:
@@ -118,3 +130,75 @@ def rope3d_frequencies(
     positions = grid_positions(grid_thw, frame_positions, device=device)
     ang = rope3d_angles(positions, head_dim, theta=theta, split=split)
     return ang.cos().float(), ang.sin().float()
+
+
+def default_frame_index(batch: int, frames: int, device=None) -> torch.Tensor:
+    """The release's default frame index ``arange(T + 2)`` for every sample, ``[B, T + 2]``."""
+    return torch.arange(frames + 2, device=device)[None].expand(batch, frames + 2)
+
+
+def dit_token_positions(
+    grid_thw: tuple[int, int, int],
+    frame_index_F: torch.Tensor,
+    *,
+    max_frame_index: int = MAX_FRAME_INDEX,
+) -> torch.Tensor:
+    """(row, column, time) positions ``[T*H*W + 2, 3]`` (float64) of MUG-DiT's tokens
+    ``[start, video tokens (time-major)..., end]`` from a frame index of ``T + 2`` entries
+    (start, the ``T`` token frames, end), clamped to ``[0, max_frame_index]`` as the release:
+    the start token at (0, 0, ``fi[0]``), video token ``(t, h, w)`` at (h, w, ``fi[1 + t]``),
+    the end token at (H - 1, W - 1, ``fi[T + 1]``)."""
+    t, h, w = (int(v) for v in grid_thw)
+    if tuple(frame_index_F.shape) != (t + 2,):
+        raise ValueError(
+            f"frame index must have T+2={t + 2} entries (start, {t} frames, end), "
+            f"got shape {tuple(frame_index_F.shape)}"
+        )
+    fi = frame_index_F.detach().to(torch.float64).clamp(0, max_frame_index)
+    corner = torch.tensor([[0.0, 0.0], [h - 1.0, w - 1.0]], device=fi.device, dtype=torch.float64)
+    edge_23 = torch.cat((corner, fi[[0, -1], None]), dim=1)  # [2, (row, column, time)]
+    video_M3 = grid_positions(grid_thw, fi[1:-1], device=fi.device)
+    return torch.cat((edge_23[:1], video_M3, edge_23[1:]), dim=0)
+
+
+def dit_rope_tables(
+    grid_thw: tuple[int, int, int],
+    head_dim: int,
+    frame_index_BF: torch.Tensor,
+    *,
+    theta: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin`` tables ``[B, N, Dh/2]`` of MUG-DiT's tokens (:func:`dit_token_positions`)
+    from a ``[B, T + 2]`` frame index: computed in float64 on the frame index's device, then
+    cast to ``dtype`` and moved to ``device``."""
+    t = int(grid_thw[0])
+    if frame_index_BF.ndim != 2 or frame_index_BF.shape[1] != t + 2:
+        raise ValueError(
+            f"frame_index must have shape [B, T+2] with T={t} latent frames after patching "
+            f"(start, {t} frames, end), got {tuple(frame_index_BF.shape)}"
+        )
+    ang_BNK = torch.stack(
+        [
+            rope3d_angles(dit_token_positions(grid_thw, fi_F), head_dim, theta=theta)
+            for fi_F in frame_index_BF
+        ]
+    )
+    return ang_BNK.cos().to(device=device, dtype=dtype), ang_BNK.sin().to(
+        device=device, dtype=dtype
+    )
+
+
+def apply_rope_interleaved(
+    x_BNHD: torch.Tensor, cos_BNK: torch.Tensor, sin_BNK: torch.Tensor
+) -> torch.Tensor:
+    """Rotate interleaved channel pairs ``(2i, 2i+1)`` of ``x [B, N, heads, Dh]`` by the
+    tables ``[B, N, Dh/2]``, in float32 (or wider), returned in the input dtype."""
+    acc = torch.promote_types(x_BNHD.dtype, torch.float32)
+    x = x_BNHD.to(acc).unflatten(-1, (-1, 2))
+    re, im = x[..., 0], x[..., 1]
+    cos = cos_BNK[:, :, None, :].to(acc)
+    sin = sin_BNK[:, :, None, :].to(acc)
+    out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
+    return out.flatten(-2).to(x_BNHD.dtype)

@@ -1,6 +1,7 @@
 """MUG-DiT architecture (Megatron-Core parallel layers)."""
 
-from mugv_dit.model.attention import PackedText
+from mugv_kernels.attention import PackedText
+
 from mugv_dit.model.dit import MUGDiT, megatron_config
 from mugv_dit.model.parallel_context import ParallelContext
 

@@ -1,5 +1,9 @@
 """Self- and cross-attention of MUG-DiT built from Megatron-Core tensor-parallel linears.
 
+The kernels (SDPA / flash-attn 2 / FlashAttention-4, the ``auto`` policy, FA4's head-dim
+padding for a correct backward) and :class:`PackedText` are :mod:`mugv_kernels.attention`'s,
+shared with mugv-infer; training calls them with ``needs_backward=True``.
+
 Shapes: B batch, N tokens (start + video + end), H local heads (heads / TP), D head dim,
 L packed text tokens of the whole batch, K = D/2 RoPE pairs.
 
@@ -11,7 +15,6 @@ layout is reordered on import (see ``mugv_dit.original``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -24,48 +27,11 @@ from megatron.core.tensor_parallel import (
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import get_pg_size
+from mugv_kernels.attention import PackedText, dense_attention, varlen_cross_attention
+from mugv_kernels.dit_ops import rms_norm
 
-from mugv_dit.model.attention_backends import dense_attention, varlen_cross_attention
 from mugv_dit.model.context_parallel import heads_to_seq, seq_to_heads
-from mugv_dit.model.ops import qk_rmsnorm_rope, rms_norm
-
-
-@dataclass
-class PackedText:
-    """Variable-length text tokens of a batch packed without padding.
-
-    ``tokens_LC``: all samples' tokens one after another; ``cu_seqlens``: int32 ``[B+1]``
-    offsets (on the tokens' device); ``max_len``: longest sample; ``offsets``: the host copy
-    of ``cu_seqlens``, so that slicing by sample never waits for the device.
-    """
-
-    tokens_LC: torch.Tensor
-    cu_seqlens: torch.Tensor
-    max_len: int
-    offsets: tuple[int, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if not self.offsets:
-            self.offsets = tuple(int(v) for v in self.cu_seqlens.tolist())
-
-    @classmethod
-    def from_list(cls, items: list[torch.Tensor]) -> PackedText:
-        if not items:
-            raise ValueError("PackedText needs at least one sample")
-        lengths = [int(t.shape[0]) for t in items]
-        if min(lengths) <= 0:
-            raise ValueError(f"every text must have >= 1 token, got lengths {lengths}")
-        cu = torch.zeros(len(items) + 1, dtype=torch.int32)
-        cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
-        offsets = tuple(int(v) for v in cu.tolist())
-        return cls(torch.cat(items, dim=0), cu.to(items[0].device), max(lengths), offsets)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [hi - lo for lo, hi in zip(self.offsets[:-1], self.offsets[1:])]
-
-    def split(self) -> list[torch.Tensor]:
-        return list(torch.split(self.tokens_LC, self.lengths, dim=0))
+from mugv_dit.model.ops import qk_rmsnorm_rope
 
 
 def is_plain_linear(layer: ColumnParallelLinear | RowParallelLinear) -> bool:
@@ -217,7 +183,7 @@ class SelfAttention(_AttentionBase):
             q, k, v = seq_to_heads(torch.cat([q, k, v], dim=0), self.cp_group).chunk(3, dim=0)
         n_full = q.shape[1]
         q, k, v = q[:, :n_real], k[:, :n_real], v[:, :n_real]
-        out_BNHD = dense_attention(q, k, v, self.backend)
+        out_BNHD = dense_attention(q, k, v, self.backend, needs_backward=True)
         if n_full > n_real:  # padding tokens are never keys; their outputs are zero
             out_BNHD = torch.nn.functional.pad(out_BNHD, (0, 0, 0, 0, 0, n_full - n_real))
         if self.cp_group is not None:
@@ -255,6 +221,6 @@ class CrossAttention(_AttentionBase):
         k_LHD = rms_norm(k_LHD, k_weight, self.eps)
         # each sample's video queries attend to its own packed text keys
         out_BNHD = varlen_cross_attention(
-            q_BNHD, k_LHD, v_LHD.contiguous(), text.cu_seqlens, text.offsets, backend=self.backend
+            q_BNHD, k_LHD, v_LHD.contiguous(), text, self.backend, needs_backward=True
         )
         return row_forward(self.proj, out_BNHD.reshape(b, n, -1))

@@ -1,51 +1,11 @@
 """Input/output parts of MUG-DiT: patch embedding, timestep/fps embeddings, text embedder,
-final layer, and (un)patchify. These are small and replicated on every TP rank."""
+final layer ((un)patchify: :mod:`mugv_kernels.dit_ops`). These are small and replicated on every TP rank."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+from mugv_kernels.dit_ops import layer_norm, sinusoidal_embedding
 from torch import nn
-
-from mugv_dit.model.ops import layer_norm
-
-
-def patchify(x_BCTHW: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
-    """``[B, C, T, H, W]`` -> ``[B, T'*H'*W', C*pt*ph*pw]`` (time-major tokens)."""
-    b, c, t, h, w = x_BCTHW.shape
-    pt, ph, pw = patch
-    if t % pt or h % ph or w % pw:
-        raise ValueError(f"latent grid (T,H,W)=({t},{h},{w}) not divisible by patch {patch}")
-    x = x_BCTHW.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
-    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
-
-
-def unpatchify(
-    x_BMP: torch.Tensor, grid_thw: tuple[int, int, int], patch: tuple[int, int, int], channels: int
-) -> torch.Tensor:
-    """``[B, M, pt*ph*pw*C]`` (patch-major, then channel) -> ``[B, C, T, H, W]``."""
-    b = x_BMP.shape[0]
-    gt, gh, gw = grid_thw
-    pt, ph, pw = patch
-    x = x_BMP.reshape(b, gt, gh, gw, pt, ph, pw, channels)
-    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, channels, gt * pt, gh * ph, gw * pw)
-
-
-def sinusoidal_embedding(values_B: torch.Tensor, dim: int, max_period: float = 10000.0):
-    """``[cos, sin]`` features of scalars (GLIDE/DiT convention) -> ``[B, dim]`` (float32 or wider)."""
-    half = dim // 2
-    acc = torch.promote_types(values_B.dtype, torch.float32)
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=acc, device=values_B.device) / half
-    )
-    args = values_B.to(acc)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 class ScalarEmbedder(nn.Module):

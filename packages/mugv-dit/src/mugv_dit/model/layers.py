@@ -24,14 +24,9 @@ from megatron.core.tensor_parallel import (
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
+from mugv_kernels.attention import PackedText
 
-from mugv_dit.model.attention import (
-    CrossAttention,
-    PackedText,
-    SelfAttention,
-    column_forward,
-    row_forward,
-)
+from mugv_dit.model.attention import CrossAttention, SelfAttention, column_forward, row_forward
 from mugv_dit.model.ops import (
     gated_residual,
     gated_residual_layer_norm,

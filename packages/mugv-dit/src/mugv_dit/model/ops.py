@@ -1,57 +1,26 @@
 """Elementwise DiT ops with a switch between plain PyTorch and mugv_kernels fused versions.
 
-Every op here has a torch path that is the numerical reference. ``fused=True`` routes to
+The plain math (LayerNorm, RMSNorm, RoPE, branch selection) is :mod:`mugv_kernels.dit_ops` /
+:mod:`mugv_kernels.rope`, shared with mugv-infer's transformer. Every op here has a torch path that is the numerical reference. ``fused=True`` routes to
 ``mugv_kernels`` when it provides the op and raises a clear error when it does not.
 """
 
 from __future__ import annotations
 
-import importlib
-
+import mugv_kernels
 import torch
-import torch.nn.functional as F
-
-from mugv_dit.model.rope import apply_rope_interleaved
+from mugv_kernels.dit_ops import layer_norm, rms_norm, select_branch
+from mugv_kernels.rope import apply_rope_interleaved
 
 
 def _kernel(name: str):
-    try:
-        module = importlib.import_module("mugv_kernels")
-    except ImportError as exc:  # pragma: no cover - mugv-kernels is a declared dependency
-        raise RuntimeError("runtime.fused_ops=true needs the mugv-kernels package") from exc
-    fn = getattr(module, name, None)
+    fn = getattr(mugv_kernels, name, None)
     if fn is None:
         raise RuntimeError(
             f"runtime.fused_ops=true but this mugv_kernels has no {name!r}; "
             "set runtime.fused_ops=false"
         )
     return fn
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float32, or float64 when the input is float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def layer_norm(x_BND: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
-    """LayerNorm over the last dim, computed in float32, returned in the input dtype."""
-    acc = acc_dtype(x_BND.dtype)
-    w = None if weight is None else weight.to(acc)
-    b = None if bias is None else bias.to(acc)
-    return F.layer_norm(x_BND.to(acc), x_BND.shape[-1:], w, b, eps).to(x_BND.dtype)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim in float32 (as the release), scaled by ``weight``."""
-    acc = acc_dtype(x.dtype)
-    xa = x.to(acc)
-    xa = xa * torch.rsqrt(xa.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight.to(acc) * xa).to(x.dtype)
-
-
-def select_branch(value_B2D: torch.Tensor, clean_BN: torch.Tensor) -> torch.Tensor:
-    """Per-token vector ``[B, N, D]``: branch 0 (noisy, t) or branch 1 (clean, t=0)."""
-    return torch.where(clean_BN[..., None], value_B2D[:, 1:2], value_B2D[:, 0:1])
 
 
 def modulated_layer_norm(

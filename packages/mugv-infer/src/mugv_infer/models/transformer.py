@@ -18,79 +18,44 @@ set by :mod:`mugv_infer.parallel`) the token dim of the blocks holds this rank's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import mugv_formats as mf
+import mugv_kernels as mk
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
-from torch import nn
-
-from mugv_infer.models.attention import (
+from mugv_kernels.attention import (
+    BACKENDS,
+    AttentionBackendError,
     PackedText,
-    cross_attention_backend,
     dense_attention,
     masked_cross_attention,
+    resolve_backend,
 )
-from mugv_infer.models.rope import MAX_FRAME_INDEX, apply_rope, default_frame_index, rope_tables
+from mugv_kernels.dit_ops import (
+    acc_dtype,
+    layer_norm,
+    patchify,
+    rms_norm,
+    sinusoidal_embedding,
+    unpatchify,
+)
+from mugv_kernels.rope import (
+    MAX_FRAME_INDEX,
+    apply_rope_interleaved,
+    default_frame_index,
+    dit_rope_tables,
+)
+from torch import nn
 
 EXPORT_ARCHITECTURE = "MUGDiT"
 # mugv-dit ModelConfig fields that describe training / runtime, not weights
 _EXPORT_RUNTIME_FIELDS = ("init_std", "attention_backend", "recompute", "fused_ops")
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
-    """LayerNorm over the last dim in float32 (or wider), returned in the input dtype."""
-    acc = _acc(x.dtype)
-    w = None if weight is None else weight.to(acc)
-    b = None if bias is None else bias.to(acc)
-    return F.layer_norm(x.to(acc), x.shape[-1:], w, b, eps).to(x.dtype)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim in float32 (as the release), scaled by ``weight``."""
-    acc = _acc(x.dtype)
-    xa = x.to(acc)
-    xa = xa * torch.rsqrt(xa.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight.to(acc) * xa).to(x.dtype)
-
-
-def sinusoidal_embedding(values_B: torch.Tensor, dim: int, max_period: float = 10000.0):
-    """``[cos, sin]`` features of scalars -> ``[B, dim]`` (float32 or wider)."""
-    half = dim // 2
-    acc = _acc(values_B.dtype)
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=acc, device=values_B.device) / half
-    )
-    args = values_B.to(acc)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
-def patchify(x_BCTHW: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
-    """``[B, C, T, H, W]`` -> ``[B, M, C*pt*ph*pw]`` (time-major tokens)."""
-    b, c, t, h, w = x_BCTHW.shape
-    pt, ph, pw = patch
-    x = x_BCTHW.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
-    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
-
-
-def unpatchify(x_BMP: torch.Tensor, grid, patch, channels: int) -> torch.Tensor:
-    """``[B, M, pt*ph*pw*C]`` (patch position major, then channel) -> ``[B, C, T, H, W]``."""
-    gt, gh, gw = grid
-    pt, ph, pw = patch
-    x = x_BMP.reshape(x_BMP.shape[0], gt, gh, gw, pt, ph, pw, channels)
-    return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(-1, channels, gt * pt, gh * ph, gw * pw)
 
 
 class ScalarEmbedder(nn.Module):
@@ -139,18 +104,16 @@ class SelfAttention(nn.Module):
         b, n, _ = x_BNC.shape
         q, k, v = self.qkv(x_BNC).view(b, n, self.heads, 3, self.head_dim).unbind(3)
         if fused:  # mugv-kernels: RMSNorm + RoPE in one pass (PyTorch reference off-GPU)
-            import mugv_kernels
-
-            q, k = mugv_kernels.qk_rmsnorm_rope3d(
+            q, k = mk.qk_rmsnorm_rope3d(
                 q, k, self.q_norm_weight, self.k_norm_weight, cos_BNK, sin_BNK, eps=self.eps
             )
         else:
-            q = apply_rope(rms_norm(q, self.q_norm_weight, self.eps), cos_BNK, sin_BNK)
-            k = apply_rope(rms_norm(k, self.k_norm_weight, self.eps), cos_BNK, sin_BNK)
+            q = apply_rope_interleaved(rms_norm(q, self.q_norm_weight, self.eps), cos_BNK, sin_BNK)
+            k = apply_rope_interleaved(rms_norm(k, self.k_norm_weight, self.eps), cos_BNK, sin_BNK)
         if self.sequence_parallel is not None:
             out = self.sequence_parallel.attention(q, k, v.contiguous(), n_real, self.backend)
         else:
-            out = dense_attention(q, k, v.contiguous(), self.backend)
+            out = dense_attention(q, k, v.contiguous(), self.backend, needs_backward=False)
         return self.proj(out.reshape(b, n, -1))
 
 
@@ -174,7 +137,9 @@ class CrossAttention(nn.Module):
         )
         k, v = self.kv(text_BLC).view(b, text_BLC.shape[1], self.heads, 2, self.head_dim).unbind(3)
         k = rms_norm(k, self.k_norm_weight, self.eps)
-        out = masked_cross_attention(q, k, v.contiguous(), mask_BL, self.backend, text_pack)
+        out = masked_cross_attention(
+            q, k, v.contiguous(), mask_BL, self.backend, text_pack, needs_backward=False
+        )
         return self.proj(out.reshape(b, n, -1))
 
 
@@ -233,8 +198,6 @@ class MUGDiTBlock(nn.Module):
     def _fused_forward(self, x_BNC, mods, clean_BN1, text, cos_BNK, sin_BNK, n_real):
         """The same block through mugv-kernels: modulated LN, QK-RMSNorm + RoPE, and the two
         "residual add + next norm" pairs each in one pass (Triton on CUDA, reference else)."""
-        import mugv_kernels as mk
-
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         eps, clean_BN = self.eps, clean_BN1[..., 0]
         h = mk.modulated_layer_norm(x_BNC, shift_msa, scale_msa, token_branch=clean_BN, eps=eps)
@@ -344,8 +307,6 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         cls, path: str | Path, *, torch_dtype: torch.dtype = torch.float32, verify: bool = True
     ) -> MUGDiTTransformer3DModel:
         """Load a ``mugv.dit-export`` folder (written by ``mugv-dit export``)."""
-        import mugv_formats as mf
-
         folder = mf.load_weights_folder(path, format=mf.DIT_EXPORT_FORMAT, verify=verify)
         if folder.architecture != EXPORT_ARCHITECTURE:
             raise ValueError(
@@ -385,9 +346,7 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
 
     def save_export(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write this model as a ``mugv.dit-export`` folder (what mugv-dit writes)."""
-        import mugv_formats as mf
-
-        from mugv_infer import __version__
+        from mugv_infer import __version__  # the package imports this module: a cycle
 
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
         config["patch_size"] = list(config["patch_size"])
@@ -426,11 +385,12 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             block.fused_ops = enabled
 
     def set_attention_backend(self, backend: str) -> None:
-        """``auto`` / ``sdpa`` / ``fa4`` for the self- and cross-attention of every block."""
-        from mugv_infer.models.attention import BACKENDS
-
+        """``auto`` / ``sdpa`` / ``flash`` / ``fa4`` (:mod:`mugv_kernels.attention`) for the self-
+        and cross-attention of every block."""
         if backend not in BACKENDS:
-            raise ValueError(f"attention backend {backend!r} unknown; choose from {BACKENDS}")
+            raise AttentionBackendError(
+                f"attention backend {backend!r} unknown; choose from {BACKENDS}"
+            )
         for block in self.blocks:
             block.self_attention.backend = backend
             block.cross_attention.backend = backend
@@ -442,7 +402,7 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         if key not in self._rope_cache:
             if len(self._rope_cache) >= 4:
                 self._rope_cache.pop(next(iter(self._rope_cache)))
-            self._rope_cache[key] = rope_tables(
+            self._rope_cache[key] = dit_rope_tables(
                 grid,
                 self.config.hidden_size // self.config.num_heads,
                 fi,
@@ -450,6 +410,42 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
                 device=device,
             )
         return self._rope_cache[key]
+
+    def _check_inputs(self, x_BCTHW: torch.Tensor, text_BLC: torch.Tensor) -> tuple[int, ...]:
+        """Check the latents and text features; return the token grid ``(T', H', W')``."""
+        cfg = self.config
+        if x_BCTHW.ndim != 5 or x_BCTHW.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"hidden_states must be [B, {cfg.in_channels}, T, H, W], got {tuple(x_BCTHW.shape)}"
+            )
+        b, _, t, h, w = x_BCTHW.shape
+        pt, ph, pw = self.patch
+        if t % pt or h % ph or w % pw:
+            raise ValueError(
+                f"latent grid (T,H,W)=({t},{h},{w}) not divisible by patch {self.patch}"
+            )
+        if text_BLC.ndim != 3 or text_BLC.shape[0] != b or text_BLC.shape[2] != cfg.text_dim:
+            raise ValueError(
+                f"encoder_hidden_states must be [B={b}, L, {cfg.text_dim}], got {tuple(text_BLC.shape)}"
+            )
+        return (t // pt, h // ph, w // pw)
+
+    @staticmethod
+    def _checked_mask(mask_BL: torch.Tensor, text_BLC: torch.Tensor) -> torch.Tensor:
+        if tuple(mask_BL.shape) != tuple(text_BLC.shape[:2]):
+            raise ValueError(
+                f"encoder_attention_mask must be {tuple(text_BLC.shape[:2])}, got {tuple(mask_BL.shape)}"
+            )
+        if not bool(mask_BL.any(1).all()):
+            raise ValueError("every sample needs at least one unmasked text token")
+        return mask_BL
+
+    def _cross_attention_is_varlen(self, x_BNC: torch.Tensor) -> bool:
+        """Whether the blocks' cross-attention runs a varlen kernel (on packed text keys) for
+        these tokens: the backend is resolved at the head dim, as the blocks resolve it."""
+        cross = self.blocks[0].cross_attention
+        q_BNHD = x_BNC.unflatten(-1, (cross.heads, cross.head_dim))
+        return resolve_backend(cross.backend, q_BNHD, path="varlen", needs_backward=False) != "sdpa"
 
     def forward(
         self,
@@ -479,33 +475,14 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             attention_kwargs: ``{"backend": "sdpa" | "fa4" | "auto"}`` for this call.
         """
         cfg = self.config
-        x_BCTHW = hidden_states
-        if x_BCTHW.ndim != 5 or x_BCTHW.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"hidden_states must be [B, {cfg.in_channels}, T, H, W], got {tuple(x_BCTHW.shape)}"
-            )
-        b, _, t, h, w = x_BCTHW.shape
-        pt, ph, pw = self.patch
-        if t % pt or h % ph or w % pw:
-            raise ValueError(
-                f"latent grid (T,H,W)=({t},{h},{w}) not divisible by patch {self.patch}"
-            )
-        grid = (t // pt, h // ph, w // pw)
+        x_BCTHW, text_BLC = hidden_states, encoder_hidden_states
+        grid = self._check_inputs(x_BCTHW, text_BLC)
+        b, _, t = x_BCTHW.shape[:3]
+        pt = self.patch[0]
         device, dtype = x_BCTHW.device, self.t_block.weight.dtype
-        text_BLC = encoder_hidden_states
-        if text_BLC.ndim != 3 or text_BLC.shape[0] != b or text_BLC.shape[2] != cfg.text_dim:
-            raise ValueError(
-                f"encoder_hidden_states must be [B={b}, L, {cfg.text_dim}], got {tuple(text_BLC.shape)}"
-            )
         mask_BL = encoder_attention_mask
         if mask_BL is not None:
-            mask_BL = mask_BL.to(device=device, dtype=torch.bool)
-            if tuple(mask_BL.shape) != tuple(text_BLC.shape[:2]):
-                raise ValueError(
-                    f"encoder_attention_mask must be {tuple(text_BLC.shape[:2])}, got {tuple(mask_BL.shape)}"
-                )
-            if not bool(mask_BL.any(1).all()):
-                raise ValueError("every sample needs at least one unmasked text token")
+            mask_BL = self._checked_mask(mask_BL.to(device=device, dtype=torch.bool), text_BLC)
         sigma_B = torch.as_tensor(timestep, device=device).reshape(-1).expand(b)
         fps_B = torch.as_tensor(fps, device=device).reshape(-1).expand(b)
         if noisy_frames is None:
@@ -517,7 +494,7 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             self.set_attention_backend(backend)
 
         # conditioning: t and t=0 embeddings -> 6 modulation vectors per branch
-        acc = _acc(dtype)
+        acc = acc_dtype(dtype)
         t_emb = self.t_embedder(sigma_B.to(acc) * cfg.timestep_scale)
         t0_emb = self.t_embedder(torch.zeros_like(sigma_B, dtype=acc))
         fps_emb = self.fps_embedder(fps_B.to(acc))
@@ -541,11 +518,8 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             x_BNC, clean_BN1, cos_BNK, sin_BNK = (
                 sp.shard(v) for v in (x_BNC, clean_BN1, cos_BNK, sin_BNK)
             )
-        text_pack = None  # FA4 cross-attention: the valid keys packed once for every layer
-        if (
-            self.blocks
-            and cross_attention_backend(self.blocks[0].cross_attention.backend, x_BNC) == "fa4"
-        ):
+        text_pack = None  # varlen cross-attention: the valid keys packed once for every layer
+        if self.blocks and self._cross_attention_is_varlen(x_BNC):
             ones_BL = torch.ones(text_BLC.shape[:2], dtype=torch.bool, device=device)
             text_pack = PackedText.from_mask(ones_BL if mask_BL is None else mask_BL)
         cache = self.step_cache
@@ -564,7 +538,7 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         if sp is not None:
             out_BNP = sp.gather(out_BNP)[:, :n_real]
         out = unpatchify(out_BNP[:, 1:-1], grid, self.patch, self.out_channels)
-        out = out.to(_acc(out.dtype))
+        out = out.to(acc_dtype(out.dtype))
         return MUGDiTOutput(sample=out) if return_dict else (out,)
 
 
