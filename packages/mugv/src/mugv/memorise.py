@@ -133,23 +133,6 @@ def _sample(run: RunLayout, export: Path, caption: str, shape_CTHW, fps: float, 
     return res.frames[0].float(), pipe.vae
 
 
-def _write_random_export(model_cfg, out: Path, *, seed: int) -> None:
-    import torch
-    from mugv_dit.compat import cpu_megatron
-    from mugv_dit.export import full_state_dict, save_export
-    from mugv_dit.model import MUGDiT, megatron_config
-    from mugv_dit.parallel import destroy_distributed, init_distributed
-
-    init_distributed(1)  # Megatron's layers need their (one-process) groups to be built
-    try:
-        with cpu_megatron():
-            torch.manual_seed(seed)
-            untrained = full_state_dict(MUGDiT(model_cfg, megatron_config(model_cfg)))
-    finally:
-        destroy_distributed()
-    save_export(out, model_cfg, untrained)
-
-
 def run_memorise(
     run: RunLayout,
     *,
@@ -161,6 +144,7 @@ def run_memorise(
 ) -> dict:
     """Train, export, sample the trained and an untrained DiT, compare; see the module."""
     import torch
+    from mugv_dit import write_random_export
     from mugv_dit.export import load_export
 
     shutil.rmtree(run.memorise, ignore_errors=True)
@@ -175,7 +159,7 @@ def run_memorise(
     _run([script("mugv-dit"), "export", "--run", str(run.memorise_run), "--output",
           str(run.memorise_trained), "--weights", "model"])  # fmt: skip
     model_cfg, _ = load_export(run.memorise_trained)
-    _write_random_export(model_cfg, run.memorise_untrained, seed=0)  # the same architecture
+    write_random_export(model_cfg, run.memorise_untrained, seed=0)  # the same architecture
 
     target = torch.from_numpy(np.asarray(pick.latents, dtype=np.float32))
     exports = {"trained": run.memorise_trained, "untrained": run.memorise_untrained}
