@@ -1,5 +1,5 @@
 """Processes die with the process that started them: TreeReaper (for trees a library starts,
-such as a local Ray cluster) and die_with_parent."""
+such as a local Ray cluster). die_with_parent is tested in mugv-formats."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from mugv_formats.console import run_command
+
 from mugv_data import __version__
 
 
@@ -85,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}[args.command]
-    try:
-        return handler(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        # user errors (bad config, bad input path, format errors): one line, no traceback
-        print(f"mugv-data {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("mugv-data", args.command, lambda: handler(args))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 
+from mugv_formats.lifecycle import die_with_parent
+
 from mugv_data.config import CurateConfig
-from mugv_data.lifecycle import TreeReaper, die_with_parent
+from mugv_data.lifecycle import TreeReaper
 from mugv_data.per_source import SourceProcessor, SourceResult, worker_resources
 
 

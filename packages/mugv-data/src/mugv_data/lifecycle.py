@@ -1,51 +1,19 @@
-"""Worker processes die with their parent.
+"""A process tree that dies with its root (:class:`TreeReaper`).
 
-A SIGKILLed driver runs no clean-up, so its pool workers (and, through them, multiprocessing's
-resource tracker, which lives while any process holds its pipe) would keep running. Each worker
-calls :func:`die_with_parent` first: on Linux the kernel sends it SIGKILL when the parent dies
-(``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent's pid.
+A child we start calls :func:`mugv_formats.lifecycle.die_with_parent`; the processes a library
+starts (a local Ray cluster) cannot, so a watcher process kills them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import select
 import signal
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int | None = None, *, poll_s: float = 1.0) -> None:
-    """Arrange for this process to be killed when its parent exits.
-
-    ``parent_pid``: the pid the parent had when it started this process; if the parent already
-    died before this call (the process was re-parented), exit at once."""
-    parent_pid = parent_pid if parent_pid is not None else os.getppid()
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-    if not armed:
-        threading.Thread(
-            target=_watch_parent, args=(parent_pid, poll_s), daemon=True, name="die-with-parent"
-        ).start()
-
-
-def _watch_parent(parent_pid: int, poll_s: float) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(poll_s)
-    os._exit(1)
-
 
 # -- a process tree that dies with its root ------------------------------------------------
 # Processes started by a library, not by us (a local Ray cluster: GCS, raylet and the raylet's
@@ -87,8 +55,6 @@ def _tree(root: int, known: dict[int, int]) -> dict[int, int]:
 
 def _reap(root: int, poll_s: float) -> None:
     """The watcher's loop: runs until the root writes "stop" (its clean stop) or dies."""
-    import select
-
     me = os.getpid()
     root_start = (_stat(root) or (0, -1))[1]
     known = {p: t for p, t in _tree(root, {}).items() if p != me}
@@ -130,16 +96,12 @@ class TreeReaper:
         self._proc = None
         if not sys.platform.startswith("linux"):
             return
-        import subprocess
-
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "mugv_data.lifecycle", str(os.getpid()), str(poll_s)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
         )
-        import select
-
         ready, _, _ = select.select([self._proc.stdout], [], [], 120.0)
         if not ready or self._proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("mugv_data.lifecycle: the process-tree watcher did not start")

@@ -13,11 +13,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from mugv_formats.video import encode_mp4
 
 from mugv_data.config import CurateConfig
 from mugv_data.decode import FrameReader, open_reader, target_size
 from mugv_data.inputs import resolve_path, source_id
-from mugv_data.mp4_writer import encode_mp4, resample_indices
+from mugv_data.mp4_writer import resample_indices, resized
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
 from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
 from mugv_data.stages.filters import (
@@ -306,10 +307,8 @@ class SourceProcessor:
         else:
             frames = (f for a in range(0, len(idx), 32) for f in src.get_batch(idx[a : a + 32]))
         o.mp4 = encode_mp4(
-            frames,
+            resized(frames, w, h),
             fps,
-            width=w,
-            height=h,
             codec=cc.codec,
             crf=cc.crf,
             preset=cc.preset,

@@ -4,63 +4,82 @@ Clip shards (mugv-data -> mugv-vae), latent shards (mugv-vae -> mugv-dit), weigh
 (VAE checkpoints, DiT inference exports) and preference data (-> mugv-align). Every file names
 its format and version; readers refuse other major versions, verify checksums and name the
 file and member at fault.
+
+Importing the package is cheap: each public name is imported from its module on first use, so
+light modules (``mugv_formats.lifecycle``, ``mugv_formats.console``) load no pyarrow or pydantic
+and a helper process whose initializer lives there starts fast.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
-
-from mugv_formats.atomic import (
-    atomic_open,
-    atomic_replace_dir,
-    atomic_write_bytes,
-    atomic_write_text,
-)
-from mugv_formats.clips import ClipDataset, ClipDatasetHeader, ClipRecord, ClipShardWriter
-from mugv_formats.errors import (
-    ChecksumError,
-    CorruptShardError,
-    FormatError,
-    MissingFieldError,
-    VersionError,
-)
-from mugv_formats.indexed import IndexedShardReader, member_digests
-from mugv_formats.latents import (
-    IndexedLatentReader,
-    LatentDataset,
-    LatentDatasetHeader,
-    LatentRecord,
-    LatentSample,
-    LatentShardWriter,
-)
-from mugv_formats.preference import (
-    KTOSample,
-    PreferenceHeader,
-    PreferencePair,
-    read_preference_data,
-    write_preference_data,
-)
-from mugv_formats.shards import DatasetHeader, ShardRecord, derive_header
-from mugv_formats.versioning import (
-    CLIP_SHARDS_FORMAT,
-    CURRENT_VERSIONS,
-    DIT_EXPORT_FORMAT,
-    LATENT_SHARDS_FORMAT,
-    PREFERENCE_FORMAT,
-    VAE_CHECKPOINT_FORMAT,
-    FormatVersion,
-    check_format,
-)
-from mugv_formats.weights import (
-    WeightsFolder,
-    load_weights_folder,
-    read_weights_config,
-    save_weights_folder,
-)
+from typing import Any
 
 try:
     __version__ = _version("mugv-formats")
 except _PackageNotFoundError:  # running from a source tree (PYTHONPATH=packages/*/src)
     __version__ = "0+source"
+
+# public name -> the module defining it (imported on first access)
+_HOME = {
+    "atomic_open": "mugv_formats.atomic",
+    "atomic_replace_dir": "mugv_formats.atomic",
+    "atomic_write_bytes": "mugv_formats.atomic",
+    "atomic_write_text": "mugv_formats.atomic",
+    "ClipDataset": "mugv_formats.clips",
+    "ClipDatasetHeader": "mugv_formats.clips",
+    "ClipRecord": "mugv_formats.clips",
+    "ClipShardWriter": "mugv_formats.clips",
+    "ChecksumError": "mugv_formats.errors",
+    "CorruptShardError": "mugv_formats.errors",
+    "FormatError": "mugv_formats.errors",
+    "MissingFieldError": "mugv_formats.errors",
+    "VersionError": "mugv_formats.errors",
+    "IndexedShardReader": "mugv_formats.indexed",
+    "member_digests": "mugv_formats.indexed",
+    "IndexedLatentReader": "mugv_formats.latents",
+    "LatentDataset": "mugv_formats.latents",
+    "LatentDatasetHeader": "mugv_formats.latents",
+    "LatentRecord": "mugv_formats.latents",
+    "LatentSample": "mugv_formats.latents",
+    "LatentShardWriter": "mugv_formats.latents",
+    "KTOSample": "mugv_formats.preference",
+    "PreferenceHeader": "mugv_formats.preference",
+    "PreferencePair": "mugv_formats.preference",
+    "read_preference_data": "mugv_formats.preference",
+    "write_preference_data": "mugv_formats.preference",
+    "DatasetHeader": "mugv_formats.shards",
+    "ShardRecord": "mugv_formats.shards",
+    "derive_header": "mugv_formats.shards",
+    "CLIP_SHARDS_FORMAT": "mugv_formats.versioning",
+    "CURRENT_VERSIONS": "mugv_formats.versioning",
+    "DIT_EXPORT_FORMAT": "mugv_formats.versioning",
+    "LATENT_SHARDS_FORMAT": "mugv_formats.versioning",
+    "PREFERENCE_FORMAT": "mugv_formats.versioning",
+    "VAE_CHECKPOINT_FORMAT": "mugv_formats.versioning",
+    "FormatVersion": "mugv_formats.versioning",
+    "check_format": "mugv_formats.versioning",
+    "WeightsFolder": "mugv_formats.weights",
+    "load_weights_folder": "mugv_formats.weights",
+    "read_weights_config": "mugv_formats.weights",
+    "save_weights_folder": "mugv_formats.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'mugv_formats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
 
 __all__ = [
     "CLIP_SHARDS_FORMAT",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from mugv_formats import __version__
-from mugv_formats.errors import FormatError
+from mugv_formats.console import run_command
+from mugv_formats.inspect import describe
+from mugv_formats.versioning import CURRENT_VERSIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,30 +33,30 @@ def _print_text(d: dict, indent: int = 0) -> None:
             print(f"{pad}{k}: {v}")
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    info = describe(args.path, verify=args.verify)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_text(info)
+    return 0
+
+
+def _formats(args: argparse.Namespace) -> int:
+    for name, ver in CURRENT_VERSIONS.items():
+        print(f"{name} {ver}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "inspect":
-        from mugv_formats.inspect import describe
-
-        try:
-            info = describe(args.path, verify=args.verify)
-        except (FormatError, ValueError, OSError) as e:  # user errors: one line, exit 2
-            print(f"mugv-formats: error: {e}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps(info, indent=2, default=str))
-        else:
-            _print_text(info)
+    if args.command is None:
+        parser.print_help()
         return 0
-    if args.command == "formats":
-        from mugv_formats.versioning import CURRENT_VERSIONS
-
-        for name, ver in CURRENT_VERSIONS.items():
-            print(f"{name} {ver}")
-        return 0
-    parser.print_help()
-    return 0
+    handler = {"inspect": _inspect, "formats": _formats}[args.command]
+    # any OSError reading the inspected path is the user's (a bad path, an unreadable file)
+    return run_command("mugv-formats", None, lambda: handler(args), also=(OSError,))
 
 
 if __name__ == "__main__":

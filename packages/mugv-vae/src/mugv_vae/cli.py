@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from mugv_formats.console import run_command
+
 from mugv_vae import __version__
 
 
@@ -189,19 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    import yaml
-
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"mugv-vae {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except yaml.YAMLError as e:  # a config file that is not YAML
-        print(
-            f"mugv-vae {args.command}: error: invalid YAML: {' '.join(str(e).split())}",
-            file=sys.stderr,
-        )
-        return 2
+    return run_command("mugv-vae", args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

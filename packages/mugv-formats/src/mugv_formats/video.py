@@ -1,0 +1,83 @@
+"""The one mp4 writer of mugv: RGB uint8 frames -> H.264 in an MP4 container (PyAV).
+
+PyAV is the optional extra ``mugv-formats[video]``; it is imported when a video is encoded,
+so importing this module costs nothing without it. Frames are ``uint8 [H, W, 3]`` (RGB); an
+odd height or width is cropped by one pixel, since 4:2:0 chroma needs even sizes.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from mugv_formats.atomic import atomic_write_bytes
+
+
+def encode_mp4(
+    frames_HW3: Iterable[np.ndarray],
+    fps: float,
+    *,
+    crf: int | None = None,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    preset: str | None = None,
+    threads: int | None = None,
+) -> bytes:
+    """Encode RGB uint8 ``[H, W, 3]`` frames into MP4 bytes.
+
+    ``fps`` is stored exactly for rates such as 30000/1001 (``Fraction(fps)`` limited to a
+    denominator of 1001). ``crf``, ``preset`` and ``threads`` are libx264 options, set only
+    when given (``None`` keeps the encoder's default; libx264's CRF default is 23). Frame ``i``
+    gets the timestamp ``i / fps``. ValueError if there are no frames."""
+    import av
+
+    frames = iter(frames_HW3)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError("encode_mp4: no frames")
+    height, width = first.shape[0] - first.shape[0] % 2, first.shape[1] - first.shape[1] % 2
+    options = {
+        "crf": crf,
+        "preset": preset,
+        "threads": None if threads is None else max(1, threads),
+    }
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if codec == "libx264":
+            stream.options = {k: str(v) for k, v in options.items() if v is not None}
+        for n, frame_HW3 in enumerate(itertools.chain([first], frames)):
+            if frame_HW3.shape[:2] != (height, width):
+                frame_HW3 = frame_HW3[:height, :width]
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HW3), format="rgb24")
+            vf.pts = n
+            container.mux(stream.encode(vf))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def write_mp4(
+    frames_THW3: Iterable[np.ndarray],
+    path: str | Path,
+    fps: float,
+    *,
+    crf: int | None = None,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    preset: str | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Write RGB uint8 frames (``[T, H, W, 3]`` or any iterable of ``[H, W, 3]``) to ``path``
+    as MP4, atomically (the file appears complete or not at all); see :func:`encode_mp4`."""
+    path = Path(path)
+    data = encode_mp4(
+        frames_THW3, fps, crf=crf, codec=codec, pix_fmt=pix_fmt, preset=preset, threads=threads
+    )
+    atomic_write_bytes(path, data)
+    return path
