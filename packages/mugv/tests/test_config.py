@@ -43,5 +43,5 @@ def test_user_errors_are_one_line_exit_2(args, message, capsys, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert message in err and err.startswith("mugv: error:")
+    assert message in err and err.startswith(f"mugv {args[0]}: error:")
     assert err.count("\n") == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 from mugv_formats import atomic_write_text
+from mugv_formats.console import run_command
 
 from mugv import __version__
 from mugv.layout import STAGE_NAMES, RunLayout
@@ -57,18 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(stages.__doc__.split("\n\n", 1)[1])
         return 0
-    try:
-        return _run(args)
-    except ValueError as e:
-        from pydantic import ValidationError
-
-        if isinstance(e, ValidationError):
-            msg = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-            )
-            e = ValueError(f"invalid pipeline config: {msg}")
-        print(f"mugv: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("mugv", args.command, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

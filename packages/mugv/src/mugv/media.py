@@ -6,9 +6,9 @@ Pixels in a stage's tensors are float ``[-1, 1]`` ``[C, T, H, W]``; files hold u
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import mugv_formats.video
 import numpy as np
 
 FPS = 8.0
@@ -23,20 +23,4 @@ def to_uint8(video_CTHW: np.ndarray) -> np.ndarray:
 
 def write_mp4(frames_THW3: np.ndarray, path: Path, fps: float = FPS) -> Path:
     """uint8 frames -> H.264 mp4 (crf 18), written atomically; an odd size loses a pixel."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.mp4")
-    _, h, w, _ = frames_THW3.shape
-    with av.open(str(tmp), "w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for frame in frames_THW3:
-            img = av.VideoFrame.from_ndarray(
-                np.ascontiguousarray(frame[: h - h % 2, : w - w % 2]), format="rgb24"
-            )
-            container.mux(stream.encode(img))
-        container.mux(stream.encode())
-    os.replace(tmp, path)
-    return path
+    return mugv_formats.video.write_mp4(frames_THW3, path, fps, crf=18, preset="veryfast")

@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 from mugv_formats import LatentDataset, LatentShardWriter, atomic_write_text
+from mugv_formats.lifecycle import die_with_parent
 
 from mugv.layout import RunLayout
 from mugv.media import to_uint8, write_mp4
-from mugv.runner import die_with_parent, script
+from mugv.runner import script
 
 
 def _run(cmd: list[str]) -> None:

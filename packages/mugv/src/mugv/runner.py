@@ -16,12 +16,10 @@ removes the stage's outputs and runs it again.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mugv_formats import atomic_write_text
+from mugv_formats.lifecycle import die_with_parent
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -45,12 +44,6 @@ from rich.table import Column
 
 from mugv import __version__
 from mugv.layout import RunLayout
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` of a child: the kernel kills it when this process dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def script(name: str) -> str:
