@@ -70,12 +70,6 @@ def load_video(path: str | Path, height: int, width: int, max_frames: int | None
     return torch.stack(frames, dim=1)
 
 
-def to_uint8_frames(video_CTHW: torch.Tensor) -> np.ndarray:
-    """``[3, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, 3]``."""
-    v = ((video_CTHW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return v.permute(1, 2, 3, 0).cpu().numpy()
-
-
 def save_video(frames_THWC: np.ndarray, path: str | Path, fps: float = 21.0) -> Path:
     """Write ``.mp4`` (H.264 through PyAV), ``.gif`` (PIL) or a folder of PNG frames (any
     other path, or a path ending in ``/``)."""
