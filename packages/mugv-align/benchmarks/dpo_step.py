@@ -90,6 +90,57 @@ def _tensorboard_or_stub() -> None:
 RUNS = ("pretrain", "dpo_live", "dpo_precomputed")
 
 
+def _report(args, model, shape, tokens: int, ref_bytes: int, results: dict, cuda: bool) -> None:
+    """Ratios against the pre-training step; ``dpo_step.json`` / ``.md`` and the goals."""
+    pt = results["pretrain"]
+    for r in results.values():
+        r["time_ratio"] = r["step_ms"] / pt["step_ms"]
+        r["extra_peak_gib"] = r["peak_gib"] - pt["peak_gib"]
+    doc = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu (smoke)",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+        "command": " ".join(sys.argv),
+        "shape": {
+            "hidden": model.hidden_size,
+            "layers": args.layers,
+            "latent": shape,
+            "video_tokens_per_sample": tokens,
+            "text_tokens": args.text_len,
+        },
+        "reference_bf16_gib": ref_bytes / 2**30,
+        "goals": {"dpo_live_ratio": 1.4, "dpo_precomputed_ratio": 1.05},
+        "results": results,
+    }
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dpo_step.json").write_text(json.dumps(doc, indent=2))
+    lines = [
+        f"# DPO step vs pre-training step — {doc['device']}, {doc['date']}",
+        "",
+        f"Command: `{doc['command']}`",
+        "",
+        f"hidden {model.hidden_size}, {args.layers} layers, {tokens} video tokens per sample; "
+        f"reference bf16 weights {doc['reference_bf16_gib']:.2f} GiB",
+        "",
+        "| run | step (ms) | x pre-training | peak (GiB) | + peak vs pre-training (GiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['step_ms']:.1f} | {r['time_ratio']:.3f} | "
+            f"{r['peak_gib']:.2f} | {r['extra_peak_gib']:+.2f} |"
+        )
+    (out / "dpo_step.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    goals = {}
+    if "dpo_live" in results:
+        goals["live"] = results["dpo_live"]["time_ratio"] <= 1.4
+        goals["memory"] = results["dpo_live"]["extra_peak_gib"] <= doc["reference_bf16_gib"] + 0.05
+    if "dpo_precomputed" in results:
+        goals["precomputed"] = results["dpo_precomputed"]["time_ratio"] <= 1.05
+    print(yaml.safe_dump({"goals_met": goals}))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", default="docs/benchmarks/align")
@@ -221,53 +272,7 @@ def main() -> int:
         precompute_reference_errors(pre_cfg, tmp / "ref.json")
         measure("dpo_precomputed", lambda: AlignTrainer(pre_cfg, micro_batches_per_step=1))
 
-    pt = results["pretrain"]
-    for r in results.values():
-        r["time_ratio"] = r["step_ms"] / pt["step_ms"]
-        r["extra_peak_gib"] = r["peak_gib"] - pt["peak_gib"]
-    doc = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu (smoke)",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
-        "command": " ".join(sys.argv),
-        "shape": {
-            "hidden": model.hidden_size,
-            "layers": args.layers,
-            "latent": shape,
-            "video_tokens_per_sample": tokens,
-            "text_tokens": args.text_len,
-        },
-        "reference_bf16_gib": ref_bytes / 2**30,
-        "goals": {"dpo_live_ratio": 1.4, "dpo_precomputed_ratio": 1.05},
-        "results": results,
-    }
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dpo_step.json").write_text(json.dumps(doc, indent=2))
-    lines = [
-        f"# DPO step vs pre-training step — {doc['device']}, {doc['date']}",
-        "",
-        f"Command: `{doc['command']}`",
-        "",
-        f"hidden {model.hidden_size}, {args.layers} layers, {tokens} video tokens per sample; "
-        f"reference bf16 weights {doc['reference_bf16_gib']:.2f} GiB",
-        "",
-        "| run | step (ms) | x pre-training | peak (GiB) | + peak vs pre-training (GiB) |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['step_ms']:.1f} | {r['time_ratio']:.3f} | "
-            f"{r['peak_gib']:.2f} | {r['extra_peak_gib']:+.2f} |"
-        )
-    (out / "dpo_step.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    goals = {}
-    if "dpo_live" in results:
-        goals["live"] = results["dpo_live"]["time_ratio"] <= 1.4
-        goals["memory"] = results["dpo_live"]["extra_peak_gib"] <= doc["reference_bf16_gib"] + 0.05
-    if "dpo_precomputed" in results:
-        goals["precomputed"] = results["dpo_precomputed"]["time_ratio"] <= 1.05
-    print(yaml.safe_dump({"goals_met": goals}))
+    _report(args, model, shape, tokens, ref_bytes, results, cuda)
     return 0
 
 

@@ -14,16 +14,16 @@ def _megatron_pair(clip_grad: float, dtype=torch.bfloat16, device="cpu"):
     """Two identical (DDP, distributed optimizer with fused AdamW) setups over the debug DiT."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from mugv_dit import build_model
     from mugv_dit.config import model_preset
-    from mugv_dit.model import MUGDiT, megatron_config
     from mugv_dit.optimizer_kernels import enable_fused_adam
 
     cfg = model_preset("debug")
     out = []
     for _ in range(2):
         torch.manual_seed(0)
-        tcfg = megatron_config(cfg, params_dtype=dtype)
-        model = MUGDiT(cfg, tcfg).to(device=device, dtype=dtype)
+        model = build_model(cfg, dtype=dtype).to(device)
+        tcfg = model.config
         ddp = DistributedDataParallel(
             tcfg,
             DistributedDataParallelConfig(

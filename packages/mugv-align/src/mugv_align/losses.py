@@ -18,8 +18,6 @@ data-parallel / accumulation layout gives the same value and gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -78,15 +76,3 @@ def flow_kto_loss(
     w_y = torch.where(desirable, desirable_weight, undesirable_weight).to(g.dtype)
     loss = w_y * (1 - torch.sigmoid(sign * beta * (g - z.detach())))
     return loss if weight is None else loss * weight
-
-
-@dataclass
-class PreferenceStats:
-    """Sums over a batch (reduced over ranks by the caller, divided by counts at the end)."""
-
-    loss: float = 0.0  # preference loss sum
-    margin: float = 0.0  # reward margin sum (DPO) / sum of g (KTO)
-    correct: float = 0.0  # pairs with margin > 0 (DPO) / samples on the right side of z (KTO)
-    kl: float = 0.0  # sum of (e - e_ref) over all samples: the implicit KL term
-    count: float = 0.0  # pairs (DPO) / samples (KTO)
-    samples: float = 0.0  # samples entering ``kl``

@@ -2,7 +2,10 @@
 
 ``AlignTrainer`` extends ``mugv_dit.trainer.Trainer`` (process groups, Megatron DDP,
 distributed optimizer, distributed checkpoints, resume, annealed LR schedules) through its
-public hooks only (``train_step``, ``update_ema``, ``skip_nonfinite``, ``save``):
+public hooks (``train_step``, ``update_ema``, ``save``); the objectives below are loss
+functions run through the base trainer's one schedule call (``schedule``) and one optimizer
+step (``apply_step``), with the process groups and parallel context the base trainer holds
+(no Megatron globals read here):
 
 * ``sft``: mugv-dit's step unchanged (flow loss on the curated latent set in ``data.path``,
   LR from the curriculum, e.g. ``lr_decay: cosine``) plus the power EMAs.
@@ -19,13 +22,10 @@ the checkpoint, so they resume exactly; snapshots for post-hoc reconstruction go
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
 from mugv_dit.build import build_model
 from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
 from mugv_dit.diffusion.loss import masked_velocity_sse
@@ -168,13 +168,12 @@ class AlignTrainer(Trainer):
         if not force and not (every and step % every == 0):
             return
         root = self.out / "ema_snapshots"
-        writer = parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0
         self.ema.save_snapshot(
             root,
             step,
-            tp_rank=parallel_state.get_tensor_model_parallel_rank(),
-            pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
-            writer=writer,
+            tp_rank=self.parallel.tp_rank,
+            pp_rank=self.parallel.pp_rank,
+            writer=self.dp_cp_rank == 0,
         )
         dist.barrier()
         if self.rank == 0:
@@ -237,8 +236,6 @@ class AlignTrainer(Trainer):
             print(f"step {step}: " + " ".join(parts), flush=True)
 
     def _preference_step(self, stage, in_stage) -> dict:
-        from mugv_dit.trainer import stage_lr
-
         cfg, a = self.cfg, self.align
         s, plan = self.pref_sampler.plan(self.step)
         src = self.sources[s]
@@ -266,42 +263,26 @@ class AlignTrainer(Trainer):
         if src.kind == "kto":
             z = self._kto_reference_point(batches, total_items)
 
-        lr = stage_lr(stage, in_stage)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        sums = self._preference_forward_backward(batches, src.kind, total_items, total_sft, z)
-        # the sums live on the last pipeline stage: share them with every stage, then DP
-        dist.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
-        dist.all_reduce(sums, group=self.dp_group)
-        pref, margin, correct, kl, sft_sse, n_kl = (float(x) for x in sums)
-        n = max(1.0, total_items)
-        sft_loss = sft_sse / total_sft
-        log = {
-            "loss": pref / n + a.sft_weight * sft_loss,
-            "pref_loss": pref / n,
-            "reward_margin": margin / n,
-            "pref_accuracy": correct / n,
-            "implicit_kl": kl / max(1.0, n_kl),
-            "sft_loss": sft_loss,
-            "lr": lr,
-            "stage": stage.name,
-            "source": s,
-            "items": int(total_items),
-        }
-        if z is not None:
-            log["kto_z"] = float(z)
+        def forward_backward() -> tuple[float, dict]:
+            sums = self._preference_forward_backward(batches, src.kind, total_items, total_sft, z)
+            pref, margin, correct, kl, sft_sse, n_kl = (float(x) for x in self.sum_over_step(sums))
+            n = max(1.0, total_items)
+            sft_loss = sft_sse / total_sft
+            metrics = {
+                "pref_loss": pref / n,
+                "reward_margin": margin / n,
+                "pref_accuracy": correct / n,
+                "implicit_kl": kl / max(1.0, n_kl),
+                "sft_loss": sft_loss,
+                "source": s,
+                "items": int(total_items),
+            }
+            if z is not None:
+                metrics["kto_z"] = float(z)
+            return pref / n + a.sft_weight * sft_loss, metrics
+
         where = f"source {src.path}, items {[i for b in batches for i in b.ids]}"
-        if not math.isfinite(log["loss"]):
-            return self.skip_nonfinite(log["loss"], where, "loss")
-        ok, grad_norm, _ = self.optimizer.step()
-        if grad_norm is not None and not math.isfinite(grad_norm):
-            return self.skip_nonfinite(grad_norm, where, "grad norm")
-        if self.ema is not None and ok:
-            self.update_ema()
-        log["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        return log
+        return self.apply_step(stage, in_stage, forward_backward, where)
 
     def _forward(self, model, b):
         return model(
@@ -313,24 +294,14 @@ class AlignTrainer(Trainer):
             drop_caption_B=b.drop_caption_B,
         )
 
-    def _check_shapes(self, batches) -> None:
-        shape = batches[0].latent_shape
-        if self.pp_size > 1 and any(b.latent_shape != shape for b in batches):
-            raise ValueError(
-                f"pipeline micro-batches of one step differ in shape ({shape}): with "
-                "parallel.pipeline_parallel > 1 a step's preference items need one latent shape"
-            )
-
     @torch.no_grad()
     def _pipeline_errors(self, model, batches) -> list[torch.Tensor | None]:
         """Per-sample velocity errors of ``model`` (the policy or the frozen reference) on
-        each micro-batch, without gradients, through Megatron's forward-only schedule (with
+        each micro-batch, without gradients, through the trainer's forward-only schedule (with
         PP > 1 the stages hand the activations on): the errors on the last pipeline stage,
         None on the others."""
-        self._check_shapes(batches)
 
-        def forward_step(data_iterator, m):
-            b = next(data_iterator)
+        def step_fn(m, b):
             pred = self._forward(m, b)
 
             def loss_func(pred_BCTHW):
@@ -339,19 +310,9 @@ class AlignTrainer(Trainer):
 
             return pred, loss_func
 
-        shape = batches[0].latent_shape
-        outputs = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(batches),
-            model=model,
-            num_microbatches=len(batches),
-            seq_length=self.model.module.padded_length(shape),
-            micro_batch_size=shape[0],
-            forward_only=True,
-        )
-        if not parallel_state.is_pipeline_last_stage():
-            return [None] * len(batches)
-        return [out["e"] for out in outputs]
+        shapes = [b.latent_shape for b in batches]
+        outputs = self.schedule(step_fn, batches, shapes, model=model, forward_only=True)
+        return [out["e"] for out in outputs] or [None] * len(batches)
 
     def _set_reference_errors(self, batches) -> None:
         """``b.ref_error_B`` of every micro-batch: the live reference's errors (on the last
@@ -380,8 +341,7 @@ class AlignTrainer(Trainer):
         for b, e in zip(batches, self._pipeline_errors(self.model, batches), strict=True):
             if e is not None:
                 g_sum += (b.ref_error_B - e).double().sum()
-        dist.all_reduce(g_sum, group=parallel_state.get_pipeline_model_parallel_group())
-        dist.all_reduce(g_sum, group=self.dp_group)
+        self.sum_over_step(g_sum)
         return kto_reference_point(g_sum, total_items).float()
 
     def _preference_forward_backward(self, batches, kind, total_items, total_sft, z):
@@ -391,8 +351,7 @@ class AlignTrainer(Trainer):
         # CP / n_micro: the net gradient is that of the global sums / global counts
         scale = self.dp_size * n_micro
 
-        def forward_step(data_iterator, model):
-            b = next(data_iterator)
+        def step_fn(model, b):
             pred = self._forward(model, b)
 
             def loss_func(pred_BCTHW):
@@ -438,18 +397,7 @@ class AlignTrainer(Trainer):
 
             return pred, loss_func
 
-        self._check_shapes(batches)
-        shape = batches[0].latent_shape
-        outputs = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(batches),
-            model=self.model,
-            num_microbatches=n_micro,
-            seq_length=self.model.module.padded_length(shape),
-            micro_batch_size=shape[0],
-            forward_only=False,
-        )
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        for out in outputs or []:
+        for out in self.schedule(step_fn, batches, [b.latent_shape for b in batches]):
             sums += out["sums"]
         return sums

@@ -7,12 +7,17 @@ with the LR schedule) -> EMA copy -> data index + sampler -> resume from the lat
 The trainer checkpoints only its own counters (step, sampler cursors); model, EMA and
 optimizer checkpoint themselves through their sharded state dicts.
 
+Every objective (the pre-training flow loss here; mugv-align's SFT / Flow-DPO / Flow-KTO)
+runs through the same two calls: :meth:`Trainer.schedule`, the one call of Megatron's
+forward-backward schedule (the objective supplies the per-micro-batch forward and loss
+function), and :meth:`Trainer.apply_step`, the one optimizer step (LR, zero-grad, the
+objective's forward/backward, non-finite handling, optimizer step, EMA); step-wide sums go
+through :meth:`Trainer.sum_over_step` (the pipeline, then the DP group the trainer holds).
 Public hooks for trainers built on this one (mugv-align's ``AlignTrainer``), each documented
-where it is defined: :meth:`Trainer.train_step` (one optimizer step: override to change the
-objective, call ``super().train_step`` for the pre-training step), :meth:`Trainer.update_ema`
+where it is defined: :meth:`Trainer.train_step` (one step of an objective: override to train
+another, call ``super().train_step`` for the pre-training step), :meth:`Trainer.update_ema`
 (fold the weights into the EMA after a successful optimizer step: override for another
-averaging scheme), :meth:`Trainer.skip_nonfinite` (the NaN/Inf policy, for steps written by a
-subclass), :meth:`Trainer.save` and :meth:`Trainer.trainer_state`.
+averaging scheme), :meth:`Trainer.save` and :meth:`Trainer.trainer_state`.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class Trainer:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_group = parallel_state.get_data_parallel_group()  # without CP ranks
+        self.dp_cp_rank = parallel_state.get_data_parallel_rank(with_context_parallel=True)
         self.pp_group = parallel_state.get_pipeline_model_parallel_group()
         self.pp_size = par.pipeline_parallel
         self.parallel = parallel_context()
@@ -311,11 +317,9 @@ class Trainer:
         """One optimizer step at ``self.step`` (``stage_idx``-th curriculum stage, step
         ``in_stage`` within it); :meth:`run` calls it and advances ``self.step`` afterwards.
 
-        Hook: override to train another objective. Contract: set the LR, zero the grads,
-        run forward/backward through Megatron's schedule, step the optimizer, call
-        :meth:`update_ema` when the step was applied, and return the log dict (``loss``, ...;
-        or :meth:`skip_nonfinite`'s dict). ``flops`` / ``tokens`` in it add throughput to the
-        log."""
+        Hook: override to train another objective. Contract: build this rank's micro-batches,
+        then return :meth:`apply_step`'s log dict, its forward/backward running through
+        :meth:`schedule`. ``flops`` / ``tokens`` in the dict add throughput to the log."""
         cfg = self.cfg
         if self.energon is None:
             plan = self.sampler.plan(self.step, stage, in_stage / max(1, stage.steps))
@@ -349,24 +353,15 @@ class Trainer:
         noisy_count = float(stats[0].item())
         global_tokens, global_samples = int(stats[1].item()), int(stats[2].item())
 
-        lr = stage_lr(stage, in_stage)
-        set_lr(self.optimizer, lr)
-        self.model.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        sse_sum = self._forward_backward(prepared, noisy_count)
-        text_tokens = sum(sum(int(x.shape[0]) for x in b.texts) for b, _ in prepared)
-        # the loss lives on the last pipeline stage: share it with every stage and DP rank
-        dist.all_reduce(sse_sum, group=self.pp_group)
-        dist.all_reduce(sse_sum, group=self.dp_group)
-        loss = step_loss(float(sse_sum.item()), noisy_count)
+        def forward_backward() -> tuple[float, dict]:
+            sse_sum = self.sum_over_step(self._forward_backward(prepared, noisy_count))
+            return step_loss(float(sse_sum.item()), noisy_count), {}
+
         where = f"bucket {bucket}, samples {[k for b, _ in prepared for k in b.keys]}"
-        if not math.isfinite(loss):
-            return self.skip_nonfinite(loss, where, "loss")
-        ok, grad_norm, _ = self.optimizer.step()
-        if grad_norm is not None and not math.isfinite(grad_norm):
-            return self.skip_nonfinite(grad_norm, where, "grad norm")
-        if self.ema is not None and ok:
-            self.update_ema()
+        log = self.apply_step(stage, in_stage, forward_backward, where)
+        if log.get("skipped"):
+            return log
+        text_tokens = sum(sum(int(x.shape[0]) for x in b.texts) for b, _ in prepared)
         per_sample_text = text_tokens / max(1, sum(b.latents_BCTHW.shape[0] for b, _ in prepared))
         flops = train_step_flops(
             cfg.model,
@@ -374,27 +369,92 @@ class Trainer:
             int(per_sample_text),
             global_samples,
         )
+        return {**log, "tokens": global_tokens, "flops": flops, "bucket": list(bucket)}
+
+    def apply_step(self, stage: StageConfig, in_stage: int, forward_backward, where: str) -> dict:
+        """The one optimizer step of every objective: set the stage's LR, zero the grads, run
+        ``forward_backward()`` (the objective's forward/backward through :meth:`schedule`;
+        it returns the step's loss, already the same on every rank, and its extra log
+        entries), then -- unless the loss is NaN/Inf (:meth:`skip_nonfinite`, ``where``
+        names the step's data) -- step the optimizer (Megatron clips and checks the grad
+        norm), skip on a non-finite grad norm, and fold the weights into the EMA
+        (:meth:`update_ema`) when the step was applied. Returns the log dict."""
+        lr = stage_lr(stage, in_stage)
+        set_lr(self.optimizer, lr)
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss, extra = forward_backward()
+        if not math.isfinite(loss):
+            return self.skip_nonfinite(loss, where, "loss")
+        ok, grad_norm, _ = self.optimizer.step()
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return self.skip_nonfinite(grad_norm, where, "grad norm")
+        if self.ema is not None and ok:
+            self.update_ema()
         return {
             "loss": loss,
+            **extra,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "lr": lr,
             "stage": stage.name,
-            "tokens": global_tokens,
-            "flops": flops,
-            "bucket": list(bucket),
         }
 
-    def _forward_backward(self, prepared: list, noisy_count: float) -> torch.Tensor:
-        """Forward and backward of this rank's micro-batches through Megatron's schedule (1F1B
-        pipelining with PP > 1); DP/TP/PP grad reductions run in its finalize hook. Returns
-        the summed squared error on the last pipeline stage (0 elsewhere), float64."""
-        device = self.device
-        n_micro = len(prepared)
-        # the net gradient is that of the step's loss, sum(sse) / noisy_count
-        scale = micro_batch_loss_scale(noisy_count, self.dp_size, n_micro)
+    def sum_over_step(self, sums: torch.Tensor) -> torch.Tensor:
+        """``sums`` (computed on the last pipeline stage, zero on the others) summed over the
+        pipeline stages and then the DP ranks, in place: the whole step's sums everywhere."""
+        dist.all_reduce(sums, group=self.pp_group)
+        dist.all_reduce(sums, group=self.dp_group)
+        return sums
 
-        def forward_step(data_iterator, model):
-            batch, inputs = next(data_iterator)
+    def schedule(
+        self,
+        step_fn,
+        micro_batches: list,
+        shapes: list[tuple],
+        *,
+        model=None,
+        forward_only: bool = False,
+    ) -> list[dict]:
+        """The one call of Megatron's forward-backward schedule (1F1B pipelining with PP > 1;
+        forward only with ``forward_only``), over this rank's ``micro_batches`` of latent
+        ``shapes`` ``(B, C, T, H, W)``, on ``model`` (default: the DDP-wrapped policy).
+        ``step_fn(model, micro_batch)`` returns ``(output, loss_func)``, Megatron's
+        forward-step contract: ``loss_func(output)`` gives ``(loss, {name: tensor})``; with
+        backward the schedule differentiates ``loss`` and runs the DP/TP/PP grad reductions
+        in its finalize hook. Returns the ``{name: tensor}`` dicts of the last pipeline
+        stage (an empty list on the others)."""
+        shape = shapes[0]
+        if self.pp_size > 1 and any(s != shape for s in shapes):
+            raise ValueError(
+                f"pipeline micro-batches of one step differ in shape ({shape}): with "
+                "parallel.pipeline_parallel > 1 a step's micro-batches need one latent shape"
+            )
+
+        def forward_step(data_iterator, m):
+            return step_fn(m, next(data_iterator))
+
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro_batches),
+            model=self.model if model is None else model,
+            num_microbatches=len(micro_batches),
+            seq_length=self.model.module.padded_length(shape),
+            micro_batch_size=shape[0],
+            forward_only=forward_only,
+        )
+        if self.parallel.pp_rank != self.pp_size - 1:
+            return []
+        return list(outputs)
+
+    def _forward_backward(self, prepared: list, noisy_count: float) -> torch.Tensor:
+        """Forward and backward of this rank's micro-batches (:meth:`schedule`). Returns the
+        summed squared error on the last pipeline stage (0 elsewhere), float64."""
+        device = self.device
+        # the net gradient is that of the step's loss, sum(sse) / noisy_count
+        scale = micro_batch_loss_scale(noisy_count, self.dp_size, len(prepared))
+
+        def step_fn(model, item):
+            batch, inputs = item
             noisy_BT = inputs.noisy_frames_BT.to(device)
             pred = model(
                 inputs.noisy_BCTHW,
@@ -411,20 +471,9 @@ class Trainer:
 
             return pred, loss_func
 
-        shape = prepared[0][0].latents_BCTHW.shape
-        if any(b.latents_BCTHW.shape != shape for b, _ in prepared) and self.pp_size > 1:
-            raise ValueError(f"pipeline micro-batches of one step differ in shape ({shape})")
-        outputs = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(prepared),
-            model=self.model,
-            num_microbatches=n_micro,
-            seq_length=self.model.module.padded_length(shape),
-            micro_batch_size=shape[0],
-            forward_only=False,
-        )
+        shapes = [tuple(b.latents_BCTHW.shape) for b, _ in prepared]
         sse_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for out in outputs or []:
+        for out in self.schedule(step_fn, prepared, shapes):
             sse_sum += out["sse"]
         return sse_sum
 
