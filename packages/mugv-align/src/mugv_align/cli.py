@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from mugv_formats.console import run_command
+
 from mugv_align import __version__
 
 
@@ -282,16 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from mugv_formats import FormatError
-
-    try:
-        return COMMANDS[args.command](args)
-    except (ValueError, FormatError) as exc:  # user errors: one clear line, no traceback
-        msg = str(exc).splitlines()
-        print(
-            f"mugv-align {args.command}: error: {' '.join(m.strip() for m in msg)}", file=sys.stderr
-        )
-        return 2
+    return run_command("mugv-align", args.command, lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from mugv_dit.config import MODEL_PRESETS, RunConfig
+from mugv_dit.config import RunConfig, expand_preset
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -106,13 +106,8 @@ class AlignRunConfig(RunConfig):
 
 
 def resolve_align_config(raw: dict) -> AlignRunConfig:
-    raw = dict(raw)
-    preset = raw.get("preset")
-    if preset is not None:
-        if preset not in MODEL_PRESETS:
-            raise ValueError(f"preset {preset!r} unknown; choose from {sorted(MODEL_PRESETS)}")
-        raw["model"] = {**MODEL_PRESETS[preset], **(raw.get("model") or {})}
-    return AlignRunConfig(**raw)
+    """Build an AlignRunConfig from a raw dict, expanding ``preset`` as mugv-dit does."""
+    return AlignRunConfig(**expand_preset(raw))
 
 
 def load_align_config(path: str | Path | None, overrides: Iterable[str] | None = ()):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
+from mugv_formats.console import run_command
 
 from mugv_dit import __version__
 
@@ -117,18 +117,6 @@ def check_user_values(cfg) -> None:
                 )
 
 
-def _one_line(exc: Exception) -> str:
-    """A user error as one line (pydantic lists each invalid field as `loc: message`)."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "invalid config: " + "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
-        )
-    return " ".join(str(exc).split())
-
-
 def _export(args) -> int:
     from mugv_dit.export import export_run
 
@@ -219,25 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "embed-text":
-            return _embed(args)
-        if args.command == "import-original":
-            return _import_original(args)
-        if args.command == "widen":
-            return _widen(args)
-        return _presets()
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        # user errors: one clear line, no traceback
-        print(f"mugv-dit {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except yaml.YAMLError as exc:  # a config file that is not YAML
-        print(f"mugv-dit {args.command}: error: invalid YAML: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    commands = {
+        "train": _train,
+        "export": _export,
+        "embed-text": _embed,
+        "import-original": _import_original,
+        "widen": _widen,
+        "presets": lambda _args: _presets(),
+    }
+    return run_command("mugv-dit", args.command, lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

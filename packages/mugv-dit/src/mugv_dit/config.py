@@ -358,15 +358,21 @@ class RunConfig(BaseModel):
         return self
 
 
-def resolve_config(raw: dict) -> RunConfig:
-    """Build a RunConfig from a raw dict, expanding ``preset`` into model fields."""
+def expand_preset(raw: dict) -> dict:
+    """A copy of a raw run config with its ``preset`` expanded into ``model`` fields (the
+    config's own ``model`` fields win)."""
     raw = dict(raw)
     preset = raw.get("preset")
     if preset is not None:
         if preset not in MODEL_PRESETS:
             raise ValueError(f"preset {preset!r} unknown; choose from {sorted(MODEL_PRESETS)}")
         raw["model"] = {**MODEL_PRESETS[preset], **(raw.get("model") or {})}
-    return RunConfig(**raw)
+    return raw
+
+
+def resolve_config(raw: dict) -> RunConfig:
+    """Build a RunConfig from a raw dict, expanding ``preset`` into model fields."""
+    return RunConfig(**expand_preset(raw))
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
