@@ -83,6 +83,26 @@ def test_exit_codes_pass_through_and_bugs_keep_their_traceback(capsys):
     assert capsys.readouterr().err == "p c: error: [Errno 5] I/O error\n"
 
 
+def test_run_cli_dispatches_sub_commands_and_prints_help(capsys):
+    import argparse
+
+    from mugv_formats.console import run_cli
+
+    parser = argparse.ArgumentParser(prog="mugv-x")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("ok").set_defaults(func=lambda args: 0)
+    sub.add_parser("bad").set_defaults(func=lambda args: _raise(ValueError("no such clip c7"))())
+    assert run_cli("mugv-x", parser, []) == 0
+    assert capsys.readouterr().out.startswith("usage: mugv-x")
+    assert run_cli("mugv-x", parser, ["ok"]) == 0
+    assert run_cli("mugv-x", parser, ["bad"]) == 2
+    assert capsys.readouterr().err == "mugv-x bad: error: no such clip c7\n"
+    commands = {"ok": lambda args: 5, "bad": lambda args: 0}
+    assert run_cli("mugv-x", parser, ["ok"], commands) == 5  # the mapping wins over func
+    assert run_cli("mugv-x", parser, ["bad"], name_command=False) == 2
+    assert capsys.readouterr().err == "mugv-x: error: no such clip c7\n"
+
+
 # -- the mp4 writer ----------------------------------------------------------------------------
 
 av = pytest.importorskip("av")

@@ -34,6 +34,9 @@ def test_kto_round_trip_and_key_check(tmp_path: Path) -> None:
     check_keys_exist(items, {"a", "b"}, where="k")
     with pytest.raises(FormatError, match="item 1: latent sample 'b' not in"):
         check_keys_exist(items, {"a"}, where="k")
+    pairs = [PreferencePair(chosen="a", rejected="c")]
+    with pytest.raises(FormatError, match=r"^p item 0: latent sample 'c' not in /lat$"):
+        check_keys_exist(pairs, {"a": 0, "b": 1}, where="p", dataset="/lat")  # a dict's keys
 
 
 def test_preference_validation(tmp_path: Path) -> None:

@@ -21,6 +21,21 @@ def test_decode_real_clip_and_bad_bytes(clip_dir):
         decode_video(b"not a video at all", where="broken.mp4")
 
 
+def test_decode_from_a_path_equals_decoding_its_bytes(clip_dir, tmp_path):
+    path = clip_dir / "carphone_pristine.mp4"
+    # an independent decode: PyAV directly, every frame as RGB
+    import av
+
+    with av.open(str(path)) as c:
+        want = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(4), c.decode(video=0))])
+    for source in (path, str(path)):
+        np.testing.assert_array_equal(decode_video(source, max_frames=4), want)
+    np.testing.assert_array_equal(decode_video(path.read_bytes(), max_frames=4), want)
+    (tmp_path / "bad.mp4").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"^video x: cannot decode video"):
+        decode_video(tmp_path / "bad.mp4", where="video x")
+
+
 def test_resolution_buckets_and_frame_rule():
     assert parse_resolution("256x448") == (256, 448)
     for bad in ("256", "255x256", "0x8", "axb"):

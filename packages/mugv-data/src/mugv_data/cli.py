@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mugv_formats.console import run_command
+from mugv_formats.console import run_cli
 
 from mugv_data import __version__
 
@@ -81,13 +81,8 @@ def cmd_inspect(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    handler = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}[args.command]
-    return run_command("mugv-data", args.command, lambda: handler(args))
+    commands = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}
+    return run_cli("mugv-data", build_parser(), argv, commands)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from mugv_formats import __version__
-from mugv_formats.console import run_command
+from mugv_formats.console import run_cli
 from mugv_formats.inspect import describe
 from mugv_formats.versioning import CURRENT_VERSIONS
 
@@ -49,14 +49,11 @@ def _formats(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    handler = {"inspect": _inspect, "formats": _formats}[args.command]
     # any OSError reading the inspected path is the user's (a bad path, an unreadable file)
-    return run_command("mugv-formats", None, lambda: handler(args), also=(OSError,))
+    commands = {"inspect": _inspect, "formats": _formats}
+    return run_cli(
+        "mugv-formats", build_parser(), argv, commands, name_command=False, also=(OSError,)
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ PyYAML, so a CLI's start-up does not pay for pydantic or pyarrow.
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import yaml
 
@@ -59,3 +60,27 @@ def run_command(
         print(f"{where}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0 if code is None else int(code)
+
+
+def run_cli(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    commands: Mapping[str, Callable[[argparse.Namespace], int | None]] | None = None,
+    *,
+    name_command: bool = True,
+    also: tuple[type[BaseException], ...] = (),
+) -> int:
+    """The ``main`` of a CLI with sub-commands (stored in ``args.command``): parse ``argv``;
+    without a sub-command print the help and return 0; else run the sub-command's handler,
+    ``commands[args.command](args)`` (or ``args.func(args)`` when ``commands`` is None),
+    through :func:`run_command` (errors name the sub-command unless ``name_command`` is
+    False)."""
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = args.func if commands is None else commands[args.command]
+    return run_command(
+        prog, args.command if name_command else None, lambda: handler(args), also=also
+    )

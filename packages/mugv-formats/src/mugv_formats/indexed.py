@@ -27,7 +27,7 @@ from mugv_formats.shards import (
     RECORD_SHA,
     H,
     R,
-    _check_member_name,
+    check_member,
     row_to_record,
     sha256_hex,
     validate_record,
@@ -114,12 +114,7 @@ class IndexedShardReader(Generic[H, R]):
             with tarfile.open(shard_path, "r:") as tar:
                 for info in tar:
                     current = info.name
-                    _check_member_name(info.name, shard_path)
-                    if not info.isfile():
-                        raise CorruptShardError(
-                            f"{shard_path}: member {info.name!r} is not a regular file (type "
-                            f"{info.type!r}); links and devices are refused"
-                        )
+                    check_member(info, shard_path)
                     if info.name in offsets:
                         raise CorruptShardError(f"{shard_path}: member {info.name!r} appears twice")
                     if info.offset_data + info.size > file_size:
@@ -192,14 +187,7 @@ class IndexedShardReader(Generic[H, R]):
 
     def _check_digests(self, record: R, digests: Mapping[str, str], shard_path: Path) -> None:
         for ext, want in record.checksums.items():
-            got = digests.get(ext)
-            if got is None:
-                raise CorruptShardError(f"{shard_path}: member {record.key}.{ext} is missing")
-            if got != want:
-                raise ChecksumError(
-                    f"{shard_path}: member {record.key}.{ext} fails its sha256 check (stored "
-                    f"{want[:12]}..., read {got[:12]}...)"
-                )
+            _compare_digest(shard_path, f"{record.key}.{ext}", want, digests.get(ext))
 
     def verify_digests(self, key: str, digests: Mapping[str, str]) -> R:
         """Check the sha256 of a sample's raw members, read by someone else (``ext -> hex``,
@@ -211,17 +199,30 @@ class IndexedShardReader(Generic[H, R]):
         shard_path = self.path / record.shard
         stored = self._rows[key].get(RECORD_SHA)
         if stored:
-            got = digests.get(RECORD_MEMBER)
-            if got is None:
-                raise CorruptShardError(f"{shard_path}: member {key}.json is missing")
-            if got != stored:
-                raise ChecksumError(
-                    f"{shard_path}: member {key}.json fails its sha256 check (stored in "
-                    f"{MANIFEST} {stored[:12]}..., read {got[:12]}...)"
-                )
+            _compare_digest(
+                shard_path,
+                f"{key}.json",
+                stored,
+                digests.get(RECORD_MEMBER),
+                where=f"in {MANIFEST} ",
+            )
         self._check_digests(record, digests, shard_path)
         return record
 
     def verify_members(self, key: str, members: Mapping[str, Any]) -> R:
         """:meth:`verify_digests` of raw member bytes (``ext -> bytes``)."""
         return self.verify_digests(key, member_digests(members))
+
+
+def _compare_digest(
+    shard_path: Path, member: str, want: str, got: str | None, *, where: str = ""
+) -> None:
+    """A member's sha256 ``got`` (None: the member is missing) against the stored ``want``
+    (stored ``where``: in the record, or ``in manifest.parquet ``)."""
+    if got is None:
+        raise CorruptShardError(f"{shard_path}: member {member} is missing")
+    if got != want:
+        raise ChecksumError(
+            f"{shard_path}: member {member} fails its sha256 check (stored {where}"
+            f"{want[:12]}..., read {got[:12]}...)"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Container
 from pathlib import Path
 from typing import Literal
 
@@ -104,13 +105,18 @@ def read_preference_data(
 
 
 def check_keys_exist(
-    items: list[PreferencePair] | list[KTOSample], known_keys: set[str], *, where: str
+    items: list[PreferencePair] | list[KTOSample],
+    known_keys: Container[str],
+    *,
+    where: str,
+    dataset: str = "the latent dataset",
 ) -> None:
-    """Raise naming the first key that the latent dataset does not hold."""
+    """Raise ``FormatError`` naming the first item whose latent sample key (a pair's chosen or
+    rejected, a KTO sample's key) is not in ``known_keys``, the keys of the latent dataset
+    ``dataset`` that the preference data ``where`` refers to. Call it after
+    :func:`read_preference_data` once that latent dataset is open."""
     for i, item in enumerate(items):
         keys = [item.chosen, item.rejected] if isinstance(item, PreferencePair) else [item.key]
         for k in keys:
             if k not in known_keys:
-                raise FormatError(
-                    f"{where} item {i}: latent sample {k!r} not in the latent dataset"
-                )
+                raise FormatError(f"{where} item {i}: latent sample {k!r} not in {dataset}")

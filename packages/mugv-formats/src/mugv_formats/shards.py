@@ -356,6 +356,17 @@ class ShardSetWriter(Generic[H, R]):
             self.abort()
 
 
+def check_member(info: tarfile.TarInfo, shard: Path) -> None:
+    """Refuse an unsafe shard member: an absolute path, ``..``, or anything but a regular
+    file (links, devices); CorruptShardError naming shard and member."""
+    _check_member_name(info.name, shard)
+    if not info.isfile():
+        raise CorruptShardError(
+            f"{shard}: member {info.name!r} is not a regular file (type "
+            f"{info.type!r}); links and devices are refused"
+        )
+
+
 def _check_member_name(name: str, shard: Path) -> None:
     if name.startswith("/") or name.startswith("\\") or os.path.isabs(name):
         raise CorruptShardError(f"{shard}: member {name!r} has an absolute path; refused")
@@ -372,12 +383,7 @@ def iter_shard_members(shard: Path) -> Iterator[tuple[str, str, bytes]]:
         with tarfile.open(shard, "r|") as tar:
             for info in tar:
                 current = info.name
-                _check_member_name(info.name, shard)
-                if not info.isfile():
-                    raise CorruptShardError(
-                        f"{shard}: member {info.name!r} is not a regular file (type "
-                        f"{info.type!r}); links and devices are refused"
-                    )
+                check_member(info, shard)
                 base = info.name.rsplit("/", 1)[-1]
                 if "." not in base:
                     raise CorruptShardError(f"{shard}: member {info.name!r} has no extension")

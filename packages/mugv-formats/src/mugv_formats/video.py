@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -62,22 +63,22 @@ def encode_mp4(
     return buf.getvalue()
 
 
+class Mp4Options(TypedDict, total=False):
+    """The encoder settings :func:`write_mp4` passes on to :func:`encode_mp4`."""
+
+    crf: int | None
+    codec: str
+    pix_fmt: str
+    preset: str | None
+    threads: int | None
+
+
 def write_mp4(
-    frames_THW3: Iterable[np.ndarray],
-    path: str | Path,
-    fps: float,
-    *,
-    crf: int | None = None,
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    preset: str | None = None,
-    threads: int | None = None,
+    frames_THW3: Iterable[np.ndarray], path: str | Path, fps: float, **options: Unpack[Mp4Options]
 ) -> Path:
     """Write RGB uint8 frames (``[T, H, W, 3]`` or any iterable of ``[H, W, 3]``) to ``path``
-    as MP4, atomically (the file appears complete or not at all); see :func:`encode_mp4`."""
+    as MP4, atomically (the file appears complete or not at all); the encoder settings are
+    :func:`encode_mp4`'s."""
     path = Path(path)
-    data = encode_mp4(
-        frames_THW3, fps, crf=crf, codec=codec, pix_fmt=pix_fmt, preset=preset, threads=threads
-    )
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, encode_mp4(frames_THW3, fps, **options))
     return path

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from mugv_formats.console import run_command
+from mugv_formats.console import run_cli
 
 from mugv_vae import __version__
 
@@ -186,12 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return run_command("mugv-vae", args.command, lambda: args.func(args))
+    return run_cli("mugv-vae", build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,13 +17,19 @@ import torch.nn.functional as F
 from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION
 
 
-def decode_video(data: bytes, max_frames: int | None = None, where: str = "video") -> np.ndarray:
-    """Decode the first ``max_frames`` frames of an encoded video to ``uint8 [T, H, W, 3]``."""
+def decode_video(
+    data: bytes | str | Path, max_frames: int | None = None, where: str = "video"
+) -> np.ndarray:
+    """Decode the first ``max_frames`` frames of an encoded video (its bytes, or a file path)
+    to RGB ``uint8 [T, H, W, 3]``. ValueError starting with ``where`` when the video has no
+    video stream, cannot be decoded or has no frames. The one video decoder of mugv-vae and
+    mugv-infer."""
     import av
 
     frames: list[np.ndarray] = []
+    source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(source) as container:
             if not container.streams.video:
                 raise ValueError(f"{where}: no video stream")
             stream = container.streams.video[0]

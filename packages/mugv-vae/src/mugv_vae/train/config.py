@@ -14,7 +14,9 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelSection(_Cfg):
+class ModelConfig(_Cfg):
+    """The model to train (YAML key ``model``)."""
+
     preset: str | None = Field("tiny", description="Architecture preset (when no checkpoint).")
     checkpoint: str | None = Field(None, description="Start from this VAE checkpoint folder.")
     sdxl_vae: str | None = Field(None, description="Local diffusers AutoencoderKL for the trunk.")
@@ -23,7 +25,9 @@ class ModelSection(_Cfg):
     gradient_checkpointing: bool = False
 
 
-class DataSection(_Cfg):
+class DataConfig(_Cfg):
+    """Training data and batching (YAML key ``data``)."""
+
     clips: str = Field(description="Clip-shard dataset, or a folder of video files.")
     resolution: str = Field("64x64", description="Training crop HxW.")
     frames: int = Field(17, ge=1, description="Frames per video sample (1+8k).")
@@ -38,7 +42,9 @@ class DataSection(_Cfg):
     eval_clips: str | None = Field(None, description="Held-out clips for periodic PSNR.")
 
 
-class LossSection(_Cfg):
+class LossConfig(_Cfg):
+    """Loss weights and the GAN stage (YAML key ``loss``)."""
+
     mse: float = 1.0
     l1: float = 1.0
     adaptive_l1: float = Field(1.0, description="Strength of the |dt Laplacian| L1 weight.")
@@ -51,7 +57,9 @@ class LossSection(_Cfg):
     disc_lr: float = 1e-4
 
 
-class OptimSection(_Cfg):
+class OptimConfig(_Cfg):
+    """AdamW and its schedule (YAML key ``optim``)."""
+
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
@@ -63,10 +71,10 @@ class TrainConfig(_Cfg):
     """Everything one training run needs; written to ``<output>/resolved_config.yaml``."""
 
     output: str = Field(description="Run folder: checkpoints, TensorBoard logs, final export.")
-    model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection
-    loss: LossSection = Field(default_factory=LossSection)
-    optim: OptimSection = Field(default_factory=OptimSection)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     steps: int = Field(100, ge=1)
     seed: int = 0
     ema_decay: float = 0.999
