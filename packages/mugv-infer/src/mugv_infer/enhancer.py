@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from mugv_infer.pipeline import MUGVPipeline, MUGVPipelineOutput, postprocess_video
+from mugv_infer.pipeline import DenoiseInputs, MUGVPipeline, MUGVPipelineOutput
+from mugv_infer.sizes import check_frames, check_size
+from mugv_infer.video_io import load_video
 
 DEFAULT_LORA_TARGETS = ("qkv", "proj", "q", "kv", "fc1", "fc2")
 """Linear layers of the blocks a LoRA adapts by default (attention + MLP)."""
@@ -91,6 +93,28 @@ def load_lora(transformer, path: str | Path, *, fuse: bool = False):
 class MUGVEnhancePipeline(MUGVPipeline):
     """One-step SDEdit refiner (same components as :class:`MUGVPipeline`)."""
 
+    def check_inputs(self, video, prompt, strength, height, width) -> torch.Tensor:
+        """ValueError naming the bad value -> the video as ``[B, 3, F, H, W]`` in [-1, 1]
+        (a file read and resized to ``height`` x ``width``)."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if not isinstance(video, torch.Tensor):
+            if height is None or width is None:
+                raise ValueError("enhancing a video file needs height and width")
+            video = load_video(video, height, width)
+        if video.ndim == 4:
+            video = video[None]
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, F, H, W] in [-1, 1], got {tuple(video.shape)}")
+        b, _, f, h, w = video.shape
+        check_size(h, w)
+        check_frames(f)
+        if prompt is not None:
+            n = 1 if isinstance(prompt, str) else len(prompt)
+            if n != b:
+                raise ValueError(f"{n} prompts for {b} videos")
+        return video
+
     @torch.no_grad()
     def __call__(
         self,
@@ -113,63 +137,31 @@ class MUGVEnhancePipeline(MUGVPipeline):
         """``video``: ``[3, F, H, W]`` / ``[B, 3, F, H, W]`` in [-1, 1] or a file path
         (resized to ``height`` x ``width`` when given). ``strength``: the noise level s the
         video is taken to (0.3 as the release)."""
-        from mugv_infer.sizes import check_frames, check_size
-        from mugv_infer.video_io import load_video
-
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if not isinstance(video, torch.Tensor):
-            if height is None or width is None:
-                raise ValueError("enhancing a video file needs height and width")
-            video = load_video(video, height, width)
-        if video.ndim == 4:
-            video = video[None]
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"video must be [B, 3, F, H, W] in [-1, 1], got {tuple(video.shape)}")
-        b, _, f, h, w = video.shape
-        check_size(h, w)
-        check_frames(f)
-        if prompt is not None:
-            n = 1 if isinstance(prompt, str) else len(prompt)
-            if n != b:
-                raise ValueError(f"{n} prompts for {b} videos")
+        video = self.check_inputs(video, prompt, strength, height, width)
+        b = video.shape[0]
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
+        # 1. encode the prompt
         text, text_mask, neg, neg_mask = self.encode_prompt(
-            prompt, negative_prompt, do_cfg, 1, prompt_embeds, prompt_attention_mask, device=device
-        )
+            prompt, negative_prompt, guidance_scale > 1.0, 1, prompt_embeds, prompt_attention_mask,
+            device=device,
+        )  # fmt: skip
+        # 2. the video's latents, noised to s = strength; timesteps from there (no shift)
         x0 = self._encode_frames(video).to(device)
         self._offload(self.vae)
         self.scheduler.set_timesteps(num_inference_steps, sigma_max=strength)  # no shift
         noise = randn_tensor(x0.shape, generator=generator, device=torch.device("cpu")).to(device)
         latents = self.scheduler.add_noise(x0, noise, strength)
-        noisy = torch.ones(b, x0.shape[2], dtype=torch.bool, device=device)
-        fps_B = torch.full((b,), float(fps), device=device)
-        self._onload(self.transformer)
-        with self.progress_bar(total=num_inference_steps) as bar:
-            for s in self.scheduler.timesteps:
-                sigma = torch.full((b,), float(s), device=device)
-                v_cond, v_uncond = self._predict(
-                    latents,
-                    sigma,
-                    text,
-                    text_mask,
-                    neg,
-                    neg_mask,
-                    fps_B,
-                    noisy,
-                    None,
-                    attention_kwargs,
-                )
-                v = v_cond if v_uncond is None else v_uncond + guidance_scale * (v_cond - v_uncond)
-                latents = self.scheduler.step(v, s, latents).prev_sample
-                bar.update()
-        self._offload(self.transformer)
-        frames = (
-            latents
-            if output_type == "latent"
-            else postprocess_video(self.decode_latents(latents), output_type)
+        inputs = DenoiseInputs(
+            text,
+            text_mask,
+            (neg, neg_mask),
+            fps_B=torch.full((b,), float(fps), device=device),
+            noisy_BT=torch.ones(b, x0.shape[2], dtype=torch.bool, device=device),
+            attention_kwargs=attention_kwargs,
         )
+        # 3. denoising loop, 4. decode
+        latents, _ = self.denoise(latents, inputs, guidance_scale)
+        frames = self.output_frames(latents, output_type)
         if not return_dict:
             return (frames,)
         return MUGVPipelineOutput(

@@ -25,11 +25,16 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from mugv_vae.checkpoint import checkpoint_id
+from mugv_vae.model import MugvVAE
+from PIL import Image
 
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
 from mugv_infer.scheduler import MUGVFlowEulerScheduler
 from mugv_infer.sizes import check_frames, check_size
 from mugv_infer.step_cache import StepCache
+from mugv_infer.text import encode_prompts, load_t5
+from mugv_infer.video_io import load_image, load_video
 
 DEFAULT_NEGATIVE_PROMPT = (
     "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
@@ -64,6 +69,41 @@ def rescale_guidance(v_cfg: torch.Tensor, v_cond: torch.Tensor, rescale: float) 
     dims = list(range(1, v_cfg.ndim))
     ratio = v_cond.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True)
     return rescale * (v_cfg * ratio) + (1 - rescale) * v_cfg
+
+
+def with_aesthetic_score(prompt: str | list[str] | None, score: float | None):
+    """The release's prompt suffix: ``"P aesthetic score: X."`` for each prompt (a list);
+    ``prompt`` unchanged when there is no score (or no prompt)."""
+    if prompt is None or score is None:
+        return prompt
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    return [f"{p} aesthetic score: {score:.1f}." for p in prompts]
+
+
+@dataclass(frozen=True)
+class DenoiseInputs:
+    """What the DiT is given at every step besides the noisy latents and the noise level,
+    fixed for one generation and on the execution device."""
+
+    text_BLD: torch.Tensor
+    text_mask_BL: torch.Tensor
+    neg: tuple[torch.Tensor | None, torch.Tensor | None]
+    """The unconditional branch's ``([B, L, D], [B, L])`` text; ``(None, None)``: no CFG."""
+    fps_B: torch.Tensor
+    noisy_BT: torch.Tensor
+    """False where a latent frame is held at its clean conditioning latent."""
+    frame_index: torch.Tensor | None = None
+    """``[B, T + 2]`` RoPE time index (None: ``arange(T + 2)``)."""
+    clean_BCTHW: torch.Tensor | None = None
+    """Conditioning latents (None: nothing is held)."""
+    attention_kwargs: dict | None = None
+
+    def hold_clean(self, latents_BCTHW: torch.Tensor) -> torch.Tensor:
+        """The conditioning latents written into their slots (held frames stay clean)."""
+        if self.clean_BCTHW is None:
+            return latents_BCTHW
+        hold = self.noisy_BT[:, None, :, None, None]
+        return torch.where(hold, latents_BCTHW, self.clean_BCTHW)
 
 
 def _pad_text(embeds: list[torch.Tensor], masks: list[torch.Tensor]):
@@ -117,10 +157,6 @@ class MUGVPipeline(DiffusionPipeline):
     ) -> MUGVPipeline:
         """Build from a ``mugv.dit-export`` (or diffusers-saved transformer) folder, a
         ``mugv.vae-checkpoint`` folder and a local T5 folder. Errors name the part."""
-        from mugv_vae.model import MugvVAE
-
-        from mugv_infer.text import load_t5
-
         model, vae = Path(model), Path(vae)
         for name, p in (("model", model), ("vae", vae)):
             if not (p / "config.json").is_file():
@@ -136,8 +172,6 @@ class MUGVPipeline(DiffusionPipeline):
         pipe = cls(
             transformer, vae_model.to(torch_dtype), MUGVFlowEulerScheduler(), tokenizer, encoder
         )
-        from mugv_vae.checkpoint import checkpoint_id
-
         pipe.vae_checkpoint_id = checkpoint_id(vae)
         pipe.text_encoder_id = None if text_encoder is None else Path(text_encoder).name
         return pipe
@@ -158,7 +192,6 @@ class MUGVPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, **kw):
         """Load a folder written by :meth:`save_pretrained`."""
-        from mugv_vae.model import MugvVAE
         from transformers import AutoTokenizer, T5EncoderModel
 
         root = Path(path)
@@ -246,8 +279,11 @@ class MUGVPipeline(DiffusionPipeline):
         video,
         latents,
         callback_on_step_end_tensor_inputs,
+        step_cache_threshold: float = 0.0,
     ) -> None:
         """ValueError naming the bad value; runs before any model work."""
+        if step_cache_threshold > 0 and self.transformer.sequence_parallel is not None:
+            raise ValueError("step_cache_threshold > 0 is not supported with sequence parallelism")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
         if prompt is not None and not isinstance(prompt, (str, list)):
@@ -319,8 +355,6 @@ class MUGVPipeline(DiffusionPipeline):
         """-> ``(embeds [B, L, D], mask [B, L], neg_embeds | None, neg_mask | None)``, repeated
         ``num_videos_per_prompt`` times. Without a negative prompt the unconditional branch
         uses the DiT's learned null caption."""
-        from mugv_infer.text import encode_prompts
-
         device = device or self._execution_device
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -371,8 +405,6 @@ class MUGVPipeline(DiffusionPipeline):
     def prepare_conditioning(self, image, last_image, video, height, width, num_frames, batch):
         """-> (clean latents ``[B, C, T, H, W]`` or None, noisy frames ``[B, T]`` bool,
         first pixel frames to paste back ``[3, F0, H, W]`` or None)."""
-        from mugv_infer.video_io import load_image
-
         shape = self.latent_shape(batch, height, width, num_frames)
         t = shape[2]
         noisy = torch.ones(batch, t, dtype=torch.bool)
@@ -381,8 +413,6 @@ class MUGVPipeline(DiffusionPipeline):
         if video is not None:
             frames = video if isinstance(video, torch.Tensor) else None
             if frames is None:
-                from mugv_infer.video_io import load_video
-
                 frames = load_video(video, height, width, max_frames=num_frames - 1)
             keep = 1 + (frames.shape[1] - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION
             z = self._encode_frames(frames[None, :, :keep])
@@ -424,11 +454,26 @@ class MUGVPipeline(DiffusionPipeline):
         self._offload(self.vae)
         return torch.cat(videos).float().clamp(-1, 1)
 
-    def _predict(self, x, sigma, text, text_mask, neg, neg_mask, fps, noisy, frame_index, attn_kw):
-        """Guided velocity: cond and uncond in one batch, or split over the CFG group."""
+    def prepare_latents(self, batch, height, width, num_frames, generator, latents, device):
+        """The starting noise ``[B, C, T, H, W]`` (float32 on ``device``): drawn on the CPU
+        from ``generator`` (the same video on any device) unless ``latents`` are given."""
+        shape = self.latent_shape(batch, height, width, num_frames)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"))
+        if latents.shape[0] != batch:
+            raise ValueError(
+                f"latents batch {latents.shape[0]} != prompts x videos per prompt = {batch}"
+            )
+        return latents.float().to(device)
+
+    def _predict(self, x, sigma, inputs: DenoiseInputs):
+        """(v_cond, v_uncond or None): cond and uncond in one batch, or split over the CFG
+        group."""
         c = self.transformer.config.in_channels
         dtype = self.transformer.dtype
-        common = dict(fps=fps, frame_index=frame_index, attention_kwargs=attn_kw)
+        text, text_mask, neg, neg_mask = inputs.text_BLD, inputs.text_mask_BL, *inputs.neg
+        noisy, fps, frame_index = inputs.noisy_BT, inputs.fps_B, inputs.frame_index
+        common = dict(fps=fps, frame_index=frame_index, attention_kwargs=inputs.attention_kwargs)
         if neg is None:
             out = self.transformer(
                 x.to(dtype), sigma, text, text_mask, noisy_frames=noisy, **common
@@ -457,6 +502,59 @@ class MUGVPipeline(DiffusionPipeline):
         )
         cond, uncond = out.sample[:, :c].float().chunk(2)
         return cond, uncond
+
+    def guided_velocity(self, x, sigma, inputs: DenoiseInputs, guidance_scale, rescale=0.0):
+        """The DiT's velocity with classifier-free guidance (and guidance rescale)."""
+        v_cond, v_uncond = self._predict(x, sigma, inputs)
+        if v_uncond is None:
+            return v_cond
+        v = v_uncond + guidance_scale * (v_cond - v_uncond)
+        return rescale_guidance(v, v_cond, rescale)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        inputs: DenoiseInputs,
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        *,
+        callback: Callable | None = None,
+        callback_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
+        step_cache_threshold: float = 0.0,
+    ) -> tuple[torch.Tensor, int]:
+        """The denoising loop over ``self.scheduler.timesteps``, inside a progress bar; the
+        conditioning latents held in their slots after every step -> (latents, steps served
+        by the step cache)."""
+        transformer = self._onload(self.transformer)
+        cache = StepCache(step_cache_threshold) if step_cache_threshold > 0 else None
+        transformer.step_cache = cache
+        try:
+            with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+                for i, s in enumerate(self.scheduler.timesteps):
+                    sigma = torch.full_like(inputs.fps_B, float(s))
+                    v = self.guided_velocity(
+                        latents, sigma, inputs, guidance_scale, guidance_rescale
+                    )
+                    latents = inputs.hold_clean(self.scheduler.step(v, s, latents).prev_sample)
+                    if callback is not None:
+                        local = {"latents": latents}
+                        outs = callback(self, i, s, {k: local[k] for k in callback_tensor_inputs})
+                        latents = (outs or {}).get("latents", latents)
+                    bar.update()
+        finally:
+            transformer.step_cache = None
+        self._offload(self.transformer)
+        return latents, 0 if cache is None else cache.skipped
+
+    def output_frames(self, latents: torch.Tensor, output_type: str, paste=None):
+        """Latents -> the requested output (see :class:`MUGVPipelineOutput`); ``paste``:
+        given pixel frames ``[3, F0, H, W]`` written over the first decoded ones."""
+        if output_type == "latent":
+            return latents
+        video_BCFHW = self.decode_latents(latents)
+        if paste is not None:
+            video_BCFHW[:, :, : paste.shape[1]] = paste.to(video_BCFHW)
+        return postprocess_video(video_BCFHW, output_type)
 
     # ------------------------------------------------------------------ __call__
     @torch.no_grad()
@@ -498,87 +596,45 @@ class MUGVPipeline(DiffusionPipeline):
         ``frame_index``: ``[B, T + 2]`` RoPE time index (default ``arange(T + 2)``).
         ``step_cache_threshold`` > 0 enables the step cache (approximate)."""
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        if step_cache_threshold > 0 and self.transformer.sequence_parallel is not None:
-            raise ValueError("step_cache_threshold > 0 is not supported with sequence parallelism")
         self.check_inputs(
             prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, height, width,
             num_frames, num_inference_steps, guidance_scale, output_type, image, last_image,
-            video, latents, tensor_inputs,
+            video, latents, tensor_inputs, step_cache_threshold,
         )  # fmt: skip
-        if prompt is not None and aesthetic_score is not None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt = [f"{p} aesthetic score: {aesthetic_score:.1f}." for p in prompts]
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
-        # 1. text
+        # 1. encode the prompt (for CFG also the negative prompt, or the DiT's null caption)
         text, text_mask, neg, neg_mask = self.encode_prompt(
-            prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds,
-            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
-            max_sequence_length, device,
+            with_aesthetic_score(prompt, aesthetic_score), negative_prompt, guidance_scale > 1.0,
+            num_videos_per_prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+            negative_prompt_attention_mask, max_sequence_length, device,
         )  # fmt: skip
         batch = text.shape[0]
-        # 2. noise levels
-        t_lat = check_frames(num_frames, TEMPORAL_COMPRESSION)
+        # 2. timesteps: the noise levels, shifted for the resolution and length
+        t_latent = check_frames(num_frames, TEMPORAL_COMPRESSION)
         self.scheduler.set_timesteps(
-            num_inference_steps, height=height, width=width, latent_frames=t_lat
+            num_inference_steps, height=height, width=width, latent_frames=t_latent
         )
-        # 3. latents: noise, conditioning latents in their slots
-        shape = self.latent_shape(batch, height, width, num_frames)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"))
-        if latents.shape[0] != batch:
-            raise ValueError(
-                f"latents batch {latents.shape[0]} != prompts x videos per prompt = {batch}"
-            )
-        latents = latents.float().to(device)
-        cond, noisy, given = self.prepare_conditioning(
+        # 3. latents: noise, then the conditioning latents written into their slots
+        latents = self.prepare_latents(batch, height, width, num_frames, generator, latents, device)
+        clean, noisy, given = self.prepare_conditioning(
             image, last_image, video, height, width, num_frames, batch
         )
-        noisy = noisy.to(device)
-        hold = noisy[:, None, :, None, None]
-        if cond is not None:
-            cond = cond.to(device)
-            latents = torch.where(hold, latents, cond)
-        fps_B = torch.full((batch,), float(fps), device=device)
-        fi = None if frame_index is None else frame_index.to(device).expand(batch, -1)
+        inputs = DenoiseInputs(
+            text, text_mask, (neg, neg_mask),
+            fps_B=torch.full((batch,), float(fps), device=device),
+            noisy_BT=noisy.to(device),
+            frame_index=None if frame_index is None else frame_index.to(device).expand(batch, -1),
+            clean_BCTHW=None if clean is None else clean.to(device),
+            attention_kwargs=attention_kwargs,
+        )  # fmt: skip
+        latents = inputs.hold_clean(latents)
         # 4. denoising loop
-        transformer = self._onload(self.transformer)
-        cache = StepCache(step_cache_threshold) if step_cache_threshold > 0 else None
-        transformer.step_cache = cache
-        try:
-            with self.progress_bar(total=num_inference_steps) as bar:
-                for i, s in enumerate(self.scheduler.timesteps):
-                    sigma = torch.full((batch,), float(s), device=device)
-                    v_cond, v_uncond = self._predict(
-                        latents, sigma, text, text_mask, neg, neg_mask, fps_B, noisy, fi,
-                        attention_kwargs,
-                    )  # fmt: skip
-                    v = v_cond
-                    if v_uncond is not None:
-                        v = v_uncond + guidance_scale * (v_cond - v_uncond)
-                        v = rescale_guidance(v, v_cond, guidance_rescale)
-                    latents = self.scheduler.step(v, s, latents).prev_sample
-                    if cond is not None:
-                        latents = torch.where(hold, latents, cond)
-                    if callback_on_step_end is not None:
-                        local = {"latents": latents}
-                        outs = callback_on_step_end(
-                            self, i, s, {k: local[k] for k in tensor_inputs}
-                        )
-                        latents = (outs or {}).get("latents", latents)
-                    bar.update()
-        finally:
-            transformer.step_cache = None
-        self._offload(self.transformer)
-        skipped = cache.skipped if cache is not None else 0
-        # 5. decode
-        if output_type == "latent":
-            frames = latents
-        else:
-            video_BCFHW = self.decode_latents(latents)
-            if paste_condition_frames and given is not None:
-                video_BCFHW[:, :, : given.shape[1]] = given.to(video_BCFHW)
-            frames = postprocess_video(video_BCFHW, output_type)
+        latents, skipped = self.denoise(
+            latents, inputs, guidance_scale, guidance_rescale, callback=callback_on_step_end,
+            callback_tensor_inputs=tensor_inputs, step_cache_threshold=step_cache_threshold,
+        )  # fmt: skip
+        # 5. decode (the given condition frames pasted over their decoded copies)
+        frames = self.output_frames(latents, output_type, given if paste_condition_frames else None)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
@@ -598,8 +654,6 @@ def postprocess_video(video_BCFHW: torch.Tensor, output_type: str):
     arr = video01.permute(0, 2, 3, 4, 1).numpy()
     if output_type == "np":
         return arr
-    from PIL import Image
-
     return [[Image.fromarray(np.round(f * 255).astype(np.uint8)) for f in v] for v in arr]
 
 
