@@ -21,8 +21,8 @@ def saved_checkpoint(tmp_path_factory):
     """A debug MUGDiT + EMA + optimizer checkpoint written by ``save_checkpoint``."""
     import torch
     from mugv_dit.checkpoint import save_checkpoint
-    from mugv_dit.compat import cpu_megatron
     from mugv_dit.config import model_preset
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.model import MUGDiT, megatron_config
 
     cfg = model_preset("debug")
@@ -36,7 +36,7 @@ def saved_checkpoint(tmp_path_factory):
 
 def _load(ckpt, cfg):
     from mugv_dit.checkpoint import load_model_weights
-    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.model import MUGDiT, megatron_config
 
     with cpu_megatron():

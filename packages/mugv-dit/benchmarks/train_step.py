@@ -149,7 +149,8 @@ def bench_mug(
     )
     from megatron.core.optimizer import clip_grads
     from megatron.core.optimizer import optimizer as megatron_optimizer
-    from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
+    from mugv_dit.megatron_patches.multi_tensor import install_foreach_multi_tensor_ops
+    from mugv_dit.optimizer_kernels import enable_fused_adam
 
     saved = (
         clip_grads.l2_norm_impl,
@@ -357,8 +358,8 @@ def main() -> None:
 
     from contextlib import ExitStack
 
-    from mugv_dit.compat import cpu_megatron
     from mugv_dit.flops import train_step_flops
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import init_distributed
 
     init_distributed(args.tp, backend="nccl" if DEVICE == "cuda" else "gloo")

@@ -4,12 +4,12 @@ AdamW for the fused one."""
 from __future__ import annotations
 
 import torch
-from mugv_dit.optimizer_kernels import (
-    enable_fused_adam,
+from mugv_dit.megatron_patches.multi_tensor import (
     foreach_l2_norm,
     foreach_scale,
     install_foreach_multi_tensor_ops,
 )
+from mugv_dit.optimizer_kernels import enable_fused_adam
 
 
 def test_foreach_l2_norm_is_the_norm_of_everything():

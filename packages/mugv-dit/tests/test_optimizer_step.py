@@ -68,7 +68,7 @@ PARITY_CASES = [  # (param dtype, clip_grad, grad scale)
 
 @pytest.mark.parametrize(("dtype", "clip_grad", "scale"), PARITY_CASES)
 def test_sync_free_step_equals_megatron_step(megatron_single, dtype, clip_grad, scale):
-    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 
     with cpu_megatron():
         _check_parity(dtype, clip_grad, scale, "cpu")
@@ -114,7 +114,7 @@ def _check_parity(dtype, clip_grad: float, scale: float, device: str) -> None:
 def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
     """A NaN grad: the norm is NaN, and params, fp32 main params, Adam moments and step counts
     stay exactly as they were (Megatron's own step without a loss scaler applies the update)."""
-    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.optimizer_step import SyncFreeStep
 
     with cpu_megatron():
@@ -153,7 +153,7 @@ def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
 
 
 def test_why_not_names_the_unsupported_case(megatron_single):
-    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.optimizer_step import SyncFreeStep, sync_free_step, why_not
 
     with cpu_megatron():

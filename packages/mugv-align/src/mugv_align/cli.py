@@ -197,9 +197,9 @@ def _ema_reconstruct(args) -> int:
 def _ema_sweep(args) -> int:
     import torch
     from mugv_dit.build import build_model
-    from mugv_dit.compat import cpu_megatron
     from mugv_dit.data import LatentIndex
     from mugv_dit.export import load_full_state_dict
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import init_distributed
     from mugv_formats import atomic_write_text
 

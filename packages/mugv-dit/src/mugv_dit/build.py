@@ -27,7 +27,7 @@ def build_model(
     with ``cpu_init`` (the default) the tensor-parallel weights are drawn whole on the CPU
     and then split, so every TP size gives the same model. ``sequence_parallel`` takes
     effect only with TP > 1. Megatron's layers need its process groups
-    (``mugv_dit.parallel.init_distributed``) and, without CUDA, ``compat.cpu_megatron()``.
+    (``mugv_dit.parallel.init_distributed``) and, without CUDA, ``megatron_patches.cpu_megatron()``.
     """
     layout = layout or ParallelContext.single()
     tcfg = megatron_config(

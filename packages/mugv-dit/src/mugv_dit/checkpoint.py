@@ -17,21 +17,17 @@ naming the file and the refused class.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import importlib
-import multiprocessing as mp
 import os
 import pickle
 import shutil
-from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.strategies import torch as mcore_torch_strategy
 from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
     CachedMetadataFileSystemReader,
 )
@@ -40,8 +36,8 @@ from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from mugv_dit.child_process import die_with_parent
-from mugv_dit.compat import adam_state_for_loading, torch_adam_step_on_load
+from mugv_dit.megatron_patches.adam_load import adam_state_for_loading, torch_adam_step_on_load
+from mugv_dit.megatron_patches.checkpoint_io import filesystem_reader, own_write_results_queue
 
 LATEST = "latest"
 
@@ -152,16 +148,6 @@ class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
         return _safe_torch_load(path)
 
 
-@contextlib.contextmanager
-def _patched(owner, name: str, value):
-    old = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, old)
-
-
 def safe_load(template: dict, path: Path) -> dict:
     """``dist_checkpointing.load`` that never unpickles anything but checkpoint data."""
     if not (path / ".metadata").is_file():
@@ -175,7 +161,7 @@ def safe_load(template: dict, path: Path) -> dict:
     def reader(checkpoint_dir, cache_metadata: bool = False):
         return SafeMetadataReader(checkpoint_dir)
 
-    with _patched(mcore_torch_strategy, "_get_filesystem_reader", reader):
+    with filesystem_reader(reader):
         return dist_checkpointing.load(
             template, str(path), common_strategy=SafeCommonLoadStrategy()
         )
@@ -233,23 +219,6 @@ def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: b
     return state
 
 
-_MANAGERS: list[SyncManager] = []
-
-
-def _own_write_results_queue() -> None:
-    """Megatron's torch_dist writer passes results through a queue served by a spawned
-    manager process, started on the first save and never stopped: a SIGKILLed trainer leaves
-    it (and multiprocessing's resource tracker) running. Start that manager here instead, so
-    it dies with this process."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if filesystem_async._results_queue is None:
-        manager = SyncManager(ctx=mp.get_context("spawn"))
-        manager.start(die_with_parent, (os.getpid(),))  # light module: the child starts fast
-        _MANAGERS.append(manager)  # the queue lives as long as its manager
-        filesystem_async._results_queue = manager.Queue()
-
-
 def save_checkpoint(
     root: Path,
     step: int,
@@ -267,7 +236,7 @@ def save_checkpoint(
     path = step_dir(root, step)
     _prepare_dir(root, path)
     state = build_state(model, ema, optimizer, trainer_state, loading=False)
-    _own_write_results_queue()
+    own_write_results_queue()
     dist_checkpointing.save(state, str(path))
     if per_rank_saver is not None:
         per_rank_saver(path)
@@ -301,7 +270,7 @@ class CheckpointSaver:
         path = step_dir(self.root, step)
         _prepare_dir(self.root, path)
         state = build_state(model, ema, optimizer, trainer_state, loading=False)
-        _own_write_results_queue()
+        own_write_results_queue()
         request = dist_checkpointing.save(state, str(path), async_sharded_save=True)
         if per_rank_saver is not None:
             per_rank_saver(path)

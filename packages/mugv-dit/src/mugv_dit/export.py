@@ -138,7 +138,7 @@ def write_random_export(
     from megatron.core import parallel_state
 
     from mugv_dit.build import build_model
-    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import destroy_distributed, init_distributed
 
     own_groups = not parallel_state.model_parallel_is_initialized()
@@ -178,7 +178,7 @@ def export_checkpoint(
     goes into the export's metadata."""
     from mugv_dit.build import build_model
     from mugv_dit.checkpoint import load_model_weights
-    from mugv_dit.compat import cpu_megatron
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import init_distributed
 
     init_distributed(1)

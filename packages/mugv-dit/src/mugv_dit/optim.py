@@ -13,7 +13,8 @@ import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from mugv_dit.config import RunConfig, StageConfig
-from mugv_dit.optimizer_kernels import enable_fused_adam, install_foreach_multi_tensor_ops
+from mugv_dit.megatron_patches.multi_tensor import install_foreach_multi_tensor_ops
+from mugv_dit.optimizer_kernels import enable_fused_adam
 from mugv_dit.optimizer_step import sync_free_step
 
 

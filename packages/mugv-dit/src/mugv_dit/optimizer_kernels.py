@@ -1,63 +1,16 @@
-"""Faster optimizer-step pieces for Megatron-Core when apex and transformer-engine are absent.
+"""torch's fused AdamW inside the optimizer Megatron-Core built.
 
-Without apex / transformer-engine Megatron-Core falls back to ``torch.optim.AdamW`` with its
-default multi-tensor (foreach) path, and to local replacements of apex's multi-tensor kernels
-whose grad-norm reads every parameter's norm back to the host one at a time (a device sync
-per tensor, which leaves the GPU idle) and whose grad scaling launches two kernels per
-tensor. This module swaps in:
-
-* :func:`foreach_l2_norm` / :func:`foreach_scale`: the same functions through
-  ``torch._foreach_norm`` / ``torch._foreach_mul``, with no host sync;
-* :func:`enable_fused_adam`: torch's fused (single-kernel) AdamW for the optimizer Megatron
-  built; same update rule, rounding-level differences only.
+Without apex / transformer-engine Megatron-Core uses ``torch.optim.AdamW`` with its default
+multi-tensor (foreach) path. :func:`enable_fused_adam` switches it to torch's fused
+(single-kernel) AdamW through the param groups' public ``fused`` / ``foreach`` flags: same
+update rule, rounding-level differences only. :func:`keep_adam_kernel` keeps that choice
+across a checkpoint load. (The grad-norm / grad-scale kernels Megatron calls are replaced in
+:mod:`mugv_dit.megatron_patches.multi_tensor`.)
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
-
-log = logging.getLogger(__name__)
-
-
-def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
-    """Drop-in for apex's ``multi_tensor_l2norm``: ``(norm [1] float32, None)`` over all tensors
-    of ``tensor_lists[0]``, computed on their device without a host round trip."""
-    tensors = [t for t in tensor_lists[0] if t.numel()]
-    if not tensors:
-        return torch.zeros(1, dtype=torch.float32, device=noop_flag.device), None
-    norms = torch._foreach_norm([t.float() if t.dtype != torch.float32 else t for t in tensors])
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    return total.reshape(1).to(torch.float32), None
-
-
-def foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
-    """Drop-in for apex's ``multi_tensor_scale``: ``dst = src * scale`` for paired lists."""
-    src, dst = tensor_lists[0], tensor_lists[1]
-    if not src:
-        return
-    if all(s is d for s, d in zip(src, dst)):
-        torch._foreach_mul_(dst, scale)
-        return
-    torch._foreach_copy_(dst, torch._foreach_mul(src, scale))
-
-
-def install_foreach_multi_tensor_ops() -> bool:
-    """Route Megatron-Core's grad-norm and grad-scale through :func:`foreach_l2_norm` /
-    :func:`foreach_scale` when it is using its slow local fallbacks. Returns True when it
-    replaced them (apex or transformer-engine kernels are left alone)."""
-    from megatron.core import utils
-    from megatron.core.optimizer import clip_grads
-    from megatron.core.optimizer import optimizer as megatron_optimizer
-
-    if clip_grads.l2_norm_impl is not utils.local_multi_tensor_l2_norm:
-        return False
-    clip_grads.l2_norm_impl = foreach_l2_norm
-    clip_grads.multi_tensor_scale_impl = foreach_scale
-    if megatron_optimizer.multi_tensor_scale_impl is utils.local_multi_tensor_scale:
-        megatron_optimizer.multi_tensor_scale_impl = foreach_scale
-    return True
 
 
 def _torch_adams(optimizer) -> list[torch.optim.Optimizer]:

@@ -14,8 +14,19 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from mugv_dit.compat import default_backend
 from mugv_dit.model.parallel_context import ParallelContext
+
+
+def default_backend() -> str:
+    """torch.distributed backend for this machine: nccl with CUDA, gloo without."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def default_device() -> torch.device:
+    """The current CUDA device, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _free_port() -> int:

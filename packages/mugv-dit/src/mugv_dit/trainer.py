@@ -41,7 +41,6 @@ from mugv_formats import atomic_write_text
 
 from mugv_dit.build import build_model
 from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint
-from mugv_dit.compat import cpu_megatron, default_device
 from mugv_dit.config import RunConfig, StageConfig, dump_config
 from mugv_dit.data import BucketSampler, LatentIndex, collate, tokens_of
 from mugv_dit.diffusion.loss import (
@@ -52,10 +51,11 @@ from mugv_dit.diffusion.loss import (
 )
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
+from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim import build_optimizer, set_lr, stage_lr
 from mugv_dit.optimizer_kernels import keep_adam_kernel
-from mugv_dit.parallel import init_distributed, parallel_context
+from mugv_dit.parallel import default_device, init_distributed, parallel_context
 
 
 class NonFiniteError(RuntimeError):

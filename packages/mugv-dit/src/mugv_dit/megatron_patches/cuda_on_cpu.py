@@ -1,4 +1,4 @@
-"""The one place where mugv-dit works around Megatron-Core's hard-coded CUDA.
+"""Patch: Megatron-Core's hard-coded CUDA lands on the CPU (:func:`cpu_megatron`).
 
 Megatron-Core 0.16 allocates buffers with ``device='cuda'`` / ``torch.cuda.current_device()``,
 opens CUDA streams and checks ``param.type() == 'torch.cuda.FloatTensor'`` in its
@@ -13,6 +13,13 @@ p2p communication allocate receive buffers on ``torch.cuda.current_device()`` an
   ``empty_cache`` are no-ops.
 
 It is a no-op when CUDA is available, so GPU runs use Megatron unchanged.
+
+Patched (inside the context only): ``torch.cuda.current_device``, ``torch.cuda.synchronize``,
+``torch.cuda.empty_cache``, ``torch.cuda.default_stream``, ``torch.cuda.current_stream``,
+``torch.cuda.stream`` and a :class:`~torch.overrides.TorchFunctionMode` over every torch call
+(``device=`` arguments, ``Tensor.to`` / ``Tensor.cuda`` / ``Tensor.type``). Megatron code that
+needs it: :data:`MEGATRON_SYMBOLS`. Test: ``tests/test_cuda_on_cpu.py`` (and every CPU test of a
+Megatron DDP / optimizer / pipeline run).
 """
 
 from __future__ import annotations
@@ -24,6 +31,14 @@ from unittest import mock
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+MEGATRON_SYMBOLS = (
+    "megatron.core.distributed.param_and_grad_buffer._ParamAndGradBuffer",  # device=cuda
+    "megatron.core.distributed.DistributedDataParallel",  # CUDA streams
+    "megatron.core.optimizer.clip_grads.get_grad_norm_fp32",  # torch.cuda.current_device()
+    "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer",  # param.type() checks
+    "megatron.core.pipeline_parallel.p2p_communication",  # recv buffers, synchronize()
+)
 
 _CUDA_TYPE_NAMES = {
     "torch.FloatTensor": "torch.cuda.FloatTensor",
@@ -84,85 +99,3 @@ def cpu_megatron(enabled: bool | None = None) -> Iterator[bool]:
         warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not")
         stack.enter_context(_CudaOnCpuMode())
         yield True
-
-
-def default_backend() -> str:
-    """torch.distributed backend for this machine: nccl with CUDA, gloo without."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def default_device() -> torch.device:
-    """The current CUDA device, or the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def adam_state_for_loading(optimizer) -> Iterator[None]:
-    """Give a fresh Megatron Adam optimizer temporary zero state while a loading template is
-    built.
-
-    Megatron-Core's DistributedOptimizer builds its loading sharded state dict from existing
-    optimizer state (it reads one global 'step' from it), while its ``load_state_dict`` expects
-    a fresh optimizer to have NO state yet (it allocates the state itself). So the temporary
-    state (exp_avg, exp_avg_sq, step) lives only inside this context.
-    """
-    inner = getattr(optimizer, "optimizer", None)
-    added = []
-    if inner is not None:
-        for group in inner.param_groups:
-            for p in group["params"]:
-                if not inner.state[p]:
-                    inner.state[p] = {
-                        "exp_avg": torch.zeros_like(p.data),
-                        "exp_avg_sq": torch.zeros_like(p.data),
-                        "step": torch.zeros((), dtype=torch.float32),
-                    }
-                    added.append(p)
-    try:
-        yield
-    finally:
-        for p in added:
-            inner.state.pop(p, None)
-
-
-@contextlib.contextmanager
-def torch_adam_step_on_load(optimizer) -> Iterator[None]:
-    """Let Megatron's DistributedOptimizer load 'fully_reshardable' state into torch Adam.
-
-    Without Apex/TE, Megatron-Core 0.16 puts torch Adam's per-parameter 'step' into the state
-    it copies loaded tensors into, but the loaded tensors carry no 'step' (it is restored
-    globally), so ``_set_main_param_and_optimizer_states`` raises KeyError('step'). Inside
-    this context the loaded tensors borrow the step already restored in the state.
-    Megatron also hands every parameter the SAME step tensor, which torch Adam increments in
-    place once per parameter; on exit each parameter gets its own copy.
-    """
-    subs = getattr(optimizer, "chained_optimizers", [optimizer])
-    patched = []
-    for sub in subs:
-        orig = getattr(sub, "_set_main_param_and_optimizer_states", None)
-        if orig is None:
-            continue
-
-        def fixed(model_param, tensors, _sub=sub, _orig=orig):
-            if "step" not in tensors:
-                group, order = _sub.model_param_group_index_map[model_param]
-                main = _sub.optimizer.param_groups[group]["params"][order]
-                state = _sub.optimizer.state.get(main, {})
-                if "step" in state:
-                    tensors = {**tensors, "step": state["step"]}
-            return _orig(model_param, tensors)
-
-        sub._set_main_param_and_optimizer_states = fixed
-        patched.append(sub)
-    try:
-        yield
-    finally:
-        for sub in patched:
-            del sub._set_main_param_and_optimizer_states
-    for sub in subs:
-        inner = getattr(sub, "optimizer", None)
-        for state in getattr(inner, "state", {}).values():
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].clone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mugv_dit.compat import cpu_megatron
+from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the shim is off with CUDA")
 
