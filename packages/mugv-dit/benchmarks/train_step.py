@@ -177,7 +177,7 @@ def bench_mug(
     if optimizer_path == "sync-free":
         from mugv_dit.optimizer_step import SyncFreeStep
 
-        opt_step = SyncFreeStep(opt)
+        opt_step = SyncFreeStep(opt).step
     t, h, w = grid
     x = torch.randn(batch, cfg.in_channels, t, h, w, device=DEVICE, dtype=dtype)
     text = PackedText.from_list(

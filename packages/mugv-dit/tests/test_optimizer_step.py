@@ -86,7 +86,7 @@ def _check_parity(dtype, clip_grad: float, scale: float, device: str) -> None:
         grads = _fill_grads(ddp_a, step, scale)
         _fill_grads(ddp_b, step, scale)
         ok_a, norm_a, _ = opt_a.step()
-        ok_b, norm_b, zeros = fast()
+        ok_b, norm_b, zeros = fast.step()
         assert ok_a and ok_b and zeros is None
         assert isinstance(norm_b, torch.Tensor) and norm_b.dim() == 0
         ref = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
@@ -121,7 +121,7 @@ def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
         (model, ddp, opt), _ = _megatron_pair(1.0)
         fast = SyncFreeStep(opt)
         _fill_grads(ddp, 0, 1.0)
-        fast()  # one good step: moments exist
+        fast.step()  # one good step: moments exist
         adam = opt.chained_optimizers[0].optimizer
         params = [p.detach().clone() for p in model.parameters()]
         main = [p.detach().clone() for g in adam.param_groups for p in g["params"]]
@@ -134,7 +134,7 @@ def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
         _fill_grads(ddp, 1, 1.0)
         first = next(ddp.module.parameters())
         first.main_grad.view(-1)[3] = float("nan")
-        ok, norm, _ = fast()
+        ok, norm, _ = fast.step()
         assert ok and math.isnan(float(norm))
         for p, before in zip(model.parameters(), params):
             torch.testing.assert_close(p, before, rtol=0, atol=0)
@@ -146,7 +146,7 @@ def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
         # and the next finite step proceeds (step count 2)
         opt.zero_grad()
         _fill_grads(ddp, 2, 1.0)
-        ok, norm, _ = fast()
+        ok, norm, _ = fast.step()
         assert math.isfinite(float(norm))
         p0 = adam.param_groups[0]["params"][0]
         assert float(adam.state[p0]["step"]) == 2

@@ -141,7 +141,7 @@ def test_resume_keeps_this_runs_adam_kernel(megatron_single, dataset, tmp_path, 
         assert trainer.step == 2  # resumed
         adam = trainer.optimizer.chained_optimizers[0].optimizer
         assert all(bool(g["fused"]) is after for g in adam.param_groups)
-        assert isinstance(trainer.optimizer.step, SyncFreeStep) is after
+        assert isinstance(trainer.stepper, SyncFreeStep) is after
         logs = trainer.run(max_steps=2)  # steps 2 and 3
     finally:
         trainer.close()

@@ -251,8 +251,9 @@ class TrainConfig(BaseModel):
     )
     sync_free_step: bool = Field(
         True,
-        description="With fused_adam: the optimizer step without per-parameter Python or a "
-        "host sync (grad norm, clipping and the non-finite check on the device, inside the "
+        description="With fused_adam: the optimizer step through SyncFreeStep, a wrapper "
+        "around Megatron's optimizer with its per-parameter lists built once and no host sync "
+        "(grad norm, clipping and the non-finite check on the device, inside the "
         "fused kernel; a NaN/Inf grad norm leaves weights and moments untouched). Falls back "
         "to Megatron's step where it does not apply (mugv_dit.optimizer_step.why_not).",
     )

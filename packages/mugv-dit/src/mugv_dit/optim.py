@@ -10,19 +10,23 @@ from __future__ import annotations
 import math
 
 import torch
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 
 from mugv_dit.config import RunConfig, StageConfig
 from mugv_dit.megatron_patches.multi_tensor import install_foreach_multi_tensor_ops
 from mugv_dit.optimizer_kernels import enable_fused_adam
-from mugv_dit.optimizer_step import sync_free_step
+from mugv_dit.optimizer_step import SyncFreeStep, sync_free_step
 
 
-def build_optimizer(cfg: RunConfig, ddp_model, *, bf16: bool, dtype: torch.dtype, device):
+def build_optimizer(
+    cfg: RunConfig, ddp_model, *, bf16: bool, dtype: torch.dtype, device
+) -> tuple[MegatronOptimizer, MegatronOptimizer | SyncFreeStep]:
     """Megatron optimizer of ``ddp_model`` from ``cfg.train`` (LR: the first stage's until
-    :func:`set_lr`). With ``train.fused_adam``: torch's fused AdamW kernel (on every device
-    torch has it for) and, with ``train.sync_free_step``, ``optimizer.step`` replaced by
-    :class:`~mugv_dit.optimizer_step.SyncFreeStep` where it reproduces Megatron's step."""
+    :func:`set_lr`) and what steps it: with ``train.fused_adam`` torch's fused AdamW kernel (on
+    every device torch has it for) and, with ``train.sync_free_step``, a
+    :class:`~mugv_dit.optimizer_step.SyncFreeStep` wrapping it where it reproduces Megatron's
+    step; otherwise the optimizer itself. Returns ``(optimizer, stepper)``; call
+    ``stepper.step()``."""
     train = cfg.train
     opt_cfg = OptimizerConfig(
         optimizer="adam",
@@ -38,11 +42,10 @@ def build_optimizer(cfg: RunConfig, ddp_model, *, bf16: bool, dtype: torch.dtype
     )
     install_foreach_multi_tensor_ops()  # no host sync per tensor in the grad norm
     optimizer = get_megatron_optimizer(opt_cfg, [ddp_model])
+    stepper = None
     if train.fused_adam and enable_fused_adam(optimizer) and train.sync_free_step:
-        step = sync_free_step(optimizer)
-        if step is not None:
-            optimizer.step = step
-    return optimizer
+        stepper = sync_free_step(optimizer)
+    return optimizer, stepper if stepper is not None else optimizer
 
 
 def stage_lr(stage: StageConfig, step_in_stage: int) -> float:

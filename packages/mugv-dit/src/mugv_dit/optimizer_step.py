@@ -1,4 +1,4 @@
-"""Megatron's optimizer step without per-parameter Python and without a host sync.
+"""Megatron's optimizer step without a host sync, as a wrapper object around its optimizer.
 
 Megatron-Core's :meth:`ChainedOptimizer.step` over distributed optimizers walks every
 parameter in Python three times per step (main-grad views, the grads for the norm, the copy of
@@ -6,13 +6,17 @@ the fp32 main params back into the bf16 param buffer) and reads the grad norm ba
 (``.item()``) to decide on clipping, so the GPU idles while the host works: on one H200 at
 1728 x 8 layers its step took 14.3 ms of host time for 8.4 ms of kernels (issue 10).
 
-:class:`SyncFreeStep` does the same step with what Megatron built, in the common case (bf16 or
-fp32 distributed optimizers, fp32 main grads, torch's fused AdamW, no loss scaler, no fp8):
+:class:`SyncFreeStep` wraps the Megatron optimizer (the trainer calls ``wrapper.step()``;
+Megatron's optimizer keeps its own ``step``, ``zero_grad``, state dicts and checkpointing) and
+does the same step with what Megatron built, in the common case (bf16 or fp32 distributed
+optimizers, fp32 main grads, torch's fused AdamW, no loss scaler, no fp8):
 
-* the shard-grad views, the grads for the norm and the param-copy pairs are found once (by
-  Megatron's own methods) and reused;
-* the global grad norm stays on the device: ``torch._foreach_norm`` over the cached grads,
-  summed over Megatron's grad-stats group;
+* the shard-grad views, the grads for the norm (Megatron's own filter) and the param-copy pairs
+  are found once, at the first step (after any checkpoint load), by Megatron's own methods,
+  into flat lists; Megatron builds its shard params once in its constructor and a checkpoint
+  load copies into them, so the lists stay valid (:meth:`SyncFreeStep.refresh` rebuilds them);
+* the global grad norm stays on the device: one ``torch._foreach_norm`` over the flat list of
+  grads, summed over Megatron's grad-stats group;
 * clipping and the non-finite check go into the fused AdamW kernel (``grad_scale`` =
   ``max(1, (norm + 1e-6) / clip_grad)``, ``found_inf`` = norm is not finite): the same
   update as Megatron's ``clip_coeff = clip_grad / (norm + 1e-6)`` scaling, and a step whose
@@ -21,17 +25,26 @@ fp32 distributed optimizers, fp32 main grads, torch's fused AdamW, no loss scale
 * the main params are copied into the param buffer with one ``torch._foreach_copy_``; the param
   all-gather is Megatron's (``start_param_sync``), as in its step.
 
-It returns ``(True, grad_norm, None)`` like Megatron's step, with ``grad_norm`` a 0-dim device
-tensor (``float()`` of it is the one sync, when the caller logs it). Optimizers it cannot handle
-exactly make :func:`sync_free_step` return ``None`` (the caller keeps Megatron's step).
+The per-parameter Python left in a step, and why: (1) one attribute store per fp32 main shard,
+``main.grad = <cached view>``, because Megatron's ``zero_grad()`` (which every training step
+calls) sets those ``.grad`` to ``None`` and torch's Adam reads ``p.grad``; no tensor op, no
+sync; (2) torch AdamW's own ``step``, which gathers its param/state lists in Python as every
+torch optimizer does before its one fused kernel. Everything else is per optimizer (one per
+dtype group) or one multi-tensor call.
+
+``step()`` returns ``(True, grad_norm, None)`` like Megatron's step, with ``grad_norm`` a 0-dim
+device tensor (``float()`` of it is the one sync, when the caller logs it). Optimizers it cannot
+handle exactly make :func:`sync_free_step` return ``None`` (the caller keeps Megatron's step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 import torch.distributed as dist
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +55,6 @@ def _inner_optimizers(optimizer) -> list:
 
 def why_not(optimizer) -> str | None:
     """``None`` when :class:`SyncFreeStep` reproduces ``optimizer.step()``, else the reason."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
     inner = _inner_optimizers(optimizer)
     if not inner:
         return "no optimizers"
@@ -87,53 +98,42 @@ def why_not(optimizer) -> str | None:
     return None
 
 
-class _Shards:
-    """One DistributedOptimizer's cached per-parameter views."""
+@dataclasses.dataclass
+class _ShardViews:
+    """One DistributedOptimizer's fp32 main shards and the views they pair with, flat."""
 
-    def __init__(self, opt) -> None:
-        self.opt = opt
-        self.key = self._key()
-        self.main: list[torch.Tensor] = []  # fp32 main shards (the torch optimizer's params)
-        self.grads: list[torch.Tensor] = []  # their grads: views into DDP's fp32 grad buffer
-        self.model_views: list[torch.Tensor] = []  # where each main shard goes in the params
+    opt: DistributedOptimizer
+    main: list[torch.Tensor]  # fp32 main shards (the torch optimizer's params)
+    grads: list[torch.Tensor]  # their grads: views into DDP's fp32 grad buffer
+    model_views: list[torch.Tensor]  # where each main shard goes in the param buffer
+
+    @classmethod
+    def of(cls, opt: DistributedOptimizer) -> _ShardViews:
+        views = cls(opt, [], [], [])
         pairs = (
             (opt.model_float16_groups, opt.shard_fp32_from_float16_groups),
             (opt.model_fp32_groups, opt.shard_fp32_groups),
         )
         for model_groups, main_groups in pairs:
-            for model_group, main_group in zip(model_groups, main_groups):
-                for model_param, main_param in zip(model_group, main_group):
+            for model_group, main_group in zip(model_groups, main_groups, strict=True):
+                for model_param, main_param in zip(model_group, main_group, strict=True):
                     ranges = opt._get_model_param_range_map(model_param)
                     prange, world = ranges["param"], ranges["gbuf_world_in_bucket"]
-                    grad = model_param.main_grad.view(-1)[prange.start : prange.end]
                     gbuf, _, bucket = opt.model_param_gbuf_map[model_param]
                     param_data = opt.buffers[gbuf].buckets[bucket].param_data
-                    self.main.append(main_param)
-                    self.grads.append(grad)
-                    self.model_views.append(param_data.view(-1)[world.start : world.end])
-        self.set_grads()
-        # Megatron's own filter (no shared params, no TP duplicates), on these grads
-        self.grads_for_norm = [g for g in opt.get_main_grads_for_grad_norm() if g.numel()]
+                    views.main.append(main_param)
+                    views.grads.append(model_param.main_grad.view(-1)[prange.start : prange.end])
+                    views.model_views.append(param_data.view(-1)[world.start : world.end])
+        return views
 
-    def _key(self) -> tuple:
-        opt = self.opt
-        return tuple(
-            id(p)
-            for groups in (opt.shard_fp32_from_float16_groups, opt.shard_fp32_groups)
-            for g in groups
-            for p in g
-        )
-
-    def stale(self) -> bool:
-        return self._key() != self.key
-
-    def set_grads(self) -> None:
+    def bind_grads(self) -> None:
         for main, grad in zip(self.main, self.grads):
             main.grad = grad
 
 
 class SyncFreeStep:
-    """``optimizer.step()`` for the case :func:`why_not` accepts (see the module docstring)."""
+    """Wrapper around a Megatron optimizer whose :meth:`step` is Megatron's step for the case
+    :func:`why_not` accepts (see the module docstring)."""
 
     def __init__(self, optimizer) -> None:
         reason = why_not(optimizer)
@@ -142,32 +142,43 @@ class SyncFreeStep:
         self.optimizer = optimizer
         self.inner = _inner_optimizers(optimizer)
         self.group = self.inner[0].get_grad_stats_parallel_group()
-        self._shards: list[_Shards] | None = None
+        self._shards: list[_ShardViews] | None = None
+        self._grads_for_norm: list[torch.Tensor] = []
 
-    def _cached(self) -> list[_Shards]:
-        if self._shards is None or any(s.stale() for s in self._shards):
-            self._shards = [_Shards(opt) for opt in self.inner]
+    def refresh(self) -> None:
+        """Find the views again at the next step (after the optimizer's params were replaced)."""
+        self._shards = None
+
+    def _views(self) -> list[_ShardViews]:
+        if self._shards is None:
+            self._shards = [_ShardViews.of(opt) for opt in self.inner]
+            for s in self._shards:
+                s.bind_grads()  # Megatron's filter reads the main grads
+            self._grads_for_norm = [
+                g for opt in self.inner for g in opt.get_main_grads_for_grad_norm() if g.numel()
+            ]
         return self._shards
 
     @torch.no_grad()
-    def grad_norm(self, shards: list[_Shards]) -> torch.Tensor:
+    def grad_norm(self) -> torch.Tensor:
         """Global L2 norm of the main grads (0-dim float32 tensor on their device)."""
-        grads = [g for s in shards for g in s.grads_for_norm]
-        device = shards[0].grads[0].device if shards[0].grads else torch.device("cpu")
-        if grads:
-            sq = torch.stack(torch._foreach_norm(grads)).square().sum()
+        shards = self._views()
+        if self._grads_for_norm:
+            sq = torch.stack(torch._foreach_norm(self._grads_for_norm)).square().sum()
         else:
+            device = shards[0].grads[0].device if shards[0].grads else torch.device("cpu")
             sq = torch.zeros((), dtype=torch.float32, device=device)
         if self.group is not None and dist.is_initialized() and dist.get_world_size(self.group) > 1:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.group)
         return sq.sqrt()
 
     @torch.no_grad()
-    def __call__(self):
-        shards = self._cached()
+    def step(self) -> tuple[bool, torch.Tensor, None]:
+        """One optimizer step over the grads DDP reduced: ``(True, grad_norm, None)``."""
+        shards = self._views()
         for s in shards:
-            s.set_grads()
-        norm = self.grad_norm(shards)
+            s.bind_grads()  # Megatron's zero_grad() unbound them (module docstring)
+        norm = self.grad_norm()
         found_inf = (~torch.isfinite(norm)).to(torch.float32)
         for s in shards:
             opt = s.opt

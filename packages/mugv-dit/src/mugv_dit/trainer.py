@@ -184,8 +184,9 @@ class Trainer:
         self.tcfg.finalize_model_grads_func = finalize_model_grads
 
     def _build_optimizer(self) -> None:
-        """Megatron's (distributed) Adam, fp32 main params when bf16 (see optim.py)."""
-        self.optimizer = build_optimizer(
+        """Megatron's (distributed) Adam, fp32 main params when bf16, and what steps it (the
+        sync-free wrapper or the optimizer itself; see optim.py)."""
+        self.optimizer, self.stepper = build_optimizer(
             self.cfg, self.model, bf16=self.bf16, dtype=self.dtype, device=self.device
         )
 
@@ -386,7 +387,7 @@ class Trainer:
         loss, extra = forward_backward()
         if not math.isfinite(loss):
             return self.skip_nonfinite(loss, where, "loss")
-        ok, grad_norm, _ = self.optimizer.step()
+        ok, grad_norm, _ = self.stepper.step()
         if grad_norm is not None and not math.isfinite(grad_norm):
             return self.skip_nonfinite(grad_norm, where, "grad norm")
         if self.ema is not None and ok:
