@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mugv_formats import ClipRecord, ClipShardWriter, atomic_write_bytes, atomic_write_text
+from mugv_formats import (
+    ClipDataset,
+    ClipRecord,
+    ClipShardWriter,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 from tqdm import tqdm
 
 from mugv_data import __version__
@@ -33,6 +39,7 @@ from mugv_data.config import CurateConfig, dump_config
 from mugv_data.engines import make_engine
 from mugv_data.inputs import discover_inputs, source_id
 from mugv_data.per_source import SourceResult
+from mugv_data.report import write_report
 from mugv_data.stages.dataset import (
     KeptClip,
     build_dataset_stages,
@@ -148,8 +155,6 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
 
     write_shards(config, out, kept, staging, progress)
     write_rejects(out / REJECTS, rejects)
-    from mugv_data.report import write_report
-
     write_report(out, results, kept, staging, config)
     timings: Counter = Counter()
     for r in results:
@@ -240,10 +245,7 @@ def _load_results(out: Path, config: CurateConfig) -> list[SourceResult]:
 
 def rebuild_report(out_dir: str | Path) -> Path:
     """Rewrite ``report.html`` of a finished output directory from its staging and shards."""
-    from mugv_formats import ClipDataset
-
     from mugv_data.config import load_config
-    from mugv_data.report import write_report
 
     out = Path(out_dir)
     if not (out / RESOLVED_CONFIG).is_file():
@@ -269,8 +271,6 @@ def rebuild_report(out_dir: str | Path) -> Path:
 
 def summarize_output(out_dir: str | Path) -> dict[str, Any]:
     """Counts, per-score statistics and rejects per stage of a curated output directory."""
-    from mugv_formats import ClipDataset
-
     out = Path(out_dir)
     ds = ClipDataset(out)
     recs = ds.records()

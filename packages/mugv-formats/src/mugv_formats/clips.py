@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from mugv_formats.indexed import IndexedShardReader
 from mugv_formats.shards import (
     DatasetHeader,
     ShardRecord,
@@ -87,6 +88,12 @@ class ClipDataset(ShardSetReader[ClipDatasetHeader, ClipRecord]):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, CLIP_SHARDS_FORMAT, ClipDatasetHeader, ClipRecord)
+
+    def open_indexed(
+        self, *, verify: bool = True
+    ) -> IndexedShardReader[ClipDatasetHeader, ClipRecord]:
+        """Random access by key or index (:class:`mugv_formats.indexed.IndexedShardReader`)."""
+        return IndexedShardReader(self, verify=verify)
 
     def __iter__(self) -> Iterator[tuple[ClipRecord, bytes]]:
         for record, members in self.iter_samples():

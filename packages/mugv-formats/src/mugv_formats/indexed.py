@@ -1,6 +1,6 @@
 """Random access to the samples of a sharded dataset, by key or by manifest index.
 
-:meth:`ShardSetReader.open_indexed` returns an :class:`IndexedShardReader`: the records come
+:meth:`ClipDataset.open_indexed` returns an :class:`IndexedShardReader`: the records come
 from ``manifest.parquet`` (no shard is opened up front); the first read of a shard scans its
 tar headers once, with the same member guards as a streaming read (no absolute path, no
 ``..``, regular files only, no member twice), and keeps each member's byte offset. A read then

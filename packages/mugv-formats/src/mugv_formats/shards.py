@@ -441,12 +441,6 @@ class ShardSetReader(Generic[H, R]):
             self._manifest_rows = {r["key"]: r for r in self._read_manifest()}
         return self._manifest_rows.get(key)
 
-    def open_indexed(self, *, verify: bool = True):
-        """Random access by key or index (:class:`mugv_formats.indexed.IndexedShardReader`)."""
-        from mugv_formats.indexed import IndexedShardReader
-
-        return IndexedShardReader(self, verify=verify)
-
     def records(self) -> list[R]:
         """All records from ``manifest.parquet`` (no shard is opened)."""
         manifest = self.path / MANIFEST

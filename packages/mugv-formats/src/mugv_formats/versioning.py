@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mugv_formats.errors import VersionError
@@ -79,8 +80,6 @@ def check_format(
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("mugv-formats")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import mugv_formats as mf
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -83,8 +84,6 @@ FAST_RUNTIME = {
 
 
 def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, header_kw, device):
-    import mugv_formats as mf
-
     buckets = [parse_resolution(r) for r in cfg.resolutions]
     header = mf.LatentShardWriter.make_header(**header_kw)
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
@@ -127,8 +126,6 @@ def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, h
 
 def run_encode(cfg: EncodeConfig) -> dict:
     """Run the encode stage; returns a summary (also printed by the CLI)."""
-    import mugv_formats as mf
-
     from mugv_vae import __version__
     from mugv_vae.checkpoint import checkpoint_id
     from mugv_vae.model import MugvVAE
@@ -191,8 +188,6 @@ def _merge(cfg: EncodeConfig, shards: list[str], parts: Path, output: Path, head
     """Merge the parts, in input-shard order; the output's header is derived from theirs
     (``derive_header``), and a part made by another run (another checkpoint, statistics, ...)
     is refused by name: a kept part is reused only when it is what this run would write."""
-    import mugv_formats as mf
-
     expected = mf.LatentShardWriter.make_header(**header_kw)
     want = expected.model_dump(mode="json", exclude=_OWN_HEADER_FIELDS)
     datasets = [mf.LatentDataset(parts / Path(shard).stem) for shard in shards]

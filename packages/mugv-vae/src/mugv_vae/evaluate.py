@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,8 +33,6 @@ class EvalConfig(BaseModel):
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    import warnings
-
     from mugv_formats import atomic_write_text
 
     from mugv_vae.checkpoint import checkpoint_id

@@ -21,11 +21,12 @@ import warnings
 from fractions import Fraction
 
 import torch
+from mugv_formats import FormatError
 from torch import nn
 
+import mugv_vae.model.streaming as streaming
 from mugv_vae.checkpoint import read_checkpoint, save_checkpoint
 from mugv_vae.config import SPATIAL_COMPRESSION, TIME_COMPRESSION, VAEConfig, VAERuntime
-from mugv_vae.model import streaming
 from mugv_vae.model.distribution import DiagonalGaussian
 from mugv_vae.model.temporal import (
     TemporalDecoder,
@@ -267,8 +268,6 @@ class MugvVAE(nn.Module):
     def from_pretrained(cls, path, device="cpu", runtime: VAERuntime | None = None) -> MugvVAE:
         """Load a VAE checkpoint folder (``mugv.vae-checkpoint``) into a model (eval mode) that
         runs with ``runtime`` (default: plain PyTorch, no budget)."""
-        from mugv_formats import FormatError
-
         ckpt = read_checkpoint(path)
         model = cls(ckpt.config, runtime)
         missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)

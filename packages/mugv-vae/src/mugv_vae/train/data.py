@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mugv_formats as mf
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -36,8 +37,6 @@ class ClipSource:
         self.path = path
         self._blobs: list[bytes] | None = None
         if (path / "dataset.json").is_file():
-            import mugv_formats as mf
-
             ds = mf.ClipDataset(path)
             self.keys, self._blobs = [], []
             for record, mp4 in ds:

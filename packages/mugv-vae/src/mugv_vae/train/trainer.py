@@ -17,8 +17,11 @@ import time
 import warnings
 from pathlib import Path
 
+import mugv_formats as mf
 import torch
 from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name, step_dirs
+from mugv_formats.config_loading import dump_config
+from tqdm import tqdm
 
 from mugv_vae.config import VAERuntime, preset
 from mugv_vae.distributed import init_distributed
@@ -30,6 +33,7 @@ from mugv_vae.train.data import ClipSource, StepBatches
 from mugv_vae.train.discriminator import PatchDiscriminator3D
 from mugv_vae.train.ema import EMA
 from mugv_vae.train.parallelize import apply_ddp, apply_fsdp2
+from mugv_vae.video import parse_resolution
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -163,8 +167,6 @@ class Trainer:
         return self._ema_model
 
     def save(self) -> Path | None:
-        import mugv_formats as mf
-
         state = {
             "step": self.step,
             "model": self._model_state(),
@@ -289,8 +291,6 @@ class Trainer:
         model = self.ema_model()
         if self.rank != 0:
             return None
-        from mugv_vae.video import parse_resolution
-
         size = [parse_resolution(self.cfg.data.resolution)]
         scores = []
         for i in range(len(self.eval_source)):
@@ -340,9 +340,6 @@ class Trainer:
     def run(self) -> dict:
         """Train to ``cfg.steps`` (resuming the latest checkpoint); the run's config is
         written first to ``<output>/resolved_config.yaml``."""
-        import mugv_formats as mf
-        from mugv_formats.config_loading import dump_config
-
         cfg = self.cfg
         if self.rank == 0:
             self.output.mkdir(parents=True, exist_ok=True)
@@ -357,8 +354,6 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         last: dict[str, float] = {}
-        from tqdm import tqdm
-
         bar = tqdm(loader, total=len(steps), disable=self.rank != 0, desc="train", mininterval=10)
         for batch in bar:
             last = self.train_step(batch)
