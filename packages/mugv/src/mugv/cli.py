@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "stages":
-        from mugv import stages  # its docstring; the pipeline's modules load only to run it
+        from mugv import stages  # the table is its docstring
 
         print(stages.__doc__.split("\n\n", 1)[1])
         return 0
