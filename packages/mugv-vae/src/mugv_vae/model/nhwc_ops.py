@@ -28,6 +28,7 @@ import os
 import torch
 import torch.nn.functional as F
 from mugv_kernels import bias_residual, group_norm_silu
+from mugv_kernels.channels_last import as_NSC as as_nsc  # [N, S, C] view or None
 
 try:  # triton is optional (CPU installs)
     import triton
@@ -45,16 +46,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 def _pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
-
-
-def as_nsc(x: torch.Tensor) -> torch.Tensor | None:
-    """``[N, S, C]`` view of a channels-last ``x [N, C, *spatial]``, or None if not one."""
-    if x.ndim < 3:
-        return None
-    moved = x.movedim(1, -1)
-    if not moved.is_contiguous():
-        return None
-    return moved.view(x.shape[0], -1, x.shape[1])
 
 
 def kernels_apply(x: torch.Tensor, num_groups: int) -> bool:
