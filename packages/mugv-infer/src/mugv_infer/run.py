@@ -8,10 +8,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import mugv_formats as mf
+import numpy as np
 import torch
 import yaml
+from PIL import Image, UnidentifiedImageError
 
+from mugv_infer.config import GenerateConfig
+from mugv_infer.enhancer import MUGVEnhancePipeline, load_lora
+from mugv_infer.latent_shards import write_latent_shards
+from mugv_infer.optimize import compile_blocks
+from mugv_infer.parallel import init_parallel, parallelize_pipeline
+from mugv_infer.pipeline import MUGVPipeline, with_aesthetic_score
 from mugv_infer.sizes import check_frames, check_size, frame_size, num_frames
+from mugv_infer.video_io import load_video, save_video
 
 
 @dataclass
@@ -32,32 +42,27 @@ def _read_json(path: Path, what: str) -> dict:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def _read_weights_config(folder: Path, what: str, format: str) -> dict:
+    """The ``config`` of a mugv weights folder (``format``), its weights files present."""
+    try:
+        meta = mf.read_weights_config(folder, format=format)
+    except mf.FormatError as e:
+        raise ValueError(f"{what} folder {folder}: {e}") from None
+    for name in meta.get("files") or {}:
+        if not (folder / name).is_file():
+            raise ValueError(f"{what} folder {folder}: weights file {name} is missing")
+    return meta["config"]
+
+
 def check_parts(model: Path, vae: Path, text_encoder: Path | None) -> dict:
     """Check the three parts fit each other from their config files; returns the DiT config."""
-    import mugv_formats as mf
-
-    meta = _read_json(model / "config.json", "model")
-    if "format" in meta:
-        try:
-            meta = mf.read_weights_config(model, format=mf.DIT_EXPORT_FORMAT)
-        except mf.FormatError as e:
-            raise ValueError(f"model folder {model}: {e}") from None
-        for name in meta.get("files") or {}:
-            if not (model / name).is_file():
-                raise ValueError(f"model folder {model}: weights file {name} is missing")
-        dit = meta["config"]
-    else:
-        dit = meta
-        if not any(model.glob("*.safetensors")):
-            raise ValueError(f"model folder {model}: no .safetensors weights")
-    try:
-        vmeta = mf.read_weights_config(vae, format=mf.VAE_CHECKPOINT_FORMAT)
-    except mf.FormatError as e:
-        raise ValueError(f"vae folder {vae}: {e}") from None
-    for name in vmeta.get("files") or {}:
-        if not (vae / name).is_file():
-            raise ValueError(f"vae folder {vae}: weights file {name} is missing")
-    c_vae = vmeta["config"].get("latent_channels", 24)
+    dit = _read_json(model / "config.json", "model")
+    if "format" in dit:  # a mugv.dit-export folder; else a diffusers-saved transformer
+        dit = _read_weights_config(model, "model", mf.DIT_EXPORT_FORMAT)
+    elif not any(model.glob("*.safetensors")):
+        raise ValueError(f"model folder {model}: no .safetensors weights")
+    vae_config = _read_weights_config(vae, "vae", mf.VAE_CHECKPOINT_FORMAT)
+    c_vae = vae_config.get("latent_channels", 24)
     c_dit = dit.get("in_channels", 24)
     if c_vae != c_dit:
         raise ValueError(
@@ -77,8 +82,6 @@ def check_parts(model: Path, vae: Path, text_encoder: Path | None) -> dict:
 def _check_image(path: Path | None, what: str) -> None:
     if path is None:
         return
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist")
     try:
@@ -102,8 +105,6 @@ def _device(name: str) -> torch.device:
 
 def check(cfg) -> Plan:
     """Validate a Generate/EnhanceConfig without loading any model."""
-    from mugv_infer.config import GenerateConfig
-
     check_parts(cfg.model, cfg.vae, cfg.text_encoder)
     if cfg.text_encoder is None and any(cfg.prompt):
         raise ValueError("prompts need --text-encoder (a local T5 folder)")
@@ -139,8 +140,6 @@ def check(cfg) -> Plan:
 
 
 def _build(cfg, plan: Plan, pipeline_class):
-    from mugv_infer.parallel import init_parallel, parallelize_pipeline
-
     rt = cfg.runtime
     groups = init_parallel(rt.sequence_parallel, 2 if rt.cfg_parallel else 1)
     device = plan.device
@@ -156,8 +155,6 @@ def _build(cfg, plan: Plan, pipeline_class):
     if rt.vae_tile is not None:
         pipe.enable_vae_tiling(rt.vae_tile, max(1, rt.vae_tile // 4))
     if rt.compile:
-        from mugv_infer.optimize import compile_blocks
-
         compile_blocks(pipe.transformer)
     parallelize_pipeline(pipe, groups)
     return pipe, groups
@@ -169,16 +166,11 @@ def _write_config(cfg, out: Path) -> Path:
         if out.suffix == ""
         else out.with_name(out.stem + ".resolved.yaml")
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    mf.atomic_write_text(target, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return target
 
 
 def _save_videos(frames_BFHW3, out: Path, fps: float) -> list[Path]:
-    import numpy as np
-
-    from mugv_infer.video_io import save_video
-
     paths = []
     n = len(frames_BFHW3)
     for i, video in enumerate(frames_BFHW3):
@@ -193,27 +185,30 @@ def _save_videos(frames_BFHW3, out: Path, fps: float) -> list[Path]:
     return paths
 
 
-def generate(cfg, plan: Plan) -> list[Path]:
-    from mugv_infer.latent_shards import write_latent_shards
-    from mugv_infer.pipeline import MUGVPipeline
+_PIPELINE_SETTINGS = (
+    "prompt",
+    "negative_prompt",
+    "image",
+    "last_image",
+    "video",
+    "guidance_scale",
+    "guidance_rescale",
+    "num_videos_per_prompt",
+    "fps",
+    "aesthetic_score",
+)
+"""GenerateConfig fields passed to MUGVPipeline under the same name."""
 
+
+def generate(cfg, plan: Plan) -> list[Path]:
     pipe, groups = _build(cfg, plan, MUGVPipeline)
     out = pipe(
-        prompt=cfg.prompt,
-        negative_prompt=cfg.negative_prompt,
-        image=cfg.image,
-        last_image=cfg.last_image,
-        video=cfg.video,
+        **{name: getattr(cfg, name) for name in _PIPELINE_SETTINGS},
         height=plan.height,
         width=plan.width,
         num_frames=plan.frames,
         num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance_scale,
-        guidance_rescale=cfg.guidance_rescale,
-        num_videos_per_prompt=cfg.num_videos_per_prompt,
         generator=torch.Generator().manual_seed(cfg.seed),
-        fps=cfg.fps,
-        aesthetic_score=cfg.aesthetic_score,
         output_type="latent" if cfg.output_type == "latent" else "np",
         step_cache_threshold=cfg.runtime.step_cache_threshold,
     )
@@ -221,8 +216,7 @@ def generate(cfg, plan: Plan) -> list[Path]:
         return []
     if cfg.output_type == "latent":
         # captions are the texts actually encoded (with the aesthetic-score suffix)
-        a = cfg.aesthetic_score
-        encoded = [p if a is None else f"{p} aesthetic score: {a:.1f}." for p in cfg.prompt]
+        encoded = with_aesthetic_score(cfg.prompt, cfg.aesthetic_score)
         prompts = [p for p in encoded for _ in range(cfg.num_videos_per_prompt)]
         paths = [
             write_latent_shards(
@@ -249,9 +243,6 @@ def generate(cfg, plan: Plan) -> list[Path]:
 
 
 def enhance(cfg, plan: Plan) -> list[Path]:
-    from mugv_infer.enhancer import MUGVEnhancePipeline, load_lora
-    from mugv_infer.video_io import load_video
-
     video = load_video(cfg.video, plan.height, plan.width)
     keep = 1 + (video.shape[1] - 1) // 8 * 8
     pipe, groups = _build(cfg, plan, MUGVEnhancePipeline)
