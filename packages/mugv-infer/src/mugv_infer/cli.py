@@ -1,7 +1,8 @@
 """Command line of mugv-infer: ``generate`` and ``enhance``.
 
 User errors (missing or mismatched parts, bad sizes, unreadable images, bad settings) print
-one line naming the thing and exit with status 2, before any model is loaded.
+one line, ``mugv-infer COMMAND: error: ...`` naming the thing, and exit with status 2; they are
+found before any model is loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from mugv_formats.console import run_cli
 
 from mugv_infer import __version__
 
@@ -50,57 +53,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAG_KEYS = {
-    "model": "model",
-    "vae": "vae",
-    "text_encoder": "text_encoder",
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "resolution": "resolution",
-    "aspect_ratio": "aspect_ratio",
-    "steps": "steps",
-    "guidance_scale": "guidance_scale",
-    "seed": "seed",
-    "out": "out",
-    "image": "image",
-    "last_image": "last_image",
-    "video": "video",
-    "frames": "frames",
-    "output_type": "output_type",
-    "lora": "lora",
-    "strength": "strength",
-}
+_FLAGS = (
+    "model",
+    "vae",
+    "text_encoder",
+    "prompt",
+    "negative_prompt",
+    "resolution",
+    "aspect_ratio",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "out",
+    "image",
+    "last_image",
+    "video",
+    "frames",
+    "output_type",
+    "lora",
+    "strength",
+)
+"""Flags that set the config field of the same name (a flag a command lacks stays None)."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    from pydantic import ValidationError
-
+def _run(args: argparse.Namespace) -> int:
+    """``generate`` / ``enhance``: settings resolved and checked (every user error surfaces
+    before any model loads), then run; prints the outputs as JSON."""
     from mugv_infer import config as C
     from mugv_infer import run
 
-    flags = {key: getattr(args, attr, None) for attr, key in _FLAG_KEYS.items()}
+    flags = {key: getattr(args, key, None) for key in _FLAGS}
     if isinstance(flags.get("frames"), str) and flags["frames"].isdigit():
         flags["frames"] = int(flags["frames"])
-    kind = C.GenerateConfig if args.command == "generate" else C.EnhanceConfig
-    try:
-        cfg = C.resolve(kind, args.config, flags, args.set)
-        plan = run.check(cfg)  # every user error surfaces here, before any model loads
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        print(f"mugv-infer: error: setting {where}: {first['msg']}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mugv-infer: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    outputs = run.generate(cfg, plan) if args.command == "generate" else run.enhance(cfg, plan)
+    generate = args.command == "generate"
+    cfg = C.resolve(C.GenerateConfig if generate else C.EnhanceConfig, args.config, flags, args.set)
+    plan = run.check(cfg)
+    outputs = run.generate(cfg, plan) if generate else run.enhance(cfg, plan)
     print(json.dumps({"outputs": [str(p) for p in outputs]}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("mugv-infer", build_parser(), argv, {"generate": _run, "enhance": _run})
 
 
 if __name__ == "__main__":

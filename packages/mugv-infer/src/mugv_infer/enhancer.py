@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+from mugv_formats.atomic import atomic_write_text
 
 from mugv_infer.pipeline import DenoiseInputs, MUGVPipeline, MUGVPipelineOutput
 from mugv_infer.sizes import check_frames, check_size
@@ -50,7 +51,7 @@ def save_lora(transformer, path: str | Path) -> Path:
     )
     cfg = config.to_dict()
     cfg["target_modules"] = sorted(cfg["target_modules"])
-    (path / "adapter_config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    atomic_write_text(path / "adapter_config.json", json.dumps(cfg, indent=1, default=str))
     return path
 
 

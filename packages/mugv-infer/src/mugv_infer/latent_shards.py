@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mugv_formats as mf
 import numpy as np
 import torch
+
+from mugv_infer import __version__
 
 
 def write_latent_shards(
@@ -33,10 +36,6 @@ def write_latent_shards(
     config: dict | None = None,
 ) -> Path:
     """Write one sample per generated video; returns ``out_dir``."""
-    import mugv_formats as mf
-
-    from mugv_infer import __version__
-
     b = latents_BCTHW.shape[0]
     if len(prompts) != b:
         raise ValueError(f"{len(prompts)} prompts for {b} generated latents")

@@ -25,6 +25,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from mugv_formats.atomic import atomic_write_text
 from mugv_vae.checkpoint import checkpoint_id
 from mugv_vae.model import MugvVAE
 from PIL import Image
@@ -187,7 +188,9 @@ class MUGVPipeline(DiffusionPipeline):
         if self.text_encoder is not None:
             self.text_encoder.save_pretrained(root / "text_encoder")
             self.tokenizer.save_pretrained(root / "tokenizer")
-        (root / "pipeline.json").write_text(json.dumps({"class": type(self).__name__}, indent=1))
+        atomic_write_text(
+            root / "pipeline.json", json.dumps({"class": type(self).__name__}, indent=1)
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, **kw):

@@ -1,7 +1,8 @@
-"""Reading conditioning images / videos and writing outputs (MP4 through PyAV, GIF, frames).
+"""Reading conditioning images / videos and writing outputs (MP4, GIF, PNG frames).
 
-Frames are uint8 ``[T, H, W, 3]`` numpy arrays on the output side; model-side video is a float
-tensor ``[B, 3, T, H, W]`` in [-1, 1].
+Videos are decoded by mugv-vae's decoder and MP4s written by mugv-formats' one writer (both
+PyAV). Frames are uint8 ``[T, H, W, 3]`` numpy arrays on the output side; model-side video is
+a float tensor ``[B, 3, T, H, W]`` in [-1, 1].
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mugv_formats.atomic import atomic_open
+from mugv_formats.video import write_mp4
+from mugv_vae.video import decode_video
+from PIL import Image, UnidentifiedImageError
+
+MP4_CRF = 17
+"""libx264 quality of the written MP4s (lower is better; 17 is visually lossless)."""
 
 
 def load_image(path_or_image, height: int, width: int) -> torch.Tensor:
     """An image (path or PIL) resized to cover ``height x width`` and centre-cropped ->
     ``[3, H, W]`` in [-1, 1]. ValueError naming the file if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(path_or_image, (str, Path)):
         path = Path(path_or_image)
         if not path.is_file():
@@ -34,8 +40,6 @@ def load_image(path_or_image, height: int, width: int) -> torch.Tensor:
 
 
 def _cover_crop(image, height: int, width: int):
-    from PIL import Image
-
     w, h = image.size
     scale = max(height / h, width / w)
     sw, sh = max(width, round(w * scale)), max(height, round(h * scale))
@@ -50,52 +54,37 @@ def _to_tensor(image) -> torch.Tensor:
 
 
 def load_video(path: str | Path, height: int, width: int, max_frames: int | None = None):
-    """Frames of a video file (PyAV) resized/cropped -> ``[3, T, H, W]`` in [-1, 1]."""
-    import av
-
+    """The first ``max_frames`` frames of a video file, each resized/cropped as
+    :func:`load_image` does -> ``[3, T, H, W]`` in [-1, 1]. ValueError naming the file if it
+    is missing, cannot be decoded or has no frames."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"video {path} does not exist")
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                frames.append(_to_tensor(_cover_crop(frame.to_image(), height, width)))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except av.error.FFmpegError as e:
-        raise ValueError(f"video {path} is not readable ({e})") from None
-    if not frames:
-        raise ValueError(f"video {path} has no frames")
+    frames_THW3 = decode_video(path, max_frames=max_frames, where=f"video {path}")
+    frames = [_to_tensor(_cover_crop(Image.fromarray(f), height, width)) for f in frames_THW3]
     return torch.stack(frames, dim=1)
 
 
 def save_video(frames_THWC: np.ndarray, path: str | Path, fps: float = 21.0) -> Path:
-    """Write ``.mp4`` (H.264 through PyAV), ``.gif`` (PIL) or a folder of PNG frames (any
-    other path, or a path ending in ``/``)."""
-    from PIL import Image
-
+    """Write ``.mp4`` (H.264, :data:`MP4_CRF`; an odd height or width loses its last pixel
+    row / column), ``.gif`` (PIL) or a folder of PNG frames (any other path, or a path ending
+    in ``/``). The MP4 and the GIF appear complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
-        import av
-
-        _, h, w, _ = frames_THWC.shape
-        with av.open(str(path), mode="w") as container:
-            stream = container.add_stream("libx264", rate=round(fps))
-            stream.width, stream.height = w - w % 2, h - h % 2
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "17"}
-            for frame in frames_THWC:
-                vf = av.VideoFrame.from_ndarray(frame[: h - h % 2, : w - w % 2], format="rgb24")
-                container.mux(stream.encode(vf))
-            container.mux(stream.encode())
+        write_mp4(frames_THWC, path, fps, crf=MP4_CRF)
     elif suffix == ".gif":
         images = [Image.fromarray(f) for f in frames_THWC]
-        images[0].save(
-            path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
-        )
+        with atomic_open(path) as f:
+            images[0].save(
+                f,
+                format="GIF",
+                save_all=True,
+                append_images=images[1:],
+                duration=round(1000 / fps),
+                loop=0,
+            )
     else:
         path.mkdir(parents=True, exist_ok=True)
         for i, f in enumerate(frames_THWC):

@@ -53,6 +53,8 @@ from mugv_kernels.rope import (
 )
 from torch import nn
 
+from mugv_infer import __version__
+
 EXPORT_ARCHITECTURE = "MUGDiT"
 # mugv-dit ModelConfig fields that describe training / runtime, not weights
 _EXPORT_RUNTIME_FIELDS = ("init_std", "attention_backend", "recompute", "fused_ops")
@@ -346,8 +348,6 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
 
     def save_export(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write this model as a ``mugv.dit-export`` folder (what mugv-dit writes)."""
-        from mugv_infer import __version__  # the package imports this module: a cycle
-
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
         config["patch_size"] = list(config["patch_size"])
         return mf.save_weights_folder(
