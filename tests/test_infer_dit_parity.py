@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from mugv_dit.config import model_preset
-    from mugv_dit.export import full_state_dict, save_export
+    from mugv_dit.interop.export import full_state_dict, save_export
     from mugv_dit.model import MUGDiT, megatron_config
     from mugv_dit.parallel import init_distributed
 

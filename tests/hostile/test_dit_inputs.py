@@ -22,7 +22,7 @@ pytest.importorskip("megatron.core")
 
 
 def test_raw_latents_are_refused_by_name(tmp_path, megatron_single):
-    from mugv_dit.data import LatentIndex
+    from mugv_dit.data.plan import LatentIndex
 
     ds = make_latents(tmp_path / "raw", normalized=False)
     with pytest.raises(ValueError, match=r"dataset\.json: latents_normalized is false"):
@@ -40,7 +40,7 @@ def test_plan_loader_refuses_unsafe_or_doubled_members(tmp_path, member):
     import io
     import tarfile
 
-    from mugv_dit.data import LatentIndex
+    from mugv_dit.data.plan import LatentIndex
     from mugv_formats import CorruptShardError
 
     ds = make_latents(tmp_path / "lat", n=3)
@@ -58,7 +58,7 @@ def test_plan_loader_refuses_unsafe_or_doubled_members(tmp_path, member):
 
 
 def test_plan_loader_refuses_changed_latent_bytes(tmp_path):
-    from mugv_dit.data import LatentIndex
+    from mugv_dit.data.plan import LatentIndex
     from mugv_formats import ChecksumError
 
     ds = make_latents(tmp_path / "lat", n=3)
@@ -168,8 +168,8 @@ def test_sigkilled_trainer_leaves_no_process(tmp_path):
 def _read_through_energon(ds) -> None:
     """Pull four steps of batches from ``ds`` through the energon loader."""
     from mugv_dit.config import StageConfig
-    from mugv_dit.data import BucketSampler, LatentIndex
-    from mugv_dit.data_energon import EnergonLatentLoader
+    from mugv_dit.data.energon import EnergonLatentLoader
+    from mugv_dit.data.plan import BucketSampler, LatentIndex
 
     index = LatentIndex(ds)
     sampler = BucketSampler(

@@ -61,7 +61,7 @@ def test_planted_checkpoint_pickle_is_refused(saved_checkpoint, tmp_path, member
 
 
 def test_planted_energon_state_pickle_is_refused(tmp_path):
-    from mugv_dit.data_energon import load_plain_state
+    from mugv_dit.data.energon import load_plain_state
 
     marker = tmp_path / "PWNED"
     plant_pickle(tmp_path / "rank_00000.pt", marker)

@@ -175,7 +175,7 @@ def main() -> int:
     from mugv_dit import build_model
     from mugv_dit.cli import quiet_megatron_warnings
     from mugv_dit.config import model_preset, resolve_config
-    from mugv_dit.export import full_state_dict, save_export
+    from mugv_dit.interop.export import full_state_dict, save_export
     from mugv_dit.parallel import init_distributed
     from mugv_dit.trainer import Trainer
     from mugv_formats import PreferencePair, write_preference_data

@@ -68,7 +68,7 @@ def make_export(path: Path, seed: int = 0) -> Path:
     """A random-initialised tiny model as a mugv.dit-export (the reference / start point)."""
     from mugv_dit import build_model
     from mugv_dit.config import model_preset
-    from mugv_dit.export import full_state_dict, save_export
+    from mugv_dit.interop.export import full_state_dict, save_export
 
     cfg = model_preset("debug", **model_overrides())
     torch.manual_seed(seed)

@@ -67,7 +67,7 @@ def _held_out(task, kind, run_state, beta):
     from mugv_align.data import load_source
     from mugv_align.evaluate import preference_metrics
     from mugv_dit.config import ObjectiveConfig
-    from mugv_dit.export import build_model_from_export, load_full_state_dict
+    from mugv_dit.interop.export import build_model_from_export, load_full_state_dict
 
     root = task["root"]
     ref = build_model_from_export(root / "init").eval()
@@ -252,7 +252,7 @@ def test_sft_power_emas_follow_the_trajectory_and_reconstruct(task, tmp_path, ca
     from mugv_align.cli import main
     from mugv_align.ema import discrete_profile, sigma_rel_to_gamma
     from mugv_align.trainer import AlignTrainer
-    from mugv_dit.export import load_export
+    from mugv_dit.interop.export import load_export
 
     root = task["root"]
     align = {"mode": "sft", "ema_sigma_rels": [0.05, 0.10], "ema_snapshot_every": 2}
@@ -375,7 +375,7 @@ def test_dpo_on_real_vs_generated_pairs_through_the_cli(task, tmp_path):
     assert [r["step"] for r in logs] == [0, 1] and all("pref_accuracy" in r for r in logs)
     assert (tmp_path / "run/ema_snapshots/step_0000002/snapshot.json").is_file()
     # the trained policy as an export (e.g. the next stage's reference / start point)
-    from mugv_dit.export import load_export
+    from mugv_dit.interop.export import load_export
 
     assert main(["export", "--run", str(tmp_path / "run"), "--output", str(tmp_path / "x")]) == 0
     _, trained = load_export(tmp_path / "x")

@@ -150,7 +150,7 @@ def bench_mug(
     from megatron.core.optimizer import clip_grads
     from megatron.core.optimizer import optimizer as megatron_optimizer
     from mugv_dit.megatron_patches.multi_tensor import install_foreach_multi_tensor_ops
-    from mugv_dit.optimizer_kernels import enable_fused_adam
+    from mugv_dit.optim.fused_adam import enable_fused_adam
 
     saved = (
         clip_grads.l2_norm_impl,
@@ -175,7 +175,7 @@ def bench_mug(
         enable_fused_adam(opt)  # CUDA; CPU too where torch has the fused kernel
     opt_step = opt.step
     if optimizer_path == "sync-free":
-        from mugv_dit.optimizer_step import SyncFreeStep
+        from mugv_dit.optim.sync_free_step import SyncFreeStep
 
         opt_step = SyncFreeStep(opt).step
     t, h, w = grid

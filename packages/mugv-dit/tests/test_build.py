@@ -25,7 +25,7 @@ def test_write_random_export_is_the_seeded_start_of_a_run(megatron_single, debug
     """The export holds exactly the weights a model built after ``torch.manual_seed(seed)``
     has, and the caller's RNG stream is left untouched."""
     import mugv_dit
-    from mugv_dit.export import full_state_dict, load_export
+    from mugv_dit.interop.export import full_state_dict, load_export
 
     torch.manual_seed(123)
     expected_next = torch.rand(3)

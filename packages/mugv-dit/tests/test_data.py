@@ -6,7 +6,7 @@ import math
 
 import pytest
 from mugv_dit.config import StageConfig
-from mugv_dit.data import BucketSampler, LatentIndex, collate, tokens_of
+from mugv_dit.data.plan import BucketSampler, LatentIndex, collate, tokens_of
 from mugv_dit.trainer import stage_at, stage_lr
 from mugv_dit_fixtures import make_latent_dataset
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from mugv_dit.config import StageConfig
-from mugv_dit.data import BucketSampler, LatentIndex, tokens_of
+from mugv_dit.data.plan import BucketSampler, LatentIndex, tokens_of
 from mugv_dit_fixtures import DEFAULT_LAYOUT, make_latent_dataset
 
 STEPS = 24
@@ -32,7 +32,7 @@ def grouped_index(tmp_path_factory):
 
 
 def _loader(index, dp_rank: int, dp_size: int = 2):
-    from mugv_dit.data_energon import EnergonLatentLoader
+    from mugv_dit.data.energon import EnergonLatentLoader
 
     sampler = BucketSampler(
         index,

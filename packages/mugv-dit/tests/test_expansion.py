@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from mugv_dit import build_model
-from mugv_dit.expansion import widen_state_dict, widened_config
-from mugv_dit.export import load_full_state_dict
+from mugv_dit.interop.expansion import widen_state_dict, widened_config
+from mugv_dit.interop.export import load_full_state_dict
 from mugv_dit.model import PackedText
 
 

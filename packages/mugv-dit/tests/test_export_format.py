@@ -17,7 +17,7 @@ def _rewrite_config(path, **changes) -> dict:
 
 
 def test_export_holds_the_architecture_only(megatron_single, debug_cfg, debug_model, tmp_path):
-    from mugv_dit.export import full_state_dict, load_export, save_export
+    from mugv_dit.interop.export import full_state_dict, load_export, save_export
 
     save_export(tmp_path / "new", debug_cfg, full_state_dict(debug_model))
     meta = json.loads((tmp_path / "new" / "config.json").read_text())
@@ -34,7 +34,12 @@ def test_old_style_export_with_runtime_settings_loads(
     """A 1.0 export (as written before the split, e.g. by `import-original`, with
     fused_ops=false) loads into a model run with other runtime settings."""
     from mugv_dit.config import RuntimeConfig
-    from mugv_dit.export import build_model_from_export, full_state_dict, load_export, save_export
+    from mugv_dit.interop.export import (
+        build_model_from_export,
+        full_state_dict,
+        load_export,
+        save_export,
+    )
 
     state = full_state_dict(debug_model)
     path = save_export(tmp_path / "old", debug_cfg, state)
@@ -58,7 +63,7 @@ def test_old_style_export_with_runtime_settings_loads(
 def test_runtime_field_in_a_new_export_is_refused(
     megatron_single, debug_cfg, debug_model, tmp_path
 ):
-    from mugv_dit.export import full_state_dict, load_export, save_export
+    from mugv_dit.interop.export import full_state_dict, load_export, save_export
 
     path = save_export(tmp_path / "bad", debug_cfg, full_state_dict(debug_model))
     _rewrite_config(path, config={**debug_cfg.model_dump(mode="json"), "fused_ops": True})
@@ -72,7 +77,7 @@ def test_runtime_field_in_a_new_export_is_refused(
 def test_architecture_differences_name_each_field(debug_cfg):
     """What train.init_from and mugv-align's reference report; runtime settings are not in
     the architecture, so they can never differ."""
-    from mugv_dit.export import architecture_differences
+    from mugv_dit.interop.export import architecture_differences
 
     assert architecture_differences(debug_cfg, debug_cfg.model_copy()) == []
     wide = debug_cfg.model_copy(update={"hidden_size": 96, "num_heads": 8})

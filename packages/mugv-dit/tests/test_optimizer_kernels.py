@@ -9,7 +9,7 @@ from mugv_dit.megatron_patches.multi_tensor import (
     foreach_scale,
     install_foreach_multi_tensor_ops,
 )
-from mugv_dit.optimizer_kernels import enable_fused_adam
+from mugv_dit.optim.fused_adam import enable_fused_adam
 
 
 def test_foreach_l2_norm_is_the_norm_of_everything():

@@ -16,7 +16,7 @@ def _megatron_pair(clip_grad: float, dtype=torch.bfloat16, device="cpu"):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from mugv_dit import build_model
     from mugv_dit.config import model_preset
-    from mugv_dit.optimizer_kernels import enable_fused_adam
+    from mugv_dit.optim.fused_adam import enable_fused_adam
 
     cfg = model_preset("debug")
     out = []
@@ -75,7 +75,7 @@ def test_sync_free_step_equals_megatron_step(megatron_single, dtype, clip_grad, 
 
 
 def _check_parity(dtype, clip_grad: float, scale: float, device: str) -> None:
-    from mugv_dit.optimizer_step import SyncFreeStep, why_not
+    from mugv_dit.optim.sync_free_step import SyncFreeStep, why_not
 
     (model_a, ddp_a, opt_a), (model_b, ddp_b, opt_b) = _megatron_pair(clip_grad, dtype, device)
     assert why_not(opt_b) is None
@@ -115,7 +115,7 @@ def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
     """A NaN grad: the norm is NaN, and params, fp32 main params, Adam moments and step counts
     stay exactly as they were (Megatron's own step without a loss scaler applies the update)."""
     from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
-    from mugv_dit.optimizer_step import SyncFreeStep
+    from mugv_dit.optim.sync_free_step import SyncFreeStep
 
     with cpu_megatron():
         (model, ddp, opt), _ = _megatron_pair(1.0)
@@ -154,7 +154,7 @@ def test_nonfinite_grad_norm_leaves_everything_untouched(megatron_single):
 
 def test_why_not_names_the_unsupported_case(megatron_single):
     from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
-    from mugv_dit.optimizer_step import SyncFreeStep, sync_free_step, why_not
+    from mugv_dit.optim.sync_free_step import SyncFreeStep, sync_free_step, why_not
 
     with cpu_megatron():
         (_, _, opt), _ = _megatron_pair(1.0)

@@ -11,9 +11,9 @@ import pytest
 
 def test_energon_loader_without_energon_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "megatron.energon", None)
-    monkeypatch.delitem(sys.modules, "mugv_dit.data_energon", raising=False)
+    monkeypatch.delitem(sys.modules, "mugv_dit.data.energon", raising=False)
     with pytest.raises(ModuleNotFoundError, match=r"install mugv-dit\[energon\]"):
-        importlib.import_module("mugv_dit.data_energon")
+        importlib.import_module("mugv_dit.data.energon")
 
 
 def test_plan_loader_and_cli_import_without_energon():
@@ -21,7 +21,7 @@ def test_plan_loader_and_cli_import_without_energon():
     CLI import with megatron.energon blocked (a fresh interpreter)."""
     code = (
         "import sys; sys.modules['megatron.energon'] = None\n"
-        "import mugv_dit.cli, mugv_dit.data, mugv_dit.trainer, mugv_dit.text\n"
+        "import mugv_dit.cli, mugv_dit.data.plan, mugv_dit.trainer, mugv_dit.text\n"
         "assert 'megatron.energon' not in [m for m, v in sys.modules.items() if v is not None]\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -44,7 +44,7 @@ def test_trainer_and_cli_import_without_tensorboard():
     code = (
         "import sys; sys.modules['tensorboard'] = None\n"
         "sys.modules['torch.utils.tensorboard'] = None\n"
-        "import mugv_dit.cli, mugv_dit.trainer, mugv_dit.export\n"
+        "import mugv_dit.cli, mugv_dit.trainer, mugv_dit.interop.export\n"
         "from mugv_dit.config import TrainConfig\n"
         "assert TrainConfig().tensorboard is True\n"
         "loaded = [m for m, v in sys.modules.items() if v is not None]\n"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from mugv_dit import build_model
 from mugv_dit.config import model_preset
-from mugv_dit.export import load_full_state_dict
-from mugv_dit.original import (
+from mugv_dit.interop.export import load_full_state_dict
+from mugv_dit.interop.original import (
     load_original_checkpoint,
     mugv_to_original,
     original_shapes,

@@ -128,7 +128,7 @@ def test_resume_keeps_this_runs_adam_kernel(megatron_single, dataset, tmp_path, 
     """Loading a checkpoint restores the param groups' settings, the saved fused/foreach flags
     included: the resumed run must step with the kernel its own train.fused_adam chose (the
     sync-free step needs the fused one), and continue the same loss curve."""
-    from mugv_dit.optimizer_step import SyncFreeStep
+    from mugv_dit.optim.sync_free_step import SyncFreeStep
     from mugv_dit.trainer import Trainer
 
     train = {"progress": False, "ema_decay": None, "save_every": 2}
@@ -255,7 +255,7 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
     * cp2: CP=2 (all-to-all sequence parallel), resuming the TP=1 step-2 checkpoint;
     * pp2init: PP=2 starting from the reference's exported weights (`train.init_from`), 1 step.
     """
-    from mugv_dit.export import export_run
+    from mugv_dit.interop.export import export_run
 
     ref_dir, _, _ = reference_run
     tmp = tmp_path_factory.mktemp("layouts")
@@ -298,7 +298,7 @@ def layout_runs(reference_run, dataset, tmp_path_factory):
 
 def _assert_same_weights(run_dir: Path, expected: dict, out: Path) -> None:
     """The run's final raw weights, loaded at TP=PP=CP=1 through export, equal ``expected``."""
-    from mugv_dit.export import export_run, load_export
+    from mugv_dit.interop.export import export_run, load_export
 
     export_run(run_dir, out, weights="model")
     _, state = load_export(out)
@@ -389,7 +389,7 @@ def test_tp2_without_sequence_parallel_matches_tp1(reference_run, dataset, tmp_p
 
 def test_export_roundtrip(megatron_single, reference_run, tmp_path):
     from mugv_dit.cli import main
-    from mugv_dit.export import build_model_from_export, load_export
+    from mugv_dit.interop.export import build_model_from_export, load_export
 
     ref_dir, _, final = reference_run
     assert (
@@ -422,7 +422,7 @@ def test_export_roundtrip(megatron_single, reference_run, tmp_path):
 
 
 def test_missing_text_features_is_a_clear_error(megatron_single, tmp_path):
-    from mugv_dit.data import LatentIndex
+    from mugv_dit.data.plan import LatentIndex
 
     ds = make_latent_dataset(tmp_path / "notext", with_text=False)
     with pytest.raises(ValueError, match="embed-text"):
@@ -431,7 +431,7 @@ def test_missing_text_features_is_a_clear_error(megatron_single, tmp_path):
 
 def test_init_from_export_and_widen_cli(megatron_single, reference_run, dataset, tmp_path):
     from mugv_dit.cli import main
-    from mugv_dit.export import load_export
+    from mugv_dit.interop.export import load_export
     from mugv_dit.trainer import Trainer
 
     ref_dir, _, _ = reference_run
@@ -461,7 +461,7 @@ def test_init_from_export_that_differs_only_in_runtime_settings(
     """An export made without fused ops (as `import-original` writes) starts a run that uses
     them (as configs/pretrain_2b.yaml does): runtime settings are not the architecture."""
     from mugv_dit.cli import main
-    from mugv_dit.export import load_export
+    from mugv_dit.interop.export import load_export
     from mugv_dit.trainer import Trainer
 
     ref_dir, _, _ = reference_run

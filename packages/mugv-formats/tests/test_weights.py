@@ -125,3 +125,14 @@ def test_unknown_format_name(tmp_path: Path) -> None:
         save_weights_folder(
             tmp_path, format="mugv.nope", architecture="a", config={}, state_dict={}
         )
+
+
+def test_check_state_dict_fits_names_what_does_not_fit() -> None:
+    from mugv_formats.weights import check_state_dict_fits
+
+    expected = {"a": (2, 3), "b": (4,)}
+    check_state_dict_fits({"a": torch.zeros((2, 3)), "b": torch.zeros(4)}, expected, where="w")
+    with pytest.raises(ValueError, match=r"^w: missing \['b'\] \(1\), unexpected \['c'\] \(1\)$"):
+        check_state_dict_fits({"a": torch.zeros((2, 3)), "c": torch.zeros(1)}, expected, where="w")
+    with pytest.raises(ValueError, match=r"^w: b: shape \(5,\), expected \(4,\)$"):
+        check_state_dict_fits({"a": torch.zeros((2, 3)), "b": torch.zeros(5)}, expected, where="w")

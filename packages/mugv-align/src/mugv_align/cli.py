@@ -22,42 +22,26 @@ import json
 import sys
 from pathlib import Path
 
+from mugv_dit.cli import add_train_args
 from mugv_formats.console import run_command
 
 from mugv_align import __version__
-
-
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config YAML")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set align.beta=1000 (repeatable)",
-    )
-    p.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="stop after this many steps of this invocation (the run resumes later)",
-    )
-    p.add_argument(
-        "--micro-batches",
-        type=int,
-        default=None,
-        help="global micro-batches per step (default: DP size); a multiple of DP",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mugv-align", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mugv-align {__version__}")
     sub = parser.add_subparsers(dest="command")
-    _train_args(sub.add_parser("sft", help="supervised fine-tuning (annealed LR, power EMAs)"))
-    _train_args(sub.add_parser("dpo", help="Flow-DPO on preference pairs"))
-    _train_args(sub.add_parser("kto", help="Flow-KTO on pass/fail labels"))
+    add_train_args(
+        sub.add_parser("sft", help="supervised fine-tuning (annealed LR, power EMAs)"),
+        set_example="align.beta=1000",
+    )
+    add_train_args(
+        sub.add_parser("dpo", help="Flow-DPO on preference pairs"), set_example="align.beta=1000"
+    )
+    add_train_args(
+        sub.add_parser("kto", help="Flow-KTO on pass/fail labels"), set_example="align.beta=1000"
+    )
     pre = sub.add_parser("precompute-ref", help="store the reference model's errors")
     pre.add_argument("config")
     pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -155,7 +139,7 @@ def _reconstruct(run: str, sigma_rel: float, step: int | None):
 
 
 def _export(args) -> int:
-    from mugv_dit.export import export_checkpoint, run_checkpoint
+    from mugv_dit.interop.export import export_checkpoint, run_checkpoint
 
     cfg = _run_config(args.run)
     ckpt = run_checkpoint(args.run, args.step)
@@ -179,7 +163,7 @@ def _ema_list(args) -> int:
 
 
 def _ema_reconstruct(args) -> int:
-    from mugv_dit.export import save_export
+    from mugv_dit.interop.export import save_export
 
     cfg = _run_config(args.run)
     state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step)
@@ -197,8 +181,8 @@ def _ema_reconstruct(args) -> int:
 def _ema_sweep(args) -> int:
     import torch
     from mugv_dit.build import build_model
-    from mugv_dit.data import LatentIndex
-    from mugv_dit.export import load_full_state_dict
+    from mugv_dit.data.plan import LatentIndex
+    from mugv_dit.interop.export import load_full_state_dict
     from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import init_distributed
     from mugv_formats import atomic_write_text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from mugv_dit.config import ObjectiveConfig
-from mugv_dit.data import LatentIndex, collate
+from mugv_dit.data.plan import LatentIndex, collate
 from mugv_dit.diffusion.schedule import (
     add_noise,
     resolution_shift_ratio,

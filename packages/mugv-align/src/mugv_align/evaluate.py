@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from mugv_dit.config import ObjectiveConfig
-from mugv_dit.data import LatentIndex, collate
+from mugv_dit.data.plan import LatentIndex, collate
 from mugv_dit.model import PackedText
 
 from mugv_align.data import Source, build_batch, item_id, item_seed, prepare_group

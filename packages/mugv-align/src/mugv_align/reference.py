@@ -17,6 +17,10 @@ import json
 from pathlib import Path
 
 import torch
+from mugv_dit.interop.export import build_model_from_export
+from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
+from mugv_dit.model import PackedText
+from mugv_dit.parallel import default_device
 from mugv_formats import atomic_write_text
 
 from mugv_align.config import AlignRunConfig
@@ -30,10 +34,6 @@ FORMAT = "mugv-align.reference-errors"
 def precompute_reference_errors(cfg: AlignRunConfig, output: str | Path, *, device=None) -> int:
     """Write the reference errors of every item of ``cfg.align.preference``; returns the
     number of items."""
-    from mugv_dit.export import build_model_from_export
-    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
-    from mugv_dit.model import PackedText
-    from mugv_dit.parallel import default_device
 
     a = cfg.align
     if a.mode == "sft" or not a.preference:

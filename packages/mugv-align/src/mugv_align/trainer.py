@@ -29,14 +29,14 @@ import torch.distributed as dist
 from mugv_dit.build import build_model
 from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
 from mugv_dit.diffusion.loss import masked_velocity_sse
-from mugv_dit.export import architecture_differences, load_export, load_full_state_dict
+from mugv_dit.interop.export import architecture_differences, load_export, load_full_state_dict
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.trainer import Trainer
-from mugv_formats import atomic_write_text
+from mugv_formats import atomic_write_text, read_preference_data
 from mugv_formats.checkpoint_dirs import checkpoint_step, step_dir_name, step_dirs
 
 from mugv_align.config import AlignRunConfig
-from mugv_align.data import PreferenceSampler, build_batch, load_source
+from mugv_align.data import PreferenceSampler, build_batch, load_source, resolve_latent_path
 from mugv_align.losses import (
     dpo_margin,
     flow_dpo_loss,
@@ -74,10 +74,6 @@ class AlignTrainer(Trainer):
         self.sources = []
         if a.mode != "sft" and cfg.data.path is None:
             # the base trainer indexes a latent set: use the first preference set's
-            from mugv_formats import read_preference_data
-
-            from mugv_align.data import resolve_latent_path
-
             p = Path(a.preference[0].path)
             if not (p / "dataset.json").is_file():
                 raise ValueError(f"preference set {p} does not exist (no dataset.json)")

@@ -16,7 +16,7 @@ except PackageNotFoundError:  # run from a source tree on PYTHONPATH (e.g. the G
 
 _LAZY = {
     "build_model": "mugv_dit.build",
-    "write_random_export": "mugv_dit.export",
+    "write_random_export": "mugv_dit.interop.export",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -15,10 +15,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from mugv_formats.console import run_command
 
 from mugv_dit import __version__
+
+
+def add_train_args(parser: argparse.ArgumentParser, *, set_example: str) -> None:
+    """The arguments of a training command (mugv-dit ``train``, mugv-align ``sft``/``dpo``/
+    ``kto``): CONFIG, ``--set`` overrides, ``--max-steps``, ``--micro-batches``."""
+    parser.add_argument("config", help="run config YAML")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. --set {set_example} (repeatable)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps of this invocation (the run resumes later)",
+    )
+    parser.add_argument(
+        "--micro-batches",
+        type=int,
+        default=None,
+        help="global micro-batches per step (default: DP size); a multiple of DP",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,27 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser("train", help="pre-train a DiT on latent shards")
-    train.add_argument("config", help="run config YAML")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.seed=3 (repeatable)",
-    )
-    train.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="stop after this many steps of this invocation (the run resumes later)",
-    )
-    train.add_argument(
-        "--micro-batches",
-        type=int,
-        default=None,
-        help="global micro-batches per step (default: DP size); a multiple of DP",
-    )
+    add_train_args(train, set_example="train.seed=3")
 
     export = sub.add_parser("export", help="export a training checkpoint to mugv.dit-export")
     export.add_argument("--run", required=True, help="run output directory (has checkpoints/)")
@@ -118,7 +125,7 @@ def check_user_values(cfg) -> None:
 
 
 def _export(args) -> int:
-    from mugv_dit.export import export_run
+    from mugv_dit.interop.export import export_run
 
     path = export_run(args.run, args.output, weights=args.weights, step=args.step)
     print(f"exported {args.weights} weights to {path}")
@@ -144,8 +151,8 @@ def _import_original(args) -> int:
     import torch
 
     from mugv_dit.config import model_preset
-    from mugv_dit.export import save_export
-    from mugv_dit.original import load_original_checkpoint
+    from mugv_dit.interop.export import save_export
+    from mugv_dit.interop.original import load_original_checkpoint
 
     cfg = model_preset(args.preset)
     state = load_original_checkpoint(args.weights, cfg)
@@ -160,8 +167,8 @@ def _import_original(args) -> int:
 
 
 def _widen(args) -> int:
-    from mugv_dit.expansion import widen_state_dict, widened_config
-    from mugv_dit.export import load_export, save_export
+    from mugv_dit.interop.expansion import widen_state_dict, widened_config
+    from mugv_dit.interop.export import load_export, save_export
 
     cfg, state = load_export(args.input)
     wide = widen_state_dict(state, noise=args.noise, seed=args.seed)
@@ -193,8 +200,6 @@ def _presets() -> int:
 def quiet_megatron_warnings() -> None:
     """Silence the warnings Megatron-Core gives on import about optional Apex / TE fallbacks we
     do not use (every mugv-dit / mugv-align command calls this first)."""
-    import warnings
-
     for message in ("Transformer Engine and Apex", "full scope is deprecated", "tp_group is None"):
         warnings.filterwarnings("ignore", message=f".*{message}.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="megatron")

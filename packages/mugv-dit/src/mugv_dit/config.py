@@ -255,7 +255,7 @@ class TrainConfig(BaseModel):
         "around Megatron's optimizer with its per-parameter lists built once and no host sync "
         "(grad norm, clipping and the non-finite check on the device, inside the "
         "fused kernel; a NaN/Inf grad norm leaves weights and moments untouched). Falls back "
-        "to Megatron's step where it does not apply (mugv_dit.optimizer_step.why_not).",
+        "to Megatron's step where it does not apply (mugv_dit.optim.sync_free_step.why_not).",
     )
     ema_decay: float | None = Field(0.9999, description="EMA of the weights; None disables.")
     nonfinite: Literal["skip", "stop"] = Field(

@@ -1,7 +1,7 @@
 """The pre-training loop: Megatron DDP + (distributed) optimizer over a curriculum of stages.
 
 Build order (``Trainer.__init__``, one named ``_build_*`` step each): process groups ->
-model (same seed on every rank) -> Megatron DDP wrapper -> Megatron optimizer (``optim.py``,
+model (same seed on every rank) -> Megatron DDP wrapper -> Megatron optimizer (``optim/``,
 with the LR schedule) -> EMA copy -> data index + sampler -> resume from the latest checkpoint
 (or ``train.init_from``) -> logs.
 The trainer checkpoints only its own counters (step, sampler cursors); model, EMA and
@@ -42,7 +42,7 @@ from mugv_formats import atomic_write_text
 from mugv_dit.build import build_model
 from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint
 from mugv_dit.config import RunConfig, StageConfig, dump_config
-from mugv_dit.data import BucketSampler, LatentIndex, collate, tokens_of
+from mugv_dit.data.plan import BucketSampler, LatentIndex, collate, tokens_of
 from mugv_dit.diffusion.loss import (
     masked_velocity_sse,
     micro_batch_loss_scale,
@@ -51,10 +51,11 @@ from mugv_dit.diffusion.loss import (
 )
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
+from mugv_dit.interop.export import architecture_differences, load_export, load_full_state_dict
 from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
-from mugv_dit.optim import build_optimizer, set_lr, stage_lr
-from mugv_dit.optimizer_kernels import keep_adam_kernel
+from mugv_dit.optim.fused_adam import keep_adam_kernel
+from mugv_dit.optim.optimizer import build_optimizer, set_lr, stage_lr
 from mugv_dit.parallel import default_device, init_distributed, parallel_context
 
 
@@ -185,7 +186,7 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         """Megatron's (distributed) Adam, fp32 main params when bf16, and what steps it (the
-        sync-free wrapper or the optimizer itself; see optim.py)."""
+        sync-free wrapper or the optimizer itself; see optim/optimizer.py)."""
         self.optimizer, self.stepper = build_optimizer(
             self.cfg, self.model, bf16=self.bf16, dtype=self.dtype, device=self.device
         )
@@ -234,7 +235,7 @@ class Trainer:
         )
         self.energon = None
         if cfg.data.loader == "energon":
-            from mugv_dit.data_energon import EnergonLatentLoader
+            from mugv_dit.data.energon import EnergonLatentLoader
 
             self.energon = EnergonLatentLoader(
                 cfg.data.path,
@@ -298,8 +299,6 @@ class Trainer:
 
     def _init_from_export(self, path: str) -> None:
         """Start from exported weights (e.g. the imported release or a widened model)."""
-        from mugv_dit.export import architecture_differences, load_export, load_full_state_dict
-
         model_cfg, state = load_export(path)
         differences = architecture_differences(model_cfg, self.cfg.model)
         if differences:

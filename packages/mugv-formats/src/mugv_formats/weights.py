@@ -199,3 +199,23 @@ def load_weights_folder(
         extra=meta.get("extra", {}),
         state_dict=state,
     )
+
+
+def check_state_dict_fits(
+    state_dict: Mapping[str, Any], expected_shapes: Mapping[str, tuple[int, ...]], *, where: str
+) -> None:
+    """Raise one ``ValueError`` (prefixed ``where``) naming the missing, unexpected (the first
+    few and how many) or misshapen tensors of ``state_dict`` against ``expected_shapes``."""
+    missing = sorted(set(expected_shapes) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected_shapes))
+    if missing or unexpected:
+        raise ValueError(
+            f"{where}: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+    for name, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected_shapes[name]):
+            raise ValueError(
+                f"{where}: {name}: shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected_shapes[name])}"
+            )

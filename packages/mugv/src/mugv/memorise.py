@@ -146,7 +146,7 @@ def run_memorise(
     """Train, export, sample the trained and an untrained DiT, compare; see the module."""
     import torch
     from mugv_dit import write_random_export
-    from mugv_dit.export import load_export
+    from mugv_dit.interop.export import load_export
 
     shutil.rmtree(run.memorise, ignore_errors=True)
     run.memorise.mkdir(parents=True)

@@ -9,7 +9,7 @@ L packed text tokens of the whole batch, K = D/2 RoPE pairs.
 
 Fused projections are laid out per head (``[heads, (q, k, v), D]`` rows) so that a column
 split over TP ranks hands each rank whole heads; the release's ``[(q, k, v), heads, D]``
-layout is reordered on import (see ``mugv_dit.original``).
+layout is reordered on import (see ``mugv_dit.interop.original``).
 """
 
 from __future__ import annotations

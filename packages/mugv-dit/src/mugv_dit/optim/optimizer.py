@@ -14,8 +14,8 @@ from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_mega
 
 from mugv_dit.config import RunConfig, StageConfig
 from mugv_dit.megatron_patches.multi_tensor import install_foreach_multi_tensor_ops
-from mugv_dit.optimizer_kernels import enable_fused_adam
-from mugv_dit.optimizer_step import SyncFreeStep, sync_free_step
+from mugv_dit.optim.fused_adam import enable_fused_adam
+from mugv_dit.optim.sync_free_step import SyncFreeStep, sync_free_step
 
 
 def build_optimizer(
@@ -24,7 +24,7 @@ def build_optimizer(
     """Megatron optimizer of ``ddp_model`` from ``cfg.train`` (LR: the first stage's until
     :func:`set_lr`) and what steps it: with ``train.fused_adam`` torch's fused AdamW kernel (on
     every device torch has it for) and, with ``train.sync_free_step``, a
-    :class:`~mugv_dit.optimizer_step.SyncFreeStep` wrapping it where it reproduces Megatron's
+    :class:`~mugv_dit.optim.sync_free_step.SyncFreeStep` wrapping it where it reproduces Megatron's
     step; otherwise the optimizer itself. Returns ``(optimizer, stepper)``; call
     ``stepper.step()``."""
     train = cfg.train

@@ -11,6 +11,7 @@ across a checkpoint load. (The grad-norm / grad-scale kernels Megatron calls are
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 
 def _torch_adams(optimizer) -> list[torch.optim.Optimizer]:
@@ -34,8 +35,6 @@ def enable_fused_adam(optimizer) -> int:
     device torch has fused kernels for (CUDA; recent torch also CPU) to the fused kernel. Step counters already created by the foreach path (host tensors, e.g.
     after a checkpoint load) are moved to the parameters' device before each step, where the
     fused kernel expects them. Returns how many optimizers were switched."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
     supported = set(_get_fused_kernels_supported_devices())
     switched = 0
     for opt in _torch_adams(optimizer):

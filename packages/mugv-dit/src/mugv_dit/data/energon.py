@@ -7,7 +7,7 @@ against the manifest with the dataset's indexed reader, as the ``plan`` loader's
 each DP rank reads its own part of the stream (``WorkerConfig(rank=dp_rank, ...)``; TP/PP/CP ranks of one DP rank read the same).
 
 Balanced steps: the bucket of every step is chosen by the same pure function as the ``plan``
-loader (:meth:`mugv_dit.data.BucketSampler.choose_bucket`: seed, step, stage filters and the
+loader (:meth:`mugv_dit.data.plan.BucketSampler.choose_bucket`: seed, step, stage filters and the
 stage's image-share annealing, weighted by bucket size), so ALL DP ranks and all micro-batches
 of a step share one bucket and one token-budget batch size, i.e. equal tokens per rank. Each
 rank sorts its stream into per-bucket reservoirs and takes the step's samples from the chosen
@@ -63,7 +63,7 @@ except ModuleNotFoundError as e:
 from mugv_formats import ChecksumError, CorruptShardError, member_digests
 
 from mugv_dit.config import StageConfig
-from mugv_dit.data import BucketKey, BucketSampler, LatentIndex, stage_accepts
+from mugv_dit.data.plan import BucketKey, BucketSampler, LatentIndex, stage_accepts
 from mugv_dit.diffusion.prepare import CleanBatch
 
 

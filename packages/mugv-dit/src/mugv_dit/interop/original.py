@@ -19,6 +19,7 @@ inference path); mugv always uses t=0 for them, i.e. the training behaviour.
 from __future__ import annotations
 
 import torch
+from mugv_formats.weights import check_state_dict_fits
 
 from mugv_dit.config import ModelConfig
 
@@ -156,19 +157,12 @@ def _parts(name: str) -> int:
 
 def original_to_mugv(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Map a release state dict (``dit.pt``) onto mugv names/layouts; checks every shape."""
-    expected = original_shapes(cfg)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"not a MUG-V DiT state dict for this config: missing {missing[:4]} ({len(missing)}), "
-            f"unexpected {unexpected[:4]} ({len(unexpected)})"
-        )
+    check_state_dict_fits(
+        state, original_shapes(cfg), where="not a MUG-V DiT state dict for this config"
+    )
     names = name_map(cfg.num_layers)
     out = {}
     for name, t in state.items():
-        if tuple(t.shape) != expected[name]:
-            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {expected[name]}")
         if name == "x_embedder.proj.weight":
             t = t.reshape(t.shape[0], -1)
         elif parts := _parts(name):

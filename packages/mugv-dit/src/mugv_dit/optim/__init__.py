@@ -1,0 +1,3 @@
+"""The optimizer: Megatron's (distributed) Adam and its learning-rate schedule
+(:mod:`.optimizer`), torch's fused AdamW inside it (:mod:`.fused_adam`) and the sync-free step
+that wraps it (:mod:`.sync_free_step`)."""
