@@ -22,8 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from mugv_dit.cli import add_train_args
-from mugv_formats.console import run_command
+from mugv_dit.cli import add_train_args, quiet_megatron_warnings
+from mugv_formats.console import run_cli
 
 from mugv_align import __version__
 
@@ -90,18 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from mugv_dit.parallel import destroy_distributed
+    from mugv_dit.trainer import train_to_end
 
     from mugv_align.config import load_align_config
     from mugv_align.trainer import AlignTrainer
 
     cfg = load_align_config(args.config, [*args.overrides, f"align.mode={args.command}"])
     trainer = AlignTrainer(cfg, micro_batches_per_step=args.micro_batches)
-    try:
-        logs = trainer.run(max_steps=args.max_steps)
-    finally:
-        trainer.close()
-        destroy_distributed()
+    logs = train_to_end(trainer, args.max_steps)
     done = [log for log in logs if "loss" in log]
     if done:
         last = done[-1]
@@ -260,15 +256,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mugv_dit.cli import quiet_megatron_warnings
-
     quiet_megatron_warnings()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return run_command("mugv-align", args.command, lambda: COMMANDS[args.command](args))
+    return run_cli("mugv-align", build_parser(), argv, COMMANDS)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import sys
 import warnings
 
-from mugv_formats.console import run_command
+from mugv_formats.console import run_cli
 
 from mugv_dit import __version__
 
@@ -93,17 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from mugv_dit.config import load_config
-    from mugv_dit.parallel import destroy_distributed
-    from mugv_dit.trainer import Trainer
+    from mugv_dit.trainer import Trainer, train_to_end
 
     cfg = load_config(args.config, args.overrides)
     check_user_values(cfg)
-    trainer = Trainer(cfg, micro_batches_per_step=args.micro_batches)
-    try:
-        logs = trainer.run(max_steps=args.max_steps)
-    finally:
-        trainer.close()
-        destroy_distributed()
+    logs = train_to_end(Trainer(cfg, micro_batches_per_step=args.micro_batches), args.max_steps)
     done = [log for log in logs if "loss" in log]
     if done:
         print(
@@ -205,22 +199,19 @@ def quiet_megatron_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="megatron")
 
 
+COMMANDS = {
+    "train": _train,
+    "export": _export,
+    "embed-text": _embed,
+    "import-original": _import_original,
+    "widen": _widen,
+    "presets": lambda _args: _presets(),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_megatron_warnings()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    commands = {
-        "train": _train,
-        "export": _export,
-        "embed-text": _embed,
-        "import-original": _import_original,
-        "widen": _widen,
-        "presets": lambda _args: _presets(),
-    }
-    return run_command("mugv-dit", args.command, lambda: commands[args.command](args))
+    return run_cli("mugv-dit", build_parser(), argv, COMMANDS)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,12 @@ from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim.fused_adam import keep_adam_kernel
 from mugv_dit.optim.optimizer import build_optimizer, set_lr, stage_lr
-from mugv_dit.parallel import default_device, init_distributed, parallel_context
+from mugv_dit.parallel import (
+    default_device,
+    destroy_distributed,
+    init_distributed,
+    parallel_context,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -591,3 +596,14 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         self.stack.close()
+
+
+def train_to_end(trainer: Trainer, max_steps: int | None) -> list[dict]:
+    """What a training command does with its trainer (mugv-dit ``train``, mugv-align
+    ``sft``/``dpo``/``kto``): run it (up to ``max_steps`` steps of this invocation), then close
+    it and the process groups whatever happened. Returns the step logs."""
+    try:
+        return trainer.run(max_steps=max_steps)
+    finally:
+        trainer.close()
+        destroy_distributed()
