@@ -33,7 +33,7 @@ def test_round_trip(tmp_path: Path, max_shard_bytes: int) -> None:
     save_weights_folder(
         tmp_path / "ck",
         format=VAE_CHECKPOINT_FORMAT,
-        architecture="MugvVideoVAE",
+        architecture="MUGVAE",
         config={"latent_channels": 24},
         state_dict=sd,
         extra={"latent_mean": [0.5]},
@@ -41,7 +41,7 @@ def test_round_trip(tmp_path: Path, max_shard_bytes: int) -> None:
         producer="t",
     )
     wf = load_weights_folder(tmp_path / "ck", format=VAE_CHECKPOINT_FORMAT)
-    assert wf.architecture == "MugvVideoVAE" and wf.config == {"latent_channels": 24}
+    assert wf.architecture == "MUGVAE" and wf.config == {"latent_channels": 24}
     assert wf.extra == {"latent_mean": [0.5]} and wf.version == "1.1"
     assert set(wf.state_dict) == set(sd)
     for k, v in sd.items():

@@ -92,9 +92,9 @@ def build_t5(device, dtype, width: int = 4096):
 
 def build_vae(device, dtype, tiny: bool = False):
     from mugv_vae.config import mugv_config, tiny_config
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
 
-    return MugvVAE(tiny_config() if tiny else mugv_config()).to(device, dtype).eval()
+    return MUGVAE(tiny_config() if tiny else mugv_config()).to(device, dtype).eval()
 
 
 def step_inputs(model, height, width, frames, device, dtype, text_len=300, seed=0):

@@ -17,12 +17,12 @@ from mugv_infer_fixtures import FRAMES, HEIGHT, WIDTH, _tiny_t5, tiny_transforme
 def parts(tmp_path_factory) -> dict[str, Path]:
     """Folders: ``model`` (mugv.dit-export), ``vae`` (mugv.vae-checkpoint), ``t5``."""
     from mugv_vae.config import tiny_config
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
 
     root = tmp_path_factory.mktemp("parts")
     tiny_transformer().save_export(root / "model")
     torch.manual_seed(0)
-    MugvVAE(tiny_config()).eval().save_pretrained(root / "vae")
+    MUGVAE(tiny_config()).eval().save_pretrained(root / "vae")
     return {"model": root / "model", "vae": root / "vae", "t5": _tiny_t5(root / "text")}
 
 

@@ -115,10 +115,10 @@ def test_enhance_command_with_lora(parts, tmp_path):
 @pytest.fixture(scope="module")
 def bad_vae(tmp_path_factory):
     from mugv_vae.config import tiny_config
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
 
     path = tmp_path_factory.mktemp("badvae") / "vae16"
-    MugvVAE(tiny_config().model_copy(update={"latent_channels": 16})).save_pretrained(path)
+    MUGVAE(tiny_config().model_copy(update={"latent_channels": 16})).save_pretrained(path)
     return path
 
 

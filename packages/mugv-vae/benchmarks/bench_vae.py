@@ -53,7 +53,7 @@ VARIANTS = {
 
 def bench_ours(size, repeats, overrides, budget=None, frame_pixels=None):
     from mugv_vae.config import VAERuntime, mugv_config
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
     from mugv_vae.model.streaming import plan
 
     t, h, w = size
@@ -62,7 +62,7 @@ def bench_ours(size, repeats, overrides, budget=None, frame_pixels=None):
     rt = VAERuntime(**overrides, max_activation_bytes=enc_budget)
     torch.manual_seed(0)  # same weights and input for every variant: outputs are comparable
     with torch.device("cuda"):
-        model = MugvVAE(cfg, rt).to(torch.bfloat16).eval()
+        model = MUGVAE(cfg, rt).to(torch.bfloat16).eval()
     if frame_pixels is not None:
         model.frame_batch_size = max(1, frame_pixels // (h * w))
     p_enc = plan(cfg, rt, h, w, 2, model.frame_batch_size, model.chunk_batch_size)

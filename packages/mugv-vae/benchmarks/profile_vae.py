@@ -106,13 +106,13 @@ def trunk_bytes(model, h: int, w: int) -> dict[str, float]:
 
 def run_variant(name: str, size, repeats: int, frame_batch: int | None, profile: bool) -> dict:
     from mugv_vae.config import VAERuntime, mugv_config
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
 
     t, h, w = size
     cfg = mugv_config()
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = MugvVAE(cfg, VAERuntime(**VARIANTS[name])).to(torch.bfloat16).eval()
+        model = MUGVAE(cfg, VAERuntime(**VARIANTS[name])).to(torch.bfloat16).eval()
     model.frame_batch_size = frame_batch
     x = torch.rand(1, 3, t, h, w, device="cuda", dtype=torch.bfloat16) * 2 - 1
     row: dict = {"variant": name, "size": f"{t}x{h}x{w}", "frame_batch": frame_batch}

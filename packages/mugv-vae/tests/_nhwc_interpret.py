@@ -11,7 +11,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from mugv_vae.config import VAERuntime, tiny_config  # noqa: E402
-from mugv_vae.model import MugvVAE, nhwc_ops  # noqa: E402
+from mugv_vae.model import MUGVAE, nhwc_ops  # noqa: E402
 
 torch.manual_seed(0)
 errors = {}
@@ -43,9 +43,9 @@ with torch.no_grad():
             p = 2 * a + b
             ref[:, :, a::2, b::2] = phases[:, p * 16 : (p + 1) * 16, a : a + 4, b : b + 7]
     errors["interleave"] = float((inter - ref - bias.view(1, -1, 1, 1)).abs().max())
-    plain = MugvVAE(tiny_config()).eval()
+    plain = MUGVAE(tiny_config()).eval()
     update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
-    fast = MugvVAE(tiny_config(), VAERuntime(**update)).eval()
+    fast = MUGVAE(tiny_config(), VAERuntime(**update)).eval()
     fast.load_state_dict(plain.state_dict())
     video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
     z = plain.encode(video)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from mugv_vae.config import tiny_config
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 
 
 def sample_clip_dir() -> Path:
@@ -24,9 +24,9 @@ def clip_dir() -> Path:
 
 
 @pytest.fixture
-def tiny_vae() -> MugvVAE:
+def tiny_vae() -> MUGVAE:
     torch.manual_seed(0)
-    return MugvVAE(tiny_config()).eval()
+    return MUGVAE(tiny_config()).eval()
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def clip_dataset(tmp_path_factory, clip_dir) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random tiny-preset checkpoint folder with non-trivial latent statistics."""
     torch.manual_seed(0)
-    model = MugvVAE(tiny_config())
+    model = MUGVAE(tiny_config())
     c = model.config.latent_channels
     model.set_latent_stats(torch.linspace(-0.5, 0.5, c), torch.linspace(0.5, 1.5, c))
     path = tmp_path_factory.mktemp("ckpt") / "tiny"

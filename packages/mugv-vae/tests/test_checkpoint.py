@@ -10,11 +10,11 @@ import pytest
 import torch
 from mugv_vae.checkpoint import checkpoint_id
 from mugv_vae.cli import main
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 
 
 def test_round_trip_keeps_weights_stats_and_outputs(tiny_checkpoint, make_video, tmp_path):
-    model = MugvVAE.from_pretrained(tiny_checkpoint)
+    model = MUGVAE.from_pretrained(tiny_checkpoint)
     folder = mf.load_weights_folder(tiny_checkpoint, format=mf.VAE_CHECKPOINT_FORMAT)
     for k, v in model.state_dict().items():
         assert torch.equal(v, folder.state_dict[k]), k
@@ -23,7 +23,7 @@ def test_round_trip_keeps_weights_stats_and_outputs(tiny_checkpoint, make_video,
     with torch.no_grad():
         z = model.encode(video)
         model.save_pretrained(tmp_path / "again")
-        again = MugvVAE.from_pretrained(tmp_path / "again")
+        again = MUGVAE.from_pretrained(tmp_path / "again")
         assert torch.equal(again.encode(video), z)
     assert checkpoint_id(tmp_path / "again") == checkpoint_id(tiny_checkpoint)
 
@@ -39,7 +39,7 @@ def test_loading_refuses_foreign_or_newer_folders(tiny_checkpoint, tmp_path):
         state_dict={"w": torch.zeros(1)},
     )
     with pytest.raises(mf.FormatError, match="architecture"):
-        MugvVAE.from_pretrained(other)
+        MUGVAE.from_pretrained(other)
     newer = tmp_path / "newer"
     newer.mkdir()
     for f in tiny_checkpoint.iterdir():
@@ -47,16 +47,16 @@ def test_loading_refuses_foreign_or_newer_folders(tiny_checkpoint, tmp_path):
     meta["version"] = "99.0"
     (newer / "config.json").write_text(json.dumps(meta))
     with pytest.raises(mf.VersionError):
-        MugvVAE.from_pretrained(newer)
+        MUGVAE.from_pretrained(newer)
     with pytest.raises(TypeError):  # the architecture is the checkpoint's, not the loader's
-        MugvVAE.from_pretrained(tiny_checkpoint, latent_channels=4)
+        MUGVAE.from_pretrained(tiny_checkpoint, latent_channels=4)
 
 
 def test_init_cli_writes_a_loadable_seeded_checkpoint(tmp_path):
     assert main(["init", "--preset", "tiny", "--output", str(tmp_path / "a"), "--seed", "3"]) == 0
     assert main(["init", "--preset", "tiny", "--output", str(tmp_path / "b"), "--seed", "3"]) == 0
     assert checkpoint_id(tmp_path / "a") == checkpoint_id(tmp_path / "b")
-    assert MugvVAE.from_pretrained(tmp_path / "a").config.trunk.feature_channels == 16
+    assert MUGVAE.from_pretrained(tmp_path / "a").config.trunk.feature_channels == 16
     assert main(["init", "--preset", "nope", "--output", str(tmp_path / "c")]) == 2
 
 
@@ -90,8 +90,8 @@ def test_a_format_1_0_checkpoint_with_runtime_fields_still_loads(
     old = tmp_path / "old"
     shutil.copytree(tiny_checkpoint, old)
     _as_format_1_0(old, gradient_checkpointing=True, channels_last=True, max_activation_bytes=7)
-    model = MugvVAE.from_pretrained(old)
-    ref = MugvVAE.from_pretrained(tiny_checkpoint)
+    model = MUGVAE.from_pretrained(old)
+    ref = MUGVAE.from_pretrained(tiny_checkpoint)
     assert model.config == ref.config
     assert model.runtime == VAERuntime()  # what was stored is not a choice of this load
     for k, v in ref.state_dict().items():
@@ -100,7 +100,7 @@ def test_a_format_1_0_checkpoint_with_runtime_fields_still_loads(
     with torch.no_grad():
         torch.testing.assert_close(model.encode(video), ref.encode(video), rtol=0, atol=0)
     assert checkpoint_id(old) == checkpoint_id(tiny_checkpoint)
-    fast = MugvVAE.from_pretrained(old, runtime=VAERuntime(channels_last=True))
+    fast = MUGVAE.from_pretrained(old, runtime=VAERuntime(channels_last=True))
     assert fast.trunk.channels_last
     # re-saved, it is a 1.1 checkpoint without them
     model.save_pretrained(tmp_path / "resaved")
@@ -117,7 +117,7 @@ def test_a_format_1_1_checkpoint_with_a_runtime_field_is_refused_by_name(tiny_ch
     meta["config"]["channels_last"] = True
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(mf.FormatError) as e:
-        MugvVAE.from_pretrained(bad)
+        MUGVAE.from_pretrained(bad)
     assert str(e.value) == (
         f"{bad}/config.json: invalid VAE config: field config.channels_last: Extra inputs are "
         "not permitted (value True) (a runtime setting: chosen at load with VAERuntime)"
@@ -148,7 +148,7 @@ def test_read_checkpoint_returns_the_architecture_weights_and_stats(tiny_checkpo
     from mugv_vae.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(tiny_checkpoint)
-    model = MugvVAE.from_pretrained(tiny_checkpoint)
+    model = MUGVAE.from_pretrained(tiny_checkpoint)
     assert ckpt.config == model.config
     assert set(ckpt.state_dict) == set(model.state_dict())
     assert ckpt.extra["latent_mean"] == model.latent_mean.tolist()

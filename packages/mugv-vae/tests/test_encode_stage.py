@@ -10,7 +10,7 @@ import pytest
 import torch
 from mugv_vae.checkpoint import checkpoint_id
 from mugv_vae.cli import main
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 from mugv_vae.video import load_clip
 
 
@@ -47,7 +47,7 @@ def test_encode_writes_normalised_latents_with_header(
     assert h.config["frame_batch_size"] == (None if extra else 16)
     assert h.vae_checkpoint_id == checkpoint_id(tiny_checkpoint)
     assert h.latents_normalized is True
-    model = MugvVAE.from_pretrained(tiny_checkpoint)
+    model = MUGVAE.from_pretrained(tiny_checkpoint)
     assert h.latent_std == pytest.approx(model.latent_std.tolist())
     samples = {s.record.key: s for s in ds}
     assert set(samples) == {"bikes", "carphone_pristine", "bigbuckbunny"}

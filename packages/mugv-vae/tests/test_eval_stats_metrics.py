@@ -10,7 +10,7 @@ import pytest
 import torch
 from mugv_vae.cli import main
 from mugv_vae.metrics import psnr, ssim
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 from mugv_vae.train.losses import adaptive_l1_weight, spatial_laplacian
 from mugv_vae.train.lpips import LPIPS
 
@@ -182,7 +182,7 @@ def test_eval_and_stats_commands(tiny_checkpoint, clip_dataset, tmp_path, capsys
         == 0
     )
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    model = MugvVAE.from_pretrained(ckpt)
+    model = MUGVAE.from_pretrained(ckpt)
     torch.testing.assert_close(model.latent_mean, torch.tensor(stats["mean"], dtype=torch.float32))
     assert stats["positions"] == 3 * 2 * 4 * 4
     # After storing the stats, encoded latents are standardised on that data.

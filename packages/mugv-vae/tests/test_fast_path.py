@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from mugv_vae.config import VAERuntime, tiny_config
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 from mugv_vae.model.streaming import plan, temporal_bytes_per_chunk, trunk_bytes_per_frame
 from mugv_vae.model.trunk import block_forward
 
 
-def _trunk_blocks(model: MugvVAE):
+def _trunk_blocks(model: MUGVAE):
     enc, dec = model.trunk.encoder, model.trunk.decoder
     return [*enc.down_blocks, enc.mid_block, dec.mid_block, *dec.up_blocks]
 
@@ -21,7 +21,7 @@ def test_functional_trunk_blocks_match_the_diffusers_modules():
     # Independent reference: diffusers' own module forwards, float64 (the up-sampler's
     # interpolation, the attention processor and the res-blocks are theirs).
     torch.manual_seed(0)
-    model = MugvVAE(tiny_config()).double().eval()
+    model = MUGVAE(tiny_config()).double().eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for block in _trunk_blocks(model):
@@ -32,8 +32,8 @@ def test_functional_trunk_blocks_match_the_diffusers_modules():
 
 def test_channels_last_model_matches_the_default_layout(make_video):
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config()).eval()
-    cl = MugvVAE(tiny_config(), VAERuntime(channels_last=True)).eval()
+    plain = MUGVAE(tiny_config()).eval()
+    cl = MUGVAE(tiny_config(), VAERuntime(channels_last=True)).eval()
     cl.load_state_dict(plain.state_dict())
     conv = cl.trunk.decoder.up_blocks[-1].resnets[0].conv1
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -75,8 +75,8 @@ def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
     assert plan(cfg, tiny_budget, 64, 64, 4, None, None) == plan(cfg, rt, 64, 64, 4, 1, 1)
 
     torch.manual_seed(0)
-    free = MugvVAE(cfg).eval()
-    tight = MugvVAE(cfg, tiny_budget).eval()
+    free = MUGVAE(cfg).eval()
+    tight = MUGVAE(cfg, tiny_budget).eval()
     tight.load_state_dict(free.state_dict())
     video = make_video(t=25)
     with torch.no_grad():
@@ -90,25 +90,25 @@ def test_memory_budget_picks_micro_batches_and_keeps_results(make_video):
 
 def test_runtime_is_chosen_when_loading_and_not_stored(tmp_path):
     torch.manual_seed(0)
-    MugvVAE(tiny_config(), VAERuntime(channels_last=True)).save_pretrained(tmp_path / "ckpt")
+    MUGVAE(tiny_config(), VAERuntime(channels_last=True)).save_pretrained(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert meta["version"] == "1.1"
     assert set(meta["config"]) == {
         "trunk", "temporal", "latent_channels", "in_channels", "variant", "unified"
     }  # fmt: skip
-    plain = MugvVAE.from_pretrained(tmp_path / "ckpt")
+    plain = MUGVAE.from_pretrained(tmp_path / "ckpt")
     assert plain.runtime == VAERuntime() and not plain.trunk.channels_last
     rt = VAERuntime(channels_last=True, max_activation_bytes=2**20)
-    model = MugvVAE.from_pretrained(tmp_path / "ckpt", runtime=rt)
+    model = MUGVAE.from_pretrained(tmp_path / "ckpt", runtime=rt)
     assert model.runtime == rt and model.trunk.channels_last
     assert model.config == plain.config == tiny_config()
     with pytest.raises(TypeError):
-        MugvVAE.from_pretrained(tmp_path / "ckpt", latent_channels=8)
+        MUGVAE.from_pretrained(tmp_path / "ckpt", latent_channels=8)
 
 
 def test_apply_runtime_switches_a_built_model(make_video):
     torch.manual_seed(0)
-    model = MugvVAE(tiny_config()).eval()
+    model = MUGVAE(tiny_config()).eval()
     video = make_video(t=9)
     with torch.no_grad():
         z = model.encode(video)
@@ -126,7 +126,7 @@ def test_folded_upsample_conv_is_the_same_function(channels_last):
     from mugv_vae.model.trunk import folded_upsample_forward, upsample_forward
 
     torch.manual_seed(0)
-    model = MugvVAE(tiny_config()).double().eval()
+    model = MUGVAE(tiny_config()).double().eval()
     up = model.trunk.decoder.up_blocks[0].upsamplers[0]
     x = torch.randn(2, up.channels, 5, 7, dtype=torch.float64)
     if channels_last:
@@ -142,8 +142,8 @@ def test_folded_upsample_conv_is_the_same_function(channels_last):
 
 def test_fold_upsample_switch_in_the_model(make_video):
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config()).double().eval()
-    folded = MugvVAE(tiny_config(), VAERuntime(fold_upsample_conv=True))
+    plain = MUGVAE(tiny_config()).double().eval()
+    folded = MUGVAE(tiny_config(), VAERuntime(fold_upsample_conv=True))
     folded = folded.double().eval()
     folded.load_state_dict(plain.state_dict())
     z = torch.randn(1, 24, 2, 4, 4, dtype=torch.float64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mugv_vae.config import VAERuntime, tiny_config
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 
 pytestmark = [
     pytest.mark.gpu,
@@ -18,8 +18,8 @@ def test_fused_group_norm_silu_matches_torch_on_cuda(make_video, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config()).cuda().eval()
-    fused = MugvVAE(tiny_config(), VAERuntime(fused_group_norm_silu=True)).cuda().eval()
+    plain = MUGVAE(tiny_config()).cuda().eval()
+    fused = MUGVAE(tiny_config(), VAERuntime(fused_group_norm_silu=True)).cuda().eval()
     fused.load_state_dict(plain.state_dict())
     video = make_video(t=17, h=64, w=64).cuda()
     with torch.no_grad():
@@ -30,7 +30,7 @@ def test_fused_group_norm_silu_matches_torch_on_cuda(make_video, monkeypatch):
 
 def test_bf16_autocast_training_step_is_finite(make_video):
     torch.manual_seed(0)
-    model = MugvVAE(tiny_config()).cuda().train()
+    model = MUGVAE(tiny_config()).cuda().train()
     video = make_video(b=2, t=9, h=64, w=64).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         recon, post = model(video, window=1)
@@ -44,9 +44,9 @@ def test_channels_last_fused_path_matches_plain_on_cuda(make_video, monkeypatch)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config()).cuda().eval()
+    plain = MUGVAE(tiny_config()).cuda().eval()
     fast_rt = VAERuntime(fused_group_norm_silu=True, channels_last=True, max_activation_bytes=1)
-    fast = MugvVAE(tiny_config(), fast_rt).cuda().eval()
+    fast = MUGVAE(tiny_config(), fast_rt).cuda().eval()
     fast.load_state_dict(plain.state_dict())
     video = make_video(t=17, h=64, w=64).cuda()
     with torch.no_grad():
@@ -63,9 +63,9 @@ def test_nhwc_kernels_and_folded_upsampling_match_plain_on_cuda(make_video, monk
     from mugv_vae.model import nhwc_ops
 
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config()).cuda().eval()
+    plain = MUGVAE(tiny_config()).cuda().eval()
     update = {"channels_last": True, "fused_nhwc_ops": True, "fold_upsample_conv": True}
-    fast = MugvVAE(tiny_config(), VAERuntime(**update)).cuda().eval()
+    fast = MUGVAE(tiny_config(), VAERuntime(**update)).cuda().eval()
     fast.load_state_dict(plain.state_dict())
     video = make_video(t=17, h=64, w=96).cuda()
     x = torch.randn(2, 16, 9, 12, device="cuda").contiguous(memory_format=torch.channels_last)

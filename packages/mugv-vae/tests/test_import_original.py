@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from mugv_vae.config import VAEConfig, mugv_config, tiny_config
 from mugv_vae.import_original import convert_original_state_dict, import_original, map_original_key
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 
 
 def _res(names, prefix, cin, cout):
@@ -198,7 +198,7 @@ def reference_decode_features(sd, cfg: VAEConfig, z_norm, num_frames):
 def test_every_original_key_maps_and_every_model_key_is_produced():
     cfg = mugv_config()
     with torch.device("meta"):
-        model = MugvVAE(cfg)
+        model = MUGVAE(cfg)
         original = {k: torch.empty(s) for k, s in original_shapes(cfg).items()}
     converted = convert_original_state_dict(original, cfg, model.state_dict())
     assert set(converted) == set(model.state_dict())
@@ -215,7 +215,7 @@ def test_every_original_key_maps_and_every_model_key_is_produced():
 
 def test_mapping_refuses_unknown_missing_and_misshaped_keys():
     cfg = tiny_config()
-    model = MugvVAE(cfg)
+    model = MUGVAE(cfg)
     original = random_original(cfg)
     with pytest.raises(ValueError, match="matches no mapping rule"):
         convert_original_state_dict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mugv_vae.config import VAEConfig, VAERuntime, preset, tiny_config
-from mugv_vae.model import MugvVAE, latent_frames
+from mugv_vae.model import MUGVAE, latent_frames
 
 
 @pytest.mark.parametrize(("frames", "latents"), [(1, 1), (9, 2), (17, 3), (33, 5)])
@@ -131,7 +131,7 @@ def test_mugv_preset_matches_the_released_architecture_size():
     # Parameter count of the released model: trunk (SDXL VAE minus its 4-channel bottleneck)
     # plus temporal encoder/decoder; counted from the original's construction.
     with torch.device("meta"):
-        model = MugvVAE(preset("mugv"))
+        model = MUGVAE(preset("mugv"))
     n_temporal = sum(
         p.numel()
         for name, p in model.named_parameters()
@@ -144,8 +144,8 @@ def test_mugv_preset_matches_the_released_architecture_size():
 def test_fused_group_norm_silu_switch_matches_the_torch_path(make_video, monkeypatch):
     mk = pytest.importorskip("mugv_kernels")
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config()).eval()
-    fused = MugvVAE(tiny_config(), VAERuntime(fused_group_norm_silu=True)).eval()
+    plain = MUGVAE(tiny_config()).eval()
+    fused = MUGVAE(tiny_config(), VAERuntime(fused_group_norm_silu=True)).eval()
     fused.load_state_dict(plain.state_dict())
     video = make_video(t=9)
     calls = []
@@ -166,7 +166,7 @@ def test_fused_group_norm_silu_switch_matches_the_torch_path(make_video, monkeyp
 
 def test_unified_variant_keeps_the_rules(make_video, tmp_path):
     torch.manual_seed(0)
-    model = MugvVAE(preset("unified-tiny")).eval()
+    model = MUGVAE(preset("unified-tiny")).eval()
     video = make_video(t=17, h=32, w=48)
     with torch.no_grad():
         z = model.encode(video)
@@ -178,7 +178,7 @@ def test_unified_variant_keeps_the_rules(make_video, tmp_path):
     assert torch.equal(z[:, :, [0, 2]], z2[:, :, [0, 2]])  # minimal encoding
     assert not torch.allclose(z[:, :, 1], z2[:, :, 1])
     model.save_pretrained(tmp_path / "u")
-    again = MugvVAE.from_pretrained(tmp_path / "u")
+    again = MUGVAE.from_pretrained(tmp_path / "u")
     assert again.config.variant == "unified"
     with torch.no_grad():
         assert torch.equal(again.encode(video), z)
@@ -189,8 +189,8 @@ def test_unified_variant_keeps_the_rules(make_video, tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradients(make_video):
     torch.manual_seed(0)
-    plain = MugvVAE(tiny_config())
-    ckpt = MugvVAE(tiny_config(), VAERuntime(gradient_checkpointing=True))
+    plain = MUGVAE(tiny_config())
+    ckpt = MUGVAE(tiny_config(), VAERuntime(gradient_checkpointing=True))
     ckpt.load_state_dict(plain.state_dict())
     video = make_video(t=9)
     for model in (plain, ckpt):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 from mugv_vae.train.config import load_train_config
 from mugv_vae.train.trainer import Trainer
 
@@ -66,7 +66,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, small_clips):
     assert "gan_d" in rows[-1] and "gan_d" not in rows[0]
     assert list((tmp_path / "a/tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "a/resolved_config.yaml").is_file()
-    ema = MugvVAE.from_pretrained(tmp_path / "a/checkpoints/step_0000003/vae")
+    ema = MUGVAE.from_pretrained(tmp_path / "a/checkpoints/step_0000003/vae")
     for k, v in a["ema"]["shadow"].items():
         assert torch.equal(ema.state_dict()[k], v), k
 

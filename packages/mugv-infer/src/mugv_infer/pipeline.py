@@ -27,7 +27,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from mugv_formats.atomic import atomic_write_text
 from mugv_vae.checkpoint import checkpoint_id
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 from PIL import Image
 
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
@@ -122,7 +122,7 @@ class MUGVPipeline(DiffusionPipeline):
     """MUG-V text/image-to-video pipeline.
 
     Components: ``transformer`` (:class:`MUGDiTTransformer3DModel`), ``vae`` (mugv-vae's
-    ``MugvVAE``), ``scheduler`` (:class:`MUGVFlowEulerScheduler`), and optionally
+    ``MUGVAE``), ``scheduler`` (:class:`MUGVFlowEulerScheduler`), and optionally
     ``tokenizer`` + ``text_encoder`` (transformers T5 encoder; without them pass
     ``prompt_embeds``).
     """
@@ -164,7 +164,7 @@ class MUGVPipeline(DiffusionPipeline):
                 raise ValueError(f"{name} folder {p} has no config.json (missing or unfinished)")
         transformer = load_transformer(model, torch_dtype)
         try:
-            vae_model = MugvVAE.from_pretrained(vae)
+            vae_model = MUGVAE.from_pretrained(vae)
         except Exception as e:  # formats errors name the file
             raise ValueError(f"vae folder {vae}: {e}") from None
         tokenizer = encoder = None
@@ -203,7 +203,7 @@ class MUGVPipeline(DiffusionPipeline):
         transformer = MUGDiTTransformer3DModel.from_pretrained(
             root / "transformer", torch_dtype=torch_dtype
         )
-        vae = MugvVAE.from_pretrained(root / "vae").to(torch_dtype)
+        vae = MUGVAE.from_pretrained(root / "vae").to(torch_dtype)
         scheduler = MUGVFlowEulerScheduler.from_pretrained(root / "scheduler")
         tokenizer = encoder = None
         if (root / "text_encoder").is_dir():

@@ -47,7 +47,7 @@ def checkpoint_id(path: str | Path) -> str:
 def save_checkpoint(
     model: torch.nn.Module, path: str | Path, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` (a ``MugvVAE``: ``state_dict``, ``config``, ``latent_mean``/``latent_std``)
+    """Write ``model`` (a ``MUGVAE``: ``state_dict``, ``config``, ``latent_mean``/``latent_std``)
     as a VAE checkpoint folder, atomically."""
     from mugv_vae import __version__
 
@@ -106,7 +106,7 @@ class VAECheckpoint:
 def read_checkpoint(path: str | Path) -> VAECheckpoint:
     """Read and check a VAE checkpoint folder (format, version, architecture, config).
 
-    Builds no model: ``MugvVAE.from_pretrained`` does, so this module never imports the model
+    Builds no model: ``MUGVAE.from_pretrained`` does, so this module never imports the model
     (the dependency runs one way, model -> checkpoint).
     """
     f = _formats()

@@ -15,11 +15,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
     import torch
 
     from mugv_vae.config import preset
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
 
     torch.manual_seed(args.seed)
     config = preset(args.preset)
-    model = MugvVAE(config)
+    model = MUGVAE(config)
     if args.sdxl_vae:
         model.trunk.load_autoencoder_kl(args.sdxl_vae)
     model.save_pretrained(args.output, extra={"init": {"preset": args.preset, "seed": args.seed}})

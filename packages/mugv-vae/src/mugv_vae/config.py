@@ -145,7 +145,7 @@ class VAEConfig(_Frozen):
 class VAERuntime(_Frozen):
     """How a VAE runs: kernels, memory layouts, compilation, memory budget. None of these
     change the weights (or, up to rounding, the maths); they are chosen at build / load time
-    (``MugvVAE(config, runtime)``, ``MugvVAE.from_pretrained(path, runtime=...)``) and never stored in a
+    (``MUGVAE(config, runtime)``, ``MUGVAE.from_pretrained(path, runtime=...)``) and never stored in a
     checkpoint."""
 
     fused_group_norm_silu: bool = Field(

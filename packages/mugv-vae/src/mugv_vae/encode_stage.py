@@ -128,7 +128,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
     """Run the encode stage; returns a summary (also printed by the CLI)."""
     from mugv_vae import __version__
     from mugv_vae.checkpoint import checkpoint_id
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
 
     rank, world, local_rank = init_distributed()
     device = torch.device(cfg.device)
@@ -148,7 +148,7 @@ def run_encode(cfg: EncodeConfig) -> dict:
     if cfg.fast and device.type == "cuda":
         runtime.update(FAST_RUNTIME)
         torch.backends.cudnn.benchmark = True
-    vae = MugvVAE.from_pretrained(cfg.checkpoint, device=device, runtime=VAERuntime(**runtime))
+    vae = MUGVAE.from_pretrained(cfg.checkpoint, device=device, runtime=VAERuntime(**runtime))
     vae.frame_batch_size = cfg.frame_batch_size
     header_kw = dict(
         producer=f"mugv-vae {__version__}",

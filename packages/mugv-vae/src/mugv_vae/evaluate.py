@@ -36,12 +36,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     from mugv_formats import atomic_write_text
 
     from mugv_vae.checkpoint import checkpoint_id
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
     from mugv_vae.train.data import ClipSource
 
     size = parse_resolution(cfg.resolution)
     device = torch.device(cfg.device)
-    model = MugvVAE.from_pretrained(cfg.checkpoint, device=device)
+    model = MUGVAE.from_pretrained(cfg.checkpoint, device=device)
     lpips = None
     if cfg.lpips_weights and Path(cfg.lpips_weights).is_file():
         from mugv_vae.train.lpips import LPIPS, lpips_distance

@@ -163,8 +163,8 @@ def convert_original_state_dict(
 
 
 def import_original(path: str | Path, config: VAEConfig | None = None):
-    """Load the original ``vae.pt`` (``weights_only=True``) into a new ``MugvVAE``."""
-    from mugv_vae.model import MugvVAE
+    """Load the original ``vae.pt`` (``weights_only=True``) into a new ``MUGVAE``."""
+    from mugv_vae.model import MUGVAE
 
     path = Path(path)
     if not path.is_file():
@@ -175,6 +175,6 @@ def import_original(path: str | Path, config: VAEConfig | None = None):
     if "state_dict" in original and isinstance(original["state_dict"], dict):
         original = original["state_dict"]
     config = config or mugv_config()
-    model = MugvVAE(config)
+    model = MUGVAE(config)
     model.load_state_dict(convert_original_state_dict(original, config, model.state_dict()))
     return model

@@ -3,7 +3,7 @@
 Statistics are over raw (un-normalised) posterior means of every latent position of up to
 ``max_clips`` clips, accumulated in float64. ``write=True`` stores them into the checkpoint
 (a new folder content, so a new checkpoint id); they are then applied exactly once by
-``MugvVAE.encode``/``decode``.
+``MUGVAE.encode``/``decode``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ def measure_latent_stats(
     write: bool = False,
 ) -> dict:
     from mugv_vae.checkpoint import checkpoint_id
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
     from mugv_vae.train.data import ClipSource
 
-    model = MugvVAE.from_pretrained(checkpoint, device=device)
+    model = MUGVAE.from_pretrained(checkpoint, device=device)
     source = ClipSource(clips)
     size = parse_resolution(resolution)
     c = model.config.latent_channels

@@ -103,12 +103,12 @@ def _clips(path: Path, frames: int, size: tuple[int, int]):
 
 def recon(run: RunLayout, resolution: str, frames: int) -> None:
     import torch
-    from mugv_vae.model import MugvVAE
+    from mugv_vae.model import MUGVAE
     from mugv_vae.video import parse_resolution
 
     warnings.simplefilter("ignore")
     size = parse_resolution(resolution)
-    vae = MugvVAE.from_pretrained(run.vae).eval()
+    vae = MUGVAE.from_pretrained(run.vae).eval()
     tmp = run.recon_partial
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

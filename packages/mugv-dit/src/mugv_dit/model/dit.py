@@ -22,12 +22,13 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from mugv_kernels.attention import PackedText
+from mugv_kernels.dit_modules import ScalarEmbedder, TextEmbedder
 from mugv_kernels.dit_ops import patchify, unpatchify
 from mugv_kernels.rope import default_frame_index, dit_rope_tables
 from torch import nn
 
 from mugv_dit.config import ModelConfig, RuntimeConfig
-from mugv_dit.model.embeddings import FinalLayer, ScalarEmbedder, TextEmbedder
+from mugv_dit.model.embeddings import FinalLayer
 from mugv_dit.model.layers import get_dit_layer_spec
 from mugv_dit.model.parallel_context import ParallelContext, TokenLayout
 

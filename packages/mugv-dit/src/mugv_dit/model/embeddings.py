@@ -1,41 +1,12 @@
-"""Input/output parts of MUG-DiT: patch embedding, timestep/fps embeddings, text embedder,
-final layer ((un)patchify: :mod:`mugv_kernels.dit_ops`). These are small and replicated on every TP rank."""
+"""Output part of MUG-DiT: the final layer ((un)patchify: :mod:`mugv_kernels.dit_ops`; the
+timestep/fps and text embedders: :mod:`mugv_kernels.dit_modules`, shared with mugv-infer).
+These are small and replicated on every TP rank."""
 
 from __future__ import annotations
 
 import torch
-from mugv_kernels.dit_ops import layer_norm, sinusoidal_embedding
+from mugv_kernels.dit_ops import layer_norm
 from torch import nn
-
-
-class ScalarEmbedder(nn.Module):
-    """Sinusoidal features -> Linear -> SiLU -> Linear (timestep and fps embedders)."""
-
-    def __init__(self, hidden: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.fc1 = nn.Linear(freq_dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-
-    def forward(self, values_B: torch.Tensor) -> torch.Tensor:
-        emb = sinusoidal_embedding(values_B, self.freq_dim).to(self.fc1.weight.dtype)
-        return self.fc2(nn.functional.silu(self.fc1(emb)))
-
-
-class TextEmbedder(nn.Module):
-    """T5 features -> LN -> MLP (GELU tanh) -> LN, with a learned null caption."""
-
-    def __init__(self, text_dim: int, hidden: int, null_tokens: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.fc1 = nn.Linear(text_dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.null_caption = nn.Parameter(torch.randn(null_tokens, text_dim) / text_dim**0.5)
-
-    def forward(self, text_LC: torch.Tensor) -> torch.Tensor:
-        h = layer_norm(text_LC.to(self.fc1.weight.dtype), self.eps)
-        h = self.fc2(nn.functional.gelu(self.fc1(h), approximate="tanh"))
-        return layer_norm(h, self.eps)
 
 
 class FinalLayer(nn.Module):

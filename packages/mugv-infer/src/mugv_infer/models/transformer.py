@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from mugv_formats.weights import check_state_dict_fits
 from mugv_kernels.attention import (
     BACKENDS,
     AttentionBackendError,
@@ -37,12 +38,12 @@ from mugv_kernels.attention import (
     masked_cross_attention,
     resolve_backend,
 )
+from mugv_kernels.dit_modules import ScalarEmbedder, TextEmbedder
 from mugv_kernels.dit_ops import (
     acc_dtype,
     layer_norm,
     patchify,
     rms_norm,
-    sinusoidal_embedding,
     unpatchify,
 )
 from mugv_kernels.rope import (
@@ -58,35 +59,6 @@ from mugv_infer import __version__
 EXPORT_ARCHITECTURE = "MUGDiT"
 # mugv-dit ModelConfig fields that describe training / runtime, not weights
 _EXPORT_RUNTIME_FIELDS = ("init_std", "attention_backend", "recompute", "fused_ops")
-
-
-class ScalarEmbedder(nn.Module):
-    """Sinusoidal features -> Linear -> SiLU -> Linear (timestep and fps)."""
-
-    def __init__(self, hidden: int, freq_dim: int):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.fc1 = nn.Linear(freq_dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-
-    def forward(self, values_B: torch.Tensor) -> torch.Tensor:
-        emb = sinusoidal_embedding(values_B, self.freq_dim).to(self.fc1.weight.dtype)
-        return self.fc2(F.silu(self.fc1(emb)))
-
-
-class TextEmbedder(nn.Module):
-    """T5 features -> LN -> MLP (GELU tanh) -> LN, with a learned null caption."""
-
-    def __init__(self, text_dim: int, hidden: int, null_tokens: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.fc1 = nn.Linear(text_dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.null_caption = nn.Parameter(torch.zeros(null_tokens, text_dim))
-
-    def forward(self, text_BLC: torch.Tensor) -> torch.Tensor:
-        h = layer_norm(text_BLC.to(self.fc1.weight.dtype), self.eps)
-        return layer_norm(self.fc2(F.gelu(self.fc1(h), approximate="tanh")), self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -293,7 +265,9 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         self.t_embedder = ScalarEmbedder(d, freq_embed_dim)
         self.fps_embedder = ScalarEmbedder(d, freq_embed_dim)
         self.t_block = nn.Linear(d, 6 * d)
-        self.y_embedder = TextEmbedder(text_dim, d, null_text_tokens, norm_eps)
+        self.y_embedder = TextEmbedder(
+            text_dim, d, null_text_tokens, norm_eps, random_null_caption=False
+        )
         ffn = ffn_hidden_size or 4 * d
         self.blocks = nn.ModuleList(
             MUGDiTBlock(d, num_heads, ffn, norm_eps) for _ in range(num_layers)
@@ -326,20 +300,8 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
 
     def load_export_state_dict(self, state: dict[str, torch.Tensor], where: str = "") -> None:
         """Copy a full mugv-dit state dict, naming any missing / extra / misshapen tensor."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{where}: weights do not fit the config: missing {missing[:5]} "
-                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
-            )
-        for name, tensor in state.items():
-            if tuple(tensor.shape) != tuple(own[name].shape):
-                raise ValueError(
-                    f"{where}: tensor {name} has shape {tuple(tensor.shape)}, the config "
-                    f"needs {tuple(own[name].shape)}"
-                )
+        own = {name: tuple(t.shape) for name, t in self.state_dict().items()}
+        check_state_dict_fits(state, own, where=f"{where}: weights do not fit the config")
         self.load_state_dict(state, strict=True)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:

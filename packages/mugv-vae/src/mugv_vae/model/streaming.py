@@ -9,7 +9,7 @@ micro-batches of at most ``frame_batch`` frames into one feature buffer (the fir
 chunks into moments, and those are written into the output. Decode streams over groups of
 decoder windows the same way, writing decoded frames straight into the output video.
 
-Group and micro-batch sizes come from ``MugvVAE.frame_batch_size`` / ``chunk_batch_size``
+Group and micro-batch sizes come from ``MUGVAE.frame_batch_size`` / ``chunk_batch_size``
 when set, else from ``VAERuntime.max_activation_bytes`` through the per-frame and per-chunk
 activation estimates below, else everything runs at once. None of this changes the maths:
 every 8-frame chunk and every decoder window is computed independently either way.

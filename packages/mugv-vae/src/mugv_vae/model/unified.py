@@ -3,7 +3,7 @@
 The report's later VAE drops the separate image trunk: every stage alternates a per-frame 2D
 res-block (kernel 1x3x3) with a 3D res-block (3x3x3), and each of the first three stages
 down-samples space and time by 2 (8x8x8 in total). The same 1+8k rule, minimal encoding
-(8-frame pixel chunks are batch elements) and decoder windows apply, since ``MugvVAE`` drives
+(8-frame pixel chunks are batch elements) and decoder windows apply, since ``MUGVAE`` drives
 it exactly like the temporal VAE, with an identity trunk.
 
 Tensor legend: B batch (x chunks), C channels, T frames, H, W pixels.

@@ -75,7 +75,7 @@ def check_video(video_BCTHW: torch.Tensor, name: str = "video") -> None:
         )
 
 
-class MugvVAE(nn.Module):
+class MUGVAE(nn.Module):
     """8x8x8 video VAE with 24 latent channels (see the module docstring for the rules).
 
     ``config`` defines the weights (and is what a checkpoint stores); ``runtime`` how the model
@@ -265,7 +265,7 @@ class MugvVAE(nn.Module):
 
     # ----------------------------------------------------------------- checkpoints
     @classmethod
-    def from_pretrained(cls, path, device="cpu", runtime: VAERuntime | None = None) -> MugvVAE:
+    def from_pretrained(cls, path, device="cpu", runtime: VAERuntime | None = None) -> MUGVAE:
         """Load a VAE checkpoint folder (``mugv.vae-checkpoint``) into a model (eval mode) that
         runs with ``runtime`` (default: plain PyTorch, no budget)."""
         ckpt = read_checkpoint(path)

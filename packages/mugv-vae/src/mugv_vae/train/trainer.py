@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mugv_vae.config import VAERuntime, preset
 from mugv_vae.distributed import init_distributed
 from mugv_vae.metrics import psnr
-from mugv_vae.model import MugvVAE
+from mugv_vae.model import MUGVAE
 from mugv_vae.train import losses as L
 from mugv_vae.train.config import TrainConfig
 from mugv_vae.train.data import ClipSource, StepBatches
@@ -118,19 +118,19 @@ class Trainer:
         )
         self.eval_source = ClipSource(cfg.data.eval_clips) if cfg.data.eval_clips else None
         self.writer = None
-        self._ema_model: MugvVAE | None = None
+        self._ema_model: MUGVAE | None = None
 
     # ------------------------------------------------------------------ building
-    def _build_model(self) -> MugvVAE:
+    def _build_model(self) -> MUGVAE:
         m = self.cfg.model
         runtime = VAERuntime(
             fused_group_norm_silu=m.fused_group_norm_silu,
             gradient_checkpointing=m.gradient_checkpointing,
         )
         if m.checkpoint:
-            model = MugvVAE.from_pretrained(m.checkpoint, runtime=runtime)
+            model = MUGVAE.from_pretrained(m.checkpoint, runtime=runtime)
         else:
-            model = MugvVAE(preset(m.preset or "tiny"), runtime)
+            model = MUGVAE(preset(m.preset or "tiny"), runtime)
             if m.sdxl_vae:
                 model.trunk.load_autoencoder_kl(m.sdxl_vae)
         if m.freeze_trunk:
@@ -155,14 +155,14 @@ class Trainer:
             return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
         return self.optimizer.state_dict()
 
-    def ema_model(self) -> MugvVAE:
+    def ema_model(self) -> MUGVAE:
         """A plain (unsharded) model on the device holding the EMA weights (collective under
         FSDP2). Built once, refreshed on every call."""
         state = {k: _full(v) for k, v in self.model.state_dict().items()}
         state.update({k: _full(v) for k, v in self.ema.shadow.items()})
         if self._ema_model is None:
             with torch.device(self.device):
-                self._ema_model = MugvVAE(self.model.config).eval()
+                self._ema_model = MUGVAE(self.model.config).eval()
         self._ema_model.load_state_dict(state)
         return self._ema_model
 
