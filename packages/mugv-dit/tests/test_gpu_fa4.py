@@ -1,6 +1,7 @@
 """FlashAttention-4 on the GPU (run with `-m gpu` on a Hopper machine with flash-attn-4):
-gradients against float64, the known dq defect at head dims 72/80 (strict xfail, so the day
-upstream fixes it this fails and we move to head dim 80), and the model with fa4 vs SDPA."""
+gradients against float64, FA4 4.0.0b36's dq defect at head dims 48/72/80 fixed by
+mugv_kernels.fa4_sm90_dq_fix (without the fix applied, e.g. another FA4 version, the unpadded
+cases are strict xfails), and the model with fa4 vs SDPA."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mugv_kernels import attention as ab
+from mugv_kernels import fa4_sm90_dq_fix
 
 pytestmark = [
     pytest.mark.gpu,
@@ -56,17 +58,34 @@ def test_fa4_backend_matches_float64(head_dim):
         assert _rel(a, r) < 1e-2, (what, _rel(a, r))
 
 
-@pytest.mark.xfail(strict=True, reason="FA4 4.0.0b36 SM90 backward: dq wrong at head dim 72/80")
-@pytest.mark.parametrize("head_dim", [72, 80])
-def test_fa4_unpadded_dq_defect(head_dim):
+@pytest.mark.parametrize(("head_dim", "kv_heads"), [(48, 4), (72, 4), (80, 4), (80, 2)])
+def test_fa4_unpadded_backward_with_the_dq_fix(head_dim, kv_heads):
+    """FA4 called directly at the true head dim (and GQA 4/2 heads at 80): out, dq, dk, dv
+    against float64. Wrong (~1.3) without the fix; with it, like cuDNN bf16 (~2.4e-3)."""
+    ab.fa4_functions()  # imports FA4 and applies the fix
+    if not fa4_sm90_dq_fix.is_applied():
+        pytest.xfail("FA4 SM90 dq fix not applied: dq wrong at head dims 48/72/80")
     q, k, v, dout = _inputs(head_dim)
+    k, v = k[:, :, :kv_heads].contiguous(), v[:, :, :kv_heads].contiguous()
 
     def direct(qq, kk, vv):
         return ab.fa4_functions()[0](qq, kk, vv)[0]
 
+    def reference(qq, kk, vv):
+        rep = qq.shape[2] // kk.shape[2]
+        kk, vv = kk.repeat_interleave(rep, 2), vv.repeat_interleave(rep, 2)
+        return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (qq, kk, vv))).transpose(
+            1, 2
+        )
+
     got = _grads(direct, q, k, v, dout)
-    ref = _float64_grads(q, k, v, dout)
-    assert _rel(got[1], ref[1]) < 1e-2  # dq
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    out = reference(*leaves)
+    out.backward(dout.double())
+    ref = [out.detach(), *(t.grad for t in leaves)]
+    for what, a, r in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert _rel(a, r) < 1e-2, (what, _rel(a, r))
+    assert ab.fa4_padded_head_dim(72) == 80
 
 
 def test_self_check_accepts_fa4_at_72_and_auto_picks_it():

@@ -14,12 +14,15 @@ Libraries are detected by what they export, not by their top-level name: install
 flash-attn-4 creates a ``flash_attn`` namespace package without flash-attn 2's functions.
 
 The one difference between training and inference is explicit: ``needs_backward``.
-FlashAttention-4 4.0.0b36's SM90 *backward* returns a wrong dq at head dims 72 and 80 (both
-round to an 80-wide head-dim tile); its forward and dk/dv are right. With
-``needs_backward=True`` q, k and v are zero-padded to the next head dim in
-:data:`FA4_EXACT_HEAD_DIMS` (72 -> 96) with the softmax scale of the true head dim and the
-output sliced back: zero channels add nothing to q.k and the extra output channels (from zero v
-channels) are dropped, so the result is exact. With ``needs_backward=False`` (inference) FA4's
+FlashAttention-4 4.0.0b36's SM90 *backward* returns a wrong dq at head dims 72 and 80 (its dQ
+postprocess reads the accumulator with a 32-rounded head-dim tile, the kernel writes it
+16-rounded); its forward and dk/dv are right. :func:`fa4_functions` applies our fix
+(:mod:`mugv_kernels.fa4_sm90_dq_fix`, pinned to 4.0.0b36) when it imports FA4; then 80 is exact
+too and 72 runs padded to 80 (faster than unpadded 72: FA4's forward is slower at 72). Without
+the fix (another FA4 version) 72 is padded to 96 as before. With ``needs_backward=True`` q, k and
+v are zero-padded to the next head dim in :func:`fa4_exact_head_dims` with the softmax scale of
+the true head dim and the output sliced back: zero channels add nothing to q.k and the extra
+output channels (from zero v channels) are dropped, so the result is exact. With ``needs_backward=False`` (inference) FA4's
 forward runs unpadded at any head dim that is a multiple of 8 up to 128 (72 included). A head
 dim FA4 does not take runs SDPA (``auto``) or raises :class:`AttentionBackendError` (``fa4``).
 
@@ -46,12 +49,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mugv_kernels import fa4_sm90_dq_fix
+
 BACKENDS = ("auto", "sdpa", "flash", "fa4")
 PATHS = ("dense", "varlen")
 # head dims whose FA4 SM90 forward AND backward match float64 (FA4 4.0.0b36, H200, 2026-12-02)
 FA4_EXACT_HEAD_DIMS = (64, 88, 96, 128)
 # what other head dims are padded to for a backward: the widths of FA4's own SM90 tiles
 FA4_PAD_TARGETS = (64, 96, 128)
+# the same with mugv_kernels.fa4_sm90_dq_fix applied (H100, 2026-12-07: dq at 72/80 like cuDNN)
+FA4_FIXED_EXACT_HEAD_DIMS = (64, 80, 88, 96, 128)
+FA4_FIXED_PAD_TARGETS = (64, 80, 96, 128)
 SELF_CHECK_TOLERANCE = 2e-2
 
 
@@ -81,15 +89,33 @@ def fa4_functions() -> tuple[Callable, Callable] | None:
         return None
     dense = getattr(module, "flash_attn_func", None)
     varlen = getattr(module, "flash_attn_varlen_func", None)
-    return (dense, varlen) if dense is not None and varlen is not None else None
+    if dense is None or varlen is None:
+        return None
+    try:
+        fa4_sm90_dq_fix.apply()
+    except fa4_sm90_dq_fix.FA4PatchError as e:  # another FA4 version: pad 72 -> 96 as before
+        warnings.warn(
+            f"FlashAttention-4 SM90 dq fix not applied ({e}); head dim 72 pads to 96",
+            stacklevel=2,
+        )
+    return dense, varlen
+
+
+def fa4_exact_head_dims() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(exact head dims, pad targets)`` of FA4's backward here: with the dq fix applied
+    (:mod:`mugv_kernels.fa4_sm90_dq_fix`) 80 is exact, else only 64/88/96/128."""
+    if fa4_sm90_dq_fix.is_applied():
+        return FA4_FIXED_EXACT_HEAD_DIMS, FA4_FIXED_PAD_TARGETS
+    return FA4_EXACT_HEAD_DIMS, FA4_PAD_TARGETS
 
 
 def fa4_padded_head_dim(head_dim: int) -> int:
     """Head dim FA4 runs at when a backward follows: ``head_dim`` if exact there, else the
-    next exact one (72 -> 96)."""
-    if head_dim in FA4_EXACT_HEAD_DIMS:
+    next exact one (72 -> 80 with the dq fix, 72 -> 96 without)."""
+    exact, targets = fa4_exact_head_dims()
+    if head_dim in exact:
         return head_dim
-    for d in FA4_PAD_TARGETS:
+    for d in targets:
         if d >= head_dim:
             return d
     raise AttentionBackendError(f"attention backend fa4 supports head dims <= 128, got {head_dim}")
@@ -100,7 +126,7 @@ def fa4_head_dim(head_dim: int, *, needs_backward: bool) -> int | None:
     :func:`fa4_padded_head_dim`; forward only, ``head_dim`` itself when it is a multiple of 8
     up to 128 (FA4's forward is exact there)."""
     if needs_backward:
-        return fa4_padded_head_dim(head_dim) if head_dim <= FA4_PAD_TARGETS[-1] else None
+        return fa4_padded_head_dim(head_dim) if head_dim <= fa4_exact_head_dims()[1][-1] else None
     return head_dim if head_dim % 8 == 0 and head_dim <= 128 else None
 
 
@@ -436,6 +462,9 @@ __all__ = [
     "BACKENDS",
     "FA4_EXACT_HEAD_DIMS",
     "FA4_PAD_TARGETS",
+    "FA4_FIXED_EXACT_HEAD_DIMS",
+    "FA4_FIXED_PAD_TARGETS",
+    "fa4_exact_head_dims",
     "PATHS",
     "AttentionBackendError",
     "PackedText",
