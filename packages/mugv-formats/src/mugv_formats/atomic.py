@@ -2,6 +2,12 @@
 
 A crash never leaves a half-written file under its final name; readers therefore treat the
 presence of a file as proof that it is complete.
+
+No write follows a symbolic link planted at its target: the atomic writers refuse a target
+that is a link (a rename would replace the link, but a reader following it later, or a user
+who planted it to redirect our output, must learn that the run folder was tampered with), and
+append-only files (logs, metrics) are opened with :func:`open_append_nofollow`
+(``O_NOFOLLOW``), so a link cannot send a run's writes outside its folder.
 """
 
 from __future__ import annotations
@@ -12,7 +18,41 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
+
+
+class SymlinkTargetError(ValueError):
+    """A write target is a symbolic link (one line naming it and where it points)."""
+
+
+def refuse_symlink(path: str | Path, what: str = "output") -> None:
+    """Raise :class:`SymlinkTargetError` when ``path`` itself is a symbolic link."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            dest = os.readlink(path)
+        except OSError:
+            dest = "?"
+        raise SymlinkTargetError(
+            f"{what} {path} is a symbolic link (to {dest}); refusing to write through it"
+        )
+
+
+def open_append_nofollow(path: str | Path, *, binary: bool = False) -> IO:
+    """Open ``path`` for appending (created if missing, mode per umask) without following a
+    symbolic link at it: a link there is a :class:`SymlinkTargetError`. Text mode is UTF-8,
+    line-buffered, for logs and ``metrics.jsonl``."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if path.is_symlink():  # ELOOP (Linux) / EMLINK (BSD) from O_NOFOLLOW
+            refuse_symlink(path, "append-only file")
+        raise e from None
+    if binary:
+        return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
 
 def umask() -> int:
@@ -26,6 +66,7 @@ def umask() -> int:
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing; the file appears under its name only on success."""
     path = Path(path)
+    refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -59,6 +100,7 @@ def atomic_replace_dir(path: str | Path) -> Iterator[Path]:
     Used for checkpoint folders: either the old folder or the complete new one exists.
     """
     path = Path(path)
+    refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

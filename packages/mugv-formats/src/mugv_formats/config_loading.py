@@ -23,7 +23,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 __all__ = [
+    "MAX_YAML_ALIASES",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "ConfigError",
+    "BoundedSafeLoader",
+    "safe_load_bounded",
     "apply_overrides",
     "dump_config",
     "load_config",
@@ -43,6 +49,81 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+#: Bounds of every YAML document a mugv command reads (configs, --set values, energon
+#: metadata): a config is a few kB; these stop alias bombs ("billion laughs"), deeply nested
+#: flow collections and huge files before they cost time or memory.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_ALIASES = 1000
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 200_000  # nodes after expanding every alias (what the constructor builds)
+
+
+class YAMLBoundsError(ValueError):
+    """A YAML document over one of the bounds above."""
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses, while composing, more than :data:`MAX_YAML_ALIASES`
+    alias uses, nesting deeper than :data:`MAX_YAML_DEPTH`, or a document that would expand
+    to more than :data:`MAX_YAML_NODES` nodes (each alias counts the whole subtree it names,
+    so an alias bomb is refused before anything is built)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> expanded node count of its subtree
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise YAMLBoundsError(f"more than {MAX_YAML_ALIASES} aliases")
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YAMLBoundsError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = self._size(node)
+        if size > MAX_YAML_NODES:
+            raise YAMLBoundsError(f"expands to more than {MAX_YAML_NODES} nodes (alias bomb?)")
+        return node
+
+    def _size(self, node: Any) -> int:
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(
+                self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value
+            )
+        else:
+            size = 1
+        self._sizes[id(node)] = size
+        return size
+
+
+def safe_load_bounded(text: str | bytes, where: str | Path = "<string>") -> Any:
+    """``yaml.safe_load`` within the bounds above. A document over a bound is a
+    :class:`ConfigError` naming ``where`` and the bound; a syntax error stays a
+    ``yaml.YAMLError`` for the caller to word."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_YAML_BYTES} bytes; not a mugv YAML file")
+    loader = BoundedSafeLoader(text)
+    try:
+        return loader.get_single_data()
+    except YAMLBoundsError as e:
+        raise ConfigError(f"{where}: YAML refused: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML refused: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.0.c=value`` -> (["a", "b", "0", "c"], value read as YAML)."""
     if "=" not in item:
@@ -55,7 +136,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not raw.strip():
         return parts, ""
     try:
-        return parts, yaml.safe_load(raw)
+        return parts, safe_load_bounded(raw, f"--set {item!r}")
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: value is not YAML ({_one_line(e)})") from None
 
@@ -116,7 +197,11 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
         state = "is a directory" if path.is_dir() else "does not exist"
         raise ConfigError(f"{what} {path} {state}")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            text = f.read(MAX_YAML_BYTES + 1)
+        if len(text) > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path}: larger than {MAX_YAML_BYTES} bytes; refused")
+        data = safe_load_bounded(text.decode("utf-8"), f"{what} {path}")
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path}: not valid YAML ({_one_line(e)})") from None
     except (OSError, UnicodeDecodeError) as e:
