@@ -23,6 +23,7 @@ from mugv_formats.console import run_command
 
 from mugv import __version__
 from mugv.layout import STAGE_NAMES, RunLayout
+from mugv.ownership import claim_run_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +83,9 @@ def run_pipeline(cfg, force: str | None = None) -> int:
     from mugv.runner import Display, Runner, StageFailed, write_json_atomic
     from mugv.stages import build_stages
 
-    run = RunLayout(Path(cfg.run_dir).resolve())
-    run.root.mkdir(parents=True, exist_ok=True)
+    run = RunLayout(Path(cfg.run_dir).expanduser().absolute())
     stages = build_stages(cfg, run)
+    claim_run_folder(run)  # ours (created now, or by an earlier run), else refused
     atomic_write_text(
         run.resolved_config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )

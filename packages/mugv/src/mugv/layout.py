@@ -46,6 +46,8 @@ class RunLayout:
     timings = _Under("timings.json")
     logs = _Under("logs")
     done = _Under(".mugv/done")
+    owner = _Under(".mugv/run.json")  # the ownership marker (mugv.ownership)
+    claims = _Under(".mugv/claims")  # what each stage's attempt may write (mugv.ownership)
     configs = _Under("configs")  # the stage configs mugv writes (NAME.yaml)
     # curate
     curate = _Under("curate")
@@ -116,6 +118,10 @@ class RunLayout:
     def marker(self, stage: str) -> Path:
         """Written atomically when ``stage`` finished: its key, timings and steps."""
         return self.done / f"{stage}.json"
+
+    def claim(self, stage: str) -> Path:
+        """Written atomically before ``stage`` touches its outputs: the paths it owns."""
+        return self.claims / f"{stage}.json"
 
     def log(self, stage: str) -> Path:
         """The output of ``stage``'s child processes."""

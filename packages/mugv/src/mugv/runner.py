@@ -8,10 +8,11 @@ A stage is a list of steps; a step is one command (a stage package's console scr
   killed when this process stops on an error or Ctrl-C.
 
 A stage that finished writes ``RUN/.mugv/done/STAGE.json`` atomically, holding a key: the
-sha256 of its resolved settings, the previous stage's key and the mugv version. A later run
-whose key matches, and whose outputs are all present, reuses the stage and says so. A
-different key, a missing output or ``--force STAGE`` (which also redoes every later stage)
-removes the stage's outputs and runs it again.
+sha256 of its resolved settings, the previous stage's key and the mugv version, and what it
+left at each output. A later run whose key matches, and whose outputs are all present, reuses
+the stage and says so. A different key, a missing output or ``--force STAGE`` (which also
+redoes every later stage) removes the stage's outputs and runs it again: only outputs this
+run folder's runs wrote (:mod:`mugv.ownership`); anything else there is refused, not removed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +44,15 @@ from rich.table import Column
 
 from mugv import __version__
 from mugv.layout import RunLayout
+from mugv.ownership import (
+    check_removable,
+    claim_run_folder,
+    open_log,
+    real_dirs,
+    remove,
+    stage_listing,
+    write_claim,
+)
 
 
 def script(name: str) -> str:
@@ -197,7 +206,7 @@ class Runner:
 
     def _run_cmd(self, stage: Stage, step: Step, log: Path) -> None:
         assert step.cmd is not None
-        with open(log, "a") as f:
+        with open_log(log) as f:
             f.write(f"\n$ {' '.join(step.cmd)}\n")
             f.flush()
             proc = subprocess.Popen(
@@ -229,7 +238,8 @@ class Runner:
         if force is not None and force not in names:
             raise ValueError(f"--force {force!r}: no such stage; stages are {', '.join(names)}")
         forced = set(names[names.index(force) :]) if force else set()
-        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        self.run_id = claim_run_folder(self.layout)
+        real_dirs(self.layout, self.layout.logs)
         upstream, summary = "", []
         for stage in stages:
             key = stage_key(stage, upstream)
@@ -270,14 +280,19 @@ class Runner:
             print(text, flush=True)
 
     def _run_stage(self, stage: Stage, key: str, marker: Path, why: str) -> dict:
+        paths = [*stage.outputs, *stage.scratch]
+        # nothing is removed unless every path in the way is one this run folder's runs wrote
+        ours = check_removable(self.layout, stage.name, paths, self.run_id, read_marker(marker))
+        for p in paths:  # the folders they go in: real folders of the run folder, no links
+            real_dirs(self.layout, p.parent)
+        write_claim(self.layout, stage.name, paths, self.run_id)
+        real_dirs(self.layout, marker.parent)
         marker.unlink(missing_ok=True)  # a failed re-run must not look finished
-        for out in [*stage.outputs, *stage.scratch]:
-            if out.is_dir() and not out.is_symlink():
-                shutil.rmtree(out)
-            elif out.exists() or out.is_symlink():
-                out.unlink()
+        for out in ours:
+            remove(out)
         log = self.layout.log(stage.name)
-        log.write_text(f"# mugv {__version__}: stage {stage.name} ({why})\n")
+        with open_log(log, truncate=True) as f:
+            f.write(f"# mugv {__version__}: stage {stage.name} ({why})\n")
         self._say(f"[{stage.name}] {stage.title} ({why})")
         if self.display is not None:
             self.display.start_stage(stage.name, len(stage.steps))
@@ -310,6 +325,8 @@ class Runner:
                 "steps": steps,
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "mugv": __version__,
+                "run_id": self.run_id,
+                "files": stage_listing(self.layout, paths),
             },
         )
         if self.display is not None:
