@@ -10,13 +10,42 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from mugv_formats.config_loading import load_config as load_typed_config
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+"""Unknown keys and non-finite floats are errors in every section."""
+
+MAX_SEED = 2**63 - 1
+MAX_SIDE = 4096
+MAX_FRAMES = 1 + 8 * 128
+
+
+def _resolution(text: str) -> str:
+    """``HxW`` with both positive multiples of 8 (the VAE's compression), at most 4096."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"must look like HEIGHTxWIDTH (e.g. 64x64), got {text!r}") from None
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or h % 8 or w % 8:
+        raise ValueError(f"{text!r}: height and width must be multiples of 8 in 8..{MAX_SIDE}")
+    return text
+
+
+def _frames(n: int) -> int:
+    """1 + 8k frames (the VAE's temporal compression), 1..MAX_FRAMES."""
+    if (n - 1) % 8:
+        raise ValueError(f"frames must be 1 + 8k (1, 9, 17, ...), got {n}")
+    return n
+
+
+Resolution = Annotated[str, AfterValidator(_resolution)]
+Frames = Annotated[int, Field(ge=1, le=MAX_FRAMES), AfterValidator(_frames)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Steps = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
 class CurateConfig(BaseModel):
@@ -37,16 +66,16 @@ class VaeConfig(BaseModel):
 
     model_config = _STRICT
     config: dict[str, Any] = Field(default_factory=dict, description="mugv-vae train config.")
-    recon_resolution: str = Field("64x64", description="HxW of the report's reconstructions.")
-    recon_frames: int = Field(17, description="Frames per reconstruction (1+8k).")
+    recon_resolution: Resolution = Field("64x64", description="HxW of the reconstructions.")
+    recon_frames: Frames = Field(17, description="Frames per reconstruction (1+8k).")
 
 
 class EncodeConfig(BaseModel):
     """mugv-vae encode + mugv-dit embed-text: clip shards -> latent shards with text."""
 
     model_config = _STRICT
-    resolution: str = "64x64"
-    frames: int = Field(17, description="Frames per clip (1+8k).")
+    resolution: Resolution = Field("64x64", description="HxW of the latents' clips.")
+    frames: Frames = Field(17, description="Frames per clip (1+8k).")
     text_encoder: str = Field("tiny-random", description="Local T5 folder or 'tiny-random'.")
 
 
@@ -62,8 +91,8 @@ class AlignConfig(BaseModel):
     and Flow-KTO (real passes, generated fails)."""
 
     model_config = _STRICT
-    sample_steps: int = Field(4, ge=1, description="Sampler steps of the generated losers.")
-    sample_seed: int = 1
+    sample_steps: Steps = Field(4, description="Sampler steps of the generated losers.")
+    sample_seed: Seed = Field(1, description="Seed of the generated losers.")
     sft: dict[str, Any] = Field(default_factory=dict, description="mugv-align sft config.")
     dpo: dict[str, Any] = Field(default_factory=dict, description="mugv-align dpo config.")
     kto: dict[str, Any] = Field(default_factory=dict, description="mugv-align kto config.")
@@ -73,13 +102,13 @@ class GenerateConfig(BaseModel):
     """mugv-infer: T2V of each caption and I2V from a curated clip's first frame."""
 
     model_config = _STRICT
-    steps: int = Field(8, ge=1)
-    guidance_scale: float = Field(3.0, ge=1.0)
-    seed: int = 42
+    steps: Steps = Field(8, description="Sampler steps.")
+    guidance_scale: float = Field(3.0, ge=1.0, le=100.0, description="CFG scale (1: none).")
+    seed: Seed = 42
     prompts: list[str] = Field(
         default_factory=list, description="T2V prompts; empty: the curated clips' captions."
     )
-    max_prompts: int = Field(3, ge=1)
+    max_prompts: int = Field(3, ge=1, le=10_000)
 
 
 class MemoriseConfig(BaseModel):
@@ -87,9 +116,9 @@ class MemoriseConfig(BaseModel):
 
     model_config = _STRICT
     enabled: bool = True
-    steps: int = Field(400, ge=1)
-    lr: float = 1e-3
-    sample_steps: int = Field(16, ge=1)
+    steps: Steps = Field(400, description="Training steps on the one clip.")
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate.")
+    sample_steps: Steps = Field(16, description="Sampler steps of the regeneration.")
     model: dict[str, Any] = Field(
         default_factory=lambda: {"hidden_size": 96, "num_heads": 4, "num_layers": 4},
         description="Overrides of the DiT config's model (the debug preset is too small to "
@@ -103,7 +132,7 @@ class PipelineConfig(BaseModel):
 
     model_config = _STRICT
     run_dir: str = Field("runs/demo", description="Everything the run writes goes here.")
-    threads: int = Field(2, ge=1, description="Torch / OpenMP threads of each stage.")
+    threads: int = Field(2, ge=1, le=1024, description="Torch / OpenMP threads of each stage.")
     curate: CurateConfig = CurateConfig()
     vae: VaeConfig = VaeConfig()
     encode: EncodeConfig = EncodeConfig()
