@@ -12,9 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from hostile_util import clean_env
 from mugv import cli, stages
 from mugv.config import load_config
 from mugv.layout import STAGE_NAMES, RunLayout
@@ -267,3 +272,60 @@ def test_the_ownership_marker_is_written_once_and_atomically(pipeline):
     assert (run.root / ".mugv" / "run.json").read_text() == owner
     assert not [p for p in (run.root / ".mugv").iterdir() if p.name.endswith(".tmp")]
     assert stat.S_ISREG(os.lstat(run.root / ".mugv" / "run.json").st_mode)
+
+
+def test_a_second_run_on_one_run_folder_is_refused_naming_the_holder(pipeline, tmp_path, capsys):
+    """A real ``mugv demo`` (its curate stage sleeps until told) holds the run folder; a second
+    ``mugv demo --force curate`` on it is refused, naming the first; the first finishes."""
+    _, run, video = pipeline
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    driver = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from mugv import cli, stages
+        from test_umbrella_run_folder import BUILD_STAGES, _writer
+        from mugv.runner import Step
+
+        def wait_then_write(paths):
+            def fn():
+                Path({str(ready)!r}).write_text("1")
+                while not Path({str(go)!r}).exists():
+                    time.sleep(0.05)
+                _writer(paths)()
+            return fn
+
+        def build(cfg, run):
+            out = BUILD_STAGES(cfg, run)
+            for s in out:
+                s.steps = [Step("w", fn=wait_then_write(s.outputs))]
+            return out
+
+        stages.build_stages = build
+        sys.exit(cli.main(sys.argv[1:]))
+        """
+    )
+    args = ["demo", "--no-samples", "--input", str(video), "--run-dir", str(run.root)]
+    first = subprocess.Popen([sys.executable, "-c", driver, *args], env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never started its stage"
+            time.sleep(0.05)
+        before = tree(run.root)
+        for extra in ([], ["--force", "curate"]):
+            code, err = _mugv(capsys, *args, *extra)
+            assert code == 2 and err.count("\n") == 1, err
+            assert "in use by another run" in err and f"pid {first.pid} on " in err, err
+            assert tree(run.root) == before
+        go.write_text("1")
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, out + err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert _mugv(capsys, *args)[0] == 0  # the lock went with the first run

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 from mugv_formats import atomic_write_text
 from mugv_formats.console import run_command
+from mugv_formats.outputs import output_lock
 
 from mugv import __version__
 from mugv.layout import STAGE_NAMES, RunLayout
@@ -80,12 +81,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(cfg, force: str | None = None) -> int:
-    from mugv.runner import Display, Runner, StageFailed, write_json_atomic
     from mugv.stages import build_stages
 
     run = RunLayout(Path(cfg.run_dir).expanduser().absolute())
     stages = build_stages(cfg, run)
     claim_run_folder(run)  # ours (created now, or by an earlier run), else refused
+    # one run at a time in a run folder: a second is refused, naming the holder
+    with output_lock(run.root, "run folder"):
+        return _run_locked(cfg, run, stages, force)
+
+
+def _run_locked(cfg, run: RunLayout, stages: list, force: str | None) -> int:
+    from mugv.runner import Display, Runner, StageFailed, write_json_atomic
+
     atomic_write_text(
         run.resolved_config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )

@@ -23,7 +23,8 @@ to the run folder, so a copied run folder keeps working.
 
 Writes inside the run folder never go through a planted symbolic link: the folders the umbrella
 writes into are made component by component and a link among them is refused
-(:func:`real_dirs`); logs are opened with ``O_NOFOLLOW`` (:func:`open_log`).
+(:func:`real_dirs`); files are written by mugv-formats' writers, which refuse a link at the
+target (atomic writes; logs through ``open_append_nofollow``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mugv_formats import atomic_write_text
+from mugv_formats.outputs import LOCK_FILE
 
 from mugv import __version__
 from mugv.layout import RunLayout
@@ -44,7 +46,7 @@ from mugv.layout import RunLayout
 RUN_FOLDER_FORMAT = "mugv-run-folder"
 """``format`` of ``RUN/.mugv/run.json``."""
 
-IGNORED_IN_NEW_FOLDER = frozenset({".mugv.lock", ".lock"})
+IGNORED_IN_NEW_FOLDER = frozenset({LOCK_FILE})
 """Names that do not make a run folder "not empty" (the advisory lock file of the run)."""
 
 
@@ -94,21 +96,6 @@ def real_dirs(layout: RunLayout, folder: Path) -> Path:
         if not stat.S_ISDIR(st.st_mode):
             raise RunFolderError(f"{here} is a file where mugv needs a folder (move it away)")
     return folder
-
-
-def open_log(path: Path, *, truncate: bool = False):
-    """Open a run-folder log for appending (or truncated), never through a planted link."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    flags |= os.O_TRUNC if truncate else os.O_APPEND
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as e:
-        if path.is_symlink():
-            raise RunFolderError(
-                f"{path} is a symbolic link; mugv does not write through it"
-            ) from e
-        raise
-    return os.fdopen(fd, "w", encoding="utf-8", errors="replace")
 
 
 def claim_run_folder(layout: RunLayout) -> str:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mugv_formats import atomic_write_text
+from mugv_formats import atomic_write_text, open_append_nofollow
 from mugv_formats.lifecycle import die_with_parent
 from rich.console import Console
 from rich.progress import (
@@ -47,7 +47,6 @@ from mugv.layout import RunLayout
 from mugv.ownership import (
     check_removable,
     claim_run_folder,
-    open_log,
     real_dirs,
     remove,
     stage_listing,
@@ -206,7 +205,7 @@ class Runner:
 
     def _run_cmd(self, stage: Stage, step: Step, log: Path) -> None:
         assert step.cmd is not None
-        with open_log(log) as f:
+        with open_append_nofollow(log) as f:
             f.write(f"\n$ {' '.join(step.cmd)}\n")
             f.flush()
             proc = subprocess.Popen(
@@ -291,8 +290,7 @@ class Runner:
         for out in ours:
             remove(out)
         log = self.layout.log(stage.name)
-        with open_log(log, truncate=True) as f:
-            f.write(f"# mugv {__version__}: stage {stage.name} ({why})\n")
+        atomic_write_text(log, f"# mugv {__version__}: stage {stage.name} ({why})\n")
         self._say(f"[{stage.name}] {stage.title} ({why})")
         if self.display is not None:
             self.display.start_stage(stage.name, len(stage.steps))
