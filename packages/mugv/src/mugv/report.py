@@ -6,12 +6,19 @@ reconstructions beside originals with PSNR), training (loss curves of pre-traini
 DPO reward margin and accuracy), generate (T2V and I2V videos), memorise (the memorisation
 check), formats (what each hand-off holds). Images and videos are copied into ``RUN/report/``
 beside the page; charts are inline SVG. Written atomically.
+
+Every string that comes from the run's files (source file names, captions, prompts, clip keys,
+reject reasons, step titles, config values) is HTML-escaped where it is placed, attribute
+values included; copied assets get file names of ``[A-Za-z0-9._-]`` only (a hash keeps two
+names apart) and are read only from inside the run folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -116,17 +123,36 @@ def svg_chart(series: dict[str, list[tuple[float, float]]], *, title: str, ylabe
     return "".join(parts)
 
 
-class _Assets:
-    """Copies files into the report's asset folder (built as ``folder``, renamed to
-    ``RUN/report/`` at the end) and returns their paths relative to report.html."""
+def safe_name(name: str) -> str:
+    """``name`` (``a/b.mp4``) with each part reduced to ``[A-Za-z0-9._-]``: a part that had to
+    change gets a short hash of the original, so two names stay apart; no ``..``, no empty."""
+    out = []
+    for part in name.split("/"):
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", part).lstrip(".")
+        if safe != part or not safe:
+            stem, dot, ext = safe.rpartition(".")
+            tag = hashlib.sha1(part.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            safe = f"{stem}-{tag}.{ext}" if dot and stem else f"{safe}-{tag}"
+        out.append(safe)
+    return "/".join(out)
 
-    def __init__(self, folder: Path, url: str):
-        self.folder, self.url = folder, url
+
+class _Assets:
+    """Copies files of the run folder ``root`` into the report's asset folder (built as
+    ``folder``, renamed to ``RUN/report/`` at the end) and returns their paths relative to
+    report.html (safe names: see :func:`safe_name`)."""
+
+    def __init__(self, folder: Path, url: str, root: Path):
+        self.folder, self.url, self.root = folder, url, root.resolve()
 
     def __call__(self, src: Path, name: str | None = None) -> str | None:
-        if not src.is_file():
+        try:
+            inside = src.resolve().is_relative_to(self.root)
+        except (OSError, RuntimeError):
+            inside = False
+        if not inside or not src.is_file():
             return None
-        dst = self.folder / (name or src.name)
+        dst = self.folder / safe_name(name or src.name)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         return f"{self.url}/{dst.relative_to(self.folder).as_posix()}"
@@ -175,19 +201,19 @@ def _curate(run: RunLayout, asset: _Assets) -> str:
     out = []
     summary = json.loads((clips / "summary.json").read_text())
     out.append(
-        f"<p>{summary['sources']} source videos, {summary['clips_seen']} clips after the shot "
-        f"split, <b>{summary['clips_kept']} kept</b>. Rejected by stage: "
-        + ", ".join(f"{_esc(k)} {v}" for k, v in summary.get("rejects_by_stage", {}).items())
+        f"<p>{_esc(summary['sources'])} source videos, {_esc(summary['clips_seen'])} clips after "
+        f"the shot split, <b>{_esc(summary['clips_kept'])} kept</b>. Rejected by stage: "
+        + ", ".join(f"{_esc(k)} {_esc(v)}" for k, v in summary.get("rejects_by_stage", {}).items())
         + ". mugv-data's own report: "
-        + f'<a href="{data_report}">{data_report}</a>.</p><div class="grid">'
+        + f'<a href="{_esc(data_report)}">{_esc(data_report)}</a>.</p><div class="grid">'
     )
     shown = ("sharpness", "motion", "brightness", "text_ratio", "border_ratio", "frozen_ratio")
     for r in ClipDataset(clips).records():
         thumb = asset(clips / "report" / "thumbs" / f"{r.key}.jpg", f"thumbs/{r.key}.jpg")
         scores = "".join(
-            f"<tr><td>{k}</td><td>{r.scores[k]:.3g}</td></tr>" for k in shown if k in r.scores
+            f"<tr><td>{_esc(k)}</td><td>{r.scores[k]:.3g}</td></tr>" for k in shown if k in r.scores
         )
-        img = f'<img src="{thumb}" width="240" alt="{_esc(r.key)}">' if thumb else ""
+        img = f'<img src="{_esc(thumb)}" width="240" alt="{_esc(r.key)}">' if thumb else ""
         out.append(
             f'<div class="card kept">{img}<b>{_esc(r.key)}</b> {_esc(Path(r.source).name)} '
             f"{r.start_s:.1f}-{r.end_s:.1f} s<br><i>{_esc(r.caption)}</i>"
@@ -200,7 +226,7 @@ def _curate(run: RunLayout, asset: _Assets) -> str:
     rej = clips / "rejects.parquet"
     for row in pq.read_table(rej).to_pylist() if rej.is_file() else []:
         thumb = asset(clips / "report" / "thumbs" / f"{row['key']}.jpg", f"thumbs/{row['key']}.jpg")
-        img = f'<img src="{thumb}" width="120" alt="{_esc(row["key"])}">' if thumb else ""
+        img = f'<img src="{_esc(thumb)}" width="120" alt="{_esc(row["key"])}">' if thumb else ""
         out.append(
             f'<tr class="reject"><td>{img}</td><td>{_esc(row["key"])}</td>'
             f"<td>{_esc(Path(row['source']).name)}</td><td>{_esc(row['stage'])}</td>"
@@ -297,7 +323,7 @@ def _generate(run: RunLayout, asset: _Assets) -> str:
     img = asset(run.i2v_first_frame, "videos/i2v_first_frame.png")
     i2v = [run.i2v] if run.i2v.is_file() else sorted(vids.glob("i2v_*.mp4"))
     if img:
-        out.append(f'<div class="card"><img src="{img}" width="192" alt="first frame">'
+        out.append(f'<div class="card"><img src="{_esc(img)}" width="192" alt="first frame">'
                    "first frame (from a curated clip)</div>")  # fmt: skip
     for i, p in enumerate(i2v):
         src = asset(p, f"videos/i2v_{i}.mp4")
@@ -324,9 +350,9 @@ def _memorise(run: RunLayout, asset: _Assets) -> str:
         else f"to the nearest other clip's {other:.2e}"
     )
     return (
-        f"<p>A small DiT trained by mugv-dit for {res['steps']} CPU steps on one clip's "
+        f"<p>A small DiT trained by mugv-dit for {_esc(res['steps'])} CPU steps on one clip's "
         f"latents (<code>{_esc(res['clip'])}</code>, caption <i>{_esc(res['caption'])}</i>) "
-        f"regenerates them through mugv-infer's sampler ({res['sample_steps']} steps, no CFG). "
+        f"regenerates them through mugv-infer's sampler ({_esc(res['sample_steps'])} steps, no CFG). "
         f"Relative latent error <b>{res['trained_rel_error']:.3f}</b> against "
         f"<b>{res['untrained_rel_error']:.3f}</b> for the untrained model "
         f'<span class="{"ok" if ok else "bad"}">({"passes" if ok else "fails"})</span>. '
@@ -370,7 +396,7 @@ def _formats(run: RunLayout) -> str:
 def write_report(run: RunLayout) -> Path:
     tmp_assets = run.report_partial
     shutil.rmtree(tmp_assets, ignore_errors=True)
-    asset = _Assets(tmp_assets, run.report_assets.relative_to(run.root).as_posix())
+    asset = _Assets(tmp_assets, run.report_assets.relative_to(run.root).as_posix(), run.root)
     sections = [
         ("overview", "What ran", _overview(run, [s for s in STAGE_NAMES if s != "report"])),
         ("curate", "1. Curation (mugv-data)", _curate(run, asset)),
