@@ -19,15 +19,23 @@ reads the missing samples by key from the manifest instead (deterministically, c
 warned about once). The loader state saved per rank next to each checkpoint is energon's own state
 plus the reservoirs' sample keys (re-read by key on restore), so a resume is exact.
 
-The state file holds plain data only (dicts, lists, str, int, bytes; energon's state
+The state file holds plain data only (dicts, lists, str, int, bytes, tensors; energon's state
 dataclasses as tagged dicts) and is read with ``torch.load(weights_only=True)``: a pickle
-planted in a run folder is refused, never run.
+planted in a run folder is refused, never run. A tag names one of a fixed allow-list of
+energon's state classes (:func:`_state_classes`), imported by us: a name in the file never
+chooses a module to import.
+
+Energon imports and runs whatever Python callable a dataset's ``.nv-meta`` names, so the
+loader hands energon only metadata mugv wrote: ``mugv_formats.energon.check_nv_meta`` runs on
+the dataset before every energon call (at construction and before each stage's dataset is
+opened). Nothing else given to energon comes from a file: no subflavors, the ``train`` split
+of the checked ``split.yaml``, a ``WorkerConfig`` of config integers, the task encoder
+defined here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import io
 import json
 import pickle
@@ -61,6 +69,7 @@ except ModuleNotFoundError as e:
         name=e.name,
     ) from None
 from mugv_formats import ChecksumError, CorruptShardError, member_digests
+from mugv_formats.energon import check_nv_meta
 
 from mugv_dit.config import StageConfig
 from mugv_dit.data.plan import BucketKey, BucketSampler, LatentIndex, stage_accepts
@@ -177,6 +186,7 @@ class EnergonLatentLoader:
         reservoir_factor: int = 4,
     ):
         self.path = str(path)
+        check_nv_meta(self.path)  # energon imports what its metadata names: only ours passes
         self.index = index
         self.sampler = sampler
         self.dp_rank = dp_rank
@@ -199,6 +209,7 @@ class EnergonLatentLoader:
         self._key_to_index = {r.key: i for i, r in enumerate(index.records)}
 
     def _open(self, stage_idx: int, stage: StageConfig) -> None:
+        check_nv_meta(self.path)  # again right before energon reads it (it may have changed)
         ds = get_train_dataset(
             self.path,
             worker_config=self.worker_config,
@@ -323,7 +334,7 @@ class EnergonLatentLoader:
 
 # -- loader state as plain data -------------------------------------------------------------
 _CLASS_TAG = "__mugv_energon_class__"
-_ENERGON_PREFIX = "megatron.energon."
+_NDARRAY = "numpy:ndarray"  # a numpy array, stored as a tensor
 
 
 def state_to_plain(obj):
@@ -331,8 +342,10 @@ def state_to_plain(obj):
     tagged dicts); anything else that is not plain data is refused."""
     from megatron.energon.state import FlexState
 
-    if obj is None or isinstance(obj, bool | int | float | str | bytes):
-        return obj
+    if obj is None or isinstance(obj, bool | int | float | str | bytes | torch.Tensor):
+        return obj  # torch.load(weights_only=True) reads tensors as data (workers' RNG states)
+    if isinstance(obj, np.ndarray):  # RNG states of energon's workers
+        return {_CLASS_TAG: _NDARRAY, "array": torch.from_numpy(np.ascontiguousarray(obj))}
     if isinstance(obj, list | tuple):
         return type(obj)(state_to_plain(v) for v in obj)
     cls = type(obj)
@@ -341,27 +354,43 @@ def state_to_plain(obj):
         return {_CLASS_TAG: name, "items": {k: state_to_plain(v) for k, v in obj.items()}}
     if isinstance(obj, dict):
         return {k: state_to_plain(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and cls.__module__.startswith(_ENERGON_PREFIX):
+    if dataclasses.is_dataclass(obj) and name in _state_classes():
         fields = {f.name: state_to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         return {_CLASS_TAG: name, "fields": fields}
     raise TypeError(f"energon loader state holds a {name}, which is not plain data")
 
 
-def _energon_class(name: str, where: Path):
+def _state_classes() -> dict[str, type]:
+    """The energon classes a loader state may name, by ``module:qualname`` (an allow-list:
+    a name in a state file never picks what is imported; these are imported here, by us)."""
+    from megatron.energon.flavors.webdataset.sample_loader import SliceState
+    from megatron.energon.rng import SystemRngState
+    from megatron.energon.savable_loader import (
+        SavableDataLoaderState,
+        SavableDatasetCheckpoint,
+        SavableDatasetState,
+    )
     from megatron.energon.state import FlexState
 
-    module, _, qualname = str(name).partition(":")
-    if not module.startswith(_ENERGON_PREFIX) or not qualname.isidentifier():
-        raise ValueError(f"{where}: energon loader state names class {name!r}; refused")
-    try:
-        cls = getattr(importlib.import_module(module), qualname)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{where}: energon loader state names unknown class {name!r}") from None
-    if not (
-        isinstance(cls, type) and (dataclasses.is_dataclass(cls) or issubclass(cls, FlexState))
-    ):
-        raise ValueError(f"{where}: energon loader state names class {name!r}; refused")
-    return cls
+    classes = [
+        FlexState,
+        SavableDataLoaderState,
+        SavableDatasetCheckpoint,
+        SavableDatasetState,
+        SliceState,
+        SystemRngState,
+    ]
+    return {f"{c.__module__}:{c.__qualname__}": c for c in classes}
+
+
+def _energon_class(name: str, where: Path):
+    allowed = _state_classes()
+    if not isinstance(name, str) or name not in allowed:
+        raise ValueError(
+            f"{where}: energon loader state names class {name!r}, not one of energon's state "
+            f"classes {sorted(allowed)}; refused"
+        )
+    return allowed[name]
 
 
 def plain_to_state(obj, where: Path):
@@ -372,6 +401,11 @@ def plain_to_state(obj, where: Path):
         return obj
     if _CLASS_TAG not in obj:
         return {k: plain_to_state(v, where) for k, v in obj.items()}
+    if obj[_CLASS_TAG] == _NDARRAY:
+        array = obj.get("array")
+        if not isinstance(array, torch.Tensor):
+            raise ValueError(f"{where}: energon loader state holds a malformed array")
+        return array.numpy()
     cls = _energon_class(obj[_CLASS_TAG], where)
     if "items" in obj:
         return cls({k: plain_to_state(v, where) for k, v in obj["items"].items()})
@@ -393,5 +427,5 @@ def load_plain_state(path: Path) -> dict:
         raise ValueError(f"{path}: not an energon loader state of mugv-dit")
     try:
         return plain_to_state(plain, path)
-    except TypeError as e:
+    except (TypeError, AttributeError, KeyError) as e:
         raise ValueError(f"{path}: invalid energon loader state ({e})") from None
