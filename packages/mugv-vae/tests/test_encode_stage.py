@@ -59,9 +59,10 @@ def test_encode_writes_normalised_latents_with_header(
     with torch.no_grad():
         expected = model.encode(video.unsqueeze(0))[0].numpy()
     np.testing.assert_allclose(samples["bikes"].latents, expected, rtol=1e-5, atol=1e-5)
-    # Resume: a rerun with the parts kept skips every shard and gives the same dataset.
-    assert main([*argv, "--keep-parts"]) == 0
-    assert main([*argv, "--keep-parts"]) == 0
+    # Resume: a rerun with the parts kept skips every shard and gives the same dataset (a
+    # complete output is replaced only with --overwrite, issue 23).
+    assert main([*argv, "--keep-parts", "--overwrite"]) == 0
+    assert main([*argv, "--keep-parts", "--overwrite"]) == 0
     assert len(mf.LatentDataset(out)) == 3
 
 
@@ -110,11 +111,11 @@ def test_encode_refuses_a_kept_part_of_another_checkpoint(
     assert main(argv) == 0
     first = mf.LatentDataset(out).header
     assert first.vae_checkpoint_id == checkpoint_id(tiny_checkpoint)
-    part = next((tmp_path / "latents.parts").iterdir()) / "dataset.json"
+    part = next(p for p in (tmp_path / "latents.parts").iterdir() if p.is_dir()) / "dataset.json"
     meta = json.loads(part.read_text())
     meta["vae_checkpoint_id"] = "another-vae"
     part.write_text(json.dumps(meta))
-    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "vae_checkpoint_id is 'another-vae'" in err and str(part) in err
     assert mf.LatentDataset(out).header.created == first.created  # the output is untouched

@@ -54,6 +54,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         "keep_parts": args.keep_parts,
         "fast": args.fast,
         "max_activation_bytes": args.max_activation_bytes,
+        "overwrite": args.overwrite or None,
     }
 
     if args.device:
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast", action="store_true", default=None, help="CUDA fast inference path (same maths)"
     )
     p.add_argument("--max-activation-bytes", type=int, help="activation memory budget")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete latent dataset at --output (nothing else is ever replaced), "
+        "or start over from parts of an interrupted run with other settings",
+    )
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("train", help="train from a YAML config")

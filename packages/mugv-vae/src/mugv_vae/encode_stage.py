@@ -6,13 +6,24 @@ rerun skips it: resumable). When every part exists, rank 0 merges the parts, in 
 order, into ``<output>`` (written under a temporary name and renamed). Under ``torchrun`` each
 rank takes shards ``rank, rank + world, ...`` on its own GPU.
 
+Parts are reused only by a run with the same settings: ``<output>.parts`` carries the ownership
+marker of :func:`mugv_formats.outputs.claim_output` with :func:`encode_fingerprint` (checkpoint
+id, input dataset, buckets, frames, mode, seed, dtypes, tile), and each part's header config is
+checked against it; a rerun with other settings is refused (``--overwrite``: start over).
+The output is claimed the same way (a complete latent dataset is replaced only with
+``--overwrite``; an output that is, holds or sits in the input is refused) and locked for the
+run (:func:`mugv_formats.outputs.output_lock`).
+
 Stored latents are normalised once, by the VAE (``latents_normalized = true``), with the
 checkpoint's statistics in the dataset header.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +32,7 @@ from typing import Literal
 import mugv_formats as mf
 import numpy as np
 import torch
+from mugv_formats.outputs import claim_output, marker_kind, output_lock
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
@@ -45,14 +57,14 @@ class EncodeConfig(BaseModel):
     mode: Literal["mode", "sample"] = Field(
         "mode", description="Store the posterior mean ('mode') or a sample ('sample')."
     )
-    seed: int = Field(0, description="Seed for 'sample' mode (per clip: seed + clip index).")
+    seed: int = Field(0, ge=0, description="Seed for 'sample' mode (per clip: seed + clip index).")
     device: str = Field("cuda" if torch.cuda.is_available() else "cpu")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Compute dtype.")
     latent_dtype: Literal["float32", "float16"] = Field("float32", description="Stored dtype.")
     samples_per_shard: int = Field(64, ge=1)
-    tile: int | None = Field(None, description="Spatial tile (pixels) for bounded memory.")
+    tile: int | None = Field(None, ge=8, description="Spatial tile (pixels) for bounded memory.")
     frame_batch_size: int | None = Field(
-        16, description="Frames per trunk call (None: chosen from max_activation_bytes)."
+        16, ge=1, description="Frames per trunk call (None: chosen from max_activation_bytes)."
     )
     fast: bool = Field(
         False,
@@ -63,6 +75,11 @@ class EncodeConfig(BaseModel):
         None, ge=1, description="Activation memory budget (see VAERuntime)."
     )
     keep_parts: bool = Field(False, description="Keep <output>.parts after the merge.")
+    overwrite: bool = Field(
+        False,
+        description="Replace a complete latent dataset at output (only that; anything else "
+        "there is refused), or start over from interrupted parts made with other settings.",
+    )
 
     @field_validator("resolutions")
     @classmethod
@@ -81,6 +98,53 @@ FAST_RUNTIME = {
     "fold_upsample_conv": True,
 }
 """``VAERuntime`` fields of ``--fast`` (the benchmark's ``ours-fast``)."""
+
+
+#: EncodeConfig fields that shape the stored latents (with the checkpoint id and the input).
+SHAPING_FIELDS = ("resolutions", "frames", "mode", "seed", "dtype", "latent_dtype", "tile")
+PARTS_KIND = "mugv.vae-encode-parts"
+
+
+def encode_fingerprint(cfg: EncodeConfig, vae_checkpoint_id: str) -> dict:
+    """Every setting that shapes the latents: a part is reused only under the same ones."""
+    head = Path(cfg.input) / "dataset.json"
+    return {
+        "vae_checkpoint_id": vae_checkpoint_id,
+        "input": os.path.realpath(cfg.input),
+        "input_header_sha256": hashlib.sha256(head.read_bytes()).hexdigest(),
+        **{k: v for k, v in cfg.model_dump(mode="json").items() if k in SHAPING_FIELDS},
+    }
+
+
+def _check_part(part_dir: Path, fingerprint: dict) -> None:
+    """A finished part must have been made with this run's settings."""
+    config = mf.LatentDataset(part_dir).header.config
+    made = config.get("fingerprint")
+    if made != fingerprint:
+        diff = sorted(k for k in fingerprint if (made or {}).get(k) != fingerprint[k])
+        raise ValueError(
+            f"{part_dir / 'dataset.json'}: part made with other settings ({', '.join(diff)}); "
+            "rerun with the same settings, or pass --overwrite to start over"
+        )
+
+
+def _parts_dir(cfg: EncodeConfig, parts: Path, fingerprint: dict, rank: int, world: int):
+    """Claim ``<output>.parts`` (rank 0; the others follow what rank 0 made of it)."""
+    if rank == 0:
+        claim = claim_output(
+            parts,
+            PARTS_KIND,
+            overwrite=cfg.overwrite,
+            inputs=[cfg.input, cfg.checkpoint],
+            settings=fingerprint,
+            what="encode parts folder",
+        )
+        return claim.write_path, claim.path
+    barrier(world)
+    staging = parts.with_name(f".{parts.name}.mugv-new")
+    if marker_kind(staging) == (PARTS_KIND, fingerprint):
+        return staging, parts
+    return parts, parts
 
 
 def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, header_kw, device):
@@ -126,9 +190,7 @@ def _encode_shard(cfg: EncodeConfig, vae, dataset, shard: str, part_dir: Path, h
 
 def run_encode(cfg: EncodeConfig) -> dict:
     """Run the encode stage; returns a summary (also printed by the CLI)."""
-    from mugv_vae import __version__
     from mugv_vae.checkpoint import checkpoint_id
-    from mugv_vae.model import MUGVAE
 
     rank, world, local_rank = init_distributed()
     device = torch.device(cfg.device)
@@ -142,8 +204,58 @@ def run_encode(cfg: EncodeConfig) -> dict:
         )
     shards = list(dataset.header.shards)
     output = Path(cfg.output)
-    parts = Path(f"{output}.parts")
-    parts.mkdir(parents=True, exist_ok=True)
+    ckpt_id = checkpoint_id(cfg.checkpoint)
+    fingerprint = encode_fingerprint(cfg, ckpt_id)
+    inputs = [cfg.input, cfg.checkpoint]
+    out_claim = None
+    if rank == 0:  # checked before any work; the output is written by the merge at the end
+        out_claim = claim_output(
+            output,
+            mf.LATENT_SHARDS_FORMAT,
+            overwrite=cfg.overwrite,
+            inputs=inputs,
+            settings=fingerprint,
+            what="--output",
+        )
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            stack.enter_context(output_lock(output, "--output"))
+        parts, parts_final = _parts_dir(cfg, Path(f"{output}.parts"), fingerprint, rank, world)
+        if rank == 0:
+            barrier(world)
+        return _run(
+            cfg,
+            dataset,
+            shards,
+            output,
+            out_claim,
+            parts,
+            parts_final,
+            fingerprint,
+            ckpt_id,
+            rank,
+            world,
+            device,
+        )
+
+
+def _run(
+    cfg,
+    dataset,
+    shards,
+    output,
+    out_claim,
+    parts,
+    parts_final,
+    fingerprint,
+    ckpt_id,
+    rank,
+    world,
+    device,
+) -> dict:
+    from mugv_vae import __version__
+    from mugv_vae.model import MUGVAE
+
     runtime = {"max_activation_bytes": cfg.max_activation_bytes}
     if cfg.fast and device.type == "cuda":
         runtime.update(FAST_RUNTIME)
@@ -152,15 +264,21 @@ def run_encode(cfg: EncodeConfig) -> dict:
     vae.frame_batch_size = cfg.frame_batch_size
     header_kw = dict(
         producer=f"mugv-vae {__version__}",
-        config=cfg.model_dump(mode="json"),
-        vae_checkpoint_id=checkpoint_id(cfg.checkpoint),
+        config={**cfg.model_dump(mode="json"), "fingerprint": fingerprint},
+        vae_checkpoint_id=ckpt_id,
         latent_channels=vae.config.latent_channels,
         latent_mean=vae.latent_mean.tolist(),
         latent_std=vae.latent_std.tolist(),
         latents_normalized=True,
     )
     mine = shards[rank::world]
-    todo = [s for s in mine if not (parts / Path(s).stem / "dataset.json").is_file()]
+    todo = []
+    for s in mine:
+        part = parts / Path(s).stem
+        if (part / "dataset.json").is_file():
+            _check_part(part, fingerprint)
+        else:
+            todo.append(s)
     start, encoded = time.perf_counter(), 0
     for shard in tqdm(todo, desc=f"encode rank {rank}", disable=rank != 0):
         part = parts / Path(shard).stem
@@ -174,8 +292,14 @@ def run_encode(cfg: EncodeConfig) -> dict:
         "output": str(output),
     }
     if rank == 0:
-        summary["samples"] = _merge(cfg, shards, parts, output, header_kw)
-        if not cfg.keep_parts:
+        summary["samples"] = _merge(cfg, shards, parts, out_claim.write_path, header_kw)
+        out_claim.commit()
+        if parts != parts_final and marker_kind(parts_final) is not None:
+            shutil.rmtree(parts_final)  # the interrupted parts of other settings (ours)
+        if cfg.keep_parts:
+            if parts != parts_final:
+                os.replace(parts, parts_final)
+        else:
             shutil.rmtree(parts)
     barrier(world)
     return summary

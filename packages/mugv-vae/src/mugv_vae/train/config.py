@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +36,7 @@ class DataConfig(_Cfg):
         0.25, ge=0, le=1, description="Share of steps whose batch is single images (T=1)."
     )
     num_workers: int = Field(0, ge=0)
-    decoder_windows: list[int] = Field(
+    decoder_windows: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 4, 8], description="Decoder windows R sampled per step."
     )
     eval_clips: str | None = Field(None, description="Held-out clips for periodic PSNR.")
@@ -45,26 +45,35 @@ class DataConfig(_Cfg):
 class LossConfig(_Cfg):
     """Loss weights and the GAN stage (YAML key ``loss``)."""
 
-    mse: float = 1.0
-    l1: float = 1.0
-    adaptive_l1: float = Field(1.0, description="Strength of the |dt Laplacian| L1 weight.")
-    perceptual: float = 0.1
+    mse: float = Field(1.0, ge=0, allow_inf_nan=False)
+    l1: float = Field(1.0, ge=0, allow_inf_nan=False)
+    adaptive_l1: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="Strength of the |dt Laplacian| L1 weight."
+    )
+    perceptual: float = Field(0.1, ge=0, allow_inf_nan=False)
     lpips_weights: str | None = Field(None, description="Local LPIPS weights file.")
-    kl: float = 1e-6
-    gan: float = Field(0.05, description="Generator hinge-loss weight in the GAN stage.")
-    gan_start_step: int | None = Field(None, description="Enable the GAN stage from this step.")
-    disc_channels: int = 64
-    disc_lr: float = 1e-4
+    kl: float = Field(1e-6, ge=0, allow_inf_nan=False)
+    gan: float = Field(
+        0.05, ge=0, allow_inf_nan=False, description="Generator hinge-loss weight (GAN stage)."
+    )
+    gan_start_step: int | None = Field(
+        None, ge=0, description="Enable the GAN stage from this step."
+    )
+    disc_channels: int = Field(64, ge=1)
+    disc_lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
 
 
 class OptimConfig(_Cfg):
     """AdamW and its schedule (YAML key ``optim``)."""
 
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    betas: tuple[
+        Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)],
+        Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)],
+    ] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class TrainConfig(_Cfg):
@@ -76,21 +85,24 @@ class TrainConfig(_Cfg):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     steps: int = Field(100, ge=1)
-    seed: int = 0
-    ema_decay: float = 0.999
+    seed: int = Field(0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, le=1, allow_inf_nan=False)
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bf16 autocast on GPU, float32 on CPU."
     )
     parallel: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
     device: str | None = None
-    log_every: int = 10
-    image_every: int = 100
-    checkpoint_every: int = 100
-    eval_every: int = 0
-    keep_checkpoints: int = 2
+    log_every: int = Field(10, ge=1)
+    image_every: int = Field(100, ge=0, description="0: no image logs.")
+    checkpoint_every: int = Field(100, ge=1)
+    eval_every: int = Field(0, ge=0, description="0: no periodic evaluation.")
+    keep_checkpoints: int = Field(2, ge=0, description="0: keep every checkpoint.")
     save_final: bool = Field(True, description="Write a checkpoint after the last step.")
     max_seconds: float | None = Field(
-        None, description="Stop (cleanly, as after the last step) once this much time passed."
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Stop (cleanly, as after the last step) once this much time passed.",
     )
 
 
