@@ -154,3 +154,38 @@ def test_asset_names_are_safe_and_distinct():
     assert safe[3] == "k0.jpg" and len(set(safe)) == len(safe)
     assert all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._/-]*", s) for s in safe), safe
     assert all(".." not in s.split("/") for s in safe)
+
+
+def test_any_source_file_name_passes_the_curate_stage_inputs(tmp_path):
+    """Names with a newline, a carriage return, a tab, quotes, a leading dash and bytes that are
+    not UTF-8: the umbrella's input list (read back by mugv-data's own reader) and caption table
+    (read by the csv module) name exactly these files."""
+    import csv
+    import io
+    import os
+
+    from mugv.stages import caption_for, write_curate_inputs
+    from mugv_data.inputs import discover_inputs
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    names = ["a\nb.mp4", "c\rd.mp4", "tab\there.mov", '"q",x.mp4', "-dash.mp4", "plain.mp4",
+             os.fsdecode(b"caf\xe9.mp4"), "no-suffix", "odd.s\nfx"]  # fmt: skip
+    videos = []
+    for n in names:
+        p = src / n
+        p.write_bytes(b"video")
+        videos.append(p)
+    captions = {v: caption_for(v, {"plain.mp4": "line one\nline two"}) for v in videos}
+    run = RunLayout(tmp_path / "run")
+    write_curate_inputs(run, videos, captions, {"dedup": {"enabled": False}})
+
+    listed = discover_inputs([f"@{run.curate_inputs}"], [".mp4"])
+    assert sorted(map(os.fsencode, listed)) == sorted(os.fsencode(v.resolve()) for v in videos)
+    text = run.curate_captions.read_bytes().decode("utf-8", "surrogateescape")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == ["source", "caption"]
+    assert sorted(map(tuple, rows[1:])) == sorted((str(v), captions[v]) for v in videos)
+    # every line of the list is one plain path inside the run folder
+    for line in run.curate_inputs.read_text().splitlines():
+        assert re.fullmatch(r"[A-Za-z0-9/._+-]+", line) and line.startswith(str(run.root)), line

@@ -54,6 +54,7 @@ class RunLayout:
     curate_captions = _Under("curate/captions.csv")
     curate_config = _Under("curate/config.yaml")
     curate_inputs = _Under("curate/inputs.txt")
+    curate_links = _Under("curate/inputs")  # a link per input video, under a safe name
     clips = _Under("clips")
     # vae, recon
     vae_train = _Under("vae-train")

@@ -26,12 +26,13 @@ import csv
 import importlib.util
 import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
-from mugv_formats import atomic_write_text
+from mugv_formats import atomic_write_bytes, atomic_write_text
 
 from mugv.config import PipelineConfig
 from mugv.layout import RunLayout
@@ -93,6 +94,40 @@ def merged(config: dict, **changes) -> dict:
     return out
 
 
+def stage_inputs(videos: list[Path], folder: Path) -> list[Path]:
+    """A symbolic link per video in ``folder``, named ``NNNNN`` plus the video's suffix where
+    that is plain (``.mp4``): the list handed to mugv-data holds these names only, so any file
+    name (a newline, a control character, bytes that are not UTF-8) passes through it; the
+    curator resolves each link back to the video itself."""
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for i, video in enumerate(videos):
+        suffix = video.suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", video.suffix) else ""
+        link = folder / f"{i:05d}{suffix.lower()}"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(video.absolute())
+        links.append(link)
+    return links
+
+
+def write_curate_inputs(
+    run: RunLayout, videos: list[Path], captions: dict[Path, str], config: dict
+) -> None:
+    """The curate stage's inputs: the caption table (CSV, any file name quoted), the list of
+    input links (one safe name a line) and mugv-data's config pointing at the table."""
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["source", "caption"])
+    w.writerows([str(v), captions[v]] for v in videos)
+    # file names that are not UTF-8 stay the bytes the file system holds
+    atomic_write_bytes(run.curate_captions, table.getvalue().encode("utf-8", "surrogateescape"))
+    captions_from = {"source": "table", "table_path": str(run.curate_captions)}
+    write_yaml(run.curate_config, {**config, "captions": captions_from})
+    links = stage_inputs(videos, run.curate_links)
+    atomic_write_text(run.curate_inputs, "".join(f"{link}\n" for link in links))
+
+
 def _stamp(p: Path) -> list:
     st = p.stat()
     return [str(p), st.st_size, int(st.st_mtime)]
@@ -103,14 +138,7 @@ def curate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     captions = {v: caption_for(v, cfg.curate.captions) for v in videos}
 
     def write_inputs() -> None:
-        table = io.StringIO(newline="")
-        w = csv.writer(table)
-        w.writerow(["source", "caption"])
-        w.writerows([str(v), captions[v]] for v in videos)
-        atomic_write_text(run.curate_captions, table.getvalue())
-        captions_from = {"source": "table", "table_path": str(run.curate_captions)}
-        write_yaml(run.curate_config, {**cfg.curate.config, "captions": captions_from})
-        atomic_write_text(run.curate_inputs, "".join(f"{v}\n" for v in videos))
+        write_curate_inputs(run, videos, captions, cfg.curate.config)
 
     curate = [script("mugv-data"), "curate", str(run.curate_config)]
     return Stage(
