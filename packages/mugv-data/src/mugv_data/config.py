@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Frozen(BaseModel):
-    """Base of every config: immutable, unknown keys are an error."""
+    """Base of every config: immutable, unknown keys are an error, no float is NaN or
+    infinite, and every numeric field declares its valid range (``Field`` bounds; the range
+    filters' ``min``/``max`` are any finite numbers with ``min <= max``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class InputConfig(Frozen):
@@ -41,30 +43,30 @@ class DecodeConfig(Frozen):
     """Compare decord and PyAV frames at a few indices and fall back to PyAV when they
     disagree: ``always``, or only for ``risky`` streams (MPEG-1/2 video, MPEG-PS/TS
     containers, first timestamp not 0, variable frame rate). Frame counts are always compared."""
-    agreement_tolerance: float = 6.0
+    agreement_tolerance: float = Field(6.0, ge=0, le=255)
     """Max mean absolute pixel difference (0-255) for two decoders to count as agreeing."""
-    analysis_short_side: int = Field(360, ge=32)
+    analysis_short_side: int = Field(360, ge=32, le=8192)
     """Frames used for scoring are resized so their short side is at most this."""
-    cache_mb: int = Field(1024, ge=0)
+    cache_mb: int = Field(1024, ge=0, le=1 << 30)
     """Keep every analysis frame of a source in memory up to this size; beyond it re-decode."""
     max_file_bytes: int = Field(64 << 30, gt=0)
     """Files larger than this are skipped (recorded as rejects)."""
     max_duration_s: float = Field(4 * 3600.0, gt=0)
     """Videos longer than this are skipped (recorded as rejects)."""
-    vfr_tolerance: float = Field(0.05, ge=0)
+    vfr_tolerance: float = Field(0.05, ge=0, le=10)
     """Relative std of frame intervals above which a stream counts as variable frame rate."""
-    threads: int = Field(1, ge=0)
+    threads: int = Field(1, ge=0, le=1024)
     """Decoder threads per worker (0: decoder default)."""
 
 
 class SplitConfig(Frozen):
     """Shot splitting (PySceneDetect detectors + a twin-comparison dissolve detector)."""
 
-    content_threshold: float = Field(27.0, gt=0)
+    content_threshold: float = Field(27.0, gt=0, le=255)
     """ContentDetector threshold for hard cuts (HSV delta, 0-255)."""
     adaptive: bool = False
     """Use AdaptiveDetector (robust to fast camera motion) instead of ContentDetector."""
-    fade_threshold: float = Field(12.0, ge=0)
+    fade_threshold: float = Field(12.0, ge=0, le=255)
     """ThresholdDetector luma level for fades to/from black (0 disables)."""
     dissolve: bool = True
     """Detect gradual transitions (dissolves) with twin comparison."""
@@ -73,17 +75,17 @@ class SplitConfig(Frozen):
     gradual transition."""
     dissolve_high: float = Field(0.4, gt=0, le=1)
     """Histogram distance between the ends of a candidate that makes it a transition."""
-    dissolve_window: int = Field(6, ge=2)
+    dissolve_window: int = Field(6, ge=2, le=100_000)
     """Minimum number of frames of a gradual transition."""
-    min_scene_frames: int = Field(8, ge=1)
+    min_scene_frames: int = Field(8, ge=1, le=100_000)
     """Minimum distance between two detected cuts, in frames."""
-    trim_frames: int = Field(2, ge=0)
+    trim_frames: int = Field(2, ge=0, le=100_000)
     """Frames dropped at each side of a shot (transition remnants)."""
-    min_clip_s: float = Field(2.0, gt=0)
+    min_clip_s: float = Field(2.0, gt=0, le=86_400)
     """Shots shorter than this are rejected."""
-    max_clip_s: float = Field(10.0, gt=0)
+    max_clip_s: float = Field(10.0, gt=0, le=86_400)
     """Longer shots are cut into consecutive clips of at most this length."""
-    detect_short_side: int = Field(144, ge=16)
+    detect_short_side: int = Field(144, ge=16, le=8192)
     """Resolution (short side) at which shots are detected."""
 
     @model_validator(mode="after")
@@ -100,10 +102,10 @@ class SplitConfig(Frozen):
 class ClipConfig(Frozen):
     """How kept clips are re-encoded."""
 
-    fps: float | None = Field(None, gt=0)
+    fps: float | None = Field(None, gt=0, le=1000)
     """Normalise every clip to this frame rate (None: keep the source rate; VFR sources are
     always resampled to their dominant rate, the rate of their most common frame interval)."""
-    short_side: int | None = Field(None, ge=16)
+    short_side: int | None = Field(None, ge=16, le=8192)
     """Resize so the short side is this (None: keep size). Never upscales."""
     crf: int = Field(20, ge=0, le=51)
     preset: str = "veryfast"
@@ -117,19 +119,25 @@ class RangeFilterConfig(Frozen):
     min: float | None = None
     max: float | None = None
 
+    @model_validator(mode="after")
+    def _check_range(self) -> RangeFilterConfig:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min={self.min} > max={self.max}: no clip could pass")
+        return self
+
 
 class SharpnessConfig(RangeFilterConfig):
     min: float | None = 200.0
     max: float | None = 2000.0
-    num_frames: int = Field(3, ge=1)
+    num_frames: int = Field(3, ge=1, le=1000)
 
 
 class MotionConfig(RangeFilterConfig):
     min: float | None = 1.0
     max: float | None = 20.0
-    frame_gap: int = Field(1, ge=1)
+    frame_gap: int = Field(1, ge=1, le=1000)
     """Distance (frames) between the two frames of each of the 3 pairs."""
-    flow_short_side: int = Field(128, ge=16)
+    flow_short_side: int = Field(128, ge=16, le=8192)
     """Resolution (short side) at which flow is computed (never upscaled)."""
     method: Literal["farneback", "raft"] = "farneback"
     """``raft``: torchvision RAFT (needs torchvision and local weights; meant for GPUs)."""
@@ -137,15 +145,16 @@ class MotionConfig(RangeFilterConfig):
     """Local state dict of torchvision ``raft_large`` / ``raft_small`` (see raft_small)."""
     raft_small: bool = False
     device: str = "cuda"
-    units_short_side: int = Field(256, ge=16)
+    units_short_side: int = Field(256, ge=16, le=8192)
     """Motion is reported in pixels of a frame with this short side, whatever the compute and
     source resolutions, so thresholds do not depend on either."""
 
 
 class BorderConfig(RangeFilterConfig):
     max: float | None = 0.15
-    luma_threshold: float = 20.0
-    num_frames: int = Field(3, ge=1)
+    luma_threshold: float = Field(20.0, ge=0, le=255)
+    """Luma (0-255) at or below which a row or column counts as black border."""
+    num_frames: int = Field(3, ge=1, le=1000)
 
 
 class StaticConfig(RangeFilterConfig):
@@ -153,20 +162,21 @@ class StaticConfig(RangeFilterConfig):
     """Min mean absolute frame difference (0-255) between frames across the clip."""
     max_frozen_ratio: float = Field(0.5, ge=0, le=1)
     """Max fraction of consecutive frame pairs that are identical (frozen)."""
-    frozen_eps: float = 0.25
+    frozen_eps: float = Field(0.25, ge=0, le=255)
+    """Mean absolute difference (0-255) at or below which two frames count as identical."""
 
 
 class BrightnessConfig(RangeFilterConfig):
     min: float | None = 20.0
     max: float | None = 235.0
-    num_frames: int = Field(3, ge=1)
+    num_frames: int = Field(3, ge=1, le=1000)
 
 
 class TextConfig(RangeFilterConfig):
     max: float | None = 0.02
-    num_frames: int = Field(1, ge=1)
+    num_frames: int = Field(1, ge=1, le=1000)
     """Frames (evenly spaced) on which text is detected; the max ratio is the score."""
-    det_limit_side: int = Field(640, ge=32)
+    det_limit_side: int = Field(640, ge=32, le=8192)
 
 
 class AestheticConfig(RangeFilterConfig):
@@ -177,8 +187,8 @@ class AestheticConfig(RangeFilterConfig):
     head_path: str | None = None
     """Local LAION aesthetic MLP weights (.pth / .safetensors)."""
     device: str = "cuda"
-    batch_size: int = Field(32, ge=1)
-    num_frames: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1, le=65536)
+    num_frames: int = Field(1, ge=1, le=1000)
 
 
 class FiltersConfig(Frozen):
@@ -201,10 +211,10 @@ class CaptionConfig(Frozen):
     model_path: str | None = None
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    batch_size: int = Field(8, ge=1)
-    num_frames: int = Field(8, ge=1)
-    frame_short_side: int = Field(224, ge=28)
-    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(8, ge=1, le=65536)
+    num_frames: int = Field(8, ge=1, le=1000)
+    frame_short_side: int = Field(224, ge=28, le=8192)
+    max_new_tokens: int = Field(96, ge=1, le=100_000)
     prompt: str = "Describe this video in detail: subjects, actions, scene, camera motion."
 
 
@@ -230,18 +240,18 @@ class BalanceConfig(Frozen):
 
 class EngineConfig(Frozen):
     kind: Literal["sequential", "process", "ray"] = "process"
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=65536)
     """Worker processes/actors (0: one per available CPU)."""
     ray_address: str | None = None
     """Join this Ray cluster (``auto`` or ``ray://host:port``); None starts a local one."""
-    ray_num_cpus: int | None = None
+    ray_num_cpus: int | None = Field(None, ge=1, le=1 << 20)
     """CPUs of a locally started Ray (None: all)."""
 
 
 class OutputConfig(Frozen):
     path: str | None = None
-    clips_per_shard: int = Field(64, ge=1)
-    report_thumbnails: int = Field(48, ge=0)
+    clips_per_shard: int = Field(64, ge=1, le=1_000_000)
+    report_thumbnails: int = Field(48, ge=0, le=100_000)
     """Max thumbnails of kept and of rejected clips in the HTML report."""
 
 

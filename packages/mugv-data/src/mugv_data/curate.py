@@ -37,7 +37,7 @@ from tqdm import tqdm
 from mugv_data import __version__
 from mugv_data.config import CurateConfig, dump_config
 from mugv_data.engines import make_engine
-from mugv_data.inputs import discover_inputs, source_id
+from mugv_data.inputs import discover_inputs, printable, printable_tree, source_id
 from mugv_data.per_source import SourceResult
 from mugv_data.report import write_report
 from mugv_data.stages.dataset import (
@@ -126,7 +126,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
     except OSError as e:
         raise ValueError(f"output.path {out}: cannot create the directory ({e})") from None
     atomic_write_text(out / RESOLVED_CONFIG, dump_config(config))
-    sources = discover_inputs(config.input.paths, config.input.extensions)
+    sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out])
     if not sources:
         raise ValueError(f"no input videos found in {config.input.paths}")
     staging = Staging(out)
@@ -182,7 +182,7 @@ def write_shards(
     writer = ClipShardWriter(
         out,
         producer=PRODUCER,
-        config=config.model_dump(mode="json"),
+        config=printable_tree(config.model_dump(mode="json")),
         clips_per_shard=config.output.clips_per_shard,
     )
     existing = {r.key for r in writer.existing_records()}
@@ -196,7 +196,7 @@ def write_shards(
                 raise RuntimeError(f"staged clip {mp4} is missing; delete {staging.root} and rerun")
             rec = ClipRecord(
                 key=c.key,
-                source=k.source.source,
+                source=printable(k.source.source),
                 start_s=c.start_s,
                 end_s=c.end_s,
                 fps=c.fps,
@@ -204,8 +204,8 @@ def write_shards(
                 width=c.width,
                 height=c.height,
                 scores=c.scores,
-                caption=k.caption,
-                tags=k.tags,
+                caption=printable(k.caption),
+                tags=[printable(t) for t in k.tags],
                 sample_weight=k.weight,
                 extra={
                     "source_start_frame": c.start_frame,
@@ -227,6 +227,8 @@ def write_rejects(path: Path, rows: list[dict[str, Any]]) -> None:
             ("reason", pa.string()),
         ]
     )
+    # every string as valid UTF-8 (a source name's non-UTF-8 bytes as \xNN escapes)
+    rows = [{k: printable(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
     table = pa.Table.from_pylist(rows, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -239,7 +241,7 @@ def read_rejects(out_dir: str | Path) -> list[dict[str, Any]]:
 
 def _load_results(out: Path, config: CurateConfig) -> list[SourceResult]:
     staging = Staging(out)
-    sources = discover_inputs(config.input.paths, config.input.extensions)
+    sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out])
     return [staging.load(source_id(s)) for s in sources if staging.done(source_id(s))]
 
 

@@ -1,5 +1,10 @@
 """HTML report: counts per stage, a histogram of every score (inline SVG, kept vs rejected),
-and thumbnails of kept and rejected clips with their scores and reasons."""
+and thumbnails of kept and rejected clips with their scores and reasons.
+
+Every value put into the page goes through :func:`esc` (HTML-escaped, quotes too, and valid
+UTF-8): file names, keys, captions, tags, reasons, decoder messages and config values are
+user-controlled, so none of them can open a tag or an attribute.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,16 @@ import numpy as np
 from mugv_formats import atomic_write_text
 
 from mugv_data.config import CurateConfig
+from mugv_data.inputs import printable
 
 REPORT = "report.html"
 REPORT_DIR = "report"
+
+
+def esc(value: object) -> str:
+    """``value`` as HTML text or attribute content: ``str()``, non-UTF-8 file-name bytes as
+    ``\\xNN``, then ``& < > " '`` escaped."""
+    return html.escape(printable(str(value)), quote=True)
 
 
 def histogram_svg(
@@ -29,7 +41,9 @@ def histogram_svg(
     vals = vals[np.isfinite(vals)]
     w, h, pad = 320, 140, 24
     if len(vals) == 0:
-        return f"<svg width='{w}' height='{h}'><text x='10' y='20'>{html.escape(name)}: no data</text></svg>"
+        return (
+            f"<svg width='{w}' height='{h}'><text x='10' y='20'>{esc(name)}: no data</text></svg>"
+        )
     lo, hi = float(vals.min()), float(vals.max())
     if hi <= lo:
         hi = lo + 1.0
@@ -40,7 +54,7 @@ def histogram_svg(
     bw = (w - 2 * pad) / bins
     parts = [
         f"<svg width='{w}' height='{h}' xmlns='http://www.w3.org/2000/svg'>",
-        f"<text x='{pad}' y='14' font-size='12'>{html.escape(name)} (n={len(vals)})</text>",
+        f"<text x='{pad}' y='14' font-size='12'>{esc(name)} (n={len(vals)})</text>",
     ]
     for i in range(bins):
         x = pad + i * bw
@@ -101,20 +115,16 @@ def write_report(out: Path, results, kept, staging, config: CurateConfig) -> Pat
         img = ""
         if src.is_file():
             shutil.copyfile(src, thumbs_dir / src.name)
-            img = f"<img src='{REPORT_DIR}/thumbs/{src.name}' height='96'>"
+            img = f"<img src='{esc(REPORT_DIR)}/thumbs/{esc(src.name)}' height='96'>"
         sc = " ".join(
             f"{k}={v:.3g}" for k, v in sorted(c.scores.items()) if not k.startswith("motion_")
         )
-        why = (
-            ""
-            if c.key in kept_keys
-            else f"<br><b>{html.escape(str(c.rejected_stage))}</b>: {html.escape(str(c.reason))}"
-        )
+        why = "" if c.key in kept_keys else f"<br><b>{esc(c.rejected_stage)}</b>: {esc(c.reason)}"
         cap = captions.get(c.key, "")
-        cap = f"<br><i>{html.escape(cap[:160])}</i>" if cap else ""
+        cap = f"<br><i>{esc(cap[:160])}</i>" if cap else ""
         return (
-            f"<div class='card'>{img}<br><code>{c.key}</code> {Path(r.source).name} "
-            f"[{c.start_s:.2f}-{c.end_s:.2f}s]<br><small>{html.escape(sc)}{why}{cap}</small></div>"
+            f"<div class='card'>{img}<br><code>{esc(c.key)}</code> {esc(Path(r.source).name)} "
+            f"[{c.start_s:.2f}-{c.end_s:.2f}s]<br><small>{esc(sc)}{why}{cap}</small></div>"
         )
 
     kept_cards = [card(r, c) for r, c in all_clips if c.key in kept_keys][:n_thumbs]
@@ -123,20 +133,19 @@ def write_report(out: Path, results, kept, staging, config: CurateConfig) -> Pat
         histogram_svg(n, k, rj, bounds=_bounds(config, n)) for n, (k, rj) in sorted(scores.items())
     )
     rows = "".join(
-        f"<tr><td>{html.escape(str(s))}</td><td>{n}</td></tr>"
-        for s, n in sorted(stage_counts.items(), key=str)
+        f"<tr><td>{esc(s)}</td><td>{n}</td></tr>" for s, n in sorted(stage_counts.items(), key=str)
     )
     srows = "".join(
-        f"<tr><td>{html.escape(Path(r.source).name)}</td><td>{html.escape(str(r.decoder))}</td>"
-        f"<td>{html.escape(str(r.fallback_reason or ''))}</td>"
-        f"<td>{(r.probe or {}).get('duration_s', '')}</td><td>{len(r.clips)}</td>"
+        f"<tr><td>{esc(Path(r.source).name)}</td><td>{esc(r.decoder)}</td>"
+        f"<td>{esc(r.fallback_reason or '')}</td>"
+        f"<td>{esc((r.probe or {}).get('duration_s', ''))}</td><td>{len(r.clips)}</td>"
         f"<td>{sum(c.key in kept_keys for c in r.clips)}</td></tr>"
         for r in results
         if r.reject_stage is None
     )
     frows = "".join(
-        f"<tr><td>{html.escape(Path(r.source).name)}</td><td>{html.escape(str(r.reject_kind))}</td>"
-        f"<td>{html.escape(str(r.reject_detail))}</td></tr>"
+        f"<tr><td>{esc(Path(r.source).name)}</td><td>{esc(r.reject_kind)}</td>"
+        f"<td>{esc(r.reject_detail)}</td></tr>"
         for r in file_rejects
     )
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>mugv-data report</title>

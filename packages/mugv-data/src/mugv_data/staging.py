@@ -13,9 +13,8 @@ from pathlib import Path
 
 from mugv_formats import atomic_write_bytes, atomic_write_text
 
+from mugv_data.inputs import STAGING
 from mugv_data.per_source import ClipOutcome, SourceResult
-
-STAGING = ".staging"
 
 
 class Staging:
