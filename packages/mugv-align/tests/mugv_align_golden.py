@@ -25,7 +25,7 @@ from mugv_align_fixtures import make_export, make_task_latents, write_config, wr
 
 GOLDEN = Path(__file__).parent / "golden" / "losses.json"
 STEPS = 5
-KEYS = ("loss", "pref_loss", "reward_margin", "pref_accuracy", "implicit_kl", "sft_loss")
+KEYS = ("loss", "pref_loss", "reward_margin", "pref_accuracy", "mean_error_gap", "sft_loss")
 
 
 def _align(kind: str, root: Path) -> dict:

@@ -27,10 +27,11 @@ def test_sources_interleave_by_weight_and_epochs_cover_every_item():
     plans = [s.plan(step) for step in range(2000)]
     share_a = sum(src == 0 for src, _ in plans) / len(plans)
     assert share_a == pytest.approx(0.75, abs=0.03)
-    # within one (source, bucket) an epoch visits every item once before repeating
+    # within one (source, bucket) an epoch visits every item once before repeating, and
+    # each visit carries its epoch (the item's visit count: the seed of its fresh draw)
     b_items = [i for src, micro in plans if src == 1 for mb in micro for i in mb]
     for e in range(len(b_items) // 5):
-        assert sorted(b_items[5 * e : 5 * e + 5]) == list(range(5))
+        assert sorted(b_items[5 * e : 5 * e + 5]) == [(i, e) for i in range(5)]
 
 
 def test_plans_resume_from_saved_cursors():

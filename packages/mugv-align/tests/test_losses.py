@@ -101,3 +101,49 @@ def test_kto_loss_matches_formula(des):
 def test_kto_reference_point_is_clamped_at_zero():
     assert kto_reference_point(torch.tensor(-3.0), 4).item() == 0.0
     assert kto_reference_point(torch.tensor(2.0), 4).item() == 0.5
+
+
+@pytest.mark.parametrize("margin", [-1e4, -800.0, -50.0, 0.0, 50.0, 800.0, 1e4])
+def test_losses_stay_finite_at_large_margins_float64(margin):
+    """Flow-DPO is -logsigmoid(margin): finite with a finite gradient for any finite margin
+    (log(sigmoid(x)) is -inf below x ~ -745 in float64, where exp(-x) overflows); Flow-KTO's
+    1 - sigmoid(.) is finite too. Against closed forms: -logsigmoid(x) = log1p(exp(-x)) for
+    x >= 0 and -x + log1p(exp(x)) for x < 0; d/dx = -sigmoid(-x)."""
+    beta = 2.0
+    # margin = -beta/2 * (e_w - e_w_ref): put the whole margin on the winner's error
+    e_w = torch.tensor([-margin / (beta / 2)], dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    loss = flow_dpo_loss(e_w, zero, zero, zero, beta)
+    assert dpo_margin(e_w, zero, zero, zero, beta).item() == pytest.approx(margin)
+    x = margin
+    want = math.log1p(math.exp(-x)) if x >= 0 else -x + math.log1p(math.exp(x))
+    assert torch.isfinite(loss).all()
+    assert loss.item() == pytest.approx(want, rel=1e-12, abs=1e-300)
+    (grad,) = torch.autograd.grad(loss.sum(), e_w)
+    # dloss/de_w = -sigmoid(-x) * dx/de_w = -sigmoid(-x) * (-beta/2)
+    assert torch.isfinite(grad).all()
+    want_grad = (beta / 2) * (1.0 / (1.0 + math.exp(x)) if x < 700 else math.exp(-x))
+    assert grad.item() == pytest.approx(want_grad, rel=1e-9, abs=1e-300)
+    # KTO at the same scale: w (1 - sigmoid(beta (g - z))) for a desirable sample
+    e = torch.tensor([-margin / beta], dtype=torch.float64, requires_grad=True)
+    k = flow_kto_loss(e, zero, torch.tensor([True]), torch.zeros(()), beta)
+    assert torch.isfinite(k).all()
+    s = x  # beta * (g - z) with g = -e
+    assert k.item() == pytest.approx(1.0 / (1.0 + math.exp(s)) if s < 700 else 0.0, abs=1e-300)
+    (kg,) = torch.autograd.grad(k.sum(), e)
+    assert torch.isfinite(kg).all()
+
+
+def test_dpo_loss_is_logsigmoid_not_log_of_sigmoid(monkeypatch):
+    """The loss goes through F.logsigmoid: the straightforward log(sigmoid(x)) is -inf (loss
+    +inf, gradient nan) at margin -800 in float64, which the test above would catch."""
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.logsigmoid
+    monkeypatch.setattr(F, "logsigmoid", lambda x: calls.append(1) or real(x))
+    zero = torch.zeros(1, dtype=torch.float64)
+    flow_dpo_loss(torch.ones(1, dtype=torch.float64), zero, zero, zero, 1.0)
+    assert calls
+    naive = -torch.log(torch.sigmoid(torch.tensor([-800.0], dtype=torch.float64)))
+    assert torch.isinf(naive).all()  # the failure mode the formula avoids

@@ -63,11 +63,18 @@ def _run(cfg_path: Path, max_steps=None, **kw):
         trainer.close()
 
 
-def _held_out(task, kind, run_state, beta):
-    from mugv_align.data import load_source
-    from mugv_align.evaluate import preference_metrics
-    from mugv_dit.config import ObjectiveConfig
+def _held_out(task, kind, run_state):
+    """Held-out preference accuracy and mean signed gap, computed here independently of the
+    package (no mugv_align.data / losses / evaluate): each pair's chosen and rejected latents
+    are read from the latent set by key, noised with the test's own draws (a noise level in
+    (0.2, 0.8) and a Gaussian noise shared by the pair, the flow path x = (1 - s) x0 + s eps,
+    velocity target x0 - eps), both models predict, and the velocity errors are float64 means
+    over all elements. A pair counts as learned when the policy lowered the chosen's error
+    relative to the reference more than the rejected's: (e_c - e_c_ref) < (e_r - e_r_ref).
+    KTO: a pass sample is learned when e < e_ref, a fail sample when e > e_ref."""
+    from mugv_dit.data.plan import LatentIndex, collate
     from mugv_dit.interop.export import build_model_from_export, load_full_state_dict
+    from mugv_dit.model import PackedText
 
     root = task["root"]
     ref = build_model_from_export(root / "init").eval()
@@ -75,13 +82,49 @@ def _held_out(task, kind, run_state, beta):
     load_full_state_dict(
         pol, {k: v for k, v in run_state.items() if not k.endswith("_extra_state")}
     )
-    src = load_source(root / f"{kind}_held", kind=kind, text_dim=32, channels=4)
-    obj = ObjectiveConfig(task_ratios={"t2v": 1.0}, caption_dropout=0.0)
-    return preference_metrics(pol, ref, src, obj, beta=beta, draws=4)
+    index = LatentIndex(root / "held_lat")
+    row = {r.key: i for i, r in enumerate(index.records)}
+    rows = [json.loads(x) for x in (root / f"{kind}_h.jsonl").read_text().splitlines()]
+    gen = torch.Generator().manual_seed(2024)
+
+    @torch.no_grad()
+    def errors(keys, sigma, eps):
+        clean = collate([index.load(row[k]) for k in keys], "cpu")
+        x0 = clean.latents_BCTHW.double()
+        noisy = (1 - sigma) * x0 + sigma * eps
+        target = x0 - eps
+        out = []
+        for model in (pol, ref):
+            pred = model(
+                noisy.float(),
+                torch.full((len(keys),), sigma),
+                PackedText.from_list(clean.texts),
+                fps_B=clean.fps_B,
+                noisy_frames_BT=torch.ones(len(keys), x0.shape[2], dtype=torch.bool),
+                drop_caption_B=torch.zeros(len(keys), dtype=torch.bool),
+            )
+            out.append((pred[:, : x0.shape[1]].double() - target).pow(2).flatten(1).mean(1))
+        return out
+
+    scores = []
+    for r in rows:
+        for _ in range(4):
+            sigma = 0.2 + 0.6 * float(torch.rand((), generator=gen))
+            eps = torch.randn((1, 4, 1, 4, 4), generator=gen, dtype=torch.float64)
+            if kind == "dpo":
+                (e_c, e_r), (ref_c, ref_r) = errors([r["chosen"], r["rejected"]], sigma, eps)
+                scores.append(float((e_r - ref_r) - (e_c - ref_c)))
+            else:
+                (e,), (e_ref,) = errors([r["key"]], sigma, eps)
+                sign = 1.0 if r["label"] == "pass" else -1.0
+                scores.append(sign * float(e_ref - e))
+    return {
+        "accuracy": sum(x > 0 for x in scores) / len(scores),
+        "margin": sum(scores) / len(scores),
+    }
 
 
-@pytest.mark.parametrize("kind", ["dpo", "kto"])
-def test_preference_training_raises_held_out_accuracy(task, tmp_path, kind):
+def _train_and_score(task, tmp_path, kind):
     root = task["root"]
     align = {
         "mode": kind,
@@ -95,20 +138,73 @@ def test_preference_training_raises_held_out_accuracy(task, tmp_path, kind):
     cfg = write_config(
         tmp_path / "c.yaml",
         tmp_path / "run",
-        align=align,
         steps=10,
-        lr=4e-3,
+        align=align,
         train={"init_from": str(root / "init")},
     )
     logs, state, _, _ = _run(cfg)
+    return logs, _held_out(task, kind, state)
+
+
+def _check_learned(kind, logs, metrics):
     assert logs[0]["pref_loss"] == pytest.approx(
         0.6931471805599453 if kind == "dpo" else logs[0]["pref_loss"]
     )
-    metrics = _held_out(task, kind, state, beta=20.0)
-    print(kind, logs[0]["pref_loss"], logs[-1]["pref_loss"], metrics)
     assert metrics["accuracy"] >= 0.8, metrics
-    assert metrics["margin"] > 0
+    assert metrics["margin"] > 0, metrics
     assert logs[-1]["pref_loss"] < logs[0]["pref_loss"]
+
+
+@pytest.mark.parametrize("kind", ["dpo", "kto"])
+def test_preference_training_raises_held_out_accuracy(task, tmp_path, kind):
+    logs, metrics = _train_and_score(task, tmp_path, kind)
+    print(kind, logs[0]["pref_loss"], logs[-1]["pref_loss"], metrics)
+    _check_learned(kind, logs, metrics)
+
+
+def _flip_margin_sign(monkeypatch):
+    import mugv_align.losses as losses
+    import mugv_align.trainer as trainer
+
+    real = losses.dpo_margin
+
+    def flipped(*args, **kwargs):
+        return -real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "dpo_margin", flipped)  # inside flow_dpo_loss
+    monkeypatch.setattr(trainer, "dpo_margin", flipped)  # the logged margin / accuracy
+
+
+def _swap_winner_and_loser_rows(monkeypatch):
+    import mugv_align.trainer as trainer
+
+    real = trainer.build_batch
+
+    def swapped(*args, **kwargs):
+        b = real(*args, **kwargs)
+        n = len(b.ids)
+        order = [*range(n, 2 * n), *range(n)]  # losers first, winners second
+        for name in ("noisy_BCTHW", "sigma_B", "target_BCTHW", "noisy_frames_BT", "fps_B"):
+            setattr(b, name, getattr(b, name)[order])
+        b.drop_caption_B = b.drop_caption_B[order]
+        b.texts = [b.texts[i] for i in order]
+        return b
+
+    monkeypatch.setattr(trainer, "build_batch", swapped)
+
+
+@pytest.mark.parametrize("mutate", [_flip_margin_sign, _swap_winner_and_loser_rows])
+def test_the_held_out_check_detects_a_broken_dpo_loss(task, tmp_path, monkeypatch, mutate):
+    """Mutation test of the check above: with the margin's sign flipped in the code under
+    test, or winner and loser rows swapped in its batches, DPO learns the wrong preference
+    and the independent held-out check FAILS (issue 23: the old check, scored with the
+    package's own margin and row order, stayed green under both mutations)."""
+    mutate(monkeypatch)
+    logs, metrics = _train_and_score(task, tmp_path, "dpo")
+    print(mutate.__name__, metrics)
+    with pytest.raises(AssertionError):
+        _check_learned("dpo", logs, metrics)
+    assert metrics["accuracy"] <= 0.2 and metrics["margin"] < 0, metrics
 
 
 def _dpo_align(root, **extra):
@@ -182,9 +278,9 @@ def test_dpo_resume_after_interruption_is_exact(task, dpo_reference_run, tmp_pat
         assert torch.equal(state[k], v), k
     for k, v in ref_ema.items():
         assert torch.equal(ema[k], v), k
-    keys = {"pref_loss", "reward_margin", "pref_accuracy", "implicit_kl", "sft_loss"}
+    keys = {"pref_loss", "reward_margin", "pref_accuracy", "mean_error_gap", "sft_loss"}
     assert keys <= set(ref_logs[-1])
-    assert ref_logs[0]["pref_accuracy"] == 0.0 and ref_logs[0]["implicit_kl"] == 0.0
+    assert ref_logs[0]["pref_accuracy"] == 0.0 and ref_logs[0]["mean_error_gap"] == 0.0
 
 
 def test_kept_checkpoints_keep_their_sampler_states_only(task, tmp_path):

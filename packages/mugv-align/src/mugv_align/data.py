@@ -1,18 +1,31 @@
-"""Preference batches: sources, a layout-independent step sampler, per-item noise.
+"""Preference batches: sources, a layout-independent step sampler, per-visit noise.
 
-Every item (a DPO pair or a KTO sample) draws its task, frame mask, noise level, noise and
-caption dropout from its own seed, a pure function of (data seed, item identity). A pair's
-winner and loser share all of them. So a live reference and errors precomputed before
-training see exactly the same inputs, and any TP / DP / accumulation layout forms the same
-micro-batches (as mugv-dit's BucketSampler does for pre-training).
+Every visit of an item (a DPO pair or a KTO sample) draws its task, frame mask, noise level,
+noise and caption dropout from its own seed, a pure function of (data seed, item identity,
+visit)::
+
+    seed = draw_seed(data_seed, item_id, visit)   (sha256 of the three, see there)
+
+where ``visit`` counts the item's earlier visits (the epoch of its (source, bucket) pool in
+:class:`PreferenceSampler`). So every epoch sees fresh noise, a resumed run draws exactly
+what the uninterrupted run would, and any TP / DP / accumulation layout forms the same
+micro-batches (as mugv-dit's BucketSampler does for pre-training). A pair's winner and loser
+share all of the draw.
+
+Precomputed reference errors (:mod:`mugv_align.reference`) are the one place that needs
+fixed draws: they are computed at visit 0 and the file stores each item's draw seed, which
+training with ``align.reference=precomputed`` passes back as ``fixed_seeds`` on every visit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from mugv_dit.config import ObjectiveConfig
@@ -34,8 +47,30 @@ def item_id(item: PreferencePair | KTOSample) -> str:
 
 
 def item_seed(data_seed: int, ident: str) -> int:
+    """``int(sha256(f"{data_seed}:{ident}")[:8], little-endian) mod (2^63 - 1)``."""
     digest = hashlib.sha256(f"{data_seed}:{ident}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+def draw_seed(data_seed: int, ident: str, visit: int) -> int:
+    """Seed of the ``visit``-th (0-based) draw of item ``ident``, a pure function of the
+    three: ``item_seed(data_seed, ident)`` at visit 0 (the draw before per-visit seeds, kept
+    so a first epoch is unchanged), else the first 8 bytes (little-endian) of
+    ``sha256(json.dumps([data_seed, ident, visit]))`` mod ``2^63 - 1`` (an unambiguous
+    encoding: no two (item, visit) share a seed string)."""
+    if visit < 0:
+        raise ValueError(f"visit={visit} of {ident} must be >= 0")
+    if visit == 0:
+        return item_seed(data_seed, ident)
+    digest = hashlib.sha256(json.dumps([data_seed, ident, visit]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+class ItemVisit(NamedTuple):
+    """One planned visit: item ``index`` of its source, seen for the ``visit``-th time."""
+
+    index: int
+    visit: int
 
 
 def resolve_latent_path(pref_path: Path, latent_dataset: str) -> Path:
@@ -88,8 +123,10 @@ def load_source(path: str | Path, *, kind: str, text_dim: int, channels: int) ->
 class PreferenceSampler:
     """Step plans over several sources: each step draws a source by weight, then a bucket
     (probability proportional to its items), then ``items_per_micro_batch`` items for each
-    global micro-batch from per-(source, bucket) epoch permutations. A pure function of
-    (seed, step, cursors); the cursors are the savable state."""
+    global micro-batch from per-(source, bucket) epoch permutations. Each planned item is an
+    :class:`ItemVisit` whose ``visit`` is the epoch of its pool (every epoch visits each
+    item once), so the draw of :func:`build_batch` changes from epoch to epoch. A pure
+    function of (seed, step, cursors); the cursors are the savable state."""
 
     def __init__(
         self,
@@ -107,7 +144,7 @@ class PreferenceSampler:
         self.seed = seed
         self.cursors: dict[str, int] = {}
 
-    def plan(self, step: int) -> tuple[int, list[list[int]]]:
+    def plan(self, step: int) -> tuple[int, list[list[ItemVisit]]]:
         rng = random.Random(self.seed * 1_000_003 + step)
         s = rng.choices(range(len(self.sources)), weights=self.weights)[0]
         src = self.sources[s]
@@ -123,7 +160,7 @@ class PreferenceSampler:
                 epoch, pos = divmod(cursor, len(pool))
                 perm = list(pool)
                 random.Random(self.seed * 7919 + s * 15485863 + b * 104729 + epoch).shuffle(perm)
-                mb.append(perm[pos])
+                mb.append(ItemVisit(perm[pos], epoch))
                 cursor += 1
             micro.append(mb)
         self.cursors[name] = cursor
@@ -149,6 +186,7 @@ class PrefBatch:
     fps_B: torch.Tensor
     latent_shape: tuple[int, ...]
     ids: list[str]
+    seeds: list[int]  # draw seed of each item
     weight_B: torch.Tensor  # per item
     desirable_B: torch.Tensor  # KTO labels (all True for DPO)
 
@@ -192,24 +230,50 @@ def prepare_group(
     return noisy, sigma_G, velocity_target(x0, noise), mask_T.expand(g, -1), drop
 
 
+def visit_seeds(
+    src: Source,
+    visits: list[ItemVisit],
+    data_seed: int,
+    fixed_seeds: Mapping[str, int] | None = None,
+) -> list[int]:
+    """Draw seed of each visit: :func:`draw_seed` of (data seed, item, visit), or, with
+    ``fixed_seeds`` (item id -> seed, the draws stored with precomputed reference errors),
+    the item's fixed seed whatever the visit."""
+    seeds = []
+    for v in visits:
+        if not isinstance(v, ItemVisit):
+            raise TypeError(f"build_batch takes ItemVisit(index, visit), got {v!r}")
+        ident = item_id(src.items[v.index])
+        if fixed_seeds is None:
+            seeds.append(draw_seed(data_seed, ident, v.visit))
+        elif ident in fixed_seeds:
+            seeds.append(int(fixed_seeds[ident]))
+        else:
+            raise ValueError(f"{src.path}: no stored draw of item {ident}")
+    return seeds
+
+
 def build_batch(
-    src: Source, item_ids: list[int], cfg: ObjectiveConfig, data_seed: int, device
+    src: Source,
+    visits: list[ItemVisit],
+    cfg: ObjectiveConfig,
+    data_seed: int,
+    device,
+    *,
+    fixed_seeds: Mapping[str, int] | None = None,
 ) -> PrefBatch:
-    """Load, collate and noise the items of one micro-batch (one bucket)."""
+    """Load, collate and noise the items of one micro-batch (one bucket); each visit draws
+    from its seed (:func:`visit_seeds`)."""
+    seeds = visit_seeds(src, visits, data_seed, fixed_seeds)
     groups = []
-    for n in item_ids:
-        item = src.items[n]
+    for v, seed in zip(visits, seeds, strict=True):
+        item = src.items[v.index]
         keys = [item.chosen, item.rejected] if src.kind == "dpo" else [item.key]
         samples = [src.index.load(src.key_to_row[k]) for k in keys]
         clean = collate(samples, "cpu")
         ident = item_id(item)
         noisy, sigma, target, mask, drop = prepare_group(
-            clean.latents_BCTHW,
-            clean.height_px,
-            clean.width_px,
-            cfg,
-            item_seed(data_seed, ident),
-            device=device,
+            clean.latents_BCTHW, clean.height_px, clean.width_px, cfg, seed, device=device
         )
         groups.append((noisy, sigma, target, mask, drop, clean, ident, item))
     order = [0, 1] if src.kind == "dpo" else [0]
@@ -237,6 +301,7 @@ def build_batch(
         fps_B=fps,
         latent_shape=tuple(noisy.shape),
         ids=[groups[g][6] for g in range(len(groups))],
+        seeds=seeds,
         weight_B=weight.to(device),
         desirable_B=desirable.to(device),
     )

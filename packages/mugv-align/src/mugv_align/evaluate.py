@@ -1,8 +1,9 @@
 """Held-out evaluation with one local model (TP=1): validation flow loss of a latent set
 (``ema-sweep``) and preference accuracy / reward margin of held-out pairs or labels.
 
-Every sample / item draws its noise from its own seed (:func:`mugv_align.data.item_seed`),
-so two models (or two EMA candidates) are compared on identical inputs.
+Draw ``d`` of every sample / item comes from :func:`mugv_align.data.draw_seed` of
+(``seed``, the sample / item, ``d``), so two models (or two EMA candidates) are compared on
+identical inputs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from mugv_dit.config import ObjectiveConfig
 from mugv_dit.data.plan import LatentIndex, collate
 from mugv_dit.model import PackedText
 
-from mugv_align.data import Source, build_batch, item_id, item_seed, prepare_group
+from mugv_align.data import ItemVisit, Source, build_batch, draw_seed, item_id, prepare_group
 from mugv_align.losses import dpo_margin, per_sample_velocity_error
 
 
@@ -39,7 +40,7 @@ def validation_loss(
     for i in range(len(index)):
         clean = collate([index.load(i)], "cpu")
         for d in range(draws):
-            s = item_seed(seed, f"{index.records[i].key}#{d}")
+            s = draw_seed(seed, index.records[i].key, d)
             noisy, sigma, target, mask, drop = prepare_group(
                 clean.latents_BCTHW, clean.height_px, clean.width_px, objective, s, device=device
             )
@@ -75,7 +76,7 @@ def preference_metrics(
     correct, margin_sum, n = 0, 0.0, 0
     for idx in range(len(src.items)):
         for d in range(draws):
-            b = build_batch(src, [idx], objective, seed * 1000 + d, device)
+            b = build_batch(src, [ItemVisit(idx, d)], objective, seed, device)
 
             def err(m, b=b):
                 pred = _predict(

@@ -14,6 +14,19 @@ and caption dropout).
 
 Batch losses are sums over samples; the caller divides by the global sample count so every
 data-parallel / accumulation layout gives the same value and gradient.
+
+Logged metrics (per step, means over the global batch; ``n`` items, ``N`` samples):
+
+* ``pref_loss``: mean per-item loss above (weights applied);
+* ``reward_margin``: DPO ``mean(dpo_margin)``; KTO ``mean(+-(g - z))``, signed by label;
+* ``pref_accuracy``: share of items with a positive ``reward_margin`` term;
+* ``mean_error_gap``: ``sum over samples (e - e_ref) / N``, how much worse (> 0) or better
+  (< 0) the policy fits the flow target than the reference. Not a KL: it has either sign;
+  0 at step 0 (policy == reference);
+* ``sft_loss``: the flow loss of winners (DPO) / desirable samples (KTO), per element.
+
+The log-sigmoid is evaluated as ``F.logsigmoid`` (``-softplus(-x)``), finite for any
+finite margin (``log(sigmoid(x))`` is ``-inf`` once ``sigmoid(x)`` underflows).
 """
 
 from __future__ import annotations
@@ -49,8 +62,9 @@ def flow_dpo_loss(
     beta: float,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-pair Flow-DPO loss ``-log sigmoid(margin)`` (times the pair's weight)."""
-    loss = F.softplus(-dpo_margin(e_w, e_l, e_w_ref.detach(), e_l_ref.detach(), beta))
+    """Per-pair Flow-DPO loss ``-logsigmoid(margin)`` (times the pair's weight), margin
+    from :func:`dpo_margin` with the reference errors detached."""
+    loss = -F.logsigmoid(dpo_margin(e_w, e_l, e_w_ref.detach(), e_l_ref.detach(), beta))
     return loss if weight is None else loss * weight
 
 
@@ -70,9 +84,11 @@ def flow_kto_loss(
     undesirable_weight: float = 1.0,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample Flow-KTO loss ``w_y (1 - sigmoid(+-beta (g - z)))``, ``g = e_ref - e``."""
+    """Per-sample Flow-KTO loss ``w_y (1 - sigmoid(+-beta (g - z)))``, ``g = e_ref - e``,
+    evaluated as ``w_y sigmoid(-+beta (g - z))`` (no cancellation in ``1 - sigmoid`` near
+    1; no logarithm, so ``logsigmoid`` does not apply)."""
     g = e_ref.detach() - e
     sign = torch.where(desirable, 1.0, -1.0).to(g.dtype)
     w_y = torch.where(desirable, desirable_weight, undesirable_weight).to(g.dtype)
-    loss = w_y * (1 - torch.sigmoid(sign * beta * (g - z.detach())))
+    loss = w_y * torch.sigmoid(-sign * beta * (g - z.detach()))
     return loss if weight is None else loss * weight

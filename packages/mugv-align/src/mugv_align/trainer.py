@@ -44,26 +44,11 @@ from mugv_align.losses import (
     kto_reference_point,
     per_sample_velocity_error,
 )
+from mugv_align.reference import policy_dtype, read_reference_errors
 from mugv_align.snapshots import PowerEMAs
 
-METRICS = ("pref_loss", "reward_margin", "pref_accuracy", "implicit_kl", "sft_loss")
-
-
-def read_reference_errors(path: str | Path, data_seed: int, objective: dict) -> dict:
-    """Reference errors written by :func:`mugv_align.reference.precompute_reference_errors`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"align.reference_errors={path} does not exist")
-    try:
-        doc = json.loads(path.read_text())
-        errors = {str(k): [float(x) for x in v] for k, v in doc["errors"].items()}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a reference-errors file ({e})") from None
-    if doc.get("data_seed") != data_seed or doc.get("objective") != objective:
-        raise ValueError(
-            f"{path} was computed with another data.seed / objective: its noise would not match"
-        )
-    return errors
+# logged per step (metrics.jsonl, TensorBoard align/*); formulas in the README's metric table
+METRICS = ("pref_loss", "reward_margin", "pref_accuracy", "mean_error_gap", "sft_loss")
 
 
 class AlignTrainer(Trainer):
@@ -97,7 +82,8 @@ class AlignTrainer(Trainer):
                 self.ema.copy_from(self.model.module)
         # 9. preference sets, sampler and reference
         self.ref_model = None
-        self.ref_errors = None
+        self.ref_errors = None  # ReferenceErrors (align.reference=precomputed)
+        self.fixed_seeds = None  # its stored draw seeds: every visit reuses them
         if a.mode != "sft":
             for s in a.preference:
                 self.sources.append(
@@ -124,8 +110,12 @@ class AlignTrainer(Trainer):
                 self.ref_model = self._build_reference(cfg)
             else:
                 self.ref_errors = read_reference_errors(
-                    a.reference_errors, cfg.data.seed, cfg.objective.model_dump(mode="json")
+                    a.reference_errors,
+                    data_seed=cfg.data.seed,
+                    objective=cfg.objective.model_dump(mode="json"),
+                    dtype=policy_dtype(cfg, self.device),
                 )
+                self.fixed_seeds = self.ref_errors.draw_seeds
 
     def _build_reference(self, cfg) -> MUGDiT:
         """The frozen reference: same layout and dtype as the policy, no grads, no optimizer."""
@@ -153,7 +143,7 @@ class AlignTrainer(Trainer):
     def update_ema(self) -> None:
         """The power EMAs at step ``self.step + 1`` (or mugv-dit's single EMA)."""
         if isinstance(self.ema, PowerEMAs):
-            self.ema.update(self.model.module, self.step + 1)
+            self.ema.update(self.model.module, self.step + 1, optimizer=self.optimizer)
         else:
             super().update_ema()
 
@@ -236,8 +226,10 @@ class AlignTrainer(Trainer):
         s, plan = self.pref_sampler.plan(self.step)
         src = self.sources[s]
         mine = list(range(self.dp_rank, self.micro_batches, self.dp_size))
+        seed, fixed = cfg.data.seed, self.fixed_seeds  # fixed: precomputed reference's draws
         batches = [
-            build_batch(src, plan[mb], cfg.objective, cfg.data.seed, self.device) for mb in mine
+            build_batch(src, plan[mb], cfg.objective, seed, self.device, fixed_seeds=fixed)
+            for mb in mine
         ]
         self._set_reference_errors(batches)
         # global normalisers: items, SFT elements (winners / desirable samples)
@@ -261,14 +253,14 @@ class AlignTrainer(Trainer):
 
         def forward_backward() -> tuple[float, dict]:
             sums = self._preference_forward_backward(batches, src.kind, total_items, total_sft, z)
-            pref, margin, correct, kl, sft_sse, n_kl = (float(x) for x in self.sum_over_step(sums))
+            pref, margin, correct, gap, sft_sse, n_e = (float(x) for x in self.sum_over_step(sums))
             n = max(1.0, total_items)
             sft_loss = sft_sse / total_sft
             metrics = {
                 "pref_loss": pref / n,
                 "reward_margin": margin / n,
                 "pref_accuracy": correct / n,
-                "implicit_kl": kl / max(1.0, n_kl),
+                "mean_error_gap": gap / max(1.0, n_e),
                 "sft_loss": sft_loss,
                 "source": s,
                 "items": int(total_items),
@@ -321,11 +313,11 @@ class AlignTrainer(Trainer):
         for b in batches:
             rows = []
             for ident in b.ids:
-                if ident not in self.ref_errors:
+                if ident not in self.ref_errors.errors:
                     raise ValueError(
                         f"{self.align.reference_errors}: no reference error of {ident}"
                     )
-                rows.append(self.ref_errors[ident])
+                rows.append(self.ref_errors.errors[ident])
             cols = list(zip(*rows, strict=True))
             b.ref_error_B = torch.tensor([x for col in cols for x in col], device=self.device)
 
@@ -384,7 +376,7 @@ class AlignTrainer(Trainer):
                         pref.detach().sum().double(),
                         margin.detach().sum().double(),
                         correct.double(),
-                        (e.detach() - e_ref).sum().double(),
+                        (e.detach() - e_ref).sum().double(),  # mean_error_gap
                         sft.detach().double(),
                         torch.tensor(float(e.numel()), dtype=torch.float64, device=e.device),
                     ]
