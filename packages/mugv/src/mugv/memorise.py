@@ -148,8 +148,7 @@ def run_memorise(
     from mugv_dit import write_random_export
     from mugv_dit.interop.export import load_export
 
-    shutil.rmtree(run.memorise, ignore_errors=True)
-    run.memorise.mkdir(parents=True)
+    run.memorise.mkdir(parents=True)  # the runner cleared it (mugv.ownership): made afresh
     pick, samples = _one_clip_dataset(run.latents_text, run.memorise_data, batch)
     rec = pick.record
     print(f"memorising {rec.key} ({rec.caption!r}), latents {pick.latents.shape}", flush=True)

@@ -394,8 +394,7 @@ def _formats(run: RunLayout) -> str:
 
 
 def write_report(run: RunLayout) -> Path:
-    tmp_assets = run.report_partial
-    shutil.rmtree(tmp_assets, ignore_errors=True)
+    tmp_assets = run.report_partial  # the runner cleared it and report/ (mugv.ownership)
     asset = _Assets(tmp_assets, run.report_assets.relative_to(run.root).as_posix(), run.root)
     sections = [
         ("overview", "What ran", _overview(run, [s for s in STAGE_NAMES if s != "report"])),
@@ -422,7 +421,6 @@ def write_report(run: RunLayout) -> Path:
         "latents &rarr; DiT &rarr; samples/pairs &rarr; SFT &rarr; DPO &rarr; generate.</p>"
         f"{body}</body></html>"
     )
-    shutil.rmtree(run.report_assets, ignore_errors=True)
     tmp_assets.mkdir(parents=True, exist_ok=True)
     tmp_assets.rename(run.report_assets)
     atomic_write_text(run.report, page)

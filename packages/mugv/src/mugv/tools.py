@@ -43,8 +43,7 @@ def write_json(path: Path, data) -> None:
 
 
 def text_encoder_folder(source: str, out: Path) -> None:
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out.with_name(out.name + ".partial")  # the runner cleared it (a scratch path)
     if source != "tiny-random":
         shutil.copytree(source, tmp)
         tmp.rename(out)
@@ -109,8 +108,7 @@ def recon(run: RunLayout, resolution: str, frames: int) -> None:
     warnings.simplefilter("ignore")
     size = parse_resolution(resolution)
     vae = MUGVAE.from_pretrained(run.vae).eval()
-    tmp = run.recon_partial
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = run.recon_partial  # the runner cleared it (a scratch path): made afresh
     tmp.mkdir(parents=True)
     rows = []
     for record, x_CTHW in _clips(run.clips, frames, size):
