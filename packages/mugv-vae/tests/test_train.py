@@ -74,7 +74,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, small_clips):
 def test_training_matches_the_golden_losses(tmp_path):
     """A seeded tiny run reproduces the committed per-step metrics (``golden/losses.json``)
     within fp32 noise: other thread counts and CPUs move them by < 1e-4 relative in 8 steps
-    (grad norms by ~1e-4). Regenerate after a deliberate change of the numerics:
+    (grad norms by ~1e-4; the small KL term by up to 1.07e-4 at step 5 on an AMD EPYC,
+    2026-12-07, against a golden file written on another CPU). Regenerate after a deliberate change of the numerics:
     ``uv run python packages/mugv-vae/tests/mugv_vae_golden.py --write``."""
     golden = json.loads(GOLDEN.read_text())
     want = golden["steps"]
@@ -84,7 +85,7 @@ def test_training_matches_the_golden_losses(tmp_path):
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
     for g, w in zip(got, want):
         for key in KEYS:
-            rel = 1e-3 if key == "grad_norm" else 1e-4
+            rel = {"grad_norm": 1e-3, "kl": 3e-4}.get(key, 1e-4)
             assert g[key] == pytest.approx(w[key], rel=rel, abs=1e-7), (
                 f"step {w['step']} {key}: {g[key]!r} != golden {w[key]!r} "
                 f"(regenerate: {golden['generated_by']})"
