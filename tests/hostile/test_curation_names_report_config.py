@@ -4,6 +4,8 @@ of the config."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -356,3 +358,26 @@ def test_unwritable_output_is_one_line_exit_2(where, open_tmp, video_bytes):
     assert r.returncode == 2, err[-2000:]
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert str(out) in err, err
+
+
+def test_caption_table_matches_any_file_name_bytes(tmp_path, video_bytes):
+    """A CSV caption table holding the file system's bytes (as the umbrella writes it)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    paths = [os.fsdecode(os.fsencode(d) + b"/" + n) for n in ODD_NAMES]
+    for p in paths:
+        with open(p, "wb") as f:
+            f.write(video_bytes)
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["source", "caption"])
+    w.writerows([p, f"caption {i}"] for i, p in enumerate(paths))
+    (tmp_path / "captions.csv").write_bytes(table.getvalue().encode("utf-8", "surrogateescape"))
+    out = tmp_path / "clips"
+    r = _curate_cli(
+        "--input", d, "--output", out, *FAST,
+        "--set", "captions.source=table", "--set", f"captions.table_path={tmp_path / 'captions.csv'}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    caps = sorted(rec.caption for rec in ClipDataset(out).records())
+    assert caps == [f"caption {i}" for i in range(len(paths))]

@@ -324,14 +324,25 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
         load_config(None, inputs=[str(d)], output=str(tmp_path / "o"), overrides=over),
         progress=False,
     )
-    # same config, other engine: fine (idempotent)
+    # a complete output is replaced only with overwrite (issue 23: behaviour changed on purpose;
+    # a rerun used to finish it again in place)
+    with pytest.raises(ValueError, match=r"already holds a complete mugv.clip-shards"):
+        curate(
+            load_config(None, inputs=[str(d)], output=str(tmp_path / "o"), overrides=over),
+            progress=False,
+        )
+    (tmp_path / "o" / "dataset.json").unlink()  # now an interrupted curation of ours
+    # same config, other engine: resumed
     curate(
         load_config(
             None, inputs=[str(d)], output=str(tmp_path / "o"), overrides=[*over, "engine.workers=1"]
         ),
         progress=False,
     )
-    with pytest.raises(ValueError, match=r"different config \(sections: filters\)"):
+    (tmp_path / "o" / "dataset.json").unlink()
+    with pytest.raises(
+        ValueError, match=r"other settings \(filters.sharpness.min: 200.0 -> 10.0\)"
+    ):
         curate(
             load_config(
                 None,

@@ -13,7 +13,7 @@ def sidecar_caption(source: str | Path) -> str | None:
     """Text of ``VIDEO.txt`` next to ``VIDEO.ext`` (stripped), or None."""
     p = Path(source).with_suffix(".txt")
     if p.is_file():
-        return p.read_text(encoding="utf-8").strip()
+        return p.read_text(encoding="utf-8", errors="replace").strip()
     return None
 
 
@@ -38,7 +38,8 @@ class CaptionTable:
             raise ValueError(f"captions.table_path {path} does not exist")
         rows: list[dict] = []
         if path.suffix.lower() in {".jsonl", ".ndjson"}:
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+            for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
@@ -46,7 +47,8 @@ class CaptionTable:
                         raise ValueError(f"{path}:{n}: invalid JSON: {e}") from e
         elif path.suffix.lower() in {".csv", ".tsv"}:
             delim = "\t" if path.suffix.lower() == ".tsv" else ","
-            with path.open(newline="", encoding="utf-8") as f:
+            # sources are file names: bytes that are not UTF-8 match the file system's names
+            with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
                 rows = list(csv.DictReader(f, delimiter=delim))
         else:
             raise ValueError(f"captions.table_path {path}: expected .csv, .tsv or .jsonl")

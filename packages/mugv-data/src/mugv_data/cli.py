@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--ray-address", default=None, help="join this Ray cluster (implies --engine ray)"
     )
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete clip dataset at --output (never anything else)",
+    )
     c.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("report", help="rebuild report.html of an output directory")
@@ -53,7 +58,7 @@ def cmd_curate(args) -> int:
     if args.ray_address:
         overrides += ["engine.kind=ray", f"engine.ray_address={args.ray_address}"]
     config = load_config(args.config, overrides=overrides, inputs=args.input, output=args.output)
-    summary = curate(config, progress=not args.no_progress)
+    summary = curate(config, progress=not args.no_progress, overwrite=args.overwrite)
     print(json.dumps(summary.as_dict(), indent=2))
     return 0
 
@@ -82,7 +87,8 @@ def cmd_inspect(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     commands = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}
-    return run_cli("mugv-data", build_parser(), argv, commands)
+    # a file-system error (read-only or full disk, a path that is a file) is one line, exit 2
+    return run_cli("mugv-data", build_parser(), argv, commands, also=(OSError,))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,17 @@ Output directory::
     summary.json           counts per stage, timings
     report.html + report/  thumbnails and score histograms
     .staging/              per-source results (resume); clip mp4s are removed when done
+    .mugv-output.json      ownership marker (mugv_formats.outputs): kind and result settings
+    .mugv-lock             advisory lock held by the running curation
+
+The output is claimed before any work (:func:`mugv_formats.outputs.claim_output`, kind
+``mugv.clip-shards``): a new or empty folder is written; an interrupted curation of ours (our
+marker, no ``dataset.json``) with the same result settings is resumed, with other settings
+refused naming the changed fields; a complete clip-shard dataset is replaced only with
+``overwrite`` (built beside it, swapped in at the end); anything else (a user's folder, a run
+folder, another kind of dataset, a file, a link) is refused, as is an output that is, lies
+in, or holds an input. The claim and the whole run hold the output's lock, so a second
+curation on the same output is refused naming the first.
 """
 
 from __future__ import annotations
@@ -26,11 +37,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mugv_formats import (
+    CLIP_SHARDS_FORMAT,
     ClipDataset,
     ClipRecord,
     ClipShardWriter,
     atomic_write_bytes,
     atomic_write_text,
+)
+from mugv_formats.outputs import (
+    LOCK_FILE,
+    MARKER,
+    artifact_kind,
+    check_not_nested,
+    claim_output,
+    marker_kind,
+    output_lock,
 )
 from tqdm import tqdm
 
@@ -94,43 +115,95 @@ def run_sources(
 RESULT_SECTIONS = ("decode", "split", "clip", "filters", "captions", "tags", "dedup", "balance")
 
 
-def check_resume_config(config: CurateConfig, staging: Staging) -> None:
-    """Refuse to resume an output directory made with a different result-deciding config."""
-    path = staging.root / "config.json"
-    now = {k: getattr(config, k).model_dump(mode="json") for k in RESULT_SECTIONS}
-    now["clips_per_shard"] = config.output.clips_per_shard
-    if path.is_file():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
-        if changed:
-            raise ValueError(
-                f"{staging.root.parent} was curated with a different config (sections: "
-                f"{', '.join(changed)}); use a new --output, or delete the directory to start over"
-            )
-    else:
-        atomic_write_text(path, json.dumps(now, indent=1))
+def result_settings(config: CurateConfig) -> dict[str, Any]:
+    """The settings that shape a curation's clips, flat (``filters.sharpness.min``): kept in
+    the output's ownership marker; a run resumes only an output made with the same ones."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        else:
+            flat[prefix] = value
+
+    for section in RESULT_SECTIONS:
+        walk(section, getattr(config, section).model_dump(mode="json"))
+    flat["output.clips_per_shard"] = config.output.clips_per_shard
+    return printable_tree(flat)
 
 
-def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
-    """Run a full curation; resumable (re-running on the same output finishes the work)."""
+def input_roots(config: CurateConfig) -> list[Path]:
+    """The input specs that name existing paths (list files by their own path)."""
+    roots = []
+    for spec in config.input.paths:
+        p = Path(spec[1:] if spec.startswith("@") else spec).expanduser()
+        if p.exists():
+            roots.append(p)
+    return roots
+
+
+def curate(
+    config: CurateConfig, *, progress: bool = True, overwrite: bool = False
+) -> CurateSummary:
+    """Run a full curation into ``config.output.path`` (claimed and locked, see the module
+    doc); an interrupted run is resumed by running it again with the same settings, a
+    complete output is replaced only with ``overwrite``."""
     t0 = time.perf_counter()
     if not config.output.path:
         raise ValueError("output.path is not set (use --output DIR)")
     if not config.input.paths:
         raise ValueError("input.paths is empty (use --input PATH ...)")
-    out = Path(config.output.path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output.path {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"output.path {out}: cannot create the directory ({e})") from None
+    final = Path(config.output.path)
+    inputs = input_roots(config)
+
+    def claim():
+        return claim_output(
+            final,
+            CLIP_SHARDS_FORMAT,
+            overwrite=overwrite,
+            inputs=inputs,
+            settings=result_settings(config),
+            what="--output",
+        )
+
+    # refusals that need no lock come before the lock file is made: nothing is left in a
+    # folder that is not ours, or in an input
+    check_not_nested(final, inputs, "--output")
+    if not _ours_or_new(final):
+        claim()  # raises: what is there is not ours
+        raise AssertionError(f"claim_output accepted {final}")
+    with output_lock(final, "--output"):
+        claimed = claim()  # decided under the lock: resume, replace or new
+        summary = _curate_into(claimed.write_path, final, config, progress, t0)
+        claimed.commit()
+    return summary
+
+
+def _ours_or_new(path: Path) -> bool:
+    """Nothing at ``path``, an empty folder, or a clip-shard output of ours (complete or not)."""
+    if path.is_symlink():
+        return False
+    if not path.exists():
+        return True
+    if not path.is_dir():
+        return False
+    if all(p.name in (MARKER, LOCK_FILE) for p in path.iterdir()):
+        return True
+    mark = marker_kind(path)
+    return artifact_kind(path) == CLIP_SHARDS_FORMAT or (
+        mark is not None and mark[0] == CLIP_SHARDS_FORMAT
+    )
+
+
+def _curate_into(
+    out: Path, final: Path, config: CurateConfig, progress: bool, t0: float
+) -> CurateSummary:
     atomic_write_text(out / RESOLVED_CONFIG, dump_config(config))
-    sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out])
+    sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out, final])
     if not sources:
         raise ValueError(f"no input videos found in {config.input.paths}")
     staging = Staging(out)
-    check_resume_config(config, staging)
     run_sources(config, sources, staging, progress)
 
     results = [staging.load(source_id(s)) for s in sources]
@@ -161,7 +234,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> CurateSummary:
         timings.update(r.timings)
     stage_counts = Counter(r["stage"] for r in rejects)
     summary = CurateSummary(
-        out_dir=out,
+        out_dir=final,
         sources=len(results),
         sources_rejected=sum(r.reject_stage is not None for r in results),
         clips_seen=sum(len(r.clips) for r in results),
@@ -250,9 +323,13 @@ def rebuild_report(out_dir: str | Path) -> Path:
     from mugv_data.config import load_config
 
     out = Path(out_dir)
-    if not (out / RESOLVED_CONFIG).is_file():
-        raise ValueError(f"{out} has no {RESOLVED_CONFIG}: not a mugv-data output directory")
-    config = load_config(out / RESOLVED_CONFIG)
+    if artifact_kind(out) != CLIP_SHARDS_FORMAT or not (out / RESOLVED_CONFIG).is_file():
+        raise ValueError(f"{out} is not a finished mugv-data curation output")
+    with output_lock(out, "report folder"):
+        return _rebuild_report(out, load_config(out / RESOLVED_CONFIG))
+
+
+def _rebuild_report(out: Path, config: CurateConfig) -> Path:
     results = _load_results(out, config)
     by_key = {(c.key): (r, c) for r in results for c in r.clips}
     # dataset-level verdicts (dedup, captions, ...) live in rejects.parquet, not in staging

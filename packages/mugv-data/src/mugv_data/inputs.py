@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from mugv_formats import CLIP_SHARDS_FORMAT
+from mugv_formats.outputs import marker_kind
 from mugv_formats.shards import DATASET_JSON
 
 #: Name of the per-run staging folder inside a curation output (see ``staging.py``); a folder
@@ -34,8 +36,8 @@ def discover_inputs(
 
     Never a source: anything whose real path (symlinks resolved) lies in one of ``exclude``
     (the run's own output) or in a curation output or dataset of ours found on the way (a
-    folder holding ``.staging/`` or a mugv ``dataset.json``), so a run never reads its own
-    staged clips or another run's clips as raw videos.
+    folder holding ``.staging/``, a clip-shard output marker or a mugv ``dataset.json``), so
+    a run never reads its own staged clips or another run's clips as raw videos.
     """
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: dict[str, Path] = {}
@@ -113,8 +115,12 @@ def _within(path: Path, root: Path) -> bool:
 
 def is_our_output(folder: Path) -> bool:
     """Whether ``folder`` is a curation output or a dataset written by mugv: it holds our
-    staging folder, or a ``dataset.json`` whose ``format`` is a mugv format."""
+    staging folder, the ownership marker of a clip-shard output, or a ``dataset.json`` whose
+    ``format`` is a mugv format."""
     if (folder / STAGING).is_dir():
+        return True
+    mark = marker_kind(folder)
+    if mark is not None and mark[0] == CLIP_SHARDS_FORMAT:
         return True
     header = folder / DATASET_JSON
     if not header.is_file():

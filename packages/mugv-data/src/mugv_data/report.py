@@ -9,15 +9,16 @@ user-controlled, so none of them can open a tag or an attribute.
 from __future__ import annotations
 
 import html
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from mugv_formats import atomic_write_text
+from mugv_formats import atomic_write_bytes, atomic_write_text
+from mugv_formats.atomic import refuse_symlink
 
 from mugv_data.config import CurateConfig
 from mugv_data.inputs import printable
+from mugv_data.staging import own_dir
 
 REPORT = "report.html"
 REPORT_DIR = "report"
@@ -97,8 +98,7 @@ def _bounds(config: CurateConfig, score: str) -> tuple[float | None, float | Non
 
 def write_report(out: Path, results, kept, staging, config: CurateConfig) -> Path:
     """Write ``report.html`` (+ ``report/thumbs``) into ``out``; returns its path."""
-    thumbs_dir = out / REPORT_DIR / "thumbs"
-    thumbs_dir.mkdir(parents=True, exist_ok=True)
+    thumbs_dir = own_dir(out, REPORT_DIR, "thumbs")
     kept_keys = {k.clip.key for k in kept}
     captions = {k.clip.key: k.caption for k in kept}
     all_clips = [(r, c) for r in results for c in r.clips]
@@ -114,7 +114,8 @@ def write_report(out: Path, results, kept, staging, config: CurateConfig) -> Pat
         src = staging.thumb_path(c.key)
         img = ""
         if src.is_file():
-            shutil.copyfile(src, thumbs_dir / src.name)
+            refuse_symlink(src, "staged thumbnail")
+            atomic_write_bytes(thumbs_dir / src.name, src.read_bytes())
             img = f"<img src='{esc(REPORT_DIR)}/thumbs/{esc(src.name)}' height='96'>"
         sc = " ".join(
             f"{k}={v:.3g}" for k, v in sorted(c.scores.items()) if not k.startswith("motion_")
