@@ -7,8 +7,17 @@ import json
 import sys
 
 from mugv_formats.console import run_cli
+from mugv_formats.outputs import claim_output
+from mugv_formats.versioning import VAE_CHECKPOINT_FORMAT
 
 from mugv_vae import __version__
+
+
+def _claim_checkpoint(args: argparse.Namespace, inputs: list):
+    """The checkpoint --output: new, or a VAE checkpoint replaced only with --overwrite."""
+    return claim_output(
+        args.output, VAE_CHECKPOINT_FORMAT, overwrite=args.overwrite, inputs=inputs, what="--output"
+    )
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -17,12 +26,15 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from mugv_vae.config import preset
     from mugv_vae.model import MUGVAE
 
+    claim = _claim_checkpoint(args, [args.sdxl_vae])
     torch.manual_seed(args.seed)
     config = preset(args.preset)
     model = MUGVAE(config)
     if args.sdxl_vae:
         model.trunk.load_autoencoder_kl(args.sdxl_vae)
-    model.save_pretrained(args.output, extra={"init": {"preset": args.preset, "seed": args.seed}})
+    extra = {"init": {"preset": args.preset, "seed": args.seed}}
+    model.save_pretrained(claim.write_path, extra=extra)
+    claim.commit()
     print(json.dumps({"checkpoint": args.output, "preset": args.preset, "seed": args.seed}))
     return 0
 
@@ -31,8 +43,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from mugv_vae.config import preset
     from mugv_vae.import_original import import_original
 
+    claim = _claim_checkpoint(args, [args.input])
     model = import_original(args.input, preset(args.preset))
-    model.save_pretrained(args.output, extra={"imported_from": str(args.input)})
+    model.save_pretrained(claim.write_path, extra={"imported_from": str(args.input)})
+    claim.commit()
     print(json.dumps({"checkpoint": args.output, "imported_from": args.input}))
     return 0
 
@@ -110,6 +124,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+_OVERWRITE_CKPT = "replace a VAE checkpoint at --output (nothing else is ever replaced)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mugv-vae", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mugv-vae {__version__}")
@@ -120,12 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="checkpoint folder to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sdxl-vae", help="local diffusers AutoencoderKL folder for the trunk")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_CKPT)
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("import-original", help="convert the released MUG-V vae.pt")
     p.add_argument("--input", required=True, help="original vae.pt (plain state dict)")
     p.add_argument("--output", required=True, help="checkpoint folder to write")
     p.add_argument("--preset", default="mugv")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_CKPT)
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("encode", help="clip shards -> latent shards")

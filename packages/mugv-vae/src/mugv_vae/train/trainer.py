@@ -11,16 +11,21 @@ the same way, so resuming reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
+import shutil
 import time
 import warnings
 from pathlib import Path
 
 import mugv_formats as mf
 import torch
+from mugv_formats.atomic import open_append_nofollow
 from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name, step_dirs
 from mugv_formats.config_loading import dump_config
+from mugv_formats.outputs import claim_output, output_lock
 from tqdm import tqdm
 
 from mugv_vae.config import VAERuntime, preset
@@ -34,6 +39,12 @@ from mugv_vae.train.discriminator import PatchDiscriminator3D
 from mugv_vae.train.ema import EMA
 from mugv_vae.train.parallelize import apply_ddp, apply_fsdp2
 from mugv_vae.video import parse_resolution
+
+RUN_KIND = "mugv.vae-train-run"
+#: Temporary names of a checkpoint write (atomic_replace_dir) or removal (prune_step_dirs).
+_OUR_TEMP = re.compile(
+    r"\A(\.step[_-]\d+\.\w+\.tmp|\.step[_-]\d+\.old-\d+|\.deleting-step[_-]\d+-\d+)\Z"
+)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -317,7 +328,7 @@ class Trainer:
         for k, v in logs.items():
             if self.writer:
                 self.writer.add_scalar(f"train/{k}", v, self.step)
-        with open(self.output / "metrics.jsonl", "a") as f:
+        with open_append_nofollow(self.output / "metrics.jsonl") as f:
             f.write(json.dumps({"step": self.step, **logs}) + "\n")
 
     def _log_images(self) -> None:
@@ -337,14 +348,58 @@ class Trainer:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
+    def claim_output(self) -> None:
+        """Rank 0: the run folder must be new, empty or a VAE run of ours (never a user's
+        folder, a dataset or a checkpoint, never the training data); a run there now is
+        refused by the lock (held until :meth:`run` returns)."""
+        m = self.cfg.model
+        inputs = [self.cfg.data.clips, self.cfg.data.eval_clips, m.checkpoint, m.sdxl_vae]
+        claim_output(self.output, RUN_KIND, inputs=inputs, what="run folder (output)")
+
+    def _clean_after_kill(self) -> None:
+        """Remove what a killed checkpoint write left: only our own temporary names."""
+        ckpts = self.output / "checkpoints"
+        if not ckpts.is_dir():
+            return
+        for p in ckpts.iterdir():
+            if _OUR_TEMP.match(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _truncate_metrics(self) -> None:
+        """Keep the metrics rows up to the resumed step (a killed run logged past its last
+        checkpoint; those steps are trained again and logged again). Atomic."""
+        path = self.output / "metrics.jsonl"
+        if path.is_symlink() or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by the kill
+            step = row.get("step") if isinstance(row, dict) else None
+            if isinstance(step, int) and step <= self.step:
+                kept.append(line)
+        mf.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
     def run(self) -> dict:
         """Train to ``cfg.steps`` (resuming the latest checkpoint); the run's config is
-        written first to ``<output>/resolved_config.yaml``."""
+        written first to ``<output>/resolved_config.yaml``. Rank 0 claims and locks the run
+        folder for the run (mugv_formats.outputs)."""
+        with contextlib.ExitStack() as stack:
+            if self.rank == 0:
+                self.claim_output()
+                stack.enter_context(output_lock(self.output, "run folder (output)"))
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         if self.rank == 0:
-            self.output.mkdir(parents=True, exist_ok=True)
+            self._clean_after_kill()
             mf.atomic_write_text(self.output / "resolved_config.yaml", dump_config(cfg))
         resumed = self.resume()
+        if self.rank == 0 and resumed:
+            self._truncate_metrics()
         start, t0 = self.step, time.perf_counter()
         steps = range(self.step, cfg.steps)
         loader = torch.utils.data.DataLoader(
