@@ -147,3 +147,26 @@ def bump_one_value(npy: bytes) -> bytes:
     np.save(buf, arr)
     assert len(buf.getvalue()) == len(npy)
     return buf.getvalue()
+
+
+def unwritable_dir(tmp: Path) -> Path:
+    """A folder this process cannot create files in: ``tmp/ro`` made read-only, or (as root,
+    whom permissions do not stop) a folder of a file system that refuses root's writes (sysfs);
+    skips the calling test when there is none."""
+    import pytest
+
+    candidates = []
+    if os.geteuid() != 0:
+        ro = tmp / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        candidates.append(ro)
+    candidates.append(Path("/sys/kernel"))
+    for folder in candidates:
+        try:
+            (folder / ".probe").touch()
+        except OSError:
+            return folder
+        (folder / ".probe").unlink()
+    pytest.skip("no folder here refuses this process's writes")
+

@@ -6,24 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mugv_infer_fixtures import FRAMES, HEIGHT, WIDTH, _tiny_t5, tiny_transformer
+from mugv_infer_fixtures import FRAMES, HEIGHT, WIDTH, tiny_parts
 
 
 @pytest.fixture(scope="session")
 def parts(tmp_path_factory) -> dict[str, Path]:
     """Folders: ``model`` (mugv.dit-export), ``vae`` (mugv.vae-checkpoint), ``t5``."""
-    from mugv_vae.config import tiny_config
-    from mugv_vae.model import MUGVAE
-
-    root = tmp_path_factory.mktemp("parts")
-    tiny_transformer().save_export(root / "model")
-    torch.manual_seed(0)
-    MUGVAE(tiny_config()).eval().save_pretrained(root / "vae")
-    return {"model": root / "model", "vae": root / "vae", "t5": _tiny_t5(root / "text")}
+    return tiny_parts(tmp_path_factory.mktemp("parts"))
 
 
 @pytest.fixture

@@ -25,7 +25,19 @@ def tiny_transformer(seed: int = 0):
     return model.initialize_weights(seed).eval()
 
 
-def _tiny_t5(path: Path) -> Path:
+def tiny_parts(root: Path) -> dict[str, Path]:
+    """Folders under ``root``: ``model`` (mugv.dit-export), ``vae`` (mugv.vae-checkpoint),
+    ``t5`` (a local T5 folder with its tokenizer)."""
+    from mugv_vae.config import tiny_config
+    from mugv_vae.model import MUGVAE
+
+    tiny_transformer().save_export(root / "model")
+    torch.manual_seed(0)
+    MUGVAE(tiny_config()).eval().save_pretrained(root / "vae")
+    return {"model": root / "model", "vae": root / "vae", "t5": tiny_t5(root / "text")}
+
+
+def tiny_t5(path: Path) -> Path:
     import sentencepiece as spm
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 

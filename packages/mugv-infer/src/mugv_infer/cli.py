@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--guidance-scale", type=float)
         p.add_argument("--seed", type=int)
         p.add_argument("--out", type=Path, help=".mp4, .gif, or a folder")
+        p.add_argument("--overwrite", action="store_true", default=None,
+                       help="replace an output that mugv-infer wrote (never anything else)")  # fmt: skip
 
     gen = sub.add_parser("generate", help="text/image-to-video generation")
     common(gen)
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--video", type=Path, help="clip to continue")
     gen.add_argument("--frames", help="1 + 8k frames, or 5s / 3s")
     gen.add_argument("--output-type", choices=["video", "latent"])
+    gen.add_argument("--append", action="store_true", default=None,
+                     help="latent output: add to an existing dataset with the same latent header")  # fmt: skip
     enh = sub.add_parser("enhance", help="one-step SDEdit refinement of a video")
     common(enh)
     enh.add_argument("--video", type=Path, required=False)
@@ -72,6 +76,8 @@ _FLAGS = (
     "output_type",
     "lora",
     "strength",
+    "overwrite",
+    "append",
 )
 """Flags that set the config field of the same name (a flag a command lacks stays None)."""
 

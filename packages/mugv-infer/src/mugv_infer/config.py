@@ -12,9 +12,18 @@ from typing import Literal
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field
 
-from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT
+from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# non-finite floats (nan, inf) are refused in every field: they made all-black videos
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+MAX_VIDEOS_PER_PROMPT = 64
+SEED_MAX = 2**64 - 1
+"""Seeds are what ``torch.Generator.manual_seed`` takes without aliasing: 0 .. 2**64 - 1."""
+
+
+def _seed(default: int):
+    return Field(default, ge=0, le=SEED_MAX, strict=True, description="0 .. 2**64 - 1.")
 
 
 class RuntimeConfig(BaseModel):
@@ -30,7 +39,7 @@ class RuntimeConfig(BaseModel):
         False, description="Keep T5, DiT and VAE on the CPU; move each to the GPU while it runs."
     )
     vae_tile: int | None = Field(
-        None, description="Decode in spatial tiles of this many latents (None: whole frames)."
+        None, ge=1, description="Decode in spatial tiles of this many latents (None: whole frames)."
     )
     attention_backend: Literal["auto", "sdpa", "fa4"] = Field(
         "auto", description="Self-attention kernel: auto = FA4 forward on Hopper if installed."
@@ -59,7 +68,10 @@ class GenerateConfig(BaseModel):
         DEFAULT_NEGATIVE_PROMPT, description="None: the DiT's learned null caption."
     )
     aesthetic_score: float | None = Field(
-        6.0, description="Appends 'aesthetic score: X.' to each prompt (as the release)."
+        6.0,
+        ge=0,
+        le=10,
+        description="Appends 'aesthetic score: X.' to each prompt (as the release).",
     )
     image: Path | None = Field(None, description="I2V / TI2V: first-frame image.")
     last_image: Path | None = Field(None, description="Last-frame image.")
@@ -67,17 +79,27 @@ class GenerateConfig(BaseModel):
     resolution: str = Field("720p", description="'720p' (aspect-ratio table) or 'HEIGHTxWIDTH'.")
     aspect_ratio: str = Field("16:9", description="Key of the release's 720p table (H:W).")
     frames: int | str = Field(105, description="1 + 8k frames, or '5s' / '3s'.")
-    steps: int = Field(25, ge=1)
-    guidance_scale: float = Field(4.0, ge=1.0)
+    steps: int = Field(25, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(4.0, ge=1.0, le=MAX_GUIDANCE)
     guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
-    num_videos_per_prompt: int = Field(1, ge=1)
-    seed: int = 42
-    fps: float = Field(30.0, gt=0, description="fps the DiT is conditioned on.")
-    output_fps: float = Field(21.0, gt=0, description="fps written to the file (105 frames = 5 s).")
+    num_videos_per_prompt: int = Field(1, ge=1, le=MAX_VIDEOS_PER_PROMPT)
+    seed: int = _seed(42)
+    fps: float = Field(30.0, gt=0, le=MAX_FPS, description="fps the DiT is conditioned on.")
+    output_fps: float = Field(
+        21.0, gt=0, le=MAX_FPS, description="fps written to the file (105 frames = 5 s)."
+    )
     output_type: Literal["video", "latent"] = Field(
         "video", description="'video': .mp4 / .gif / frames folder; 'latent': latent shards."
     )
     out: Path = Field(Path("out.mp4"), description="Output file or folder.")
+    overwrite: bool = Field(
+        False, description="Replace an output mugv-infer wrote before (never anything else)."
+    )
+    append: bool = Field(
+        False,
+        description="--output-type latent: add the samples to an existing latent dataset with "
+        "the same latent header (VAE, statistics, text encoder).",
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 
@@ -96,12 +118,15 @@ class EnhanceConfig(BaseModel):
     resolution: str = Field("720p")
     aspect_ratio: str = Field("16:9")
     strength: float = Field(0.3, gt=0, le=1, description="Noise level the video is taken to.")
-    steps: int = Field(1, ge=1)
-    guidance_scale: float = Field(2.0, ge=1.0)
-    seed: int = 42
-    fps: float = 30.0
-    output_fps: float = 21.0
+    steps: int = Field(1, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(2.0, ge=1.0, le=MAX_GUIDANCE)
+    seed: int = _seed(42)
+    fps: float = Field(30.0, gt=0, le=MAX_FPS)
+    output_fps: float = Field(21.0, gt=0, le=MAX_FPS)
     out: Path = Path("enhanced.mp4")
+    overwrite: bool = Field(
+        False, description="Replace an output mugv-infer wrote before (never anything else)."
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 

@@ -16,7 +16,15 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from mugv_formats.atomic import atomic_write_text
 
-from mugv_infer.pipeline import DenoiseInputs, MUGVPipeline, MUGVPipelineOutput
+from mugv_infer.checks import check_finite_tensor, check_finite_weights, check_number
+from mugv_infer.pipeline import (
+    MAX_FPS,
+    MAX_GUIDANCE,
+    MAX_STEPS,
+    DenoiseInputs,
+    MUGVPipeline,
+    MUGVPipelineOutput,
+)
 from mugv_infer.sizes import check_frames, check_size
 from mugv_infer.video_io import load_video
 
@@ -75,8 +83,9 @@ def load_lora(transformer, path: str | Path, *, fuse: bool = False):
         lora_alpha=float(raw["lora_alpha"]),
         target_modules=list(raw["target_modules"]),
     )
-    inject_adapter_in_model(config, transformer.blocks)
     state = load_file(str(weights))
+    check_finite_weights(state, path, "LoRA")
+    inject_adapter_in_model(config, transformer.blocks)
     result = set_peft_model_state_dict(transformer.blocks, state)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
@@ -94,11 +103,29 @@ def load_lora(transformer, path: str | Path, *, fuse: bool = False):
 class MUGVEnhancePipeline(MUGVPipeline):
     """One-step SDEdit refiner (same components as :class:`MUGVPipeline`)."""
 
-    def check_inputs(self, video, prompt, strength, height, width) -> torch.Tensor:
+    def check_inputs(
+        self,
+        video,
+        prompt,
+        strength,
+        height,
+        width,
+        *,
+        num_inference_steps: int = 1,
+        guidance_scale: float = 2.0,
+        fps: float = 30.0,
+        prompt_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ValueError naming the bad value -> the video as ``[B, 3, F, H, W]`` in [-1, 1]
-        (a file read and resized to ``height`` x ``width``)."""
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        (a file read and resized to ``height`` x ``width``). Numbers finite and in range,
+        tensors finite."""
+        check_number("strength", strength, low=0.0, low_open=True, high=1.0)
+        check_number(
+            "num_inference_steps", num_inference_steps, low=1, high=MAX_STEPS, integer=True
+        )
+        check_number("guidance_scale", guidance_scale, low=1.0, high=MAX_GUIDANCE)
+        check_number("fps", fps, low=0.0, low_open=True, high=MAX_FPS)
+        check_finite_tensor(prompt_embeds, "prompt_embeds")
         if not isinstance(video, torch.Tensor):
             if height is None or width is None:
                 raise ValueError("enhancing a video file needs height and width")
@@ -107,6 +134,7 @@ class MUGVEnhancePipeline(MUGVPipeline):
             video = video[None]
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"video must be [B, 3, F, H, W] in [-1, 1], got {tuple(video.shape)}")
+        check_finite_tensor(video, "video")
         b, _, f, h, w = video.shape
         check_size(h, w)
         check_frames(f)
@@ -138,7 +166,10 @@ class MUGVEnhancePipeline(MUGVPipeline):
         """``video``: ``[3, F, H, W]`` / ``[B, 3, F, H, W]`` in [-1, 1] or a file path
         (resized to ``height`` x ``width`` when given). ``strength``: the noise level s the
         video is taken to (0.3 as the release)."""
-        video = self.check_inputs(video, prompt, strength, height, width)
+        video = self.check_inputs(
+            video, prompt, strength, height, width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, fps=fps, prompt_embeds=prompt_embeds,
+        )  # fmt: skip
         b = video.shape[0]
         device = self._execution_device
         # 1. encode the prompt

@@ -30,6 +30,13 @@ from mugv_vae.checkpoint import checkpoint_id
 from mugv_vae.model import MUGVAE
 from PIL import Image
 
+from mugv_infer.checks import (
+    NonFiniteError,
+    check_finite_step,
+    check_finite_tensor,
+    check_finite_weights,
+    check_number,
+)
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
 from mugv_infer.scheduler import MUGVFlowEulerScheduler
 from mugv_infer.sizes import check_frames, check_size
@@ -45,6 +52,10 @@ DEFAULT_NEGATIVE_PROMPT = (
 """The release's negative prompt."""
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+MAX_GUIDANCE = 100.0
+MAX_FPS = 1000.0
+"""Upper bound of fps values (the release uses 30 and 21)."""
+MAX_STEPS = 1000
 TEMPORAL_COMPRESSION = 8
 SPATIAL_COMPRESSION = 8
 
@@ -167,9 +178,11 @@ class MUGVPipeline(DiffusionPipeline):
             vae_model = MUGVAE.from_pretrained(vae)
         except Exception as e:  # formats errors name the file
             raise ValueError(f"vae folder {vae}: {e}") from None
+        check_finite_weights(vae_model, vae, "vae")
         tokenizer = encoder = None
         if text_encoder is not None:
             tokenizer, encoder = load_t5(text_encoder, torch_dtype)
+            check_finite_weights(encoder, text_encoder, "text encoder")
         pipe = cls(
             transformer, vae_model.to(torch_dtype), MUGVFlowEulerScheduler(), tokenizer, encoder
         )
@@ -203,7 +216,10 @@ class MUGVPipeline(DiffusionPipeline):
         transformer = MUGDiTTransformer3DModel.from_pretrained(
             root / "transformer", torch_dtype=torch_dtype
         )
-        vae = MUGVAE.from_pretrained(root / "vae").to(torch_dtype)
+        check_finite_weights(transformer, root / "transformer", "transformer")
+        vae = MUGVAE.from_pretrained(root / "vae")
+        check_finite_weights(vae, root / "vae", "vae")
+        vae = vae.to(torch_dtype)
         scheduler = MUGVFlowEulerScheduler.from_pretrained(root / "scheduler")
         tokenizer = encoder = None
         if (root / "text_encoder").is_dir():
@@ -211,6 +227,7 @@ class MUGVPipeline(DiffusionPipeline):
             encoder = T5EncoderModel.from_pretrained(
                 root / "text_encoder", local_files_only=True, torch_dtype=torch_dtype
             ).eval()
+            check_finite_weights(encoder, root / "text_encoder", "text encoder")
         return cls(transformer, vae, scheduler, tokenizer, encoder)
 
     def to(self, device=None, dtype: torch.dtype | None = None):
@@ -283,8 +300,32 @@ class MUGVPipeline(DiffusionPipeline):
         latents,
         callback_on_step_end_tensor_inputs,
         step_cache_threshold: float = 0.0,
+        *,
+        guidance_rescale: float = 0.0,
+        num_videos_per_prompt: int = 1,
+        fps: float = 30.0,
+        aesthetic_score: float | None = None,
+        prompt_embeds_tensors: tuple = (),
     ) -> None:
-        """ValueError naming the bad value; runs before any model work."""
+        """ValueError naming the bad value; runs before any model work. Numbers must be
+        finite and in range, tensors finite (a NaN or an infinity gives a black video)."""
+        check_number(
+            "num_inference_steps", num_inference_steps, low=1, high=MAX_STEPS, integer=True
+        )
+        check_number("guidance_scale", guidance_scale, low=1.0, high=MAX_GUIDANCE)
+        check_number("guidance_rescale", guidance_rescale, low=0.0, high=1.0)
+        check_number("num_videos_per_prompt", num_videos_per_prompt, low=1, integer=True)
+        check_number("fps", fps, low=0.0, low_open=True, high=MAX_FPS)
+        check_number("aesthetic_score", aesthetic_score, optional=True)
+        check_number("step_cache_threshold", step_cache_threshold, low=0.0)
+        for name, t in (
+            ("latents", latents),
+            ("image", image),
+            ("last_image", last_image),
+            ("video", video),
+            *prompt_embeds_tensors,
+        ):
+            check_finite_tensor(t, name)
         if step_cache_threshold > 0 and self.transformer.sequence_parallel is not None:
             raise ValueError("step_cache_threshold > 0 is not supported with sequence parallelism")
         if (prompt is None) == (prompt_embeds is None):
@@ -299,10 +340,6 @@ class MUGVPipeline(DiffusionPipeline):
             raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
         check_size(height, width)
         check_frames(num_frames, TEMPORAL_COMPRESSION)
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1 (1 = no guidance), got {guidance_scale}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} unknown; choose from {OUTPUT_TYPES}")
         for name, img in (("image", image), ("last_image", last_image)):
@@ -455,7 +492,13 @@ class MUGVPipeline(DiffusionPipeline):
                 for z in latents
             ]
         self._offload(self.vae)
-        return torch.cat(videos).float().clamp(-1, 1)
+        video = torch.cat(videos).float()
+        if not bool(torch.isfinite(video).all()):
+            raise NonFiniteError(
+                "the VAE decoded non-finite pixels from finite latents (broken VAE decoder "
+                "weights, or an overflow in reduced precision: try runtime.dtype=float32)"
+            )
+        return video.clamp(-1, 1)
 
     def prepare_latents(self, batch, height, width, num_frames, generator, latents, device):
         """The starting noise ``[B, C, T, H, W]`` (float32 on ``device``): drawn on the CPU
@@ -543,6 +586,7 @@ class MUGVPipeline(DiffusionPipeline):
                         local = {"latents": latents}
                         outs = callback(self, i, s, {k: local[k] for k in callback_tensor_inputs})
                         latents = (outs or {}).get("latents", latents)
+                    check_finite_step(latents, i + 1, len(self.scheduler.timesteps), float(s))
                     bar.update()
         finally:
             transformer.step_cache = None
@@ -552,6 +596,7 @@ class MUGVPipeline(DiffusionPipeline):
     def output_frames(self, latents: torch.Tensor, output_type: str, paste=None):
         """Latents -> the requested output (see :class:`MUGVPipelineOutput`); ``paste``:
         given pixel frames ``[3, F0, H, W]`` written over the first decoded ones."""
+        check_finite_tensor(latents, "the latents to decode")
         if output_type == "latent":
             return latents
         video_BCFHW = self.decode_latents(latents)
@@ -603,6 +648,12 @@ class MUGVPipeline(DiffusionPipeline):
             prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, height, width,
             num_frames, num_inference_steps, guidance_scale, output_type, image, last_image,
             video, latents, tensor_inputs, step_cache_threshold,
+            guidance_rescale=guidance_rescale, num_videos_per_prompt=num_videos_per_prompt,
+            fps=fps, aesthetic_score=aesthetic_score,
+            prompt_embeds_tensors=(
+                ("prompt_embeds", prompt_embeds),
+                ("negative_prompt_embeds", negative_prompt_embeds),
+            ),
         )  # fmt: skip
         device = self._execution_device
         # 1. encode the prompt (for CFG also the negative prompt, or the DiT's null caption)
@@ -681,4 +732,6 @@ def load_transformer(path: Path, torch_dtype=torch.float32) -> MUGDiTTransformer
     meta = json.loads((path / "config.json").read_text())
     if meta.get("format") is not None:
         return MUGDiTTransformer3DModel.from_export(path, torch_dtype=torch_dtype)
-    return MUGDiTTransformer3DModel.from_pretrained(path, torch_dtype=torch_dtype)
+    model = MUGDiTTransformer3DModel.from_pretrained(path, torch_dtype=torch_dtype)
+    check_finite_weights(model, path, "model")
+    return model

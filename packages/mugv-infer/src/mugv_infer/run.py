@@ -3,6 +3,7 @@ or :func:`enhance`. Errors are ``ValueError`` naming the thing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -12,25 +13,41 @@ import mugv_formats as mf
 import numpy as np
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
+from mugv_vae.checkpoint import checkpoint_id
 
 from mugv_infer.config import GenerateConfig
 from mugv_infer.enhancer import MUGVEnhancePipeline, load_lora
-from mugv_infer.latent_shards import write_latent_shards
+from mugv_infer.latent_shards import latent_header, write_latent_shards
 from mugv_infer.optimize import compile_blocks
+from mugv_infer.outputs import (
+    OutputError,
+    OutputPlan,
+    check_append,
+    check_append_header,
+    plan_outputs,
+    resolved_path,
+    video_paths,
+)
 from mugv_infer.parallel import init_parallel, parallelize_pipeline
 from mugv_infer.pipeline import MUGVPipeline, with_aesthetic_score
 from mugv_infer.sizes import check_frames, check_size, frame_size, num_frames
-from mugv_infer.video_io import load_video, save_video
+from mugv_infer.video_io import load_image, load_video, save_video
 
 
 @dataclass
 class Plan:
+    """What :func:`check` found: sizes, where to run, the conditioning already read (tensors
+    in [-1, 1] at the output size) and where the outputs go."""
+
     height: int
     width: int
     frames: int
     device: torch.device
     dtype: torch.dtype
+    image: torch.Tensor | None = None
+    last_image: torch.Tensor | None = None
+    video: torch.Tensor | None = None
+    outputs: OutputPlan | None = None
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -79,16 +96,29 @@ def check_parts(model: Path, vae: Path, text_encoder: Path | None) -> dict:
     return dit
 
 
-def _check_image(path: Path | None, what: str) -> None:
+def _read_image(path: Path | None, what: str, height: int, width: int) -> torch.Tensor | None:
+    """The whole image decoded now (a header check passes truncated files), at the output
+    size: ``[3, H, W]`` in [-1, 1]."""
     if path is None:
-        return
-    if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist")
+        return None
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{what} {path} is not a readable image ({e})") from None
+        return load_image(path, height, width)
+    except ValueError as e:
+        raise ValueError(str(e).replace("image ", f"{what} ", 1)) from None
+
+
+def _claim_settings(cfg) -> dict:
+    """What shapes an output's contents (the run's settings without the output switches)."""
+    return {
+        k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("overwrite", "append")
+    }
+
+
+def _outputs(cfg, n_videos: int) -> OutputPlan:
+    inputs = [cfg.model, cfg.vae, cfg.text_encoder, getattr(cfg, "lora", None)]
+    inputs += [getattr(cfg, name, None) for name in ("image", "last_image", "video")]
+    rank = int(os.environ.get("RANK", "0"))  # only rank 0 writes; the others only check
+    return plan_outputs(cfg, n_videos, inputs, settings=_claim_settings(cfg), claim=rank == 0)
 
 
 def _device(name: str) -> torch.device:
@@ -104,8 +134,10 @@ def _device(name: str) -> torch.device:
 
 
 def check(cfg) -> Plan:
-    """Validate a Generate/EnhanceConfig without loading any model."""
-    check_parts(cfg.model, cfg.vae, cfg.text_encoder)
+    """Validate a Generate/EnhanceConfig without loading any model: the parts' configs, the
+    sizes, the conditioning (decoded now), the output paths (claimed now: see
+    :mod:`mugv_infer.outputs`)."""
+    dit = check_parts(cfg.model, cfg.vae, cfg.text_encoder)
     if cfg.text_encoder is None and any(cfg.prompt):
         raise ValueError("prompts need --text-encoder (a local T5 folder)")
     height, width = frame_size(cfg.resolution, cfg.aspect_ratio)
@@ -119,24 +151,57 @@ def check(cfg) -> Plan:
             f"{2 if rt.cfg_parallel else 1} needs {need} processes, running {world} "
             f"(launch with torchrun --nproc_per_node {need})"
         )
+    device = _device(rt.device)
+    dtype = torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32
     if isinstance(cfg, GenerateConfig):
         frames = num_frames(cfg.frames)
         check_frames(frames)
-        _check_image(cfg.image, "image")
-        _check_image(cfg.last_image, "last image")
-        if cfg.video is not None and not cfg.video.is_file():
-            raise ValueError(f"video {cfg.video} does not exist")
         if cfg.output_type == "video" and cfg.out.suffix.lower() not in (".mp4", ".gif", ""):
             raise ValueError(f"out {cfg.out}: use .mp4, .gif or a folder (frames)")
+        if cfg.append and cfg.output_type != "latent":
+            raise ValueError("--append is for --output-type latent (a latent dataset)")
+        plan = Plan(height, width, frames, device, dtype)
+        plan.image = _read_image(cfg.image, "image", height, width)
+        plan.last_image = _read_image(cfg.last_image, "last image", height, width)
+        if cfg.video is not None:
+            plan.video = load_video(cfg.video, height, width, max_frames=frames - 1)
+        n_videos = len(cfg.prompt) * cfg.num_videos_per_prompt
+        if cfg.append:
+            _check_append_parts(cfg, dit)
     else:
-        frames = 0
-        if not cfg.video.is_file():
-            raise ValueError(f"video {cfg.video} does not exist")
         if cfg.lora is not None and not (cfg.lora / "adapter_config.json").is_file():
             raise ValueError(f"LoRA folder {cfg.lora} has no adapter_config.json")
-    device = _device(rt.device)
-    dtype = torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32
-    return Plan(height, width, frames, device, dtype)
+        plan = Plan(height, width, 0, device, dtype)
+        plan.video = load_video(cfg.video, height, width)
+        n_videos = 1
+    plan.outputs = _outputs(cfg, n_videos)
+    return plan
+
+
+def _check_append_parts(cfg, dit: dict) -> None:
+    """``--append``: the parts' ids and widths against the dataset's header, before loading
+    (the statistics are compared again once the VAE is loaded)."""
+    check_append(cfg.out, cfg)
+    header = mf.LatentDataset(cfg.out).header
+    ours = {
+        "vae_checkpoint_id": checkpoint_id(cfg.vae),
+        "latent_channels": dit.get("in_channels", 24),
+        "text_encoder_id": None if cfg.text_encoder is None else Path(cfg.text_encoder).name,
+        "text_dim": dit.get("text_dim", 4096) if cfg.text_encoder is not None else None,
+    }
+    for field, value in ours.items():
+        if getattr(header, field) != value:
+            raise ValueError(
+                f"--append: {cfg.out}/dataset.json has {field}={getattr(header, field)!r}, "
+                f"the generated samples {value!r}; refusing to mix them in one dataset"
+            )
+    prefix = f"gen-s{cfg.seed}-"
+    clash = [r.key for r in mf.LatentDataset(cfg.out).records() if r.key.startswith(prefix)]
+    if clash:
+        raise ValueError(
+            f"--append: {cfg.out} already holds samples of seed {cfg.seed} ({clash[0]}, ...); "
+            "use another --seed"
+        )
 
 
 def _build(cfg, plan: Plan, pipeline_class):
@@ -160,29 +225,40 @@ def _build(cfg, plan: Plan, pipeline_class):
     return pipe, groups
 
 
-def _write_config(cfg, out: Path) -> Path:
-    target = (
-        out / "resolved_config.yaml"
-        if out.suffix == ""
-        else out.with_name(out.stem + ".resolved.yaml")
-    )
+def _write_config(cfg, out: Path, folder: Path | None = None) -> Path:
+    target = resolved_path(out, folder)
     mf.atomic_write_text(target, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return target
 
 
-def _save_videos(frames_BFHW3, out: Path, fps: float) -> list[Path]:
-    paths = []
-    n = len(frames_BFHW3)
-    for i, video in enumerate(frames_BFHW3):
-        arr = np.round(np.asarray(video) * 255).astype(np.uint8)
-        if n == 1:
-            target = out
-        elif out.suffix:
-            target = out.with_name(f"{out.stem}_{i}{out.suffix}")
-        else:
-            target = out / f"video_{i}"
-        paths.append(save_video(arr, target, fps))
-    return paths
+def _save_videos(frames_BFHW3, out: Path, fps: float, folder: Path | None = None) -> list[Path]:
+    targets = video_paths(out, len(frames_BFHW3), folder)
+    for video, target in zip(frames_BFHW3, targets):
+        save_video(np.round(np.asarray(video) * 255).astype(np.uint8), target, fps)
+    return targets
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """An error of the disk while writing the outputs (full, read-only, quota) -> one line."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise OutputError(f"--out {out}: cannot write: {e.strerror or e}{where}") from None
+
+
+def _finish(cfg, plan: Plan, write) -> list[Path]:
+    """Write the outputs through ``write(path)`` at the planned place, the resolved settings
+    last, then put a replacement in place; returns the paths under ``cfg.out``."""
+    outputs = plan.outputs
+    with _writing(cfg.out):
+        paths = write(outputs.write_path)
+        _write_config(cfg, cfg.out, outputs.write_path)
+        outputs.commit()
+    if outputs.write_path == cfg.out:
+        return paths
+    return [cfg.out / p.relative_to(outputs.write_path) for p in paths]
 
 
 _PIPELINE_SETTINGS = (
@@ -202,8 +278,12 @@ _PIPELINE_SETTINGS = (
 
 def generate(cfg, plan: Plan) -> list[Path]:
     pipe, groups = _build(cfg, plan, MUGVPipeline)
+    settings = {name: getattr(cfg, name) for name in _PIPELINE_SETTINGS}
+    settings.update(image=plan.image, last_image=plan.last_image, video=plan.video)
+    if cfg.output_type == "latent" and cfg.append and groups.rank == 0:
+        check_append_header(cfg.out, _latent_header(pipe))
     out = pipe(
-        **{name: getattr(cfg, name) for name in _PIPELINE_SETTINGS},
+        **settings,
         height=plan.height,
         width=plan.width,
         num_frames=plan.frames,
@@ -218,32 +298,49 @@ def generate(cfg, plan: Plan) -> list[Path]:
         # captions are the texts actually encoded (with the aesthetic-score suffix)
         encoded = with_aesthetic_score(cfg.prompt, cfg.aesthetic_score)
         prompts = [p for p in encoded for _ in range(cfg.num_videos_per_prompt)]
-        paths = [
-            write_latent_shards(
-                cfg.out,
-                out.frames,
-                vae=pipe.vae,
-                vae_checkpoint_id=pipe.vae_checkpoint_id,
-                prompts=prompts,
-                prompt_embeds=out.prompt_embeds,
-                prompt_attention_mask=out.prompt_attention_mask,
-                fps=cfg.output_fps,
-                num_frames=plan.frames,
-                height=plan.height,
-                width=plan.width,
-                text_encoder_id=pipe.text_encoder_id,
-                extra={"seed": cfg.seed, "guidance_scale": cfg.guidance_scale},
-                config=cfg.model_dump(mode="json"),
-            )
-        ]
-    else:
-        paths = _save_videos(out.frames, cfg.out, cfg.output_fps)
-    _write_config(cfg, cfg.out)
-    return paths
+
+        def write(path: Path) -> list[Path]:
+            return [
+                write_latent_shards(
+                    path,
+                    out.frames,
+                    vae=pipe.vae,
+                    vae_checkpoint_id=pipe.vae_checkpoint_id,
+                    prompts=prompts,
+                    prompt_embeds=out.prompt_embeds,
+                    prompt_attention_mask=out.prompt_attention_mask,
+                    fps=cfg.output_fps,
+                    num_frames=plan.frames,
+                    height=plan.height,
+                    width=plan.width,
+                    text_encoder_id=pipe.text_encoder_id,
+                    key_prefix=f"gen-s{cfg.seed}-" if cfg.append else "gen",
+                    extra={"seed": cfg.seed, "guidance_scale": cfg.guidance_scale},
+                    config=cfg.model_dump(mode="json"),
+                    append=cfg.append,
+                )
+            ]
+
+        if cfg.append:  # the dataset's own header stays; no settings file inside it
+            with _writing(cfg.out):
+                return write(cfg.out)
+        return _finish(cfg, plan, write)
+    return _finish(cfg, plan, lambda path: _save_videos(out.frames, cfg.out, cfg.output_fps, path))
+
+
+def _latent_header(pipe):
+    """The header the generated latents will get (to compare with an --append target)."""
+    return latent_header(
+        vae=pipe.vae,
+        vae_checkpoint_id=pipe.vae_checkpoint_id,
+        latent_channels=pipe.transformer.config.in_channels,
+        text_encoder_id=pipe.text_encoder_id,
+        text_dim=pipe.transformer.config.text_dim if pipe.text_encoder is not None else None,
+    )
 
 
 def enhance(cfg, plan: Plan) -> list[Path]:
-    video = load_video(cfg.video, plan.height, plan.width)
+    video = plan.video
     keep = 1 + (video.shape[1] - 1) // 8 * 8
     pipe, groups = _build(cfg, plan, MUGVEnhancePipeline)
     if cfg.lora is not None:
@@ -260,6 +357,4 @@ def enhance(cfg, plan: Plan) -> list[Path]:
     )
     if groups.rank != 0:
         return []
-    paths = _save_videos(out.frames, cfg.out, cfg.output_fps)
-    _write_config(cfg, cfg.out)
-    return paths
+    return _finish(cfg, plan, lambda path: _save_videos(out.frames, cfg.out, cfg.output_fps, path))

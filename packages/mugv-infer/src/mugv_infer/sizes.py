@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mugv_kernels.rope import MAX_FRAME_INDEX
+
 ASPECT_RATIOS_720P: dict[str, tuple[int, int]] = {
     "9:16": (720, 1280),
     "3:4": (832, 1110),
@@ -17,6 +19,10 @@ NUM_FRAMES: dict[str, int] = {"5s": 105, "3s": 73}
 """Frame counts of the release (1 + 8k: what the 8x temporal VAE produces)."""
 
 SPATIAL_MULTIPLE = 16
+MAX_SIDE = 4096
+"""Largest height / width in pixels (the release generates 720p: 1280 at most)."""
+MAX_LATENT_FRAMES = MAX_FRAME_INDEX - 1
+"""Most latent frames: the DiT's RoPE time index (T + 2 entries) stops at 479."""
 
 
 def frame_size(resolution: str, aspect_ratio: str = "16:9") -> tuple[int, int]:
@@ -50,17 +56,24 @@ def num_frames(length: str | int) -> int:
 
 def check_frames(n: int, temporal_compression: int = 8) -> int:
     """Latent frames for ``n`` pixel frames; ValueError unless ``n = 1 + 8k``."""
-    if n < 1 or (n - 1) % temporal_compression:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or (n - 1) % temporal_compression:
         raise ValueError(
-            f"num_frames={n} cannot be produced by the VAE: it must be 1 + {temporal_compression}k "
+            f"num_frames={n!r} cannot be produced by the VAE: it must be 1 + {temporal_compression}k "
             "(1, 9, 17, ..., 73, ..., 105)"
         )
+    most = 1 + temporal_compression * (MAX_LATENT_FRAMES - 1)
+    if n > most:
+        raise ValueError(f"num_frames={n} is more than the DiT can place in time (at most {most})")
     return 1 + (n - 1) // temporal_compression
 
 
 def check_size(height: int, width: int) -> None:
-    if height <= 0 or width <= 0 or height % SPATIAL_MULTIPLE or width % SPATIAL_MULTIPLE:
+    """Pixel ``height`` / ``width``: integers, positive multiples of 16, at most ``MAX_SIDE``."""
+    sides = (height, width)
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in sides) or any(
+        v <= 0 or v % SPATIAL_MULTIPLE or v > MAX_SIDE for v in sides
+    ):
         raise ValueError(
-            f"height={height} and width={width} must be positive multiples of {SPATIAL_MULTIPLE} "
-            "(VAE x8, patch x2)"
+            f"height={height!r} and width={width!r} must be positive multiples of "
+            f"{SPATIAL_MULTIPLE} (VAE x8, patch x2), at most {MAX_SIDE}"
         )

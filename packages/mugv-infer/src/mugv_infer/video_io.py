@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mugv_formats.atomic import atomic_open
+from mugv_formats.atomic import atomic_open, refuse_symlink
 from mugv_formats.video import write_mp4
 from mugv_vae.video import decode_video
 from PIL import Image, UnidentifiedImageError
@@ -30,7 +30,7 @@ def load_image(path_or_image, height: int, width: int) -> torch.Tensor:
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"image {path} is not a readable image ({e})") from None
     elif isinstance(path_or_image, Image.Image):
         image = path_or_image.convert("RGB")
@@ -70,6 +70,7 @@ def save_video(frames_THWC: np.ndarray, path: str | Path, fps: float = 21.0) -> 
     row / column), ``.gif`` (PIL) or a folder of PNG frames (any other path, or a path ending
     in ``/``). The MP4 and the GIF appear complete or not at all."""
     path = Path(path)
+    refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
@@ -88,5 +89,6 @@ def save_video(frames_THWC: np.ndarray, path: str | Path, fps: float = 21.0) -> 
     else:
         path.mkdir(parents=True, exist_ok=True)
         for i, f in enumerate(frames_THWC):
-            Image.fromarray(f).save(path / f"frame_{i:05d}.png")
+            with atomic_open(path / f"frame_{i:05d}.png") as out:  # no write through a link
+                Image.fromarray(f).save(out, format="PNG")
     return path

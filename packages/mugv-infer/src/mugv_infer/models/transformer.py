@@ -55,6 +55,7 @@ from mugv_kernels.rope import (
 from torch import nn
 
 from mugv_infer import __version__
+from mugv_infer.checks import check_finite_weights
 
 EXPORT_ARCHITECTURE = "MUGDiT"
 # mugv-dit ModelConfig fields that describe training / runtime, not weights
@@ -294,6 +295,7 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             model = cls(**config)
         except TypeError as e:
             raise ValueError(f"{path}/config.json: config does not fit MUG-DiT ({e})") from None
+        check_finite_weights(folder.state_dict, path, "model")
         model.load_export_state_dict(folder.state_dict, where=str(path))
         # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules even when there are none
         return nn.Module.to(model, torch_dtype).eval()
