@@ -170,3 +170,50 @@ def unwritable_dir(tmp: Path) -> Path:
         (folder / ".probe").unlink()
     pytest.skip("no folder here refuses this process's writes")
 
+
+# -- issue 23, item 5 (helper dit-io): declared ranges of config fields --------------------
+#: numeric fields with no natural bound (a mean may be any finite number)
+UNBOUNDED_FIELDS = {"objective.logit_normal_mean"}
+
+
+def numeric_fields_without_range(model_cls, prefix: str = "") -> list[str]:
+    """Dotted names of the int/float fields of ``model_cls`` (recursively) that declare no
+    ge/gt/le/lt bound, on the field or on the items of a list/dict/tuple of numbers."""
+    import typing
+
+    import annotated_types
+    from pydantic import BaseModel
+
+    bounds = (annotated_types.Ge, annotated_types.Gt, annotated_types.Le, annotated_types.Lt)
+
+    def leaves(tp):
+        """(number type, metadata) leaves of an annotation."""
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            base, *meta = typing.get_args(tp)
+            return [(b, m + meta) for b, m in leaves(base)]
+        if origin is not None:
+            args = typing.get_args(tp)
+            if origin is dict:
+                args = args[1:]
+            return [leaf for a in args for leaf in leaves(a)]
+        if tp in (int, float):
+            return [(tp, [])]
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [(tp, [])]
+        return []
+
+    missing = []
+    for name, field in model_cls.model_fields.items():
+        dotted = f"{prefix}{name}"
+        for base, meta in leaves(field.annotation):
+            if isinstance(base, type) and issubclass(base, BaseModel):
+                missing += numeric_fields_without_range(base, dotted + ".")
+                continue
+            flat = [
+                x for m in [*meta, *field.metadata] for x in getattr(m, "metadata", [m])
+            ]  # Field(...) inside Annotated carries its bounds as metadata
+            declared = [m for m in flat if isinstance(m, bounds)]
+            if not declared and dotted not in UNBOUNDED_FIELDS:
+                missing.append(dotted)
+    return sorted(set(missing))

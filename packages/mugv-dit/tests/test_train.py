@@ -559,8 +559,9 @@ def test_combined_layouts_on_four_ranks_match(reference_run, dataset, tmp_path):
 
 def test_keep_checkpoints_prunes_oldest_never_latest(megatron_single, dataset, tmp_path):
     """``train.keep_checkpoints: 2`` with a checkpoint every step: after each save only the
-    newest two complete checkpoints remain, ``latest`` names one of them, and an incomplete
-    folder (no ``.metadata``) is not counted nor removed; the run still resumes."""
+    newest two complete checkpoints remain, ``latest`` names one of them; an incomplete
+    folder (no ``.metadata``) left by a killed save is removed at the next start (issue 23),
+    and the pruning neither counts nor removes one; the run still resumes."""
     from mugv_dit.checkpoint import _mark_complete
 
     train = {"progress": False, "ema_decay": None, "save_every": 1, "keep_checkpoints": 2}
@@ -570,16 +571,17 @@ def test_keep_checkpoints_prunes_oldest_never_latest(megatron_single, dataset, t
     (root / "step_0000000").mkdir()  # left by a killed save: no .metadata
     _train_inprocess(cfg, max_steps=3)
     names = sorted(p.name for p in root.iterdir() if p.name.startswith("step_"))
-    assert names == ["step_0000000", "step_0000002", "step_0000003"]
+    assert names == ["step_0000002", "step_0000003"]  # the partial one went at the start
     assert (root / "latest").read_text().strip() == "step_0000003"
     logs, _ = _train_inprocess(cfg, max_steps=1)  # resumes at step 3
     assert len([log for log in logs if "loss" in log]) == 1  # one step: 3 -> 4
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("step_0")) == [
-        "step_0000000",
         "step_0000003",
         "step_0000004",
     ]
-    # the folder `latest` names survives even when it is not among the newest
+    # the folder `latest` names survives even when it is not among the newest; an
+    # incomplete folder is not counted by the pruning nor removed by it
+    (root / "step_0000000").mkdir()
     (root / "step_0000009").mkdir()
     (root / "step_0000009" / ".metadata").write_bytes(b"")
     _mark_complete(root, root / "step_0000003", keep=1)

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--run", required=True, help="mugv-align run folder")
     exp.add_argument("--output", required=True, help="export folder to write")
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    exp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
 
     lst = sub.add_parser("ema-list", help="list a run's EMA snapshots")
     lst.add_argument("--run", required=True)
@@ -60,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--sigma-rel", type=float, required=True)
     rec.add_argument("--step", type=int, default=None, help="EMA at this step (default: last)")
     rec.add_argument("--output", required=True, help="mugv.dit-export folder to write")
+    rec.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
     sweep = sub.add_parser("ema-sweep", help="evaluate candidate sigma_rel on held-out latents")
     sweep.add_argument("--run", required=True)
     sweep.add_argument("--data", required=True, help="held-out latent dataset (with text)")
@@ -81,11 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: dpo when rows have 'chosen', else kto",
     )
+    mode = mp.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete preference set already at --output (nothing else)",
+    )
+    mode.add_argument(
+        "--append",
+        action="store_true",
+        help="add the items to the preference set at --output (same kind, same latents)",
+    )
     pairs = sub.add_parser("make-pairs", help="RDPO pairs: real clips vs generated samples")
     pairs.add_argument("--real", required=True, help="latent dataset of real clips (with text)")
     pairs.add_argument("--generated", required=True, help="latent shards written by mugv-infer")
     pairs.add_argument("--output", required=True, help="folder: latents/ + prefs/")
     pairs.add_argument("--max-per-caption", type=int, default=1)
+    pairs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace complete latents/ and prefs/ of an earlier make-pairs at --output",
+    )
     return parser
 
 
@@ -145,7 +171,15 @@ def _export(args) -> int:
         "weights": "model",
         "mode": cfg.align.mode,
     }
-    path = export_checkpoint(ckpt, cfg.model, args.output, weights="model", extra=extra)
+    path = export_checkpoint(
+        ckpt,
+        cfg.model,
+        args.output,
+        weights="model",
+        extra=extra,
+        overwrite=args.overwrite,
+        inputs=[args.run],
+    )
     print(f"exported the raw weights of {ckpt.name} to {path}")
     return 0
 
@@ -159,9 +193,10 @@ def _ema_list(args) -> int:
 
 
 def _ema_reconstruct(args) -> int:
-    from mugv_dit.interop.export import save_export
+    from mugv_dit.interop.export import claim_export, save_export
 
-    cfg = _run_config(args.run)
+    cfg = _run_config(args.run)  # a run folder first, then the output, then the work
+    claim = claim_export(args.output, overwrite=args.overwrite, inputs=[args.run])
     state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step)
     extra = {
         "run": str(args.run),
@@ -169,7 +204,7 @@ def _ema_reconstruct(args) -> int:
         "step": args.step,
         "snapshots": [[s["step"], s["sigma_rel"], float(w)] for s, w in zip(snaps, weights)],
     }
-    path = save_export(args.output, cfg.model, state, extra)
+    path = save_export(args.output, cfg.model, state, extra, claim=claim)
     print(f"wrote post-hoc EMA sigma_rel={args.sigma_rel} from {len(snaps)} snapshots to {path}")
     return 0
 
@@ -226,7 +261,14 @@ def _precompute(args) -> int:
 def _make_prefs(args) -> int:
     from mugv_align.prefs import make_prefs
 
-    kind, n = make_prefs(args.latents, args.labels, args.output, kind=args.kind)
+    kind, n = make_prefs(
+        args.latents,
+        args.labels,
+        args.output,
+        kind=args.kind,
+        overwrite=args.overwrite,
+        append=args.append,
+    )
     print(f"wrote {n} {kind} items to {args.output}")
     return 0
 
@@ -235,7 +277,11 @@ def _make_pairs(args) -> int:
     from mugv_align.prefs import make_real_pairs
 
     n = make_real_pairs(
-        args.real, args.generated, args.output, max_per_caption=args.max_per_caption
+        args.real,
+        args.generated,
+        args.output,
+        max_per_caption=args.max_per_caption,
+        overwrite=args.overwrite,
     )
     print(f"wrote {n} real-vs-generated pairs to {args.output}/prefs")
     return 0

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from mugv_dit.config import RunConfig, expand_preset
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# every numeric field declares its range; NaN and +-inf are refused everywhere
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+#: relative width of a power-function EMA (EDM2): (0, 0.28), see mugv_align.ema
+SigmaRel = Annotated[float, Field(gt=0, lt=0.28)]
 
 
 class PreferenceSource(BaseModel):
@@ -60,7 +63,7 @@ class AlignConfig(BaseModel):
     reference_errors: str | None = Field(
         None, description="File written by `mugv-align precompute-ref` (reference=precomputed)."
     )
-    ema_sigma_rels: list[float] = Field(
+    ema_sigma_rels: list[SigmaRel] = Field(
         default_factory=lambda: [0.05, 0.10],
         description="Power-function EMAs kept during training (EDM2); [] disables.",
     )

@@ -54,6 +54,8 @@ METRICS = ("pref_loss", "reward_margin", "pref_accuracy", "mean_error_gap", "sft
 class AlignTrainer(Trainer):
     """Runs an AlignRunConfig to completion, resuming from its output folder."""
 
+    run_folder_entries = (*Trainer.run_folder_entries, "ema_snapshots", "checkpoints/align_state")
+
     def __init__(self, cfg: AlignRunConfig, *, micro_batches_per_step: int | None = None):
         a = cfg.align
         self.sources = []

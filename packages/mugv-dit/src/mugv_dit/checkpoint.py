@@ -33,7 +33,7 @@ from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_read
 )
 from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
 from mugv_formats import atomic_write_text
-from mugv_formats.checkpoint_dirs import prune_step_dirs, step_dir_name
+from mugv_formats.checkpoint_dirs import checkpoint_step, prune_step_dirs, step_dir_name
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from mugv_dit.megatron_patches.adam_load import adam_state_for_loading, torch_adam_step_on_load
@@ -187,6 +187,43 @@ def latest_checkpoint(root: Path) -> Path | None:
     if not path.is_dir():
         raise ValueError(f"{pointer} names {path}, which does not exist")
     return path
+
+
+def clean_partial_checkpoints(root: Path) -> list[Path]:
+    """Remove what an interrupted save or prune left under ``root`` (rank 0, at start), by our
+    own names only: step folders ``latest`` does not name that are not complete or are newer
+    than it (a save killed before ``latest`` moved), ``.deleting-step_*`` folders of a killed
+    prune, and temporary ``.latest.*.tmp`` files of a killed pointer write. Nothing else under
+    ``root`` is touched. Returns the removed paths."""
+    if not root.is_dir():
+        return []
+    pointer = root / LATEST
+    latest = pointer.read_text().strip() if pointer.is_file() else None
+    latest_step = checkpoint_step(latest) if latest else None
+    removed = []
+    for p in sorted(root.iterdir()):
+        if p.is_symlink():
+            continue
+        name = p.name
+        step = checkpoint_step(name)
+        stale = False
+        if step is not None and p.is_dir() and name != latest:
+            complete = (p / ".metadata").is_file()
+            stale = not complete or latest_step is None or step > latest_step
+        elif (
+            name.startswith(".deleting-")
+            and checkpoint_step(name[10:].rsplit("-", 1)[0]) is not None
+        ):
+            stale = p.is_dir()
+        elif name.startswith(f".{LATEST}.") and name.endswith(".tmp"):
+            stale = p.is_file()
+        if stale:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
 
 
 def _prepare_dir(root: Path, path: Path) -> None:

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="export folder to write")
     export.add_argument("--weights", choices=["ema", "model"], default="ema")
     export.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
 
     embed = sub.add_parser("embed-text", help="add T5 text features to a latent dataset")
     embed.add_argument("--input", required=True, help="latent dataset without (or with) text")
@@ -73,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--max-length", type=int, default=300)
     embed.add_argument("--batch-size", type=int, default=8)
     embed.add_argument("--device", default="auto")
+    embed.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete latent dataset already at --output (nothing else)",
+    )
 
     orig = sub.add_parser(
         "import-original", help="convert the released MUG-V dit.pt into a mugv.dit-export"
@@ -80,12 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     orig.add_argument("--weights", required=True, help="path of the release's dit.pt")
     orig.add_argument("--output", required=True, help="export folder to write")
     orig.add_argument("--preset", default="10b", help="model preset of the weights")
+    orig.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
 
     widen = sub.add_parser("widen", help="widen an export x2, function-preservingly")
     widen.add_argument("--input", required=True, help="mugv.dit-export folder")
     widen.add_argument("--output", required=True, help="wide export folder to write")
     widen.add_argument("--noise", type=float, default=1e-3, help="relative symmetry-breaking noise")
     widen.add_argument("--seed", type=int, default=0)
+    widen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
 
     sub.add_parser("presets", help="list model presets with parameter counts")
     return parser
@@ -96,7 +116,6 @@ def _train(args) -> int:
     from mugv_dit.trainer import Trainer, train_to_end
 
     cfg = load_config(args.config, args.overrides)
-    check_user_values(cfg)
     logs = train_to_end(Trainer(cfg, micro_batches_per_step=args.micro_batches), args.max_steps)
     done = [log for log in logs if "loss" in log]
     if done:
@@ -106,22 +125,12 @@ def _train(args) -> int:
     return 0
 
 
-def check_user_values(cfg) -> None:
-    """Values the config schema admits but no run can use, named by their field."""
-    for i, stage in enumerate(cfg.curriculum):
-        for name in ("lr", "min_lr"):
-            value = getattr(stage, name)
-            if not value >= 0:  # also NaN
-                raise ValueError(
-                    f"curriculum[{i}] ({stage.name!r}).{name} = {value}: a learning rate must "
-                    "be >= 0"
-                )
-
-
 def _export(args) -> int:
     from mugv_dit.interop.export import export_run
 
-    path = export_run(args.run, args.output, weights=args.weights, step=args.step)
+    path = export_run(
+        args.run, args.output, weights=args.weights, step=args.step, overwrite=args.overwrite
+    )
     print(f"exported {args.weights} weights to {path}")
     return 0
 
@@ -136,6 +145,7 @@ def _embed(args) -> int:
         max_length=args.max_length,
         batch_size=args.batch_size,
         device=args.device,
+        overwrite=args.overwrite,
     )
     print(f"wrote {n} samples with text features to {args.output}")
     return 0
@@ -145,9 +155,10 @@ def _import_original(args) -> int:
     import torch
 
     from mugv_dit.config import model_preset
-    from mugv_dit.interop.export import save_export
+    from mugv_dit.interop.export import claim_export, save_export
     from mugv_dit.interop.original import load_original_checkpoint
 
+    claim = claim_export(args.output, overwrite=args.overwrite, inputs=[args.weights])
     cfg = model_preset(args.preset)
     state = load_original_checkpoint(args.weights, cfg)
     # the release has no learned null caption: start from a small random one
@@ -155,15 +166,16 @@ def _import_original(args) -> int:
     state["y_embedder.null_caption"] = (
         torch.randn(cfg.null_text_tokens, cfg.text_dim, generator=gen) / cfg.text_dim**0.5
     ).to(next(iter(state.values())).dtype)
-    path = save_export(args.output, cfg, state, {"source": "MUG-V release dit.pt"})
+    path = save_export(args.output, cfg, state, {"source": "MUG-V release dit.pt"}, claim=claim)
     print(f"wrote {path} ({args.preset})")
     return 0
 
 
 def _widen(args) -> int:
     from mugv_dit.interop.expansion import widen_state_dict, widened_config
-    from mugv_dit.interop.export import load_export, save_export
+    from mugv_dit.interop.export import claim_export, load_export, save_export
 
+    claim = claim_export(args.output, overwrite=args.overwrite, inputs=[args.input])
     cfg, state = load_export(args.input)
     wide = widen_state_dict(state, noise=args.noise, seed=args.seed)
     path = save_export(
@@ -171,6 +183,7 @@ def _widen(args) -> int:
         widened_config(cfg),
         wide,
         {"widened_from": str(args.input), "noise": args.noise},
+        claim=claim,
     )
     print(f"wrote {path} (hidden {cfg.hidden_size} -> {2 * cfg.hidden_size})")
     return 0

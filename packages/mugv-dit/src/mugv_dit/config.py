@@ -9,13 +9,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from mugv_formats.config_loading import dump_config as dump_config  # re-exported
 from mugv_formats.config_loading import load_config as load_typed_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# every numeric field declares its range; NaN and +-inf are refused everywhere
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+#: a task's sampling weight
+TaskWeight = Annotated[float, Field(ge=0)]
 
 
 class ModelConfig(BaseModel):
@@ -24,26 +27,32 @@ class ModelConfig(BaseModel):
 
     model_config = _STRICT
 
-    hidden_size: int = Field(48, description="Transformer width.")
-    num_layers: int = Field(2, description="Number of DiT blocks.")
-    num_heads: int = Field(4, description="Attention heads; head_dim = hidden/heads.")
-    ffn_hidden_size: int | None = Field(None, description="MLP width; default 4 * hidden.")
-    in_channels: int = Field(24, description="Latent channels of the VAE.")
+    hidden_size: int = Field(48, ge=1, description="Transformer width.")
+    num_layers: int = Field(2, ge=1, description="Number of DiT blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads; head_dim = hidden/heads.")
+    ffn_hidden_size: int | None = Field(None, ge=1, description="MLP width; default 4 * hidden.")
+    in_channels: int = Field(24, ge=1, description="Latent channels of the VAE.")
     learn_sigma: bool = Field(
         True, description="Output 2 * in_channels (as the original); the loss uses the first half."
     )
-    patch_size: tuple[int, int, int] = Field((1, 2, 2), description="(t, h, w) patch size.")
-    text_dim: int = Field(4096, description="Width of the text-encoder features (T5-XXL: 4096).")
+    patch_size: tuple[
+        Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]
+    ] = Field((1, 2, 2), description="(t, h, w) patch size.")
+    text_dim: int = Field(
+        4096, ge=1, description="Width of the text-encoder features (T5-XXL: 4096)."
+    )
     null_text_tokens: int = Field(
-        1, description="Length of the learned null caption used for caption dropout."
+        1, ge=1, description="Length of the learned null caption used for caption dropout."
     )
-    freq_embed_dim: int = Field(256, description="Sinusoidal width of timestep / fps embeddings.")
+    freq_embed_dim: int = Field(
+        256, ge=2, description="Sinusoidal width of timestep / fps embeddings."
+    )
     timestep_scale: float = Field(
-        1000.0, description="Noise level s in [0,1] is embedded as s * timestep_scale."
+        1000.0, gt=0, description="Noise level s in [0,1] is embedded as s * timestep_scale."
     )
-    rope_theta: float = Field(10000.0, description="RoPE base.")
-    norm_eps: float = Field(1e-6, description="Epsilon of every LayerNorm / RMSNorm.")
-    init_std: float = Field(0.02, description="Std of the normal init of linear weights.")
+    rope_theta: float = Field(10000.0, gt=1, description="RoPE base.")
+    norm_eps: float = Field(1e-6, gt=0, description="Epsilon of every LayerNorm / RMSNorm.")
+    init_std: float = Field(0.02, ge=0, description="Std of the normal init of linear weights.")
 
     @property
     def head_dim(self) -> int:
@@ -129,20 +138,20 @@ class ObjectiveConfig(BaseModel):
 
     model_config = _STRICT
 
-    logit_normal_mean: float = 0.0
-    logit_normal_std: float = 1.0
+    logit_normal_mean: float = Field(0.0, description="Mean of the logit-normal noise level.")
+    logit_normal_std: float = Field(1.0, gt=0, description="Std of the logit-normal noise level.")
     shift_by_resolution: bool = Field(
         True, description="Shift s by ratio = sqrt(H*W/512^2) * sqrt(T_latent)."
     )
-    base_resolution: int = Field(512 * 512, description="Pixel area with no shift.")
-    task_ratios: dict[str, float] = Field(
+    base_resolution: int = Field(512 * 512, ge=1, description="Pixel area with no shift.")
+    task_ratios: dict[str, TaskWeight] = Field(
         default_factory=lambda: {"t2v": 1.0},
         description="Sampling weights of tasks t2v / i2v / continuation (images are always t2i).",
     )
     continuation_max_frames: int = Field(
-        2, description="Continuation conditions on 1..this many leading latent frames."
+        2, ge=1, description="Continuation conditions on 1..this many leading latent frames."
     )
-    caption_dropout: float = Field(0.1, description="Probability of the null caption.")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of the null caption.")
 
     @model_validator(mode="after")
     def _check(self) -> ObjectiveConfig:
@@ -151,8 +160,6 @@ class ObjectiveConfig(BaseModel):
             raise ValueError(f"objective.task_ratios: unknown tasks {sorted(bad)}")
         if not self.task_ratios or sum(self.task_ratios.values()) <= 0:
             raise ValueError(f"objective.task_ratios must have a positive sum: {self.task_ratios}")
-        if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError(f"objective.caption_dropout={self.caption_dropout} not in [0, 1]")
         return self
 
 
@@ -168,11 +175,11 @@ class DataConfig(BaseModel):
         "energon: megatron-energon stream per DP rank with savable state.",
     )
     tokens_per_batch: int = Field(
-        4096, description="Token budget of one micro-batch per DP rank (video tokens)."
+        4096, ge=1, description="Token budget of one micro-batch per DP rank (video tokens)."
     )
-    max_batch_size: int = Field(64, description="Upper bound on samples per micro-batch.")
-    num_workers: int = Field(0, description="Loader worker processes.")
-    seed: int = 1234
+    max_batch_size: int = Field(64, ge=1, description="Upper bound on samples per micro-batch.")
+    num_workers: int = Field(0, ge=0, description="Loader worker processes.")
+    seed: int = Field(1234, ge=0, description="Seed of the step plans / loader order.")
     vae_checkpoint_id: str | None = Field(
         None,
         description="Id of the VAE the latents must come from (the dataset header's "
@@ -188,20 +195,37 @@ class StageConfig(BaseModel):
 
     name: str
     steps: int = Field(..., gt=0)
-    max_height: int | None = Field(None, description="Keep samples at most this tall (pixels).")
-    max_frames: int | None = Field(None, description="Keep samples at most this long (frames).")
-    min_frames: int | None = Field(None, description="Keep samples at least this long.")
-    image_share_start: float | None = Field(
-        None, description="Share of image (1-frame) samples at the stage start; None = natural."
+    max_height: int | None = Field(
+        None, ge=1, description="Keep samples at most this tall (pixels)."
     )
-    image_share_end: float | None = Field(None, description="Share at the stage end (annealed).")
-    task_ratios: dict[str, float] | None = Field(
+    max_frames: int | None = Field(
+        None, ge=1, description="Keep samples at most this long (frames)."
+    )
+    min_frames: int | None = Field(None, ge=1, description="Keep samples at least this long.")
+    image_share_start: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of image (1-frame) samples at the stage start; None = natural.",
+    )
+    image_share_end: float | None = Field(
+        None, ge=0, le=1, description="Share at the stage end (annealed)."
+    )
+    task_ratios: dict[str, TaskWeight] | None = Field(
         None, description="Overrides objective.task_ratios in this stage."
     )
-    lr: float = 1e-4
-    warmup_steps: int = 0
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of the stage.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps from 0 to lr.")
     lr_decay: Literal["constant", "cosine", "linear"] = "constant"
-    min_lr: float = 0.0
+    min_lr: float = Field(0.0, ge=0, description="Learning rate at the end of a decay.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StageConfig:
+        if self.min_frames and self.max_frames and self.min_frames > self.max_frames:
+            raise ValueError(
+                f"stage {self.name!r}: min_frames={self.min_frames} > max_frames={self.max_frames}"
+            )
+        return self
 
 
 class ParallelConfig(BaseModel):
@@ -236,13 +260,13 @@ class TrainConfig(BaseModel):
 
     model_config = _STRICT
 
-    seed: int = 42
+    seed: int = Field(42, ge=0, description="Seed of the model init and the noise draws.")
     bf16: bool = Field(True, description="bf16 params/compute on GPU (always fp32 on CPU).")
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam first-moment decay.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="Adam second-moment decay.")
+    adam_eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    clip_grad: float = Field(1.0, ge=0, description="Clip the grad norm to this; 0: no clipping.")
     fused_adam: bool = Field(
         True,
         description="torch's fused AdamW kernel for the fp32 main params (same update rule as "
@@ -257,18 +281,24 @@ class TrainConfig(BaseModel):
         "fused kernel; a NaN/Inf grad norm leaves weights and moments untouched). Falls back "
         "to Megatron's step where it does not apply (mugv_dit.optim.sync_free_step.why_not).",
     )
-    ema_decay: float | None = Field(0.9999, description="EMA of the weights; None disables.")
+    ema_decay: float | None = Field(
+        0.9999, ge=0, lt=1, description="EMA of the weights; None disables."
+    )
     nonfinite: Literal["skip", "stop"] = Field(
         "stop", description="On a NaN/Inf loss or grad norm: skip the step or stop with a report."
     )
-    max_skipped_steps: int = 10
-    log_every: int = 1
+    max_skipped_steps: int = Field(
+        10, ge=0, description="With nonfinite=skip: stop after more skipped steps than this."
+    )
+    log_every: int = Field(1, ge=1, description="TensorBoard scalars every N steps.")
     tensorboard: bool = Field(
         True,
         description="Also log scalars to TensorBoard (needs mugv-dit[train]); metrics.jsonl "
         "is always written.",
     )
-    save_every: int = 0
+    save_every: int = Field(
+        0, ge=0, description="Checkpoint every N steps (0: only at the end of the run)."
+    )
     keep_checkpoints: int = Field(
         0,
         ge=0,
@@ -310,6 +340,27 @@ class RunConfig(BaseModel):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.curriculum)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_learning_rates(cls, raw):
+        """A stage's learning rate out of range is named by stage index and name (the
+        schema's own range check would name only the list index)."""
+        stages = raw.get("curriculum") if isinstance(raw, dict) else None
+        for i, stage in enumerate(stages if isinstance(stages, list) else []):
+            if not isinstance(stage, dict):
+                continue
+            for name, low in (("lr", "> 0"), ("min_lr", ">= 0")):
+                value = stage.get(name)
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                ok = value > 0 if name == "lr" else value >= 0  # False for NaN too
+                if not ok or value == float("inf"):
+                    raise ValueError(
+                        f"curriculum[{i}] ({stage.get('name')!r}).{name} = {value}: a learning "
+                        f"rate must be finite and {low}"
+                    )
+        return raw
 
     @model_validator(mode="before")
     @classmethod

@@ -11,11 +11,13 @@ tokenizer, for tests and CPU demos. Nothing is downloaded.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from mugv_formats import LatentDataset, LatentShardWriter, derive_header
+from mugv_formats import LATENT_SHARDS_FORMAT, LatentDataset, LatentShardWriter, derive_header
+from mugv_formats.outputs import claim_output
 
 from mugv_dit import __version__
 
@@ -105,14 +107,31 @@ def embed_text_dataset(
     batch_size: int = 8,
     device: str = "auto",
     samples_per_shard: int = 64,
+    overwrite: bool = False,
 ) -> int:
-    """Write ``output_path``: the input latent dataset plus text features. Returns samples."""
+    """Write ``output_path``: the input latent dataset plus text features. Returns samples.
+
+    The output is claimed first (``mugv_formats.outputs.claim_output``): a new dataset, or an
+    interrupted one of this command with the same settings (resumed); a complete latent
+    dataset there is replaced only with ``overwrite``; anything else, or an output that is,
+    holds or sits in the input, is refused."""
     from tqdm import tqdm
 
     input_path, output_path = Path(input_path), Path(output_path)
-    if input_path.resolve() == output_path.resolve():
-        raise ValueError("--output must differ from --input (embed-text writes a new dataset)")
     source = LatentDataset(input_path)
+    claim = claim_output(
+        output_path,
+        LATENT_SHARDS_FORMAT,
+        overwrite=overwrite,
+        inputs=[input_path],
+        settings={
+            "command": "embed-text",
+            "input": os.path.realpath(input_path),
+            "text_encoder": str(text_encoder),
+            "max_length": max_length,
+            "samples_per_shard": samples_per_shard,
+        },
+    )
     encoder = TextEncoder(text_encoder, device=device, max_length=max_length)
     head = source.header
     header = derive_header(
@@ -131,7 +150,7 @@ def embed_text_dataset(
     )
     n = 0
     pending = []
-    with LatentShardWriter(output_path, header, samples_per_shard=samples_per_shard) as writer:
+    with LatentShardWriter(claim.write_path, header, samples_per_shard=samples_per_shard) as writer:
         done = {r.key for r in writer.existing_records()}
 
         def flush():
@@ -149,4 +168,5 @@ def embed_text_dataset(
                 flush()
         if pending:
             flush()
+    claim.commit()
     return n

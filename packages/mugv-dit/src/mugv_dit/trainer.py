@@ -38,9 +38,16 @@ from megatron.core.distributed import (
 )
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from mugv_formats import atomic_write_text
+from mugv_formats.atomic import open_append_nofollow, refuse_symlink
+from mugv_formats.outputs import output_lock
 
 from mugv_dit.build import build_model
-from mugv_dit.checkpoint import CheckpointSaver, latest_checkpoint, load_checkpoint
+from mugv_dit.checkpoint import (
+    CheckpointSaver,
+    clean_partial_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from mugv_dit.config import RunConfig, StageConfig, dump_config
 from mugv_dit.data.plan import BucketSampler, LatentIndex, collate, tokens_of
 from mugv_dit.diffusion.loss import (
@@ -94,6 +101,7 @@ def tensorboard_writer_class():
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop the log lines of steps >= ``step`` (re-run after a resume; a killed run may also
     leave a torn last line), so ``metrics.jsonl`` holds each step of the curve once."""
+    refuse_symlink(path, "metrics file")  # never read or rewrite a file outside the run
     if not path.is_file():
         return
     kept = []
@@ -110,6 +118,9 @@ def _trim_metrics(path: Path, step: int) -> None:
 class Trainer:
     """Runs a RunConfig to completion, resuming from its output directory when possible."""
 
+    #: folders the run writes into: a symbolic link planted at one is refused at start
+    run_folder_entries: tuple[str, ...] = ("checkpoints", "tensorboard")
+
     def __init__(self, cfg: RunConfig, *, micro_batches_per_step: int | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
@@ -120,14 +131,18 @@ class Trainer:
         self.skipped = 0
         self.last_saved_step = -1
         # built in this order (the model's init draws from the seeded global RNG, then EMA's)
-        self._build_process_groups(micro_batches_per_step)
-        model = self._build_model()
-        self._build_ddp(model)
-        self._build_optimizer()
-        self._build_ema(model)
-        self._build_data()
-        self._resume()
-        self._open_logs()
+        try:
+            self._build_process_groups(micro_batches_per_step)
+            model = self._build_model()
+            self._build_ddp(model)
+            self._build_optimizer()
+            self._build_ema(model)
+            self._build_data()
+            self._resume()
+            self._open_logs()
+        except BaseException:
+            self.stack.close()  # the output lock and the CPU shim go with a failed start
+            raise
 
     # -- build steps (called once, in the order of __init__) ----------------------------------
     def _build_process_groups(self, micro_batches_per_step: int | None) -> None:
@@ -157,6 +172,19 @@ class Trainer:
             )
         self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self._claim_output()
+
+    def _claim_output(self) -> None:
+        """Rank 0 holds the output folder's advisory lock for the whole run (a second run on
+        it is refused, naming the holder) and removes what an interrupted checkpoint save
+        left there (:func:`clean_partial_checkpoints`: our own names only). A run folder
+        that is a file, cannot be created or is not writable is a one-line error."""
+        if self.rank == 0:
+            self.stack.enter_context(output_lock(self.out, "output_dir"))
+            for name in self.run_folder_entries:
+                refuse_symlink(self.out / name, "run folder entry")
+            clean_partial_checkpoints(self.ckpt_root)
+        dist.barrier()
 
     def _build_model(self) -> MUGDiT:
         """The model: identical seed on every rank -> identical replicated params, and
@@ -557,7 +585,7 @@ class Trainer:
                 self.step += 1
                 logs.append(log)
                 if self.rank == 0:
-                    with open(metrics_path, "a") as f:
+                    with open_append_nofollow(metrics_path) as f:
                         f.write(json.dumps(log) + "\n")
                     if (
                         self.writer is not None

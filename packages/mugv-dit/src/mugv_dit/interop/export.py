@@ -4,6 +4,12 @@ The export holds the full (TP=1) state dict of MUGDiT under mugv's own parameter
 the ModelConfig (the architecture; format 1.0 exports also stored the runtime settings of the
 run that wrote them, which loading ignores: a model's RuntimeConfig is chosen when built); ``import`` loads it into a model of any TP size by slicing each tensor-parallel
 parameter along its partition dim.
+
+Every export writer claims its output first (:func:`claim_export`, the rule of
+``mugv_formats.outputs.claim_output``): a new or empty folder is written; a complete
+``mugv.dit-export`` there is replaced only with ``overwrite``; anything else (a run folder, a
+user's folder, another artifact, a file, a link) is refused, as is an output that is, holds or
+sits in one of the writer's inputs. The claim comes before the work.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from mugv_formats import (
     load_weights_folder,
     save_weights_folder,
 )
+from mugv_formats.outputs import OutputClaim, claim_output
 from pydantic import ValidationError
 
 from mugv_dit import __version__
@@ -63,10 +70,28 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
             param.copy_(full.to(param.dtype))
 
 
-def save_export(path: str | Path, model_cfg: ModelConfig, state: dict, extra: dict | None = None):
-    """Write a ``mugv.dit-export`` folder."""
-    return save_weights_folder(
-        path,
+def claim_export(
+    output: str | Path, *, overwrite: bool = False, inputs=(), what: str = "--output"
+) -> OutputClaim:
+    """Check that an export may be written at ``output`` (module doc) and prepare it."""
+    return claim_output(output, DIT_EXPORT_FORMAT, overwrite=overwrite, inputs=inputs, what=what)
+
+
+def save_export(
+    path: str | Path,
+    model_cfg: ModelConfig,
+    state: dict,
+    extra: dict | None = None,
+    *,
+    overwrite: bool = False,
+    inputs=(),
+    claim: OutputClaim | None = None,
+) -> Path:
+    """Write a ``mugv.dit-export`` folder at ``path`` (claimed here unless ``claim`` is the
+    caller's claim of it, made before its work); returns ``path``."""
+    claim = claim or claim_export(path, overwrite=overwrite, inputs=inputs)
+    save_weights_folder(
+        claim.write_path,
         format=DIT_EXPORT_FORMAT,
         architecture=ARCHITECTURE,
         config=model_cfg.model_dump(mode="json"),
@@ -74,6 +99,8 @@ def save_export(path: str | Path, model_cfg: ModelConfig, state: dict, extra: di
         extra=extra or {},
         producer=f"mugv-dit {__version__}",
     )
+    claim.commit()
+    return claim.path
 
 
 def load_export(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -128,7 +155,12 @@ def build_model_from_export(
 
 
 def write_random_export(
-    model_cfg: ModelConfig, out_dir: str | Path, *, seed: int, dtype: torch.dtype = torch.float32
+    model_cfg: ModelConfig,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
 ) -> Path:
     """Write a randomly initialised MUGDiT of architecture ``model_cfg`` (drawn from
     ``seed``, as a run of that seed starts) as a ``mugv.dit-export`` folder; returns it.
@@ -141,6 +173,7 @@ def write_random_export(
     from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import destroy_distributed, init_distributed
 
+    claim = claim_export(out_dir, overwrite=overwrite, what="export folder")
     own_groups = not parallel_state.model_parallel_is_initialized()
     init_distributed(1)
     try:
@@ -150,8 +183,7 @@ def write_random_export(
     finally:
         if own_groups:
             destroy_distributed()
-    save_export(out_dir, model_cfg, state, {"weights": "random", "seed": seed})
-    return Path(out_dir)
+    return save_export(out_dir, model_cfg, state, {"weights": "random", "seed": seed}, claim=claim)
 
 
 def run_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
@@ -172,23 +204,34 @@ def export_checkpoint(
     *,
     weights: str = "ema",
     extra: dict | None = None,
+    overwrite: bool = False,
+    inputs=(),
 ) -> Path:
     """Write the ``weights`` (``ema`` / ``model``) of a training checkpoint of architecture
     ``model_cfg`` as a ``mugv.dit-export`` folder, in one local process (TP=1); ``extra``
-    goes into the export's metadata."""
+    goes into the export's metadata; ``output`` is claimed first (``inputs``: the run
+    folder and anything else the export is made from, besides ``ckpt``)."""
     from mugv_dit.build import build_model
     from mugv_dit.checkpoint import load_model_weights
     from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
     from mugv_dit.parallel import init_distributed
 
+    claim = claim_export(output, overwrite=overwrite, inputs=[ckpt, *inputs])
     init_distributed(1)
     with cpu_megatron():
         model = build_model(model_cfg)
         load_model_weights(Path(ckpt), model, which=weights)
-    return save_export(output, model_cfg, full_state_dict(model), extra)
+    return save_export(output, model_cfg, full_state_dict(model), extra, claim=claim)
 
 
-def export_run(run_dir: str | Path, output: str | Path, *, weights: str = "ema", step=None):
+def export_run(
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    weights: str = "ema",
+    step=None,
+    overwrite: bool = False,
+):
     """Export the EMA (or raw) weights of a run's checkpoint, in one local process (TP=1)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "resolved_config.yaml"
@@ -199,4 +242,6 @@ def export_run(run_dir: str | Path, output: str | Path, *, weights: str = "ema",
     if weights == "ema" and cfg.train.ema_decay is None:
         raise ValueError(f"{run_dir} trained without EMA; use --weights model")
     extra = {"run": str(run_dir), "checkpoint": ckpt.name, "weights": weights}
-    return export_checkpoint(ckpt, cfg.model, output, weights=weights, extra=extra)
+    return export_checkpoint(
+        ckpt, cfg.model, output, weights=weights, extra=extra, overwrite=overwrite, inputs=[run_dir]
+    )
