@@ -196,3 +196,50 @@ def test_output_equal_to_or_nested_in_an_input_is_refused(
     err = _refused(capsys, _argv(parts, out, *extra))
     assert "input" in err, err
     assert {k: _snapshot(v) for k, v in parts.items()} == before
+
+
+def test_save_pretrained_never_replaces_a_users_folder_and_ours_only_with_overwrite(
+    parts, tmp_path
+):
+    from mugv_formats.outputs import OutputError
+    from mugv_infer import MUGVPipeline
+
+    pipe = MUGVPipeline.from_parts(parts["model"], parts["vae"], parts["t5"])
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("x")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="thesis.tex"):
+            pipe.save_pretrained(user, overwrite=overwrite)
+    assert sorted(p.name for p in user.iterdir()) == ["thesis.tex"]
+    saved = tmp_path / "saved"
+    pipe.save_pretrained(saved)
+    with pytest.raises(OutputError, match="overwrite"):
+        pipe.save_pretrained(saved)
+    pipe.save_pretrained(saved, overwrite=True)
+    again = MUGVPipeline.from_pretrained(saved)
+    assert type(again) is MUGVPipeline
+    with pytest.raises(OutputError, match="input|symbolic link"):
+        (tmp_path / "link").symlink_to(saved, target_is_directory=True)
+        pipe.save_pretrained(tmp_path / "link", overwrite=True)
+
+
+def test_save_lora_never_replaces_a_users_folder_and_ours_only_with_overwrite(tmp_path):
+    from mugv_formats.outputs import OutputError
+    from mugv_infer.enhancer import add_lora, load_lora, save_lora
+    from mugv_infer_fixtures import tiny_transformer
+
+    model = add_lora(tiny_transformer())
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "adapter_model.safetensors").write_bytes(b"someone else's adapter")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=str(user)):
+            save_lora(model, user, overwrite=overwrite)
+    assert (user / "adapter_model.safetensors").read_bytes() == b"someone else's adapter"
+    ours = tmp_path / "lora"
+    save_lora(model, ours)
+    with pytest.raises(OutputError, match="overwrite"):
+        save_lora(model, ours)
+    save_lora(model, ours, overwrite=True)
+    load_lora(tiny_transformer(), ours)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from mugv_formats.atomic import atomic_write_text
+from mugv_formats.atomic import atomic_open, atomic_write_text
 
 from mugv_infer.checks import check_finite_tensor, check_finite_weights, check_number
+from mugv_infer.outputs import claim_folder
 from mugv_infer.pipeline import (
     MAX_FPS,
     MAX_GUIDANCE,
@@ -42,25 +43,30 @@ def add_lora(transformer, rank: int = 4, alpha: float = 4.0, targets=DEFAULT_LOR
     return transformer
 
 
-def save_lora(transformer, path: str | Path) -> Path:
-    """Write the transformer's LoRA weights as a peft adapter folder."""
+LORA_KIND = "mugv-infer.lora"
+"""Kind of an adapter folder written by :func:`save_lora` (its ownership marker)."""
+
+
+def save_lora(transformer, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the transformer's LoRA weights as a peft adapter folder (``adapter_config.json``
+    last). A new or empty folder only; an adapter of ours is replaced (atomically) only with
+    ``overwrite``; anything else there is never touched (OutputError)."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     config = getattr(transformer, "_lora_config", None)
     if config is None:
         raise ValueError("the transformer has no LoRA adapter (add_lora / load_lora first)")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    claim = claim_folder(path, LORA_KIND, "adapter_config.json", overwrite=overwrite, what="path")
+    folder = claim.write_path
     state = get_peft_model_state_dict(transformer.blocks)
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in state.items()},
-        path / "adapter_model.safetensors",
-    )
+    with atomic_open(folder / "adapter_model.safetensors") as f:
+        f.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
     cfg = config.to_dict()
     cfg["target_modules"] = sorted(cfg["target_modules"])
-    atomic_write_text(path / "adapter_config.json", json.dumps(cfg, indent=1, default=str))
-    return path
+    atomic_write_text(folder / "adapter_config.json", json.dumps(cfg, indent=1, default=str))
+    claim.commit()
+    return Path(path)
 
 
 def load_lora(transformer, path: str | Path, *, fuse: bool = False):

@@ -37,6 +37,8 @@ from mugv_formats.outputs import (
     marker_kind,
 )
 
+from mugv_infer.sizes import num_frames
+
 FRAMES_KIND = "mugv-infer.frames"
 RESOLVED_IN_FOLDER = "resolved_config.yaml"
 
@@ -152,22 +154,8 @@ def plan_outputs(cfg, n_videos: int, inputs, *, settings: dict, claim: bool = Tr
         if not claim:
             return OutputPlan(out, out)
         kind = mf.LATENT_SHARDS_FORMAT if latent else FRAMES_KIND
-        complete_frames = (
-            not latent
-            and out.is_dir()
-            and (out / RESOLVED_IN_FOLDER).is_file()
-            and marker_kind(out) is not None
-        )
-        if complete_frames and not overwrite:
-            raise OutputError(
-                f"{what} {out} already holds frames written by mugv-infer; pass --overwrite "
-                "to replace them, or choose another --out"
-            )
-        c = claim_output(
-            out, kind, overwrite=overwrite, inputs=inputs, settings=settings, what=what
-        )
-        if c.state == "resume":
-            _clear_folder(c.write_path)  # ours (marked): everything is generated again
+        header = None if latent else RESOLVED_IN_FOLDER
+        c = claim_folder(out, kind, header, overwrite=overwrite, inputs=inputs, settings=settings)
         return OutputPlan(out, c.write_path, c)
     resolved = resolved_path(out)
     for target in video_paths(out, n_videos):
@@ -179,9 +167,36 @@ def plan_outputs(cfg, n_videos: int, inputs, *, settings: dict, claim: bool = Tr
     return OutputPlan(out, out)
 
 
-def _frames(cfg) -> int:
-    from mugv_infer.sizes import num_frames
+def claim_folder(
+    path: str | Path,
+    kind: str,
+    header: str | None,
+    *,
+    overwrite: bool = False,
+    inputs=(),
+    settings: dict | None = None,
+    what: str = "--out",
+) -> OutputClaim:
+    """:func:`claim_output` for a folder of ours; ``header``: the file written last that
+    marks a complete folder of a ``kind`` mugv_formats does not know (a frames folder's
+    ``resolved_config.yaml``, a saved pipeline's ``pipeline.json``), so that such a folder
+    too is replaced only with ``overwrite``. An interrupted one of ours is emptied: it is
+    written again whole. Write into ``claim.write_path``, then ``claim.commit()``."""
+    path = Path(path)
+    mark = marker_kind(path) if path.is_dir() and not path.is_symlink() else None
+    complete = header and mark is not None and mark[0] == kind and (path / header).is_file()
+    if complete and not overwrite:
+        raise OutputError(
+            f"{what} {path} already holds a complete {kind} written by mugv-infer; pass "
+            f"--overwrite (overwrite=True) to replace it, or choose another {what}"
+        )
+    c = claim_output(path, kind, overwrite=overwrite, inputs=inputs, settings=settings, what=what)
+    if c.state == "resume":
+        _clear_folder(c.write_path)
+    return c
 
+
+def _frames(cfg) -> int:
     try:
         return num_frames(cfg.frames) if hasattr(cfg, "frames") else 0
     except ValueError:

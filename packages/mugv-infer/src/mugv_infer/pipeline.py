@@ -38,6 +38,7 @@ from mugv_infer.checks import (
     check_number,
 )
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
+from mugv_infer.outputs import claim_folder
 from mugv_infer.scheduler import MUGVFlowEulerScheduler
 from mugv_infer.sizes import check_frames, check_size
 from mugv_infer.step_cache import StepCache
@@ -52,6 +53,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 """The release's negative prompt."""
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+PIPELINE_KIND = "mugv-infer.pipeline"
+"""Kind of a folder written by :meth:`MUGVPipeline.save_pretrained` (its ownership marker)."""
 MAX_GUIDANCE = 100.0
 MAX_FPS = 1000.0
 """Upper bound of fps values (the release uses 30 and 21)."""
@@ -190,11 +193,19 @@ class MUGVPipeline(DiffusionPipeline):
         pipe.text_encoder_id = None if text_encoder is None else Path(text_encoder).name
         return pipe
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+    def save_pretrained(
+        self, save_directory: str | Path, *, overwrite: bool = False, **kwargs
+    ) -> None:
         """``transformer/`` (diffusers), ``vae/`` (mugv.vae-checkpoint), ``scheduler/``,
-        ``text_encoder/`` + ``tokenizer/`` (transformers), ``pipeline.json``."""
-        root = Path(save_directory)
-        root.mkdir(parents=True, exist_ok=True)
+        ``text_encoder/`` + ``tokenizer/`` (transformers), ``pipeline.json`` (last).
+
+        A new or empty folder only; a saved pipeline of ours is replaced (atomically) only
+        with ``overwrite``; anything else there is never touched (OutputError)."""
+        claim = claim_folder(
+            save_directory, PIPELINE_KIND, "pipeline.json", overwrite=overwrite,
+            what="save_directory",
+        )  # fmt: skip
+        root = claim.write_path
         self.transformer.save_pretrained(root / "transformer")
         self.vae.save_pretrained(root / "vae")
         self.scheduler.save_pretrained(root / "scheduler")
@@ -204,6 +215,7 @@ class MUGVPipeline(DiffusionPipeline):
         atomic_write_text(
             root / "pipeline.json", json.dumps({"class": type(self).__name__}, indent=1)
         )
+        claim.commit()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, **kw):
