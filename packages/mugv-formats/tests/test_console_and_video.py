@@ -71,6 +71,56 @@ def test_yaml_and_validation_errors_read_as_one_line(capsys):
     )
 
 
+def _caught(fn) -> BaseException:
+    try:
+        fn()
+    except BaseException as e:
+        return e
+    raise AssertionError("no exception")
+
+
+class _BadStr(ValueError):
+    def __str__(self) -> str:
+        raise RuntimeError("str() itself fails")
+
+
+def test_every_user_error_type_prints_one_line(capsys):
+    """Issue 23: every exception the boundary catches prints exactly one line, never a
+    traceback of the boundary itself: pydantic errors without ``errors()`` (serialization),
+    validation errors with newlines in their field names or huge inputs, messages whose
+    ``str()`` fails or is empty, OS errors naming a file with a newline."""
+
+    class Cfg(BaseModel):
+        model_config = {"arbitrary_types_allowed": True}
+        x: object = None
+
+    class Odd:
+        pass
+
+    serialization = _caught(lambda: Cfg(x=Odd()).model_dump(mode="json"))
+    assert type(serialization).__name__ == "PydanticSerializationError"
+    assert not hasattr(serialization, "errors")
+
+    class Strict(BaseModel):
+        model_config = {"extra": "forbid"}
+
+    validation = _caught(lambda: Strict.model_validate({"a\nb": "y\n" * 10_000}))
+    cases = [
+        (serialization, "invalid config: Unable to serialize unknown type"),
+        (validation, "invalid config: a b: Extra inputs are not permitted (got 'y"),
+        (_BadStr("x"), "_BadStr"),
+        (ValueError(""), "ValueError"),
+        (FileNotFoundError(2, "No such file or directory", "clip\nname.mp4"), "[Errno 2]"),
+    ]
+    for exc, start in cases:
+        assert run_command("mugv-x", "train", _raise(exc)) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, err
+        message = err.removeprefix("mugv-x train: error: ")
+        assert message.startswith(start), err
+        assert len(message) < 400, err  # a huge input value is cut short
+
+
 def test_exit_codes_pass_through_and_bugs_keep_their_traceback(capsys):
     assert run_command("p", "c", lambda: 0) == 0
     assert run_command("p", "c", lambda: None) == 0

@@ -25,20 +25,50 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _short_repr(value: object, limit: int = 120) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a value whose repr fails still gets a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _pydantic_errors(exc: BaseException) -> str | None:
+    """``loc: message (got value); ...`` of a pydantic ``ValidationError``, else None (other
+    pydantic errors, e.g. ``PydanticSerializationError``, have no ``errors()``)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return None
+    try:
+        items = list(errors())
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')} "
+            f"(got {_short_repr(err.get('input'))})"
+            for err in items
+        )
+    except Exception:  # not the shape we know: fall back to the message
+        return None
+
+
 def one_line(exc: BaseException) -> str:
-    """A user error's message on one line.
+    """A user error's message on one line, whatever the exception type.
 
     A pydantic ``ValidationError`` lists each invalid field as ``loc: message (got value)``;
-    a YAML error reads ``invalid YAML: ...``; any other message has its whitespace runs
-    (newlines included) joined by single spaces."""
+    another pydantic error (serialization, schema) reads ``invalid config: MESSAGE``; a YAML
+    error reads ``invalid YAML: ...``; any other message has its whitespace runs (newlines
+    included) joined by single spaces. An empty message, or one whose ``str()`` fails, is
+    replaced by the exception's type name. Never raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    text = " ".join(text.split()) or type(exc).__name__
     if isinstance(exc, yaml.YAMLError):
-        return "invalid YAML: " + " ".join(str(exc).split())
-    if isinstance(exc, ValueError) and type(exc).__module__.startswith("pydantic"):
-        return "invalid config: " + "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()  # type: ignore[attr-defined]
-        )
-    return " ".join(str(exc).split())
+        return "invalid YAML: " + text
+    if type(exc).__module__.startswith("pydantic"):
+        listed = _pydantic_errors(exc)
+        return "invalid config: " + " ".join((listed or text).split())
+    return text
 
 
 def run_command(
