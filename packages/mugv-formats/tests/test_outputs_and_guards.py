@@ -184,6 +184,72 @@ def test_second_run_refused_naming_the_holder_and_dead_lock_taken_over(tmp_path:
     assert claim_output(out, "mugv.vae-run").state == "new"  # the lock file alone is "empty"
 
 
+def _snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder`` (and the folder): kind, bytes, mode and mtime."""
+    out = {}
+    for p in [folder, *sorted(folder.rglob("*"))]:
+        st = os.lstat(p)
+        data = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+        out[str(p.relative_to(folder))] = (st.st_mode, st.st_mtime_ns, st.st_size, data)
+    return out
+
+
+def test_locking_a_foreign_folder_leaves_it_byte_for_byte_unchanged(tmp_path: Path) -> None:
+    """Issue 23: a writer that locks before it claims wrote ``.mugv-lock`` into a user's
+    folder it then refused. The lock lives beside the folder; nothing is written inside a
+    folder with nothing of ours, and the lock file goes on release."""
+    user = tmp_path / "videos"
+    (user / "sub").mkdir(parents=True)
+    (user / "holiday.mp4").write_bytes(b"mine")
+    (user / "sub" / "notes.txt").write_text("keep\n")
+    before = _snapshot(user)
+    with output_lock(user, "--out") as lock:
+        assert lock == tmp_path / ".videos.mugv-lock" and lock.is_file()
+        assert _snapshot(user) == before
+        with pytest.raises(OutputError, match="holds files that no mugv writer made"):
+            claim_output(user, LATENTS)
+    assert _snapshot(user) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]  # lock file removed
+
+
+_SWAP = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from mugv_formats.outputs import claim_output, output_lock
+    out = Path(sys.argv[1])
+    with output_lock(out):
+        c = claim_output(out, "mugv.latent-shards", overwrite=True)
+        (c.write_path / "dataset.json").write_text(json.dumps({"format": c.kind}))
+        c.commit()
+        print("swapped", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+def test_a_replacement_swapped_in_stays_locked(tmp_path: Path) -> None:
+    """``commit`` renames a new folder in place of the old one; a second run must still be
+    refused until the first one ends (the lock is keyed on the path, not on the folder)."""
+    out = _complete(tmp_path / "lat", LATENTS)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _SWAP, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "swapped"
+        assert not (out / "payload.bin").exists()  # the replacement is in place
+        with pytest.raises(OutputLockedError, match=rf"pid {holder.pid} "), output_lock(out):
+            pass
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    with output_lock(out):  # free once the holder ended
+        pass
+
+
 # ---------------------------------------------------------------- symlinks
 
 

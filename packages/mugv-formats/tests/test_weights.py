@@ -136,3 +136,48 @@ def test_check_state_dict_fits_names_what_does_not_fit() -> None:
         check_state_dict_fits({"a": torch.zeros((2, 3)), "c": torch.zeros(1)}, expected, where="w")
     with pytest.raises(ValueError, match=r"^w: b: shape \(5,\), expected \(4,\)$"):
         check_state_dict_fits({"a": torch.zeros((2, 3)), "b": torch.zeros(5)}, expected, where="w")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("max_shard_bytes", [5 << 30, 4096])
+def test_check_finite_names_folder_file_and_tensor(
+    tmp_path: Path, bad: float, max_shard_bytes: int
+) -> None:
+    """Issue 23: one finite-weights check, in the loader: a NaN / inf in any float tensor
+    (bf16 too) is refused naming the folder, the .safetensors file that holds it (of a
+    sharded folder: the right shard) and the tensor; integers are not checked."""
+    from mugv_formats import NonFiniteWeightsError
+
+    sd = _state()
+    sd["enc.b"][5] = bad
+    folder = tmp_path / "ck"
+    save_weights_folder(
+        folder,
+        format=VAE_CHECKPOINT_FORMAT,
+        architecture="MUGVAE",
+        config={},
+        state_dict=sd,
+        max_shard_bytes=max_shard_bytes,
+        producer="t",
+    )
+    assert load_weights_folder(folder, format=VAE_CHECKPOINT_FORMAT).state_dict  # off: loads
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        holder = json.loads(index.read_text())["weight_map"]["enc.b"]
+    else:
+        holder = "model.safetensors"
+    with pytest.raises(NonFiniteWeightsError) as info:
+        load_weights_folder(folder, format=VAE_CHECKPOINT_FORMAT, check_finite=True)
+    msg = str(info.value)
+    assert msg.startswith(f"{VAE_CHECKPOINT_FORMAT} folder {folder}: tensor enc.b in "), msg
+    assert f"in {folder / holder} has non-finite values" in msg, msg
+    nan, inf = (1, 0) if bad != bad else (0, 1)
+    assert f"({nan} NaN, {inf} inf of 64)" in msg and "\n" not in msg, msg
+    assert isinstance(info.value, FormatError)
+    clean = _state()
+    save_weights_folder(
+        tmp_path / "ok", format=VAE_CHECKPOINT_FORMAT, architecture="MUGVAE", config={},
+        state_dict=clean, producer="t",
+    )  # fmt: skip
+    wf = load_weights_folder(tmp_path / "ok", format=VAE_CHECKPOINT_FORMAT, check_finite=True)
+    assert all(torch.equal(wf.state_dict[k], v) for k, v in clean.items())

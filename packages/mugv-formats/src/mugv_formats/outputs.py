@@ -26,9 +26,11 @@ writes last: ``dataset.json`` (clip shards, latent shards, preference data) or `
 (training run folders) are recognised by the ownership marker :data:`MARKER` that
 :func:`claim_output` writes into every folder it creates: ``{"kind", "settings", ...}``.
 
-:func:`output_lock` is an advisory ``flock`` on ``PATH/.mugv-lock`` held for a run; a second
-run on the same output is refused naming the holder (pid, host, command, start time). The
-kernel drops the lock when its process dies, so a dead run's lock is simply taken over.
+:func:`output_lock` is an advisory ``flock`` on ``PARENT/.NAME.mugv-lock`` (beside the output
+folder, removed on release) held for a run; a second run on the same output is refused naming
+the holder (pid, host, command, start time). The kernel drops the lock when its process dies,
+so a dead run's lock is simply taken over. Being beside the folder, the lock never writes into
+a folder that is not ours, and it still covers the folder after a replacement is swapped in.
 
 No torch or pydantic here: any package may import it.
 """
@@ -60,6 +62,7 @@ __all__ = [
     "artifact_kind",
     "check_not_nested",
     "claim_output",
+    "lock_path",
     "marker_kind",
     "output_lock",
 ]
@@ -68,7 +71,8 @@ __all__ = [
 HEADER_FILES = ("dataset.json", "config.json")
 #: Ownership marker written by :func:`claim_output` into each output folder it creates.
 MARKER = ".mugv-output.json"
-#: Advisory lock file of :func:`output_lock`.
+#: Name of the lock-information file of :func:`output_lock` inside a folder of ours (the lock
+#: itself is ``.NAME`` + this, beside the folder).
 LOCK_FILE = ".mugv-lock"
 _OWN_FILES = {MARKER, LOCK_FILE}
 _NEW_SUFFIX = ".mugv-new"
@@ -291,9 +295,9 @@ def claim_output(
     return OutputClaim(path, path, kind, "resume")
 
 
-def _holder(lock: Path) -> str:
+def _holder_of(fd: int) -> str:
     try:
-        info = json.loads(lock.read_text() or "{}")
+        info = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
     except (OSError, ValueError):
         info = {}
     if not isinstance(info, dict) or not info:
@@ -304,42 +308,104 @@ def _holder(lock: Path) -> str:
     )
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of output ``path``: ``PARENT/.NAME.mugv-lock``, beside the folder, so
+    that nothing is written inside a folder that is not ours and a replacement swapped in by
+    :meth:`OutputClaim.commit` stays under the same lock."""
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    if not path.name:
+        raise OutputError(f"output {path}: the file system root cannot be an output")
+    return path.with_name(f".{path.name}{LOCK_FILE}")
+
+
+def _ours_or_empty(path: Path) -> bool:
+    """A folder we may write our lock-info file into: empty, or holding an entry of ours
+    (a ``.mugv*`` name: marker, lock file, the umbrella's ``.mugv/``) or a mugv header."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return not names or any(n.startswith(".mugv") for n in names) or artifact_kind(path) is not None
+
+
 @contextlib.contextmanager
 def output_lock(path: str | Path, what: str = "output") -> Iterator[Path]:
     """Hold an advisory lock on the output folder ``path`` (created if missing) while the
     block runs; a second holder is refused with :class:`OutputLockedError` naming the first.
-    Yields the lock file's path."""
-    path = Path(path)
+    Yields the lock file's path (:func:`lock_path`, beside the folder; removed on release).
+
+    Nothing is written inside a folder that holds neither an entry nor a header of ours (a
+    user's folder stays byte-for-byte unchanged); in a folder of ours (or a new one) the
+    holder is also recorded in ``PATH/.mugv-lock`` for people looking inside."""
+    path = Path(path).expanduser()
+    if path.is_symlink():
+        raise OutputError(f"{what} {path} is a symbolic link (to {os.readlink(path)})")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file, not a folder")
-    _make_folder(path, what)
-    lock = path / LOCK_FILE
+    lock = lock_path(path)
+    if not path.exists():
+        _make_folder(path, what)
+    fd = _acquire(lock, path, what)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-    except OSError as e:
-        if lock.is_symlink():
-            refuse_symlink(lock, "lock file")
-        raise OutputError(f"{what} {path}: cannot open lock file {lock} ({e.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLockedError(
-                f"{what} {path} is in use by another run ({_holder(lock)}); wait for it to "
-                f"finish or choose another {what}"
-            ) from None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": " ".join(sys.argv)[:500],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        info = (
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": " ".join(sys.argv)[:500],
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "output": str(path),
+                }
+            )
+            + "\n"
+        ).encode()
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.pwrite(fd, info, 0)
+        inner = path / LOCK_FILE
+        if _ours_or_empty(path):
+            with contextlib.suppress(OSError):  # information only: the lock is beside
+                atomic_write_text(inner, info.decode())
         try:
             yield lock
         finally:
+            if inner.is_file() and not inner.is_symlink():
+                with contextlib.suppress(OSError):
+                    os.truncate(inner, 0)
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+                os.unlink(lock)  # while still holding it: see _acquire
     finally:
         os.close(fd)  # releases the flock
+
+
+def _acquire(lock: Path, path: Path, what: str) -> int:
+    """Open and ``flock`` ``lock``; the file may be removed by a holder releasing it, so the
+    lock counts only if the path still names the locked file (else try again)."""
+    for _ in range(100):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if lock.is_symlink():
+                refuse_symlink(lock, "lock file")
+            raise OutputError(
+                f"{what} {path}: cannot open its lock file {lock} ({e.strerror})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_of(fd)
+            os.close(fd)
+            raise OutputLockedError(
+                f"{what} {path} is in use by another run ({holder}); wait for it to "
+                f"finish or choose another {what}"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # released and removed meanwhile: take the new one
+    raise OutputError(f"{what} {path}: could not take its lock {lock}")

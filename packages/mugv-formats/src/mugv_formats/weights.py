@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,12 +158,52 @@ def read_weights_config(path: str | Path, *, format: str) -> dict[str, Any]:
     return meta
 
 
+class NonFiniteWeightsError(FormatError):
+    """A weights tensor holds NaN or infinite values (a diverged run, a bad conversion)."""
+
+
+def check_finite_state(
+    state: Mapping[str, Any],
+    *,
+    where: str,
+    file_of: Callable[[str], str] | None = None,
+    error: type[ValueError] = NonFiniteWeightsError,
+) -> None:
+    """Every floating-point (or complex) tensor of ``state`` is finite, else ``error`` on one
+    line: ``WHERE: tensor NAME in FILE has non-finite values (N NaN, M inf of K); ...``
+    (``file_of(name)`` names the file; without it the ``in FILE`` part is left out). The one
+    finite-weights check of the repository: loaders call it (or
+    :func:`load_weights_folder` with ``check_finite=True``)."""
+    import torch
+
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if not (torch.is_floating_point(t) or torch.is_complex(t)):
+            continue
+        if bool(torch.isfinite(t).all()):
+            continue
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        in_file = f" in {file_of(name)}" if file_of is not None else ""
+        raise error(
+            f"{where}: tensor {name}{in_file} has non-finite values ({nan} NaN, {inf} inf of "
+            f"{t.numel()}); the weights are broken (a diverged run or a bad conversion)"
+        )
+
+
 def load_weights_folder(
-    path: str | Path, *, format: str, device: str = "cpu", verify: bool = True
+    path: str | Path,
+    *,
+    format: str,
+    device: str = "cpu",
+    verify: bool = True,
+    check_finite: bool = False,
 ) -> WeightsFolder:
     """Load a weights folder written by :func:`save_weights_folder` as torch tensors.
 
-    ``verify`` checks each file's sha256 against ``config.json`` first.
+    ``verify`` checks each file's sha256 against ``config.json`` first. ``check_finite``
+    refuses a tensor with NaN or inf (:class:`NonFiniteWeightsError` naming the folder, the
+    ``.safetensors`` file and the tensor: :func:`check_finite_state`).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -187,9 +227,14 @@ def load_weights_folder(
         if verify and name in files and _sha256_file(f) != files[name]:
             raise ChecksumError(f"{f}: sha256 does not match {path / CONFIG_JSON}")
         try:
-            state.update(load_file(str(f), device=device))
+            loaded = load_file(str(f), device=device)
         except (SafetensorError, OSError) as e:
             raise CorruptShardError(f"{f}: unreadable safetensors file ({e})") from None
+        if check_finite:
+            check_finite_state(
+                loaded, where=f"{meta['format']} folder {path}", file_of=lambda _n, f=f: str(f)
+            )
+        state.update(loaded)
     return WeightsFolder(
         path=path,
         format=meta["format"],
