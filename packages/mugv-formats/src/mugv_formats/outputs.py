@@ -318,14 +318,15 @@ def lock_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}{LOCK_FILE}")
 
 
-def _ours_or_empty(path: Path) -> bool:
-    """A folder we may write our lock-info file into: empty, or holding an entry of ours
-    (a ``.mugv*`` name: marker, lock file, the umbrella's ``.mugv/``) or a mugv header."""
+def _may_note(path: Path) -> bool:
+    """Whether the holder may also be noted in ``PATH/.mugv-lock``: only in an empty folder
+    (new) or where that file already is, so no existing folder gains a file by being locked
+    (a complete dataset refused by the claim that follows stays byte-for-byte unchanged)."""
     try:
         names = os.listdir(path)
     except OSError:
         return False
-    return not names or any(n.startswith(".mugv") for n in names) or artifact_kind(path) is not None
+    return not names or LOCK_FILE in names
 
 
 @contextlib.contextmanager
@@ -334,9 +335,9 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[Path]:
     block runs; a second holder is refused with :class:`OutputLockedError` naming the first.
     Yields the lock file's path (:func:`lock_path`, beside the folder; removed on release).
 
-    Nothing is written inside a folder that holds neither an entry nor a header of ours (a
-    user's folder stays byte-for-byte unchanged); in a folder of ours (or a new one) the
-    holder is also recorded in ``PATH/.mugv-lock`` for people looking inside."""
+    Nothing is added inside an existing folder (a user's folder, or a dataset the claim then
+    refuses, stays byte-for-byte unchanged); in a new (empty) folder, or one that already has
+    ``PATH/.mugv-lock``, the holder is also noted there for people looking inside."""
     path = Path(path).expanduser()
     if path.is_symlink():
         raise OutputError(f"{what} {path} is a symbolic link (to {os.readlink(path)})")
@@ -362,7 +363,7 @@ def output_lock(path: str | Path, what: str = "output") -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, info, 0)
         inner = path / LOCK_FILE
-        if _ours_or_empty(path):
+        if _may_note(path):
             with contextlib.suppress(OSError):  # information only: the lock is beside
                 atomic_write_text(inner, info.decode())
         try:
