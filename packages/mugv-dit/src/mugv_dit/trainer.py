@@ -62,6 +62,13 @@ from mugv_dit.interop.export import architecture_differences, load_export, load_
 from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim.fused_adam import keep_adam_kernel
+from mugv_dit.optim.master import (
+    PendingShards,
+    compute_dtype,
+    lerp_to_masters_,
+    master_params,
+    sync_sharded_,
+)
 from mugv_dit.optim.optimizer import build_optimizer, set_lr, stage_lr
 from mugv_dit.parallel import (
     default_device,
@@ -170,8 +177,8 @@ class Trainer:
             raise ValueError(
                 f"micro_batches_per_step={self.micro_batches} not divisible by DP={self.dp_size}"
             )
-        self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self.dtype = compute_dtype(self.cfg.train.bf16, self.device)
+        self.bf16 = self.dtype == torch.bfloat16
         self._claim_output()
 
     def _claim_output(self) -> None:
@@ -225,9 +232,13 @@ class Trainer:
         )
 
     def _build_ema(self, model: MUGDiT) -> None:
-        """EMA: an fp32 copy with the same TP sharding (checkpoints through the same path)."""
+        """EMA: an fp32 copy with the same TP sharding (checkpoints through the same path) of
+        the optimizer's fp32 master weights (:meth:`update_ema`); at the start they equal
+        the model's weights."""
         cfg = self.cfg
         self.ema = None
+        # EMA parameters updated shard-wise (distributed optimizer) since the last sync_ema
+        self.ema_pending: PendingShards = {}
         if cfg.train.ema_decay is None:
             return
         ema = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
@@ -527,10 +538,22 @@ class Trainer:
     def update_ema(self) -> None:
         """Hook: fold the current weights into ``self.ema`` (called by :meth:`train_step`
         after an applied optimizer step, ``self.step`` not yet advanced). Here: one
-        exponential moving average with ``train.ema_decay``."""
+        exponential moving average with ``train.ema_decay`` of the optimizer's fp32 master
+        weights (:func:`~mugv_dit.optim.master.master_params`), not of the bf16 weights an
+        update below half a bf16 ulp does not move: ``ema <- d ema + (1 - d) master``.
+        Under the distributed optimizer each DP rank updates the elements whose master shard
+        it holds; :meth:`sync_ema` makes the EMA whole before it is saved."""
         decay = self.cfg.train.ema_decay
-        for p_ema, p in zip(self.ema.parameters(), self.model.module.parameters()):
-            p_ema.lerp_(p.detach().float(), 1 - decay)
+        masters = master_params(self.model.module, self.optimizer)
+        lerp_to_masters_(list(self.ema.parameters()), masters, 1 - decay, self.ema_pending)
+
+    @torch.no_grad()
+    def sync_ema(self) -> None:
+        """The whole EMA on every rank after sharded updates (one sum-reduce over the DP
+        group; nothing when no update was sharded). Collective: every rank calls it --
+        :meth:`save` does, before the EMA is checkpointed (and so exported)."""
+        if self.ema is not None and self.ema_pending:
+            sync_sharded_(list(self.ema.parameters()), self.ema_pending)
 
     # -- the run ----------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -542,6 +565,7 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        self.sync_ema()
         self.last_saved_step = self.step
         return self.saver.save(
             self.step,
