@@ -250,10 +250,11 @@ def test_power_emas_average_the_fp32_master_weights(megatron_single, distributed
     power EMA follows the main params (float64 brute force of the power profile over the
     main-param trajectory); an EMA of the bf16 params would not have moved at all."""
     from mugv_align.ema import discrete_profile
-    from mugv_align.snapshots import PowerEMAs, master_params
+    from mugv_align.snapshots import PowerEMAs
     from mugv_dit import build_model
     from mugv_dit.config import model_preset
     from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
+    from mugv_dit.optim.master import master_params
 
     with cpu_megatron():
         model, _ddp, opt = _bf16_megatron(distributed)

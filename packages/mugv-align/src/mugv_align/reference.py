@@ -33,6 +33,7 @@ import torch
 from mugv_dit.interop.export import build_model_from_export
 from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import PackedText
+from mugv_dit.optim.master import compute_dtype
 from mugv_dit.parallel import default_device
 from mugv_formats import atomic_write_text
 
@@ -46,10 +47,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def policy_dtype(cfg: AlignRunConfig, device: torch.device) -> torch.dtype:
-    """The dtype the policy's parameters and compute have on ``device``: bf16 with
-    ``train.bf16`` on CUDA, else fp32 (mugv-dit's Trainer rule, ``Trainer.dtype``)."""
-    bf16 = cfg.train.bf16 and torch.device(device).type == "cuda"
-    return torch.bfloat16 if bf16 else torch.float32
+    """The dtype the policy's parameters and compute have on ``device``: mugv-dit's one
+    rule (:func:`mugv_dit.optim.master.compute_dtype`, what ``Trainer.dtype`` is)."""
+    return compute_dtype(cfg.train.bf16, device)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
+from mugv_dit.optim.master import PendingShards, lerp_to_masters_, master_params, sync_sharded_
 from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import step_dir_name
 from torch import nn
@@ -28,64 +28,6 @@ from mugv_align.ema import gamma_to_sigma_rel, power_beta, sigma_rel_to_gamma, s
 SNAPSHOT_INFO = "snapshot.json"
 
 
-class MasterParam(NamedTuple):
-    """The fp32 master copy of one model parameter this rank holds: ``main`` is the whole
-    parameter (``start is None``) or its flat elements ``[start, end)`` (a distributed
-    optimizer's shard; ``group`` is the data-parallel group the shards are spread over)."""
-
-    main: torch.Tensor
-    start: int | None = None
-    end: int | None = None
-    group: object = None
-
-
-def master_params(model: nn.Module, optimizer=None) -> list[MasterParam]:
-    """The weights the optimizer actually updates, per parameter of ``model`` (in
-    ``model.parameters()`` order), in fp32.
-
-    * Megatron's mixed-precision optimizer (``fp32_from_float16_groups``): the full fp32
-      main copy of each bf16/fp16 parameter;
-    * Megatron's distributed optimizer (``shard_fp32_from_float16_groups``): this rank's
-      fp32 main shard and its flat range (a parameter with no shard here has an empty one);
-    * fp32 parameters, no optimizer, or an optimizer without main params: the parameter.
-
-    A bf16 parameter is its fp32 master rounded to 8 bits of mantissa: an update smaller
-    than half a bf16 ulp moves the master but not the parameter, so an average of the bf16
-    parameters misses every such update."""
-    found: dict[int, MasterParam] = {}
-    inner = [o for o in getattr(optimizer, "chained_optimizers", None) or [optimizer] if o]
-    distributed = [o for o in inner if hasattr(o, "shard_fp32_from_float16_groups")]
-    for opt in inner:
-        if opt in distributed:
-            group = opt.data_parallel_group
-            pairs = zip(opt.model_float16_groups, opt.shard_fp32_from_float16_groups, strict=True)
-            for model_group, main_group in pairs:
-                for p, main in zip(model_group, main_group, strict=True):
-                    if main is None:
-                        raise ValueError(
-                            "the optimizer keeps no fp32 main params (precision-aware "
-                            "optimizer): the EMA cannot average the master weights"
-                        )
-                    r = opt._get_model_param_range_map(p)["param"]
-                    found[id(p)] = MasterParam(main.detach(), r.start, r.end, group)
-        elif hasattr(opt, "fp32_from_float16_groups"):  # Float16OptimizerWithFloat16Params
-            pairs = zip(opt.float16_groups, opt.fp32_from_float16_groups, strict=True)
-            for model_group, main_group in pairs:
-                for p, main in zip(model_group, main_group, strict=True):
-                    found[id(p)] = MasterParam(main.detach())
-    out = []
-    for p in model.parameters():
-        if id(p) in found:
-            out.append(found[id(p)])
-        elif p.dtype in (torch.float16, torch.bfloat16) and distributed:
-            # the distributed optimizer gave this rank no shard of it: nothing to update here
-            empty = p.detach().new_empty(0, dtype=torch.float32)
-            out.append(MasterParam(empty, 0, 0, distributed[0].data_parallel_group))
-        else:
-            out.append(MasterParam(p.detach().float()))
-    return out
-
-
 def ema_dir_name(sigma_rel: float) -> str:
     return f"sigma_{sigma_rel:.4f}"
 
@@ -93,7 +35,8 @@ def ema_dir_name(sigma_rel: float) -> str:
 class PowerEMAs(nn.Module):
     """Several fp32 power-function EMAs of a model, sharded like it (``ema0``, ``ema1``...).
 
-    They average the optimizer's fp32 master weights (:func:`master_params`), not the
+    They average the optimizer's fp32 master weights
+    (:func:`mugv_dit.optim.master.master_params`), not the
     bf16 model weights. Under a distributed optimizer each data-parallel rank folds in only
     the elements whose fp32 shard it holds (no extra traffic per step); :meth:`sync`
     assembles the full EMAs (one sum-reduce of the shards) before they are written, and is
@@ -110,8 +53,8 @@ class PowerEMAs(nn.Module):
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.emas = nn.ModuleList([make_model().requires_grad_(False) for _ in sigma_rels])
         self.layer_offset = getattr(self.emas[0], "layer_offset", 0)
-        # per parameter: (start, end, group) of the shard this rank updates since the last sync
-        self._shards: dict[int, tuple[int, int, object]] = {}
+        # per EMA: the parameters it updated shard-wise since the last sync
+        self._pending: list[PendingShards] = [{} for _ in sigma_rels]
 
     def global_name(self, name: str) -> str:
         head, _, rest = name.partition(".")  # "emas"
@@ -139,38 +82,17 @@ class PowerEMAs(nn.Module):
         ``optimizer`` holds for ``model`` (:func:`master_params`; the parameters themselves
         without an optimizer)."""
         masters = master_params(model, optimizer)
-        for m, gamma in zip(self.emas, self.gammas, strict=True):
-            beta = power_beta(t, gamma)
-            for p_ema, src in zip(m.parameters(), masters, strict=True):
-                if src.start is None:
-                    p_ema.lerp_(src.main.view_as(p_ema), 1.0 - beta)
-                else:
-                    p_ema.view(-1)[src.start : src.end].lerp_(src.main.view(-1), 1.0 - beta)
-        for i, src in enumerate(masters):
-            if src.start is not None:
-                self._shards[i] = (src.start, src.end, src.group)
+        for m, gamma, pending in zip(self.emas, self.gammas, self._pending, strict=True):
+            lerp_to_masters_(list(m.parameters()), masters, 1.0 - power_beta(t, gamma), pending)
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Make every rank's EMAs whole after sharded updates: each element of a sharded
-        parameter is updated by exactly one data-parallel rank, so zeroing the others and
-        sum-reducing over the group gives the full EMA on every rank. Collective over the
-        data-parallel group when there is something to sync (every rank calls it)."""
-        if not self._shards:
-            return
-        import torch.distributed as dist
-
-        for m in self.emas:
-            params = list(m.parameters())
-            for i, (start, end, group) in sorted(self._shards.items()):
-                if group is None or not dist.is_initialized() or dist.get_world_size(group) == 1:
-                    continue
-                flat = params[i].view(-1)
-                mine = flat[start:end].clone()
-                flat.zero_()
-                flat[start:end] = mine
-                dist.all_reduce(flat, group=group)
-        self._shards.clear()
+        """Make every rank's EMAs whole after sharded updates
+        (:func:`mugv_dit.optim.master.sync_sharded_`: one sum-reduce of the shards over the
+        data-parallel group). Collective when there is something to sync (every rank calls
+        it)."""
+        for m, pending in zip(self.emas, self._pending, strict=True):
+            sync_sharded_(list(m.parameters()), pending)
 
     def save_snapshot(self, root: Path, step: int, *, tp_rank: int, pp_rank: int, writer: bool):
         """Write this rank's shard of every EMA (``writer``: DP rank 0 and CP rank 0 only);
