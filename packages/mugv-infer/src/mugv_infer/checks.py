@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from mugv_formats.weights import check_finite_state
 
 
 class NonFiniteError(ValueError):
@@ -41,20 +42,17 @@ def check_finite_weights(
     state: Mapping[str, torch.Tensor] | torch.nn.Module, folder: str | Path, what: str
 ) -> None:
     """Every floating-point tensor of ``state`` (a state dict or a module: parameters and
-    buffers) is finite, else :class:`NonFiniteError` naming the folder's file and the tensor."""
+    buffers) is finite, else :class:`NonFiniteError` naming the folder's file and the tensor
+    (the shared check, :func:`mugv_formats.weights.check_finite_state`)."""
     if isinstance(state, torch.nn.Module):
         state = state.state_dict()
-    for name, t in state.items():
-        if not (torch.is_floating_point(t) or torch.is_complex(t)):
-            continue
-        if bool(torch.isfinite(t).all()):
-            continue
-        nan, inf = _count_bad(t)
-        raise NonFiniteError(
-            f"{what} folder {folder}: tensor {name} in {_weights_file(Path(folder), name)} has "
-            f"non-finite values ({nan} NaN, {inf} inf of {t.numel()}); the weights are broken "
-            "(a diverged run or a bad conversion)"
-        )
+    folder = Path(folder)
+    check_finite_state(
+        state,
+        where=f"{what} folder {folder}",
+        file_of=lambda name: _weights_file(folder, name),
+        error=NonFiniteError,
+    )
 
 
 def check_finite_tensor(t: torch.Tensor | None, name: str) -> None:

@@ -93,8 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         flags["frames"] = int(flags["frames"])
     generate = args.command == "generate"
     cfg = C.resolve(C.GenerateConfig if generate else C.EnhanceConfig, args.config, flags, args.set)
-    plan = run.check(cfg)
-    outputs = run.generate(cfg, plan) if generate else run.enhance(cfg, plan)
+    plan = run.check(cfg)  # a folder output is locked from here (mugv_formats.output_lock)
+    try:
+        outputs = run.generate(cfg, plan) if generate else run.enhance(cfg, plan)
+    finally:
+        if plan.outputs is not None:
+            plan.outputs.release()
     print(json.dumps({"outputs": [str(p) for p in outputs]}))
     return 0
 

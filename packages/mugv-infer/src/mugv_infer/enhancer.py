@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from mugv_formats.atomic import atomic_open, atomic_write_text
 
 from mugv_infer.checks import check_finite_tensor, check_finite_weights, check_number
-from mugv_infer.outputs import claim_folder
+from mugv_infer.outputs import locked_folder
 from mugv_infer.pipeline import (
     MAX_FPS,
     MAX_GUIDANCE,
@@ -50,22 +50,25 @@ LORA_KIND = "mugv-infer.lora"
 def save_lora(transformer, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write the transformer's LoRA weights as a peft adapter folder (``adapter_config.json``
     last). A new or empty folder only; an adapter of ours is replaced (atomically) only with
-    ``overwrite``; anything else there is never touched (OutputError)."""
+    ``overwrite``; anything else there is never touched (OutputError). The folder is locked
+    while it is written (a second writer is refused naming the holder)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save
 
     config = getattr(transformer, "_lora_config", None)
     if config is None:
         raise ValueError("the transformer has no LoRA adapter (add_lora / load_lora first)")
-    claim = claim_folder(path, LORA_KIND, "adapter_config.json", overwrite=overwrite, what="path")
-    folder = claim.write_path
-    state = get_peft_model_state_dict(transformer.blocks)
-    with atomic_open(folder / "adapter_model.safetensors") as f:
-        f.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
     cfg = config.to_dict()
     cfg["target_modules"] = sorted(cfg["target_modules"])
-    atomic_write_text(folder / "adapter_config.json", json.dumps(cfg, indent=1, default=str))
-    claim.commit()
+    state = get_peft_model_state_dict(transformer.blocks)
+    with locked_folder(
+        path, LORA_KIND, "adapter_config.json", overwrite=overwrite, what="path"
+    ) as claim:
+        folder = claim.write_path
+        with atomic_open(folder / "adapter_model.safetensors") as f:
+            f.write(save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+        atomic_write_text(folder / "adapter_config.json", json.dumps(cfg, indent=1, default=str))
+        claim.commit()
     return Path(path)
 
 

@@ -13,14 +13,22 @@ a symbolic link planted at an output path; the folder must be writable.
   claimed the same way; complete when ``resolved_config.yaml`` (written last) is present.
 - **.mp4 / .gif files** (one per video: ``v.mp4`` or ``v_0.mp4``, ``v_1.mp4``, ...): a file
   is ours when our ``.resolved.yaml`` settings (written after it) sit beside it and name it.
+
+A folder output (latent shards, frames, :meth:`MUGVPipeline.save_pretrained`,
+:func:`mugv_infer.enhancer.save_lora`) is locked with :func:`mugv_formats.outputs.output_lock`
+from before its claim until its commit: a second run onto the same folder is refused, naming
+the holder (pid, host, command, start time), before it loads any model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import mugv_formats as mf
@@ -35,6 +43,7 @@ from mugv_formats.outputs import (
     check_not_nested,
     claim_output,
     marker_kind,
+    output_lock,
 )
 
 from mugv_infer.sizes import num_frames
@@ -68,10 +77,15 @@ class OutputPlan:
     write_path: Path
     claim: OutputClaim | None = None
     append: bool = False
+    locks: contextlib.ExitStack = dataclass_field(default_factory=contextlib.ExitStack, repr=False)
 
     def commit(self) -> None:
         if self.claim is not None:
             self.claim.commit()
+
+    def release(self) -> None:
+        """Give up the output's lock (the run is over; safe to call more than once)."""
+        self.locks.close()
 
 
 def _writable_ancestor(path: Path, what: str) -> None:
@@ -144,7 +158,11 @@ def plan_outputs(cfg, n_videos: int, inputs, *, settings: dict, claim: bool = Tr
         _writable_ancestor(out / "probe" if out.is_dir() else out, what)
         if latent and append:
             check_append(out, cfg)
-            return OutputPlan(out, out, None, append=True)
+            if not claim:
+                return OutputPlan(out, out, None, append=True)
+            plan = OutputPlan(out, out, None, append=True)
+            plan.locks.enter_context(output_lock(out, what))
+            return plan
         if out.is_dir():
             names = [RESOLVED_IN_FOLDER]
             if not latent:
@@ -155,8 +173,15 @@ def plan_outputs(cfg, n_videos: int, inputs, *, settings: dict, claim: bool = Tr
             return OutputPlan(out, out)
         kind = mf.LATENT_SHARDS_FORMAT if latent else FRAMES_KIND
         header = None if latent else RESOLVED_IN_FOLDER
-        c = claim_folder(out, kind, header, overwrite=overwrite, inputs=inputs, settings=settings)
-        return OutputPlan(out, c.write_path, c)
+        locks = contextlib.ExitStack()
+        with contextlib.ExitStack() as on_error:
+            on_error.callback(locks.close)
+            locks.enter_context(output_lock(out, what))  # the claim is decided under the lock
+            c = claim_folder(
+                out, kind, header, overwrite=overwrite, inputs=inputs, settings=settings
+            )
+            on_error.pop_all()
+        return OutputPlan(out, c.write_path, c, locks=locks)
     resolved = resolved_path(out)
     for target in video_paths(out, n_videos):
         _check_file(target, resolved, overwrite, what)
@@ -165,6 +190,25 @@ def plan_outputs(cfg, n_videos: int, inputs, *, settings: dict, claim: bool = Tr
     if resolved.is_dir():
         raise OutputError(f"{what} settings file {resolved} is a folder")
     return OutputPlan(out, out)
+
+
+@contextlib.contextmanager
+def locked_folder(
+    path: str | Path,
+    kind: str,
+    header: str | None,
+    *,
+    overwrite: bool = False,
+    inputs=(),
+    settings: dict | None = None,
+    what: str = "--out",
+) -> Iterator[OutputClaim]:
+    """:func:`claim_folder` under :func:`mugv_formats.outputs.output_lock`, held until the
+    block ends: write into ``claim.write_path`` and ``claim.commit()`` inside the block."""
+    with output_lock(path, what):  # a symbolic link at ``path`` is refused (OutputError)
+        yield claim_folder(
+            path, kind, header, overwrite=overwrite, inputs=inputs, settings=settings, what=what
+        )
 
 
 def claim_folder(

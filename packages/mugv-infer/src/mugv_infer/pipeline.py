@@ -38,7 +38,7 @@ from mugv_infer.checks import (
     check_number,
 )
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
-from mugv_infer.outputs import claim_folder
+from mugv_infer.outputs import locked_folder
 from mugv_infer.scheduler import MUGVFlowEulerScheduler
 from mugv_infer.sizes import check_frames, check_size
 from mugv_infer.step_cache import StepCache
@@ -200,22 +200,23 @@ class MUGVPipeline(DiffusionPipeline):
         ``text_encoder/`` + ``tokenizer/`` (transformers), ``pipeline.json`` (last).
 
         A new or empty folder only; a saved pipeline of ours is replaced (atomically) only
-        with ``overwrite``; anything else there is never touched (OutputError)."""
-        claim = claim_folder(
+        with ``overwrite``; anything else there is never touched (OutputError). The folder is
+        locked while it is written (a second writer is refused naming the holder)."""
+        with locked_folder(
             save_directory, PIPELINE_KIND, "pipeline.json", overwrite=overwrite,
             what="save_directory",
-        )  # fmt: skip
-        root = claim.write_path
-        self.transformer.save_pretrained(root / "transformer")
-        self.vae.save_pretrained(root / "vae")
-        self.scheduler.save_pretrained(root / "scheduler")
-        if self.text_encoder is not None:
-            self.text_encoder.save_pretrained(root / "text_encoder")
-            self.tokenizer.save_pretrained(root / "tokenizer")
-        atomic_write_text(
-            root / "pipeline.json", json.dumps({"class": type(self).__name__}, indent=1)
-        )
-        claim.commit()
+        ) as claim:  # fmt: skip
+            root = claim.write_path
+            self.transformer.save_pretrained(root / "transformer")
+            self.vae.save_pretrained(root / "vae")
+            self.scheduler.save_pretrained(root / "scheduler")
+            if self.text_encoder is not None:
+                self.text_encoder.save_pretrained(root / "text_encoder")
+                self.tokenizer.save_pretrained(root / "tokenizer")
+            atomic_write_text(
+                root / "pipeline.json", json.dumps({"class": type(self).__name__}, indent=1)
+            )
+            claim.commit()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, **kw):

@@ -55,7 +55,6 @@ from mugv_kernels.rope import (
 from torch import nn
 
 from mugv_infer import __version__
-from mugv_infer.checks import check_finite_weights
 
 EXPORT_ARCHITECTURE = "MUGDiT"
 # mugv-dit ModelConfig fields that describe training / runtime, not weights
@@ -284,7 +283,9 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         cls, path: str | Path, *, torch_dtype: torch.dtype = torch.float32, verify: bool = True
     ) -> MUGDiTTransformer3DModel:
         """Load a ``mugv.dit-export`` folder (written by ``mugv-dit export``)."""
-        folder = mf.load_weights_folder(path, format=mf.DIT_EXPORT_FORMAT, verify=verify)
+        folder = mf.load_weights_folder(
+            path, format=mf.DIT_EXPORT_FORMAT, verify=verify, check_finite=True
+        )
         if folder.architecture != EXPORT_ARCHITECTURE:
             raise ValueError(
                 f"{path}/config.json: architecture {folder.architecture!r}, "
@@ -295,7 +296,6 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             model = cls(**config)
         except TypeError as e:
             raise ValueError(f"{path}/config.json: config does not fit MUG-DiT ({e})") from None
-        check_finite_weights(folder.state_dict, path, "model")
         model.load_export_state_dict(folder.state_dict, where=str(path))
         # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules even when there are none
         return nn.Module.to(model, torch_dtype).eval()
