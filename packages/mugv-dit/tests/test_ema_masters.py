@@ -4,7 +4,6 @@ sum-reduce; the policy's dtype rule is one public function."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -122,33 +121,6 @@ def _masters_from_optimizer(model, opt) -> list[torch.Tensor]:
     return [by_id[id(p)].view(p.shape) for p in model.parameters()]
 
 
-def _sync_worker(rank: int, world: int, port: int, path: str) -> None:
-    import torch.distributed as dist
-    from mugv_dit.optim.master import MasterParam, lerp_to_masters_, sync_sharded_
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        g = torch.Generator().manual_seed(0)
-        ema = [torch.randn(5, 7, generator=g), torch.randn(11, generator=g)]
-        master = [torch.randn(5, 7, generator=g), torch.randn(11, generator=g)]
-        # rank r holds the flat elements [cut_r, cut_{r+1}) of each parameter (one empty)
-        cuts = [(0, 20, 35), (0, 0, 11)]
-        masters = []
-        for full, (a, b, c) in zip(master, cuts, strict=True):
-            lo, hi = ((a, b), (b, c))[rank]
-            masters.append(MasterParam(full.view(-1)[lo:hi].clone(), lo, hi, dist.group.WORLD))
-        pending = {}
-        for _ in range(3):
-            lerp_to_masters_(ema, masters, 0.25, pending)
-        assert sorted(pending) == [0, 1]
-        sync_sharded_(ema, pending)
-        assert pending == {}
-        torch.save([e.clone() for e in ema], f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_sharded_update_and_one_reduce_equal_the_whole_update(tmp_path):
     """Two gloo ranks each update only their shard of the EMA; after sync_sharded_ both hold
     exactly (bit for bit) the EMA a single process gets updating every element."""
@@ -156,12 +128,13 @@ def test_sharded_update_and_one_reduce_equal_the_whole_update(tmp_path):
 
     import torch.multiprocessing as mp
     from mugv_dit.optim.master import MasterParam, lerp_to_masters_
+    from mugv_dit_ema_worker import sync_worker  # by module name: spawned children import it
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = str(tmp_path / "ema")
-    mp.start_processes(_sync_worker, args=(2, port, path), nprocs=2, start_method="spawn")
+    mp.start_processes(sync_worker, args=(2, port, path), nprocs=2, start_method="spawn")
     g = torch.Generator().manual_seed(0)
     want = [torch.randn(5, 7, generator=g), torch.randn(11, generator=g)]
     master = [torch.randn(5, 7, generator=g), torch.randn(11, generator=g)]
