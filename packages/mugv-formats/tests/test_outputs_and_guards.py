@@ -212,9 +212,8 @@ def test_locking_a_foreign_folder_leaves_it_byte_for_byte_unchanged(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]  # lock file removed
     ours = _complete(tmp_path / "lat", LATENTS)  # a dataset the claim will refuse: unchanged
     before = _snapshot(ours)
-    with output_lock(ours):
-        with pytest.raises(OutputError, match="pass --overwrite"):
-            claim_output(ours, LATENTS)
+    with output_lock(ours), pytest.raises(OutputError, match="pass --overwrite"):
+        claim_output(ours, LATENTS)
     assert _snapshot(ours) == before
 
 
