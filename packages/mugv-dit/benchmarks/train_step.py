@@ -29,9 +29,10 @@ from profile_step import profile_step
 IMPLS = {
     "mug": "torch elementwise ops, SDPA attention, Megatron's default optimizer path",
     "mug-fused": "mugv_kernels fused ops, SDPA attention (cuDNN at head dim 72)",
-    "mug-fa4": "fused ops + FlashAttention-4 (head dim padded 72 -> 96)",
+    "mug-fa4": "fused ops + FlashAttention-4 (head dim 72 padded to 80 with the dq fix, else 96)",
     "mug-fused-adam": "mug-fa4 + fused AdamW + foreach grad norm under Megatron's step",
     "mug-fast": "mug-fa4 + fused AdamW + the sync-free optimizer step (the trainer's defaults)",
+    "mug-graphed": "mug-fast with the whole step replayed as one CUDA graph (GraphedStep)",
     "wan": "diffusers WanTransformer3DModel with its default SDPA attention",
     "wan-fa4": "the same Wan with its attention routed through the same FA4 call",
 }
@@ -100,6 +101,7 @@ def bench_mug(
     sp=False,
     attention="auto",
     optimizer_path="megatron",
+    graphed=False,
     profile=None,
 ):
     from megatron.core import parallel_state, tensor_parallel
@@ -198,10 +200,18 @@ def bench_mug(
         fwd_bwd()
         opt_step()
 
-    sec = _timeit(step if with_opt else fwd_bwd, warmup, iters)
-    phases = _phases(fwd_bwd, opt_step if with_opt else None)
+    if graphed:
+        # the whole step as one CUDA graph (2 eager warm-up steps, then capture + replays)
+        from mugv_dit.optim.graphed_step import GraphedStep, capturable_adam
+
+        capturable_adam(opt)
+        step = GraphedStep(step, warmup=2)
+        if warmup < 3:
+            raise ValueError("--warmup >= 3 for a graphed step (2 eager steps + capture)")
+    sec = _timeit(step if with_opt or graphed else fwd_bwd, warmup, iters)
+    phases = _phases(step, None) if graphed else _phases(fwd_bwd, opt_step if with_opt else None)
     if profile:
-        profile_step(step if with_opt else fwd_bwd, *profile)
+        profile_step(step if with_opt or graphed else fwd_bwd, *profile)
     (
         clip_grads.l2_norm_impl,
         clip_grads.multi_tensor_scale_impl,
@@ -402,8 +412,10 @@ def main() -> None:
                         recompute=args.recompute,
                         fused=impl != "mug",
                         attention="fa4" if impl not in ("mug", "mug-fused") else "sdpa",
+                        graphed=impl == "mug-graphed",
                         optimizer_path={
                             "mug-fast": "sync-free",
+                            "mug-graphed": "sync-free",
                             "mug-fused-adam": "fused-adam",
                         }.get(impl, "megatron"),
                         **kw,
