@@ -230,6 +230,18 @@ class DedupConfig(Frozen):
     """Cosine similarity at or above which the later clip is a near duplicate."""
     embedding: Literal["auto", "thumbnail", "clip"] = "auto"
     """``auto``: CLIP embeddings when the aesthetic stage ran, else thumbnail embeddings."""
+    method: Literal["auto", "exact", "clustered"] = "auto"
+    """``exact``: all pairs (O(N^2)); ``clustered``: faiss k-means clusters searched one at a
+    time (``mugv_data.dedup``); ``auto``: exact up to ``exact_max_clips`` clips."""
+    exact_max_clips: int = Field(20000, ge=0, le=1 << 40)
+    clusters: int = Field(0, ge=0, le=1 << 24)
+    """k-means clusters of the clustered search (0: about sqrt(N))."""
+    max_probe: int = Field(4, ge=1, le=1 << 16)
+    """Clusters a clip is searched in at most (its own + guests within reach of the threshold)."""
+    memory_mb: int = Field(1024, ge=0, le=1 << 30)
+    """Member vectors held at once by the clustered search (one pass over the store per batch)."""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    """k-means seed (the search is deterministic for a given seed)."""
 
 
 class BalanceConfig(Frozen):

@@ -24,7 +24,7 @@ import numpy as np
 
 from mugv_data.caption_files import CaptionTable, sidecar_caption
 from mugv_data.config import CurateConfig
-from mugv_data.dedup import near_duplicates
+from mugv_data.dedup import find_duplicates
 from mugv_data.per_source import ClipOutcome, SourceResult
 from mugv_data.tags import Tagger, balanced_weights
 
@@ -63,7 +63,9 @@ class DatasetStage(ABC):
 class DedupStage(DatasetStage):
     """Near-duplicate removal: the later clip of a pair with cosine similarity >= threshold
     is rejected (score ``dedup_similarity``); CLIP embeddings when the aesthetic stage ran
-    (``dedup.embedding``), else the tiny-thumbnail embeddings."""
+    (``dedup.embedding``), else the tiny-thumbnail embeddings. Exact search for small sets,
+    faiss clustered search beyond ``dedup.exact_max_clips`` (``dedup.method``); a streaming
+    engine calls :func:`mugv_data.dedup.dedup_store` on an on-disk store instead."""
 
     name = "dedup"
 
@@ -87,7 +89,17 @@ class DedupStage(DatasetStage):
         if not clips:
             return
         threshold = self.config.threshold
-        dups = near_duplicates(self.embeddings(clips), threshold)
+        c = self.config
+        dups = find_duplicates(
+            self.embeddings(clips),
+            threshold,
+            method=c.method,
+            exact_max_rows=c.exact_max_clips,
+            n_clusters=c.clusters,
+            max_probe=c.max_probe,
+            memory_mb=c.memory_mb,
+            seed=c.seed,
+        ).as_dict()
         for i, (j, sim) in sorted(dups.items()):
             k = clips[i]
             k.clip.scores["dedup_similarity"] = sim
