@@ -179,6 +179,40 @@ class TextConfig(RangeFilterConfig):
     det_limit_side: int = Field(640, ge=32, le=8192)
 
 
+class TrackConfig(RangeFilterConfig):
+    """The per-pair motion track the shake and speed stages share (``stages/camera.py``;
+    computed once per clip when both use the same track settings)."""
+
+    num_pairs: int = Field(24, ge=2, le=10_000)
+    """Consecutive-frame pairs spread evenly over the clip."""
+    track_short_side: int = Field(128, ge=16, le=8192)
+    """Resolution (short side) at which points are tracked (never upscaled)."""
+    units_short_side: int = Field(256, ge=16, le=8192)
+    """Pixels are reported at this short side (as ``filters.motion``)."""
+
+
+class ShakeConfig(TrackConfig):
+    """Camera shake: RMS jitter (px/frame at units_short_side) of the global motion track
+    around its smoothed path."""
+
+    max: float | None = 1.0
+    smooth_pairs: int = Field(5, ge=1, le=10_000)
+    """Window (pairs) of the centred moving average that defines the smooth path."""
+
+
+class SpeedConfig(TrackConfig):
+    """Speed-altered footage (``speed_change``: largest |log2| ratio of the median flow before
+    and after a point) and effects (``diff_spike``: largest frame difference over the median)."""
+
+    max: float | None = 1.0
+    window: int = Field(6, ge=1, le=10_000)
+    """Pairs on each side of a point whose median flow magnitudes are compared."""
+    eps: float = Field(0.5, gt=0, le=1e6)
+    """Added to both medians (px/frame) so still footage's noise does not count as a change."""
+    max_diff_spike: float | None = Field(8.0, ge=1, le=1e9)
+    """Reject above this ``diff_spike`` (None: record only)."""
+
+
 class AestheticConfig(RangeFilterConfig):
     enabled: bool = False
     min: float | None = 4.5
@@ -199,6 +233,8 @@ class FiltersConfig(Frozen):
     brightness: BrightnessConfig = BrightnessConfig()
     text: TextConfig = TextConfig()
     aesthetic: AestheticConfig = AestheticConfig()
+    shake: ShakeConfig = ShakeConfig()
+    speed: SpeedConfig = SpeedConfig()
     short_circuit: bool = False
     """Stop scoring a clip at its first rejection (faster; histograms then miss scores)."""
 

@@ -21,6 +21,7 @@ from mugv_data.inputs import resolve_path, source_id
 from mugv_data.mp4_writer import resample_indices, resized
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
 from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
+from mugv_data.stages.camera import ShakeFilter, SpeedFilter
 from mugv_data.stages.filters import (
     BorderFilter,
     BrightnessFilter,
@@ -92,6 +93,8 @@ def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
         (f.static, StaticFilter),
         (f.sharpness, SharpnessFilter),
         (f.motion, MotionFilter),
+        (f.shake, ShakeFilter),
+        (f.speed, SpeedFilter),
     ):
         if cfg.enabled:
             stages.append(cls(cfg))
