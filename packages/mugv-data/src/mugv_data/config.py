@@ -225,6 +225,24 @@ class AestheticConfig(RangeFilterConfig):
     num_frames: int = Field(1, ge=1, le=1000)
 
 
+class ClassifierConfig(Frozen):
+    """A local Hugging Face image/video classification checkpoint that rejects by label and
+    score (``stages/classifier.py``)."""
+
+    enabled: bool = False
+    model_path: str | None = None
+    """Local folder of an ``AutoModelFor{Image,Video}Classification`` checkpoint + processor."""
+    task: Literal["image", "video"] = "image"
+    reject_labels: list[str] = Field(default_factory=list)
+    """Labels (the checkpoint's ``id2label`` names) that reject a clip."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Reject when a reject label's probability (mean over frames for images) is >= this."""
+    num_frames: int = Field(4, ge=1, le=1000)
+    """Evenly spaced frames per clip (images: each classified; video: the clip input)."""
+    batch_size: int = Field(16, ge=1, le=65536)
+    device: str = "cpu"
+
+
 class FiltersConfig(Frozen):
     sharpness: SharpnessConfig = SharpnessConfig()
     motion: MotionConfig = MotionConfig()
@@ -235,6 +253,7 @@ class FiltersConfig(Frozen):
     aesthetic: AestheticConfig = AestheticConfig()
     shake: ShakeConfig = ShakeConfig()
     speed: SpeedConfig = SpeedConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     short_circuit: bool = False
     """Stop scoring a clip at its first rejection (faster; histograms then miss scores)."""
 

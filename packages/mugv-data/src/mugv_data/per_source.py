@@ -104,6 +104,10 @@ def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
         from mugv_data.stages.aesthetic import AestheticFilter
 
         stages.append(AestheticFilter(f.aesthetic))
+    if f.classifier.enabled:
+        from mugv_data.stages.classifier import ClassifierFilter
+
+        stages.append(ClassifierFilter(f.classifier))
     for s in stages:
         s.short_circuit = f.short_circuit
     return stages
