@@ -76,8 +76,10 @@ def test_first_last_frame_and_continuation(pipe, call_kwargs):
 
 
 def test_cfg_negative_prompt_null_caption_and_no_guidance_differ(pipe, call_kwargs):
+    from mugv_infer.release import NULL_CAPTION
+
     kw = {**call_kwargs, "output_type": "latent"}
-    null = pipe("a cat", latents=_latents(pipe), **kw).frames
+    null = pipe("a cat", negative_prompt=NULL_CAPTION, latents=_latents(pipe), **kw).frames
     neg = pipe("a cat", negative_prompt="blurry", latents=_latents(pipe), **kw).frames
     plain = pipe("a cat", latents=_latents(pipe), **{**kw, "guidance_scale": 1.0}).frames
     rescaled = pipe("a cat", latents=_latents(pipe), guidance_rescale=0.7, **kw).frames

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="text/image-to-video generation")
     common(gen)
+    gen.add_argument("--preset", choices=["mugv", "release"],
+                     help="release: the MUG-V release's choices (decode, latent, numerics, crop, fps)")  # fmt: skip
     gen.add_argument("--image", type=Path, help="first-frame image (I2V / TI2V)")
     gen.add_argument("--last-image", type=Path)
     gen.add_argument("--video", type=Path, help="clip to continue")
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _FLAGS = (
+    "preset",
     "model",
     "vae",
     "text_encoder",

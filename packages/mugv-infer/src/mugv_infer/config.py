@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 from mugv_formats.config_loading import load_config
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
+from mugv_infer.release import PRESET_OUTPUT_FPS, PRESETS, InferenceChoices
 
 # non-finite floats (nan, inf) are refused in every field: they made all-black videos
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -60,6 +61,17 @@ class GenerateConfig(BaseModel):
 
     model_config = _STRICT
 
+    preset: Literal["mugv", "release"] = Field(
+        "mugv",
+        description="'release': the MUG-V release's choices (mugv_infer.release): I2V decode, "
+        "posterior-sampled image latent, bf16 schedule numerics + float32 T5, rounded crop, "
+        "20 fps. Fills `choices` and `output_fps` where they are not given.",
+    )
+    choices: InferenceChoices = Field(
+        default_factory=InferenceChoices,
+        description="Per-choice settings (i2v_decode, condition_latent, numerics, "
+        "crop_rounding); unset keys come from the preset.",
+    )
     model: Path = Field(description="mugv.dit-export folder (or a saved transformer folder).")
     vae: Path = Field(description="mugv.vae-checkpoint folder.")
     text_encoder: Path | None = Field(None, description="Local T5 encoder folder (with tokenizer).")
@@ -86,7 +98,10 @@ class GenerateConfig(BaseModel):
     seed: int = _seed(42)
     fps: float = Field(30.0, gt=0, le=MAX_FPS, description="fps the DiT is conditioned on.")
     output_fps: float = Field(
-        21.0, gt=0, le=MAX_FPS, description="fps written to the file (105 frames = 5 s)."
+        21.0,
+        gt=0,
+        le=MAX_FPS,
+        description="fps written to the file (preset mugv: 21, 105 frames = 5 s; release: 20).",
     )
     output_type: Literal["video", "latent"] = Field(
         "video", description="'video': .mp4 / .gif / frames folder; 'latent': latent shards."
@@ -101,6 +116,21 @@ class GenerateConfig(BaseModel):
         "the same latent header (VAE, statistics, text encoder).",
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data):
+        """The preset fills ``choices`` keys and ``output_fps`` that are not given."""
+        if not isinstance(data, dict) or data.get("preset", "mugv") not in PRESETS:
+            return data  # the field's own check names a bad preset
+        preset = data.get("preset", "mugv")
+        data = dict(data)
+        if data.get("output_fps") is None:
+            data["output_fps"] = PRESET_OUTPUT_FPS[preset]
+        given = data.get("choices")
+        if given is None or isinstance(given, dict):
+            data["choices"] = {**PRESETS[preset].model_dump(), **(given or {})}
+        return data
 
 
 class EnhanceConfig(BaseModel):

@@ -15,6 +15,7 @@ L text tokens, D text width, F pixel frames.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,12 @@ from mugv_infer.checks import (
 )
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
 from mugv_infer.outputs import locked_folder
+from mugv_infer.release import (
+    NULL_CAPTION,
+    InferenceChoices,
+    decode_release_i2v,
+    encode_condition,
+)
 from mugv_infer.scheduler import MUGVFlowEulerScheduler
 from mugv_infer.sizes import check_frames, check_size
 from mugv_infer.step_cache import StepCache
@@ -158,6 +165,7 @@ class MUGVPipeline(DiffusionPipeline):
         self.vae_tile: tuple[int, int] | None = None
         self.cfg_parallel = None  # set by mugv_infer.parallel.apply_cfg_parallel
         self.vae_checkpoint_id = "unknown"  # from_parts sets the VAE folder's id
+        self.choices = InferenceChoices()  # mugv_infer.release.apply_preset: the release's
         self.text_encoder_id: str | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -169,9 +177,12 @@ class MUGVPipeline(DiffusionPipeline):
         text_encoder: str | Path | None = None,
         *,
         torch_dtype: torch.dtype = torch.float32,
+        text_encoder_dtype: torch.dtype | None = None,
     ) -> MUGVPipeline:
         """Build from a ``mugv.dit-export`` (or diffusers-saved transformer) folder, a
-        ``mugv.vae-checkpoint`` folder and a local T5 folder. Errors name the part."""
+        ``mugv.vae-checkpoint`` folder and a local T5 folder. Errors name the part.
+        ``text_encoder_dtype``: the T5's dtype (default ``torch_dtype``; the release's is
+        float32)."""
         model, vae = Path(model), Path(vae)
         for name, p in (("model", model), ("vae", vae)):
             if not (p / "config.json").is_file():
@@ -184,7 +195,7 @@ class MUGVPipeline(DiffusionPipeline):
         check_finite_weights(vae_model, vae, "vae")
         tokenizer = encoder = None
         if text_encoder is not None:
-            tokenizer, encoder = load_t5(text_encoder, torch_dtype)
+            tokenizer, encoder = load_t5(text_encoder, text_encoder_dtype or torch_dtype)
             check_finite_weights(encoder, text_encoder, "text encoder")
         pipe = cls(
             transformer, vae_model.to(torch_dtype), MUGVFlowEulerScheduler(), tokenizer, encoder
@@ -407,7 +418,9 @@ class MUGVPipeline(DiffusionPipeline):
     ):
         """-> ``(embeds [B, L, D], mask [B, L], neg_embeds | None, neg_mask | None)``, repeated
         ``num_videos_per_prompt`` times. Without a negative prompt the unconditional branch
-        uses the DiT's learned null caption."""
+        gets the release's ``DEFAULT_NEGATIVE_PROMPT`` (encoded by the text encoder); the DiT's
+        learned null caption only for ``negative_prompt=NULL_CAPTION``, or, with a warning,
+        when there is no text encoder to encode the default (the release preset refuses)."""
         device = device or self._execution_device
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -419,10 +432,12 @@ class MUGVPipeline(DiffusionPipeline):
             prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.bool)
         b = prompt_embeds.shape[0]
         neg, neg_mask = None, None
+        if do_classifier_free_guidance and negative_prompt is None:
+            negative_prompt = self._default_negative_prompt(negative_prompt_embeds)
         if do_classifier_free_guidance:
             if negative_prompt_embeds is not None:
                 neg, neg_mask = negative_prompt_embeds, negative_prompt_attention_mask
-            elif negative_prompt is not None:
+            elif negative_prompt is not None and negative_prompt != NULL_CAPTION:
                 negs = (
                     [negative_prompt] * b
                     if isinstance(negative_prompt, str)
@@ -448,16 +463,41 @@ class MUGVPipeline(DiffusionPipeline):
 
         return rep(prompt_embeds), rep(prompt_attention_mask), rep(neg), rep(neg_mask)
 
-    def _encode_frames(self, frames_BCFHW: torch.Tensor) -> torch.Tensor:
+    def _default_negative_prompt(self, negative_prompt_embeds):
+        """The unconditional text when none is given: the release's negative prompt."""
+        if negative_prompt_embeds is not None or self.text_encoder is not None:
+            return None if negative_prompt_embeds is not None else DEFAULT_NEGATIVE_PROMPT
+        if self.choices.numerics == "release" or self.choices.i2v_decode == "release":
+            raise ValueError(
+                "the release preset passes the release's negative prompt: load a text encoder "
+                "or give negative_prompt_embeds (DEFAULT_NEGATIVE_PROMPT encoded)"
+            )
+        warnings.warn(
+            "no text encoder to encode the default negative prompt: the unconditional branch "
+            "uses the DiT's learned null caption (pass negative_prompt_embeds, or "
+            "negative_prompt=NULL_CAPTION to choose it)",
+            stacklevel=3,
+        )
+        return NULL_CAPTION
+
+    def _encode_frames(self, frames_BCFHW: torch.Tensor, generator=None) -> torch.Tensor:
+        """Normalised latents of pixel frames; ``generator``: conditioning latents, drawn
+        from the VAE posterior when ``self.choices.condition_latent == "sample"``."""
         vae = self._onload(self.vae)
         dev = self._execution_device
+        sample = generator is not None and self.choices.condition_latent == "sample"
         with torch.no_grad():
-            z = vae.encode(frames_BCFHW.to(dev, next(vae.parameters()).dtype))
+            frames = frames_BCFHW.to(dev, next(vae.parameters()).dtype)
+            z = encode_condition(vae, frames, sample, generator) if sample else vae.encode(frames)
         return z.float()
 
-    def prepare_conditioning(self, image, last_image, video, height, width, num_frames, batch):
+    def prepare_conditioning(
+        self, image, last_image, video, height, width, num_frames, batch, generator=None
+    ):
         """-> (clean latents ``[B, C, T, H, W]`` or None, noisy frames ``[B, T]`` bool,
-        first pixel frames to paste back ``[3, F0, H, W]`` or None)."""
+        first pixel frames to paste back ``[3, F0, H, W]`` or None). ``generator``: for
+        posterior samples (``choices.condition_latent == "sample"``), drawn after the noise."""
+        crop = self.choices.crop_rounding
         shape = self.latent_shape(batch, height, width, num_frames)
         t = shape[2]
         noisy = torch.ones(batch, t, dtype=torch.bool)
@@ -468,13 +508,13 @@ class MUGVPipeline(DiffusionPipeline):
             if frames is None:
                 frames = load_video(video, height, width, max_frames=num_frames - 1)
             keep = 1 + (frames.shape[1] - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION
-            z = self._encode_frames(frames[None, :, :keep])
+            z = self._encode_frames(frames[None, :, :keep], generator)
             cond[:, :, : z.shape[2]] = z.cpu()
             noisy[:, : z.shape[2]] = False
             given = frames[:, :keep]
         if image is not None:
-            img = image if isinstance(image, torch.Tensor) else load_image(image, height, width)
-            z = self._encode_frames(img[None, :, None])
+            img = image if isinstance(image, torch.Tensor) else load_image(image, height, width, crop)
+            z = self._encode_frames(img[None, :, None], generator)
             cond[:, :, :1] = z.cpu()
             noisy[:, 0] = False
             given = img[:, None]
@@ -482,9 +522,9 @@ class MUGVPipeline(DiffusionPipeline):
             img = (
                 last_image
                 if isinstance(last_image, torch.Tensor)
-                else load_image(last_image, height, width)
+                else load_image(last_image, height, width, crop)
             )
-            z = self._encode_frames(img[None, :, None])
+            z = self._encode_frames(img[None, :, None], generator)
             cond[:, :, -1:] = z.cpu()
             noisy[:, -1] = False
         self._offload(self.vae)
@@ -606,12 +646,16 @@ class MUGVPipeline(DiffusionPipeline):
         self._offload(self.transformer)
         return latents, 0 if cache is None else cache.skipped
 
-    def output_frames(self, latents: torch.Tensor, output_type: str, paste=None):
+    def output_frames(self, latents: torch.Tensor, output_type: str, paste=None, image=None):
         """Latents -> the requested output (see :class:`MUGVPipelineOutput`); ``paste``:
-        given pixel frames ``[3, F0, H, W]`` written over the first decoded ones."""
+        given pixel frames ``[3, F0, H, W]`` written over the first decoded ones; ``image``:
+        the I2V image ``[3, H, W]`` (with ``choices.i2v_decode == "release"`` frame 0, the
+        latents after its own decoded as the release does; ``paste`` is then not used)."""
         check_finite_tensor(latents, "the latents to decode")
         if output_type == "latent":
             return latents
+        if image is not None and self.choices.i2v_decode == "release":
+            return postprocess_video(decode_release_i2v(self, latents, image), output_type)
         video_BCFHW = self.decode_latents(latents)
         if paste is not None:
             video_BCFHW[:, :, : paste.shape[1]] = paste.to(video_BCFHW)
@@ -684,7 +728,7 @@ class MUGVPipeline(DiffusionPipeline):
         # 3. latents: noise, then the conditioning latents written into their slots
         latents = self.prepare_latents(batch, height, width, num_frames, generator, latents, device)
         clean, noisy, given = self.prepare_conditioning(
-            image, last_image, video, height, width, num_frames, batch
+            image, last_image, video, height, width, num_frames, batch, generator
         )
         inputs = DenoiseInputs(
             text, text_mask, (neg, neg_mask),
@@ -701,7 +745,10 @@ class MUGVPipeline(DiffusionPipeline):
             callback_tensor_inputs=tensor_inputs, step_cache_threshold=step_cache_threshold,
         )  # fmt: skip
         # 5. decode (the given condition frames pasted over their decoded copies)
-        frames = self.output_frames(latents, output_type, given if paste_condition_frames else None)
+        frames = self.output_frames(
+            latents, output_type, given if paste_condition_frames else None,
+            image=given[:, 0] if image is not None else None,
+        )  # fmt: skip
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)

@@ -30,6 +30,7 @@ from mugv_infer.outputs import (
 )
 from mugv_infer.parallel import init_parallel, parallelize_pipeline
 from mugv_infer.pipeline import MUGVPipeline, with_aesthetic_score
+from mugv_infer.release import NULL_CAPTION, apply_preset
 from mugv_infer.sizes import check_frames, check_size, frame_size, num_frames
 from mugv_infer.video_io import load_image, load_video, save_video
 
@@ -96,13 +97,15 @@ def check_parts(model: Path, vae: Path, text_encoder: Path | None) -> dict:
     return dit
 
 
-def _read_image(path: Path | None, what: str, height: int, width: int) -> torch.Tensor | None:
+def _read_image(
+    path: Path | None, what: str, height: int, width: int, crop_rounding: str = "floor"
+) -> torch.Tensor | None:
     """The whole image decoded now (a header check passes truncated files), at the output
     size: ``[3, H, W]`` in [-1, 1]."""
     if path is None:
         return None
     try:
-        return load_image(path, height, width)
+        return load_image(path, height, width, crop_rounding)
     except ValueError as e:
         raise ValueError(str(e).replace("image ", f"{what} ", 1)) from None
 
@@ -161,8 +164,9 @@ def check(cfg) -> Plan:
         if cfg.append and cfg.output_type != "latent":
             raise ValueError("--append is for --output-type latent (a latent dataset)")
         plan = Plan(height, width, frames, device, dtype)
-        plan.image = _read_image(cfg.image, "image", height, width)
-        plan.last_image = _read_image(cfg.last_image, "last image", height, width)
+        crop = cfg.choices.crop_rounding
+        plan.image = _read_image(cfg.image, "image", height, width, crop)
+        plan.last_image = _read_image(cfg.last_image, "last image", height, width, crop)
         if cfg.video is not None:
             plan.video = load_video(cfg.video, height, width, max_frames=frames - 1)
         n_videos = len(cfg.prompt) * cfg.num_videos_per_prompt
@@ -210,7 +214,14 @@ def _build(cfg, plan: Plan, pipeline_class):
     device = plan.device
     if device.type == "cuda" and groups.world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    pipe = pipeline_class.from_parts(cfg.model, cfg.vae, cfg.text_encoder, torch_dtype=plan.dtype)
+    choices = getattr(cfg, "choices", None)
+    release_numerics = choices is not None and choices.numerics == "release"
+    pipe = pipeline_class.from_parts(
+        cfg.model, cfg.vae, cfg.text_encoder, torch_dtype=plan.dtype,
+        text_encoder_dtype=torch.float32 if release_numerics else None,
+    )  # fmt: skip
+    if choices is not None:
+        apply_preset(pipe, choices)
     pipe.transformer.set_attention_backend(rt.attention_backend)
     pipe.transformer.set_fused_ops(rt.fused_ops)
     if rt.cpu_offload and device.type == "cuda":
@@ -279,6 +290,8 @@ _PIPELINE_SETTINGS = (
 def generate(cfg, plan: Plan) -> list[Path]:
     pipe, groups = _build(cfg, plan, MUGVPipeline)
     settings = {name: getattr(cfg, name) for name in _PIPELINE_SETTINGS}
+    if settings["negative_prompt"] is None:  # the setting's None: the learned null caption
+        settings["negative_prompt"] = NULL_CAPTION
     settings.update(image=plan.image, last_image=plan.last_image, video=plan.video)
     if cfg.output_type == "latent" and cfg.append and groups.rank == 0:
         check_append_header(cfg.out, _latent_header(pipe))

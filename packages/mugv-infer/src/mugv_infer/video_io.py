@@ -20,9 +20,17 @@ MP4_CRF = 17
 """libx264 quality of the written MP4s (lower is better; 17 is visually lossless)."""
 
 
-def load_image(path_or_image, height: int, width: int) -> torch.Tensor:
+CROP_ROUNDINGS = ("floor", "round")
+"""Centre-crop offset ``(excess / 2)``: ``floor`` (ours) or ``round`` (the release: Python's
+round, half to even: an excess of 7 columns crops 4 on the left, 3 with ``floor``)."""
+
+
+def load_image(
+    path_or_image, height: int, width: int, crop_rounding: str = "floor"
+) -> torch.Tensor:
     """An image (path or PIL) resized to cover ``height x width`` and centre-cropped ->
-    ``[3, H, W]`` in [-1, 1]. ValueError naming the file if it cannot be read."""
+    ``[3, H, W]`` in [-1, 1]. ValueError naming the file if it cannot be read.
+    ``crop_rounding``: see :data:`CROP_ROUNDINGS`."""
     if isinstance(path_or_image, (str, Path)):
         path = Path(path_or_image)
         if not path.is_file():
@@ -36,15 +44,22 @@ def load_image(path_or_image, height: int, width: int) -> torch.Tensor:
         image = path_or_image.convert("RGB")
     else:
         raise ValueError(f"image must be a path or a PIL image, got {type(path_or_image).__name__}")
-    return _to_tensor(_cover_crop(image, height, width))
+    return _to_tensor(_cover_crop(image, height, width, crop_rounding))
 
 
-def _cover_crop(image, height: int, width: int):
+def crop_offset(excess: int, crop_rounding: str = "floor") -> int:
+    """Pixels cut before the kept window when ``excess`` pixels are cut in all."""
+    if crop_rounding not in CROP_ROUNDINGS:
+        raise ValueError(f"crop_rounding {crop_rounding!r} unknown; choose from {CROP_ROUNDINGS}")
+    return excess // 2 if crop_rounding == "floor" else round(excess / 2.0)
+
+
+def _cover_crop(image, height: int, width: int, crop_rounding: str = "floor"):
     w, h = image.size
     scale = max(height / h, width / w)
     sw, sh = max(width, round(w * scale)), max(height, round(h * scale))
     image = image.resize((sw, sh), Image.BICUBIC)
-    top, left = (sh - height) // 2, (sw - width) // 2
+    top, left = crop_offset(sh - height, crop_rounding), crop_offset(sw - width, crop_rounding)
     return image.crop((left, top, left + width, top + height))
 
 

@@ -275,6 +275,9 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         self.final_layer = FinalLayer(d, pt * ph * pw * self.out_channels, norm_eps)
         self.sequence_parallel = None  # set by mugv_infer.parallel.apply_sequence_parallel
         self.step_cache = None  # a mugv_infer.step_cache.StepCache, set by the pipeline
+        # the release's numerics (mugv_infer.release.apply_preset): the scaled timestep
+        # rounded to this dtype (bfloat16) before its embedding; None: kept in float32
+        self.timestep_round_dtype: torch.dtype | None = None
         self._rope_cache: dict = {}
 
     # ------------------------------------------------------------------ loading
@@ -459,7 +462,10 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
 
         # conditioning: t and t=0 embeddings -> 6 modulation vectors per branch
         acc = acc_dtype(dtype)
-        t_emb = self.t_embedder(sigma_B.to(acc) * cfg.timestep_scale)
+        t_B = sigma_B.to(acc) * cfg.timestep_scale
+        if self.timestep_round_dtype is not None:
+            t_B = t_B.to(self.timestep_round_dtype).to(acc)
+        t_emb = self.t_embedder(t_B)
         t0_emb = self.t_embedder(torch.zeros_like(sigma_B, dtype=acc))
         fps_emb = self.fps_embedder(fps_B.to(acc))
         emb_B2C = torch.stack([t_emb + fps_emb, t0_emb + fps_emb], dim=1)
