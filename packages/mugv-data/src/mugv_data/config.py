@@ -6,9 +6,10 @@ Every run writes the resolved config (``resolved_config.yaml``) beside its outpu
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mugv_formats.config_loading import dump_config as dump_config  # re-exported
 from mugv_formats.config_loading import load_config as load_typed_config
@@ -130,6 +131,9 @@ class SharpnessConfig(RangeFilterConfig):
     min: float | None = 200.0
     max: float | None = 2000.0
     num_frames: int = Field(3, ge=1, le=1000)
+    rule: Literal["mean", "every"] = "mean"
+    """``mean``: the mean Laplacian variance of the sampled frames is in range (our default);
+    ``every``: every sampled frame is in range (the MUG-V report's rule)."""
 
 
 class MotionConfig(RangeFilterConfig):
@@ -256,6 +260,75 @@ class FiltersConfig(Frozen):
     classifier: ClassifierConfig = ClassifierConfig()
     short_circuit: bool = False
     """Stop scoring a clip at its first rejection (faster; histograms then miss scores)."""
+    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Overrides of these filter settings for sources whose absolute path matches a glob
+    (``fnmatch``: ``*`` also matches ``/``), e.g. ``{"*/phone/*": {sharpness: {min: 100}}}``;
+    every matching glob applies, in the order given. Thresholds and scoring settings only:
+    the settings a stage reads when it loads its model (SETUP_KEYS) stay the run's."""
+
+    @model_validator(mode="after")
+    def _check_per_source(self) -> FiltersConfig:
+        for glob, override in self.per_source.items():
+            bad = _setup_keys_in(override)
+            if bad:
+                raise ValueError(
+                    f"filters.per_source[{glob!r}]: {', '.join(bad)} cannot differ per source "
+                    "(set when the stage loads its model)"
+                )
+            try:
+                self._merged(override)
+            except ValueError as e:
+                raise ValueError(f"filters.per_source[{glob!r}]: {e}") from None
+        return self
+
+    def _merged(self, override: dict[str, Any]) -> FiltersConfig:
+        if "per_source" in override:
+            raise ValueError("per_source cannot be nested")
+        base = self.model_dump(exclude={"per_source"})
+        return FiltersConfig.model_validate(_deep_update(base, override))
+
+    def for_source(self, source: str) -> FiltersConfig:
+        """The filter settings for one source path (self when no glob matches)."""
+        hits = [o for g, o in self.per_source.items() if fnmatch.fnmatchcase(source, g)]
+        if not hits:
+            return self
+        merged: dict[str, Any] = {}
+        for o in hits:
+            merged = _deep_update(merged, o)
+        return self._merged(merged)
+
+
+SETUP_KEYS = frozenset(
+    {
+        "clip_path",
+        "head_path",
+        "device",
+        "model_path",
+        "task",
+        "method",
+        "raft_weights",
+        "raft_small",
+        "det_limit_side",
+        "batch_size",
+    }
+)
+
+
+def _setup_keys_in(override: dict[str, Any]) -> list[str]:
+    out = []
+    for section, v in override.items():
+        if isinstance(v, dict):
+            out += [f"{section}.{k}" for k in v if k in SETUP_KEYS]
+    return out
+
+
+def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = (
+            _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
 
 
 class CaptionConfig(Frozen):

@@ -6,6 +6,7 @@ path into a picklable :class:`SourceResult`; engines only move paths in and resu
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,7 @@ class SourceProcessor:
         self.encode = encode
         self.splitter = ShotSplitter(config.split)
         self.stages = build_clip_stages(config)
+        self._per_source: dict[str, list[ClipStage]] = {}
         self._decode = config.decode  # switched to PyAV for a retry after a decord failure
         self._ready = False
 
@@ -172,7 +174,33 @@ class SourceProcessor:
     def teardown(self) -> None:
         for s in self.stages:
             s.teardown()
+        for stages in self._per_source.values():
+            for s in stages:
+                if not any(s is b for b in self.stages):
+                    s.teardown()
+        self._per_source.clear()
         self._ready = False
+
+    def stages_for(self, source: str) -> list[ClipStage]:
+        """The clip stages for one source: the run's, or with ``filters.per_source``
+        overrides whose glob matches it. A stage the run already has is copied with the new
+        settings and shares what its ``setup`` loaded (models, detectors)."""
+        f = self.config.filters.for_source(source)
+        if f is self.config.filters:
+            return self.stages
+        key = f.model_dump_json()
+        if key not in self._per_source:
+            base = {type(s): s for s in self.stages}
+            stages = []
+            for s in build_clip_stages(self.config.model_copy(update={"filters": f})):
+                b = base.get(type(s))
+                if b is not None:
+                    shared = copy.copy(b)
+                    shared.config, shared.short_circuit = s.config, s.short_circuit
+                    s = shared
+                stages.append(s)
+            self._per_source[key] = stages
+        return self._per_source[key]
 
     def __call__(self, path: str | Path) -> SourceResult:
         self.setup()
@@ -255,7 +283,8 @@ class SourceProcessor:
                     c.reject("split", why)
                 clips.append(c)
         candidates = [c for c in clips if c.kept]
-        for stage in self.stages:
+        for stage in self.stages_for(res.source):
+            stage.setup()  # no-op once set up (a stage only a per-source override enables)
             t = time.perf_counter()
             stage.process(candidates)
             tm[stage.name] = time.perf_counter() - t

@@ -32,7 +32,11 @@ def laplacian_variance(gray_HW: np.ndarray) -> float:
 
 
 class SharpnessFilter(RangeFilter):
-    """Mean Laplacian variance over evenly spaced frames; keep within [min, max] (200, 2000)."""
+    """Laplacian variance over evenly spaced frames; keep within [min, max] (200, 2000).
+
+    ``rule: mean`` (default) judges the mean of the frames; ``rule: every`` (the MUG-V
+    report's rule) needs every sampled frame in range. Both record ``sharpness`` (the mean),
+    ``sharpness_lo`` and ``sharpness_hi`` (lowest and highest frame)."""
 
     name = "sharpness"
     score_name = "sharpness"
@@ -40,7 +44,17 @@ class SharpnessFilter(RangeFilter):
 
     def score(self, clip: Clip) -> dict[str, float]:
         grays = clip.frames.gray(clip.frames.evenly(self.config.num_frames))
-        return {"sharpness": float(np.mean([laplacian_variance(g) for g in grays]))}
+        v = [laplacian_variance(g) for g in grays]
+        return {"sharpness": float(np.mean(v)), "sharpness_lo": min(v), "sharpness_hi": max(v)}
+
+    def verdict(self, clip: Clip, scores: dict[str, float]) -> str | None:
+        if self.config.rule == "every":
+            lo, hi = self.config.min, self.config.max
+            if lo is not None and scores["sharpness_lo"] < lo:
+                return f"a frame's sharpness {scores['sharpness_lo']:.4g} < min {lo:g}"
+            if hi is not None and scores["sharpness_hi"] > hi:
+                return f"a frame's sharpness {scores['sharpness_hi']:.4g} > max {hi:g}"
+        return super().verdict(clip, scores)
 
 
 def flow_magnitude(a_HW: np.ndarray, b_HW: np.ndarray) -> float:
