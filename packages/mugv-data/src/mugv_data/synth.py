@@ -73,7 +73,14 @@ def scene(n: int, h: int = 96, w: int = 128, speed: float = 1.5, seed: int = 0) 
     tint = rng.uniform(40, 215, 3).astype(np.float32)
     img = tint[None, None, :] + 45.0 * low[..., None] + 25.0 * fine[..., None]
     img = np.clip(img, 0, 255).astype(np.uint8)
-    return [np.ascontiguousarray(img[:, round(i * speed) : round(i * speed) + w]) for i in range(n)]
+    # a steady pan: sub-pixel offsets by linear interpolation (an integer crop at
+    # round(i * speed) would step unevenly, 1 then 2 px at 1.5 px/frame: a jittered camera)
+    return [
+        cv2.warpAffine(
+            img, np.float32([[1, 0, -i * speed], [0, 1, 0]]), (w, h), flags=cv2.INTER_LINEAR
+        )
+        for i in range(n)
+    ]
 
 
 def dissolve(a: list[np.ndarray], b: list[np.ndarray]) -> list[np.ndarray]:
