@@ -1,7 +1,9 @@
 """The ``mugv eval`` command family: one subcommand per module of this package.
 
-    mugv eval watch RUN [--vae PATH] [--once]    render the sample requests a DiT run writes
-    (issue 25: watch, vae and generation land as their modules do)
+    mugv eval vae CHECKPOINT [--clips SET] [--resolutions 256p 480p 720p] [--output DIR]
+    mugv eval generation --generated DIR [--reference DIR --i3d-weights F]
+                         [--clip-weights F --prompts F] [--vbench-models DIR ...] [--output DIR]
+    (issue 25: watch lands as its module does)
 
 Each subcommand lives in a module of its own listed in ``SUBCOMMANDS``; the module defines
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Its import must stay
@@ -14,7 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBCOMMANDS: dict[str, str] = {}  # name -> module, e.g. "watch": "mugv.evaluation.watch"
+SUBCOMMANDS: dict[str, str] = {  # name -> module
+    "vae": "mugv.evaluation.vae",
+    "generation": "mugv.evaluation.generation",
+}
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
