@@ -26,7 +26,10 @@ def make_latent_dataset(
     seed: int = 0,
     with_text: bool = True,
     energon: bool = False,
+    weights: list[float] | None = None,
 ) -> Path:
+    """A latent dataset of ``layout``; ``weights[n]`` is sample n's ``sample_weight``
+    (default 1.0 each)."""
     rng = np.random.default_rng(seed)
     header = LatentShardWriter.make_header(
         producer="mugv-dit-tests 0",
@@ -55,6 +58,7 @@ def make_latent_dataset(
                     num_frames=frames,
                     height=ph,
                     width=pw,
+                    sample_weight=1.0 if weights is None else weights[n],
                 )
                 writer.write(rec, lat, text)
                 n += 1

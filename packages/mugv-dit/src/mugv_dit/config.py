@@ -178,6 +178,13 @@ class DataConfig(BaseModel):
         4096, ge=1, description="Token budget of one micro-batch per DP rank (video tokens)."
     )
     max_batch_size: int = Field(64, ge=1, description="Upper bound on samples per micro-batch.")
+    weighted_sampling: bool = Field(
+        True,
+        description="Draw samples by their sample_weight (mugv-data's balanced-sampling "
+        "weight, carried by the latent records) when the weights differ: each sample's share "
+        "of the draws is its weight over the total; buckets, token budgets and exact resume "
+        "are kept. Equal weights (or false) draw uniformly, epoch by epoch.",
+    )
     num_workers: int = Field(0, ge=0, description="Loader worker processes.")
     seed: int = Field(1234, ge=0, description="Seed of the step plans / loader order.")
     vae_checkpoint_id: str | None = Field(
@@ -186,6 +193,45 @@ class DataConfig(BaseModel):
         "vae_checkpoint_id); a dataset made by another VAE is refused. None: any, but a "
         "resumed run still refuses a dataset whose VAE differs from the one it started on.",
     )
+
+
+class PlateauConfig(BaseModel):
+    """When a curriculum stage ends early: after ``patience`` validations in a row that did
+    not improve the stage's best validation loss by more than ``min_delta``."""
+
+    model_config = _STRICT
+
+    patience: int = Field(3, ge=1, description="Validations without improvement that end it.")
+    min_delta: float = Field(
+        0.0, ge=0, description="An improvement counts only when larger than this."
+    )
+
+
+class ValidationConfig(BaseModel):
+    """Held-out validation (mugv_dit.validation): the flow loss of a latent set at fixed
+    noise and fixed noise levels, so two evaluations of the same weights agree exactly."""
+
+    model_config = _STRICT
+
+    path: str | None = Field(
+        None, description="Held-out latent dataset (mugv.latent-shards); None: no validation."
+    )
+    every_steps: int = Field(500, ge=1, description="Validate after every N optimizer steps.")
+    max_samples: int = Field(
+        64, ge=1, description="Evaluate the first N samples of the set (manifest order)."
+    )
+    noise_levels: int = Field(
+        8,
+        ge=1,
+        description="Noise levels per sample: the K quantiles (k + 0.5) / K of the training "
+        "logit-normal, with the training resolution shift applied.",
+    )
+    tasks: list[Literal["t2v", "i2v", "continuation"]] | None = Field(
+        None,
+        description="Tasks video samples are evaluated under (cycled over samples and "
+        "levels); None: those with a positive ratio in objective.task_ratios or a stage's.",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the fixed validation noise.")
 
 
 class StageConfig(BaseModel):
@@ -218,6 +264,11 @@ class StageConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps from 0 to lr.")
     lr_decay: Literal["constant", "cosine", "linear"] = "constant"
     min_lr: float = Field(0.0, ge=0, description="Learning rate at the end of a decay.")
+    advance_on_plateau: PlateauConfig | None = Field(
+        None,
+        description="End the stage early once validation stops improving (needs "
+        "validation.path); the decision is logged.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -335,6 +386,7 @@ class RunConfig(BaseModel):
     curriculum: list[StageConfig] = Field(
         default_factory=lambda: [StageConfig(name="main", steps=10)]
     )
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     output_dir: str = "runs/dit"
 
     @property
@@ -396,6 +448,12 @@ class RunConfig(BaseModel):
             raise ValueError("curriculum must list at least one stage")
         if len(set(names)) != len(names):
             raise ValueError(f"curriculum stage names must be unique: {names}")
+        plateau = [s.name for s in self.curriculum if s.advance_on_plateau is not None]
+        if plateau and self.validation.path is None:
+            raise ValueError(
+                f"curriculum stages {plateau} set advance_on_plateau, which needs validation: "
+                "set validation.path"
+            )
         par = self.parallel
         if self.model.num_layers % par.pipeline_parallel:
             raise ValueError(

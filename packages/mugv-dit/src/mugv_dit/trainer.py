@@ -82,13 +82,18 @@ class NonFiniteError(RuntimeError):
     """A NaN/Inf loss or gradient with ``train.nonfinite=stop`` (or too many skips)."""
 
 
-def stage_at(curriculum: list[StageConfig], step: int) -> tuple[int, StageConfig, int]:
-    """(stage index, stage, step within the stage) of a global step."""
+def stage_at(
+    curriculum: list[StageConfig], step: int, steps: list[int] | None = None
+) -> tuple[int, StageConfig, int]:
+    """(stage index, stage, step within the stage) of a global step; ``steps`` (default:
+    each stage's ``steps``) are the stages' lengths, shorter for a stage that ended early
+    (``advance_on_plateau``)."""
     start = 0
     for i, stage in enumerate(curriculum):
-        if step < start + stage.steps:
+        n = stage.steps if steps is None else steps[i]
+        if step < start + n:
             return i, stage, step - start
-        start += stage.steps
+        start += n
     raise ValueError(f"step {step} is past the curriculum ({start} steps)")
 
 
@@ -145,6 +150,7 @@ class Trainer:
             self._build_optimizer()
             self._build_ema(model)
             self._build_data()
+            self._build_validation()
             self._resume()
             self._open_logs()
         except BaseException:
@@ -276,6 +282,7 @@ class Trainer:
             micro_batches_per_step=self.micro_batches,
             patch=cfg.model.patch_size,
             seed=cfg.data.seed,
+            weighted=cfg.data.weighted_sampling,
         )
         self.energon = None
         if cfg.data.loader == "energon":
@@ -296,6 +303,16 @@ class Trainer:
             async_save=cfg.train.async_save and self.device.type == "cuda",
             keep=cfg.train.keep_checkpoints,
         )
+
+    def _build_validation(self) -> None:
+        """The held-out validation set (``validation.path``; mugv_dit.validation) and the
+        stages' lengths, which ``advance_on_plateau`` may shorten (both checkpointed)."""
+        from mugv_dit.validation import PlateauTracker, Validator
+
+        self.stage_steps = [s.steps for s in self.cfg.curriculum]
+        self.validator = Validator(self.cfg) if self.cfg.validation.path is not None else None
+        self.plateau = PlateauTracker()
+        self.validations: list[dict] = []  # {"steps_done", metrics...}, checkpointed
 
     def _resume(self) -> None:
         """Resume from the latest checkpoint, else start from train.init_from if set."""
@@ -321,6 +338,11 @@ class Trainer:
                 "latent spaces (start a new run, or point data.path at the original latents)"
             )
         self.sampler.load_state_dict(state["sampler"])
+        if "validation" in state:
+            val = state["validation"]
+            self.stage_steps = [int(n) for n in val["stage_steps"]]
+            self.plateau.load_state_dict(val["plateau"])
+            self.validations = list(val["history"])
         if self.energon is not None:
             self.energon.restore(ckpt / "energon" / f"rank_{self.rank:05d}.pt")
 
@@ -557,12 +579,84 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------
     def trainer_state(self) -> dict:
-        return {
+        state = {
             "step": self.step,
             "skipped": self.skipped,
             "sampler": self.sampler.state_dict(),
             "vae_checkpoint_id": self.index.header.vae_checkpoint_id,
         }
+        if self.validator is not None:  # the checkpoint keeps its validation metrics
+            state["validation"] = {
+                "stage_steps": list(self.stage_steps),
+                "plateau": self.plateau.state_dict(),
+                "history": list(self.validations),
+            }
+        return state
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole curriculum (stages ended early by a plateau counted as run)."""
+        return sum(self.stage_steps)
+
+    def stage_at(self, step: int) -> tuple[int, StageConfig, int]:
+        """(stage index, stage, step within the stage) of global ``step`` in this run."""
+        return stage_at(self.cfg.curriculum, step, self.stage_steps)
+
+    def validate(self) -> dict:
+        """Validation metrics of the current weights (collective; mugv_dit.validation),
+        logged to metrics.jsonl, TensorBoard and the console (rank 0) and kept in the
+        checkpoint's trainer state."""
+        t0 = time.perf_counter()
+        metrics = self.validator.evaluate(self)
+        record = {"steps_done": self.step, **metrics, "time_s": time.perf_counter() - t0}
+        self.validations.append(record)
+        self._log_event({"validation": record})
+        if self.rank == 0:
+            if self.writer is not None:
+                for k, v in metrics.items():
+                    if k.startswith("loss"):
+                        self.writer.add_scalar(f"val/{k}", v, self.step)
+            tasks = " ".join(
+                f"{k.split('/', 1)[1]}={v:.4f}" for k, v in metrics.items() if "_task/" in k
+            )
+            print(
+                f"validation after step {self.step}: loss={metrics['loss']:.4f} ({tasks}; "
+                f"{metrics['items']} items, {record['time_s']:.1f} s)",
+                flush=True,
+            )
+        return record
+
+    def _log_event(self, record: dict) -> None:
+        """A metrics.jsonl line for what happened after step ``self.step - 1`` (its
+        ``step``, so that a resume from a later checkpoint keeps it; rank 0)."""
+        if self.rank == 0:
+            with open_append_nofollow(self.out / "metrics.jsonl") as f:
+                f.write(json.dumps({"step": self.step - 1, **record}) + "\n")
+
+    def _validate_and_maybe_advance(self, stage_idx: int, in_stage: int) -> None:
+        """Validate; in a stage with ``advance_on_plateau``, decide (logged) whether it ends
+        now, ``in_stage + 1`` steps in."""
+        record = self.validate()
+        stage = self.cfg.curriculum[stage_idx]
+        if stage.advance_on_plateau is None or in_stage + 1 >= self.stage_steps[stage_idx]:
+            return
+        decision = self.plateau.update(stage, record["loss"])
+        decision["steps_in_stage"] = in_stage + 1
+        if decision["advance"]:
+            self.stage_steps[stage_idx] = in_stage + 1
+        self._log_event({"plateau": decision})
+        if self.rank == 0:
+            verdict = (
+                f"stage {stage.name!r} ends after {in_stage + 1} of {stage.steps} steps"
+                if decision["advance"]
+                else "stage continues"
+            )
+            print(
+                f"plateau check: loss={decision['loss']:.4f}, best={decision['best']:.4f}, "
+                f"{decision['bad']}/{decision['patience']} without improvement > "
+                f"{decision['min_delta']}: {verdict}",
+                flush=True,
+            )
 
     def save(self) -> Path:
         self.sync_ema()
@@ -583,19 +677,19 @@ class Trainer:
     def run(self, max_steps: int | None = None) -> list[dict]:
         """Train until the curriculum ends (or ``max_steps`` more steps); return the logs."""
         cfg = self.cfg
-        total = cfg.total_steps
-        stop = total if max_steps is None else min(total, self.step + max_steps)
+        stop = None if max_steps is None else self.step + max_steps
+        every_val = cfg.validation.every_steps
         logs = []
         bar = None
         if self.rank == 0 and cfg.train.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, initial=self.step, desc="train", unit="step")
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
         metrics_path = self.out / "metrics.jsonl"
         peak = cfg.train.peak_tflops if self.device.type == "cuda" else None  # MFU: GPUs only
         try:
-            while self.step < stop:
-                stage_idx, stage, in_stage = stage_at(cfg.curriculum, self.step)
+            while self.step < (self.total_steps if stop is None else min(stop, self.total_steps)):
+                stage_idx, stage, in_stage = self.stage_at(self.step)
                 t0 = time.perf_counter()
                 log = self.train_step(stage_idx, stage, in_stage)
                 dt = time.perf_counter() - t0
@@ -630,9 +724,18 @@ class Trainer:
                         bar.update(1)
                         if "loss" in log:
                             bar.set_postfix(loss=f"{log['loss']:.4f}", stage=stage.name)
+                if self.validator is not None and self.step % every_val == 0:
+                    self._validate_and_maybe_advance(stage_idx, in_stage)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                     self.save()
                 self.saver.poll()
+            total = self.total_steps
+            if (
+                self.step == total
+                and self.validator is not None
+                and (not self.validations or self.validations[-1]["steps_done"] != total)
+            ):
+                self.validate()  # the final weights' loss (in the final checkpoint if unsaved)
             if self.step == total and self.last_saved_step != total:
                 self.save()
             self.saver.wait()

@@ -19,6 +19,13 @@ reads the missing samples by key from the manifest instead (deterministically, c
 warned about once). The loader state saved per rank next to each checkpoint is energon's own state
 plus the reservoirs' sample keys (re-read by key on restore), so a resume is exact.
 
+Balanced sampling (``data.weighted_sampling``, when the records' ``sample_weight`` differ):
+each sample energon delivers is kept with probability ``weight / max weight`` (the
+``n``-th pull of a rank decided by ``random.Random(f"{seed}:{dp_rank}:{n}")``, its count in
+the saved state), the rest thinned and counted, so each sample's share of the stream -- and,
+through the bucket reservoirs, of the draws -- follows its weight; the step's bucket is the
+``plan`` loader's weighted choice and borrowed samples are drawn by weight too.
+
 The state file holds plain data only (dicts, lists, str, int, bytes, tensors; energon's state
 dataclasses as tagged dicts) and is read with ``torch.load(weights_only=True)``: a pickle
 planted in a run folder is refused, never run. A tag names one of a fixed allow-list of
@@ -204,7 +211,11 @@ class EnergonLatentLoader:
         self.reservoirs: dict[BucketKey, list[_Item]] = {}
         self.dropped = 0
         self.borrowed = 0
+        self.pulled = 0  # samples taken from energon (weighted sampling: seeds the thinning)
+        self.thinned = 0
         self.seed = seed
+        weights = sampler.weights
+        self._max_weight = max(weights) if weights is not None else None
         self._pending_state = None
         self._key_to_index = {r.key: i for i, r in enumerate(index.records)}
 
@@ -229,6 +240,8 @@ class EnergonLatentLoader:
             }
             self.dropped = int(pending["dropped"])
             self.borrowed = int(pending.get("borrowed", 0))
+            self.pulled = int(pending.get("pulled", 0))
+            self.thinned = int(pending.get("thinned", 0))
         self.stage_idx = stage_idx
         self.iter = iter(self.loader)
 
@@ -279,6 +292,8 @@ class EnergonLatentLoader:
         while len(pool) < need and pulled < limit:
             sample = next(self.iter)
             pulled += 1
+            if not self._keep(sample.__key__):
+                continue
             got = _bucket_of(sample)
             queue = self.reservoirs.setdefault(got, [])
             if len(queue) >= self._capacity(got, n):
@@ -293,13 +308,31 @@ class EnergonLatentLoader:
         taken, pool[:] = pool[:need], pool[need:]
         return [to_clean_batch(taken[j * bs : (j + 1) * bs], device) for j in range(n)]
 
+    def _keep(self, key: str) -> bool:
+        """Weighted sampling: keep this pull with probability weight / max weight (always,
+        without weights; a key not in the manifest is kept for the checks to refuse)."""
+        if self._max_weight is None:
+            return True
+        n, self.pulled = self.pulled, self.pulled + 1
+        row = self._key_to_index.get(key)
+        if row is None:
+            return True
+        w = self.sampler.weights[row]
+        if w >= self._max_weight or (
+            random.Random(f"{self.seed}:{self.dp_rank}:{n}").random() * self._max_weight < w
+        ):
+            return True
+        self.thinned += 1
+        return False
+
     def _borrow(self, step: int, stage: StageConfig, bucket: BucketKey, k: int) -> list[_Item]:
         """``k`` samples of ``bucket`` read by key from the manifest, for a rank whose share of
         the shards lacks (enough of) the step's bucket; drawn from (seed, step, DP rank), so a
         resumed run borrows the same ones."""
         pool = self.sampler.eligible(stage, bucket)
         rng = random.Random((self.seed * 1_000_003 + step) * 1009 + self.dp_rank)
-        picks = rng.choices(pool, k=k)
+        weights = self.sampler.weights
+        picks = rng.choices(pool, weights=None if weights is None else [weights[i] for i in pool], k=k)
         self.borrowed += k
         if self.borrowed == k:  # first time: say so once
             warnings.warn(
@@ -319,6 +352,8 @@ class EnergonLatentLoader:
             ],
             "dropped": self.dropped,
             "borrowed": self.borrowed,
+            "pulled": self.pulled,
+            "thinned": self.thinned,
         }
 
     def save(self, path: Path) -> None:

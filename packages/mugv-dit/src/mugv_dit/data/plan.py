@@ -5,10 +5,19 @@ from it, so all DP ranks get the same number of tokens (balanced by construction
 of a step is a pure function of (seed, step, sampler state), independent of the TP/DP
 layout: a DP=2 run sees exactly the micro-batches a DP=1 run accumulates. The sampler state
 (per-bucket epoch cursors) is tiny and goes into the training checkpoint.
+
+Balanced sampling: when the samples' ``sample_weight`` (computed by mugv-data, carried by the
+latent records) differ and ``data.weighted_sampling`` is on (the default), a step's bucket is
+drawn with probability proportional to its eligible samples' summed weight and each sample
+of a micro-batch with probability proportional to its weight (with replacement; draw ``c``
+of a bucket from ``random.Random(f"{seed}:{bucket id}:{c}")``, still a pure function of the
+cursor), so a sample's share of all draws is its weight over the total. Equal weights (all
+1.0 when mugv-data assigned none) keep the epoch permutations above, draw for draw.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -99,6 +108,7 @@ class BucketSampler:
         micro_batches_per_step: int,
         patch: tuple[int, int, int],
         seed: int,
+        weighted: bool = True,
     ):
         self.index = index
         self.tokens_per_batch = tokens_per_batch
@@ -112,6 +122,9 @@ class BucketSampler:
         self.buckets = sorted(members)
         self.members = {b: members[b] for b in self.buckets}
         self.cursors: dict[int, int] = {}
+        weights = [float(r.sample_weight) for r in index.records]
+        #: per-sample draw weights, or None: uniform epochs (weighting off or weights equal)
+        self.weights = weights if weighted and len(set(weights)) > 1 else None
 
     def batch_size(self, bucket: BucketKey) -> int:
         per = tokens_of(bucket, self.patch)
@@ -126,6 +139,8 @@ class BucketSampler:
         return [i for i in self.members[bucket] if stage_accepts(stage, bucket, recs[i].num_frames)]
 
     def _draw(self, bucket_id: int, pool: list[int], n: int) -> list[int]:
+        if self.weights is not None:
+            return self._draw_weighted(bucket_id, pool, n)
         out = []
         cursor = self.cursors.get(bucket_id, 0)
         for _ in range(n):
@@ -137,6 +152,22 @@ class BucketSampler:
         self.cursors[bucket_id] = cursor
         return out
 
+    def _draw_weighted(self, bucket_id: int, pool: list[int], n: int) -> list[int]:
+        """``n`` samples of ``pool`` drawn by ``sample_weight`` (with replacement); draw
+        ``c`` (the bucket's cursor) from its own seeded generator."""
+        cum = list(itertools.accumulate(self.weights[i] for i in pool))
+        cursor = self.cursors.get(bucket_id, 0)
+        out = [
+            random.Random(f"{self.seed}:{bucket_id}:{c}").choices(pool, cum_weights=cum)[0]
+            for c in range(cursor, cursor + n)
+        ]
+        self.cursors[bucket_id] = cursor + n
+        return out
+
+    def pool_weight(self, pool: list[int]) -> float:
+        """A bucket's draw weight: its eligible samples' count, or summed ``sample_weight``."""
+        return len(pool) if self.weights is None else sum(self.weights[i] for i in pool)
+
     def _choose(self, step: int, stage: StageConfig, progress: float) -> tuple[int, list[int]]:
         """(bucket id, eligible pool) of step ``step``: a pure function of (seed, step,
         stage, progress), the same on every rank. ``progress`` in [0, 1] anneals the image
@@ -144,11 +175,15 @@ class BucketSampler:
         bucket is drawn with probability proportional to its eligible samples."""
         rng = random.Random(self.seed * 1_000_003 + step)
         pools = {
-            bid: pool for bid, b in enumerate(self.buckets) if (pool := self._eligible(stage, b))
+            bid: pool
+            for bid, b in enumerate(self.buckets)
+            if (pool := self._eligible(stage, b)) and self.pool_weight(pool) > 0
         }
         if not pools:
             raise ValueError(
-                f"curriculum stage {stage.name!r} accepts no sample of {self.index.path} "
+                f"curriculum stage {stage.name!r} accepts no sample"
+                f"{' with a positive sample_weight' if self.weights is not None else ''} of "
+                f"{self.index.path} "
                 f"(max_height={stage.max_height}, frames in [{stage.min_frames}, {stage.max_frames}])"
             )
         ids = sorted(pools)
@@ -163,7 +198,7 @@ class BucketSampler:
             videos = [b for b in ids if self.buckets[b][0] > 1]
             if images and videos:
                 ids = images if rng.random() < share else videos
-        weights = [len(pools[b]) for b in ids]
+        weights = [self.pool_weight(pools[b]) for b in ids]
         bid = rng.choices(ids, weights=weights)[0]
         return bid, pools[bid]
 
@@ -180,16 +215,26 @@ class BucketSampler:
         return StepPlan(bucket, micro)
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "cursors": {str(k): v for k, v in self.cursors.items()},
             "buckets": len(self.buckets),
         }
+        if self.weights is not None:  # the cursors count weighted draws, not epoch positions
+            state["weighted"] = True
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("buckets") != len(self.buckets):
             raise ValueError(
                 f"sampler state has {state.get('buckets')} buckets, dataset has {len(self.buckets)}: "
                 "resume needs the same dataset"
+            )
+        weighted = bool(state.get("weighted", False))
+        if weighted != (self.weights is not None):
+            raise ValueError(
+                f"sampler state was saved with weighted sampling {'on' if weighted else 'off'}, "
+                f"this run draws {'by sample_weight' if self.weights is not None else 'uniformly'}"
+                ": resume with the same data.weighted_sampling (and the same sample weights)"
             )
         self.cursors = {int(k): int(v) for k, v in state["cursors"].items()}
 
