@@ -10,7 +10,19 @@ architecture. Variants (same weights, same inputs):
   norms + torch.compile of each block;
 * ``ours+cache``: ``ours`` with the step cache (``--step-cache THRESH``): speed-up, and the
   deviation of the final latent (max / mean abs) and of the decoded video (PSNR) against
-  ``ours`` from the same noise.
+  ``ours`` from the same noise;
+* ``--fp8``: ``ours fp8`` (FP8 e4m3 block linears, row-wise scales: mugv_infer.quantize, its
+  load-time self-check on captured activations) and ``--graphed`` ``ours fp8 + graph`` (the
+  block stack replayed as a CUDA graph: mugv_infer.graphed) beside them in the per-step table:
+  s per CFG step, model TFLOP/s, rel L2 of the velocity against ours bf16, peak memory;
+  ``--latent-steps N`` runs N denoising steps (CFG 4) of ours bf16 and ours fp8 from the same
+  noise at ``--latent-size FxHxW`` and gives the final latent's rel L2; ``--profile`` writes
+  the CUDA kernel table of one step of the last variant;
+* ``--cache-curve T1,T2,..``: the step-cache calibration (mugv_infer.cache_calibration) over
+  ``--cache-prompts`` random prompts: skipped steps, DiT speed-up and final-latent deviation
+  per threshold, and the threshold it chooses;
+* ``--low-memory``: the 24 GB recipe (FP8 weights, T5 / DiT / VAE moved to the GPU in turn,
+  tiled VAE decode; the run capped at ``--memory-cap-gb`` of GPU memory).
 
 One CFG step = one DiT call on batch 2 (cond + uncond) at 720p x 105 frames = 50,402 tokens.
 End-to-end = T5 (prompt + negative, 300 tokens) + ``--e2e-steps`` CFG steps + VAE decode,
@@ -158,18 +170,34 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-fused", action="store_true", help="ours without mugv-kernels ops")
+    ap.add_argument("--fp8", action="store_true", help="add ours fp8 (and use it end to end)")
+    ap.add_argument("--fp8-backend", default="auto", help="auto | torchao | scaled_mm | emulated")
+    ap.add_argument("--graphed", action="store_true", help="add the CUDA-graphed block stack")
+    ap.add_argument("--latent-steps", type=int, default=0, help="> 0: final-latent rel L2")
+    ap.add_argument("--latent-size", default="33x256x448", help="FRAMESxHEIGHTxWIDTH")
+    ap.add_argument("--profile", action="store_true", help="kernel table of one step")
     ap.add_argument("--e2e-steps", type=int, default=0, help="> 0: time a full pipeline run")
     ap.add_argument("--offload", action="store_true", help="model CPU offload in the e2e run")
+    ap.add_argument("--low-memory", action="store_true", help="the 24 GB recipe end to end")
+    ap.add_argument("--memory-cap-gb", type=float, default=24.0, help="--low-memory's cap")
     ap.add_argument("--vae-tile", type=int, default=32, help="VAE decode tile (latents)")
     ap.add_argument("--step-cache", type=float, default=0.0, help="threshold; needs --e2e-steps")
+    ap.add_argument("--cache-curve", default="", help="thresholds 'T1,T2,..': calibration")
+    ap.add_argument("--cache-prompts", type=int, default=2)
+    ap.add_argument("--cache-steps", type=int, default=25)
+    ap.add_argument("--cache-max-rel-l2", type=float, default=0.05)
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU (--device cpu for a smoke run)", file=sys.stderr)
         return 2
+    if args.low_memory:
+        args.fp8 = args.offload = True
+        args.vae_tile = min(args.vae_tile, 16)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     from mugv_kernels.attention import fa4_functions
 
     result = {
@@ -182,6 +210,12 @@ def main() -> int:
         "size": [args.frames, args.height, args.width],
         "fa4": fa4_functions() is not None,
     }
+    try:
+        import torchao
+
+        result["torchao"] = torchao.__version__
+    except Exception as exc:  # not installed / does not import: the scaled_mm fallback
+        result["torchao"] = f"unavailable ({type(exc).__name__}: {str(exc)[:120]})"
 
     def save() -> None:  # after every part: a run cut short still leaves its numbers
         if args.out:
@@ -198,6 +232,7 @@ def main() -> int:
     result["weights_gb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     result["build_s"] = time.perf_counter() - t_build
     save()
+    variants = Variants(model, args, device, result)
     if args.steps > 0:
         if result["fa4"] and device.type == "cuda":
             from mugv_kernels.attention import fa4_self_check
@@ -210,24 +245,253 @@ def main() -> int:
                 for kind in ("dense", "varlen")
             }
             print(f"FA4 self-check at head dim {dh}: {result['fa4_self_check']}", flush=True)
-            try:
-                result["cross_attention"] = cross_attention_timing(
-                    model.config, tokens, device, dtype
-                )
-            except Exception as exc:  # keep the rest of the run
-                result["cross_attention_error"] = f"{type(exc).__name__}: {exc}"[:500]
-                print(f"cross-attention timing failed: {result['cross_attention_error']}")
             save()
-        result["dit"] = per_step(args, model, tokens, device, dtype, result, save)
+        result["dit"] = per_step(args, variants, tokens, device, dtype, result, save)
         result.pop("dit_reference_only", None)
         save()
-    if args.e2e_steps > 0:
-        model.set_fused_ops(not args.no_fused)
+    if args.latent_steps > 0:
+        result["latent"] = latent_deviation(args, variants, device, dtype)
+        save()
+    if args.e2e_steps > 0 or args.cache_curve:
+        name = "ours fp8" if args.fp8 else "ours"
+        variants.use(name + (" + graph" if args.graphed and not args.low_memory else ""))
+        if args.fp8:
+            variants.drop_bf16()  # the bf16 linears freed: the run holds float8 weights only
         result["e2e"] = e2e(args, model, device, dtype, partial=save_e2e(result, save))
         save()
     if args.out:
         print(f"wrote {args.out}")
     return 0
+
+
+class Variants:
+    """The per-step variants on one model (same weights): attention backend, fused norms,
+    compiled blocks, bf16 or float8 block linears, graphed block stack."""
+
+    def __init__(self, model, args, device, result):
+        self.model, self.args, self.device, self.result = model, args, device, result
+        self.bf16 = None  # {name: (parent, attr, nn.Linear)}
+        self.fp8 = None  # {name: float8 module}
+        self.backend = "sdpa"
+
+    def _linears(self, which: dict) -> None:
+        for name, (parent, attr, _lin) in self.bf16.items():
+            setattr(parent, attr, which[name])
+
+    def quantize(self) -> None:
+        from mugv_infer.quantize import block_linears, load_time_probes, quantize_fp8
+
+        if self.fp8 is not None:
+            return
+        set_compiled(self.model, False)
+        self.bf16 = {n: (p, a, lin) for n, p, a, lin in block_linears(self.model)}
+        t0 = time.perf_counter()
+        probes = load_time_probes(self.model, self.device)
+        report = quantize_fp8(
+            self.model, backend=self.args.fp8_backend, device=self.device, probes=probes
+        )
+        _sync()
+        self.fp8 = {n: getattr(p, a) for n, (p, a, _l) in self.bf16.items()}
+        self.result["fp8"] = {**report.summary(), "quantize_s": time.perf_counter() - t0}
+        print(f"fp8: {json.dumps(self.result['fp8'])}", flush=True)
+
+    def drop_bf16(self) -> None:
+        if self.bf16 is not None:
+            self._linears(self.fp8)
+            self.bf16 = {n: (p, a, None) for n, (p, a, _l) in self.bf16.items()}
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def use(self, name: str) -> None:
+        """``reference`` | ``ours`` | ``ours fp8``, optionally `` + graph``."""
+        from mugv_infer.graphed import apply_graphed_blocks, remove_graphed_blocks
+
+        model, args = self.model, self.args
+        base = name.removesuffix(" + graph")
+        ref = base == "reference"
+        if base == "ours fp8":
+            self.quantize()
+            self._linears(self.fp8)
+        elif self.bf16 is not None and self.bf16[next(iter(self.bf16))][2] is not None:
+            self._linears({n: lin for n, (_p, _a, lin) in self.bf16.items()})
+        set_compiled(model, not ref and not args.no_compile and self.device.type == "cuda")
+        model.set_fused_ops(not ref and not args.no_fused)
+        self.backend = "sdpa" if ref else "auto"
+        model.set_attention_backend(self.backend)
+        remove_graphed_blocks(model)
+        if name.endswith(" + graph"):
+            if self.device.type == "cuda":
+                apply_graphed_blocks(model)
+            else:  # the same runner with the eager stand-in of a graph (smoke runs)
+                from mugv_infer.graphed import EagerRecorder
+
+                apply_graphed_blocks(model, EagerRecorder())
+
+
+def per_step(args, variants: Variants, tokens: int, device, dtype, result, save) -> dict:
+    """Seconds per CFG step (batch 2) of each variant, same weights and inputs; the velocity
+    of each against ours bf16 (and the reference)."""
+    model = variants.model
+    inputs = step_inputs(model, args.height, args.width, args.frames, device, dtype)
+    c = model.config.in_channels
+    flops = model_tflop_per_step(model.config, tokens)
+    compiled = not args.no_compile and device.type == "cuda"
+    names = ["reference", "ours"]
+    if args.fp8:
+        names.append("ours fp8")
+    if args.graphed:
+        names.append("ours fp8 + graph" if args.fp8 else "ours + graph")
+    rows: dict[str, dict] = {}
+    velocity: dict[str, torch.Tensor] = {}
+    res = {"model_tflop_per_cfg_step": flops, "variants": rows}
+    for name in names:
+        variants.use(name)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _reset_peak()
+        warm = args.warmup + (1 if compiled and name != "reference" else 0)
+        try:
+            sec, out = time_steps(model, inputs, args.steps, warm, variants.backend)
+        except Exception as exc:  # keep the other variants' numbers
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(f"{name}: failed: {rows[name]['error']}", flush=True)
+            save()
+            continue
+        velocity[name] = out[:, :c].float()
+        row = {"s_per_cfg_step": sec, "tflops": flops / sec, "peak_memory_gb": _peak_gb()}
+        runner = model.blocks_runner
+        if runner is not None:
+            row["graph"] = "eager fallback: " + runner.failed if runner.failed else "replayed"
+        rows[name] = row
+        print(f"{name}: {sec:.3f} s / CFG step ({flops / sec:.0f} TFLOP/s)", flush=True)
+        result["dit"] = res
+        save()
+    variants.use("ours")
+    for name, v in velocity.items():
+        for peer in ("ours", "reference"):
+            if peer in velocity and peer != name:
+                rows[name][f"velocity_rel_l2_vs_{peer.split()[0]}"] = _rel(v, velocity[peer])
+    if args.profile and device.type == "cuda":
+        res["profile"] = profile_step(args, variants, inputs, "ours fp8" if args.fp8 else "ours")
+        variants.use("ours")
+    ref, ours = rows.get("reference", {}), rows.get("ours", {})
+    if "s_per_cfg_step" in ref and "s_per_cfg_step" in ours:  # the fields of earlier runs
+        res.update(
+            reference_s_per_cfg_step=ref["s_per_cfg_step"],
+            ours_s_per_cfg_step=ours["s_per_cfg_step"],
+            speedup=ref["s_per_cfg_step"] / ours["s_per_cfg_step"],
+            ours_vs_reference_rel_l2=ours.get("velocity_rel_l2_vs_reference"),
+            ours_tflops=ours["tflops"],
+            reference_tflops=ref["tflops"],
+            peak_memory_gb_dit_only=ours["peak_memory_gb"],
+        )
+    checks = result.get("fa4_self_check", {})
+    fa4_paths = [k for k in ("dense", "varlen") if checks.get(k) == "ok"]
+    parts = [f"FA4 ({' + '.join(fa4_paths)})" if fa4_paths else "SDPA"]
+    parts += [] if args.no_fused else ["fused"]
+    parts += ["compile"] if compiled else []
+    result["ours_variant"] = " + ".join(parts)
+    print(f"{'variant':24s} {'s / CFG step':>12s} {'TFLOP/s':>8s} {'rel L2 v':>9s} {'peak GB':>8s}")
+    for name, row in rows.items():
+        if "s_per_cfg_step" in row:
+            rel = row.get("velocity_rel_l2_vs_ours", row.get("velocity_rel_l2_vs_reference"))
+            print(
+                f"{name:24s} {row['s_per_cfg_step']:12.3f} {row['tflops']:8.0f} "
+                f"{rel if rel is not None else float('nan'):9.2e} {row['peak_memory_gb']:8.1f}"
+            )
+    return res
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def profile_step(args, variants: Variants, inputs, name: str) -> dict:
+    """CUDA kernel time of one CFG step by kind (matmul / attention / other) and the top
+    kernels; the full table goes beside the JSON (``.profile.txt``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    variants.use(name)
+    x, s, text, mask = inputs
+    with torch.no_grad():
+        variants.model(x, s, text, mask, attention_kwargs={"backend": variants.backend})
+        _sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            variants.model(x, s, text, mask, attention_kwargs={"backend": variants.backend})
+            _sync()
+    kinds = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    top = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        if not us or evt.key.startswith(("cuda", "Cuda", "aten::", "Memcpy", "Memset")):
+            continue
+        low = evt.key.lower()
+        if any(k in low for k in ("flash", "fmha", "attention", "attn", "softmax")):
+            kind = "attention"
+        elif any(k in low for k in ("gemm", "xmma", "nvjet", "scaled_mm", "matmul", "cutlass")):
+            kind = "matmul"
+        else:
+            kind = "other"
+        kinds[kind] += us / 1e6
+        top.append((us / 1e6, kind, evt.key[:120], evt.count))
+    top.sort(reverse=True)
+    if args.out:
+        args.out.with_suffix(".profile.txt").write_text(
+            prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+        )
+    total = sum(kinds.values())
+    print(
+        f"profile ({name}): {total:.2f} s of kernels: "
+        + ", ".join(f"{k} {v:.2f} s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in kinds.items()),
+        flush=True,
+    )
+    return {
+        "variant": name,
+        "kernel_s": total,
+        "by_kind_s": kinds,
+        "top": [{"s": s_, "kind": k, "kernel": n, "calls": c} for s_, k, n, c in top[:15]],
+    }
+
+
+def latent_deviation(args, variants: Variants, device, dtype) -> dict:
+    """``--latent-steps`` denoising steps (CFG 4) from the same noise, ours bf16 against ours
+    fp8, eager (no compile: new shapes), at ``--latent-size``: the final latent's rel L2."""
+    from mugv_infer.pipeline import MUGVPipeline
+    from mugv_infer.scheduler import MUGVFlowEulerScheduler
+
+    frames, height, width = (int(v) for v in args.latent_size.split("x"))
+    model = variants.model
+    pipe = MUGVPipeline(model, build_vae("cpu", torch.float32, tiny=True), MUGVFlowEulerScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator(device="cpu").manual_seed(5)
+    text = torch.randn(2, 300, model.config.text_dim, generator=g).to(device, dtype)
+    finals, seconds = {}, {}
+    for name in ("ours", "ours fp8"):
+        variants.use(name)
+        set_compiled(model, False)
+        _sync()
+        t0 = time.perf_counter()
+        out = pipe(
+            prompt_embeds=text[:1], negative_prompt_embeds=text[1:, :120], height=height,
+            width=width, num_frames=frames, num_inference_steps=args.latent_steps,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        )  # fmt: skip
+        _sync()
+        seconds[name] = time.perf_counter() - t0
+        finals[name] = out.frames.float().cpu()
+    variants.use("ours")
+    rel = _rel(finals["ours fp8"], finals["ours"])
+    print(f"final latent after {args.latent_steps} steps at {args.latent_size}: fp8 vs bf16 "
+          f"rel L2 {rel:.3e}", flush=True)  # fmt: skip
+    return {
+        "steps": args.latent_steps,
+        "size": [frames, height, width],
+        "final_latent_rel_l2_fp8_vs_bf16": rel,
+        "final_latent_max_abs_fp8_vs_bf16": float(
+            (finals["ours fp8"] - finals["ours"]).abs().max()
+        ),
+        "seconds": seconds,
+    }
 
 
 def save_e2e(result: dict, save):
@@ -278,48 +542,9 @@ def cross_attention_timing(cfg, tokens: int, device, dtype, iters: int = 20) -> 
     return res
 
 
-def per_step(args, model, tokens: int, device, dtype, result: dict, save=lambda: None) -> dict:
-    """Seconds per CFG step (batch 2), plain reference against ours, same weights and inputs."""
-    inputs = step_inputs(model, args.height, args.width, args.frames, device, dtype)
-    flops = model_tflop_per_step(model.config, tokens)
-    rows = []
-    ref_s, ref_out = time_steps(model, inputs, args.steps, args.warmup, "sdpa")
-    rows.append(("reference (SDPA, eager)", ref_s))
-    print(f"reference: {ref_s:.3f} s / CFG step", flush=True)
-    result["dit_reference_only"] = {"reference_s_per_cfg_step": ref_s}  # if ours is cut short
-    save()
-    ours_backend = "auto"
-    compiled = not args.no_compile and device.type == "cuda"
-    set_compiled(model, compiled)
-    model.set_fused_ops(not args.no_fused)
-    ours_s, ours_out = time_steps(model, inputs, args.steps, args.warmup + 1, ours_backend)
-    set_compiled(model, False)
-    checks = result.get("fa4_self_check", {})
-    fa4_paths = [k for k in ("dense", "varlen") if checks.get(k) == "ok"]
-    parts = [f"FA4 ({' + '.join(fa4_paths)})" if fa4_paths else "SDPA"]
-    parts += [] if args.no_fused else ["fused"]
-    parts += ["compile"] if compiled else []
-    result["ours_variant"] = " + ".join(parts)
-    rows.append((f"ours ({result['ours_variant']})", ours_s))
-    rel = ((ours_out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
-    print(f"{'variant':32s} {'s / CFG step':>12s} {'TFLOP/s':>8s}")
-    for name, s in rows:
-        print(f"{name:32s} {s:12.3f} {flops / s:8.0f}")
-    print(f"speed-up {ref_s / ours_s:.2f}x; ours vs reference rel L2 {rel:.2e}", flush=True)
-    return {
-        "reference_s_per_cfg_step": ref_s,
-        "ours_s_per_cfg_step": ours_s,
-        "speedup": ref_s / ours_s,
-        "ours_vs_reference_rel_l2": rel,
-        "model_tflop_per_cfg_step": flops,
-        "ours_tflops": flops / ours_s,
-        "reference_tflops": flops / ref_s,
-        "peak_memory_gb_dit_only": _peak_gb(),
-    }
-
-
 def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
-    """T5 + N CFG steps + VAE decode through the pipeline; ours (and the step cache)."""
+    """T5 + N CFG steps + VAE decode through the pipeline; ours (and the step cache, the
+    cache calibration curve); ``--low-memory`` under a GPU memory cap."""
     from mugv_infer.pipeline import MUGVPipeline
     from mugv_infer.scheduler import MUGVFlowEulerScheduler
 
@@ -334,11 +559,25 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         pipe.enable_model_cpu_offload(device=device)
         model.to("cpu")
     pipe.enable_vae_tiling(args.vae_tile, max(1, args.vae_tile // 4))
-    set_compiled(model, not args.no_compile and device.type == "cuda")
     ids = torch.randint(0, 32128, (2, 300), generator=torch.Generator().manual_seed(0))
+    res = {
+        "steps": args.e2e_steps,
+        "offload": args.offload,
+        "fp8": args.fp8,
+        "graphed": model.blocks_runner is not None,
+        "low_memory": args.low_memory,
+        "vae_tile": args.vae_tile,
+    }
+    if args.low_memory and device.type == "cuda":
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(device).total_memory
+        frac = min(1.0, args.memory_cap_gb * 1e9 / total)
+        torch.cuda.set_per_process_memory_fraction(frac, device)
+        res["memory_cap_gb"] = args.memory_cap_gb
+        print(f"low-memory recipe: GPU memory capped at {args.memory_cap_gb} GB", flush=True)
 
     def warmup() -> float:
-        """One CFG step at the run's shapes, untimed: torch.compile and FA4's JIT."""
+        """One CFG step at the run's shapes, untimed: torch.compile, FA4's JIT, the graph."""
         t0 = time.perf_counter()
         with torch.no_grad():
             hidden = torch.zeros(2, 300, model.config.text_dim, dtype=dtype, device=device)
@@ -355,26 +594,30 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         _sync()
         return time.perf_counter() - t0
 
-    def run(threshold: float, progress=None):
-        _sync()
-        _reset_peak()
-        t0 = time.perf_counter()
-        # T5 on the prompt and the negative prompt (token ids: the tokenizer is not timed)
+    def text_features():
         pipe._onload(t5)
         with torch.no_grad():
             hidden = t5(input_ids=ids.to(device)).last_hidden_state
         pipe._offload(t5)
+        return hidden
+
+    def run(threshold: float, progress=None, steps=None, seed=0, hidden=None, decode=True):
+        _sync()
+        _reset_peak()
+        t0 = time.perf_counter()
+        # T5 on the prompt and the negative prompt (token ids: the tokenizer is not timed)
+        if hidden is None:
+            hidden = text_features()
         _sync()
         t_text = time.perf_counter() - t0
-        g = torch.Generator().manual_seed(0)
         out = pipe(
             prompt_embeds=hidden[:1],
             negative_prompt_embeds=hidden[1:, :120],
             height=args.height,
             width=args.width,
             num_frames=args.frames,
-            num_inference_steps=args.e2e_steps,
-            generator=g,
+            num_inference_steps=steps or args.e2e_steps,
+            generator=torch.Generator().manual_seed(seed),
             output_type="latent",
             step_cache_threshold=threshold,
             callback_on_step_end=progress,
@@ -382,7 +625,7 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         _sync()
         t_dit = time.perf_counter() - t0 - t_text
         t1 = time.perf_counter()
-        video = pipe.decode_latents(out.frames)
+        video = pipe.decode_latents(out.frames) if decode else None
         _sync()
         t_vae = time.perf_counter() - t1
         return (
@@ -398,8 +641,13 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
             video,
         )
 
-    res = {"steps": args.e2e_steps, "offload": args.offload, "warmup_s": warmup()}
+    res["warmup_s"] = warmup()
     print(f"e2e warm-up (compile, 1 CFG step): {res['warmup_s']:.1f} s", flush=True)
+    if args.cache_curve:
+        res["cache_calibration"] = cache_curve(args, run, text_features)
+        partial(res)
+        if args.e2e_steps <= 0:
+            return res
     started = time.perf_counter()
 
     def progress(_pipe, i, _t, tensors):  # partial numbers if the run is cut short
@@ -421,11 +669,39 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
             speedup_dit=exact["dit_s"] / cached["dit_s"],
             latent_max_abs=d.max().item(),
             latent_mean_abs=d.mean().item(),
+            latent_rel_l2=_rel(lat_c, lat),
             video_psnr_db=psnr(video_c, video),
         )
         res["ours+cache"] = cached
         print(f"e2e ours+cache: {json.dumps(cached)}")
     return res
+
+
+def cache_curve(args, run, text_features) -> dict:
+    """The step-cache calibration over ``--cache-prompts`` prompts (random text features, a
+    seed each): the curve and the chosen threshold (mugv_infer.cache_calibration)."""
+    from mugv_infer.cache_calibration import calibrate
+
+    thresholds = [float(v) for v in args.cache_curve.split(",") if v.strip()]
+    base = text_features()
+    g = torch.Generator().manual_seed(11)
+    features = [base] + [
+        base + 0.5 * torch.randn(base.shape, generator=g).to(base) * base.std()
+        for _ in range(args.cache_prompts - 1)
+    ]
+
+    def generate(i: int, threshold: float):
+        _stats, latents, _video = run(
+            threshold, steps=args.cache_steps, seed=100 + i, hidden=features[i], decode=False
+        )
+        return latents, _stats["skipped_steps"]
+
+    cal = calibrate(
+        generate, args.cache_prompts, args.cache_steps, thresholds, args.cache_max_rel_l2,
+        sync=_sync, log=lambda m: print(f"cache curve: {m}", flush=True),
+    )  # fmt: skip
+    print(f"cache curve: chosen threshold {cal.threshold}", flush=True)
+    return cal.to_json()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,17 @@
 #          VAE tile 32; no per-step table, one untimed warm-up step         520 s  [~480 s]
 #   cache  2b, 1 timed CFG step, then 25 steps end to end exact and with
 #          the step cache at 0.1: speed-up and deviation                    440 s  [~360 s]
+# Issue 27 (FP8, graphed step, 24 GB recipe, calibrated cache), in the order to run them:
+#   fast      10b, 720p x 105: reference / ours bf16 / ours fp8 / ours fp8 + CUDA graph, 2
+#             timed CFG steps each (velocity rel L2 vs ours bf16, peak memory), the kernel
+#             profile of one fp8 step, and 25 steps of ours bf16 vs fp8 at 33x256x448 from the
+#             same noise (final latent rel L2)                             470 s  [~360 s]
+#   lowmem    10b, 25 steps end to end in the 24 GB recipe (fp8, T5/DiT/VAE offloaded in
+#             turn, VAE tile 16) under a 24 GB cap of GPU memory            470 s  [~380 s]
+#   e2e-fp8   10b, 25 steps end to end, fp8 + CUDA graph, offload of T5/VAE,
+#             VAE tile 32                                                   470 s  [~360 s]
+#   curve     2b fp8, 720p x 105: the step-cache calibration over 2 prompts,
+#             thresholds 0.05 / 0.1 / 0.2, 25 steps                         470 s  [~400 s]
 # Each part writes its log and JSON under $OUT (partial JSON if cut short) and the call ends
 # with a table of every JSON found there (summary.md). BENCH_EXTRA="..." appends flags to
 # every bench_generate.py call (e.g. "--no-compile" if compiling the 10b block eats the e2e
@@ -113,7 +124,25 @@ for part in $parts; do
     step) bench step 330 --preset 10b --steps 3 ;;
     e2e) bench e2e 520 --preset 10b --steps 0 --e2e-steps 25 --offload --vae-tile 32 ;;
     cache) bench cache 440 --preset 2b --steps 1 --e2e-steps 25 --step-cache 0.1 ;;
-    *) echo "unknown part $part (stage | tests | step | e2e | cache)" && exit 2 ;;
+    fast) bench fast 470 --preset 10b --steps 2 --fp8 --graphed --profile --latent-steps 25 \
+      --latent-size 33x256x448 ;;
+    lowmem)
+      export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+      bench lowmem 470 --preset 10b --steps 0 --e2e-steps 25 --low-memory --memory-cap-gb 24
+      unset PYTORCH_CUDA_ALLOC_CONF
+      ;;
+    e2e-fp8) bench e2e-fp8 470 --preset 10b --steps 0 --e2e-steps 25 --fp8 --graphed --offload \
+      --vae-tile 32 ;;
+    curve) bench curve 470 --preset 2b --steps 0 --fp8 --cache-curve 0.05,0.1,0.2 \
+      --cache-prompts 2 --cache-steps 25 ;;
+    fasttests)
+      echo "=== fasttests (limit 180 s)"
+      COLUMNS=200 timeout -k 10 180 python3 -m pytest -m gpu packages/mugv-infer/tests/test_gpu_fast.py \
+        -rfEX -q --tb=short -p no:cacheprovider -W ignore::DeprecationWarning \
+        -W ignore::UserWarning > "$OUT/fasttests.log" 2>&1
+      tail -30 "$OUT/fasttests.log"
+      ;;
+    *) echo "unknown part $part (stage | tests | step | e2e | cache | fast | lowmem | e2e-fp8 | curve | fasttests)" && exit 2 ;;
   esac
   echo "=== $part took $((SECONDS - t0)) s"
 done
@@ -125,7 +154,7 @@ out = pathlib.Path(sys.argv[1])
 print("| run | preset | fa4 | ours variant | ref s/CFG step | ours s/CFG step | speed-up | rel L2 "
       "| ours TFLOP/s | DiT peak GB |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-e2e_rows, cross_rows = [], []
+e2e_rows, cross_rows, variant_rows, notes = [], [], [], []
 for f in sorted(out.glob("*.json")):
     try:
         r = json.loads(f.read_text())
@@ -137,6 +166,32 @@ for f in sorted(out.glob("*.json")):
               f"| {d['reference_s_per_cfg_step']:.2f} | {d['ours_s_per_cfg_step']:.2f} "
               f"| {d['speedup']:.2f}x | {d['ours_vs_reference_rel_l2']:.1e} "
               f"| {d['ours_tflops']:.0f} | {d['peak_memory_gb_dit_only']:.1f} |")
+    for name, v in ((d or {}).get("variants") or {}).items():
+        if "s_per_cfg_step" in v:
+            rel = v.get("velocity_rel_l2_vs_ours")
+            variant_rows.append(
+                f"| {f.stem} | {r['preset']} | {name} | {v['s_per_cfg_step']:.2f} "
+                f"| {v['tflops']:.0f} | {'' if rel is None else f'{rel:.2e}'} "
+                f"| {v['peak_memory_gb']:.1f} | {v.get('graph', '')} |")
+        else:
+            variant_rows.append(f"| {f.stem} | {r['preset']} | {name} | {v.get('error')} |")
+    if r.get("fp8"):
+        notes.append(f"- {f.stem}: fp8 {json.dumps(r['fp8'])}")
+    if (d or {}).get("profile"):
+        p = d["profile"]
+        notes.append(f"- {f.stem}: profile of one {p['variant']} step: {p['kernel_s']:.2f} s of "
+                     "kernels, " + ", ".join(f"{k} {v:.2f} s" for k, v in p["by_kind_s"].items()))
+    if r.get("latent"):
+        lt = r["latent"]
+        notes.append(f"- {f.stem}: final latent after {lt['steps']} steps at {lt['size']}: fp8 vs "
+                     f"bf16 rel L2 {lt['final_latent_rel_l2_fp8_vs_bf16']:.3e}")
+    cal = (r.get("e2e") or {}).get("cache_calibration")
+    if cal:
+        notes.append(f"- {f.stem}: step-cache calibration ({cal['prompts']} prompts, {cal['steps']} "
+                     f"steps, max rel L2 {cal['max_rel_l2']}): chosen threshold {cal['threshold']}")
+        for pt in cal["curve"]:
+            notes.append(f"  - threshold {pt['threshold']}: skipped {pt['skipped_steps']}, DiT "
+                         f"x{pt['dit_speedup']:.2f}, rel L2 {pt['rel_l2']}")
     c = r.get("cross_attention")
     if c:
         cross_rows.append(f"| {f.stem} | {r['preset']} | {c['sdpa_masked_ms']:.2f} "
@@ -156,6 +211,8 @@ print("| run | preset | variant | total s | T5 s | DiT s | VAE decode s | peak G
       "| DiT speed-up | latent max / mean abs | video PSNR dB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for stem, preset, name, e in e2e_rows:
+    if name == "cache_calibration":
+        continue
     if name == "ours_progress":  # the run was cut short: how far it got
         print(f"| {stem} | {preset} | ours, cut short after {e['steps_done']} steps "
               f"| {e['elapsed_s']:.1f} s of DiT (+ T5) | | | | | | | | |")
@@ -170,4 +227,13 @@ for stem, preset, name, e in e2e_rows:
               f"| {e['skipped_steps']} {extra}")
     except (KeyError, TypeError, ValueError) as err:
         print(f"| {stem} | {preset} | {name} | incomplete: {err!r} |")
+if variant_rows:
+    print()
+    print("| run | preset | variant | s / CFG step | TFLOP/s | velocity rel L2 vs ours bf16 "
+          "| peak GB | graph |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(variant_rows))
+if notes:
+    print()
+    print("\n".join(notes))
 PY

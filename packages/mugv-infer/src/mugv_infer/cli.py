@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, help=".mp4, .gif, or a folder")
         p.add_argument("--overwrite", action="store_true", default=None,
                        help="replace an output that mugv-infer wrote (never anything else)")  # fmt: skip
+        p.add_argument("--low-memory", action="store_true", default=None,
+                       help="the 24 GB recipe: fp8 DiT, T5/DiT/VAE offloaded in turn, tiled VAE")  # fmt: skip
+        p.add_argument("--quantization", choices=["none", "fp8"],
+                       help="fp8: the DiT's block linears in float8 e4m3")  # fmt: skip
 
     gen = sub.add_parser("generate", help="text/image-to-video generation")
     common(gen)
@@ -51,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output-type", choices=["video", "latent"])
     gen.add_argument("--append", action="store_true", default=None,
                      help="latent output: add to an existing dataset with the same latent header")  # fmt: skip
+    gen.add_argument("--rewrite-prompt", action="store_true", default=None,
+                     help="expand each prompt into the release's caption style first")  # fmt: skip
+    gen.add_argument("--rewriter", type=Path, help="local instruction-tuned LLM folder")
+    cal = sub.add_parser(
+        "calibrate-cache", help="choose the step-cache threshold from a speed/deviation curve"
+    )
+    common(cal)
+    cal.add_argument("--frames", help="1 + 8k frames, or 5s / 3s")
+    cal.add_argument("--thresholds", help="candidate thresholds, comma-separated")
+    cal.add_argument("--max-rel-l2", type=float, help="allowed final-latent deviation")
     enh = sub.add_parser("enhance", help="one-step SDEdit refinement of a video")
     common(enh)
     enh.add_argument("--video", type=Path, required=False)
@@ -81,8 +95,24 @@ _FLAGS = (
     "strength",
     "overwrite",
     "append",
+    "rewrite_prompt",
+    "rewriter",
+    "max_rel_l2",
 )
 """Flags that set the config field of the same name (a flag a command lacks stays None)."""
+_RUNTIME_FLAGS = ("low_memory", "quantization")
+"""Flags that set ``runtime.<name>``."""
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    flags = {key: getattr(args, key, None) for key in _FLAGS}
+    flags.update({f"runtime.{key}": getattr(args, key, None) for key in _RUNTIME_FLAGS})
+    if isinstance(flags.get("frames"), str) and flags["frames"].isdigit():
+        flags["frames"] = int(flags["frames"])
+    thresholds = getattr(args, "thresholds", None)
+    if thresholds is not None:
+        flags["thresholds"] = [v.strip() for v in thresholds.split(",") if v.strip()]
+    return flags
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -91,9 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     from mugv_infer import config as C
     from mugv_infer import run
 
-    flags = {key: getattr(args, key, None) for key in _FLAGS}
-    if isinstance(flags.get("frames"), str) and flags["frames"].isdigit():
-        flags["frames"] = int(flags["frames"])
+    flags = _flags(args)
     generate = args.command == "generate"
     cfg = C.resolve(C.GenerateConfig if generate else C.EnhanceConfig, args.config, flags, args.set)
     plan = run.check(cfg)  # a folder output is locked from here (mugv_formats.output_lock)
@@ -106,8 +134,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    """``calibrate-cache``: settings resolved and checked, the curve measured and written."""
+    from mugv_infer import config as C
+    from mugv_infer.calibrate_command import CalibrateCacheConfig, run_calibration
+
+    cfg = C.resolve(CalibrateCacheConfig, args.config, _flags(args), args.set)
+    out = run_calibration(cfg)
+    print(
+        json.dumps({"outputs": [str(out)], "threshold": json.loads(out.read_text())["threshold"]})
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("mugv-infer", build_parser(), argv, {"generate": _run, "enhance": _run})
+    handlers = {"generate": _run, "enhance": _run, "calibrate-cache": _calibrate}
+    return run_cli("mugv-infer", build_parser(), argv, handlers)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,23 @@ class RuntimeConfig(BaseModel):
     )
     sequence_parallel: int = Field(1, ge=1, description="Ulysses sequence-parallel ranks.")
     cfg_parallel: bool = Field(False, description="Run the CFG branches on 2 ranks.")
+    # issue 27 (mugv_infer.quantize, .graphed, .low_memory, .cache_calibration)
+    quantization: Literal["none", "fp8"] = Field(
+        "none", description="fp8: the DiT's block linears in float8 e4m3 (row-wise scales)."
+    )
+    fp8_backend: Literal["auto", "torchao", "scaled_mm", "emulated"] = Field(
+        "auto", description="auto: torchao on sm>=8.9, else torch._scaled_mm; emulated: CPU."
+    )
+    fp8_tolerance: float = Field(
+        0.08, gt=0, le=1, description="Load-time check: a layer further (rel L2) stays bf16."
+    )
+    graphed_step: bool = Field(False, description="Replay the DiT blocks as a CUDA graph.")
+    low_memory: bool = Field(
+        False, description="The 24 GB recipe: fp8, T5/DiT/VAE offloaded in turn, tiled VAE."
+    )
+    step_cache_calibration: Path | None = Field(
+        None, description="A calibrate-cache JSON: its chosen step_cache_threshold is used."
+    )
 
 
 class GenerateConfig(BaseModel):
@@ -114,6 +131,16 @@ class GenerateConfig(BaseModel):
         False,
         description="--output-type latent: add the samples to an existing latent dataset with "
         "the same latent header (VAE, statistics, text encoder).",
+    )
+    rewrite_prompt: bool = Field(
+        False, description="Expand each prompt into the release's caption style (rewriter)."
+    )
+    rewriter: Path | None = Field(None, description="Local instruction-tuned LLM folder.")
+    rewriter_max_new_tokens: int = Field(256, ge=8, le=4096)
+    rewritten_prompt: list[str] | None = Field(
+        None,
+        description="The prompts encoded after rewriting (written by --rewrite-prompt; "
+        "given, they are used as they are).",
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

@@ -15,9 +15,12 @@ import torch
 import yaml
 from mugv_vae.checkpoint import checkpoint_id
 
+from mugv_infer.cache_calibration import step_cache_threshold
 from mugv_infer.config import GenerateConfig
 from mugv_infer.enhancer import MUGVEnhancePipeline, load_lora
+from mugv_infer.graphed import apply_graphed_blocks
 from mugv_infer.latent_shards import latent_header, write_latent_shards
+from mugv_infer.low_memory import low_memory_runtime
 from mugv_infer.optimize import compile_blocks
 from mugv_infer.outputs import (
     OutputError,
@@ -30,7 +33,10 @@ from mugv_infer.outputs import (
 )
 from mugv_infer.parallel import init_parallel, parallelize_pipeline
 from mugv_infer.pipeline import MUGVPipeline, with_aesthetic_score
+from mugv_infer.progress import StageProgress, track_stages
+from mugv_infer.quantize import apply_quantization
 from mugv_infer.release import NULL_CAPTION, apply_preset
+from mugv_infer.rewriter import rewrite_prompts
 from mugv_infer.sizes import check_frames, check_size, frame_size, num_frames
 from mugv_infer.video_io import load_image, load_video, save_video
 
@@ -163,6 +169,7 @@ def check(cfg) -> Plan:
             raise ValueError(f"out {cfg.out}: use .mp4, .gif or a folder (frames)")
         if cfg.append and cfg.output_type != "latent":
             raise ValueError("--append is for --output-type latent (a latent dataset)")
+        _check_rewriter(cfg)
         plan = Plan(height, width, frames, device, dtype)
         crop = cfg.choices.crop_rounding
         plan.image = _read_image(cfg.image, "image", height, width, crop)
@@ -209,7 +216,7 @@ def _check_append_parts(cfg, dit: dict) -> None:
 
 
 def _build(cfg, plan: Plan, pipeline_class):
-    rt = cfg.runtime
+    rt = low_memory_runtime(cfg.runtime, cuda=plan.device.type == "cuda")
     groups = init_parallel(rt.sequence_parallel, 2 if rt.cfg_parallel else 1)
     device = plan.device
     if device.type == "cuda" and groups.world > 1:
@@ -224,6 +231,7 @@ def _build(cfg, plan: Plan, pipeline_class):
         apply_preset(pipe, choices)
     pipe.transformer.set_attention_backend(rt.attention_backend)
     pipe.transformer.set_fused_ops(rt.fused_ops)
+    pipe.fp8_report = apply_quantization(pipe.transformer, rt, device)  # layer by layer
     if rt.cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -232,6 +240,8 @@ def _build(cfg, plan: Plan, pipeline_class):
         pipe.enable_vae_tiling(rt.vae_tile, max(1, rt.vae_tile // 4))
     if rt.compile:
         compile_blocks(pipe.transformer)
+    if rt.graphed_step and device.type == "cuda":
+        apply_graphed_blocks(pipe.transformer)
     parallelize_pipeline(pipe, groups)
     return pipe, groups
 
@@ -288,28 +298,39 @@ _PIPELINE_SETTINGS = (
 
 
 def generate(cfg, plan: Plan) -> list[Path]:
+    rewrite = cfg.rewrite_prompt and cfg.rewritten_prompt is None
+    progress = StageProgress(
+        (["rewrite"] if rewrite else []) + ["text", "DiT", "decode"],
+        enabled=int(os.environ.get("RANK", "0")) == 0,
+    )
+    if rewrite:  # before the video models load; stored in the resolved settings
+        with progress.stage("rewrite"):
+            cfg.rewritten_prompt = rewrite_prompts(cfg, plan.device)
     pipe, groups = _build(cfg, plan, MUGVPipeline)
     settings = {name: getattr(cfg, name) for name in _PIPELINE_SETTINGS}
     if settings["negative_prompt"] is None:  # the setting's None: the learned null caption
         settings["negative_prompt"] = NULL_CAPTION
     settings.update(image=plan.image, last_image=plan.last_image, video=plan.video)
+    settings["prompt"] = encoded_prompts(cfg)
     if cfg.output_type == "latent" and cfg.append and groups.rank == 0:
         check_append_header(cfg.out, _latent_header(pipe))
-    out = pipe(
-        **settings,
-        height=plan.height,
-        width=plan.width,
-        num_frames=plan.frames,
-        num_inference_steps=cfg.steps,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        output_type="latent" if cfg.output_type == "latent" else "np",
-        step_cache_threshold=cfg.runtime.step_cache_threshold,
-    )
+    with track_stages(pipe, progress):
+        out = pipe(
+            **settings,
+            height=plan.height,
+            width=plan.width,
+            num_frames=plan.frames,
+            num_inference_steps=cfg.steps,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            output_type="latent" if cfg.output_type == "latent" else "np",
+            step_cache_threshold=step_cache_threshold(cfg.runtime),
+        )
+    progress.close()
     if groups.rank != 0:
         return []
     if cfg.output_type == "latent":
         # captions are the texts actually encoded (with the aesthetic-score suffix)
-        encoded = with_aesthetic_score(cfg.prompt, cfg.aesthetic_score)
+        encoded = with_aesthetic_score(encoded_prompts(cfg), cfg.aesthetic_score)
         prompts = [p for p in encoded for _ in range(cfg.num_videos_per_prompt)]
 
         def write(path: Path) -> list[Path]:
@@ -339,6 +360,28 @@ def generate(cfg, plan: Plan) -> list[Path]:
                 return write(cfg.out)
         return _finish(cfg, plan, write)
     return _finish(cfg, plan, lambda path: _save_videos(out.frames, cfg.out, cfg.output_fps, path))
+
+
+def encoded_prompts(cfg) -> list[str]:
+    """The prompts the text encoder gets: the rewritten ones when there are."""
+    return list(cfg.rewritten_prompt) if cfg.rewritten_prompt is not None else list(cfg.prompt)
+
+
+def _check_rewriter(cfg) -> None:
+    if cfg.rewritten_prompt is not None:
+        if len(cfg.rewritten_prompt) != len(cfg.prompt):
+            raise ValueError(
+                f"rewritten_prompt has {len(cfg.rewritten_prompt)} prompts, prompt has "
+                f"{len(cfg.prompt)}"
+            )
+        return
+    if cfg.rewrite_prompt:
+        if cfg.rewriter is None:
+            raise ValueError("--rewrite-prompt needs --rewriter PATH (a local LLM folder)")
+        if not (cfg.rewriter / "config.json").is_file():
+            raise ValueError(
+                f"rewriter folder {cfg.rewriter} has no config.json (a local LLM folder)"
+            )
 
 
 def _latent_header(pipe):

@@ -278,6 +278,7 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         # the release's numerics (mugv_infer.release.apply_preset): the scaled timestep
         # rounded to this dtype (bfloat16) before its embedding; None: kept in float32
         self.timestep_round_dtype: torch.dtype | None = None
+        self.blocks_runner = None  # replaces run_blocks (mugv_infer.graphed.apply_graphed_blocks)
         self._rope_cache: dict = {}
 
     # ------------------------------------------------------------------ loading
@@ -414,6 +415,18 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
         q_BNHD = x_BNC.unflatten(-1, (cross.heads, cross.head_dim))
         return resolve_backend(cross.backend, q_BNHD, path="varlen", needs_backward=False) != "sdpa"
 
+    def run_blocks(
+        self, x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real,
+        text_pack=None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The block stack (what :mod:`mugv_infer.graphed` captures as one CUDA graph)."""
+        for block in self.blocks:
+            x_BNC = block(
+                x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real,
+                text_pack,
+            )  # fmt: skip
+        return x_BNC
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -497,11 +510,11 @@ class MUGDiTTransformer3DModel(ModelMixin, ConfigMixin):
             x_BNC = cache.reuse(x_BNC)
         else:
             x_in = x_BNC
-            for block in self.blocks:
-                x_BNC = block(
-                    x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real,
-                    text_pack,
-                )  # fmt: skip
+            run_blocks = self.blocks_runner or self.run_blocks
+            x_BNC = run_blocks(
+                x_BNC, mods_B26C, clean_BN1, text_BLC, mask_BL, cos_BNK, sin_BNK, n_real,
+                text_pack,
+            )  # fmt: skip
             if cache is not None:
                 cache.store(x_in, x_BNC)
         out_BNP = self.final_layer(x_BNC, emb_B2C, clean_BN1)
