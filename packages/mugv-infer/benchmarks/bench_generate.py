@@ -182,6 +182,9 @@ def main() -> int:
     ap.add_argument("--memory-cap-gb", type=float, default=24.0, help="--low-memory's cap")
     ap.add_argument("--vae-tile", type=int, default=32, help="VAE decode tile (latents)")
     ap.add_argument("--step-cache", type=float, default=0.0, help="threshold; needs --e2e-steps")
+    ap.add_argument(
+        "--cache-only", action="store_true", help="with --step-cache: no exact e2e run first"
+    )
     ap.add_argument("--cache-curve", default="", help="thresholds 'T1,T2,..': calibration")
     ap.add_argument("--cache-prompts", type=int, default=2)
     ap.add_argument("--cache-steps", type=int, default=25)
@@ -656,6 +659,12 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         partial(res)
         return tensors
 
+    if args.cache_only and args.step_cache > 0:  # the cached run alone (no deviation)
+        cached, _lat, _video = run(args.step_cache, progress)
+        res.pop("ours_progress", None)
+        res["ours+cache"] = {**cached, "threshold": args.step_cache}
+        print(f"e2e ours+cache: {json.dumps(res['ours+cache'])}", flush=True)
+        return res
     exact, lat, video = run(0.0, progress)
     res.pop("ours_progress", None)
     res["ours"] = exact

@@ -26,6 +26,8 @@
 #             turn, VAE tile 16) under a 24 GB cap of GPU memory            470 s  [~380 s]
 #   e2e-fp8   10b, 25 steps end to end, fp8 + CUDA graph, offload of T5/VAE,
 #             VAE tile 32                                                   470 s  [~360 s]
+#   e2e-fp8-cache  the same with the step cache (CACHE_THRESHOLD, default 0.1; no exact
+#             run: its deviation is what `curve` measures)                 470 s  [~250 s]
 #   curve     2b fp8, 720p x 105: the step-cache calibration over 2 prompts,
 #             thresholds 0.05 / 0.1 / 0.2, 25 steps                         470 s  [~400 s]
 # Each part writes its log and JSON under $OUT (partial JSON if cut short) and the call ends
@@ -133,6 +135,8 @@ for part in $parts; do
       ;;
     e2e-fp8) bench e2e-fp8 470 --preset 10b --steps 0 --e2e-steps 25 --fp8 --graphed --offload \
       --vae-tile 32 ;;
+    e2e-fp8-cache) bench e2e-fp8-cache 470 --preset 10b --steps 0 --e2e-steps 25 --fp8 --graphed \
+      --offload --vae-tile 32 --step-cache "${CACHE_THRESHOLD:-0.1}" --cache-only ;;
     curve) bench curve 470 --preset 2b --steps 0 --fp8 --cache-curve 0.05,0.1,0.2 \
       --cache-prompts 2 --cache-steps 25 ;;
     fasttests)
@@ -142,7 +146,7 @@ for part in $parts; do
         -W ignore::UserWarning > "$OUT/fasttests.log" 2>&1
       tail -30 "$OUT/fasttests.log"
       ;;
-    *) echo "unknown part $part (stage | tests | step | e2e | cache | fast | lowmem | e2e-fp8 | curve | fasttests)" && exit 2 ;;
+    *) echo "unknown part $part (stage | tests | step | e2e | cache | fast | lowmem | e2e-fp8 | e2e-fp8-cache | curve | fasttests)" && exit 2 ;;
   esac
   echo "=== $part took $((SECONDS - t0)) s"
 done

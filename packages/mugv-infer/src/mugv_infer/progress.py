@@ -22,12 +22,20 @@ class StageProgress:
     """A tqdm bar over named stages; :meth:`stage` times one. ``timings``: seconds per stage
     in the order they ran."""
 
-    def __init__(self, stages: list[str], *, enabled: bool = True, file=None):
-        self.timings: dict[str, float] = {}
+    def __init__(
+        self, stages: list[str], *, done: dict | None = None, enabled: bool = True, file=None
+    ):
+        """``done``: stages that already ran before the bar (name -> seconds)."""
+        self.timings: dict[str, float] = dict(done or {})
         self.bar = tqdm(
-            total=len(stages), desc="generate", unit="stage", disable=not enabled,
-            file=file or sys.stderr, leave=True, position=0,
+            total=len(self.timings) + len(stages), initial=len(self.timings), desc="generate",
+            unit="stage", disable=not enabled, file=file or sys.stderr, leave=True, position=0,
         )  # fmt: skip
+        if self.timings:
+            self.bar.set_postfix_str(self._times())
+
+    def _times(self) -> str:
+        return ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -37,7 +45,7 @@ class StageProgress:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-            self.bar.set_postfix_str(", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+            self.bar.set_postfix_str(self._times())
             self.bar.update(1)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,15 +299,16 @@ _PIPELINE_SETTINGS = (
 
 
 def generate(cfg, plan: Plan) -> list[Path]:
-    rewrite = cfg.rewrite_prompt and cfg.rewritten_prompt is None
-    progress = StageProgress(
-        (["rewrite"] if rewrite else []) + ["text", "DiT", "decode"],
-        enabled=int(os.environ.get("RANK", "0")) == 0,
-    )
-    if rewrite:  # before the video models load; stored in the resolved settings
-        with progress.stage("rewrite"):
-            cfg.rewritten_prompt = rewrite_prompts(cfg, plan.device)
+    done = {}
+    if cfg.rewrite_prompt and cfg.rewritten_prompt is None:
+        # before the video models load; stored in the resolved settings
+        t0 = time.perf_counter()
+        cfg.rewritten_prompt = rewrite_prompts(cfg, plan.device)
+        done["rewrite"] = time.perf_counter() - t0
     pipe, groups = _build(cfg, plan, MUGVPipeline)
+    progress = StageProgress(
+        ["text", "DiT", "decode"], done=done, enabled=int(os.environ.get("RANK", "0")) == 0
+    )
     settings = {name: getattr(cfg, name) for name in _PIPELINE_SETTINGS}
     if settings["negative_prompt"] is None:  # the setting's None: the learned null caption
         settings["negative_prompt"] = NULL_CAPTION
