@@ -1,0 +1,167 @@
+"""The released enhancer files -> diffusers / transformers models (local paths only).
+
+The release's enhancer folder holds ``dit_i2v.safetensors`` (the DiT in Wan's original
+names, with ``patch_embedding2``) and ``pytorch_model.bin`` (the LoRA and any retrained base
+weights, saved from the training module: ``pipe.dit.<Wan name>``, peft's
+``.lora_A.default.weight`` / ``.lora_B.default.weight``); the Wan2.1-T2V-1.3B folder holds
+``models_t5_umt5-xxl-enc-bf16.pth`` (umT5-XXL encoder, Wan's names), ``Wan2.1_VAE.pth`` and the
+tokenizer ``google/umt5-xxl/``. Each converter maps every key of the release's names and
+refuses a file with a key it cannot place (none is silently dropped) or a model key the file
+does not fill. ``.pth`` / ``.bin`` files are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+RELEASE_DIT_FILE = "dit_i2v.safetensors"
+RELEASE_LORA_FILE = "pytorch_model.bin"
+WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+WAN_VAE_FILE = "Wan2.1_VAE.pth"
+WAN_TOKENIZER_DIR = "google/umt5-xxl"
+RELEASE_HEAD_DIM = 128
+"""Attention head width of every Wan2.1 DiT (1.3B: 12 heads of 128); not in the file."""
+RELEASE_LORA_ALPHA = 4.0
+"""The release's ``lora_alpha`` at inference (its default; ``run.sh`` passes rank 256 only):
+the LoRA update is scaled by 4 / 256."""
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file, or of a ``.pth`` / ``.bin`` state dict read with
+    ``weights_only=True`` (no pickled code). ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # any unreadable file is one user error
+        raise ValueError(f"{path}: not a readable state dict ({err})") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict (a {type(state).__name__})")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: entries that are not tensors: {bad[:3]}")
+    return state
+
+
+def _refuse_leftovers(source: str, what: str, unmapped, missing=()) -> None:
+    unmapped, missing = sorted(unmapped), sorted(missing)
+    if unmapped:
+        raise ValueError(
+            f"{source}: {len(unmapped)} key(s) that fit no {what} tensor: {unmapped[:5]}"
+        )
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} {what} tensor(s) missing: {missing[:5]}")
+
+
+# ------------------------------------------------------------------------------- the DiT
+def release_dit_config(
+    state: dict[str, torch.Tensor], attention_head_dim: int = RELEASE_HEAD_DIM
+) -> dict:
+    """``WanTransformer3DModel`` config of a release-named DiT state (after folding: the
+    patch embedding takes twice the latent channels)."""
+    try:
+        pe = state["patch_embedding.weight"]
+        inner, channels, *patch = pe.shape
+        out = state["head.head.weight"].shape[0] // (patch[0] * patch[1] * patch[2])
+        text_dim = state["text_embedding.0.weight"].shape[1]
+        freq_dim = state["time_embedding.0.weight"].shape[1]
+        ffn_dim = state["blocks.0.ffn.0.weight"].shape[0]
+    except KeyError as err:
+        raise ValueError(f"not a Wan DiT state dict: no {err.args[0]}") from err
+    if inner % attention_head_dim:
+        raise ValueError(
+            f"model width {inner} is not a multiple of the head width {attention_head_dim}"
+        )
+    if any(k.startswith("img_emb.") for k in state):
+        raise ValueError(
+            "a Wan I2V DiT (with a CLIP image embedding) is not the release's enhancer"
+        )
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    extra = "patch_embedding2.weight" in state
+    return {
+        "patch_size": tuple(patch),
+        "num_attention_heads": inner // attention_head_dim,
+        "attention_head_dim": attention_head_dim,
+        "in_channels": channels * (2 if extra else 1),
+        "out_channels": out,
+        "text_dim": text_dim,
+        "freq_dim": freq_dim,
+        "ffn_dim": ffn_dim,
+        "num_layers": len(layers),
+        "cross_attn_norm": "blocks.0.norm3.weight" in state,
+        "qk_norm": "rms_norm_across_heads" if "blocks.0.self_attn.norm_q.weight" in state else None,
+        "eps": 1e-6,
+    }
+
+
+def release_dit_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Release (Wan original) names -> ``WanTransformer3DModel`` names, the two patch
+    embeddings folded into one over 32 channels (:func:`..transformer.fold_patch_embeddings`).
+    The renames are diffusers' own (``convert_wan_transformer_to_diffusers``)."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from mugv_infer.wan_enhancer.transformer import fold_patch_embeddings
+
+    state = dict(state)
+    second = [state.pop(f"patch_embedding2.{n}", None) for n in ("weight", "bias")]
+    converted = convert_wan_transformer_to_diffusers(state)
+    if any(t is not None for t in second):
+        if any(t is None for t in second):
+            raise ValueError(
+                "patch_embedding2 has a weight without a bias or a bias without a weight"
+            )
+        converted["patch_embedding.weight"], converted["patch_embedding.bias"] = (
+            fold_patch_embeddings(
+                converted["patch_embedding.weight"], converted["patch_embedding.bias"], *second
+            )
+        )
+    return converted
+
+
+def load_release_dit(
+    state: dict[str, torch.Tensor],
+    *,
+    source: str = "the DiT",
+    attention_head_dim: int = RELEASE_HEAD_DIM,
+    dtype: torch.dtype | None = None,
+):
+    """A ``WanTransformer3DModel`` holding a release-named DiT state (every key placed, every
+    model tensor filled; ValueError naming ``source`` otherwise). Built on the meta device
+    and filled by assignment (no random initialisation of 1.3B weights)."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    config = release_dit_config(state, attention_head_dim)
+    converted = release_dit_to_diffusers(state)
+    if dtype is not None:
+        converted = {k: v.to(dtype) for k, v in converted.items()}
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**config)
+    expected = set(model.state_dict())
+    _refuse_leftovers(
+        source, "WanTransformer3DModel", set(converted) - expected, expected - set(converted)
+    )
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [
+        f"{k} {tuple(v.shape)} (model {shapes[k]})"
+        for k, v in converted.items()
+        if tuple(v.shape) != shapes[k]
+    ]
+    if wrong:
+        raise ValueError(f"{source}: tensors of the wrong shape: {wrong[:5]}")
+    model.load_state_dict(converted, strict=True, assign=True)
+    # non-persistent RoPE tables: rebuilt off the meta device
+    model.rope = WanRotaryPosEmbed(
+        attention_head_dim, config["patch_size"], model.config.rope_max_seq_len
+    )
+    return model.eval()
