@@ -9,7 +9,8 @@
 #     source .infer-wheels/gpu-install.sh      # installs what is missing into /tmp/infer-deps
 set -euo pipefail
 PY=${PY:-3.12}
-grep -qx "/.infer-wheels/" .git/info/exclude 2>/dev/null || echo "/.infer-wheels/" >> .git/info/exclude
+exclude=$(git rev-parse --git-common-dir)/info/exclude  # a worktree's .git is a file
+grep -qx "/.infer-wheels/" "$exclude" 2>/dev/null || echo "/.infer-wheels/" >> "$exclude"
 rm -rf .infer-wheels && mkdir -p .infer-wheels
 pins=$(uv export --package mugv-infer --extra fp8 --no-hashes --no-emit-workspace --frozen --no-dev \
   | grep -v '^#\|^ \|^-e\|^\s*$' | sed 's/ ;.*//')

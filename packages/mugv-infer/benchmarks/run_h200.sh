@@ -18,10 +18,10 @@
 #   cache  2b, 1 timed CFG step, then 25 steps end to end exact and with
 #          the step cache at 0.1: speed-up and deviation                    440 s  [~360 s]
 # Issue 27 (FP8, graphed step, 24 GB recipe, calibrated cache), in the order to run them:
-#   fast      10b, 720p x 105: reference / ours bf16 / ours fp8 / ours fp8 + CUDA graph, 2
-#             timed CFG steps each (velocity rel L2 vs ours bf16, peak memory), the kernel
-#             profile of one fp8 step, and 25 steps of ours bf16 vs fp8 at 33x256x448 from the
-#             same noise (final latent rel L2)                             470 s  [~360 s]
+#   fast      10b, 720p x 105: reference / ours bf16 / ours fp8 / ours fp8 + CUDA graph, 1
+#             timed CFG step each after the warm-up (velocity rel L2 vs ours bf16, peak
+#             memory), the kernel profile of one fp8 step, and 25 steps of ours bf16 vs fp8 at
+#             33x256x448 from the same noise (final latent rel L2)         420 s  [~320 s]
 #   lowmem    10b, 25 steps end to end in the 24 GB recipe (fp8, T5/DiT/VAE offloaded in
 #             turn, VAE tile 16) under a 24 GB cap of GPU memory            470 s  [~380 s]
 #   e2e-fp8   10b, 25 steps end to end, fp8 + CUDA graph, offload of T5/VAE,
@@ -126,7 +126,7 @@ for part in $parts; do
     step) bench step 330 --preset 10b --steps 3 ;;
     e2e) bench e2e 520 --preset 10b --steps 0 --e2e-steps 25 --offload --vae-tile 32 ;;
     cache) bench cache 440 --preset 2b --steps 1 --e2e-steps 25 --step-cache 0.1 ;;
-    fast) bench fast 470 --preset 10b --steps 2 --fp8 --graphed --profile --latent-steps 25 \
+    fast) bench fast 420 --preset 10b --steps 1 --fp8 --graphed --profile --latent-steps 25 \
       --latent-size 33x256x448 ;;
     lowmem)
       export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
