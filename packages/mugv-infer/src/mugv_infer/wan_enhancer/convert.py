@@ -165,3 +165,137 @@ def load_release_dit(
         attention_head_dim, config["patch_size"], model.config.rope_max_seq_len
     )
     return model.eval()
+
+
+# ------------------------------------------------------------------------------- the LoRA
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
+
+
+def split_release_lora(
+    state: dict[str, torch.Tensor], source: str = "the LoRA file"
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """The release's ``pytorch_model.bin`` -> (``{Wan module: {"A": .., "B": ..}}``,
+    ``{Wan DiT key: tensor}`` of retrained base weights). Keys are the training module's
+    (``pipe.dit.<name>``; the release loads them after dropping ``pipe.``), peft's
+    ``<module>.lora_A.default.weight`` or a base tensor (``<module>.base_layer.weight`` is the
+    base ``<module>.weight``). A key outside the DiT, a LoRA half without its other half, or
+    two adapters are refused."""
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    base: dict[str, torch.Tensor] = {}
+    adapters = set()
+    for key, value in state.items():
+        name = key.removeprefix("pipe.")
+        if not name.startswith("dit."):
+            raise ValueError(
+                f"{source}: key {key!r} is not the DiT's (pipe.dit.*); the release's LoRA "
+                "file adapts only the DiT"
+            )
+        name = name.removeprefix("dit.")
+        m = _LORA_KEY.match(name)
+        if m:
+            adapters.add(m["adapter"])
+            lora.setdefault(m["module"], {})[m["ab"]] = value
+        else:
+            base[name.replace(".base_layer.", ".")] = value
+    if len(adapters) > 1:
+        raise ValueError(f"{source}: several adapters {sorted(map(str, adapters))}; one expected")
+    halves = [
+        f"{m} (lora_{'B' if 'A' in ab else 'A'} missing)" for m, ab in lora.items() if len(ab) != 2
+    ]
+    if halves:
+        raise ValueError(f"{source}: LoRA halves without their pair: {halves[:5]}")
+    return lora, base
+
+
+def _diffusers_name(wan_key: str) -> str:
+    """One Wan DiT key -> its ``WanTransformer3DModel`` name (diffusers' renames)."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    (name,) = convert_wan_transformer_to_diffusers({wan_key: None})
+    return name
+
+
+def load_release_lora(
+    transformer,
+    lora: dict[str, dict[str, torch.Tensor]],
+    *,
+    alpha: float = RELEASE_LORA_ALPHA,
+    fuse: bool = False,
+    source: str = "the LoRA file",
+):
+    """Inject the release's LoRA (from :func:`split_release_lora`) into a
+    ``WanTransformer3DModel`` through peft: one adapter of rank ``r`` (read from the tensors)
+    on exactly the modules the file names, update ``(alpha / r) B A`` (the release: alpha 4,
+    r 256). ``fuse`` merges it into the base weights. Returns ``transformer``."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    if not lora:
+        return transformer
+    ranks = {pair["A"].shape[0] for pair in lora.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"{source}: LoRA ranks differ between layers: {sorted(ranks)}")
+    modules = {_diffusers_name(f"{m}.weight").removesuffix(".weight"): m for m in lora}
+    names = dict(transformer.named_modules())
+    unknown = [
+        f"{wan} (-> {ours})"
+        for ours, wan in modules.items()
+        if not isinstance(names.get(ours), torch.nn.Linear)
+    ]
+    _refuse_leftovers(source, "linear layer of the DiT", unknown)
+    state = {}
+    for ours, wan in modules.items():
+        layer = names[ours]
+        a, b = lora[wan]["A"], lora[wan]["B"]
+        if (
+            a.shape[1] != layer.in_features
+            or b.shape[0] != layer.out_features
+            or b.shape[1] != a.shape[0]
+        ):
+            raise ValueError(
+                f"{source}: LoRA of {wan}: A {tuple(a.shape)}, B {tuple(b.shape)} do not fit "
+                f"a {layer.in_features} -> {layer.out_features} layer"
+            )
+        dtype = layer.weight.dtype
+        state[f"{ours}.lora_A.weight"], state[f"{ours}.lora_B.weight"] = a.to(dtype), b.to(dtype)
+    config = LoraConfig(r=ranks.pop(), lora_alpha=float(alpha), target_modules=sorted(modules))
+    inject_adapter_in_model(config, transformer)
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    _refuse_leftovers(source, "LoRA layer", unexpected)
+    if fuse:
+        from peft.tuners.lora import LoraLayer
+
+        for module in transformer.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+    return transformer
+
+
+def load_release_enhancer_dit(
+    dit_state: dict[str, torch.Tensor],
+    lora_state: dict[str, torch.Tensor] | None = None,
+    *,
+    lora_alpha: float = RELEASE_LORA_ALPHA,
+    fuse_lora: bool = False,
+    attention_head_dim: int = RELEASE_HEAD_DIM,
+    dtype: torch.dtype | None = None,
+    sources: tuple[str, str] = (RELEASE_DIT_FILE, RELEASE_LORA_FILE),
+):
+    """The release's enhancer DiT: ``dit_state`` with the LoRA file's retrained base tensors
+    put over it (each must name a DiT tensor of the same shape), loaded by
+    :func:`load_release_dit`, then the LoRA through peft (:func:`load_release_lora`)."""
+    lora, base = split_release_lora(lora_state or {}, sources[1])
+    unknown = [k for k in base if k not in dit_state]
+    _refuse_leftovers(sources[1], "DiT", unknown)
+    wrong = [
+        f"{k} {tuple(v.shape)} (DiT {tuple(dit_state[k].shape)})"
+        for k, v in base.items()
+        if v.shape != dit_state[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"{sources[1]}: tensors of the wrong shape: {wrong[:5]}")
+    merged = {**dit_state, **{k: v.to(dit_state[k].dtype) for k, v in base.items()}}
+    model = load_release_dit(
+        merged, source=sources[0], attention_head_dim=attention_head_dim, dtype=dtype
+    )
+    return load_release_lora(model, lora, alpha=lora_alpha, fuse=fuse_lora, source=sources[1])
