@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -17,13 +18,14 @@ from tqdm import tqdm
 from mugv_data.config import CaptionConfig
 
 
-def read_clip_frames(path: str | Path, num_frames: int, short_side: int) -> np.ndarray:
-    """``num_frames`` evenly spaced RGB frames [N, H, W, 3] of an mp4 (all frames decoded)."""
+def read_clip_frames(path: str | Path | BinaryIO, num_frames: int, short_side: int) -> np.ndarray:
+    """``num_frames`` evenly spaced RGB frames [N, H, W, 3] of an mp4 (a path or an open
+    binary file; all frames decoded)."""
     import av
 
     from mugv_data.decode import target_size
 
-    with av.open(str(path)) as c:
+    with av.open(path if hasattr(path, "read") else str(path)) as c:
         frames = list(c.decode(video=0))
     if not frames:
         raise ValueError(f"{path}: no frames")

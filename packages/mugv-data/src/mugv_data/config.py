@@ -386,6 +386,11 @@ class EngineConfig(Frozen):
     """Join this Ray cluster (``auto`` or ``ray://host:port``); None starts a local one."""
     ray_num_cpus: int | None = Field(None, ge=1, le=1 << 20)
     """CPUs of a locally started Ray (None: all)."""
+    max_in_flight: int = Field(2, ge=1, le=1024)
+    """Work units submitted per worker and not yet returned (backpressure: the driver holds
+    at most ``workers * max_in_flight`` results)."""
+    max_unit_attempts: int = Field(3, ge=1, le=100)
+    """Ray: times a unit is run when its worker is lost (a node gone, a killed actor)."""
 
 
 class OutputConfig(Frozen):

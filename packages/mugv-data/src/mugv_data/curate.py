@@ -26,10 +26,11 @@ curation on the same output is refused naming the first.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,9 @@ from mugv_formats import (
     ClipDataset,
     ClipRecord,
     ClipShardWriter,
-    atomic_write_bytes,
     atomic_write_text,
 )
+from mugv_formats.atomic import refuse_symlink
 from mugv_formats.outputs import (
     LOCK_FILE,
     MARKER,
@@ -56,18 +57,26 @@ from mugv_formats.outputs import (
 from tqdm import tqdm
 
 from mugv_data import __version__
+from mugv_data.clip_index import IndexWriter, index_parts, index_row, read_part
 from mugv_data.config import CurateConfig, dump_config
-from mugv_data.engines import make_engine
-from mugv_data.inputs import discover_inputs, printable, printable_tree, source_id
-from mugv_data.per_source import SourceResult
-from mugv_data.report import write_report
-from mugv_data.stages.dataset import (
-    KeptClip,
-    build_dataset_stages,
-    reject_row,
-    run_dataset_stages,
+from mugv_data.dataset_units import (
+    TagBalance,
+    caption_spec,
+    caption_units,
+    dedup_column,
+    dedup_done,
+    dedup_spec,
+    read_caption_part,
+    read_duplicates,
+    write_caption_unit,
 )
-from mugv_data.staging import Staging
+from mugv_data.engines import WorkerSpec, make_engine
+from mugv_data.inputs import discover_inputs, printable, printable_tree, source_id
+from mugv_data.per_source import SourceResult, build_source_worker, worker_resources
+from mugv_data.report import ReportBuilder
+from mugv_data.stages.dataset import reject_row
+from mugv_data.staging import Staging, own_dir
+from mugv_data.tags import Tagger
 
 REJECTS = "rejects.parquet"
 RESOLVED_CONFIG = "resolved_config.yaml"
@@ -95,20 +104,20 @@ class CurateSummary:
 def run_sources(
     config: CurateConfig, sources: list[Path], staging: Staging, progress: bool
 ) -> None:
-    """Run per-source stages for sources not yet staged."""
-    todo = [s for s in sources if not staging.done(source_id(s))]
-    if not todo:
-        return
-    engine = make_engine(config)
-    try:
-        bar = tqdm(total=len(todo), desc="sources", unit="video", disable=not progress)
-        for res in engine.map(todo):
+    """Run per-source stages for sources not yet staged, streaming: each result is staged
+    (``sources/SID.json``, clip mp4s, thumbnails) as it returns and then dropped."""
+    todo = (s for s in sources if not staging.done(source_id(s)))
+    bar = tqdm(desc="sources", unit="video", disable=not progress)
+    with make_engine(config) as engine:
+        for _, res in engine.map(source_spec(config), (str(s) for s in todo)):
             staging.save(res)
             bar.update(1)
             bar.set_postfix(kept=sum(c.kept for c in res.clips))
-        bar.close()
-    finally:
-        engine.close()
+    bar.close()
+
+
+def source_spec(config: CurateConfig) -> WorkerSpec:
+    return WorkerSpec("sources", build_source_worker, worker_resources(config))
 
 
 #: Config sections that decide what a run produces (engine and input may change on resume).
@@ -199,99 +208,238 @@ def _ours_or_new(path: Path) -> bool:
 def _curate_into(
     out: Path, final: Path, config: CurateConfig, progress: bool, t0: float
 ) -> CurateSummary:
+    """The streaming curation: the driver holds one index part, one caption unit and the
+    results in flight at a time, never a list of every clip (see :mod:`mugv_data.clip_index`
+    and :mod:`mugv_data.dataset_units`)."""
     atomic_write_text(out / RESOLVED_CONFIG, dump_config(config))
     sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out, final])
     if not sources:
         raise ValueError(f"no input videos found in {config.input.paths}")
     staging = Staging(out)
+    # 1. per-source stages on the engine's workers, staged as they return
     run_sources(config, sources, staging, progress)
 
-    results = [staging.load(source_id(s)) for s in sources]
-    rejects: list[dict[str, Any]] = []
-    kept: list[KeptClip] = []
-    for r in results:
+    rejects = RejectsWriter(staging.root / f"{REJECTS}.partial")
+    report = ReportBuilder(out, staging, config)
+    counts = RunCounts()
+    # 2. the kept clips' index (parquet parts), file and per-clip rejects streamed out
+    index = IndexWriter(own_dir(staging.root, "index"))
+    for s in tqdm(sources, desc="index", unit="video", disable=not progress):
+        r = staging.load(source_id(s))
+        counts.add_source(r)
+        report.add_source(r)
         if r.reject_stage is not None:
-            rejects.append(
-                reject_row(r.source, None, r.reject_stage, r.reject_kind, r.reject_detail)
-            )
+            rejects.add(reject_row(r.source, None, r.reject_stage, r.reject_kind, r.reject_detail))
         for c in r.clips:
             if c.kept:
-                kept.append(KeptClip(r, c))
+                index.add(index_row(r, c))
             else:
-                rejects.append(
+                rejects.add(
                     reject_row(r.source, c.key, c.rejected_stage, c.rejected_stage, c.reason)
                 )
-    # dataset-level stages (dedup, captions, tags, balance): same reject rows as per-clip ones
-    stages = build_dataset_stages(config, staging.mp4_path, progress=progress)
-    kept, dataset_rejects = run_dataset_stages(stages, kept)
-    rejects.extend(dataset_rejects)
-
-    write_shards(config, out, kept, staging, progress)
-    write_rejects(out / REJECTS, rejects)
-    write_report(out, results, kept, staging, config)
-    timings: Counter = Counter()
-    for r in results:
-        timings.update(r.timings)
-    stage_counts = Counter(r["stage"] for r in rejects)
+                report.add_clip(
+                    r.source, r.source_id, c.key, (c.start_s, c.end_s), c.scores,
+                    c.rejected_stage, c.reason,
+                )  # fmt: skip
+    fingerprint = index.close()
+    with make_engine(config) as engine:
+        # 3. dedup over the index's embeddings, on a worker
+        duplicates = run_dedup(engine, config, staging, index, fingerprint)
+        # 4. captions and tags, unit by unit on caption workers (resumable per unit)
+        captions_dir = own_dir(staging.root, "captions")
+        if config.captions.source != "none":
+            units = caption_units(index.folder, captions_dir, duplicates, config, staging.mp4_path)
+            bar = tqdm(desc="captions", unit="unit", disable=not progress)
+            for unit, rows in engine.map(caption_spec(config), units):
+                write_caption_unit(captions_dir, unit["name"], rows)
+                bar.update(1)
+            bar.close()
+    # 5. balance weights from the tag groups, then 6. shards, streaming the index again
+    tagger = Tagger(config.tags.vocabulary) if config.tags.enabled else None
+    balance = TagBalance(config.balance.alpha)
+    for part, caps in _parts_with_captions(index.folder, captions_dir, config):
+        for key in part.column("key").to_pylist():
+            v = _verdict(key, duplicates, caps, tagger, config)
+            if v.kept:
+                balance.add(v.tags)
+    write_shards(
+        config, out, staging, index.folder, captions_dir, duplicates, tagger, balance,
+        rejects, report, counts, progress,
+    )  # fmt: skip
+    rejects.close(out / REJECTS)
+    report.write()
+    stage_counts = rejects.stage_counts
     summary = CurateSummary(
         out_dir=final,
-        sources=len(results),
-        sources_rejected=sum(r.reject_stage is not None for r in results),
-        clips_seen=sum(len(r.clips) for r in results),
-        clips_kept=len(kept),
+        sources=counts.sources,
+        sources_rejected=counts.sources_rejected,
+        clips_seen=counts.clips_seen,
+        clips_kept=counts.clips_kept,
         rejects_by_stage=dict(sorted(stage_counts.items())),
         seconds=time.perf_counter() - t0,
-        timings={k: round(v, 4) for k, v in sorted(timings.items())},
+        timings={k: round(v, 4) for k, v in sorted(counts.timings.items())},
     )
     atomic_write_text(out / SUMMARY, json.dumps(summary.as_dict(), indent=2))
     shutil.rmtree(staging.clips, ignore_errors=True)
     return summary
 
 
+class RunCounts:
+    """Counters of a run (sources, clips, per-stage timings summed over sources)."""
+
+    def __init__(self) -> None:
+        self.sources = 0
+        self.sources_rejected = 0
+        self.clips_seen = 0
+        self.clips_kept = 0
+        self.timings: Counter = Counter()
+
+    def add_source(self, r: SourceResult) -> None:
+        self.sources += 1
+        self.sources_rejected += r.reject_stage is not None
+        self.clips_seen += len(r.clips)
+        self.timings.update(r.timings)
+
+
+def run_dedup(
+    engine, config: CurateConfig, staging: Staging, index: IndexWriter, fingerprint: str
+) -> dict[str, tuple[str, float]]:
+    """``{duplicate key: (kept key, similarity)}``, computed on a worker over the index's
+    embedding store, or reused from a previous run of the same index."""
+    if not config.dedup.enabled or index.rows == 0:
+        return {}
+    out = staging.root / "dedup.parquet"
+    if not dedup_done(out, fingerprint):
+        column = dedup_column(config, index.all_clip_embeddings)
+        unit = dict(
+            index=str(index.folder),
+            column=column,
+            store=str(staging.root / "dedup_store"),
+            out=str(out),
+            fingerprint=fingerprint,
+        )
+        for _ in engine.map(dedup_spec(config), [unit]):
+            pass
+    return read_duplicates(out)
+
+
+@dataclass
+class Verdict:
+    """A kept-by-the-clip-stages clip after the dataset-level stages."""
+
+    stage: str | None = None
+    reason: str | None = None
+    caption: str = ""
+    tags: list[str] = field(default_factory=list)
+    similarity: float | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.stage is None
+
+
+def _verdict(
+    key: str, duplicates, caps: dict[str, dict[str, Any]], tagger, config: CurateConfig
+) -> Verdict:
+    if key in duplicates:
+        of, sim = duplicates[key]
+        t = config.dedup.threshold
+        # the same words as the in-memory stage's (mugv_data.stages.dataset.DedupStage)
+        return Verdict("dedup", f"near-duplicate of {of} (cos {sim:.4f} >= {t:g})", similarity=sim)
+    row = caps.get(key)
+    if row is None:  # captions.source=none
+        return Verdict(tags=tagger("") if tagger is not None else [])
+    if row["reject"] is not None:
+        return Verdict("captions", row["reject"])
+    return Verdict(caption=row["caption"], tags=list(row["tags"] or []))
+
+
+def _parts_with_captions(index: Path, captions_dir: Path, config: CurateConfig):
+    for pi, part in enumerate(index_parts(index)):
+        caps = read_caption_part(captions_dir, pi) if config.captions.source != "none" else {}
+        yield read_part(part), caps
+
+
 def write_shards(
-    config: CurateConfig, out: Path, kept: list[KeptClip], staging: Staging, progress: bool
+    config: CurateConfig,
+    out: Path,
+    staging: Staging,
+    index: Path,
+    captions_dir: Path,
+    duplicates,
+    tagger,
+    balance: TagBalance,
+    rejects: RejectsWriter,
+    report: ReportBuilder,
+    counts: RunCounts,
+    progress: bool,
 ) -> None:
-    """Write kept clips into clip shards, skipping clips already in complete shards."""
+    """Write the kept clips into clip shards, streaming the index part by part (clips already
+    in complete shards are skipped); dataset-level rejects go to ``rejects`` and every clip
+    of the index to the report."""
     writer = ClipShardWriter(
         out,
         producer=PRODUCER,
         config=printable_tree(config.model_dump(mode="json")),
         clips_per_shard=config.output.clips_per_shard,
     )
-    existing = {r.key for r in writer.existing_records()}
+    existing = writer.existing_keys()
+    bar = tqdm(desc="shards", unit="clip", disable=not progress)
     with writer:
-        for k in tqdm(kept, desc="shards", unit="clip", disable=not progress):
-            c = k.clip
-            if c.key in existing:
-                continue
-            mp4 = staging.mp4_path(c.key)
-            if not mp4.is_file():
-                raise RuntimeError(f"staged clip {mp4} is missing; delete {staging.root} and rerun")
-            rec = ClipRecord(
-                key=c.key,
-                source=printable(k.source.source),
-                start_s=c.start_s,
-                end_s=c.end_s,
-                fps=c.fps,
-                num_frames=c.num_frames,
-                width=c.width,
-                height=c.height,
-                scores=c.scores,
-                caption=printable(k.caption),
-                tags=[printable(t) for t in k.tags],
-                sample_weight=k.weight,
-                extra={
-                    "source_start_frame": c.start_frame,
-                    "source_end_frame": c.end_frame,
-                    "source_fps": k.source.probe["fps"] if k.source.probe else None,
-                    "decoder": k.source.decoder,
-                },
-            )
-            writer.write(rec, mp4.read_bytes())
+        for part, caps in _parts_with_captions(index, captions_dir, config):
+            for row in part.to_pylist():
+                key = row["key"]
+                source = os.fsdecode(row["source"])
+                scores = json.loads(row["scores"])
+                v = _verdict(key, duplicates, caps, tagger, config)
+                if v.similarity is not None:
+                    scores["dedup_similarity"] = v.similarity
+                span = (row["start_s"], row["end_s"])
+                report.add_clip(
+                    source, row["source_id"], key, span, scores, v.stage, v.reason, v.caption
+                )
+                if not v.kept:
+                    rejects.add(reject_row(source, key, v.stage, v.stage, v.reason))
+                    continue
+                counts.clips_kept += 1
+                bar.update(1)
+                if key in existing:
+                    continue
+                mp4 = staging.mp4_path(key)
+                if not mp4.is_file():
+                    raise RuntimeError(
+                        f"staged clip {mp4} is missing; delete {staging.root} and rerun"
+                    )
+                weight = balance.weight(v.tags) if config.balance.enabled else 1.0
+                rec = ClipRecord(
+                    key=key,
+                    source=printable(source),
+                    start_s=row["start_s"],
+                    end_s=row["end_s"],
+                    fps=row["fps"],
+                    num_frames=row["num_frames"],
+                    width=row["width"],
+                    height=row["height"],
+                    scores=scores,
+                    caption=printable(v.caption),
+                    tags=[printable(t) for t in v.tags],
+                    sample_weight=weight,
+                    extra={
+                        "source_start_frame": row["start_frame"],
+                        "source_end_frame": row["end_frame"],
+                        "source_fps": row["source_fps"],
+                        "decoder": row["decoder"],
+                    },
+                )
+                writer.write(rec, mp4.read_bytes())
+    bar.close()
 
 
-def write_rejects(path: Path, rows: list[dict[str, Any]]) -> None:
-    schema = pa.schema(
+class RejectsWriter:
+    """``rejects.parquet`` written as a stream (row groups of 4096) into a partial file,
+    moved into place by ``close``; counts rejects per stage."""
+
+    SCHEMA = pa.schema(
         [
             ("source", pa.string()),
             ("key", pa.string()),
@@ -300,22 +448,45 @@ def write_rejects(path: Path, rows: list[dict[str, Any]]) -> None:
             ("reason", pa.string()),
         ]
     )
-    # every string as valid UTF-8 (a source name's non-UTF-8 bytes as \xNN escapes)
-    rows = [{k: printable(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
-    table = pa.Table.from_pylist(rows, schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+    def __init__(self, partial: Path) -> None:
+        refuse_symlink(partial, "output")
+        self.partial = partial
+        self._writer = pq.ParquetWriter(str(partial), self.SCHEMA)
+        self._rows: list[dict[str, Any]] = []
+        self.stage_counts: Counter = Counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        # every string as valid UTF-8 (a source name's non-UTF-8 bytes as \xNN escapes)
+        self._rows.append({k: printable(v) if isinstance(v, str) else v for k, v in row.items()})
+        self.stage_counts[row["stage"]] += 1
+        if len(self._rows) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.SCHEMA))
+            self._rows = []
+
+    def close(self, final: Path) -> None:
+        self._flush()
+        self._writer.close()
+        with open(self.partial, "rb") as f:
+            os.fsync(f.fileno())
+        refuse_symlink(final, "output")
+        os.replace(self.partial, final)
+
+
+def write_rejects(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rejects.parquet`` from a list of rows (see :class:`RejectsWriter` for a stream)."""
+    w = RejectsWriter(path.with_name(f".{path.name}.partial"))
+    for r in rows:
+        w.add(r)
+    w.close(path)
 
 
 def read_rejects(out_dir: str | Path) -> list[dict[str, Any]]:
     return pq.read_table(Path(out_dir) / REJECTS).to_pylist()
-
-
-def _load_results(out: Path, config: CurateConfig) -> list[SourceResult]:
-    staging = Staging(out)
-    sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out])
-    return [staging.load(source_id(s)) for s in sources if staging.done(source_id(s))]
 
 
 def rebuild_report(out_dir: str | Path) -> Path:
@@ -330,22 +501,31 @@ def rebuild_report(out_dir: str | Path) -> Path:
 
 
 def _rebuild_report(out: Path, config: CurateConfig) -> Path:
-    results = _load_results(out, config)
-    by_key = {(c.key): (r, c) for r in results for c in r.clips}
+    staging = Staging(out)
     # dataset-level verdicts (dedup, captions, ...) live in rejects.parquet, not in staging
+    late: dict[str, tuple[str, str]] = {}
     if (out / REJECTS).is_file():
         for row in read_rejects(out):
-            if row["key"] in by_key and by_key[row["key"]][1].rejected_stage is None:
-                c = by_key[row["key"]][1]
-                c.rejected_stage, c.reason = row["stage"], row["reason"]
-    kept = []
-    for rec in ClipDataset(out).records():
-        if rec.key in by_key:
-            r, c = by_key[rec.key]
-            kept.append(
-                KeptClip(r, c, caption=rec.caption, tags=list(rec.tags), weight=rec.sample_weight)
-            )
-    return write_report(out, results, kept, Staging(out), config)
+            if row["key"] is not None:
+                late[row["key"]] = (row["stage"], row["reason"])
+    m = pq.read_table(out / "manifest.parquet", columns=["key", "caption"])
+    captions = dict(zip(m.column("key").to_pylist(), m.column("caption").to_pylist()))
+    report = ReportBuilder(out, staging, config)
+    sources = discover_inputs(config.input.paths, config.input.extensions, exclude=[out])
+    for s in sources:
+        if not staging.done(source_id(s)):
+            continue
+        r = staging.load(source_id(s))
+        report.add_source(r)
+        for c in r.clips:
+            stage, reason = c.rejected_stage, c.reason
+            if stage is None and c.key not in captions:
+                stage, reason = late.get(c.key, ("unknown", "not in the dataset"))
+            report.add_clip(
+                r.source, r.source_id, c.key, (c.start_s, c.end_s), c.scores, stage, reason,
+                captions.get(c.key, "") or "",
+            )  # fmt: skip
+    return report.write()
 
 
 def summarize_output(out_dir: str | Path) -> dict[str, Any]:

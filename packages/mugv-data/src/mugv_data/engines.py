@@ -1,24 +1,47 @@
-"""Engines place per-source work: in-process (sequential), a local process pool, or Ray.
+"""Engines place work units on workers: in-process (sequential), a local process pool, or Ray.
 
-Each engine builds one :class:`~mugv_data.per_source.SourceProcessor` per worker (stages set up
-once per worker) and yields :class:`~mugv_data.per_source.SourceResult` objects as sources finish
-(any order; the driver sorts). Worker resources come from the stages' declarations.
+A :class:`WorkerSpec` names what a worker runs: ``build(config)`` is called once per worker
+(models and decoders set up once) and returns a callable applied to each work unit (a source
+path, a batch of clips to caption, the dedup of an embedding store); ``resources`` are what
+one worker needs. :meth:`Engine.map` streams units in and ``(unit, result)`` pairs out as they
+finish (any order) with bounded work in flight: at most ``engine.max_in_flight`` units per
+worker are submitted and not yet returned, so the driver never holds more than that many
+results, whatever the number of units (backpressure).
+
+On Ray each worker is an actor declared with the spec's ``num_cpus``, ``num_gpus`` and
+``memory``; an actor lost with its node is replaced and its units are run again (a unit is
+retried ``engine.max_unit_attempts`` times in all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
-from pathlib import Path
+from typing import Any
 
 from mugv_formats.lifecycle import die_with_parent
 
 from mugv_data.config import CurateConfig
 from mugv_data.lifecycle import TreeReaper
-from mugv_data.per_source import SourceProcessor, SourceResult, worker_resources
+from mugv_data.stages.base import Resources
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker runs. ``build`` must be a module-level function (workers import it by
+    name); the callable it returns may have a ``teardown()`` method."""
+
+    name: str
+    build: Callable[[CurateConfig], Callable[[Any], Any]]
+    resources: Resources
+    local_node: bool = False
+    """Run on the driver's node (a unit that reads or writes the output folder itself)."""
 
 
 def available_cpus() -> int:
@@ -29,38 +52,52 @@ def available_cpus() -> int:
 
 
 class Engine:
-    """Maps sources to results."""
+    """Maps work units to results on workers built from a :class:`WorkerSpec`."""
 
     def __init__(self, config: CurateConfig) -> None:
         self.config = config
-        self.resources = worker_resources(config)
 
-    def num_workers(self, total_cpus: int) -> int:
+    def num_workers(self, resources: Resources, total_cpus: float) -> int:
         if self.config.engine.workers > 0:
             return self.config.engine.workers
-        return max(1, int(total_cpus // max(self.resources.cpus, 1e-6)))
+        return max(1, int(total_cpus // max(resources.cpus, 1e-6)))
 
-    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
+    def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """``(unit, result)`` for every unit, as they finish."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Release workers."""
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _teardown(worker: Any) -> None:
+    td = getattr(worker, "teardown", None)
+    if td is not None:
+        td()
+
 
 class SequentialEngine(Engine):
     """Runs everything in the calling process (tests, debugging)."""
 
-    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
-        proc = SourceProcessor(self.config)
-        proc.setup()
+    def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        worker = None
         try:
-            for s in sources:
-                yield proc(s)
+            for u in units:
+                if worker is None:  # built only when there is work
+                    worker = spec.build(self.config)
+                yield u, worker(u)
         finally:
-            proc.teardown()
+            if worker is not None:
+                _teardown(worker)
 
 
-_WORKER: SourceProcessor | None = None
+_WORKER: Any = None
 
 
 def visible_gpus() -> int:
@@ -89,18 +126,28 @@ def gpu_slots(num_gpus: int, gpus_per_worker: float, workers: int) -> list[str]:
     return [str(i % num_gpus) for i in range(n)]
 
 
-def _init_worker(config_json: str, gpu_queue=None, parent_pid: int | None = None) -> None:
+def _init_worker(build, config_json: str, gpu_queue=None, parent_pid: int | None = None) -> None:
     global _WORKER
     die_with_parent(parent_pid)  # a SIGKILLed driver leaves no worker behind
     if gpu_queue is not None:  # before anything imports torch in this fresh (spawned) process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
-    _WORKER = SourceProcessor(CurateConfig.model_validate_json(config_json))
-    _WORKER.setup()
+    _WORKER = build(CurateConfig.model_validate_json(config_json))
 
 
-def _run_worker(path: str) -> SourceResult:
+def _run_worker(unit: Any) -> Any:
     assert _WORKER is not None, "worker not initialised"
-    return _WORKER(path)
+    return _WORKER(unit)
+
+
+def _peek(units: Iterable[Any], n: int) -> tuple[list[Any], Iterator[Any]]:
+    """The first ``n`` units and an iterator over the rest."""
+    it = iter(units)
+    head = []
+    for u in it:
+        head.append(u)
+        if len(head) >= n:
+            break
+    return head, it
 
 
 class ProcessPoolEngine(Engine):
@@ -109,11 +156,17 @@ class ProcessPoolEngine(Engine):
     With GPU stages, workers are limited to what the visible GPUs hold (``1 / gpus`` workers
     per GPU) and each worker is pinned to one GPU through ``CUDA_VISIBLE_DEVICES``."""
 
-    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
-        n = min(self.num_workers(available_cpus()), max(1, len(sources)))
+    def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        r = spec.resources
+        n = self.num_workers(r, available_cpus())
+        per = self.config.engine.max_in_flight
+        head, rest = _peek(units, n * per)
+        if not head:
+            return
+        n = min(n, len(head))
         ctx = mp.get_context("spawn")
         queue = None
-        slots = gpu_slots(visible_gpus(), self.resources.gpus, n) if self.resources.gpus > 0 else []
+        slots = gpu_slots(visible_gpus(), r.gpus, n) if r.gpus > 0 else []
         if slots:
             n = len(slots)
             manager = SyncManager(ctx=ctx)
@@ -125,30 +178,39 @@ class ProcessPoolEngine(Engine):
             max_workers=n,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.config.model_dump_json(), queue, os.getpid()),
+            initargs=(spec.build, self.config.model_dump_json(), queue, os.getpid()),
         ) as pool:
-            pending: set[Future] = set()
-            it = iter(sources)
-            # bounded in-flight work so results stream back and memory stays flat
-            for s in it:
-                pending.add(pool.submit(_run_worker, str(s)))
-                if len(pending) >= 2 * n:
-                    break
+            pending: dict[Future, Any] = {}
+            todo = deque(head)
+
+            def fill() -> None:
+                while len(pending) < n * per:
+                    if not todo:
+                        nxt = next(rest, None)
+                        if nxt is None:
+                            return
+                        todo.append(nxt)
+                    u = todo.popleft()
+                    pending[pool.submit(_run_worker, u)] = u
+
+            fill()
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield fut.result()
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.add(pool.submit(_run_worker, str(nxt)))
+                    u = pending.pop(fut)
+                    yield u, fut.result()
+                fill()
 
 
 class RayEngine(Engine):
-    """Ray actors (one SourceProcessor each) sized by the stages' declared resources.
+    """Ray actors (one worker each) declared with the spec's resources, fed with bounded work
+    in flight; an actor that dies (its node lost, its process killed) is replaced and the
+    units it held are run again.
 
     ``engine.ray_address`` joins an existing cluster; otherwise a local Ray is started with
-    ``engine.ray_num_cpus`` CPUs. Results are returned by value, so workers on other nodes
-    need only read access to the source videos.
+    ``engine.ray_num_cpus`` CPUs. Units and results travel by value: per-source workers need
+    only read access to the source videos; caption workers read the staged clips, so on more
+    than one machine the output folder must be on a shared file system (docs/scaling-out.md).
     """
 
     def __init__(self, config: CurateConfig) -> None:
@@ -177,20 +239,103 @@ class RayEngine(Engine):
                 self._reaper = TreeReaper()
                 ray.init(num_cpus=e.ray_num_cpus, include_dashboard=False, log_to_driver=False)
             self._started = True
+        #: node id -> units that ran there (the two-node test reads it)
+        self.units_per_node: dict[str, int] = {}
 
-    def map(self, sources: list[Path]) -> Iterator[SourceResult]:
+    def actor_options(self, r: Resources) -> dict[str, Any]:
+        """Ray options of one worker actor: the spec's declared resources."""
+        opts: dict[str, Any] = {"num_cpus": r.cpus, "num_gpus": r.gpus}
+        if r.memory_mb > 0:
+            opts["memory"] = int(r.memory_mb * (1 << 20))
+        return opts
+
+    def _num_actors(self, r: Resources) -> int:
+        total = self._ray.cluster_resources()
+        n = self.num_workers(r, total.get("CPU", 1))
+        if r.gpus > 0:
+            gpus = total.get("GPU", 0)
+            if gpus == 0:
+                raise ValueError(
+                    "a GPU stage is enabled (resources gpus > 0) but the Ray cluster has no GPU"
+                )
+            n = min(n, max(1, int(gpus // r.gpus)))
+        if r.memory_mb > 0:
+            mem_mb = total.get("memory", 0) / (1 << 20)
+            if mem_mb < r.memory_mb:
+                raise ValueError(
+                    f"a worker declares {r.memory_mb:.0f} MB of memory but the Ray cluster "
+                    f"offers {mem_mb:.0f} MB (lower decode.cache_mb, or give nodes --memory)"
+                )
+            n = min(n, max(1, int(mem_mb // r.memory_mb)))
+        return n
+
+    def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         ray = self._ray
-        total = int(ray.cluster_resources().get("CPU", 1))
-        n = min(self.num_workers(total), max(1, len(sources)))
-        r = self.resources
-        actor_cls = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus)(_RayWorker)
-        actors = [actor_cls.remote(self.config.model_dump_json()) for _ in range(n)]
-        pool = ray.util.ActorPool(actors)
+        from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+
+        per = self.config.engine.max_in_flight
+        max_attempts = self.config.engine.max_unit_attempts
+        r = spec.resources
+        n = self._num_actors(r)
+        head, rest = _peek(units, n * per)
+        if not head:
+            return
+        n = min(n, len(head))
+        opts = self.actor_options(r)
+        if spec.local_node:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=False)
+        actor_cls = ray.remote(**opts)(_RayWorker)
+        config_json = self.config.model_dump_json()
+        actors = [actor_cls.remote(spec.build, config_json) for _ in range(n)]
+        load = {a: 0 for a in actors}
+        pending: dict[Any, tuple[Any, Any, int]] = {}  # ref -> (actor, unit, attempt)
+        todo: deque[tuple[Any, int]] = deque((u, 1) for u in head)
+
+        def fill() -> None:
+            while len(pending) < len(load) * per:
+                if not todo:
+                    nxt = next(rest, None)
+                    if nxt is None:
+                        return
+                    todo.append((nxt, 1))
+                u, attempt = todo.popleft()
+                actor = min(load, key=load.__getitem__)
+                load[actor] += 1
+                pending[actor.run.remote(u)] = (actor, u, attempt)
+
         try:
-            yield from pool.map_unordered(lambda a, s: a.run.remote(s), [str(s) for s in sources])
+            fill()
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    actor, u, attempt = pending.pop(ref)
+                    try:
+                        node, result = ray.get(ref)
+                    except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
+                        if attempt >= max_attempts:
+                            raise RuntimeError(
+                                f"{spec.name}: unit {u!r} lost its worker {attempt} times; last: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                            ) from None
+                        todo.appendleft((u, attempt + 1))
+                        if actor in load:  # replace the dead actor once (it may hold more)
+                            del load[actor]
+                            new = actor_cls.remote(spec.build, config_json)
+                            load[new] = 0
+                            actors.append(new)
+                        continue
+                    if actor in load:
+                        load[actor] -= 1
+                    self.units_per_node[node] = self.units_per_node.get(node, 0) + 1
+                    yield u, result
+                fill()
         finally:
             for a in actors:
-                ray.kill(a)
+                with contextlib.suppress(Exception):  # an actor of a dead node
+                    ray.kill(a)
 
     def close(self) -> None:
         if self._started:
@@ -201,12 +346,14 @@ class RayEngine(Engine):
 
 
 class _RayWorker:
-    def __init__(self, config_json: str) -> None:
-        self.proc = SourceProcessor(CurateConfig.model_validate_json(config_json))
-        self.proc.setup()
+    def __init__(self, build, config_json: str) -> None:
+        import ray
 
-    def run(self, path: str) -> SourceResult:
-        return self.proc(path)
+        self.worker = build(CurateConfig.model_validate_json(config_json))
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def run(self, unit: Any) -> tuple[str, Any]:
+        return self.node, self.worker(unit)
 
 
 def make_engine(config: CurateConfig) -> Engine:

@@ -114,12 +114,24 @@ def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
     return stages
 
 
+#: Host memory of a per-source worker beside its frame cache (decoders, models, one source).
+WORKER_BASE_MB = 512
+
+
 def worker_resources(config: CurateConfig) -> Resources:
-    """Resources one worker needs: the max over its stages."""
+    """Resources one worker needs: the max over its stages, and memory for its frame cache
+    (``decode.cache_mb``) on top of :data:`WORKER_BASE_MB`."""
     r = ShotSplitter(config.split).resources
     for s in build_clip_stages(config):
         r = r.merge(s.resources)
-    return r
+    return r.merge(Resources(cpus=0, memory_mb=WORKER_BASE_MB + config.decode.cache_mb))
+
+
+def build_source_worker(config: CurateConfig) -> SourceProcessor:
+    """A set-up :class:`SourceProcessor` (engines call it once per worker)."""
+    proc = SourceProcessor(config)
+    proc.setup()
+    return proc
 
 
 def thumbnail_jpeg(frame_HW3: np.ndarray) -> bytes:

@@ -9,6 +9,7 @@ user-controlled, so none of them can open a tag or an attribute.
 from __future__ import annotations
 
 import html
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -96,71 +97,137 @@ def _bounds(config: CurateConfig, score: str) -> tuple[float | None, float | Non
     return (c.min, c.max) if c is not None else (None, None)
 
 
-def write_report(out: Path, results, kept, staging, config: CurateConfig) -> Path:
-    """Write ``report.html`` (+ ``report/thumbs``) into ``out``; returns its path."""
-    thumbs_dir = own_dir(out, REPORT_DIR, "thumbs")
-    kept_keys = {k.clip.key for k in kept}
-    captions = {k.clip.key: k.caption for k in kept}
-    all_clips = [(r, c) for r in results for c in r.clips]
-    scores: dict[str, tuple[list[float], list[float]]] = {}
-    for _, c in all_clips:
-        for name, v in c.scores.items():
-            scores.setdefault(name, ([], []))[0 if c.key in kept_keys else 1].append(v)
-    stage_counts = Counter(c.rejected_stage for _, c in all_clips if c.key not in kept_keys)
-    file_rejects = [r for r in results if r.reject_stage is not None]
-    n_thumbs = config.output.report_thumbnails
+#: Rows of the sources and rejected-files tables (a corpus report names the first ones).
+MAX_TABLE_ROWS = 1000
 
-    def card(r, c) -> str:
-        src = staging.thumb_path(c.key)
+
+class ReportBuilder:
+    """Collects what the report shows while the curation streams its clips, in memory flat in
+    the number of clips but for one number per score per clip (the histograms): at most
+    ``output.report_thumbnails`` cards each of kept and rejected clips and
+    :data:`MAX_TABLE_ROWS` rows per table are kept.
+
+    ``add_source`` each source (in order), ``add_clip`` each candidate clip once with its
+    final verdict, then ``write``."""
+
+    def __init__(self, out: Path, staging, config: CurateConfig) -> None:
+        self.out = out
+        self.staging = staging
+        self.config = config
+        self.thumbs_dir = own_dir(out, REPORT_DIR, "thumbs")
+        self.n_thumbs = config.output.report_thumbnails
+        self.scores: dict[str, tuple[array, array]] = {}
+        self.stage_counts: Counter = Counter()
+        self.sources = 0
+        self.file_rejects = 0
+        self.clips = 0
+        self.kept = 0
+        self.kept_cards: list[str] = []
+        self.rej_cards: list[str] = []
+        self._src_rows: dict[str, list] = {}  # source id -> row (first MAX_TABLE_ROWS)
+        self._file_rows: list[str] = []
+
+    def add_source(self, r) -> None:
+        """One source's result (a ``SourceResult``): its row in the sources or files table."""
+        self.sources += 1
+        if r.reject_stage is not None:
+            self.file_rejects += 1
+            if len(self._file_rows) < MAX_TABLE_ROWS:
+                self._file_rows.append(
+                    f"<tr><td>{esc(Path(r.source).name)}</td><td>{esc(r.reject_kind)}</td>"
+                    f"<td>{esc(r.reject_detail)}</td></tr>"
+                )
+        elif len(self._src_rows) < MAX_TABLE_ROWS:
+            self._src_rows[r.source_id] = [
+                Path(r.source).name,
+                r.decoder,
+                r.fallback_reason or "",
+                (r.probe or {}).get("duration_s", ""),
+                len(r.clips),
+                0,
+            ]
+
+    def add_clip(
+        self,
+        source: str,
+        source_id: str,
+        key: str,
+        span: tuple[float, float],
+        scores: dict[str, float],
+        stage: str | None,
+        reason: str | None,
+        caption: str = "",
+    ) -> None:
+        """One candidate clip with its final verdict (``stage`` None: kept)."""
+        kept = stage is None
+        self.clips += 1
+        for name, v in scores.items():
+            if name not in self.scores:
+                self.scores[name] = (array("d"), array("d"))
+            self.scores[name][0 if kept else 1].append(v)
+        if kept:
+            self.kept += 1
+            if source_id in self._src_rows:
+                self._src_rows[source_id][5] += 1
+        else:
+            self.stage_counts[stage] += 1
+        cards = self.kept_cards if kept else self.rej_cards
+        if len(cards) < self.n_thumbs:
+            cards.append(self._card(source, key, span, scores, stage, reason, caption))
+
+    def _card(self, source, key, span, scores, stage, reason, caption) -> str:
+        src = self.staging.thumb_path(key)
         img = ""
         if src.is_file():
             refuse_symlink(src, "staged thumbnail")
-            atomic_write_bytes(thumbs_dir / src.name, src.read_bytes())
+            atomic_write_bytes(self.thumbs_dir / src.name, src.read_bytes())
             img = f"<img src='{esc(REPORT_DIR)}/thumbs/{esc(src.name)}' height='96'>"
         sc = " ".join(
-            f"{k}={v:.3g}" for k, v in sorted(c.scores.items()) if not k.startswith("motion_")
+            f"{k}={v:.3g}" for k, v in sorted(scores.items()) if not k.startswith("motion_")
         )
-        why = "" if c.key in kept_keys else f"<br><b>{esc(c.rejected_stage)}</b>: {esc(c.reason)}"
-        cap = captions.get(c.key, "")
-        cap = f"<br><i>{esc(cap[:160])}</i>" if cap else ""
+        why = "" if stage is None else f"<br><b>{esc(stage)}</b>: {esc(reason)}"
+        cap = f"<br><i>{esc(caption[:160])}</i>" if caption else ""
         return (
-            f"<div class='card'>{img}<br><code>{esc(c.key)}</code> {esc(Path(r.source).name)} "
-            f"[{c.start_s:.2f}-{c.end_s:.2f}s]<br><small>{esc(sc)}{why}{cap}</small></div>"
+            f"<div class='card'>{img}<br><code>{esc(key)}</code> {esc(Path(source).name)} "
+            f"[{span[0]:.2f}-{span[1]:.2f}s]<br><small>{esc(sc)}{why}{cap}</small></div>"
         )
 
-    kept_cards = [card(r, c) for r, c in all_clips if c.key in kept_keys][:n_thumbs]
-    rej_cards = [card(r, c) for r, c in all_clips if c.key not in kept_keys][:n_thumbs]
-    hists = "".join(
-        histogram_svg(n, k, rj, bounds=_bounds(config, n)) for n, (k, rj) in sorted(scores.items())
-    )
-    rows = "".join(
-        f"<tr><td>{esc(s)}</td><td>{n}</td></tr>" for s, n in sorted(stage_counts.items(), key=str)
-    )
-    srows = "".join(
-        f"<tr><td>{esc(Path(r.source).name)}</td><td>{esc(r.decoder)}</td>"
-        f"<td>{esc(r.fallback_reason or '')}</td>"
-        f"<td>{esc((r.probe or {}).get('duration_s', ''))}</td><td>{len(r.clips)}</td>"
-        f"<td>{sum(c.key in kept_keys for c in r.clips)}</td></tr>"
-        for r in results
-        if r.reject_stage is None
-    )
-    frows = "".join(
-        f"<tr><td>{esc(Path(r.source).name)}</td><td>{esc(r.reject_kind)}</td>"
-        f"<td>{esc(r.reject_detail)}</td></tr>"
-        for r in file_rejects
-    )
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>mugv-data report</title>
+    def write(self) -> Path:
+        """Write ``report.html`` (+ ``report/thumbs``) into the output; returns its path."""
+        config = self.config
+        hists = "".join(
+            histogram_svg(n, list(k), list(rj), bounds=_bounds(config, n))
+            for n, (k, rj) in sorted(self.scores.items())
+        )
+        rows = "".join(
+            f"<tr><td>{esc(s)}</td><td>{n}</td></tr>"
+            for s, n in sorted(self.stage_counts.items(), key=str)
+        )
+        srows = "".join(
+            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>"
+            for row in self._src_rows.values()
+        )
+        more = self.sources - self.file_rejects - len(self._src_rows)
+        if more > 0:
+            srows += f"<tr><td colspan='6'>... and {more} more sources</td></tr>"
+        frows = "".join(self._file_rows)
+        if self.file_rejects > len(self._file_rows):
+            frows += (
+                f"<tr><td colspan='3'>... and {self.file_rejects - len(self._file_rows)} "
+                "more</td></tr>"
+            )
+        page = f"""<!doctype html><html><head><meta charset='utf-8'><title>mugv-data report</title>
 <style>body{{font-family:sans-serif;margin:16px}} .card{{display:inline-block;width:240px;vertical-align:top;margin:4px;font-size:12px}}
 svg{{margin:4px;border:1px solid #ddd}} table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
 <h1>mugv-data curation report</h1>
-<p>{len(results)} sources ({len(file_rejects)} rejected), {len(all_clips)} candidate clips, <b>{len(kept_keys)} kept</b>.</p>
+<p>{self.sources} sources ({self.file_rejects} rejected), {self.clips} candidate clips, <b>{self.kept} kept</b>.</p>
 <h2>Rejected clips per stage</h2><table>{rows}</table>
 <h2>Sources</h2><table><tr><td>source</td><td>decoder</td><td>fallback reason</td><td>seconds</td><td>clips</td><td>kept</td></tr>{srows}</table>
 <h2>Rejected files</h2><table>{frows}</table>
 <h2>Scores</h2><p>green: kept, red: rejected, dashed: thresholds</p>{hists}
-<h2>Kept clips</h2>{"".join(kept_cards)}
-<h2>Rejected clips</h2>{"".join(rej_cards)}
+<h2>Kept clips</h2>{"".join(self.kept_cards)}
+<h2>Rejected clips</h2>{"".join(self.rej_cards)}
 </body></html>"""
-    path = out / REPORT
-    atomic_write_text(path, page)
-    return path
+        path = self.out / REPORT
+        atomic_write_text(path, page)
+        return path

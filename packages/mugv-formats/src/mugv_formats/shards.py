@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mugv_formats.atomic import atomic_write_bytes, atomic_write_text
+from mugv_formats.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from mugv_formats.errors import (
     ChecksumError,
     CorruptShardError,
@@ -220,7 +220,7 @@ class ShardSetWriter(Generic[H, R]):
         self.header = header
         self.record_type = record_type
         self.samples_per_shard = samples_per_shard
-        self._done: dict[str, list[R]] = {}
+        self._done: dict[str, int] = {}  # complete shard -> samples (records stay on disk)
         self._keys: set[str] = set()
         self._tar: tarfile.TarFile | None = None
         self._tmp_path: Path | None = None
@@ -228,6 +228,8 @@ class ShardSetWriter(Generic[H, R]):
         self._record_sha: dict[str, str] = {}  # key -> sha256 of its KEY.json member
         self._closed = False
         self._recover()
+        self._recovered = list(self._done)
+        self._keys_at_open = frozenset(self._keys)
 
     # -- resume ---------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -242,16 +244,29 @@ class ShardSetWriter(Generic[H, R]):
                 p.unlink()  # tar renamed but sidecar missing: incomplete shard
                 continue
             rows = pq.read_table(side).to_pylist()
-            recs = [row_to_record(r, self.record_type, where=str(side)) for r in rows]
-            for r in rows:
-                if r.get(RECORD_SHA):
-                    self._record_sha[r["key"]] = r[RECORD_SHA]
-            self._done[p.name] = recs
-            self._keys.update(r.key for r in recs)
+            for r in rows:  # every row must still be a valid record
+                row_to_record(r, self.record_type, where=str(side))
+            self._done[p.name] = len(rows)
+            self._keys.update(r["key"] for r in rows)
 
     def existing_records(self) -> list[R]:
-        """Records of the complete shards found when the writer was opened (for resume)."""
-        return [r for recs in self._done.values() for r in recs]
+        """Records of the complete shards found when the writer was opened (for resume),
+        read back from their sidecars."""
+        return [r for n in sorted(self._recovered) for r in self._shard_records(n)]
+
+    def existing_keys(self) -> set[str]:
+        """Keys of the samples in the complete shards found when the writer was opened."""
+        return set(self._keys_at_open)
+
+    def _shard_records(self, name: str) -> list[R]:
+        side = (self.out_dir / name).with_suffix(".parquet")
+        rows = pq.read_table(side).to_pylist()
+        out = []
+        for r in rows:
+            if r.get(RECORD_SHA):
+                self._record_sha[r["key"]] = r[RECORD_SHA]
+            out.append(row_to_record(r, self.record_type, where=str(side)))
+        return out
 
     @property
     def num_written(self) -> int:
@@ -309,7 +324,9 @@ class ShardSetWriter(Generic[H, R]):
         final = self.out_dir / self._shard_name
         os.replace(self._tmp_path, final)
         write_parquet_atomic(final.with_suffix(".parquet"), [self._row(r) for r in self._rows])
-        self._done[self._shard_name] = self._rows
+        self._done[self._shard_name] = len(self._rows)
+        for r in self._rows:  # kept in the sidecar now
+            self._record_sha.pop(r.key, None)
         self._tar, self._tmp_path, self._rows = None, None, []
 
     def close(self) -> H:
@@ -318,15 +335,43 @@ class ShardSetWriter(Generic[H, R]):
             return self.header
         self._finish_shard()
         names = sorted(self._done)
-        rows = [self._row(r) for n in names for r in self._done[n]]
-        write_parquet_atomic(self.out_dir / MANIFEST, rows)
-        self.header = self.header.model_copy(
-            update={"shards": {n: len(self._done[n]) for n in names}}
-        )
+        self._write_manifest(names)
+        self.header = self.header.model_copy(update={"shards": dict(sorted(self._done.items()))})
         self._finalize(self.out_dir)
         atomic_write_text(self.out_dir / DATASET_JSON, self.header.model_dump_json(indent=2))
         self._closed = True
         return self.header
+
+    def _write_manifest(self, names: list[str]) -> None:
+        """``manifest.parquet`` from the shards' sidecars, one shard in memory at a time:
+        the same table as :func:`rows_to_table` of every row (columns in order of first
+        appearance, missing values null, types unified), written row group by row group."""
+
+        def table(name: str) -> pa.Table:
+            t = rows_to_table([self._row(r) for r in self._shard_records(name)])
+            self._record_sha.clear()
+            return t
+
+        schemas = [table(n).schema for n in names]
+        if not schemas:
+            write_parquet_atomic(self.out_dir / MANIFEST, [])
+            return
+        columns: list[str] = []
+        for sch in schemas:
+            columns += [c for c in sch.names if c not in columns]
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+        schema = pa.schema([unified.field(c) for c in columns])
+        with atomic_open(self.out_dir / MANIFEST) as f, pq.ParquetWriter(f, schema) as w:
+            for n in names:
+                t = table(n)
+                w.write_table(
+                    pa.table(
+                        {
+                            c: t.column(c) if c in t.column_names else pa.nulls(len(t))
+                            for c in columns
+                        }
+                    ).cast(schema)
+                )
 
     def _row(self, record: R) -> dict[str, Any]:
         row = record_to_row(record)

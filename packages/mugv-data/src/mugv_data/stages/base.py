@@ -22,15 +22,22 @@ from mugv_data.config import RangeFilterConfig
 
 
 class Resources(BaseModel):
-    """What one worker running the stage needs."""
+    """What one worker running the stage needs (mapped onto Ray's ``num_cpus``, ``num_gpus``
+    and ``memory``; the process pool sizes itself by ``cpus`` and ``gpus``)."""
 
     model_config = ConfigDict(frozen=True)
     cpus: float = Field(1.0, ge=0)
     gpus: float = Field(0.0, ge=0)
+    memory_mb: float = Field(0.0, ge=0)
+    """Host memory one worker may use at its peak (0: not declared, no reservation)."""
 
     def merge(self, other: Resources) -> Resources:
         """Resources of a worker running both stages (max of each)."""
-        return Resources(cpus=max(self.cpus, other.cpus), gpus=max(self.gpus, other.gpus))
+        return Resources(
+            cpus=max(self.cpus, other.cpus),
+            gpus=max(self.gpus, other.gpus),
+            memory_mb=max(self.memory_mb, other.memory_mb),
+        )
 
 
 def resize_short(img: np.ndarray, short_side: int) -> np.ndarray:

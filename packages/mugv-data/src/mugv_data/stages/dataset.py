@@ -14,6 +14,7 @@ results and the config, so a resumed run recomputes the same verdicts.
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,10 +119,19 @@ class CaptionStage(DatasetStage):
 
     name = "captions"
 
-    def __init__(self, config: CurateConfig, mp4_path: Callable[[str], Path]) -> None:
+    def __init__(
+        self,
+        config: CurateConfig,
+        mp4_path: Callable[[str], Path],
+        read_mp4: Callable[[str], bytes] | None = None,
+    ) -> None:
+        """``mp4_path(key)``: the staged clip (named in errors); ``read_mp4(key)``: its bytes
+        when the clip travelled with the work unit (a worker on another node)."""
         self.config = config.captions
         self.mp4_path = mp4_path
+        self.read_mp4 = read_mp4
         self.progress = False
+        self._captioner = None  # loaded once, on first use
 
     def process(self, clips: list[KeptClip]) -> None:
         cc = self.config
@@ -142,7 +152,9 @@ class CaptionStage(DatasetStage):
 
         from mugv_data.caption_vlm import VLMCaptioner, read_clip_frames
 
-        captioner = VLMCaptioner.from_config(self.config)
+        if self._captioner is None:
+            self._captioner = VLMCaptioner.from_config(self.config)
+        captioner = self._captioner
         bs = self.config.batch_size
         for a in tqdm(
             range(0, len(clips), bs), desc="captions", unit="batch", disable=not self.progress
@@ -150,9 +162,10 @@ class CaptionStage(DatasetStage):
             readable, frames = [], []
             for k in clips[a : a + bs]:
                 path = self.mp4_path(k.clip.key)
+                src = io.BytesIO(self.read_mp4(k.clip.key)) if self.read_mp4 else path
                 try:
                     frames.append(
-                        read_clip_frames(path, self.config.num_frames, self.config.frame_short_side)
+                        read_clip_frames(src, self.config.num_frames, self.config.frame_short_side)
                     )
                 except (OSError, ValueError) as e:  # av errors are OSError / ValueError
                     k.reject(self.name, f"{path}: cannot read the clip to caption it: {e}")
