@@ -71,7 +71,9 @@ def test_dedup_unit_over_the_index_matches_a_float64_reference(tmp_path, method)
 def test_streaming_balance_weights_equal_the_whole_list_weights():
     rng = np.random.default_rng(1)
     vocab = ["person", "animal", "car", "sky"]
-    tags = [sorted(rng.choice(vocab, rng.integers(0, 3), replace=False).tolist()) for _ in range(300)]
+    tags = [
+        sorted(rng.choice(vocab, rng.integers(0, 3), replace=False).tolist()) for _ in range(300)
+    ]
     for alpha in (0.0, 0.5, 1.0):
         b = TagBalance(alpha)
         for t in tags:

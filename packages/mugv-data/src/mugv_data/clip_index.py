@@ -29,8 +29,15 @@ from mugv_formats import atomic_write_bytes
 
 from mugv_data.per_source import ClipOutcome, SourceResult
 
-#: Rows per index part (also the largest batch the driver holds).
+#: Rows per index part (the driver holds one part at a time, as Arrow columns).
 PART_CLIPS = 1024
+#: Rows the index writer holds as Python objects before making them an Arrow batch.
+BATCH_ROWS = 64
+#: The index columns the shard writer and the caption units read (no embeddings).
+RECORD_COLUMNS = [
+    "key", "source", "source_id", "start_frame", "end_frame", "start_s", "end_s", "fps",
+    "num_frames", "width", "height", "scores", "decoder", "source_fps",
+]  # fmt: skip
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -83,7 +90,8 @@ def index_row(res: SourceResult, c: ClipOutcome) -> dict[str, Any]:
 
 class IndexWriter:
     """Writes index parts of :data:`PART_CLIPS` rows (``add`` then ``close``); keeps the
-    running fingerprint of every key written (dedup and caption results are tied to it)."""
+    running fingerprint of every key written (dedup and caption results are tied to it).
+    Rows are held as Arrow batches of :data:`BATCH_ROWS` until their part is written."""
 
     def __init__(self, folder: Path, part_clips: int = PART_CLIPS) -> None:
         self.folder = folder
@@ -91,6 +99,8 @@ class IndexWriter:
         for p in folder.glob("part-*.parquet"):  # a previous run's index: rebuilt
             p.unlink()
         self._rows: list[dict[str, Any]] = []
+        self._batches: list[pa.RecordBatch] = []
+        self._in_part = 0
         self.parts = 0
         self.rows = 0
         self.all_clip_embeddings = True
@@ -99,18 +109,28 @@ class IndexWriter:
     def add(self, row: dict[str, Any]) -> None:
         self._rows.append(row)
         self.rows += 1
+        self._in_part += 1
         self._sha.update(row["key"].encode() + b"\n")
         self.all_clip_embeddings &= row["clip_embedding"] is not None
-        if len(self._rows) >= self.part_clips:
+        if len(self._rows) >= BATCH_ROWS:
+            self._batch()
+        if self._in_part >= self.part_clips:
             self._flush()
 
+    def _batch(self) -> None:
+        if self._rows:
+            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=INDEX_SCHEMA))
+            self._rows = []
+
     def _flush(self) -> None:
-        if not self._rows:
+        self._batch()
+        if not self._batches:
             return
-        table = pa.Table.from_pylist(self._rows, schema=INDEX_SCHEMA)
+        table = pa.Table.from_batches(self._batches, schema=INDEX_SCHEMA)
         write_table_atomic(self.folder / part_name(self.parts), table)
         self.parts += 1
-        self._rows = []
+        self._batches = []
+        self._in_part = 0
 
     def close(self) -> str:
         """Flush the last part; returns the fingerprint of the index (its keys in order)."""

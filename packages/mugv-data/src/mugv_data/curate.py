@@ -57,7 +57,13 @@ from mugv_formats.outputs import (
 from tqdm import tqdm
 
 from mugv_data import __version__
-from mugv_data.clip_index import IndexWriter, index_parts, index_row, read_part
+from mugv_data.clip_index import (
+    RECORD_COLUMNS,
+    IndexWriter,
+    index_parts,
+    index_row,
+    read_part,
+)
 from mugv_data.config import CurateConfig, dump_config
 from mugv_data.dataset_units import (
     TagBalance,
@@ -70,7 +76,7 @@ from mugv_data.dataset_units import (
     read_duplicates,
     write_caption_unit,
 )
-from mugv_data.engines import WorkerSpec, make_engine
+from mugv_data.engines import Engine, WorkerSpec, make_engine
 from mugv_data.inputs import discover_inputs, printable, printable_tree, source_id
 from mugv_data.per_source import SourceResult, build_source_worker, worker_resources
 from mugv_data.report import ReportBuilder
@@ -94,6 +100,9 @@ class CurateSummary:
     rejects_by_stage: dict[str, int]
     seconds: float
     timings: dict[str, float]
+    units_per_node: dict[str, int] = field(default_factory=dict)
+    """Ray: work units (sources, dedup, caption units) run on each node (by node id) in this
+    run; empty for the local engines."""
 
     def as_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -102,17 +111,16 @@ class CurateSummary:
 
 
 def run_sources(
-    config: CurateConfig, sources: list[Path], staging: Staging, progress: bool
+    engine: Engine, config: CurateConfig, sources: list[Path], staging: Staging, progress: bool
 ) -> None:
     """Run per-source stages for sources not yet staged, streaming: each result is staged
     (``sources/SID.json``, clip mp4s, thumbnails) as it returns and then dropped."""
-    todo = (s for s in sources if not staging.done(source_id(s)))
+    todo = (str(s) for s in sources if not staging.done(source_id(s)))
     bar = tqdm(desc="sources", unit="video", disable=not progress)
-    with make_engine(config) as engine:
-        for _, res in engine.map(source_spec(config), (str(s) for s in todo)):
-            staging.save(res)
-            bar.update(1)
-            bar.set_postfix(kept=sum(c.kept for c in res.clips))
+    for _, res in engine.map(source_spec(config), todo):
+        staging.save(res)
+        bar.update(1)
+        bar.set_postfix(kept=sum(c.kept for c in res.clips))
     bar.close()
 
 
@@ -216,33 +224,34 @@ def _curate_into(
     if not sources:
         raise ValueError(f"no input videos found in {config.input.paths}")
     staging = Staging(out)
-    # 1. per-source stages on the engine's workers, staged as they return
-    run_sources(config, sources, staging, progress)
-
-    rejects = RejectsWriter(staging.root / f"{REJECTS}.partial")
-    report = ReportBuilder(out, staging, config)
-    counts = RunCounts()
-    # 2. the kept clips' index (parquet parts), file and per-clip rejects streamed out
-    index = IndexWriter(own_dir(staging.root, "index"))
-    for s in tqdm(sources, desc="index", unit="video", disable=not progress):
-        r = staging.load(source_id(s))
-        counts.add_source(r)
-        report.add_source(r)
-        if r.reject_stage is not None:
-            rejects.add(reject_row(r.source, None, r.reject_stage, r.reject_kind, r.reject_detail))
-        for c in r.clips:
-            if c.kept:
-                index.add(index_row(r, c))
-            else:
-                rejects.add(
-                    reject_row(r.source, c.key, c.rejected_stage, c.rejected_stage, c.reason)
-                )
-                report.add_clip(
-                    r.source, r.source_id, c.key, (c.start_s, c.end_s), c.scores,
-                    c.rejected_stage, c.reason,
-                )  # fmt: skip
-    fingerprint = index.close()
     with make_engine(config) as engine:
+        # 1. per-source stages on the engine's workers, staged as they return
+        run_sources(engine, config, sources, staging, progress)
+        rejects = RejectsWriter(staging.root / f"{REJECTS}.partial")
+        report = ReportBuilder(out, staging, config)
+        counts = RunCounts()
+        # 2. the kept clips' index (parquet parts), file and per-clip rejects streamed out
+        index = IndexWriter(own_dir(staging.root, "index"))
+        for s in tqdm(sources, desc="index", unit="video", disable=not progress):
+            r = staging.load(source_id(s))
+            counts.add_source(r)
+            report.add_source(r)
+            if r.reject_stage is not None:
+                rejects.add(
+                    reject_row(r.source, None, r.reject_stage, r.reject_kind, r.reject_detail)
+                )
+            for c in r.clips:
+                if c.kept:
+                    index.add(index_row(r, c))
+                else:
+                    rejects.add(
+                        reject_row(r.source, c.key, c.rejected_stage, c.rejected_stage, c.reason)
+                    )
+                    report.add_clip(
+                        r.source, r.source_id, c.key, (c.start_s, c.end_s), c.scores,
+                        c.rejected_stage, c.reason,
+                    )  # fmt: skip
+        fingerprint = index.close()
         # 3. dedup over the index's embeddings, on a worker
         duplicates = run_dedup(engine, config, staging, index, fingerprint)
         # 4. captions and tags, unit by unit on caption workers (resumable per unit)
@@ -254,6 +263,7 @@ def _curate_into(
                 write_caption_unit(captions_dir, unit["name"], rows)
                 bar.update(1)
             bar.close()
+        nodes = dict(getattr(engine, "units_per_node", {}))
     # 5. balance weights from the tag groups, then 6. shards, streaming the index again
     tagger = Tagger(config.tags.vocabulary) if config.tags.enabled else None
     balance = TagBalance(config.balance.alpha)
@@ -278,6 +288,7 @@ def _curate_into(
         rejects_by_stage=dict(sorted(stage_counts.items())),
         seconds=time.perf_counter() - t0,
         timings={k: round(v, 4) for k, v in sorted(counts.timings.items())},
+        units_per_node=nodes,
     )
     atomic_write_text(out / SUMMARY, json.dumps(summary.as_dict(), indent=2))
     shutil.rmtree(staging.clips, ignore_errors=True)
@@ -357,7 +368,7 @@ def _verdict(
 def _parts_with_captions(index: Path, captions_dir: Path, config: CurateConfig):
     for pi, part in enumerate(index_parts(index)):
         caps = read_caption_part(captions_dir, pi) if config.captions.source != "none" else {}
-        yield read_part(part), caps
+        yield read_part(part, RECORD_COLUMNS), caps
 
 
 def write_shards(
@@ -387,7 +398,7 @@ def write_shards(
     bar = tqdm(desc="shards", unit="clip", disable=not progress)
     with writer:
         for part, caps in _parts_with_captions(index, captions_dir, config):
-            for row in part.to_pylist():
+            for row in (r for b in part.to_batches(max_chunksize=128) for r in b.to_pylist()):
                 key = row["key"]
                 source = os.fsdecode(row["source"])
                 scores = json.loads(row["scores"])

@@ -10,7 +10,8 @@ results, whatever the number of units (backpressure).
 
 On Ray each worker is an actor declared with the spec's ``num_cpus``, ``num_gpus`` and
 ``memory``; an actor lost with its node is replaced and its units are run again (a unit is
-retried ``engine.max_unit_attempts`` times in all).
+retried ``engine.max_unit_attempts`` times in all). The pool shrinks when actors are lost and
+a new actor is started only when none is left.
 """
 
 from __future__ import annotations
@@ -139,6 +140,14 @@ def _run_worker(unit: Any) -> Any:
     return _WORKER(unit)
 
 
+def describe(unit: Any) -> str:
+    """A unit, short, for messages (a caption unit by its name, not its clips' bytes)."""
+    if isinstance(unit, dict) and "name" in unit:
+        return repr(unit["name"])
+    text = repr(unit)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _peek(units: Iterable[Any], n: int) -> tuple[list[Any], Iterator[Any]]:
     """The first ``n`` units and an iterator over the rest."""
     it = iter(units)
@@ -204,8 +213,8 @@ class ProcessPoolEngine(Engine):
 
 class RayEngine(Engine):
     """Ray actors (one worker each) declared with the spec's resources, fed with bounded work
-    in flight; an actor that dies (its node lost, its process killed) is replaced and the
-    units it held are run again.
+    in flight; the units of an actor that dies (its node lost, its process killed) are run
+    again on the others.
 
     ``engine.ray_address`` joins an existing cluster; otherwise a local Ray is started with
     ``engine.ray_num_cpus`` CPUs. Units and results travel by value: per-source workers need
@@ -317,12 +326,15 @@ class RayEngine(Engine):
                     except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
                         if attempt >= max_attempts:
                             raise RuntimeError(
-                                f"{spec.name}: unit {u!r} lost its worker {attempt} times; last: "
+                                f"{spec.name}: unit {describe(u)} lost its worker {attempt} times; last: "
                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                             ) from None
                         todo.appendleft((u, attempt + 1))
-                        if actor in load:  # replace the dead actor once (it may hold more)
-                            del load[actor]
+                        # the remaining actors take its units; a replacement is started only
+                        # when none remain (it waits for the cluster to have room): one made
+                        # while the cluster is full would hold units it never runs
+                        load.pop(actor, None)
+                        if not load:
                             new = actor_cls.remote(spec.build, config_json)
                             load[new] = 0
                             actors.append(new)
