@@ -18,7 +18,10 @@ CHANNELS = 4
 TEXT_DIM = 32
 
 
-def make_task_latents(path: Path, *, prompts: int, seed: int = 0, start: int = 0) -> Path:
+def make_task_latents(
+    path: Path, *, prompts: int, seed: int = 0, start: int = 0, weights: dict | None = None
+) -> Path:
+    """``weights``: sample key -> its ``sample_weight`` (default 1.0)."""
     rng = np.random.default_rng(seed)
     u = np.random.default_rng(1234).standard_normal((CHANNELS, 1, 4, 4)).astype(np.float32)
     header = LatentShardWriter.make_header(
@@ -43,6 +46,7 @@ def make_task_latents(path: Path, *, prompts: int, seed: int = 0, start: int = 0
                     num_frames=1,
                     height=32,
                     width=32,
+                    sample_weight=(weights or {}).get(f"{name}-{i:03d}", 1.0),
                 )
                 writer.write(rec, lat, text)
     return path

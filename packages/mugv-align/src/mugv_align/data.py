@@ -12,6 +12,15 @@ what the uninterrupted run would, and any TP / DP / accumulation layout forms th
 micro-batches (as mugv-dit's BucketSampler does for pre-training). A pair's winner and loser
 share all of the draw.
 
+Balanced sampling (``data.weighted_sampling``, on by default): when the items' draw weights
+differ within a source -- a DPO pair's is its chosen sample's ``sample_weight`` (the curated
+clip mugv-data weighted; a generated loser carries the default 1.0), a KTO sample's its own --
+a step's bucket is drawn by its items' summed weight and each item by its weight (with
+replacement; draw ``c`` of a (source, bucket) pool from ``random.Random(f"{seed}:{source}:
+{bucket}:{c}")``), so an item's share of its source's draws is its weight over the source's
+total; ``visit`` is then ``c``, the pool's draw count (every draw its own noise). Equal
+weights keep the epochs above, draw for draw.
+
 Precomputed reference errors (:mod:`mugv_align.reference`) are the one place that needs
 fixed draws: they are computed at visit 0 and the file stores each item's draw seed, which
 training with ``align.reference=precomputed`` passes back as ``fixed_seeds`` on every visit.
@@ -20,6 +29,7 @@ training with ``align.reference=precomputed`` passes back as ``fixed_seeds`` on 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections.abc import Mapping
@@ -88,6 +98,8 @@ class Source:
     index: LatentIndex
     key_to_row: dict[str, int]
     buckets: dict[tuple, list[int]]  # bucket -> item indices
+    #: per item: the chosen (DPO) / only (KTO) latent sample's ``sample_weight``
+    draw_weights: list[float] | None = None
 
 
 def load_source(path: str | Path, *, kind: str, text_dim: int, channels: int) -> Source:
@@ -117,7 +129,11 @@ def load_source(path: str | Path, *, kind: str, text_dim: int, channels: int) ->
                 f"{path} item {n}: chosen and rejected have different shapes {sorted(shapes)}"
             )
         buckets.setdefault(shapes.pop(), []).append(n)
-    return Source(path, kind, items, index, key_to_row, dict(sorted(buckets.items())))
+    weights = [
+        float(index.records[key_to_row[item.chosen if kind == "dpo" else item.key]].sample_weight)
+        for item in items
+    ]
+    return Source(path, kind, items, index, key_to_row, dict(sorted(buckets.items())), weights)
 
 
 class PreferenceSampler:
@@ -126,7 +142,9 @@ class PreferenceSampler:
     global micro-batch from per-(source, bucket) epoch permutations. Each planned item is an
     :class:`ItemVisit` whose ``visit`` is the epoch of its pool (every epoch visits each
     item once), so the draw of :func:`build_batch` changes from epoch to epoch. A pure
-    function of (seed, step, cursors); the cursors are the savable state."""
+    function of (seed, step, cursors); the cursors are the savable state. With ``weighted``
+    and differing item draw weights in a source, that source draws by weight instead (module
+    doc); the cursors then count draws."""
 
     def __init__(
         self,
@@ -136,6 +154,7 @@ class PreferenceSampler:
         items_per_micro_batch: int,
         micro_batches_per_step: int,
         seed: int,
+        weighted: bool = True,
     ):
         self.sources = sources
         self.weights = weights
@@ -143,16 +162,43 @@ class PreferenceSampler:
         self.n_micro = micro_batches_per_step
         self.seed = seed
         self.cursors: dict[str, int] = {}
+        #: per source: its items' draw weights, or None (uniform epochs)
+        self.item_weights = [
+            src.draw_weights
+            if weighted and src.draw_weights is not None and len(set(src.draw_weights)) > 1
+            else None
+            for src in sources
+        ]
+        for src, w in zip(sources, self.item_weights):
+            if w is not None and not any(w[i] > 0 for pool in src.buckets.values() for i in pool):
+                raise ValueError(f"preference set {src.path}: every item's sample_weight is 0")
 
     def plan(self, step: int) -> tuple[int, list[list[ItemVisit]]]:
         rng = random.Random(self.seed * 1_000_003 + step)
         s = rng.choices(range(len(self.sources)), weights=self.weights)[0]
         src = self.sources[s]
         keys = list(src.buckets)
-        b = rng.choices(range(len(keys)), weights=[len(src.buckets[k]) for k in keys])[0]
+        w = self.item_weights[s]
+        if w is None:
+            bucket_weights = [len(src.buckets[k]) for k in keys]
+        else:
+            bucket_weights = [sum(w[i] for i in src.buckets[k]) for k in keys]
+        b = rng.choices(range(len(keys)), weights=bucket_weights)[0]
         pool = src.buckets[keys[b]]
         name = f"{s}:{b}"
         cursor = self.cursors.get(name, 0)
+        if w is not None:
+            cum = list(itertools.accumulate(w[i] for i in pool))
+            micro = []
+            for _ in range(self.n_micro):
+                draws = range(cursor, cursor + self.per_mb)
+                micro.append([
+                    ItemVisit(random.Random(f"{self.seed}:{s}:{b}:{c}").choices(pool, cum_weights=cum)[0], c)
+                    for c in draws
+                ])  # fmt: skip
+                cursor += self.per_mb
+            self.cursors[name] = cursor
+            return s, micro
         micro = []
         for _ in range(self.n_micro):
             mb = []
@@ -167,9 +213,20 @@ class PreferenceSampler:
         return s, micro
 
     def state_dict(self) -> dict:
-        return {"cursors": dict(self.cursors), "sources": [str(x.path) for x in self.sources]}
+        state = {"cursors": dict(self.cursors), "sources": [str(x.path) for x in self.sources]}
+        weighted = [s for s, w in enumerate(self.item_weights) if w is not None]
+        if weighted:  # their cursors count weighted draws, not epoch positions
+            state["weighted"] = weighted
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved = list(state.get("weighted", []))
+        now = [s for s, w in enumerate(self.item_weights) if w is not None]
+        if saved != now:
+            raise ValueError(
+                f"preference-sampler state draws sources {saved} by sample_weight, this run "
+                f"{now}: resume with the same data.weighted_sampling (and the same weights)"
+            )
         self.cursors = {str(k): int(v) for k, v in state.get("cursors", {}).items()}
 
 

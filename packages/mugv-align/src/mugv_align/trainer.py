@@ -102,6 +102,7 @@ class AlignTrainer(Trainer):
                 items_per_micro_batch=a.items_per_micro_batch,
                 micro_batches_per_step=self.micro_batches,
                 seed=cfg.data.seed,
+                weighted=cfg.data.weighted_sampling,
             )
             if ckpt is not None:
                 state_file = self._align_state_path(self.step)
