@@ -57,12 +57,13 @@ class StageProgress:
 def track_stages(pipe, progress: StageProgress) -> Iterator[StageProgress]:
     """Time the pipeline's stages into ``progress`` while the block runs; the denoising
     steps get their own bar (``DiT steps``) under the stage bar."""
-    originals = {}
+    own = vars(pipe)  # methods already overridden on the instance are put back, not deleted
+    replaced = {}  # method -> the instance attribute it had (None: the class method)
     for method, stage in PIPELINE_STAGES.items():
         if not hasattr(pipe, method):
             continue
         original = getattr(pipe, method)
-        originals[method] = original
+        replaced[method] = own.get(method)
 
         def wrapped(*args, _original=original, _stage=stage, **kwargs):
             with progress.stage(_stage):
@@ -74,6 +75,9 @@ def track_stages(pipe, progress: StageProgress) -> Iterator[StageProgress]:
     try:
         yield progress
     finally:
-        for method in originals:
-            delattr(pipe, method)  # the instance attribute goes; the class method is back
+        for method, before in replaced.items():
+            if before is None:
+                delattr(pipe, method)  # the instance attribute goes; the class method is back
+            else:
+                setattr(pipe, method, before)
         pipe._progress_bar_config = previous
