@@ -1,7 +1,8 @@
 """Command line of mugv-dit.
 
     mugv-dit train CONFIG.yaml [--set key.path=value ...] [--max-steps N]
-    mugv-dit export --run RUN_DIR --output DIR [--weights ema|model]
+    mugv-dit export --run RUN_DIR --output DIR [--weights ema|model] [--merge-lora]
+    mugv-dit export-lora --run RUN_DIR --output ADAPTER_DIR [--weights ema|model]
     mugv-dit embed-text --input LATENTS --output LATENTS_WITH_TEXT --text-encoder PATH|tiny-random
     mugv-dit import-original --weights dit.pt --output DIR [--preset 10b]
     mugv-dit widen --input EXPORT --output WIDE_EXPORT [--noise 1e-3]
@@ -62,9 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", choices=["ema", "model"], default="ema")
     export.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     export.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA run: fold its adapters into the weights (W + alpha/r B A)",
+    )
+    export.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
+
+    lora = sub.add_parser("export-lora", help="a LoRA run's adapters -> peft adapter folder")
+    lora.add_argument("--run", required=True, help="run output directory (has checkpoints/)")
+    lora.add_argument("--output", required=True, help="adapter folder to write")
+    lora.add_argument("--weights", choices=["ema", "model"], default="ema")
+    lora.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    lora.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete adapter folder already at --output (nothing else is replaced)",
     )
 
     embed = sub.add_parser("embed-text", help="add T5 text features to a latent dataset")
@@ -129,9 +146,25 @@ def _export(args) -> int:
     from mugv_dit.interop.export import export_run
 
     path = export_run(
+        args.run,
+        args.output,
+        weights=args.weights,
+        step=args.step,
+        overwrite=args.overwrite,
+        merge_lora=args.merge_lora,
+    )
+    merged = " (LoRA adapters merged)" if args.merge_lora else ""
+    print(f"exported {args.weights} weights{merged} to {path}")
+    return 0
+
+
+def _export_lora(args) -> int:
+    from mugv_dit.interop.export import export_run_lora
+
+    path = export_run_lora(
         args.run, args.output, weights=args.weights, step=args.step, overwrite=args.overwrite
     )
-    print(f"exported {args.weights} weights to {path}")
+    print(f"wrote the {args.weights} LoRA adapters as a peft folder to {path}")
     return 0
 
 
@@ -215,6 +248,7 @@ def quiet_megatron_warnings() -> None:
 COMMANDS = {
     "train": _train,
     "export": _export,
+    "export-lora": _export_lora,
     "embed-text": _embed,
     "import-original": _import_original,
     "widen": _widen,

@@ -15,6 +15,8 @@ from mugv_formats.config_loading import dump_config as dump_config  # re-exporte
 from mugv_formats.config_loading import load_config as load_typed_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mugv_dit.lora.config import LoraConfig
+
 # every numeric field declares its range; NaN and +-inf are refused everywhere
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 #: a task's sampling weight
@@ -387,6 +389,11 @@ class RunConfig(BaseModel):
         default_factory=lambda: [StageConfig(name="main", steps=10)]
     )
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters (mugv_dit.lora) on a frozen base instead of every "
+        "weight; start from train.init_from. null: full-parameter training.",
+    )
     output_dir: str = "runs/dit"
 
     @property

@@ -1,9 +1,10 @@
 """The pre-training loop: Megatron DDP + (distributed) optimizer over a curriculum of stages.
 
 Build order (``Trainer.__init__``, one named ``_build_*`` step each): process groups ->
-model (same seed on every rank) -> Megatron DDP wrapper -> Megatron optimizer (``optim/``,
-with the LR schedule) -> EMA copy -> data index + sampler -> resume from the latest checkpoint
-(or ``train.init_from``) -> logs.
+model (same seed on every rank; with ``lora`` its base frozen and adapters added, so only
+they get grad buffers and optimizer state) -> Megatron DDP wrapper -> Megatron optimizer
+(``optim/``, with the LR schedule) -> EMA copy -> data index + sampler -> resume from the
+latest checkpoint (or ``train.init_from``) -> logs.
 The trainer checkpoints only its own counters (step, sampler cursors); model, EMA and
 optimizer checkpoint themselves through their sharded state dicts.
 
@@ -59,6 +60,7 @@ from mugv_dit.diffusion.loss import (
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
 from mugv_dit.interop.export import architecture_differences, load_export, load_full_state_dict
+from mugv_dit.lora.adapters import apply_lora, lora_dtype
 from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim.fused_adam import keep_adam_kernel
@@ -212,6 +214,8 @@ class Trainer:
             sequence_parallel=cfg.parallel.sequence_parallel,
         )
         self.tcfg = model.config
+        if cfg.lora is not None:  # freeze the base; only adapters reach DDP and the optimizer
+            apply_lora(model, cfg.lora, dtype=lora_dtype(cfg.lora, self.dtype))
         return model.to(self.device)
 
     def _build_ddp(self, model: MUGDiT) -> None:
@@ -248,6 +252,8 @@ class Trainer:
         if cfg.train.ema_decay is None:
             return
         ema = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
+        if cfg.lora is not None:  # same parameters as the model (the base's EMA is the base)
+            apply_lora(ema, cfg.lora, dtype=torch.float32)
         self.ema = ema.to(self.device).requires_grad_(False)
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), model.parameters()):

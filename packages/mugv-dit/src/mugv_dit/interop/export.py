@@ -29,6 +29,8 @@ from pydantic import ValidationError
 
 from mugv_dit import __version__
 from mugv_dit.config import LEGACY_MODEL_RUNTIME_FIELDS, ModelConfig, RuntimeConfig, resolve_config
+from mugv_dit.lora.adapters import is_adapter_name
+from mugv_dit.lora.config import LoraConfig
 
 ARCHITECTURE = "MUGDiT"
 
@@ -48,7 +50,8 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     global_name = getattr(model, "global_name", lambda name: name)
     params = {global_name(k): v for k, v in model.named_parameters()}
     expected = set(params)
-    missing = sorted(expected - set(state))
+    # LoRA adapters (mugv_dit.lora) keep their initial values when the state has none
+    missing = sorted(k for k in expected - set(state) if not is_adapter_name(k))
     unexpected = sorted(set(state) - expected)
     if getattr(model, "pp_size", 1) > 1:
         unexpected = []  # the other stages' parameters
@@ -59,6 +62,8 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
         )
     with torch.no_grad():
         for name, param in params.items():
+            if name not in state:  # an adapter (see above)
+                continue
             full = state[name]
             if getattr(param, "tensor_model_parallel", False) and tp > 1:
                 dim = param.partition_dim
@@ -197,6 +202,27 @@ def run_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     return ckpt
 
 
+def checkpoint_state(
+    ckpt: str | Path, model_cfg: ModelConfig, *, weights: str = "ema", lora: LoraConfig | None = None
+) -> dict[str, torch.Tensor]:
+    """The full (TP=1) state dict of the ``weights`` (``ema`` / ``model``) of a training
+    checkpoint, read in one local process; with ``lora`` (the run's adapters) the adapters
+    are in it as ``<linear>.lora_A`` / ``.lora_B``."""
+    from mugv_dit.build import build_model
+    from mugv_dit.checkpoint import load_model_weights
+    from mugv_dit.lora.adapters import apply_lora
+    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
+    from mugv_dit.parallel import init_distributed
+
+    init_distributed(1)
+    with cpu_megatron():
+        model = build_model(model_cfg)
+        if lora is not None:
+            apply_lora(model, lora)
+        load_model_weights(Path(ckpt), model, which=weights)
+    return full_state_dict(model)
+
+
 def export_checkpoint(
     ckpt: str | Path,
     model_cfg: ModelConfig,
@@ -206,22 +232,61 @@ def export_checkpoint(
     extra: dict | None = None,
     overwrite: bool = False,
     inputs=(),
+    lora: LoraConfig | None = None,
+    merge_lora: bool = False,
 ) -> Path:
     """Write the ``weights`` (``ema`` / ``model``) of a training checkpoint of architecture
     ``model_cfg`` as a ``mugv.dit-export`` folder, in one local process (TP=1); ``extra``
     goes into the export's metadata; ``output`` is claimed first (``inputs``: the run
-    folder and anything else the export is made from, besides ``ckpt``)."""
-    from mugv_dit.build import build_model
-    from mugv_dit.checkpoint import load_model_weights
-    from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
-    from mugv_dit.parallel import init_distributed
+    folder and anything else the export is made from, besides ``ckpt``). A LoRA run
+    (``lora``: its adapters) is exported with ``merge_lora``: the adapters folded into the
+    weights (:func:`mugv_dit.lora.merge.merge_lora_state`)."""
+    from mugv_dit.lora.merge import merge_lora_state
 
+    if lora is not None and not merge_lora:
+        raise ValueError(
+            "the run trained LoRA adapters: export them folded into the weights (--merge-lora) "
+            "or as a peft adapter folder (export-lora)"
+        )
+    if lora is None and merge_lora:
+        raise ValueError("--merge-lora: the run trained no LoRA adapters (no lora section)")
     claim = claim_export(output, overwrite=overwrite, inputs=[ckpt, *inputs])
-    init_distributed(1)
-    with cpu_megatron():
-        model = build_model(model_cfg)
-        load_model_weights(Path(ckpt), model, which=weights)
-    return save_export(output, model_cfg, full_state_dict(model), extra, claim=claim)
+    state = checkpoint_state(ckpt, model_cfg, weights=weights, lora=lora)
+    if lora is not None:
+        state = merge_lora_state(state, lora.scale)
+        extra = {**(extra or {}), "lora": {"merged": True, **lora.model_dump(mode="json")}}
+    return save_export(output, model_cfg, state, extra, claim=claim)
+
+
+def export_lora_adapter(
+    ckpt: str | Path,
+    model_cfg: ModelConfig,
+    lora: LoraConfig,
+    output: str | Path,
+    *,
+    weights: str = "ema",
+    base_model: str | None = None,
+    overwrite: bool = False,
+    inputs=(),
+) -> Path:
+    """Write the LoRA adapters of a training checkpoint as a peft adapter folder
+    (:mod:`mugv_dit.lora.peft_files`); ``base_model``: the export they were trained on."""
+    from mugv_dit.lora.peft_files import save_peft_adapter
+
+    state = checkpoint_state(ckpt, model_cfg, weights=weights, lora=lora)
+    return save_peft_adapter(
+        output, state, lora, base_model=base_model, overwrite=overwrite, inputs=[ckpt, *inputs]
+    )
+
+
+def _run_config(run_dir: Path, weights: str):
+    cfg_path = run_dir / "resolved_config.yaml"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run_dir} is not a mugv-dit run (no resolved_config.yaml)")
+    cfg = resolve_config(yaml.safe_load(cfg_path.read_text()))
+    if weights == "ema" and cfg.train.ema_decay is None:
+        raise ValueError(f"{run_dir} trained without EMA; use --weights model")
+    return cfg
 
 
 def export_run(
@@ -231,17 +296,48 @@ def export_run(
     weights: str = "ema",
     step=None,
     overwrite: bool = False,
+    merge_lora: bool = False,
 ):
-    """Export the EMA (or raw) weights of a run's checkpoint, in one local process (TP=1)."""
+    """Export the EMA (or raw) weights of a run's checkpoint, in one local process (TP=1);
+    a LoRA run's adapters folded in with ``merge_lora``."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "resolved_config.yaml"
-    if not cfg_path.is_file():
-        raise ValueError(f"{run_dir} is not a mugv-dit run (no resolved_config.yaml)")
-    cfg = resolve_config(yaml.safe_load(cfg_path.read_text()))
+    cfg = _run_config(run_dir, weights)
     ckpt = run_checkpoint(run_dir, step)
-    if weights == "ema" and cfg.train.ema_decay is None:
-        raise ValueError(f"{run_dir} trained without EMA; use --weights model")
     extra = {"run": str(run_dir), "checkpoint": ckpt.name, "weights": weights}
     return export_checkpoint(
-        ckpt, cfg.model, output, weights=weights, extra=extra, overwrite=overwrite, inputs=[run_dir]
+        ckpt,
+        cfg.model,
+        output,
+        weights=weights,
+        extra=extra,
+        overwrite=overwrite,
+        inputs=[run_dir],
+        lora=cfg.lora,
+        merge_lora=merge_lora,
+    )
+
+
+def export_run_lora(
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    weights: str = "ema",
+    step=None,
+    overwrite: bool = False,
+):
+    """A LoRA run's adapters (EMA or raw) as a peft adapter folder."""
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir, weights)
+    if cfg.lora is None:
+        raise ValueError(f"{run_dir} trained no LoRA adapters (no lora section)")
+    ckpt = run_checkpoint(run_dir, step)
+    return export_lora_adapter(
+        ckpt,
+        cfg.model,
+        cfg.lora,
+        output,
+        weights=weights,
+        base_model=cfg.train.init_from,
+        overwrite=overwrite,
+        inputs=[run_dir],
     )

@@ -30,6 +30,7 @@ from megatron.core.utils import get_pg_size
 from mugv_kernels.attention import PackedText, dense_attention, varlen_cross_attention
 from mugv_kernels.dit_ops import rms_norm
 
+from mugv_dit.lora.adapters import add_adapter
 from mugv_dit.model.context_parallel import heads_to_seq, seq_to_heads
 from mugv_dit.model.ops import qk_rmsnorm_rope
 
@@ -57,26 +58,30 @@ def is_plain_linear(layer: ColumnParallelLinear | RowParallelLinear) -> bool:
 def column_forward(layer: ColumnParallelLinear, x_BNC: torch.Tensor) -> torch.Tensor:
     """Column-parallel linear on ``[B, N, C]``. With sequence parallelism the input holds this
     rank's token shard ``[B, N/tp, C]`` and Megatron all-gathers it along its first dim, so
-    the call goes through the ``[N, B, C]`` layout; the output covers all N tokens."""
+    the call goes through the ``[N, B, C]`` layout; the output covers all N tokens. A LoRA
+    adapter on the layer (:mod:`mugv_dit.lora`) adds its update."""
     if is_plain_linear(layer):
-        return F.linear(x_BNC, layer.weight, layer.bias)
-    if layer.sequence_parallel:
+        out = F.linear(x_BNC, layer.weight, layer.bias)
+    elif layer.sequence_parallel:
         out, _ = layer(x_BNC.transpose(0, 1))
-        return out.transpose(0, 1)
-    out, _ = layer(x_BNC)
-    return out
+        out = out.transpose(0, 1)
+    else:
+        out, _ = layer(x_BNC)
+    return add_adapter(layer, x_BNC, out)
 
 
 def row_forward(layer: RowParallelLinear, y_BNC: torch.Tensor) -> torch.Tensor:
     """Row-parallel linear on ``[B, N, C/tp]``; with sequence parallelism Megatron
-    reduce-scatters the output over tokens, giving this rank's shard ``[B, N/tp, C]``."""
+    reduce-scatters the output over tokens, giving this rank's shard ``[B, N/tp, C]``. A LoRA
+    adapter on the layer adds its update."""
     if is_plain_linear(layer):
-        return F.linear(y_BNC, layer.weight, layer.bias)
-    if layer.sequence_parallel:
+        out = F.linear(y_BNC, layer.weight, layer.bias)
+    elif layer.sequence_parallel:
         out, _ = layer(y_BNC.transpose(0, 1).contiguous())
-        return out.transpose(0, 1)
-    out, _ = layer(y_BNC)
-    return out
+        out = out.transpose(0, 1)
+    else:
+        out, _ = layer(y_BNC)
+    return add_adapter(layer, y_BNC, out)
 
 
 class _AttentionBase(MegatronModule):

@@ -49,7 +49,8 @@ def master_params(model: nn.Module, optimizer=None) -> list[MasterParam]:
       main copy of each bf16/fp16 parameter;
     * Megatron's distributed optimizer (``shard_fp32_from_float16_groups``): this rank's
       fp32 main shard and its flat range (a parameter with no shard here has an empty one);
-    * fp32 parameters, no optimizer, or an optimizer without main params: the parameter
+    * frozen parameters (``requires_grad`` False, e.g. a LoRA base), fp32 parameters, no
+      optimizer, or an optimizer without main params: the parameter
       (``p.float()`` is ``p`` itself: an fp32 EMA of it is unchanged by this module)."""
     found: dict[int, MasterParam] = {}
     inner = [o for o in getattr(optimizer, "chained_optimizers", None) or [optimizer] if o]
@@ -74,7 +75,9 @@ def master_params(model: nn.Module, optimizer=None) -> list[MasterParam]:
                     found[id(p)] = MasterParam(main.detach())
     out = []
     for p in model.parameters():
-        if id(p) in found:
+        if not p.requires_grad:  # frozen (a LoRA base): no optimizer copy, never changes
+            out.append(MasterParam(p.detach().float()))
+        elif id(p) in found:
             out.append(found[id(p)])
         elif p.dtype in (torch.float16, torch.bfloat16) and distributed:
             # the distributed optimizer gave this rank no shard of it: nothing to update here
