@@ -14,30 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from mugv_align.config import load_align_config
-from mugv_align_fixtures import make_export, make_task_latents, write_config, write_labels
-
-
-@pytest.fixture(scope="module")
-def task(megatron_single, tmp_path_factory):
-    from mugv_align.prefs import make_prefs
-
-    tmp = tmp_path_factory.mktemp("task")
-    make_task_latents(tmp / "train_lat", prompts=16, seed=0)
-    make_task_latents(tmp / "held_lat", prompts=8, seed=1, start=100)
-    make_export(tmp / "init", seed=0)
-    out = {"root": tmp}
-    for kind in ("dpo", "kto"):
-        make_prefs(
-            tmp / "train_lat",
-            write_labels(tmp / f"{kind}.jsonl", range(16), kind),
-            tmp / f"{kind}_train",
-        )
-        make_prefs(
-            tmp / "held_lat",
-            write_labels(tmp / f"{kind}_h.jsonl", range(100, 108), kind),
-            tmp / f"{kind}_held",
-        )
-    return out
+from mugv_align_fixtures import make_task_latents, write_config
 
 
 def _run(cfg_path: Path, max_steps=None, **kw):

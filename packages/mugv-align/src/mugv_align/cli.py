@@ -4,7 +4,8 @@
     mugv-align dpo CONFIG.yaml [...]            Flow-DPO on pairs (align.preference)
     mugv-align kto CONFIG.yaml [...]            Flow-KTO on pass/fail labels
     mugv-align precompute-ref CONFIG.yaml --output ERRORS.json
-    mugv-align export --run RUN --output EXPORT [--step N]      raw policy weights
+    mugv-align export --run RUN --output EXPORT [--step N] [--merge-lora]   raw policy weights
+    mugv-align export-lora --run RUN --output ADAPTER_DIR [--step N]        peft adapter folder
     mugv-align ema-list --run RUN
     mugv-align ema-reconstruct --run RUN --sigma-rel 0.07 [--step N] --output EXPORT
     mugv-align ema-sweep --run RUN --data HELD_OUT_LATENTS [--sigma-rels 0.03,0.05,...]
@@ -53,9 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, help="export folder to write")
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     exp.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA run: fold its adapters into the weights (W + alpha/r B A)",
+    )
+    exp.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a complete export already at --output (nothing else is ever replaced)",
+    )
+
+    lora = sub.add_parser("export-lora", help="a LoRA run's raw adapters -> peft adapter folder")
+    lora.add_argument("--run", required=True, help="mugv-align run folder")
+    lora.add_argument("--output", required=True, help="adapter folder to write")
+    lora.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    lora.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete adapter folder already at --output (nothing else is replaced)",
     )
 
     lst = sub.add_parser("ema-list", help="list a run's EMA snapshots")
@@ -148,7 +164,9 @@ def _run_config(run: str):
     return resolve_align_config(yaml.safe_load(path.read_text()))
 
 
-def _reconstruct(run: str, sigma_rel: float, step: int | None):
+def _reconstruct(run: str, sigma_rel: float, step: int | None, lora=None):
+    """The post-hoc EMA of ``sigma_rel``; a LoRA run's (``lora``) averaged adapters folded
+    into its base."""
     from mugv_align.snapshots import list_snapshots, reconstruction_weights, weighted_average
 
     snaps = list_snapshots(Path(run) / "ema_snapshots")
@@ -157,7 +175,12 @@ def _reconstruct(run: str, sigma_rel: float, step: int | None):
         if not snaps:
             raise ValueError(f"{run}: no EMA snapshot at or before step {step}")
     weights = reconstruction_weights(snaps, sigma_rel, step)
-    return weighted_average(snaps, weights), snaps, weights
+    state = weighted_average(snaps, weights)
+    if lora is not None:
+        from mugv_dit.lora.merge import merge_lora_state
+
+        state = merge_lora_state(state, lora.scale)
+    return state, snaps, weights
 
 
 def _export(args) -> int:
@@ -179,8 +202,32 @@ def _export(args) -> int:
         extra=extra,
         overwrite=args.overwrite,
         inputs=[args.run],
+        lora=cfg.lora,
+        merge_lora=args.merge_lora,
     )
-    print(f"exported the raw weights of {ckpt.name} to {path}")
+    merged = " (LoRA adapters merged)" if args.merge_lora else ""
+    print(f"exported the raw weights of {ckpt.name}{merged} to {path}")
+    return 0
+
+
+def _export_lora(args) -> int:
+    from mugv_dit.interop.export import export_lora_adapter, run_checkpoint
+
+    cfg = _run_config(args.run)
+    if cfg.lora is None:
+        raise ValueError(f"{args.run} trained no LoRA adapters (no lora section)")
+    ckpt = run_checkpoint(args.run, args.step)
+    path = export_lora_adapter(
+        ckpt,
+        cfg.model,
+        cfg.lora,
+        args.output,
+        weights="model",
+        base_model=cfg.train.init_from,
+        overwrite=args.overwrite,
+        inputs=[args.run],
+    )
+    print(f"wrote the raw LoRA adapters of {ckpt.name} as a peft folder to {path}")
     return 0
 
 
@@ -197,7 +244,7 @@ def _ema_reconstruct(args) -> int:
 
     cfg = _run_config(args.run)  # a run folder first, then the output, then the work
     claim = claim_export(args.output, overwrite=args.overwrite, inputs=[args.run])
-    state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step)
+    state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step, cfg.lora)
     extra = {
         "run": str(args.run),
         "sigma_rel": args.sigma_rel,
@@ -231,7 +278,7 @@ def _ema_sweep(args) -> int:
     with cpu_megatron():
         model = build_model(cfg.model, runtime=cfg.runtime).eval()
         for s in cands:
-            state, _, _ = _reconstruct(args.run, s, args.step)
+            state, _, _ = _reconstruct(args.run, s, args.step, cfg.lora)
             load_full_state_dict(model, state)
             with torch.no_grad():
                 loss = validation_loss(
@@ -293,6 +340,7 @@ COMMANDS = {
     "kto": _train,
     "precompute-ref": _precompute,
     "export": _export,
+    "export-lora": _export_lora,
     "ema-list": _ema_list,
     "ema-reconstruct": _ema_reconstruct,
     "ema-sweep": _ema_sweep,

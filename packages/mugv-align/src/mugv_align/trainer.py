@@ -12,7 +12,8 @@ step (``apply_step``), with the process groups and parallel context the base tra
 * ``dpo`` / ``kto``: the step's micro-batches come from preference sets
   (:mod:`mugv_align.data`); the loss is computed from per-sample velocity errors of the
   policy and of a frozen reference (a live model sharded like the policy, no gradients or
-  optimizer state; or errors precomputed with the same per-item seeds).
+  optimizer state; or errors precomputed with the same per-item seeds). With ``lora`` the
+  live reference is the base itself: the policy's forward with its adapters switched off.
 
 Power EMAs (``align.ema_sigma_rels``) replace mugv-dit's single EMA in the ``ema`` slot of
 the checkpoint, so they resume exactly; snapshots for post-hoc reconstruction go to
@@ -30,6 +31,7 @@ from mugv_dit.build import build_model
 from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
 from mugv_dit.diffusion.loss import masked_velocity_sse
 from mugv_dit.interop.export import architecture_differences, load_export, load_full_state_dict
+from mugv_dit.lora.adapters import adapters_enabled, apply_lora
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.trainer import Trainer
 from mugv_formats import atomic_write_text, read_preference_data
@@ -75,6 +77,8 @@ class AlignTrainer(Trainer):
 
             def make():
                 model = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
+                if cfg.lora is not None:  # EMAs of the adapters; their base is the base
+                    apply_lora(model, cfg.lora, dtype=torch.float32)
                 return model.to(self.device)
 
             self.ema = PowerEMAs(make, a.ema_sigma_rels)
@@ -84,6 +88,9 @@ class AlignTrainer(Trainer):
                 self.ema.copy_from(self.model.module)
         # 9. preference sets, sampler and reference
         self.ref_model = None
+        # LoRA: the reference is the base, i.e. the policy itself with its adapters switched
+        # off (no second model in memory); the base is train.init_from
+        self.reference_is_base = False
         self.ref_errors = None  # ReferenceErrors (align.reference=precomputed)
         self.fixed_seeds = None  # its stored draw seeds: every visit reuses them
         if a.mode != "sft":
@@ -109,7 +116,9 @@ class AlignTrainer(Trainer):
                 if not state_file.is_file():
                     raise ValueError(f"{state_file} missing: cannot resume the preference sampler")
                 self.pref_sampler.load_state_dict(json.loads(state_file.read_text()))
-            if a.reference == "live":
+            if a.reference == "live" and cfg.lora is not None and a.reference_from is None:
+                self.reference_is_base = True  # the policy with its adapters off
+            elif a.reference == "live":
                 self.ref_model = self._build_reference(cfg)
             else:
                 self.ref_errors = read_reference_errors(
@@ -309,8 +318,13 @@ class AlignTrainer(Trainer):
         """``b.ref_error_B`` of every micro-batch: the live reference's errors (on the last
         pipeline stage, where the loss is computed; None elsewhere) or the precomputed ones
         (DPO: ``[w_1..w_B, l_1..l_B]``; KTO: ``[e_1..e_B]``)."""
-        if self.ref_model is not None:
-            for b, e in zip(batches, self._pipeline_errors(self.ref_model, batches), strict=True):
+        if self.ref_model is not None or self.reference_is_base:
+            if self.reference_is_base:
+                with adapters_enabled(self.model.module, False):
+                    errors = self._pipeline_errors(self.model, batches)
+            else:
+                errors = self._pipeline_errors(self.ref_model, batches)
+            for b, e in zip(batches, errors, strict=True):
                 b.ref_error_B = e
             return
         for b in batches:
