@@ -72,12 +72,17 @@ def save_lora(transformer, path: str | Path, *, overwrite: bool = False) -> Path
     return Path(path)
 
 
-def load_lora(transformer, path: str | Path, *, fuse: bool = False):
-    """Load a peft LoRA adapter folder into the transformer's blocks.
+PEFT_PREFIX = "base_model.model."
+"""Prefix of the tensor names peft's ``PeftModel.save_pretrained`` (and mugv-dit's
+``export-lora``) writes: names on the whole transformer (``blocks.3.mlp.fc1.lora_A.weight``)."""
 
-    ``fuse`` merges the low-rank update into the base weights (no extra cost per step).
-    ValueError naming the folder / the keys that do not fit.
-    """
+
+def _inject_lora(transformer, path: str | Path, adapter_name: str):
+    """Inject the adapter folder at ``path`` as ``adapter_name``; returns (its LoraConfig,
+    the module it was injected into). Folders with peft's whole-model names go into the
+    transformer (their ``target_modules`` name block linears, e.g. a regular expression
+    ``blocks\\.\\d+\\.(?:mlp\\.fc1|...)``); folders written by :func:`save_lora` (names
+    relative to the blocks) into ``transformer.blocks``."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -87,26 +92,72 @@ def load_lora(transformer, path: str | Path, *, fuse: bool = False):
         if not f.is_file():
             raise ValueError(f"LoRA folder {path} has no {f.name}")
     raw = json.loads(cfg_file.read_text())
-    config = LoraConfig(
-        r=int(raw["r"]),
-        lora_alpha=float(raw["lora_alpha"]),
-        target_modules=list(raw["target_modules"]),
-    )
+    targets = raw.get("target_modules")
+    try:
+        config = LoraConfig(
+            r=int(raw["r"]),
+            lora_alpha=float(raw["lora_alpha"]),
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            use_rslora=bool(raw.get("use_rslora", False)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: not a LoRA adapter config ({e})") from None
     state = load_file(str(weights))
     check_finite_weights(state, path, "LoRA")
-    inject_adapter_in_model(config, transformer.blocks)
-    result = set_peft_model_state_dict(transformer.blocks, state)
+    if any(k.startswith(PEFT_PREFIX) for k in state):
+        module = transformer
+        state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+    else:
+        module = transformer.blocks
+    inject_adapter_in_model(config, module, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(module, state, adapter_name=adapter_name)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise ValueError(f"LoRA folder {path}: keys that fit no layer: {unexpected[:5]}")
-    transformer._lora_config = config
-    if fuse:
-        from peft.tuners.lora import LoraLayer
+    return config, module
 
-        for module in transformer.blocks.modules():
-            if isinstance(module, LoraLayer):
-                module.merge()
+
+def load_loras(transformer, adapters, *, fuse: bool = False):
+    """Load several peft LoRA adapter folders at once, each with its weight: ``adapters`` is
+    a list of ``(folder, weight)``; the model then computes ``W x + sum_i weight_i
+    (alpha_i / r_i) B_i A_i x`` (all adapters active). ``fuse`` merges them into the base
+    weights. ValueError naming the folder / the keys that do not fit."""
+    from peft.tuners.lora import LoraLayer
+
+    adapters = [(Path(p), float(w)) for p, w in adapters]
+    if not adapters:
+        raise ValueError("load_loras: no adapter folder given")
+    for p, w in adapters:
+        check_number(f"weight of LoRA {p}", w, low=-100.0, high=100.0)
+    names = []
+    for i, (path, _) in enumerate(adapters):
+        names.append(f"lora_{i}")
+        config, module = _inject_lora(transformer, path, names[-1])
+    for layer in transformer.modules():
+        if isinstance(layer, LoraLayer):
+            present = [n for n in names if n in layer.lora_A]
+            layer.set_adapter(present)
+            for name, (_, weight) in zip(names, adapters, strict=True):
+                if name in layer.lora_A:
+                    layer.set_scale(name, weight)
+    if len(adapters) == 1 and module is transformer.blocks:
+        transformer._lora_config = config  # save_lora writes it back
+    if fuse:
+        for layer in transformer.modules():
+            if isinstance(layer, LoraLayer):
+                layer.merge(adapter_names=[n for n in names if n in layer.lora_A])
     return transformer
+
+
+def load_lora(transformer, path: str | Path, *, fuse: bool = False, weight: float = 1.0):
+    """Load a peft LoRA adapter folder (written by peft, by mugv-dit / mugv-align
+    ``export-lora`` or by :func:`save_lora`) into the transformer, scaled by ``weight``.
+
+    ``fuse`` merges the low-rank update into the base weights (no extra cost per step).
+    ValueError naming the folder / the keys that do not fit. Several adapters:
+    :func:`load_loras`.
+    """
+    return load_loras(transformer, [(path, weight)], fuse=fuse)
 
 
 class MUGVEnhancePipeline(MUGVPipeline):
