@@ -296,7 +296,7 @@ def test_non_finite_dit_output_stops_at_the_first_step(pipe):
 
 
 def test_non_finite_decode_is_an_error_not_a_black_video(pipe):
-    _poison(dict(pipe.vae.named_parameters())["trunk.decoder.up_blocks.0.resnets.0.conv1.weight"])
+    _poison(dict(pipe.vae.to_mugv_vae().named_parameters())["trunk.decoder.up_blocks.0.resnets.0.conv1.weight"])
     with pytest.raises(ValueError, match=r"VAE decoded non-finite"):
         pipe(**CALL)
     # the latents themselves are fine: latent output is unaffected

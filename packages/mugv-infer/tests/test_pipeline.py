@@ -38,7 +38,7 @@ def test_i2v_holds_the_image_latent_clean_in_slot_0(pipe, call_kwargs):
     image = _image()
     kw = {**call_kwargs, "output_type": "latent"}
     out = pipe("a cat", image=image, latents=_latents(pipe), **kw).frames
-    expected = pipe.vae.encode(image[None, :, None])
+    expected = pipe.vae.to_mugv_vae().encode(image[None, :, None])
     torch.testing.assert_close(out[:, :, :1], expected, rtol=1e-5, atol=1e-5)
     t2v = pipe("a cat", latents=_latents(pipe), **kw).frames
     assert (out[:, :, 1:] - t2v[:, :, 1:]).abs().amax() > 1e-4  # the condition steers frame 1
@@ -63,16 +63,16 @@ def test_first_last_frame_and_continuation(pipe, call_kwargs):
     first, last = _image(1), _image(2)
     out = pipe("a fox", image=first, last_image=last, latents=_latents(pipe), **kw).frames
     torch.testing.assert_close(
-        out[:, :, -1:], pipe.vae.encode(last[None, :, None]), rtol=1e-5, atol=1e-5
+        out[:, :, -1:], pipe.vae.to_mugv_vae().encode(last[None, :, None]), rtol=1e-5, atol=1e-5
     )
     torch.testing.assert_close(
-        out[:, :, :1], pipe.vae.encode(first[None, :, None]), rtol=1e-5, atol=1e-5
+        out[:, :, :1], pipe.vae.to_mugv_vae().encode(first[None, :, None]), rtol=1e-5, atol=1e-5
     )
     # continuation: a 9-frame clip fills latents 0..1 of a 17-frame video
     clip = torch.rand(3, 9, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)) * 2 - 1
     lat = torch.randn(pipe.latent_shape(1, HEIGHT, WIDTH, 17))
     out = pipe("a fox", video=clip, latents=lat, **{**kw, "num_frames": 17}).frames
-    torch.testing.assert_close(out[:, :, :2], pipe.vae.encode(clip[None]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, :, :2], pipe.vae.to_mugv_vae().encode(clip[None]), rtol=1e-5, atol=1e-5)
 
 
 def test_cfg_negative_prompt_null_caption_and_no_guidance_differ(pipe, call_kwargs):

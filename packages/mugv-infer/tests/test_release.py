@@ -53,7 +53,7 @@ def test_release_i2v_decode_matches_the_rule(pipe):
     apply_preset(pipe, "release")
     ours = pipe.output_frames(latents, "pt", image=image).permute(0, 2, 1, 3, 4)  # B 3 F H W
     with torch.no_grad():
-        ref = _reference_release_decode(pipe.vae, latents, image)
+        ref = _reference_release_decode(pipe.vae.to_mugv_vae(), latents, image)
     assert ours.shape == ref.shape == (1, 3, 1 + 8 * (k - 1), HEIGHT, WIDTH)
     torch.testing.assert_close(ours.double(), (ref + 1) / 2, rtol=0, atol=2e-5)
     torch.testing.assert_close(ours[:, :, 0], (image[None] + 1) / 2)  # the image itself
@@ -87,14 +87,14 @@ def test_posterior_sample_reproducible_per_seed(pipe):
 
     mean = cond(0)
     with torch.no_grad():
-        torch.testing.assert_close(mean, pipe.vae.encode(image[None, :, None])[:, :, 0])
+        torch.testing.assert_close(mean, pipe.vae.to_mugv_vae().encode(image[None, :, None])[:, :, 0])
     apply_preset(pipe, "release")
     a, b, other = cond(7), cond(7), cond(8)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - other).abs().amax() > 1e-3 and (a - mean).abs().amax() > 1e-3
     # independent: mean + std * eps, eps the seed's first standard-normal draw on the CPU
     with torch.no_grad():
-        post = pipe.vae.encode_posterior(image[None, :, None])
+        post = pipe.vae.to_mugv_vae().encode_posterior(image[None, :, None])
     eps = torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(7))
     want = (post.mean.double() + post.std.double() * eps.double())[:, :, 0]
     m = pipe.vae.latent_mean.double().view(1, -1, 1, 1)

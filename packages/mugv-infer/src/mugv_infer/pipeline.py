@@ -15,6 +15,7 @@ L text tokens, D text width, F pixel frames.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from mugv_formats.atomic import atomic_write_text
-from mugv_vae.checkpoint import checkpoint_id
 from mugv_vae.model import MUGVAE
 from PIL import Image
 
+from mugv_infer import folder
 from mugv_infer.checks import (
     NonFiniteError,
     check_finite_step,
@@ -39,6 +40,7 @@ from mugv_infer.checks import (
     check_number,
 )
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
+from mugv_infer.models.vae import AutoencoderMUGV
 from mugv_infer.outputs import locked_folder
 from mugv_infer.release import (
     NULL_CAPTION,
@@ -61,7 +63,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 PIPELINE_KIND = "mugv-infer.pipeline"
-"""Kind of a folder written by :meth:`MUGVPipeline.save_pretrained` (its ownership marker)."""
+"""Kind of a folder written by :meth:`MUGVPipeline.save_pretrained` (its ownership marker;
+complete once ``model_index.json`` is written)."""
 MAX_GUIDANCE = 100.0
 MAX_FPS = 1000.0
 """Upper bound of fps values (the release uses 30 and 21)."""
@@ -142,17 +145,21 @@ def _pad_text(embeds: list[torch.Tensor], masks: list[torch.Tensor]):
 class MUGVPipeline(DiffusionPipeline):
     """MUG-V text/image-to-video pipeline.
 
-    Components: ``transformer`` (:class:`MUGDiTTransformer3DModel`), ``vae`` (mugv-vae's
-    ``MUGVAE``), ``scheduler`` (:class:`MUGVFlowEulerScheduler`), and optionally
+    Components: ``transformer`` (:class:`MUGDiTTransformer3DModel`), ``vae``
+    (:class:`AutoencoderMUGV`, mugv-vae's VAE as a diffusers model; a bare ``MUGVAE`` is
+    wrapped), ``scheduler`` (:class:`MUGVFlowEulerScheduler`), and optionally
     ``tokenizer`` + ``text_encoder`` (transformers T5 encoder; without them pass
-    ``prompt_embeds``).
+    ``prompt_embeds``). Saved as a diffusers folder (:mod:`mugv_infer.folder`).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _callback_tensor_inputs = ["latents"]  # noqa: RUF012
+    _optional_components = ["tokenizer", "text_encoder"]  # noqa: RUF012
 
     def __init__(self, transformer, vae, scheduler, tokenizer=None, text_encoder=None):
         super().__init__()
+        if isinstance(vae, MUGVAE):
+            vae = AutoencoderMUGV.from_mugv_vae(vae)
         self.register_modules(
             transformer=transformer,
             vae=vae,
@@ -162,11 +169,22 @@ class MUGVPipeline(DiffusionPipeline):
         )
         check_components(transformer, vae, text_encoder)
         self._offload_device: torch.device | None = None
-        self.vae_tile: tuple[int, int] | None = None
         self.cfg_parallel = None  # set by mugv_infer.parallel.apply_cfg_parallel
-        self.vae_checkpoint_id = "unknown"  # from_parts sets the VAE folder's id
         self.choices = InferenceChoices()  # mugv_infer.release.apply_preset: the release's
         self.text_encoder_id: str | None = None
+
+    @property
+    def vae_checkpoint_id(self) -> str:
+        """Id of the ``mugv.vae-checkpoint`` the VAE's weights came from (latent shards record
+        it; kept through save / load in the VAE's config)."""
+        return self.vae.config.checkpoint_id or "unknown"
+
+    @property
+    def vae_tile(self) -> tuple[int, int] | None:
+        """(tile, overlap) in latents while VAE tiling is on, else None."""
+        if not self.vae.use_tiling:
+            return None
+        return self.vae.tile_latents, self.vae.tile_overlap_latents
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -189,70 +207,74 @@ class MUGVPipeline(DiffusionPipeline):
                 raise ValueError(f"{name} folder {p} has no config.json (missing or unfinished)")
         transformer = load_transformer(model, torch_dtype)
         try:
-            vae_model = MUGVAE.from_pretrained(vae)
+            vae_model = AutoencoderMUGV.from_checkpoint(vae)
         except Exception as e:  # formats errors name the file
             raise ValueError(f"vae folder {vae}: {e}") from None
-        check_finite_weights(vae_model, vae, "vae")
+        check_finite_weights(vae_model.model, vae, "vae")
         tokenizer = encoder = None
         if text_encoder is not None:
             tokenizer, encoder = load_t5(text_encoder, text_encoder_dtype or torch_dtype)
             check_finite_weights(encoder, text_encoder, "text encoder")
-        pipe = cls(
-            transformer, vae_model.to(torch_dtype), MUGVFlowEulerScheduler(), tokenizer, encoder
-        )
-        pipe.vae_checkpoint_id = checkpoint_id(vae)
+        # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules it does not have
+        vae_model = torch.nn.Module.to(vae_model, torch_dtype)
+        pipe = cls(transformer, vae_model, MUGVFlowEulerScheduler(), tokenizer, encoder)
         pipe.text_encoder_id = None if text_encoder is None else Path(text_encoder).name
         return pipe
 
     def save_pretrained(
-        self, save_directory: str | Path, *, overwrite: bool = False, **kwargs
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        *,
+        overwrite: bool = False,
+        model_card: str | None = None,
+        **kwargs,
     ) -> None:
-        """``transformer/`` (diffusers), ``vae/`` (mugv.vae-checkpoint), ``scheduler/``,
-        ``text_encoder/`` + ``tokenizer/`` (transformers), ``pipeline.json`` (last).
+        """A diffusers folder (:mod:`mugv_infer.folder`): ``model_index.json`` (written last)
+        and one subfolder per component, each with its config and safetensors weights
+        (``variant``: ``*.VARIANT.safetensors``); loads with ``DiffusionPipeline`` /
+        ``MUGVPipeline.from_pretrained``.
 
         A new or empty folder only; a saved pipeline of ours is replaced (atomically) only
         with ``overwrite``; anything else there is never touched (OutputError). The folder is
-        locked while it is written (a second writer is refused naming the holder)."""
+        locked while it is written (a second writer is refused naming the holder).
+        ``model_card``: the text of a ``README.md`` written into the folder with it."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub is not supported: mugv-infer never talks to a hub")
+        self.register_to_config(**folder.library_names(self))
         with locked_folder(
-            save_directory, PIPELINE_KIND, "pipeline.json", overwrite=overwrite,
+            save_directory, PIPELINE_KIND, folder.MODEL_INDEX, overwrite=overwrite,
             what="save_directory",
         ) as claim:  # fmt: skip
-            root = claim.write_path
-            self.transformer.save_pretrained(root / "transformer")
-            self.vae.save_pretrained(root / "vae")
-            self.scheduler.save_pretrained(root / "scheduler")
-            if self.text_encoder is not None:
-                self.text_encoder.save_pretrained(root / "text_encoder")
-                self.tokenizer.save_pretrained(root / "tokenizer")
-            atomic_write_text(
-                root / "pipeline.json", json.dumps({"class": type(self).__name__}, indent=1)
-            )
+            DiffusionPipeline.save_pretrained(
+                self, claim.write_path, safe_serialization=safe_serialization, variant=variant,
+                max_shard_size=max_shard_size,
+            )  # fmt: skip
+            if model_card is not None:
+                atomic_write_text(claim.write_path / "README.md", model_card)
             claim.commit()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32, **kw):
-        """Load a folder written by :meth:`save_pretrained`."""
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        root = Path(path)
-        if not (root / "pipeline.json").is_file():
-            raise ValueError(f"{root} is not a saved MUGVPipeline (no pipeline.json)")
-        transformer = MUGDiTTransformer3DModel.from_pretrained(
-            root / "transformer", torch_dtype=torch_dtype
-        )
-        check_finite_weights(transformer, root / "transformer", "transformer")
-        vae = MUGVAE.from_pretrained(root / "vae")
-        check_finite_weights(vae, root / "vae", "vae")
-        vae = vae.to(torch_dtype)
-        scheduler = MUGVFlowEulerScheduler.from_pretrained(root / "scheduler")
-        tokenizer = encoder = None
-        if (root / "text_encoder").is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-            encoder = T5EncoderModel.from_pretrained(
-                root / "text_encoder", local_files_only=True, torch_dtype=torch_dtype
-            ).eval()
-            check_finite_weights(encoder, root / "text_encoder", "text encoder")
-        return cls(transformer, vae, scheduler, tokenizer, encoder)
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        **kw,
+    ):
+        """Load a local folder written by :meth:`save_pretrained` (or ``mugv-infer
+        convert``); ``torch_dtype`` (or diffusers' newer name ``dtype``; default float32) and
+        ``variant`` as in diffusers. Weights with a NaN / inf are refused naming the file and
+        tensor. A folder of the old ``pipeline.json`` layout loads with a ``FutureWarning``."""
+        root = Path(pretrained_model_name_or_path)
+        dtype = kw.pop("dtype", None) or torch_dtype or torch.float32
+        if folder.folder_layout(root) == "legacy":
+            return folder.load_legacy(cls, root, dtype)
+        folder.check_model_index(root)
+        pipe = super().from_pretrained(root, **{folder.DTYPE_KEYWORD: dtype}, **kw)
+        folder.check_loaded(pipe, root)
+        return pipe
 
     def to(self, device=None, dtype: torch.dtype | None = None):
         """Move (and optionally cast) every component; mugv-vae's VAE is a plain module, so
@@ -274,16 +296,13 @@ class MUGVPipeline(DiffusionPipeline):
             module.to("cpu")
 
     def enable_vae_tiling(self, tile_latents: int = 32, overlap_latents: int = 8) -> None:
-        """Decode in spatial tiles of ``tile_latents`` latents (bounds VAE memory)."""
-        if tile_latents < 1 or not 0 <= overlap_latents < tile_latents:
-            raise ValueError(
-                f"VAE tile {tile_latents} / overlap {overlap_latents}: need tile >= 1 and "
-                "0 <= overlap < tile"
-            )
-        self.vae_tile = (tile_latents, overlap_latents)
+        """Decode in spatial tiles of ``tile_latents`` latents (bounds VAE memory); the
+        conditioning frames are still encoded whole (exact). ``pipe.vae.enable_tiling()``
+        tiles both."""
+        self.vae.enable_tiling(tile_latents, overlap_latents, tile_encode=False)
 
     def disable_vae_tiling(self) -> None:
-        self.vae_tile = None
+        self.vae.disable_tiling()
 
     def _modules_in_order(self):
         return [m for m in (self.text_encoder, self.transformer, self.vae) if m is not None]
@@ -487,8 +506,11 @@ class MUGVPipeline(DiffusionPipeline):
         dev = self._execution_device
         sample = generator is not None and self.choices.condition_latent == "sample"
         with torch.no_grad():
-            frames = frames_BCFHW.to(dev, next(vae.parameters()).dtype)
-            z = encode_condition(vae, frames, sample, generator) if sample else vae.encode(frames)
+            frames = frames_BCFHW.to(dev, vae.dtype)
+            if sample:
+                z = encode_condition(vae.to_mugv_vae(), frames, sample, generator)
+            else:
+                z = vae.normalize_latents(vae.encode(frames).latent_dist.mode())
         return z.float()
 
     def prepare_conditioning(
@@ -535,13 +557,11 @@ class MUGVPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> video ``[B, 3, F, H, W]`` in [-1, 1] (float32)."""
         vae = self._onload(self.vae)
-        dtype = next(vae.parameters()).dtype
-        tile, overlap = self.vae_tile or (None, 8)
         with torch.no_grad():
             videos = [
                 vae.decode(
-                    z[None].to(self._execution_device, dtype), tile=tile, tile_overlap=overlap
-                )
+                    vae.denormalize_latents(z[None].to(self._execution_device, vae.dtype))
+                ).sample
                 for z in latents
             ]
         self._offload(self.vae)

@@ -156,7 +156,7 @@ def decode_release_i2v(pipe, latents_BCKHW: torch.Tensor, image_3HW: torch.Tenso
     from mugv_vae.config import SPATIAL_COMPRESSION
     from mugv_vae.model.tiling import tiled_apply
 
-    vae = pipe._onload(pipe.vae)
+    vae = pipe._onload(pipe.vae).to_mugv_vae()  # AutoencoderMUGV -> mugv-vae's MUGVAE
     dtype = next(vae.parameters()).dtype
     with torch.no_grad():
         z = latents_BCKHW.to(pipe._execution_device, dtype)

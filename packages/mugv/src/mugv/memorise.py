@@ -112,7 +112,7 @@ def memorise_config(run: RunLayout, *, steps: int, lr: float, batch: int, model:
 
 def _sample(run: RunLayout, export: Path, caption: str, shape_CTHW, fps: float, steps: int):
     """``caption``'s latents of the given shape from the DiT ``export`` through mugv-infer's
-    pipeline (no CFG, seed 0); returns them and the pipeline's VAE."""
+    pipeline (no CFG, seed 0); returns them and the pipeline's VAE (mugv-vae's ``MUGVAE``)."""
     import torch
     from mugv_infer import MUGVPipeline
 
@@ -131,7 +131,7 @@ def _sample(run: RunLayout, export: Path, caption: str, shape_CTHW, fps: float, 
         aesthetic_score=None,
         output_type="latent",
     )
-    return res.frames[0].float(), pipe.vae
+    return res.frames[0].float(), pipe.vae.to_mugv_vae()
 
 
 def run_memorise(
