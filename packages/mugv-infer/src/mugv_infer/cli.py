@@ -1,4 +1,5 @@
-"""Command line of mugv-infer: ``generate`` and ``enhance``.
+"""Command line of mugv-infer: ``generate``, ``enhance``, ``convert`` (parts -> a diffusers
+folder) and ``ui`` (a browser page over such a folder).
 
 User errors (missing or mismatched parts, bad sizes, unreadable images, bad settings) print
 one line, ``mugv-infer COMMAND: error: ...`` naming the thing, and exit with status 2; they are
@@ -70,7 +71,53 @@ def build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--video", type=Path, required=False)
     enh.add_argument("--lora", type=Path, help="peft LoRA folder of the enhancer")
     enh.add_argument("--strength", type=float)
+
+    conv = sub.add_parser("convert", help="DiT + VAE + T5 -> one diffusers folder with a model card")
+    conv.add_argument("--dit", type=Path, required=True,
+                      help="mugv.dit-export folder, or the release's dit.pt (needs mugv-dit)")  # fmt: skip
+    conv.add_argument("--vae", type=Path, required=True,
+                      help="mugv.vae-checkpoint folder, or the release's vae.pt")  # fmt: skip
+    conv.add_argument("--text-encoder", type=Path, help="local T5 folder (tokenizer + encoder)")
+    conv.add_argument("--out", type=Path, required=True, help="folder to write")
+    conv.add_argument("--dit-preset", default="10b", help="size of a dit.pt (debug ... 10b)")
+    conv.add_argument("--vae-preset", default="mugv", help="architecture of a vae.pt")
+    conv.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                      help="dtype of the saved weights")  # fmt: skip
+    conv.add_argument("--variant", help="save as *.VARIANT.safetensors (diffusers' variant)")
+    conv.add_argument("--overwrite", action="store_true",
+                      help="replace a pipeline folder that mugv-infer wrote (never anything else)")  # fmt: skip
+
+    ui = sub.add_parser("ui", help="browser page for generation from a diffusers folder (gradio)")
+    ui.add_argument("--model", type=Path, required=True, help="folder written by convert")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ui.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="default: bfloat16 on CUDA, float32 on the CPU")  # fmt: skip
+    ui.add_argument("--outputs", type=Path, help="folder for the generated videos (default: a temporary one)")  # fmt: skip
     return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from mugv_infer.convert import convert
+
+    out = convert(
+        args.dit, args.vae, args.text_encoder, args.out,
+        dit_preset=args.dit_preset, vae_preset=args.vae_preset,
+        torch_dtype=getattr(torch, args.dtype), variant=args.variant, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(json.dumps({"folder": str(out)}))
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from mugv_infer.ui import serve
+
+    serve(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+          outputs=args.outputs)  # fmt: skip
+    return 0
 
 
 _FLAGS = (
@@ -148,7 +195,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    handlers = {"generate": _run, "enhance": _run, "calibrate-cache": _calibrate}
+    handlers = {"generate": _run, "enhance": _run, "calibrate-cache": _calibrate,
+                "convert": _convert, "ui": _ui}  # fmt: skip
     return run_cli("mugv-infer", build_parser(), argv, handlers)
 
 
