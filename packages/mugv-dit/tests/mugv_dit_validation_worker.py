@@ -3,7 +3,8 @@
     python -m torch.distributed.run --nproc-per-node 2 mugv_dit_validation_worker.py SPEC.json
 
 ``SPEC.json``: a list of ``{"config": PATH, "result": PATH}``; each config's output folder
-holds the checkpoint to resume; rank 0 writes the validation metrics to ``result``.
+holds the checkpoint to resume; rank 0 writes the validation metrics to ``result``; every
+layout also writes its sample export (``OUTPUT/samples/exports/step_N``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from megatron.core import parallel_state
 from mugv_dit.cli import quiet_megatron_warnings
 from mugv_dit.config import load_config
 from mugv_dit.parallel import destroy_distributed
+from mugv_dit.samples import write_sample_export
 from mugv_dit.trainer import Trainer
 
 
@@ -26,6 +28,7 @@ def main(spec_path: str) -> int:
         trainer = Trainer(load_config(run["config"]), micro_batches_per_step=2)
         try:
             result = trainer.validate()
+            write_sample_export(trainer)  # the live weights gathered from this layout
             if dist.get_rank() == 0:
                 Path(run["result"]).write_text(json.dumps(result))
         finally:

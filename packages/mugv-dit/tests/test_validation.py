@@ -229,7 +229,8 @@ def test_plateau_needs_validation(datasets, tmp_path):
 @pytest.mark.slow  # one two-rank torchrun launch (~1 min on 2 cores)
 def test_validation_equal_under_tp_pp_cp_dp(val_run, datasets, tmp_path):
     """The final checkpoint validated at TP=2 (+ sequence parallel), PP=2, CP=2 and DP=2
-    (gloo, one launch) gives the single-process metrics, every group."""
+    (gloo, one launch) gives the single-process metrics, every group; the sample export each
+    layout gathers from its live weights equals ``mugv-dit export`` of the checkpoint."""
     import shutil
 
     from mugv_dit.checkpoint import latest_checkpoint
@@ -261,7 +262,17 @@ def test_validation_equal_under_tp_pp_cp_dp(val_run, datasets, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     want = {k: v for k, v in want.items() if k != "time_s"}
+    from mugv_dit.interop.export import export_checkpoint, load_export
+
+    _, want_state = load_export(
+        export_checkpoint(ckpt, load_config(spec[0]["config"]).model, tmp_path / "ref",
+                          weights="model")
+    )  # fmt: skip
     for name in layouts:
+        _, got_state = load_export(tmp_path / name / "samples" / "exports" / ckpt.name)
+        assert set(got_state) == set(want_state), name
+        for k, v in want_state.items():
+            assert torch.equal(got_state[k], v), (name, k)
         got = json.loads((tmp_path / f"{name}.json").read_text())
         assert {k for k in got if k != "time_s"} == set(want), name
         for key, value in want.items():

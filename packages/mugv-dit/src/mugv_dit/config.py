@@ -236,6 +236,44 @@ class ValidationConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of the fixed validation noise.")
 
 
+class SamplesConfig(BaseModel):
+    """Samples during training (mugv_dit.samples): every ``every_steps`` steps the trainer
+    writes its weights as a ``mugv.dit-export`` under ``OUTPUT/samples/exports/step_N``
+    with these prompts and seeds; ``mugv eval watch OUTPUT`` (package ``mugv``) renders them
+    to mp4 and TensorBoard video."""
+
+    model_config = _STRICT
+
+    every_steps: int = Field(0, ge=0, description="Write a sample export every N steps; 0: off.")
+    weights: Literal["auto", "ema", "model"] = Field(
+        "auto", description="Which weights: auto = the EMA when the run keeps one (train."
+        "ema_decay), else the model's.",
+    )  # fmt: skip
+    keep: int = Field(
+        2, ge=0, description="Keep the newest N sample exports (0: all); older ones are removed."
+    )
+    prompts: list[str] = Field(default_factory=list, description="The fixed prompts.")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], description="Each prompt is rendered once per seed."
+    )
+    height: int = Field(256, ge=8, description="Rendered height (pixels, a multiple of 16).")
+    width: int = Field(256, ge=8, description="Rendered width (pixels, a multiple of 16).")
+    num_frames: int = Field(
+        17, ge=1, description="Rendered frames (1 + 8k for the 8x8x8 VAE; 1: an image)."
+    )
+    fps: float = Field(24.0, gt=0, description="Frame rate of the renders.")
+    inference_steps: int = Field(25, ge=1, description="Sampler steps.")
+    guidance_scale: float = Field(4.0, ge=0, description="Classifier-free guidance scale.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplesConfig:
+        if self.every_steps and not self.prompts:
+            raise ValueError("samples.every_steps is set: give samples.prompts (at least one)")
+        if self.every_steps and not self.seeds:
+            raise ValueError("samples.seeds is empty: give at least one seed")
+        return self
+
+
 class StageConfig(BaseModel):
     """One curriculum stage: what data it trains on, how long, and its LR schedule."""
 
@@ -394,6 +432,7 @@ class RunConfig(BaseModel):
         description="Train LoRA adapters (mugv_dit.lora) on a frozen base instead of every "
         "weight; start from train.init_from. null: full-parameter training.",
     )
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
     output_dir: str = "runs/dit"
 
     @property
@@ -455,6 +494,8 @@ class RunConfig(BaseModel):
             raise ValueError("curriculum must list at least one stage")
         if len(set(names)) != len(names):
             raise ValueError(f"curriculum stage names must be unique: {names}")
+        if self.samples.every_steps and self.samples.weights == "ema" and self.train.ema_decay is None:
+            raise ValueError("samples.weights=ema, but the run keeps no EMA (train.ema_decay=null)")
         plateau = [s.name for s in self.curriculum if s.advance_on_plateau is not None]
         if plateau and self.validation.path is None:
             raise ValueError(

@@ -78,6 +78,7 @@ from mugv_dit.parallel import (
     init_distributed,
     parallel_context,
 )
+from mugv_dit.samples import write_sample_export
 
 
 class NonFiniteError(RuntimeError):
@@ -732,6 +733,8 @@ class Trainer:
                             bar.set_postfix(loss=f"{log['loss']:.4f}", stage=stage.name)
                 if self.validator is not None and self.step % every_val == 0:
                     self._validate_and_maybe_advance(stage_idx, in_stage)
+                if cfg.samples.every_steps and self.step % cfg.samples.every_steps == 0:
+                    write_sample_export(self)  # rendered by `mugv eval watch` (mugv_dit.samples)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                     self.save()
                 self.saver.poll()

@@ -3,7 +3,7 @@
     mugv eval vae CHECKPOINT [--clips SET] [--resolutions 256p 480p 720p] [--output DIR]
     mugv eval generation --generated DIR [--reference DIR --i3d-weights F]
                          [--clip-weights F --prompts F] [--vbench-models DIR ...] [--output DIR]
-    (issue 25: watch lands as its module does)
+    mugv eval watch RUN --vae DIR --text-encoder DIR [--once] [--interval S]
 
 Each subcommand lives in a module of its own listed in ``SUBCOMMANDS``; the module defines
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Its import must stay
@@ -19,6 +19,7 @@ import importlib
 SUBCOMMANDS: dict[str, str] = {  # name -> module
     "vae": "mugv.evaluation.vae",
     "generation": "mugv.evaluation.generation",
+    "watch": "mugv.evaluation.watch",
 }
 
 
