@@ -38,8 +38,12 @@ class InputConfig(Frozen):
 class DecodeConfig(Frozen):
     """Decoding and probing."""
 
-    backend: Literal["auto", "decord", "pyav"] = "auto"
-    """``auto``: decord when installed and it agrees with PyAV on sampled frames, else PyAV."""
+    backend: Literal["auto", "decord", "pyav", "torchcodec"] = "auto"
+    """``auto``: decord when installed and it agrees with PyAV on sampled frames, else PyAV;
+    ``torchcodec``: torchcodec on ``device`` (mugv-data[nvdec]), checked against PyAV the same
+    way (a disagreeing stream is decoded by PyAV, the reason recorded)."""
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    """Where ``backend=torchcodec`` decodes: ``cpu`` (FFmpeg) or ``cuda[:N]`` (NVDEC)."""
     check_agreement: Literal["always", "risky", "never"] = "risky"
     """Compare decord and PyAV frames at a few indices and fall back to PyAV when they
     disagree: ``always``, or only for ``risky`` streams (MPEG-1/2 video, MPEG-PS/TS

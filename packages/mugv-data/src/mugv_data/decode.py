@@ -1,4 +1,5 @@
-"""Frame readers: decord (fast random access) with PyAV as the reference and the fallback.
+"""Frame readers: decord (fast random access) and torchcodec (CPU, or NVDEC on CUDA) with PyAV
+as the reference and the fallback.
 
 Shape legend: N frames, H height, W width, 3 RGB channels; frames are uint8 ``[N, H, W, 3]``
 in display orientation (the stream's rotation is applied).
@@ -6,6 +7,8 @@ in display orientation (the stream's rotation is applied).
 decord misplaces frames on some streams (e.g. MPEG-2 whose timestamps do not start at 0), so
 :func:`open_reader` decodes a few frames with both decoders and falls back to PyAV when they
 disagree. The reason is kept on the reader (``fallback_reason``) and recorded per source.
+``decode.backend=torchcodec`` is checked against PyAV the same way (frame count always, frames on
+risky streams or with ``check_agreement=always``); ``decode.device=cuda`` decodes with NVDEC.
 """
 
 from __future__ import annotations
@@ -241,6 +244,82 @@ class PyAVReader(FrameReader):
             self._container = None
 
 
+class DecoderUnavailable(RuntimeError):
+    """The configured decoder cannot run here (not installed, no FFmpeg, no GPU)."""
+
+
+class TorchCodecReader(FrameReader):
+    """torchcodec's ``VideoDecoder`` (exact seek mode: frame i is the i-th presented frame, as
+    in the probe's timestamp table) on ``device``: ``cpu`` (FFmpeg) or ``cuda[:N]`` (NVDEC).
+    Frames are resized to the output size on that device (bilinear with antialiasing, as
+    ``torch.nn.functional.interpolate``) and returned as host uint8 arrays."""
+
+    backend = "torchcodec"
+
+    def __init__(
+        self, info: VideoInfo, short_side: int | None, threads: int = 1, device: str = "cpu"
+    ) -> None:
+        super().__init__(info, short_side, threads)
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except Exception as e:  # ImportError, or FFmpeg's shared libraries not found
+            raise DecoderUnavailable(
+                f"decode.backend=torchcodec: torchcodec cannot load (install mugv-data[nvdec] "
+                f"and FFmpeg's shared libraries): {str(e).splitlines()[0]}"
+            ) from e
+        import torch
+
+        self.torch = torch
+        self.device = device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise DecoderUnavailable(f"decode.device={device} but torch sees no CUDA device")
+        self._dec = VideoDecoder(
+            info.path, device=device, num_ffmpeg_threads=threads, seek_mode="exact"
+        )
+        # recent torchcodec applies the display rotation itself (metadata.rotation); older
+        # versions return coded orientation (told apart by the frame shape for 90/270)
+        self._rotation: int | None = None
+
+    @property
+    def decoded_frames(self) -> int:
+        """Frames torchcodec counts in the stream (compared with the demuxer's count)."""
+        return len(self._dec)
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in indices]
+        if not idx:
+            return np.zeros((0, self.height, self.width, 3), np.uint8)
+        bad = [i for i in idx if not 0 <= i < len(self._dec)]
+        if bad:
+            raise IndexError(f"{self.info.path}: frame index {bad[0]} outside [0, {len(self._dec)})")
+        torch = self.torch
+        x_N3HW = self._dec.get_frames_at(idx).data
+        if self._rotation is None:
+            upright = tuple(x_N3HW.shape[-2:]) == (self.info.height, self.info.width)
+            if self.info.rotation == 180:
+                upright = hasattr(self._dec.metadata, "rotation")
+            self._rotation = 0 if upright else self.info.rotation
+        size = (self.height, self.width) if self._rotation == 0 else (self._dec_h, self._dec_w)
+        if tuple(x_N3HW.shape[-2:]) != size:
+            x_N3HW = (
+                torch.nn.functional.interpolate(
+                    x_N3HW.float(),
+                    size=size,
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
+                .round_()
+                .clamp_(0, 255)
+                .to(torch.uint8)
+            )
+        frames = x_N3HW.permute(0, 2, 3, 1).cpu().numpy()
+        return _rotate_NHW3(np.ascontiguousarray(frames), self._rotation)
+
+    def close(self) -> None:
+        self._dec = None
+
+
 def check_agreement(a: FrameReader, b: FrameReader, tolerance: float) -> str | None:
     """None when ``a`` and ``b`` decode the same frames at a few indices; else the reason."""
     n = a.info.num_frames
@@ -277,6 +356,8 @@ def is_risky(info: VideoInfo) -> bool:
 
 def open_reader(info: VideoInfo, config: DecodeConfig, short_side: int | None) -> FrameReader:
     """Reader for ``info`` at ``short_side``: decord when allowed and trustworthy, else PyAV."""
+    if config.backend == "torchcodec":
+        return _open_torchcodec(info, config, short_side)
     if config.backend == "pyav" or (config.backend == "auto" and not HAVE_DECORD):
         return PyAVReader(info, short_side, config.threads)
     if info.rotation != 0 and config.backend == "auto":
@@ -307,6 +388,36 @@ def open_reader(info: VideoInfo, config: DecodeConfig, short_side: int | None) -
         return reader
     if config.backend == "decord":
         warnings.warn(f"{info.path}: {reason} (decode.backend=decord kept)", stacklevel=2)
+        return reader
+    reader.close()
+    ref = PyAVReader(info, short_side, config.threads)
+    ref.fallback_reason = reason
+    return ref
+
+
+def _open_torchcodec(info: VideoInfo, config: DecodeConfig, short_side: int | None) -> FrameReader:
+    """torchcodec (``decode.device``), checked against PyAV like decord: a stream whose frame
+    count or sampled frames disagree is decoded by PyAV instead (reason kept)."""
+    try:
+        reader = TorchCodecReader(info, short_side, config.threads, config.device)
+    except DecoderUnavailable:
+        raise
+    except Exception as e:  # FFmpeg could not open the stream: PyAV names the problem
+        ref = PyAVReader(info, short_side, config.threads)
+        ref.fallback_reason = f"torchcodec cannot open: {str(e).splitlines()[0]}"
+        return ref
+    reason = None
+    if reader.decoded_frames != info.num_frames:
+        reason = f"torchcodec counts {reader.decoded_frames} frames, demuxer {info.num_frames}"
+    elif config.check_agreement == "always" or (
+        config.check_agreement == "risky" and is_risky(info)
+    ):
+        ref = PyAVReader(info, short_side, config.threads)
+        try:
+            reason = check_agreement(reader, ref, config.agreement_tolerance)
+        finally:
+            ref.close()
+    if reason is None:
         return reader
     reader.close()
     ref = PyAVReader(info, short_side, config.threads)

@@ -17,7 +17,7 @@ import numpy as np
 from mugv_formats.video import encode_mp4
 
 from mugv_data.config import CurateConfig
-from mugv_data.decode import FrameReader, open_reader, target_size
+from mugv_data.decode import DecoderUnavailable, FrameReader, open_reader, target_size
 from mugv_data.inputs import resolve_path, source_id
 from mugv_data.mp4_writer import resample_indices, resized
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
@@ -229,15 +229,21 @@ class SourceProcessor:
         self._decode = self.config.decode
         try:
             self._process(info, res)
+        except DecoderUnavailable:  # a configuration error, not a bad stream: stop the run
+            raise
         except Exception as e:  # a bad stream must not stop the run
             detail = f"{type(e).__name__}: {e}"
             res.clips = []
-            if res.decoder == "decord" and self.config.decode.backend == "auto":
+            if (res.decoder, self.config.decode.backend) in (
+                ("decord", "auto"),
+                ("torchcodec", "torchcodec"),
+            ):
                 # decord fails on some streams it opened (e.g. odd scaled sizes): PyAV again
+                failed = res.decoder
                 self._decode = self.config.decode.model_copy(update={"backend": "pyav"})
                 try:
                     self._process(info, res)
-                    res.fallback_reason = f"decord failed mid-stream ({detail})"
+                    res.fallback_reason = f"{failed} failed mid-stream ({detail})"
                     return res
                 except Exception as e2:
                     detail = f"{type(e2).__name__}: {e2}"
