@@ -299,3 +299,107 @@ def load_release_enhancer_dit(
         merged, source=sources[0], attention_head_dim=attention_head_dim, dtype=dtype
     )
     return load_release_lora(model, lora, alpha=lora_alpha, fuse=fuse_lora, source=sources[1])
+
+
+# ------------------------------------------------------------------------------- umT5
+_T5_BLOCK = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",  # the GELU-tanh gate
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+"""Wan's umT5 encoder block (``T5SelfAttention``, per-block relative position embedding) ->
+transformers' ``UMT5Block`` (``fc1(x) * gelu_tanh(gate(x))`` = ``wi_1(x) * gelu_new(wi_0(x))``)."""
+
+
+def wan_t5_to_umt5(state: dict[str, torch.Tensor], source: str = WAN_T5_FILE):
+    """Wan's umT5 encoder state (``models_t5_umt5-xxl-enc-bf16.pth``) -> (``UMT5Config``,
+    ``UMT5EncoderModel`` state). Every key placed or ValueError naming it."""
+    from transformers import UMT5Config
+
+    out, unmapped = {}, []
+    for key, value in state.items():
+        if key == "token_embedding.weight":
+            out["shared.weight"] = out["encoder.embed_tokens.weight"] = value
+        elif key == "norm.weight":
+            out["encoder.final_layer_norm.weight"] = value
+        elif (m := re.match(r"^blocks\.(\d+)\.(.+)$", key)) and m[2] in _T5_BLOCK:
+            out[f"encoder.block.{m[1]}.{_T5_BLOCK[m[2]]}"] = value
+        else:
+            unmapped.append(key)
+    _refuse_leftovers(source, "umT5 encoder", unmapped)
+    try:
+        vocab, d_model = state["token_embedding.weight"].shape
+        buckets, heads = state["blocks.0.pos_embedding.embedding.weight"].shape
+        d_ff = state["blocks.0.ffn.fc1.weight"].shape[0]
+        d_attn = state["blocks.0.attn.q.weight"].shape[0]
+    except KeyError as err:
+        raise ValueError(f"{source}: not Wan's umT5 encoder: no {err.args[0]}") from err
+    layers = len({int(m[1]) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k))})
+    config = UMT5Config(
+        vocab_size=vocab,
+        d_model=d_model,
+        d_kv=d_attn // heads,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_heads=heads,
+        relative_attention_num_buckets=buckets,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        layer_norm_epsilon=1e-6,
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+    )
+    return config, out
+
+
+def load_wan_t5(state: dict[str, torch.Tensor], *, source: str = WAN_T5_FILE, dtype=None):
+    """A ``UMT5EncoderModel`` holding Wan's umT5 encoder weights (strict: none missing)."""
+    from transformers import UMT5EncoderModel
+
+    config, converted = wan_t5_to_umt5(state, source)
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    expected = set(model.state_dict())
+    _refuse_leftovers(source, "umT5 encoder", set(converted) - expected, expected - set(converted))
+    if dtype is not None:
+        converted = {k: v.to(dtype) for k, v in converted.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------- the Wan VAE
+def load_wan_vae(state: dict[str, torch.Tensor], *, source: str = WAN_VAE_FILE, dtype=None):
+    """An ``AutoencoderKLWan`` holding the original Wan2.1 VAE weights (``Wan2.1_VAE.pth``;
+    diffusers' ``convert_wan_vae_to_diffusers`` renames; base width and latent channels read
+    from the tensors, the rest Wan2.1's layout). Every key placed, none missing."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    try:
+        base_dim = state["encoder.conv1.weight"].shape[0]
+        z_dim = state["conv2.weight"].shape[0]
+    except KeyError as err:
+        raise ValueError(f"{source}: not a Wan VAE: no {err.args[0]}") from err
+    converted = convert_wan_vae_to_diffusers(dict(state))
+    with torch.device("meta"):
+        model = AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim)
+    expected = set(model.state_dict())
+    _refuse_leftovers(
+        source, "AutoencoderKLWan", set(converted) - expected, expected - set(converted)
+    )
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [k for k, v in converted.items() if tuple(v.shape) != shapes[k]]
+    if wrong:
+        raise ValueError(f"{source}: tensors of the wrong shape for a Wan2.1 VAE: {wrong[:5]}")
+    if dtype is not None:
+        converted = {k: v.to(dtype) for k, v in converted.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
