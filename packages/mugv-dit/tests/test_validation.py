@@ -226,23 +226,37 @@ def test_plateau_needs_validation(datasets, tmp_path):
         load_config(cfg, ["validation.path=null"])
 
 
+LAYOUTS = {
+    "tp2": {"tensor_parallel": 2, "sequence_parallel": True},
+    "pp2": {"pipeline_parallel": 2},
+    "cp2": {"context_parallel": 2},
+    "dp2": {},
+}
+
+
+def test_validation_equal_under_pp2(val_run, datasets, tmp_path):
+    """The representative two-rank case in the default run: PP=2 (gloo), where only the last
+    stage computes errors and the sample export gathers the stages' weights."""
+    _check_layouts(["pp2"], val_run, datasets, tmp_path)
+
+
 @pytest.mark.slow  # one two-rank torchrun launch (~1 min on 2 cores)
-def test_validation_equal_under_tp_pp_cp_dp(val_run, datasets, tmp_path):
-    """The final checkpoint validated at TP=2 (+ sequence parallel), PP=2, CP=2 and DP=2
-    (gloo, one launch) gives the single-process metrics, every group; the sample export each
-    layout gathers from its live weights equals ``mugv-dit export`` of the checkpoint."""
+def test_validation_equal_under_tp_cp_dp(val_run, datasets, tmp_path):
+    """TP=2 (+ sequence parallel), CP=2 and DP=2 (gloo, one launch)."""
+    _check_layouts(["tp2", "cp2", "dp2"], val_run, datasets, tmp_path)
+
+
+def _check_layouts(names, val_run, datasets, tmp_path):
+    """The final checkpoint validated under each layout of ``names`` (one two-rank gloo
+    launch) gives the single-process metrics, every group; the sample export each layout
+    gathers from its live weights equals ``mugv-dit export`` of the checkpoint."""
     import shutil
 
     from mugv_dit.checkpoint import latest_checkpoint
 
     run_dir, _, again, _ = val_run
     want = again[0]
-    layouts = {
-        "tp2": {"tensor_parallel": 2, "sequence_parallel": True},
-        "pp2": {"pipeline_parallel": 2},
-        "cp2": {"context_parallel": 2},
-        "dp2": {},
-    }
+    layouts = {name: LAYOUTS[name] for name in names}
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     spec = []
     for name, parallel in layouts.items():
