@@ -233,6 +233,25 @@ class AestheticConfig(RangeFilterConfig):
     num_frames: int = Field(1, ge=1, le=1000)
 
 
+class ClipEmbeddingConfig(Frozen):
+    """CLIP image embeddings from an open_clip model (``stages/clip_embedding.py``) for dedup;
+    rejects nothing. Local weights only: ``model_path`` or ``model`` + ``weights``."""
+
+    enabled: bool = False
+    model_path: str | None = None
+    """Local open_clip model folder (``open_clip_config.json`` + ``open_clip_model.safetensors``,
+    the layout of open_clip checkpoints on the Hugging Face hub)."""
+    model: str = "ViT-L-14"
+    """open_clip architecture name (``open_clip.list_models()``), used with ``weights``."""
+    weights: str | None = None
+    """Local checkpoint of ``model`` (.safetensors, or .bin/.pt read with weights_only)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "cpu"
+    batch_size: int = Field(32, ge=1, le=65536)
+    num_frames: int = Field(1, ge=1, le=1000)
+    """Evenly spaced frames per clip; the clip's embedding is their normalised mean."""
+
+
 class ClassifierConfig(Frozen):
     """A local Hugging Face image/video classification checkpoint that rejects by label and
     score (``stages/classifier.py``)."""
@@ -262,6 +281,7 @@ class FiltersConfig(Frozen):
     shake: ShakeConfig = ShakeConfig()
     speed: SpeedConfig = SpeedConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    clip_embedding: ClipEmbeddingConfig = ClipEmbeddingConfig()
     short_circuit: bool = False
     """Stop scoring a clip at its first rejection (faster; histograms then miss scores)."""
     per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -314,6 +334,9 @@ SETUP_KEYS = frozenset(
         "raft_small",
         "det_limit_side",
         "batch_size",
+        "model",
+        "weights",
+        "precision",
     }
 )
 
@@ -361,7 +384,8 @@ class DedupConfig(Frozen):
     threshold: float = Field(0.97, gt=0, le=1)
     """Cosine similarity at or above which the later clip is a near duplicate."""
     embedding: Literal["auto", "thumbnail", "clip"] = "auto"
-    """``auto``: CLIP embeddings when the aesthetic stage ran, else thumbnail embeddings."""
+    """``auto``: CLIP embeddings when every clip has one (``filters.clip_embedding``, an
+    open_clip model, or the aesthetic stage's CLIP), else thumbnail embeddings."""
     method: Literal["auto", "exact", "clustered"] = "auto"
     """``exact``: all pairs (O(N^2)); ``clustered``: faiss k-means clusters searched one at a
     time (``mugv_data.dedup``); ``auto``: exact up to ``exact_max_clips`` clips."""

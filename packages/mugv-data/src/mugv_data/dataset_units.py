@@ -58,7 +58,8 @@ def dedup_column(config: CurateConfig, all_clip_embeddings: bool) -> str:
     kind = config.dedup.embedding
     if kind == "clip" and not all_clip_embeddings:
         raise ValueError(
-            "dedup.embedding=clip needs filters.aesthetic.enabled=true (CLIP embeddings)"
+            "dedup.embedding=clip needs CLIP embeddings: filters.clip_embedding.enabled=true "
+            "(open_clip) or filters.aesthetic.enabled=true"
         )
     if kind == "clip" or (kind == "auto" and all_clip_embeddings):
         return "clip_embedding"

@@ -109,6 +109,10 @@ def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
         from mugv_data.stages.classifier import ClassifierFilter
 
         stages.append(ClassifierFilter(f.classifier))
+    if f.clip_embedding.enabled:  # after aesthetic: its open_clip embedding is the one kept
+        from mugv_data.stages.clip_embedding import ClipEmbeddingStage
+
+        stages.append(ClipEmbeddingStage(f.clip_embedding))
     for s in stages:
         s.short_circuit = f.short_circuit
     return stages

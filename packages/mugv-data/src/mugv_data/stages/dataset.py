@@ -72,7 +72,9 @@ class DedupStage(DatasetStage):
 
     def __init__(self, config: CurateConfig) -> None:
         self.config = config.dedup
-        self.clip_embeddings_configured = config.filters.aesthetic.enabled
+        self.clip_embeddings_configured = (
+            config.filters.aesthetic.enabled or config.filters.clip_embedding.enabled
+        )
 
     def embeddings(self, clips: list[KeptClip]) -> np.ndarray:
         """[N, D] embeddings for near-duplicate search (see ``dedup.embedding``)."""
@@ -80,7 +82,8 @@ class DedupStage(DatasetStage):
         have_clip = all(k.clip.clip_embedding is not None for k in clips)
         if kind == "clip" and not have_clip:
             raise ValueError(
-                "dedup.embedding=clip needs filters.aesthetic.enabled=true (CLIP embeddings)"
+                "dedup.embedding=clip needs CLIP embeddings: filters.clip_embedding.enabled=true "
+                "(open_clip) or filters.aesthetic.enabled=true"
             )
         if kind == "clip" or (kind == "auto" and have_clip):
             return np.asarray([k.clip.clip_embedding for k in clips], dtype=np.float32)
