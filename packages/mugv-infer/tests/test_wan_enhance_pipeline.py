@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -215,8 +216,8 @@ def test_enhancer_release_defaults_and_bad_inputs(wan_pipe, release_dirs):
         RELEASE_ENHANCE_PROMPT,
         RELEASE_NEGATIVE_PROMPT,
         WanEnhancePipeline,
-        release_paths,
     )
+    from mugv_infer.wan_enhancer.settings import locate_release
 
     assert RELEASE_ENHANCE_PROMPT.endswith(
         "high quality,cinema"
@@ -231,6 +232,48 @@ def test_enhancer_release_defaults_and_bad_inputs(wan_pipe, release_dirs):
     with pytest.raises(ValueError, match="multiples of 16"):
         wan_pipe(_video()[..., :24])
     enhancer, wan = release_dirs
-    assert release_paths(enhancer, wan)["lora"].name == "pytorch_model.bin"
+    # the release's pretrained_ckpt layout from its root; the Wan folder found beside
+    assert locate_release(enhancer.parent) == locate_release(enhancer, wan)
+    assert locate_release(enhancer.parent)["lora"] == enhancer / "pytorch_model.bin"
     with pytest.raises(ValueError, match=r"--enhance-wan .*no models_t5_umt5-xxl-enc-bf16\.pth"):
-        release_paths(enhancer, wan.parent / "nowhere")
+        locate_release(enhancer, wan.parent / "nowhere")
+    with pytest.raises(ValueError, match=r"--enhance .*no dit_i2v\.safetensors"):
+        locate_release(wan)
+
+
+# ---------------------------------------------------------------- mugv-infer generate --enhance
+def _read_mp4(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_generate_enhance_chains_the_release_enhancer(parts, release_dirs, tmp_path, capsys):
+    import yaml
+    from mugv_infer.cli import main
+
+    enhancer, wan = release_dirs
+    base = [
+        "generate", "--model", str(parts["model"]), "--vae", str(parts["vae"]),
+        "--text-encoder", str(parts["t5"]), "--prompt", "a cat walks", "--resolution", "32x48",
+        "--frames", "9", "--steps", "2", "--seed", "3",
+        "--set", "runtime.dtype=float32", "--set", "runtime.device=cpu",
+    ]  # fmt: skip
+    plain, enhanced = tmp_path / "plain.mp4", tmp_path / "enhanced.mp4"
+    assert main([*base, "--out", str(plain)]) == 0
+    # the release's pretrained_ckpt root: enhancer/ and Wan2.1-T2V-1.3B/ found inside
+    extra = ["--enhance", str(enhancer.parent), "--set", "enhance.attention_head_dim=16"]
+    assert main([*base, "--out", str(enhanced), *extra]) == 0
+    a, b = _read_mp4(plain), _read_mp4(enhanced)
+    assert a.shape == b.shape == (9, 32, 48, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 2
+    resolved = yaml.safe_load((tmp_path / "enhanced.resolved.yaml").read_text())
+    assert resolved["enhance"]["path"] == str(enhancer.parent)
+    assert resolved["enhance"]["strength"] == 0.3 and resolved["enhance"]["guidance_scale"] == 2.0
+    # user errors before any model loads: one line, exit 2
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "x.mp4"), "--enhance", str(wan)]) == 2
+    assert "no dit_i2v.safetensors" in capsys.readouterr().err
+    lat = [*base, "--out", str(tmp_path / "lat"), "--output-type", "latent", *extra]
+    assert main(lat) == 2 and "--output-type video" in capsys.readouterr().err

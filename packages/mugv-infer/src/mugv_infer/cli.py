@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rewrite-prompt", action="store_true", default=None,
                      help="expand each prompt into the release's caption style first")  # fmt: skip
     gen.add_argument("--rewriter", type=Path, help="local instruction-tuned LLM folder")
+    gen.add_argument("--enhance", type=Path, metavar="PATH",
+                     help="then refine with the release's Wan-based enhancer (its files' folder)")  # fmt: skip
+    gen.add_argument("--enhance-wan", type=Path, metavar="PATH",
+                     help="the Wan2.1-T2V-1.3B folder of the enhancer (default: beside PATH)")  # fmt: skip
     cal = sub.add_parser(
         "calibrate-cache", help="choose the step-cache threshold from a speed/deviation curve"
     )
@@ -149,11 +153,14 @@ _FLAGS = (
 """Flags that set the config field of the same name (a flag a command lacks stays None)."""
 _RUNTIME_FLAGS = ("low_memory", "quantization")
 """Flags that set ``runtime.<name>``."""
+_ENHANCE_FLAGS = (("path", "enhance"), ("wan", "enhance_wan"))
+"""(``enhance.<name>``, flag) pairs."""
 
 
 def _flags(args: argparse.Namespace) -> dict:
     flags = {key: getattr(args, key, None) for key in _FLAGS}
     flags.update({f"runtime.{key}": getattr(args, key, None) for key in _RUNTIME_FLAGS})
+    flags.update({f"enhance.{key}": getattr(args, arg, None) for key, arg in _ENHANCE_FLAGS})
     if isinstance(flags.get("frames"), str) and flags["frames"].isdigit():
         flags["frames"] = int(flags["frames"])
     thresholds = getattr(args, "thresholds", None)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
 from mugv_infer.release import PRESET_OUTPUT_FPS, PRESETS, InferenceChoices
+from mugv_infer.wan_enhancer.settings import ReleaseEnhanceSettings
 
 # non-finite floats (nan, inf) are refused in every field: they made all-black videos
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -141,6 +142,10 @@ class GenerateConfig(BaseModel):
         None,
         description="The prompts encoded after rewriting (written by --rewrite-prompt; "
         "given, they are used as they are).",
+    )
+    enhance: ReleaseEnhanceSettings = Field(
+        default_factory=ReleaseEnhanceSettings,
+        description="The release's Wan-based enhancer after generation (--enhance PATH).",
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

@@ -40,6 +40,7 @@ from mugv_infer.release import NULL_CAPTION, apply_preset
 from mugv_infer.rewriter import rewrite_prompts
 from mugv_infer.sizes import check_frames, check_size, frame_size, num_frames
 from mugv_infer.video_io import load_image, load_video, save_video
+from mugv_infer.wan_enhancer.chain import check_enhance, enhance_frames, free_generation
 
 
 @dataclass
@@ -171,6 +172,7 @@ def check(cfg) -> Plan:
         if cfg.append and cfg.output_type != "latent":
             raise ValueError("--append is for --output-type latent (a latent dataset)")
         _check_rewriter(cfg)
+        check_enhance(cfg.enhance, cfg.output_type, frames)
         plan = Plan(height, width, frames, device, dtype)
         crop = cfg.choices.crop_rounding
         plan.image = _read_image(cfg.image, "image", height, width, crop)
@@ -330,6 +332,12 @@ def generate(cfg, plan: Plan) -> list[Path]:
     progress.close()
     if groups.rank != 0:
         return []
+    if cfg.enhance.path is not None:  # the release's Wan-based enhancer, video by video
+        free_generation(pipe)
+        out.frames = enhance_frames(
+            cfg.enhance, out.frames, device=plan.device, dtype=plan.dtype, seed=cfg.seed,
+            cpu_offload=cfg.runtime.cpu_offload,
+        )  # fmt: skip
     if cfg.output_type == "latent":
         # captions are the texts actually encoded (with the aesthetic-score suffix)
         encoded = with_aesthetic_score(encoded_prompts(cfg), cfg.aesthetic_score)

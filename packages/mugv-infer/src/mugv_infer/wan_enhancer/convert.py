@@ -17,16 +17,14 @@ from pathlib import Path
 
 import torch
 
-RELEASE_DIT_FILE = "dit_i2v.safetensors"
-RELEASE_LORA_FILE = "pytorch_model.bin"
-WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-WAN_VAE_FILE = "Wan2.1_VAE.pth"
-WAN_TOKENIZER_DIR = "google/umt5-xxl"
-RELEASE_HEAD_DIM = 128
-"""Attention head width of every Wan2.1 DiT (1.3B: 12 heads of 128); not in the file."""
-RELEASE_LORA_ALPHA = 4.0
-"""The release's ``lora_alpha`` at inference (its default; ``run.sh`` passes rank 256 only):
-the LoRA update is scaled by 4 / 256."""
+from mugv_infer.wan_enhancer.settings import (
+    RELEASE_DIT_FILE,
+    RELEASE_HEAD_DIM,
+    RELEASE_LORA_ALPHA,
+    RELEASE_LORA_FILE,
+    WAN_T5_FILE,
+    WAN_VAE_FILE,
+)
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -29,30 +29,22 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from mugv_infer.wan_enhancer.convert import (
-    RELEASE_DIT_FILE,
     RELEASE_HEAD_DIM,
-    RELEASE_LORA_ALPHA,
-    RELEASE_LORA_FILE,
-    WAN_T5_FILE,
-    WAN_TOKENIZER_DIR,
-    WAN_VAE_FILE,
     load_release_enhancer_dit,
     load_wan_t5,
     load_wan_vae,
     read_state,
 )
+from mugv_infer.wan_enhancer.settings import (
+    RELEASE_ENHANCE_PROMPT,
+    RELEASE_GUIDANCE,
+    RELEASE_LORA_ALPHA,
+    RELEASE_NEGATIVE_PROMPT,
+    RELEASE_STRENGTH,
+    locate_release,
+)
 from mugv_infer.wan_enhancer.transformer import frame_timesteps, framewise_forward
 
-RELEASE_ENHANCE_PROMPT = "高质量视频,HD,清晰,运动,电影,高清,high quality,cinema"
-"""The prompt of the release's enhancer (its sample dataset's caption for every video)."""
-RELEASE_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
-"""The release enhancer's negative prompt (Wan's)."""
-RELEASE_STRENGTH = 0.3
-RELEASE_GUIDANCE = 2.0
 TEXT_LEN = 512
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -63,28 +55,6 @@ class WanEnhanceOutput(BaseOutput):
     (``np``), or the refined normalised latents (``latent``)."""
 
     frames: torch.Tensor
-
-
-def release_paths(enhancer: str | Path, wan: str | Path) -> dict[str, Path]:
-    """The release's files: ``enhancer/`` (``dit_i2v.safetensors``, ``pytorch_model.bin``) and
-    the Wan2.1-T2V-1.3B folder (``models_t5_umt5-xxl-enc-bf16.pth``, ``Wan2.1_VAE.pth``,
-    ``google/umt5-xxl/``). ValueError naming the first one missing."""
-    enhancer, wan = Path(enhancer), Path(wan)
-    paths = {
-        "dit": enhancer / RELEASE_DIT_FILE,
-        "lora": enhancer / RELEASE_LORA_FILE,
-        "t5": wan / WAN_T5_FILE,
-        "vae": wan / WAN_VAE_FILE,
-        "tokenizer": wan / WAN_TOKENIZER_DIR,
-    }
-    for what, path in paths.items():
-        ok = path.is_dir() if what == "tokenizer" else path.is_file()
-        if not ok:
-            folder = "--enhance" if what in ("dit", "lora") else "--enhance-wan"
-            raise ValueError(
-                f"{folder} {path.parent if what != 'tokenizer' else wan}: no {path.name} ({what})"
-            )
-    return paths
 
 
 class WanEnhancePipeline(DiffusionPipeline):
@@ -104,18 +74,18 @@ class WanEnhancePipeline(DiffusionPipeline):
     def from_release(
         cls,
         enhancer: str | Path,
-        wan: str | Path,
+        wan: str | Path | None = None,
         *,
         torch_dtype: torch.dtype = torch.bfloat16,
         lora_alpha: float = RELEASE_LORA_ALPHA,
         fuse_lora: bool = True,
         attention_head_dim: int = RELEASE_HEAD_DIM,
     ) -> WanEnhancePipeline:
-        """Load the released files (see :func:`release_paths`), every key converted
-        (:mod:`.convert`). The release runs every part in bf16."""
+        """Load the released files (found by :func:`.settings.locate_release`), every key
+        converted (:mod:`.convert`). The release runs every part in bf16."""
         from transformers import AutoTokenizer
 
-        paths = release_paths(enhancer, wan)
+        paths = locate_release(enhancer, wan)
         transformer = load_release_enhancer_dit(
             read_state(paths["dit"]),
             read_state(paths["lora"]),
