@@ -96,3 +96,30 @@ def test_convert_refuses_bad_inputs_naming_them(release_parts, tmp_path, capsys)
     assert main(args) == 2
     assert "did not write" in capsys.readouterr().err
     assert (users / "keep.txt").read_text() == "mine" and len(list(users.iterdir())) == 1
+
+
+def test_convert_reads_the_release_vae_file_through_mugv_vaes_importer(tmp_path):
+    """``--vae vae.pt``: the same weights, statistics and checkpoint id as
+    ``mugv-vae import-original`` would give (a random tiny original from mugv-vae's own test
+    helper, which rebuilds the release's names and shapes)."""
+    import importlib.util
+
+    from mugv_infer.convert import load_vae
+    from mugv_vae.checkpoint import checkpoint_id
+    from mugv_vae.config import tiny_config
+    from mugv_vae.import_original import import_original
+
+    helper = Path(__file__).parents[1] / "packages/mugv-vae/tests/test_import_original.py"
+    spec = importlib.util.spec_from_file_location("_mugv_vae_original_helper", helper)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.random_original(tiny_config(), seed=1), tmp_path / "vae.pt")
+
+    (tmp_path / "work").mkdir()
+    ours = load_vae(tmp_path / "vae.pt", "tiny", tmp_path / "work")
+    ref = import_original(tmp_path / "vae.pt", tiny_config())
+    ref.save_pretrained(tmp_path / "imported")
+    assert ours.config.checkpoint_id == checkpoint_id(tmp_path / "imported")
+    got = ours.to_mugv_vae().state_dict()
+    for name, t in ref.state_dict().items():
+        assert torch.equal(got[name], t), name
