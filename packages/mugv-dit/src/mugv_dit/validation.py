@@ -18,7 +18,7 @@ The loss of a group of items (overall, per task, per resolution bucket) is the s
 squared velocity error over noisy elements divided by their number, as the training loss.
 Items are batched per bucket up to ``data.tokens_per_batch`` (``data.max_batch_size``), the
 micro-batches dealt round-robin to DP ranks and run forward-only through the trainer's
-schedule in eval mode; per-item sums are then added over the pipeline and DP ranks.
+schedule in eval mode (``CHUNK_MICRO_BATCHES`` per call, each sample read once); per-item sums are then added over the pipeline and DP ranks.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ from mugv_dit.model import PackedText
 
 #: the loss of every item is kept as (summed squared error, noisy elements)
 SSE, COUNT = 0, 1
+#: micro-batches per forward-only schedule call (at least the pipeline depth): bounds the
+#: device memory of the inputs held at once, whatever the size of the validation set
+CHUNK_MICRO_BATCHES = 8
 
 
 def validation_levels(k: int, mean: float, std: float) -> torch.Tensor:
@@ -217,9 +220,13 @@ class Validator:
         obj = cfg.objective
         self.levels = validation_levels(vcfg.noise_levels, obj.logit_normal_mean, obj.logit_normal_std)
 
-    def _load(self, ids: list[int], device) -> ValInputs:
+    def _load(self, ids: list[int], device, cache: dict) -> ValInputs:
+        """Inputs of one micro-batch; ``cache`` (row -> sample) holds the rows of the last
+        chunk: a sample's levels are consecutive items, so each row is read once."""
         rows = [self.items[n].row for n in ids]
-        cache = {r: self.index.load(r) for r in dict.fromkeys(rows)}
+        for r in dict.fromkeys(rows):
+            if r not in cache:
+                cache[r] = self.index.load(r)
         batch = collate([cache[r] for r in rows], device)
         return item_inputs(
             batch, [self.items[n] for n in ids], self.cfg.objective, self.levels,
@@ -241,15 +248,24 @@ class Validator:
             groups: dict[tuple, list[list[int]]] = defaultdict(list)
             for ids in mine:
                 groups[(self.items[ids[0]].bucket, len(ids))].append(ids)
+            # at most `chunk` micro-batches on the device at once (a pipeline stays filled)
+            chunk = max(CHUNK_MICRO_BATCHES, trainer.pp_size)
+            cache: dict = {}
             for _, group in sorted(groups.items()):
-                inputs = [self._load(ids, device) for ids in group]
-                shapes = [tuple(x.batch.latents_BCTHW.shape) for x in inputs]
-                outputs = trainer.schedule(_step_fn, inputs, shapes, forward_only=True)
-                # only the last pipeline stage has outputs: it alone fills its items' sums
-                for ids, x, out in zip(group, inputs, outputs):
-                    _, c, _, h, w = x.batch.latents_BCTHW.shape
-                    sums[ids, SSE] = out["sse_B"].to(device)
-                    sums[ids, COUNT] = x.noisy_frames_BT.sum(1).double().to(device) * (c * h * w)
+                for start in range(0, len(group), chunk):
+                    part = group[start : start + chunk]
+                    inputs = [self._load(ids, device, cache) for ids in part]
+                    keep = {self.items[n].row for n in part[-1]}
+                    cache = {r: v for r, v in cache.items() if r in keep}
+                    shapes = [tuple(x.batch.latents_BCTHW.shape) for x in inputs]
+                    outputs = trainer.schedule(_step_fn, inputs, shapes, forward_only=True)
+                    # only the last pipeline stage has outputs: it alone fills its items' sums
+                    for ids, x, out in zip(part, inputs, outputs):
+                        _, c, _, h, w = x.batch.latents_BCTHW.shape
+                        sums[ids, SSE] = out["sse_B"].to(device)
+                        noisy = x.noisy_frames_BT.sum(1).double().to(device)
+                        sums[ids, COUNT] = noisy * (c * h * w)
+                    del inputs, outputs
             trainer.sum_over_step(sums)
         finally:
             module.train(was_training)
