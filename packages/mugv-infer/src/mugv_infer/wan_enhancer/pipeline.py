@@ -78,11 +78,12 @@ class WanEnhancePipeline(DiffusionPipeline):
         *,
         torch_dtype: torch.dtype = torch.bfloat16,
         lora_alpha: float = RELEASE_LORA_ALPHA,
-        fuse_lora: bool = True,
+        fuse_lora: bool = False,
         attention_head_dim: int = RELEASE_HEAD_DIM,
     ) -> WanEnhancePipeline:
         """Load the released files (found by :func:`.settings.locate_release`), every key
-        converted (:mod:`.convert`). The release runs every part in bf16."""
+        converted (:mod:`.convert`). The release runs every part in bf16 and keeps the LoRA
+        apart from the base weights (``fuse_lora`` merges it: one more bf16 rounding)."""
         from transformers import AutoTokenizer
 
         paths = locate_release(enhancer, wan)
