@@ -81,3 +81,18 @@ def test_lora_dpo_raises_held_out_preference_accuracy(task, tmp_path):
     assert metrics["accuracy"] >= 0.8, metrics
     assert metrics["margin"] > 0, metrics
     assert logs[-1]["pref_loss"] < logs[0]["pref_loss"]
+
+
+def test_a_lora_run_needs_no_reference_export():
+    """With lora the live reference is the base itself: no init_from / reference_from is
+    needed; without lora a live reference still needs one."""
+    from mugv_align.config import resolve_align_config
+
+    raw = {
+        "preset": "debug",
+        "data": {"path": "lat"},
+        "align": {"mode": "dpo", "preference": [{"path": "prefs"}], "ema_sigma_rels": []},
+    }
+    with pytest.raises(ValueError, match="a live reference needs align.reference_from"):
+        resolve_align_config(raw)
+    assert resolve_align_config({**raw, "lora": LORA}).lora.rank == LORA["rank"]

@@ -97,7 +97,14 @@ class AlignRunConfig(RunConfig):
                 raise ValueError(f"align.mode={a.mode} needs align.preference (a list of sets)")
             if a.reference == "precomputed" and a.reference_errors is None:
                 raise ValueError("align.reference=precomputed needs align.reference_errors")
-            if a.reference == "live" and a.reference_from is None and self.train.init_from is None:
+            # with lora the live reference is the base itself (the adapters switched off)
+            base_is_ref = self.lora is not None
+            if (
+                a.reference == "live"
+                and a.reference_from is None
+                and self.train.init_from is None
+                and not base_is_ref
+            ):
                 raise ValueError(
                     "a live reference needs align.reference_from or train.init_from (an export)"
                 )
