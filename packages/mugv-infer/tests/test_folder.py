@@ -5,6 +5,7 @@ from parts, variants and dtypes, and the old ``pipeline.json`` layout still load
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -84,10 +85,13 @@ def test_variant_and_torch_dtype_are_honoured(saved, tmp_path):
 
 
 def test_old_pipeline_json_folder_loads_with_a_deprecation_warning(saved, tmp_path):
+    from mugv_formats.outputs import OutputError, claim_output
     from mugv_infer import MUGVPipeline
+    from mugv_infer.pipeline import PIPELINE_KIND
 
     pipe, _ = saved
     old = tmp_path / "old"  # what save_pretrained wrote before the diffusers layout
+    claim_output(old, PIPELINE_KIND)  # its ownership marker
     pipe.transformer.save_pretrained(old / "transformer")
     pipe.vae.to_mugv_vae().save_pretrained(old / "vae")
     pipe.scheduler.save_pretrained(old / "scheduler")
@@ -98,6 +102,15 @@ def test_old_pipeline_json_folder_loads_with_a_deprecation_warning(saved, tmp_pa
         loaded = MUGVPipeline.from_pretrained(old)
     loaded.set_progress_bar_config(disable=True)
     torch.testing.assert_close(_run(loaded), _run(pipe), rtol=0, atol=0)
+    # a complete old folder is ours and complete: replaced only with overwrite
+    with pytest.raises(OutputError, match="old layout"):
+        loaded.save_pretrained(old)
+    assert (old / "pipeline.json").is_file()
+    loaded.save_pretrained(old, overwrite=True)
+    assert (old / "model_index.json").is_file() and not (old / "pipeline.json").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the new layout: no deprecation
+        MUGVPipeline.from_pretrained(old)
 
 
 def test_not_a_pipeline_folder_is_refused_naming_it(tmp_path):

@@ -52,10 +52,11 @@ def check_output(out: Path, overwrite: bool, inputs) -> None:
     would refuse (the same rule; nothing is created here)."""
     from mugv_formats.outputs import OutputError, check_not_nested, marker_kind
 
-    from mugv_infer.folder import MODEL_INDEX
+    from mugv_infer.folder import MODEL_INDEX, refuse_complete_legacy
     from mugv_infer.pipeline import PIPELINE_KIND
 
     check_not_nested(out, inputs, "--out")
+    refuse_complete_legacy(out, PIPELINE_KIND, overwrite, "--out")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"--out {out} is a file or a link, not a folder; choose a new --out")
     if out.is_dir() and any(out.iterdir()):

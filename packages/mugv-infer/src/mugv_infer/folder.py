@@ -167,6 +167,24 @@ def check_model_index(path: Path) -> dict:
     return index
 
 
+def refuse_complete_legacy(path: str | Path, kind: str, overwrite: bool, what: str) -> None:
+    """A complete saved pipeline of the old layout (our marker and ``pipeline.json``, no
+    ``model_index.json``) is replaced only with ``overwrite`` (the folder claim, which knows
+    only the new header, would take it for an interrupted save and resume it)."""
+    from mugv_formats.outputs import OutputError, marker_kind
+
+    root = Path(path)
+    if overwrite or not root.is_dir() or root.is_symlink() or (root / MODEL_INDEX).exists():
+        return
+    mark = marker_kind(root)
+    if mark is not None and mark[0] == kind and (root / LEGACY_INDEX).is_file():
+        raise OutputError(
+            f"{what} {root} already holds a complete saved pipeline (old layout, "
+            f"{LEGACY_INDEX}) written by mugv-infer; pass --overwrite (overwrite=True) to "
+            f"replace it, or choose another {what}"
+        )
+
+
 def warn_legacy(path: Path) -> None:
     warnings.warn(
         f"{path} is a saved MUGVPipeline of the old layout ({LEGACY_INDEX}, VAE as a "

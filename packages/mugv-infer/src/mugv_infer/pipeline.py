@@ -244,6 +244,7 @@ class MUGVPipeline(DiffusionPipeline):
         if kwargs.get("push_to_hub"):
             raise ValueError("push_to_hub is not supported: mugv-infer never talks to a hub")
         self.register_to_config(**folder.library_names(self))
+        folder.refuse_complete_legacy(save_directory, PIPELINE_KIND, overwrite, "save_directory")
         with locked_folder(
             save_directory, PIPELINE_KIND, folder.MODEL_INDEX, overwrite=overwrite,
             what="save_directory",
