@@ -81,6 +81,17 @@ def test_lora_dpo_raises_held_out_preference_accuracy(task, tmp_path):
     assert metrics["accuracy"] >= 0.8, metrics
     assert metrics["margin"] > 0, metrics
     assert logs[-1]["pref_loss"] < logs[0]["pref_loss"]
+    # mugv-align export --merge-lora writes exactly these merged weights (the demo's variant)
+    from mugv_align.cli import main
+    from mugv_dit.interop.export import load_export
+
+    out = tmp_path / "merged"
+    assert main(["export", "--run", str(tmp_path / "run"), "--output", str(out)]) == 2
+    assert main(["export", "--run", str(tmp_path / "run"), "--output", str(out), "--merge-lora"]) == 0
+    _, exported = load_export(out)
+    assert set(exported) == set(merged)
+    for k, v in merged.items():
+        assert torch.equal(exported[k], v), k
 
 
 def test_a_lora_run_needs_no_reference_export():

@@ -83,3 +83,31 @@ def test_run_layout_names_distinct_paths_under_its_root(tmp_path):
     assert run.marker("dit") == run.done / "dit.json" and run.config("dit").parent == run.configs
     with pytest.raises(FrozenInstanceError):
         run.root = tmp_path  # type: ignore[misc]
+
+
+def test_the_lora_variant_of_dpo(tmp_path):
+    """align.dpo_lora switches the DPO stage to adapters on the SFT export: its config gets
+    the lora section and no separate reference (the base with its adapters off is the
+    reference), its export folds the adapters in; the report names the variant that ran."""
+    from mugv.report import dpo_variant
+
+    run = RunLayout(tmp_path / "run")
+    plain = {s.name: s for s in build_stages(_cfg(tmp_path), run)}["dpo"]
+    cfg = _cfg(tmp_path, "align.dpo_lora={rank: 4, alpha: 8.0}")
+    stage = {s.name: s for s in build_stages(cfg, run)}["dpo"]
+    config = stage.settings["config"]
+    assert config["lora"] == {"rank": 4, "alpha": 8.0}
+    assert "reference_from" not in config["align"]
+    assert config["train"]["init_from"] == plain.settings["config"]["train"]["init_from"]
+    assert stage.steps[-1].cmd[-1] == "--merge-lora" and "--merge-lora" not in plain.steps[-1].cmd
+    assert stage_key(stage, "") != stage_key(plain, "")  # switching it redoes the stage
+
+    assert dpo_variant(run) == "not run"
+    for step in stage.steps:
+        if step.title == "config":
+            step.fn()
+    assert dpo_variant(run).startswith("LoRA (rank 4, alpha 8.0)")
+    for step in plain.steps:
+        if step.title == "config":
+            step.fn()
+    assert dpo_variant(run).startswith("full-parameter")

@@ -95,6 +95,13 @@ class AlignConfig(BaseModel):
     sample_seed: Seed = Field(1, description="Seed of the generated losers.")
     sft: dict[str, Any] = Field(default_factory=dict, description="mugv-align sft config.")
     dpo: dict[str, Any] = Field(default_factory=dict, description="mugv-align dpo config.")
+    dpo_lora: dict[str, Any] | None = Field(
+        None,
+        description="LoRA variant of the DPO stage: mugv-dit's lora section (e.g. {rank: 8, "
+        "alpha: 16}); adapters train on the frozen SFT export, the reference is that export "
+        "itself (the adapters off), the export folds them in (--merge-lora). null: "
+        "full-parameter DPO with the SFT export as a separate frozen reference.",
+    )
     kto: dict[str, Any] = Field(default_factory=dict, description="mugv-align kto config.")
 
 

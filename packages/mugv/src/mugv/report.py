@@ -22,6 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
+import yaml
 from mugv_formats import ClipDataset, atomic_write_text
 
 from mugv.layout import STAGE_NAMES, RunLayout
@@ -264,6 +265,22 @@ def _vae(run: RunLayout, asset: _Assets) -> str:
     return "".join(out)
 
 
+def dpo_variant(run: RunLayout) -> str:
+    """Which DPO ran (``align.dpo_lora``), read from the config the stage wrote: LoRA
+    adapters on the frozen SFT export (reference: the adapters off) or every weight (a
+    separate frozen reference)."""
+    path = run.config("dpo")
+    if not path.is_file():
+        return "not run"
+    lora = (yaml.safe_load(path.read_text()) or {}).get("lora")
+    if lora:
+        return (
+            f"LoRA (rank {lora.get('rank', 16)}, alpha {lora.get('alpha', 16.0)}) on the frozen "
+            "SFT export; reference: the SFT export itself, adapters off; exported merged"
+        )
+    return "full-parameter; reference: a separate frozen copy of the SFT export"
+
+
 def _training(run: RunLayout) -> str:
     out = ['<div class="grid">']
     dit = _jsonl(run.dit / "metrics.jsonl")
@@ -297,7 +314,8 @@ def _training(run: RunLayout) -> str:
             f"reward margin <b>{margin:.4g}</b> and preference accuracy <b>{acc:.2f}</b> "
             f"(means of the last {n} steps; first step: margin "
             f"{dpo[0].get('reward_margin', float('nan')):.4g}, accuracy "
-            f"{dpo[0].get('pref_accuracy', float('nan')):.2f}).</p>"
+            f"{dpo[0].get('pref_accuracy', float('nan')):.2f}). Variant: "
+            f"<b>{_esc(dpo_variant(run))}</b>.</p>"
         )
     if kto:
         n = min(5, len(kto))

@@ -228,15 +228,18 @@ def train_and_export(
     folders: tuple[Path, Path],
     *,
     before: tuple[tuple[Step, Path], ...] = (),
+    export_flags: tuple[str, ...] = (),
 ) -> Stage:
     """The dit / sft / dpo / kto stage: ``config`` written as ``configs/NAME.yaml``, the
     trainer ``command`` (console script, subcommand) run on it, its run exported with that
     script's ``export``. ``folders``: the run folder (the config's ``output_dir``) and the
-    export. ``before``: steps that come first, each with the output it writes."""
+    export. ``before``: steps that come first, each with the output it writes;
+    ``export_flags``: extra arguments of the export (``--merge-lora``)."""
     package, subcommand = command
     cfg_file = run.config(name)
     train_dir, export_dir = folders
     export = [script(package), "export", "--run", str(train_dir), "--output", str(export_dir)]
+    export += export_flags
     return Stage(
         name,
         title,
@@ -331,9 +334,16 @@ def dpo_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     prefs = [{"path": str(run.rdpo_prefs)}]
     dpo_cfg = _preference_config(cfg.align.dpo, run, run.dpo, preference=prefs)
     title = "Flow-DPO: real clips beat the model's samples (mugv-align)"
+    flags = ()
+    if cfg.align.dpo_lora is not None:  # adapters on the SFT export, which is the reference
+        dpo_cfg["lora"] = dict(cfg.align.dpo_lora)
+        dpo_cfg["align"].pop("reference_from")
+        title = "Flow-DPO with LoRA (reference: the SFT export, adapters off; mugv-align)"
+        flags = ("--merge-lora",)
     return train_and_export(
-        run, "dpo", title, ("mugv-align", "dpo"), dpo_cfg, (run.dpo, run.dpo_export)
-    )
+        run, "dpo", title, ("mugv-align", "dpo"), dpo_cfg, (run.dpo, run.dpo_export),
+        export_flags=flags,
+    )  # fmt: skip
 
 
 def kto_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
