@@ -47,11 +47,15 @@ def test_check_job_names_the_bad_field():
 def test_ui_generates_a_video_in_headless_chromium(parts, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     from mugv_infer import MUGVPipeline
-    from mugv_infer.ui import UIDefaults, build_app
+    from mugv_infer.ui import UIDefaults, build_app, load_pipeline
     from playwright.sync_api import sync_playwright
 
     chromium = _chromium()
-    pipe = MUGVPipeline.from_parts(parts["model"], parts["vae"], parts["t5"])
+    # what `mugv-infer ui --model FOLDER` serves: a saved folder, loaded on the CPU
+    MUGVPipeline.from_parts(parts["model"], parts["vae"], parts["t5"]).save_pretrained(
+        tmp_path / "model"
+    )
+    pipe = load_pipeline(tmp_path / "model", "cpu")
     pipe.set_progress_bar_config(disable=True)
     defaults = UIDefaults(height=32, width=48, num_frames=9, steps=2, seed=7)
     app = build_app(pipe, outputs=tmp_path / "videos", defaults=defaults)
