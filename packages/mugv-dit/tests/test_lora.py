@@ -180,8 +180,10 @@ def test_lora_training_freezes_the_base_and_resumes_exactly(
     # the (distributed) optimizer's fp32 main params: the adapters' elements, nothing else
     in_optimizer = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
     assert in_optimizer == sum(p.numel() for p in adapters.values())
+    ema = dict(trainer.ema.named_parameters())
     for name, value in base_model_state.items():
         assert torch.equal(params[name].detach(), value), name
+        assert torch.equal(ema[name].detach(), value.float()), name  # the EMA's base too
     moved = [n for n, p in adapters.items() if n.endswith("lora_B") and p.abs().max() > 0]
     assert len(moved) == len(adapters) // 2
     losses = _losses(run_dir)

@@ -33,9 +33,10 @@ def compute_dtype(bf16: bool, device: torch.device | str) -> torch.dtype:
 class MasterParam(NamedTuple):
     """The fp32 master copy of one model parameter this rank holds: ``main`` is the whole
     parameter (``start is None``) or its flat elements ``[start, end)`` (a distributed
-    optimizer's shard; ``group`` is the data-parallel group the shards are spread over)."""
+    optimizer's shard; ``group`` is the data-parallel group the shards are spread over).
+    ``main`` None: a frozen parameter (a LoRA base), which never changes: nothing to fold."""
 
-    main: torch.Tensor
+    main: torch.Tensor | None
     start: int | None = None
     end: int | None = None
     group: object = None
@@ -49,8 +50,9 @@ def master_params(model: nn.Module, optimizer=None) -> list[MasterParam]:
       main copy of each bf16/fp16 parameter;
     * Megatron's distributed optimizer (``shard_fp32_from_float16_groups``): this rank's
       fp32 main shard and its flat range (a parameter with no shard here has an empty one);
-    * frozen parameters (``requires_grad`` False, e.g. a LoRA base), fp32 parameters, no
-      optimizer, or an optimizer without main params: the parameter
+    * frozen parameters (``requires_grad`` False, e.g. a LoRA base): ``main`` None (no
+      copy: an EMA of it keeps the value it started from, which is the parameter's);
+    * fp32 parameters, no optimizer, or an optimizer without main params: the parameter
       (``p.float()`` is ``p`` itself: an fp32 EMA of it is unchanged by this module)."""
     found: dict[int, MasterParam] = {}
     inner = [o for o in getattr(optimizer, "chained_optimizers", None) or [optimizer] if o]
@@ -76,7 +78,7 @@ def master_params(model: nn.Module, optimizer=None) -> list[MasterParam]:
     out = []
     for p in model.parameters():
         if not p.requires_grad:  # frozen (a LoRA base): no optimizer copy, never changes
-            out.append(MasterParam(p.detach().float()))
+            out.append(MasterParam(None))
         elif id(p) in found:
             out.append(found[id(p)])
         elif p.dtype in (torch.float16, torch.bfloat16) and distributed:
@@ -103,6 +105,8 @@ def lerp_to_masters_(
     ``weight = 1 - d``) for each fp32 EMA parameter, on the elements this rank's master
     holds; a sharded one is recorded in ``pending`` for :func:`sync_sharded_`."""
     for i, (p_ema, src) in enumerate(zip(ema_params, masters, strict=True)):
+        if src.main is None:  # frozen: its EMA stays what it started as (the parameter)
+            continue
         if src.start is None:
             p_ema.lerp_(src.main.view_as(p_ema), weight)
         else:
