@@ -143,3 +143,82 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         VLMCaptioner.from_config(
             CaptionConfig(source="vlm", model_path=str(tmp_path / "nope"), device="cpu")
         )
+
+
+def _tiny_aesthetic(root):
+    """A tiny random CLIP vision tower + LAION-style head saved as local weights."""
+    import torch
+    import transformers
+    from mugv_data.stages.aesthetic import build_head
+
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.CLIPVisionModelWithProjection(cfg).eval().save_pretrained(root / "clip")
+    torch.save(build_head(16).eval().state_dict(), root / "head.pth")
+    return root / "clip", root / "head.pth"
+
+
+def test_gpu_stages_run_on_workers_never_in_the_driver(tiny_qwen2vl, tmp_path, monkeypatch):
+    """The CLIP/aesthetic stage and the VLM captioner load and run in the engine's (spawned)
+    workers: in this driver process they are made to fail, and the run still ends with CLIP
+    embeddings, aesthetic scores and the captions the VLM gives when called directly."""
+    from mugv_data.caption_vlm import VLMCaptioner
+    from mugv_data.stages.aesthetic import AestheticScorer
+
+    clip_path, head_path = _tiny_aesthetic(tmp_path)
+    d = tmp_path / "in"
+    d.mkdir()
+    write_video(d / "a.mp4", scene(40, seed=3))
+    over = [
+        "engine.kind=process", "engine.workers=1", "filters.text.enabled=false",
+        "split.min_clip_s=1.0", "filters.aesthetic.enabled=true", "filters.aesthetic.min=null",
+        f"filters.aesthetic.clip_path={clip_path}", f"filters.aesthetic.head_path={head_path}",
+        "filters.aesthetic.device=cpu", "captions.source=vlm", f"captions.model_path={tiny_qwen2vl}",
+        "captions.device=cpu", "captions.num_frames=2", "captions.frame_short_side=56",
+        "captions.max_new_tokens=6", "captions.batch_size=2",
+    ]  # fmt: skip
+    cfg = load_config(None, inputs=[str(d)], output=str(tmp_path / "out"), overrides=over)
+
+    def not_here(*a, **k):
+        raise AssertionError("a GPU stage model was loaded in the driver")
+
+    monkeypatch.setattr(VLMCaptioner, "from_config", classmethod(not_here))
+    monkeypatch.setattr(AestheticScorer, "from_paths", classmethod(not_here))
+    curate(cfg, progress=False)
+    monkeypatch.undo()
+
+    cap = VLMCaptioner.from_config(cfg.captions)
+    items = list(ClipDataset(tmp_path / "out"))
+    assert items
+    for rec, mp4 in items:
+        assert "aesthetic" in rec.scores
+        p = tmp_path / f"{rec.key}.mp4"
+        p.write_bytes(mp4)
+        assert rec.caption == cap.caption_files([p])[0]
+
+
+def test_declared_resources_reach_the_workers(tmp_path):
+    """GPU stages declare GPUs and memory; the Ray engine asks for exactly those per actor."""
+    from mugv_data.dataset_units import caption_resources
+    from mugv_data.engines import RayEngine
+    from mugv_data.per_source import WORKER_BASE_MB, worker_resources
+
+    cfg = load_config(
+        None,
+        overrides=[
+            "filters.aesthetic.enabled=true", "filters.aesthetic.device=cuda",
+            f"filters.aesthetic.clip_path={tmp_path}", f"filters.aesthetic.head_path={tmp_path}",
+            "captions.source=vlm", "captions.device=cuda:0", "decode.cache_mb=256",
+        ],
+    )  # fmt: skip
+    r = worker_resources(cfg)
+    assert (r.cpus, r.gpus, r.memory_mb) == (1.0, 0.5, WORKER_BASE_MB + 256)
+    c = caption_resources(cfg)
+    assert (c.gpus, c.memory_mb) == (1.0, 4096)
+    opts = RayEngine.actor_options(object.__new__(RayEngine), r)
+    assert opts == {"num_cpus": 1.0, "num_gpus": 0.5, "memory": (WORKER_BASE_MB + 256) << 20}
+    cpu = load_config(None, overrides=["captions.source=vlm", "captions.device=cpu"])
+    assert caption_resources(cpu).gpus == 0 and worker_resources(cpu).gpus == 0

@@ -86,7 +86,7 @@ def ray_start(*args: str) -> None:
         [RAY, "start", *args, *ports, *common, "--disable-usage-stats"],
         env=ENV,
         check=True,
-        timeout=300,
+        timeout=900,  # ~2 min per node seen on the shared 2-core machine under load
         capture_output=True,
     )
 
