@@ -72,23 +72,36 @@ def kill_node(temp_dir: Path) -> int:
     return len(pids)
 
 
-def ray_start(*args: str) -> None:
-    ports = [
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-    ]
-    common = ["--num-cpus=1", "--memory=4000000000", "--object-store-memory=100000000"]
-    subprocess.run(
-        [RAY, "start", *args, *ports, *common, "--disable-usage-stats"],
-        env=ENV,
-        check=True,
-        timeout=900,  # ~2 min per node seen on the shared 2-core machine under load
-        capture_output=True,
-    )
+def ray_start(temp_dir: Path, *args: str) -> None:
+    """``ray start`` with its own ports and ``temp_dir``. Tried up to 3 times: on a loaded
+    machine Ray 2.60's raylet aborts when its dashboard agent takes more than 15 s to write
+    its port file (ray-project/ray#62883); what a failed try left is killed first."""
+    for attempt in range(3):
+        ports = [
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
+        common = ["--num-cpus=1", "--memory=4000000000", "--object-store-memory=100000000"]
+        try:
+            subprocess.run(
+                [RAY, "start", *args, f"--temp-dir={temp_dir}", *ports, *common,
+                 "--disable-usage-stats"],
+                env=ENV,
+                check=True,
+                timeout=900,  # ~2 min per node seen on the shared 2-core machine under load
+                capture_output=True,
+            )  # fmt: skip
+            return
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            kill_node(temp_dir)
+            out = (e.stderr or b"").decode(errors="replace")[-1500:]
+            print(f"ray start, try {attempt + 1} failed: {out}")
+            if attempt == 2:
+                raise
 
 
 @pytest.fixture
@@ -98,13 +111,10 @@ def two_nodes():
     port = free_port()
     try:
         ray_start(
-            "--head", f"--port={port}", f"--temp-dir={head_tmp}", "--include-dashboard=false",
+            head_tmp, "--head", f"--port={port}", "--include-dashboard=false",
             f"--ray-client-server-port={free_port()}", '--resources={"mugv_head": 1}',
         )  # fmt: skip
-        ray_start(
-            f"--address=127.0.0.1:{port}", f"--temp-dir={node_tmp}",
-            '--resources={"mugv_node2": 1}',
-        )  # fmt: skip
+        ray_start(node_tmp, f"--address=127.0.0.1:{port}", '--resources={"mugv_node2": 1}')
         yield f"127.0.0.1:{port}", node_tmp
     finally:  # only this test's nodes: `ray stop` would stop every Ray on the machine
         kill_node(node_tmp)

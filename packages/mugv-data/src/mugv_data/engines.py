@@ -218,8 +218,8 @@ class RayEngine(Engine):
 
     ``engine.ray_address`` joins an existing cluster; otherwise a local Ray is started with
     ``engine.ray_num_cpus`` CPUs. Units and results travel by value: per-source workers need
-    only read access to the source videos; caption workers read the staged clips, so on more
-    than one machine the output folder must be on a shared file system (docs/scaling-out.md).
+    only read access to the source videos, caption units carry their clips' bytes, and the
+    dedup unit (``local_node``) runs on the driver's node, where it reads the staging folder.
     """
 
     def __init__(self, config: CurateConfig) -> None:
