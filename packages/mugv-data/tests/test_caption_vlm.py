@@ -161,6 +161,8 @@ def _tiny_aesthetic(root):
     return root / "clip", root / "head.pth"
 
 
+@pytest.mark.slow  # spawned workers import torch + transformers per pool: minutes on 2 cores
+@pytest.mark.timeout(1800)
 def test_gpu_stages_run_on_workers_never_in_the_driver(tiny_qwen2vl, tmp_path, monkeypatch):
     """The CLIP/aesthetic stage and the VLM captioner load and run in the engine's (spawned)
     workers: in this driver process they are made to fail, and the run still ends with CLIP

@@ -30,7 +30,7 @@ from mugv_data.curate import curate, read_rejects
 from mugv_data.synth import scene, write_video
 from mugv_formats import ClipDataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]  # two Ray nodes start slowly on 2 cores
 
 OVERRIDES = ["filters.text.enabled=false", "split.min_clip_s=0.5", "split.max_clip_s=1.0"]
 RAY = str(Path(sys.executable).with_name("ray"))
