@@ -277,3 +277,23 @@ def test_generate_enhance_chains_the_release_enhancer(parts, release_dirs, tmp_p
     assert "no dit_i2v.safetensors" in capsys.readouterr().err
     lat = [*base, "--out", str(tmp_path / "lat"), "--output-type", "latent", *extra]
     assert main(lat) == 2 and "--output-type video" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_wan_enhance_tiny_cpu(tmp_path):
+    """The GPU benchmark's CPU smoke run: every row timed, framewise = diffusers per-token."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_wan_enhance.py"
+    spec = importlib.util.spec_from_file_location("bench_wan_enhance", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "w.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"dit framewise", "dit diffusers per-token", "vae encode", "vae decode",
+                         "enhance (DiT x2 + VAE)"}  # fmt: skip
+    assert rows["dit diffusers per-token"]["rel_l2_vs_framewise"] < 1e-4
+    assert (tmp_path / "w.md").read_text().startswith("# release enhancer")
