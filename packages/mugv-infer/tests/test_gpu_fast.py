@@ -1,7 +1,8 @@
 """GPU tests of issue 27 (``uv run pytest -m gpu packages/mugv-infer/tests/test_gpu_fast.py``):
 the float8 product of ``torch._scaled_mm`` and of torchao against the float64 reference of
 the row-wise-scaled product, the load-time check on CUDA, the CUDA-graphed block stack
-against eager (with the step cache), the low-memory placement."""
+against eager (with the step cache). The low-memory recipe's GPU memory is measured by the
+benchmark (``run_h200.sh lowmem``), its settings tested on the CPU (test_low_memory.py)."""
 
 from __future__ import annotations
 
