@@ -297,3 +297,22 @@ def test_bench_wan_enhance_tiny_cpu(tmp_path):
                          "enhance (DiT x2 + VAE)"}  # fmt: skip
     assert rows["dit diffusers per-token"]["rel_l2_vs_framewise"] < 1e-4
     assert (tmp_path / "w.md").read_text().startswith("# release enhancer")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_enhancer_bf16_cuda_close_to_float32_cpu(release_dirs):
+    """The release runs the enhancer in bf16: on CUDA its latents stay close to float32 CPU."""
+    from mugv_infer.wan_enhancer.pipeline import WanEnhancePipeline
+
+    def run(dtype, device):
+        pipe = WanEnhancePipeline.from_release(
+            *release_dirs, torch_dtype=dtype, attention_head_dim=HEAD_DIM
+        )
+        pipe.to(device)
+        out = pipe(_video(), generator=torch.Generator().manual_seed(0), output_type="latent")
+        return out.frames.float().cpu()
+
+    ref, ours = run(torch.float32, "cpu"), run(torch.bfloat16, "cuda")
+    rel = ((ours - ref).norm() / ref.norm()).item()
+    assert rel < 3e-2, rel
