@@ -1,6 +1,7 @@
 """Frames for a kept clip: chosen for frame-rate normalisation and resized to the output size.
 
-They are encoded by the one mp4 writer, :func:`mugv_formats.video.encode_mp4`."""
+They are encoded by the one mp4 writer, :func:`mugv_formats.video.encode_mp4`, as I420 planes
+converted here (:func:`i420`)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,18 @@ def resized(frames: Iterable[np.ndarray], width: int, height: int) -> Iterator[n
         if frame_HW3.shape[0] != height or frame_HW3.shape[1] != width:
             frame_HW3 = cv2.resize(frame_HW3, (width, height), interpolation=cv2.INTER_AREA)
         yield frame_HW3
+
+
+def i420(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """RGB uint8 ``[H, W, 3]`` (H, W even) -> I420 planes ``[H * 3 // 2, W]`` for
+    ``encode_mp4(..., frame_format="yuv420p")``, BT.601 limited range (the matrix and range of
+    swscale's default rgb24 -> yuv420p) at about a third of its cost. Chroma is the mean of
+    each 2x2 block: OpenCV's I420 conversion takes the block's top-left pixel, so the chroma
+    planes are converted from the area-downscaled frame, each pixel repeated 2x2."""
+    for frame_HW3 in frames:
+        h, w = frame_HW3.shape[:2]
+        out = cv2.cvtColor(frame_HW3, cv2.COLOR_RGB2YUV_I420)
+        half = cv2.resize(frame_HW3, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        blocks = cv2.resize(half, (w, h), interpolation=cv2.INTER_NEAREST)
+        out[h:] = cv2.cvtColor(blocks, cv2.COLOR_RGB2YUV_I420)[h:]
+        yield out

@@ -19,7 +19,7 @@ from mugv_formats.video import encode_mp4
 from mugv_data.config import CurateConfig
 from mugv_data.decode import DecoderUnavailable, FrameReader, open_reader, target_size
 from mugv_data.inputs import resolve_path, source_id
-from mugv_data.mp4_writer import resample_indices, resized
+from mugv_data.mp4_writer import i420, resample_indices, resized
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
 from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
 from mugv_data.stages.camera import ShakeFilter, SpeedFilter
@@ -365,12 +365,13 @@ class SourceProcessor:
         else:
             frames = (f for a in range(0, len(idx), 32) for f in src.get_batch(idx[a : a + 32]))
         o.mp4 = encode_mp4(
-            resized(frames, w, h),
+            i420(resized(frames, w, h)),  # w, h even (target_size)
             fps,
             codec=cc.codec,
             crf=cc.crf,
             preset=cc.preset,
             threads=max(1, self.config.decode.threads),
+            frame_format="yuv420p",
         )
         o.fps, o.num_frames, o.width, o.height = float(fps), len(idx), w, h
         return out_reader
