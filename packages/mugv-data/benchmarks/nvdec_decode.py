@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -328,9 +329,12 @@ def main() -> None:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="nvdec-bench-"))
-    clip = str(make_clip(tmp / "clip.mp4", args.frames, args.height, args.width))
-    decode = decode_rows(clip, args.frames, args.device, args.repeats)
-    pipeline = pipeline_rows([clip] * args.clips, args.device, args.frames_per_clip, args.tiny)
+    try:
+        clip = str(make_clip(tmp / "clip.mp4", args.frames, args.height, args.width))
+        decode = decode_rows(clip, args.frames, args.device, args.repeats)
+        pipeline = pipeline_rows([clip] * args.clips, args.device, args.frames_per_clip, args.tiny)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
         import torchcodec
         import torchcodec._core.ops as ops
