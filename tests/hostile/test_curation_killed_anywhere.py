@@ -109,6 +109,10 @@ def test_curation_killed_at_every_step_resumes_to_the_same_dataset(tmp_path):
         assert not (out / "dataset.json").exists()
     assert _run(d, out, None) == 0
     recs, rejects = _dataset(out)
-    assert recs == ref_recs
+    # scores are compared to 1e-9: OpenCV's multi-threaded Farneback flow (the motion score)
+    # differs in the 11th digit between processes; everything else must be equal
+    assert [r[:2] + r[3:] for r in recs] == [r[:2] + r[3:] for r in ref_recs]
+    for r, want in zip(recs, ref_recs, strict=True):
+        assert dict(r[2]) == pytest.approx(dict(want[2]), rel=1e-9, abs=1e-12), r[0]
     assert rejects == ref_rejects
     assert json.loads((out / "summary.json").read_text())["clips_kept"] == len(ref_recs)

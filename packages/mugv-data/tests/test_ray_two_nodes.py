@@ -39,7 +39,7 @@ ENV = {
     **os.environ,
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_agent_register_timeout_ms": "300000",
-    "RAY_raylet_start_wait_time_s": "300",
+    "RAY_raylet_start_wait_time_s": "120",
 }
 
 
@@ -73,9 +73,10 @@ def kill_node(temp_dir: Path) -> int:
 
 
 def ray_start(temp_dir: Path, *args: str) -> None:
-    """``ray start`` with its own ports and ``temp_dir``. Tried up to 3 times: on a loaded
-    machine Ray 2.60's raylet aborts when its dashboard agent takes more than 15 s to write
-    its port file (ray-project/ray#62883); what a failed try left is killed first."""
+    """``ray start`` with its own ports and ``temp_dir``. Ray 2.60's raylet aborts when its
+    dashboard agent takes more than 15 s to write its port file (ray-project/ray#62883), which
+    a loaded machine makes common: as root the node starts at raised CPU priority (nice -19)
+    and is set back to normal once up; a failed try is killed and retried (3 tries)."""
     for attempt in range(3):
         ports = [
             f"--node-manager-port={free_port()}",
@@ -86,15 +87,15 @@ def ray_start(temp_dir: Path, *args: str) -> None:
             f"--metrics-export-port={free_port()}",
         ]
         common = ["--num-cpus=1", "--memory=4000000000", "--object-store-memory=100000000"]
+        cmd = [RAY, "start", *args, f"--temp-dir={temp_dir}", *ports, *common]
+        cmd.append("--disable-usage-stats")
+        if os.geteuid() == 0:
+            cmd = ["nice", "-n", "-19", *cmd]
         try:
-            subprocess.run(
-                [RAY, "start", *args, f"--temp-dir={temp_dir}", *ports, *common,
-                 "--disable-usage-stats"],
-                env=ENV,
-                check=True,
-                timeout=900,  # ~2 min per node seen on the shared 2-core machine under load
-                capture_output=True,
-            )  # fmt: skip
+            subprocess.run(cmd, env=ENV, check=True, timeout=900, capture_output=True)
+            for pid in node_pids(temp_dir):
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, pid, 0)
             return
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
             kill_node(temp_dir)
@@ -132,7 +133,12 @@ def curate_cmd(inputs: Path, out: Path, address: str) -> list[str]:
 
 
 def dataset(out: Path):
-    recs = [(r.key, r.sha256, tuple(sorted(r.scores.items()))) for r, _ in ClipDataset(out)]
+    """Keys, bytes and rejects (exact) and scores rounded to 9 digits (OpenCV's multi-threaded
+    Farneback flow differs in the 11th digit between processes)."""
+    recs = [
+        (r.key, r.sha256, tuple(sorted((k, float(f"{v:.9g}")) for k, v in r.scores.items())))
+        for r, _ in ClipDataset(out)
+    ]
     return recs, Counter(tuple(sorted(r.items())) for r in read_rejects(out))
 
 

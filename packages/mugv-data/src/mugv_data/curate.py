@@ -30,6 +30,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,27 +273,31 @@ def _curate_into(
             v = _verdict(key, duplicates, caps, tagger, config)
             if v.kept:
                 balance.add(v.tags)
+    done: list[CurateSummary] = []
+
+    def finish() -> None:  # 7. rejects, report, summary; then the shard writer's dataset.json
+        rejects.close(out / REJECTS)
+        report.write()
+        summary = CurateSummary(
+            out_dir=final,
+            sources=counts.sources,
+            sources_rejected=counts.sources_rejected,
+            clips_seen=counts.clips_seen,
+            clips_kept=counts.clips_kept,
+            rejects_by_stage=dict(sorted(rejects.stage_counts.items())),
+            seconds=time.perf_counter() - t0,
+            timings={k: round(v, 4) for k, v in sorted(counts.timings.items())},
+            units_per_node=nodes,
+        )
+        atomic_write_text(out / SUMMARY, json.dumps(summary.as_dict(), indent=2))
+        done.append(summary)
+
     write_shards(
         config, out, staging, index.folder, captions_dir, duplicates, tagger, balance,
-        rejects, report, counts, progress,
+        rejects, report, counts, progress, finish,
     )  # fmt: skip
-    rejects.close(out / REJECTS)
-    report.write()
-    stage_counts = rejects.stage_counts
-    summary = CurateSummary(
-        out_dir=final,
-        sources=counts.sources,
-        sources_rejected=counts.sources_rejected,
-        clips_seen=counts.clips_seen,
-        clips_kept=counts.clips_kept,
-        rejects_by_stage=dict(sorted(stage_counts.items())),
-        seconds=time.perf_counter() - t0,
-        timings={k: round(v, 4) for k, v in sorted(counts.timings.items())},
-        units_per_node=nodes,
-    )
-    atomic_write_text(out / SUMMARY, json.dumps(summary.as_dict(), indent=2))
     shutil.rmtree(staging.clips, ignore_errors=True)
-    return summary
+    return done[0]
 
 
 class RunCounts:
@@ -384,10 +389,12 @@ def write_shards(
     report: ReportBuilder,
     counts: RunCounts,
     progress: bool,
+    before_close: Callable[[], None],
 ) -> None:
     """Write the kept clips into clip shards, streaming the index part by part (clips already
     in complete shards are skipped); dataset-level rejects go to ``rejects`` and every clip
-    of the index to the report."""
+    of the index to the report. ``before_close`` runs after the last clip, before the writer
+    closes: ``dataset.json`` is the last file written, so it means "complete"."""
     writer = ClipShardWriter(
         out,
         producer=PRODUCER,
@@ -443,7 +450,8 @@ def write_shards(
                     },
                 )
                 writer.write(rec, mp4.read_bytes())
-    bar.close()
+        bar.close()
+        before_close()
 
 
 class RejectsWriter:
