@@ -40,6 +40,9 @@ ENV = {
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_agent_register_timeout_ms": "300000",
     "RAY_raylet_start_wait_time_s": "120",
+    # Ray 2.60 turns on token auth for a `ray start` head, and a second `ray start` on the same
+    # machine without the head's token is refused: this short-lived test cluster opts out
+    "RAY_AUTH_MODE": "disabled",
 }
 
 
