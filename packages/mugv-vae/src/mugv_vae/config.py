@@ -230,6 +230,19 @@ PRESETS = {
 }
 
 
+def with_architecture(config: VAEConfig, changes: dict) -> VAEConfig:
+    """``config`` with ``changes`` merged in, section by section (``{"temporal": {"filters":
+    16}}`` keeps the other temporal fields); validated like any config."""
+
+    def merge(base: dict, new: dict) -> dict:
+        out = dict(base)
+        for k, v in new.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+
+    return VAEConfig.model_validate(merge(config.model_dump(), changes)) if changes else config
+
+
 def preset(name: str) -> VAEConfig:
     """Return the named preset; ``ValueError`` naming the choices otherwise."""
     try:

@@ -77,8 +77,10 @@ def evaluate_model(
             y = y.float().clamp(-1, 1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            model_s += time.perf_counter() - t0
+            clip_s = time.perf_counter() - t0
+            model_s += clip_s
             row = {"clip": source.keys[i], "frames": x.shape[2], "psnr": float(psnr(y, x))}
+            row["model_seconds"] = round(clip_s, 4)
             row["ssim"] = float(ssim(y, x))
             if lpips is not None:
                 from mugv_vae.train.lpips import lpips_distance

@@ -68,6 +68,11 @@ class VaeConfig(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="mugv-vae train config.")
     recon_resolution: Resolution = Field("64x64", description="HxW of the reconstructions.")
     recon_frames: Frames = Field(17, description="Frames per reconstruction (1+8k).")
+    eval_resolutions: list[str] = Field(
+        default_factory=lambda: ["64x64"],
+        description="Resolutions of the `mugv eval vae` table of the trained VAE on the curated "
+        "clips (256p, 480p, 720p or HxW; recon_frames frames; empty: no table).",
+    )
 
 
 class EncodeConfig(BaseModel):

@@ -63,6 +63,7 @@ class RunLayout:
     recon = _Under("recon")
     recon_partial = _Under("recon.partial")
     recon_table = _Under("recon/recon.json")
+    recon_eval = _Under("recon/eval")  # `mugv eval vae` of the demo VAE: vae.json, vae.md
     # latents
     latents = _Under("latents")
     latents_text = _Under("latents-text")

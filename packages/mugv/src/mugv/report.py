@@ -2,8 +2,9 @@
 
 Sections (each a ``<section id=...>``, checked by the headless-browser test): overview
 (timings), curate (thumbnails, scores, rejects with reasons), vae (loss curve,
-reconstructions beside originals with PSNR), training (loss curves of pre-training, SFT, DPO;
-DPO reward margin and accuracy), generate (T2V and I2V videos), memorise (the memorisation
+reconstructions beside originals with PSNR, the ``mugv eval vae`` table), training (loss and
+validation curves of pre-training per curriculum stage, SFT, DPO; DPO reward margin and
+accuracy), generate (T2V and I2V videos), memorise (the memorisation
 check), formats (what each hand-off holds). Images and videos are copied into ``RUN/report/``
 beside the page; charts are inline SVG. Written atomically.
 
@@ -262,6 +263,7 @@ def _vae(run: RunLayout, asset: _Assets) -> str:
                 f"<td>{c['psnr']:.2f} dB</td></tr>"
             )
         out.append("</table>")
+    out.append(_vae_eval(run))
     return "".join(out)
 
 
@@ -281,6 +283,53 @@ def dpo_variant(run: RunLayout) -> str:
     return "full-parameter; reference: a separate frozen copy of the SFT export"
 
 
+def _vae_eval(run: RunLayout) -> str:
+    """The ``mugv eval vae`` table of the demo VAE (recon/eval/vae.json), one row per
+    resolution."""
+    path = run.recon_eval / "vae.json"
+    if not path.is_file():
+        return "<p>No <code>mugv eval vae</code> table (vae.eval_resolutions is empty).</p>"
+    res = json.loads(path.read_text())
+    rows = res.get("resolutions", [])
+    metrics = [m for m in ("psnr", "ssim", "lpips") if rows and all(m in r["mean"] for r in rows)]
+    out = [
+        f'<p id="vae-eval"><code>mugv eval vae</code> of this VAE on the curated clips '
+        f"({res['frames']} frames each, {_esc(res['device'])}; per-frame metrics averaged over "
+        "frames, then clips; the protocol is in docs/evaluation.md): "
+        f"<code>{_esc((run.recon_eval / 'vae.md').relative_to(run.root).as_posix())}</code>.</p>"
+        "<table><tr><th>resolution</th><th>clips</th>"
+        + "".join(f"<th>{m.upper()}</th>" for m in metrics)
+        + "<th>clips/s (encode + decode)</th></tr>"
+    ]
+    for r in rows:
+        h, w = r["size"]
+        cps = r.get("clips_per_second")
+        out.append(
+            f"<tr><td>{_esc(r['resolution'])} ({h}x{w})</td><td>{len(r['clips'])}</td>"
+            + "".join(f"<td>{r['mean'][m]:.4f}</td>" for m in metrics)
+            + f"<td>{'-' if not cps else f'{cps:.3g}'}</td></tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def _validation_by_stage(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """``{curriculum stage: [(step, validation loss), ...]}`` of a DiT run's metrics rows: a
+    validation row (``{"step", "validation": {"loss", ...}}``) belongs to the stage of the
+    training row of its step (the last step before it ran)."""
+    stage_of = {r["step"]: str(r["stage"]) for r in rows if "loss" in r and "stage" in r}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        v = r.get("validation")
+        if isinstance(v, dict) and "loss" in v:
+            step = r["step"]
+            stage = stage_of.get(step) or next(
+                (stage_of[s] for s in sorted(stage_of, reverse=True) if s <= step), "train"
+            )
+            out.setdefault(stage, []).append((v.get("steps_done", step + 1), v["loss"]))
+    return out
+
+
 def _training(run: RunLayout) -> str:
     out = ['<div class="grid">']
     dit = _jsonl(run.dit / "metrics.jsonl")
@@ -290,6 +339,10 @@ def _training(run: RunLayout) -> str:
             by_stage.setdefault(str(r.get("stage", "train")), []).append((r["step"], r["loss"]))
     out.append(svg_chart(by_stage, title="DiT pre-training loss (per curriculum stage)",
                          ylabel="flow loss"))  # fmt: skip
+    val = _validation_by_stage(dit)
+    if val:
+        out.append(svg_chart(val, title="DiT validation loss (per curriculum stage)",
+                             ylabel="flow loss, fixed noise"))  # fmt: skip
     sft = _jsonl(run.sft / "metrics.jsonl")
     dpo = _jsonl(run.dpo / "metrics.jsonl")
     kto = _jsonl(run.kto / "metrics.jsonl")
@@ -303,6 +356,15 @@ def _training(run: RunLayout) -> str:
     ]  # fmt: skip
     out += [svg_chart(series, title=title, ylabel=ylabel) for series, title, ylabel in charts]
     out.append("</div>")
+    if val:
+        last = {stage: pts[-1][1] for stage, pts in val.items()}
+        out.append(
+            '<p id="dit-validation">DiT validation: the flow loss at fixed noise and fixed noise '
+            "levels (mugv-dit <code>validation</code>) over the demo's own latent clips (a "
+            "four-clip demo holds none out), after each stage: "
+            + ", ".join(f"{_esc(k)} <b>{v:.4f}</b>" for k, v in last.items())
+            + ".</p>"
+        )
     if dpo:
         last = dpo[-1]
         n = min(5, len(dpo))

@@ -5,7 +5,8 @@ stage      what runs                                      writes (under RUN/)
 =========  =============================================  ====================================
 curate     mugv-data curate                               clips/ (clip shards, report.html)
 vae        mugv-vae train (a few hundred tiny steps)      vae-train/, vae/ (final checkpoint)
-recon      mugv.tools recon (mugv_vae's public model)     recon/ (original/recon mp4, PSNR)
+recon      mugv.tools recon (mugv_vae's public model),    recon/ (original/recon mp4, PSNR),
+           mugv eval vae (PSNR/SSIM table)                recon/eval/ (vae.json, vae.md)
 latents    mugv-vae encode, mugv-dit embed-text           latents/, latents-text/
 dit        mugv-dit train (curriculum), mugv-dit export   dit/, dit-export/
 samples    mugv-infer generate --output-type latent       text-encoder/, samples/, rdpo/
@@ -189,13 +190,20 @@ def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
 
 def recon_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     size = {"resolution": cfg.vae.recon_resolution, "frames": cfg.vae.recon_frames}
+    steps = [Step("mugv.tools recon", tool("recon", "--run", str(run.root), *_flags(size)))]
+    if cfg.vae.eval_resolutions:  # the `mugv eval vae` table of the trained VAE
+        steps.append(Step("mugv eval vae", [
+            script("mugv"), "eval", "vae", str(run.vae), "--clips", str(run.clips),
+            "--resolutions", *cfg.vae.eval_resolutions, "--frames", str(cfg.vae.recon_frames),
+            "--device", "cpu", "--output", str(run.recon_eval),
+        ]))  # fmt: skip
     return Stage(
         "recon",
-        "reconstruct the clips with the VAE (PSNR)",
-        size,
+        "reconstruct the clips with the VAE (PSNR; mugv eval vae)",
+        {**size, "eval_resolutions": cfg.vae.eval_resolutions},
         [run.recon],
         scratch=[run.recon_partial],
-        steps=[Step("mugv.tools recon", tool("recon", "--run", str(run.root), *_flags(size)))],
+        steps=steps,
     )
 
 
@@ -255,7 +263,12 @@ def train_and_export(
 
 
 def dit_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
-    dit_cfg = merged(cfg.dit.config, output_dir=str(run.dit), data={"path": str(run.latents_text)})
+    paths = {"output_dir": str(run.dit), "data": {"path": str(run.latents_text)}}
+    validation = cfg.dit.config.get("validation")
+    if isinstance(validation, dict) and validation.get("path") is None:
+        # no held-out set in the demo: validation on its own latent clips (fixed noise)
+        paths["validation"] = {"path": str(run.latents_text)}
+    dit_cfg = merged(cfg.dit.config, **paths)
     title = "pre-train the DiT through the curriculum (mugv-dit)"
     return train_and_export(
         run, "dit", title, ("mugv-dit", "train"), dit_cfg, (run.dit, run.dit_export)

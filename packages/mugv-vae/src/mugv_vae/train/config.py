@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,11 @@ class ModelConfig(_Cfg):
     """The model to train (YAML key ``model``)."""
 
     preset: str | None = Field("tiny", description="Architecture preset (when no checkpoint).")
+    architecture: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields of the architecture (mugv_vae.config.VAEConfig) over the preset's, "
+        "e.g. {temporal: {filters: 16}} (when no checkpoint).",
+    )
     checkpoint: str | None = Field(None, description="Start from this VAE checkpoint folder.")
     sdxl_vae: str | None = Field(None, description="Local diffusers AutoencoderKL for the trunk.")
     freeze_trunk: bool = Field(False, description="Train only the temporal VAE.")
@@ -73,6 +78,10 @@ class OptimConfig(_Cfg):
     ] = (0.9, 0.99)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     warmup_steps: int = Field(0, ge=0)
+    lr_decay: Literal["constant", "cosine"] = Field(
+        "constant", description="After warm-up: keep lr, or cosine-decay it to min_lr at the last step."
+    )
+    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False, description="Final lr of the cosine decay.")
     grad_clip: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 

@@ -28,7 +28,7 @@ from mugv_formats.config_loading import dump_config
 from mugv_formats.outputs import claim_output, output_lock
 from tqdm import tqdm
 
-from mugv_vae.config import VAERuntime, preset
+from mugv_vae.config import VAERuntime, preset, with_architecture
 from mugv_vae.distributed import init_distributed
 from mugv_vae.metrics import psnr
 from mugv_vae.model import MUGVAE
@@ -141,7 +141,7 @@ class Trainer:
         if m.checkpoint:
             model = MUGVAE.from_pretrained(m.checkpoint, runtime=runtime)
         else:
-            model = MUGVAE(preset(m.preset or "tiny"), runtime)
+            model = MUGVAE(with_architecture(preset(m.preset or "tiny"), m.architecture), runtime)
             if m.sdxl_vae:
                 model.trunk.load_autoencoder_kl(m.sdxl_vae)
         if m.freeze_trunk:
@@ -241,8 +241,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _lr(self, step: int) -> float:
+        """Linear warm-up over ``warmup_steps``, then constant or a cosine decay that reaches
+        ``min_lr`` at the last step."""
         o = self.cfg.optim
-        return o.lr * min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
+        if o.warmup_steps and step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        if o.lr_decay == "constant":
+            return o.lr
+        span = max(1, self.cfg.steps - 1 - o.warmup_steps)
+        progress = min(1.0, max(0, step - o.warmup_steps) / span)
+        return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
 
     def _autocast(self):
         return torch.autocast(

@@ -57,10 +57,21 @@ def clip_set_path(name: str) -> Path:
     return path
 
 
-def load_vae(checkpoint: str | Path, device: str, preset: str = "mugv"):
+def load_vae(
+    checkpoint: str | Path,
+    device: str,
+    preset: str = "mugv",
+    *,
+    fast: bool = False,
+    max_activation_bytes: int | None = None,
+):
     """A mugv VAE checkpoint folder, or the original release's ``vae.pt`` (imported on the fly
-    with mugv-vae's name mapping into the ``preset`` architecture)."""
+    with mugv-vae's name mapping into the ``preset`` architecture). ``fast`` (CUDA only):
+    mugv-vae's fast inference runtime (``mugv-vae encode --fast``: channels-last, its Triton
+    kernels, folded up-sampling); ``max_activation_bytes`` bounds encode/decode memory."""
     import torch
+    from mugv_vae.config import VAERuntime
+    from mugv_vae.encode_stage import FAST_RUNTIME
     from mugv_vae.model import MUGVAE
 
     path = Path(checkpoint).expanduser()
@@ -70,8 +81,15 @@ def load_vae(checkpoint: str | Path, device: str, preset: str = "mugv"):
         from mugv_vae.config import preset as vae_preset
         from mugv_vae.import_original import import_original
 
-        return import_original(path, vae_preset(preset)).to(torch.device(device)).eval()
-    return MUGVAE.from_pretrained(path, device=torch.device(device))
+        model = import_original(path, vae_preset(preset)).to(torch.device(device)).eval()
+    else:
+        model = MUGVAE.from_pretrained(path, device=torch.device(device))
+    runtime = {"max_activation_bytes": max_activation_bytes}
+    if fast and torch.device(device).type == "cuda":
+        runtime.update(FAST_RUNTIME)
+        torch.backends.cudnn.benchmark = True
+    model.apply_runtime(VAERuntime(**runtime))
+    return model
 
 
 def _checkpoint_id(path: Path) -> str:
@@ -88,6 +106,14 @@ def _checkpoint_id(path: Path) -> str:
     return checkpoint_id(path)
 
 
+def _clips_per_second(rows: list[dict]) -> float | None:
+    """Clips / encode+decode seconds, the first clip left out as warm-up when there are more
+    (cuDNN autotuning, kernel compilation)."""
+    timed = rows[1:] if len(rows) > 1 else rows
+    seconds = sum(r["model_seconds"] for r in timed)
+    return round(len(timed) / seconds, 4) if seconds > 0 else None
+
+
 def eval_vae(
     checkpoint: str | Path,
     *,
@@ -100,6 +126,8 @@ def eval_vae(
     precision: str = "float32",
     preset: str = "mugv",
     max_clips: int | None = None,
+    fast: bool = False,
+    max_activation_bytes: int | None = None,
 ) -> dict:
     """Evaluate at each resolution; the result dict that :func:`write_results` stores."""
     import torch
@@ -114,19 +142,14 @@ def eval_vae(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = ClipSource(clip_set_path(clips))
     lpips = load_lpips(lpips_weights, device)  # a given path that is missing: error naming it
-    model = load_vae(checkpoint, device, preset)
+    model = load_vae(checkpoint, device, preset, fast=fast, max_activation_bytes=max_activation_bytes)
     dtype = torch.bfloat16 if precision == "bfloat16" else None
     per_res = []
     for name, size in sizes.items():
         out = evaluate_model(model, source, size, frames, window, lpips,
                              autocast_dtype=dtype, max_clips=max_clips)  # fmt: skip
-        n = len(out["clips"])
-        per_res.append({
-            "resolution": name,
-            "size": list(size),
-            **out,
-            "clips_per_second": round(n / out["model_seconds"], 4) if out["model_seconds"] else None,
-        })  # fmt: skip
+        per_res.append({"resolution": name, "size": list(size), **out,
+                        "clips_per_second": _clips_per_second(out["clips"])})  # fmt: skip
     return {
         "command": "mugv eval vae",
         "checkpoint": str(checkpoint),
@@ -137,6 +160,7 @@ def eval_vae(
         "window": window,
         "device": str(device),
         "precision": precision,
+        "fast": bool(fast and str(device).startswith("cuda")),
         "lpips": None if lpips is None else str(lpips_weights),
         "protocol": __doc__.split("\n\n")[2].replace("\n", " "),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -154,7 +178,8 @@ def markdown(result: dict) -> str:
         f"# mugv eval vae: `{result['checkpoint']}`",
         "",
         f"Clip set `{result['clip_set']}`, {result['frames']} frames, decoder window "
-        f"{result['window']}, {result['device']} {result['precision']}, {result['date']}."
+        f"{result['window']}, {result['device']} {result['precision']}"
+        f"{' (fast runtime)' if result.get('fast') else ''}, {result['date']}."
         + ("" if result["lpips"] else " LPIPS not measured (no `--lpips-weights`)."),
         "",
         "| resolution | clips | " + " | ".join(m.upper() for m in metrics) + " | clips/s |",
@@ -185,6 +210,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--preset", default="mugv", help="architecture of an original vae.pt")
     p.add_argument("--max-clips", type=int, help="evaluate only the first N clips")
+    p.add_argument("--fast", action="store_true",
+                   help="CUDA: mugv-vae's fast inference runtime (as mugv-vae encode --fast)")  # fmt: skip
+    p.add_argument("--max-activation-bytes", type=int,
+                   help="bound encode/decode activation memory (bytes)")  # fmt: skip
     p.add_argument("--output", type=Path, default=Path("runs/eval"),
                    help="folder of vae.json and vae.md (default runs/eval)")  # fmt: skip
 
@@ -205,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         preset=args.preset,
         max_clips=args.max_clips,
+        fast=args.fast,
+        max_activation_bytes=args.max_activation_bytes,
     )
     text = markdown(result)
     js, md = write_results(result, text, args.output, "vae")

@@ -1,0 +1,51 @@
+"""Training recipe knobs: the cosine learning-rate schedule against its closed form, and
+architecture fields over a preset (``model.architecture``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mugv_vae.config import tiny_config
+from mugv_vae.train.config import load_train_config
+from mugv_vae.train.trainer import Trainer
+
+
+def _trainer(tmp_path, clip_dir, *overrides):
+    cfg = load_train_config(
+        None,
+        [f"output={tmp_path}", f"data.clips={clip_dir}", "loss.perceptual=0", *overrides],
+    )
+    return Trainer(cfg)
+
+
+def test_cosine_schedule_is_warmup_then_the_closed_form(tmp_path, clip_dir):
+    lr, low, warm, steps = 1e-2, 1e-4, 3, 11
+    t = _trainer(tmp_path / "a", clip_dir, f"steps={steps}", f"optim.lr={lr}",
+                 f"optim.warmup_steps={warm}", "optim.lr_decay=cosine", f"optim.min_lr={low}")  # fmt: skip
+    for s in range(steps):
+        if s < warm:
+            expected = lr * (s + 1) / warm
+        else:  # half a cosine period from lr at the end of warm-up to low at the last step
+            expected = low + (lr - low) * (1 + math.cos(math.pi * (s - warm) / (steps - 1 - warm))) / 2
+        assert t._lr(s) == pytest.approx(expected, rel=1e-12), s
+    assert t._lr(warm) == pytest.approx(lr) and t._lr(steps - 1) == pytest.approx(low)
+    const = _trainer(tmp_path / "b", clip_dir, "steps=11", f"optim.lr={lr}", "optim.warmup_steps=2")
+    assert [const._lr(s) for s in (0, 1, 2, 10)] == pytest.approx([lr / 2, lr, lr, lr])
+
+
+def test_architecture_fields_over_the_preset(tmp_path, clip_dir):
+    t = _trainer(tmp_path / "a", clip_dir,
+                 "model.architecture={temporal: {filters: 16, num_groups: 8}}")  # fmt: skip
+    cfg, tiny = t.model.config, tiny_config()
+    assert (cfg.temporal.filters, cfg.temporal.num_groups) == (16, 8)
+    # the preset's other fields stay: the rest of the temporal section and the trunk
+    assert cfg.temporal.channel_multipliers == tiny.temporal.channel_multipliers
+    assert cfg.trunk == tiny.trunk and cfg.latent_channels == tiny.latent_channels
+    widths = {m.out_channels for m in t.model.temporal_encoder.modules() if hasattr(m, "out_channels")}
+    assert 16 in widths and 32 in widths  # filters x multipliers (1, 2, 2, 2)
+    with pytest.raises(ValueError, match="num_groups"):
+        _trainer(tmp_path / "b", clip_dir, "model.architecture={temporal: {filters: 6}}")
+    with pytest.raises(ValueError, match="filterz"):
+        _trainer(tmp_path / "c", clip_dir, "model.architecture={temporal: {filterz: 6}}")
+
