@@ -15,6 +15,7 @@ from mugv_data.engines import ProcessPoolEngine, SequentialEngine, WorkerSpec
 from mugv_data.stages.base import Resources
 from mugv_data.synth import scene, write_video
 from mugv_data.tags import balanced_weights
+from mugv_data_engine_workers import build_square
 from mugv_formats import ClipDataset
 
 
@@ -93,10 +94,6 @@ def _pulls_counter():
             yield i
 
     return state, units()
-
-
-def build_square(config):  # a worker for the engine tests (imported by name in workers)
-    return lambda u: u * u
 
 
 def test_engines_hold_bounded_work_in_flight():
