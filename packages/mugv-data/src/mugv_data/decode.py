@@ -291,7 +291,9 @@ class TorchCodecReader(FrameReader):
             return np.zeros((0, self.height, self.width, 3), np.uint8)
         bad = [i for i in idx if not 0 <= i < len(self._dec)]
         if bad:
-            raise IndexError(f"{self.info.path}: frame index {bad[0]} outside [0, {len(self._dec)})")
+            raise IndexError(
+                f"{self.info.path}: frame index {bad[0]} outside [0, {len(self._dec)})"
+            )
         torch = self.torch
         x_N3HW = self._dec.get_frames_at(idx).data
         if self._rotation is None:
@@ -372,23 +374,40 @@ def open_reader(info: VideoInfo, config: DecodeConfig, short_side: int | None) -
         ref = PyAVReader(info, short_side, config.threads)
         ref.fallback_reason = f"decord cannot open: {e}"
         return ref
-    reason = None
-    n_decord = len(reader._vr)
-    if n_decord != info.num_frames:
-        reason = f"decord counts {n_decord} frames, demuxer {info.num_frames}"
-    elif config.check_agreement == "always" or (
-        config.check_agreement == "risky" and is_risky(info)
-    ):
-        ref = PyAVReader(info, short_side, config.threads)
-        try:
-            reason = check_agreement(reader, ref, config.agreement_tolerance)
-        finally:
-            ref.close()
+    reason = _disagreement("decord", len(reader._vr), reader, info, config, short_side)
     if reason is None:
         return reader
     if config.backend == "decord":
         warnings.warn(f"{info.path}: {reason} (decode.backend=decord kept)", stacklevel=2)
         return reader
+    return _fall_back(reader, reason, info, config, short_side)
+
+
+def _disagreement(
+    name: str,
+    frame_count: int,
+    reader: FrameReader,
+    info: VideoInfo,
+    config: DecodeConfig,
+    short_side: int | None,
+) -> str | None:
+    """Why ``reader`` (decord or torchcodec) cannot be trusted on this stream, or None: its frame
+    count differs from the demuxer's, or (``check_agreement``) its sampled frames from PyAV's."""
+    if frame_count != info.num_frames:
+        return f"{name} counts {frame_count} frames, demuxer {info.num_frames}"
+    if config.check_agreement == "always" or (config.check_agreement == "risky" and is_risky(info)):
+        ref = PyAVReader(info, short_side, config.threads)
+        try:
+            return check_agreement(reader, ref, config.agreement_tolerance)
+        finally:
+            ref.close()
+    return None
+
+
+def _fall_back(
+    reader: FrameReader, reason: str, info: VideoInfo, config: DecodeConfig, short_side: int | None
+) -> FrameReader:
+    """Close ``reader`` and decode with PyAV instead, keeping the reason."""
     reader.close()
     ref = PyAVReader(info, short_side, config.threads)
     ref.fallback_reason = reason
@@ -406,20 +425,7 @@ def _open_torchcodec(info: VideoInfo, config: DecodeConfig, short_side: int | No
         ref = PyAVReader(info, short_side, config.threads)
         ref.fallback_reason = f"torchcodec cannot open: {str(e).splitlines()[0]}"
         return ref
-    reason = None
-    if reader.decoded_frames != info.num_frames:
-        reason = f"torchcodec counts {reader.decoded_frames} frames, demuxer {info.num_frames}"
-    elif config.check_agreement == "always" or (
-        config.check_agreement == "risky" and is_risky(info)
-    ):
-        ref = PyAVReader(info, short_side, config.threads)
-        try:
-            reason = check_agreement(reader, ref, config.agreement_tolerance)
-        finally:
-            ref.close()
+    reason = _disagreement("torchcodec", reader.decoded_frames, reader, info, config, short_side)
     if reason is None:
         return reader
-    reader.close()
-    ref = PyAVReader(info, short_side, config.threads)
-    ref.fallback_reason = reason
-    return ref
+    return _fall_back(reader, reason, info, config, short_side)
