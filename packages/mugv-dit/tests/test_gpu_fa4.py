@@ -96,6 +96,30 @@ def test_self_check_accepts_fa4_at_72_and_auto_picks_it():
     assert ab.resolve_backend("auto", x, path="varlen", needs_backward=True) == "fa4"
 
 
+def test_self_check_passes_under_no_grad_and_inside_recomputation():
+    """The first attention call (where ``auto`` runs the self-check) may be a no-grad DPO
+    reference forward or a recomputation in activation checkpointing: on 2026-12-07 (H100) the
+    check failed there ("does not require grad", _StopRecomputationError) and LoRA training
+    fell back to SDPA. It now runs in a fresh autograd context."""
+    from torch.utils.checkpoint import checkpoint
+
+    ab.fa4_self_check.cache_clear()
+    with torch.no_grad():
+        assert ab.fa4_self_check("dense", 72, needs_backward=True) is None
+    ab.fa4_self_check.cache_clear()
+    calls = []
+
+    def block(x):
+        calls.append(1)
+        if len(calls) == 2:  # the recomputation, during the backward
+            assert ab.fa4_self_check("varlen", 72, needs_backward=True) is None
+        return x * 2
+
+    x = torch.ones(4, device="cuda", requires_grad=True)
+    checkpoint(block, x, use_reentrant=False).sum().backward()
+    assert len(calls) == 2
+
+
 def test_model_with_fa4_matches_sdpa(megatron_single):
     """The whole model in bf16 with FA4 is as close to its float32 SDPA self as the bf16 SDPA
     model is (output and every gradient): FA4 adds no error beyond bf16 rounding. Two bf16

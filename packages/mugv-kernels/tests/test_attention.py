@@ -232,3 +232,49 @@ def test_flash_attn_namespace_without_fa2_functions_is_not_fa2(monkeypatch):
         assert ka.flash_attn2_functions() is not None
     finally:
         ka.flash_attn2_functions.cache_clear()
+
+
+def _self_check_like():
+    """What the FA4 self-check does with autograd: a forward and its backward on fresh leaves
+    (here with SDPA on the CPU), returning the input gradients."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 8, 2, 16, generator=g, dtype=torch.float64) for _ in range(4))
+    return ka._outputs(ka.sdpa, q, k, v, dout, True)
+
+
+def test_self_check_runs_inside_no_grad_and_checkpoint():
+    """The self-check runs lazily in the first attention call, which may sit under no_grad (a
+    DPO reference forward) or inside activation checkpointing; in a fresh autograd context it
+    gives the same gradients as at top level, where in place it fails (so the test can fail)."""
+    from torch.utils.checkpoint import checkpoint
+
+    expected = _self_check_like()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            _self_check_like()
+        got = ka.in_fresh_autograd_context(_self_check_like)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    # inside checkpointing's recomputation (the first call there runs in the backward)
+    def run(isolated: bool):
+        calls, seen = [], {}
+
+        def block(x):
+            calls.append(1)
+            if len(calls) == 2:
+                check = ka.in_fresh_autograd_context if isolated else (lambda f: f())
+                seen["grads"] = check(_self_check_like)
+            return (x * 2) ** 2
+
+        x = torch.ones(3, requires_grad=True)
+        checkpoint(block, x, use_reentrant=False).sum().backward()
+        torch.testing.assert_close(x.grad, torch.full((3,), 8.0))
+        return seen["grads"]
+
+    with pytest.raises(torch.utils.checkpoint.CheckpointError):
+        run(isolated=False)
+    for a, b in zip(run(isolated=True), expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="boom"):
+        ka.in_fresh_autograd_context(lambda: (_ for _ in ()).throw(ValueError("boom")))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import importlib
 import itertools
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -404,6 +405,32 @@ def _outputs(fn, q, k, v, dout, needs_backward: bool) -> list[torch.Tensor]:
     return [out.detach(), *(t.grad for t in leaves)]
 
 
+def in_fresh_autograd_context(fn: Callable, *args):
+    """``fn(*args)`` run on a new thread, and its result (or its exception) returned here.
+
+    The self-check runs lazily, inside the first attention call, which may be under
+    ``torch.no_grad()`` (a DPO reference forward), inside activation checkpointing (its
+    saved-tensor hooks and early-stop frames) or under ``inference_mode``: its own backward
+    then fails there ("does not require grad", ``_StopRecomputationError``) and ``auto`` would
+    drop FA4 for the whole process. Grad mode, inference mode and the saved-tensor hooks are
+    thread-local state, so a fresh thread starts from PyTorch's defaults."""
+    result: list = []
+
+    def target():
+        try:
+            result.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the caller's thread
+            result.append((False, exc))
+
+    worker = threading.Thread(target=target, name="mugv-attention-self-check")
+    worker.start()
+    worker.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
 @functools.cache
 def fa4_self_check(
     path: str, head_dim: int, device_index: int = 0, *, needs_backward: bool = True
@@ -416,7 +443,9 @@ def fa4_self_check(
     if fa4_functions() is None:
         problem = "flash-attn-4 (flash_attn.cute) does not import"
     else:
-        problem = _run_self_check(path, head_dim, device_index, needs_backward)
+        problem = in_fresh_autograd_context(
+            _run_self_check, path, head_dim, device_index, needs_backward
+        )
     if problem is not None:
         warnings.warn(f"attention backend auto does not use FA4: {problem}", stacklevel=2)
     return problem
@@ -424,6 +453,7 @@ def fa4_self_check(
 
 def _run_self_check(path: str, head_dim: int, device_index: int, needs_backward: bool):
     device = torch.device("cuda", device_index)
+    torch.cuda.set_device(device)  # a fresh thread starts on device 0
     g = torch.Generator(device=device).manual_seed(1234)
     what = ("out", "dq", "dk", "dv")
     try:
@@ -476,6 +506,7 @@ __all__ = [
     "fa4_self_check",
     "fa4_varlen",
     "flash_attn2_functions",
+    "in_fresh_autograd_context",
     "masked_cross_attention",
     "resolve_backend",
     "sdpa",
