@@ -77,8 +77,10 @@ NOISE="FutureWarning|DeprecationWarning|^ +warnings\.warn|^ +return func|^ +chec
 mkdir -p /tmp/site/mugv_formats-1.0.0.dist-info
 printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
   > /tmp/site/mugv_formats-1.0.0.dist-info/METADATA
-# the wheels, if carried in this call and not yet installed
-if [ -f .infer-wheels/gpu-install.sh ] && ! python3 -c "import diffusers, transformers" 2>/dev/null; then
+# the wheels, if carried in this call and not yet installed (torchao too: a machine that has
+# diffusers and transformers from elsewhere still lacks it; 2026-12-07 run: fp8 fell back to
+# scaled_mm for that alone)
+if [ -f .infer-wheels/gpu-install.sh ] && ! python3 -c "import diffusers, transformers, torchao" 2>/dev/null; then
   source .infer-wheels/gpu-install.sh
 fi
 
@@ -86,7 +88,7 @@ fi
   nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 - <<'PY'
 import importlib
-for name in ("torch", "triton", "diffusers", "transformers", "peft", "safetensors",
+for name in ("torch", "triton", "diffusers", "transformers", "peft", "safetensors", "torchao",
              "sentencepiece", "flash_attn.cute", "mugv_kernels", "mugv_vae", "mugv_infer"):
     try:
         mod = importlib.import_module(name)
