@@ -1,0 +1,296 @@
+"""Modulated LayerNorm fused into the prologue of a linear layer (issue 29, item 2).
+
+``modulated_ln_linear(x, shift, scale, weight, bias)`` computes
+``(LN(x) * (1 + scale) + shift) @ weight^T + bias`` (LN without affine, over the last dim) with
+the normalised activation never written to memory: a stats pass stores per-row ``mean`` and
+``rstd`` (8 bytes per row), and the GEMM normalises each tile of ``x`` as it loads it. The
+backward computes ``dxn = dy @ weight`` (cuBLAS), then the modulated-LN backward of
+:mod:`._triton_modnorm` (``dx``, ``dshift``, ``dscale``), and ``dweight = xn^T @ dy`` with the
+normalisation applied on load again; nothing of size ``[tokens, K]`` is saved beyond ``x``.
+
+Numerics: the normalised tile is rounded to the weight's dtype before the dot, exactly where the
+unfused path (``modulated_layer_norm`` then ``F.linear``) rounds its stored activation, so the
+two agree to bf16 rounding (the per-row statistics are summed in another order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mugv_kernels._dispatch import interpreter_enabled, use_triton_for
+from mugv_kernels._launch import next_pow2, row_tiling
+from mugv_kernels._layout import Layout, flatten_activation, flatten_modulation
+from mugv_kernels.modulated_norm import (
+    _MODE,
+    _branch_mask,
+    _mod_grad_buffer,
+    _mod_grad_to_input,
+    _mod_strides,
+    modulated_layer_norm,
+)
+from mugv_kernels.reference import modulated_layer_norm_ref, resolve_layout
+
+#: GEMM tilings ``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` the CUDA launches
+#: autotune over (per shape); the interpreter uses :data:`INTERPRET_TILE`.
+FWD_CONFIGS = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4)]
+DW_CONFIGS = [(64, 128, 128, 8, 3), (64, 128, 128, 4, 4), (32, 128, 256, 8, 3)]
+#: Tiny tiles for the CPU interpreter, so small test shapes still span several tiles.
+INTERPRET_TILE = (16, 16, 16)
+#: Rows per program of the statistics pass (times ``next_pow2(K)`` columns).
+STATS_TILE_ELEMS = 8192
+_GROUP = 8
+
+
+def _autotuned(kernel, configs, key):
+    import triton
+
+    cfgs = [
+        triton.Config(
+            {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP": _GROUP},
+            num_warps=w,
+            num_stages=s,
+        )
+        for m, n, k, w, s in configs
+    ]
+    return triton.autotune(cfgs, key=key)(kernel)
+
+
+_TUNED: dict[str, object] = {}
+
+
+def _launch(name: str, grid_dims, args: tuple, consts: dict, tiles: tuple[int, int, int]):
+    """Launch kernel ``name`` of :mod:`._triton_ln_linear`: autotuned on CUDA, fixed tiles
+    under the interpreter. ``grid_dims(BLOCK_M, BLOCK_N, BLOCK_K)`` -> number of programs."""
+    from mugv_kernels import _triton_ln_linear as kern
+
+    raw = getattr(kern, name)
+    if interpreter_enabled():
+        bm, bn, bk = tiles
+        grid = (grid_dims(bm, bn, bk),)
+        raw[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=2)
+        return
+    if name not in _TUNED:
+        configs = FWD_CONFIGS if name == "ln_linear_fwd_kernel" else DW_CONFIGS
+        _TUNED[name] = _autotuned(raw, configs, key=["M", "N", "K"])
+
+    def grid(meta):
+        return (grid_dims(meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]),)
+
+    _TUNED[name][grid](*args, **consts)
+
+
+def _dot_args(dtype: torch.dtype) -> dict:
+    """fp32 weights get an exact (IEEE) dot; bf16/fp16 use the tensor cores' native product
+    (under the interpreter on fp32 copies: exact products, as the tensor cores')."""
+    low = dtype in (torch.bfloat16, torch.float16)
+    return {
+        "PRECISION": "tf32" if low else "ieee",
+        "UPCAST": low and interpreter_enabled(),
+    }
+
+
+def ln_stats(
+    x_MK: torch.Tensor, eps: float, y_MK: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Per-row ``(h, mean, rstd)`` of ``x`` (``h = x + y`` rounded to x's dtype when ``y`` is
+    given, else None); Triton only (rows must be contiguous in the last dim)."""
+    from mugv_kernels import _triton_ln_linear as kern
+
+    m, k = x_MK.shape
+    mean = torch.empty(m, device=x_MK.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_k = next_pow2(k)
+    block_r = max(1, min(64, STATS_TILE_ELEMS // block_k))
+    h = torch.empty_like(x_MK) if y_MK is not None else None
+    y_arg = y_MK if y_MK is not None else x_MK
+    h_arg = h if h is not None else x_MK
+    warps = max(4, min(16, block_r * block_k // 512))
+    kern.ln_stats_kernel[(-(-m // block_r),)](
+        x_MK, y_arg, h_arg, mean, rstd, m, k, eps,
+        x_MK.stride(0), y_arg.stride(0), h_arg.stride(0),
+        HAS_Y=y_MK is not None, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip
+    return h, mean, rstd
+
+
+def _mod_tables(
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    token_branch: torch.Tensor | None,
+    x: torch.Tensor,
+    layout: Layout,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(shift_TK, scale_TK, idx_M)``: contiguous modulation tables and each row's entry."""
+    n, seq_len, hidden = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
+    dev = x.device
+    shift_k = flatten_modulation(shift, x, layout)
+    scale_k = flatten_modulation(scale, x, layout)
+    shift_t = shift_k.reshape(-1, hidden).contiguous()
+    scale_t = scale_k.reshape(-1, hidden).contiguous()
+    if layout == "token":
+        idx = torch.arange(n * seq_len, device=dev, dtype=torch.int32)
+    elif layout == "sample":
+        idx = torch.arange(n, device=dev, dtype=torch.int32).repeat_interleave(seq_len)
+    else:
+        br = token_branch.expand(*x.shape[:-1]).reshape(n, seq_len).to(torch.int32)
+        idx = (2 * torch.arange(n, device=dev, dtype=torch.int32)[:, None] + br).reshape(-1)
+    return shift_t, scale_t, idx
+
+
+class ModulatedLNLinearFn(torch.autograd.Function):
+    """Triton forward/backward of :func:`modulated_ln_linear`."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, weight, bias, token_branch, eps, layout, stats):
+        x_MK = flatten_activation(x).reshape(-1, x.shape[-1])
+        if x_MK.stride(-1) != 1:
+            x_MK = x_MK.contiguous()
+        m, k = x_MK.shape
+        n_out = weight.shape[0]
+        if stats is None:
+            _, mean, rstd = ln_stats(x_MK, eps)
+        else:
+            mean, rstd = stats
+        shift_t, scale_t, idx = _mod_tables(shift, scale, token_branch, x, layout)
+        out = torch.empty(m, n_out, device=x.device, dtype=weight.dtype)
+        bias_arg = bias if bias is not None else weight
+        _launch(
+            "ln_linear_fwd_kernel",
+            lambda bm, bn, bk: -(-m // bm) * -(-n_out // bn),
+            (
+                x_MK, weight, bias_arg, out, mean, rstd, idx, shift_t, scale_t,
+                m, n_out, k, x_MK.stride(0), weight.stride(0), out.stride(0), shift_t.stride(0),
+            ),
+            {"HAS_BIAS": bias is not None, **_dot_args(weight.dtype)},
+            INTERPRET_TILE,
+        )
+        ctx.save_for_backward(x_MK, weight, mean, rstd, idx, shift_t, scale_t, shift, scale)
+        ctx.mod_args = (token_branch, layout)
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out.view(*x.shape[:-1], n_out)
+
+    @staticmethod
+    def backward(ctx, dout):
+        from mugv_kernels import _triton_modnorm as kern
+
+        x_MK, weight, mean, rstd, idx, shift_t, scale_t, shift, scale = ctx.saved_tensors
+        token_branch, layout = ctx.mod_args
+        x_shape = ctx.x_shape
+        m, k = x_MK.shape
+        n_out = weight.shape[0]
+        dy = dout.reshape(m, n_out)
+        if dy.stride(-1) != 1:
+            dy = dy.contiguous()
+        dx = dshift = dscale = dweight = dbias = None
+        if ctx.needs_input_grad[3]:
+            dweight = torch.empty_like(weight)
+            _launch(
+                "ln_linear_dw_kernel",
+                lambda bm, bn, bk: -(-n_out // bn) * -(-k // bk),
+                (
+                    x_MK, dy, dweight, mean, rstd, idx, shift_t, scale_t,
+                    m, n_out, k, x_MK.stride(0), dy.stride(0), dweight.stride(0),
+                    shift_t.stride(0),
+                ),
+                _dot_args(weight.dtype),
+                INTERPRET_TILE,
+            )
+        if ctx.has_bias and ctx.needs_input_grad[4]:
+            dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        if any(ctx.needs_input_grad[:3]):
+            dxn = (dy @ weight).view(x_shape)
+            x = x_MK.view(x_shape)
+            x_NLD = flatten_activation(x)
+            n, seq_len, hidden = x_NLD.shape
+            dxn_NLD = dxn.reshape(n, seq_len, hidden)
+            scale_k = flatten_modulation(scale, x, layout)
+            br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
+            block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_bwd")
+            p = -(-seq_len // rows)
+            dev = x.device
+            dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=x.dtype)
+            dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, shift.dtype)
+            dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, scale.dtype)
+            kern.modln_bwd_kernel[(p, n)](
+                dxn_NLD, x_NLD, scale_k, br_NL, mean, rstd,
+                dx_NLD, dshift_k, dscale_k,
+                seq_len, hidden, rows, p,
+                *dxn_NLD.stride(), *x_NLD.stride(), *dx_NLD.stride(),
+                *_mod_strides(scale_k, layout), sbr_n, sbr_l,
+                MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+            )  # fmt: skip
+            dx = dx_NLD.view(x_shape)
+            dshift = _mod_grad_to_input(dshift_k, (shift.shape, shift.dtype), x_shape, layout)
+            dscale = _mod_grad_to_input(dscale_k, (scale.shape, scale.dtype), x_shape, layout)
+        return dx, dshift, dscale, dweight, dbias, None, None, None, None
+
+
+_triton_ln_linear = torch.compiler.disable(ModulatedLNLinearFn.apply)
+
+
+def modulated_ln_linear_ref(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    token_branch: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    use_triton_norm: bool | None = False,
+) -> torch.Tensor:
+    """The unfused path: the modulated LayerNorm (stored, in x's dtype), then ``F.linear``."""
+    if use_triton_norm is False:
+        xn = modulated_layer_norm_ref(x, shift, scale, token_branch=token_branch, eps=eps)
+    else:
+        xn = modulated_layer_norm(
+            x, shift, scale, token_branch=token_branch, eps=eps, use_triton=use_triton_norm
+        )
+    return F.linear(xn, weight, bias)
+
+
+def modulated_ln_linear(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    token_branch: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    use_triton: bool | None = None,
+) -> torch.Tensor:
+    """``(LN(x) * (1 + scale) + shift) @ weight^T + bias``, the norm fused into the GEMM.
+
+    Args:
+        x: activations ``[..., L, K]``; shift/scale as in
+            :func:`mugv_kernels.modulated_layer_norm` (per sample, per token, or per branch
+            with ``token_branch``).
+        weight: ``[N_out, K]`` (contiguous rows), the dtype of the output and of the GEMM
+            operands; bias: optional ``[N_out]``.
+        use_triton: ``None`` = Triton on CUDA, the unfused reference otherwise; ``True`` =
+            force (CPU only under ``TRITON_INTERPRET=1``); ``False`` = reference.
+
+    Returns ``[..., L, N_out]`` in the weight's dtype.
+    """
+    layout = resolve_layout(x, {"shift": shift, "scale": scale}, token_branch)
+    k = x.shape[-1]
+    if weight.ndim != 2 or weight.shape[1] != k:
+        raise ValueError(f"weight must have shape [N_out, {k}], got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if not use_triton_for(use_triton, x, "modulated_ln_linear"):
+        return modulated_ln_linear_ref(
+            x, shift, scale, weight, bias, token_branch=token_branch, eps=eps
+        )
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    return _triton_ln_linear(x, shift, scale, weight, bias, token_branch, float(eps), layout, None)
+
+
+__all__ = ["ln_stats", "modulated_ln_linear", "modulated_ln_linear_ref"]
