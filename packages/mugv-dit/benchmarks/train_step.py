@@ -33,6 +33,7 @@ IMPLS = {
     "mug-fused-adam": "mug-fa4 + fused AdamW + foreach grad norm under Megatron's step",
     "mug-fast": "mug-fa4 + fused AdamW + the sync-free optimizer step (the trainer's defaults)",
     "mug-graphed": "mug-fast with the whole step replayed as one CUDA graph (GraphedStep)",
+    "mug-graphed-fb": "mug-fast with forward+backward+grad reduce graphed, the optimizer eager",
     "wan": "diffusers WanTransformer3DModel with its default SDPA attention",
     "wan-fa4": "the same Wan with its attention routed through the same FA4 call",
 }
@@ -101,7 +102,7 @@ def bench_mug(
     sp=False,
     attention="auto",
     optimizer_path="megatron",
-    graphed=False,
+    graphed: str | None = None,
     profile=None,
 ):
     from megatron.core import parallel_state, tensor_parallel
@@ -114,6 +115,8 @@ def bench_mug(
     from mugv_dit import build_model
     from mugv_dit.config import ModelConfig, RuntimeConfig
     from mugv_dit.model import PackedText
+    from mugv_dit.optim.graphed_step import GraphedStep, capturable_adam, on_capture_stream
+    from mugv_dit.optim.graphed_step import step_phase as phase
     from mugv_dit.parallel import parallel_context
 
     cfg = ModelConfig(
@@ -139,16 +142,18 @@ def bench_mug(
     )
     tcfg = model.config
     model = model.to(device=DEVICE).train()
-    ddp = DistributedDataParallel(
-        tcfg,
-        DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=True,
-            use_distributed_optimizer=True,
-            bucket_size=40_000_000,
-        ),
-        model,
-    )
+    # a graphed step needs DDP's AccumulateGrad nodes on the capture stream (graphed_step.py)
+    with on_capture_stream(graphed is not None and on_gpu):
+        ddp = DistributedDataParallel(
+            tcfg,
+            DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=True,
+                use_distributed_optimizer=True,
+                bucket_size=40_000_000,
+            ),
+            model,
+        )
     from megatron.core.optimizer import clip_grads
     from megatron.core.optimizer import optimizer as megatron_optimizer
     from mugv_dit.megatron_patches.multi_tensor import install_foreach_multi_tensor_ops
@@ -190,28 +195,61 @@ def bench_mug(
     target = torch.randn(batch, cfg.in_channels, t, h, w, device=DEVICE)
 
     def fwd_bwd():
+        phase("forward")
         ddp.zero_grad_buffer()
         out = ddp(x, sigma, text, fps_B=fps)
         loss = (out[:, : cfg.in_channels] - target).pow(2).mean()
+        phase("backward")
         loss.backward()
+        phase("grad reduce (finalize_model_grads)")
         finalize_model_grads([ddp])
+        return loss
 
     def step():
-        fwd_bwd()
+        loss = fwd_bwd()
+        phase("optimizer")
         opt_step()
+        return loss
 
-    if graphed:
-        # the whole step as one CUDA graph (2 eager warm-up steps, then capture + replays)
-        from mugv_dit.optim.graphed_step import GraphedStep, capturable_adam
-
-        capturable_adam(opt)
-        step = GraphedStep(step, warmup=2)
+    graph = None
+    if graphed is not None:
+        # 2 eager warm-up steps on the capture stream, then capture + replays; "whole": the
+        # optimizer inside the graph, "fwd_bwd": forward+backward+grad reduce graphed, the
+        # optimizer eager after each replay
         if warmup < 3:
             raise ValueError("--warmup >= 3 for a graphed step (2 eager steps + capture)")
+
+        def reset() -> None:  # what an aborted capture may leave behind
+            for p in model.parameters():
+                p.grad = None
+
+        if graphed == "whole":
+            capturable_adam(opt)
+            graph = GraphedStep(step, warmup=2, reset=reset)
+            step = graph
+        else:
+            graph = GraphedStep(fwd_bwd, warmup=2, reset=reset)
+            fwd_bwd = graph
+
+            def step():
+                loss = fwd_bwd()
+                opt_step()
+                return loss
+
     sec = _timeit(step if with_opt or graphed else fwd_bwd, warmup, iters)
-    phases = _phases(step, None) if graphed else _phases(fwd_bwd, opt_step if with_opt else None)
+    if graphed == "whole":
+        phases = _phases(step, None)
+    else:
+        phases = _phases(fwd_bwd, opt_step if with_opt else None)
     if profile:
         profile_step(step if with_opt or graphed else fwd_bwd, *profile)
+    if graph is not None:
+        phases["graph"] = {
+            "mode": graphed,
+            "captures": graph.captures,
+            "replays": graph.replays,
+            "failure": graph.failure.message() if graph.failure else None,
+        }
     (
         clip_grads.l2_norm_impl,
         clip_grads.multi_tensor_scale_impl,
@@ -324,6 +362,11 @@ def _print_rows(rows: list[dict], args) -> None:
             f"{r['tflops_per_gpu']:11.1f} {r['tokens_per_s_per_gpu']:10.0f} {r['peak_mem_gib']:8.1f}"
             f"  {_ms(r, 'fwd_bwd'):>17}  {_ms(r, 'opt'):>19}"
         )
+    for r in rows:
+        g = r.get("phase_graph")
+        if g:
+            what = g["failure"] or f"captured {g['captures']}, replayed {g['replays']}"
+            print(f"graph {r['impl']} {r['case']} ({g['mode']}): {what}")
     if args.json:
         meta = {
             "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
@@ -412,10 +455,11 @@ def main() -> None:
                         recompute=args.recompute,
                         fused=impl != "mug",
                         attention="fa4" if impl not in ("mug", "mug-fused") else "sdpa",
-                        graphed=impl == "mug-graphed",
+                        graphed={"mug-graphed": "whole", "mug-graphed-fb": "fwd_bwd"}.get(impl),
                         optimizer_path={
                             "mug-fast": "sync-free",
                             "mug-graphed": "sync-free",
+                            "mug-graphed-fb": "sync-free",
                             "mug-fused-adam": "fused-adam",
                         }.get(impl, "megatron"),
                         **kw,
