@@ -63,6 +63,14 @@ class AlignConfig(BaseModel):
     reference_errors: str | None = Field(
         None, description="File written by `mugv-align precompute-ref` (reference=precomputed)."
     )
+    pair_chunking: Literal["joint", "per_sample"] = Field(
+        "joint",
+        description="dpo / kto: 'joint' runs each micro-batch (a DPO pair: both samples) in "
+        "one forward/backward; 'per_sample' runs one sample at a time (the pair's coupling is "
+        "through scalar per-sample errors: reference and policy errors without gradients, "
+        "then one forward/backward per sample of dL/de * e, the same gradient) so that only "
+        "one sample's activations are alive, at the cost of one more no-grad forward.",
+    )
     ema_sigma_rels: list[SigmaRel] = Field(
         default_factory=lambda: [0.05, 0.10],
         description="Power-function EMAs kept during training (EDM2); [] disables.",
@@ -108,6 +116,12 @@ class AlignRunConfig(RunConfig):
                 raise ValueError(
                     "a live reference needs align.reference_from or train.init_from (an export)"
                 )
+        if a.pair_chunking == "per_sample" and self.lora is not None and self.lora.dropout:
+            raise ValueError(
+                f"align.pair_chunking=per_sample with lora.dropout={self.lora.dropout}: the "
+                "no-grad and the gradient forward would draw different dropout masks; set "
+                "lora.dropout=0 or align.pair_chunking=joint"
+            )
         if a.ema_sigma_rels and self.train.ema_decay is not None:
             raise ValueError(
                 "set train.ema_decay=null with align.ema_sigma_rels (power EMAs replace it)"

@@ -38,10 +38,12 @@ import torch.nn.functional as F
 def per_sample_velocity_error(
     pred_BCTHW: torch.Tensor, target_BCTHW: torch.Tensor, noisy_frames_BT: torch.Tensor
 ) -> torch.Tensor:
-    """``[B]`` fp32 mean squared velocity error over each sample's noisy frames (the
-    learned-sigma half of the prediction is ignored)."""
+    """``[B]`` mean squared velocity error over each sample's noisy frames (the
+    learned-sigma half of the prediction is ignored), in fp32 (float64 for a float64
+    prediction)."""
     c, h, w = target_BCTHW.shape[1], target_BCTHW.shape[3], target_BCTHW.shape[4]
-    err = (pred_BCTHW[:, :c].float() - target_BCTHW.float()).pow(2)
+    dtype = torch.promote_types(pred_BCTHW.dtype, torch.float32)
+    err = (pred_BCTHW[:, :c].to(dtype) - target_BCTHW.to(dtype)).pow(2)
     mask = noisy_frames_BT[:, None, :, None, None].to(err.dtype)
     count = noisy_frames_BT.sum(dim=1).to(err.dtype).clamp_min(1) * (c * h * w)
     return (err * mask).flatten(1).sum(dim=1) / count

@@ -14,6 +14,8 @@ step (``apply_step``), with the process groups and parallel context the base tra
   policy and of a frozen reference (a live model sharded like the policy, no gradients or
   optimizer state; or errors precomputed with the same per-item seeds). With ``lora`` the
   live reference is the base itself: the policy's forward with its adapters switched off.
+  ``align.pair_chunking=per_sample`` runs the samples one at a time with the same gradient
+  (:mod:`mugv_align.pair_chunking`).
 
 Power EMAs (``align.ema_sigma_rels``) replace mugv-dit's single EMA in the ``ema`` slot of
 the checkpoint, so they resume exactly; snapshots for post-hoc reconstruction go to
@@ -39,12 +41,13 @@ from mugv_formats.checkpoint_dirs import checkpoint_step, step_dir_name, step_di
 
 from mugv_align.config import AlignRunConfig
 from mugv_align.data import PreferenceSampler, build_batch, load_source, resolve_latent_path
-from mugv_align.losses import (
-    dpo_margin,
-    flow_dpo_loss,
-    flow_kto_loss,
-    kto_reference_point,
-    per_sample_velocity_error,
+from mugv_align.losses import kto_reference_point, per_sample_velocity_error
+from mugv_align.pair_chunking import (
+    error_coefficients,
+    preference_terms,
+    regroup,
+    row_loss,
+    split_rows,
 )
 from mugv_align.reference import policy_dtype, read_reference_errors
 from mugv_align.snapshots import PowerEMAs
@@ -244,6 +247,12 @@ class AlignTrainer(Trainer):
             for mb in mine
         ]
         self._set_reference_errors(batches)
+        per_sample = a.pair_chunking == "per_sample"
+        # the policy's errors without gradients: KTO's reference point; per-sample chunking's
+        # loss coefficients
+        policy_errors = (
+            self._errors(self.model, batches) if per_sample or src.kind == "kto" else None
+        )
         # global normalisers: items, SFT elements (winners / desirable samples)
         n_items = sum(len(b.ids) for b in batches)
         sft_count = 0
@@ -261,10 +270,17 @@ class AlignTrainer(Trainer):
         total_items, total_sft = float(stats[0]), max(1.0, float(stats[1]))
         z = None
         if src.kind == "kto":
-            z = self._kto_reference_point(batches, total_items)
+            z = self._kto_reference_point(batches, policy_errors, total_items)
 
         def forward_backward() -> tuple[float, dict]:
-            sums = self._preference_forward_backward(batches, src.kind, total_items, total_sft, z)
+            if per_sample:
+                sums = self._per_sample_forward_backward(
+                    batches, policy_errors, src.kind, total_items, total_sft, z
+                )
+            else:
+                sums = self._preference_forward_backward(
+                    batches, src.kind, total_items, total_sft, z
+                )
             pref, margin, correct, gap, sft_sse, n_e = (float(x) for x in self.sum_over_step(sums))
             n = max(1.0, total_items)
             sft_loss = sft_sse / total_sft
@@ -314,6 +330,14 @@ class AlignTrainer(Trainer):
         outputs = self.schedule(step_fn, batches, shapes, model=model, forward_only=True)
         return [out["e"] for out in outputs] or [None] * len(batches)
 
+    def _errors(self, model, batches) -> list[torch.Tensor | None]:
+        """:meth:`_pipeline_errors` per micro-batch; with ``pair_chunking=per_sample`` run one
+        row at a time (the no-grad forwards hold one sample's activations too)."""
+        if self.align.pair_chunking != "per_sample":
+            return self._pipeline_errors(model, batches)
+        rows = [r for b in batches for r in split_rows(b)]
+        return regroup(self._pipeline_errors(model, rows), batches)
+
     def _set_reference_errors(self, batches) -> None:
         """``b.ref_error_B`` of every micro-batch: the live reference's errors (on the last
         pipeline stage, where the loss is computed; None elsewhere) or the precomputed ones
@@ -321,9 +345,9 @@ class AlignTrainer(Trainer):
         if self.ref_model is not None or self.reference_is_base:
             if self.reference_is_base:
                 with adapters_enabled(self.model.module, False):
-                    errors = self._pipeline_errors(self.model, batches)
+                    errors = self._errors(self.model, batches)
             else:
-                errors = self._pipeline_errors(self.ref_model, batches)
+                errors = self._errors(self.ref_model, batches)
             for b, e in zip(batches, errors, strict=True):
                 b.ref_error_B = e
             return
@@ -338,12 +362,12 @@ class AlignTrainer(Trainer):
             cols = list(zip(*rows, strict=True))
             b.ref_error_B = torch.tensor([x for col in cols for x in col], device=self.device)
 
-    def _kto_reference_point(self, batches, total_items: float) -> torch.Tensor:
-        """z = max(0, mean of g = e_ref - e over the global batch), detached: one no-grad
-        policy forward of this rank's micro-batches (through the pipeline), summed over the
+    def _kto_reference_point(self, batches, policy_errors, total_items: float) -> torch.Tensor:
+        """z = max(0, mean of g = e_ref - e over the global batch), detached, from the no-grad
+        policy errors of this rank's micro-batches (:meth:`_errors`), summed over the
         pipeline stages (only the last one holds errors) and the DP ranks."""
         g_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for b, e in zip(batches, self._pipeline_errors(self.model, batches), strict=True):
+        for b, e in zip(batches, policy_errors, strict=True):
             if e is not None:
                 g_sum += (b.ref_error_B - e).double().sum()
         self.sum_over_step(g_sum)
@@ -362,42 +386,12 @@ class AlignTrainer(Trainer):
             def loss_func(pred_BCTHW):
                 e = per_sample_velocity_error(pred_BCTHW, b.target_BCTHW, b.noisy_frames_BT)
                 e_ref = b.ref_error_B.to(e.dtype)
-                n = len(b.ids)
-                if kind == "dpo":
-                    e_w, e_l = e[:n], e[n:]
-                    pref = flow_dpo_loss(e_w, e_l, e_ref[:n], e_ref[n:], a.beta, b.weight_B)
-                    margin = dpo_margin(e_w.detach(), e_l.detach(), e_ref[:n], e_ref[n:], a.beta)
-                    correct = (margin > 0).sum()
-                    sft_rows = slice(0, n)
-                else:
-                    pref = flow_kto_loss(
-                        e,
-                        e_ref,
-                        b.desirable_B,
-                        z,
-                        a.beta,
-                        desirable_weight=a.desirable_weight,
-                        undesirable_weight=a.undesirable_weight,
-                        weight=b.weight_B,
-                    )
-                    g = (e_ref - e.detach()) - z
-                    margin = torch.where(b.desirable_B, g, -g)  # signed by label
-                    correct = (margin > 0).sum()
-                    sft_rows = b.desirable_B
+                pref, margin, sft_rows = preference_terms(e, e_ref, b, kind, a, z)
                 sft = masked_velocity_sse(
                     pred_BCTHW[sft_rows], b.target_BCTHW[sft_rows], b.noisy_frames_BT[sft_rows]
                 )
                 loss = pref.sum() / total_items + a.sft_weight * sft / total_sft
-                metrics = torch.stack(
-                    [
-                        pref.detach().sum().double(),
-                        margin.detach().sum().double(),
-                        correct.double(),
-                        (e.detach() - e_ref).sum().double(),  # mean_error_gap
-                        sft.detach().double(),
-                        torch.tensor(float(e.numel()), dtype=torch.float64, device=e.device),
-                    ]
-                )
+                metrics = _metric_sums(pref, margin, e, e_ref, sft)
                 return loss * scale, {"sums": metrics}
 
             return pred, loss_func
@@ -406,3 +400,57 @@ class AlignTrainer(Trainer):
         for out in self.schedule(step_fn, batches, [b.latent_shape for b in batches]):
             sums += out["sums"]
         return sums
+
+    def _per_sample_forward_backward(
+        self, batches, policy_errors, kind, total_items, total_sft, z
+    ) -> torch.Tensor:
+        """``pair_chunking=per_sample``: the loss coefficients ``dL/de`` of every row from the
+        no-grad policy errors (last pipeline stage), then one forward/backward per row of
+        :func:`~mugv_align.pair_chunking.row_loss` through the schedule. Same metric sums
+        as :meth:`_preference_forward_backward`."""
+        a = self.align
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        items = []
+        for b, e in zip(batches, policy_errors, strict=True):
+            coef = sft_rows = None
+            if e is not None:  # the last pipeline stage: the loss lives here
+                e_ref = b.ref_error_B.to(e.dtype)
+                coef, terms = error_coefficients(e, e_ref, b, kind, a, z, total_items)
+                sft_rows = terms.sft_rows.tolist()
+                zero = torch.zeros((), dtype=torch.float64, device=self.device)
+                sums += _metric_sums(terms.pref, terms.margin, e, e_ref, zero)
+            for r, row in enumerate(split_rows(b)):
+                items.append(
+                    (row, None if coef is None else coef[r : r + 1], bool(sft_rows and sft_rows[r]))
+                )
+        scale = self.dp_size * len(items)  # as in _preference_forward_backward, per row
+
+        def step_fn(model, item):
+            row, coef, sft = item
+            pred = self._forward(model, row)
+
+            def loss_func(pred_BCTHW):
+                loss, sse = row_loss(pred_BCTHW, row, coef, sft, a.sft_weight, total_sft)
+                return loss * scale, {"sse": sse.double()}
+
+            return pred, loss_func
+
+        shapes = [row.latent_shape for row, _, _ in items]
+        for out in self.schedule(step_fn, items, shapes):
+            sums[4] += out["sse"]
+        return sums
+
+
+def _metric_sums(pref, margin, e, e_ref, sft) -> torch.Tensor:
+    """The micro-batch's metric sums: preference loss, margin, correct items, error gap,
+    SFT squared error, sample count (float64)."""
+    return torch.stack(
+        [
+            pref.detach().sum().double(),
+            margin.detach().sum().double(),
+            (margin > 0).sum().double(),
+            (e.detach() - e_ref).sum().double(),  # mean_error_gap
+            sft.detach().double(),
+            torch.tensor(float(e.numel()), dtype=torch.float64, device=e.device),
+        ]
+    )

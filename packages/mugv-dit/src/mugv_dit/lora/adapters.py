@@ -1,6 +1,6 @@
 """LoRA adapters on Megatron's tensor-parallel linears of the DiT blocks.
 
-An adapted linear computes ``W x + s B (A drop(x))`` with ``s = alpha / r``; its adapter
+An adapted linear computes ``W x + B (s A drop(x))`` with ``s = alpha / r``; its adapter
 parameters sit on the linear itself as ``lora_A`` ``[r, in]`` and ``lora_B`` ``[out, r]``
 (so a parameter is named ``blocks.3.mlp.fc1.lora_A``, peft's ``...fc1.lora_A.weight``), split
 over the tensor-parallel (TP) ranks like their linear:
@@ -23,6 +23,12 @@ The forward is called from :func:`mugv_dit.model.attention.column_forward` /
 ``row_forward`` (the blocks' one way to run a parallel linear) when the layer carries an
 adapter; :func:`adapters_enabled` switches all adapters of a model off and on (the DPO / KTO
 reference is the base: the same model with its adapters off).
+
+The adapter GEMMs run in the activations' dtype (the compute dtype, bf16 on GPU) whatever
+the adapter parameters' dtype (``lora.dtype``): fp32 adapters keep fp32 weights and gradients
+(as autocast does), but no fp32 copy of an activation is made and no fp32 GEMM runs over the
+tokens; the scale multiplies the r-wide ``h``, not the output. An adapter switched off
+(:func:`adapters_enabled`) runs nothing.
 
 Shapes: B batch, N tokens (this rank's shard with SP), C channels, R the rank.
 """
@@ -78,28 +84,36 @@ def lora_of(layer) -> LoraState | None:
     return getattr(layer, "_mugv_lora", None)
 
 
-def _col_adapter(layer, st: LoraState, x_BNC: torch.Tensor) -> torch.Tensor:
+def _compute_weights(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A`` and ``B`` in the dtype of the activations ``x`` (the compute dtype): fp32
+    adapters under a bf16 base run bf16 GEMMs (as under autocast) and keep fp32 parameters
+    and gradients; the casts are r-wide, no activation-sized copy is made."""
     a, b = layer.lora_A, layer.lora_B
+    return a.to(x.dtype), b.to(x.dtype)
+
+
+def _col_adapter(layer, st: LoraState, x_BNC: torch.Tensor) -> torch.Tensor:
     x = F.dropout(x_BNC, st.dropout, layer.training) if st.dropout else x_BNC
+    a, b = _compute_weights(layer, x)
     tp = get_pg_size(st.tp_group)
     if st.sequence_parallel and tp > 1:
         a = copy_to_tensor_model_parallel_region(a, group=st.tp_group)  # sum over token shards
-        h_NBR = F.linear(x.to(a.dtype), a).transpose(0, 1).contiguous()
+        h_NBR = F.linear(x, a).transpose(0, 1).contiguous()
         h_NBR = gather_from_sequence_parallel_region(
             h_NBR, tensor_parallel_output_grad=True, group=st.tp_group
         )
         h = h_NBR.transpose(0, 1)
     else:
-        h = F.linear(x.to(a.dtype), a)
+        h = F.linear(x, a)
         if tp > 1:  # each rank's B shard gives part of dL/dh
             h = copy_to_tensor_model_parallel_region(h, group=st.tp_group)
-    return F.linear(h, b) * st.scale
+    return F.linear(h * st.scale, b)  # the scale on the r-wide h, not the output
 
 
 def _row_adapter(layer, st: LoraState, y_BNC: torch.Tensor) -> torch.Tensor:
-    a, b = layer.lora_A, layer.lora_B
     y = F.dropout(y_BNC, st.dropout, layer.training) if st.dropout else y_BNC
-    h = F.linear(y.to(a.dtype), a)  # partial sum over this rank's input features
+    a, b = _compute_weights(layer, y)
+    h = F.linear(y, a)  # partial sum over this rank's input features
     if get_pg_size(st.tp_group) > 1:
         if st.sequence_parallel:
             h_NBR = reduce_scatter_to_sequence_parallel_region(
@@ -109,7 +123,7 @@ def _row_adapter(layer, st: LoraState, y_BNC: torch.Tensor) -> torch.Tensor:
             b = copy_to_tensor_model_parallel_region(b, group=st.tp_group)
         else:
             h = reduce_from_tensor_model_parallel_region(h, group=st.tp_group)
-    return F.linear(h, b) * st.scale
+    return F.linear(h * st.scale, b)
 
 
 def add_adapter(layer, x_BNC: torch.Tensor, out_BNC: torch.Tensor) -> torch.Tensor:
@@ -119,7 +133,7 @@ def add_adapter(layer, x_BNC: torch.Tensor, out_BNC: torch.Tensor) -> torch.Tens
     if st is None or not st.enabled:
         return out_BNC
     delta = (_col_adapter if st.column else _row_adapter)(layer, st, x_BNC)
-    return out_BNC + delta.to(out_BNC.dtype)
+    return out_BNC + delta.to(out_BNC.dtype)  # no-op cast: both in the compute dtype
 
 
 def _sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
