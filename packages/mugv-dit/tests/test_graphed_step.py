@@ -234,10 +234,10 @@ def test_graphed_megatron_step_harness_on_cpu(megatron_single):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_step_matches_eager_on_cuda():
-    """Six steps of the debug DiT (bf16, Megatron DDP + distributed optimizer + the sync-free
-    fused AdamW step), a new batch every step, then a second shape: the whole step graphed,
-    and forward+backward graphed with the optimizer eager, against the same steps run eagerly
-    (a fresh one-process NCCL group: this file as a script)."""
+    """Nine steps of the debug DiT at head dim 72 (bf16, Megatron DDP + distributed optimizer
+    + the sync-free fused AdamW step), a new batch every step, a second latent shape from step
+    7: the whole step graphed, and forward+backward graphed with the optimizer eager, against
+    the same steps run eagerly (a fresh one-process NCCL group: this file as a script)."""
     import os
     import subprocess
 
@@ -269,7 +269,8 @@ def _cuda_setup(attention: str, device: str = "cuda"):
     from mugv_dit.optim.sync_free_step import SyncFreeStep
 
     install_foreach_multi_tensor_ops()
-    cfg = model_preset("debug")
+    # head dim 72 as in the real models: on Hopper "auto" attention is FA4 (padded to 96)
+    cfg = model_preset("debug", hidden_size=144, num_heads=2)
     torch.manual_seed(0)
     runtime = RuntimeConfig(fused_ops=True, attention_backend=attention)
     model = build_model(cfg, dtype=torch.bfloat16, runtime=runtime).to(device).train()
