@@ -356,10 +356,10 @@ class GraphedStep:
             phase = phase if phase == CAPTURE_END else f"capture ({phase})"
             self.failure = describe_failure(exc, phase)
             step_phase("eager")
+            log.warning(self.failure.message())
             if not self.fallback:
                 raise
             warnings.warn(self.failure.message(), RuntimeWarning, stacklevel=3)
-            log.warning(self.failure.message())
             self._entries.clear()
             with contextlib.suppress(Exception):
                 self.backend.synchronize()
