@@ -335,9 +335,9 @@ def _cuda_parity(mode: str, attention: str = "auto", device: str = "cuda") -> No
 
         graph = None
         if graphed_mode == "whole":
-            graph = GraphedStep(whole, warmup=2, fallback=False)
+            graph = GraphedStep(whole, warmup=2)
         elif graphed_mode == "fwd_bwd":
-            graph = GraphedStep(fwd_bwd, warmup=2, fallback=False)
+            graph = GraphedStep(fwd_bwd, warmup=2)
         losses, norms = [], []
         g = torch.Generator().manual_seed(1)
         for i in range(9):
@@ -362,6 +362,8 @@ def _cuda_parity(mode: str, attention: str = "auto", device: str = "cuda") -> No
     eager_b = run(None)
     got = run(mode)
     graph = got[3]
+    if graph.failure is not None:  # on stdout for the log: phase, op, error, hint
+        print(f"graph parity: {mode} FAILED: {graph.failure.message()}", flush=True)
     assert graph.failure is None and graph.captures == 2, (graph.failure, graph.captures)
     # the eager path's own run-to-run spread (atomics in attention backward kernels)
     noise = max(abs(a - b) for a, b in zip(eager_a[0], eager_b[0]))
@@ -380,8 +382,14 @@ if __name__ == "__main__" and sys.argv[1:] == ["cuda-graph-parity"]:
     from mugv_dit.parallel import destroy_distributed, init_distributed
 
     init_distributed(1, backend="nccl")
+    failed = 0
     try:
-        for mode in ("whole", "fwd_bwd"):
-            _cuda_parity(mode)
+        for mode in ("whole", "fwd_bwd"):  # both, even when the first fails
+            try:
+                _cuda_parity(mode)
+            except AssertionError as exc:
+                print(f"graph parity: {mode} FAILED: {exc!r}", flush=True)
+                failed += 1
     finally:
         destroy_distributed()
+    sys.exit(1 if failed else 0)
