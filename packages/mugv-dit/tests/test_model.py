@@ -198,6 +198,43 @@ def test_fused_ops_switch_matches_torch_path(megatron_single, debug_cfg):
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
 
 
+def test_fused_ln_linear_switch_matches_unfused_path(megatron_single, debug_cfg, monkeypatch):
+    """runtime.fused_ln_linear hands qkv and fc1 their un-normalised input plus the
+    modulation (mugv_kernels.ln_linear's reference path on CPU): same outputs and gradients
+    (with selective recompute: the MLP's checkpoint takes the deferred input too)."""
+    import mugv_kernels.ln_linear as ln_linear
+    from mugv_dit import build_model
+    from mugv_dit.config import RuntimeConfig
+
+    calls = []
+    real = ln_linear.modulated_ln_linear
+    monkeypatch.setattr(
+        ln_linear, "modulated_ln_linear", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    x, sigma, texts, fps, noisy = _inputs(debug_cfg)
+    outs, grads = [], []
+    for fused_ln in (False, True):
+        torch.manual_seed(0)
+        runtime = RuntimeConfig(fused_ops=True, fused_ln_linear=fused_ln, recompute="selective")
+        model = build_model(debug_cfg, runtime=runtime).double().train()
+        out = model(
+            x.double(),
+            sigma.double(),
+            PackedText.from_list([t.double() for t in texts]),
+            fps_B=fps.double(),
+            noisy_frames_BT=noisy,
+        )
+        out.pow(2).mean().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    # qkv and fc1 of every block (fc1 twice: recomputed in backward)
+    assert len(calls) == 3 * debug_cfg.num_layers
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    assert grads[1].keys() == grads[0].keys() and any("qkv" in n for n in grads[0])
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_parallel_context_must_match_the_transformer_config(megatron_single, debug_cfg):
     from mugv_dit.model import MUGDiT, megatron_config
 

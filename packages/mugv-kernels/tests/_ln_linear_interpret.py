@@ -12,7 +12,11 @@ import sys
 assert os.environ.get("TRITON_INTERPRET") == "1"
 
 import torch  # noqa: E402
-from mugv_kernels.ln_linear import modulated_ln_linear, modulated_ln_linear_ref  # noqa: E402
+from mugv_kernels.ln_linear import (  # noqa: E402
+    modulated_ln_linear,
+    modulated_ln_linear_ref,
+    residual_ln_stats,
+)
 
 
 def formula(x, shift, scale, w, b, mask, eps):
@@ -34,8 +38,9 @@ def rel(a, b):
     return float((a.detach().double() - b.detach()).norm() / b.detach().norm().clamp_min(1e-300))
 
 
-CASES = {  # name: (B, L, K, N, layout, bias)
+CASES = {  # name: (B, L, K, N, layout, bias); "residual": x = x0 + y0 via residual_ln_stats
     "branch": (2, 37, 40, 48, "branch", True),
+    "residual": (2, 23, 40, 24, "branch", True),
     "sample": (2, 19, 24, 40, "sample", True),
     "token_nobias": (1, 21, 33, 17, "token", False),
 }
@@ -52,22 +57,33 @@ for name in selected:
     w = torch.randn(n, k, generator=gen) / k**0.5
     b = torch.randn(n, generator=gen) if has_bias else None
     mask = torch.rand(bsz, seq, generator=gen) < 0.3 if layout == "branch" else None
+    resid = name == "residual"
+    y0 = torch.randn(bsz, seq, k, generator=gen) if resid else None
     for dname, dtype in DTYPES.items():
-        leaves = [t.to(dtype) for t in (x, shift, scale, w, b) if t is not None]
+        leaves = [t.to(dtype) for t in (x, shift, scale, w, b, y0) if t is not None]
         ins = [t.clone().requires_grad_() for t in leaves]
         bias = ins[4] if has_bias else None
-        y = modulated_ln_linear(*ins[:4], bias, token_branch=mask, eps=1e-6, use_triton=True)
+        stats = None
+        h = ins[0]
+        if resid:
+            h, stats = residual_ln_stats(ins[0], ins[-1], eps=1e-6, use_triton=True)
+        y = modulated_ln_linear(
+            h, *ins[1:4], bias, token_branch=mask, eps=1e-6, stats=stats, use_triton=True
+        )
         dy = torch.randn(y.shape, generator=gen).to(dtype)
         grads = torch.autograd.grad(y, ins, dy)
         ref_ins = [t.detach().double().requires_grad_() for t in leaves]
         ref_b = ref_ins[4] if has_bias else None
-        y_ref = formula(*ref_ins[:4], ref_b, mask, 1e-6)
+        ref_h = ref_ins[0] + ref_ins[-1] if resid else ref_ins[0]
+        y_ref = formula(ref_h, *ref_ins[1:4], ref_b, mask, 1e-6)
         ref_grads = torch.autograd.grad(y_ref, ref_ins, dy.double())
         res = {"out": rel(y, y_ref)}
-        for arg, g, gr in zip(("x", "shift", "scale", "weight", "bias"), grads, ref_grads):
+        names = ("x", "shift", "scale", "weight", "bias", "y")[: len(ins)]
+        for arg, g, gr in zip(names, grads, ref_grads):
             res["d" + arg] = rel(g, gr)
+        h_unfused = (leaves[0] + leaves[-1]) if resid else leaves[0]
         unfused = modulated_ln_linear_ref(
-            *[t.detach() for t in leaves[:4]], leaves[4] if has_bias else None,
+            h_unfused, *leaves[1:4], leaves[4] if has_bias else None,
             token_branch=mask, eps=1e-6,
         )  # fmt: skip
         res["unfused_out"] = rel(y, unfused.double())

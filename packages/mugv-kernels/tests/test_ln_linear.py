@@ -46,10 +46,12 @@ def _check(results: dict, cases: tuple[str, ...]) -> None:
 
 
 def test_fused_matches_float64_formula_under_interpreter():
-    """Per-branch (with bias) and per-token (no bias, odd sizes) modulation, fp32 and bf16."""
-    cases = ("branch", "token_nobias")
+    """Per-branch (with bias; and on a residual sum h = x + y whose statistics come from
+    residual_ln_stats) and per-token (no bias, odd sizes) modulation, fp32 and bf16."""
+    cases = ("branch", "residual", "token_nobias")
     results = _interpret(*cases)
     assert "dbias" in results["branch bfloat16"]
+    assert "dy" in results["residual float32"]
     _check(results, cases)
 
 

@@ -102,10 +102,19 @@ class RuntimeConfig(BaseModel):
         False,
         description="Use mugv_kernels fused ops (modulated LN, gated residual, QK-norm+RoPE).",
     )
+    fused_ln_linear: bool = Field(
+        False,
+        description="Fuse the modulated LayerNorm into the qkv and fc1 GEMMs' prologue "
+        "(mugv_kernels.ln_linear, Triton on CUDA; the normalised activations are neither "
+        "written nor saved). Plain linears only (one TP rank, no sequence parallelism, no "
+        "enabled LoRA adapter); elsewhere, and on CPU, the unfused path runs.",
+    )
 
 
 #: Fields of RuntimeConfig that ModelConfig held before (run configs and exports then).
-LEGACY_MODEL_RUNTIME_FIELDS = tuple(RuntimeConfig.model_fields)
+LEGACY_MODEL_RUNTIME_FIELDS = tuple(
+    f for f in RuntimeConfig.model_fields if f != "fused_ln_linear"  # added after the split
+)
 
 
 def _preset(hidden: int, heads: int, ffn: int | None = None, layers: int = 56) -> dict:

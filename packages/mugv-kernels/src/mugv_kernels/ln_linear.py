@@ -263,6 +263,7 @@ def modulated_ln_linear(
     *,
     token_branch: torch.Tensor | None = None,
     eps: float = 1e-6,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     use_triton: bool | None = None,
 ) -> torch.Tensor:
     """``(LN(x) * (1 + scale) + shift) @ weight^T + bias``, the norm fused into the GEMM.
@@ -273,6 +274,8 @@ def modulated_ln_linear(
             with ``token_branch``).
         weight: ``[N_out, K]`` (contiguous rows), the dtype of the output and of the GEMM
             operands; bias: optional ``[N_out]``.
+        stats: ``(mean, rstd)`` of x's rows (fp32 ``[rows]``, from :func:`residual_ln_stats`
+            on this very ``x``), else a statistics pass computes them. The reference ignores it.
         use_triton: ``None`` = Triton on CUDA, the unfused reference otherwise; ``True`` =
             force (CPU only under ``TRITON_INTERPRET=1``); ``False`` = reference.
 
@@ -290,7 +293,48 @@ def modulated_ln_linear(
         )
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    return _triton_ln_linear(x, shift, scale, weight, bias, token_branch, float(eps), layout, None)
+    if stats is not None:
+        rows = math.prod(x.shape[:-1])
+        if any(t.shape != (rows,) or t.dtype != torch.float32 for t in stats):
+            raise ValueError(f"stats must be two float32 tensors of shape [{rows}]")
+    return _triton_ln_linear(
+        x, shift, scale, weight, bias, token_branch, float(eps), layout, stats
+    )
 
 
-__all__ = ["ln_stats", "modulated_ln_linear", "modulated_ln_linear_ref"]
+class ResidualLNStatsFn(torch.autograd.Function):
+    """``h = x + y`` with the LayerNorm statistics of ``h``'s rows in the same pass."""
+
+    @staticmethod
+    def forward(ctx, x, y, eps):
+        k = x.shape[-1]
+        x_MK = x.reshape(-1, k).contiguous()
+        h, mean, rstd = ln_stats(x_MK, eps, y.reshape(-1, k).contiguous())
+        ctx.mark_non_differentiable(mean, rstd)
+        return h.view(x.shape), mean, rstd
+
+    @staticmethod
+    def backward(ctx, dh, _dmean, _drstd):
+        return dh, dh, None
+
+
+_triton_residual_stats = torch.compiler.disable(ResidualLNStatsFn.apply)
+
+
+def residual_ln_stats(
+    x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-6, use_triton: bool | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``h = x + y`` (rounded to x's dtype) and ``(mean, rstd)`` of h's rows for
+    :func:`modulated_ln_linear` (one pass: reads x and y, writes h and 8 bytes per row).
+
+    Without Triton (the reference path) the statistics are None."""
+    if y.shape != x.shape or y.dtype != x.dtype:
+        raise ValueError(f"y must match x ({tuple(x.shape)}, {x.dtype}), got "
+                         f"{tuple(y.shape)}, {y.dtype}")  # fmt: skip
+    if not use_triton_for(use_triton, x, "residual_ln_stats"):
+        return x + y, None
+    h, mean, rstd = _triton_residual_stats(x, y, float(eps))
+    return h, (mean, rstd)
+
+
+__all__ = ["ln_stats", "modulated_ln_linear", "modulated_ln_linear_ref", "residual_ln_stats"]

@@ -30,9 +30,9 @@ from megatron.core.utils import get_pg_size
 from mugv_kernels.attention import PackedText, dense_attention, varlen_cross_attention
 from mugv_kernels.dit_ops import rms_norm
 
-from mugv_dit.lora.adapters import add_adapter
+from mugv_dit.lora.adapters import add_adapter, lora_of
 from mugv_dit.model.context_parallel import heads_to_seq, seq_to_heads
-from mugv_dit.model.ops import qk_rmsnorm_rope
+from mugv_dit.model.ops import ModulatedInput, qk_rmsnorm_rope
 
 
 def is_plain_linear(layer: ColumnParallelLinear | RowParallelLinear) -> bool:
@@ -55,11 +55,21 @@ def is_plain_linear(layer: ColumnParallelLinear | RowParallelLinear) -> bool:
     return plain
 
 
-def column_forward(layer: ColumnParallelLinear, x_BNC: torch.Tensor) -> torch.Tensor:
+def column_forward(
+    layer: ColumnParallelLinear, x_BNC: torch.Tensor | ModulatedInput
+) -> torch.Tensor:
     """Column-parallel linear on ``[B, N, C]``. With sequence parallelism the input holds this
     rank's token shard ``[B, N/tp, C]`` and Megatron all-gathers it along its first dim, so
     the call goes through the ``[N, B, C]`` layout; the output covers all N tokens. A LoRA
-    adapter on the layer (:mod:`mugv_dit.lora`) adds its update."""
+    adapter on the layer (:mod:`mugv_dit.lora`) adds its update.
+
+    A :class:`ModulatedInput` is normalised inside the GEMM when the layer is a plain linear
+    without an enabled adapter, else materialised first."""
+    if isinstance(x_BNC, ModulatedInput):
+        st = lora_of(layer)
+        if is_plain_linear(layer) and (st is None or not st.enabled):
+            return x_BNC.linear(layer.weight, layer.bias)
+        x_BNC = x_BNC.materialize()
     if is_plain_linear(layer):
         out = F.linear(x_BNC, layer.weight, layer.bias)
     elif layer.sequence_parallel:

@@ -158,6 +158,7 @@ class MUGDiT(MegatronModule):
                         eps=model_cfg.norm_eps,
                         attention_backend=runtime.attention_backend,
                         fused_ops=runtime.fused_ops,
+                        fused_ln_linear=runtime.fused_ln_linear,
                         recompute_mlp=runtime.recompute == "selective",
                         cp_group=parallel.cp_group,
                     )

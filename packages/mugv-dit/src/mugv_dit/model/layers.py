@@ -28,9 +28,11 @@ from mugv_kernels.attention import PackedText
 
 from mugv_dit.model.attention import CrossAttention, SelfAttention, column_forward, row_forward
 from mugv_dit.model.ops import (
+    ModulatedInput,
     gated_residual,
     gated_residual_layer_norm,
     modulated_layer_norm,
+    residual_modulated_input,
     residual_modulated_layer_norm,
 )
 
@@ -57,7 +59,7 @@ class MLP(MegatronModule):
             skip_bias_add=False,
         )
 
-    def forward(self, x_BNC: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BNC: torch.Tensor | ModulatedInput) -> torch.Tensor:
         h = column_forward(self.fc1, x_BNC)
         return row_forward(self.fc2, F.gelu(h, approximate="tanh"))
 
@@ -83,6 +85,7 @@ class DiTLayer(MegatronModule):
         eps: float = 1e-6,
         attention_backend: str = "auto",
         fused_ops: bool = False,
+        fused_ln_linear: bool = False,
         recompute_mlp: bool = False,
         cp_group: dist.ProcessGroup | None = None,
     ):
@@ -91,6 +94,7 @@ class DiTLayer(MegatronModule):
         hidden = config.hidden_size
         self.eps = eps
         self.fused_ops = fused_ops
+        self.fused_ln_linear = fused_ln_linear
         attn_kw = {"eps": eps, "backend": attention_backend, "fused": fused_ops}
         self.self_attention = build_module(
             submodules.self_attention, config, **attn_kw, cp_group=cp_group
@@ -129,7 +133,10 @@ class DiTLayer(MegatronModule):
         ).unbind(1)
         clean_BN = ~noisy_BN1[..., 0]
         fused, eps = self.fused_ops, self.eps
-        h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
+        if self.fused_ln_linear:  # the qkv GEMM normalises its input tiles itself
+            h = ModulatedInput(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused)
+        else:
+            h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
         x_BNC, h = gated_residual_layer_norm(
             x_BNC,
             self.self_attention(h, cos_BNK, sin_BNK, n_real),
@@ -140,7 +147,10 @@ class DiTLayer(MegatronModule):
             eps,
             fused=fused,
         )
-        x_BNC, h = residual_modulated_layer_norm(
+        residual_norm = (
+            residual_modulated_input if self.fused_ln_linear else residual_modulated_layer_norm
+        )  # fused_ln_linear: fc1 normalises its input tiles itself
+        x_BNC, h = residual_norm(
             x_BNC,
             self.cross_attention(h, text_LC, text),
             shift_mlp,

@@ -7,6 +7,8 @@ The plain math (LayerNorm, RMSNorm, RoPE, branch selection) is :mod:`mugv_kernel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mugv_kernels
 import torch
 from mugv_kernels.dit_ops import layer_norm, rms_norm, select_branch
@@ -41,6 +43,59 @@ def modulated_layer_norm(
     shift = select_branch(shift_B2D, clean_BN).to(x_BND.dtype)
     scale = select_branch(scale_B2D, clean_BN).to(x_BND.dtype)
     return layer_norm(x_BND, eps) * (1 + scale) + shift
+
+
+@dataclass(frozen=True)
+class ModulatedInput:
+    """An activation whose modulated LayerNorm the consuming linear layer applies itself.
+
+    :func:`mugv_dit.model.attention.column_forward` fuses the norm into its GEMM's prologue
+    (:func:`mugv_kernels.ln_linear.modulated_ln_linear`, runtime ``fused_ln_linear``) when the
+    layer is a plain linear, else it calls :meth:`materialize` first. ``stats``: the rows'
+    ``(mean, rstd)`` when a residual kernel computed them along with ``x``.
+    """
+
+    x_BND: torch.Tensor
+    shift_B2D: torch.Tensor
+    scale_B2D: torch.Tensor
+    clean_BN: torch.Tensor
+    eps: float
+    fused: bool
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def materialize(self) -> torch.Tensor:
+        """The normalised, modulated activation (what the unfused path feeds the linear)."""
+        return modulated_layer_norm(
+            self.x_BND, self.shift_B2D, self.scale_B2D, self.clean_BN, self.eps, fused=self.fused
+        )
+
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(self.materialize(), weight, bias)`` with the norm in the GEMM prologue
+        (Triton on CUDA; the unfused reference elsewhere)."""
+        from mugv_kernels.ln_linear import modulated_ln_linear
+
+        return modulated_ln_linear(
+            self.x_BND, self.shift_B2D, self.scale_B2D, weight, bias,
+            token_branch=self.clean_BN, eps=self.eps, stats=self.stats,
+        )  # fmt: skip
+
+
+def residual_modulated_input(
+    x_BND: torch.Tensor,
+    y_BND: torch.Tensor,
+    shift_B2D: torch.Tensor,
+    scale_B2D: torch.Tensor,
+    clean_BN: torch.Tensor,
+    eps: float,
+    *,
+    fused: bool = False,
+) -> tuple[torch.Tensor, ModulatedInput]:
+    """``h = x + y`` and h's modulated LN left to the consuming linear (see
+    :class:`ModulatedInput`): the residual kernel also writes the rows' statistics."""
+    from mugv_kernels.ln_linear import residual_ln_stats
+
+    h, stats = residual_ln_stats(x_BND, y_BND, eps=eps)
+    return h, ModulatedInput(h, shift_B2D, scale_B2D, clean_BN, eps, fused, stats)
 
 
 def residual_modulated_layer_norm(
