@@ -15,7 +15,7 @@ pytestmark = [
 ]
 
 
-def _model(fused: bool, dtype, fused_ln_linear: bool = False):
+def _model(fused: bool, dtype, fused_ln_linear: str = "off"):
     cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64)
     torch.manual_seed(0)
     runtime = RuntimeConfig(fused_ops=fused, fused_ln_linear=fused_ln_linear)
@@ -58,13 +58,13 @@ def test_fused_ln_linear_matches_unfused_on_gpu(megatron_single):
     fused-ops path that stores the normalised activation: fp32 (IEEE dots) to fp32 rounding,
     bf16 to bf16 rounding."""
     out_u, g_u = _run(*_model(True, torch.float32))
-    out_f, g_f = _run(*_model(True, torch.float32, fused_ln_linear=True))
+    out_f, g_f = _run(*_model(True, torch.float32, fused_ln_linear="auto"))
     torch.testing.assert_close(out_f, out_u, rtol=1e-4, atol=1e-4)
     assert g_f.keys() == g_u.keys()
     for name, g in g_u.items():
         torch.testing.assert_close(g_f[name], g, rtol=1e-3, atol=1e-4, msg=name)
     out16_u, g16_u = _run(*_model(True, torch.bfloat16))
-    out16_f, g16_f = _run(*_model(True, torch.bfloat16, fused_ln_linear=True))
+    out16_f, g16_f = _run(*_model(True, torch.bfloat16, fused_ln_linear="auto"))
     assert (out16_f - out16_u).norm() / out16_u.norm() < 1e-2
     for name, g in g16_u.items():
         rel = (g16_f[name] - g).norm() / g.norm().clamp_min(1e-12)

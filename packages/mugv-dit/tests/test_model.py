@@ -199,9 +199,10 @@ def test_fused_ops_switch_matches_torch_path(megatron_single, debug_cfg):
 
 
 def test_fused_ln_linear_switch_matches_unfused_path(megatron_single, debug_cfg, monkeypatch):
-    """runtime.fused_ln_linear hands qkv and fc1 their un-normalised input plus the
+    """runtime.fused_ln_linear=on hands qkv and fc1 their un-normalised input plus the
     modulation (mugv_kernels.ln_linear's reference path on CPU): same outputs and gradients
-    (with selective recompute: the MLP's checkpoint takes the deferred input too)."""
+    (with selective recompute: the MLP's checkpoint takes the deferred input too); "auto" is
+    the unfused path exactly off CUDA."""
     import mugv_kernels.ln_linear as ln_linear
     from mugv_dit import build_model
     from mugv_dit.config import RuntimeConfig
@@ -213,7 +214,7 @@ def test_fused_ln_linear_switch_matches_unfused_path(megatron_single, debug_cfg,
     )
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     outs, grads = [], []
-    for fused_ln in (False, True):
+    for fused_ln in ("off", "auto", "on"):
         torch.manual_seed(0)
         runtime = RuntimeConfig(fused_ops=True, fused_ln_linear=fused_ln, recompute="selective")
         model = build_model(debug_cfg, runtime=runtime).double().train()
@@ -227,12 +228,15 @@ def test_fused_ln_linear_switch_matches_unfused_path(megatron_single, debug_cfg,
         out.pow(2).mean().backward()
         outs.append(out.detach())
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        if fused_ln != "on":  # "auto" is "off" off CUDA
+            assert not calls
     # qkv and fc1 of every block (fc1 twice: recomputed in backward)
     assert len(calls) == 3 * debug_cfg.num_layers
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
-    assert grads[1].keys() == grads[0].keys() and any("qkv" in n for n in grads[0])
+    assert torch.equal(outs[1], outs[0])
+    torch.testing.assert_close(outs[2], outs[0], rtol=1e-10, atol=1e-10)
+    assert grads[2].keys() == grads[0].keys() and any("qkv" in n for n in grads[0])
     for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(grads[2][name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_parallel_context_must_match_the_transformer_config(megatron_single, debug_cfg):

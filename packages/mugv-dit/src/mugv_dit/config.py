@@ -102,12 +102,13 @@ class RuntimeConfig(BaseModel):
         False,
         description="Use mugv_kernels fused ops (modulated LN, gated residual, QK-norm+RoPE).",
     )
-    fused_ln_linear: bool = Field(
-        False,
+    fused_ln_linear: Literal["off", "auto", "on"] = Field(
+        "off",
         description="Fuse the modulated LayerNorm into the qkv and fc1 GEMMs' prologue "
-        "(mugv_kernels.ln_linear, Triton on CUDA; the normalised activations are neither "
-        "written nor saved). Plain linears only (one TP rank, no sequence parallelism, no "
-        "enabled LoRA adapter); elsewhere, and on CPU, the unfused path runs.",
+        "(mugv_kernels.ln_linear, Triton; the normalised activations are neither written nor "
+        "saved). auto: on CUDA only; on: everywhere (off CUDA it runs the unfused reference "
+        "inside the same plumbing: tests); off: never. Plain linears only (one TP rank, no "
+        "sequence parallelism, no enabled LoRA adapter); elsewhere the unfused path runs.",
     )
 
 

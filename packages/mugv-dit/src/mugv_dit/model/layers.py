@@ -85,7 +85,7 @@ class DiTLayer(MegatronModule):
         eps: float = 1e-6,
         attention_backend: str = "auto",
         fused_ops: bool = False,
-        fused_ln_linear: bool = False,
+        fused_ln_linear: str = "off",
         recompute_mlp: bool = False,
         cp_group: dist.ProcessGroup | None = None,
     ):
@@ -133,7 +133,9 @@ class DiTLayer(MegatronModule):
         ).unbind(1)
         clean_BN = ~noisy_BN1[..., 0]
         fused, eps = self.fused_ops, self.eps
-        if self.fused_ln_linear:  # the qkv GEMM normalises its input tiles itself
+        mode = self.fused_ln_linear
+        fuse_ln = mode == "on" or (mode == "auto" and x_BNC.is_cuda)
+        if fuse_ln:  # the qkv GEMM normalises its input tiles itself
             h = ModulatedInput(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused)
         else:
             h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
@@ -148,7 +150,7 @@ class DiTLayer(MegatronModule):
             fused=fused,
         )
         residual_norm = (
-            residual_modulated_input if self.fused_ln_linear else residual_modulated_layer_norm
+            residual_modulated_input if fuse_ln else residual_modulated_layer_norm
         )  # fused_ln_linear: fc1 normalises its input tiles itself
         x_BNC, h = residual_norm(
             x_BNC,
