@@ -88,6 +88,48 @@ def test_fast_content_score_is_bit_identical_to_scenedetect(samples, adaptive):
     assert fast_cuts + fast.post_process(len(frames)) == ref_cuts + ref.post_process(len(frames))
 
 
+def test_fade_detector_frame_mean_is_bit_identical_to_scenedetect():
+    """The splitter hands ThresholdDetector its frame mean (cv2.sumElems) instead of letting it
+    call numpy.mean: the same float on any frame, and the same fade cuts as the library."""
+    from mugv_data.stages.split import _FrameMean
+    from scenedetect.detectors import ThresholdDetector
+
+    rng = np.random.default_rng(0)
+    m = _FrameMean()
+    for h, w in [(1, 1), (3, 5), (144, 256), (271, 481), (1080, 1920)]:
+        for f in (
+            rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            np.full((h, w, 3), 255, np.uint8),
+            rng.integers(250, 256, (h, w, 3), dtype=np.uint8),
+        ):
+            m.set(0, f)
+            assert m.value == np.mean(f)
+    # a fade to black and back: cuts of the splitter's detector == the library's own
+    a, b = scene(40, seed=1), scene(40, seed=2)
+    ramp = [
+        np.clip(f.astype(np.float64) * k, 0, 255).astype(np.uint8)
+        for f, k in zip(
+            a[20:] + b[:20], np.r_[np.linspace(1, 0, 20), np.linspace(0, 1, 20)], strict=True
+        )
+    ]
+    frames = a[:20] + ramp + b[20:]
+    cfg = SplitConfig(dissolve=False)
+    splitter = ShotSplitter(cfg)
+    ours = next(d for d in splitter._detectors() if isinstance(d, ThresholdDetector))
+    ref = ThresholdDetector(threshold=cfg.fade_threshold, min_scene_len=cfg.min_scene_frames)
+    cuts_ours, cuts_ref = [], []
+    for t, f in enumerate(frames):
+        bgr = cv2.cvtColor(f, cv2.COLOR_RGB2BGR)
+        ours.stats_manager.set(t, bgr)
+        cuts_ours += ours.process_frame(t, bgr)
+        cuts_ref += ref.process_frame(t, bgr)
+    cuts_ours += ours.post_process(len(frames))
+    cuts_ref += ref.post_process(len(frames))
+    assert cuts_ref and cuts_ours == cuts_ref
+    _shots, info = splitter.detect(iter(frames), len(frames))
+    assert set(cuts_ref) <= set(info["cuts"])
+
+
 def test_split_fast_pan_is_one_shot():
     frames = scene(90, seed=5, speed=4)
     shots, info = ShotSplitter(SplitConfig()).detect(iter(frames), len(frames))
@@ -280,3 +322,59 @@ def test_text_detector_direct_path_matches_rapidocr_pipeline(samples):
     assert not det._is_direct(24, 200) and not det._is_direct(40, 400)
     tiny = cv2.resize(frame[180:215, 0:260], (260, 24), interpolation=cv2.INTER_AREA)
     assert det.area_ratio(tiny) > 0.1
+
+
+def test_gray_base_serves_low_resolution_requests_only():
+    """ClipFrames with a gray_base (filters.gray_source=split): requests at or below its side
+    are area-downscaled from the base; full-resolution and larger requests use the frame."""
+    from mugv_data.stages.base import resize_short
+    from mugv_data.stages.split import _resize_short
+
+    arr = np.stack(scene(6, 360, 640, seed=3))
+    base_calls = []
+
+    def base(i):
+        base_calls.append(i)
+        return cv2.cvtColor(_resize_short(arr[i], 144), cv2.COLOR_RGB2GRAY)
+
+    cf = ClipFrames(6, 25.0, lambda idx: arr[list(idx)], gray_base=base, gray_base_side=144)
+    got = cf.gray([0, 4], 128)
+    for i, g in zip([0, 4], got, strict=True):
+        ref = cv2.resize(base(i), (228, 128), interpolation=cv2.INTER_AREA)
+        assert g.shape == (128, 228) and np.array_equal(g, ref)
+    full = cf.gray([1])[0]
+    assert np.array_equal(full, cv2.cvtColor(arr[1], cv2.COLOR_RGB2GRAY))
+    big = cf.gray([1], 200)[0]
+    assert np.array_equal(big, resize_short(full, 200))
+    assert 1 not in base_calls
+    with pytest.raises(IndexError):
+        cf.gray([6], 128)
+
+
+def test_gray_source_split_keeps_the_verdicts_of_the_sample_clips(samples):
+    """Opt-in filters.gray_source=split on real clips: the same verdicts, scores close to the
+    default's (bikes: 640x272 analysis frames), identical for a source already at or below the
+    split's side (carphone 176x144)."""
+    from pathlib import Path
+
+    from mugv_data.config import load_config
+    from mugv_data.per_source import SourceProcessor
+
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    base = ["filters.text.enabled=false"]
+    ref = SourceProcessor(load_config(demo, overrides=base), encode=False)
+    fast = SourceProcessor(
+        load_config(demo, overrides=[*base, "filters.gray_source=split"]), encode=False
+    )
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+        a, b = ref(samples / name), fast(samples / name)
+        assert [c.rejected_stage for c in a.clips] == [c.rejected_stage for c in b.clips]
+        for ca, cb in zip(a.clips, b.clips, strict=True):
+            if ca.rejected_stage == "split":
+                continue
+            if name.startswith("carphone"):
+                assert ca.scores == cb.scores
+            else:
+                assert cb.scores["motion"] == pytest.approx(ca.scores["motion"], rel=0.03)
+                assert cb.scores["static_diff"] == pytest.approx(ca.scores["static_diff"], rel=0.06)
+                assert cb.scores != ca.scores  # the split's frames were used

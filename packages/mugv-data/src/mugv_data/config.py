@@ -284,6 +284,14 @@ class FiltersConfig(Frozen):
     clip_embedding: ClipEmbeddingConfig = ClipEmbeddingConfig()
     short_circuit: bool = False
     """Stop scoring a clip at its first rejection (faster; histograms then miss scores)."""
+    gray_source: Literal["analysis", "split"] = "analysis"
+    """Where the low-resolution luma frames of the motion, static, shake and speed stages
+    (short side <= ``split.detect_short_side``) come from. ``analysis`` (default): the luma of
+    the analysis frame, area-downscaled. ``split`` (opt-in, faster): the luma of the shot
+    split's downscaled frame (``split.detect_short_side``, kept for every frame of a cached
+    source: ~5 % of ``decode.cache_mb``), area-downscaled from there: the frames differ by a
+    few grey levels, so scores move slightly. Sources too long for the frame cache use
+    ``analysis``."""
     per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Overrides of these filter settings for sources whose absolute path matches a glob
     (``fnmatch``: ``*`` also matches ``/``), e.g. ``{"*/phone/*": {sharpness: {min: 100}}}``;

@@ -267,6 +267,12 @@ class SourceProcessor:
         frame_bytes = reader.width * reader.height * 3
         use_cache = info.num_frames * frame_bytes <= cfg.decode.cache_mb * (1 << 20)
         cache: list[np.ndarray] = []
+        # filters.gray_source=split: keep the luma of the split's downscaled frames
+        share = use_cache and cfg.filters.for_source(res.source).gray_source == "split"
+        split_gray: list[np.ndarray] = []
+
+        def keep_gray(t: int, small_HW3: np.ndarray) -> None:
+            split_gray.append(cv2.cvtColor(small_HW3, cv2.COLOR_RGB2GRAY))
 
         def frames_iter():
             for f in reader.iter_frames():
@@ -274,7 +280,9 @@ class SourceProcessor:
                     cache.append(f)
                 yield f
 
-        shots, res.split = self.splitter.detect(frames_iter(), info.num_frames)
+        shots, res.split = self.splitter.detect(
+            frames_iter(), info.num_frames, on_small=keep_gray if share else None
+        )
         if use_cache:
             # every frame is cached: release the decoder now (decord keeps a worker thread
             # busy while a reader is open, stealing CPU from the filter stages)
@@ -299,7 +307,13 @@ class SourceProcessor:
                     start_s=float(ts[a]),
                     end_s=float(ts[b - 1] + 1.0 / info.fps),
                     fps=info.fps,
-                    frames=ClipFrames(b - a, info.fps, getter(a)),
+                    frames=ClipFrames(
+                        b - a,
+                        info.fps,
+                        getter(a),
+                        gray_base=(lambda i, a=a: split_gray[a + i]) if share else None,
+                        gray_base_side=cfg.split.detect_short_side,
+                    ),
                 )
                 if why is not None:
                     c.reject("split", why)

@@ -60,16 +60,34 @@ class ClipFrames:
     _get: Callable[[Sequence[int]], np.ndarray]
     _gray: dict[tuple[int, int | None], np.ndarray] = field(default_factory=dict, repr=False)
     """Luma frames already computed for this clip, by (index, short side)."""
+    gray_base: Callable[[int], np.ndarray] | None = field(default=None, repr=False)
+    """Optional (``filters.gray_source: split``): luma of a frame at ``gray_base_side`` that
+    is already at hand (the shot split's downscale); requests at that short side or below
+    are downscaled from it instead of from the analysis frame's luma."""
+    gray_base_side: int = 0
 
     def gray(self, rel_indices: Sequence[int], short_side: int | None = None) -> list[np.ndarray]:
         """uint8 [H, W] luma of the frames at ``rel_indices``; with ``short_side``, downscaled
         (area interpolation, never upscaled) so the short side is at most that.
 
         Memoised per clip, so the filters share one grayscale frame set: each frame is fetched,
-        converted and resized once, whichever stages ask for it.
+        converted and resized once, whichever stages ask for it. With ``gray_base`` set, a
+        request at a short side <= ``gray_base_side`` starts from that frame instead.
         """
         idx = [int(i) for i in rel_indices]
         missing = sorted({i for i in idx if (i, short_side) not in self._gray})
+        base = self.gray_base
+        if (
+            missing
+            and base is not None
+            and short_side is not None
+            and short_side <= self.gray_base_side
+        ):
+            for i in missing:
+                if not 0 <= i < self.num_frames:
+                    raise IndexError(f"clip frame index out of range [0, {self.num_frames}): {i}")
+                self._gray[(i, short_side)] = resize_short(base(i), short_side)
+            missing = []
         if missing:
             full = [i for i in missing if (i, None) not in self._gray]
             if full:
