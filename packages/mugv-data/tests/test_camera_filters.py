@@ -124,3 +124,27 @@ def test_real_samples_keep_what_they_kept(samples):
             if c.kept:
                 kept.add((name, c.index))
     assert kept == {("bikes.mp4", 3), ("bikes.mp4", 4), ("carphone_pristine.mp4", 0)}
+
+
+def test_fewer_pairs_keep_the_known_answers():
+    """The opt-in cheaper track (12 pairs, speed window 3: README "Faster CPU settings") still
+    separates jitter from a smooth pan and a speed ramp from constant speed."""
+    shake, speed = ShakeConfig(num_pairs=12), SpeedConfig(num_pairs=12, window=3)
+
+    def run12(clip):
+        ShakeFilter(shake).process([clip])
+        SpeedFilter(speed).process([clip])
+        return clip
+
+    steady = run12(as_clip(pan([2.0] * 60)))
+    shaky = run12(as_clip(pan([2.0] * 60, jitter=2.5)))
+    assert steady.kept and steady.scores["shake"] < 0.1
+    assert shaky.scores["shake"] > 2.0 and shaky.rejected_stage == "shake"
+    ramp = run12(as_clip(pan([1.5] * 30 + [4.5] * 30)))
+    s = 256 / H
+    assert ramp.rejected_stage == "speed"
+    assert ramp.scores["speed_change"] == pytest.approx(
+        np.log2((4.5 * s + 0.5) / (1.5 * s + 0.5)), rel=0.1
+    )
+    const = run12(as_clip(pan([3.0] * 50)))
+    assert const.kept and const.scores["speed_change"] < 0.05
