@@ -12,24 +12,37 @@ one process, no EMA):
 
 * ``10b``: the ``10b`` preset (hidden 3456, 56 layers) on latents 24 x 14 x 90 x 160 (720p,
   105 frames: 50,400 video tokens per sample) with 120 text tokens; rank-64 adapters on
-  attention + FFN (``lora.targets`` default: qkv, proj, q, kv, fc1, fc2), adapters in fp32 under
-  the frozen bf16 base. Runs: ``lora_sft`` (``mode: sft``, the two samples as one micro-batch)
-  and ``lora_dpo`` (``mode: dpo``, the two samples as one pair; reference = the policy with its
-  adapters off, no second model). Goals: ``lora_dpo`` peak < 80 GB (one 80 GB GPU) and its step
-  <= 1.6x ``lora_sft``'s.
+  attention + FFN (``lora.targets`` default: qkv, proj, q, kv, fc1, fc2), fp32 adapter
+  parameters (bf16 GEMMs) under the frozen bf16 base. Runs, in this order: ``lora_dpo``
+  (``mode: dpo``, the two samples as one pair; reference = the policy with its adapters off,
+  no second model) and ``lora_sft`` (``mode: sft`` on the same two samples). Both process the
+  pair one sample at a time (``--chunking per_sample``: SFT as two accumulated micro-batches
+  of one sample, DPO with ``align.pair_chunking: per_sample``) with full recompute: the joint
+  pair (both samples in one micro-batch) ran out of memory on an 80 GB H100 (2026-12-07).
+  One timed step each, no warm-up (``--steps 2 --warmup 1`` when time allows): the first run
+  carries the one-time start-up costs, so DPO-first makes the DPO/SFT ratio an upper bound.
+  Goals: ``lora_dpo`` peak < 80 GB (one 80 GB GPU) and its step <= 1.6x ``lora_sft``'s.
 * ``2b8``: the 2b width (1728) cut to 8 layers at 24 x 8 x 62 x 104 (12,896 tokens, the shape of
   ``dpo_step.py``): ``full_dpo`` (every weight trains, live bf16 reference model) against
-  ``lora_dpo`` (rank 64, reference = adapters off), for scale.
+  ``lora_dpo`` (rank 64, reference = adapters off), for scale; joint pairs, no recompute.
 * ``tiny``: the debug preset on 4 x 2 x 4 x 4 latents, CPU.
 
-``--recompute`` lists the activation-recompute settings to try, fastest first: each run takes
-the first that does not run out of GPU memory (an out-of-memory attempt is recorded). At 100.8k
-tokens per micro-batch only ``full`` can fit the 10b (the stored block inputs alone are 56 x
-100.8k x 3456 x 2 B = 39 GB beside 21.4 GB of bf16 weights), so it is the ``10b`` default.
+Memory on paper (``memory_estimate``, in the JSON and the table) for one micro-batch of
+``s`` samples of 50,520 tokens with full recompute: bf16 weights 21.4 GB; fp32 adapters +
+grads + Adam moments 16 B x 286M = 4.6 GB; stored block inputs 56 x s x 50,520 x 3456 x 2 B
+= 19.6 GB x s; one block's recompute transient ~32 x s x 50,520 x 3456 x 2 B = 11.2 GB x s.
+s = 2 (joint): ~88 GB, over 80; s = 1 (per_sample): ~57 GB. Selective recompute stores
+every block's attention activations (~20 widths x 56 blocks: hundreds of GB), and host
+offload of the block inputs is not needed at s = 1.
+
+``--recompute`` / ``--chunking`` list the settings to try, fastest first: each run takes the
+first that does not run out of GPU memory (an out-of-memory attempt is recorded).
+``--cpu-init`` draws the random weights on the CPU as mugv-dit does (default here: on the
+GPU, which saves minutes per 10b build and does not change the step).
 
 Each run trains ``--steps`` steps; the table reports the median step time after ``--warmup``
 steps and the peak allocated GPU memory of the run. Writes ``lora_step_<case>.json`` and
-``.md`` (device, date, command) under ``--output``.
+``.md`` (device, date, command) under ``--output`` after every run.
 """
 
 from __future__ import annotations
@@ -41,29 +54,55 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 import yaml
 from dpo_step import _dataset, _tensorboard_or_stub
 
-#: case -> (preset, preset overrides, latent C,T,H,W, text tokens, default recompute, runs)
+#: case -> (preset, preset overrides, latent C,T,H,W, text tokens, default recompute,
+#: default pair chunking, runs in order)
 CASES = {
-    "10b": ("10b", {}, (24, 14, 90, 160), 120, "full", ("lora_sft", "lora_dpo")),
-    "2b8": ("2b", {"num_layers": 8}, (24, 8, 62, 104), 120, "none", ("full_dpo", "lora_dpo")),
-    "tiny": ("debug", {"in_channels": 4}, (4, 2, 4, 4), 5, "none", ("lora_sft", "lora_dpo")),
+    "10b": ("10b", {}, (24, 14, 90, 160), 120, "full", "per_sample", ("lora_dpo", "lora_sft")),
+    "2b8": (
+        "2b",
+        {"num_layers": 8},
+        (24, 8, 62, 104),
+        120,
+        "none",
+        "joint",
+        ("full_dpo", "lora_dpo"),
+    ),
+    "tiny": (
+        "debug",
+        {"in_channels": 4},
+        (4, 2, 4, 4),
+        5,
+        "none",
+        "per_sample",
+        ("lora_dpo", "lora_sft"),
+    ),
 }
+#: bf16 elements per token and hidden unit alive while one block is recomputed and
+#: differentiated (full recompute): its stored activations (~26: norms, qkv, q/k after
+#: RoPE, attention outputs, fc1 and GELU outputs (4 + 4), gates) plus gradients in flight
+BLOCK_TRANSIENT_WIDTHS = 32
 GOALS = {"10b": {"lora_dpo_over_lora_sft": 1.6, "lora_dpo_peak_gib": 80e9 / 2**30}}
 
 
-def _configs(tmp: Path, model, lat: Path, tokens: int, args, recompute: str) -> dict:
+def _configs(tmp: Path, model, lat: Path, tokens: int, args, recompute: str, chunking: str):
     """The run configs (resolved later) of every run name, at activation recompute
-    ``recompute``."""
+    ``recompute`` and pair chunking ``chunking``, and each run's micro-batches per step.
+    ``per_sample``: SFT takes the pair's two samples as two accumulated micro-batches of one
+    sample (plain gradient accumulation), DPO sets ``align.pair_chunking: per_sample``;
+    ``joint``: both samples in one micro-batch."""
+    per = 1 if chunking == "per_sample" else 2
     base = {
         "model": model.model_dump(mode="json"),
         "runtime": {"recompute": recompute, "fused_ops": args.fused_ops},
         "objective": {"caption_dropout": 0.0, "task_ratios": {"t2v": 1.0}},
-        "data": {"path": str(lat), "tokens_per_batch": 2 * tokens, "max_batch_size": 2},
+        "data": {"path": str(lat), "tokens_per_batch": per * tokens, "max_batch_size": per},
         "train": {"progress": False, "ema_decay": None, "tensorboard": False},
         "curriculum": [{"name": "main", "steps": args.steps, "lr": 1e-5}],
     }
@@ -74,13 +113,15 @@ def _configs(tmp: Path, model, lat: Path, tokens: int, args, recompute: str) -> 
         "beta": 500.0,
         "sft_weight": 0.1,
         "ema_sigma_rels": [],
+        "pair_chunking": chunking,
     }
     sft = {"mode": "sft", "ema_sigma_rels": []}
     full_train = {**base["train"], "init_from": str(tmp / "init")}
+    sft_micro = 2 // per
     return {
-        "lora_sft": {**base, "align": sft, "lora": lora},
-        "lora_dpo": {**base, "align": dpo, "lora": lora},
-        "full_dpo": {**base, "train": full_train, "align": dpo},
+        "lora_sft": ({**base, "align": sft, "lora": lora}, sft_micro),
+        "lora_dpo": ({**base, "align": dpo, "lora": lora}, 1),
+        "full_dpo": ({**base, "train": full_train, "align": dpo}, 1),
     }
 
 
@@ -99,7 +140,43 @@ def _write_init(tmp: Path, model) -> None:
     parallel_state.destroy_model_parallel()
 
 
-def _measure(name: str, raw: dict, out_dir: Path, args, cuda: bool) -> dict:
+def _init_on_gpu(on: bool) -> None:
+    """Benchmark only: the trainer draws the (random) weights on the GPU instead of whole on
+    the CPU (mugv-dit's TP-invariant default, minutes at 10B); the step is the same.
+    ``on=False`` restores mugv-dit's build."""
+    import mugv_dit.trainer
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    build = getattr(mugv_dit.trainer.build_model, "cpu_built", mugv_dit.trainer.build_model)
+
+    def gpu_build(*args, **kw):
+        model_parallel_cuda_manual_seed(0)  # Megatron's GPU init draws from this tracker
+        return build(*args, cpu_init=False, **kw)
+
+    gpu_build.cpu_built = build
+    mugv_dit.trainer.build_model = gpu_build if on else build
+
+
+def memory_estimate(cfg, params: int, trainable: int, tokens: int, text: int, rows: int) -> dict:
+    """Peak GPU memory on paper (GB) of a LoRA step with full recompute and ``rows`` samples
+    per micro-batch: bf16 weights; fp32 adapters, their grads and Adam moments (16 B each);
+    the block inputs full recompute stores (layers x tokens x hidden x 2 B); one block's
+    recompute transient (BLOCK_TRANSIENT_WIDTHS x tokens x hidden x 2 B)."""
+    n = rows * (tokens + text)
+    gb = 1e-9
+    parts = {
+        "weights_bf16": params * 2 * gb,
+        "adapters_grads_adam_fp32": trainable * 16 * gb,
+        "stored_block_inputs": cfg.num_layers * n * cfg.hidden_size * 2 * gb,
+        "one_block_transient": BLOCK_TRANSIENT_WIDTHS * n * cfg.hidden_size * 2 * gb,
+    }
+    parts = {k: round(v, 1) for k, v in parts.items()}
+    return {**parts, "total": round(sum(parts.values()), 1), "samples_per_micro_batch": rows}
+
+
+def _measure(
+    name: str, raw: dict, micro: int, chunking: str, out_dir: Path, args, cuda: bool
+) -> dict:
     """One run: build the AlignTrainer, train, time and measure it."""
     from megatron.core import parallel_state
     from mugv_align.config import resolve_align_config
@@ -113,7 +190,24 @@ def _measure(name: str, raw: dict, out_dir: Path, args, cuda: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     cfg = resolve_align_config({**raw, "output_dir": str(out_dir)})
-    trainer = AlignTrainer(cfg, micro_batches_per_step=1)
+    t0 = time.perf_counter()
+    if cuda and args.gpu_init:
+        try:
+            _init_on_gpu(True)
+            trainer = AlignTrainer(cfg, micro_batches_per_step=micro)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # fall back to mugv-dit's CPU init, in a fresh folder
+            print(f"{name}: GPU init failed ({e!r:.300}); CPU init", flush=True)
+            _init_on_gpu(False)
+            parallel_state.destroy_model_parallel()
+            gc.collect()
+            torch.cuda.empty_cache()
+            cfg = resolve_align_config({**raw, "output_dir": f"{out_dir}_cpu_init"})
+            trainer = AlignTrainer(cfg, micro_batches_per_step=micro)
+    else:
+        trainer = AlignTrainer(cfg, micro_batches_per_step=micro)
+    build_s = time.perf_counter() - t0
     try:
         model = trainer.model.module
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -125,8 +219,16 @@ def _measure(name: str, raw: dict, out_dir: Path, args, cuda: bool) -> dict:
         del trainer
         parallel_state.destroy_model_parallel()
     times = [log["time_s"] for log in logs[args.warmup :]] or [logs[-1]["time_s"]]
+    rows = 1 if chunking == "per_sample" else 2
     return {
         "step_ms": 1000 * statistics.median(times),
+        "step_times_s": [round(log["time_s"], 3) for log in logs],
+        "build_s": round(build_s, 1),
+        "pair_chunking": chunking,
+        "micro_batches": micro,
+        "memory_estimate_gb": memory_estimate(
+            cfg.model, total, trainable, args.tokens, args.text_len, rows
+        ),
         "peak_gib": (torch.cuda.max_memory_allocated() - baseline) / 2**30 if cuda else 0.0,
         "baseline_gib": baseline / 2**30,
         "recompute": raw["runtime"]["recompute"],
@@ -176,17 +278,27 @@ def _report(args, case: str, model, shape, tokens: int, results: dict, cuda: boo
         f"{args.text_len} text tokens per sample, two samples per step (one DPO pair); "
         f"LoRA rank {args.rank} on attention + FFN",
         "",
-        "| run | recompute | trainable params | step (ms) | x first run | peak (GiB) |",
-        "|---|---|---|---|---|---|",
+        "| run | recompute | pair chunking | trainable params | step (ms) | x first run "
+        "| peak (GiB) | estimate (GB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if "step_ms" not in r:
-            lines.append(f"| {name} | {r.get('tried')} | - | {r['error']} | - | - |")
+            lines.append(f"| {name} | {r.get('tried')} | - | - | {r['error']} | - | - | - |")
             continue
         lines.append(
-            f"| {name} | {r['recompute']} | {r['trainable_params']:,} | {r['step_ms']:.1f} | "
-            f"{r['time_ratio']:.3f} | {r['peak_gib']:.2f} |"
+            f"| {name} | {r['recompute']} | {r['pair_chunking']} | {r['trainable_params']:,} "
+            f"| {r['step_ms']:.1f} | {r['time_ratio']:.3f} | {r['peak_gib']:.2f} "
+            f"| {r['memory_estimate_gb']['total']} |"
         )
+    if case == "10b":
+        lines += [
+            "",
+            "Estimate on paper (GB): weights + adapters/grads/Adam + stored block inputs + one "
+            "block's recompute transient; per run in the JSON (`memory_estimate_gb`). The "
+            "runs go in the order above: the first includes one-time start-up costs (kernel "
+            "selection / compilation), so a DPO-first ratio is an upper bound.",
+        ]
     if "goals_met" in doc:
         lines += ["", f"Goals (DPO <= 1.6x SFT, DPO peak < 80 GB): {doc['goals_met']}"]
     (out / f"lora_step_{case}.md").write_text("\n".join(lines) + "\n")
@@ -208,11 +320,30 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--runs", nargs="+", default=None, help="subset of the case's runs")
     ap.add_argument(
+        "--chunking",
+        default=None,
+        help="comma list of pair chunkings (joint, per_sample) tried in order after the "
+        "recompute settings (default: the case's, see above)",
+    )
+    ap.add_argument(
+        "--no-warm-up-run",
+        dest="warm_up_run",
+        action="store_false",
+        help="skip the untimed small run (2 layers, ~2k tokens) of every run before the "
+        "timed ones",
+    )
+    ap.add_argument(
+        "--cpu-init",
+        dest="gpu_init",
+        action="store_false",
+        help="draw the random weights on the CPU (mugv-dit's default; minutes at 10B)",
+    )
+    ap.add_argument(
         "--no-fused-ops", dest="fused_ops", action="store_false", help="torch ops, not mugv_kernels"
     )
     args = ap.parse_args(argv)
-    preset, overrides, shape, args.text_len, recompute, runs = CASES[args.case]
-    defaults = {"10b": (2, 1), "2b8": (10, 4), "tiny": (3, 1)}[args.case]
+    preset, overrides, shape, args.text_len, recompute, chunking, runs = CASES[args.case]
+    defaults = {"10b": (1, 0), "2b8": (10, 4), "tiny": (3, 1)}[args.case]
     args.steps = args.steps or defaults[0]
     args.warmup = defaults[1] if args.warmup is None else args.warmup
     runs = args.runs or runs
@@ -228,33 +359,62 @@ def main(argv=None) -> int:
     from mugv_formats import PreferencePair, write_preference_data
 
     quiet_megatron_warnings()
+    settings = [
+        (c, r)
+        for c in (args.chunking or chunking).split(",")
+        for r in (args.recompute or recompute).split(",")
+    ]
+
+    def prepare(tmp: Path, model, shape) -> Path:
+        lat = _dataset(tmp, model.text_dim, shape, args.text_len)
+        write_preference_data(
+            tmp / "prefs",
+            [PreferencePair(chosen="win", rejected="lose")],
+            latent_dataset=lat,
+            producer="bench",
+        )
+        if "full_dpo" in runs:
+            _write_init(tmp, model)
+        return lat
+
+    if args.warm_up_run:
+        # the same width at 2 layers and ~2k tokens, one step of every run, not reported:
+        # Triton / attention kernels are compiled and selected before the timed runs
+        t0 = time.perf_counter()
+        small = model_preset(preset, **{"in_channels": shape[0], **overrides, "num_layers": 2})
+        wshape = (shape[0], 2, 32, 64)
+        wtmp = Path(tempfile.mkdtemp(prefix="mugv-lora-warm-"))
+        wlat = prepare(wtmp, small, wshape)
+        wargs = argparse.Namespace(**{**vars(args), "steps": 1, "warmup": 0, "tokens": 1024})
+        chunk, setting = settings[0]
+        for name in runs:
+            raw, micro = _configs(wtmp, small, wlat, 1024, wargs, setting, chunk)[name]
+            _measure(name, raw, micro, chunk, wtmp / name, wargs, cuda)
+        print(f"warm-up runs: {time.perf_counter() - t0:.1f} s", flush=True)
     model = model_preset(preset, **{"in_channels": shape[0], **overrides})
     tmp = Path(tempfile.mkdtemp(prefix="mugv-lora-bench-"))
-    lat = _dataset(tmp, model.text_dim, shape, args.text_len)
-    write_preference_data(
-        tmp / "prefs",
-        [PreferencePair(chosen="win", rejected="lose")],
-        latent_dataset=lat,
-        producer="bench",
-    )
-    if "full_dpo" in runs:
-        _write_init(tmp, model)
+    lat = prepare(tmp, model, shape)
     tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
-    settings = (args.recompute or recompute).split(",")
+    args.tokens = tokens
     results = {}
+    doc = {}
     for name in runs:
-        for i, setting in enumerate(settings):
-            raw = _configs(tmp, model, lat, tokens, args, setting)[name]
+        for i, (chunk, setting) in enumerate(settings):
+            raw, micro = _configs(tmp, model, lat, tokens, args, setting, chunk)[name]
             try:
-                results[name] = _measure(name, raw, tmp / f"{name}_{i}", args, cuda)
+                results[name] = _measure(name, raw, micro, chunk, tmp / f"{name}_{i}", args, cuda)
                 break
             except torch.cuda.OutOfMemoryError as e:
                 gc.collect()
                 torch.cuda.empty_cache()
-                results[name] = {"tried": setting, "error": f"out of memory ({str(e)[:80]})"}
-                print(f"{name}: out of memory with recompute={setting}", flush=True)
+                results[name] = {
+                    "tried": f"{setting}, {chunk}",
+                    "error": f"out of memory ({str(e)[:80]})",
+                }
+                print(f"{name}: out of memory with recompute={setting}, {chunk}", flush=True)
         print(name, results[name], flush=True)
-    doc = _report(args, args.case, model, shape, tokens, results, cuda)
+        # after every run: a time limit still leaves the runs done so far on disk
+        doc = _report(args, args.case, model, shape, tokens, results, cuda)
     if "goals_met" in doc:
         print(yaml.safe_dump({"goals_met": doc["goals_met"]}))
     return 0
