@@ -3,7 +3,8 @@
 # 1. mugv-kernels GPU test: fused vs unfused bf16 vs float64 at 12.9k tokens, K 1728 and 3456;
 # 2. benchmarks/ln_qkv.py: fused vs Triton modLN + cuBLAS vs cuBLAS alone (table + JSON);
 # 3. mugv-dit GPU test: the model with runtime.fused_ln_linear vs without (fp32 and bf16),
-#    only when megatron-core imports or .whl is carried.
+# 4. mugv-dit benchmarks/fused_ln_linear_step.py: 1728 x 8 layers @ 12.9k fwd+bwd, off vs auto;
+#    3-4 only when megatron-core imports or .whl is carried.
 # Run from the repository root on the GPU machine; results go to $OUT.
 set -u -o pipefail
 OUT=${OUT:-/tmp/ln-linear-out}
@@ -35,6 +36,10 @@ if python3 -c "import megatron.core" 2>/dev/null; then
     -k "fused_ln_linear" -o addopts="" -m gpu -q --tb=short -rfE -p no:cacheprovider 2>&1 \
     | tee "$OUT/dit_gpu_test.log" | grep -v -i "warn" | tail -n 20
   echo "== model test took $(( $(date +%s) - t2 )) s"
+  t3=$(date +%s)
+  timeout "${STEP_TIMEOUT_S:-120}" python3 packages/mugv-dit/benchmarks/fused_ln_linear_step.py \
+    --out "$OUT" 2>&1 | grep -v -i "warn" | tee "$OUT/fused_ln_linear_step.log" | tail -n 12
+  echo "== model step benchmark took $(( $(date +%s) - t3 )) s"
 else
   echo "== megatron-core not importable (carry .whl): model test skipped"
 fi
