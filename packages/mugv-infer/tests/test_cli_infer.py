@@ -112,6 +112,44 @@ def test_enhance_command_with_lora(parts, tmp_path):
     assert yaml.safe_load((tmp_path / "enh.resolved.yaml").read_text())["strength"] == 0.3
 
 
+def test_generate_with_several_weighted_loras(parts, tmp_path, capsys):
+    """``--lora PATH[:WEIGHT]`` (repeatable) fuses each adapter with its weight: two copies at
+    0.5 generate what one at 1 does, which differs from no adapter; a folder without an
+    adapter is a one-line error naming it; the resolved settings list the adapters."""
+    import torch
+    from mugv_formats import LatentDataset
+    from mugv_infer.config import parse_lora
+    from mugv_infer.enhancer import add_lora, save_lora
+    from mugv_infer_fixtures import tiny_transformer
+
+    donor = add_lora(tiny_transformer(), rank=4, alpha=8.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in donor.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    save_lora(donor, tmp_path / "ad")
+    ad = str(tmp_path / "ad")
+
+    def latents(name, *lora):
+        out = tmp_path / name
+        assert main(_base(parts, out, "--output-type", "latent", *lora)) == 0
+        return torch.from_numpy(np.stack([s.latents for s in LatentDataset(out)]))
+
+    plain = latents("plain")
+    one = latents("one", "--lora", ad)
+    halves = latents("halves", "--lora", f"{ad}:0.5", "--lora", f"{ad}:0.5")
+    assert (one - plain).abs().max() > 1e-3
+    torch.testing.assert_close(halves, one, rtol=1e-4, atol=1e-5)
+    resolved = yaml.safe_load((tmp_path / "halves" / "resolved_config.yaml").read_text())
+    assert resolved["lora"] == [{"path": ad, "weight": 0.5}, {"path": ad, "weight": 0.5}]
+    assert parse_lora("a:b/c") == {"path": "a:b/c", "weight": 1.0}
+    assert parse_lora("x/y:-2") == {"path": "x/y", "weight": -2.0}
+    capsys.readouterr()
+    err = _error(capsys, _base(parts, tmp_path / "e.mp4", "--lora", f"{tmp_path}:2"))
+    assert f"LoRA folder {tmp_path} has no adapter_config.json" in err
+
+
 @pytest.fixture(scope="module")
 def bad_vae(tmp_path_factory):
     from mugv_vae.config import tiny_config

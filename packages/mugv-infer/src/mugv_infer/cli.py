@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rewrite-prompt", action="store_true", default=None,
                      help="expand each prompt into the release's caption style first")  # fmt: skip
     gen.add_argument("--rewriter", type=Path, help="local instruction-tuned LLM folder")
+    gen.add_argument("--lora", action="append", metavar="PATH[:WEIGHT]",
+                     help="peft LoRA folder of the DiT, fused with WEIGHT (default 1); repeatable")  # fmt: skip
     gen.add_argument("--enhance", type=Path, metavar="PATH",
                      help="then refine with the release's Wan-based enhancer (its files' folder)")  # fmt: skip
     gen.add_argument("--enhance-wan", type=Path, metavar="PATH",
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     enh = sub.add_parser("enhance", help="one-step SDEdit refinement of a video")
     common(enh)
     enh.add_argument("--video", type=Path, required=False)
-    enh.add_argument("--lora", type=Path, help="peft LoRA folder of the enhancer")
+    enh.add_argument("--lora", action="append", metavar="PATH[:WEIGHT]",
+                     help="peft LoRA folder of the enhancer, with WEIGHT (default 1); repeatable")  # fmt: skip
     enh.add_argument("--strength", type=float)
 
     conv = sub.add_parser("convert", help="DiT + VAE + T5 -> one diffusers folder with a model card")

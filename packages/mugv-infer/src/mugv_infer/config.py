@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from mugv_formats.config_loading import load_config
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
 from mugv_infer.release import PRESET_OUTPUT_FPS, PRESETS, InferenceChoices
@@ -22,6 +22,46 @@ _STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=Fal
 MAX_VIDEOS_PER_PROMPT = 64
 SEED_MAX = 2**64 - 1
 """Seeds are what ``torch.Generator.manual_seed`` takes without aliasing: 0 .. 2**64 - 1."""
+
+
+class LoraAdapter(BaseModel):
+    """One LoRA adapter applied to the DiT: a peft folder and the weight of its update."""
+
+    model_config = _STRICT
+
+    path: Path = Field(description="peft adapter folder (adapter_config.json + weights).")
+    weight: float = Field(1.0, ge=-100, le=100, description="Scale of the adapter's update.")
+
+
+def parse_lora(spec) -> dict | LoraAdapter:
+    """``PATH[:WEIGHT]`` (the ``--lora`` flag; a trailing ``:number`` is the weight, else
+    the whole string is the path) -> ``{path, weight}``; dicts / adapters pass through."""
+    if isinstance(spec, dict | LoraAdapter):
+        return spec
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return {"path": head, "weight": float(tail)}
+        except ValueError:
+            pass
+    return {"path": text, "weight": 1.0}
+
+
+def _lora_list(value):
+    """``lora`` given as None, one spec or a list of specs -> a list of specs."""
+    if value is None:
+        return []
+    if isinstance(value, str | Path | dict | LoraAdapter):
+        value = [value]
+    return [parse_lora(v) for v in value]
+
+
+LORA_DESCRIPTION = (
+    "LoRA adapters (peft folders) fused into the DiT before it runs, each with a weight: "
+    "the model computes W x + sum_i weight_i (alpha_i / r_i) B_i A_i x. CLI: --lora "
+    "PATH[:WEIGHT] (repeatable); YAML: a list of {path, weight} or 'PATH[:WEIGHT]' strings."
+)
 
 
 def _seed(default: int):
@@ -147,7 +187,13 @@ class GenerateConfig(BaseModel):
         default_factory=ReleaseEnhanceSettings,
         description="The release's Wan-based enhancer after generation (--enhance PATH).",
     )
+    lora: list[LoraAdapter] = Field(default_factory=list, description=LORA_DESCRIPTION)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, value):
+        return _lora_list(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -173,7 +219,9 @@ class EnhanceConfig(BaseModel):
     model: Path
     vae: Path
     text_encoder: Path | None = None
-    lora: Path | None = Field(None, description="peft LoRA adapter folder of the enhancer.")
+    lora: list[LoraAdapter] = Field(
+        default_factory=list, description="Of the enhancer. " + LORA_DESCRIPTION
+    )
     video: Path = Field(description="Video to refine.")
     prompt: list[str] = Field(default_factory=lambda: [""])
     negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
@@ -190,6 +238,11 @@ class EnhanceConfig(BaseModel):
         False, description="Replace an output mugv-infer wrote before (never anything else)."
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, value):
+        return _lora_list(value)
 
 
 def _prompt_list(kind: type[BaseModel]):

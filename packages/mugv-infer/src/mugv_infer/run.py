@@ -18,7 +18,7 @@ from mugv_vae.checkpoint import checkpoint_id
 
 from mugv_infer.cache_calibration import step_cache_threshold
 from mugv_infer.config import GenerateConfig
-from mugv_infer.enhancer import MUGVEnhancePipeline, load_lora
+from mugv_infer.enhancer import MUGVEnhancePipeline, load_loras
 from mugv_infer.graphed import apply_graphed_blocks
 from mugv_infer.latent_shards import latent_header, write_latent_shards
 from mugv_infer.low_memory import low_memory_runtime
@@ -126,7 +126,7 @@ def _claim_settings(cfg) -> dict:
 
 
 def _outputs(cfg, n_videos: int) -> OutputPlan:
-    inputs = [cfg.model, cfg.vae, cfg.text_encoder, getattr(cfg, "lora", None)]
+    inputs = [cfg.model, cfg.vae, cfg.text_encoder, *(a.path for a in cfg.lora)]
     inputs += [getattr(cfg, name, None) for name in ("image", "last_image", "video")]
     rank = int(os.environ.get("RANK", "0"))  # only rank 0 writes; the others only check
     return plan_outputs(cfg, n_videos, inputs, settings=_claim_settings(cfg), claim=rank == 0)
@@ -164,6 +164,9 @@ def check(cfg) -> Plan:
         )
     device = _device(rt.device)
     dtype = torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32
+    for adapter in cfg.lora:
+        if not (adapter.path / "adapter_config.json").is_file():
+            raise ValueError(f"LoRA folder {adapter.path} has no adapter_config.json")
     if isinstance(cfg, GenerateConfig):
         frames = num_frames(cfg.frames)
         check_frames(frames)
@@ -183,8 +186,6 @@ def check(cfg) -> Plan:
         if cfg.append:
             _check_append_parts(cfg, dit)
     else:
-        if cfg.lora is not None and not (cfg.lora / "adapter_config.json").is_file():
-            raise ValueError(f"LoRA folder {cfg.lora} has no adapter_config.json")
         plan = Plan(height, width, 0, device, dtype)
         plan.video = load_video(cfg.video, height, width)
         n_videos = 1
@@ -232,6 +233,8 @@ def _build(cfg, plan: Plan, pipeline_class):
     )  # fmt: skip
     if choices is not None:
         apply_preset(pipe, choices)
+    if cfg.lora:  # fused into the full-precision weights, before quantization / compile
+        load_loras(pipe.transformer, [(a.path, a.weight) for a in cfg.lora], fuse=True)
     pipe.transformer.set_attention_backend(rt.attention_backend)
     pipe.transformer.set_fused_ops(rt.fused_ops)
     pipe.fp8_report = apply_quantization(pipe.transformer, rt, device)  # layer by layer
@@ -409,8 +412,6 @@ def enhance(cfg, plan: Plan) -> list[Path]:
     video = plan.video
     keep = 1 + (video.shape[1] - 1) // 8 * 8
     pipe, groups = _build(cfg, plan, MUGVEnhancePipeline)
-    if cfg.lora is not None:
-        load_lora(pipe.transformer, cfg.lora, fuse=True)
     out = pipe(
         video[:, :keep],
         prompt=cfg.prompt,
