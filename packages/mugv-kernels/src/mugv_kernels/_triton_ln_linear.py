@@ -51,10 +51,10 @@ def ln_stats_kernel(
 @triton.jit
 def _normalised_tile(
     x_ptr, sx_m, rows, mask_m, mean, rstd, idx, shift_ptr, scale_ptr, s_t, k0, K,
-    BLOCK_K: tl.constexpr, OUT_DTYPE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """``(LN(x) * (1 + scale) + shift)`` of rows ``rows`` and columns ``k0 + [0, BLOCK_K)``,
-    fp32 math rounded to ``OUT_DTYPE``; ``[BLOCK_M, BLOCK_K]``, zero outside the matrix."""
+    fp32 ``[BLOCK_M, BLOCK_K]``, zero outside the matrix."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     mask = mask_m[:, None] & (offs_k < K)[None, :]
     x = tl.load(x_ptr + rows[:, None] * sx_m + offs_k[None, :], mask=mask, other=0.0)
@@ -63,7 +63,7 @@ def _normalised_tile(
     shift = tl.load(shift_ptr + mod_offs, mask=mask, other=0.0).to(tl.float32)
     x_hat = (x.to(tl.float32) - mean[:, None]) * rstd[:, None]
     out = x_hat * (1.0 + scale) + shift
-    return tl.where(mask, out, 0.0).to(OUT_DTYPE)
+    return tl.where(mask, out, 0.0)
 
 
 @triton.jit
@@ -79,8 +79,10 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """``acc + a @ b``; ``UPCAST`` feeds fp32 copies (exact products of bf16/fp16 values), for
     the CPU interpreter, whose bf16 ``tl.dot`` returns garbage (triton 3.x)."""
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc, input_precision=PRECISION)
+    return out
 
 
 @triton.jit
@@ -115,9 +117,8 @@ def ln_linear_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = _normalised_tile(
-            x_ptr, sx_m, rows, mask_m, mean, rstd, idx, shift_ptr, scale_ptr, s_t, k0, K,
-            BLOCK_K, dtype,
-        )  # fmt: skip
+            x_ptr, sx_m, rows, mask_m, mean, rstd, idx, shift_ptr, scale_ptr, s_t, k0, K, BLOCK_K,
+        ).to(dtype)  # rounded where the unfused path stores it
         offs_k = k0 + tl.arange(0, BLOCK_K)
         b_mask = (offs_k < K)[:, None] & mask_n[None, :]
         b = tl.load(w_ptr + cols[None, :] * sw_n + offs_k[:, None], mask=b_mask, other=0.0)
@@ -150,9 +151,8 @@ def ln_linear_dw_kernel(
         mask_m = rows < M
         mean, rstd, idx = _row_params(mean_ptr, rstd_ptr, idx_ptr, rows, mask_m)
         a = _normalised_tile(
-            x_ptr, sx_m, rows, mask_m, mean, rstd, idx, shift_ptr, scale_ptr, s_t, k0, K,
-            BLOCK_K, dtype,
-        )  # fmt: skip
+            x_ptr, sx_m, rows, mask_m, mean, rstd, idx, shift_ptr, scale_ptr, s_t, k0, K, BLOCK_K,
+        ).to(dtype)  # rounded where the unfused path stores it
         dy_mask = mask_m[:, None] & mask_n[None, :]
         dy = tl.load(dy_ptr + rows[:, None] * sdy_m + cols[None, :], mask=dy_mask, other=0.0)
         acc = _dot(tl.trans(dy.to(dtype)), a, acc, PRECISION, UPCAST)
