@@ -382,6 +382,13 @@ class TrainConfig(BaseModel):
         "fused kernel; a NaN/Inf grad norm leaves weights and moments untouched). Falls back "
         "to Megatron's step where it does not apply (mugv_dit.optim.sync_free_step.why_not).",
     )
+    cuda_graph: bool = Field(
+        False,
+        description="Replay forward + backward + grad reduction as CUDA graphs, one per step "
+        "layout (mugv_dit.optim.graphed_forward_backward); the optimizer stays eager. CUDA, "
+        "data parallel only; steps with a dropped caption run eagerly; a failed capture falls "
+        "back to eager with a warning. Off by default until verified on a GPU.",
+    )
     ema_decay: float | None = Field(
         0.9999, ge=0, lt=1, description="EMA of the weights; None disables."
     )

@@ -63,7 +63,9 @@ from mugv_dit.interop.export import architecture_differences, load_export, load_
 from mugv_dit.lora.adapters import apply_lora, lora_dtype
 from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
+from mugv_dit.optim import graphed_forward_backward
 from mugv_dit.optim.fused_adam import keep_adam_kernel
+from mugv_dit.optim.graphed_step import on_capture_stream
 from mugv_dit.optim.master import (
     PendingShards,
     compute_dtype,
@@ -231,9 +233,31 @@ class Trainer:
             use_distributed_optimizer=par.distributed_optimizer,
             check_for_nan_in_grad=False,
         )
-        self.model = DistributedDataParallel(self.tcfg, ddp_cfg, model)
+        self.graphs = None
+        blocker = "train.cuda_graph is off"
+        if self.cfg.train.cuda_graph:
+            sizes = {
+                "pipeline_parallel": self.pp_size,
+                "tensor_parallel": par.tensor_parallel,
+                "context_parallel": par.context_parallel,
+            }
+            blocker = graphed_forward_backward.why_not(self.cfg, self.device, sizes)
+            if blocker is not None and self.rank == 0:
+                print(f"train.cuda_graph: eager steps ({blocker})", flush=True)
+        # graphed steps need DDP's AccumulateGrad nodes on the capture stream (graphed_step)
+        with on_capture_stream(blocker is None):
+            self.model = DistributedDataParallel(self.tcfg, ddp_cfg, model)
         self.tcfg.no_sync_func = self.model.no_sync
         self.tcfg.finalize_model_grads_func = finalize_model_grads
+        if blocker is None:
+
+            def reset() -> None:  # what an aborted capture may leave behind
+                for p in model.parameters():
+                    p.grad = None
+
+            self.graphs = graphed_forward_backward.TrainerGraphs(
+                self.schedule_sse, self.device, reset=reset
+            )
 
     def _build_optimizer(self) -> None:
         """Megatron's (distributed) Adam, fp32 main params when bf16, and what steps it (the
@@ -520,19 +544,31 @@ class Trainer:
         return list(outputs)
 
     def _forward_backward(self, prepared: list, noisy_count: float) -> torch.Tensor:
-        """Forward and backward of this rank's micro-batches (:meth:`schedule`). Returns the
-        summed squared error on the last pipeline stage (0 elsewhere), float64."""
-        device = self.device
+        """Forward and backward of this rank's micro-batches (:meth:`schedule`; replayed as a
+        CUDA graph with ``train.cuda_graph``). Returns the summed squared error on the last
+        pipeline stage (0 elsewhere), float64."""
         # the net gradient is that of the step's loss, sum(sse) / noisy_count
         scale = micro_batch_loss_scale(noisy_count, self.dp_size, len(prepared))
+        if self.graphs is not None:
+            sse_sum = self.graphs(prepared, scale)
+            if sse_sum is not None:
+                return sse_sum
+        return self.schedule_sse([(b, inputs, None) for b, inputs in prepared], scale)
+
+    def schedule_sse(self, items: list, scale: float | torch.Tensor) -> torch.Tensor:
+        """:meth:`schedule` over ``(batch, inputs, text)`` items (``text``: the packed
+        :class:`PackedText`, or None to pack ``batch.texts``), each micro-batch's loss its
+        summed squared error times ``scale`` (a float, or a device scalar in a graph).
+        Returns the summed squared error, float64."""
+        device = self.device
 
         def step_fn(model, item):
-            batch, inputs = item
+            batch, inputs, text = item
             noisy_BT = inputs.noisy_frames_BT.to(device)
             pred = model(
                 inputs.noisy_BCTHW,
                 inputs.sigma_B.to(device),
-                PackedText.from_list(batch.texts),
+                PackedText.from_list(batch.texts) if text is None else text,
                 fps_B=batch.fps_B,
                 noisy_frames_BT=noisy_BT,
                 drop_caption_B=inputs.drop_caption_B,
@@ -544,9 +580,9 @@ class Trainer:
 
             return pred, loss_func
 
-        shapes = [tuple(b.latents_BCTHW.shape) for b, _ in prepared]
+        shapes = [tuple(inputs.noisy_BCTHW.shape) for _, inputs, _ in items]
         sse_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for out in self.schedule(step_fn, prepared, shapes):
+        for out in self.schedule(step_fn, items, shapes):
             sse_sum += out["sse"]
         return sse_sum
 
