@@ -39,6 +39,8 @@ from mugv_kernels.reference import modulated_layer_norm_ref, resolve_layout
 #: cp.async pipelining (x, the gathered modulation tiles and W each staged: 80-221 KB smem).
 FWD_CONFIGS = [(128, 256, 64, 8, 3), (128, 128, 64, 4, 4)]
 DW_CONFIGS = [(64, 128, 128, 8, 3), (32, 128, 256, 8, 3)]
+#: fp32 operands (IEEE dots on the CUDA cores: tests, fp32 models): small tiles that fit smem.
+FP32_CONFIGS = [(64, 64, 32, 4, 2)]
 #: Tiny tiles for the CPU interpreter, so small test shapes still span several tiles.
 INTERPRET_TILE = (16, 16, 16)
 #: Rows per program of the statistics pass (times ``next_pow2(K)`` columns).
@@ -60,7 +62,7 @@ def _autotuned(kernel, configs, key):
     return triton.autotune(cfgs, key=key)(kernel)
 
 
-_TUNED: dict[str, object] = {}
+_TUNED: dict[tuple[str, bool], object] = {}
 
 
 def _launch(name: str, grid_dims, args: tuple, consts: dict, tiles: tuple[int, int, int]):
@@ -74,14 +76,15 @@ def _launch(name: str, grid_dims, args: tuple, consts: dict, tiles: tuple[int, i
         grid = (grid_dims(bm, bn, bk),)
         raw[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=2)
         return
-    if name not in _TUNED:
+    wide = args[1].element_size() > 2  # the weight (fwd) / dy (dW): fp32 operands
+    if (name, wide) not in _TUNED:
         configs = FWD_CONFIGS if name == "ln_linear_fwd_kernel" else DW_CONFIGS
-        _TUNED[name] = _autotuned(raw, configs, key=["M", "N", "K"])
+        _TUNED[name, wide] = _autotuned(raw, FP32_CONFIGS if wide else configs, ["M", "N", "K"])
 
     def grid(meta):
         return (grid_dims(meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]),)
 
-    _TUNED[name][grid](*args, **consts)
+    _TUNED[name, wide][grid](*args, **consts)
 
 
 def _dot_args(dtype: torch.dtype) -> dict:
