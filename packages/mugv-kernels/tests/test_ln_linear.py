@@ -117,3 +117,56 @@ def test_fused_matches_unfused_bf16_on_gpu(hidden):
         print(f"hidden {hidden} {name}: fused {err_f:.2e} unfused {err_u:.2e} f-u {err_fu:.2e}")
         assert err_f <= max(1.5 * err_u, 4e-3), f"{name}: fused {err_f:.2e} vs {err_u:.2e}"
         assert err_fu <= 1.2e-2, f"{name}: fused vs unfused {err_fu:.2e}"
+
+
+def _compile_ln_linear(which: str, tile: tuple[int, int, int, int, int], dtype: str) -> None:
+    """Lower one kernel to sm_90 machine code at the 10b shape (50.4k tokens, 3456 -> 10368)."""
+    from mugv_kernels import _triton_ln_linear as kern
+
+    from .test_compile_sm90 import _compile
+
+    m, k, n = 50400, 3456, 3 * 3456
+    bm, bn, bk, warps, stages = tile
+    tables = {"mean_ptr": "fp32", "rstd_ptr": "fp32", "idx_ptr": "i32", "shift_ptr": dtype,
+              "scale_ptr": dtype}  # fmt: skip
+    common = {"M": m, "N": n, "K": k, "s_t": k, "PRECISION": "ieee" if dtype == "fp32" else "tf32",
+              "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP": 8}  # fmt: skip
+    if which == "fwd":
+        args = {"x_ptr": dtype, "w_ptr": dtype, "bias_ptr": dtype, "out_ptr": dtype, **tables,
+                **common, "sx_m": k, "sw_n": k, "so_m": n, "HAS_BIAS": True}  # fmt: skip
+        _compile(kern.ln_linear_fwd_kernel, args, warps, stages)
+    else:
+        args = {"x_ptr": dtype, "dy_ptr": dtype, "dw_ptr": dtype, **tables, **common,
+                "sx_m": k, "sdy_m": n, "sdw_n": k}  # fmt: skip
+        _compile(kern.ln_linear_dw_kernel, args, warps, stages)
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter misses compile-time errors: the statistics pass and one bf16 tiling of
+    the forward and dW GEMMs lowered for Hopper with triton's own ptxas (no GPU needed)."""
+    from mugv_kernels import _triton_ln_linear as kern
+    from mugv_kernels.ln_linear import DW_CONFIGS, FWD_CONFIGS
+
+    from .test_compile_sm90 import _compile
+
+    _compile(
+        kern.ln_stats_kernel,
+        {"x_ptr": "bf16", "y_ptr": "bf16", "h_ptr": "bf16", "mean_ptr": "fp32",
+         "rstd_ptr": "fp32", "M": 50400, "K": 3456, "eps": 1e-6, "sx_m": 3456, "sy_m": 3456,
+         "sh_m": 3456, "HAS_Y": True, "BLOCK_R": 2, "BLOCK_K": 4096},
+        16,
+    )  # fmt: skip
+    _compile_ln_linear("fwd", FWD_CONFIGS[-1], "bf16")
+    _compile_ln_linear("dw", DW_CONFIGS[0], "bf16")
+
+
+@pytest.mark.slow
+def test_every_tiling_compiles_for_sm90():
+    from mugv_kernels.ln_linear import DW_CONFIGS, FP32_CONFIGS, FWD_CONFIGS
+
+    for tile in FWD_CONFIGS:
+        _compile_ln_linear("fwd", tile, "bf16")
+    for tile in DW_CONFIGS:
+        _compile_ln_linear("dw", tile, "bf16")
+    for which in ("fwd", "dw"):
+        _compile_ln_linear(which, FP32_CONFIGS[0], "fp32")
