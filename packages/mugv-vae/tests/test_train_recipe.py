@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from mugv_vae.config import tiny_config
 from mugv_vae.train.config import load_train_config
 from mugv_vae.train.trainer import Trainer
@@ -49,3 +50,50 @@ def test_architecture_fields_over_the_preset(tmp_path, clip_dir):
     with pytest.raises(ValueError, match="filterz"):
         _trainer(tmp_path / "c", clip_dir, "model.architecture={temporal: {filterz: 6}}")
 
+
+
+def test_cached_decoding_gives_the_same_batches_and_decodes_each_clip_once(
+    tmp_path, clip_dataset, monkeypatch
+):
+    from mugv_vae.train import data as D
+
+    calls = []
+    decode = D.decode_video
+
+    def counting(data, max_frames=None, where="video"):
+        calls.append(where)
+        return decode(data, max_frames=max_frames, where=where)
+
+    monkeypatch.setattr(D, "decode_video", counting)
+    common = ("data.resolution=32x32", "data.frames=9", "data.batch_size=2", "steps=4")
+    plain = _trainer(tmp_path / "a", clip_dataset, *common).batches
+    cached = _trainer(tmp_path / "b", clip_dataset, *common, "data.cache_decoded=true").batches
+    calls.clear()
+    want = [plain[s] for s in range(4)]
+    assert len(calls) == 8  # one decode per sample without the cache
+    calls.clear()
+    got = [cached[s] for s in range(4)]
+    assert len(calls) == len(set(calls)) <= 3  # each clip once
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a["video"], b["video"]) and a["window"] == b["window"]
+
+
+def test_max_offset_zero_takes_every_video_sample_from_the_first_frame(tmp_path, clip_dataset):
+    from mugv_vae.train.data import ClipSource
+    from mugv_vae.video import to_model_input
+
+    t = _trainer(tmp_path, clip_dataset, "data.resolution=32x32", "data.frames=9",
+                 "data.batch_size=1", "data.image_ratio=0", "data.max_offset=0", "steps=4")  # fmt: skip
+    firsts = {}
+    src = ClipSource(clip_dataset)
+    for i in range(len(src)):  # independent: the clip's first 9 frames, resized
+        firsts[i] = to_model_input(src.frames(i, 9), (32, 32))
+    for s in range(4):
+        video = t.batches[s]["video"][0]
+        assert any(torch.equal(video, f) for f in firsts.values()), s
+    # the default starts at random frames: some sample is not a clip's beginning
+    d = _trainer(tmp_path / "d", clip_dataset, "data.resolution=32x32", "data.frames=9",
+                 "data.batch_size=1", "data.image_ratio=0", "steps=8")  # fmt: skip
+    assert not all(
+        any(torch.equal(d.batches[s]["video"][0], f) for f in firsts.values()) for s in range(8)
+    )

@@ -139,3 +139,27 @@ def test_stage_process_dies_with_a_killed_pipeline(tmp_path):
     while _alive(child) and time.time() < deadline:
         time.sleep(0.1)
     assert not _alive(child), "the stage process outlived the killed pipeline"
+
+
+def test_cpu_seconds_count_the_stage_commands_and_their_children(tmp_path):
+    # a step's command starts a child that burns CPU and writes its own CPU time: the step's
+    # cpu_seconds (this process's waited-for descendants) hold at least that much
+    burn = textwrap.dedent(f"""
+        import subprocess, sys
+        child = '''
+        import time
+        while time.process_time() < 0.3:
+            pass
+        open({str(tmp_path / "child_cpu")!r}, "w").write(str(time.process_time()))
+        '''
+        subprocess.run([sys.executable, "-c", child], check=True)
+        open({str(tmp_path / "out")!r}, "w").write("done")
+    """)
+    stage = Stage("s", "S", {}, [tmp_path / "out"], [Step("burn", [sys.executable, "-c", burn])])
+    (summary,) = Runner(RunLayout(tmp_path / "run")).run([stage])
+    child = float((tmp_path / "child_cpu").read_text())
+    assert child >= 0.3
+    assert summary["steps"][0]["cpu_seconds"] >= child
+    assert summary["cpu_seconds"] >= summary["steps"][0]["cpu_seconds"]
+    marker = json.loads((tmp_path / "run/.mugv/done/s.json").read_text())
+    assert marker["cpu_seconds"] == summary["cpu_seconds"]

@@ -14,6 +14,7 @@ that stage and every later one. User errors print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,13 +98,13 @@ def run_pipeline(cfg, force: str | None = None) -> int:
 
 
 def _run_locked(cfg, run: RunLayout, stages: list, force: str | None) -> int:
-    from mugv.runner import Display, Runner, StageFailed, write_json_atomic
+    from mugv.runner import Display, Runner, StageFailed, cpu_seconds, write_json_atomic
 
     atomic_write_text(
         run.resolved_config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
     display = Display(len(stages))
-    t0 = time.perf_counter()
+    t0, c0, load0 = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
     try:
         summary = Runner(run, threads=cfg.threads, display=display).run(stages, force=force)
     except StageFailed as e:
@@ -116,11 +117,19 @@ def _run_locked(cfg, run: RunLayout, stages: list, force: str | None) -> int:
         return 130
     finally:
         display.close()
-    wall = time.perf_counter() - t0
-    write_json_atomic(run.timings, {"wall_seconds": round(wall, 2), "stages": summary})
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    # CPU-s and the 1-minute load average at the start and end: on a shared machine the wall
+    # time alone does not tell the idle one
+    timings = {
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "stages": summary,
+    }
+    write_json_atomic(run.timings, timings)
     ran = [s for s in summary if not s["reused"]]
     print(
-        f"\nmugv: pipeline finished in {wall:.1f} s ({len(ran)} stage(s) ran, "
+        f"\nmugv: pipeline finished in {wall:.1f} s, {cpu:.1f} CPU-s ({len(ran)} stage(s) ran, "
         f"{len(summary) - len(ran)} reused)"
     )
     print(f"report: {run.report}")

@@ -175,23 +175,28 @@ def _series(rows: list[dict], keys: tuple[str, ...]) -> dict[str, list[tuple[flo
 
 
 def _overview(run: RunLayout, stage_names: list[str]) -> str:
-    rows, total = [], 0.0
+    rows, total, cpu_total = [], 0.0, 0.0
     for name in stage_names:
         m = read_marker(run.marker(name))
         if m is None:
-            rows.append(f"<tr><td>{_esc(name)}</td><td colspan=3>not finished</td></tr>")
+            rows.append(f"<tr><td>{_esc(name)}</td><td colspan=4>not finished</td></tr>")
             continue
         total += m["seconds"]
+        cpu = m.get("cpu_seconds")  # markers of older runs have none
+        cpu_total += cpu or 0.0
         steps = "; ".join(f"{_esc(s['title'])} {s['seconds']:.1f} s" for s in m.get("steps", []))
         rows.append(
-            f"<tr><td>{_esc(name)}</td><td>{m['seconds']:.1f} s</td><td>{_esc(m['finished'])}"
+            f"<tr><td>{_esc(name)}</td><td>{m['seconds']:.1f} s</td>"
+            f"<td>{'' if cpu is None else f'{cpu:.1f} s'}</td><td>{_esc(m['finished'])}"
             f"</td><td>{steps}</td></tr>"
         )
     return (
         f'<p class="note" id="plain">{_esc(PLAIN)}</p>'
-        "<table><tr><th>stage</th><th>time</th><th>finished (UTC)</th><th>steps</th></tr>"
+        "<table><tr><th>stage</th><th>time</th><th>CPU time</th><th>finished (UTC)</th>"
+        "<th>steps</th></tr>"
         + "".join(rows)
-        + f"<tr><th>total</th><th>{total:.1f} s</th><th colspan=2></th></tr></table>"
+        + f"<tr><th>total</th><th>{total:.1f} s</th><th>{cpu_total:.1f} s</th>"
+        "<th colspan=2></th></tr></table>"
         "<p>Logs of every stage: <code>logs/STAGE.log</code>; each stage's resolved config is in "
         "its output folder; the pipeline's in <code>resolved_config.yaml</code>.</p>"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -294,12 +295,12 @@ class Runner:
         self._say(f"[{stage.name}] {stage.title} ({why})")
         if self.display is not None:
             self.display.start_stage(stage.name, len(stage.steps))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         steps = []
         for step in stage.steps:
             if self.display is not None:
                 self.display.step(step.title)
-            s0 = time.perf_counter()
+            s0, sc0 = time.perf_counter(), cpu_seconds()
             if step.cmd is not None:
                 self._run_cmd(stage, step, log)
             else:
@@ -308,18 +309,19 @@ class Runner:
                     step.fn()
                 except (OSError, RuntimeError, ValueError) as e:
                     raise StageFailed(f"stage {stage.name}: step '{step.title}' failed: {e}") from e
-            dt = time.perf_counter() - s0
-            steps.append({"title": step.title, "seconds": round(dt, 2)})
-            self._say(f"    {step.title}: {dt:.1f} s")
+            dt, dc = time.perf_counter() - s0, cpu_seconds() - sc0
+            steps.append({"title": step.title, "seconds": round(dt, 2), "cpu_seconds": round(dc, 2)})
+            self._say(f"    {step.title}: {dt:.1f} s ({dc:.1f} CPU-s)")
             if self.display is not None:
                 self.display.step_done()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         write_json_atomic(
             marker,
             {
                 "key": key,
                 "stage": stage.name,
                 "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
                 "steps": steps,
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "mugv": __version__,
@@ -329,8 +331,24 @@ class Runner:
         )
         if self.display is not None:
             self.display.end_stage()
-        self._say(f"[{stage.name}] done in {seconds:.1f} s")
-        return {"stage": stage.name, "reused": False, "seconds": round(seconds, 2), "steps": steps}
+        self._say(f"[{stage.name}] done in {seconds:.1f} s ({cpu:.1f} CPU-s)")
+        return {
+            "stage": stage.name,
+            "reused": False,
+            "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu, 2),
+            "steps": steps,
+        }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of every child it waited for (so of each
+    finished stage command, its own children included)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
 
 
 def read_marker(path: Path) -> dict | None:

@@ -44,6 +44,17 @@ class DataConfig(_Cfg):
     decoder_windows: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 4, 8], description="Decoder windows R sampled per step."
     )
+    max_offset: int = Field(
+        16,
+        ge=0,
+        description="A video sample starts at a random frame in [0, max_offset] of its clip; "
+        "0: always at the first frame (the frames a reconstruction from the start is judged on).",
+    )
+    cache_decoded: bool = Field(
+        False,
+        description="Decode each clip once and keep its frames in memory (small clip sets, "
+        "e.g. the demo's: decoding is then not repeated every step).",
+    )
     eval_clips: str | None = Field(None, description="Held-out clips for periodic PSNR.")
 
 

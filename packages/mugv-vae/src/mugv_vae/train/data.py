@@ -32,10 +32,14 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 class ClipSource:
     """Random access to encoded clips: a clip-shard dataset or a folder of videos."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cache_decoded: bool = False) -> None:
         path = Path(path)
         self.path = path
         self._blobs: list[bytes] | None = None
+        # (index, max_frames) -> decoded frames, when cache_decoded (small clip sets)
+        self._decoded: dict[tuple[int, int | None], np.ndarray] | None = (
+            {} if cache_decoded else None
+        )
         if (path / "dataset.json").is_file():
             ds = mf.ClipDataset(path)
             self.keys, self._blobs = [], []
@@ -56,7 +60,18 @@ class ClipSource:
         return len(self.keys)
 
     def frames(self, index: int, max_frames: int | None = None) -> np.ndarray:
-        """The first ``max_frames`` frames of clip ``index`` as uint8 ``[T, H, W, 3]``."""
+        """The first ``max_frames`` frames of clip ``index`` as uint8 ``[T, H, W, 3]`` (a
+        read-only array shared by later calls when the source caches decoded clips)."""
+        if self._decoded is None:
+            return self._decode(index, max_frames)
+        key = (index, max_frames)
+        if key not in self._decoded:
+            frames = self._decode(index, max_frames)
+            frames.flags.writeable = False
+            self._decoded[key] = frames
+        return self._decoded[key]
+
+    def _decode(self, index: int, max_frames: int | None) -> np.ndarray:
         where = f"{self.path}:{self.keys[index]}"
         if self._blobs is not None:
             return decode_video(self._blobs[index], max_frames=max_frames, where=where)
@@ -122,7 +137,7 @@ class StepBatches(Dataset):
                 if n < self.frames:  # short clip: repeat the last frame
                     pad = np.repeat(part[-1:], self.frames - n, axis=0)
                     part = np.concatenate([part, pad])
-            clips.append(to_model_input(np.ascontiguousarray(part), self.size))
+            clips.append(to_model_input(np.array(part), self.size))  # writable, contiguous
         latents = 1 if is_image else 1 + (self.frames - 1) // 8
         allowed = [w for w in self.windows if w <= latents] or [1]
         window = int(allowed[int(rng.integers(len(allowed)))])

@@ -117,7 +117,7 @@ class Trainer:
             )
         # 5. data
         self.batches = StepBatches(
-            ClipSource(cfg.data.clips),
+            ClipSource(cfg.data.clips, cache_decoded=cfg.data.cache_decoded),
             cfg.data.resolution,
             cfg.data.frames,
             cfg.data.batch_size,
@@ -126,6 +126,7 @@ class Trainer:
             cfg.seed,
             self.rank,
             cfg.steps,
+            max_offset=cfg.data.max_offset,
         )
         self.eval_source = ClipSource(cfg.data.eval_clips) if cfg.data.eval_clips else None
         self.writer = None
