@@ -112,3 +112,92 @@ def test_fa4_paths_under_torch_compile_equal_eager(fake_fa4):
         compiled = model(x, s, text, mask, attention_kwargs={"backend": "auto"}).sample
     assert len(fake_fa4) == 2 * n_eager  # the FA4 calls still run
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+# ------------------------------------------------- self-attention zero-padded to a wider head
+def test_padded_head_dim_rules():
+    from mugv_infer.models.transformer import padded_head_dim
+
+    assert padded_head_dim("auto", 72) == 80  # FA4's SM90 forward: faster at 80 than at 72
+    assert padded_head_dim("auto", 64) == 64 and padded_head_dim("auto", 24) == 24
+    assert padded_head_dim(0, 72) == 72 and padded_head_dim(96, 72) == 96
+    assert padded_head_dim(64, 72) == 72  # never narrower than the model's head
+    with pytest.raises(ValueError, match="attention_pad_head_dim"):
+        padded_head_dim(-8, 72)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_self_attention_padded_to_80_equals_unpadded_in_float64(monkeypatch, fused):
+    """q, k, v zero-padded 72 -> 80 with q scaled by sqrt(80/72) inside the QK-norm weight: the
+    attention (SDPA here, scale 1/sqrt(80) from the padded width) gives the model's own result
+    to float64 rounding; the kernel sees head dim 80."""
+    from mugv_infer.models import transformer as tr
+    from mugv_kernels.rope import dit_rope_tables
+
+    torch.manual_seed(0)
+    sa = tr.SelfAttention(hidden=144, heads=2, eps=1e-6).double()
+    with torch.no_grad():
+        sa.q_norm_weight.uniform_(0.5, 2.0)
+        sa.k_norm_weight.uniform_(0.5, 2.0)
+    x = torch.randn(2, 2 + 2 * 3 * 4, 144, dtype=torch.float64) * 3
+    cos, sin = dit_rope_tables((2, 3, 4), 72, torch.arange(4)[None].expand(2, 4))
+    cos, sin = cos.double(), sin.double()
+    seen = []
+    dense = tr.dense_attention
+
+    def recording(q, k, v, backend, **kw):
+        seen.append((q.shape[-1], k.shape[-1], v.shape[-1]))
+        return dense(q, k, v, backend, **kw)
+
+    monkeypatch.setattr(tr, "dense_attention", recording)
+    with torch.no_grad():
+        sa.pad_head_dim = 72
+        plain = sa(x, cos, sin, x.shape[1], fused=fused)
+        # this CPU runs SDPA: make the pad decision as if FA4 ran the attention
+        monkeypatch.setattr(tr, "_kernel_head_dim", lambda backend, q, width: width)
+        sa.pad_head_dim = 80
+        padded = sa(x, cos, sin, x.shape[1], fused=fused)
+    assert seen == [(72, 72, 72), (80, 80, 80)]
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+    # without the q scale the result is different (the check can fail)
+    q_w = sa.q_norm_weight.detach().clone()
+    with torch.no_grad():
+        sa.q_norm_weight.mul_((72 / 80) ** 0.5)
+        wrong = sa(x, cos, sin, x.shape[1], fused=fused)
+        sa.q_norm_weight.copy_(q_w)
+    assert (wrong - plain).abs().max() > 1e-3
+
+
+def test_model_pads_only_where_fa4_runs(fake_fa4, monkeypatch):
+    """With FA4 (stand-in) the 72-wide heads run at 80 (``auto``) and agree with the unpadded
+    run to bf16 rounding; ``0`` keeps 72; SDPA (the plain backend) is never padded."""
+    from mugv_infer.models import MUGDiTTransformer3DModel
+    from mugv_kernels import attention
+
+    widths = []
+
+    def dense(q, k, v, softmax_scale):
+        widths.append(q.shape[-1])
+        return _dense_stand_in(q, k, v, softmax_scale)
+
+    monkeypatch.setattr(attention, "fa4_functions", lambda: (dense, _varlen_stand_in([])))
+    model = MUGDiTTransformer3DModel(
+        hidden_size=144, num_layers=2, num_heads=2, in_channels=24, text_dim=32
+    )
+    model = model.initialize_weights(0).eval().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 24, 3, 4, 6, generator=g).to(torch.bfloat16)
+    text = torch.randn(2, 5, 32, generator=g).to(torch.bfloat16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    s = torch.tensor([0.9, 0.3])
+    outs = {}
+    with torch.no_grad():
+        for setting in ("auto", 0):
+            model.set_attention_pad_head_dim(setting)
+            outs[setting] = model(x, s, text, mask, attention_kwargs={"backend": "auto"}).sample
+        assert widths == [80, 80, 72, 72]
+        model.set_attention_pad_head_dim("auto")
+        model(x, s, text, mask, attention_kwargs={"backend": "sdpa"})
+    assert widths == [80, 80, 72, 72]  # SDPA: no FA4 call, no pad
+    a, b = outs["auto"].float(), outs[0].float()
+    assert ((a - b).norm() / b.norm()).item() < 1e-2

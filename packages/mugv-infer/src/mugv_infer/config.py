@@ -7,7 +7,7 @@ resolved settings are written beside every output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -85,6 +85,11 @@ class RuntimeConfig(BaseModel):
     )
     attention_backend: Literal["auto", "sdpa", "fa4"] = Field(
         "auto", description="Self-attention kernel: auto = FA4 forward on Hopper if installed."
+    )
+    attention_pad_head_dim: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = Field(
+        "auto",
+        description="Self-attention on FA4 zero-padded to this head dim (exact): auto = 72 -> 80 "
+        "(FA4's SM90 forward is ~14% faster there); 0 = never pad.",
     )
     compile: bool = Field(False, description="torch.compile each DiT block (CUDA).")
     fused_ops: bool = Field(

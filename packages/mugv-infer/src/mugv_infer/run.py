@@ -236,6 +236,7 @@ def _build(cfg, plan: Plan, pipeline_class):
     if cfg.lora:  # fused into the full-precision weights, before quantization / compile
         load_loras(pipe.transformer, [(a.path, a.weight) for a in cfg.lora], fuse=True)
     pipe.transformer.set_attention_backend(rt.attention_backend)
+    pipe.transformer.set_attention_pad_head_dim(rt.attention_pad_head_dim)
     pipe.transformer.set_fused_ops(rt.fused_ops)
     pipe.fp8_report = apply_quantization(pipe.transformer, rt, device)  # layer by layer
     if rt.cpu_offload and device.type == "cuda":
