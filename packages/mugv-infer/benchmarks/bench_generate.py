@@ -172,6 +172,18 @@ def main() -> int:
     ap.add_argument("--no-fused", action="store_true", help="ours without mugv-kernels ops")
     ap.add_argument("--fp8", action="store_true", help="add ours fp8 (and use it end to end)")
     ap.add_argument("--fp8-backend", default="auto", help="auto | torchao | scaled_mm | emulated")
+    ap.add_argument("--fp8-mode", default="dynamic", help="dynamic | weight_only")
+    ap.add_argument(
+        "--fp8-calibrate", type=float, default=0.0,
+        help="> 0: choose the float8 layers for this final-latent rel L2 budget (at "
+        "--latent-size, --latent-steps steps) before timing ours fp8",
+    )  # fmt: skip
+    ap.add_argument("--fp8-weight-only-check", action="store_true",
+                    help="also: final latent of all layers weight-only fp8 vs bf16")  # fmt: skip
+    ap.add_argument("--pad-head-dim", default="auto", help="ours: attention_pad_head_dim")
+    ap.add_argument("--variants", default="",
+                    help="per-step variants, comma-separated (default reference,ours): "
+                    "reference, ours, ours hd72, ours fp8, ... + graph")  # fmt: skip
     ap.add_argument("--graphed", action="store_true", help="add the CUDA-graphed block stack")
     ap.add_argument("--latent-steps", type=int, default=0, help="> 0: final-latent rel L2")
     ap.add_argument("--latent-size", default="33x256x448", help="FRAMESxHEIGHTxWIDTH")
@@ -195,6 +207,8 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU (--device cpu for a smoke run)", file=sys.stderr)
         return 2
+    if args.pad_head_dim != "auto":
+        args.pad_head_dim = int(args.pad_head_dim)
     if args.low_memory:
         args.fp8 = args.offload = True
         args.vae_tile = min(args.vae_tile, 16)
@@ -236,6 +250,9 @@ def main() -> int:
     result["build_s"] = time.perf_counter() - t_build
     save()
     variants = Variants(model, args, device, result)
+    if args.fp8 and args.fp8_calibrate > 0:
+        result["fp8_calibration"] = fp8_calibration(args, variants, device, dtype)
+        save()
     if args.steps > 0:
         if result["fa4"] and device.type == "cuda":
             from mugv_kernels.attention import fa4_self_check
@@ -252,8 +269,11 @@ def main() -> int:
         result["dit"] = per_step(args, variants, tokens, device, dtype, result, save)
         result.pop("dit_reference_only", None)
         save()
-    if args.latent_steps > 0:
+    if args.latent_steps > 0 and not args.fp8_calibrate:  # (the calibration measured it)
         result["latent"] = latent_deviation(args, variants, device, dtype)
+        save()
+    if args.fp8_weight_only_check:
+        result["weight_only"] = weight_only_latent(args, variants, device, dtype)
         save()
     if args.e2e_steps > 0 or args.cache_curve:
         name = "ours fp8" if args.fp8 else "ours"
@@ -269,44 +289,48 @@ def main() -> int:
 
 class Variants:
     """The per-step variants on one model (same weights): attention backend, fused norms,
-    compiled blocks, bf16 or float8 block linears, graphed block stack."""
+    head-dim pad, compiled blocks, bf16 or float8 block linears (all, or the calibrated
+    set), graphed block stack."""
 
     def __init__(self, model, args, device, result):
         self.model, self.args, self.device, self.result = model, args, device, result
-        self.bf16 = None  # {name: (parent, attr, nn.Linear)}
-        self.fp8 = None  # {name: float8 module}
+        self.switch = None  # mugv_infer.fp8_calibration.LayerSwitch (bf16 <-> float8)
+        self.fp8_set = None  # the layers "ours fp8" runs in float8 (all, or calibrated)
+        self.finals = {}  # the calibration's final latents by float8 set
         self.backend = "sdpa"
 
-    def _linears(self, which: dict) -> None:
-        for name, (parent, attr, _lin) in self.bf16.items():
-            setattr(parent, attr, which[name])
-
     def quantize(self) -> None:
-        from mugv_infer.quantize import block_linears, load_time_probes, quantize_fp8
+        from mugv_infer.fp8_calibration import LayerSwitch
+        from mugv_infer.quantize import load_time_probes, quantize_fp8
 
-        if self.fp8 is not None:
+        if self.switch is not None:
             return
         set_compiled(self.model, False)
-        self.bf16 = {n: (p, a, lin) for n, p, a, lin in block_linears(self.model)}
         t0 = time.perf_counter()
         probes = load_time_probes(self.model, self.device)
+        originals: dict = {}
         report = quantize_fp8(
-            self.model, backend=self.args.fp8_backend, device=self.device, probes=probes
-        )
+            self.model, backend=self.args.fp8_backend, device=self.device, probes=probes,
+            mode=self.args.fp8_mode, keep_originals=originals,
+        )  # fmt: skip
         _sync()
-        self.fp8 = {n: getattr(p, a) for n, (p, a, _l) in self.bf16.items()}
+        self.switch = LayerSwitch(self.model, originals)
+        self.fp8_set = set(self.switch.names)
         self.result["fp8"] = {**report.summary(), "quantize_s": time.perf_counter() - t0}
         print(f"fp8: {json.dumps(self.result['fp8'])}", flush=True)
 
     def drop_bf16(self) -> None:
-        if self.bf16 is not None:
-            self._linears(self.fp8)
-            self.bf16 = {n: (p, a, None) for n, (p, a, _l) in self.bf16.items()}
+        """The float8 set in place and the bf16 copies of its layers freed."""
+        if self.switch is not None:
+            self.switch.use(self.fp8_set)
+            self.switch.bf16 = {n: m for n, m in self.switch.bf16.items() if n not in self.fp8_set}
+            self.switch = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
     def use(self, name: str) -> None:
-        """``reference`` | ``ours`` | ``ours fp8``, optionally `` + graph``."""
+        """``reference`` | ``ours`` | ``ours hd72`` (no head-dim pad) | ``ours fp8``, optionally
+        `` + graph``."""
         from mugv_infer.graphed import apply_graphed_blocks, remove_graphed_blocks
 
         model, args = self.model, self.args
@@ -314,13 +338,15 @@ class Variants:
         ref = base == "reference"
         if base == "ours fp8":
             self.quantize()
-            self._linears(self.fp8)
-        elif self.bf16 is not None and self.bf16[next(iter(self.bf16))][2] is not None:
-            self._linears({n: lin for n, (_p, _a, lin) in self.bf16.items()})
+            if self.switch is not None:
+                self.switch.use(self.fp8_set)
+        elif self.switch is not None:
+            self.switch.use(set())
         set_compiled(model, not ref and not args.no_compile and self.device.type == "cuda")
         model.set_fused_ops(not ref and not args.no_fused)
         self.backend = "sdpa" if ref else "auto"
         model.set_attention_backend(self.backend)
+        model.set_attention_pad_head_dim(0 if ref or base == "ours hd72" else args.pad_head_dim)
         remove_graphed_blocks(model)
         if name.endswith(" + graph"):
             if self.device.type == "cuda":
@@ -339,10 +365,10 @@ def per_step(args, variants: Variants, tokens: int, device, dtype, result, save)
     c = model.config.in_channels
     flops = model_tflop_per_step(model.config, tokens)
     compiled = not args.no_compile and device.type == "cuda"
-    names = ["reference", "ours"]
-    if args.fp8:
+    names = [n.strip() for n in args.variants.split(",")] if args.variants else ["reference", "ours"]
+    if args.fp8 and "ours fp8" not in names:
         names.append("ours fp8")
-    if args.graphed:
+    if args.graphed and not any(n.endswith(" + graph") for n in names):
         names.append("ours fp8 + graph" if args.fp8 else "ours + graph")
     rows: dict[str, dict] = {}
     velocity: dict[str, torch.Tensor] = {}
@@ -371,9 +397,10 @@ def per_step(args, variants: Variants, tokens: int, device, dtype, result, save)
         save()
     variants.use("ours")
     for name, v in velocity.items():
-        for peer in ("ours", "reference"):
+        for peer in ("ours", "reference", "ours hd72"):
             if peer in velocity and peer != name:
-                rows[name][f"velocity_rel_l2_vs_{peer.split()[0]}"] = _rel(v, velocity[peer])
+                key = {"ours hd72": "ours_hd72"}.get(peer, peer)
+                rows[name][f"velocity_rel_l2_vs_{key}"] = _rel(v, velocity[peer])
     if args.profile and device.type == "cuda":
         res["profile"] = profile_step(args, variants, inputs, "ours fp8" if args.fp8 else "ours")
         variants.use("ours")
@@ -397,7 +424,8 @@ def per_step(args, variants: Variants, tokens: int, device, dtype, result, save)
     print(f"{'variant':24s} {'s / CFG step':>12s} {'TFLOP/s':>8s} {'rel L2 v':>9s} {'peak GB':>8s}")
     for name, row in rows.items():
         if "s_per_cfg_step" in row:
-            rel = row.get("velocity_rel_l2_vs_ours", row.get("velocity_rel_l2_vs_reference"))
+            rel = row.get("velocity_rel_l2_vs_ours", row.get("velocity_rel_l2_vs_ours_hd72"))
+            rel = row.get("velocity_rel_l2_vs_reference") if rel is None else rel
             print(
                 f"{name:24s} {row['s_per_cfg_step']:12.3f} {row['tflops']:8.0f} "
                 f"{rel if rel is not None else float('nan'):9.2e} {row['peak_memory_gb']:8.1f}"
@@ -495,6 +523,131 @@ def latent_deviation(args, variants: Variants, device, dtype) -> dict:
         ),
         "seconds": seconds,
     }
+
+
+def small_generation(args, variants: Variants, device, dtype):
+    """A function running ``--latent-steps`` denoising steps (CFG 4) at ``--latent-size`` from
+    fixed noise and text, eager, with whatever layers the model holds -> the final latent."""
+    from mugv_infer.pipeline import MUGVPipeline
+    from mugv_infer.scheduler import MUGVFlowEulerScheduler
+
+    frames, height, width = (int(v) for v in args.latent_size.split("x"))
+    model = variants.model
+    pipe = MUGVPipeline(model, build_vae("cpu", torch.float32, tiny=True), MUGVFlowEulerScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator(device="cpu").manual_seed(5)
+    text = torch.randn(2, 300, model.config.text_dim, generator=g).to(device, dtype)
+
+    def run() -> torch.Tensor:
+        out = pipe(
+            prompt_embeds=text[:1], negative_prompt_embeds=text[1:, :120], height=height,
+            width=width, num_frames=frames, num_inference_steps=args.latent_steps,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        )  # fmt: skip
+        _sync()
+        return out.frames.float().cpu()
+
+    return run
+
+
+def fp8_calibration(args, variants: Variants, device, dtype) -> dict:
+    """The float8 layer set for a final-latent budget (mugv_infer.fp8_calibration) at
+    ``--latent-size``: DiT inputs of 2 steps of the bf16 generation replayed per cell, then
+    generations from the same noise; "ours fp8" then runs the chosen set."""
+    from mugv_infer.fp8_calibration import (
+        calibrate_fp8,
+        capture_dit_calls,
+        kind_weight,
+        make_cells,
+        replay,
+    )
+
+    model = variants.model
+    variants.quantize()
+    variants.use("ours")  # bf16 linears, the attention / pad of ours
+    set_compiled(model, False)  # small shapes, eager
+    switch, steps = variants.switch, args.latent_steps
+    generate = small_generation(args, variants, device, dtype)
+    t0 = time.perf_counter()
+    finals: dict = {}
+    calls = capture_dit_calls(
+        model, lambda: finals.setdefault(frozenset(), generate()), {0, steps // 2}
+    )
+
+    def velocity(names):
+        switch.use(names)
+        return replay(model, calls)
+
+    def final(names):
+        key = frozenset(names)
+        if key not in finals:
+            switch.use(names)
+            finals[key] = generate()
+        return finals[key]
+
+    cfg = model.config
+    cells = make_cells(cfg.num_layers)
+    ffn = cfg.ffn_hidden_size or 4 * cfg.hidden_size
+    benefits = [kind_weight(c.kind, cfg.hidden_size, ffn, args.fp8_mode) * len(c.blocks)
+                for c in cells]  # fmt: skip
+    cal = calibrate_fp8(
+        switch, cells, benefits, velocity, final, args.fp8_calibrate, mode=args.fp8_mode,
+        log=lambda m: print(f"fp8 calibration: {m}", flush=True),
+    )  # fmt: skip
+    variants.fp8_set = switch.names - set(cal.keep_bf16)
+    variants.finals = finals
+    if args.out:
+        cal.write(args.out.with_suffix(".fp8-calibration.json"))
+    res = cal.to_json()
+    res["seconds"] = time.perf_counter() - t0
+    res["steps"], res["size"] = steps, args.latent_size
+    print(
+        f"fp8 calibration ({res['seconds']:.0f} s): {cal.fp8_layers} of {len(switch.names)} "
+        f"layers in float8 ({100 * cal.fp8_benefit_share:.0f}% of the benefit), final latent "
+        f"rel L2 {cal.final_latent_rel_l2:.3e} (all float8: "
+        f"{cal.all_fp8['final_latent_rel_l2']:.3e}; budget {args.fp8_calibrate}, "
+        f"{'met' if cal.met else 'NOT met'})",
+        flush=True,
+    )
+    variants.result["latent"] = {
+        "steps": steps,
+        "size": [int(v) for v in args.latent_size.split("x")],
+        "final_latent_rel_l2_fp8_vs_bf16": cal.final_latent_rel_l2,
+        "final_latent_rel_l2_all_fp8_vs_bf16": cal.all_fp8["final_latent_rel_l2"],
+        "fp8_layers": cal.fp8_layers,
+    }
+    return res
+
+
+def weight_only_latent(args, variants: Variants, device, dtype) -> dict:
+    """Final latent of weight-only float8 (float8 storage, bf16 compute) against bf16 at
+    ``--latent-size``: every block linear, and (after a calibration) its float8 set."""
+    from mugv_infer.quantize import fp8_linear
+
+    model = variants.model
+    variants.quantize()
+    variants.use("ours")
+    set_compiled(model, False)
+    switch = variants.switch
+    generate = small_generation(args, variants, device, dtype)
+    base = variants.finals[frozenset()] if frozenset() in variants.finals else generate()
+    wo = {n: fp8_linear(lin, "emulated", "weight_only") for n, lin in switch.bf16.items()}
+    res = {"steps": args.latent_steps, "size": args.latent_size}
+    sets = {"all": set(wo)}
+    if args.fp8_calibrate > 0:
+        sets["calibrated set"] = set(variants.fp8_set)
+    for label, names in sets.items():
+        for name, (parent, attr) in switch.slots.items():
+            setattr(parent, attr, wo[name] if name in names else switch.bf16[name])
+        rel = _rel(generate(), base)
+        res[label] = {"layers": len(names), "final_latent_rel_l2_vs_bf16": rel}
+        print(f"weight-only fp8 ({label}, {len(names)} layers): final latent rel L2 {rel:.3e}",
+              flush=True)  # fmt: skip
+    switch.use(set())
+    del wo
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return res
 
 
 def save_e2e(result: dict, save):

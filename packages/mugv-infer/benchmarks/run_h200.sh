@@ -22,6 +22,12 @@
 #             timed CFG step each after the warm-up (velocity rel L2 vs ours bf16, peak
 #             memory), the kernel profile of one fp8 step, and 25 steps of ours bf16 vs fp8 at
 #             33x256x448 from the same noise (final latent rel L2)         420 s  [~320 s]
+#   fast2     10b, 720p x 105: first the fp8 calibration (scaled_mm) for a 3 % final-latent
+#             budget at 33x256x448, 25 steps (sensitivity of 28 layer cells on the DiT inputs
+#             of 2 steps, then generations); then ours (FA4 padded to 80) / ours fp8 (the
+#             chosen layers) / ours hd72 (unpadded, the 2026-12-07 baseline), 1 timed CFG step
+#             each after the compile step; the kernel profile of one fp8 step; weight-only
+#             fp8 final latents                                            300 s  [~280 s]
 #   lowmem    10b, 25 steps end to end in the 24 GB recipe (fp8, T5/DiT/VAE offloaded in
 #             turn, VAE tile 16) under a 24 GB cap of GPU memory            470 s  [~380 s]
 #   e2e-fp8   10b, 25 steps end to end, fp8 + CUDA graph, offload of T5/VAE,
@@ -130,6 +136,9 @@ for part in $parts; do
     cache) bench cache 440 --preset 2b --steps 1 --e2e-steps 25 --step-cache 0.1 ;;
     fast) bench fast 420 --preset 10b --steps 1 --fp8 --graphed --profile --latent-steps 25 \
       --latent-size 33x256x448 ;;
+    fast2) bench fast2 300 --preset 10b --steps 1 --warmup 0 --variants "ours,ours fp8,ours hd72" \
+      --fp8 --fp8-backend "${FP8_BACKEND:-scaled_mm}" --fp8-calibrate "${FP8_BUDGET:-0.03}" \
+      --fp8-weight-only-check --profile --latent-steps 25 --latent-size 33x256x448 ;;
     lowmem)
       export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
       bench lowmem 470 --preset 10b --steps 0 --e2e-steps 25 --low-memory --memory-cap-gb 24
@@ -148,7 +157,7 @@ for part in $parts; do
         -W ignore::UserWarning > "$OUT/fasttests.log" 2>&1
       tail -30 "$OUT/fasttests.log"
       ;;
-    *) echo "unknown part $part (stage | tests | step | e2e | cache | fast | lowmem | e2e-fp8 | e2e-fp8-cache | curve | fasttests)" && exit 2 ;;
+    *) echo "unknown part $part (stage | tests | step | e2e | cache | fast | fast2 | lowmem | e2e-fp8 | e2e-fp8-cache | curve | fasttests)" && exit 2 ;;
   esac
   echo "=== $part took $((SECONDS - t0)) s"
 done
@@ -167,14 +176,14 @@ for f in sorted(out.glob("*.json")):
     except ValueError:
         continue
     d = r.get("dit")
-    if d:
+    if d and "reference_s_per_cfg_step" in d:
         print(f"| {f.stem} | {r['preset']} | {r['fa4']} | {r.get('ours_variant')} "
               f"| {d['reference_s_per_cfg_step']:.2f} | {d['ours_s_per_cfg_step']:.2f} "
               f"| {d['speedup']:.2f}x | {d['ours_vs_reference_rel_l2']:.1e} "
               f"| {d['ours_tflops']:.0f} | {d['peak_memory_gb_dit_only']:.1f} |")
     for name, v in ((d or {}).get("variants") or {}).items():
         if "s_per_cfg_step" in v:
-            rel = v.get("velocity_rel_l2_vs_ours")
+            rel = v.get("velocity_rel_l2_vs_ours", v.get("velocity_rel_l2_vs_ours_hd72"))
             variant_rows.append(
                 f"| {f.stem} | {r['preset']} | {name} | {v['s_per_cfg_step']:.2f} "
                 f"| {v['tflops']:.0f} | {'' if rel is None else f'{rel:.2e}'} "
@@ -190,7 +199,23 @@ for f in sorted(out.glob("*.json")):
     if r.get("latent"):
         lt = r["latent"]
         notes.append(f"- {f.stem}: final latent after {lt['steps']} steps at {lt['size']}: fp8 vs "
-                     f"bf16 rel L2 {lt['final_latent_rel_l2_fp8_vs_bf16']:.3e}")
+                     f"bf16 rel L2 {lt['final_latent_rel_l2_fp8_vs_bf16']:.3e}"
+                     + (f" ({lt['fp8_layers']} float8 layers; all float8: "
+                        f"{lt['final_latent_rel_l2_all_fp8_vs_bf16']:.3e})"
+                        if "fp8_layers" in lt else ""))
+    cal8 = r.get("fp8_calibration")
+    if cal8:
+        notes.append(f"- {f.stem}: fp8 calibration (budget {cal8['budget']}, {cal8['seconds']:.0f} s): "
+                     f"{cal8['fp8_layers']} layers float8, {100 * cal8['fp8_benefit_share']:.0f}% "
+                     f"of the benefit, met {cal8['met']}, rounds {json.dumps(cal8['rounds'])}")
+        for c in sorted(cal8["cells"], key=lambda c: -c["velocity_rel_l2"])[:10]:
+            notes.append(f"  - {c['cell']}: velocity rel L2 {c['velocity_rel_l2']:.2e}, "
+                         f"float8 {c['fp8']}")
+    if r.get("weight_only"):
+        for label, w in r["weight_only"].items():
+            if isinstance(w, dict):
+                notes.append(f"- {f.stem}: weight-only fp8 ({label}, {w['layers']} layers): "
+                             f"final latent rel L2 {w['final_latent_rel_l2_vs_bf16']:.3e}")
     cal = (r.get("e2e") or {}).get("cache_calibration")
     if cal:
         notes.append(f"- {f.stem}: step-cache calibration ({cal['prompts']} prompts, {cal['steps']} "
@@ -235,7 +260,7 @@ for stem, preset, name, e in e2e_rows:
         print(f"| {stem} | {preset} | {name} | incomplete: {err!r} |")
 if variant_rows:
     print()
-    print("| run | preset | variant | s / CFG step | TFLOP/s | velocity rel L2 vs ours bf16 "
+    print("| run | preset | variant | s / CFG step | TFLOP/s | velocity rel L2 vs ours bf16 (ours: vs hd72) "
           "| peak GB | graph |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(variant_rows))

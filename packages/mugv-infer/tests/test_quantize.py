@@ -215,3 +215,55 @@ def test_eager_row_chunks_give_the_same_product(monkeypatch):
     whole = q(x)
     monkeypatch.setattr(quantize, "EAGER_CHUNK", 32 * 4)  # 4 rows at a time: 6 chunks
     assert torch.equal(q(x), whole)
+
+
+# ------------------------------------------------------------ weight-only mode, kept layers
+@pytest.mark.parametrize("bias", [True, False])
+def test_weight_only_fp8_linear_matches_float64_reference(bias):
+    """float8 storage, the activations as they are: y = x (W_q s_w)^T + b; per layer about
+    0.026 from the exact linear (the weight rounding alone), below the dynamic mode's."""
+    from mugv_infer.quantize import Fp8Linear
+
+    g = torch.Generator().manual_seed(5)
+    lin = nn.Linear(128, 96, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(96, 128, generator=g) * 0.05)
+        if bias:  # small: the errors below are the product's
+            lin.bias.copy_(torch.randn(96, generator=g) * 0.01)
+    x = torch.randn(64, 128, generator=g)
+    wo = Fp8Linear.from_linear(lin, "emulated", weight_only=True)
+    w = lin.weight.detach().double()
+    s = w.abs().amax(1, keepdim=True) / 448.0
+    w_q = (w / s).apply_(e4m3_round) * s
+    ref = x.double() @ w_q.t() + (lin.bias.double() if bias else 0)
+    y = wo(x)
+    assert float((y.double() - ref).norm() / ref.norm()) < 1e-6
+    exact = lin(x).double()
+    err_wo = float((y.double() - exact).norm() / exact.norm())
+    dyn = Fp8Linear.from_linear(lin, "emulated")(x).double()
+    err_dyn = float((dyn - exact).norm() / exact.norm())
+    assert 0.015 < err_wo < 0.035 < err_dyn < 0.05
+
+
+def test_keep_patterns_and_weight_only_mode_on_the_dit():
+    from mugv_infer.quantize import KEPT_BY_CHOICE, Fp8Linear, load_time_probes, quantize_fp8
+
+    model = _tiny_dit()
+    probes = load_time_probes(model, "cpu")
+    keep = ["blocks.0.*", "*.mlp.fc2"]
+    report = quantize_fp8(model, probes=probes, mode="weight_only", keep=keep)
+    kept = {c.name for c in report.kept}
+    assert kept == {f"blocks.0.{p}" for p in (
+        "self_attention.qkv", "self_attention.proj", "cross_attention.q", "cross_attention.kv",
+        "cross_attention.proj", "mlp.fc1", "mlp.fc2")} | {"blocks.1.mlp.fc2"}  # fmt: skip
+    assert all(c.reason == KEPT_BY_CHOICE for c in report.kept)
+    assert type(model.blocks[0].self_attention.qkv) is nn.Linear
+    assert type(model.blocks[1].mlp.fc2) is nn.Linear
+    fc1 = model.blocks[1].mlp.fc1
+    assert isinstance(fc1, Fp8Linear) and fc1.weight_only and "weight_only" in repr(fc1)
+    summary = report.summary()
+    assert summary["mode"] == "weight_only" and summary["kept_by_choice"] == 8
+    assert summary["kept_bf16"] == [] and summary["quantized"] == 6  # failures only listed
+    assert all(c.rel_l2 < 0.05 for c in report.layers if c.rel_l2 is not None)
+    with pytest.raises(ValueError, match="fp8_mode"):
+        quantize_fp8(_tiny_dit(), mode="int8")

@@ -107,8 +107,25 @@ class RuntimeConfig(BaseModel):
     fp8_backend: Literal["auto", "torchao", "scaled_mm", "emulated"] = Field(
         "auto", description="auto: torchao on sm>=8.9, else torch._scaled_mm; emulated: CPU."
     )
+    fp8_mode: Literal["dynamic", "weight_only"] = Field(
+        "dynamic",
+        description="dynamic: float8 weights and activations (fast); weight_only: float8 "
+        "storage, bf16 compute (memory; less error, no speed-up).",
+    )
     fp8_tolerance: float = Field(
-        0.08, gt=0, le=1, description="Load-time check: a layer further (rel L2) stays bf16."
+        0.05,
+        gt=0,
+        le=1,
+        description="Load-time guard: a layer further (rel L2) from its bf16 output stays bf16 "
+        "(the e4m3 floor is ~0.037 dynamic, ~0.026 weight-only).",
+    )
+    fp8_keep_bf16: list[str] = Field(
+        default_factory=list,
+        description="Block linears kept in bf16 (fnmatch on names: 'blocks.0.*', "
+        "'*.self_attention.qkv').",
+    )
+    fp8_calibration: Path | None = Field(
+        None, description="A calibrate-fp8 JSON: the layers it keeps in bf16 stay bf16."
     )
     graphed_step: bool = Field(False, description="Replay the DiT blocks as a CUDA graph.")
     low_memory: bool = Field(

@@ -16,18 +16,29 @@ per row"):
 * ``emulated``: :class:`Fp8Linear` computing the product of the dequantised float8 values
   in float32 (any device: CPU tests; slow, for checking numerics only).
 
+Modes (``runtime.fp8_mode``): ``dynamic`` (the above: float8 GEMMs, the speed mode) and
+``weight_only`` (float8 storage, each weight dequantized to bf16 at its call and multiplied in
+bf16: the memory mode, ~1.4x less error per layer, no GEMM speed-up).
+
 Every block linear (self-attention qkv/proj, cross-attention q/kv/proj, MLP fc1/fc2) is
-quantized; embedders, the adaLN ``t_block`` and the final layer stay in their dtype (small,
-and the most sensitive). :func:`quantize_fp8` checks each layer against its own output on
-probe inputs at load and keeps a layer in bf16 where the float8 result is non-finite or
-further than ``tolerance`` (relative L2) from it, or the kernel refuses the shape; the
-report says which layers were kept and why.
+quantized unless kept: embedders, the adaLN ``t_block`` and the final layer always stay in
+their dtype (small, and the most sensitive); ``keep`` patterns (``runtime.fp8_keep_bf16``, or
+the layers an fp8 calibration chose, :mod:`mugv_infer.fp8_calibration`) keep more.
+:func:`quantize_fp8` checks each layer against its own output on probe inputs at load and
+keeps a layer in bf16 where the float8 result is non-finite or further than ``tolerance``
+(relative L2) from it, or the kernel refuses the shape; the report says which layers were
+kept and why. That per-layer error is the format's floor, the same for every healthy layer
+(e4m3's 3 mantissa bits: ~0.037 dynamic, ~0.026 weight-only, measured 0.0376 mean / 0.040 max
+over the 10b's 392 layers on an H100), so it guards against broken layers (outliers,
+overflow) but cannot rank them: what a layer's error does to the video is measured by the
+calibration (each layer group's effect on the DiT output, then the final latent).
 
 Legend: M rows (tokens), K input features, N output features.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import warnings
 from collections.abc import Callable
@@ -41,10 +52,12 @@ log = logging.getLogger(__name__)
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 FP8_DTYPE = torch.float8_e4m3fn
 BACKENDS = ("auto", "torchao", "scaled_mm", "emulated")
-DEFAULT_TOLERANCE = 0.08
-"""Relative L2 a float8 layer may differ from its own bf16 output on the probe inputs
-(row-wise e4m3 gives about 0.037 on Gaussian inputs; a layer with large shared offsets in its
-inputs, where the scale swallows the signal, goes far beyond)."""
+MODES = ("dynamic", "weight_only")
+DEFAULT_TOLERANCE = 0.05
+"""Relative L2 a float8 layer may differ from its own bf16 output on the probe inputs: 1.35x
+the dynamic floor (row-wise e4m3 gives about 0.037 on Gaussian inputs, 0.026 weight-only; a
+layer with large shared offsets in its inputs, where the scale swallows the signal, goes far
+beyond)."""
 EAGER_CHUNK = 2**27
 """Values of an activation quantized at once outside ``torch.compile`` (512 MiB of float32
 temporaries; compiled, the quantization fuses and needs none)."""
@@ -118,18 +131,24 @@ def emulated_mm_rowwise(
 
 
 class Fp8Linear(nn.Module):
-    """``nn.Linear`` with float8 e4m3 weights and per-row scales; activations quantized per
-    token at each call. ``backend``: ``scaled_mm`` (CUDA, sm >= 8.9) or ``emulated``.
+    """``nn.Linear`` with float8 e4m3 weights and per-row scales. ``weight_only=False``:
+    activations quantized per token at each call, product by ``backend``: ``scaled_mm`` (CUDA,
+    sm >= 8.9) or ``emulated``; ``weight_only=True``: the weight dequantized (float32, then
+    the activation dtype) at each call and multiplied in the activations' dtype.
 
     The weights are buffers (``weight`` float8, ``weight_scale`` float32 ``[N, 1]``): moving
     the module moves them, a dtype cast of the module leaves them as they are."""
 
-    def __init__(self, weight_NK: torch.Tensor, bias_N: torch.Tensor | None, backend: str):
+    def __init__(
+        self, weight_NK: torch.Tensor, bias_N: torch.Tensor | None, backend: str,
+        weight_only: bool = False,
+    ):  # fmt: skip
         super().__init__()
         if backend not in ("scaled_mm", "emulated"):
             raise ValueError(f"Fp8Linear backend {backend!r}: 'scaled_mm' or 'emulated'")
         self.in_features, self.out_features = weight_NK.shape[1], weight_NK.shape[0]
         self.backend = backend
+        self.weight_only = weight_only
         q, scale = quantize_rowwise(weight_NK.detach())
         self.register_buffer("weight", q)
         self.register_buffer("weight_scale", scale)
@@ -137,8 +156,12 @@ class Fp8Linear(nn.Module):
         self.compute_dtype = weight_NK.dtype
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, backend: str) -> Fp8Linear:
-        return cls(linear.weight, linear.bias, backend)
+    def from_linear(cls, linear: nn.Linear, backend: str, weight_only: bool = False) -> Fp8Linear:
+        return cls(linear.weight, linear.bias, backend, weight_only)
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """``W_q * s_w`` in float32, returned in ``dtype`` (one rounding)."""
+        return (self.weight.float() * self.weight_scale).to(dtype)
 
     def _apply(self, fn, recurse=True):
         """Moves keep the float8 weights and float32 scales as they are (a module-wide
@@ -154,6 +177,9 @@ class Fp8Linear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_only:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
         lead = x.shape[:-1]
         x_MK = x.reshape(-1, self.in_features)
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -180,7 +206,8 @@ class Fp8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, backend={self.backend}"
+            f"bias={self.bias is not None}, "
+            + ("weight_only" if self.weight_only else f"backend={self.backend}")
         )
 
 
@@ -199,6 +226,7 @@ class Fp8Report:
     backend: str
     tolerance: float
     layers: list[LayerCheck] = field(default_factory=list)
+    mode: str = "dynamic"
 
     @property
     def quantized(self) -> list[str]:
@@ -210,11 +238,18 @@ class Fp8Report:
 
     def summary(self) -> dict:
         errs = [c.rel_l2 for c in self.layers if c.rel_l2 is not None and c.backend != "bf16"]
+        kept_by_choice = [c for c in self.kept if c.reason == KEPT_BY_CHOICE]
         return {
             "backend": self.backend,
+            "mode": self.mode,
             "tolerance": self.tolerance,
+            "kept_by_choice": len(kept_by_choice),
             "quantized": len(self.quantized),
-            "kept_bf16": [{"layer": c.name, "reason": c.reason} for c in self.kept],
+            "kept_bf16": [
+                {"layer": c.name, "reason": c.reason}
+                for c in self.kept
+                if c.reason != KEPT_BY_CHOICE
+            ],
             "max_rel_l2": max(errs) if errs else None,
             "mean_rel_l2": sum(errs) / len(errs) if errs else None,
         }
@@ -260,8 +295,11 @@ def _torchao_linear(linear: nn.Linear) -> nn.Module:
     return holder[0]
 
 
-def fp8_linear(linear: nn.Linear, backend: str) -> nn.Module:
-    """A float8 version of ``linear`` on its device (``backend`` resolved)."""
+def fp8_linear(linear: nn.Linear, backend: str, mode: str = "dynamic") -> nn.Module:
+    """A float8 version of ``linear`` on its device (``backend`` resolved; ``mode`` dynamic or
+    weight_only, the latter always our :class:`Fp8Linear`)."""
+    if mode == "weight_only":
+        return Fp8Linear.from_linear(linear, "emulated", weight_only=True)
     if backend == "torchao":
         import copy
 
@@ -269,9 +307,9 @@ def fp8_linear(linear: nn.Linear, backend: str) -> nn.Module:
     return Fp8Linear.from_linear(linear, backend)
 
 
-def shape_refusal(linear: nn.Linear, backend: str) -> str:
+def shape_refusal(linear: nn.Linear, backend: str, mode: str = "dynamic") -> str:
     """Why the float8 kernel cannot take this layer ('' when it can)."""
-    if backend in ("torchao", "scaled_mm"):
+    if mode == "dynamic" and backend in ("torchao", "scaled_mm"):
         n, k = linear.weight.shape
         if k % 16 or n % 16:
             return f"shape [{n}, {k}] not a multiple of 16 (float8 kernel)"
@@ -330,6 +368,15 @@ def capture_linear_inputs(
     return got
 
 
+KEPT_BY_CHOICE = "kept: fp8_keep_bf16 / calibration"
+
+
+def matches(name: str, patterns) -> bool:
+    """Whether layer ``name`` matches one of the fnmatch ``patterns`` (``blocks.0.*``,
+    ``*.self_attention.qkv``, or a full name)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 @torch.no_grad()
 def quantize_fp8(
     transformer,
@@ -338,33 +385,43 @@ def quantize_fp8(
     device: torch.device | str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     probes: dict[str, torch.Tensor] | None = None,
+    mode: str = "dynamic",
+    keep: tuple[str, ...] | list[str] = (),
+    keep_originals: dict | None = None,
 ) -> Fp8Report:
     """Replace the block linears of ``transformer`` with float8 ones, layer by layer, each
     checked against its own output on its probe inputs (``probes[name]``, else Gaussian
-    rows); a layer that fails the check stays as it was. ``device``: where the float8
-    weights go (default: where each layer is). Layers living on the CPU are moved to
-    ``device`` one at a time (the bf16 model never sits whole on the GPU)."""
+    rows); a layer that fails the check stays as it was, and so does a layer matching
+    ``keep`` (fnmatch patterns). ``device``: where the float8 weights go (default: where each
+    layer is). Layers living on the CPU are moved to ``device`` one at a time (the bf16 model
+    never sits whole on the GPU). ``keep_originals``: a dict that receives ``{name: bf16
+    linear}`` of the replaced layers (calibration switches between both; default: freed)."""
     if tolerance <= 0:
         raise ValueError(f"runtime.fp8_tolerance must be > 0, got {tolerance}")
+    if mode not in MODES:
+        raise ValueError(f"runtime.fp8_mode {mode!r} unknown; choose from {MODES}")
     device = (
         torch.device(device) if device is not None else transformer.blocks[0].mlp.fc1.weight.device
     )
-    resolved = resolve_backend(backend, device)
-    report = Fp8Report(resolved, tolerance)
+    resolved = "emulated" if mode == "weight_only" else resolve_backend(backend, device)
+    report = Fp8Report(resolved if mode == "dynamic" else "weight_only", tolerance, mode=mode)
     # slots only: a replaced bf16 layer is freed at once (the whole bf16 stack never sits on
     # the GPU beside the float8 one)
     slots = [(name, parent, attr) for name, parent, attr, _ in block_linears(transformer)]
     for name, parent, attr in slots:
         linear = getattr(parent, attr).to(device)
         setattr(parent, attr, linear)
-        refusal = shape_refusal(linear, resolved)
+        if matches(name, keep):
+            report.layers.append(LayerCheck(name, "bf16", None, KEPT_BY_CHOICE))
+            continue
+        refusal = shape_refusal(linear, resolved, mode)
         if refusal:
             report.layers.append(LayerCheck(name, "bf16", None, refusal))
             continue
         probe = probes.get(name) if probes else None
         x = (default_probe(linear) if probe is None else probe).to(device, linear.weight.dtype)
         try:
-            q = fp8_linear(linear, resolved)
+            q = fp8_linear(linear, resolved, mode)
             err = relative_l2(q(x), linear(x))
         except (RuntimeError, AssertionError, NotImplementedError) as e:  # kernel refused
             report.layers.append(LayerCheck(name, "bf16", None, f"{type(e).__name__}: {e}"[:200]))
@@ -374,13 +431,16 @@ def quantize_fp8(
             report.layers.append(LayerCheck(name, "bf16", err, why))
             continue
         setattr(parent, attr, q)
-        report.layers.append(LayerCheck(name, resolved, err))
-    if report.kept:
+        if keep_originals is not None:
+            keep_originals[name] = linear
+        report.layers.append(LayerCheck(name, report.backend, err))
+    failed = [c for c in report.kept if c.reason != KEPT_BY_CHOICE]
+    if failed:
         log.warning(
-            "fp8: %d of %d layers kept in their dtype: %s",
-            len(report.kept),
+            "fp8: %d of %d layers failed the check and stay in their dtype: %s",
+            len(failed),
             len(report.layers),
-            "; ".join(f"{c.name} ({c.reason})" for c in report.kept[:5]),
+            "; ".join(f"{c.name} ({c.reason})" for c in failed[:5]),
         )
     return report
 
@@ -410,12 +470,24 @@ def load_time_probes(transformer, device, rows: int = 64, seed: int = 0) -> dict
         transformer.set_attention_backend(backend)  # the probe's SDPA is not kept
 
 
+def kept_layers(runtime) -> list[str]:
+    """``runtime.fp8_keep_bf16`` plus the layers a calibration file (``runtime.fp8_calibration``,
+    :func:`mugv_infer.fp8_calibration.read_calibration`) keeps in bf16."""
+    keep = list(runtime.fp8_keep_bf16)
+    if runtime.fp8_calibration is not None:
+        from mugv_infer.fp8_calibration import read_calibration
+
+        keep += read_calibration(runtime.fp8_calibration, runtime.fp8_mode)
+    return keep
+
+
 def apply_quantization(transformer, runtime, device) -> Fp8Report | None:
     """``runtime.quantization`` applied to ``transformer`` (on the CPU, as loaded): the
     probe inputs from one small forward where it is, then each block linear quantized onto
-    ``device``; None when quantization is ``none``."""
+    ``device`` (``fp8_mode``, minus the kept layers); None when quantization is ``none``."""
     if runtime.quantization == "none":
         return None
+    keep = kept_layers(runtime)
     here = transformer.t_block.weight.device
     probes = load_time_probes(transformer, here)
     return quantize_fp8(
@@ -424,4 +496,6 @@ def apply_quantization(transformer, runtime, device) -> Fp8Report | None:
         device=device,
         tolerance=runtime.fp8_tolerance,
         probes=probes,
+        mode=runtime.fp8_mode,
+        keep=keep,
     )
