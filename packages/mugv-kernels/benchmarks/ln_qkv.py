@@ -34,7 +34,13 @@ if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cpu":
 import torch
 import torch.nn.functional as F
 from mugv_kernels._atomic import atomic_write_text
-from mugv_kernels.ln_linear import modulated_ln_linear
+from mugv_kernels.ln_linear import (
+    _mod_tables,
+    fused_dw,
+    fused_gemm,
+    ln_stats,
+    modulated_ln_linear,
+)
 from mugv_kernels.modulated_norm import modulated_layer_norm
 
 #: (name, samples, tokens per sample, K, N): 12.9k tokens = two 360p 105-frame clips' worth
@@ -117,6 +123,31 @@ def copy_ceiling_GBps(device) -> float:
     return 2 * src.numel() * 2 / ms / 1e6
 
 
+def parts(inp: dict, m: int, k: int, n: int, device) -> dict:
+    """The fused path's pieces against their cuBLAS counterparts on the stored activation:
+    statistics pass; forward GEMM (norm on load) vs ``F.linear(xn)``; dW (norm on load) vs
+    ``dy^T @ xn``."""
+    x, w, b = inp["x"], inp["weight"], inp["bias"]
+    x_MK = x.reshape(m, k)
+    xn = inp["xn"].detach().reshape(m, k)
+    dy = inp["dy"].reshape(m, n)
+    _, mean, rstd = ln_stats(x_MK, 1e-6)
+    shift_t, scale_t, idx = _mod_tables(inp["shift"], inp["scale"], inp["token_branch"], x,
+                                        "branch")  # fmt: skip
+    with torch.no_grad():
+        return {
+            "part_stats_ms": time_ms(lambda: ln_stats(x_MK, 1e-6), device),
+            "part_gemm_fused_ms": time_ms(
+                lambda: fused_gemm(x_MK, w, b, mean, rstd, idx, shift_t, scale_t), device
+            ),
+            "part_gemm_cublas_ms": time_ms(lambda: F.linear(xn, w, b), device),
+            "part_dw_fused_ms": time_ms(
+                lambda: fused_dw(x_MK, dy, mean, rstd, idx, shift_t, scale_t, w.dtype), device
+            ),
+            "part_dw_cublas_ms": time_ms(lambda: dy.t() @ xn, device),
+        }
+
+
 def bench_case(case, device, dtype, gen) -> dict:
     name, samples, tokens, k, n = case
     inp = make_inputs(samples, tokens, k, n, device, dtype, gen)
@@ -148,6 +179,7 @@ def bench_case(case, device, dtype, gen) -> dict:
         row[f"{impl}_fwd_ms"] = time_ms(fwd, device)
         row[f"{impl}_fwdbwd_ms"] = time_ms(fwd_bwd, device)
         row[f"{impl}_extra_bytes"] = extra_bytes(impl, samples * tokens, k)
+    row.update(parts(inp, samples * tokens, k, n, device))
     diff = (outs["fused"].float() - outs["unfused"].float()).abs()
     row["max_abs_diff_fused_unfused"] = float(diff.max())
     row["rel_diff_fused_unfused"] = float(
@@ -176,6 +208,20 @@ def table(rows: list[dict], ceiling: float) -> str:
                 f"| {eb['fwd'] / 1e6:.1f} | {eb['fwd'] / ceiling / 1e6:.3f} "
                 f"| {eb['saved'] / 1e6:.1f} | {diff} |"
             )
+    lines += [
+        "",
+        "Pieces (ms): statistics pass; forward GEMM with the norm on load vs cuBLAS on the "
+        "stored activation; dW with the norm on load vs cuBLAS `dy^T @ xn`.",
+        "",
+        "| case | stats | fwd GEMM fused | fwd GEMM cuBLAS | dW fused | dW cuBLAS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['part_stats_ms']:.3f} | {r['part_gemm_fused_ms']:.3f} "
+            f"| {r['part_gemm_cublas_ms']:.3f} | {r['part_dw_fused_ms']:.3f} "
+            f"| {r['part_dw_cublas_ms']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

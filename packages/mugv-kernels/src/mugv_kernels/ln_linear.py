@@ -145,6 +145,44 @@ def _mod_tables(
     return shift_t, scale_t, idx
 
 
+def fused_gemm(x_MK, weight, bias, mean, rstd, idx, shift_t, scale_t) -> torch.Tensor:
+    """The forward GEMM ``[M, N_out]``: rows of ``x`` normalised with ``(mean, rstd)`` and
+    modulated by table rows ``idx`` (see :mod:`._triton_ln_linear`) as they are loaded."""
+    m, k = x_MK.shape
+    n_out = weight.shape[0]
+    out = torch.empty(m, n_out, device=x_MK.device, dtype=weight.dtype)
+    bias_arg = bias if bias is not None else weight
+    _launch(
+        "ln_linear_fwd_kernel",
+        lambda bm, bn, bk: -(-m // bm) * -(-n_out // bn),
+        (
+            x_MK, weight, bias_arg, out, mean, rstd, idx, shift_t, scale_t,
+            m, n_out, k, x_MK.stride(0), weight.stride(0), out.stride(0), shift_t.stride(0),
+        ),
+        {"HAS_BIAS": bias is not None, **_dot_args(weight.dtype)},
+        INTERPRET_TILE,
+    )
+    return out
+
+
+def fused_dw(x_MK, dy_MN, mean, rstd, idx, shift_t, scale_t, dtype) -> torch.Tensor:
+    """``dW = xn^T @ dy`` ``[N_out, K]`` in ``dtype``, ``xn`` recomputed on load."""
+    m, k = x_MK.shape
+    n_out = dy_MN.shape[1]
+    dweight = torch.empty(n_out, k, device=x_MK.device, dtype=dtype)
+    _launch(
+        "ln_linear_dw_kernel",
+        lambda bm, bn, bk: -(-n_out // bn) * -(-k // bk),
+        (
+            x_MK, dy_MN, dweight, mean, rstd, idx, shift_t, scale_t,
+            m, n_out, k, x_MK.stride(0), dy_MN.stride(0), dweight.stride(0), shift_t.stride(0),
+        ),
+        _dot_args(dtype),
+        INTERPRET_TILE,
+    )
+    return dweight
+
+
 class ModulatedLNLinearFn(torch.autograd.Function):
     """Triton forward/backward of :func:`modulated_ln_linear`."""
 
@@ -153,25 +191,13 @@ class ModulatedLNLinearFn(torch.autograd.Function):
         x_MK = flatten_activation(x).reshape(-1, x.shape[-1])
         if x_MK.stride(-1) != 1:
             x_MK = x_MK.contiguous()
-        m, k = x_MK.shape
         n_out = weight.shape[0]
         if stats is None:
             _, mean, rstd = ln_stats(x_MK, eps)
         else:
             mean, rstd = stats
         shift_t, scale_t, idx = _mod_tables(shift, scale, token_branch, x, layout)
-        out = torch.empty(m, n_out, device=x.device, dtype=weight.dtype)
-        bias_arg = bias if bias is not None else weight
-        _launch(
-            "ln_linear_fwd_kernel",
-            lambda bm, bn, bk: -(-m // bm) * -(-n_out // bn),
-            (
-                x_MK, weight, bias_arg, out, mean, rstd, idx, shift_t, scale_t,
-                m, n_out, k, x_MK.stride(0), weight.stride(0), out.stride(0), shift_t.stride(0),
-            ),
-            {"HAS_BIAS": bias is not None, **_dot_args(weight.dtype)},
-            INTERPRET_TILE,
-        )
+        out = fused_gemm(x_MK, weight, bias, mean, rstd, idx, shift_t, scale_t)
         ctx.save_for_backward(x_MK, weight, mean, rstd, idx, shift_t, scale_t, shift, scale)
         ctx.mod_args = (token_branch, layout)
         ctx.x_shape = x.shape
@@ -186,25 +212,14 @@ class ModulatedLNLinearFn(torch.autograd.Function):
         x_MK, weight, mean, rstd, idx, shift_t, scale_t, shift, scale = ctx.saved_tensors
         token_branch, layout = ctx.mod_args
         x_shape = ctx.x_shape
-        m, k = x_MK.shape
+        m = x_MK.shape[0]
         n_out = weight.shape[0]
         dy = dout.reshape(m, n_out)
         if dy.stride(-1) != 1:
             dy = dy.contiguous()
         dx = dshift = dscale = dweight = dbias = None
         if ctx.needs_input_grad[3]:
-            dweight = torch.empty_like(weight)
-            _launch(
-                "ln_linear_dw_kernel",
-                lambda bm, bn, bk: -(-n_out // bn) * -(-k // bk),
-                (
-                    x_MK, dy, dweight, mean, rstd, idx, shift_t, scale_t,
-                    m, n_out, k, x_MK.stride(0), dy.stride(0), dweight.stride(0),
-                    shift_t.stride(0),
-                ),
-                _dot_args(weight.dtype),
-                INTERPRET_TILE,
-            )
+            dweight = fused_dw(x_MK, dy, mean, rstd, idx, shift_t, scale_t, weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[4]:
             dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         if any(ctx.needs_input_grad[:3]):
