@@ -5,7 +5,8 @@
 #   call 1 (carry .fa4a .whl):  bash packages/mugv-dit/benchmarks/run_h200.sh stage
 #   call 2 (carry .fa4b):       bash packages/mugv-dit/benchmarks/run_h200.sh PART
 # PART: tests | small (12.9k-token cases) | large (50.4k-token cases) | all
-#       graph (the graphed-step GPU test, then mug-fast vs the graphed steps at $CASES)
+#       graph (the graphed-step and trainer cuda_graph GPU tests, then mug-fast vs the
+#       graphed steps at $CASES)
 set -o pipefail
 if [ "${1:-}" = stage ]; then
   bash .fa4a/fa4-install.sh stage || exit 1
@@ -31,10 +32,11 @@ if [ "$part" = tests ] || [ "$part" = all ]; then
   tail -30 "$OUT/gpu_tests.log"
 fi
 if [ "$part" = graph ]; then
-  COLUMNS=200 timeout 240 python3 -m pytest -m gpu packages/mugv-dit/tests/test_graphed_step.py \
+  COLUMNS=200 timeout 300 python3 -m pytest -m gpu packages/mugv-dit/tests/test_graphed_step.py \
+    packages/mugv-dit/tests/test_train_graphs.py \
     -q -p no:cacheprovider --tb=short -rfEX -s -W ignore::DeprecationWarning \
     -W ignore::UserWarning > "$OUT/graph_test.log" 2>&1
-  grep -E "graph parity|passed|failed|Error|error" "$OUT/graph_test.log" | tail -20
+  grep -E "graph parity|trainer graphs|captures|passed|failed|Error|error" "$OUT/graph_test.log" | tail -20
   cd packages/mugv-dit/benchmarks
   timeout 300 python3 train_step.py --impl ${IMPLS:-mug-fast mug-graphed mug-graphed-fb} \
     --case ${CASES:-1728x8@12.9k} --warmup 3 --iters 8 --label graph --json "$OUT/graph.json" \
