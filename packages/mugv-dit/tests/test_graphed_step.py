@@ -72,7 +72,14 @@ def test_static_buffers_warmup_capture_and_replay():
 def test_one_graph_per_shape_and_recapture_after_eviction():
     w = torch.randn(3, 2)
     backend = CountingBackend()
-    graphed = GraphedStep(_linear_step(w, []), warmup=1, max_graphs=2, backend=backend)
+    kept = []
+    graphed = GraphedStep(
+        _linear_step(w, []),
+        warmup=1,
+        max_graphs=2,
+        backend=backend,
+        keepalive=lambda: kept.append(object()) or kept[-1],
+    )
 
     def call(rows: int, key=None):
         x, y = torch.randn(rows, 3), torch.randn(rows, 2)
@@ -87,8 +94,12 @@ def test_one_graph_per_shape_and_recapture_after_eviction():
     call(4, key="other")  # same shapes, another key (e.g. other text lengths): a new bucket
     call(4, key="other")  # capture 3, evicts the least recently used (rows=5)
     assert (backend.streams, backend.captured, graphed.graphs) == (3, 3, 2)
-    call(5)  # evicted shape comes back: captured again at once (it was warmed up before)
-    assert (backend.streams, backend.captured, graphed.graphs) == (3, 4, 2)
+    call(5)  # the evicted shape comes back: one eager step (caches), then its capture
+    assert (backend.streams, backend.captured, graphed.graphs) == (4, 3, 1)
+    call(5)
+    assert (backend.streams, backend.captured, graphed.graphs) == (4, 4, 2)
+    assert len(kept) == 4  # one keepalive per capture, held by the live graphs' entries
+    assert {id(e.keepalive) for e in graphed._entries.values()} == {id(k) for k in kept[2:]}
     with pytest.raises(ValueError, match="max_graphs"):
         GraphedStep(lambda: None, max_graphs=0)
     with pytest.raises(ValueError, match="warmup"):

@@ -256,7 +256,7 @@ class Trainer:
                     p.grad = None
 
             self.graphs = graphed_forward_backward.TrainerGraphs(
-                self.schedule_sse, self.device, reset=reset
+                self.schedule_sse, self.device, model=model, reset=reset
             )
 
     def _build_optimizer(self) -> None:

@@ -10,9 +10,10 @@ EMA, logging. Megatron-Core's full-iteration graph makes the same cut
 
 What moves out of the captured region, so that it holds no host synchronisation and no
 pageable host-to-device copy: the step's tensors are copied into per-layout static buffers
-(noisy latents, sigma, target, noisy-frame mask, fps, the packed text tokens), the packed
-text's ``cu_seqlens`` is made once per layout, and the loss scale (it depends on the step's
-count of noisy elements) is a device scalar. A step with a dropped caption runs eagerly: the
+(noisy latents, sigma, target, noisy-frame mask, fps, the packed text tokens and its
+``cu_seqlens``), and the loss scale (it depends on the step's count of noisy elements) is a
+device scalar. The model's RoPE table cache is kept alive with each graph (a replay reads the
+tables' captured addresses; the cache drops entries after eight other shapes). A step with a dropped caption runs eagerly: the
 model swaps in the learned null caption by re-packing the text (host work and a copy inside
 the forward). Numerics: the replay launches the eager step's kernels, so the loss and the
 gradients are the eager ones (bit for bit where the kernels are deterministic).
@@ -26,6 +27,7 @@ stays eager. Megatron's DDP must be built under
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -37,8 +39,9 @@ from mugv_dit.optim.graphed_step import GraphedStep
 
 log = logging.getLogger(__name__)
 
-#: per micro-batch: noisy latents, sigma, target, noisy-frame mask, fps, packed text tokens
-_PER_MICRO_BATCH = 6
+#: per micro-batch: noisy latents, sigma, target, noisy-frame mask, fps, packed text tokens,
+#: packed text cu_seqlens
+_PER_MICRO_BATCH = 7
 
 
 def why_not(cfg, device: torch.device, sizes: dict[str, int]) -> str | None:
@@ -66,6 +69,7 @@ class TrainerGraphs:
         run: Callable[[list, torch.Tensor], torch.Tensor],
         device: torch.device,
         *,
+        model: torch.nn.Module | None = None,
         warmup: int = 2,
         max_graphs: int = 4,
         reset: Callable[[], None] | None = None,
@@ -74,11 +78,21 @@ class TrainerGraphs:
         self.run = run
         self.device = device
         self.graphed = GraphedStep(
-            self._step, warmup=warmup, max_graphs=max_graphs, reset=reset, backend=backend
+            self._step,
+            warmup=warmup,
+            max_graphs=max_graphs,
+            reset=reset,
+            keepalive=None if model is None else lambda: self._caches(model),
+            backend=backend,
         )
         self.eager_steps = 0  # steps run eagerly because of a dropped caption
-        self._texts: dict[tuple, list[tuple[torch.Tensor, int, tuple[int, ...]]]] = {}
         self._layout: tuple = ()
+
+    @staticmethod
+    def _caches(model: torch.nn.Module) -> list:
+        """Device tensors the model caches between steps (its RoPE tables, dropped from the
+        cache after eight other shapes): a graph keeps those it may read alive."""
+        return [dict(m.__dict__.get("_rope_cache", {})) for m in model.modules()]
 
     @property
     def failure(self):
@@ -96,6 +110,7 @@ class TrainerGraphs:
         flat, layout = [], []
         for batch, inputs in prepared:
             lengths = tuple(int(t.shape[0]) for t in batch.texts)
+            offsets = (0, *torch.tensor(lengths).cumsum(0).tolist())
             tokens = batch.texts[0] if len(batch.texts) == 1 else torch.cat(batch.texts)
             flat += [
                 inputs.noisy_BCTHW,
@@ -104,17 +119,10 @@ class TrainerGraphs:
                 inputs.noisy_frames_BT.to(self.device),
                 batch.fps_B.to(self.device),
                 tokens,
+                torch.tensor(offsets, dtype=torch.int32).to(self.device),  # not in the graph
             ]
-            layout.append((lengths, batch.height_px, batch.width_px, len(batch.keys)))
+            layout.append((offsets, batch.height_px, batch.width_px, len(batch.keys)))
         key = tuple(layout)
-        if key not in self._texts:  # each layout's text offsets, made here (not captured)
-            if len(self._texts) > 4 * self.graphed.max_graphs:
-                self._texts.clear()
-            self._texts[key] = []
-            for lengths, *_ in layout:
-                offsets = (0, *torch.tensor(lengths).cumsum(0).tolist())
-                cu = torch.tensor(offsets, dtype=torch.int32).to(self.device)
-                self._texts[key].append((cu, max(lengths), offsets))
         flat.append(torch.full((), scale, dtype=torch.float32, device=self.device))
         self._layout = key
         out = self.graphed(*flat, key=key)
@@ -125,11 +133,11 @@ class TrainerGraphs:
     def _step(self, *static: torch.Tensor) -> torch.Tensor:
         """The schedule over the static buffers of the current layout."""
         items = []
-        for i, (_, height, width, n) in enumerate(self._layout):
-            noisy, sigma, target, noisy_frames, fps, tokens = static[
+        for i, (offsets, height, width, n) in enumerate(self._layout):
+            noisy, sigma, target, noisy_frames, fps, tokens, cu = static[
                 _PER_MICRO_BATCH * i : _PER_MICRO_BATCH * (i + 1)
             ]
-            cu, max_len, offsets = self._texts[self._layout][i]
+            max_len = max(hi - lo for lo, hi in itertools.pairwise(offsets))
             text = PackedText(tokens, cu, max_len, offsets)
             batch = CleanBatch(noisy, [], fps, height, width, [""] * n)
             inputs = TrainInputs(noisy, sigma, target, noisy_frames, None, [])

@@ -248,6 +248,7 @@ class _Entry:
     static: list[torch.Tensor]
     graph: object = None
     output: object = None
+    keepalive: object = None  # device memory the graph reads that the step does not own
 
 
 def _signature(inputs: Sequence[torch.Tensor], key: Hashable) -> tuple:
@@ -257,7 +258,10 @@ def _signature(inputs: Sequence[torch.Tensor], key: Hashable) -> tuple:
 class GraphedStep:
     """Replay ``step_fn(*inputs)`` as a CUDA graph per input signature after ``warmup`` eager
     calls (module docstring). ``reset`` (optional) runs before the eager re-run of a step
-    whose capture failed (e.g. drop ``param.grad`` left by the aborted backward)."""
+    whose capture failed (e.g. drop ``param.grad`` left by the aborted backward).
+    ``keepalive`` (optional), called after each capture: what it returns is kept as long as
+    that graph, for device memory the graph reads that a cache outside it might free (a
+    replay reads the captured addresses, not the cache)."""
 
     def __init__(
         self,
@@ -267,6 +271,7 @@ class GraphedStep:
         max_graphs: int = 4,
         fallback: bool = True,
         reset: Callable[[], None] | None = None,
+        keepalive: Callable[[], object] | None = None,
         backend=None,
     ) -> None:
         if warmup < 1:
@@ -278,6 +283,7 @@ class GraphedStep:
         self.max_graphs = max_graphs
         self.fallback = fallback
         self.reset = reset
+        self.keepalive = keepalive
         if backend is None:
             backend = CudaGraphs() if torch.cuda.is_available() else RecordedCalls()
         self.backend = backend
@@ -317,7 +323,11 @@ class GraphedStep:
             entry = _Entry([t.detach().clone() for t in inputs])
             self._entries[sig] = entry
             while len(self._entries) > self.max_graphs:
-                self._entries.popitem(last=False)  # drops its graph; the pool keeps the memory
+                # drops its graph (the pool keeps the memory); coming back, the signature
+                # runs one eager step before its capture (caches its step fills, e.g. the
+                # model's RoPE tables, may have moved on)
+                old, _ = self._entries.popitem(last=False)
+                self._warm[old] = min(self._warm.get(old, 0), self.warmup - 1)
         else:
             self.copy_inputs(zip(entry.static, inputs))
         self._entries.move_to_end(sig)
@@ -366,4 +376,6 @@ class GraphedStep:
             return
         step_phase("eager")
         entry.graph, entry.output = graph, output
+        if self.keepalive is not None:
+            entry.keepalive = self.keepalive()
         self.captures += 1
