@@ -114,3 +114,39 @@ def test_a_lora_run_needs_no_reference_export():
     with pytest.raises(ValueError, match="a live reference needs align.reference_from"):
         resolve_align_config(raw)
     assert resolve_align_config({**raw, "lora": LORA}).lora.rank == LORA["rank"]
+
+
+def test_power_emas_of_a_lora_run_hold_only_the_adapters(task, tmp_path):
+    """The power EMAs of a LoRA run own only adapter tensors (fp32, averaged): their base is
+    the policy's own frozen tensors, not a copy; ema-reconstruct of a sigma_rel between the
+    kept ones folds the averaged adapters into the unchanged base."""
+    from mugv_align.cli import main
+    from mugv_dit.interop.export import load_export
+    from mugv_dit.lora.adapters import is_adapter_name
+
+    cfg = _lora_dpo_cfg(task, tmp_path, "ema", steps=3, lr=1e-2, ema_sigma_rels=[0.05, 0.1])
+    _, state, _, trainer = _run(cfg)
+    policy = dict(trainer.model.module.named_parameters())
+    for ema in trainer.ema.emas:
+        own = 0
+        for name, p in ema.named_parameters():
+            if is_adapter_name(name):
+                assert p is not policy[name] and p.dtype == torch.float32, name
+                own += p.numel()
+            else:
+                assert p is policy[name], name  # shared, not copied
+        assert own == sum(p.numel() for n, p in policy.items() if p.requires_grad)
+        b = next(n for n in policy if n.endswith("mlp.fc1.lora_B"))
+        assert 0 < (dict(ema.named_parameters())[b] - policy[b]).abs().max()
+    out = tmp_path / "rec"
+    argv = ["ema-reconstruct", "--run", str(tmp_path / "ema"), "--sigma-rel", "0.07"]
+    assert main([*argv, "--output", str(out)]) == 0
+    _, rec = load_export(out)
+    _, base = load_export(task["root"] / "init")
+    adapted = {n[: -len(".lora_A")] + ".weight" for n in state if n.endswith(".lora_A")}
+    assert adapted and not any(is_adapter_name(k) for k in rec)
+    for k, v in base.items():
+        if k in adapted:
+            assert not torch.equal(rec[k], v), k  # the averaged adapters folded in
+        else:
+            assert torch.equal(rec[k], v), k

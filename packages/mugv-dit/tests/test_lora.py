@@ -184,6 +184,12 @@ def test_lora_training_freezes_the_base_and_resumes_exactly(
     for name, value in base_model_state.items():
         assert torch.equal(params[name].detach(), value), name
         assert torch.equal(ema[name].detach(), value.float()), name  # the EMA's base too
+        # the EMA owns only adapters: its base IS the model's (no second copy in memory)
+        assert ema[name] is params[name], name
+    for name, p in adapters.items():  # its own fp32 adapters, averaged (so not the model's)
+        assert ema[name] is not p and ema[name].dtype == torch.float32, name
+        if name.endswith("lora_B"):
+            assert 0 < (ema[name] - p).abs().max() < p.abs().max(), name
     moved = [n for n, p in adapters.items() if n.endswith("lora_B") and p.abs().max() > 0]
     assert len(moved) == len(adapters) // 2
     losses = _losses(run_dir)

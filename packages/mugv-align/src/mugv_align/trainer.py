@@ -33,7 +33,7 @@ from mugv_dit.build import build_model
 from mugv_dit.checkpoint import latest_checkpoint, load_model_weights
 from mugv_dit.diffusion.loss import masked_velocity_sse
 from mugv_dit.interop.export import architecture_differences, load_export, load_full_state_dict
-from mugv_dit.lora.adapters import adapters_enabled, apply_lora
+from mugv_dit.lora.adapters import adapter_copy, adapters_enabled
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.trainer import Trainer
 from mugv_formats import atomic_write_text, read_preference_data
@@ -79,9 +79,9 @@ class AlignTrainer(Trainer):
         if a.ema_sigma_rels:
 
             def make():
+                if cfg.lora is not None:  # EMAs of the adapters; their base IS the base
+                    return adapter_copy(self.model.module, torch.float32)
                 model = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
-                if cfg.lora is not None:  # EMAs of the adapters; their base is the base
-                    apply_lora(model, cfg.lora, dtype=torch.float32)
                 return model.to(self.device)
 
             self.ema = PowerEMAs(make, a.ema_sigma_rels)

@@ -60,7 +60,7 @@ from mugv_dit.diffusion.loss import (
 from mugv_dit.diffusion.prepare import micro_batch_seed, prepare_inputs
 from mugv_dit.flops import train_step_flops
 from mugv_dit.interop.export import architecture_differences, load_export, load_full_state_dict
-from mugv_dit.lora.adapters import apply_lora, lora_dtype
+from mugv_dit.lora.adapters import adapter_copy, apply_lora, lora_dtype
 from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim import graphed_forward_backward
@@ -276,9 +276,10 @@ class Trainer:
         self.ema_pending: PendingShards = {}
         if cfg.train.ema_decay is None:
             return
+        if cfg.lora is not None:  # adapters only: the frozen base's EMA is the base itself
+            self.ema = adapter_copy(model, torch.float32)
+            return
         ema = build_model(cfg.model, layout=self.parallel, runtime=cfg.runtime)
-        if cfg.lora is not None:  # same parameters as the model (the base's EMA is the base)
-            apply_lora(ema, cfg.lora, dtype=torch.float32)
         self.ema = ema.to(self.device).requires_grad_(False)
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), model.parameters()):

@@ -36,12 +36,14 @@ Shapes: B batch, N tokens (this rank's shard with SP), C channels, R the rank.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import types
 import zlib
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
@@ -243,3 +245,42 @@ def adapters_enabled(model: nn.Module, enabled: bool):
     finally:
         for st, was in zip(states, before, strict=True):
             st.enabled = was
+
+
+def _shared_object(value) -> bool:
+    """Attributes a copy of a model must share, not copy: process groups, Megatron's
+    configs and process-group collections."""
+    module = type(value).__module__ or ""
+    return isinstance(value, dist.ProcessGroup) or module.startswith(
+        ("megatron.", "torch.distributed")
+    )
+
+
+def adapter_copy(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of the adapted ``model`` that owns only its adapters: every other parameter
+    and buffer IS the model's (the same tensor, not a copy), as are its process groups and
+    Megatron config; the adapters are fresh ``dtype`` copies (no grad) with their
+    tensor-parallel attributes. The EMA of a LoRA run: the base is frozen, so its average is
+    the base itself, and the EMA costs the adapters' memory only (no second base)."""
+    memo: dict[int, object] = {}
+    for name, p in model.named_parameters():
+        if is_adapter_name(name):
+            fresh = nn.Parameter(p.detach().to(dtype).clone(), requires_grad=False)
+            for attr in ("tensor_model_parallel", "partition_dim", "partition_stride"):
+                if hasattr(p, attr):
+                    setattr(fresh, attr, getattr(p, attr))
+            memo[id(p)] = fresh
+        else:
+            if p.requires_grad:
+                raise ValueError(f"adapter_copy: base parameter {name} is not frozen")
+            memo[id(p)] = p
+    for b in model.buffers():
+        memo[id(b)] = b
+    for module in model.modules():
+        for value in vars(module).values():
+            if _shared_object(value):
+                memo[id(value)] = value
+        st = lora_of(module)
+        if st is not None and _shared_object(st.tp_group):
+            memo[id(st.tp_group)] = st.tp_group
+    return copy.deepcopy(model, memo)
