@@ -27,8 +27,9 @@ reference is the base: the same model with its adapters off).
 The adapter GEMMs run in the activations' dtype (the compute dtype, bf16 on GPU) whatever
 the adapter parameters' dtype (``lora.dtype``): fp32 adapters keep fp32 weights and gradients
 (as autocast does), but no fp32 copy of an activation is made and no fp32 GEMM runs over the
-tokens; the scale multiplies the r-wide ``h``, not the output. An adapter switched off
-(:func:`adapters_enabled`) runs nothing.
+tokens; the scale multiplies the r-wide ``h``, not the output, and ``out + h B^T`` is one
+GEMM (``addmm``: the add in its epilogue) where the base output is contiguous. An adapter
+switched off (:func:`adapters_enabled`) runs nothing.
 
 Shapes: B batch, N tokens (this rank's shard with SP), C channels, R the rank.
 """
@@ -94,7 +95,7 @@ def _compute_weights(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return a.to(x.dtype), b.to(x.dtype)
 
 
-def _col_adapter(layer, st: LoraState, x_BNC: torch.Tensor) -> torch.Tensor:
+def _col_adapter(layer, st: LoraState, x_BNC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = F.dropout(x_BNC, st.dropout, layer.training) if st.dropout else x_BNC
     a, b = _compute_weights(layer, x)
     tp = get_pg_size(st.tp_group)
@@ -109,10 +110,10 @@ def _col_adapter(layer, st: LoraState, x_BNC: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, a)
         if tp > 1:  # each rank's B shard gives part of dL/dh
             h = copy_to_tensor_model_parallel_region(h, group=st.tp_group)
-    return F.linear(h * st.scale, b)  # the scale on the r-wide h, not the output
+    return h * st.scale, b  # the scale on the r-wide h, not the output
 
 
-def _row_adapter(layer, st: LoraState, y_BNC: torch.Tensor) -> torch.Tensor:
+def _row_adapter(layer, st: LoraState, y_BNC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y = F.dropout(y_BNC, st.dropout, layer.training) if st.dropout else y_BNC
     a, b = _compute_weights(layer, y)
     h = F.linear(y, a)  # partial sum over this rank's input features
@@ -125,7 +126,7 @@ def _row_adapter(layer, st: LoraState, y_BNC: torch.Tensor) -> torch.Tensor:
             b = copy_to_tensor_model_parallel_region(b, group=st.tp_group)
         else:
             h = reduce_from_tensor_model_parallel_region(h, group=st.tp_group)
-    return F.linear(h * st.scale, b)
+    return h * st.scale, b
 
 
 def add_adapter(layer, x_BNC: torch.Tensor, out_BNC: torch.Tensor) -> torch.Tensor:
@@ -134,8 +135,13 @@ def add_adapter(layer, x_BNC: torch.Tensor, out_BNC: torch.Tensor) -> torch.Tens
     st = lora_of(layer)
     if st is None or not st.enabled:
         return out_BNC
-    delta = (_col_adapter if st.column else _row_adapter)(layer, st, x_BNC)
-    return out_BNC + delta.to(out_BNC.dtype)  # no-op cast: both in the compute dtype
+    h, b = (_col_adapter if st.column else _row_adapter)(layer, st, x_BNC)
+    h, b = h.to(out_BNC.dtype), b.to(out_BNC.dtype)  # no-op casts: the compute dtype
+    if out_BNC.is_contiguous():  # out + h B^T in one GEMM (the add in its epilogue)
+        c = out_BNC.shape[-1]
+        fused = torch.addmm(out_BNC.reshape(-1, c), h.reshape(-1, h.shape[-1]), b.t())
+        return fused.view(out_BNC.shape)
+    return out_BNC + F.linear(h, b)
 
 
 def _sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
