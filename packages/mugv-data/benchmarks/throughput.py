@@ -53,7 +53,9 @@ FAST_VARIANTS = {
         "filters.speed.window=3",
     ],
     "gray=split": ["filters.gray_source=split"],
+    "short_circuit": ["filters.short_circuit=true"],
     "fast": [
+        "filters.short_circuit=true",
         "clip.preset=ultrafast",
         "filters.shake.num_pairs=12",
         "filters.speed.num_pairs=12",

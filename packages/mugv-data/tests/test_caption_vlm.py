@@ -224,3 +224,65 @@ def test_declared_resources_reach_the_workers(tmp_path):
     assert opts == {"num_cpus": 1.0, "num_gpus": 0.5, "memory": (WORKER_BASE_MB + 256) << 20}
     cpu = load_config(None, overrides=["captions.source=vlm", "captions.device=cpu"])
     assert caption_resources(cpu).gpus == 0 and worker_resources(cpu).gpus == 0
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(tmp_path):
+    """captions.backend=vllm is optional: where vllm does not import, the error names it."""
+    import importlib.util
+
+    from mugv_data.caption_vlm import load_captioner
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    cfg = CaptionConfig(source="vlm", backend="vllm", model_path=str(tmp_path))
+    with pytest.raises(ValueError, match="captions.backend=vllm needs the vllm package"):
+        load_captioner(cfg)
+
+
+def test_vllm_backend_sends_the_transformers_prompts_to_the_engine(tiny_qwen2vl, monkeypatch):
+    """With a stand-in ``vllm`` module (the real one is not installed here): the engine is
+    built from the local folder, gets the same chat prompt as the transformers backend (one
+    image slot per frame), the frames as images and greedy sampling of max_new_tokens, and
+    its outputs come back in order. Not a run of vLLM itself."""
+    import sys
+    import types
+
+    from mugv_data.caption_vlm import VLMCaptioner, chat_prompt, load_captioner
+    from transformers import AutoTokenizer
+
+    seen = {}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            seen["params"] = kw
+
+    class LLM:
+        def __init__(self, **kw):
+            seen["llm"] = kw
+
+        def generate(self, requests, params, use_tqdm=True):
+            seen["requests"] = requests
+            out = types.SimpleNamespace
+            return [out(outputs=[out(text=f" caption {i} ")]) for i in range(len(requests))]
+
+    monkeypatch.setitem(
+        sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+    )
+    cfg = CaptionConfig(
+        source="vlm", backend="vllm", model_path=str(tiny_qwen2vl), num_frames=3, max_new_tokens=7
+    )
+    cap = load_captioner(cfg)
+    clips = [np.stack(scene(3, 56, 84, seed=s)) for s in (1, 2)]
+    assert cap.caption_frames(clips) == ["caption 0", "caption 1"]
+    assert seen["llm"]["model"] == str(tiny_qwen2vl)
+    assert seen["llm"]["limit_mm_per_prompt"] == {"image": 3}
+    assert seen["params"] == {"temperature": 0.0, "max_tokens": 7}
+    tok = AutoTokenizer.from_pretrained(str(tiny_qwen2vl))
+    ref = VLMCaptioner.__new__(VLMCaptioner)
+    ref.tokenizer, ref.config = tok, cfg
+    for req, frames in zip(seen["requests"], clips, strict=True):
+        assert req["prompt"] == ref._prompt(3) == chat_prompt(tok, cfg.prompt, 3)
+        assert req["prompt"].count("<|image_pad|>") == 3
+        imgs = req["multi_modal_data"]["image"]
+        assert len(imgs) == 3
+        assert all(np.array_equal(np.asarray(i), f) for i, f in zip(imgs, frames, strict=True))

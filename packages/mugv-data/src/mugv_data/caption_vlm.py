@@ -1,8 +1,10 @@
-"""VLM captions: a Qwen2-VL-family model (transformers, local folder) captions clips in batches.
+"""VLM captions: a Qwen2-VL-family model (local folder) captions clips in batches.
 
 Each clip contributes ``captions.num_frames`` evenly spaced frames (short side resized to
-``captions.frame_short_side``) as a multi-image prompt. Generation is greedy, batched with
-left padding. Nothing is downloaded: ``captions.model_path`` must be a local folder.
+``captions.frame_short_side``) as a multi-image prompt. Generation is greedy. Nothing is
+downloaded: ``captions.model_path`` must be a local folder. Backends (``captions.backend``):
+``transformers`` (:class:`VLMCaptioner`, batched with left padding) and ``vllm``
+(:class:`VLLMCaptioner`, vLLM's offline engine; optional, only where ``vllm`` imports).
 """
 
 from __future__ import annotations
@@ -43,6 +45,80 @@ QWEN2VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 IMAGE_PAD = "<|image_pad|>"
+
+
+def chat_prompt(tokenizer, prompt: str, n_frames: int) -> str:
+    """The checkpoint's chat template (Qwen2-VL's when it has none) with one image slot
+    (``<|vision_start|><|image_pad|><|vision_end|>``) per frame, then the prompt."""
+    content = [{"type": "image"}] * n_frames + [{"type": "text", "text": prompt}]
+    messages = [{"role": "user", "content": content}]
+    template = None if getattr(tokenizer, "chat_template", None) else QWEN2VL_CHAT_TEMPLATE
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, chat_template=template
+    )
+
+
+def load_captioner(config: CaptionConfig):
+    """The captioner of ``captions.backend``."""
+    if config.backend == "vllm":
+        return VLLMCaptioner.from_config(config)
+    return VLMCaptioner.from_config(config)
+
+
+class VLLMCaptioner:
+    """``captions.backend: vllm``: the same prompts (one image slot per frame, the checkpoint's
+    chat template) and greedy decoding of ``max_new_tokens``, served by vLLM's offline ``LLM``
+    engine (it batches and expands the image slots itself). Optional: vLLM is not a
+    dependency of mugv-data; without it this raises a ValueError naming the package."""
+
+    def __init__(self, config: CaptionConfig, llm, tokenizer, sampling_params_cls) -> None:
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.params = sampling_params_cls(temperature=0.0, max_tokens=config.max_new_tokens)
+
+    @classmethod
+    def from_config(cls, config: CaptionConfig) -> VLLMCaptioner:
+        try:
+            import vllm
+        except ImportError:
+            raise ValueError(
+                "captions.backend=vllm needs the vllm package, which is not installed "
+                "(install it where it supports your GPU, or use captions.backend=transformers)"
+            ) from None
+        from transformers import AutoTokenizer
+
+        if not config.model_path or not Path(config.model_path).is_dir():
+            raise ValueError(
+                f"captions.model_path {config.model_path!r} is not a local model folder"
+            )
+        path = str(config.model_path)
+        llm = vllm.LLM(
+            model=path,
+            tokenizer=path,
+            dtype=config.dtype,
+            limit_mm_per_prompt={"image": config.num_frames},
+        )
+        return cls(
+            config,
+            llm,
+            AutoTokenizer.from_pretrained(path, local_files_only=True),
+            vllm.SamplingParams,
+        )
+
+    def caption_frames(self, clips: Sequence[np.ndarray]) -> list[str]:
+        """Captions of one batch, in order; each item is uint8 frames [N, H, W, 3]."""
+        from PIL import Image
+
+        requests = [
+            {
+                "prompt": chat_prompt(self.tokenizer, self.config.prompt, len(f)),
+                "multi_modal_data": {"image": [Image.fromarray(x) for x in f]},
+            }
+            for f in clips
+        ]
+        outs = self.llm.generate(requests, self.params, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outs]
 
 
 class VLMCaptioner:
@@ -91,12 +167,7 @@ class VLMCaptioner:
         )
 
     def _prompt(self, n_frames: int) -> str:
-        content = [{"type": "image"}] * n_frames + [{"type": "text", "text": self.config.prompt}]
-        messages = [{"role": "user", "content": content}]
-        template = None if getattr(self.tokenizer, "chat_template", None) else QWEN2VL_CHAT_TEMPLATE
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, chat_template=template
-        )
+        return chat_prompt(self.tokenizer, self.config.prompt, n_frames)
 
     def caption_frames(self, clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of one batch; each item is uint8 frames [N, H, W, 3]."""

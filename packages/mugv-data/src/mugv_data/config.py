@@ -372,6 +372,10 @@ class CaptionConfig(Frozen):
     (optional start_s,end_s); ``vlm``: a Qwen2-VL model from a local folder."""
     table_path: str | None = None
     model_path: str | None = None
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """How ``source: vlm`` runs the model: ``transformers`` (default, batched ``generate``) or
+    ``vllm`` (vLLM's offline engine on the GPU; optional: needs the ``vllm`` package, which
+    mugv-data does not install; ``device`` is then vLLM's choice)."""
     device: str = "cuda"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     batch_size: int = Field(8, ge=1, le=65536)
@@ -414,6 +418,28 @@ class BalanceConfig(Frozen):
     """Weight = mean over tags of count(tag)^-alpha, normalised to mean 1."""
 
 
+class ModelPoolConfig(Frozen):
+    """Ray engine: a pool of actors holding the model stages (aesthetic, classifier,
+    clip_embedding) that the per-source (CPU) workers feed (``mugv_data/model_pool.py``)."""
+
+    actors: int = Field(0, ge=0, le=65536)
+    """Pool actors (0: the per-source workers hold the models themselves, the only mode of
+    the sequential and process engines, which ignore this section)."""
+    gpus: float = Field(1.0, ge=0, le=64)
+    """GPUs per actor (Ray ``num_gpus``) when a model stage runs on CUDA; 0 when all run on
+    CPU."""
+    cpus: float = Field(1.0, ge=0, le=1024)
+    """CPUs per actor (Ray ``num_cpus``)."""
+    memory_mb: float = Field(0.0, ge=0, le=1 << 24)
+    """Host memory per actor (Ray ``memory``; 0: not declared)."""
+    batch_clips: int = Field(16, ge=1, le=65536)
+    """Clips per request (each carries only the frames the model stages read)."""
+    max_in_flight: int = Field(2, ge=1, le=1024)
+    """Requests one per-source worker keeps in flight (backpressure)."""
+    max_restarts: int = Field(3, ge=0, le=1000)
+    """Times Ray restarts a lost pool actor (its requests are rerun)."""
+
+
 class EngineConfig(Frozen):
     kind: Literal["sequential", "process", "ray"] = "process"
     workers: int = Field(0, ge=0, le=65536)
@@ -427,6 +453,7 @@ class EngineConfig(Frozen):
     at most ``workers * max_in_flight`` results)."""
     max_unit_attempts: int = Field(3, ge=1, le=100)
     """Ray: times a unit is run when its worker is lost (a node gone, a killed actor)."""
+    model_pool: ModelPoolConfig = ModelPoolConfig()
 
 
 class OutputConfig(Frozen):

@@ -25,6 +25,7 @@ curation on the same output is refused naming the first.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -77,8 +78,14 @@ from mugv_data.dataset_units import (
     read_duplicates,
     write_caption_unit,
 )
-from mugv_data.engines import Engine, WorkerSpec, make_engine
+from mugv_data.engines import Engine, RayEngine, WorkerSpec, make_engine
 from mugv_data.inputs import discover_inputs, printable, printable_tree, source_id
+from mugv_data.model_pool import (
+    build_model_worker,
+    build_pooled_source_worker,
+    model_pool_resources,
+    model_stages_enabled,
+)
 from mugv_data.per_source import SourceResult, build_source_worker, worker_resources
 from mugv_data.report import ReportBuilder
 from mugv_data.stages.dataset import reject_row
@@ -118,14 +125,33 @@ def run_sources(
     (``sources/SID.json``, clip mp4s, thumbnails) as it returns and then dropped."""
     todo = (str(s) for s in sources if not staging.done(source_id(s)))
     bar = tqdm(desc="sources", unit="video", disable=not progress)
-    for _, res in engine.map(source_spec(config), todo):
-        staging.save(res)
-        bar.update(1)
-        bar.set_postfix(kept=sum(c.kept for c in res.clips))
+    try:
+        for _, res in engine.map(source_spec(config, engine), todo):
+            staging.save(res)
+            bar.update(1)
+            bar.set_postfix(kept=sum(c.kept for c in res.clips))
+    finally:
+        if isinstance(engine, RayEngine):
+            engine.stop_pools()  # the model pool's resources go to the dataset stages
     bar.close()
 
 
-def source_spec(config: CurateConfig) -> WorkerSpec:
+def source_spec(config: CurateConfig, engine: Engine | None = None) -> WorkerSpec:
+    """The per-source workers. On the Ray engine with ``engine.model_pool.actors > 0`` and a
+    model stage enabled, the model pool's actors are started and the workers feed them (they
+    then declare only the CPU stages' resources)."""
+    mp = config.engine.model_pool
+    if isinstance(engine, RayEngine) and mp.actors > 0 and model_stages_enabled(config):
+        actors = engine.start_pool(
+            WorkerSpec("models", build_model_worker, model_pool_resources(config)),
+            mp.actors,
+            mp.max_restarts,
+        )
+        return WorkerSpec(
+            "sources",
+            functools.partial(build_pooled_source_worker, actors=actors),
+            worker_resources(config, model_stages=False),
+        )
     return WorkerSpec("sources", build_source_worker, worker_resources(config))
 
 

@@ -250,6 +250,10 @@ class RayEngine(Engine):
             self._started = True
         #: node id -> units that ran there (the two-node test reads it)
         self.units_per_node: dict[str, int] = {}
+        self._pools: list[Any] = []
+        #: CPU / GPU / memory (bytes) held by pool actors: other workers size themselves on
+        #: what is left, so none of them waits for resources the pool never frees
+        self._reserved: dict[str, float] = {"CPU": 0.0, "GPU": 0.0, "memory": 0.0}
 
     def actor_options(self, r: Resources) -> dict[str, Any]:
         """Ray options of one worker actor: the spec's declared resources."""
@@ -258,9 +262,24 @@ class RayEngine(Engine):
             opts["memory"] = int(r.memory_mb * (1 << 20))
         return opts
 
+    def _free(self) -> dict[str, float]:
+        """The cluster's resources less what the pools hold."""
+        total = dict(self._ray.cluster_resources())
+        for k, v in self._reserved.items():
+            total[k] = total.get(k, 0.0) - v
+        return total
+
     def _num_actors(self, r: Resources) -> int:
-        total = self._ray.cluster_resources()
+        total = self._free()
         n = self.num_workers(r, total.get("CPU", 1))
+        if self._reserved["CPU"] > 0 and r.cpus > 0:  # beside a pool: only what fits now
+            if total.get("CPU", 0) < r.cpus:
+                raise ValueError(
+                    f"a worker declares {r.cpus:g} CPU but the Ray cluster has "
+                    f"{total.get('CPU', 0):g} left beside engine.model_pool's actors "
+                    "(fewer or smaller pool actors, or more CPUs)"
+                )
+            n = min(n, int(total["CPU"] // r.cpus))
         if r.gpus > 0:
             gpus = total.get("GPU", 0)
             if gpus == 0:
@@ -277,6 +296,29 @@ class RayEngine(Engine):
                 )
             n = min(n, max(1, int(mem_mb // r.memory_mb)))
         return n
+
+    def start_pool(self, spec: WorkerSpec, n: int, max_restarts: int) -> list[Any]:
+        """``n`` long-lived actors running ``spec`` (e.g. the model pool), declared with its
+        resources; Ray restarts a lost one up to ``max_restarts`` times and reruns its calls
+        (which must have no side effects). Killed by :meth:`close`."""
+        r = spec.resources
+        total = self._free()
+        for key, need in (("CPU", n * r.cpus), ("GPU", n * r.gpus)):
+            if need > total.get(key, 0):
+                raise ValueError(
+                    f"{spec.name}: {n} actors declare {need:g} {key} in all but the Ray "
+                    f"cluster has {total.get(key, 0):g}"
+                )
+        self._reserved["CPU"] += n * r.cpus
+        self._reserved["GPU"] += n * r.gpus
+        self._reserved["memory"] += n * r.memory_mb * (1 << 20)
+        opts = self.actor_options(r)
+        opts.update(max_restarts=max_restarts, max_task_retries=max_restarts)
+        actor_cls = self._ray.remote(**opts)(_RayWorker)
+        config_json = self.config.model_dump_json()
+        actors = [actor_cls.remote(spec.build, config_json) for _ in range(n)]
+        self._pools.extend(actors)
+        return actors
 
     def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         ray = self._ray
@@ -349,7 +391,16 @@ class RayEngine(Engine):
                 with contextlib.suppress(Exception):  # an actor of a dead node
                     ray.kill(a)
 
+    def stop_pools(self) -> None:
+        """Kill the pool actors and give their resources back to later stages."""
+        for a in self._pools:
+            with contextlib.suppress(Exception):
+                self._ray.kill(a)
+        self._pools.clear()
+        self._reserved = dict.fromkeys(self._reserved, 0.0)
+
     def close(self) -> None:
+        self.stop_pools()
         if self._started:
             self._ray.shutdown()
         if self._reaper is not None:

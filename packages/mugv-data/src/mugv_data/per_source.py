@@ -19,6 +19,7 @@ from mugv_formats.video import encode_mp4
 from mugv_data.config import CurateConfig
 from mugv_data.decode import DecoderUnavailable, FrameReader, open_reader, target_size
 from mugv_data.inputs import resolve_path, source_id
+from mugv_data.model_pool import ModelPoolClient, ModelPoolUnavailable, is_model_stage
 from mugv_data.mp4_writer import i420, resample_indices, resized
 from mugv_data.probe import ProbeError, VideoInfo, probe_video
 from mugv_data.stages.base import Clip, ClipFrames, ClipStage, Resources
@@ -84,7 +85,8 @@ class SourceResult:
 
 
 def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
-    """Enabled clip stages, cheap ones first."""
+    """Enabled clip stages, cheap ones first; the model stages (aesthetic, classifier,
+    clip_embedding) last, so a model pool can take them over as a block."""
     f = config.filters
     threads = max(1, config.decode.threads)
     stages: list[ClipStage] = []
@@ -122,12 +124,14 @@ def build_clip_stages(config: CurateConfig) -> list[ClipStage]:
 WORKER_BASE_MB = 512
 
 
-def worker_resources(config: CurateConfig) -> Resources:
-    """Resources one worker needs: the max over its stages, and memory for its frame cache
-    (``decode.cache_mb``) on top of :data:`WORKER_BASE_MB`."""
+def worker_resources(config: CurateConfig, *, model_stages: bool = True) -> Resources:
+    """Resources one worker needs: the max over its stages (without the model stages when a
+    model pool runs them), and memory for its frame cache (``decode.cache_mb``) on top of
+    :data:`WORKER_BASE_MB`."""
     r = ShotSplitter(config.split).resources
     for s in build_clip_stages(config):
-        r = r.merge(s.resources)
+        if model_stages or not is_model_stage(s):
+            r = r.merge(s.resources)
     return r.merge(Resources(cpus=0, memory_mb=WORKER_BASE_MB + config.decode.cache_mb))
 
 
@@ -169,10 +173,18 @@ def thumbnail_embedding(frames_NHW3: np.ndarray) -> np.ndarray:
 class SourceProcessor:
     """Runs every per-source stage for one video at a time."""
 
-    def __init__(self, config: CurateConfig, *, encode: bool = True) -> None:
-        """``encode=False`` scores clips without writing them (benchmarks, dry runs)."""
+    def __init__(
+        self,
+        config: CurateConfig,
+        *,
+        encode: bool = True,
+        model_pool: ModelPoolClient | None = None,
+    ) -> None:
+        """``encode=False`` scores clips without writing them (benchmarks, dry runs);
+        ``model_pool``: the model stages run there, never loaded here."""
         self.config = config
         self.encode = encode
+        self.model_pool = model_pool
         self.splitter = ShotSplitter(config.split)
         self.stages = build_clip_stages(config)
         self._per_source: dict[str, list[ClipStage]] = {}
@@ -184,7 +196,8 @@ class SourceProcessor:
             cv2.setNumThreads(max(1, self.config.decode.threads))
             self.splitter.setup()
             for s in self.stages:
-                s.setup()
+                if self.model_pool is None or not is_model_stage(s):
+                    s.setup()
             self._ready = True
 
     def teardown(self) -> None:
@@ -233,7 +246,7 @@ class SourceProcessor:
         self._decode = self.config.decode
         try:
             self._process(info, res)
-        except DecoderUnavailable:  # a configuration error, not a bad stream: stop the run
+        except (DecoderUnavailable, ModelPoolUnavailable):  # not a bad stream: stop the run
             raise
         except Exception as e:  # a bad stream must not stop the run
             detail = f"{type(e).__name__}: {e}"
@@ -319,11 +332,19 @@ class SourceProcessor:
                     c.reject("split", why)
                 clips.append(c)
         candidates = [c for c in clips if c.kept]
-        for stage in self.stages_for(res.source):
+        stages = self.stages_for(res.source)
+        pooled = [s for s in stages if is_model_stage(s)] if self.model_pool is not None else []
+        for stage in stages:
+            if pooled and is_model_stage(stage):
+                continue  # the model stages are last: the pool runs them below
             stage.setup()  # no-op once set up (a stage only a per-source override enables)
             t = time.perf_counter()
             stage.process(candidates)
             tm[stage.name] = time.perf_counter() - t
+        if pooled:
+            t = time.perf_counter()
+            self.model_pool.process(res.source, candidates, pooled)
+            tm["model_pool"] = time.perf_counter() - t
         t = time.perf_counter()
         out_reader: FrameReader | None = None
         for c in clips:

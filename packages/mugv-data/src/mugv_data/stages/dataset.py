@@ -153,10 +153,10 @@ class CaptionStage(DatasetStage):
     def _vlm(self, clips: list[KeptClip]) -> None:
         from tqdm import tqdm
 
-        from mugv_data.caption_vlm import VLMCaptioner, read_clip_frames
+        from mugv_data.caption_vlm import load_captioner, read_clip_frames
 
         if self._captioner is None:
-            self._captioner = VLMCaptioner.from_config(self.config)
+            self._captioner = load_captioner(self.config)
         captioner = self._captioner
         bs = self.config.batch_size
         for a in tqdm(

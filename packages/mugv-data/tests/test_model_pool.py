@@ -1,0 +1,225 @@
+"""The model pool (engine.model_pool): per-source workers send the model stages' frames to
+actors holding the models. In-process stand-ins for the actors check scores, verdicts,
+embeddings and the in-flight bound against the in-process path; a local Ray run (slow) checks
+the real actors end to end against the sequential engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mugv_data.config import load_config
+from mugv_data.model_pool import (
+    ModelPoolClient,
+    ModelWorker,
+    model_pool_resources,
+    pack_clip,
+    unpack_clip,
+)
+from mugv_data.per_source import SourceProcessor, worker_resources
+from mugv_data.stages.base import Clip, ClipFrames
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+open_clip = pytest.importorskip("open_clip")
+
+DEMO = Path(__file__).parents[1] / "configs" / "demo.yaml"
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """(tiny HF CLIP folder, LAION-style head file, tiny open_clip folder), random weights."""
+    from mugv_data.stages.aesthetic import build_head
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("pool_models")
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    transformers.CLIPVisionModelWithProjection(cfg).eval().save_pretrained(root / "clip")
+    torch.save(build_head(16).eval().state_dict(), root / "head.pth")
+    oc = open_clip.CLIP(**TINY_OPEN_CLIP)
+    with torch.no_grad():
+        for p in oc.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = {k: v.detach().clone().contiguous() for k, v in oc.state_dict().items()}
+    (root / "oc").mkdir()
+    save_file(state, str(root / "oc" / "open_clip_model.safetensors"))
+    (root / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
+    return root / "clip", root / "head.pth", root / "oc"
+
+
+def model_overrides(tiny_models, aesthetic_min: float | None = None) -> list[str]:
+    clip, head, oc = tiny_models
+    sets = [
+        "filters.text.enabled=false",
+        "filters.aesthetic.enabled=true",
+        f"filters.aesthetic.clip_path={clip}",
+        f"filters.aesthetic.head_path={head}",
+        "filters.aesthetic.device=cpu",
+        "filters.aesthetic.num_frames=2",
+        "filters.clip_embedding.enabled=true",
+        f"filters.clip_embedding.model_path={oc}",
+        "filters.clip_embedding.num_frames=3",
+    ]
+    if aesthetic_min is not None:
+        sets.append(f"filters.aesthetic.min={aesthetic_min}")
+    return sets
+
+
+def test_packed_clip_carries_only_the_frames_the_model_stages_read():
+    arr = np.arange(10 * 4 * 6 * 3, dtype=np.uint8).reshape(10, 4, 6, 3)
+    c = Clip("s-0001", "/v/s.mp4", 1, 20, 30, 0.8, 1.2, 25.0)
+    c.frames = ClipFrames(10, 25.0, lambda idx: arr[list(idx)])
+    c.scores["sharpness"] = 300.0
+    c.reject("motion", "motion 0.1 < min 0.2")
+
+    class Stage:
+        def __init__(self, k):
+            self.config = type("C", (), {"num_frames": k})()
+
+    d = pack_clip(c, [Stage(1), Stage(3)])
+    assert d["indices"] == sorted(set(c.frames.evenly(1)) | set(c.frames.evenly(3))) == [1, 5, 8]
+    u = unpack_clip(d)
+    assert (u.key, u.source, u.index, u.start_frame, u.end_frame) == (
+        "s-0001",
+        "/v/s.mp4",
+        1,
+        20,
+        30,
+    )
+    assert np.array_equal(u.frames.get([8, 1]), arr[[8, 1]])
+    assert u.scores == {"sharpness": 300.0}
+    assert (u.rejected_stage, u.reason) == ("motion", "motion 0.1 < min 0.2")
+    with pytest.raises(KeyError, match=r"frames \[2\] of clip s-0001 were not sent"):
+        u.frames.get([2])
+
+
+def test_pool_path_equals_in_process_models_with_bounded_requests(tiny_models, samples):
+    """bikes.mp4 through a SourceProcessor whose model stages run on two stand-in actors
+    (threads running ModelWorker): the same verdicts, scores and embeddings as the in-process
+    models; at most max_in_flight requests out; the worker's own stages never load a model."""
+    from mugv_data.stages.aesthetic import AestheticFilter
+
+    ref_cfg = load_config(DEMO, overrides=model_overrides(tiny_models))
+    ref = SourceProcessor(ref_cfg, encode=False)(samples / "bikes.mp4")
+    scores = sorted(c.scores["aesthetic"] for c in ref.clips if "aesthetic" in c.scores)
+    assert len(scores) >= 3
+    cut = (scores[0] + scores[1]) / 2  # the lowest-scored clip fails the aesthetic stage
+    cfg = load_config(DEMO, overrides=model_overrides(tiny_models, aesthetic_min=cut))
+    ref = SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
+
+    actors = [ModelWorker(cfg), ModelWorker(cfg)]
+    lock = threading.Lock()
+    out = {"now": 0, "peak": 0, "per_actor": [0, 0]}
+
+    def call(actor, request):
+        try:
+            return actor(request)
+        finally:
+            with lock:
+                out["now"] -= 1
+
+    def submit(actor, request):
+        with lock:
+            out["now"] += 1
+            out["peak"] = max(out["peak"], out["now"])
+            out["per_actor"][actors.index(actor)] += 1
+        return pool.submit(call, actor, request)
+
+    with ThreadPoolExecutor(2) as pool:
+        client = ModelPoolClient(
+            actors, submit, lambda fut: fut.result(), batch_clips=1, max_in_flight=2
+        )
+        proc = SourceProcessor(cfg, encode=False, model_pool=client)
+        got = proc(samples / "bikes.mp4")
+    assert all(s._scorer is None for s in proc.stages if isinstance(s, AestheticFilter))
+    candidates = [c for c in ref.clips if c.rejected_stage != "split"]
+    assert client.requests == len(candidates) and out["peak"] == client.peak_in_flight == 2
+    assert min(out["per_actor"]) >= 1  # both actors took requests
+    assert "model_pool" in got.timings and "aesthetic" not in got.timings
+    assert [(c.key, c.rejected_stage, c.reason) for c in got.clips] == [
+        (c.key, c.rejected_stage, c.reason) for c in ref.clips
+    ]
+    assert any(c.rejected_stage == "aesthetic" for c in got.clips)
+    for a, b in zip(ref.clips, got.clips, strict=True):
+        assert set(a.scores) == set(b.scores)
+        for k, v in a.scores.items():
+            assert b.scores[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        if a.clip_embedding is None:
+            assert b.clip_embedding is None
+        else:  # the open_clip stage's embedding (it runs after the aesthetic stage's)
+            np.testing.assert_allclose(b.clip_embedding, a.clip_embedding, atol=1e-5)
+
+
+def test_pool_resources_take_the_gpu_and_the_workers_none(tiny_models):
+    sets = [*model_overrides(tiny_models), "filters.aesthetic.device=cuda"]
+    cfg = load_config(DEMO, overrides=[*sets, "engine.model_pool.gpus=0.5"])
+    assert worker_resources(cfg).gpus == 0.5  # in-worker models: the worker takes a GPU share
+    assert worker_resources(cfg, model_stages=False).gpus == 0.0
+    r = model_pool_resources(cfg)
+    assert (r.cpus, r.gpus) == (1.0, 0.5)
+    cpu = load_config(DEMO, overrides=model_overrides(tiny_models))
+    assert model_pool_resources(cpu).gpus == 0.0
+
+
+@pytest.mark.slow
+def test_curation_on_local_ray_with_a_model_pool_equals_sequential(tiny_models, tmp_path):
+    """engine.kind=ray with a model pool of 2 CPU actors (num_gpus=0 standing in for GPU
+    actors) fed by a per-source worker: the same shards, verdicts and scores as the
+    sequential engine."""
+    pytest.importorskip("ray")
+    from mugv_data.curate import curate, read_rejects
+    from mugv_data.synth import scene, write_video
+    from mugv_formats import ClipDataset
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        write_video(d / f"v{i}.mp4", scene(30, seed=11 + i) + scene(30, seed=21 + i))
+
+    def run(name, *extra):
+        cfg = load_config(
+            None,
+            inputs=[str(d)],
+            output=str(tmp_path / name),
+            overrides=[*model_overrides(tiny_models), "split.min_clip_s=1.0", *extra],
+        )
+        s = curate(cfg, progress=False)
+        recs = {r.key: r for r in ClipDataset(tmp_path / name).records()}
+        rej = sorted((r["key"], r["stage"]) for r in read_rejects(tmp_path / name))
+        return s, recs, rej
+
+    _, seq, seq_rej = run("seq", "engine.kind=sequential")
+    s, pooled, pooled_rej = run(
+        "ray",
+        "engine.kind=ray",
+        "engine.ray_num_cpus=2",
+        "engine.workers=1",
+        "engine.model_pool.actors=2",
+        "engine.model_pool.cpus=0.5",  # 1 of the 2 CPUs left for the per-source worker
+        "engine.model_pool.batch_clips=1",
+    )
+    assert "model_pool" in s.timings and "aesthetic" not in s.timings
+    assert sorted(pooled) == sorted(seq) and len(seq) >= 3
+    assert pooled_rej == seq_rej
+    for k, r in seq.items():
+        assert pooled[k].sha256 == r.sha256
+        for name, v in r.scores.items():
+            assert pooled[k].scores[name] == pytest.approx(v, rel=1e-5, abs=1e-6), (k, name)
