@@ -194,21 +194,26 @@ def test_curation_on_local_ray_with_a_model_pool_equals_sequential(tiny_models, 
     for i in range(3):
         write_video(d / f"v{i}.mp4", scene(30, seed=11 + i) + scene(30, seed=21 + i))
 
-    def run(name, *extra):
+    def run(name, cut, *extra):
         cfg = load_config(
             None,
             inputs=[str(d)],
             output=str(tmp_path / name),
-            overrides=[*model_overrides(tiny_models), "split.min_clip_s=1.0", *extra],
+            overrides=[*model_overrides(tiny_models, cut), "split.min_clip_s=1.0", *extra],
         )
         s = curate(cfg, progress=False)
         recs = {r.key: r for r in ClipDataset(tmp_path / name).records()}
         rej = sorted((r["key"], r["stage"]) for r in read_rejects(tmp_path / name))
         return s, recs, rej
 
-    _, seq, seq_rej = run("seq", "engine.kind=sequential")
+    # the random aesthetic head's scores, then a cut that rejects the lower half
+    _, every, _ = run("all", -1e9, "engine.kind=sequential")
+    cut = float(np.median([r.scores["aesthetic"] for r in every.values()]))
+    _, seq, seq_rej = run("seq", cut, "engine.kind=sequential")
+    assert ("aesthetic" in {stage for _, stage in seq_rej}) and seq
     s, pooled, pooled_rej = run(
         "ray",
+        cut,
         "engine.kind=ray",
         "engine.ray_num_cpus=2",
         "engine.workers=1",
@@ -217,9 +222,56 @@ def test_curation_on_local_ray_with_a_model_pool_equals_sequential(tiny_models, 
         "engine.model_pool.batch_clips=1",
     )
     assert "model_pool" in s.timings and "aesthetic" not in s.timings
-    assert sorted(pooled) == sorted(seq) and len(seq) >= 3
+    assert sorted(pooled) == sorted(seq)
     assert pooled_rej == seq_rej
     for k, r in seq.items():
         assert pooled[k].sha256 == r.sha256
         for name, v in r.scores.items():
             assert pooled[k].scores[name] == pytest.approx(v, rel=1e-5, abs=1e-6), (k, name)
+
+
+def test_ray_pool_actors_declare_their_resources_and_workers_size_on_the_rest(tiny_models):
+    """RayEngine.start_pool with a stand-in ``ray`` (cluster of 4 CPUs, 1 GPU): the pool
+    actors' options, the per-source workers sized on the CPUs left, a pool asking for more
+    GPUs than the cluster has refused, and stop_pools giving the resources back."""
+    from mugv_data.engines import RayEngine, WorkerSpec
+    from mugv_data.model_pool import build_model_worker
+    from mugv_data.stages.base import Resources
+
+    made, killed = [], []
+
+    class FakeRay:
+        def cluster_resources(self):
+            return {"CPU": 4.0, "GPU": 1.0, "memory": float(64 << 30)}
+
+        def remote(self, **opts):
+            def wrap(cls):
+                class Handle:
+                    @staticmethod
+                    def remote(*args):
+                        made.append((opts, args))
+                        return object()
+
+                return Handle
+
+            return wrap
+
+        def kill(self, actor):
+            killed.append(actor)
+
+    sets = [*model_overrides(tiny_models), "filters.aesthetic.device=cuda"]
+    cfg = load_config(DEMO, overrides=[*sets, "engine.kind=ray", "engine.workers=0"])
+    eng = object.__new__(RayEngine)
+    eng.config, eng._ray, eng._pools = cfg, FakeRay(), []
+    eng._reserved = {"CPU": 0.0, "GPU": 0.0, "memory": 0.0}
+    spec = WorkerSpec("models", build_model_worker, model_pool_resources(cfg))
+    actors = eng.start_pool(spec, 1, max_restarts=3)
+    assert len(actors) == 1
+    opts, args = made[0]
+    assert opts == {"num_cpus": 1.0, "num_gpus": 1.0, "max_restarts": 3, "max_task_retries": 3}
+    assert args[0] is build_model_worker
+    assert eng._num_actors(Resources(cpus=1)) == 3  # 4 CPUs less the pool's one
+    with pytest.raises(ValueError, match="declare 1 GPU in all but the Ray cluster has 0"):
+        eng.start_pool(spec, 1, max_restarts=0)
+    eng.stop_pools()
+    assert killed == actors and eng._num_actors(Resources(cpus=1)) == 4
