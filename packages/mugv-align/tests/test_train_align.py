@@ -617,11 +617,13 @@ def test_trainer_gradient_equals_autograd_of_the_formula(task, tmp_path):
         trainer.close()
 
 
-def test_pipeline_parallel_matches_pp1_over_gloo(task, tmp_path):
+@pytest.mark.parametrize("chunking", ["joint", pytest.param("per_sample", marks=pytest.mark.slow)])
+def test_pipeline_parallel_matches_pp1_over_gloo(task, tmp_path, chunking):
     """DPO (live reference, power EMA) and KTO (reference point through a no-grad pipeline
     forward) at PP=2 — two stages of one block, 1F1B over two micro-batches, the reference's
     errors from a forward-only pipeline pass — reproduce the single-process losses, weights
-    and EMA snapshot."""
+    and EMA snapshot; also with ``align.pair_chunking=per_sample`` at PP=2 (one sample per
+    pipeline micro-batch, coefficients on the last stage) against the joint PP=1 run."""
     from mugv_align.snapshots import list_snapshots, weighted_average
 
     root = task["root"]
@@ -638,7 +640,7 @@ def test_pipeline_parallel_matches_pp1_over_gloo(task, tmp_path):
                 tmp_path / f"{kind}_{layout}.yaml",
                 tmp_path / f"{kind}_{layout}",
                 steps=3,
-                align=align,
+                align={**align, "pair_chunking": chunking} if layout == "pp2" else align,
                 train={"init_from": str(root / "init")},
                 parallel=parallel,
             )
