@@ -65,7 +65,7 @@ from mugv_dit.megatron_patches.cuda_on_cpu import cpu_megatron
 from mugv_dit.model import MUGDiT, PackedText
 from mugv_dit.optim import graphed_forward_backward
 from mugv_dit.optim.fused_adam import keep_adam_kernel
-from mugv_dit.optim.graphed_step import on_capture_stream
+from mugv_dit.optim.graphed_step import on_capture_stream, step_phase
 from mugv_dit.optim.master import (
     PendingShards,
     compute_dtype,
@@ -565,6 +565,7 @@ class Trainer:
 
         def step_fn(model, item):
             batch, inputs, text = item
+            step_phase("forward")  # named by a failed CUDA-graph capture
             noisy_BT = inputs.noisy_frames_BT.to(device)
             pred = model(
                 inputs.noisy_BCTHW,
@@ -577,6 +578,7 @@ class Trainer:
 
             def loss_func(pred_BCTHW):
                 sse = masked_velocity_sse(pred_BCTHW, inputs.target_BCTHW, noisy_BT)
+                step_phase("backward / grad reduce (Megatron's schedule)")
                 return sse * scale, {"sse": sse.detach().double()}
 
             return pred, loss_func

@@ -358,7 +358,7 @@ class GraphedStep:
 
     def _capture(self, entry: _Entry) -> None:
         self.backend.synchronize()
-        step_phase("capture: before the step")
+        step_phase("start of the step")
         try:
             graph, output = self.backend.capture(lambda: self.step_fn(*entry.static))
         except Exception as exc:  # reported, then eager (or re-raised)
