@@ -304,3 +304,55 @@ def test_capture_and_replay_the_dit_calls():
     calls = capture_dit_calls(model, run, {1, 2})
     again = replay(model, calls)
     assert torch.equal(again, torch.cat([outs[1].float().flatten(), outs[2].float().flatten()]))
+
+
+@pytest.mark.slow  # a tiny pipeline's generations on the CPU (~30 s loaded)
+def test_calibrate_fp8_command(parts, tmp_path, capsys):
+    """The command on tiny parts (emulated float8 on the CPU): under a budget below every
+    cell's error nothing goes to float8 (the final latent is then bf16's: met); the file then
+    keeps those layers at load."""
+    from mugv_infer.cli import main
+    from mugv_infer.config import RuntimeConfig
+    from mugv_infer.models import MUGDiTTransformer3DModel
+    from mugv_infer.quantize import apply_quantization
+
+    out = tmp_path / "fp8.json"
+    args = [
+        "calibrate-fp8", "--model", str(parts["model"]), "--vae", str(parts["vae"]),
+        "--text-encoder", str(parts["t5"]), "--prompt", "a cat", "--prompt", "a dog",
+        "--resolution", "32x32", "--frames", "9", "--steps", "3", "--max-rel-l2", "1e-9",
+        "--out", str(out), "--set", "runtime.dtype=float32", "--set", "max_rounds=2",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float8 emulated on the CPU
+        assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    data = json.loads(out.read_text())
+    assert data["format"] == "mugv-infer fp8 calibration" and data["mode"] == "dynamic"
+    assert data["all_fp8"]["final_latent_rel_l2"] > 1e-9
+    assert min(c["velocity_rel_l2"] for c in data["cells"]) > 1e-9
+    assert data["rounds"] == [{"fp8_cells": 0, "predicted": 0.0, "final_latent_rel_l2": 0.0}]
+    assert printed["met"] is True and printed["fp8_layers"] == data["fp8_layers"] == 0
+    assert len(data["keep_bf16"]) == 2 * 7
+    assert out.with_name("fp8.resolved.yaml").is_file()
+    model = MUGDiTTransformer3DModel.from_export(parts["model"]).float()
+    rt = RuntimeConfig(quantization="fp8", fp8_backend="emulated", fp8_calibration=out)
+    report = apply_quantization(model, rt, "cpu")
+    assert sorted(c.name for c in report.kept) == data["keep_bf16"]
+
+
+def test_calibrate_fp8_refuses_its_output_before_loading(tmp_path, capsys):
+    from mugv_infer.cli import main
+
+    base = ["calibrate-fp8", "--model", str(tmp_path / "m"), "--vae", str(tmp_path / "v"),
+            "--text-encoder", str(tmp_path / "t"), "--prompt", "a cat"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "x.txt")]) == 2
+    assert "writes a .json" in capsys.readouterr().err
+    foreign = tmp_path / "notes.json"
+    foreign.write_text("{}")
+    assert main([*base, "--out", str(foreign), "--overwrite"]) == 2
+    assert "not a calibration file" in capsys.readouterr().err and foreign.read_text() == "{}"
+    ours = tmp_path / "fp8.json"
+    ours.write_text(json.dumps({"format": "mugv-infer fp8 calibration"}))
+    assert main([*base, "--out", str(ours)]) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--frames", help="1 + 8k frames, or 5s / 3s")
     cal.add_argument("--thresholds", help="candidate thresholds, comma-separated")
     cal.add_argument("--max-rel-l2", type=float, help="allowed final-latent deviation")
+    cal8 = sub.add_parser(
+        "calibrate-fp8", help="choose the DiT layers that run in float8 for a final-latent budget"
+    )
+    common(cal8)
+    cal8.add_argument("--frames", help="1 + 8k frames, or 5s / 3s")
+    cal8.add_argument("--max-rel-l2", type=float, help="allowed final-latent deviation (0.03)")
     enh = sub.add_parser("enhance", help="one-step SDEdit refinement of a video")
     common(enh)
     enh.add_argument("--video", type=Path, required=False)
@@ -204,9 +210,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_fp8(args: argparse.Namespace) -> int:
+    """``calibrate-fp8``: settings resolved and checked, the float8 layers chosen and written."""
+    from mugv_infer import config as C
+    from mugv_infer.calibrate_fp8_command import CalibrateFp8Config, run_fp8_calibration
+
+    cfg = C.resolve(CalibrateFp8Config, args.config, _flags(args), args.set)
+    out = run_fp8_calibration(cfg)
+    data = json.loads(out.read_text())
+    print(json.dumps({"outputs": [str(out)], "fp8_layers": data["fp8_layers"],
+                      "final_latent_rel_l2": data["final_latent_rel_l2"], "met": data["met"]}))  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     handlers = {"generate": _run, "enhance": _run, "calibrate-cache": _calibrate,
-                "convert": _convert, "ui": _ui}  # fmt: skip
+                "calibrate-fp8": _calibrate_fp8, "convert": _convert, "ui": _ui}  # fmt: skip
     return run_cli("mugv-infer", build_parser(), argv, handlers)
 
 
