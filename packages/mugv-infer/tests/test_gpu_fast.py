@@ -1,7 +1,8 @@
 """GPU tests of issue 27 (``uv run pytest -m gpu packages/mugv-infer/tests/test_gpu_fast.py``):
 the float8 product of ``torch._scaled_mm`` and of torchao against the float64 reference of
 the row-wise-scaled product, the load-time check on CUDA, the CUDA-graphed block stack
-against eager (with the step cache). The low-memory recipe's GPU memory is measured by the
+against eager (with the step cache), FA4 at head dim 80 for the 72-wide heads against 72 and
+float64 SDPA, the weight-only float8 linear. The low-memory recipe's GPU memory is measured by the
 benchmark (``run_h200.sh lowmem``), its settings tested on the CPU (test_low_memory.py)."""
 
 from __future__ import annotations
@@ -124,3 +125,49 @@ def test_cuda_graphed_blocks_match_eager_with_the_step_cache():
     assert skipped == skipped_g == 1 and runner.replays == 2
     for e, o in zip(eager, graphed):
         assert _rel(o, e) < 1e-5
+
+
+@cuda
+def test_fa4_padded_to_80_equals_unpadded_on_the_gpu():
+    """The 72-wide heads through FA4 at 80 (``auto``) against FA4 at 72 (``0``) and against
+    the float64 SDPA of the same bf16 inputs: same numbers to bf16 rounding."""
+    from mugv_infer.models import transformer as tr
+    from mugv_kernels.attention import fa4_functions, resolve_backend
+
+    if fa4_functions() is None:
+        pytest.skip("FlashAttention-4 (flash_attn.cute) not installed")
+    probe = torch.zeros(1, 1, 1, 72, device="cuda", dtype=torch.bfloat16)
+    if resolve_backend("auto", probe, path="dense", needs_backward=False) != "fa4":
+        pytest.skip("auto does not take FA4 here (not Hopper, or its self-check failed)")
+    from mugv_kernels.rope import dit_rope_tables
+
+    torch.manual_seed(0)
+    sa = tr.SelfAttention(hidden=144, heads=2, eps=1e-6).cuda()
+    with torch.no_grad():
+        sa.q_norm_weight.uniform_(0.5, 2.0)
+    sa = sa.to(torch.bfloat16)
+    n = 2 + 4 * 16 * 16
+    x = (torch.randn(2, n, 144, device="cuda") * 3).to(torch.bfloat16)
+    cos, sin = dit_rope_tables((4, 16, 16), 72, torch.arange(6)[None].expand(2, 6), device="cuda")
+    outs = {}
+    with torch.no_grad():
+        for width in (80, 72):
+            sa.pad_head_dim = width
+            outs[width] = sa(x, cos, sin, n, fused=True).float()
+        sa.backend = "sdpa"
+        ref = sa.double()(x.double(), cos.double(), sin.double(), n).float()
+    assert _rel(outs[80], outs[72]) < 1e-2
+    assert _rel(outs[80], ref) < 1e-2 and _rel(outs[72], ref) < 1e-2
+
+
+@cuda
+def test_weight_only_fp8_linear_on_the_gpu():
+    from mugv_infer.quantize import Fp8Linear
+
+    lin, x = _linear()
+    lin16 = lin.to("cuda", torch.bfloat16)
+    q = Fp8Linear.from_linear(lin16, "emulated", weight_only=True)
+    w = q.dequantized_weight(torch.float64).cpu()
+    ref = x.to(torch.bfloat16).double() @ w.t() + lin16.bias.double().cpu()
+    y = q(x.to("cuda", torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and _rel(y.float().cpu(), ref) < 6e-3
