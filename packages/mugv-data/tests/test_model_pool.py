@@ -275,3 +275,23 @@ def test_ray_pool_actors_declare_their_resources_and_workers_size_on_the_rest(ti
         eng.start_pool(spec, 1, max_restarts=0)
     eng.stop_pools()
     assert killed == actors and eng._num_actors(Resources(cpus=1)) == 4
+
+
+def test_a_lost_pool_stops_the_run_and_rejects_no_source(tiny_models, samples):
+    """An unreachable pool (ModelPoolUnavailable from the client) propagates out of the
+    per-source worker instead of turning into a 'decode-error' reject, and the client's
+    in-flight counts are released."""
+    from mugv_data.model_pool import ModelPoolUnavailable
+
+    cfg = load_config(DEMO, overrides=model_overrides(tiny_models))
+
+    def gone(handle):
+        raise ModelPoolUnavailable("engine.model_pool: an actor is gone after its restarts")
+
+    client = ModelPoolClient(
+        ["a", "b"], lambda actor, request: None, gone, batch_clips=1, max_in_flight=2
+    )
+    proc = SourceProcessor(cfg, encode=False, model_pool=client)
+    with pytest.raises(ModelPoolUnavailable, match="actor is gone"):
+        proc(samples / "carphone_pristine.mp4")
+    assert client.requests >= 1 and set(client.outstanding.values()) == {0}
