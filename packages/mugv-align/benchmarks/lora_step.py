@@ -19,6 +19,8 @@ one process, no EMA):
   pair one sample at a time (``--chunking per_sample``: SFT as two accumulated micro-batches
   of one sample, DPO with ``align.pair_chunking: per_sample``) with full recompute: the joint
   pair (both samples in one micro-batch) ran out of memory on an 80 GB H100 (2026-12-07).
+  DPO's extra work over SFT: per pair two no-grad reference forwards (adapters off) and one
+  no-grad policy forward (the loser's, for the winner's loss coefficient).
   One timed step each (``--steps 2 --warmup 1`` when time allows), after an untimed warm-up
   run of each at the same width with 2 layers and ~2k tokens (kernel compilation and
   selection); start-up costs left fall on the first run, so DPO-first makes the DPO/SFT

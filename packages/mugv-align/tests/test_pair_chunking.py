@@ -90,30 +90,27 @@ def _grads(model):
 
 
 def _per_sample_grads(model, b, kind, align, z, e_ref, total_items, total_sft):
-    """The package's per-sample path: no-grad errors -> coefficients -> one backward per row."""
+    """The package's per-sample path as the trainer runs it: no-grad policy errors of the
+    rows policy_rows_needed names (NaN elsewhere), then the rows in order, each taking its
+    coefficient at its turn (RowLosses) and running its backward."""
     from mugv_align.losses import per_sample_velocity_error
-    from mugv_align.pair_chunking import error_coefficients, row_loss, split_rows
+    from mugv_align.pair_chunking import RowLosses, policy_rows_needed, split_rows
 
     model.zero_grad()
+    rows = split_rows(b)
+    needed = policy_rows_needed(b, kind)
+    known = torch.full((len(rows),), float("nan"), dtype=torch.float64)
     with torch.no_grad():
-        e = torch.cat(
-            [
-                per_sample_velocity_error(_forward(model, r), r.target_BCTHW, r.noisy_frames_BT)
-                for r in split_rows(b)
-            ]
-        )
-    coef, terms = error_coefficients(e, e_ref, b, kind, align, z, total_items)
-    for r, row in enumerate(split_rows(b)):
-        loss, _ = row_loss(
-            _forward(model, row),
-            row,
-            coef[r : r + 1],
-            bool(terms.sft_rows[r]),
-            align.sft_weight,
-            total_sft,
-        )
+        for r in needed:
+            pred = _forward(model, rows[r])
+            known[r] = per_sample_velocity_error(
+                pred, rows[r].target_BCTHW, rows[r].noisy_frames_BT
+            )[0]
+    losses = RowLosses(known, e_ref, b, kind, align, z, total_items)
+    for r, row in enumerate(rows):
+        loss, _ = losses.loss(r, _forward(model, row), row, total_sft)
         loss.backward()
-    return _grads(model), terms
+    return _grads(model), losses.terms(), needed
 
 
 @pytest.mark.parametrize("kind", ["dpo", "kto"])
@@ -151,7 +148,8 @@ def test_per_sample_gradient_equals_the_joint_loss_gradient_float64(megatron_sin
     joint = _grads(model)
     assert loss.item() > 0
 
-    per, terms = _per_sample_grads(model, b, kind, align, z, e_ref, items, total_sft)
+    per, terms, needed = _per_sample_grads(model, b, kind, align, z, e_ref, items, total_sft)
+    assert needed == ([2, 3] if kind == "dpo" else [0, 1, 2])  # DPO: the losers' only
     torch.testing.assert_close(terms.pref, pref.detach(), rtol=1e-12, atol=0)
     assert terms.sft_rows.nonzero().flatten().tolist() == sft_rows
     scale = max(g.abs().max().item() for g in joint.values())
@@ -162,7 +160,7 @@ def test_per_sample_gradient_equals_the_joint_loss_gradient_float64(megatron_sin
 
 
 def test_split_rows_keeps_each_rows_item(megatron_single):
-    from mugv_align.pair_chunking import regroup, split_rows
+    from mugv_align.pair_chunking import split_rows
 
     b = _batch(4, 2)
     rows = split_rows(b)
@@ -172,8 +170,6 @@ def test_split_rows_keeps_each_rows_item(megatron_single):
         assert r.latent_shape == (1, 24, 3, 4, 4)
         assert torch.equal(r.noisy_BCTHW[0], b.noisy_BCTHW[k])
         assert torch.equal(r.texts[0], b.texts[k])
-    vals = [torch.tensor([float(k)]) for k in range(4)]
-    assert regroup(vals + vals[:2], [b, _batch(2, 1)])[1].tolist() == [0.0, 1.0]
 
 
 def _cfg(task, tmp_path, name, **align):

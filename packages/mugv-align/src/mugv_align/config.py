@@ -67,9 +67,10 @@ class AlignConfig(BaseModel):
         "joint",
         description="dpo / kto: 'joint' runs each micro-batch (a DPO pair: both samples) in "
         "one forward/backward; 'per_sample' runs one sample at a time (the pair's coupling is "
-        "through scalar per-sample errors: reference and policy errors without gradients, "
-        "then one forward/backward per sample of dL/de * e, the same gradient) so that only "
-        "one sample's activations are alive, at the cost of one more no-grad forward.",
+        "through scalar per-sample errors: reference errors and the losers' policy errors "
+        "without gradients, then one forward/backward per sample of dL/de * e, winners "
+        "first, the same gradient) so that only one sample's activations are alive, at the "
+        "cost of one more no-grad forward per pair.",
     )
     ema_sigma_rels: list[SigmaRel] = Field(
         default_factory=lambda: [0.05, 0.10],

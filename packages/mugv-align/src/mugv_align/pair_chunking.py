@@ -7,13 +7,14 @@
 * ``per_sample``: one row at a time. Flow-DPO couples the samples of a pair only through
   their scalar velocity errors: with ``L = sum_items f(e_w, e_l; e_w_ref, e_l_ref) / n
   + lambda * sse_w / N`` the gradient is ``sum_rows (dL/de_r) de_r/dtheta + lambda / N
-  dsse_w/dtheta``. So the policy errors ``e_r`` are computed first without gradients (as the
-  reference's are), the coefficients ``c_r = dL/de_r`` follow from those scalars
-  (:func:`error_coefficients`), and each row then runs one forward/backward of
-  ``c_r e_r (+ lambda sse_r / N on winners)`` (:func:`row_loss`): the same gradient as the
-  joint loss with only one sample's activations alive, for one more no-grad forward. Flow-KTO
-  has the same structure (its reference point ``z`` is detached), so it chunks the same way
-  (and already runs that no-grad forward for ``z``).
+  dsse_w/dtheta``. Each row runs one forward/backward of ``c_r e_r (+ lambda sse_r / N on
+  winners)`` (:class:`RowLosses`) with ``c_r = dL/de_r`` (:func:`error_coefficients`)
+  computed at its turn from scalars: its own error from this very forward, and its partner's
+  -- the winners go first, so a winner's loser comes from a no-grad policy forward run
+  beforehand (:func:`policy_rows_needed`), and a loser's winner from the winner's own turn.
+  The same gradient as the joint loss with only one sample's activations alive, for one
+  more no-grad forward per pair (the losers'). Flow-KTO has the same structure (its
+  reference point ``z`` is detached and already needs every sample's no-grad error).
 
 The identity needs the no-grad forward to compute what the gradient forward computes: a
 deterministic model (``lora.dropout`` 0, which the config enforces).
@@ -105,6 +106,49 @@ def split_rows(b: PrefBatch) -> list[PrefBatch]:
     return rows
 
 
+def policy_rows_needed(b: PrefBatch, kind: str) -> list[int]:
+    """Rows whose policy errors a per-sample pass needs before the rows' turns: DPO the
+    losers (``[w.., l..]``: each winner's coefficient needs its loser's error); KTO every
+    row (the reference point ``z``)."""
+    rows = b.noisy_BCTHW.shape[0]
+    return list(range(len(b.ids), rows)) if kind == "dpo" else list(range(rows))
+
+
+class RowLosses:
+    """The per-sample losses of one micro-batch, row by row in :func:`split_rows` order.
+
+    ``e_known``: ``[rows]`` policy errors known beforehand (NaN where not, see
+    :func:`policy_rows_needed`); each row's turn (:meth:`loss`) sets its own error from its
+    gradient forward and takes its coefficient from the errors known then."""
+
+    def __init__(self, e_known, e_ref, b: PrefBatch, kind: str, align, z, total_items: float):
+        # unknown rows are placeholders (the reference's errors): a row's coefficient never
+        # depends on another item's rows, and its own item's rows are known at its turn
+        self.e = torch.where(torch.isnan(e_known), e_ref.to(e_known.dtype), e_known)
+        self.e_ref, self.b, self.kind, self.align, self.z = e_ref, b, kind, align, z
+        self.total_items = total_items
+        self.sft_rows = preference_terms(self.e, e_ref, b, kind, align, z).sft_rows.tolist()
+
+    def loss(
+        self, r: int, pred_BCTHW, row: PrefBatch, total_sft: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``r``'s surrogate loss (:func:`row_loss`) and its SFT squared-error sum."""
+        e_r = per_sample_velocity_error(pred_BCTHW, row.target_BCTHW, row.noisy_frames_BT)
+        self.e = self.e.clone()
+        self.e[r] = e_r.detach()[0].to(self.e.dtype)
+        coef, _ = error_coefficients(
+            self.e, self.e_ref, self.b, self.kind, self.align, self.z, self.total_items
+        )
+        sft = bool(self.sft_rows[r])
+        return row_loss(pred_BCTHW, row, coef[r : r + 1], sft, self.align.sft_weight, total_sft)
+
+    def terms(self) -> PreferenceTerms:
+        """The preference terms at the errors of the rows' own forwards (after all turns)."""
+        return error_coefficients(
+            self.e, self.e_ref, self.b, self.kind, self.align, self.z, self.total_items
+        )[1]
+
+
 def row_loss(
     pred_BCTHW: torch.Tensor,
     row: PrefBatch,
@@ -125,15 +169,3 @@ def row_loss(
         coef = coef + sft_weight * count / total_sft
     sse = e.detach().sum() * count if sft else torch.zeros((), dtype=e.dtype, device=e.device)
     return (coef * e).sum(), sse
-
-
-def regroup(row_values: list, batches: list[PrefBatch]) -> list[torch.Tensor | None]:
-    """Per-row ``[1]`` errors (in :func:`split_rows` order over ``batches``) back to one
-    ``[rows]`` tensor per micro-batch (None on pipeline stages that hold no errors)."""
-    out, k = [], 0
-    for b in batches:
-        n = b.noisy_BCTHW.shape[0]
-        part = row_values[k : k + n]
-        k += n
-        out.append(None if not part or part[0] is None else torch.cat(part))
-    return out

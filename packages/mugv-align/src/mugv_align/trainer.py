@@ -43,10 +43,9 @@ from mugv_align.config import AlignRunConfig
 from mugv_align.data import PreferenceSampler, build_batch, load_source, resolve_latent_path
 from mugv_align.losses import kto_reference_point, per_sample_velocity_error
 from mugv_align.pair_chunking import (
-    error_coefficients,
+    RowLosses,
+    policy_rows_needed,
     preference_terms,
-    regroup,
-    row_loss,
     split_rows,
 )
 from mugv_align.reference import policy_dtype, read_reference_errors
@@ -248,11 +247,13 @@ class AlignTrainer(Trainer):
         ]
         self._set_reference_errors(batches)
         per_sample = a.pair_chunking == "per_sample"
-        # the policy's errors without gradients: KTO's reference point; per-sample chunking's
-        # loss coefficients
-        policy_errors = (
-            self._errors(self.model, batches) if per_sample or src.kind == "kto" else None
-        )
+        # the policy's errors without gradients: KTO's reference point (every sample);
+        # per-sample DPO's losers (their winners' loss coefficients)
+        policy_errors = None
+        if src.kind == "kto":
+            policy_errors = self._errors(self.model, batches)
+        elif per_sample:
+            policy_errors = self._errors(self.model, batches, rows_of=policy_rows_needed)
         # global normalisers: items, SFT elements (winners / desirable samples)
         n_items = sum(len(b.ids) for b in batches)
         sft_count = 0
@@ -330,13 +331,30 @@ class AlignTrainer(Trainer):
         outputs = self.schedule(step_fn, batches, shapes, model=model, forward_only=True)
         return [out["e"] for out in outputs] or [None] * len(batches)
 
-    def _errors(self, model, batches) -> list[torch.Tensor | None]:
+    def _errors(self, model, batches, rows_of=None) -> list[torch.Tensor | None]:
         """:meth:`_pipeline_errors` per micro-batch; with ``pair_chunking=per_sample`` run one
-        row at a time (the no-grad forwards hold one sample's activations too)."""
+        row at a time (the no-grad forwards hold one sample's activations too), only the
+        rows ``rows_of(batch, kind)`` lists when given (NaN for the others)."""
         if self.align.pair_chunking != "per_sample":
             return self._pipeline_errors(model, batches)
-        rows = [r for b in batches for r in split_rows(b)]
-        return regroup(self._pipeline_errors(model, rows), batches)
+        picked = [
+            list(range(b.noisy_BCTHW.shape[0])) if rows_of is None else rows_of(b, self.align.mode)
+            for b in batches
+        ]
+        rows = [split_rows(b)[i] for b, idx in zip(batches, picked, strict=True) for i in idx]
+        errors = self._pipeline_errors(model, rows) if rows else []
+        if not errors or errors[0] is None:  # not the last pipeline stage
+            return [None] * len(batches)
+        out, k = [], 0
+        for b, idx in zip(batches, picked, strict=True):
+            e = torch.full(
+                (b.noisy_BCTHW.shape[0],), float("nan"), dtype=errors[0].dtype, device=self.device
+            )
+            for i in idx:
+                e[i] = errors[k][0]
+                k += 1
+            out.append(e)
+        return out
 
     def _set_reference_errors(self, batches) -> None:
         """``b.ref_error_B`` of every micro-batch: the live reference's errors (on the last
@@ -404,33 +422,27 @@ class AlignTrainer(Trainer):
     def _per_sample_forward_backward(
         self, batches, policy_errors, kind, total_items, total_sft, z
     ) -> torch.Tensor:
-        """``pair_chunking=per_sample``: the loss coefficients ``dL/de`` of every row from the
-        no-grad policy errors (last pipeline stage), then one forward/backward per row of
-        :func:`~mugv_align.pair_chunking.row_loss` through the schedule. Same metric sums
+        """``pair_chunking=per_sample``: one forward/backward per row through the schedule,
+        each row's loss coefficient ``dL/de`` taken at its turn (on the last pipeline stage)
+        from its own error and the errors known then (:class:`RowLosses`). Same metric sums
         as :meth:`_preference_forward_backward`."""
         a = self.align
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        items = []
+        items, per_batch = [], []
         for b, e in zip(batches, policy_errors, strict=True):
-            coef = sft_rows = None
+            losses = None
             if e is not None:  # the last pipeline stage: the loss lives here
-                e_ref = b.ref_error_B.to(e.dtype)
-                coef, terms = error_coefficients(e, e_ref, b, kind, a, z, total_items)
-                sft_rows = terms.sft_rows.tolist()
-                zero = torch.zeros((), dtype=torch.float64, device=self.device)
-                sums += _metric_sums(terms.pref, terms.margin, e, e_ref, zero)
-            for r, row in enumerate(split_rows(b)):
-                items.append(
-                    (row, None if coef is None else coef[r : r + 1], bool(sft_rows and sft_rows[r]))
-                )
+                losses = RowLosses(e, b.ref_error_B.to(e.dtype), b, kind, a, z, total_items)
+                per_batch.append(losses)
+            items += [(row, losses, r) for r, row in enumerate(split_rows(b))]
         scale = self.dp_size * len(items)  # as in _preference_forward_backward, per row
 
         def step_fn(model, item):
-            row, coef, sft = item
+            row, losses, r = item
             pred = self._forward(model, row)
 
             def loss_func(pred_BCTHW):
-                loss, sse = row_loss(pred_BCTHW, row, coef, sft, a.sft_weight, total_sft)
+                loss, sse = losses.loss(r, pred_BCTHW, row, total_sft)
                 return loss * scale, {"sse": sse.double()}
 
             return pred, loss_func
@@ -438,6 +450,10 @@ class AlignTrainer(Trainer):
         shapes = [row.latent_shape for row, _, _ in items]
         for out in self.schedule(step_fn, items, shapes):
             sums[4] += out["sse"]
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        for losses in per_batch:  # the metrics at the rows' own errors
+            terms = losses.terms()
+            sums += _metric_sums(terms.pref, terms.margin, losses.e, losses.e_ref, zero)
         return sums
 
 
