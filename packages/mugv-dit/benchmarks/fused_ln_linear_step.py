@@ -1,7 +1,8 @@
 """Model forward+backward with and without ``runtime.fused_ln_linear`` (issue 29 item 2).
 
 The same MUG-DiT (fused ops on, attention ``auto``, bf16) at 1728 x 8 layers on 12.9k tokens,
-built twice from one seed, one with the modulated LayerNorm inside the qkv / fc1 GEMMs: median
+built three times from one seed: off, and the modulated LayerNorm handed to the qkv / fc1
+linears with ``ln_linear_method`` recompute and fused (inside Triton GEMMs): median
 forward+backward time (no optimizer), peak memory, and the loss / gradient-norm difference of
 the two on the same inputs. Writes ``fused_ln_linear_step.{json,md}`` under ``--out``.
 
@@ -25,7 +26,7 @@ import torch
 GRIDS = {"12.9k": (14, 46, 80), "tiny": (2, 4, 6)}  # latent T, H, W (patch 1x2x2)
 
 
-def run(mode: str, hidden: int, layers: int, grid, device: str, steps: int, warmup: int) -> dict:
+def run(arm: str, hidden: int, layers: int, grid, device: str, steps: int, warmup: int) -> dict:
     from megatron.core import tensor_parallel
     from mugv_dit import build_model
     from mugv_dit.config import ModelConfig, RuntimeConfig
@@ -34,7 +35,9 @@ def run(mode: str, hidden: int, layers: int, grid, device: str, steps: int, warm
     on_gpu = device == "cuda"
     cfg = ModelConfig(hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 72),
                       text_dim=4096 if on_gpu else 32)  # fmt: skip
+    mode, _, method = arm.partition("/")
     runtime = RuntimeConfig(fused_ops=True, fused_ln_linear=mode,
+                            ln_linear_method=method or "recompute",
                             attention_backend="auto" if on_gpu else "sdpa")  # fmt: skip
     dtype = torch.bfloat16 if on_gpu else torch.float32
     torch.manual_seed(0)
@@ -81,7 +84,7 @@ def run(mode: str, hidden: int, layers: int, grid, device: str, steps: int, warm
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
-    return {"mode": mode, "ms": statistics.median(times), "ms_all": times, "loss": loss,
+    return {"mode": arm, "ms": statistics.median(times), "ms_all": times, "loss": loss,
             "grad_norm": grad_norm, "peak_GiB": peak, "tokens": t * (h // 2) * (w // 2)}  # fmt: skip
 
 
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.hidden, args.layers, args.steps, args.warmup = 144, 2, 2, 1
     grid = GRIDS["tiny" if args.tiny else "12.9k"]
-    modes = ("off", "auto") if args.device == "cuda" else ("off", "on")
+    on = "auto" if args.device == "cuda" else "on"
+    modes = ("off", f"{on}/recompute", f"{on}/fused")
     rows = []
     for mode in modes:
         rows.append(run(mode, args.hidden, args.layers, grid, args.device, args.steps,
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{meta['command']}`: {args.hidden} x {args.layers} layers, {base['tokens']} tokens, "
         "fused ops, attention auto, bf16, forward+backward (no optimizer)",
         "",
-        "| fused_ln_linear | ms (median) | vs off | peak GiB | loss rel. diff | grad-norm rel. diff |",
+        "| fused_ln_linear / method | ms (median) | vs off | peak GiB | loss rel. diff | grad-norm rel. diff |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -15,10 +15,12 @@ pytestmark = [
 ]
 
 
-def _model(fused: bool, dtype, fused_ln_linear: str = "off"):
+def _model(fused: bool, dtype, fused_ln_linear: str = "off", method: str = "recompute"):
     cfg = ModelConfig(hidden_size=288, num_heads=4, num_layers=2, text_dim=64)
     torch.manual_seed(0)
-    runtime = RuntimeConfig(fused_ops=fused, fused_ln_linear=fused_ln_linear)
+    runtime = RuntimeConfig(
+        fused_ops=fused, fused_ln_linear=fused_ln_linear, ln_linear_method=method
+    )
     model = build_model(cfg, dtype=dtype, runtime=runtime)
     return model.to("cuda", dtype).train(), cfg
 
@@ -53,18 +55,19 @@ def test_fused_ops_match_torch_ops_on_gpu(megatron_single):
         torch.testing.assert_close(g_f[name], g, rtol=1e-3, atol=1e-4, msg=name)
 
 
-def test_fused_ln_linear_matches_unfused_on_gpu(megatron_single):
-    """runtime.fused_ln_linear (the modulated LN inside the qkv / fc1 GEMMs, Triton) vs the
-    fused-ops path that stores the normalised activation: fp32 (IEEE dots) to fp32 rounding,
-    bf16 to bf16 rounding."""
+@pytest.mark.parametrize("method", ["fused", "recompute"])
+def test_fused_ln_linear_matches_unfused_on_gpu(megatron_single, method):
+    """runtime.fused_ln_linear (the modulated LN handed to the qkv / fc1 linears: inside Triton
+    GEMMs, or recomputed in the backward) vs the fused-ops path that stores the normalised
+    activation: fp32 (IEEE dots) to fp32 rounding, bf16 to bf16 rounding."""
     out_u, g_u = _run(*_model(True, torch.float32))
-    out_f, g_f = _run(*_model(True, torch.float32, fused_ln_linear="auto"))
+    out_f, g_f = _run(*_model(True, torch.float32, fused_ln_linear="auto", method=method))
     torch.testing.assert_close(out_f, out_u, rtol=1e-4, atol=1e-4)
     assert g_f.keys() == g_u.keys()
     for name, g in g_u.items():
         torch.testing.assert_close(g_f[name], g, rtol=1e-3, atol=1e-4, msg=name)
     out16_u, g16_u = _run(*_model(True, torch.bfloat16))
-    out16_f, g16_f = _run(*_model(True, torch.bfloat16, fused_ln_linear="auto"))
+    out16_f, g16_f = _run(*_model(True, torch.bfloat16, fused_ln_linear="auto", method=method))
     assert (out16_f - out16_u).norm() / out16_u.norm() < 1e-2
     for name, g in g16_u.items():
         rel = (g16_f[name] - g).norm() / g.norm().clamp_min(1e-12)

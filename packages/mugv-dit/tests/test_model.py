@@ -214,9 +214,11 @@ def test_fused_ln_linear_switch_matches_unfused_path(megatron_single, debug_cfg,
     )
     x, sigma, texts, fps, noisy = _inputs(debug_cfg)
     outs, grads = [], []
-    for fused_ln in ("off", "auto", "on"):
+    for fused_ln, method in (("off", "fused"), ("auto", "fused"), ("on", "fused"),
+                             ("on", "recompute")):  # fmt: skip
         torch.manual_seed(0)
-        runtime = RuntimeConfig(fused_ops=True, fused_ln_linear=fused_ln, recompute="selective")
+        runtime = RuntimeConfig(fused_ops=True, fused_ln_linear=fused_ln, recompute="selective",
+                                ln_linear_method=method)  # fmt: skip
         model = build_model(debug_cfg, runtime=runtime).double().train()
         out = model(
             x.double(),
@@ -230,13 +232,14 @@ def test_fused_ln_linear_switch_matches_unfused_path(megatron_single, debug_cfg,
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
         if fused_ln != "on":  # "auto" is "off" off CUDA
             assert not calls
-    # qkv and fc1 of every block (fc1 twice: recomputed in backward)
-    assert len(calls) == 3 * debug_cfg.num_layers
+    # qkv and fc1 of every block (fc1 twice: recomputed in backward), for both methods
+    assert len(calls) == 2 * 3 * debug_cfg.num_layers
     assert torch.equal(outs[1], outs[0])
-    torch.testing.assert_close(outs[2], outs[0], rtol=1e-10, atol=1e-10)
-    assert grads[2].keys() == grads[0].keys() and any("qkv" in n for n in grads[0])
-    for name, g in grads[0].items():
-        torch.testing.assert_close(grads[2][name], g, rtol=1e-9, atol=1e-12, msg=name)
+    for i in (2, 3):
+        torch.testing.assert_close(outs[i], outs[0], rtol=1e-10, atol=1e-10)
+        assert grads[i].keys() == grads[0].keys() and any("qkv" in n for n in grads[0])
+        for name, g in grads[0].items():
+            torch.testing.assert_close(grads[i][name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_parallel_context_must_match_the_transformer_config(megatron_single, debug_cfg):

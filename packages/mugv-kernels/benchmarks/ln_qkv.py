@@ -4,6 +4,8 @@ For each case ``tokens x K -> N`` (per-branch modulation, bf16, bias), in one ru
 
 * ``fused``: :func:`mugv_kernels.ln_linear.modulated_ln_linear` (stats pass + Triton GEMM with
   the norm applied on load; backward: cuBLAS dgrad, modulated-LN backward, Triton dW);
+* ``recompute``: ``method="recompute"``: modulated LN kernel + cuBLAS, the normalised
+  activation dropped and recomputed in the backward (saves what ``fused`` saves);
 * ``unfused``: the Triton modulated LayerNorm (normalised activation written in bf16) then
   cuBLAS ``F.linear`` (what the model's fast path runs today);
 * ``gemm``: ``F.linear`` alone on an already-normalised input (cuBLAS; the GEMM floor).
@@ -73,6 +75,13 @@ def fused(inp, x, w, b, shift, scale):
     )
 
 
+def recompute(inp, x, w, b, shift, scale):
+    return modulated_ln_linear(
+        x, shift, scale, w, b, token_branch=inp["token_branch"], method="recompute",
+        use_triton=True,
+    )  # fmt: skip
+
+
 def unfused(inp, x, w, b, shift, scale):
     xn = modulated_layer_norm(x, shift, scale, token_branch=inp["token_branch"], use_triton=True)
     return F.linear(xn, w, b)
@@ -82,7 +91,7 @@ def gemm(inp, x, w, b, shift, scale):
     return F.linear(inp["xn"], w, b)
 
 
-IMPLS = {"fused": fused, "unfused": unfused, "gemm": gemm}
+IMPLS = {"fused": fused, "recompute": recompute, "unfused": unfused, "gemm": gemm}
 
 
 def extra_bytes(impl: str, rows: int, k: int, elem: int = 2) -> dict[str, int]:
@@ -100,6 +109,8 @@ def extra_bytes(impl: str, rows: int, k: int, elem: int = 2) -> dict[str, int]:
         return {"fwd": 2 * act + stats, "bwd": 3 * act + stats, "saved": act}
     if impl == "fused":
         return {"fwd": act + 2 * stats + rows * 4, "bwd": 3 * act + 2 * stats, "saved": 0}
+    if impl == "recompute":  # the unfused forward; the backward re-runs modLN (read x, write xn)
+        return {"fwd": 2 * act + stats, "bwd": 5 * act + 2 * stats, "saved": 0}
     return {"fwd": 0, "bwd": 0, "saved": 0}
 
 

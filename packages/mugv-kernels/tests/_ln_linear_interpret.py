@@ -41,6 +41,7 @@ def rel(a, b):
 CASES = {  # name: (B, L, K, N, layout, bias); "residual": x = x0 + y0 via residual_ln_stats
     "branch": (2, 37, 40, 48, "branch", True),
     "residual": (2, 23, 40, 24, "branch", True),
+    "recompute": (2, 29, 40, 24, "branch", True),  # method="recompute"
     "sample": (2, 19, 24, 40, "sample", True),
     "token_nobias": (1, 21, 33, 17, "token", False),
 }
@@ -67,9 +68,11 @@ for name in selected:
         h = ins[0]
         if resid:
             h, stats = residual_ln_stats(ins[0], ins[-1], eps=1e-6, use_triton=True)
+        method = "recompute" if name == "recompute" else "fused"
         y = modulated_ln_linear(
-            h, *ins[1:4], bias, token_branch=mask, eps=1e-6, stats=stats, use_triton=True
-        )
+            h, *ins[1:4], bias, token_branch=mask, eps=1e-6, stats=stats, method=method,
+            use_triton=True,
+        )  # fmt: skip
         dy = torch.randn(y.shape, generator=gen).to(dtype)
         grads = torch.autograd.grad(y, ins, dy)
         ref_ins = [t.detach().double().requires_grad_() for t in leaves]

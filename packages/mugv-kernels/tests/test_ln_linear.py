@@ -46,9 +46,10 @@ def _check(results: dict, cases: tuple[str, ...]) -> None:
 
 
 def test_fused_matches_float64_formula_under_interpreter():
-    """Per-branch (with bias; and on a residual sum h = x + y whose statistics come from
-    residual_ln_stats) and per-token (no bias, odd sizes) modulation, fp32 and bf16."""
-    cases = ("branch", "residual", "token_nobias")
+    """Per-branch (with bias; on a residual sum h = x + y whose statistics come from
+    residual_ln_stats; and method="recompute") and per-token (no bias, odd sizes) modulation,
+    fp32 and bf16."""
+    cases = ("branch", "residual", "recompute", "token_nobias")
     results = _interpret(*cases)
     assert "dbias" in results["branch bfloat16"]
     assert "dy" in results["residual float32"]
@@ -79,6 +80,8 @@ def test_bad_shapes_are_named():
         modulated_ln_linear(x, shift, scale, torch.zeros(3, 7), use_triton=False)
     with pytest.raises(ValueError, match="bias must have shape"):
         modulated_ln_linear(x, shift, scale, torch.zeros(3, 8), torch.zeros(4), use_triton=False)
+    with pytest.raises(ValueError, match="method must be"):
+        modulated_ln_linear(x, shift, scale, torch.zeros(3, 8), method="x", use_triton=False)
 
 
 @pytest.mark.gpu

@@ -104,17 +104,27 @@ class RuntimeConfig(BaseModel):
     )
     fused_ln_linear: Literal["off", "auto", "on"] = Field(
         "off",
-        description="Fuse the modulated LayerNorm into the qkv and fc1 GEMMs' prologue "
-        "(mugv_kernels.ln_linear, Triton; the normalised activations are neither written nor "
-        "saved). auto: on CUDA only; on: everywhere (off CUDA it runs the unfused reference "
-        "inside the same plumbing: tests); off: never. Plain linears only (one TP rank, no "
-        "sequence parallelism, no enabled LoRA adapter); elsewhere the unfused path runs.",
+        description="Hand the modulated LayerNorm of the qkv and fc1 inputs to those linears "
+        "(mugv_kernels.ln_linear), which keep only x and 8 bytes per token for the backward "
+        "instead of the normalised activation (-1 activation of [tokens, hidden] each). auto: "
+        "on CUDA only; on: everywhere (off CUDA the unfused reference inside the same "
+        "plumbing: tests); off: never. Plain linears only (one TP rank, no sequence "
+        "parallelism, no enabled LoRA adapter); elsewhere the unfused path runs.",
+    )
+    ln_linear_method: Literal["recompute", "fused"] = Field(
+        "recompute",
+        description="With fused_ln_linear: 'recompute' = modulated-LN kernel + cuBLAS, the "
+        "normalised activation dropped after the forward and recomputed in the backward; "
+        "'fused' = the norm inside Triton GEMMs' prologue (never written; 3x slower than "
+        "cuBLAS on an H100, docs/benchmarks/kernels/h100_2026-12-07_ln_linear).",
     )
 
 
 #: Fields of RuntimeConfig that ModelConfig held before (run configs and exports then).
 LEGACY_MODEL_RUNTIME_FIELDS = tuple(
-    f for f in RuntimeConfig.model_fields if f != "fused_ln_linear"  # added after the split
+    f  # fields added after the split are not legacy ones
+    for f in RuntimeConfig.model_fields
+    if f not in ("fused_ln_linear", "ln_linear_method")
 )
 
 

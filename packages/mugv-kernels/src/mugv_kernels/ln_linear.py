@@ -183,6 +183,98 @@ def fused_dw(x_MK, dy_MN, mean, rstd, idx, shift_t, scale_t, dtype) -> torch.Ten
     return dweight
 
 
+def _modln_forward(x, shift, scale, token_branch, eps, layout):
+    """The modulated-LN kernel of :mod:`._triton_modnorm`: ``(xn, mean, rstd)`` (xn in x's
+    shape and dtype)."""
+    from mugv_kernels import _triton_modnorm as kern
+
+    x_NLD = flatten_activation(x)
+    n, seq_len, hidden = x_NLD.shape
+    shift_k = flatten_modulation(shift, x, layout)
+    scale_k = flatten_modulation(scale, x, layout)
+    br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
+    out_NLD = torch.empty((n, seq_len, hidden), device=x.device, dtype=x.dtype)
+    mean = torch.empty(n * seq_len, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_fwd")
+    kern.modln_fwd_kernel[(-(-seq_len // rows), n)](
+        x_NLD, out_NLD, shift_k, scale_k, br_NL, mean, rstd,
+        seq_len, hidden, rows, eps,
+        *x_NLD.stride(), *out_NLD.stride(),
+        *_mod_strides(shift_k, layout), *_mod_strides(scale_k, layout),
+        sbr_n, sbr_l,
+        MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return out_NLD.view(x.shape), mean, rstd
+
+
+def _modln_backward(dxn, x, shift, scale, token_branch, mean, rstd, layout):
+    """The modulated-LN backward kernel: ``(dx, dshift, dscale)`` from ``dxn`` (x's shape)."""
+    from mugv_kernels import _triton_modnorm as kern
+
+    x_shape = x.shape
+    x_NLD = flatten_activation(x)
+    n, seq_len, hidden = x_NLD.shape
+    dxn_NLD = dxn.reshape(n, seq_len, hidden)
+    scale_k = flatten_modulation(scale, x, layout)
+    br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
+    block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_bwd")
+    p = -(-seq_len // rows)
+    dev = x.device
+    dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=x.dtype)
+    dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, shift.dtype)
+    dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, scale.dtype)
+    kern.modln_bwd_kernel[(p, n)](
+        dxn_NLD, x_NLD, scale_k, br_NL, mean, rstd,
+        dx_NLD, dshift_k, dscale_k,
+        seq_len, hidden, rows, p,
+        *dxn_NLD.stride(), *x_NLD.stride(), *dx_NLD.stride(),
+        *_mod_strides(scale_k, layout), sbr_n, sbr_l,
+        MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    dshift = _mod_grad_to_input(dshift_k, (shift.shape, shift.dtype), x_shape, layout)
+    dscale = _mod_grad_to_input(dscale_k, (scale.shape, scale.dtype), x_shape, layout)
+    return dx_NLD.view(x_shape), dshift, dscale
+
+
+class ModulatedLNLinearRecomputeFn(torch.autograd.Function):
+    """:func:`modulated_ln_linear` with ``method="recompute"``: the modulated-LN kernel writes
+    ``xn``, cuBLAS multiplies it, and ``xn`` is dropped; the backward recomputes it (one more
+    modulated-LN pass) for cuBLAS's ``dW``. Saves what the fused path saves (x + row stats)
+    at the unfused path's speed plus one norm pass."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, weight, bias, token_branch, eps, layout):
+        xn, mean, rstd = _modln_forward(x, shift, scale, token_branch, eps, layout)
+        out = F.linear(xn, weight, bias)
+        ctx.save_for_backward(x, shift, scale, weight, mean, rstd)
+        ctx.mod_args = (token_branch, eps, layout)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, shift, scale, weight, mean, rstd = ctx.saved_tensors
+        token_branch, eps, layout = ctx.mod_args
+        n_out, k = weight.shape
+        dy = dout.reshape(-1, n_out)
+        dx = dshift = dscale = dweight = dbias = None
+        if ctx.needs_input_grad[3]:
+            xn, _, _ = _modln_forward(x, shift, scale, token_branch, eps, layout)
+            dweight = dy.t() @ xn.reshape(-1, k)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
+            dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        if any(ctx.needs_input_grad[:3]):
+            dxn = (dy @ weight).view(x.shape)
+            dx, dshift, dscale = _modln_backward(
+                dxn, x, shift, scale, token_branch, mean, rstd, layout
+            )
+        return dx, dshift, dscale, dweight, dbias, None, None, None
+
+
+_triton_ln_linear_recompute = torch.compiler.disable(ModulatedLNLinearRecomputeFn.apply)
+
+
 class ModulatedLNLinearFn(torch.autograd.Function):
     """Triton forward/backward of :func:`modulated_ln_linear`."""
 
@@ -207,8 +299,6 @@ class ModulatedLNLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        from mugv_kernels import _triton_modnorm as kern
-
         x_MK, weight, mean, rstd, idx, shift_t, scale_t, shift, scale = ctx.saved_tensors
         token_branch, layout = ctx.mod_args
         x_shape = ctx.x_shape
@@ -224,29 +314,9 @@ class ModulatedLNLinearFn(torch.autograd.Function):
             dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         if any(ctx.needs_input_grad[:3]):
             dxn = (dy @ weight).view(x_shape)
-            x = x_MK.view(x_shape)
-            x_NLD = flatten_activation(x)
-            n, seq_len, hidden = x_NLD.shape
-            dxn_NLD = dxn.reshape(n, seq_len, hidden)
-            scale_k = flatten_modulation(scale, x, layout)
-            br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
-            block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_bwd")
-            p = -(-seq_len // rows)
-            dev = x.device
-            dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=x.dtype)
-            dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, shift.dtype)
-            dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, scale.dtype)
-            kern.modln_bwd_kernel[(p, n)](
-                dxn_NLD, x_NLD, scale_k, br_NL, mean, rstd,
-                dx_NLD, dshift_k, dscale_k,
-                seq_len, hidden, rows, p,
-                *dxn_NLD.stride(), *x_NLD.stride(), *dx_NLD.stride(),
-                *_mod_strides(scale_k, layout), sbr_n, sbr_l,
-                MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-            )  # fmt: skip
-            dx = dx_NLD.view(x_shape)
-            dshift = _mod_grad_to_input(dshift_k, (shift.shape, shift.dtype), x_shape, layout)
-            dscale = _mod_grad_to_input(dscale_k, (scale.shape, scale.dtype), x_shape, layout)
+            dx, dshift, dscale = _modln_backward(
+                dxn, x_MK.view(x_shape), shift, scale, token_branch, mean, rstd, layout
+            )
         return dx, dshift, dscale, dweight, dbias, None, None, None, None
 
 
@@ -284,6 +354,7 @@ def modulated_ln_linear(
     token_branch: torch.Tensor | None = None,
     eps: float = 1e-6,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    method: str = "fused",
     use_triton: bool | None = None,
 ) -> torch.Tensor:
     """``(LN(x) * (1 + scale) + shift) @ weight^T + bias``, the norm fused into the GEMM.
@@ -296,6 +367,10 @@ def modulated_ln_linear(
             operands; bias: optional ``[N_out]``.
         stats: ``(mean, rstd)`` of x's rows (fp32 ``[rows]``, from :func:`residual_ln_stats`
             on this very ``x``), else a statistics pass computes them. The reference ignores it.
+        method: ``"fused"`` = the norm inside the Triton GEMMs (forward and dW);
+            ``"recompute"`` = the modulated-LN kernel + cuBLAS, the normalised activation
+            dropped after the forward and recomputed in the backward (``stats`` unused). Both
+            keep only x and 8 bytes per row for the backward.
         use_triton: ``None`` = Triton on CUDA, the unfused reference otherwise; ``True`` =
             force (CPU only under ``TRITON_INTERPRET=1``); ``False`` = reference.
 
@@ -307,9 +382,15 @@ def modulated_ln_linear(
         raise ValueError(f"weight must have shape [N_out, {k}], got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if method not in ("fused", "recompute"):
+        raise ValueError(f"method must be 'fused' or 'recompute', got {method!r}")
     if not use_triton_for(use_triton, x, "modulated_ln_linear"):
         return modulated_ln_linear_ref(
             x, shift, scale, weight, bias, token_branch=token_branch, eps=eps
+        )
+    if method == "recompute":
+        return _triton_ln_linear_recompute(
+            x, shift, scale, weight, bias, token_branch, float(eps), layout
         )
     if weight.stride(-1) != 1:
         weight = weight.contiguous()

@@ -159,6 +159,7 @@ class MUGDiT(MegatronModule):
                         attention_backend=runtime.attention_backend,
                         fused_ops=runtime.fused_ops,
                         fused_ln_linear=runtime.fused_ln_linear,
+                        ln_linear_method=runtime.ln_linear_method,
                         recompute_mlp=runtime.recompute == "selective",
                         cp_group=parallel.cp_group,
                     )

@@ -86,6 +86,7 @@ class DiTLayer(MegatronModule):
         attention_backend: str = "auto",
         fused_ops: bool = False,
         fused_ln_linear: str = "off",
+        ln_linear_method: str = "recompute",
         recompute_mlp: bool = False,
         cp_group: dist.ProcessGroup | None = None,
     ):
@@ -95,6 +96,7 @@ class DiTLayer(MegatronModule):
         self.eps = eps
         self.fused_ops = fused_ops
         self.fused_ln_linear = fused_ln_linear
+        self.ln_linear_method = ln_linear_method
         attn_kw = {"eps": eps, "backend": attention_backend, "fused": fused_ops}
         self.self_attention = build_module(
             submodules.self_attention, config, **attn_kw, cp_group=cp_group
@@ -135,8 +137,10 @@ class DiTLayer(MegatronModule):
         fused, eps = self.fused_ops, self.eps
         mode = self.fused_ln_linear
         fuse_ln = mode == "on" or (mode == "auto" and x_BNC.is_cuda)
-        if fuse_ln:  # the qkv GEMM normalises its input tiles itself
-            h = ModulatedInput(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused)
+        if fuse_ln:  # the qkv linear applies the norm itself (mugv_kernels.ln_linear)
+            h = ModulatedInput(
+                x_BNC, shift_msa, scale_msa, clean_BN, eps, fused, method=self.ln_linear_method
+            )
         else:
             h = modulated_layer_norm(x_BNC, shift_msa, scale_msa, clean_BN, eps, fused=fused)
         x_BNC, h = gated_residual_layer_norm(
@@ -149,18 +153,16 @@ class DiTLayer(MegatronModule):
             eps,
             fused=fused,
         )
-        residual_norm = (
-            residual_modulated_input if fuse_ln else residual_modulated_layer_norm
-        )  # fused_ln_linear: fc1 normalises its input tiles itself
-        x_BNC, h = residual_norm(
-            x_BNC,
-            self.cross_attention(h, text_LC, text),
-            shift_mlp,
-            scale_mlp,
-            clean_BN,
-            eps,
-            fused=fused,
-        )
+        cross_out = self.cross_attention(h, text_LC, text)
+        if fuse_ln:  # fc1 normalises its input itself
+            x_BNC, h = residual_modulated_input(
+                x_BNC, cross_out, shift_mlp, scale_mlp, clean_BN, eps,
+                fused=fused, method=self.ln_linear_method,
+            )  # fmt: skip
+        else:
+            x_BNC, h = residual_modulated_layer_norm(
+                x_BNC, cross_out, shift_mlp, scale_mlp, clean_BN, eps, fused=fused
+            )
         if self.recompute_mlp and self.training and torch.is_grad_enabled():
             mlp_out = torch.utils.checkpoint.checkpoint(self.mlp, h, use_reentrant=False)
         else:

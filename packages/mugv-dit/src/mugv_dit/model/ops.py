@@ -49,10 +49,11 @@ def modulated_layer_norm(
 class ModulatedInput:
     """An activation whose modulated LayerNorm the consuming linear layer applies itself.
 
-    :func:`mugv_dit.model.attention.column_forward` fuses the norm into its GEMM's prologue
-    (:func:`mugv_kernels.ln_linear.modulated_ln_linear`, runtime ``fused_ln_linear``) when the
-    layer is a plain linear, else it calls :meth:`materialize` first. ``stats``: the rows'
-    ``(mean, rstd)`` when a residual kernel computed them along with ``x``.
+    :func:`mugv_dit.model.attention.column_forward` hands it to
+    :func:`mugv_kernels.ln_linear.modulated_ln_linear` (runtime ``fused_ln_linear``; ``method``
+    = runtime ``ln_linear_method``: the norm inside the GEMM's prologue, or recomputed in the
+    backward) when the layer is a plain linear, else it calls :meth:`materialize` first.
+    ``stats``: the rows' ``(mean, rstd)`` when a residual kernel computed them along with ``x``.
     """
 
     x_BND: torch.Tensor
@@ -62,6 +63,7 @@ class ModulatedInput:
     eps: float
     fused: bool
     stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    method: str = "fused"
 
     def materialize(self) -> torch.Tensor:
         """The normalised, modulated activation (what the unfused path feeds the linear)."""
@@ -76,7 +78,7 @@ class ModulatedInput:
 
         return modulated_ln_linear(
             self.x_BND, self.shift_B2D, self.scale_B2D, weight, bias,
-            token_branch=self.clean_BN, eps=self.eps, stats=self.stats,
+            token_branch=self.clean_BN, eps=self.eps, stats=self.stats, method=self.method,
         )  # fmt: skip
 
 
@@ -89,13 +91,18 @@ def residual_modulated_input(
     eps: float,
     *,
     fused: bool = False,
+    method: str = "fused",
 ) -> tuple[torch.Tensor, ModulatedInput]:
     """``h = x + y`` and h's modulated LN left to the consuming linear (see
-    :class:`ModulatedInput`): the residual kernel also writes the rows' statistics."""
+    :class:`ModulatedInput`); for the fused method the residual kernel also writes the rows'
+    statistics."""
     from mugv_kernels.ln_linear import residual_ln_stats
 
-    h, stats = residual_ln_stats(x_BND, y_BND, eps=eps)
-    return h, ModulatedInput(h, shift_B2D, scale_B2D, clean_BN, eps, fused, stats)
+    if method == "fused":
+        h, stats = residual_ln_stats(x_BND, y_BND, eps=eps)
+    else:
+        h, stats = x_BND + y_BND, None
+    return h, ModulatedInput(h, shift_B2D, scale_B2D, clean_BN, eps, fused, stats, method)
 
 
 def residual_modulated_layer_norm(
