@@ -5,7 +5,7 @@
 #   per_sample), full recompute; then 2b width x 8 layers: full-parameter DPO vs LoRA-DPO.
 #   Step time and peak memory, in one process per case.
 # From the repository root, carrying .whl (megatron-core, pydantic; safetensors if missing):
-#     OUT=$OUT bash packages/mugv-align/benchmarks/run_lora.sh 10b     (~4 min, limit 330 s)
+#     OUT=$OUT bash packages/mugv-align/benchmarks/run_lora.sh 10b     (~4-5 min, limit 390 s)
 #     OUT=$OUT bash packages/mugv-align/benchmarks/run_lora.sh 2b8     (~1.5 min, limit 150 s)
 # (no argument: both, one after the other).
 # FA4 is used when staged (/tmp/fa4 or .fa4b, see mugv-dit's run_h200.sh), else SDPA.
@@ -45,7 +45,7 @@ NOISE="FutureWarning|DeprecationWarning|^ +warnings\.warn|^ +return func|^ +chec
   python3 -c "import flash_attn.cute; print('fa4 ok')" 2>/dev/null || echo "fa4 missing: SDPA"
 } 2>&1 | tee "$OUT/env.txt"
 t0=$SECONDS
-declare -A LIMIT=([10b]=330 [2b8]=150)
+declare -A LIMIT=([10b]=390 [2b8]=150)
 for case in ${@:-10b 2b8}; do
   set -- "$case" "${LIMIT[$case]:-150}"
   echo "=== lora_step.py --case $1 (limit $2 s)"
