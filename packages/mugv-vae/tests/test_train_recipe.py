@@ -97,3 +97,18 @@ def test_max_offset_zero_takes_every_video_sample_from_the_first_frame(tmp_path,
     assert not all(
         any(torch.equal(d.batches[s]["video"][0], f) for f in firsts.values()) for s in range(8)
     )
+
+
+def test_distinct_clips_fill_a_batch_without_repeats(tmp_path, clip_dataset):
+    from mugv_vae.train.data import ClipSource
+    from mugv_vae.video import to_model_input
+
+    src = ClipSource(clip_dataset)
+    firsts = [to_model_input(src.frames(i, 9), (32, 32)) for i in range(len(src))]
+    t = _trainer(tmp_path, clip_dataset, "data.resolution=32x32", "data.frames=9",
+                 f"data.batch_size={len(src)}", "data.image_ratio=0", "data.max_offset=0",
+                 "data.distinct_clips=true", "data.cache_decoded=true", "steps=3")  # fmt: skip
+    for s in range(3):  # every clip once per batch, from its first frame
+        video = t.batches[s]["video"]
+        which = sorted(next(i for i, f in enumerate(firsts) if torch.equal(v, f)) for v in video)
+        assert which == list(range(len(src))), s

@@ -50,6 +50,11 @@ class DataConfig(_Cfg):
         description="A video sample starts at a random frame in [0, max_offset] of its clip; "
         "0: always at the first frame (the frames a reconstruction from the start is judged on).",
     )
+    distinct_clips: bool = Field(
+        False,
+        description="A batch holds distinct clips (drawn without replacement) where batch_size <= "
+        "the number of clips; default: each drawn independently.",
+    )
     cache_decoded: bool = Field(
         False,
         description="Decode each clip once and keep its frames in memory (small clip sets, "

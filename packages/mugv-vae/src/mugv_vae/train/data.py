@@ -108,11 +108,12 @@ class StepBatches(Dataset):
         rank: int,
         steps: int,
         max_offset: int = 16,
+        distinct_clips: bool = False,
     ) -> None:
         self.source, self.size = source, parse_resolution(resolution)
         self.frames, self.batch_size, self.image_ratio = frames, batch_size, image_ratio
         self.windows, self.seed, self.rank, self.steps = windows, seed, rank, steps
-        self.max_offset = max_offset
+        self.max_offset, self.distinct_clips = max_offset, distinct_clips
         usable_frames(frames, frames)  # validates >= 1
         if (frames - 1) % 8:
             raise ValueError(f"data.frames must be 1 + 8k, got {frames}")
@@ -124,8 +125,11 @@ class StepBatches(Dataset):
         rng = step_rng(self.seed, step, self.rank)
         is_image = bool(rng.random() < self.image_ratio)
         clips = []
-        for _ in range(self.batch_size):
-            idx = int(rng.integers(len(self.source)))
+        n_clips = len(self.source)
+        distinct = self.distinct_clips and self.batch_size <= n_clips
+        order = rng.permutation(n_clips)[: self.batch_size] if distinct else None
+        for k in range(self.batch_size):
+            idx = int(order[k]) if order is not None else int(rng.integers(n_clips))
             raw = self.source.frames(idx, self.frames + self.max_offset)
             if is_image:
                 t0 = int(rng.integers(raw.shape[0]))

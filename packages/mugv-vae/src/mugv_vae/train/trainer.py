@@ -127,6 +127,7 @@ class Trainer:
             self.rank,
             cfg.steps,
             max_offset=cfg.data.max_offset,
+            distinct_clips=cfg.data.distinct_clips,
         )
         self.eval_source = ClipSource(cfg.data.eval_clips) if cfg.data.eval_clips else None
         self.writer = None
