@@ -112,3 +112,22 @@ def test_distinct_clips_fill_a_batch_without_repeats(tmp_path, clip_dataset):
         video = t.batches[s]["video"]
         which = sorted(next(i for i, f in enumerate(firsts) if torch.equal(v, f)) for v in video)
         assert which == list(range(len(src))), s
+
+
+def test_sample_posterior_false_decodes_the_posterior_mean(tmp_path, clip_dataset):
+    common = ("data.resolution=32x32", "data.frames=9", "data.batch_size=1", "steps=2",
+              "data.image_ratio=0", "loss.l1=0", "loss.kl=0")  # fmt: skip
+    for sample in (False, True):
+        t = _trainer(tmp_path / str(sample), clip_dataset, *common,
+                     f"loss.sample_posterior={str(sample).lower()}")  # fmt: skip
+        batch = t.batches[0]
+        with torch.no_grad():  # the reference: the mean through the same weights, float64 MSE
+            m = t.model
+            mean = m.encode_posterior(batch["video"]).mode()
+            ref = (m.decode_raw(mean, batch["window"]).double() - batch["video"].double())
+            ref = ref.pow(2).mean().item()
+        logged = t.train_step(batch)["mse"]
+        if sample:
+            assert logged != pytest.approx(ref, rel=1e-4)
+        else:
+            assert logged == pytest.approx(ref, rel=1e-4)

@@ -74,6 +74,12 @@ class LossConfig(_Cfg):
     perceptual: float = Field(0.1, ge=0, allow_inf_nan=False)
     lpips_weights: str | None = Field(None, description="Local LPIPS weights file.")
     kl: float = Field(1e-6, ge=0, allow_inf_nan=False)
+    sample_posterior: bool = Field(
+        True,
+        description="Decode a sample of the posterior in training (the VAE recipe); false: its "
+        "mean, as encode/reconstruction use it (no latent noise; the KL term alone shapes the "
+        "variance).",
+    )
     gan: float = Field(
         0.05, ge=0, allow_inf_nan=False, description="Generator hinge-loss weight (GAN stage)."
     )

@@ -271,7 +271,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         with self._autocast():
-            recon, posterior = self.forward_model(video, window=batch["window"], generator=gen)
+            recon, posterior = self.forward_model(
+                video, window=batch["window"], sample=lw.sample_posterior, generator=gen
+            )
             rec = L.reconstruction_losses(recon, video, lw.adaptive_l1)
             kl = L.kl_loss(posterior)
             loss = lw.mse * rec["mse"] + lw.l1 * rec["l1"] + lw.kl * kl
