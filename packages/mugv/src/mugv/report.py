@@ -257,7 +257,9 @@ def _vae(run: RunLayout, asset: _Assets) -> str:
         mean = sum(c["psnr"] for c in rec["clips"]) / max(1, len(rec["clips"]))
         out.append(
             f"<p>Each clip at {_esc(rec['resolution'])}, encoded (posterior mean) and decoded by "
-            f"the trained tiny VAE: mean PSNR <b>{mean:.2f} dB</b>.</p>"
+            f"the trained tiny VAE: mean PSNR <b>{mean:.2f} dB</b>. The demo's VAE is trained "
+            "on these very frames (every later stage reads them): the PSNR says how well it "
+            "memorised them, not how it does on clips it never saw.</p>"
             "<table><tr><th>clip</th><th>original</th><th>reconstruction</th><th>PSNR</th></tr>"
         )
         for c in rec["clips"]:
