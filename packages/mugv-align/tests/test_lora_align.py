@@ -15,7 +15,9 @@ from test_train_align import _held_out, _run
 LORA = {"rank": 8, "alpha": 16.0}
 
 
-def _lora_dpo_cfg(task, tmp: Path, name: str, *, steps: int, lr: float, **align) -> Path:
+def _lora_dpo_cfg(
+    task, tmp: Path, name: str, *, steps: int, lr: float, train=None, **align
+) -> Path:
     root = task["root"]
     return write_config(
         tmp / f"{name}.yaml",
@@ -31,7 +33,7 @@ def _lora_dpo_cfg(task, tmp: Path, name: str, *, steps: int, lr: float, **align)
             "ema_sigma_rels": [],
             **align,
         },
-        train={"init_from": str(root / "init")},
+        train={"init_from": str(root / "init"), **(train or {})},
         lora=LORA,
     )
 
@@ -50,9 +52,7 @@ def test_adapters_off_reference_equals_a_separate_frozen_reference(task, tmp_pat
 
     root = task["root"]
     kind = {"mode": mode, "preference": [{"path": str(root / f"{mode}_train")}]}
-    logs, state, _, trainer = _run(
-        _lora_dpo_cfg(task, tmp_path, "off", steps=2, lr=1e-2, **kind)
-    )
+    logs, state, _, trainer = _run(_lora_dpo_cfg(task, tmp_path, "off", steps=2, lr=1e-2, **kind))
     assert trainer.reference_is_base and trainer.ref_model is None
     sep_cfg = _lora_dpo_cfg(
         task, tmp_path, "sep", steps=2, lr=1e-2, reference_from=str(root / "init"), **kind
@@ -94,7 +94,9 @@ def test_lora_dpo_raises_held_out_preference_accuracy(task, tmp_path):
 
     out = tmp_path / "merged"
     assert main(["export", "--run", str(tmp_path / "run"), "--output", str(out)]) == 2
-    assert main(["export", "--run", str(tmp_path / "run"), "--output", str(out), "--merge-lora"]) == 0
+    assert (
+        main(["export", "--run", str(tmp_path / "run"), "--output", str(out), "--merge-lora"]) == 0
+    )
     _, exported = load_export(out)
     assert set(exported) == set(merged)
     for k, v in merged.items():
@@ -118,15 +120,30 @@ def test_a_lora_run_needs_no_reference_export():
 
 def test_power_emas_of_a_lora_run_hold_only_the_adapters(task, tmp_path):
     """The power EMAs of a LoRA run own only adapter tensors (fp32, averaged): their base is
-    the policy's own frozen tensors, not a copy; ema-reconstruct of a sigma_rel between the
-    kept ones folds the averaged adapters into the unchanged base."""
+    the policy's own frozen tensors, not a copy; their snapshots and checkpoint slot hold the
+    adapters alone; a run stopped after step 2 resumes them exactly; ema-reconstruct of a
+    sigma_rel between the kept ones folds the averaged adapters into the unchanged base, equal
+    to a run writing whole-model snapshots / EMA slots (the old layout, still read)."""
+    import mugv_align.snapshots as snapshots
+    import mugv_dit.checkpoint as checkpoint
     from mugv_align.cli import main
     from mugv_dit.interop.export import load_export
     from mugv_dit.lora.adapters import is_adapter_name
+    from safetensors import safe_open
 
-    cfg = _lora_dpo_cfg(task, tmp_path, "ema", steps=3, lr=1e-2, ema_sigma_rels=[0.05, 0.1])
-    _, state, _, trainer = _run(cfg)
+    def cfg(name):
+        kw = {"ema_sigma_rels": [0.05, 0.1], "ema_snapshot_every": 1}
+        return _lora_dpo_cfg(task, tmp_path, name, steps=3, lr=1e-2, train={"save_every": 1}, **kw)
+
+    def reconstruct(name):
+        out = tmp_path / f"rec_{name}"
+        argv = ["ema-reconstruct", "--run", str(tmp_path / name), "--sigma-rel", "0.07"]
+        assert main([*argv, "--output", str(out)]) == 0
+        return load_export(out)[1]
+
+    _, state, ema_end, trainer = _run(cfg("ema"))
     policy = dict(trainer.model.module.named_parameters())
+    trainable = {n for n, p in policy.items() if p.requires_grad}
     for ema in trainer.ema.emas:
         own = 0
         for name, p in ema.named_parameters():
@@ -135,16 +152,43 @@ def test_power_emas_of_a_lora_run_hold_only_the_adapters(task, tmp_path):
                 own += p.numel()
             else:
                 assert p is policy[name], name  # shared, not copied
-        assert own == sum(p.numel() for n, p in policy.items() if p.requires_grad)
+        assert own == sum(policy[n].numel() for n in trainable)
         b = next(n for n in policy if n.endswith("mlp.fc1.lora_B"))
         assert (dict(ema.named_parameters())[b] - policy[b]).abs().max() > 0
-    out = tmp_path / "rec"
-    argv = ["ema-reconstruct", "--run", str(tmp_path / "ema"), "--sigma-rel", "0.07"]
-    assert main([*argv, "--output", str(out)]) == 0
-    _, rec = load_export(out)
+    files = sorted((tmp_path / "ema" / "ema_snapshots").glob("step_*/sigma_*/*.safetensors"))
+    assert len(files) == 3 * 2
+    for f in files:  # adapters only: no base tensor on disk
+        with safe_open(str(f), framework="pt") as h:
+            assert set(h.keys()) == trainable, f
+    ckpt = sorted((tmp_path / "ema" / "checkpoints").glob("step_*"))[-1]
+    names = checkpoint.read_checkpoint_metadata(ckpt / ".metadata").state_dict_metadata
+    assert {k.split(".", 3)[3] for k in names if k.startswith("ema.")} == trainable
+
+    _run(cfg("resumed"), max_steps=2)  # "killed" after its step-2 checkpoint
+    _, _, ema, _ = _run(cfg("resumed"))
+    assert ema.keys() == ema_end.keys()
+    for k, v in ema_end.items():
+        assert torch.equal(ema[k], v), k
+
+    with pytest.MonkeyPatch.context() as mp:  # the old layout: whole models on disk
+        mp.setattr(snapshots, "holds_only_adapters", lambda module: False)
+        mp.setattr(checkpoint, "holds_only_adapters", lambda module: False)
+        _run(cfg("old"))
+    with safe_open(str(next((tmp_path / "old").glob("ema_snapshots/step_*/sigma_*/*"))), "pt") as h:
+        assert set(h.keys()) > trainable
+
+    rec = reconstruct("ema")
+    for name in ("resumed", "old"):
+        other = reconstruct(name)
+        assert other.keys() == rec.keys()
+        for k, v in rec.items():
+            if name == "resumed":
+                assert torch.equal(other[k], v), (name, k)
+            else:  # the old layout averaged the base too: sum_i w_i base, fp32 rounding
+                torch.testing.assert_close(other[k], v, rtol=1e-5, atol=1e-6, msg=k)
     _, base = load_export(task["root"] / "init")
     adapted = {n[: -len(".lora_A")] + ".weight" for n in state if n.endswith(".lora_A")}
-    assert adapted and not any(is_adapter_name(k) for k in rec)
+    assert adapted and not any(is_adapter_name(k) for k in rec) and rec.keys() == base.keys()
     for k, v in base.items():
         if k in adapted:
             assert not torch.equal(rec[k], v), k  # the averaged adapters folded in

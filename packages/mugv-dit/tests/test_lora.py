@@ -195,10 +195,37 @@ def test_lora_training_freezes_the_base_and_resumes_exactly(
     losses = _losses(run_dir)
     assert sorted(losses) == [0, 1, 2, 3] and losses[3] < losses[0] * 1.5
 
+    # the checkpoint's EMA slot holds the adapters only (the base is in the model slot once)
+    from mugv_dit.checkpoint import read_checkpoint_metadata
+
+    ckpt = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    names = read_checkpoint_metadata(ckpt / ".metadata").state_dict_metadata
+    in_ema = {k[len("ema.") :] for k in names if k.startswith("ema.")}
+    assert in_ema == set(adapters)
+    assert set(base_model_state) <= {k[len("model.") :] for k in names}
+
+    ema_end = {n: p.detach().clone() for n, p in trainer.ema.named_parameters()}
     cfg = _config(tmp_path, dataset, base_export, "resumed")
     _train(cfg, max_steps=3)  # "killed" after step 3; its last checkpoint is step 2
-    _train(cfg)
+    resumed = _train(cfg)
     assert _losses(tmp_path / "resumed") == losses
+    for name, p in resumed.ema.named_parameters():  # the EMA adapters re-attached exactly
+        assert torch.equal(p, ema_end[name]), name
+
+    # an old checkpoint whose EMA slot holds a whole model (base included) still resumes
+    import mugv_dit.checkpoint as checkpoint
+
+    cfg = _config(tmp_path, dataset, base_export, "old")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "holds_only_adapters", lambda module: False)
+        _train(cfg, max_steps=3)
+    ckpt = sorted((tmp_path / "old" / "checkpoints").glob("step_*"))[-1]
+    names = read_checkpoint_metadata(ckpt / ".metadata").state_dict_metadata
+    assert {"ema." + n for n in base_model_state} <= set(names)  # the old layout
+    resumed = _train(cfg)
+    assert _losses(tmp_path / "old") == losses
+    for name, p in resumed.ema.named_parameters():
+        assert torch.equal(p, ema_end[name]), name
 
 
 @pytest.fixture(scope="module")

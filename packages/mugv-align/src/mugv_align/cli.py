@@ -164,9 +164,9 @@ def _run_config(run: str):
     return resolve_align_config(yaml.safe_load(path.read_text()))
 
 
-def _reconstruct(run: str, sigma_rel: float, step: int | None, lora=None):
-    """The post-hoc EMA of ``sigma_rel``; a LoRA run's (``lora``) averaged adapters folded
-    into its base."""
+def _reconstruct(run: str, sigma_rel: float, step: int | None, cfg):
+    """The post-hoc EMA of ``sigma_rel``; a LoRA run's (``cfg.lora``) averaged adapters
+    folded into its base (adapter-only snapshots: the run's ``train.init_from`` export)."""
     from mugv_align.snapshots import list_snapshots, reconstruction_weights, weighted_average
 
     snaps = list_snapshots(Path(run) / "ema_snapshots")
@@ -176,11 +176,37 @@ def _reconstruct(run: str, sigma_rel: float, step: int | None, lora=None):
             raise ValueError(f"{run}: no EMA snapshot at or before step {step}")
     weights = reconstruction_weights(snaps, sigma_rel, step)
     state = weighted_average(snaps, weights)
-    if lora is not None:
+    kinds = {(s["adapters_only"], s["base_dtype"]) for s in snaps}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"{run}/ema_snapshots mixes whole-model and adapter-only snapshots "
+            f"({sorted(kinds)}): reconstruct from snapshots of one kind (--step)"
+        )
+    if snaps[0]["adapters_only"]:
+        state = {**_run_base(cfg, snaps[0]["base_dtype"], run), **state}
+    if cfg.lora is not None:
         from mugv_dit.lora.merge import merge_lora_state
 
-        state = merge_lora_state(state, lora.scale)
+        state = merge_lora_state(state, cfg.lora.scale)
     return state, snaps, weights
+
+
+def _run_base(cfg, dtype: str, run: str) -> dict:
+    """The frozen base of a LoRA run (its ``train.init_from`` export) as the policy held it
+    (``dtype``), in fp32: what whole-model snapshots stored besides the adapters."""
+    import torch
+    from mugv_dit.interop.export import architecture_differences, load_export
+    from mugv_dit.lora.adapters import is_adapter_name
+
+    path = cfg.train.init_from
+    if cfg.lora is None or path is None:
+        raise ValueError(f"{run}: adapter-only EMA snapshots but no LoRA base (train.init_from)")
+    model_cfg, base = load_export(path)
+    differences = architecture_differences(model_cfg, cfg.model)
+    if differences:
+        raise ValueError(f"{run}: its base {path} differs from the run: {', '.join(differences)}")
+    cast = getattr(torch, dtype)
+    return {k: v.to(cast).float() for k, v in base.items() if not is_adapter_name(k)}
 
 
 def _export(args) -> int:
@@ -244,7 +270,7 @@ def _ema_reconstruct(args) -> int:
 
     cfg = _run_config(args.run)  # a run folder first, then the output, then the work
     claim = claim_export(args.output, overwrite=args.overwrite, inputs=[args.run])
-    state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step, cfg.lora)
+    state, snaps, weights = _reconstruct(args.run, args.sigma_rel, args.step, cfg)
     extra = {
         "run": str(args.run),
         "sigma_rel": args.sigma_rel,
@@ -278,7 +304,7 @@ def _ema_sweep(args) -> int:
     with cpu_megatron():
         model = build_model(cfg.model, runtime=cfg.runtime).eval()
         for s in cands:
-            state, _, _ = _reconstruct(args.run, s, args.step, cfg.lora)
+            state, _, _ = _reconstruct(args.run, s, args.step, cfg)
             load_full_state_dict(model, state)
             with torch.no_grad():
                 loss = validation_loss(

@@ -9,6 +9,11 @@ Each shard file holds one tensor-/pipeline-parallel rank's fp32 EMA parameters u
 global names; its metadata records each tensor's tensor-parallel partition dim (-1 when
 replicated), so reconstruction can assemble the full (TP=1) state dict. Reading never runs
 code (safetensors and JSON only).
+
+A LoRA run's EMAs (:func:`mugv_dit.lora.adapters.adapter_copy`) write only their adapters;
+``snapshot.json`` then says ``"adapters_only": true`` with the base's dtype in the run
+(``base_dtype``), and reconstruction folds the averaged adapters into the run's frozen base
+(its ``train.init_from`` export, cast to that dtype as the policy held it).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mugv_dit.lora.adapters import holds_only_adapters, is_adapter_name
 from mugv_dit.optim.master import PendingShards, lerp_to_masters_, master_params, sync_sharded_
 from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import step_dir_name
@@ -53,6 +59,7 @@ class PowerEMAs(nn.Module):
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.emas = nn.ModuleList([make_model().requires_grad_(False) for _ in sigma_rels])
         self.layer_offset = getattr(self.emas[0], "layer_offset", 0)
+        self.adapters_only = holds_only_adapters(self)
         # per EMA: the parameters it updated shard-wise since the last sync
         self._pending: list[PendingShards] = [{} for _ in sigma_rels]
 
@@ -109,6 +116,8 @@ class PowerEMAs(nn.Module):
             name_of = getattr(m, "global_name", lambda n: n)
             tensors, dims = {}, {}
             for name, p in m.named_parameters():
+                if self.adapters_only and not is_adapter_name(name):
+                    continue  # the shared frozen base: not this EMA's
                 g = name_of(name)
                 tensors[g] = p.detach().float().contiguous().cpu()
                 tp = getattr(p, "tensor_model_parallel", False)
@@ -126,6 +135,10 @@ class PowerEMAs(nn.Module):
                 for s, g in zip(self.sigma_rels, self.gammas, strict=True)
             ],
         }
+        if self.adapters_only:
+            base = (p for n, p in self.emas[0].named_parameters() if not is_adapter_name(n))
+            info["adapters_only"] = True
+            info["base_dtype"] = str(next(base).dtype).removeprefix("torch.")
         atomic_write_text(root / step_dir_name(step) / SNAPSHOT_INFO, json.dumps(info, indent=2))
 
 
@@ -141,6 +154,8 @@ def list_snapshots(root: str | Path) -> list[dict]:
             info = json.loads(info_path.read_text())
             step = int(info["step"])
             emas = info["emas"]
+            adapters_only = bool(info.get("adapters_only", False))
+            base_dtype = str(info.get("base_dtype", "float32"))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{info_path}: unreadable snapshot record ({e})") from None
         for e in emas:
@@ -153,6 +168,8 @@ def list_snapshots(root: str | Path) -> list[dict]:
                     "step": step,
                     "sigma_rel": float(e["sigma_rel"]),
                     "gamma": float(e["gamma"]),
+                    "adapters_only": adapters_only,
+                    "base_dtype": base_dtype,
                 }
             )
     if not out:

@@ -36,6 +36,7 @@ from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import checkpoint_step, prune_step_dirs, step_dir_name
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from mugv_dit.lora.adapters import holds_only_adapters, is_adapter_name
 from mugv_dit.megatron_patches.adam_load import adam_state_for_loading, torch_adam_step_on_load
 from mugv_dit.megatron_patches.checkpoint_io import filesystem_reader, own_write_results_queue
 
@@ -244,7 +245,7 @@ def build_state(model, ema, optimizer, trainer_state: dict | None, *, loading: b
     model_sd = model.sharded_state_dict(prefix="model.")
     state = dict(model_sd)
     if ema is not None:
-        state.update(ema.sharded_state_dict(prefix="ema."))
+        state.update(_ema_state(ema))
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(
             model_sd,
@@ -336,6 +337,16 @@ class CheckpointSaver:
             self.queue = None
 
 
+def _ema_state(ema) -> dict:
+    """The EMA slot's sharded state dict: a LoRA run's EMA (:func:`holds_only_adapters`)
+    keeps only its adapters (its base is the model slot's frozen base; an old checkpoint with
+    a whole EMA still loads: the base under ``ema.`` is not read)."""
+    state = ema.sharded_state_dict(prefix="ema.")
+    if holds_only_adapters(ema):
+        state = {k: v for k, v in state.items() if is_adapter_name(k)}
+    return state
+
+
 def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     """Load a checkpoint into model / EMA / optimizer in place; return the trainer state."""
     with adam_state_for_loading(optimizer):
@@ -344,7 +355,7 @@ def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     loaded = safe_load(template, path)
     _load_module(model, _strip(loaded, "model."), path)
     if ema is not None:
-        _load_module(ema, _strip(loaded, "ema."), path)
+        _load_module(ema, _strip(loaded, "ema."), path, adapters_only=holds_only_adapters(ema))
     if optimizer is not None:
         with torch_adam_step_on_load(optimizer):
             optimizer.load_state_dict(loaded["optimizer"])
@@ -352,21 +363,39 @@ def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
 
 
 def load_model_weights(path: Path, model, *, which: str = "model") -> None:
-    """Load only the (EMA or raw) model weights of a checkpoint into ``model``."""
+    """Load only the (EMA or raw) model weights of a checkpoint into ``model``.
+
+    ``which="ema"`` of a LoRA run: an EMA that shares its base (:func:`holds_only_adapters`)
+    loads its adapters alone; a whole adapted model (export) takes its base from the model
+    slot (frozen, so the same as the EMA's) and its adapters from the EMA slot."""
     if which not in ("model", "ema"):
         raise ValueError(f"which={which!r}: choose 'model' or 'ema'")
+    if which == "ema" and holds_only_adapters(model):
+        loaded = safe_load(_ema_state(model), path)
+        _load_module(model, _strip(loaded, "ema."), path, adapters_only=True)
+        return
     template = model.sharded_state_dict(prefix=f"{which}.")
+    if which == "ema" and any(is_adapter_name(n) for n, _ in model.named_parameters()):
+        base = model.sharded_state_dict(prefix="model.")
+        template = {k: v for k, v in template.items() if is_adapter_name(k)}
+        template.update({k: v for k, v in base.items() if not is_adapter_name(k)})
+        loaded = safe_load(template, path)
+        state = {**_strip(loaded, "model."), **_strip(loaded, "ema.")}
+        _load_module(model, state, path)
+        return
     loaded = safe_load(template, path)
     _load_module(model, _strip(loaded, f"{which}."), path)
 
 
-def _load_module(module, state: dict, path: Path) -> None:
+def _load_module(module, state: dict, path: Path, *, adapters_only: bool = False) -> None:
     # checkpoints name blocks by their global index; a pipeline stage holds them locally
     if getattr(module, "layer_offset", 0):
         local = {module.global_name(k): k for k in module.state_dict()}
         state = {local.get(k, k): v for k, v in state.items()}
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if adapters_only:  # the base is another module's (adapter_copy): not loaded here
+        missing = [k for k in missing if is_adapter_name(k)]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:3]}")
 

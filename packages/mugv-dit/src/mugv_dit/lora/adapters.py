@@ -70,6 +70,17 @@ def is_adapter_name(name: str) -> bool:
     return name.endswith(ADAPTER_SUFFIXES)
 
 
+# set on adapter_copy's result: its base tensors are another model's, not its own to save
+_ADAPTER_COPY = "_mugv_adapter_copy"
+
+
+def holds_only_adapters(module: nn.Module) -> bool:
+    """Whether ``module`` is (or holds) an :func:`adapter_copy`: a model whose only own
+    tensors are its adapters. Its checkpoint slot and snapshots keep those alone (the base is
+    the run's frozen base, saved once in the model slot / named by ``train.init_from``)."""
+    return any(getattr(m, _ADAPTER_COPY, False) for m in module.modules())
+
+
 @dataclass
 class LoraState:
     """What an adapted linear knows about its adapter (``layer._mugv_lora``)."""
@@ -289,4 +300,6 @@ def adapter_copy(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Mod
         st = lora_of(module)
         if st is not None and _shared_object(st.tp_group):
             memo[id(st.tp_group)] = st.tp_group
-    return copy.deepcopy(model, memo)
+    out = copy.deepcopy(model, memo)
+    setattr(out, _ADAPTER_COPY, True)
+    return out
