@@ -5,6 +5,7 @@ a tiny LoRA-DPO run learns the synthetic task's held-out preferences."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,7 @@ def test_a_lora_run_needs_no_reference_export():
     assert resolve_align_config({**raw, "lora": LORA}).lora.rank == LORA["rank"]
 
 
-def test_power_emas_of_a_lora_run_hold_only_the_adapters(task, tmp_path):
+def test_power_emas_of_a_lora_run_hold_only_the_adapters(task, tmp_path, capsys):
     """The power EMAs of a LoRA run own only adapter tensors (fp32, averaged): their base is
     the policy's own frozen tensors, not a copy; their snapshots and checkpoint slot hold the
     adapters alone; a run stopped after step 2 resumes them exactly; ema-reconstruct of a
@@ -186,6 +187,16 @@ def test_power_emas_of_a_lora_run_hold_only_the_adapters(task, tmp_path):
                 assert torch.equal(other[k], v), (name, k)
             else:  # the old layout averaged the base too: sum_i w_i base, fp32 rounding
                 torch.testing.assert_close(other[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # whole-model and adapter-only snapshots are never averaged together
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "ema", mixed)
+    shutil.rmtree(mixed / "ema_snapshots" / "step_0000001")
+    shutil.copytree(
+        tmp_path / "old/ema_snapshots/step_0000001", mixed / "ema_snapshots/step_0000001"
+    )
+    argv = ["ema-reconstruct", "--run", str(mixed), "--sigma-rel", "0.07", "--output"]
+    assert main([*argv, str(tmp_path / "rec_mixed")]) == 2
+    assert "mixes whole-model and adapter-only snapshots" in capsys.readouterr().err
     _, base = load_export(task["root"] / "init")
     adapted = {n[: -len(".lora_A")] + ".weight" for n in state if n.endswith(".lora_A")}
     assert adapted and not any(is_adapter_name(k) for k in rec) and rec.keys() == base.keys()
