@@ -141,7 +141,7 @@ def test_preference_training_raises_held_out_accuracy(task, tmp_path, kind):
 
 def _flip_margin_sign(monkeypatch):
     import mugv_align.losses as losses
-    import mugv_align.trainer as trainer
+    import mugv_align.pair_chunking as pair_chunking
 
     real = losses.dpo_margin
 
@@ -149,7 +149,7 @@ def _flip_margin_sign(monkeypatch):
         return -real(*args, **kwargs)
 
     monkeypatch.setattr(losses, "dpo_margin", flipped)  # inside flow_dpo_loss
-    monkeypatch.setattr(trainer, "dpo_margin", flipped)  # the logged margin / accuracy
+    monkeypatch.setattr(pair_chunking, "dpo_margin", flipped)  # the logged margin / accuracy
 
 
 def _swap_winner_and_loser_rows(monkeypatch):
