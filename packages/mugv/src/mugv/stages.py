@@ -195,7 +195,8 @@ def recon_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         steps.append(Step("mugv eval vae", [
             script("mugv"), "eval", "vae", str(run.vae), "--clips", str(run.clips),
             "--resolutions", *cfg.vae.eval_resolutions, "--frames", str(cfg.vae.recon_frames),
-            "--device", "cpu", "--output", str(run.recon_eval),
+            # decoder window 1: as the recon above decodes and the demo recipe trains
+            "--window", "1", "--device", "cpu", "--output", str(run.recon_eval),
         ]))  # fmt: skip
     return Stage(
         "recon",
