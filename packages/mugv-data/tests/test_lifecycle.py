@@ -19,16 +19,22 @@ DRIVER = textwrap.dedent(
     """
     import subprocess, sys, time
     from mugv_data.lifecycle import TreeReaper
+    # a child the driver ran before the reaper (another library's helper process, e.g. a
+    # multiprocessing manager in a test session): not the reaper's to kill
+    pre = subprocess.Popen(["sleep", "300"])
     reaper = TreeReaper(poll_s=0.1)
     # a child that starts a grandchild outside our session (as Ray's raylet starts its agents):
     # once the driver dies both are re-parented, unreachable by a process-group or session kill
     mid = subprocess.Popen([sys.executable, "-c",
         "import subprocess, sys, time; p = subprocess.Popen(['sleep', '300'], start_new_session=True);"
         " print(p.pid, flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True)
-    print(mid.pid, mid.stdout.readline().strip(), flush=True)
+    print(pre.pid, mid.pid, mid.stdout.readline().strip(), flush=True)
     if sys.argv[1] == "clean":
         reaper.stop()
         print("stopped", flush=True)
+    if sys.argv[1] == "kill_started":
+        reaper.kill_started()
+        print("killed", flush=True)
     time.sleep(300)
     """
 )
@@ -51,18 +57,39 @@ def _start(mode: str) -> tuple[subprocess.Popen, list[int]]:
     return driver, tree
 
 
+def _wait_dead(pids: list[int]) -> list[int]:
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
 def test_tree_reaper_kills_the_tree_of_a_sigkilled_driver():
-    driver, tree = _start("kill")
+    driver, (pre, *tree) = _start("kill")
     try:
-        assert all(_alive(p) for p in tree)
+        assert all(_alive(p) for p in (pre, *tree))
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in tree if _alive(p)], "the driver's re-parented tree outlived it"
+        assert not _wait_dead(tree), "the driver's re-parented tree outlived it"
+        assert _alive(pre), "a process the driver ran before the reaper was killed"
     finally:
-        _kill(tree)
+        _kill([pre, *tree])
+
+
+def test_tree_reaper_kill_started_kills_only_what_came_after_it():
+    """A failed ``ray.init`` (e.g. "timed out during startup" on a loaded machine) must not
+    leave Ray's processes, nor kill the caller's older children: on 2026-12-07 a reaper left
+    unstopped after such a failure killed, when collected, the multiprocessing manager of
+    Megatron's checkpoint writer in the same test session."""
+    driver, (pre, *tree) = _start("kill_started")
+    try:
+        assert driver.stdout.readline().strip() == "killed"
+        assert not _wait_dead(tree)
+        assert _alive(pre) and driver.poll() is None
+    finally:
+        driver.kill()
+        driver.wait(timeout=10)
+        _kill([pre, *tree])
 
 
 def test_tree_reaper_stop_leaves_the_tree_alone():

@@ -246,7 +246,14 @@ class RayEngine(Engine):
                 # Ray's own processes (GCS, raylet, its agents) cannot die with us: a watcher
                 # kills what is left of our process tree if this driver is SIGKILLed
                 self._reaper = TreeReaper()
-                ray.init(num_cpus=e.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+                try:
+                    ray.init(num_cpus=e.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+                except BaseException:  # e.g. "the current node timed out during startup"
+                    with contextlib.suppress(Exception):
+                        ray.shutdown()
+                    self._reaper.kill_started()  # what the failed start left running
+                    self._reaper = None
+                    raise
             self._started = True
         #: node id -> units that ran there (the two-node test reads it)
         self.units_per_node: dict[str, int] = {}

@@ -58,6 +58,9 @@ def _reap(root: int, poll_s: float) -> None:
     me = os.getpid()
     root_start = (_stat(root) or (0, -1))[1]
     known = {p: t for p, t in _tree(root, {}).items() if p != me}
+    # what the root had started before the watcher is not ours to kill (in a long-lived root,
+    # e.g. a test session or a notebook, other libraries' helper processes)
+    before = dict(known)
     sys.stdout.write("ready\n")  # the root waits for this: what it starts next is watched
     sys.stdout.flush()
     while True:
@@ -66,6 +69,8 @@ def _reap(root: int, poll_s: float) -> None:
             data = sys.stdin.buffer.read1(4096)
             if b"stop" in data:
                 return  # the root's clean stop: nothing to kill
+            if b"kill" in data:
+                break  # the root failed to start what it watches: kill what did start
             if not data:
                 break  # the pipe closed without "stop": the root died (its state may not
                 # read as dead yet for a moment: the kernel closes files before that)
@@ -76,9 +81,10 @@ def _reap(root: int, poll_s: float) -> None:
         known.pop(me, None)
     for _ in range(3):  # what the dying tree spawned meanwhile is found on the next pass
         known = {p: t for p, t in _tree(root, known).items() if p != me}
-        if not known:
+        targets = {p: t for p, t in known.items() if before.get(p) != t}
+        if not targets:
             return
-        for pid, start in known.items():
+        for pid, start in targets.items():
             st = _stat(pid)
             if st is not None and st[1] == start:  # never a reused pid
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -87,7 +93,8 @@ def _reap(root: int, poll_s: float) -> None:
 
 
 class TreeReaper:
-    """Kills the descendants of this process when it dies without cleaning up (SIGKILL).
+    """Kills the descendants this process starts after it, when this process dies without
+    cleaning up (SIGKILL). Descendants that already ran when it started are left alone.
 
     Linux only (reads ``/proc``); elsewhere it does nothing. :meth:`stop` ends the watcher
     after a clean shutdown."""
@@ -107,9 +114,18 @@ class TreeReaper:
             raise RuntimeError("mugv_data.lifecycle: the process-tree watcher did not start")
 
     def stop(self) -> None:
+        """End the watcher after a clean shutdown: it kills nothing."""
+        self._end(b"stop\n")
+
+    def kill_started(self) -> None:
+        """Kill, now, the processes the root started since the watcher came up (e.g. what a
+        failed ``ray.init`` left running), and end the watcher."""
+        self._end(b"kill\n")
+
+    def _end(self, word: bytes) -> None:
         if self._proc is not None:
             with contextlib.suppress(OSError):
-                self._proc.stdin.write(b"stop\n")
+                self._proc.stdin.write(word)
                 self._proc.stdin.close()
             self._proc.wait(timeout=30)
             self._proc = None
