@@ -37,20 +37,26 @@ class CalibrateCacheConfig(GenerateConfig):
     out: Path = Field(Path("step_cache_calibration.json"), description="The JSON written.")
 
 
-def check_out(cfg: CalibrateCacheConfig) -> None:
-    if cfg.out.suffix.lower() != ".json":
-        raise ValueError(f"out {cfg.out}: calibrate-cache writes a .json file")
-    if min(cfg.thresholds) <= 0:
-        raise ValueError(f"thresholds must be > 0, got {cfg.thresholds}")
-    if cfg.out.exists() or cfg.out.is_symlink():
+def check_json_out(out: Path, command: str, key: str, value: str, overwrite: bool) -> None:
+    """Before any model loads: ``out`` is a .json, and an existing file there is one of ours
+    (its ``key`` is ``value``, not a symlink) that ``overwrite`` allows replacing."""
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"out {out}: {command} writes a .json file")
+    if out.exists() or out.is_symlink():
         try:
-            ours = json.loads(cfg.out.read_text()).get("kind") == CALIBRATION_KIND
+            ours = json.loads(out.read_text()).get(key) == value
         except (OSError, ValueError, AttributeError):
             ours = False
-        if not ours or cfg.out.is_symlink():
-            raise ValueError(f"out {cfg.out} exists and is not a calibration file of ours")
-        if not cfg.overwrite:
-            raise ValueError(f"out {cfg.out} exists (--overwrite replaces it)")
+        if not ours or out.is_symlink():
+            raise ValueError(f"out {out} exists and is not a calibration file of ours")
+        if not overwrite:
+            raise ValueError(f"out {out} exists (--overwrite replaces it)")
+
+
+def check_out(cfg: CalibrateCacheConfig) -> None:
+    if cfg.out.suffix.lower() == ".json" and min(cfg.thresholds) <= 0:
+        raise ValueError(f"thresholds must be > 0, got {cfg.thresholds}")
+    check_json_out(cfg.out, "calibrate-cache", "kind", CALIBRATION_KIND, cfg.overwrite)
 
 
 def run_calibration(cfg: CalibrateCacheConfig) -> Path:

@@ -10,7 +10,6 @@ step count you generate at, or smaller (it is the final latent's deviation that 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -36,17 +35,9 @@ class CalibrateFp8Config(GenerateConfig):
 
 def check_out(cfg: CalibrateFp8Config) -> None:
     """Before any model loads: a .json, not someone else's file, not replaced silently."""
-    if cfg.out.suffix.lower() != ".json":
-        raise ValueError(f"out {cfg.out}: calibrate-fp8 writes a .json file")
-    if cfg.out.exists() or cfg.out.is_symlink():
-        try:
-            ours = json.loads(cfg.out.read_text()).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours or cfg.out.is_symlink():
-            raise ValueError(f"out {cfg.out} exists and is not a calibration file of ours")
-        if not cfg.overwrite:
-            raise ValueError(f"out {cfg.out} exists (--overwrite replaces it)")
+    from mugv_infer.calibrate_command import check_json_out
+
+    check_json_out(cfg.out, "calibrate-fp8", "format", FORMAT, cfg.overwrite)
 
 
 def run_fp8_calibration(cfg: CalibrateFp8Config) -> Path:
