@@ -353,8 +353,8 @@ def test_gray_base_serves_low_resolution_requests_only():
 
 def test_gray_source_split_keeps_the_verdicts_of_the_sample_clips(samples):
     """Opt-in filters.gray_source=split on real clips: the same verdicts, scores close to the
-    default's (bikes: 640x272 analysis frames), identical for a source already at or below the
-    split's side (carphone 176x144)."""
+    default's (bikes: 640x272 analysis frames), identical up to float summation order for a
+    source already at or below the split's side (carphone 176x144)."""
     from pathlib import Path
 
     from mugv_data.config import load_config
@@ -373,7 +373,10 @@ def test_gray_source_split_keeps_the_verdicts_of_the_sample_clips(samples):
             if ca.rejected_stage == "split":
                 continue
             if name.startswith("carphone"):
-                assert ca.scores == cb.scores
+                # the same frames: equal up to float summation order (OpenCV threading)
+                assert ca.scores.keys() == cb.scores.keys()
+                for key, value in ca.scores.items():
+                    assert cb.scores[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
             else:
                 assert cb.scores["motion"] == pytest.approx(ca.scores["motion"], rel=0.03)
                 assert cb.scores["static_diff"] == pytest.approx(ca.scores["static_diff"], rel=0.06)
