@@ -17,7 +17,8 @@ The one difference between training and inference is explicit: ``needs_backward`
 FlashAttention-4 4.0.0b36's SM90 *backward* returns a wrong dq at head dims 72 and 80 (its dQ
 postprocess reads the accumulator with a 32-rounded head-dim tile, the kernel writes it
 16-rounded); its forward and dk/dv are right. :func:`fa4_functions` applies our fix
-(:mod:`mugv_kernels.fa4_sm90_dq_fix`, pinned to 4.0.0b36) when it imports FA4; then 80 is exact
+(:mod:`mugv_kernels.fa4_sm90_dq_fix`, pinned to 4.0.0b36; it also zeroes the varlen dq
+accumulator, which b36 left partly unzeroed there) when it imports FA4; then 80 is exact
 too and 72 runs padded to 80 (faster than unpadded 72: FA4's forward is slower at 72). Without
 the fix (another FA4 version) 72 is padded to 96 as before. With ``needs_backward=True`` q, k and
 v are zero-padded to the next head dim in :func:`fa4_exact_head_dims` with the softmax scale of
