@@ -3,7 +3,10 @@
 Modes (one process, one worker thread, i.e. per CPU core; modes interleaved in each repeat;
 the median over repeats is reported, the best is kept beside it: on a shared machine the
 median is the fairer number):
-  decode     decord decodes every frame at the analysis resolution (what the chain decodes)
+  decode     decord decodes every frame at the analysis resolution (what the chain decodes
+             by default): the goal's baseline
+  decode [pyav+opencv]  the same frames from the reader of ``decode.backend=pyav
+             decode.convert=opencv`` (the "yuv" variant's decoder), for comparison
   chain      probe + decode + shot split + brightness/borders/static/sharpness/motion/
              shake/speed/text (the config's stages)
   chain+enc  the chain plus H.264 encoding of kept clips
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import cv2
 from mugv_data.config import load_config
-from mugv_data.decode import DecordReader, target_size
+from mugv_data.decode import DecordReader, PyAVReader, target_size
 from mugv_data.inputs import discover_inputs
 from mugv_data.per_source import SourceProcessor
 from mugv_data.probe import probe_video
@@ -54,7 +57,10 @@ FAST_VARIANTS = {
     ],
     "gray=split": ["filters.gray_source=split"],
     "short_circuit": ["filters.short_circuit=true"],
+    "yuv": ["decode.backend=pyav", "decode.convert=opencv"],
     "fast": [
+        "decode.backend=pyav",
+        "decode.convert=opencv",
         "filters.short_circuit=true",
         "clip.preset=ultrafast",
         "filters.shake.num_pairs=12",
@@ -75,6 +81,17 @@ def decode_only(paths, short_side: int) -> float:
     for p in paths:
         info = probe_video(p)
         r = DecordReader(info, short_side, threads=1)
+        for _ in r.iter_frames():
+            pass
+        r.close()
+    return time.perf_counter() - t
+
+
+def decode_only_pyav_opencv(paths, short_side: int) -> float:
+    """decode-only with the reader of ``decode.backend=pyav decode.convert=opencv``."""
+    t = time.perf_counter()
+    for p in paths:
+        r = PyAVReader(probe_video(p), short_side, threads=1, convert="opencv")
         for _ in r.iter_frames():
             pass
         r.close()
@@ -149,7 +166,7 @@ def main() -> None:
         encoders[f"chain+enc [{name}]"] = SourceProcessor(vcfg, encode=True)
         encoders[f"chain+enc [{name}]"].setup()
     setup_s = time.perf_counter() - t
-    modes = ["decode", "chain", *encoders]
+    modes = ["decode", "decode [pyav+opencv]", "chain", *encoders]
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     outputs: dict[str, dict] = {m: {} for m in encoders}
@@ -159,6 +176,11 @@ def main() -> None:
     for _ in range(args.repeats):
         c0 = time.process_time()
         times["decode"].append(decode_only(paths, cfg.decode.analysis_short_side))
+        c1 = time.process_time()
+        times["decode [pyav+opencv]"].append(
+            decode_only_pyav_opencv(paths, cfg.decode.analysis_short_side)
+        )
+        cpu["decode [pyav+opencv]"].append(time.process_time() - c1)
         c1 = time.process_time()
         stages: dict[str, float] = {}
         dt, clips, kept = chain(proc, paths, stages)

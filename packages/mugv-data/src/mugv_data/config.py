@@ -62,6 +62,12 @@ class DecodeConfig(Frozen):
     """Relative std of frame intervals above which a stream counts as variable frame rate."""
     threads: int = Field(1, ge=0, le=1024)
     """Decoder threads per worker (0: decoder default)."""
+    convert: Literal["swscale", "opencv"] = "swscale"
+    """How PyAV readers (``backend=pyav`` and every fallback to PyAV) turn decoded frames into
+    RGB at the analysis size: ``swscale`` (PyAV's ``to_ndarray``) or ``opencv`` (``yuv420p``
+    planes area-resized and converted by OpenCV, BT.601 limited range; about half the CPU time,
+    and kept clips are encoded from those planes without an RGB round trip; other pixel formats
+    use swscale). Frames differ from swscale's by the interpolation (area vs bilinear)."""
 
 
 class SplitConfig(Frozen):

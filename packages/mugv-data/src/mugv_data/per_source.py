@@ -277,9 +277,17 @@ class SourceProcessor:
         t = time.perf_counter()
         reader = open_reader(info, self._decode, cfg.decode.analysis_short_side)
         res.decoder, res.fallback_reason = reader.backend, reader.fallback_reason
-        frame_bytes = reader.width * reader.height * 3
+        # decode.convert=opencv: the reader's I420 planes are kept beside the RGB frames so
+        # kept clips at the analysis size are encoded from them (no RGB -> I420 conversion)
+        keep_i420 = getattr(reader, "convert", None) == "opencv" and (
+            target_size(info.width, info.height, cfg.clip.short_side)
+            == (reader.width, reader.height)
+        )
+        frame_bytes = reader.width * reader.height * (4.5 if keep_i420 else 3)
         use_cache = info.num_frames * frame_bytes <= cfg.decode.cache_mb * (1 << 20)
         cache: list[np.ndarray] = []
+        i420_cache: list[np.ndarray | None] = []
+        keep_i420 = keep_i420 and use_cache
         # filters.gray_source=split: keep the luma of the split's downscaled frames
         share = use_cache and cfg.filters.for_source(res.source).gray_source == "split"
         split_gray: list[np.ndarray] = []
@@ -291,6 +299,8 @@ class SourceProcessor:
             for f in reader.iter_frames():
                 if use_cache:
                     cache.append(f)
+                    if keep_i420:
+                        i420_cache.append(reader.last_i420)
                 yield f
 
         shots, res.split = self.splitter.detect(
@@ -366,7 +376,13 @@ class SourceProcessor:
                 o.clip_embedding = [float(x) for x in c.extra["clip_embedding"]]
             if c.kept and self.encode:
                 out_reader = self._encode(
-                    info, c, o, reader, cache if use_cache else None, out_reader
+                    info,
+                    c,
+                    o,
+                    reader,
+                    cache if use_cache else None,
+                    out_reader,
+                    i420_cache if keep_i420 else None,
                 )
             res.clips.append(o)
         tm["encode"] = time.perf_counter() - t
@@ -375,7 +391,14 @@ class SourceProcessor:
             out_reader.close()
 
     def _encode(
-        self, info: VideoInfo, c: Clip, o: ClipOutcome, reader: FrameReader, cache, out_reader
+        self,
+        info: VideoInfo,
+        c: Clip,
+        o: ClipOutcome,
+        reader: FrameReader,
+        cache,
+        out_reader,
+        i420_cache: list[np.ndarray | None] | None = None,
     ):
         cc = self.config.clip
         w, h = target_size(info.width, info.height, cc.short_side)
@@ -399,8 +422,13 @@ class SourceProcessor:
             frames = src.iter_frames(c.start_frame, c.end_frame)
         else:
             frames = (f for a in range(0, len(idx), 32) for f in src.get_batch(idx[a : a + 32]))
+        planes = None
+        if get is not None and i420_cache is not None:
+            planes = [i420_cache[i] for i in idx]
+            if any(p is None for p in planes):
+                planes = None  # a frame without planes (other pixel format): convert them all
         o.mp4 = encode_mp4(
-            i420(resized(frames, w, h)),  # w, h even (target_size)
+            planes if planes is not None else i420(resized(frames, w, h)),  # w, h even
             fps,
             codec=cc.codec,
             crf=cc.crf,
