@@ -88,6 +88,85 @@ def test_fa4_unpadded_backward_with_the_dq_fix(head_dim, kv_heads):
     assert ab.fa4_padded_head_dim(72) == 80
 
 
+# Cross-attention as the DiT runs it: every sample's N video-token queries (one segment each)
+# against its own text keys (1..512 tokens). N = 12,880 leaves no hole in FA4 b36's varlen dq
+# accumulator for B <= 4; N = 12,864 (a multiple of 64) and the self-check's 320 do from B = 2.
+VARLEN_CASES = [
+    (12880, (77,)),
+    (12880, (1, 512)),
+    (12880, (300, 7, 512)),
+    (12880, (512, 1, 64, 200)),
+    (12864, (120, 512)),
+    (320, (50, 19)),
+]
+
+
+def _varlen_inputs(n, text_lengths, head_dim, heads=4, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def mk(*shape):
+        return torch.randn(*shape, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    b, total_k = len(text_lengths), sum(text_lengths)
+    return mk(b, n), mk(total_k), mk(total_k), mk(b, n)
+
+
+def _varlen_float64(q_BNHD, k_THD, v_THD, dout_BNHD, text_lengths):
+    """Each sample's queries against its own keys, float64 SDPA -> out, dq, dk, dv."""
+    leaves = [t.detach().double().requires_grad_(True) for t in (q_BNHD, k_THD, v_THD)]
+    q, k, v = leaves
+    outs, lo = [], 0
+    for i, n_k in enumerate(text_lengths):
+        qi, ki, vi = q[i : i + 1], k[None, lo : lo + n_k], v[None, lo : lo + n_k]
+        outs.append(
+            F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (qi, ki, vi))).transpose(1, 2)
+        )
+        lo += n_k
+    out = torch.cat(outs)
+    out.backward(dout_BNHD.double())
+    return [out.detach(), *(t.grad for t in leaves)]
+
+
+@pytest.mark.parametrize("head_dim", [72, 80])
+@pytest.mark.parametrize(("n", "text_lengths"), VARLEN_CASES)
+@pytest.mark.parametrize("direct", [False, True], ids=["backend", "unpadded"])
+def test_fa4_varlen_cross_attention_matches_float64(head_dim, n, text_lengths, direct):
+    """FA4's varlen backward (the DiT's cross-attention) against float64: out, dq, dk, dv like a
+    correct bf16 kernel (< 1e-2; ~2.4e-3 expected), with the backward's memory pre-filled with
+    NaN. ``backend``: ab.varlen_cross_attention (72 padded to 80); ``unpadded``: FA4 called at
+    the true head dim. Before the varlen part of the fix, the 12864 / 320 cases read NaN (or
+    stale memory: the self-check's dq 0.165 on 2026-12-07)."""
+    from mugv_kernels import fa4_accum_layout
+
+    ab.fa4_functions()  # imports FA4 and applies the fix
+    assert fa4_sm90_dq_fix.applied_parts() == "dense+varlen"
+    q, k, v, dout = _varlen_inputs(n, text_lengths, head_dim)
+    text = ab.PackedText.from_list([torch.empty(t, 1, device="cuda") for t in text_lengths])
+    b, heads = len(text_lengths), q.shape[2]
+    cu_q = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device="cuda")
+
+    def backend(qq, kk, vv):
+        return ab.varlen_cross_attention(qq, kk, vv, text, "fa4", needs_backward=True)
+
+    def unpadded(qq, kk, vv):
+        out = ab.fa4_functions()[1](
+            qq.reshape(b * n, heads, head_dim), kk, vv, cu_seqlens_q=cu_q,
+            cu_seqlens_k=text.cu_seqlens, max_seqlen_q=n, max_seqlen_k=text.max_len,
+        )  # fmt: skip
+        return (out[0] if isinstance(out, tuple) else out).view(b, n, heads, head_dim)
+
+    width = head_dim if direct else ab.fa4_padded_head_dim(head_dim)
+    numel = fa4_accum_layout.varlen_dq_accum_numel([i * n for i in range(b + 1)], heads, width)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out = (unpadded if direct else backend)(*leaves)
+    ab.fill_freed_cuda_memory(q.device, [numel])
+    out.backward(dout)
+    got = [out.detach(), *(t.grad for t in leaves)]
+    ref = _varlen_float64(q, k, v, dout, text_lengths)
+    errors = {w: _rel(a, r) for w, a, r in zip(("out", "dq", "dk", "dv"), got, ref)}
+    assert all(e < 1e-2 for e in errors.values()), errors
+
+
 def test_self_check_accepts_fa4_at_72_and_auto_picks_it():
     assert ab.fa4_self_check("dense", 72, needs_backward=True) is None
     assert ab.fa4_self_check("varlen", 72, needs_backward=True) is None

@@ -5,6 +5,17 @@
   python3 fa4_sm90_dq.py driver --out DIR [--budget 380]   # everything below, each variant in a fresh process
   python3 fa4_sm90_dq.py check --variant patched|none|kernel32 --out DIR --deadline EPOCH
   python3 fa4_sm90_dq.py warm --hd 80 [--gqa|--varlen]       # compile (unpatched + patched) into the JIT cache
+  python3 fa4_sm90_dq.py driver --only varlen --out DIR       # the varlen cases alone (~2-4 min)
+  python3 fa4_sm90_dq.py driver --only varlen --device cpu --out DIR   # harness check on CPU
+
+Varlen (added 2026-12-07 evening): the DiT's cross-attention through flash_attn_varlen_func --
+every sample's N video-token queries against its own 1..512 text keys, B = 1..4, N = 12,880
+(and 12,864 / 320, whose padded offsets leave a hole in b36's zeroing of the dq accumulator) --
+at head dims 72 and 80, plus the 300+700+513 self-attention case, each with the allocator's
+cache pre-filled with NaN before the backward (mugv_kernels.attention.fill_freed_cuda_memory),
+in variants patched (the whole fix), densefix (apply(zero_varlen_accum=False): the fix as it
+was before) and none. --device cpu runs the harness with an SDPA stand-in for FA4 at tiny
+sizes (no FA4, no GPU): it checks the script, not the kernel.
 
 Inputs: bf16 randn q, k, v, dout, [B=1, S, H=8, D], S = 1000 and 12,880, softmax_scale = D**-0.5.
 Reference: torch SDPA in float64 (math backend), one head at a time, on the bf16-rounded inputs.
@@ -36,11 +47,12 @@ HEADS = 8
 def apply_variant(variant: str) -> None:
     if variant == "none":
         return
-    if variant == "patched":
+    if variant in ("patched", "densefix"):
         from mugv_kernels import fa4_sm90_dq_fix as apply_patch
 
-        apply_patch.apply()
-        assert apply_patch.is_applied()
+        whole = variant == "patched"
+        apply_patch.apply(zero_varlen_accum=whole)
+        assert apply_patch.applied_parts() == ("dense+varlen" if whole else "dense")
         assert apply_patch.apply()  # idempotent
         return
     if variant == "kernel32":
@@ -232,6 +244,9 @@ def check_varlen(log, hd=72):
     scale = hd**-0.5
     qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
     o = fa4_varlen_call(qq, kk, vv, cu, mx)
+    from mugv_kernels import fa4_accum_layout
+
+    fill_nan(fa4_accum_layout.varlen_dq_accum_numel(cu.tolist(), HEADS, hd))
     got = (o.detach(), *torch.autograd.grad(o, (qq, kk, vv), dout))
     refs = [[], [], [], []]
     for i, _L in enumerate(lens):
@@ -247,6 +262,102 @@ def check_varlen(log, hd=72):
         hd=hd,
         S=sum(lens),
         H=HEADS,
+        **errs(got, ref),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# varlen cross-attention (the DiT's): (N, text lengths); N = 12,880 video tokens per sample
+XATTN_CASES = [
+    (12880, (77,)),
+    (12880, (1, 512)),
+    (12880, (300, 7, 512)),
+    (12880, (512, 1, 64, 200)),
+    (12864, (120, 512)),
+    (320, (50, 19)),
+]
+VARLEN_HDS = (72, 80)
+DEVICE = "cuda"  # --device cpu: SDPA stand-in for FA4, tiny sizes
+
+
+def sdpa_varlen_standin(q, k, v, cu_q, cu_k, max_q, max_k):
+    """CPU stand-in for flash_attn_varlen_func (harness check only): per-sample SDPA."""
+    import torch.nn.functional as F
+
+    outs = []
+    for i in range(len(cu_q) - 1):
+        qs, ks = slice(int(cu_q[i]), int(cu_q[i + 1])), slice(int(cu_k[i]), int(cu_k[i + 1]))
+        qi, ki, vi = (t[s].transpose(0, 1)[None] for t, s in ((q, qs), (k, ks), (v, ks)))
+        outs.append(F.scaled_dot_product_attention(qi, ki, vi)[0].transpose(0, 1))
+    import torch
+
+    return torch.cat(outs)
+
+
+def varlen_call(q, k, v, cu_q, cu_k, max_q, max_k):
+    if DEVICE == "cpu":
+        return sdpa_varlen_standin(q, k, v, cu_q, cu_k, max_q, max_k)
+    from flash_attn.cute import flash_attn_varlen_func
+
+    r = flash_attn_varlen_func(
+        q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k
+    )
+    return r[0] if isinstance(r, tuple) else r
+
+
+def fill_nan(numel):
+    """Pre-fill the allocator's cache with NaN (the dq accumulator's size) before a backward."""
+    if DEVICE == "cpu":
+        return
+    import torch
+    from mugv_kernels.attention import fill_freed_cuda_memory
+
+    fill_freed_cuda_memory(torch.device("cuda"), [numel])
+
+
+def check_xattn(log, hd, n, text_lengths, heads=HEADS):
+    """One cross-attention case: FA4 varlen at the true head dim vs float64, NaN-filled memory."""
+    import itertools
+
+    import torch
+    from mugv_kernels import fa4_accum_layout
+
+    g = torch.Generator(device=DEVICE).manual_seed(11 + hd + n)
+    b = len(text_lengths)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+
+    def mk(rows):
+        return torch.randn(rows, heads, hd, device=DEVICE, dtype=dtype, generator=g)
+
+    q, k, v, dout = mk(b * n), mk(sum(text_lengths)), mk(sum(text_lengths)), mk(b * n)
+    cu_q = torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=DEVICE)
+    cu_k_list = [0, *itertools.accumulate(text_lengths)]
+    cu_k = torch.tensor(cu_k_list, dtype=torch.int32, device=DEVICE)
+    qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    o = varlen_call(qq, kk, vv, cu_q, cu_k, n, max(text_lengths))
+    fill_nan(fa4_accum_layout.varlen_dq_accum_numel(cu_q.tolist(), heads, hd))
+    got = (o.detach(), *torch.autograd.grad(o, (qq, kk, vv), dout))
+    refs = [[], [], [], []]
+    dk = torch.zeros(k.shape, dtype=torch.float64, device=DEVICE)
+    dv = torch.zeros_like(dk)
+    for i in range(b):
+        qs, ks = slice(i * n, (i + 1) * n), slice(cu_k_list[i], cu_k_list[i + 1])
+        r = ref_fp64(q[None, qs], k[None, ks], v[None, ks], dout[None, qs], hd**-0.5)
+        refs[0].append(r[0][0])
+        refs[1].append(r[1][0])
+        dk[ks], dv[ks] = r[2][0], r[3][0]
+    ref = [torch.cat(refs[0]), torch.cat(refs[1]), dk, dv]
+    holes = fa4_accum_layout.unzeroed_written(
+        cu_q.tolist(), fa4_accum_layout.sm90_layout(hd, "dense", varlen=True)
+    )
+    log(
+        kind="acc",
+        case=f"xattn{n}x{b}:" + "+".join(map(str, text_lengths)),
+        impl="fa4" if DEVICE == "cuda" else "cpu-standin",
+        hd=hd,
+        S=n,
+        H=heads,
+        holes=holes,
         **errs(got, ref),
     )
 
@@ -317,15 +428,30 @@ def time_one(log, impl, hd, S=12880, H=24):
     )
 
 
+def varlen_items(cpu: bool):
+    cases = [(40, (3,)), (64, (1, 20)), (20, (5, 1, 7))] if cpu else XATTN_CASES
+    items = [("xattn", hd, n, lens) for hd in VARLEN_HDS for n, lens in cases]
+    return items if cpu else [*items, ("varlen",)]
+
+
 def cmd_check(a):
     import torch
 
+    global DEVICE
+    DEVICE = a.device
     log = Log(a.out, a.variant)
-    apply_variant(a.variant)
-    import flash_attn.cute  # noqa: F401
+    if a.device == "cpu":
+        items = varlen_items(cpu=True)
+    else:
+        apply_variant(a.variant)
+        import flash_attn.cute  # noqa: F401
 
-    items = []
-    if a.variant == "kernel32":
+        items = []
+    if a.device == "cpu":
+        pass
+    elif a.only == "varlen":
+        items = varlen_items(cpu=False)
+    elif a.variant == "kernel32":
         items += [("dense", hd, 1000) for hd in (72, 80)]
     else:
         cud = a.variant == "patched"
@@ -335,6 +461,8 @@ def cmd_check(a):
             items += [("time", impl, hd) for hd in (72, 80, 96) for impl in ("fa4", "cudnn")]
         items += [("dense", hd, S, cud) for S in SEQS for hd in (64, 88, 96, 128)]
         items += [("gqa",), ("varlen",), ("dense", 48, 1000, False)]
+        if a.variant == "patched":
+            items += varlen_items(cpu=False)[:-1]
     for it in items:
         if time.time() > a.deadline:
             log(kind="skipped", item=str(it), msg="deadline")
@@ -348,9 +476,12 @@ def cmd_check(a):
                 check_gqa(log)
             elif it[0] == "varlen":
                 check_varlen(log)
+            elif it[0] == "xattn":
+                check_xattn(log, it[1], it[2], it[3])
         except Exception as ex:
             log(kind="error", item=str(it), msg=(type(ex).__name__ + ": " + str(ex))[:600])
-        torch.cuda.empty_cache()
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
 
 
 def cmd_warm(a):
@@ -361,7 +492,10 @@ def cmd_warm(a):
     import flash_attn.cute  # noqa: F401
 
     def once():
-        if a.varlen:
+        if a.xattn:  # both single-key-block flags of the compile key: <= 128 and > 128 keys
+            for lens in ((50, 19), (120, 512)):
+                check_xattn(lambda **rec: None, a.hd, 320, lens, heads=2)
+        elif a.varlen:
             q, k, v, dout, cu, mx, _ = varlen_inputs(a.hd)
             q, k, v = (t.requires_grad_() for t in (q, k, v))
             torch.autograd.grad(fa4_varlen_call(q, k, v, cu, mx), (q, k, v), dout)
@@ -380,7 +514,7 @@ def cmd_warm(a):
         except Exception as ex:
             msgs.append(f"{variant} FAILED {type(ex).__name__}: {str(ex)[:300]}")
     print(
-        f"warm hd={a.hd} gqa={a.gqa} varlen={a.varlen}: "
+        f"warm hd={a.hd} gqa={a.gqa} varlen={a.varlen} xattn={a.xattn}: "
         + "; ".join(msgs)
         + f"; total {time.time() - t0:.1f}s",
         flush=True,
@@ -391,16 +525,19 @@ def cmd_warm(a):
 def render(out_dir):
     recs = [json.loads(line) for line in open(os.path.join(out_dir, "results.jsonl"))]
     lines = [
-        "| variant | case | impl | hd | S | out | dq | dk | dv |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | case | impl | hd | S | out | dq | dk | dv | holes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
         if r.get("kind") == "acc":
             lines.append(
                 f"| {r['variant']} | {r['case']} | {r['impl']} | {r['hd']} | {r['S']} | "
                 + " | ".join(f"{r[n]:.2e}" for n in ("out", "dq", "dk", "dv"))
-                + " |"
+                + f" | {r.get('holes', '')} |"
             )
+    verdict = varlen_verdict(recs)
+    if verdict:
+        lines += ["", *verdict]
     lines += [
         "",
         "| impl | hd | S x H | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s |",
@@ -424,6 +561,34 @@ def render(out_dir):
     return recs
 
 
+def varlen_verdict(recs) -> list[str]:
+    """What the varlen rows say: the whole fix must be right everywhere (dq/dk/dv < 1e-2); the
+    dense fix alone is expected wrong exactly on the cases with holes (NaN-filled memory)."""
+    rows = [r for r in recs if r.get("kind") == "acc" and str(r["case"]).startswith("xattn")]
+    if not rows:
+        return []
+
+    def ok(r):
+        return all(r[n] < 1e-2 for n in ("out", "dq", "dk", "dv"))  # NaN compares False
+
+    out = []
+    for variant in ("patched", "densefix", "none"):
+        mine = [r for r in rows if r["variant"] == variant]
+        if mine:
+            line = f"- {variant}: {sum(ok(r) for r in mine)}/{len(mine)} varlen cases right"
+            if variant == "densefix":
+                as_modelled = sum(ok(r) == (r["holes"] == 0) for r in mine)
+                line += (
+                    f"; right exactly where the layout model has no hole: {as_modelled}/"
+                    f"{len(mine)} (the model's prediction holds when this is {len(mine)}/{len(mine)})"
+                )
+            out.append(line)
+    patched = [r for r in rows if r["variant"] == "patched"]
+    if patched:
+        out.append("VARLEN " + ("PASS" if all(ok(r) for r in patched) else "FAIL") + " (patched)")
+    return out
+
+
 def cmd_driver(a):
     t_start = time.time()
     os.makedirs(a.out, exist_ok=True)
@@ -434,6 +599,7 @@ def cmd_driver(a):
         FLASH_ATTENTION_CUTE_DSL_CACHE_DIR="/tmp/fa4cache",
     )
     me = [sys.executable, os.path.abspath(__file__)]
+    cpu = a.device == "cpu"
     info = subprocess.run(
         [
             sys.executable,
@@ -442,7 +608,9 @@ def cmd_driver(a):
             "print(torch.cuda.get_device_name(), '| torch', torch.__version__, '| cudnn',"
             " torch.backends.cudnn.version(), '| flash-attn-4', m.version('flash-attn-4'),"
             " '| nvidia-cutlass-dsl', m.version('nvidia-cutlass-dsl'), '|',"
-            " datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))",
+            " datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))"
+            if not cpu
+            else "import torch; print('cpu (SDPA stand-in, no FA4) | torch', torch.__version__)",
         ],
         capture_output=True,
         text=True,
@@ -450,11 +618,18 @@ def cmd_driver(a):
     )
     print("device:", info.stdout.strip(), info.stderr[-500:], flush=True)
     open(os.path.join(a.out, "device.txt"), "w").write(info.stdout + info.stderr[-2000:])
+    extra = ["--only", a.only, "--device", a.device]
 
     # 1. warm the JIT cache in parallel (compile is CPU-bound, one case per process)
     warm_log = open(os.path.join(a.out, "warm.log"), "w")
-    specs = [["--hd", str(h)] for h in (72, 80, 96, 64, 88, 128, 48)]
-    specs += [["--hd", "80", "--gqa"], ["--hd", "72", "--varlen"]]
+    if a.only == "varlen":
+        specs = [["--hd", str(h), "--xattn"] for h in VARLEN_HDS] + [["--hd", "72", "--varlen"]]
+    else:
+        specs = [["--hd", str(h)] for h in (72, 80, 96, 64, 88, 128, 48)]
+        specs += [["--hd", "80", "--gqa"], ["--hd", "72", "--varlen"]]
+        specs += [["--hd", str(h), "--xattn"] for h in VARLEN_HDS]
+    if cpu:
+        specs = []
     procs = [
         subprocess.Popen([*me, "warm", *s], stdout=warm_log, stderr=subprocess.STDOUT, env=env)
         for s in specs
@@ -483,7 +658,7 @@ def cmd_driver(a):
         if variant == "kernel32":  # kernel changes are not in the compile key: own cache
             e["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] = "/tmp/fa4cache_k32"
         p = subprocess.Popen(
-            [*me, "check", "--variant", variant, "--out", a.out, "--deadline", str(dl)],
+            [*me, "check", "--variant", variant, "--out", a.out, "--deadline", str(dl), *extra],
             stdout=child_log,
             stderr=subprocess.STDOUT,
             env=e,
@@ -495,6 +670,15 @@ def cmd_driver(a):
             print(f"{variant}: killed at its deadline", flush=True)
         print(f"{variant} done at {time.time() - t_start:.0f}s (rc {p.returncode})", flush=True)
 
+    if a.only == "varlen":
+        for variant, share in (("patched", 0.45), ("densefix", 0.7), ("none", 1.0)):
+            child(variant, share)
+            if cpu:
+                break
+        child_log.close()
+        render(a.out)
+        print(f"total {time.time() - t_start:.0f}s", flush=True)
+        return
     child("patched", 0.6)
     child("none", 0.85)
     recs = [json.loads(line) for line in open(os.path.join(a.out, "results.jsonl"))]
@@ -526,10 +710,14 @@ def main():
     c.add_argument("--variant", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--deadline", type=float, required=True)
+    for parser in (d, c):
+        parser.add_argument("--only", choices=["all", "varlen"], default="all")
+        parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     w = sub.add_parser("warm")
     w.add_argument("--hd", type=int, required=True)
     w.add_argument("--gqa", action="store_true")
     w.add_argument("--varlen", action="store_true")
+    w.add_argument("--xattn", action="store_true")
     a = ap.parse_args()
     {"driver": cmd_driver, "check": cmd_check, "warm": cmd_warm}[a.cmd](a)
 

@@ -187,6 +187,10 @@ def test_model_offsets_of_the_self_check_case_by_hand():
     assert lay.padded_offsets(cu, 64) == [0, 384]
     dense = lay.sm90_layout(72, "dense", varlen=True)
     assert (dense.width_alloc, dense.width_write, dense.width_read) == (96, 80, 80)
+    # (total_q + (B + 1) * 64 - 1) // 64 * 64 = 831 // 64 * 64 = 768 rows of 96 per head
+    assert lay.accum_floats(cu, dense) == 768 * 96
+    assert lay.varlen_dq_accum_numel(cu, 2, 72) == 2 * 768 * 96
+    assert lay.dense_dq_accum_numel(2, 320, 2, 80) == 2 * 2 * 320 * 96
     assert lay.spans(cu, 64, 96) == [(0, 30720), (36864, 67584)]
     assert lay.spans(cu, 64, 80) == [(0, 25600), (30720, 56320)]
     assert lay.unzeroed_written(cu, dense) == 6144

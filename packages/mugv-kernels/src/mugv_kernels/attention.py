@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mugv_kernels import fa4_sm90_dq_fix
+from mugv_kernels import fa4_accum_layout, fa4_sm90_dq_fix
 
 BACKENDS = ("auto", "sdpa", "flash", "fa4")
 PATHS = ("dense", "varlen")
@@ -395,13 +395,26 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
-def _outputs(fn, q, k, v, dout, needs_backward: bool) -> list[torch.Tensor]:
-    """``fn``'s output, and with ``needs_backward`` the gradients of q, k, v under ``dout``."""
+def fill_freed_cuda_memory(device: torch.device, numels: list[int]) -> None:
+    """Allocate float32 blocks of ``numels`` elements on ``device`` filled with NaN and free
+    them, so that the caching allocator hands out NaN memory for the next allocations of those
+    sizes (on this stream). A kernel that reads memory it never wrote (an ``empty`` buffer it
+    assumes zeroed: FA4 4.0.0b36's varlen dq accumulator) then fails every time instead of
+    depending on what the memory held before."""
+    blocks = [torch.full((n,), float("nan"), dtype=torch.float32, device=device) for n in numels]
+    del blocks
+
+
+def _outputs(fn, q, k, v, dout, needs_backward: bool, before_backward=None) -> list[torch.Tensor]:
+    """``fn``'s output, and with ``needs_backward`` the gradients of q, k, v under ``dout``
+    (``before_backward()`` runs between the forward and the backward)."""
     if not needs_backward:
         with torch.no_grad():
             return [fn(q, k, v)]
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
     out = fn(*leaves)
+    if before_backward is not None:
+        before_backward()
     out.backward(dout)
     return [out.detach(), *(t.grad for t in leaves)]
 
@@ -438,7 +451,8 @@ def fa4_self_check(
 ) -> str | None:
     """Run FA4's ``path`` (``dense``: one sequence per sample; ``varlen``: queries against
     keys of unequal lengths with a hole in the mask) in bf16 against fp32 SDPA on random
-    inputs at ``head_dim``: the output, and with ``needs_backward`` dq, dk and dv. None when
+    inputs at ``head_dim``: the output, and with ``needs_backward`` dq, dk and dv (the backward
+    on memory pre-filled with NaN, :func:`fill_freed_cuda_memory`). None when
     each is within 2e-2 relative, else what failed (``auto`` then warns and does not use FA4
     for that path). Cached: once per process and arguments."""
     if fa4_functions() is None:
@@ -479,7 +493,17 @@ def _run_self_check(path: str, head_dim: int, device_index: int, needs_backward:
             def ref_fn(qq, kk, vv):
                 return sdpa(qq, kk, vv, mask)
 
-        got = _outputs(got_fn, q, k, v, dout, needs_backward)
+        # the backward's dq accumulator comes from NaN-filled memory (fill_freed_cuda_memory)
+        poison = None
+        if needs_backward:
+            b, n, h, _ = q.shape
+            width = fa4_padded_head_dim(head_dim)
+            numels = [
+                fa4_accum_layout.varlen_dq_accum_numel([i * n for i in range(b + 1)], h, width),
+                fa4_accum_layout.dense_dq_accum_numel(b, n, h, width),
+            ]
+            poison = functools.partial(fill_freed_cuda_memory, device, numels)
+        got = _outputs(got_fn, q, k, v, dout, needs_backward, poison)
         ref = _outputs(ref_fn, q.float(), k.float(), v.float(), dout.float(), needs_backward)
         errors = {w: _relative_error(a, r) for w, a, r in zip(what, got, ref)}
         torch.cuda.synchronize(device)
@@ -506,6 +530,7 @@ __all__ = [
     "fa4_padded_head_dim",
     "fa4_self_check",
     "fa4_varlen",
+    "fill_freed_cuda_memory",
     "flash_attn2_functions",
     "in_fresh_autograd_context",
     "masked_cross_attention",

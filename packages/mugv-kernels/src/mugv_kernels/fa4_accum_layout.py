@@ -79,7 +79,21 @@ def padded_offsets(cu_seqlens: list[int], tile_m: int) -> list[int]:
 def accum_floats(cu_seqlens: list[int], layout: AccumLayout) -> int:
     """Floats per head of the varlen accumulator as allocated."""
     total_q, batch = cu_seqlens[-1], len(cu_seqlens) - 1
-    return round_up(total_q + (batch + 1) * layout.tile_m - 1, layout.tile_m) * layout.width_alloc
+    m = layout.tile_m
+    return (total_q + (batch + 1) * m - 1) // m * m * layout.width_alloc
+
+
+def varlen_dq_accum_numel(cu_seqlens: list[int], num_heads: int, head_dim: int) -> int:
+    """float32 elements of b36's varlen dQ accumulator on SM90 (all heads) for FA4 at
+    ``head_dim``: the size to pre-fill the allocator's cache with (see
+    :func:`mugv_kernels.attention.fill_freed_cuda_memory`)."""
+    return num_heads * accum_floats(cu_seqlens, sm90_layout(head_dim, "none", varlen=True))
+
+
+def dense_dq_accum_numel(batch: int, seqlen_q: int, num_heads: int, head_dim: int) -> int:
+    """float32 elements of b36's dense dQ accumulator on SM90 (every batch and head)."""
+    layout = sm90_layout(head_dim, "none", varlen=False)
+    return batch * num_heads * round_up(seqlen_q, layout.tile_m) * layout.width_alloc
 
 
 def spans(cu_seqlens: list[int], tile_m: int, width: int) -> list[tuple[int, int]]:
@@ -163,6 +177,7 @@ __all__ = [
     "FIXES",
     "AccumLayout",
     "accum_floats",
+    "dense_dq_accum_numel",
     "holes_after",
     "padded_offsets",
     "round_up",
@@ -171,4 +186,5 @@ __all__ = [
     "sm90_tile_m",
     "spans",
     "unzeroed_written",
+    "varlen_dq_accum_numel",
 ]
