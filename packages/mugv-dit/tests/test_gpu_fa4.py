@@ -159,7 +159,7 @@ def test_fa4_varlen_cross_attention_matches_float64(head_dim, n, text_lengths, d
     numel = fa4_accum_layout.varlen_dq_accum_numel([i * n for i in range(b + 1)], heads, width)
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
     out = (unpadded if direct else backend)(*leaves)
-    ab.fill_freed_cuda_memory(q.device, [numel])
+    ab.fill_freed_cuda_memory(q.device, [numel] * 3)
     out.backward(dout)
     got = [out.detach(), *(t.grad for t in leaves)]
     ref = _varlen_float64(q, k, v, dout, text_lengths)

@@ -312,7 +312,7 @@ def fill_nan(numel):
     import torch
     from mugv_kernels.attention import fill_freed_cuda_memory
 
-    fill_freed_cuda_memory(torch.device("cuda"), [numel])
+    fill_freed_cuda_memory(torch.device("cuda"), [numel] * 3)
 
 
 def check_xattn(log, hd, n, text_lengths, heads=HEADS):

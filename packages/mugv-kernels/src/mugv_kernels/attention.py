@@ -400,7 +400,8 @@ def fill_freed_cuda_memory(device: torch.device, numels: list[int]) -> None:
     them, so that the caching allocator hands out NaN memory for the next allocations of those
     sizes (on this stream). A kernel that reads memory it never wrote (an ``empty`` buffer it
     assumes zeroed: FA4 4.0.0b36's varlen dq accumulator) then fails every time instead of
-    depending on what the memory held before."""
+    depending on what the memory held before. Give a size more than once: a smaller allocation
+    made first (the backward's dq) may take, and split, one of the blocks."""
     blocks = [torch.full((n,), float("nan"), dtype=torch.float32, device=device) for n in numels]
     del blocks
 
@@ -498,7 +499,7 @@ def _run_self_check(path: str, head_dim: int, device_index: int, needs_backward:
         if needs_backward:
             b, n, h, _ = q.shape
             width = fa4_padded_head_dim(head_dim)
-            numels = [
+            numels = 3 * [
                 fa4_accum_layout.varlen_dq_accum_numel([i * n for i in range(b + 1)], h, width),
                 fa4_accum_layout.dense_dq_accum_numel(b, n, h, width),
             ]
