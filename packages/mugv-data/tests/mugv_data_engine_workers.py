@@ -7,3 +7,34 @@ from __future__ import annotations
 
 def build_square(config):
     return lambda u: u * u
+
+
+class Answerer:
+    """A stand-in model server's worker: doubles numbers, fails on ``"fail"``, tells its pid."""
+
+    def __init__(self, fail_setup: bool = False) -> None:
+        self.fail_setup = fail_setup
+        self.ready = False
+
+    def setup(self) -> None:
+        if self.fail_setup:
+            raise OSError("no weights at /nonexistent/model")
+        self.ready = True
+
+    def __call__(self, request):
+        import os
+
+        assert self.ready, "setup() was not called before the first request"
+        if request == "fail":
+            raise ValueError("cannot score this request")
+        if request == "pid":
+            return os.getpid()
+        return request * 2
+
+
+def build_answerer(config):
+    return Answerer()
+
+
+def build_answerer_failing_setup(config):
+    return Answerer(fail_setup=True)

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from mugv_data_procs import alive, wait_dead
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -40,14 +40,6 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _start(mode: str) -> tuple[subprocess.Popen, list[int]]:
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER, mode], stdout=subprocess.PIPE, text=True
@@ -57,21 +49,14 @@ def _start(mode: str) -> tuple[subprocess.Popen, list[int]]:
     return driver, tree
 
 
-def _wait_dead(pids: list[int]) -> list[int]:
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
-
-
 def test_tree_reaper_kills_the_tree_of_a_sigkilled_driver():
     driver, (pre, *tree) = _start("kill")
     try:
-        assert all(_alive(p) for p in (pre, *tree))
+        assert all(alive(p) for p in (pre, *tree))
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=10)
-        assert not _wait_dead(tree), "the driver's re-parented tree outlived it"
-        assert _alive(pre), "a process the driver ran before the reaper was killed"
+        assert not wait_dead(tree), "the driver's re-parented tree outlived it"
+        assert alive(pre), "a process the driver ran before the reaper was killed"
     finally:
         _kill([pre, *tree])
 
@@ -84,8 +69,8 @@ def test_tree_reaper_kill_started_kills_only_what_came_after_it():
     driver, (pre, *tree) = _start("kill_started")
     try:
         assert driver.stdout.readline().strip() == "killed"
-        assert not _wait_dead(tree)
-        assert _alive(pre) and driver.poll() is None
+        assert not wait_dead(tree)
+        assert alive(pre) and driver.poll() is None
     finally:
         driver.kill()
         driver.wait(timeout=10)
@@ -99,12 +84,12 @@ def test_tree_reaper_stop_leaves_the_tree_alone():
         driver.send_signal(signal.SIGKILL)  # after a clean stop nothing is watching any more
         driver.wait(timeout=10)
         time.sleep(1.0)
-        assert all(_alive(p) for p in tree)
+        assert all(alive(p) for p in tree)
     finally:
         _kill(tree)
 
 
 def _kill(pids: list[int]) -> None:
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)

@@ -83,6 +83,37 @@ def model_overrides(tiny_models, aesthetic_min: float | None = None) -> list[str
     return sets
 
 
+@pytest.fixture(scope="module")
+def bikes_reference(tiny_models, samples):
+    """(aesthetic cut, in-process result of bikes.mp4 at that cut): the cut rejects the
+    lowest-scored clip at the aesthetic stage."""
+    ref_cfg = load_config(DEMO, overrides=model_overrides(tiny_models))
+    ref = SourceProcessor(ref_cfg, encode=False)(samples / "bikes.mp4")
+    scores = sorted(c.scores["aesthetic"] for c in ref.clips if "aesthetic" in c.scores)
+    assert len(scores) >= 3
+    cut = (scores[0] + scores[1]) / 2
+    cfg = load_config(DEMO, overrides=model_overrides(tiny_models, aesthetic_min=cut))
+    return cut, SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
+
+
+def assert_same_outcomes(ref, got) -> None:
+    """The pooled run of a source gives the in-process verdicts (an aesthetic rejection among
+    them), scores (1e-5) and open_clip embeddings, with the model stages timed as the pool."""
+    assert "model_pool" in got.timings and "aesthetic" not in got.timings
+    assert [(c.key, c.rejected_stage, c.reason) for c in got.clips] == [
+        (c.key, c.rejected_stage, c.reason) for c in ref.clips
+    ]
+    assert any(c.rejected_stage == "aesthetic" for c in got.clips)
+    for a, b in zip(ref.clips, got.clips, strict=True):
+        assert set(a.scores) == set(b.scores)
+        for k, v in a.scores.items():
+            assert b.scores[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        if a.clip_embedding is None:
+            assert b.clip_embedding is None
+        else:  # the open_clip stage's embedding (it runs after the aesthetic stage's)
+            np.testing.assert_allclose(b.clip_embedding, a.clip_embedding, atol=1e-5)
+
+
 def test_packed_clip_carries_only_the_frames_the_model_stages_read():
     arr = np.arange(10 * 4 * 6 * 3, dtype=np.uint8).reshape(10, 4, 6, 3)
     c = Clip("s-0001", "/v/s.mp4", 1, 20, 30, 0.8, 1.2, 25.0)
@@ -111,19 +142,16 @@ def test_packed_clip_carries_only_the_frames_the_model_stages_read():
         u.frames.get([2])
 
 
-def test_pool_path_equals_in_process_models_with_bounded_requests(tiny_models, samples):
+def test_pool_path_equals_in_process_models_with_bounded_requests(
+    tiny_models, samples, bikes_reference
+):
     """bikes.mp4 through a SourceProcessor whose model stages run on two stand-in actors
     (threads running ModelWorker): the same verdicts, scores and embeddings as the in-process
     models; at most max_in_flight requests out; the worker's own stages never load a model."""
     from mugv_data.stages.aesthetic import AestheticFilter
 
-    ref_cfg = load_config(DEMO, overrides=model_overrides(tiny_models))
-    ref = SourceProcessor(ref_cfg, encode=False)(samples / "bikes.mp4")
-    scores = sorted(c.scores["aesthetic"] for c in ref.clips if "aesthetic" in c.scores)
-    assert len(scores) >= 3
-    cut = (scores[0] + scores[1]) / 2  # the lowest-scored clip fails the aesthetic stage
+    cut, ref = bikes_reference
     cfg = load_config(DEMO, overrides=model_overrides(tiny_models, aesthetic_min=cut))
-    ref = SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
 
     actors = [ModelWorker(cfg), ModelWorker(cfg)]
     lock = threading.Lock()
@@ -153,19 +181,7 @@ def test_pool_path_equals_in_process_models_with_bounded_requests(tiny_models, s
     candidates = [c for c in ref.clips if c.rejected_stage != "split"]
     assert client.requests == len(candidates) and out["peak"] == client.peak_in_flight == 2
     assert min(out["per_actor"]) >= 1  # both actors took requests
-    assert "model_pool" in got.timings and "aesthetic" not in got.timings
-    assert [(c.key, c.rejected_stage, c.reason) for c in got.clips] == [
-        (c.key, c.rejected_stage, c.reason) for c in ref.clips
-    ]
-    assert any(c.rejected_stage == "aesthetic" for c in got.clips)
-    for a, b in zip(ref.clips, got.clips, strict=True):
-        assert set(a.scores) == set(b.scores)
-        for k, v in a.scores.items():
-            assert b.scores[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
-        if a.clip_embedding is None:
-            assert b.clip_embedding is None
-        else:  # the open_clip stage's embedding (it runs after the aesthetic stage's)
-            np.testing.assert_allclose(b.clip_embedding, a.clip_embedding, atol=1e-5)
+    assert_same_outcomes(ref, got)
 
 
 def test_pool_resources_take_the_gpu_and_the_workers_none(tiny_models):
@@ -295,3 +311,158 @@ def test_a_lost_pool_stops_the_run_and_rejects_no_source(tiny_models, samples):
     with pytest.raises(ModelPoolUnavailable, match="actor is gone"):
         proc(samples / "carphone_pristine.mp4")
     assert client.requests >= 1 and set(client.outstanding.values()) == {0}
+
+
+# -- the process engine's model servers ------------------------------------------------------
+
+
+def _pool_config(tiny_models, cut: float | None, *extra: str):
+    return load_config(
+        DEMO,
+        overrides=[
+            *model_overrides(tiny_models, cut),
+            "engine.kind=process",
+            "engine.model_pool.actors=2",
+            "engine.model_pool.batch_clips=1",
+            "engine.model_pool.max_in_flight=2",
+            *extra,
+        ],
+    )
+
+
+def test_process_model_servers_equal_in_process_models(tiny_models, samples, bikes_reference):
+    """bikes.mp4 through a SourceProcessor (this process standing in for a per-source worker)
+    whose model stages run on 2 real model-server processes of the process engine: the same
+    verdicts (an aesthetic rejection among them), scores (1e-5) and open_clip embeddings as
+    the in-process models; both servers used, at most max_in_flight requests out, the worker's
+    own model stages never loaded. Then a server is SIGKILLed: the next source stops with
+    ModelPoolUnavailable (not a reject), and the servers stop with the engine, leaving no
+    process."""
+    import os
+    import signal
+
+    from mugv_data.curate import source_spec
+    from mugv_data.engines import ProcessPoolEngine
+    from mugv_data.model_pool import ModelPoolUnavailable, build_pooled_source_worker
+    from mugv_data.stages.aesthetic import AestheticFilter
+    from mugv_data.stages.clip_embedding import ClipEmbeddingStage
+    from mugv_data_procs import wait_dead
+
+    cut, ref = bikes_reference
+    cfg = _pool_config(tiny_models, cut)
+
+    with ProcessPoolEngine(cfg) as engine:
+        spec = source_spec(cfg, engine)  # starts the pool: 2 servers, models loaded
+        (servers,) = engine.pools
+        pids = servers.pids
+        assert len(set(pids)) == 2 and all(servers.alive())
+        assert spec.resources.gpus == 0.0
+        proc = build_pooled_source_worker(cfg, spec.build.keywords["actors"])
+        got = proc(samples / "bikes.mp4")
+        client = proc.model_pool
+        sent = client.requests_per_actor.copy()
+        os.kill(pids[1], signal.SIGKILL)
+        servers._procs[1].join(10)
+        with pytest.raises(ModelPoolUnavailable, match="model server 1 is gone"):
+            proc(samples / "bikes.mp4")
+        assert set(client.outstanding.values()) == {0}
+    for s in proc.stages:
+        if isinstance(s, AestheticFilter):
+            assert s._scorer is None  # the worker never loaded the model
+        if isinstance(s, ClipEmbeddingStage):
+            assert s._embedder is None
+    assert wait_dead(pids, 1.0) == []  # stopped with the engine
+    candidates = [c for c in ref.clips if c.rejected_stage != "split"]
+    assert sum(sent) == len(candidates) >= 3
+    assert client.peak_in_flight == 2 and min(sent) >= 1  # both servers took requests
+    assert_same_outcomes(ref, got)
+
+
+@pytest.mark.slow
+def test_curation_with_model_servers_survives_a_killed_server_and_resumes_exactly(
+    tiny_models, tmp_path, monkeypatch
+):
+    """engine.kind=process with 2 model servers fed by 1 per-source worker: a server SIGKILLed
+    after the first source is staged stops the run with ModelPoolUnavailable (no source
+    rejected, no process left); running again resumes to the sequential engine's shards,
+    verdicts (an aesthetic rejection among them) and scores."""
+    import multiprocessing
+    import os
+    import signal
+
+    from mugv_data.curate import curate, read_rejects
+    from mugv_data.engines import ProcessPoolEngine
+    from mugv_data.model_pool import ModelPoolUnavailable
+    from mugv_data.staging import Staging
+    from mugv_data.synth import scene, write_video
+    from mugv_formats import ClipDataset
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(4):
+        write_video(d / f"v{i}.mp4", scene(30, seed=11 + i) + scene(30, seed=21 + i))
+
+    def config(name, cut, *extra):
+        return load_config(
+            None,
+            inputs=[str(d)],
+            output=str(tmp_path / name),
+            overrides=[*model_overrides(tiny_models, cut), "split.min_clip_s=1.0", *extra],
+        )
+
+    def result(name):
+        recs = {r.key: r for r in ClipDataset(tmp_path / name).records()}
+        rej = sorted((r["key"], r["stage"]) for r in read_rejects(tmp_path / name))
+        return recs, rej
+
+    curate(config("all", -1e9, "engine.kind=sequential"), progress=False)
+    every, _ = result("all")
+    cut = float(np.median([r.scores["aesthetic"] for r in every.values()]))
+    curate(config("seq", cut, "engine.kind=sequential"), progress=False)
+    seq, seq_rej = result("seq")
+    assert "aesthetic" in {stage for _, stage in seq_rej} and seq
+
+    pooled = config(
+        "pool",
+        cut,
+        "engine.kind=process",
+        "engine.workers=1",
+        "engine.max_in_flight=1",
+        "engine.model_pool.actors=2",
+        "engine.model_pool.batch_clips=1",
+    )
+    engines: list[ProcessPoolEngine] = []
+    start_pool, save = ProcessPoolEngine.start_pool, Staging.save
+
+    def recording_start_pool(self, *a, **k):
+        engines.append(self)
+        return start_pool(self, *a, **k)
+
+    staging_dirs = []
+
+    def save_then_kill(self, res):
+        save(self, res)
+        staging_dirs.append(self.sources)
+        if len(list(self.sources.glob("*.json"))) == 1:
+            os.kill(engines[0].pools[0].pids[1], signal.SIGKILL)
+
+    monkeypatch.setattr(ProcessPoolEngine, "start_pool", recording_start_pool)
+    monkeypatch.setattr(Staging, "save", save_then_kill)
+    with pytest.raises(ModelPoolUnavailable, match="model server 1 is gone"):
+        curate(pooled, progress=False)
+    staged = list(staging_dirs[0].glob("*.json"))
+    assert 1 <= len(staged) < 4
+    for f in staged:  # no source was turned into a reject by the lost server
+        assert json.loads(f.read_text())["reject_stage"] is None
+    assert not engines[0].pools  # stopped with the engine
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+    monkeypatch.setattr(Staging, "save", save)
+    s = curate(pooled, progress=False)  # resumes
+    assert "model_pool" in s.timings and "aesthetic" not in s.timings
+    got, got_rej = result("pool")
+    assert sorted(got) == sorted(seq) and got_rej == seq_rej
+    for k, r in seq.items():
+        assert got[k].sha256 == r.sha256
+        for name, v in r.scores.items():
+            assert got[k].scores[name] == pytest.approx(v, rel=1e-5, abs=1e-6), (k, name)

@@ -425,25 +425,29 @@ class BalanceConfig(Frozen):
 
 
 class ModelPoolConfig(Frozen):
-    """Ray engine: a pool of actors holding the model stages (aesthetic, classifier,
-    clip_embedding) that the per-source (CPU) workers feed (``mugv_data/model_pool.py``)."""
+    """Ray and process engines: a pool of actors (Ray actors, or model-server processes)
+    holding the model stages (aesthetic, classifier, clip_embedding) that the per-source (CPU)
+    workers feed (``mugv_data/model_pool.py``, ``mugv_data/model_servers.py``)."""
 
     actors: int = Field(0, ge=0, le=65536)
-    """Pool actors (0: the per-source workers hold the models themselves, the only mode of
-    the sequential and process engines, which ignore this section)."""
+    """Pool actors / model servers (0: the per-source workers hold the models themselves, the
+    only mode of the sequential engine, which ignores this section)."""
     gpus: float = Field(1.0, ge=0, le=64)
-    """GPUs per actor (Ray ``num_gpus``) when a model stage runs on CUDA; 0 when all run on
-    CPU."""
+    """GPUs per actor (Ray ``num_gpus``; the process engine pins ``1 / gpus`` servers to each
+    visible GPU) when a model stage runs on CUDA; 0 when all run on CPU."""
     cpus: float = Field(1.0, ge=0, le=1024)
-    """CPUs per actor (Ray ``num_cpus``)."""
+    """CPUs per actor (Ray ``num_cpus``; the process engine's automatic worker count leaves
+    them to the servers)."""
     memory_mb: float = Field(0.0, ge=0, le=1 << 24)
-    """Host memory per actor (Ray ``memory``; 0: not declared)."""
+    """Host memory per actor (Ray ``memory``; 0: not declared; not used by the process
+    engine)."""
     batch_clips: int = Field(16, ge=1, le=65536)
     """Clips per request (each carries only the frames the model stages read)."""
     max_in_flight: int = Field(2, ge=1, le=1024)
     """Requests one per-source worker keeps in flight (backpressure)."""
     max_restarts: int = Field(3, ge=0, le=1000)
-    """Times Ray restarts a lost pool actor (its requests are rerun)."""
+    """Times Ray restarts a lost pool actor (its requests are rerun). The process engine
+    restarts none: a lost model server stops the run, a second run resumes it."""
 
 
 class EngineConfig(Frozen):

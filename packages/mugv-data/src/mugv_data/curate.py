@@ -78,7 +78,7 @@ from mugv_data.dataset_units import (
     read_duplicates,
     write_caption_unit,
 )
-from mugv_data.engines import Engine, RayEngine, WorkerSpec, make_engine
+from mugv_data.engines import Engine, WorkerSpec, make_engine
 from mugv_data.inputs import discover_inputs, printable, printable_tree, source_id
 from mugv_data.model_pool import (
     build_model_worker,
@@ -131,17 +131,16 @@ def run_sources(
             bar.update(1)
             bar.set_postfix(kept=sum(c.kept for c in res.clips))
     finally:
-        if isinstance(engine, RayEngine):
-            engine.stop_pools()  # the model pool's resources go to the dataset stages
+        engine.stop_pools()  # the model pool's resources go to the dataset stages
     bar.close()
 
 
 def source_spec(config: CurateConfig, engine: Engine | None = None) -> WorkerSpec:
-    """The per-source workers. On the Ray engine with ``engine.model_pool.actors > 0`` and a
-    model stage enabled, the model pool's actors are started and the workers feed them (they
-    then declare only the CPU stages' resources)."""
+    """The per-source workers. On the Ray or process engine with ``engine.model_pool.actors
+    > 0`` and a model stage enabled, the model pool (Ray actors, or model-server processes) is
+    started and the workers feed it (they then declare only the CPU stages' resources)."""
     mp = config.engine.model_pool
-    if isinstance(engine, RayEngine) and mp.actors > 0 and model_stages_enabled(config):
+    if engine is not None and engine.has_pools and mp.actors > 0 and model_stages_enabled(config):
         actors = engine.start_pool(
             WorkerSpec("models", build_model_worker, model_pool_resources(config)),
             mp.actors,

@@ -63,9 +63,20 @@ class Engine:
             return self.config.engine.workers
         return max(1, int(total_cpus // max(resources.cpus, 1e-6)))
 
+    #: whether :meth:`start_pool` exists (a model pool beside the per-source workers)
+    has_pools = False
+
     def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         """``(unit, result)`` for every unit, as they finish."""
         raise NotImplementedError
+
+    def start_pool(self, spec: WorkerSpec, n: int, max_restarts: int) -> Any:
+        """``n`` long-lived workers running ``spec`` (the model pool); returns what a worker
+        built by a later :meth:`map` needs to reach them."""
+        raise NotImplementedError(f"{type(self).__name__} has no worker pools")
+
+    def stop_pools(self) -> None:
+        """Stop the pools (their resources go to later stages)."""
 
     def close(self) -> None:
         """Release workers."""
@@ -163,11 +174,51 @@ class ProcessPoolEngine(Engine):
     """Local process pool (spawned workers, so decoders and ONNX threads start clean).
 
     With GPU stages, workers are limited to what the visible GPUs hold (``1 / gpus`` workers
-    per GPU) and each worker is pinned to one GPU through ``CUDA_VISIBLE_DEVICES``."""
+    per GPU) and each worker is pinned to one GPU through ``CUDA_VISIBLE_DEVICES``.
+    :meth:`start_pool` starts server processes (the model pool, :mod:`mugv_data.model_servers`)
+    that the workers of later maps send requests to; workers then size on the CPUs left."""
+
+    has_pools = True
+
+    def __init__(self, config: CurateConfig) -> None:
+        super().__init__(config)
+        self.pools: list[Any] = []  # ModelServers
+        self._reserved_cpus = 0.0
+
+    def start_pool(self, spec: WorkerSpec, n: int, max_restarts: int) -> Any:
+        """``n`` server processes running ``spec`` (each builds it once, pinned to a GPU when
+        it declares one); returns their :class:`~mugv_data.model_servers.ServerAddresses`.
+        ``max_restarts`` is Ray's: a lost server stops the run."""
+        from mugv_data.model_servers import ModelServers
+
+        r = spec.resources
+        gpus: list[str | None] = [None] * n
+        if r.gpus > 0:
+            visible = visible_gpus()
+            slots = gpu_slots(visible, r.gpus, n)  # raises when no GPU is visible
+            if len(slots) < n:
+                raise ValueError(
+                    f"{spec.name}: {n} servers declare {n * r.gpus:g} GPU in all but "
+                    f"{visible} GPU(s) are visible (fewer servers, or a smaller gpus share)"
+                )
+            gpus = list(slots)
+        servers = ModelServers(spec.name, spec.build, self.config, gpus)
+        self.pools.append(servers)
+        self._reserved_cpus += n * r.cpus
+        return servers.addresses
+
+    def stop_pools(self) -> None:
+        for servers in self.pools:
+            servers.stop()
+        self.pools.clear()
+        self._reserved_cpus = 0.0
+
+    def close(self) -> None:
+        self.stop_pools()
 
     def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         r = spec.resources
-        n = self.num_workers(r, available_cpus())
+        n = self.num_workers(r, max(1.0, available_cpus() - self._reserved_cpus))
         per = self.config.engine.max_in_flight
         head, rest = _peek(units, n * per)
         if not head:
@@ -202,13 +253,16 @@ class ProcessPoolEngine(Engine):
                     u = todo.popleft()
                     pending[pool.submit(_run_worker, u)] = u
 
-            fill()
-            while pending:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    u = pending.pop(fut)
-                    yield u, fut.result()
+            try:
                 fill()
+                while pending:
+                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        u = pending.pop(fut)
+                        yield u, fut.result()
+                    fill()
+            finally:  # an error (e.g. a lost model pool) or an early stop: run nothing more
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayEngine(Engine):
@@ -221,6 +275,8 @@ class RayEngine(Engine):
     only read access to the source videos, caption units carry their clips' bytes, and the
     dedup unit (``local_node``) runs on the driver's node, where it reads the staging folder.
     """
+
+    has_pools = True
 
     def __init__(self, config: CurateConfig) -> None:
         super().__init__(config)

@@ -1,9 +1,11 @@
 """A pool of model actors for the model stages (aesthetic, classifier, clip_embedding).
 
-With ``engine.kind: ray`` and ``engine.model_pool.actors > 0``, per-source workers run the CPU
-stages only (probe, decode, split, CPU filters, encode; they declare no GPU and load no model)
-and hand each source's candidate clips to a pool of Ray actors that hold the models, each
-declaring ``model_pool.gpus`` GPUs (when a model stage runs on CUDA) and ``model_pool.cpus``:
+With ``engine.kind: ray`` or ``process`` and ``engine.model_pool.actors > 0``, per-source
+workers run the CPU stages only (probe, decode, split, CPU filters, encode; they declare no GPU
+and load no model) and hand each source's candidate clips to a pool that holds the models: Ray
+actors, or model-server processes (:mod:`mugv_data.model_servers`) on the process engine, each
+declaring ``model_pool.gpus`` GPUs (when a model stage runs on CUDA) and ``model_pool.cpus``.
+One client (:class:`ModelPoolClient`) serves both transports:
 
 - a request is a batch of at most ``model_pool.batch_clips`` clips of one source, carrying only
   the frames the model stages read (each stage's ``evenly(num_frames)`` frames of a clip, at
@@ -17,9 +19,10 @@ declaring ``model_pool.gpus`` GPUs (when a model stage runs on CUDA) and ``model
   rejection still wins (the model stages come after every CPU stage in both paths);
 - a lost actor is restarted by Ray (``model_pool.max_restarts``) and its requests rerun (they
   have no side effects); a pool that stays unreachable stops the run
-  (:class:`ModelPoolUnavailable`), never rejecting sources.
+  (:class:`ModelPoolUnavailable`), never rejecting sources. A lost model server of the process
+  engine stops the run at once (no restarts); running it again resumes.
 
-The sequential and process engines run the model stages inside their workers, as before.
+The sequential engine runs the model stages inside its worker, as before.
 Shape legend: N frames, H, W, 3 (RGB uint8).
 """
 
@@ -142,6 +145,12 @@ class ModelWorker:
 
         self.proc = SourceProcessor(config, encode=False)  # models load on first use
 
+    def setup(self) -> None:
+        """Load the run's model stages now (a model server does, before it says ready)."""
+        for s in self.proc.stages:
+            if is_model_stage(s):
+                s.setup()
+
     def __call__(self, request: tuple[str, list[dict[str, Any]]]) -> list[dict]:
         source, packed = request
         stages = [s for s in self.proc.stages_for(source) if is_model_stage(s)]
@@ -173,7 +182,8 @@ class ModelPoolClient:
     """Sends a source's clips to the pool actors with bounded requests in flight.
 
     ``submit(actor, request)`` returns a handle, ``result(handle)`` the actor's answer (Ray:
-    ``actor.run.remote`` and ``ray.get``; tests pass in-process stand-ins)."""
+    ``actor.run.remote`` and ``ray.get``; model servers: :class:`ServerConnections
+    <mugv_data.model_servers.ServerConnections>`; tests pass in-process stand-ins)."""
 
     def __init__(
         self,
@@ -192,6 +202,8 @@ class ModelPoolClient:
         self.outstanding = dict.fromkeys(range(len(self.actors)), 0)
         self.peak_in_flight = 0
         self.requests = 0
+        #: requests sent to each actor (by position)
+        self.requests_per_actor = [0] * len(self.actors)
 
     def process(self, source: str, clips: Sequence[Clip], stages: Sequence[ClipStage]) -> None:
         todo = [c for c in clips if c.frames is not None]
@@ -215,6 +227,7 @@ class ModelPoolClient:
                 inflight.append((self._submit(self.actors[a], request), a, chunk))
                 self.outstanding[a] += 1
                 self.requests += 1
+                self.requests_per_actor[a] += 1
                 self.peak_in_flight = max(self.peak_in_flight, len(inflight))
             while inflight:
                 finish_oldest()
@@ -246,11 +259,34 @@ class ModelPoolClient:
         )
 
 
-def build_pooled_source_worker(config: CurateConfig, actors: Sequence[Any]):
+    @classmethod
+    def for_servers(cls, servers: Any, config: CurateConfig) -> ModelPoolClient:
+        """A client of the process engine's model servers (``servers``: their
+        :class:`~mugv_data.model_servers.ServerAddresses`)."""
+        from mugv_data.model_servers import ServerConnections
+
+        conns = ServerConnections(servers)
+        mp = config.engine.model_pool
+        return cls(
+            range(len(servers)),
+            conns.submit,
+            conns.result,
+            batch_clips=mp.batch_clips,
+            max_in_flight=mp.max_in_flight,
+        )
+
+
+def build_pooled_source_worker(config: CurateConfig, actors: Any):
     """A per-source worker that sends its model stages to the pool (``functools.partial``
-    binds the actor handles; engines call it with the config)."""
+    binds what ``start_pool`` returned: Ray actor handles, or the model servers'
+    addresses; engines call it with the config)."""
+    from mugv_data.model_servers import ServerAddresses
     from mugv_data.per_source import SourceProcessor
 
-    proc = SourceProcessor(config, model_pool=ModelPoolClient.for_ray(actors, config))
+    if isinstance(actors, ServerAddresses):
+        client = ModelPoolClient.for_servers(actors, config)
+    else:
+        client = ModelPoolClient.for_ray(actors, config)
+    proc = SourceProcessor(config, model_pool=client)
     proc.setup()
     return proc

@@ -1,0 +1,85 @@
+"""The process engine's model servers (mugv_data.model_servers) with a stand-in worker: set up
+once before they say ready, answers in order, a stage's error comes back to the caller and
+leaves the connection usable, answers of given-up requests are skipped, a lost server raises
+ModelPoolUnavailable, a setup failure names the error, and no server outlives its driver
+(stopped, or SIGKILLed)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from mugv_data.config import load_config
+from mugv_data.model_pool import ModelPoolUnavailable
+from mugv_data.model_servers import ModelServers, ServerConnections
+from mugv_data_engine_workers import build_answerer, build_answerer_failing_setup
+from mugv_data_procs import alive, wait_dead
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def test_servers_answer_in_order_and_a_lost_one_stops_its_callers():
+    servers = ModelServers("t", build_answerer, load_config(None), [None, None])
+    try:
+        pids = servers.pids
+        conns = ServerConnections(servers.addresses)
+        assert {conns.result(conns.submit(i, "pid")) for i in (0, 1)} == set(pids)
+        handles = [conns.submit(i % 2, i) for i in range(6)]  # several in flight on each
+        assert [conns.result(h) for h in handles] == [2 * i for i in range(6)]
+        with pytest.raises(RuntimeError, match=r"model server 0: ValueError: cannot score"):
+            conns.result(conns.submit(0, "fail"))
+        assert conns.result(conns.submit(0, 21)) == 42  # the connection is still usable
+        conns.submit(1, 5)  # given up (as the client does after an error elsewhere)
+        assert conns.result(conns.submit(1, 7)) == 14  # the stale answer is skipped
+        os.kill(pids[1], signal.SIGKILL)
+        assert wait_dead([pids[1]]) == []
+        with pytest.raises(ModelPoolUnavailable, match="model server 1 is gone"):
+            conns.result(conns.submit(1, 3))
+        with pytest.raises(ModelPoolUnavailable, match="model server 1 is gone"):
+            ServerConnections(servers.addresses).submit(1, 3)  # a new worker cannot connect
+        assert conns.result(conns.submit(0, 4)) == 8  # the other one still answers
+    finally:
+        servers.stop()
+    assert wait_dead(pids, 1.0) == []
+
+
+def test_a_server_that_cannot_set_up_names_the_error_and_leaves_no_process():
+    children = {p.pid for p in multiprocessing.active_children()}
+    with pytest.raises(RuntimeError, match=r"server 0 could not set up its models: OSError: no"):
+        ModelServers("models", build_answerer_failing_setup, load_config(None), [None])
+    assert {p.pid for p in multiprocessing.active_children()} <= children
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    from mugv_data.config import load_config
+    from mugv_data.model_servers import ModelServers
+    from mugv_data_engine_workers import build_answerer
+    servers = ModelServers("models", build_answerer, load_config(None), [None, None])
+    print(*servers.pids, flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def test_servers_die_with_a_sigkilled_driver():
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pids = [int(v) for v in driver.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert wait_dead(pids, 15.0) == []
