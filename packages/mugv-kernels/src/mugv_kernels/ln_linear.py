@@ -21,14 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from mugv_kernels._dispatch import interpreter_enabled, use_triton_for
-from mugv_kernels._launch import next_pow2, row_tiling
+from mugv_kernels._launch import next_pow2
 from mugv_kernels._layout import Layout, flatten_activation, flatten_modulation
 from mugv_kernels.modulated_norm import (
-    _MODE,
-    _branch_mask,
-    _mod_grad_buffer,
-    _mod_grad_to_input,
-    _mod_strides,
+    mod_specs,
+    modln_backward,
+    modln_forward,
+    modln_operands,
     modulated_layer_norm,
 )
 from mugv_kernels.reference import modulated_layer_norm_ref, resolve_layout
@@ -183,60 +182,6 @@ def fused_dw(x_MK, dy_MN, mean, rstd, idx, shift_t, scale_t, dtype) -> torch.Ten
     return dweight
 
 
-def _modln_forward(x, shift, scale, token_branch, eps, layout):
-    """The modulated-LN kernel of :mod:`._triton_modnorm`: ``(xn, mean, rstd)`` (xn in x's
-    shape and dtype)."""
-    from mugv_kernels import _triton_modnorm as kern
-
-    x_NLD = flatten_activation(x)
-    n, seq_len, hidden = x_NLD.shape
-    shift_k = flatten_modulation(shift, x, layout)
-    scale_k = flatten_modulation(scale, x, layout)
-    br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
-    out_NLD = torch.empty((n, seq_len, hidden), device=x.device, dtype=x.dtype)
-    mean = torch.empty(n * seq_len, device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_fwd")
-    kern.modln_fwd_kernel[(-(-seq_len // rows), n)](
-        x_NLD, out_NLD, shift_k, scale_k, br_NL, mean, rstd,
-        seq_len, hidden, rows, eps,
-        *x_NLD.stride(), *out_NLD.stride(),
-        *_mod_strides(shift_k, layout), *_mod_strides(scale_k, layout),
-        sbr_n, sbr_l,
-        MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-    )  # fmt: skip
-    return out_NLD.view(x.shape), mean, rstd
-
-
-def _modln_backward(dxn, x, shift, scale, token_branch, mean, rstd, layout):
-    """The modulated-LN backward kernel: ``(dx, dshift, dscale)`` from ``dxn`` (x's shape)."""
-    from mugv_kernels import _triton_modnorm as kern
-
-    x_shape = x.shape
-    x_NLD = flatten_activation(x)
-    n, seq_len, hidden = x_NLD.shape
-    dxn_NLD = dxn.reshape(n, seq_len, hidden)
-    scale_k = flatten_modulation(scale, x, layout)
-    br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
-    block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_bwd")
-    p = -(-seq_len // rows)
-    dev = x.device
-    dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=x.dtype)
-    dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, shift.dtype)
-    dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, scale.dtype)
-    kern.modln_bwd_kernel[(p, n)](
-        dxn_NLD, x_NLD, scale_k, br_NL, mean, rstd,
-        dx_NLD, dshift_k, dscale_k,
-        seq_len, hidden, rows, p,
-        *dxn_NLD.stride(), *x_NLD.stride(), *dx_NLD.stride(),
-        *_mod_strides(scale_k, layout), sbr_n, sbr_l,
-        MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-    )  # fmt: skip
-    dshift = _mod_grad_to_input(dshift_k, (shift.shape, shift.dtype), x_shape, layout)
-    dscale = _mod_grad_to_input(dscale_k, (scale.shape, scale.dtype), x_shape, layout)
-    return dx_NLD.view(x_shape), dshift, dscale
-
-
 class ModulatedLNLinearRecomputeFn(torch.autograd.Function):
     """:func:`modulated_ln_linear` with ``method="recompute"``: the modulated-LN kernel writes
     ``xn``, cuBLAS multiplies it, and ``xn`` is dropped; the backward recomputes it (one more
@@ -245,8 +190,9 @@ class ModulatedLNLinearRecomputeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift, scale, weight, bias, token_branch, eps, layout):
-        xn, mean, rstd = _modln_forward(x, shift, scale, token_branch, eps, layout)
-        out = F.linear(xn, weight, bias)
+        ops = modln_operands(x, shift, scale, token_branch, layout)
+        xn_NLD, mean, rstd = modln_forward(ops, eps, layout)
+        out = F.linear(xn_NLD.view(x.shape), weight, bias)
         ctx.save_for_backward(x, shift, scale, weight, mean, rstd)
         ctx.mod_args = (token_branch, eps, layout)
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -259,15 +205,16 @@ class ModulatedLNLinearRecomputeFn(torch.autograd.Function):
         n_out, k = weight.shape
         dy = dout.reshape(-1, n_out)
         dx = dshift = dscale = dweight = dbias = None
+        ops = modln_operands(x, shift, scale, token_branch, layout)
         if ctx.needs_input_grad[3]:
-            xn, _, _ = _modln_forward(x, shift, scale, token_branch, eps, layout)
-            dweight = dy.t() @ xn.reshape(-1, k)
+            xn_NLD, _, _ = modln_forward(ops, eps, layout)
+            dweight = dy.t() @ xn_NLD.reshape(-1, k)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
             dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         if any(ctx.needs_input_grad[:3]):
-            dxn = (dy @ weight).view(x.shape)
-            dx, dshift, dscale = _modln_backward(
-                dxn, x, shift, scale, token_branch, mean, rstd, layout
+            specs = mod_specs(shift, scale)
+            dx, dshift, dscale = modln_backward(
+                dy @ weight, ops, mean, rstd, layout, x.shape, specs
             )
         return dx, dshift, dscale, dweight, dbias, None, None, None
 
@@ -313,9 +260,10 @@ class ModulatedLNLinearFn(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[4]:
             dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         if any(ctx.needs_input_grad[:3]):
-            dxn = (dy @ weight).view(x_shape)
-            dx, dshift, dscale = _modln_backward(
-                dxn, x_MK.view(x_shape), shift, scale, token_branch, mean, rstd, layout
+            ops = modln_operands(x_MK.view(x_shape), None, scale, token_branch, layout)
+            specs = mod_specs(shift, scale)
+            dx, dshift, dscale = modln_backward(
+                dy @ weight, ops, mean, rstd, layout, x_shape, specs
             )
         return dx, dshift, dscale, dweight, dbias, None, None, None, None
 

@@ -7,6 +7,7 @@ autograd Functions here) and the PyTorch references (:mod:`.reference`).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -82,62 +83,104 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def mod_specs(*tensors: torch.Tensor) -> tuple:
+    """``(shape, dtype)`` of each modulation input: what its gradient is reduced back to."""
+    return tuple((t.shape, t.dtype) for t in tensors)
+
+
+class ModLNOperands(NamedTuple):
+    """The modulated-LN kernels' operands: ``x`` as ``[N, L, D]``, the flattened modulation
+    (``shift_k`` None where only the backward needs them), the branch mask and its strides."""
+
+    x_NLD: torch.Tensor
+    shift_k: torch.Tensor | None
+    scale_k: torch.Tensor
+    br_NL: torch.Tensor
+    sbr: tuple[int, int]
+
+
+def modln_operands(x, shift, scale, token_branch, layout: Layout) -> ModLNOperands:
+    """Flatten ``x`` and its modulation for :func:`modln_forward` / :func:`modln_backward`."""
+    x_NLD = flatten_activation(x)
+    shift_k = None if shift is None else flatten_modulation(shift, x, layout)
+    br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
+    return ModLNOperands(
+        x_NLD, shift_k, flatten_modulation(scale, x, layout), br_NL, (sbr_n, sbr_l)
+    )
+
+
+def modln_forward(ops: ModLNOperands, eps: float, layout: Layout):
+    """The modulated-LN forward kernel -> ``(out_NLD, mean, rstd)`` (fp32 per-row stats);
+    shared by :class:`ModulatedLayerNormFn` and :mod:`mugv_kernels.ln_linear`."""
+    from mugv_kernels import _triton_modnorm as kern
+
+    x_NLD, shift_k, scale_k = ops.x_NLD, ops.shift_k, ops.scale_k
+    n, seq_len, hidden = x_NLD.shape
+    out_NLD = torch.empty((n, seq_len, hidden), device=x_NLD.device, dtype=x_NLD.dtype)
+    mean = torch.empty(n * seq_len, device=x_NLD.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x_NLD.device, "modln_fwd")
+    kern.modln_fwd_kernel[(_cdiv(seq_len, rows), n)](
+        x_NLD, out_NLD, shift_k, scale_k, ops.br_NL, mean, rstd,
+        seq_len, hidden, rows, eps,
+        *x_NLD.stride(), *out_NLD.stride(),
+        *_mod_strides(shift_k, layout), *_mod_strides(scale_k, layout),
+        *ops.sbr,
+        MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return out_NLD, mean, rstd
+
+
+def modln_backward(dout, ops: ModLNOperands, mean, rstd, layout: Layout, x_shape, specs):
+    """The modulated-LN backward kernel -> ``(dx, dshift, dscale)``: ``dx`` in ``x_shape``,
+    ``dshift`` / ``dscale`` in the shape and dtype of their inputs (``specs``: ``(shape,
+    dtype)`` of shift and of scale). ``dout``: any view of ``[N, L, D]`` elements."""
+    from mugv_kernels import _triton_modnorm as kern
+
+    x_NLD, scale_k = ops.x_NLD, ops.scale_k
+    n, seq_len, hidden = x_NLD.shape
+    dout_NLD = dout.reshape(n, seq_len, hidden)
+    block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x_NLD.device, "modln_bwd")
+    p = _cdiv(seq_len, rows)
+    dev = x_NLD.device
+    dx_NLD = torch.empty((n, seq_len, hidden), device=dev, dtype=x_NLD.dtype)
+    dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, specs[0][1])
+    dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, specs[1][1])
+    kern.modln_bwd_kernel[(p, n)](
+        dout_NLD, x_NLD, scale_k, ops.br_NL, mean, rstd,
+        dx_NLD, dshift_k, dscale_k,
+        seq_len, hidden, rows, p,
+        *dout_NLD.stride(), *x_NLD.stride(), *dx_NLD.stride(),
+        *_mod_strides(scale_k, layout), *ops.sbr,
+        MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    dshift = _mod_grad_to_input(dshift_k, specs[0], x_shape, layout)
+    dscale = _mod_grad_to_input(dscale_k, specs[1], x_shape, layout)
+    return dx_NLD.view(x_shape), dshift, dscale
+
+
 class ModulatedLayerNormFn(torch.autograd.Function):
     """Triton forward/backward of :func:`modulated_layer_norm`."""
 
     @staticmethod
     def forward(ctx, x, shift, scale, token_branch, eps, layout):
-        from mugv_kernels import _triton_modnorm as kern
-
-        x_NLD = flatten_activation(x)
-        n, seq_len, hidden = x_NLD.shape
-        shift_k = flatten_modulation(shift, x, layout)
-        scale_k = flatten_modulation(scale, x, layout)
-        br_NL, sbr_n, sbr_l = _branch_mask(token_branch, x, x_NLD)
-        out_NLD = torch.empty((n, seq_len, hidden), device=x.device, dtype=x.dtype)
-        mean = torch.empty(n * seq_len, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x.device, "modln_fwd")
-        kern.modln_fwd_kernel[(_cdiv(seq_len, rows), n)](
-            x_NLD, out_NLD, shift_k, scale_k, br_NL, mean, rstd,
-            seq_len, hidden, rows, eps,
-            *x_NLD.stride(), *out_NLD.stride(),
-            *_mod_strides(shift_k, layout), *_mod_strides(scale_k, layout),
-            sbr_n, sbr_l,
-            MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-        )  # fmt: skip
-        ctx.save_for_backward(x_NLD, scale_k, br_NL, mean, rstd)
+        ops = modln_operands(x, shift, scale, token_branch, layout)
+        out_NLD, mean, rstd = modln_forward(ops, eps, layout)
+        ctx.save_for_backward(ops.x_NLD, ops.scale_k, ops.br_NL, mean, rstd)
         ctx.layout = layout
         ctx.x_shape = x.shape
-        ctx.specs = ((shift.shape, shift.dtype), (scale.shape, scale.dtype))
-        ctx.sbr = (sbr_n, sbr_l)
+        ctx.specs = mod_specs(shift, scale)
+        ctx.sbr = ops.sbr
         return out_NLD.view(x.shape)
 
     @staticmethod
     def backward(ctx, dout):
-        from mugv_kernels import _triton_modnorm as kern
-
         x_NLD, scale_k, br_NL, mean, rstd = ctx.saved_tensors
-        layout = ctx.layout
-        n, seq_len, hidden = x_NLD.shape
-        dout_NLD = dout.reshape(n, seq_len, hidden)
-        block_d, block_r, rows, warps = row_tiling(n, seq_len, hidden, x_NLD.device, "modln_bwd")
-        p = _cdiv(seq_len, rows)
-        dx_NLD = torch.empty((n, seq_len, hidden), device=x_NLD.device, dtype=x_NLD.dtype)
-        dev = x_NLD.device
-        dshift_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, ctx.specs[0][1])
-        dscale_k = _mod_grad_buffer(n, seq_len, hidden, p, layout, dev, ctx.specs[1][1])
-        kern.modln_bwd_kernel[(p, n)](
-            dout_NLD, x_NLD, scale_k, br_NL, mean, rstd,
-            dx_NLD, dshift_k, dscale_k,
-            seq_len, hidden, rows, p,
-            *dout_NLD.stride(), *x_NLD.stride(), *dx_NLD.stride(),
-            *_mod_strides(scale_k, layout), *ctx.sbr,
-            MODE=_MODE[layout], BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-        )  # fmt: skip
-        dshift = _mod_grad_to_input(dshift_k, ctx.specs[0], ctx.x_shape, layout)
-        dscale = _mod_grad_to_input(dscale_k, ctx.specs[1], ctx.x_shape, layout)
-        return dx_NLD.view(ctx.x_shape), dshift, dscale, None, None, None
+        ops = ModLNOperands(x_NLD, None, scale_k, br_NL, ctx.sbr)
+        dx, dshift, dscale = modln_backward(
+            dout, ops, mean, rstd, ctx.layout, ctx.x_shape, ctx.specs
+        )
+        return dx, dshift, dscale, None, None, None
 
 
 class GatedResidualModulatedNormFn(torch.autograd.Function):
@@ -177,7 +220,7 @@ class GatedResidualModulatedNormFn(torch.autograd.Function):
         ctx.y_dtype = y.dtype
         ctx.has_bias = bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.specs = tuple((t.shape, t.dtype) for t in (gate, shift, scale))
+        ctx.specs = mod_specs(gate, shift, scale)
         ctx.sbr = (sbr_n, sbr_l)
         return h_NLD.view(x.shape), hn_NLD.view(x.shape)
 
