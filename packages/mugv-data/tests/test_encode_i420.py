@@ -45,6 +45,21 @@ def test_i420_planes_match_bt601_limited_range():
     assert i420(frames[-2:]).__next__()[0, 0] == 16  # black -> Y 16 (limited range)
 
 
+def test_i420_chroma_is_the_conversion_of_the_2x2_blocks():
+    """The chroma planes equal OpenCV's I420 conversion of the frame with every 2x2 block set to
+    its area mean (the direct construction), bit for bit, for frames of changing sizes."""
+    import cv2
+
+    frames = [*scene(2, 96, 128, speed=2.0, seed=6), *scene(2, 36, 50, seed=8)]
+    for f, p in zip(frames, i420(frames), strict=True):
+        h, w = f.shape[:2]
+        half = cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        blocks = cv2.resize(half, (w, h), interpolation=cv2.INTER_NEAREST)
+        ref = cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420)
+        ref[h:] = cv2.cvtColor(blocks, cv2.COLOR_RGB2YUV_I420)[h:]
+        assert np.array_equal(p, ref)
+
+
 def test_encode_from_i420_equals_the_rgb_path():
     frames = scene(12, 96, 160, speed=2.0, seed=5)
     kw = dict(crf=18, preset="veryfast", threads=1)

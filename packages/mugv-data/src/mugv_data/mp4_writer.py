@@ -39,11 +39,16 @@ def i420(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     ``encode_mp4(..., frame_format="yuv420p")``, BT.601 limited range (the matrix and range of
     swscale's default rgb24 -> yuv420p) at about a third of its cost. Chroma is the mean of
     each 2x2 block: OpenCV's I420 conversion takes the block's top-left pixel, so the chroma
-    planes are converted from the area-downscaled frame, each pixel repeated 2x2."""
+    planes are converted from the area-downscaled frame placed at the top-left pixel of each
+    2x2 block (the other pixels of that buffer are never read: only its chroma is kept)."""
+    blocks: np.ndarray | None = None
     for frame_HW3 in frames:
         h, w = frame_HW3.shape[:2]
         out = cv2.cvtColor(frame_HW3, cv2.COLOR_RGB2YUV_I420)
         half = cv2.resize(frame_HW3, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-        blocks = cv2.resize(half, (w, h), interpolation=cv2.INTER_NEAREST)
+        if blocks is None or blocks.shape != frame_HW3.shape:
+            blocks = np.zeros_like(frame_HW3)
+        # even rows: each half pixel twice (OpenCV reads only the even columns of even rows)
+        blocks[::2] = cv2.resize(half, (w, h // 2), interpolation=cv2.INTER_NEAREST)
         out[h:] = cv2.cvtColor(blocks, cv2.COLOR_RGB2YUV_I420)[h:]
         yield out
