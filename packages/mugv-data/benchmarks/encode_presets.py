@@ -36,7 +36,7 @@ from mugv_data.probe import probe_video
 from mugv_formats.video import encode_mp4
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import DEMO, _cpu_model, sample_dir  # noqa: E402
+from throughput import DEMO, _cpu_model, sample_dir
 
 #: name -> (preset, crf, tune): the default, the faster presets at the default crf, and at a
 #: crf that brings their size back to about the default's.

@@ -28,7 +28,7 @@ from mugv_data.probe import probe_video
 from mugv_data.stages.text import TextDetector
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import _cpu_model, sample_dir  # noqa: E402
+from throughput import _cpu_model, sample_dir
 
 
 def session(path: str, level: str, mode: str, spinning: bool) -> ort.InferenceSession:

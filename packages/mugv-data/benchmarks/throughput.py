@@ -58,9 +58,7 @@ FAST_VARIANTS = {
     "gray=split": ["filters.gray_source=split"],
     "short_circuit": ["filters.short_circuit=true"],
     "yuv": ["decode.backend=pyav", "decode.convert=opencv"],
-    "fast": [
-        "decode.backend=pyav",
-        "decode.convert=opencv",
+    "fast (decord)": [
         "filters.short_circuit=true",
         "clip.preset=ultrafast",
         "filters.shake.num_pairs=12",
@@ -69,6 +67,7 @@ FAST_VARIANTS = {
         "filters.gray_source=split",
     ],
 }
+FAST_VARIANTS["fast"] = ["decode.backend=pyav", "decode.convert=opencv", *FAST_VARIANTS["fast (decord)"]]
 
 
 def sample_dir() -> Path:
