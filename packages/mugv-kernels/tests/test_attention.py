@@ -278,3 +278,29 @@ def test_self_check_runs_inside_no_grad_and_checkpoint():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="boom"):
         ka.in_fresh_autograd_context(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+
+def test_self_check_outputs_run_the_hook_between_forward_and_backward():
+    """The self-check fills freed memory with NaN after the forward and before the backward
+    (so that an accumulator the backward allocates comes from NaN memory): the hook runs
+    between the two; the gradients equal those without the hook."""
+    q, k, v, dout = (torch.randn(1, 5, 2, 8, dtype=torch.float64) for _ in range(4))
+    events = []
+
+    def fn(qq, kk, vv):
+        events.append("forward")
+        out = ka.sdpa(qq, kk, vv)
+        if out.requires_grad:
+            out.register_hook(lambda grad: events.append("backward"))
+        return out
+
+    def hook():
+        events.append("hook")
+
+    got = ka._outputs(fn, q, k, v, dout, True, hook)
+    assert events == ["forward", "hook", "backward"]
+    plain = ka._outputs(fn, q, k, v, dout, True)
+    for a, b in zip(got, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ka._outputs(fn, q, k, v, dout, False, hook)[0].shape == q.shape
+    assert events.count("hook") == 1  # no backward, no hook
