@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -116,3 +117,77 @@ def test_curation_killed_at_every_step_resumes_to_the_same_dataset(tmp_path):
         assert dict(r[2]) == pytest.approx(dict(want[2]), rel=1e-9, abs=1e-12), r[0]
     assert rejects == ref_rejects
     assert json.loads((out / "summary.json").read_text())["clips_kept"] == len(ref_recs)
+
+
+POOL_RUNNER = r"""
+import json, sys, time
+from pathlib import Path
+from mugv_data.config import load_config
+from mugv_data.curate import curate
+from mugv_data.staging import Staging
+spec = json.loads(sys.argv[1])
+if spec["stop_at"]:
+    save = Staging.save
+    def save_then_wait(self, res):
+        save(self, res)
+        if len(list(self.sources.glob("*.json"))) >= spec["stop_at"]:
+            Path(spec["marker"]).write_text("staged")
+            time.sleep(600)  # SIGKILLed from outside: servers and workers must die with us
+    Staging.save = save_then_wait
+cfg = load_config(None, inputs=[spec["input"]], output=spec["output"], overrides=spec["over"])
+curate(cfg, progress=False)
+"""
+
+
+def test_curation_with_model_servers_killed_mid_run_leaves_no_process_and_resumes(tmp_path):
+    """engine.kind=process with 2 model servers (tiny random aesthetic model): the driver
+    SIGKILLed after 2 sources are staged leaves no process of its session (servers, workers);
+    the resumed run equals an uninterrupted sequential run (clips, scores, rejects)."""
+    from hostile_util import kill_and_check_no_leak
+    from mugv_data.random_models import write_aesthetic_models
+    from mugv_data.synth import scene, write_video
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(4):
+        write_video(d / f"v{i}.mp4", scene(30, seed=11 + i) + scene(30, seed=21 + i))
+    clip, head = write_aesthetic_models(tmp_path / "models", "tiny")
+    over = [
+        "filters.text.enabled=false", "split.min_clip_s=1.0", "captions.source=none",
+        "filters.aesthetic.enabled=true", f"filters.aesthetic.clip_path={clip}",
+        f"filters.aesthetic.head_path={head}", "filters.aesthetic.device=cpu",
+        "filters.aesthetic.min=-1e9",
+    ]  # fmt: skip
+    pool = [
+        "engine.kind=process", "engine.workers=1", "engine.model_pool.actors=2",
+        "engine.model_pool.batch_clips=1",
+    ]  # fmt: skip
+
+    def start(out: Path, extra: list[str], stop_at: int = 0) -> subprocess.Popen:
+        spec = dict(input=str(d), output=str(out), over=[*over, *extra], stop_at=stop_at,
+                    marker=str(tmp_path / "staged"))  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-c", POOL_RUNNER, json.dumps(spec)],
+            env=clean_env(), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    ref = tmp_path / "ref"
+    assert start(ref, ["engine.kind=sequential"]).wait(timeout=600) == 0
+    out = tmp_path / "out"
+    run = start(out, pool, stop_at=2)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "staged").exists():
+        assert run.poll() is None, run.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "2 sources were never staged"
+        time.sleep(0.2)
+    assert kill_and_check_no_leak(run, within=10.0) == set()
+    assert not (out / "dataset.json").exists()
+    resumed = start(out, pool)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    recs, rejects = _dataset(out)
+    want, want_rejects = _dataset(ref)
+    assert [r[:2] + r[3:] for r in recs] == [r[:2] + r[3:] for r in want] and recs
+    for r, w in zip(recs, want, strict=True):
+        assert dict(r[2]) == pytest.approx(dict(w[2]), rel=1e-5, abs=1e-6), r[0]
+    assert rejects == want_rejects

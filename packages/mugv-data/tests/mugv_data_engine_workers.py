@@ -12,11 +12,14 @@ def build_square(config):
 class Answerer:
     """A stand-in model server's worker: doubles numbers, fails on ``"fail"``, tells its pid."""
 
-    def __init__(self, fail_setup: bool = False) -> None:
-        self.fail_setup = fail_setup
+    def __init__(self, fail_setup: bool = False, setup_s: float = 0.0) -> None:
+        self.fail_setup, self.setup_s = fail_setup, setup_s
         self.ready = False
 
     def setup(self) -> None:
+        import time
+
+        time.sleep(self.setup_s)  # a model that takes long to load
         if self.fail_setup:
             raise OSError("no weights at /nonexistent/model")
         self.ready = True
@@ -38,3 +41,7 @@ def build_answerer(config):
 
 def build_answerer_failing_setup(config):
     return Answerer(fail_setup=True)
+
+
+def build_answerer_slow_setup(config):
+    return Answerer(setup_s=300.0)

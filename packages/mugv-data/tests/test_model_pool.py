@@ -38,22 +38,11 @@ TINY_OPEN_CLIP = {
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """(tiny HF CLIP folder, LAION-style head file, tiny open_clip folder), random weights."""
-    from mugv_data.stages.aesthetic import build_head
+    from mugv_data.random_models import write_aesthetic_models
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("pool_models")
-    torch.manual_seed(0)
-    cfg = transformers.CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    transformers.CLIPVisionModelWithProjection(cfg).eval().save_pretrained(root / "clip")
-    torch.save(build_head(16).eval().state_dict(), root / "head.pth")
+    clip, head = write_aesthetic_models(root, "tiny", seed=0)
     oc = open_clip.CLIP(**TINY_OPEN_CLIP)
     with torch.no_grad():
         for p in oc.visual.parameters():
@@ -62,7 +51,7 @@ def tiny_models(tmp_path_factory):
     (root / "oc").mkdir()
     save_file(state, str(root / "oc" / "open_clip_model.safetensors"))
     (root / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP}))
-    return root / "clip", root / "head.pth", root / "oc"
+    return clip, head, root / "oc"
 
 
 def model_overrides(tiny_models, aesthetic_min: float | None = None) -> list[str]:
@@ -466,3 +455,27 @@ def test_curation_with_model_servers_survives_a_killed_server_and_resumes_exactl
         assert got[k].sha256 == r.sha256
         for name, v in r.scores.items():
             assert got[k].scores[name] == pytest.approx(v, rel=1e-5, abs=1e-6), (k, name)
+
+
+@pytest.mark.slow
+def test_model_pool_benchmark_runs_in_tiny_mode(tmp_path):
+    """benchmarks/model_pool.py --tiny --device cpu (the GPU command's first run): both rows
+    score every clip of the same sources; the pool holds one model copy for its workers."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "model_pool.py"
+    out = tmp_path / "model_pool.json"
+    subprocess.run(
+        [sys.executable, str(script), "--tiny", "--device", "cpu", "--workers", "2", "--json",
+         str(out), "--md", str(tmp_path / "model_pool.md"), "--work", str(tmp_path / "w")],
+        check=True, timeout=900,
+    )  # fmt: skip
+    r = json.loads(out.read_text())
+    per, pool = r["rows"]
+    assert (per["mode"], pool["mode"]) == ("per-worker", "pool")
+    assert per["clips"] == pool["clips"] == r["sources"] * r["shots"]
+    assert (per["model_copies"], pool["model_copies"], pool["servers"]) == (2, 1, 1)
+    assert "model_pool" in pool["worker_seconds"] and "aesthetic" not in pool["worker_seconds"]
+    assert "aesthetic" in per["worker_seconds"]
+    assert "| pool | 2 | 1 | 1 |" in (tmp_path / "model_pool.md").read_text()

@@ -58,21 +58,34 @@ def test_a_server_that_cannot_set_up_names_the_error_and_leaves_no_process():
 
 DRIVER = textwrap.dedent(
     """
-    import sys, time
+    import multiprocessing, sys, threading, time
     sys.path.insert(0, sys.argv[1])
     from mugv_data.config import load_config
     from mugv_data.model_servers import ModelServers
-    from mugv_data_engine_workers import build_answerer
-    servers = ModelServers("models", build_answerer, load_config(None), [None, None])
-    print(*servers.pids, flush=True)
+    import mugv_data_engine_workers as w
+    build = getattr(w, sys.argv[2])
+    if sys.argv[2] == "build_answerer":  # serving
+        servers = ModelServers("models", build, load_config(None), [None, None])
+        print(*servers.pids, flush=True)
+    else:  # still loading their models
+        threading.Thread(
+            target=ModelServers, args=("models", build, load_config(None), [None, None]),
+            daemon=True,
+        ).start()
+        while len(multiprocessing.active_children()) < 2:
+            time.sleep(0.05)
+        time.sleep(2.0)  # past die_with_parent, inside setup
+        print(*[p.pid for p in multiprocessing.active_children()], flush=True)
     time.sleep(300)
     """
 )
 
 
-def test_servers_die_with_a_sigkilled_driver():
+@pytest.mark.parametrize("build", ["build_answerer", "build_answerer_slow_setup"])
+def test_servers_die_with_a_sigkilled_driver(build):
+    """Serving (their control pipe closes) or still loading models (die_with_parent)."""
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(Path(__file__).parent)],
+        [sys.executable, "-c", DRIVER, str(Path(__file__).parent), build],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -276,10 +276,10 @@ class ModelPoolClient:
         )
 
 
-def build_pooled_source_worker(config: CurateConfig, actors: Any):
+def build_pooled_source_worker(config: CurateConfig, actors: Any, encode: bool = True):
     """A per-source worker that sends its model stages to the pool (``functools.partial``
     binds what ``start_pool`` returned: Ray actor handles, or the model servers'
-    addresses; engines call it with the config)."""
+    addresses; engines call it with the config; ``encode=False`` writes no clips)."""
     from mugv_data.model_servers import ServerAddresses
     from mugv_data.per_source import SourceProcessor
 
@@ -287,6 +287,6 @@ def build_pooled_source_worker(config: CurateConfig, actors: Any):
         client = ModelPoolClient.for_servers(actors, config)
     else:
         client = ModelPoolClient.for_ray(actors, config)
-    proc = SourceProcessor(config, model_pool=client)
+    proc = SourceProcessor(config, encode=encode, model_pool=client)
     proc.setup()
     return proc

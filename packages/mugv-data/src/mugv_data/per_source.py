@@ -135,9 +135,10 @@ def worker_resources(config: CurateConfig, *, model_stages: bool = True) -> Reso
     return r.merge(Resources(cpus=0, memory_mb=WORKER_BASE_MB + config.decode.cache_mb))
 
 
-def build_source_worker(config: CurateConfig) -> SourceProcessor:
-    """A set-up :class:`SourceProcessor` (engines call it once per worker)."""
-    proc = SourceProcessor(config)
+def build_source_worker(config: CurateConfig, encode: bool = True) -> SourceProcessor:
+    """A set-up :class:`SourceProcessor` (engines call it once per worker; ``encode=False``
+    scores without writing clips)."""
+    proc = SourceProcessor(config, encode=encode)
     proc.setup()
     return proc
 
