@@ -32,6 +32,8 @@ class Answerer:
             raise ValueError("cannot score this request")
         if request == "pid":
             return os.getpid()
+        if request == "gpu":
+            return os.environ.get("CUDA_VISIBLE_DEVICES")
         return request * 2
 
 

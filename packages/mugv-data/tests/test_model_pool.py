@@ -479,3 +479,28 @@ def test_model_pool_benchmark_runs_in_tiny_mode(tmp_path):
     assert "model_pool" in pool["worker_seconds"] and "aesthetic" not in pool["worker_seconds"]
     assert "aesthetic" in per["worker_seconds"]
     assert "| pool | 2 | 1 | 1 |" in (tmp_path / "model_pool.md").read_text()
+
+
+def test_no_pool_starts_when_every_source_is_staged(tiny_models):
+    """A resumed run whose sources are all staged starts no worker and no model pool (it
+    would load the models for nothing)."""
+    from mugv_data.curate import run_sources
+
+    class Untouchable:
+        has_pools = True
+
+        def start_pool(self, *a, **k):
+            raise AssertionError("a model pool was started")
+
+        def map(self, *a, **k):
+            raise AssertionError("workers were started")
+
+        def stop_pools(self):
+            raise AssertionError("no pool to stop")
+
+    class AllStaged:
+        def done(self, sid):
+            return True
+
+    cfg = _pool_config(tiny_models, None)
+    run_sources(Untouchable(), cfg, [Path("/v/a.mp4"), Path("/v/b.mp4")], AllStaged(), False)

@@ -49,6 +49,21 @@ def test_servers_answer_in_order_and_a_lost_one_stops_its_callers():
     assert wait_dead(pids, 1.0) == []
 
 
+def test_servers_are_pinned_to_the_drivers_visible_gpus(monkeypatch):
+    """Two servers of 0.5 GPU each under a driver limited to GPUs 5 and 7: one on each (the
+    k-th visible GPU's id, not k); more servers than the GPUs hold is refused."""
+    from mugv_data.engines import ProcessPoolEngine, WorkerSpec
+    from mugv_data.stages.base import Resources
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    spec = WorkerSpec("models", build_answerer, Resources(cpus=1, gpus=1.0))
+    with ProcessPoolEngine(load_config(None)) as engine:
+        with pytest.raises(ValueError, match="3 servers declare 3 GPU in all but 2 GPU"):
+            engine.start_pool(spec, 3, max_restarts=0)
+        conns = ServerConnections(engine.start_pool(spec, 2, max_restarts=0))
+        assert [conns.result(conns.submit(i, "gpu")) for i in (0, 1)] == ["5", "7"]
+
+
 def test_a_server_that_cannot_set_up_names_the_error_and_leaves_no_process():
     children = {p.pid for p in multiprocessing.active_children()}
     with pytest.raises(RuntimeError, match=r"server 0 could not set up its models: OSError: no"):

@@ -26,6 +26,7 @@ curation on the same output is refused naming the first.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -122,8 +123,13 @@ def run_sources(
     engine: Engine, config: CurateConfig, sources: list[Path], staging: Staging, progress: bool
 ) -> None:
     """Run per-source stages for sources not yet staged, streaming: each result is staged
-    (``sources/SID.json``, clip mp4s, thumbnails) as it returns and then dropped."""
+    (``sources/SID.json``, clip mp4s, thumbnails) as it returns and then dropped. With every
+    source staged (a resumed run), no worker or model pool is started."""
     todo = (str(s) for s in sources if not staging.done(source_id(s)))
+    first = next(todo, None)
+    if first is None:
+        return
+    todo = itertools.chain([first], todo)
     bar = tqdm(desc="sources", unit="video", disable=not progress)
     try:
         for _, res in engine.map(source_spec(config, engine), todo):

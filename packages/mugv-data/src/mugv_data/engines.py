@@ -125,6 +125,21 @@ def visible_gpus() -> int:
         return 0
 
 
+def visible_device_ids() -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of this process (or ``0..n-1``): a child pinned to
+    the k-th visible GPU gets the k-th entry, so a driver limited to GPUs 2,3 pins to 2 and 3."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(i) for i in range(visible_gpus())]
+
+
+def pinned_devices(num_gpus: int, gpus_per_worker: float, workers: int) -> list[str]:
+    """:func:`gpu_slots` as ``CUDA_VISIBLE_DEVICES`` values for the children."""
+    ids = visible_device_ids()
+    return [ids[int(s)] for s in gpu_slots(num_gpus, gpus_per_worker, workers)]
+
+
 def gpu_slots(num_gpus: int, gpus_per_worker: float, workers: int) -> list[str]:
     """CUDA device id per worker: workers share GPUs ``1 / gpus_per_worker`` at a time.
 
@@ -195,7 +210,7 @@ class ProcessPoolEngine(Engine):
         gpus: list[str | None] = [None] * n
         if r.gpus > 0:
             visible = visible_gpus()
-            slots = gpu_slots(visible, r.gpus, n)  # raises when no GPU is visible
+            slots = pinned_devices(visible, r.gpus, n)  # raises when no GPU is visible
             if len(slots) < n:
                 raise ValueError(
                     f"{spec.name}: {n} servers declare {n * r.gpus:g} GPU in all but "
@@ -226,7 +241,7 @@ class ProcessPoolEngine(Engine):
         n = min(n, len(head))
         ctx = mp.get_context("spawn")
         queue = None
-        slots = gpu_slots(visible_gpus(), r.gpus, n) if r.gpus > 0 else []
+        slots = pinned_devices(visible_gpus(), r.gpus, n) if r.gpus > 0 else []
         if slots:
             n = len(slots)
             manager = SyncManager(ctx=ctx)
