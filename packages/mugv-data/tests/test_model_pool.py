@@ -504,3 +504,24 @@ def test_no_pool_starts_when_every_source_is_staged(tiny_models):
 
     cfg = _pool_config(tiny_models, None)
     run_sources(Untouchable(), cfg, [Path("/v/a.mp4"), Path("/v/b.mp4")], AllStaged(), False)
+
+
+@pytest.mark.slow
+def test_cli_names_a_model_server_that_cannot_load_its_model(samples, tmp_path, capsys):
+    """mugv-data curate with a model pool whose aesthetic weights are missing: one line naming
+    the setting, exit code 2, no traceback."""
+    from mugv_data.cli import main
+
+    code = main(
+        ["curate", "--input", str(samples / "carphone_pristine.mp4"), "--output",
+         str(tmp_path / "out"), "--engine", "process", "--set", "engine.model_pool.actors=1",
+         "--set", "filters.aesthetic.enabled=true", "--set", "filters.aesthetic.device=cpu",
+         "--set", f"filters.aesthetic.clip_path={tmp_path / 'no-clip'}",
+         "--set", f"filters.aesthetic.head_path={tmp_path / 'no-head.pth'}"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert line.startswith("mugv-data curate: error: engine.model_pool: models server 0 could")
+    assert "filters.aesthetic.clip_path" in line and "no-clip" in line
+    assert "Traceback" not in err and "sources:" not in err  # no progress bar started

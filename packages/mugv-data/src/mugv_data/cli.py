@@ -87,8 +87,13 @@ def cmd_inspect(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     commands = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}
-    # a file-system error (read-only or full disk, a path that is a file) is one line, exit 2
-    return run_cli("mugv-data", build_parser(), argv, commands, also=(OSError,))
+    # a file-system error (read-only or full disk, a path that is a file) and a model pool
+    # that cannot be reached (its message says to rerun) are one line, exit 2
+    from mugv_data.model_pool import ModelPoolUnavailable
+
+    return run_cli(
+        "mugv-data", build_parser(), argv, commands, also=(OSError, ModelPoolUnavailable)
+    )
 
 
 if __name__ == "__main__":

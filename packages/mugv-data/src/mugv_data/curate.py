@@ -130,15 +130,15 @@ def run_sources(
     if first is None:
         return
     todo = itertools.chain([first], todo)
-    bar = tqdm(desc="sources", unit="video", disable=not progress)
     try:
-        for _, res in engine.map(source_spec(config, engine), todo):
-            staging.save(res)
-            bar.update(1)
-            bar.set_postfix(kept=sum(c.kept for c in res.clips))
+        spec = source_spec(config, engine)  # a model pool loads its models here
+        with tqdm(desc="sources", unit="video", disable=not progress) as bar:
+            for _, res in engine.map(spec, todo):
+                staging.save(res)
+                bar.update(1)
+                bar.set_postfix(kept=sum(c.kept for c in res.clips))
     finally:
         engine.stop_pools()  # the model pool's resources go to the dataset stages
-    bar.close()
 
 
 def source_spec(config: CurateConfig, engine: Engine | None = None) -> WorkerSpec:

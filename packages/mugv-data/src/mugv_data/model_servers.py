@@ -131,8 +131,8 @@ class ModelServers:
         self, name: str, build, config: CurateConfig, gpus: list[str | None]
     ) -> None:
         """One server per entry of ``gpus`` (its ``CUDA_VISIBLE_DEVICES``, or None). Returns
-        once every server has set up its models; raises ``RuntimeError`` (and stops the
-        others) when one fails to."""
+        once every server has set up its models; raises :class:`ModelPoolUnavailable` naming
+        the error (and stops the others) when one fails to."""
         self.name = name
         ctx = mp.get_context("spawn")
         authkey = secrets.token_bytes(32)
@@ -165,12 +165,14 @@ class ModelServers:
             kind, value = ctl.recv()
         except (EOFError, OSError):
             p.join(5)
-            raise RuntimeError(
-                f"{self.name}: server {i} died while setting up its models "
+            raise ModelPoolUnavailable(
+                f"engine.model_pool: {self.name} server {i} died while setting up its models "
                 f"(exit code {p.exitcode})"
             ) from None
         if kind != "ready":
-            raise RuntimeError(f"{self.name}: server {i} could not set up its models: {value}")
+            raise ModelPoolUnavailable(
+                f"engine.model_pool: {self.name} server {i} could not set up its models: {value}"
+            )
         return value
 
     @property
@@ -210,7 +212,8 @@ class ServerConnections:
             with contextlib.suppress(OSError):
                 conn.close()
         return ModelPoolUnavailable(
-            f"engine.model_pool: model server {i} is gone ({_error_text(e) or 'closed'})"
+            f"engine.model_pool: model server {i} is gone ({_error_text(e)}); the run stopped, "
+            "run the same command again to resume"
         )
 
     def _conn(self, i: int) -> Connection:
