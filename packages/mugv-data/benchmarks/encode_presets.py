@@ -133,8 +133,9 @@ def main() -> None:
     frames = sum(len(c[1]) for c in clips)
     cpu: dict[str, list[float]] = {n: [] for n in settings}
     nbytes: dict[str, int] = {}
-    for _ in range(args.repeats):
-        for name, (preset, crf, tune) in settings.items():
+    for rep in range(args.repeats):
+        order = list(settings.items()) if rep % 2 == 0 else list(settings.items())[::-1]
+        for name, (preset, crf, tune) in order:
             c0 = time.process_time()
             size = sum(len(encode(planes, fps, preset, crf, tune)) for fps, planes in clips)
             cpu[name].append(time.process_time() - c0)

@@ -17,7 +17,10 @@ median is the fairer number):
 
 Throughput: candidate clips/s (clips the split produces) and source-seconds/s, from wall
 time; CPU time of the process (``time.process_time``) is reported beside it, since on a
-shared machine it is less disturbed by other jobs.
+shared machine it is less disturbed by other jobs. Run it pinned to one core (``taskset -c 1
+...``; the JSON records ``cpu_affinity``): decord decodes on a thread of its own beside the
+caller, and unpinned its CPU time has been seen to double on a lightly loaded machine
+(decode-only 1.6 CPU-s in 0.87 s of wall time), which flatters every ratio to it.
 
     uv run python packages/mugv-data/benchmarks/throughput.py [--input DIR] [--repeats 3] \
         [--variant NAME=key=value,...] [--no-variants] \
@@ -210,6 +213,7 @@ def main() -> None:
                 "best_fraction_of_decode": round(best["decode"] / best[mode], 3),
                 "all_seconds": [round(t, 4) for t in times[mode]],
                 "cpu_seconds": round(med_cpu[mode], 4),
+                "all_cpu_seconds": [round(t, 4) for t in cpu[mode]],
                 "clips_per_cpu_s": round(clips / med_cpu[mode], 3),
                 "fraction_of_decode_cpu": round(med_cpu["decode"] / med_cpu[mode], 3),
             }
@@ -230,6 +234,7 @@ def main() -> None:
         "command": "uv run python packages/mugv-data/benchmarks/throughput.py "
         + " ".join(sys.argv[1:]),
         "statistic": "median over repeats (best also given); shared machine",
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "load_average_start": [round(x, 2) for x in load_avg_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
