@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from mugv_data.config import load_config
 from mugv_data.model_pool import ModelPoolUnavailable
-from mugv_data.model_servers import ModelServers, ServerConnections
+from mugv_data.model_servers import ModelServers, ServerAddresses, ServerConnections
 from mugv_data_engine_workers import build_answerer, build_answerer_failing_setup
 from mugv_data_procs import alive, wait_dead
 
@@ -44,6 +45,15 @@ def test_servers_answer_in_order_and_a_lost_one_stops_its_callers():
         with pytest.raises(ModelPoolUnavailable, match="model server 1 is gone"):
             ServerConnections(servers.addresses).submit(1, 3)  # a new worker cannot connect
         assert conns.result(conns.submit(0, 4)) == 8  # the other one still answers
+        # a stranger (wrong key) is refused, a peer gone mid-handshake is ignored: the server
+        # still accepts its workers afterwards
+        stranger = ServerConnections(ServerAddresses(servers.addresses.addresses, b"x" * 32))
+        with pytest.raises(ModelPoolUnavailable, match="model server 0 is gone"):
+            stranger.submit(0, 1)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(servers.addresses.addresses[0])
+        late = ServerConnections(servers.addresses)
+        assert late.result(late.submit(0, 5)) == 10
     finally:
         servers.stop()
     assert wait_dead(pids, 1.0) == []

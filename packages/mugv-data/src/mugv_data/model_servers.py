@@ -32,6 +32,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener, wait
 from typing import Any
@@ -85,14 +86,15 @@ def _serve(build, config_json: str, gpu: str | None, parent_pid: int, authkey: b
         ctl.send(("error", _error_text(e)))
         return
     models = threading.Lock()
+    stopping = threading.Event()
 
     def handle(conn: Connection) -> None:
         with conn:
             while True:
                 try:
                     seq, payload = conn.recv()
-                except (EOFError, OSError):
-                    return  # the worker is done (or gone)
+                except Exception:  # EOF: the worker is done (or gone); closing tells it
+                    return
                 try:
                     with models:
                         answer = (seq, "ok", worker(payload))
@@ -107,16 +109,18 @@ def _serve(build, config_json: str, gpu: str | None, parent_pid: int, authkey: b
         while True:
             try:
                 conn = listener.accept()
-            except mp.AuthenticationError:
-                continue  # not one of ours
-            except OSError:
-                return  # the listener was closed: stopping
+            except Exception:
+                if stopping.is_set():
+                    return  # the listener was closed
+                time.sleep(0.01)  # a failed handshake (not one of ours, or a peer gone)
+                continue
             threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True, name="model-server-accept").start()
     ctl.send(("ready", listener.address))
     with contextlib.suppress(EOFError, OSError):
         ctl.recv()  # "stop", or EOF when the driver closes its end
+    stopping.set()
     listener.close()
     with models:  # no request is half done
         td = getattr(worker, "teardown", None)
