@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from mugv_data.decode import PyAVReader, i420_planes
+from mugv_data.decode import PyAVReader, i420_planes, rgb_of
 from mugv_data.probe import probe_video
 from mugv_data.synth import scene, write_video
 
@@ -65,6 +65,11 @@ def test_opencv_reader_is_bt601_and_keeps_the_planes(tmp_path):
         ref = bt601_rgb_64(planes[t])
         assert np.abs(rgb - ref).max() <= 1.0  # OpenCV's fixed point rounds within 1 level
         assert np.abs(rgb - sw[t]).mean() < 2.0  # swscale's default conversion: ~0.8 darker
+    got = list(PyAVReader(info, None, convert="opencv").iter_planes())
+    assert all(np.array_equal(g, p) for g, p in zip(got, planes, strict=True))  # the planes
+    rgb_again = np.stack([rgb_of(g) for g in got])
+    assert np.array_equal(rgb_again, np.stack(list(cv_reader.iter_frames())))
+    assert PyAVReader(info, None).iter_planes().__next__().shape == (96, 160, 3)  # swscale: RGB
     with pytest.raises(ValueError, match="decode.convert='nv12'"):
         PyAVReader(info, None, convert="nv12")
 
@@ -75,6 +80,7 @@ def test_rotated_streams_keep_no_planes(tmp_path):
     reader = PyAVReader(info, None, convert="opencv")
     frames = list(reader.iter_frames())
     assert frames[0].shape == (96, 64, 3) and reader.last_i420 is None
+    assert all(f.shape == (96, 64, 3) for f in reader.iter_planes())  # rotated: RGB
     ref = PyAVReader(info, None).get_batch(range(3)).astype(np.float64)
     assert np.abs(np.stack(frames) - ref).mean() < 2.0
 
@@ -89,8 +95,9 @@ def _decode(mp4: bytes) -> np.ndarray:
 def test_opencv_convert_keeps_the_verdicts_of_the_sample_clips(samples, monkeypatch):
     """The chain with decode.backend=pyav decode.convert=opencv on real clips: the default's
     verdicts, scores close to it (sharpness within 2 %: the same scaler), and kept clips
-    encoded from the decoder's planes (mp4_writer.i420 never called), as close to the source
-    (PyAV's RGB frames) as the default's clips encoded from RGB."""
+    encoded from the decoder's planes held in the frame cache (mp4_writer.i420 never called,
+    with a cache too small for RGB frames), as close to the source (PyAV's RGB frames) as the
+    default's clips encoded from RGB."""
     import mugv_data.per_source as per_source
     from mugv_data.config import load_config
     from mugv_data.per_source import SourceProcessor
@@ -98,8 +105,18 @@ def test_opencv_convert_keeps_the_verdicts_of_the_sample_clips(samples, monkeypa
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
     base = ["filters.text.enabled=false", "clip.preset=ultrafast"]
     ref = SourceProcessor(load_config(demo, overrides=base))
+    # cache_mb 100: bikes' 250 RGB frames at 640x272 (131 MB) would not fit, its I420 planes
+    # (65 MB) do: the clips below are encoded from the cached planes
     fast = SourceProcessor(
-        load_config(demo, overrides=[*base, "decode.backend=pyav", "decode.convert=opencv"])
+        load_config(
+            demo,
+            overrides=[
+                *base,
+                "decode.backend=pyav",
+                "decode.convert=opencv",
+                "decode.cache_mb=100",
+            ],
+        )
     )
     a = {n: ref(samples / n) for n in ("bikes.mp4", "carphone_pristine.mp4")}
     calls = []

@@ -64,10 +64,11 @@ class DecodeConfig(Frozen):
     """Decoder threads per worker (0: decoder default)."""
     convert: Literal["swscale", "opencv"] = "swscale"
     """How PyAV readers (``backend=pyav`` and every fallback to PyAV) turn decoded frames into
-    RGB at the analysis size: ``swscale`` (PyAV's ``to_ndarray``) or ``opencv`` (``yuv420p``
-    planes area-resized and converted by OpenCV, BT.601 limited range; about half the CPU time,
-    and kept clips are encoded from those planes without an RGB round trip; other pixel formats
-    use swscale). Frames differ from swscale's by the interpolation (area vs bilinear)."""
+    RGB at the analysis size: ``swscale`` (PyAV's ``to_ndarray``) or ``opencv``: ``yuv420p``
+    frames are scaled in YUV by swscale (bilinear, as the RGB path) and converted by OpenCV
+    (BT.601 limited range, ~1 level brighter than swscale's default conversion); the frame
+    cache holds the I420 planes (half the bytes of RGB) and kept clips are encoded from them
+    without an RGB round trip. Other pixel formats use swscale."""
 
 
 class SplitConfig(Frozen):

@@ -138,6 +138,12 @@ def i420_planes(frame, width: int, height: int) -> np.ndarray | None:
     return out
 
 
+def rgb_of(frame: np.ndarray) -> np.ndarray:
+    """RGB ``[H, W, 3]`` of what :meth:`PyAVReader.iter_planes` yielded (I420 planes are
+    converted by OpenCV, BT.601 limited range, as ``convert=opencv`` does)."""
+    return frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
+
+
 class PyAVReader(FrameReader):
     """Reference reader: seeks to the keyframe before the first wanted frame, then decodes in
     order, identifying frames by their pts in the probe's timestamp table.
@@ -148,7 +154,9 @@ class PyAVReader(FrameReader):
     0.8 levels darker), at about 60 % of the CPU time of swscale's RGB path (other pixel
     formats take swscale). With ``opencv``, :attr:`last_i420` holds the I420
     planes of the frame ``iter_frames`` last yielded (None where there were none, or the
-    stream is rotated), so an encoder can take them without converting RGB back.
+    stream is rotated), and :meth:`iter_planes` yields those planes instead of RGB, so a
+    frame cache can hold half the bytes and an encoder can take them without converting RGB
+    back.
     """
 
     backend = "pyav"
@@ -167,6 +175,7 @@ class PyAVReader(FrameReader):
         self._pts_index = {int(p): i for i, p in enumerate(info.pts)}
         self._container = None
         self.last_i420: np.ndarray | None = None
+        self._planes_out = False
 
     def _open(self):
         if self._container is None:
@@ -184,6 +193,8 @@ class PyAVReader(FrameReader):
             if planes is not None:
                 if self.info.rotation == 0:
                     self.last_i420 = planes
+                    if self._planes_out:
+                        return planes
                 return cv2.cvtColor(planes, cv2.COLOR_YUV2RGB_I420)
         return frame.to_ndarray(width=self._dec_w, height=self._dec_h, format="rgb24")
 
@@ -281,6 +292,19 @@ class PyAVReader(FrameReader):
                 return
         if expected < stop:
             raise RuntimeError(f"{self.info.path}: stream ended at frame {expected} of {stop}")
+
+    def iter_planes(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """``iter_frames``, except that with ``convert=opencv`` a ``yuv420p`` frame of an
+        unrotated stream comes as its I420 planes ``uint8 [H * 3 // 2, W]`` (2-D; turn it into
+        RGB with :func:`rgb_of`); other frames come as RGB ``[H, W, 3]``."""
+        if self.convert != "opencv":
+            yield from self.iter_frames(start, stop)
+            return
+        self._planes_out = True
+        try:
+            yield from self.iter_frames(start, stop)
+        finally:
+            self._planes_out = False
 
     def _iter_from_start(self, start: int, stop: int) -> Iterator[np.ndarray]:
         self.close()

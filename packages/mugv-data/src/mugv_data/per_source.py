@@ -17,7 +17,14 @@ import numpy as np
 from mugv_formats.video import encode_mp4
 
 from mugv_data.config import CurateConfig
-from mugv_data.decode import DecoderUnavailable, FrameReader, open_reader, target_size
+from mugv_data.decode import (
+    DecoderUnavailable,
+    FrameReader,
+    PyAVReader,
+    open_reader,
+    rgb_of,
+    target_size,
+)
 from mugv_data.inputs import resolve_path, source_id
 from mugv_data.model_pool import ModelPoolClient, ModelPoolUnavailable, is_model_stage
 from mugv_data.mp4_writer import i420, resample_indices, resized
@@ -278,17 +285,16 @@ class SourceProcessor:
         t = time.perf_counter()
         reader = open_reader(info, self._decode, cfg.decode.analysis_short_side)
         res.decoder, res.fallback_reason = reader.backend, reader.fallback_reason
-        # decode.convert=opencv: the reader's I420 planes are kept beside the RGB frames so
-        # kept clips at the analysis size are encoded from them (no RGB -> I420 conversion)
-        keep_i420 = getattr(reader, "convert", None) == "opencv" and (
-            target_size(info.width, info.height, cfg.clip.short_side)
-            == (reader.width, reader.height)
-        )
-        frame_bytes = reader.width * reader.height * (4.5 if keep_i420 else 3)
-        use_cache = info.num_frames * frame_bytes <= cfg.decode.cache_mb * (1 << 20)
+        # decode.convert=opencv: the cache holds the decoder's I420 planes (half the bytes of
+        # RGB; frames are converted when a stage asks for them) and kept clips at the analysis
+        # size are encoded from them. A stream whose frames come as RGB instead (another pixel
+        # format, rotation) may outgrow the estimate: the cache is then dropped mid-way.
+        planes = isinstance(reader, PyAVReader) and reader.convert == "opencv"
+        budget = cfg.decode.cache_mb * (1 << 20)
+        frame_bytes = reader.width * reader.height * (1.5 if planes else 3)
+        use_cache = info.num_frames * frame_bytes <= budget
         cache: list[np.ndarray] = []
-        i420_cache: list[np.ndarray | None] = []
-        keep_i420 = keep_i420 and use_cache
+        cached_bytes = [0]
         # filters.gray_source=split: keep the luma of the split's downscaled frames
         share = use_cache and cfg.filters.for_source(res.source).gray_source == "split"
         split_gray: list[np.ndarray] = []
@@ -297,16 +303,21 @@ class SourceProcessor:
             split_gray.append(cv2.cvtColor(small_HW3, cv2.COLOR_RGB2GRAY))
 
         def frames_iter():
-            for f in reader.iter_frames():
-                if use_cache:
+            caching = use_cache
+            frames = reader.iter_planes() if planes and use_cache else reader.iter_frames()
+            for f in frames:
+                if caching:
                     cache.append(f)
-                    if keep_i420:
-                        i420_cache.append(reader.last_i420)
-                yield f
+                    cached_bytes[0] += f.nbytes
+                    if cached_bytes[0] > budget:
+                        caching = False
+                        cache.clear()
+                yield rgb_of(f)
 
         shots, res.split = self.splitter.detect(
             frames_iter(), info.num_frames, on_small=keep_gray if share else None
         )
+        use_cache = use_cache and len(cache) == info.num_frames
         if use_cache:
             # every frame is cached: release the decoder now (decord keeps a worker thread
             # busy while a reader is open, stealing CPU from the filter stages)
@@ -315,7 +326,7 @@ class SourceProcessor:
 
         def getter(start: int):
             if use_cache:
-                return lambda idx: np.stack([cache[start + i] for i in idx])
+                return lambda idx: np.stack([rgb_of(cache[start + i]) for i in idx])
             return lambda idx: reader.get_batch([start + i for i in idx])
 
         clips: list[Clip] = []
@@ -383,7 +394,6 @@ class SourceProcessor:
                     reader,
                     cache if use_cache else None,
                     out_reader,
-                    i420_cache if keep_i420 else None,
                 )
             res.clips.append(o)
         tm["encode"] = time.perf_counter() - t
@@ -399,14 +409,13 @@ class SourceProcessor:
         reader: FrameReader,
         cache,
         out_reader,
-        i420_cache: list[np.ndarray | None] | None = None,
     ):
         cc = self.config.clip
         w, h = target_size(info.width, info.height, cc.short_side)
         # a VFR source is resampled to a constant rate: clip.fps, else its dominant rate
         fps = cc.fps if cc.fps is not None else (info.dominant_fps if info.vfr else None)
         if cache is not None and (w, h) == (reader.width, reader.height):
-            src, get = reader, (lambda idx: (cache[i] for i in idx))
+            src, get = reader, (lambda idx: (rgb_of(cache[i]) for i in idx))
         else:
             if out_reader is None:
                 out_reader = open_reader(info, self._decode, cc.short_side)
@@ -424,10 +433,10 @@ class SourceProcessor:
         else:
             frames = (f for a in range(0, len(idx), 32) for f in src.get_batch(idx[a : a + 32]))
         planes = None
-        if get is not None and i420_cache is not None:
-            planes = [i420_cache[i] for i in idx]
-            if any(p is None for p in planes):
-                planes = None  # a frame without planes (other pixel format): convert them all
+        if get is not None:  # cached frames at the clip size: I420 planes where the cache has them
+            planes = [cache[i] for i in idx]
+            if any(p.ndim != 2 for p in planes):
+                planes = None  # RGB frames in the cache (decode.convert=swscale, other formats)
         o.mp4 = encode_mp4(
             planes if planes is not None else i420(resized(frames, w, h)),  # w, h even
             fps,
