@@ -81,6 +81,14 @@ def test_every_hand_off(run) -> None:
     assert set(samples) == {r.key for r in records}
     for s in samples.values():  # 17 frames at 64x64 -> 1 + 2 latents of 8x8
         assert s.latents.shape == (24, 3, 8, 8) and np.isfinite(s.latents).all()
+    # the latents are normalised by the VAE's per-channel statistics, measured on these very
+    # clips (mugv-vae stats --write): per channel mean 0 and std 1 over every stored position
+    assert latents.header.latents_normalized
+    np.testing.assert_allclose(latents.header.latent_std, vae.extra["latent_std"], rtol=1e-6)
+    assert not np.allclose(vae.extra["latent_std"], 1.0)
+    z = np.concatenate([np.asarray(s.latents, np.float64).reshape(24, -1) for s in latents], 1)
+    np.testing.assert_allclose(z.mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=1), 1.0, atol=1e-4)
     recon = json.loads((out / "recon" / "recon.json").read_text())
     assert {c["key"] for c in recon["clips"]} == set(samples)
     assert all(5 < c["psnr"] < 60 for c in recon["clips"])

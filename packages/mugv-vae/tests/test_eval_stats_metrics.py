@@ -164,6 +164,7 @@ def test_eval_and_stats_commands(tiny_checkpoint, clip_dataset, tmp_path, capsys
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
+    MUGVAE.from_pretrained(ckpt).save_pretrained(ckpt, extra={"train_step": 7})
     assert (
         main(
             [
@@ -185,6 +186,11 @@ def test_eval_and_stats_commands(tiny_checkpoint, clip_dataset, tmp_path, capsys
     model = MUGVAE.from_pretrained(ckpt)
     torch.testing.assert_close(model.latent_mean, torch.tensor(stats["mean"], dtype=torch.float32))
     assert stats["positions"] == 3 * 2 * 4 * 4
+    from mugv_formats import VAE_CHECKPOINT_FORMAT, read_weights_config
+
+    extra = read_weights_config(ckpt, format=VAE_CHECKPOINT_FORMAT)["extra"]
+    assert extra["train_step"] == 7  # the checkpoint's own entries stay
+    np.testing.assert_allclose(extra["latent_std"], stats["std"], rtol=1e-6)
     # After storing the stats, encoded latents are standardised on that data.
     from mugv_vae.train.data import ClipSource
 

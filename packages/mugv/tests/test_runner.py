@@ -163,3 +163,90 @@ def test_cpu_seconds_count_the_stage_commands_and_their_children(tmp_path):
     assert summary["cpu_seconds"] >= summary["steps"][0]["cpu_seconds"]
     marker = json.loads((tmp_path / "run/.mugv/done/s.json").read_text())
     assert marker["cpu_seconds"] == summary["cpu_seconds"]
+
+
+def _wait_for(path: Path, what: str) -> str:
+    """Python source of a command that waits (up to 60 s) for ``path``, else fails."""
+    return (
+        "import pathlib, sys, time\n"
+        f"p = pathlib.Path({str(path)!r})\n"
+        "t = time.time()\n"
+        "while not p.exists():\n"
+        f"    if time.time() - t > 60: sys.exit('no {what}')\n"
+        "    time.sleep(0.05)\n"
+    )
+
+
+def test_independent_stages_run_side_by_side_each_with_its_own_cpu(tmp_path):
+    """a -> (b, c) -> d with parallel 2: b and c meet (each waits for the other's start file:
+    one after the other would never finish), c ends only after b, yet only b's CPU-burning
+    child counts towards b (wait4 per child, not this process's children total)."""
+    t = tmp_path
+    touch = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('x')"
+    burn = (
+        _wait_for(t / "c.started", "c")
+        + "while time.process_time() < 0.4:\n    pass\n"
+        + f"pathlib.Path({str(t / 'b')!r}).write_text(str(time.process_time()))\n"
+    )
+    wait_b = _wait_for(t / "b.started", "b") + _wait_for(t / "b", "output of b")
+    wait_b += f"pathlib.Path({str(t / 'c')!r}).write_text('c')\n"
+    check_d = f"import pathlib; assert pathlib.Path({str(t / 'b')!r}).exists()\n"
+    check_d += f"assert pathlib.Path({str(t / 'c')!r}).exists()\n"
+    check_d += f"pathlib.Path({str(t / 'd')!r}).write_text('d')\n"
+
+    def cmd(*args: str) -> list[str]:
+        return [sys.executable, "-c", *args]
+
+    stages = [
+        Stage("a", "A", {}, [t / "a"], [Step("a", cmd(touch, str(t / "a")))]),
+        Stage("b", "B", {}, [t / "b"], [
+            Step("start", cmd(touch, str(t / "b.started"))), Step("burn", cmd(burn))],
+            needs=("a",)),
+        Stage("c", "C", {}, [t / "c"], [
+            Step("start", cmd(touch, str(t / "c.started"))), Step("wait", cmd(wait_b))],
+            needs=("a",)),
+        Stage("d", "D", {}, [t / "d"], [Step("check", cmd(check_d))], needs=("b", "c")),
+    ]  # fmt: skip
+    summary = Runner(RunLayout(t / "run"), parallel=2).run(stages)
+    assert [s["stage"] for s in summary] == ["a", "b", "c", "d"]
+    assert not any(s["reused"] for s in summary)
+    burned = float((t / "b").read_text())
+    b, c = summary[1], summary[2]
+    assert b["steps"][1]["cpu_seconds"] >= burned >= 0.4
+    assert c["steps"][1]["cpu_seconds"] < burned  # c waited (sleeping) while b burned
+    assert c["cpu_seconds"] == round(sum(s["cpu_seconds"] for s in c["steps"]), 2)
+    # a second run reuses all four; a forced c redoes c and d only
+    summary = Runner(RunLayout(t / "run"), parallel=2).run(stages)
+    assert all(s["reused"] for s in summary)
+    (t / "c.started").unlink()
+    (t / "b.started").touch()  # b is not rerun: c's rendezvous is already met
+    summary = Runner(RunLayout(t / "run"), parallel=2).run(stages, force="c")
+    assert [s["reused"] for s in summary] == [True, True, False, False]
+
+
+def test_a_failing_stage_stops_the_stage_beside_it(tmp_path):
+    t = tmp_path
+    pidfile = t / "c.pid"
+    sleeper = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+    sleeper += "time.sleep(120)"
+    fail = _wait_for(pidfile, "c") + "sys.exit(4)\n"
+    stages = [
+        Stage("a", "A", {}, [], [Step("a", fn=lambda: None)]),
+        Stage("b", "B", {}, [], [Step("fail", [sys.executable, "-c", fail])], needs=("a",)),
+        Stage("c", "C", {}, [t / "c"], [Step("sleep", [sys.executable, "-c", sleeper])],
+              needs=("a",)),
+    ]  # fmt: skip
+    with pytest.raises(StageFailed, match=r"stage b: step 'fail' failed \(exit 4\)"):
+        Runner(RunLayout(t / "run"), parallel=2).run(stages)
+    child = int(pidfile.read_text())
+    assert not _alive(child), "the stage beside the failed one kept running"
+    assert (t / "run/.mugv/done/a.json").is_file()
+    assert not (t / "run/.mugv/done/b.json").exists()
+    assert not (t / "run/.mugv/done/c.json").exists()  # redone by the next run
+
+
+def test_needs_name_earlier_stages(tmp_path):
+    stages = _stages(tmp_path)
+    stages[0].needs = ("c",)
+    with pytest.raises(ValueError, match=r"stage a needs \['c'\]: not an earlier stage"):
+        Runner(RunLayout(tmp_path / "run")).run(stages)

@@ -111,3 +111,64 @@ def test_the_lora_variant_of_dpo(tmp_path):
         if step.title == "config":
             step.fn()
     assert dpo_variant(run).startswith("full-parameter")
+
+
+def _ancestors(stages: dict, name: str) -> set[str]:
+    out, todo = set(), list(stages[name].needs)
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo += stages[n].needs
+    return out
+
+
+def _run_paths(value, root: Path) -> list[Path]:
+    """Every path under ``root`` named in ``value`` (strings, lists, dicts, nested)."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _run_paths(v, root)]
+    if isinstance(value, list | tuple):
+        return [p for v in value for p in _run_paths(v, root)]
+    if isinstance(value, str) and value.startswith(str(root) + os.sep):
+        return [Path(value)]
+    return []
+
+
+def test_each_stage_needs_the_stages_that_write_what_it_reads(tmp_path):
+    """Stages run side by side where neither needs the other: every run path a stage's
+    commands and settings name (and the tools that take ``--run`` read, found in their
+    source) is written by the stage itself or by a stage it (transitively) needs."""
+    import inspect
+    import re
+
+    from mugv import memorise, tools
+
+    run = RunLayout(tmp_path / "run")
+    stages = {s.name: s for s in build_stages(_cfg(tmp_path), run)}
+    assert stages["report"].needs == tuple(STAGE_NAMES[:-1])
+
+    def producer(path: Path) -> str | None:
+        for s in stages.values():
+            if any(path == o or path.is_relative_to(o) for o in [*s.outputs, *s.scratch]):
+                return s.name
+        return None
+
+    def used_by(*functions) -> list[Path]:  # run.NAME in the source of tools taking --run
+        names = {m for f in functions for m in re.findall(r"\brun\.(\w+)", inspect.getsource(f))}
+        # run.config(STAGE) is a stage's config file, written by that stage
+        paths = [run.configs if n == "config" else getattr(run, n) for n in names]
+        return [p for p in paths if isinstance(p, Path)]
+
+    reads = {name: _run_paths([s.settings, [st.cmd for st in s.steps if st.cmd]], run.root)
+             for name, s in stages.items()}  # fmt: skip
+    reads["recon"] += used_by(tools.recon)
+    reads["memorise"] += used_by(memorise.run_memorise, memorise.memorise_config, memorise._sample)
+    assert run.vae in reads["memorise"] and run.text_encoder in reads["memorise"]
+    for name, paths in reads.items():
+        allowed = _ancestors(stages, name) | {name}
+        for path in paths:
+            assert producer(path) in allowed, (name, path, producer(path))
+    # what runs beside what: recon beside latents, memorise beside the DiT chain, kto beside dpo
+    assert "memorise" not in _ancestors(stages, "generate")
+    assert {"dit", "samples", "sft", "dpo"}.isdisjoint(_ancestors(stages, "memorise"))
+    assert "kto" not in _ancestors(stages, "generate") and "recon" not in _ancestors(stages, "dit")

@@ -2,8 +2,8 @@
 
 Statistics are over raw (un-normalised) posterior means of every latent position of up to
 ``max_clips`` clips, accumulated in float64. ``write=True`` stores them into the checkpoint
-(a new folder content, so a new checkpoint id); they are then applied exactly once by
-``MUGVAE.encode``/``decode``.
+(a new folder content, so a new checkpoint id; its other ``extra`` entries are kept); they
+are then applied exactly once by ``MUGVAE.encode``/``decode``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from mugv_vae.video import parse_resolution
+
+_STATS_KEYS = ("latent_mean", "latent_std", "latent_stats")
 
 
 def measure_latent_stats(
@@ -46,7 +48,14 @@ def measure_latent_stats(
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     result = {"clips": n, "positions": count, "mean": mean.tolist(), "std": std.tolist()}
     if write:
+        from mugv_formats import VAE_CHECKPOINT_FORMAT, read_weights_config
+
+        # the checkpoint's own extra entries (a trainer's train_step) stay; the stats replace
+        # the old ones
+        meta = read_weights_config(checkpoint, format=VAE_CHECKPOINT_FORMAT)
+        kept = {k: v for k, v in (meta.get("extra") or {}).items() if k not in _STATS_KEYS}
         model.set_latent_stats(mean.float(), std.float())
-        model.save_pretrained(checkpoint, extra={"latent_stats": {"clips": clips, "clips_used": n}})
+        stats = {"latent_stats": {"clips": clips, "clips_used": n}}
+        model.save_pretrained(checkpoint, extra={**kept, **stats})
         result["checkpoint_id"] = checkpoint_id(checkpoint)
     return result

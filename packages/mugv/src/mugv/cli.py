@@ -106,7 +106,8 @@ def _run_locked(cfg, run: RunLayout, stages: list, force: str | None) -> int:
     display = Display(len(stages))
     t0, c0, load0 = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
     try:
-        summary = Runner(run, threads=cfg.threads, display=display).run(stages, force=force)
+        runner = Runner(run, threads=cfg.threads, display=display, parallel=cfg.parallel_stages)
+        summary = runner.run(stages, force=force)
     except StageFailed as e:
         display.close()
         print(f"mugv: {e}", file=sys.stderr)
@@ -124,6 +125,8 @@ def _run_locked(cfg, run: RunLayout, stages: list, force: str | None) -> int:
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 2),
         "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "parallel_stages": cfg.parallel_stages,
+        "threads": cfg.threads,
         "stages": summary,
     }
     write_json_atomic(run.timings, timings)

@@ -66,6 +66,13 @@ class VaeConfig(BaseModel):
 
     model_config = _STRICT
     config: dict[str, Any] = Field(default_factory=dict, description="mugv-vae train config.")
+    latent_stats: bool = Field(
+        True,
+        description="Measure the trained VAE's per-channel latent mean/std on the curated clips "
+        "at the encode size and frame count (`mugv-vae stats --write`), so the latent shards "
+        "hold unit-scale latents (the original's per-channel normalisation). false: raw "
+        "latents (mean 0, std 1 in the checkpoint).",
+    )
     recon_resolution: Resolution = Field("64x64", description="HxW of the reconstructions.")
     recon_frames: Frames = Field(17, description="Frames per reconstruction (1+8k).")
     eval_resolutions: list[str] = Field(
@@ -145,6 +152,14 @@ class PipelineConfig(BaseModel):
     model_config = _STRICT
     run_dir: str = Field("runs/demo", description="Everything the run writes goes here.")
     threads: int = Field(2, ge=1, le=1024, description="Torch / OpenMP threads of each stage.")
+    parallel_stages: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Stages run side by side where neither reads the other's files (1: one "
+        "after another). Each stage process starts up (imports) on one core: two at a time "
+        "keep 2 cores busy.",
+    )
     curate: CurateConfig = CurateConfig()
     vae: VaeConfig = VaeConfig()
     encode: EncodeConfig = EncodeConfig()

@@ -67,12 +67,12 @@ class RunLayout:
     # latents
     latents = _Under("latents")
     latents_text = _Under("latents-text")
+    text_encoder = _Under("text-encoder")  # the text encoder as a folder mugv-infer loads
+    text_encoder_partial = _Under("text-encoder.partial")
     # dit
     dit = _Under("dit")
     dit_export = _Under("dit-export")
     # samples -> pairs
-    text_encoder = _Under("text-encoder")
-    text_encoder_partial = _Under("text-encoder.partial")
     prompts = _Under("prompts.json")
     samples = _Under("samples")
     rdpo = _Under("rdpo")

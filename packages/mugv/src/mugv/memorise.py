@@ -75,13 +75,15 @@ def _one_clip_dataset(src: Path, dst: Path, copies: int, key: str | None = None)
     return pick, samples
 
 
-def memorise_config(run: RunLayout, *, steps: int, lr: float, batch: int, model: dict) -> dict:
-    """The ``mugv-dit train`` config: the run's DiT (``model`` overrides its architecture) on
-    the one-clip dataset, T2V only, no caption dropout, noise levels up to pure noise."""
-    dit_cfg = yaml.safe_load(run.config("dit").read_text())
+def memorise_config(
+    run: RunLayout, *, steps: int, lr: float, batch: int, preset: str, model: dict
+) -> dict:
+    """The ``mugv-dit train`` config: the DiT ``preset`` with ``model`` (the run's DiT model
+    section with the memorisation's overrides) on the one-clip dataset, T2V only, no caption
+    dropout, noise levels up to pure noise."""
     return {
-        "preset": dit_cfg.get("preset", "debug"),
-        "model": {**dit_cfg.get("model", {}), **model},
+        "preset": preset,
+        "model": model,
         # Noise levels up to pure noise, where the sampler starts: at 64x64 x 3 latents the
         # resolution shift (r ~ 0.2) would keep training below s ~ 0.8.
         "objective": {
@@ -141,6 +143,7 @@ def run_memorise(
     lr: float,
     sample_steps: int,
     batch: int = 8,
+    preset: str = "debug",
     model: dict | None = None,
 ) -> dict:
     """Train, export, sample the trained and an untrained DiT, compare; see the module."""
@@ -153,7 +156,9 @@ def run_memorise(
     rec = pick.record
     print(f"memorising {rec.key} ({rec.caption!r}), latents {pick.latents.shape}", flush=True)
 
-    cfg = memorise_config(run, steps=steps, lr=lr, batch=batch, model=model or {})
+    cfg = memorise_config(
+        run, steps=steps, lr=lr, batch=batch, preset=preset, model=model or {}
+    )
     atomic_write_text(run.memorise_config, yaml.safe_dump(cfg, sort_keys=False))
     _run([script("mugv-dit"), "train", str(run.memorise_config)])
     _run([script("mugv-dit"), "export", "--run", str(run.memorise_run), "--output",

@@ -32,7 +32,9 @@ from mugv.runner import read_marker
 PLAIN = (
     "These models are tiny (a VAE with a few channels trained for a few hundred steps, a DiT "
     "of a few layers trained for tens of steps on a handful of clips, on a CPU), so the "
-    "generated videos are poor: blurry colour fields, not pictures. The demo shows that every "
+    "generated videos are poor: blurry colour fields, not pictures. The VAE reconstructions and "
+    "the memorised clip are recognisable: the VAE is trained on these very frames and the "
+    "memorising DiT on one clip. The demo shows that every "
     "stage runs on real data and hands its files to the next, and what each stage measured; "
     "quality comes from the real model sizes, data and GPU hours (see the benchmarks)."
 )
@@ -195,8 +197,10 @@ def _overview(run: RunLayout, stage_names: list[str]) -> str:
         "<table><tr><th>stage</th><th>time</th><th>CPU time</th><th>finished (UTC)</th>"
         "<th>steps</th></tr>"
         + "".join(rows)
-        + f"<tr><th>total</th><th>{total:.1f} s</th><th>{cpu_total:.1f} s</th>"
+        + f"<tr><th>sum</th><th>{total:.1f} s</th><th>{cpu_total:.1f} s</th>"
         "<th colspan=2></th></tr></table>"
+        "<p>Stages that do not read each other's files run side by side, so the sum of their "
+        "times exceeds the pipeline's wall time (<code>timings.json</code>).</p>"
         "<p>Logs of every stage: <code>logs/STAGE.log</code>; each stage's resolved config is in "
         "its output folder; the pipeline's in <code>resolved_config.yaml</code>.</p>"
     )

@@ -7,6 +7,11 @@ A stage is a list of steps; a step is one command (a stage package's console scr
 - dies with this process (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` armed before ``exec``), and is
   killed when this process stops on an error or Ctrl-C.
 
+Stages run in list order, each once the stages it ``needs`` finished (default: the one
+before it, so a plain list runs one after another); with ``parallel > 1`` up to that many
+independent stages run side by side (each child's CPU time comes from its own ``wait4``
+rusage, so per-stage CPU-seconds stay exact). A failing stage stops the others' children.
+
 A stage that finished writes ``RUN/.mugv/done/STAGE.json`` atomically, holding a key: the
 sha256 of its resolved settings, the previous stage's key and the mugv version, and what it
 left at each output. A later run whose key matches, and whose outputs are all present, reuses
@@ -81,6 +86,25 @@ class Stage:
     steps: list[Step] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
     """Temporary paths of an interrupted attempt; removed before a re-run."""
+    needs: tuple[str, ...] | None = None
+    """Earlier stages whose files this one reads (it starts once they finished); None: the
+    stage before it in the list."""
+
+
+@dataclass
+class _Active:
+    """A stage being run: its next step, the running child and the step's clocks."""
+
+    stage: Stage
+    key: str
+    marker: Path
+    log: Path
+    t0: float
+    next_step: int = 0
+    proc: subprocess.Popen | None = None
+    log_file: Any = None
+    step_t0: float = 0.0
+    steps: list[dict] = field(default_factory=list)
 
 
 class StageFailed(RuntimeError):
@@ -140,7 +164,7 @@ class Display:
             )
             self.progress.start()
             self.pipeline = self.progress.add_task("pipeline", total=total, detail="")
-        self.stage_task = None
+        self.stage_tasks: dict[str, Any] = {}
 
     def print(self, text: str) -> None:
         if self.progress is not None:
@@ -150,21 +174,22 @@ class Display:
 
     def start_stage(self, name: str, steps: int) -> None:
         if self.progress is not None:
-            self.stage_task = self.progress.add_task(f"  {name}", total=steps, detail="")
+            self.stage_tasks[name] = self.progress.add_task(f"  {name}", total=steps, detail="")
 
-    def step(self, title: str, detail: str = "") -> None:
-        if self.progress is not None and self.stage_task is not None:
-            self.progress.update(self.stage_task, detail=f"{title}: {detail}" if detail else title)
+    def step(self, name: str, title: str, detail: str = "") -> None:
+        if self.progress is not None and name in self.stage_tasks:
+            text = f"{title}: {detail}" if detail else title
+            self.progress.update(self.stage_tasks[name], detail=text)
 
-    def step_done(self) -> None:
-        if self.progress is not None and self.stage_task is not None:
-            self.progress.advance(self.stage_task)
+    def step_done(self, name: str) -> None:
+        if self.progress is not None and name in self.stage_tasks:
+            self.progress.advance(self.stage_tasks[name])
 
-    def end_stage(self) -> None:
+    def end_stage(self, name: str | None = None) -> None:
         if self.progress is not None:
-            if self.stage_task is not None:
-                self.progress.remove_task(self.stage_task)
-                self.stage_task = None
+            task = self.stage_tasks.pop(name, None) if name is not None else None
+            if task is not None:
+                self.progress.remove_task(task)
             self.progress.advance(self.pipeline)
 
     def close(self) -> None:
@@ -174,12 +199,23 @@ class Display:
 
 class Runner:
     """Runs stages in the run folder ``layout``: markers in ``layout.done``, logs in
-    ``layout.logs``; each child with ``threads`` Torch / OpenMP threads."""
+    ``layout.logs``; each child with ``threads`` Torch / OpenMP threads; up to ``parallel``
+    stages at a time."""
 
-    def __init__(self, layout: RunLayout, *, threads: int = 2, display: Display | None = None):
+    def __init__(
+        self,
+        layout: RunLayout,
+        *,
+        threads: int = 2,
+        display: Display | None = None,
+        parallel: int = 1,
+    ):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.layout = layout
         self.threads = threads
         self.display = display
+        self.parallel = parallel
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -204,43 +240,19 @@ class Runner:
             env.pop(k, None)  # each stage is a single process of its own
         return env
 
-    def _run_cmd(self, stage: Stage, step: Step, log: Path) -> None:
-        assert step.cmd is not None
-        with open_append_nofollow(log) as f:
-            f.write(f"\n$ {' '.join(step.cmd)}\n")
-            f.flush()
-            proc = subprocess.Popen(
-                step.cmd,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env(),
-                preexec_fn=die_with_parent,
-            )
-            try:
-                while proc.poll() is None:
-                    if self.display is not None:
-                        self.display.step(step.title, _last_line(log))
-                    time.sleep(0.25)
-            finally:
-                if proc.poll() is None:  # Ctrl-C or an error here: the child goes too
-                    proc.kill()
-                    proc.wait()
-        if proc.returncode != 0:
-            raise StageFailed(
-                f"stage {stage.name}: step '{step.title}' failed (exit {proc.returncode}); "
-                f"last lines of {log}:\n" + _tail(log, 25)
-            )
-
     def run(self, stages: list[Stage], force: str | None = None) -> list[dict]:
-        """Run or reuse each stage in order. Returns one summary dict per stage."""
+        """Run or reuse each stage (a stage once its needs finished; up to ``parallel`` at a
+        time). Returns one summary dict per stage, in the list's order."""
         names = [s.name for s in stages]
         if force is not None and force not in names:
             raise ValueError(f"--force {force!r}: no such stage; stages are {', '.join(names)}")
+        needs = {s.name: _needs(s, names[:i]) for i, s in enumerate(stages)}
         forced = set(names[names.index(force) :]) if force else set()
         self.run_id = claim_run_folder(self.layout)
         real_dirs(self.layout, self.layout.logs)
-        upstream, summary = "", []
+        # keys chain through the list (a stage's key covers every earlier stage's settings),
+        # so a changed setting redoes every later stage, whichever order they run in
+        upstream, summary, todo = "", {}, []
         for stage in stages:
             key = stage_key(stage, upstream)
             upstream = key
@@ -259,19 +271,40 @@ class Runner:
                 self._say(
                     f"[{stage.name}] reused: finished {done['finished']} ({done['seconds']:.1f} s)"
                 )
-                summary.append(
-                    {
-                        "stage": stage.name,
-                        "reused": True,
-                        "seconds": done["seconds"],
-                        "steps": done.get("steps", []),
-                    }
-                )
+                summary[stage.name] = {
+                    "stage": stage.name,
+                    "reused": True,
+                    "seconds": done["seconds"],
+                    "steps": done.get("steps", []),
+                }
                 if self.display is not None:
                     self.display.end_stage()
-                continue
-            summary.append(self._run_stage(stage, key, marker, why))
-        return summary
+            else:
+                todo.append((stage, key, marker, why))
+        active: list[_Active] = []
+        try:
+            while todo or active:
+                finished = False
+                for item in list(todo):
+                    if len(active) >= self.parallel:
+                        break
+                    if all(n in summary for n in needs[item[0].name]):
+                        todo.remove(item)
+                        active.append(self._start_stage(*item))
+                for act in list(active):
+                    if self._advance(act):
+                        active.remove(act)
+                        summary[act.stage.name] = self._finish_stage(act)
+                        finished = True
+                if finished:
+                    continue  # stages waiting for it may start now
+                if not active:  # cannot happen: every need is an earlier stage
+                    raise RuntimeError(f"stage {todo[0][0].name}: its needs never finished")
+                time.sleep(0.25)
+        finally:
+            for act in active:  # an error, or Ctrl-C: the running children go too
+                self._stop(act)
+        return [summary[n] for n in names]
 
     def _say(self, text: str) -> None:
         if self.display is not None:
@@ -279,7 +312,7 @@ class Runner:
         else:
             print(text, flush=True)
 
-    def _run_stage(self, stage: Stage, key: str, marker: Path, why: str) -> dict:
+    def _start_stage(self, stage: Stage, key: str, marker: Path, why: str) -> _Active:
         paths = [*stage.outputs, *stage.scratch]
         # nothing is removed unless every path in the way is one this run folder's runs wrote
         ours = check_removable(self.layout, stage.name, paths, self.run_id, read_marker(marker))
@@ -295,34 +328,91 @@ class Runner:
         self._say(f"[{stage.name}] {stage.title} ({why})")
         if self.display is not None:
             self.display.start_stage(stage.name, len(stage.steps))
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        steps = []
-        for step in stage.steps:
+        return _Active(stage, key, marker, log, time.perf_counter())
+
+    def _advance(self, run: _Active) -> bool:
+        """Move ``run`` on as far as it goes without waiting: reap its finished child, run
+        glue steps, start the next command. True once its last step finished."""
+        stage = run.stage
+        while True:
+            if run.proc is not None:
+                step = stage.steps[run.next_step]
+                pid, status, usage = os.wait4(run.proc.pid, os.WNOHANG)
+                if pid == 0:  # still running
+                    if self.display is not None:
+                        self.display.step(stage.name, step.title, _last_line(run.log))
+                    return False
+                run.proc.returncode = code = os.waitstatus_to_exitcode(status)
+                run.proc, cpu = None, usage.ru_utime + usage.ru_stime
+                run.log_file.close()
+                if code != 0:
+                    raise StageFailed(
+                        f"stage {stage.name}: step '{step.title}' failed (exit {code}); "
+                        f"last lines of {run.log}:\n" + _tail(run.log, 25)
+                    )
+                self._step_done(run, step, cpu)
+            if run.next_step == len(stage.steps):
+                return True
+            step = stage.steps[run.next_step]
             if self.display is not None:
-                self.display.step(step.title)
-            s0, sc0 = time.perf_counter(), cpu_seconds()
-            if step.cmd is not None:
-                self._run_cmd(stage, step, log)
-            else:
+                self.display.step(stage.name, step.title)
+            run.step_t0 = time.perf_counter()
+            if step.cmd is None:
                 assert step.fn is not None
+                c0 = time.process_time()
                 try:
                     step.fn()
                 except (OSError, RuntimeError, ValueError) as e:
                     raise StageFailed(f"stage {stage.name}: step '{step.title}' failed: {e}") from e
-            dt, dc = time.perf_counter() - s0, cpu_seconds() - sc0
-            steps.append({"title": step.title, "seconds": round(dt, 2), "cpu_seconds": round(dc, 2)})
-            self._say(f"    {step.title}: {dt:.1f} s ({dc:.1f} CPU-s)")
-            if self.display is not None:
-                self.display.step_done()
-        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                self._step_done(run, step, time.process_time() - c0)
+                continue
+            run.log_file = open_append_nofollow(run.log)
+            run.log_file.write(f"\n$ {' '.join(step.cmd)}\n")
+            run.log_file.flush()
+            try:
+                run.proc = subprocess.Popen(
+                    step.cmd,
+                    stdout=run.log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env(),
+                    preexec_fn=die_with_parent,
+                )
+            except BaseException:
+                run.log_file.close()
+                raise
+
+    def _step_done(self, run: _Active, step: Step, cpu: float) -> None:
+        dt = time.perf_counter() - run.step_t0
+        run.steps.append({"title": step.title, "seconds": round(dt, 2), "cpu_seconds": round(cpu, 2)})
+        run.next_step += 1
+        where = f"[{run.stage.name}] " if self.parallel > 1 else ""
+        self._say(f"    {where}{step.title}: {dt:.1f} s ({cpu:.1f} CPU-s)")
+        if self.display is not None:
+            self.display.step_done(run.stage.name)
+
+    def _stop(self, run: _Active) -> None:
+        """Kill and reap ``run``'s running child, if any."""
+        if run.proc is not None:
+            if run.proc.poll() is None:
+                run.proc.kill()
+            run.proc.wait()
+            run.proc = None
+            run.log_file.close()
+
+    def _finish_stage(self, run: _Active) -> dict:
+        stage = run.stage
+        seconds = time.perf_counter() - run.t0
+        cpu = sum(s["cpu_seconds"] for s in run.steps)
+        paths = [*stage.outputs, *stage.scratch]
         write_json_atomic(
-            marker,
+            run.marker,
             {
-                "key": key,
+                "key": run.key,
                 "stage": stage.name,
                 "seconds": round(seconds, 2),
                 "cpu_seconds": round(cpu, 2),
-                "steps": steps,
+                "steps": run.steps,
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "mugv": __version__,
                 "run_id": self.run_id,
@@ -330,15 +420,24 @@ class Runner:
             },
         )
         if self.display is not None:
-            self.display.end_stage()
+            self.display.end_stage(stage.name)
         self._say(f"[{stage.name}] done in {seconds:.1f} s ({cpu:.1f} CPU-s)")
         return {
             "stage": stage.name,
             "reused": False,
             "seconds": round(seconds, 2),
             "cpu_seconds": round(cpu, 2),
-            "steps": steps,
+            "steps": run.steps,
         }
+
+
+def _needs(stage: Stage, earlier: list[str]) -> tuple[str, ...]:
+    """The stages ``stage`` waits for: its ``needs``, else the one before it."""
+    if stage.needs is None:
+        return tuple(earlier[-1:])
+    if unknown := [n for n in stage.needs if n not in earlier]:
+        raise ValueError(f"stage {stage.name} needs {unknown}: not an earlier stage")
+    return tuple(stage.needs)
 
 
 def cpu_seconds() -> float:

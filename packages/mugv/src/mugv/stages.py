@@ -4,12 +4,14 @@
 stage      what runs                                      writes (under RUN/)
 =========  =============================================  ====================================
 curate     mugv-data curate                               clips/ (clip shards, report.html)
-vae        mugv-vae train (a few hundred tiny steps)      vae-train/, vae/ (final checkpoint)
+vae        mugv-vae train (a few hundred tiny steps),     vae-train/, vae/ (final checkpoint,
+           mugv-vae stats --write (latent mean/std)       its latent mean/std measured)
 recon      mugv.tools recon (mugv_vae's public model),    recon/ (original/recon mp4, PSNR),
            mugv eval vae (PSNR/SSIM table)                recon/eval/ (vae.json, vae.md)
-latents    mugv-vae encode, mugv-dit embed-text           latents/, latents-text/
+latents    mugv-vae encode, mugv-dit embed-text,          latents/, latents-text/,
+           the text encoder folder for mugv-infer         text-encoder/
 dit        mugv-dit train (curriculum), mugv-dit export   dit/, dit-export/
-samples    mugv-infer generate --output-type latent       text-encoder/, samples/, rdpo/
+samples    mugv-infer generate --output-type latent       samples/, rdpo/
            (the DiT's own samples), mugv-align make-pairs
 sft        mugv-align sft, mugv-align export              sft/, sft-export/
 dpo        mugv-align dpo (real beats generated), export  dpo/, dpo-export/
@@ -19,6 +21,10 @@ generate   mugv-infer generate: T2V per caption, I2V      videos/
 memorise   mugv.tools memorise (mugv-dit + mugv-infer)    memorise/
 report     mugv.tools report                              report.html, report/
 =========  =============================================  ====================================
+
+Stages that do not read each other's files run side by side (``NEEDS`` below; e.g. recon
+beside latents, memorise beside the dit -> samples -> sft -> dpo -> generate chain, kto
+beside dpo), at most ``parallel_stages`` at a time.
 """
 
 from __future__ import annotations
@@ -164,6 +170,8 @@ def curate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
 def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     vae_cfg = merged(cfg.vae.config, output=str(run.vae_train), data={"clips": str(run.clips)})
     vae_yaml = run.config("vae")
+    # the latents' per-channel statistics, measured where the latent shards are encoded
+    stats = {"resolution": cfg.encode.resolution, "frames": cfg.encode.frames}
 
     def copy_final_vae() -> None:
         # step_NNNNNNN (step-NNNNNNN before mugv-vae aligned with the other trainers)
@@ -172,19 +180,27 @@ def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         if not steps:
             raise RuntimeError(f"mugv-vae train left no checkpoint in {run.vae_train}")
         shutil.copytree(steps[-1], run.vae_partial, dirs_exist_ok=True)
-        run.vae_partial.rename(run.vae)
 
+    measure = [
+        script("mugv-vae"), "stats", "--checkpoint", str(run.vae_partial),
+        "--clips", str(run.clips), *_flags(stats), "--device", "cpu", "--write",
+    ]  # fmt: skip
+    steps = [
+        Step("config", fn=lambda: write_yaml(vae_yaml, vae_cfg)),
+        Step("mugv-vae train", [script("mugv-vae"), "train", str(vae_yaml)]),
+        Step("final checkpoint -> vae.partial/", fn=copy_final_vae),
+    ]
+    if cfg.vae.latent_stats:
+        steps.append(Step("latent mean/std (mugv-vae stats --write)", measure))
+    steps.append(Step("vae.partial/ -> vae/", fn=lambda: run.vae_partial.rename(run.vae)))
+    settings = {"config": vae_cfg, "latent_stats": stats if cfg.vae.latent_stats else None}
     return Stage(
         "vae",
         "train a tiny VAE on the clips (mugv-vae)",
-        {"config": vae_cfg},
+        settings,
         [vae_yaml, run.vae_train, run.vae],
         scratch=[run.vae_partial],
-        steps=[
-            Step("config", fn=lambda: write_yaml(vae_yaml, vae_cfg)),
-            Step("mugv-vae train", [script("mugv-vae"), "train", str(vae_yaml)]),
-            Step("final checkpoint -> vae/", fn=copy_final_vae),
-        ],
+        steps=steps,
     )
 
 
@@ -219,12 +235,19 @@ def latents_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         script("mugv-dit"), "embed-text", "--input", str(run.latents),
         "--output", str(run.latents_text), "--text-encoder", enc.text_encoder, "--device", "cpu",
     ]  # fmt: skip
+    # the same text encoder as a folder mugv-infer loads (samples, generate, memorise)
+    encoder = tool("text-encoder", "--source", enc.text_encoder, "--out", str(run.text_encoder))
     return Stage(
         "latents",
         "clip shards -> latent shards + text features (mugv-vae, mugv-dit)",
         enc.model_dump(),
-        [run.latents, run.latents_text],
-        [Step("mugv-vae encode", encode), Step("mugv-dit embed-text", embed)],
+        [run.latents, run.latents_text, run.text_encoder],
+        scratch=[run.text_encoder_partial],
+        steps=[
+            Step("mugv-vae encode", encode),
+            Step("mugv-dit embed-text", embed),
+            Step("text encoder folder for mugv-infer", encoder),
+        ],
     )
 
 
@@ -300,13 +323,8 @@ def samples_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         "samples",
         "the DiT's own samples of each caption -> real-vs-generated pairs",
         {**sampling, "encoder": enc.text_encoder},
-        [run.text_encoder, run.samples, run.rdpo, run.prompts],
-        scratch=[run.text_encoder_partial],
+        [run.samples, run.rdpo, run.prompts],
         steps=[
-            Step(
-                "text encoder folder for mugv-infer",
-                tool("text-encoder", "--source", enc.text_encoder, "--out", str(run.text_encoder)),
-            ),
             Step(
                 "captions of the real clips",
                 tool("prompts", "--latents", str(run.latents_text), "--out", str(run.prompts)),
@@ -407,12 +425,16 @@ def generate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
 def memorise_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     mem = cfg.memorise
     knobs = {"steps": mem.steps, "lr": mem.lr, "sample_steps": mem.sample_steps}
+    # the run's DiT architecture with the memorisation's overrides (from the pipeline config,
+    # not the dit stage's files: this stage runs beside that one)
+    preset = str(cfg.dit.config.get("preset", "debug"))
+    model = {**cfg.dit.config.get("model", {}), **mem.model}
     memorise = tool("memorise", "--run", str(run.root), *_flags(knobs),
-                    "--model", json.dumps(mem.model))  # fmt: skip
+                    "--preset", preset, "--model", json.dumps(model))  # fmt: skip
     return Stage(
         "memorise",
         "a DiT memorises one clip; mugv-infer regenerates it",
-        mem.model_dump(),
+        {**mem.model_dump(), "preset": preset, "model": model},
         [run.memorise],
         [Step("train, sample, compare", memorise)],
     )
@@ -434,12 +456,35 @@ def _flags(values: dict) -> list[str]:
     return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
+#: What each stage reads, by the stages that write it (the runner starts a stage once these
+#: finished; independent stages run side by side, up to ``parallel_stages`` at a time).
+#: memorise reads latents (its clip, the text encoder folder) and the VAE; report reads all.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "curate": (),
+    "vae": ("curate",),
+    "recon": ("curate", "vae"),
+    "latents": ("curate", "vae"),
+    "dit": ("latents",),
+    "samples": ("latents", "dit"),
+    "sft": ("latents", "dit"),
+    "dpo": ("latents", "samples", "sft"),
+    "kto": ("samples", "sft"),
+    "generate": ("curate", "vae", "latents", "samples", "dpo"),
+    "memorise": ("vae", "latents"),
+}
+
+
 def build_stages(cfg: PipelineConfig, run: RunLayout) -> list[Stage]:
-    """The pipeline's stages, in order, for the run folder ``run``."""
+    """The pipeline's stages, in order, for the run folder ``run``, each with its needs."""
     builders = [
         curate_stage, vae_stage, recon_stage, latents_stage, dit_stage, samples_stage,
         sft_stage, dpo_stage, kto_stage, generate_stage, memorise_stage, report_stage,
     ]  # fmt: skip
     if not cfg.memorise.enabled:
         builders.remove(memorise_stage)
-    return [build(cfg, run) for build in builders]
+    stages = [build(cfg, run) for build in builders]
+    names = [s.name for s in stages]
+    for i, stage in enumerate(stages):
+        # the report shows every stage: it waits for all of them
+        stage.needs = NEEDS.get(stage.name, tuple(names[:i]))
+    return stages

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--sample-steps", type=int, default=16)
-    s.add_argument("--model", type=json.loads, default={}, help="model overrides (JSON)")
+    s.add_argument("--preset", default="debug", help="mugv-dit preset of the memorising DiT")
+    s.add_argument("--model", type=json.loads, default={}, help="its model section (JSON)")
     s = sub.add_parser("report")
     s.add_argument("--run", type=Path, required=True)
     a = p.parse_args(argv)
@@ -191,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         first_frame(a.clips, a.resolution, a.out)
     elif a.cmd == "memorise":
         run = RunLayout(a.run.resolve())
-        run_memorise(run, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps, model=a.model)
+        run_memorise(
+            run, steps=a.steps, lr=a.lr, sample_steps=a.sample_steps, preset=a.preset,
+            model=a.model,
+        )  # fmt: skip
     elif a.cmd == "report":
         write_report(RunLayout(a.run.resolve()))
     return 0
