@@ -184,13 +184,6 @@ def main() -> None:
         clip_size = "tiny"
     cpus = available_cpus()
     workers = args.workers or max(1, cpus - args.servers)
-    import torch
-
-    device_name = (
-        torch.cuda.get_device_name(0)
-        if args.device.startswith("cuda") and torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()}, {cpus} cores)"
-    )
     with tempfile.TemporaryDirectory(prefix="model_pool_bench_") as tmp:
         work = Path(args.work or tmp)
         t = time.perf_counter()
@@ -225,6 +218,13 @@ def main() -> None:
             row = run_mode(mode, config, sources)
             print(json.dumps(row), flush=True)
             rows.append(row)
+    import torch  # only now: the sources were made by forked processes, CUDA not yet started
+
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda") and torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {cpus} cores)"
+    )
     result = {
         "benchmark": "model_pool",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
