@@ -172,3 +172,13 @@ def test_each_stage_needs_the_stages_that_write_what_it_reads(tmp_path):
     assert "memorise" not in _ancestors(stages, "generate")
     assert {"dit", "samples", "sft", "dpo"}.isdisjoint(_ancestors(stages, "memorise"))
     assert "kto" not in _ancestors(stages, "generate") and "recon" not in _ancestors(stages, "dit")
+
+
+def test_mugv_stages_lists_who_waits_for_whom(capsys):
+    from mugv.cli import main
+
+    assert main(["stages"]) == 0
+    out = capsys.readouterr().out
+    assert "memorise   waits for vae, latents" in out and "curate     waits for nothing" in out
+    listed = [ln.split()[0] for ln in out.splitlines() if " waits for " in ln and ln[:1] != " "]
+    assert listed[-len(STAGE_NAMES) :] == STAGE_NAMES

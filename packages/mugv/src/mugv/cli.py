@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         from mugv import stages  # the table is its docstring
 
         print(stages.__doc__.split("\n\n", 1)[1])
+        for name, needs in stages.NEEDS.items():
+            print(f"{name:<10} waits for {', '.join(needs) or 'nothing'}")
+        print(f"{'report':<10} waits for every other stage")
         return 0
     if args.command == "eval":
         return run_command("mugv eval", args.eval_command, lambda: run_eval(args))

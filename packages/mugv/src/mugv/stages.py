@@ -22,9 +22,9 @@ memorise   mugv.tools memorise (mugv-dit + mugv-infer)    memorise/
 report     mugv.tools report                              report.html, report/
 =========  =============================================  ====================================
 
-Stages that do not read each other's files run side by side (``NEEDS`` below; e.g. recon
-beside latents, memorise beside the dit -> samples -> sft -> dpo -> generate chain, kto
-beside dpo), at most ``parallel_stages`` at a time.
+Stages that do not read each other's files run side by side, at most ``parallel_stages`` at
+a time: recon beside latents, memorise beside the DiT chain, samples beside sft, kto beside
+dpo. Each stage waits for the stages that write what it reads (``mugv.stages.NEEDS``).
 """
 
 from __future__ import annotations
