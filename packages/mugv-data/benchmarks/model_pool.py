@@ -127,6 +127,47 @@ def run_mode(mode: str, config, sources: list[str]) -> dict:
     }
 
 
+def build_echo(config):
+    """A model server that only counts the clips it gets (the transport's own cost)."""
+    return lambda request: len(request[1])
+
+
+def transport_row(config, w: int, h: int, num_frames: int, requests: int = 24) -> dict:
+    """Requests of ``batch_clips`` packed clips (``num_frames`` frames at the analysis size)
+    to one echo server, ``max_in_flight`` in flight: the clips/hour the IPC alone allows."""
+    import numpy as np
+    from mugv_data.decode import target_size
+    from mugv_data.model_servers import ModelServers, ServerConnections
+
+    mp = config.engine.model_pool
+    aw, ah = target_size(w, h, config.decode.analysis_short_side)
+    frames = np.random.default_rng(0).integers(0, 256, (num_frames, ah, aw, 3), dtype=np.uint8)
+    clip = {"key": "k", "indices": list(range(num_frames)), "frames": frames, "scores": {}}
+    # each clip its own frames (pickle sends a shared array once)
+    request = ("source", [dict(clip, frames=frames.copy()) for _ in range(mp.batch_clips)])
+    servers = ModelServers("echo", build_echo, config, [None])
+    try:
+        conns = ServerConnections(servers.addresses)
+        conns.result(conns.submit(0, request))  # connected, warm
+        t = time.perf_counter()
+        out = []
+        for _ in range(requests):
+            out.append(conns.submit(0, request))
+            if len(out) >= mp.max_in_flight:
+                conns.result(out.pop(0))
+        for handle in out:
+            conns.result(handle)
+        dt = time.perf_counter() - t
+    finally:
+        servers.stop()
+    return {
+        "mode": "transport only (echo server)",
+        "request_mb": round(frames.nbytes * mp.batch_clips / 1e6, 1),
+        "seconds_per_request": round(dt / requests, 4),
+        "clips_per_hour": round(requests * mp.batch_clips / dt * 3600),
+    }
+
+
 def worker_count(config) -> int:
     """Workers the process engine runs for per-worker models (GPU slots cap it on CUDA)."""
     from mugv_data.engines import gpu_slots, visible_gpus
@@ -139,7 +180,7 @@ def worker_count(config) -> int:
 
 
 def markdown(r: dict) -> str:
-    lines = [
+    lines = [] if not r["rows"] else [
         f"Model pool vs per-worker models, {r['device_name']} ({r['date']}), "
         f"{r['sources']} sources of {r['size']} ({r['shots']} shots of {r['shot_frames']} "
         f"frames), aesthetic {r['clip_size']}, `{r['command']}`",
@@ -154,7 +195,15 @@ def markdown(r: dict) -> str:
             f"{x['clips']} | {x['first_source_s']} | {x['wall_s']} | {x['clips_per_hour']} | "
             f"{x['clips_per_hour_steady']} |"
         )
-    return "\n".join(lines)
+    t = r.get("transport")
+    if t:
+        lines += [
+            "",
+            f"Transport alone, {r['device_name']} ({r['date']}), one echo server, requests "
+            f"of {t['request_mb']} MB ({r['size']} sources at the analysis size): "
+            f"{t['seconds_per_request']} s a request, {t['clips_per_hour']} clips/hour.",
+        ]
+    return "\n".join(lines).strip()
 
 
 def main() -> None:
@@ -172,11 +221,18 @@ def main() -> None:
     ap.add_argument("--batch-clips", type=int, default=16)
     ap.add_argument("--max-in-flight", type=int, default=2)
     ap.add_argument("--num-frames", type=int, default=4, help="frames the aesthetic stage scores")
-    ap.add_argument("--modes", default="per-worker,pool")
+    ap.add_argument(
+        "--modes",
+        default="per-worker,pool,transport",
+        help="rows: per-worker, pool, transport (one echo server: the IPC alone)",
+    )
     ap.add_argument("--work", default=None, help="folder for sources and models (default: temp)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args()
+    unknown = set(args.modes.split(",")) - {"per-worker", "pool", "transport", ""}
+    if unknown:
+        ap.error(f"--modes: unknown {sorted(unknown)} (per-worker, pool, transport)")
     clip_size = "l14"
     if args.tiny:
         args.sources, args.distinct, args.shots, args.shot_frames = 4, 2, 2, 30
@@ -186,13 +242,17 @@ def main() -> None:
     workers = args.workers or max(1, cpus - args.servers)
     with tempfile.TemporaryDirectory(prefix="model_pool_bench_") as tmp:
         work = Path(args.work or tmp)
+        modes = [m for m in args.modes.split(",") if m]
+        rows_wanted = [m for m in modes if m != "transport"]
         t = time.perf_counter()
-        sources = make_sources(
-            work / "sources", args.sources, args.distinct, args.shots, args.shot_frames,
-            args.height, args.width,
-        )  # fmt: skip
-        clip, head = write_aesthetic_models(work / "models", clip_size)
-        print(f"sources and models ready in {time.perf_counter() - t:.1f} s", flush=True)
+        sources, clip, head = [], work / "models" / "clip", work / "models" / "head.pth"
+        if rows_wanted:
+            sources = make_sources(
+                work / "sources", args.sources, args.distinct, args.shots, args.shot_frames,
+                args.height, args.width,
+            )  # fmt: skip
+            clip, head = write_aesthetic_models(work / "models", clip_size)
+            print(f"sources and models ready in {time.perf_counter() - t:.1f} s", flush=True)
         sets = [
             "engine.kind=process",
             f"engine.workers={workers}",
@@ -214,10 +274,14 @@ def main() -> None:
             sets.append(f"filters.{name}.enabled=false")  # decode + embed + aesthetic only
         config = load_config(None, overrides=sets)
         rows = []
-        for mode in args.modes.split(","):
+        for mode in rows_wanted:
             row = run_mode(mode, config, sources)
             print(json.dumps(row), flush=True)
             rows.append(row)
+        transport = None
+        if "transport" in modes:
+            transport = transport_row(config, args.width, args.height, args.num_frames)
+            print(json.dumps(transport), flush=True)
     import torch  # only now: the sources were made by forked processes, CUDA not yet started
 
     device_name = (
@@ -239,6 +303,7 @@ def main() -> None:
         "shot_frames": args.shot_frames,
         "clip_size": clip_size,
         "rows": rows,
+        "transport": transport,
     }
     md = markdown(result)
     print(md)

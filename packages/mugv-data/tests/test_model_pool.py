@@ -478,6 +478,8 @@ def test_model_pool_benchmark_runs_in_tiny_mode(tmp_path):
     assert (per["model_copies"], pool["model_copies"], pool["servers"]) == (2, 1, 1)
     assert "model_pool" in pool["worker_seconds"] and "aesthetic" not in pool["worker_seconds"]
     assert "aesthetic" in per["worker_seconds"]
+    t = r["transport"]  # 16 clips x 4 frames of 96x128 RGB, each clip's own copy
+    assert t["request_mb"] == round(16 * 4 * 96 * 128 * 3 / 1e6, 1) and t["clips_per_hour"] > 0
     assert "| pool | 2 | 1 | 1 |" in (tmp_path / "model_pool.md").read_text()
 
 
