@@ -25,5 +25,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     opencv-python-headless==5.0.0.93
 get .pool-wheels/2 pyarrow==26.0.1
 get .pool-wheels/3 av==18.1.0 pydantic==2.14.3 pydantic_core==2.50.4 annotated_types==0.8.0 \
-    typing_inspection==0.4.5 scenedetect==0.6.7 pyyaml==6.0.3
+    typing_inspection==0.4.5 typing_extensions==4.16.0 scenedetect==0.6.7 pyyaml==6.0.3
 du -sb .pool-wheels/*
