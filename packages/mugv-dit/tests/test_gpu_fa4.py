@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mugv_kernels import attention as ab
-from mugv_kernels import fa4_sm90_dq_fix
+from mugv_kernels import fa4_accum_layout, fa4_sm90_dq_fix
 
 pytestmark = [
     pytest.mark.gpu,
@@ -89,16 +89,8 @@ def test_fa4_unpadded_backward_with_the_dq_fix(head_dim, kv_heads):
 
 
 # Cross-attention as the DiT runs it: every sample's N video-token queries (one segment each)
-# against its own text keys (1..512 tokens). N = 12,880 leaves no hole in FA4 b36's varlen dq
-# accumulator for B <= 4; N = 12,864 (a multiple of 64) and the self-check's 320 do from B = 2.
-VARLEN_CASES = [
-    (12880, (77,)),
-    (12880, (1, 512)),
-    (12880, (300, 7, 512)),
-    (12880, (512, 1, 64, 200)),
-    (12864, (120, 512)),
-    (320, (50, 19)),
-]
+# against its own text keys (1..512 tokens); the cases say where b36's accumulator has holes.
+VARLEN_CASES = fa4_accum_layout.CROSS_ATTENTION_CASES
 
 
 def _varlen_inputs(n, text_lengths, head_dim, heads=4, seed=0):

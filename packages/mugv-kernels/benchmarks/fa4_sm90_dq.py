@@ -267,15 +267,7 @@ def check_varlen(log, hd=72):
 
 
 # ----------------------------------------------------------------------------------------------
-# varlen cross-attention (the DiT's): (N, text lengths); N = 12,880 video tokens per sample
-XATTN_CASES = [
-    (12880, (77,)),
-    (12880, (1, 512)),
-    (12880, (300, 7, 512)),
-    (12880, (512, 1, 64, 200)),
-    (12864, (120, 512)),
-    (320, (50, 19)),
-]
+# varlen cross-attention (the DiT's): fa4_accum_layout.CROSS_ATTENTION_CASES, (N, text lengths)
 VARLEN_HDS = (72, 80)
 DEVICE = "cuda"  # --device cpu: SDPA stand-in for FA4, tiny sizes
 
@@ -429,7 +421,10 @@ def time_one(log, impl, hd, S=12880, H=24):
 
 
 def varlen_items(cpu: bool):
-    cases = [(40, (3,)), (64, (1, 20)), (20, (5, 1, 7))] if cpu else XATTN_CASES
+    from mugv_kernels import fa4_accum_layout
+
+    tiny = [(40, (3,)), (64, (1, 20)), (20, (5, 1, 7))]
+    cases = tiny if cpu else list(fa4_accum_layout.CROSS_ATTENTION_CASES)
     items = [("xattn", hd, n, lens) for hd in VARLEN_HDS for n, lens in cases]
     return items if cpu else [*items, ("varlen",)]
 

@@ -33,6 +33,18 @@ import torch
 
 FIXES = ("none", "dense", "dense+varlen")
 
+# The DiT's cross-attention as the GPU checks run it: (N video-token queries per sample, each
+# sample's text-key lengths). N = 12,880 leaves no hole in b36's varlen dq accumulator for
+# B <= 4; N = 12,864 (a multiple of 64) and the self-check's 320 do from B = 2.
+CROSS_ATTENTION_CASES: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (12880, (77,)),
+    (12880, (1, 512)),
+    (12880, (300, 7, 512)),
+    (12880, (512, 1, 64, 200)),
+    (12864, (120, 512)),
+    (320, (50, 19)),
+)
+
 
 def round_up(x: int, multiple: int) -> int:
     return (x + multiple - 1) // multiple * multiple
