@@ -57,6 +57,7 @@ if [ "$parts" = stage ]; then
   printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
     > /tmp/site/mugv_formats-1.0.0.dist-info/METADATA
   source .infer-wheels/gpu-install.sh || exit 1
+  here=packages/mugv-infer/benchmarks
   ls /tmp/infer-deps 2>/dev/null | grep dist-info | tee "$OUT/stage.txt"
   exit 0
 fi
@@ -89,6 +90,8 @@ printf 'Metadata-Version: 2.1\nName: mugv-formats\nVersion: 1.0.0\n' \
 if [ -f .infer-wheels/gpu-install.sh ] && ! python3 -c "import diffusers, transformers, torchao" 2>/dev/null; then
   source .infer-wheels/gpu-install.sh
 fi
+# gpu-install.sh, sourced, sets its own `here` (the wheel folder): ours again
+here=packages/mugv-infer/benchmarks
 
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
