@@ -72,6 +72,19 @@ def _union_ms(intervals: list[tuple[float, float]]) -> float:
     return total / 1000.0
 
 
+def gpu_kernel_events(events):
+    """The events that are GPU work: device-side events minus user annotations. A
+    ``record_function`` range (e.g. ``Optimizer.step#AdamW.step``) also appears on the GPU
+    timeline, spanning kernels that are listed on their own; counting it double-counted
+    the optimizer (5.2 ms of 12.0 at 1728x8 on an H100, 2026-12-07)."""
+    return [
+        evt
+        for evt in events
+        if evt.device_type == torch.autograd.DeviceType.CUDA
+        and not getattr(evt, "is_user_annotation", False)
+    ]
+
+
 def profile_step(step, path: str, label: str = "") -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -85,9 +98,7 @@ def profile_step(step, path: str, label: str = "") -> dict:
     by_category: dict[str, float] = defaultdict(float)
     by_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
     intervals = []
-    for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
+    for evt in gpu_kernel_events(prof.events()):
         start, end = evt.time_range.start, evt.time_range.end
         ms = (end - start) / 1000.0
         intervals.append((start, end))
