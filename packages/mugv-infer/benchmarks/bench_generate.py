@@ -725,10 +725,10 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         "vae_tile": args.vae_tile,
     }
     if args.low_memory and device.type == "cuda":
+        from mugv_infer.low_memory import cap_gpu_memory
+
         torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(device).total_memory
-        frac = min(1.0, args.memory_cap_gb * 1e9 / total)
-        torch.cuda.set_per_process_memory_fraction(frac, device)
+        res["memory_fraction"] = cap_gpu_memory(args.memory_cap_gb, device)
         res["memory_cap_gb"] = args.memory_cap_gb
         print(f"low-memory recipe: GPU memory capped at {args.memory_cap_gb} GB", flush=True)
 

@@ -37,6 +37,53 @@ def test_on_sets_the_recipe_over_the_other_settings(tile, cuda, want_tile, want_
     assert rt.quantization == "none" and rt.vae_tile == tile  # a copy; the input unchanged
 
 
+class _FakeCuda:
+    """torch.cuda's memory calls as the cap uses them, recording what it was given; like
+    torch, ``set_per_process_memory_fraction`` takes a device index only."""
+
+    def __init__(self, current=1, total=80e9):
+        self.current, self.total, self.calls = current, total, []
+
+    def current_device(self):
+        return self.current
+
+    def get_device_properties(self, index):
+        assert isinstance(index, int)
+        return type("Props", (), {"total_memory": self.total})()
+
+    def set_per_process_memory_fraction(self, fraction, index):
+        if not isinstance(index, int):
+            raise ValueError(f"Expected a torch.device with a specified index, got {index}")
+        self.calls.append((fraction, index))
+
+
+@pytest.mark.parametrize(
+    ("device", "cap", "want"),
+    [("cuda", 24, (0.3, 1)), (torch.device("cuda"), 24, (0.3, 1)), ("cuda:0", 24, (0.3, 0)),
+     ("cuda:3", 200, (1.0, 3))],
+)  # fmt: skip
+def test_memory_cap_names_the_device_index(monkeypatch, device, cap, want):
+    from mugv_infer.low_memory import cap_gpu_memory
+
+    fake = _FakeCuda()
+    for name in ("current_device", "get_device_properties", "set_per_process_memory_fraction"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    assert cap_gpu_memory(cap, device) == pytest.approx(want[0])
+    assert fake.calls == [(pytest.approx(want[0]), want[1])]
+
+
+def test_memory_cap_off_cuda_and_bad_values(monkeypatch):
+    from mugv_infer.low_memory import cap_gpu_memory
+
+    fake = _FakeCuda()
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        fake.set_per_process_memory_fraction)  # fmt: skip
+    assert cap_gpu_memory(24, "cpu") is None and fake.calls == []
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="memory cap"):
+            cap_gpu_memory(bad, "cuda")
+
+
 def test_flag_builds_a_pipeline_with_the_recipe(parts, tmp_path):
     """``generate --low-memory`` on the CPU: every block linear quantized (emulated float8,
     each layer's load-time check recorded), VAE tiling at 16 latents with overlap 4, no

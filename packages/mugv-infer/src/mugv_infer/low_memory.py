@@ -18,6 +18,8 @@ allocator from fragmenting between the stages.
 
 from __future__ import annotations
 
+import torch
+
 LOW_MEMORY_VAE_TILE = 16
 
 
@@ -41,3 +43,21 @@ def low_memory_runtime(runtime, cuda: bool = True):
             "compile": runtime.compile or cuda,
         }
     )
+
+
+def cap_gpu_memory(cap_gb: float, device: torch.device | str) -> float | None:
+    """Cap this process's allocations on the CUDA ``device`` at ``cap_gb`` GB (1e9 bytes), as
+    torch's per-process fraction of the card's total memory; returns that fraction (at most
+    1), or None off CUDA (nothing capped). ``"cuda"`` without an index means the current
+    device: ``torch.cuda.set_per_process_memory_fraction`` itself refuses an index-less
+    device (the 2026-12-07 ``lowmem`` run stopped on exactly that)."""
+    if not cap_gb > 0:
+        raise ValueError(f"memory cap must be > 0 GB, got {cap_gb}")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = torch.cuda.current_device() if device.index is None else device.index
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, cap_gb * 1e9 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
