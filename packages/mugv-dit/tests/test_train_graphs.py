@@ -108,6 +108,42 @@ def test_why_not_names_what_blocks_graphs(megatron_single, dataset, tmp_path):
         trainer.close()
 
 
+def test_cuda_graph_auto_graphs_one_cuda_device_and_is_silent_on_the_cpu():
+    """``train.cuda_graph: auto`` (the default) graphs only where it was measured exact (one
+    CUDA device, no TP/PP/CP, no full recompute, no LoRA), logs the reason once elsewhere on
+    CUDA and says nothing on the CPU; ``true`` also graphs data parallelism."""
+    from types import SimpleNamespace
+
+    from mugv_dit.config import TrainConfig
+    from mugv_dit.optim.graphed_forward_backward import resolve
+
+    assert TrainConfig().cuda_graph == "auto"
+    assert TrainConfig(cuda_graph=True).cuda_graph is True
+    assert TrainConfig(cuda_graph=False).cuda_graph is False
+    with pytest.raises(ValueError, match="cuda_graph"):
+        TrainConfig(cuda_graph="sometimes")
+    cfg = SimpleNamespace(runtime=SimpleNamespace(recompute="none"), lora=None)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    one = {"pipeline_parallel": 1, "tensor_parallel": 1, "context_parallel": 1, "data_parallel": 1}
+    assert resolve("auto", cfg, cuda, one) == (True, None)
+    assert resolve(True, cfg, cuda, one) == (True, None)
+    assert resolve(False, cfg, cuda, one) == (False, None)
+    assert resolve("auto", cfg, cpu, one) == (False, None)  # CPU runs print nothing new
+    graphed, note = resolve(True, cfg, cpu, one)
+    assert not graphed and "device cpu" in note
+    graphed, note = resolve("auto", cfg, cuda, {**one, "data_parallel": 2})
+    assert not graphed and "data_parallel=2" in note and "cuda_graph=true" in note
+    assert resolve(True, cfg, cuda, {**one, "data_parallel": 2}) == (True, None)
+    graphed, note = resolve("auto", cfg, cuda, {**one, "tensor_parallel": 2})
+    assert not graphed and note.startswith("train.cuda_graph=auto") and "tensor_parallel=2" in note
+    lora = SimpleNamespace(runtime=SimpleNamespace(recompute="none"), lora=object())
+    assert resolve("auto", lora, cuda, one) == (False, "train.cuda_graph=auto: eager steps (LoRA)")
+    full = SimpleNamespace(runtime=SimpleNamespace(recompute="full"), lora=None)
+    assert not resolve("auto", full, cuda, one)[0]
+    with pytest.raises(ValueError, match="'sometimes'"):
+        resolve("sometimes", cfg, cuda, one)
+
+
 # -- GPU: the trainer with real graphs -------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -234,22 +234,23 @@ class Trainer:
             check_for_nan_in_grad=False,
         )
         self.graphs = None
-        blocker = "train.cuda_graph is off"
-        if self.cfg.train.cuda_graph:
-            sizes = {
-                "pipeline_parallel": self.pp_size,
-                "tensor_parallel": par.tensor_parallel,
-                "context_parallel": par.context_parallel,
-            }
-            blocker = graphed_forward_backward.why_not(self.cfg, self.device, sizes)
-            if blocker is not None and self.rank == 0:
-                print(f"train.cuda_graph: eager steps ({blocker})", flush=True)
+        sizes = {
+            "pipeline_parallel": self.pp_size,
+            "tensor_parallel": par.tensor_parallel,
+            "context_parallel": par.context_parallel,
+            "data_parallel": self.dp_size,
+        }
+        graphed, note = graphed_forward_backward.resolve(
+            self.cfg.train.cuda_graph, self.cfg, self.device, sizes
+        )
+        if note is not None and self.rank == 0:
+            print(note, flush=True)
         # graphed steps need DDP's AccumulateGrad nodes on the capture stream (graphed_step)
-        with on_capture_stream(blocker is None):
+        with on_capture_stream(graphed):
             self.model = DistributedDataParallel(self.tcfg, ddp_cfg, model)
         self.tcfg.no_sync_func = self.model.no_sync
         self.tcfg.finalize_model_grads_func = finalize_model_grads
-        if blocker is None:
+        if graphed:
 
             def reset() -> None:  # what an aborted capture may leave behind
                 for p in model.parameters():

@@ -85,7 +85,7 @@ class DiTLayer(MegatronModule):
         eps: float = 1e-6,
         attention_backend: str = "auto",
         fused_ops: bool = False,
-        fused_ln_linear: str = "off",
+        fused_ln_linear: str = "auto",
         ln_linear_method: str = "recompute",
         recompute_mlp: bool = False,
         cp_group: dist.ProcessGroup | None = None,
@@ -136,7 +136,7 @@ class DiTLayer(MegatronModule):
         clean_BN = ~noisy_BN1[..., 0]
         fused, eps = self.fused_ops, self.eps
         mode = self.fused_ln_linear
-        fuse_ln = mode == "on" or (mode == "auto" and x_BNC.is_cuda)
+        fuse_ln = mode == "on" or (mode == "auto" and x_BNC.is_cuda and fused)
         if fuse_ln:  # the qkv linear applies the norm itself (mugv_kernels.ln_linear)
             h = ModulatedInput(
                 x_BNC, shift_msa, scale_msa, clean_BN, eps, fused, method=self.ln_linear_method

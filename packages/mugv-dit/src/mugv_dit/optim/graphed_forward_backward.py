@@ -21,7 +21,8 @@ gradients are the eager ones (bit for bit where the kernels are deterministic).
 Where it applies (:func:`why_not`): CUDA, no pipeline / tensor / context parallelism (their
 collectives and P2P exchanges are not verified under capture yet), no full recompute
 (checkpointing stashes RNG state on the host), no LoRA. Otherwise the trainer logs why and
-stays eager. Megatron's DDP must be built under
+stays eager. The default ``auto`` (:func:`resolve`) graphs only where the graphs were measured
+exact (one CUDA device) and is silent on the CPU. Megatron's DDP must be built under
 :func:`~mugv_dit.optim.graphed_step.on_capture_stream` (the trainer does when asked for graphs).
 """
 
@@ -56,6 +57,33 @@ def why_not(cfg, device: torch.device, sizes: dict[str, int]) -> str | None:
     if cfg.lora is not None:
         return "LoRA"
     return None
+
+
+def resolve(mode, cfg, device: torch.device, sizes: dict[str, int]) -> tuple[bool, str | None]:
+    """``train.cuda_graph`` (``True`` / ``False`` / ``"auto"``) -> (graph the steps?, the line
+    to log once, or ``None``).
+
+    ``auto`` (the default) graphs where it was measured exact: one CUDA device, nothing but
+    data parallelism of size 1 (bit-equal losses and a faster step on an H100, 2026-12-07);
+    elsewhere on CUDA it stays eager and says why, and on the CPU it stays eager silently
+    (CPU runs print and compute exactly what they did before). ``True`` asks for graphs on
+    any layout :func:`why_not` allows (data parallel > 1 included: not verified on GPUs
+    yet) and says why not where it cannot. ``sizes``: the run's parallel sizes by name."""
+    if mode is False:
+        return False, None
+    if mode not in (True, "auto"):
+        raise ValueError(f"train.cuda_graph must be true, false or 'auto', got {mode!r}")
+    blocker = why_not(cfg, device, {k: v for k, v in sizes.items() if k != "data_parallel"})
+    if blocker is None and mode == "auto" and sizes.get("data_parallel", 1) > 1:
+        blocker = (
+            f"data_parallel={sizes['data_parallel']}: graphs with data parallelism are not "
+            "verified on GPUs yet (set train.cuda_graph=true to graph anyway)"
+        )
+    if blocker is None:
+        return True, None
+    if mode == "auto" and device.type != "cuda":
+        return False, None
+    return False, f"train.cuda_graph={str(mode).lower()}: eager steps ({blocker})"
 
 
 class TrainerGraphs:
