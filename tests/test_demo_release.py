@@ -41,8 +41,8 @@ def test_demo_finishes_and_reports_every_stage(demo) -> None:
     assert "pipeline finished" in res.stdout
     timings = json.loads((run / "timings.json").read_text())
     assert [s["stage"] for s in timings["stages"]] == [
-        "curate", "vae", "recon", "latents", "dit", "samples", "sft", "dpo", "kto",
-        "generate", "memorise", "report",
+        "curate", "text", "vae", "recon", "latents", "dit", "samples", "sft", "dpo",
+        "kto", "generate", "memorise", "report",
     ]  # fmt: skip
     print(json.dumps({s["stage"]: s["seconds"] for s in timings["stages"]}, indent=1))
     # a guard against a stage gone pathological, not the speed goal (that is measured and

@@ -4,6 +4,7 @@ architecture fields over a preset (``model.architecture``)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,36 @@ def test_sample_posterior_false_decodes_the_posterior_mean(tmp_path, clip_datase
             assert logged != pytest.approx(ref, rel=1e-4)
         else:
             assert logged == pytest.approx(ref, rel=1e-4)
+
+
+def test_latent_stats_are_measured_into_the_final_checkpoint_only(tmp_path, clip_dataset):
+    import json
+
+    from mugv_formats import VAE_CHECKPOINT_FORMAT, read_weights_config
+    from mugv_vae.model import MUGVAE
+    from mugv_vae.train.data import ClipSource
+
+    t = _trainer(tmp_path, clip_dataset, "data.resolution=32x32", "data.frames=9",
+                 "data.batch_size=1", "data.image_ratio=0", "steps=2", "checkpoint_every=1",
+                 "keep_checkpoints=0", "log_every=1", "image_every=0",
+                 "latent_stats={resolution: 32x32, frames: 9}")  # fmt: skip
+    final = Path(t.run()["checkpoint"])
+    first = sorted(p for p in final.parent.iterdir() if p != final)[-1]
+    # an intermediate checkpoint keeps mean 0 / std 1
+    mid = MUGVAE.from_pretrained(first / "vae")
+    assert mid.latent_mean.abs().max() == 0 and (mid.latent_std == 1).all()
+    model = MUGVAE.from_pretrained(final / "vae")
+    assert not (model.latent_std == 1).all()
+    meta = read_weights_config(final / "vae", format=VAE_CHECKPOINT_FORMAT)
+    assert meta["extra"]["train_step"] == 2 and meta["extra"]["latent_stats"]["clips_used"] == 3
+    # the reference: the normalised latents of every clip are per channel mean 0 / std 1
+    source = ClipSource(str(clip_dataset))
+    with torch.no_grad():
+        z = torch.cat([model.encode(source.load(i, 9, [(32, 32)]).unsqueeze(0)).double()
+                       .transpose(0, 1).reshape(model.config.latent_channels, -1)
+                       for i in range(len(source))], dim=1)  # fmt: skip
+    torch.testing.assert_close(z.mean(dim=1), torch.zeros_like(z[:, 0]), atol=1e-4, rtol=0)
+    std = z.std(dim=1, unbiased=False)
+    torch.testing.assert_close(std, torch.ones_like(std), atol=1e-4, rtol=0)
+    stats = json.loads((final / "latent_stats.json").read_text())
+    assert stats["positions"] == z.shape[1] == 3 * 2 * 4 * 4

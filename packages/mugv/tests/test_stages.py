@@ -182,3 +182,23 @@ def test_mugv_stages_lists_who_waits_for_whom(capsys):
     assert "memorise   waits for vae, latents" in out and "curate     waits for nothing" in out
     listed = [ln.split()[0] for ln in out.splitlines() if " waits for " in ln and ln[:1] != " "]
     assert listed[-len(STAGE_NAMES) :] == STAGE_NAMES
+
+
+def test_the_vae_trainer_measures_the_latent_stats_at_the_encode_size(tmp_path):
+    """One mugv-vae process: its train config (valid for mugv-vae) asks for the latent
+    mean/std at the size the latents stage encodes; latent_stats=false leaves it out."""
+    from mugv_vae.train.config import load_train_config
+
+    for on in (True, False):
+        run = RunLayout(tmp_path / str(on))
+        cfg = _cfg(tmp_path, f"vae.latent_stats={str(on).lower()}", "encode.resolution=32x48",
+                   "encode.frames=9")  # fmt: skip
+        vae = {s.name: s for s in build_stages(cfg, run)}["vae"]
+        vae.steps[0].fn()  # writes configs/vae.yaml
+        train = load_train_config(run.config("vae"))
+        assert train.data.clips == str(run.clips) and train.output == str(run.vae_train)
+        if on:
+            assert (train.latent_stats.resolution, train.latent_stats.frames) == ("32x48", 9)
+        else:
+            assert train.latent_stats is None
+        assert [s.cmd[1] for s in vae.steps if s.cmd] == ["train"]

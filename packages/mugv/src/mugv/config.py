@@ -69,7 +69,8 @@ class VaeConfig(BaseModel):
     latent_stats: bool = Field(
         True,
         description="Measure the trained VAE's per-channel latent mean/std on the curated clips "
-        "at the encode size and frame count (`mugv-vae stats --write`), so the latent shards "
+        "at the encode size and frame count (mugv-vae train's `latent_stats`, as `mugv-vae "
+        "stats --write` does, in its final checkpoint), so the latent shards "
         "hold unit-scale latents (the original's per-channel normalisation). false: raw "
         "latents (mean 0, std 1 in the checkpoint).",
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGE_NAMES = [
-    "curate", "vae", "recon", "latents", "dit", "samples", "sft", "dpo", "kto", "generate",
+    "curate", "text", "vae", "recon", "latents", "dit", "samples", "sft", "dpo", "kto", "generate",
     "memorise", "report",
 ]  # fmt: skip
 """The pipeline's stages in order (each has a marker ``.mugv/done/NAME.json`` and a log)."""

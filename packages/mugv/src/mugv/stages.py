@@ -4,12 +4,12 @@
 stage      what runs                                      writes (under RUN/)
 =========  =============================================  ====================================
 curate     mugv-data curate                               clips/ (clip shards, report.html)
-vae        mugv-vae train (a few hundred tiny steps),     vae-train/, vae/ (final checkpoint,
-           mugv-vae stats --write (latent mean/std)       its latent mean/std measured)
+text       the text encoder folder for mugv-infer         text-encoder/
+vae        mugv-vae train (a few hundred tiny steps;      vae-train/, vae/ (final checkpoint,
+           its final checkpoint's latent mean/std)        its latent mean/std measured)
 recon      mugv.tools recon (mugv_vae's public model),    recon/ (original/recon mp4, PSNR),
            mugv eval vae (PSNR/SSIM table)                recon/eval/ (vae.json, vae.md)
-latents    mugv-vae encode, mugv-dit embed-text,          latents/, latents-text/,
-           the text encoder folder for mugv-infer         text-encoder/
+latents    mugv-vae encode, mugv-dit embed-text           latents/, latents-text/
 dit        mugv-dit train (curriculum), mugv-dit export   dit/, dit-export/
 samples    mugv-infer generate --output-type latent       samples/, rdpo/
            (the DiT's own samples), mugv-align make-pairs
@@ -23,8 +23,9 @@ report     mugv.tools report                              report.html, report/
 =========  =============================================  ====================================
 
 Stages that do not read each other's files run side by side, at most ``parallel_stages`` at
-a time: recon beside latents, memorise beside the DiT chain, samples beside sft, kto beside
-dpo. Each stage waits for the stages that write what it reads (``mugv.stages.NEEDS``).
+a time: text beside curate / the VAE, recon beside latents, memorise beside the DiT chain,
+samples beside sft, kto beside dpo. Each stage waits for the stages that write what it reads
+(``mugv.stages.NEEDS``).
 """
 
 from __future__ import annotations
@@ -168,10 +169,14 @@ def curate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
 
 
 def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
-    vae_cfg = merged(cfg.vae.config, output=str(run.vae_train), data={"clips": str(run.clips)})
-    vae_yaml = run.config("vae")
-    # the latents' per-channel statistics, measured where the latent shards are encoded
+    # the latents' per-channel statistics, measured where the latent shards are encoded, by
+    # mugv-vae train itself into its final checkpoint (no second process)
     stats = {"resolution": cfg.encode.resolution, "frames": cfg.encode.frames}
+    changes = {"output": str(run.vae_train), "data": {"clips": str(run.clips)}}
+    if cfg.vae.latent_stats:
+        changes["latent_stats"] = stats
+    vae_cfg = merged(cfg.vae.config, **changes)
+    vae_yaml = run.config("vae")
 
     def copy_final_vae() -> None:
         # step_NNNNNNN (step-NNNNNNN before mugv-vae aligned with the other trainers)
@@ -181,18 +186,12 @@ def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
             raise RuntimeError(f"mugv-vae train left no checkpoint in {run.vae_train}")
         shutil.copytree(steps[-1], run.vae_partial, dirs_exist_ok=True)
 
-    measure = [
-        script("mugv-vae"), "stats", "--checkpoint", str(run.vae_partial),
-        "--clips", str(run.clips), *_flags(stats), "--device", "cpu", "--write",
-    ]  # fmt: skip
     steps = [
         Step("config", fn=lambda: write_yaml(vae_yaml, vae_cfg)),
-        Step("mugv-vae train", [script("mugv-vae"), "train", str(vae_yaml)]),
+        Step("mugv-vae train (+ latent mean/std)", [script("mugv-vae"), "train", str(vae_yaml)]),
         Step("final checkpoint -> vae.partial/", fn=copy_final_vae),
+        Step("vae.partial/ -> vae/", fn=lambda: run.vae_partial.rename(run.vae)),
     ]
-    if cfg.vae.latent_stats:
-        steps.append(Step("latent mean/std (mugv-vae stats --write)", measure))
-    steps.append(Step("vae.partial/ -> vae/", fn=lambda: run.vae_partial.rename(run.vae)))
     settings = {"config": vae_cfg, "latent_stats": stats if cfg.vae.latent_stats else None}
     return Stage(
         "vae",
@@ -235,19 +234,27 @@ def latents_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         script("mugv-dit"), "embed-text", "--input", str(run.latents),
         "--output", str(run.latents_text), "--text-encoder", enc.text_encoder, "--device", "cpu",
     ]  # fmt: skip
-    # the same text encoder as a folder mugv-infer loads (samples, generate, memorise)
-    encoder = tool("text-encoder", "--source", enc.text_encoder, "--out", str(run.text_encoder))
     return Stage(
         "latents",
         "clip shards -> latent shards + text features (mugv-vae, mugv-dit)",
         enc.model_dump(),
-        [run.latents, run.latents_text, run.text_encoder],
+        [run.latents, run.latents_text],
+        steps=[Step("mugv-vae encode", encode), Step("mugv-dit embed-text", embed)],
+    )
+
+
+def text_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
+    """The text encoder as a folder mugv-infer loads (samples, generate, memorise); it reads
+    nothing of the run, so it is built beside the VAE."""
+    source = cfg.encode.text_encoder
+    encoder = tool("text-encoder", "--source", source, "--out", str(run.text_encoder))
+    return Stage(
+        "text",
+        "the text encoder as a folder for mugv-infer",
+        {"text_encoder": source},
+        [run.text_encoder],
         scratch=[run.text_encoder_partial],
-        steps=[
-            Step("mugv-vae encode", encode),
-            Step("mugv-dit embed-text", embed),
-            Step("text encoder folder for mugv-infer", encoder),
-        ],
+        steps=[Step("text encoder folder for mugv-infer", encoder)],
     )
 
 
@@ -458,26 +465,27 @@ def _flags(values: dict) -> list[str]:
 
 #: What each stage reads, by the stages that write it (the runner starts a stage once these
 #: finished; independent stages run side by side, up to ``parallel_stages`` at a time).
-#: memorise reads latents (its clip, the text encoder folder) and the VAE; report reads all.
+#: memorise reads latents (its clip), the text encoder folder and the VAE; report reads all.
 NEEDS: dict[str, tuple[str, ...]] = {
     "curate": (),
+    "text": (),
     "vae": ("curate",),
     "recon": ("curate", "vae"),
     "latents": ("curate", "vae"),
     "dit": ("latents",),
-    "samples": ("latents", "dit"),
+    "samples": ("latents", "text", "dit"),
     "sft": ("latents", "dit"),
     "dpo": ("latents", "samples", "sft"),
     "kto": ("samples", "sft"),
-    "generate": ("curate", "vae", "latents", "samples", "dpo"),
-    "memorise": ("vae", "latents"),
+    "generate": ("curate", "vae", "latents", "text", "samples", "dpo"),
+    "memorise": ("vae", "latents", "text"),
 }
 
 
 def build_stages(cfg: PipelineConfig, run: RunLayout) -> list[Stage]:
     """The pipeline's stages, in order, for the run folder ``run``, each with its needs."""
     builders = [
-        curate_stage, vae_stage, recon_stage, latents_stage, dit_stage, samples_stage,
+        curate_stage, text_stage, vae_stage, recon_stage, latents_stage, dit_stage, samples_stage,
         sft_stage, dpo_stage, kto_stage, generate_stage, memorise_stage, report_stage,
     ]  # fmt: skip
     if not cfg.memorise.enabled:

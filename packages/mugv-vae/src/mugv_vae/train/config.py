@@ -107,6 +107,16 @@ class OptimConfig(_Cfg):
     grad_clip: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
+class LatentStatsConfig(_Cfg):
+    """Per-channel latent mean/std measured on the training clips and stored in the final
+    checkpoint (YAML key ``latent_stats``), as ``mugv-vae stats --write`` does, without a
+    second process."""
+
+    resolution: str = Field("64x64", description="HxW the clips are encoded at.")
+    frames: int = Field(17, ge=1, description="Frames per clip encoded (1+8k).")
+    max_clips: int = Field(256, ge=1)
+
+
 class TrainConfig(_Cfg):
     """Everything one training run needs; written to ``<output>/resolved_config.yaml``."""
 
@@ -129,6 +139,11 @@ class TrainConfig(_Cfg):
     eval_every: int = Field(0, ge=0, description="0: no periodic evaluation.")
     keep_checkpoints: int = Field(2, ge=0, description="0: keep every checkpoint.")
     save_final: bool = Field(True, description="Write a checkpoint after the last step.")
+    latent_stats: LatentStatsConfig | None = Field(
+        None,
+        description="Measure the latents' per-channel mean/std on data.clips with the final "
+        "weights and store them in the final checkpoint (null: mean 0 / std 1 kept).",
+    )
     max_seconds: float | None = Field(
         None,
         gt=0,

@@ -179,7 +179,7 @@ class Trainer:
         self._ema_model.load_state_dict(state)
         return self._ema_model
 
-    def save(self) -> Path | None:
+    def save(self, final: bool = False) -> Path | None:
         state = {
             "step": self.step,
             "model": self._model_state(),
@@ -200,6 +200,8 @@ class Trainer:
         with mf.atomic_replace_dir(path) as tmp:
             torch.save(state, tmp / "trainer.pt")
             ema_model.save_pretrained(tmp / "vae", extra={"train_step": self.step})
+            if final and self.cfg.latent_stats is not None:
+                self._write_latent_stats(tmp / "vae")
         prune_step_dirs(
             path.parent,
             self.cfg.keep_checkpoints,
@@ -207,6 +209,25 @@ class Trainer:
             complete=lambda p: (p / "trainer.pt").is_file(),
         )
         return path
+
+    def _write_latent_stats(self, vae_dir: Path) -> None:
+        """The final checkpoint's latent mean/std (``mugv-vae stats --write`` in-process),
+        written inside the checkpoint's atomic folder: a killed run leaves no half-measured
+        checkpoint."""
+        from mugv_vae.stats import measure_latent_stats
+
+        st = self.cfg.latent_stats
+        result = measure_latent_stats(
+            str(vae_dir),
+            self.cfg.data.clips,
+            resolution=st.resolution,
+            frames=st.frames,
+            device=str(self.device),
+            max_clips=st.max_clips,
+            write=True,
+        )
+        result.pop("checkpoint_id", None)  # of the temporary folder
+        mf.atomic_write_text(vae_dir.parent / "latent_stats.json", json.dumps(result, indent=2))
 
     def resume(self) -> bool:
         """Load the latest complete training checkpoint of ``output``, if any."""
@@ -442,7 +463,11 @@ class Trainer:
 
         final = None
         if cfg.save_final:
-            final = self.save() if self.step > start or not resumed else self._checkpoint_dirs()[-1]
+            final = (
+                self.save(final=True)
+                if self.step > start or not resumed
+                else self._checkpoint_dirs()[-1]
+            )
         if self.writer:
             self.writer.close()
         return {
