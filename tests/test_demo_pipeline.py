@@ -82,7 +82,7 @@ def test_every_hand_off(run) -> None:
     for s in samples.values():  # 17 frames at 64x64 -> 1 + 2 latents of 8x8
         assert s.latents.shape == (24, 3, 8, 8) and np.isfinite(s.latents).all()
     # the latents are normalised by the VAE's per-channel statistics, measured on these very
-    # clips (mugv-vae stats --write): per channel mean 0 and std 1 over every stored position
+    # clips (mugv-vae train's latent_stats): per channel mean 0 and std 1 over every stored position
     assert latents.header.latents_normalized
     np.testing.assert_allclose(latents.header.latent_std, vae.extra["latent_std"], rtol=1e-6)
     assert not np.allclose(vae.extra["latent_std"], 1.0)
