@@ -162,7 +162,7 @@ def test_second_run_reuses_and_force_redoes_the_rest(run) -> None:
     out, cfg, _ = run
     markers = {p.name: p.read_text() for p in (out / ".mugv" / "done").glob("*.json")}
     res = _mugv("run", str(cfg))
-    assert res.stdout.count("reused: finished") == len(markers) == 11
+    assert res.stdout.count("reused: finished") == len(markers) == 12  # text stage included
     assert "0 stage(s) ran" in res.stdout
     assert {p.name: p.read_text() for p in (out / ".mugv" / "done").glob("*.json")} == markers
 
