@@ -141,10 +141,10 @@ def test_latent_stats_are_measured_into_the_final_checkpoint_only(tmp_path, clip
     from mugv_vae.model import MUGVAE
     from mugv_vae.train.data import ClipSource
 
-    t = _trainer(tmp_path, clip_dataset, "data.resolution=32x32", "data.frames=9",
+    t = _trainer(tmp_path, clip_dataset, "data.resolution=16x16", "data.frames=9",
                  "data.batch_size=1", "data.image_ratio=0", "steps=2", "checkpoint_every=1",
                  "keep_checkpoints=0", "log_every=1", "image_every=0",
-                 "latent_stats={resolution: 32x32, frames: 9}")  # fmt: skip
+                 "latent_stats={resolution: 16x16, frames: 9}")  # fmt: skip
     final = Path(t.run()["checkpoint"])
     first = sorted(p for p in final.parent.iterdir() if p != final)[-1]
     # an intermediate checkpoint keeps mean 0 / std 1
@@ -157,11 +157,11 @@ def test_latent_stats_are_measured_into_the_final_checkpoint_only(tmp_path, clip
     # the reference: the normalised latents of every clip are per channel mean 0 / std 1
     source = ClipSource(str(clip_dataset))
     with torch.no_grad():
-        z = torch.cat([model.encode(source.load(i, 9, [(32, 32)]).unsqueeze(0)).double()
+        z = torch.cat([model.encode(source.load(i, 9, [(16, 16)]).unsqueeze(0)).double()
                        .transpose(0, 1).reshape(model.config.latent_channels, -1)
                        for i in range(len(source))], dim=1)  # fmt: skip
     torch.testing.assert_close(z.mean(dim=1), torch.zeros_like(z[:, 0]), atol=1e-4, rtol=0)
     std = z.std(dim=1, unbiased=False)
     torch.testing.assert_close(std, torch.ones_like(std), atol=1e-4, rtol=0)
     stats = json.loads((final / "latent_stats.json").read_text())
-    assert stats["positions"] == z.shape[1] == 3 * 2 * 4 * 4
+    assert stats["positions"] == z.shape[1] == 3 * 2 * 2 * 2
