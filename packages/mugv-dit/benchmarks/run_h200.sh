@@ -52,5 +52,6 @@ if [ "$part" = small ] || [ "$part" = all ]; then
 fi
 if [ "$part" = large ] || [ "$part" = all ]; then
   timeout 400 python3 train_step.py --impl $IMPLS --case 1728x4@50.4k 3456x2@50.4k \
-    --warmup 2 --iters 4 --label h200-large --json "$OUT/large.json" 2>&1 | grep -v -i warn | tee "$OUT/large.log"
+    --warmup 2 --iters 4 --label h200-large --json "$OUT/large.json" \
+    --profile-dir "$OUT" 2>&1 | grep -v -i warn | tee "$OUT/large.log"
 fi
