@@ -105,7 +105,9 @@ class RuntimeConfig(BaseModel):
         "none", description="fp8: the DiT's block linears in float8 e4m3 (row-wise scales)."
     )
     fp8_backend: Literal["auto", "torchao", "scaled_mm", "emulated"] = Field(
-        "auto", description="auto: torchao on sm>=8.9, else torch._scaled_mm; emulated: CPU."
+        "auto",
+        description="auto: torch._scaled_mm on sm>=8.9 (torchao only by name: it failed on "
+        "torch 2.11, 2026-12-07), emulated elsewhere (numerics only).",
     )
     fp8_mode: Literal["dynamic", "weight_only"] = Field(
         "dynamic",

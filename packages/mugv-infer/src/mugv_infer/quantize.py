@@ -9,10 +9,13 @@ per row"):
 
 448 is the largest finite e4m3 value. Backends of the same arithmetic:
 
-* ``torchao``: ``torchao.quantization.Float8DynamicActivationFloat8WeightConfig(PerRow())``
-  (needs a GPU of compute capability >= 8.9 and torchao, extra ``mugv-infer[fp8]``);
 * ``scaled_mm``: :class:`Fp8Linear` calling ``torch._scaled_mm`` with row-wise scales
-  (Hopper/Ada; no torchao needed: the fallback where torchao does not run);
+  (Hopper/Ada; what ``auto`` picks there: measured on an H100 with torch 2.11, 2026-12-07);
+* ``torchao``: ``torchao.quantization.Float8DynamicActivationFloat8WeightConfig(PerRow())``
+  through :class:`TorchaoFp8Linear` (needs a GPU of compute capability >= 8.9 and torchao,
+  extra ``mugv-infer[fp8]``; only when asked for by name: on the 2026-12-07 H100 run with
+  torchao 0.18 / torch 2.11 every ``mlp.fc2`` (K = 13,824) was refused by cuBLASLt at load and
+  an all-zero activation row came out NaN, see :data:`TORCHAO_AMAX_FLOOR`);
 * ``emulated``: :class:`Fp8Linear` computing the product of the dequantised float8 values
   in float32 (any device: CPU tests; slow, for checking numerics only).
 
@@ -24,14 +27,15 @@ Every block linear (self-attention qkv/proj, cross-attention q/kv/proj, MLP fc1/
 quantized unless kept: embedders, the adaLN ``t_block`` and the final layer always stay in
 their dtype (small, and the most sensitive); ``keep`` patterns (``runtime.fp8_keep_bf16``, or
 the layers an fp8 calibration chose, :mod:`mugv_infer.fp8_calibration`) keep more.
-:func:`quantize_fp8` checks each layer against its own output on probe inputs at load and
-keeps a layer in bf16 where the float8 result is non-finite or further than ``tolerance``
-(relative L2) from it, or the kernel refuses the shape; the report says which layers were
-kept and why. That per-layer error is the format's floor, the same for every healthy layer
-(e4m3's 3 mantissa bits: ~0.037 dynamic, ~0.026 weight-only, measured 0.0376 mean / 0.040 max
-over the 10b's 392 layers on an H100), so it guards against broken layers (outliers,
-overflow) but cannot rank them: what a layer's error does to the video is measured by the
-calibration (each layer group's effect on the DiT output, then the final latent).
+:func:`quantize_fp8` checks each layer against its own output on probe inputs at load and keeps a
+layer in bf16 where the float8 result is non-finite or further than ``tolerance`` (relative L2) from
+it, or the kernel refuses the shape (the probe rows always include an all-zero row: a backend that
+turns it into NaN is caught at load, not mid-generation); the report says which layers were kept and
+why. That per-layer error is the format's floor, the same for every healthy layer (e4m3's 3 mantissa
+bits: ~0.037 dynamic, ~0.026 weight-only, measured 0.0376 mean / 0.040 max over the 10b's 392 layers
+on an H100), so it guards against broken layers (outliers, overflow) but cannot rank them: what a
+layer's error does to the video is measured by the calibration (each layer group's effect on the DiT
+output, then the final latent).
 
 Legend: M rows (tokens), K input features, N output features.
 """
@@ -61,6 +65,12 @@ beyond)."""
 EAGER_CHUNK = 2**27
 """Values of an activation quantized at once outside ``torch.compile`` (512 MiB of float32
 temporaries; compiled, the quantization fuses and needs none)."""
+TORCHAO_AMAX_FLOOR = 1e-12
+"""The floor torchao is given for an activation row's max-abs (``activation_value_lb``; the
+value of torchao.float8's own ``EPS``). torchao 0.18's row scale is ``amax / 448`` with no
+floor, so an all-zero row (zero text embeddings, as in the benchmark's warm-up) gets scale 0 and
+quantizes to 0 / 0 = NaN: the NaN latents of the 2026-12-07 H100 e2e run. :class:`Fp8Linear`
+gives such a row scale 1 instead (:func:`rowwise_scale`)."""
 BLOCK_LINEARS = (
     "self_attention.qkv",
     "self_attention.proj",
@@ -256,14 +266,16 @@ class Fp8Report:
 
 
 def resolve_backend(backend: str, device: torch.device | str | None) -> str:
-    """``auto`` -> ``torchao`` (float8 GPU with torchao), ``scaled_mm`` (float8 GPU without
-    it), ``emulated`` (anything else: numerics only, with a warning)."""
+    """``auto`` -> ``scaled_mm`` (a float8 GPU), ``emulated`` (anything else: numerics only,
+    with a warning). ``torchao`` only by name: ``auto`` picked it where it imported until
+    2026-12-07, when torchao 0.18 on torch 2.11 (H100) refused every ``mlp.fc2`` at load and
+    produced NaN on all-zero rows (module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"runtime.fp8_backend {backend!r} unknown; choose from {BACKENDS}")
     hw = fp8_hardware(device)
     if backend == "auto":
         if hw:
-            return "torchao" if torchao_available() else "scaled_mm"
+            return "scaled_mm"
         warnings.warn(
             f"quantization=fp8 on {device}: no float8 tensor cores (CUDA sm >= 8.9); the "
             "float8 arithmetic is emulated in float32 (checks numerics, not faster)",
@@ -283,16 +295,45 @@ def resolve_backend(backend: str, device: torch.device | str | None) -> str:
     return backend
 
 
-def _torchao_linear(linear: nn.Linear) -> nn.Module:
-    from torchao.quantization import (
-        Float8DynamicActivationFloat8WeightConfig,
-        PerRow,
-        quantize_,
-    )
+class TorchaoFp8Linear(nn.Module):
+    """torchao's row-wise float8 linear (``Float8DynamicActivationFloat8WeightConfig(PerRow(),
+    activation_value_lb=TORCHAO_AMAX_FLOOR)``) of a bias-free copy of ``linear``, the bias added
+    to the product afterwards in the output dtype, as :class:`Fp8Linear` does.
 
-    holder = nn.Sequential(linear)  # quantize_ replaces children in place
-    quantize_(holder, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    return holder[0]
+    Why the bias is outside: torchao passes it into ``torch._scaled_mm`` (cuBLASLt's bias
+    epilogue), and on the 2026-12-07 H100 run (torch 2.11, CUDA 13.0) cuBLASLt found no
+    algorithm for any ``mlp.fc2`` (K = 13,824, 64 probe rows) there, while our ``scaled_mm``,
+    which adds the bias itself, ran the same shapes; torchao 0.18 also warns of
+    CUBLAS_STATUS_NOT_SUPPORTED for large-K / small-M row-wise shapes under CUDA 12.9
+    (pytorch/ao#4582). Which of the two was the trigger is for the GPU test on the 10b's
+    shapes to tell (``test_gpu_fast.py``)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            quantize_,
+        )
+
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        inner = nn.Linear(
+            self.in_features, self.out_features, bias=False,
+            device=linear.weight.device, dtype=linear.weight.dtype,
+        )  # fmt: skip
+        inner.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        holder = nn.Sequential(inner)  # quantize_ replaces children in place
+        config = Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow(), activation_value_lb=TORCHAO_AMAX_FLOOR
+        )
+        quantize_(holder, config)
+        self.inner = holder[0]
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 def fp8_linear(linear: nn.Linear, backend: str, mode: str = "dynamic") -> nn.Module:
@@ -301,9 +342,7 @@ def fp8_linear(linear: nn.Linear, backend: str, mode: str = "dynamic") -> nn.Mod
     if mode == "weight_only":
         return Fp8Linear.from_linear(linear, "emulated", weight_only=True)
     if backend == "torchao":
-        import copy
-
-        return _torchao_linear(copy.deepcopy(linear))
+        return TorchaoFp8Linear(linear)
     return Fp8Linear.from_linear(linear, backend)
 
 
@@ -328,6 +367,13 @@ def default_probe(linear: nn.Linear, rows: int = 64, seed: int = 0) -> torch.Ten
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, linear.in_features, generator=g)
     return x.to(device=linear.weight.device, dtype=linear.weight.dtype)
+
+
+def with_zero_row(x_MK: torch.Tensor) -> torch.Tensor:
+    """``x`` with one all-zero row appended: the load-time check's probe of the per-row scale
+    of an empty row (an exact float8 linear gives its bias there; torchao 0.18 without a floor
+    gave NaN, :data:`TORCHAO_AMAX_FLOOR`)."""
+    return torch.cat([x_MK, x_MK.new_zeros(1, x_MK.shape[-1])])
 
 
 def block_linears(transformer) -> list[tuple[str, nn.Module, str, nn.Linear]]:
@@ -390,12 +436,13 @@ def quantize_fp8(
     keep_originals: dict | None = None,
 ) -> Fp8Report:
     """Replace the block linears of ``transformer`` with float8 ones, layer by layer, each
-    checked against its own output on its probe inputs (``probes[name]``, else Gaussian
-    rows); a layer that fails the check stays as it was, and so does a layer matching
-    ``keep`` (fnmatch patterns). ``device``: where the float8 weights go (default: where each
-    layer is). Layers living on the CPU are moved to ``device`` one at a time (the bf16 model
-    never sits whole on the GPU). ``keep_originals``: a dict that receives ``{name: bf16
-    linear}`` of the replaced layers (calibration switches between both; default: freed)."""
+    checked against its own output on its probe inputs (``probes[name]``, else Gaussian rows;
+    one all-zero row added to either); a layer that fails the check stays as it was, and so does
+    a layer matching ``keep`` (fnmatch patterns). ``device``: where the float8 weights go
+    (default: where each layer is). Layers living on the CPU are moved to ``device`` one at a
+    time (the bf16 model never sits whole on the GPU). ``keep_originals``: a dict that receives
+    ``{name: bf16 linear}`` of the replaced layers (calibration switches between both; default:
+    freed)."""
     if tolerance <= 0:
         raise ValueError(f"runtime.fp8_tolerance must be > 0, got {tolerance}")
     if mode not in MODES:
@@ -420,6 +467,7 @@ def quantize_fp8(
             continue
         probe = probes.get(name) if probes else None
         x = (default_probe(linear) if probe is None else probe).to(device, linear.weight.dtype)
+        x = with_zero_row(x.reshape(-1, x.shape[-1]))
         try:
             q = fp8_linear(linear, resolved, mode)
             err = relative_l2(q(x), linear(x))
