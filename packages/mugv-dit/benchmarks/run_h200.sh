@@ -6,7 +6,8 @@
 #   call 2 (carry .fa4b):       bash packages/mugv-dit/benchmarks/run_h200.sh PART
 # PART: tests | small (12.9k-token cases) | large (50.4k-token cases) | all
 #       graph (the graphed-step and trainer cuda_graph GPU tests, then mug-fast vs the
-#       graphed steps at $CASES)
+#       graphed steps at $CASES) | curve (loss_curve.py: 200 trainer steps, eager vs the
+#       defaults, same seed; CURVE_ARGS passes options, e.g. "--no-repeat --steps 100")
 set -o pipefail
 if [ "${1:-}" = stage ]; then
   bash .fa4a/fa4-install.sh stage || exit 1
@@ -42,6 +43,13 @@ if [ "$part" = graph ]; then
     --case ${CASES:-1728x8@12.9k} --warmup 3 --iters 8 --label graph --json "$OUT/graph.json" \
     2>&1 | grep -v -i warn | tee "$OUT/graph.log"
   exit 0
+fi
+if [ "$part" = curve ]; then
+  # issue 29 item 4: 200-step loss curves, eager vs the current defaults (graphs + LN recompute)
+  cd packages/mugv-dit/benchmarks
+  timeout 570 python3 loss_curve.py --out "$OUT" ${CURVE_ARGS:-} 2>&1 | grep -v -i warn \
+    | tee "$OUT/loss_curve.log"
+  exit $?
 fi
 cd packages/mugv-dit/benchmarks
 IMPLS=${IMPLS:-mug-fused mug-fa4 mug-fast wan wan-fa4}
