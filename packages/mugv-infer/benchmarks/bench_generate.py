@@ -178,6 +178,12 @@ def main() -> int:
         help="> 0: choose the float8 layers for this final-latent rel L2 budget (at "
         "--latent-size, --latent-steps steps) before timing ours fp8",
     )  # fmt: skip
+    ap.add_argument(
+        "--fp8-calibration", type=Path, default=None,
+        help="a calibration file (mugv-infer calibrate-fp8, or a fast2 run's "
+        "fast2.fp8-calibration.json for the same preset): its layers stay bf16 in ours fp8 "
+        "and the e2e run",
+    )  # fmt: skip
     ap.add_argument("--fp8-weight-only-check", action="store_true",
                     help="also: final latent of all layers weight-only fp8 vs bf16")  # fmt: skip
     ap.add_argument("--pad-head-dim", default="auto", help="ours: attention_pad_head_dim")
@@ -209,6 +215,17 @@ def main() -> int:
         return 2
     if args.pad_head_dim != "auto":
         args.pad_head_dim = int(args.pad_head_dim)
+    if args.fp8_calibration is not None and args.fp8_calibrate > 0:
+        ap.error("--fp8-calibration (a file) and --fp8-calibrate (make one): one of them")
+    if args.fp8_calibration is not None:
+        from mugv_infer.fp8_calibration import read_calibration
+
+        try:  # a bad file stops the run here, before any model is built
+            args.fp8_keep = read_calibration(args.fp8_calibration, args.fp8_mode)
+        except ValueError as e:
+            ap.error(str(e))
+    else:
+        args.fp8_keep = []
     if args.low_memory:
         args.fp8 = args.offload = True
         args.vae_tile = min(args.vae_tile, 16)
@@ -311,12 +328,14 @@ class Variants:
         originals: dict = {}
         report = quantize_fp8(
             self.model, backend=self.args.fp8_backend, device=self.device, probes=probes,
-            mode=self.args.fp8_mode, keep_originals=originals,
+            mode=self.args.fp8_mode, keep=self.args.fp8_keep, keep_originals=originals,
         )  # fmt: skip
         _sync()
         self.switch = LayerSwitch(self.model, originals)
         self.fp8_set = set(self.switch.names)
         self.result["fp8"] = {**report.summary(), "quantize_s": time.perf_counter() - t0}
+        if self.args.fp8_calibration is not None:
+            self.result["fp8"]["calibration_file"] = str(self.args.fp8_calibration)
         print(f"fp8: {json.dumps(self.result['fp8'])}", flush=True)
 
     def drop_bf16(self) -> None:
