@@ -68,11 +68,13 @@ class _Toy(nn.Module):
             self.blocks.append(b)
 
 
-def _synthetic(blocks=2, pair=None):
+def _synthetic(blocks=2, pair=None, all_extra=0.0, trap=None):
     """A switch whose "velocity" is v0 + the sum of orthogonal per-layer perturbations of
     known size (quadrature exact) and whose final latent doubles them; ``pair = (a, b)``: two
     layers whose final latents also move by +0.05 / -0.05 along one more direction, which
-    cancels when both are float8 (as in the all-float8 run) and not when only one is."""
+    cancels when both are float8 (as in the all-float8 run) and not when only one is.
+    ``all_extra``: a final-latent error only the all-float8 run has (its ratio pessimistic for
+    any subset); ``trap``: a layer that adds 0.05 to the final latent unless all are float8."""
     from mugv_infer.fp8_calibration import LayerSwitch
 
     toy = _Toy(blocks)
@@ -86,7 +88,7 @@ def _synthetic(blocks=2, pair=None):
     switch = LayerSwitch(toy, originals)
     names = sorted(originals)
     size = {n: 0.002 * (1 + i % 5) for i, n in enumerate(names)}
-    v0 = torch.zeros(len(names) + 2)
+    v0 = torch.zeros(len(names) + 4)
     v0[-1] = 1.0  # |v0| = 1: rel L2 = the perturbation's norm
     calls = []
 
@@ -106,6 +108,9 @@ def _synthetic(blocks=2, pair=None):
                 f[i] = 2 * size[n]
         if pair is not None:
             f[-2] = 0.05 * ((pair[0] in fp8) - (pair[1] in fp8))
+        everything = set(fp8) >= set(names)
+        f[-3] = all_extra * everything
+        f[-4] = 0.05 * (trap in fp8 and not everything)
         return f
 
     return toy, switch, names, size, velocity, final, calls
@@ -164,6 +169,59 @@ def test_calibration_gives_back_cells_until_the_final_latent_fits():
     short = calibrate_fp8(switch, cells, benefits, velocity, final, budget, max_rounds=2)
     assert len(short.rounds) == 2 and not short.met
     assert short.final_latent_rel_l2 > budget
+
+
+def test_calibration_grows_the_set_when_the_prediction_was_pessimistic():
+    """All-float8 has an error no subset has (its ratio ~4.6 where subsets measure 2): the first
+    choice under that ratio verifies at less than half its prediction, the choice is made again with the
+    measured ratio 2 and verified (exact here): the larger set is kept, then nothing grows."""
+    from mugv_infer.fp8_calibration import calibrate_fp8, choose, make_cells
+
+    _toy, switch, _names, size, velocity, final, calls = _synthetic(all_extra=0.1)
+    cells = make_cells(2)
+    benefits = [1.0 + i for i in range(len(cells))]
+    budget = math.sqrt(sum(s * s for s in size.values()))
+    cal = calibrate_fp8(switch, cells, benefits, velocity, final, budget)
+    ratio = cal.all_fp8["ratio"]
+    assert 4 < ratio < 5
+    errors = [c["velocity_rel_l2"] for c in cal.cells]
+    first, grown = choose(errors, benefits, budget, ratio), choose(errors, benefits, budget, 2.0)
+    assert len(grown) > len(first)
+    assert [r.get("grown", False) for r in cal.rounds] == [False, True]
+    assert [r["fp8_cells"] for r in cal.rounds] == [len(first), len(grown)]
+    assert {i for i, c in enumerate(cal.cells) if c["fp8"]} == grown
+    fp8_names = {cells[i].names()[0] for i in grown}
+    assert cal.met and cal.final_latent_rel_l2 == pytest.approx(
+        2 * math.sqrt(sum(size[n] ** 2 for n in fp8_names)), rel=1e-5
+    )
+    assert calls.count("f") == 2 + 2  # bf16, all-float8, the verification, the grown set
+    # without growth: the first choice, as before
+    _toy, switch, _names, _size, velocity, final, _calls = _synthetic(all_extra=0.1)
+    plain = calibrate_fp8(switch, cells, benefits, velocity, final, budget, grow=False)
+    assert {i for i, c in enumerate(plain.cells) if c["fp8"]} == first
+
+
+def test_a_grown_set_over_the_budget_is_given_up():
+    """A layer that only the grown set takes spoils the final latent: its verification is over
+    the budget and the calibration ends on a verified set within it, without that layer."""
+    from mugv_infer.fp8_calibration import calibrate_fp8, choose, make_cells
+
+    cells = make_cells(2)
+    benefits = [1.0 + i for i in range(len(cells))]
+    _toy, _sw, _names, size, *_ = _synthetic()
+    budget = math.sqrt(sum(s * s for s in size.values()))
+    errors = [size[c.names()[0]] for c in cells]
+    ratio = math.hypot(2 * budget, 0.1) / budget  # the all-float8 run's, as calibrate_fp8 measures
+    first = choose(errors, benefits, budget, ratio)
+    extra = sorted(choose(errors, benefits, budget, 2.0) - first)
+    trap = cells[extra[0]].names()[0]
+    _toy, switch, _names, size, velocity, final, _calls = _synthetic(all_extra=0.1, trap=trap)
+    cal = calibrate_fp8(switch, cells, benefits, velocity, final, budget, max_rounds=6)
+    assert any(r.get("grown") and r["final_latent_rel_l2"] > budget for r in cal.rounds)
+    assert cal.met and cal.final_latent_rel_l2 <= budget and trap in cal.keep_bf16
+    kept = {i for i, c in enumerate(cal.cells) if c["fp8"]}
+    assert sum(benefits[i] for i in kept) >= sum(benefits[i] for i in first)
+    assert len(cal.rounds) <= 6
 
 
 def _tiny_dit():
