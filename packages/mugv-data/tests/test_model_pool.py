@@ -325,7 +325,8 @@ def test_process_model_servers_equal_in_process_models(tiny_models, samples, bik
     verdicts (an aesthetic rejection among them), scores (1e-5) and open_clip embeddings as
     the in-process models; both servers used, at most max_in_flight requests out, the worker's
     own model stages never loaded. Then a server is SIGKILLed: the next source stops with
-    ModelPoolUnavailable (not a reject), and the servers stop with the engine, leaving no
+    ModelPoolUnavailable (not a reject: no restart is allowed here; restarts are in
+    test_model_server_restarts.py), and the servers stop with the engine, leaving no
     process."""
     import os
     import signal
@@ -338,7 +339,7 @@ def test_process_model_servers_equal_in_process_models(tiny_models, samples, bik
     from mugv_data_procs import wait_dead
 
     cut, ref = bikes_reference
-    cfg = _pool_config(tiny_models, cut)
+    cfg = _pool_config(tiny_models, cut, "engine.model_pool.max_restarts=0")
 
     with ProcessPoolEngine(cfg) as engine:
         spec = source_spec(cfg, engine)  # starts the pool: 2 servers, models loaded
@@ -419,6 +420,7 @@ def test_curation_with_model_servers_survives_a_killed_server_and_resumes_exactl
         "engine.max_in_flight=1",
         "engine.model_pool.actors=2",
         "engine.model_pool.batch_clips=1",
+        "engine.model_pool.max_restarts=0",
     )
     engines: list[ProcessPoolEngine] = []
     start_pool, save = ProcessPoolEngine.start_pool, Staging.save

@@ -203,7 +203,7 @@ class ProcessPoolEngine(Engine):
     def start_pool(self, spec: WorkerSpec, n: int, max_restarts: int) -> Any:
         """``n`` server processes running ``spec`` (each builds it once, pinned to a GPU when
         it declares one); returns their :class:`~mugv_data.model_servers.ServerAddresses`.
-        ``max_restarts`` is Ray's: a lost server stops the run."""
+        A server that dies or hangs is replaced at most ``max_restarts`` times."""
         from mugv_data.model_servers import ModelServers
 
         r = spec.resources
@@ -217,7 +217,7 @@ class ProcessPoolEngine(Engine):
                     f"{visible} GPU(s) are visible (fewer servers, or a smaller gpus share)"
                 )
             gpus = list(slots)
-        servers = ModelServers(spec.name, spec.build, self.config, gpus)
+        servers = ModelServers(spec.name, spec.build, self.config, gpus, max_restarts)
         self.pools.append(servers)
         self._reserved_cpus += n * r.cpus
         return servers.addresses

@@ -19,8 +19,11 @@ One client (:class:`ModelPoolClient`) serves both transports:
   rejection still wins (the model stages come after every CPU stage in both paths);
 - a lost actor is restarted by Ray (``model_pool.max_restarts``) and its requests rerun (they
   have no side effects); a pool that stays unreachable stops the run
-  (:class:`ModelPoolUnavailable`), never rejecting sources. A lost model server of the process
-  engine stops the run at once (no restarts); running it again resumes.
+  (:class:`ModelPoolUnavailable`), never rejecting sources. A model server of the process
+  engine that dies or does not answer within ``model_pool.request_timeout_s`` is killed and
+  replaced (``model_pool.max_restarts`` times per server) and its unanswered requests are sent
+  to the new one (:mod:`mugv_data.model_servers`); past that the run stops, and running it
+  again resumes.
 
 The sequential engine runs the model stages inside its worker, as before.
 Shape legend: N frames, H, W, 3 (RGB uint8).
@@ -258,15 +261,14 @@ class ModelPoolClient:
             max_in_flight=mp.max_in_flight,
         )
 
-
     @classmethod
     def for_servers(cls, servers: Any, config: CurateConfig) -> ModelPoolClient:
         """A client of the process engine's model servers (``servers``: their
         :class:`~mugv_data.model_servers.ServerAddresses`)."""
         from mugv_data.model_servers import ServerConnections
 
-        conns = ServerConnections(servers)
         mp = config.engine.model_pool
+        conns = ServerConnections(servers, timeout_s=mp.request_timeout_s)
         return cls(
             range(len(servers)),
             conns.submit,
