@@ -3,8 +3,10 @@
 ``profile_step(step, path, label)`` runs ``step()`` once under ``torch.profiler`` (after the
 caller's warm-up), then appends one JSON line to ``path``: wall time of the step (host clock around synchronizations),
 summed kernel time per category, GPU idle time (wall minus the union of kernel intervals:
-launch gaps and host syncs) and the 30 kernels that took the longest. Categories come from
-kernel names; Triton kernels of mugv_kernels are recognised by their function names.
+launch gaps and host syncs), the torch elementwise time split by kind (copy / layout,
+reduction, layer norm, activation, fill, arithmetic) and the 30 kernels that took the longest.
+Categories come from kernel names; Triton kernels of mugv_kernels are recognised by their
+function names; profiler annotations (``record_function`` ranges) are not kernels.
 """
 
 from __future__ import annotations
@@ -27,6 +29,25 @@ _CATEGORIES = [
         re.compile(r"elementwise|vectorized|reduce|copy|unrolled|fill|index|cat|where|norm", re.I),
     ),
 ]
+
+
+#: kinds within "torch elementwise/reduce/copy" (first match wins): where a fusion would go
+_ELEMENTWISE_KINDS = [
+    ("layer norm", re.compile(r"layer_norm|LayerNorm|GammaBeta", re.I)),
+    ("copy / layout", re.compile(r"copy|CatArray|cat_|index|gather|scatter|pad", re.I)),
+    ("reduction", re.compile(r"reduce_kernel|Reduce", re.I)),
+    ("activation", re.compile(r"gelu|silu|sigmoid|tanh", re.I)),
+    ("fill", re.compile(r"Fill|zero", re.I)),
+]
+
+
+def elementwise_kind(name: str) -> str:
+    """The kind of a torch elementwise/reduce/copy kernel; ``arithmetic`` for the rest (the
+    add / mul / where functors)."""
+    for kind, pattern in _ELEMENTWISE_KINDS:
+        if pattern.search(name):
+            return kind
+    return "arithmetic"
 
 
 def _triton_kernel_names() -> set[str]:
@@ -96,13 +117,18 @@ def profile_step(step, path: str, label: str = "") -> dict:
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1000.0
     by_category: dict[str, float] = defaultdict(float)
+    by_kind: dict[str, list] = defaultdict(lambda: [0.0, 0])
     by_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
     intervals = []
     for evt in gpu_kernel_events(prof.events()):
         start, end = evt.time_range.start, evt.time_range.end
         ms = (end - start) / 1000.0
         intervals.append((start, end))
-        by_category[categorize(evt.name, triton_names)] += ms
+        category = categorize(evt.name, triton_names)
+        by_category[category] += ms
+        if category == "torch elementwise/reduce/copy":
+            by_kind[elementwise_kind(evt.name)][0] += ms
+            by_kind[elementwise_kind(evt.name)][1] += 1
         by_kernel[evt.name][0] += ms
         by_kernel[evt.name][1] += 1
     busy_ms = _union_ms(intervals)
@@ -115,6 +141,11 @@ def profile_step(step, path: str, label: str = "") -> dict:
         "idle_in_span_ms": span_ms - busy_ms,
         "idle_ms": wall_ms - busy_ms,
         "by_category_ms": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+        # the torch elementwise category split by kind: {kind: {"ms", "count"}}
+        "elementwise_by_kind": {
+            k: {"ms": v[0], "count": v[1]}
+            for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1][0])
+        },
         "top_kernels": [
             {"name": name[:160], "ms": v[0], "count": v[1]}
             for name, v in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:30]
