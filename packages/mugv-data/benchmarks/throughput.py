@@ -61,6 +61,8 @@ FAST_VARIANTS = {
     "gray=split": ["filters.gray_source=split"],
     "short_circuit": ["filters.short_circuit=true"],
     "yuv": ["decode.backend=pyav", "decode.convert=opencv"],
+    #: the encode that keeps the default's PSNR at 1.27x its bytes (benchmarks/encode_presets.py)
+    "superfast crf22": ["clip.preset=superfast", "clip.crf=22"],
     "fast (decord)": [
         "filters.short_circuit=true",
         "clip.preset=ultrafast",

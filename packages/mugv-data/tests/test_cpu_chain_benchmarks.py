@@ -56,3 +56,32 @@ def test_encode_presets_measures_a_tiny_clip(bench_path, tmp_path, monkeypatch):
     assert fast["luma_psnr_db"] < ref["luma_psnr_db"]  # crf 30 is coarser than crf 20
     with pytest.raises(ValueError, match="unknown key 'qp'"):
         encode_presets.parse_setting("x=veryfast,qp=3")
+
+
+def test_fast_levers_judges_verdicts_crossings_missing_scores_and_tolerances(bench_path):
+    """fast_levers.compare: a score moving across its filter's bound is a crossing (even when
+    an earlier stage rejects the clip), a dropped score is missing, sharpness may move 2 % and
+    brightness 2 levels (the sample tests' tolerances), shake not at all."""
+    import fast_levers
+
+    cfg = load_config(DEMO)
+    base = {
+        "a": (None, {"sharpness": 300.0, "brightness": 100.0, "shake": 0.5}),
+        "b": ("sharpness", {"sharpness": 100.0, "brightness": 100.0, "shake": 0.5}),
+    }
+
+    def with_scores(a: dict, b: dict, verdict_b: str | None = "sharpness"):
+        return {"a": (None, {**base["a"][1], **a}), "b": (verdict_b, {**base["b"][1], **b})}
+
+    same = fast_levers.compare(cfg, base, with_scores({"sharpness": 305.9}, {"brightness": 101.9}))
+    assert same["within_sample_tolerances"] and not same["crossings"]
+    assert same["max_rel"]["sharpness"] == pytest.approx(5.9 / 300, abs=1e-6)
+    off = fast_levers.compare(cfg, base, with_scores({"sharpness": 306.1}, {}))
+    assert not off["within_sample_tolerances"] and not off["crossings"]
+    shaky = fast_levers.compare(cfg, base, with_scores({}, {"shake": 1.2}))
+    assert shaky["crossings"] == ["b shake 0.5 -> 1.2 across filters.shake.max=1"]
+    assert not shaky["within_sample_tolerances"] and not shaky["verdict_changes"]
+    flipped = fast_levers.compare(cfg, base, with_scores({}, {}, verdict_b=None))
+    assert flipped["verdict_changes"] == ["b"] and not flipped["within_sample_tolerances"]
+    dropped = {"a": (None, {"sharpness": 300.0}), "b": base["b"]}
+    assert fast_levers.compare(cfg, base, dropped)["scores_missing"] == ["brightness", "shake"]
