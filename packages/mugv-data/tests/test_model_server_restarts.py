@@ -25,7 +25,7 @@ from mugv_data.config import load_config
 from mugv_data.model_pool import ModelPoolUnavailable
 from mugv_data.model_servers import ModelServers, ServerConnections
 from mugv_data_engine_workers import build_faulty_answerer
-from mugv_data_procs import wait_dead
+from mugv_data_procs import alive, wait_dead
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
@@ -248,3 +248,37 @@ def test_curation_with_no_restart_left_stops_naming_the_server_and_resumes(
     assert pool.restarts == [0] and len(second) == 2
     assert {r.source for r in first} & {r.source for r in second} == set()
     assert_same_clips(_clips(out), undisturbed)
+
+
+RESTARTING_DRIVER = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from mugv_data.config import load_config
+from mugv_data.model_servers import ModelServers, ServerConnections
+import mugv_data_engine_workers as w
+servers = ModelServers("models", w.build_faulty_answerer, load_config(None), [None], 2)
+conns = ServerConnections(servers.addresses, timeout_s=30.0)
+first = servers.pids[0]
+os.kill(first, signal.SIGKILL)
+assert conns.result(conns.submit(0, 2)) == 4  # answered by a replacement
+print(first, servers.pids[0], flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_replacement_server_dies_with_a_sigkilled_driver():
+    """A replacement is started by the supervisor's thread; it still dies with the driver."""
+    import subprocess
+
+    driver = subprocess.Popen(
+        [sys.executable, "-c", RESTARTING_DRIVER, str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first, replacement = (int(v) for v in driver.stdout.readline().split())
+        assert first != replacement and alive(replacement)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert wait_dead([first, replacement], 15.0) == []

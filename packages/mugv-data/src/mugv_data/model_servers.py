@@ -198,6 +198,9 @@ class ModelServers:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: Listener | None = None
+        self._thread = threading.Thread(
+            target=self._supervise, daemon=True, name=f"{name}-supervisor"
+        )
         try:
             for i in range(len(gpus)):
                 self._procs.append(None)
@@ -208,9 +211,6 @@ class ModelServers:
         except BaseException:
             self.stop()
             raise
-        self._thread = threading.Thread(
-            target=self._supervise, daemon=True, name=f"{name}-supervisor"
-        )
         self._thread.start()
 
     def _spawn(self, i: int) -> None:
@@ -320,13 +320,8 @@ class ModelServers:
     def stop(self) -> None:
         """Ask every server to stop (each tears its models down), kill one that does not;
         then stop the supervisor."""
-        with self._lock:
+        with self._lock:  # a replacement under way finishes first; none starts after
             self._stopping.set()
-        if self._supervisor is not None:  # wake its accept (a handshake cut short), close
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(self._supervisor.address)
-            self._supervisor.close()
-            self._supervisor = None
         for ctl in self._ctls:
             if ctl is not None:
                 with contextlib.suppress(OSError):
@@ -342,6 +337,14 @@ class ModelServers:
             if ctl is not None:
                 ctl.close()
         self._procs, self._ctls = [], []
+        # only now: the replacements' parent-death signal follows the supervisor's thread
+        if self._supervisor is not None:  # wake its accept (a handshake cut short), close
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(self._supervisor.address)
+            self._supervisor.close()
+            self._supervisor = None
+            if self._thread.is_alive():
+                self._thread.join(5.0)
 
 
 class ServerConnections:
