@@ -6,6 +6,7 @@ the real actors end to end against the sequential engine."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,14 @@ from mugv_data.stages.base import Clip, ClipFrames
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
+
+
+def _live_children() -> set[int]:
+    """Pids of this process's live multiprocessing children (a test compares the set after
+    its run with the set before: helpers started once per process by earlier tests, e.g.
+    the checkpoint writer's queue manager, are not this test's leftovers)."""
+    return {p.pid for p in multiprocessing.active_children() if p.is_alive()}
+
 
 DEMO = Path(__file__).parents[1] / "configs" / "demo.yaml"
 TINY_OPEN_CLIP = {
@@ -376,7 +385,6 @@ def test_curation_with_model_servers_survives_a_killed_server_and_resumes_exactl
     after the first source is staged stops the run with ModelPoolUnavailable (no source
     rejected, no process left); running again resumes to the sequential engine's shards,
     verdicts (an aesthetic rejection among them) and scores."""
-    import multiprocessing
     import os
     import signal
 
@@ -387,6 +395,7 @@ def test_curation_with_model_servers_survives_a_killed_server_and_resumes_exactl
     from mugv_data.synth import scene, write_video
     from mugv_formats import ClipDataset
 
+    children_before = _live_children()
     d = tmp_path / "in"
     d.mkdir()
     for i in range(4):
@@ -446,7 +455,7 @@ def test_curation_with_model_servers_survives_a_killed_server_and_resumes_exactl
     for f in staged:  # no source was turned into a reject by the lost server
         assert json.loads(f.read_text())["reject_stage"] is None
     assert not engines[0].pools  # stopped with the engine
-    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert not _live_children() - children_before  # earlier tests' long-lived helpers excluded
 
     monkeypatch.setattr(Staging, "save", save)
     s = curate(pooled, progress=False)  # resumes

@@ -33,6 +33,13 @@ pytestmark = [
 ]
 
 
+def _live_children() -> set[int]:
+    """Pids of this process's live multiprocessing children (a test compares the set after
+    its run with the set before: helpers started once per process by earlier tests, e.g.
+    the checkpoint writer's queue manager, are not this test's leftovers)."""
+    return {p.pid for p in multiprocessing.active_children() if p.is_alive()}
+
+
 def test_a_killed_or_hung_server_is_replaced_and_its_requests_answered(tmp_path, monkeypatch):
     monkeypatch.setenv("MUGV_TEST_MODEL_FAULTS", str(tmp_path))
     servers = ModelServers("t", build_faulty_answerer, load_config(None), [None, None], 2)
@@ -78,6 +85,7 @@ def servers_pids_or_empty(servers: ModelServers) -> list[int]:
 
 
 def test_workers_seeing_one_lost_server_get_one_replacement_and_a_poisoned_request_stops():
+    children_before = _live_children()
     servers = ModelServers("t", build_faulty_answerer, load_config(None), [None], 5)
     try:
         a = ServerConnections(servers.addresses, timeout_s=30.0)
@@ -98,7 +106,7 @@ def test_workers_seeing_one_lost_server_get_one_replacement_and_a_poisoned_reque
         assert servers.restarts == [3]
     finally:
         servers.stop()
-    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert not _live_children() - children_before  # earlier tests' long-lived helpers excluded
 
 
 # -- curation with a tiny fake model ----------------------------------------------------------
@@ -230,6 +238,7 @@ def test_curation_with_no_restart_left_stops_naming_the_server_and_resumes(
     the run stops with an error naming the server, its pid and the request, no process is
     left; the same command resumes (the staged source is not redone) to the clips of an
     undisturbed run."""
+    children_before = _live_children()
     out = tmp_path / "out"
     first: list = []
     with pytest.raises(ModelPoolUnavailable) as e:
@@ -240,7 +249,7 @@ def test_curation_with_no_restart_left_stops_naming_the_server_and_resumes(
                     r"[0-9a-f]+-\d+ of .*v\d\.mp4: died \((EOFError|ConnectionResetError: .*)\); "
                     r"no restart left "
                     r"\(engine.model_pool.max_restarts=0\)\)", msg), msg  # fmt: skip
-    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert not _live_children() - children_before  # earlier tests' long-lived helpers excluded
     assert len(first) == 1 and first[0].reject_stage is None
     second: list = []
     (pool,) = _curate(monkeypatch, fake_sources, out, "engine.model_pool.max_restarts=0",
