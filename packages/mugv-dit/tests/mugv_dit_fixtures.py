@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from mugv_formats import LatentRecord, LatentShardWriter
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The benchmark script ``benchmarks/NAME.py`` imported as a module (the scripts are not a
+    package), for tests of its pure functions."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # (latent T, H, W, pixel frames, pixel height, pixel width, count)
 DEFAULT_LAYOUT = [

@@ -3,7 +3,6 @@ comparisons against hand-computed values; ``-m slow``: the CPU dry run end to en
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,16 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from mugv_dit_fixtures import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "loss_curve.py"
 
 
 @pytest.fixture(scope="module")
 def lc():
-    spec = importlib.util.spec_from_file_location("loss_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("loss_curve")
 
 
 def test_comparisons_against_hand_computed_values(lc):

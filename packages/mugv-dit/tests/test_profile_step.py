@@ -3,14 +3,12 @@ profile of 2026-12-07), and profiler annotations left out of the kernel time."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from mugv_dit_fixtures import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
 ELEMENTWISE = "torch elementwise/reduce/copy"
 # (name as the profiler gives it, category, elementwise kind)
 NAMES = [
@@ -43,10 +41,7 @@ NAMES = [
 
 @pytest.fixture(scope="module")
 def ps():
-    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profile_step")
 
 
 @pytest.mark.parametrize(("name", "category", "kind"), NAMES, ids=[n[1] for n in NAMES])
