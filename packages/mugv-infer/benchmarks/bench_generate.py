@@ -38,6 +38,7 @@ Example (one H200):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -384,7 +385,9 @@ def per_step(args, variants: Variants, tokens: int, device, dtype, result, save)
     c = model.config.in_channels
     flops = model_tflop_per_step(model.config, tokens)
     compiled = not args.no_compile and device.type == "cuda"
-    names = [n.strip() for n in args.variants.split(",")] if args.variants else ["reference", "ours"]
+    names = (
+        [n.strip() for n in args.variants.split(",")] if args.variants else ["reference", "ours"]
+    )
     if args.fp8 and "ours fp8" not in names:
         names.append("ours fp8")
     if args.graphed and not any(n.endswith(" + graph") for n in names):
@@ -819,7 +822,12 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
     res["warmup_s"] = warmup()
     print(f"e2e warm-up (compile, 1 CFG step): {res['warmup_s']:.1f} s", flush=True)
     if args.cache_curve:
-        res["cache_calibration"] = cache_curve(args, run, text_features)
+
+        def keep(curve: dict) -> None:
+            res["cache_calibration"] = curve
+            partial(res)
+
+        res["cache_calibration"] = cache_curve(args, run, text_features, keep)
         partial(res)
         if args.e2e_steps <= 0:
             return res
@@ -858,7 +866,7 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
     return res
 
 
-def cache_curve(args, run, text_features) -> dict:
+def cache_curve(args, run, text_features, keep=lambda _partial: None) -> dict:
     """The step-cache calibration over ``--cache-prompts`` prompts (random text features, a
     seed each): the curve and the chosen threshold (mugv_infer.cache_calibration)."""
     from mugv_infer.cache_calibration import calibrate
@@ -877,9 +885,15 @@ def cache_curve(args, run, text_features) -> dict:
         )
         return latents, _stats["skipped_steps"]
 
+    points: list[dict] = []
+
+    def on_point(exact_s: float, point) -> None:  # the curve so far, kept if cut short
+        points.append({**dataclasses.asdict(point), "worst_rel_l2": point.worst_rel_l2})
+        keep({"partial": True, "exact_seconds": exact_s, "curve": points})
+
     cal = calibrate(
         generate, args.cache_prompts, args.cache_steps, thresholds, args.cache_max_rel_l2,
-        sync=_sync, log=lambda m: print(f"cache curve: {m}", flush=True),
+        sync=_sync, log=lambda m: print(f"cache curve: {m}", flush=True), on_point=on_point,
     )  # fmt: skip
     print(f"cache curve: chosen threshold {cal.threshold}", flush=True)
     return cal.to_json()

@@ -41,7 +41,11 @@ def test_calibration_curve_on_a_tiny_pipeline(pipe, call_kwargs, tmp_path):
                    step_cache_threshold=thr)  # fmt: skip
         return out.frames, out.step_cache_skipped
 
-    cal = calibrate(generate, 2, 4, thresholds=[1.0, 100.0], max_rel_l2=0.5)
+    seen = []
+    cal = calibrate(generate, 2, 4, thresholds=[100.0, 1.0], max_rel_l2=0.5,
+                    on_point=lambda exact_s, p: seen.append((exact_s, p.threshold)))  # fmt: skip
+    assert [t for _, t in seen] == [1.0, 100.0]  # each point reported as measured, in order
+    assert all(s == cal.exact_seconds > 0 for s, _ in seen)
     by_thr = {p.threshold: p for p in cal.curve}
     # the deviation, recomputed here from runs of our own
     exact = generate(1, 0.0)[0]

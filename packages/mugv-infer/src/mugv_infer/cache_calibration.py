@@ -84,9 +84,12 @@ def calibrate(
     max_rel_l2: float = DEFAULT_MAX_REL_L2,
     sync: Callable[[], None] = lambda: None,
     log: Callable[[str], None] = lambda _msg: None,
+    on_point: Callable[[float, CurvePoint], None] = lambda _exact_s, _point: None,
 ) -> Calibration:
     """``generate(prompt_index, threshold) -> (final latents, skipped steps)``, the same
-    noise for every threshold of a prompt; timed here (``sync`` waits for the device)."""
+    noise for every threshold of a prompt; timed here (``sync`` waits for the device).
+    ``on_point(exact_seconds, point)`` is called as each threshold's point is measured (a
+    caller keeps a partial curve when a long calibration is cut short)."""
     if prompts < 1:
         raise ValueError(f"calibration needs at least one prompt, got {prompts}")
     if not thresholds or min(thresholds) <= 0:
@@ -118,6 +121,7 @@ def calibrate(
             sec_sum += sec
         point = CurvePoint(thr, skipped, rel, mx, exact_s / max(sec_sum, 1e-9))
         curve.append(point)
+        on_point(exact_s, point)
         log(
             f"threshold {thr:g}: skipped {skipped} of {steps}, DiT x{point.dit_speedup:.2f}, "
             f"rel L2 worst {point.worst_rel_l2:.3g}"
