@@ -124,8 +124,7 @@ def test_torchcodec_on_cuda_without_a_gpu_stops_the_run(samples):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    if _torchcodec_loads() is not None:
-        pytest.skip("torchcodec cannot load FFmpeg here")
+    pytest.importorskip("torchcodec.decoders")  # the device is checked before FFmpeg loads
     from mugv_data.decode import DecoderUnavailable
 
     cfg = load_config(None, overrides=["decode.backend=torchcodec", "decode.device=cuda"])
@@ -144,3 +143,20 @@ def test_sonames_point_at_pyav_ffmpeg(tmp_path):
     for p in d.iterdir():
         assert p.resolve().parent == pyav_libs_dir() and p.resolve().is_file()
     assert np.all([p.name.split(".so.")[1].isdigit() for p in d.iterdir()])
+
+
+@pytest.mark.skipif(_torchcodec_loads() is None, reason="torchcodec loads FFmpeg here")
+def test_torchcodec_without_ffmpeg_stops_the_run_naming_it(samples):
+    """decode.backend=torchcodec where FFmpeg's libraries cannot load: the run stops
+    (DecoderUnavailable) naming torchcodec and FFmpeg, as it did before torchcodec 0.17 moved
+    the loading from its import to its first decoder; it did not fall back to PyAV source by
+    source."""
+    pytest.importorskip("torchcodec.decoders")
+    from mugv_data.decode import DecoderUnavailable
+
+    cfg = load_config(None, overrides=["decode.backend=torchcodec", "filters.text.enabled=false"])
+    with pytest.raises(DecoderUnavailable) as e:
+        SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
+    msg = str(e.value)
+    assert msg.startswith("decode.backend=torchcodec: torchcodec cannot load FFmpeg's shared")
+    assert "Could not load libtorchcodec" in msg and ".so" in msg
