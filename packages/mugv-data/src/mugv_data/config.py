@@ -458,7 +458,8 @@ class ModelPoolConfig(Frozen):
     ``workers x max_in_flight`` batches); one past it is taken as hung, killed and replaced
     (process engine: by the driver's supervisor; Ray: ``ray.kill(no_restart=False)``, Ray
     restarts it, counted against ``max_restarts``) and the request sent again. On Ray it also
-    bounds the wait for a restarted actor to load its models. None: wait for ever."""
+    bounds the wait for a restarted actor to load its models (at least 60 s). None: wait for
+    ever."""
 
 
 class EngineConfig(Frozen):

@@ -279,6 +279,9 @@ class ModelPoolClient:
 #: actor's pid from its control thread
 RAY_KILL_WAIT_S = 60.0
 RAY_WHOAMI_WAIT_S = 10.0
+#: the least time a restarted actor gets to load its models and answer (``request_timeout_s``
+#: when longer): a short request timeout must not fail a restart on a busy host
+RAY_RESTART_MIN_WAIT_S = 60.0
 
 
 def _first_line(e: BaseException) -> str:
@@ -300,7 +303,8 @@ class RayPoolConnections:
       in the ``control`` concurrency group answers while ``run`` hangs), it is killed with
       ``ray.kill(no_restart=False)`` (Ray restarts it, counted against ``max_restarts``) unless
       the call failed meanwhile (another worker killed it), and the call is sent again once the
-      restarted actor answers ``whoami`` (its models loaded);
+      restarted actor answers ``whoami`` (its models loaded; it gets ``timeout_s``, at least
+      :data:`RAY_RESTART_MIN_WAIT_S`);
     - a call that fails because its actor died (``RayActorError`` other than
       ``ActorDiedError``: Ray is restarting it) is sent again the same way, without a kill;
     - each request goes to at most two actor processes; an actor dead for good
@@ -402,12 +406,13 @@ class RayPoolConnections:
         if entry[1] >= 2:
             raise self._unavailable(handle, f"{why}, on its second actor process")
         try:  # the restarted actor, its models loaded (Ray queues calls while it restarts)
-            pid = self._whoami(i, self.timeout_s)
+            wait_s = None if self.timeout_s is None else max(self.timeout_s, RAY_RESTART_MIN_WAIT_S)
+            pid = self._whoami(i, wait_s)
         except ActorDiedError as e:
             raise self._unavailable(handle, f"{why}; {self._gone(e)}") from None
         except GetTimeoutError:
             raise self._unavailable(
-                handle, f"{why}; its restart did not answer within {self.timeout_s:g} s"
+                handle, f"{why}; its restart did not answer within {wait_s:g} s"
             ) from None
         except RayActorError as e:
             raise self._unavailable(
