@@ -160,3 +160,19 @@ def test_torchcodec_without_ffmpeg_stops_the_run_naming_it(samples):
     msg = str(e.value)
     assert msg.startswith("decode.backend=torchcodec: torchcodec cannot load FFmpeg's shared")
     assert "Could not load libtorchcodec" in msg and ".so" in msg
+
+
+def test_cli_names_a_decoder_that_cannot_run_here_in_one_line(samples, tmp_path, capsys):
+    """`curate --set decode.backend=torchcodec --set decode.device=cuda` without a GPU: one
+    line naming the setting, exit 2 (was: a DecoderUnavailable traceback)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    pytest.importorskip("torchcodec.decoders")
+    from mugv_data.cli import main
+
+    argv = ["curate", "--input", str(samples / "bikes.mp4"), "--output", str(tmp_path / "o")]
+    argv += ["--set", "decode.backend=torchcodec", "--set", "decode.device=cuda"]
+    assert main([*argv, "--engine", "sequential", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mugv-data curate: error: decode.device=cuda but torch sees no CUDA device"

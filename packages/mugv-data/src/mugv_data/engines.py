@@ -416,6 +416,7 @@ class RayEngine(Engine):
             WorkerCrashedError,
         )
 
+        from mugv_data.decode import DecoderUnavailable
         from mugv_data.model_pool import ModelPoolUnavailable
 
         per = self.config.engine.max_in_flight
@@ -459,8 +460,8 @@ class RayEngine(Engine):
                     actor, u, attempt = pending.pop(ref)
                     try:
                         node, _pid, result = ray.get(ref)
-                    except RayTaskError as e:  # a worker's model pool is gone: its own message
-                        if isinstance(e.cause, ModelPoolUnavailable):
+                    except RayTaskError as e:  # errors that stop the run: their own message
+                        if isinstance(e.cause, (ModelPoolUnavailable, DecoderUnavailable)):
                             raise e.cause from None
                         raise
                     except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
