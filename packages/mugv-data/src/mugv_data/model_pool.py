@@ -405,19 +405,27 @@ class RayPoolConnections:
                 )
         if entry[1] >= 2:
             raise self._unavailable(handle, f"{why}, on its second actor process")
-        try:  # the restarted actor, its models loaded (Ray queues calls while it restarts)
-            wait_s = None if self.timeout_s is None else max(self.timeout_s, RAY_RESTART_MIN_WAIT_S)
-            pid = self._whoami(i, wait_s)
-        except ActorDiedError as e:
-            raise self._unavailable(handle, f"{why}; {self._gone(e)}") from None
-        except GetTimeoutError:
-            raise self._unavailable(
-                handle, f"{why}; its restart did not answer within {wait_s:g} s"
-            ) from None
-        except RayActorError as e:
-            raise self._unavailable(
-                handle, f"{why}; its restart is unavailable ({_first_line(e)})"
-            ) from None
+        # the restarted actor, its models loaded: Ray queues a call while it restarts, or
+        # answers "temporarily unavailable" (asked again until the wait is over)
+        wait_s = None if self.timeout_s is None else max(self.timeout_s, RAY_RESTART_MIN_WAIT_S)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                pid = self._whoami(i, left)
+                break
+            except ActorDiedError as e:
+                raise self._unavailable(handle, f"{why}; {self._gone(e)}") from None
+            except GetTimeoutError:
+                raise self._unavailable(
+                    handle, f"{why}; its restart did not answer within {wait_s:g} s"
+                ) from None
+            except RayActorError as e:  # restarting
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._unavailable(
+                        handle, f"{why}; its restart is unavailable ({_first_line(e)})"
+                    ) from None
+                time.sleep(0.2)
         line = (
             f"engine.model_pool: actor {i} (pid {self.pids[i]}) {why}; request sent again to "
             f"pid {pid}"
