@@ -36,8 +36,17 @@ REEXEC = "MUGV_NVDEC_BENCH_CHILD"
 
 
 def torchcodec_error() -> str | None:
+    """Why torchcodec cannot load FFmpeg in this process, or None. torchcodec 0.17 imports
+    without FFmpeg (it loads the libraries at the first decoder), so the import alone says
+    nothing: its loader is called."""
     try:
         from torchcodec.decoders import VideoDecoder  # noqa: F401
+
+        try:
+            from torchcodec._core.ops import load_core_libraries
+        except ImportError:  # older torchcodec: the import above loaded FFmpeg
+            return None
+        load_core_libraries()
     except Exception as e:
         return str(e).splitlines()[0][:300]
     return None

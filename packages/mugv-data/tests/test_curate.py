@@ -93,7 +93,32 @@ def test_process_pool_engine_gives_the_same_clips(samples, sequential_run, tmp_p
     assert fingerprint(items) == fingerprint(seq_items)
 
 
-def test_bad_inputs_are_skipped_and_recorded(tmp_path):
+#: the process engine with a model pool (one model server running the tests' fake aesthetic
+#: model, tests/mugv_data_engine_workers.FakeModels, which rejects nothing at min 0)
+PROCESS_WITH_MODEL_POOL = [
+    "engine.kind=process",
+    "engine.workers=1",
+    "engine.model_pool.actors=1",
+    "filters.aesthetic.enabled=true",
+    "filters.aesthetic.clip_path=/fake/clip",
+    "filters.aesthetic.head_path=/fake/head.pth",
+    "filters.aesthetic.device=cpu",
+    "filters.aesthetic.min=0",
+]
+
+
+@pytest.mark.parametrize(
+    "engine", [["engine.kind=sequential"], PROCESS_WITH_MODEL_POOL], ids=["sequential", "pool"]
+)
+def test_bad_inputs_are_skipped_and_recorded(engine, tmp_path, monkeypatch):
+    """Every bad input is one reject with a reason, on the sequential engine and on the
+    streaming process engine whose workers feed a model pool."""
+    if "engine.model_pool.actors=1" in engine:
+        import mugv_data.curate as curate_mod
+        from mugv_data_engine_workers import build_fake_models
+
+        monkeypatch.setattr(curate_mod, "build_model_worker", build_fake_models)
+        monkeypatch.delenv("MUGV_TEST_MODEL_FAULTS", raising=False)
     d = tmp_path / "in"
     d.mkdir()
     write_video(d / "good.mp4", scene(60, seed=1))
@@ -127,9 +152,11 @@ def test_bad_inputs_are_skipped_and_recorded(tmp_path):
         None,
         inputs=[str(d / "*")],
         output=str(tmp_path / "out"),
-        overrides=["engine.kind=sequential", "filters.text.enabled=false", "split.min_clip_s=1.0"],
+        overrides=[*engine, "filters.text.enabled=false", "split.min_clip_s=1.0"],
     )
     summary = curate(cfg, progress=False)
+    if "engine.model_pool.actors=1" in engine:
+        assert "model_pool" in summary.timings and "aesthetic" not in summary.timings
     rej = {Path(r["source"]).name: r for r in read_rejects(tmp_path / "out") if r["key"] is None}
     assert rej["zero.mp4"]["kind"] == "zero-byte"
     # garbage is rejected either as unreadable or as holding no video stream
@@ -398,3 +425,37 @@ def test_decoder_released_before_filter_stages_when_frames_are_cached(samples, m
     assert all(c.scores["reader_open"] == 0.0 for c in scored)
     assert all("sharpness" in c.scores and "text_ratio" in c.scores for c in scored)
     assert any(c.kept and c.mp4 for c in res.clips)
+
+
+def test_report_draws_every_filter_threshold():
+    """Each range filter's score histogram carries its filter's bounds, and the scores with a
+    threshold of their own (sharpness per frame under rule=every, frozen_ratio, diff_spike,
+    classifier_score) theirs (shake, speed and the classifier had none)."""
+    from mugv_data.per_source import build_clip_stages
+    from mugv_data.report import _bounds
+    from mugv_data.stages.base import RangeFilter
+
+    cfg = load_config(
+        None,
+        overrides=[
+            "filters.aesthetic.enabled=true",
+            "filters.aesthetic.clip_path=/fake/clip",
+            "filters.aesthetic.head_path=/fake/head.pth",
+            "filters.classifier.enabled=true",
+            "filters.classifier.model_path=/fake/classifier",
+            "filters.classifier.reject_labels=[shaky]",
+            "filters.classifier.threshold=0.7",
+            "filters.sharpness.rule=every",
+        ],
+    )
+    stages = [s for s in build_clip_stages(cfg) if isinstance(s, RangeFilter)]
+    assert {s.score_name for s in stages} >= {"shake", "speed_change", "aesthetic", "text_ratio"}
+    for s in stages:
+        assert _bounds(cfg, s.score_name) == (s.config.min, s.config.max), s.name
+    f = cfg.filters
+    assert _bounds(cfg, "sharpness_lo") == (f.sharpness.min, None)
+    assert _bounds(cfg, "sharpness_hi") == (None, f.sharpness.max)
+    assert _bounds(cfg, "frozen_ratio") == (None, f.static.max_frozen_ratio)
+    assert _bounds(cfg, "diff_spike") == (None, 8.0)
+    assert _bounds(cfg, "classifier_score") == (None, 0.7)
+    assert _bounds(cfg, "dedup_similarity") == (None, None)

@@ -282,8 +282,14 @@ def test_ray_pool_actors_declare_their_resources_and_workers_size_on_the_rest(ti
     actors = eng.start_pool(spec, 1, max_restarts=3)
     assert len(actors) == 1
     opts, args = made[0]
-    assert opts == {"num_cpus": 1.0, "num_gpus": 1.0, "max_restarts": 3, "max_task_retries": 3}
-    assert args[0] is build_model_worker
+    assert opts == {
+        "num_cpus": 1.0,
+        "num_gpus": 1.0,
+        "max_restarts": 3,
+        "max_task_retries": 0,  # the pool's client resends (RayPoolConnections)
+        "concurrency_groups": {"control": 1},  # whoami answers while a call hangs
+    }
+    assert args[0] is build_model_worker and args[2] is True  # models loaded at start
     assert eng._num_actors(Resources(cpus=1)) == 3  # 4 CPUs less the pool's one
     with pytest.raises(ValueError, match="declare 1 GPU in all but the Ray cluster has 0"):
         eng.start_pool(spec, 1, max_restarts=0)

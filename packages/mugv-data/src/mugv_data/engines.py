@@ -11,7 +11,9 @@ results, whatever the number of units (backpressure).
 On Ray each worker is an actor declared with the spec's ``num_cpus``, ``num_gpus`` and
 ``memory``; an actor lost with its node is replaced and its units are run again (a unit is
 retried ``engine.max_unit_attempts`` times in all). The pool shrinks when actors are lost and
-a new actor is started only when none is left.
+a new actor is started only when none is left. The model pool's actors (:meth:`Engine.start_pool`)
+are restarted by Ray instead, and a hung one is killed after
+``engine.model_pool.request_timeout_s`` (``mugv_data.model_pool.RayPoolConnections``).
 """
 
 from __future__ import annotations
@@ -377,8 +379,11 @@ class RayEngine(Engine):
 
     def start_pool(self, spec: WorkerSpec, n: int, max_restarts: int) -> list[Any]:
         """``n`` long-lived actors running ``spec`` (e.g. the model pool), declared with its
-        resources; Ray restarts a lost one up to ``max_restarts`` times and reruns its calls
-        (which must have no side effects). Killed by :meth:`close`."""
+        resources; Ray restarts a lost (or killed as hung) one up to ``max_restarts`` times and
+        reruns none of its calls (``max_task_retries=0``): the pool's client sends them again
+        (:class:`mugv_data.model_pool.RayPoolConnections`). Each actor has a ``control``
+        concurrency group of one thread beside ``run``'s, so ``whoami`` answers while a call
+        hangs. Killed by :meth:`close`."""
         r = spec.resources
         total = self._free()
         for key, need in (("CPU", n * r.cpus), ("GPU", n * r.gpus)):
@@ -391,16 +396,28 @@ class RayEngine(Engine):
         self._reserved["GPU"] += n * r.gpus
         self._reserved["memory"] += n * r.memory_mb * (1 << 20)
         opts = self.actor_options(r)
-        opts.update(max_restarts=max_restarts, max_task_retries=max_restarts)
+        opts.update(
+            max_restarts=max_restarts,
+            max_task_retries=0,
+            concurrency_groups={RAY_CONTROL_GROUP: 1},
+        )
         actor_cls = self._ray.remote(**opts)(_RayWorker)
         config_json = self.config.model_dump_json()
-        actors = [actor_cls.remote(spec.build, config_json) for _ in range(n)]
+        actors = [actor_cls.remote(spec.build, config_json, True) for _ in range(n)]
         self._pools.extend(actors)
         return actors
 
     def map(self, spec: WorkerSpec, units: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         ray = self._ray
-        from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+        from ray.exceptions import (
+            ObjectLostError,
+            RayActorError,
+            RayTaskError,
+            WorkerCrashedError,
+        )
+
+        from mugv_data.decode import DecoderUnavailable
+        from mugv_data.model_pool import ModelPoolUnavailable
 
         per = self.config.engine.max_in_flight
         max_attempts = self.config.engine.max_unit_attempts
@@ -442,7 +459,11 @@ class RayEngine(Engine):
                 for ref in done:
                     actor, u, attempt = pending.pop(ref)
                     try:
-                        node, result = ray.get(ref)
+                        node, _pid, result = ray.get(ref)
+                    except RayTaskError as e:  # errors that stop the run: their own message
+                        if isinstance(e.cause, (ModelPoolUnavailable, DecoderUnavailable)):
+                            raise e.cause from None
+                        raise
                     except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
                         if attempt >= max_attempts:
                             raise RuntimeError(
@@ -486,15 +507,29 @@ class RayEngine(Engine):
             self._reaper = None
 
 
+#: a pool actor's concurrency group for ``whoami`` (see ``RayEngine.start_pool``)
+RAY_CONTROL_GROUP = "control"
+
+
 class _RayWorker:
-    def __init__(self, build, config_json: str) -> None:
+    def __init__(self, build, config_json: str, setup: bool = False) -> None:
+        """``setup``: call the worker's ``setup()`` now (a pool actor loads its models before
+        it answers anything, ``whoami`` included)."""
         import ray
 
         self.worker = build(CurateConfig.model_validate_json(config_json))
+        if setup and hasattr(self.worker, "setup"):
+            self.worker.setup()
         self.node = ray.get_runtime_context().get_node_id()
+        self.pid = os.getpid()
 
-    def run(self, unit: Any) -> tuple[str, Any]:
-        return self.node, self.worker(unit)
+    def run(self, unit: Any) -> tuple[str, int, Any]:
+        return self.node, self.pid, self.worker(unit)
+
+    def whoami(self) -> int:
+        """This actor's pid (a pool actor runs it in its ``control`` group: it answers while
+        ``run`` hangs)."""
+        return self.pid
 
 
 def make_engine(config: CurateConfig) -> Engine:

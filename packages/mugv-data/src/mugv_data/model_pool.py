@@ -17,13 +17,15 @@ One client (:class:`ModelPoolClient`) serves both transports:
 - the actor runs the same stage classes (``process``, batched by each stage's ``batch_size``)
   on the same frames, so scores and verdicts are those of the in-process path, and the first
   rejection still wins (the model stages come after every CPU stage in both paths);
-- a lost actor is restarted by Ray (``model_pool.max_restarts``) and its requests rerun (they
-  have no side effects); a pool that stays unreachable stops the run
-  (:class:`ModelPoolUnavailable`), never rejecting sources. A model server of the process
-  engine that dies or does not answer within ``model_pool.request_timeout_s`` is killed and
-  replaced (``model_pool.max_restarts`` times per server) and its unanswered requests are sent
-  to the new one (:mod:`mugv_data.model_servers`); past that the run stops, and running it
-  again resumes.
+- lost and hung actors have one contract on both engines: an actor (model server) that dies,
+  or does not answer within ``model_pool.request_timeout_s``, is killed and replaced
+  (``model_pool.max_restarts`` times per actor) and its unanswered requests are sent to the new
+  one, each request to at most two actor processes (answers have no side effects); past that
+  the run stops with :class:`ModelPoolUnavailable` naming the actor, its pid and the request,
+  never rejecting a source, and running it again resumes. The process engine's model servers
+  are replaced by the driver's supervisor (:mod:`mugv_data.model_servers`); a Ray actor by Ray
+  itself (``ray.kill(no_restart=False)`` of a hung one, counted against Ray's
+  ``max_restarts``; :class:`RayPoolConnections`).
 
 The sequential engine runs the model stages inside its worker, as before.
 Shape legend: N frames, H, W, 3 (RGB uint8).
@@ -31,6 +33,10 @@ Shape legend: N frames, H, W, 3 (RGB uint8).
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -240,23 +246,14 @@ class ModelPoolClient:
 
     @classmethod
     def for_ray(cls, actors: Sequence[Any], config: CurateConfig) -> ModelPoolClient:
-        """A client of Ray pool actors (``engines._RayWorker`` around :class:`ModelWorker`)."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        def result(ref):
-            try:
-                return ray.get(ref)[1]
-            except RayActorError as e:
-                raise ModelPoolUnavailable(
-                    f"engine.model_pool: an actor is gone after its restarts ({type(e).__name__})"
-                ) from e
-
+        """A client of Ray pool actors (``engines._RayWorker`` around :class:`ModelWorker`,
+        started by ``RayEngine.start_pool``) through :class:`RayPoolConnections`."""
         mp = config.engine.model_pool
+        conns = RayPoolConnections(actors, mp.request_timeout_s, mp.max_restarts)
         return cls(
-            actors,
-            lambda actor, request: actor.run.remote(request),
-            result,
+            range(len(conns.actors)),
+            conns.submit,
+            conns.result,
             batch_clips=mp.batch_clips,
             max_in_flight=mp.max_in_flight,
         )
@@ -276,6 +273,205 @@ class ModelPoolClient:
             batch_clips=mp.batch_clips,
             max_in_flight=mp.max_in_flight,
         )
+
+
+#: seconds to wait for a killed actor's calls to fail (the kill has landed) and for an
+#: actor's pid from its control thread
+RAY_KILL_WAIT_S = 60.0
+RAY_WHOAMI_WAIT_S = 10.0
+#: the least time a restarted actor gets to load its models and answer (``request_timeout_s``
+#: when longer): a short request timeout must not fail a restart on a busy host
+RAY_RESTART_MIN_WAIT_S = 60.0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class RayPoolConnections:
+    """A per-source worker's calls to the Ray pool actors: the transport of
+    :meth:`ModelPoolClient.for_ray` (``submit`` / ``result``), with the contract of the process
+    engine's :class:`~mugv_data.model_servers.ServerConnections`.
+
+    The actors are declared with Ray's ``max_restarts`` (``model_pool.max_restarts``) and
+    ``max_task_retries=0``: Ray restarts a lost actor but reruns nothing; this class resends.
+
+    - ``timeout_s``: seconds to wait for an answer, counted from when the request was sent or
+      that actor's previous answer to this worker came, whichever is later (None: no limit).
+      An actor past it is taken as hung: its pid is read from its control thread (``whoami``
+      in the ``control`` concurrency group answers while ``run`` hangs), it is killed with
+      ``ray.kill(no_restart=False)`` (Ray restarts it, counted against ``max_restarts``) unless
+      the call failed meanwhile (another worker killed it), and the call is sent again once the
+      restarted actor answers ``whoami`` (its models loaded; it gets ``timeout_s``, at least
+      :data:`RAY_RESTART_MIN_WAIT_S`);
+    - a call that fails because its actor died (``RayActorError`` other than
+      ``ActorDiedError``: Ray is restarting it) is sent again the same way, without a kill;
+    - each request goes to at most two actor processes; an actor dead for good
+      (``ActorDiedError``: no restart left, or its restart failed to load its models), a kill
+      that does not land, or a request failing on its second process raises
+      :class:`ModelPoolUnavailable` naming the actor, its pid and the request.
+
+    Two workers whose timeouts for one hung actor expire in the same instant may each kill it
+    (two restarts used); a worker whose call failed through another worker's kill only
+    resends."""
+
+    def __init__(self, actors: Sequence[Any], timeout_s: float | None, max_restarts: int) -> None:
+        import ray
+
+        self._ray = ray
+        self.actors = list(actors)
+        self.timeout_s = timeout_s
+        self.max_restarts = max_restarts
+        self._seq = 0
+        #: (actor, seq) -> [request, times sent, when sent, ObjectRef]
+        self._pending: dict[tuple[int, int], list[Any]] = {}
+        self._last_answer: dict[int, float] = {}
+        #: last pid seen per actor (its answers carry it)
+        self.pids: list[int | None] = [None] * len(self.actors)
+        #: hung actors this worker killed, per actor
+        self.killed = [0] * len(self.actors)
+        #: requests sent again (to a restarted actor)
+        self.resent = 0
+        #: one line per kill or resend: what happened and why
+        self.events: list[str] = []
+
+    def submit(self, i: int, request: Any) -> tuple[int, int]:
+        """Send ``request`` to actor ``i``; the handle is ``(i, seq)``."""
+        self._seq += 1
+        handle = (i, self._seq)
+        self._pending[handle] = [request, 0, 0.0, None]
+        self._send(handle)
+        return handle
+
+    def _send(self, handle: tuple[int, int]) -> None:
+        entry = self._pending[handle]
+        entry[3] = self.actors[handle[0]].run.remote(entry[0])
+        entry[1] += 1  # sent to one more actor process
+        entry[2] = time.monotonic()
+
+    def _whoami(self, i: int, timeout: float | None) -> int:
+        from mugv_data.engines import RAY_CONTROL_GROUP
+
+        ref = self.actors[i].whoami.options(concurrency_group=RAY_CONTROL_GROUP).remote()
+        return self._ray.get(ref, timeout=timeout)
+
+    def _unavailable(self, handle: tuple[int, int], why: str) -> ModelPoolUnavailable:
+        from mugv_data.model_servers import describe_request
+
+        i = handle[0]
+        pid = self.pids[i] if self.pids[i] is not None else "?"
+        req = describe_request(self._pending[handle][0])
+        return ModelPoolUnavailable(
+            f"engine.model_pool: model pool actor {i} is gone (pid {pid}, request {req}: "
+            f"{why}); the run stopped, run the same command again to resume"
+        )
+
+    def _gone(self, e: BaseException) -> str:
+        """Why Ray will not restart an actor (``ActorDiedError``)."""
+        if "creation task" in _first_line(e):  # its (re)start failed to build its models
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            return f"it could not set up its models ({lines[-1]})"
+        return f"no restart left (engine.model_pool.max_restarts={self.max_restarts})"
+
+    def _note_pid(self, i: int, e: BaseException) -> None:
+        """The pid Ray names in an actor error (the process that died), if any."""
+        m = re.search(r"\bpid[:=] ?(\d+)", str(e))
+        if m:
+            self.pids[i] = int(m.group(1))
+
+    def _recover(self, handle: tuple[int, int], why: str, hung: bool) -> bool:
+        """Actor ``i`` hung (``hung``: kill it) or died while ``handle`` was out: send the
+        request again to the restarted actor. False when the call finished meanwhile (its
+        result is to be read again); raises :class:`ModelPoolUnavailable` when it cannot."""
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+
+        ray, i = self._ray, handle[0]
+        entry = self._pending[handle]
+        actor = self.actors[i]
+        if hung:
+            # the hung process's pid, from its control thread (if that is stuck too, or the
+            # actor already gone: the last pid seen)
+            with contextlib.suppress(GetTimeoutError, RayActorError):
+                self.pids[i] = self._whoami(i, RAY_WHOAMI_WAIT_S)
+            if ray.wait([entry[3]], timeout=0)[0]:
+                return False  # answered or failed meanwhile (killed by another worker)
+            ray.kill(actor, no_restart=False)  # Ray restarts it (counted against max_restarts)
+            self.killed[i] += 1
+            self.events.append(f"engine.model_pool: actor {i} (pid {self.pids[i]}) {why}: killed")
+            if not ray.wait([entry[3]], timeout=RAY_KILL_WAIT_S)[0]:  # the kill has landed
+                raise self._unavailable(
+                    handle, f"{why}; ray.kill did not stop it within {RAY_KILL_WAIT_S:g} s"
+                )
+        if entry[1] >= 2:
+            raise self._unavailable(handle, f"{why}, on its second actor process")
+        # the restarted actor, its models loaded: Ray queues a call while it restarts, or
+        # answers "temporarily unavailable" (asked again until the wait is over)
+        wait_s = None if self.timeout_s is None else max(self.timeout_s, RAY_RESTART_MIN_WAIT_S)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                pid = self._whoami(i, left)
+                break
+            except ActorDiedError as e:
+                raise self._unavailable(handle, f"{why}; {self._gone(e)}") from None
+            except GetTimeoutError:
+                raise self._unavailable(
+                    handle, f"{why}; its restart did not answer within {wait_s:g} s"
+                ) from None
+            except RayActorError as e:  # restarting
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._unavailable(
+                        handle, f"{why}; its restart is unavailable ({_first_line(e)})"
+                    ) from None
+                time.sleep(0.2)
+        line = (
+            f"engine.model_pool: actor {i} (pid {self.pids[i]}) {why}; request sent again to "
+            f"pid {pid}"
+        )
+        self.pids[i] = pid
+        self.events.append(line)
+        warnings.warn(line, stacklevel=2)
+        self._send(handle)
+        self.resent += 1
+        return True
+
+    def result(self, handle: tuple[int, int]) -> Any:
+        """The answer to a request (sent again to a restarted actor when its actor died or
+        hung, see the class doc). An exception inside a stage propagates (``RayTaskError``)."""
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+
+        if handle not in self._pending:
+            raise KeyError(f"model pool actor {handle[0]}: no request {handle[1]} out")
+        i = handle[0]
+        entry = self._pending[handle]
+        try:
+            while True:
+                timeout = None
+                if self.timeout_s is not None:
+                    since = max(entry[2], self._last_answer.get(i, 0.0))
+                    timeout = max(0.0, since + self.timeout_s - time.monotonic())
+                try:
+                    _node, pid, value = self._ray.get(entry[3], timeout=timeout)
+                except GetTimeoutError:
+                    assert self.timeout_s is not None
+                    self._recover(
+                        handle, f"did not answer within {self.timeout_s:g} s (hung)", hung=True
+                    )
+                    continue
+                except ActorDiedError as e:  # dead for good
+                    self._note_pid(i, e)
+                    raise self._unavailable(handle, f"died; {self._gone(e)}") from None
+                except RayActorError as e:  # Ray is restarting it
+                    self._note_pid(i, e)
+                    self._recover(handle, f"died ({type(e).__name__})", hung=False)
+                    continue
+                self.pids[i] = pid
+                self._last_answer[i] = time.monotonic()
+                return value
+        finally:
+            self._pending.pop(handle, None)
 
 
 def build_pooled_source_worker(config: CurateConfig, actors: Any, encode: bool = True):

@@ -83,8 +83,10 @@ def histogram_svg(
 
 
 def _bounds(config: CurateConfig, score: str) -> tuple[float | None, float | None]:
+    """The thresholds drawn on a score's histogram: the run's global ones
+    (``filters.per_source`` overrides are not drawn)."""
     f = config.filters
-    table = {
+    ranges = {
         "sharpness": f.sharpness,
         "motion": f.motion,
         "border_ratio": f.borders,
@@ -92,9 +94,20 @@ def _bounds(config: CurateConfig, score: str) -> tuple[float | None, float | Non
         "brightness": f.brightness,
         "text_ratio": f.text,
         "aesthetic": f.aesthetic,
+        "shake": f.shake,
+        "speed_change": f.speed,
     }
-    c = table.get(score)
-    return (c.min, c.max) if c is not None else (None, None)
+    if score in ranges:
+        return ranges[score].min, ranges[score].max
+    every = f.sharpness.rule == "every"
+    other: dict[str, tuple[float | None, float | None]] = {
+        "sharpness_lo": (f.sharpness.min if every else None, None),
+        "sharpness_hi": (None, f.sharpness.max if every else None),
+        "frozen_ratio": (None, f.static.max_frozen_ratio),
+        "diff_spike": (None, f.speed.max_diff_spike),
+        "classifier_score": (None, f.classifier.threshold),
+    }
+    return other.get(score, (None, None))
 
 
 #: Rows of the sources and rejected-files tables (a corpus report names the first ones).
