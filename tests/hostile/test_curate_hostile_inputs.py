@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import subprocess
@@ -102,6 +103,28 @@ def curated(hostile_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def curated_with_model_pool(hostile_dir, tmp_path_factory):
+    """The same inputs on the streaming process engine: 2 per-source workers feeding one model
+    server that runs a tiny random aesthetic model (min -1e9: it rejects nothing)."""
+    from mugv_data.random_models import write_aesthetic_models
+
+    clip, head = write_aesthetic_models(tmp_path_factory.mktemp("models"), "tiny")
+    pool = ["engine.workers=2", "engine.model_pool.actors=1", "filters.aesthetic.enabled=true",
+            f"filters.aesthetic.clip_path={clip}", f"filters.aesthetic.head_path={head}",
+            "filters.aesthetic.device=cpu", "filters.aesthetic.min=-1e9"]  # fmt: skip
+    out = tmp_path_factory.mktemp("out_pool") / "clips"
+    sets = [a for kv in pool for a in ("--set", kv)]
+    args = ["curate", "--input", str(hostile_dir), "--output", str(out), "--engine", "process"]
+    assert data_main([*args, *sets, *FAST]) == 0
+    # the model stage ran in the pool, not in the per-source workers, on every kept clip
+    timings = json.loads((out / "summary.json").read_text())["timings"]
+    assert "model_pool" in timings and "aesthetic" not in timings, timings
+    recs = ClipDataset(out).records()
+    assert recs and all("aesthetic" in r.scores for r in recs)
+    return out
+
+
 EXPECTED_REJECT = {
     "zero.mp4": {"zero-byte"},
     "text.mp4": {"not-a-video"},
@@ -116,7 +139,11 @@ EXPECTED_REJECT = {
 }
 
 
-def test_every_bad_input_is_one_reject_with_a_reason(curated):
+@pytest.mark.parametrize("run", ["curated", "curated_with_model_pool"])
+def test_every_bad_input_is_one_reject_with_a_reason(run, request):
+    """On the sequential engine, and on the process engine with a model pool (the same
+    records as the sequential engine's)."""
+    curated = request.getfixturevalue(run)
     rejects = [r for r in read_rejects(curated) if r["key"] is None]
     by_name = {}
     for r in rejects:
@@ -127,6 +154,10 @@ def test_every_bad_input_is_one_reject_with_a_reason(curated):
         assert name in by_name, f"{name}: no reject record (silently skipped)"
         assert by_name[name]["kind"] in kinds, by_name[name]
         assert by_name[name]["reason"]
+    if run != "curated":  # the same records as the sequential engine's
+        seq = request.getfixturevalue("curated")
+        want = {Path(r["source"]).name: r for r in read_rejects(seq) if r["key"] is None}
+        assert by_name == want
 
 
 def test_good_rotated_portrait_and_unicode_inputs_give_clips(curated):

@@ -451,11 +451,11 @@ def test_report_draws_every_filter_threshold():
     stages = [s for s in build_clip_stages(cfg) if isinstance(s, RangeFilter)]
     assert {s.score_name for s in stages} >= {"shake", "speed_change", "aesthetic", "text_ratio"}
     for s in stages:
-        assert _bounds(cfg, s.score_name) == (s.config.min, s.config.max), s.name
+        assert _bounds(cfg.filters, s.score_name) == (s.config.min, s.config.max), s.name
     f = cfg.filters
-    assert _bounds(cfg, "sharpness_lo") == (f.sharpness.min, None)
-    assert _bounds(cfg, "sharpness_hi") == (None, f.sharpness.max)
-    assert _bounds(cfg, "frozen_ratio") == (None, f.static.max_frozen_ratio)
-    assert _bounds(cfg, "diff_spike") == (None, 8.0)
-    assert _bounds(cfg, "classifier_score") == (None, 0.7)
-    assert _bounds(cfg, "dedup_similarity") == (None, None)
+    assert _bounds(cfg.filters, "sharpness_lo") == (f.sharpness.min, None)
+    assert _bounds(cfg.filters, "sharpness_hi") == (None, f.sharpness.max)
+    assert _bounds(cfg.filters, "frozen_ratio") == (None, f.static.max_frozen_ratio)
+    assert _bounds(cfg.filters, "diff_spike") == (None, 8.0)
+    assert _bounds(cfg.filters, "classifier_score") == (None, 0.7)
+    assert _bounds(cfg.filters, "dedup_similarity") == (None, None)

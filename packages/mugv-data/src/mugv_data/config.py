@@ -326,14 +326,22 @@ class FiltersConfig(Frozen):
         base = self.model_dump(exclude={"per_source"})
         return FiltersConfig.model_validate(_deep_update(base, override))
 
+    def globs_for(self, source: str) -> tuple[str, ...]:
+        """The ``per_source`` globs that match one source path, in the order given."""
+        return tuple(g for g in self.per_source if fnmatch.fnmatchcase(source, g))
+
     def for_source(self, source: str) -> FiltersConfig:
         """The filter settings for one source path (self when no glob matches)."""
-        hits = [o for g, o in self.per_source.items() if fnmatch.fnmatchcase(source, g)]
-        if not hits:
+        return self.for_globs(self.globs_for(source))
+
+    def for_globs(self, globs: tuple[str, ...]) -> FiltersConfig:
+        """The filter settings with the overrides of ``globs`` (keys of ``per_source``)
+        applied in that order (self when there are none)."""
+        if not globs:
             return self
         merged: dict[str, Any] = {}
-        for o in hits:
-            merged = _deep_update(merged, o)
+        for g in globs:
+            merged = _deep_update(merged, self.per_source[g])
         return self._merged(merged)
 
 
