@@ -29,7 +29,9 @@ def test_cosine_schedule_is_warmup_then_the_closed_form(tmp_path, clip_dir):
         if s < warm:
             expected = lr * (s + 1) / warm
         else:  # half a cosine period from lr at the end of warm-up to low at the last step
-            expected = low + (lr - low) * (1 + math.cos(math.pi * (s - warm) / (steps - 1 - warm))) / 2
+            expected = (
+                low + (lr - low) * (1 + math.cos(math.pi * (s - warm) / (steps - 1 - warm))) / 2
+            )
         assert t._lr(s) == pytest.approx(expected, rel=1e-12), s
     assert t._lr(warm) == pytest.approx(lr) and t._lr(steps - 1) == pytest.approx(low)
     const = _trainer(tmp_path / "b", clip_dir, "steps=11", f"optim.lr={lr}", "optim.warmup_steps=2")
@@ -44,13 +46,14 @@ def test_architecture_fields_over_the_preset(tmp_path, clip_dir):
     # the preset's other fields stay: the rest of the temporal section and the trunk
     assert cfg.temporal.channel_multipliers == tiny.temporal.channel_multipliers
     assert cfg.trunk == tiny.trunk and cfg.latent_channels == tiny.latent_channels
-    widths = {m.out_channels for m in t.model.temporal_encoder.modules() if hasattr(m, "out_channels")}
+    widths = {
+        m.out_channels for m in t.model.temporal_encoder.modules() if hasattr(m, "out_channels")
+    }
     assert 16 in widths and 32 in widths  # filters x multipliers (1, 2, 2, 2)
     with pytest.raises(ValueError, match="num_groups"):
         _trainer(tmp_path / "b", clip_dir, "model.architecture={temporal: {filters: 6}}")
     with pytest.raises(ValueError, match="filterz"):
         _trainer(tmp_path / "c", clip_dir, "model.architecture={temporal: {filterz: 6}}")
-
 
 
 def test_cached_decoding_gives_the_same_batches_and_decodes_each_clip_once(
@@ -125,7 +128,7 @@ def test_sample_posterior_false_decodes_the_posterior_mean(tmp_path, clip_datase
         with torch.no_grad():  # the reference: the mean through the same weights, float64 MSE
             m = t.model
             mean = m.encode_posterior(batch["video"]).mode()
-            ref = (m.decode_raw(mean, batch["window"]).double() - batch["video"].double())
+            ref = m.decode_raw(mean, batch["window"]).double() - batch["video"].double()
             ref = ref.pow(2).mean().item()
         logged = t.train_step(batch)["mse"]
         if sample:
@@ -165,3 +168,33 @@ def test_latent_stats_are_measured_into_the_final_checkpoint_only(tmp_path, clip
     torch.testing.assert_close(std, torch.ones_like(std), atol=1e-4, rtol=0)
     stats = json.loads((final / "latent_stats.json").read_text())
     assert stats["positions"] == z.shape[1] == 3 * 2 * 2 * 2
+
+
+def test_cached_clips_give_the_same_batches_resizing_each_sample_once(
+    tmp_path, clip_dataset, monkeypatch
+):
+    """cache_decoded also keeps each distinct sample's model input (clip, image step, first
+    frame): the batches are exactly those of an uncached source, and the resize runs once a
+    sample instead of once a step (issue 25: a fifth of the demo VAE's CPU step)."""
+    import mugv_vae.train.data as data
+    from mugv_vae.train.data import ClipSource, StepBatches
+
+    calls = []
+    resize = data.to_model_input
+    monkeypatch.setattr(data, "to_model_input", lambda *a: calls.append(1) or resize(*a))
+
+    def batches(cache: bool) -> StepBatches:  # image and video steps, random offsets
+        return StepBatches(ClipSource(clip_dataset, cache_decoded=cache), "32x32", 9, 2,
+                           image_ratio=0.3, windows=[1, 2], seed=5, rank=0, steps=12,
+                           max_offset=2)  # fmt: skip
+
+    plain, cached = batches(False), batches(True)
+    for step in range(12):
+        a, b = plain[step], cached[step]
+        assert torch.equal(a["video"], b["video"]), step
+        assert (a["window"], a["is_image"]) == (b["window"], b["is_image"]), step
+    samples = len(cached._inputs)
+    assert len(calls) == 12 * 2 + samples and samples < 12 * 2  # uncached: every step
+    again = cached[3]["video"]
+    again.add_(1.0)  # a batch is a copy: changing it leaves the cache as it was
+    assert torch.equal(cached[3]["video"], plain[3]["video"])

@@ -12,7 +12,7 @@ import yaml
 from mugv.config import load_config
 from mugv.layout import STAGE_NAMES, RunLayout
 from mugv.runner import stage_key
-from mugv.stages import build_stages, caption_for
+from mugv.stages import build_stages, caption_for, step_commands
 
 
 def _cfg(tmp_path: Path, *extra: str):
@@ -28,8 +28,8 @@ def test_stages_in_order_and_every_command_exists(tmp_path):
     assert [s.name for s in stages] == STAGE_NAMES
     for stage in stages:
         for step in stage.steps:
-            if step.cmd is not None:
-                assert Path(step.cmd[0]).is_file(), (stage.name, step.cmd[0])
+            for cmd in [step.cmd] * (step.cmd is not None) + step_commands(step):
+                assert Path(cmd[0]).is_file(), (stage.name, cmd[0])
         assert all(str(p).startswith(str(tmp_path / "run")) for p in stage.outputs)
     no_mem = build_stages(_cfg(tmp_path, "memorise.enabled=false"), RunLayout(tmp_path / "run"))
     assert "memorise" not in [s.name for s in no_mem]
@@ -52,7 +52,8 @@ def test_inputs_captions_and_keys(tmp_path):
 def test_trainer_stages_chain_their_exports(tmp_path):
     """dit -> sft -> dpo / kto: each trainer's config starts from the export the stage before
     it lists as an output, and each stage exports what its config trains."""
-    stages = {s.name: s for s in build_stages(_cfg(tmp_path), RunLayout(tmp_path / "run"))}
+    run = RunLayout(tmp_path / "run")
+    stages = {s.name: s for s in build_stages(_cfg(tmp_path), run)}
     configs = {}
     for name in ("dit", "sft", "dpo", "kto"):
         for step in stages[name].steps:
@@ -62,7 +63,9 @@ def test_trainer_stages_chain_their_exports(tmp_path):
         assert configs[name] == stages[name].settings["config"]
         *_, train_dir, export_dir = stages[name].outputs
         assert configs[name]["output_dir"] == str(train_dir)
-        export = stages[name].steps[-1].cmd
+        # the trainer on that config, then its export, in one process
+        *_, train, export = step_commands(stages[name].steps[-1])
+        assert train[1:] == [{"dit": "train"}.get(name, name), str(run.config(name))]
         assert export[1:] == ["export", "--run", str(train_dir), "--output", str(export_dir)]
     exported = {name: str(stages[name].outputs[-1]) for name in configs}
     assert configs["sft"]["train"]["init_from"] == exported["dit"]
@@ -99,7 +102,8 @@ def test_the_lora_variant_of_dpo(tmp_path):
     assert config["lora"] == {"rank": 4, "alpha": 8.0}
     assert "reference_from" not in config["align"]
     assert config["train"]["init_from"] == plain.settings["config"]["train"]["init_from"]
-    assert stage.steps[-1].cmd[-1] == "--merge-lora" and "--merge-lora" not in plain.steps[-1].cmd
+    export, plain_export = step_commands(stage.steps[-1])[-1], step_commands(plain.steps[-1])[-1]
+    assert export[-1] == "--merge-lora" and "--merge-lora" not in plain_export
     assert stage_key(stage, "") != stage_key(plain, "")  # switching it redoes the stage
 
     assert dpo_variant(run) == "not run"
@@ -159,7 +163,7 @@ def test_each_stage_needs_the_stages_that_write_what_it_reads(tmp_path):
         paths = [run.configs if n == "config" else getattr(run, n) for n in names]
         return [p for p in paths if isinstance(p, Path)]
 
-    reads = {name: _run_paths([s.settings, [st.cmd for st in s.steps if st.cmd]], run.root)
+    reads = {name: _run_paths([s.settings, [step_commands(st) for st in s.steps]], run.root)
              for name, s in stages.items()}  # fmt: skip
     reads["recon"] += used_by(tools.recon)
     reads["memorise"] += used_by(memorise.run_memorise, memorise.memorise_config, memorise._sample)

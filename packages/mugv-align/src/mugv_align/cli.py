@@ -196,7 +196,7 @@ def _run_base(cfg, dtype: str, run: str) -> dict:
     (``dtype``), in fp32: what whole-model snapshots stored besides the adapters."""
     import torch
     from mugv_dit.interop.export import architecture_differences, load_export
-    from mugv_dit.lora.adapters import is_adapter_name
+    from mugv_dit.lora.names import is_adapter_name
 
     path = cfg.train.init_from
     if cfg.lora is None or path is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mugv_dit.lora.adapters import holds_only_adapters, is_adapter_name
+from mugv_dit.lora.names import holds_only_adapters, is_adapter_name
 from mugv_dit.optim.master import PendingShards, lerp_to_masters_, master_params, sync_sharded_
 from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import step_dir_name

@@ -36,7 +36,7 @@ from mugv_formats import atomic_write_text
 from mugv_formats.checkpoint_dirs import checkpoint_step, prune_step_dirs, step_dir_name
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from mugv_dit.lora.adapters import holds_only_adapters, is_adapter_name
+from mugv_dit.lora.names import holds_only_adapters, is_adapter_name
 from mugv_dit.megatron_patches.adam_load import adam_state_for_loading, torch_adam_step_on_load
 from mugv_dit.megatron_patches.checkpoint_io import filesystem_reader, own_write_results_queue
 

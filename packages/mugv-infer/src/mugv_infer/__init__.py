@@ -20,15 +20,16 @@ except _PackageNotFoundError:  # running from a source tree (PYTHONPATH=packages
 
 if TYPE_CHECKING:
     from mugv_infer.enhancer import MUGVEnhancePipeline
+    from mugv_infer.limits import DEFAULT_NEGATIVE_PROMPT
     from mugv_infer.models import MUGDiTTransformer3DModel
     from mugv_infer.models.vae import AutoencoderMUGV
-    from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MUGVPipeline, MUGVPipelineOutput
+    from mugv_infer.pipeline import MUGVPipeline, MUGVPipelineOutput
     from mugv_infer.scheduler import MUGVFlowEulerScheduler
 
 # public name -> the module defining it (imported on first access)
 _HOME = {
     "AutoencoderMUGV": "mugv_infer.models.vae",
-    "DEFAULT_NEGATIVE_PROMPT": "mugv_infer.pipeline",
+    "DEFAULT_NEGATIVE_PROMPT": "mugv_infer.limits",
     "MUGDiTTransformer3DModel": "mugv_infer.models",
     "MUGVEnhancePipeline": "mugv_infer.enhancer",
     "MUGVFlowEulerScheduler": "mugv_infer.scheduler",

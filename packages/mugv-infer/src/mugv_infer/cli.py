@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="peft LoRA folder of the enhancer, with WEIGHT (default 1); repeatable")  # fmt: skip
     enh.add_argument("--strength", type=float)
 
-    conv = sub.add_parser("convert", help="DiT + VAE + T5 -> one diffusers folder with a model card")
+    conv = sub.add_parser(
+        "convert", help="DiT + VAE + T5 -> one diffusers folder with a model card"
+    )
     conv.add_argument("--dit", type=Path, required=True,
                       help="mugv.dit-export folder, or the release's dit.pt (needs mugv-dit)")  # fmt: skip
     conv.add_argument("--vae", type=Path, required=True,
@@ -182,11 +184,12 @@ def _run(args: argparse.Namespace) -> int:
     """``generate`` / ``enhance``: settings resolved and checked (every user error surfaces
     before any model loads), then run; prints the outputs as JSON."""
     from mugv_infer import config as C
-    from mugv_infer import run
 
     flags = _flags(args)
     generate = args.command == "generate"
     cfg = C.resolve(C.GenerateConfig if generate else C.EnhanceConfig, args.config, flags, args.set)
+    from mugv_infer import run  # diffusers and the pipelines: after the settings' errors
+
     plan = run.check(cfg)  # a folder output is locked from here (mugv_formats.output_lock)
     try:
         outputs = run.generate(cfg, plan) if generate else run.enhance(cfg, plan)

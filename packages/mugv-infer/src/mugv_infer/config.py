@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from mugv_formats.config_loading import load_config
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mugv_infer.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
+from mugv_infer.limits import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
 from mugv_infer.release import PRESET_OUTPUT_FPS, PRESETS, InferenceChoices
 from mugv_infer.wan_enhancer.settings import ReleaseEnhanceSettings
 

@@ -39,6 +39,7 @@ from mugv_infer.checks import (
     check_finite_weights,
     check_number,
 )
+from mugv_infer.limits import DEFAULT_NEGATIVE_PROMPT, MAX_FPS, MAX_GUIDANCE, MAX_STEPS
 from mugv_infer.models.transformer import MUGDiTTransformer3DModel
 from mugv_infer.models.vae import AutoencoderMUGV
 from mugv_infer.outputs import locked_folder
@@ -54,21 +55,10 @@ from mugv_infer.step_cache import StepCache
 from mugv_infer.text import encode_prompts, load_t5
 from mugv_infer.video_io import load_image, load_video
 
-DEFAULT_NEGATIVE_PROMPT = (
-    "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
-    "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, "
-    "signature, watermark, username, blurry"
-)
-"""The release's negative prompt."""
-
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 PIPELINE_KIND = "mugv-infer.pipeline"
 """Kind of a folder written by :meth:`MUGVPipeline.save_pretrained` (its ownership marker;
 complete once ``model_index.json`` is written)."""
-MAX_GUIDANCE = 100.0
-MAX_FPS = 1000.0
-"""Upper bound of fps values (the release uses 30 and 21)."""
-MAX_STEPS = 1000
 TEMPORAL_COMPRESSION = 8
 SPATIAL_COMPRESSION = 8
 
@@ -536,7 +526,9 @@ class MUGVPipeline(DiffusionPipeline):
             noisy[:, : z.shape[2]] = False
             given = frames[:, :keep]
         if image is not None:
-            img = image if isinstance(image, torch.Tensor) else load_image(image, height, width, crop)
+            img = (
+                image if isinstance(image, torch.Tensor) else load_image(image, height, width, crop)
+            )
             z = self._encode_frames(img[None, :, None], generator)
             cond[:, :, :1] = z.cpu()
             noisy[:, 0] = False

@@ -35,7 +35,6 @@ import warnings
 from typing import Literal
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from pydantic import BaseModel, ConfigDict, Field
 
 RELEASE_DECODE_WINDOW = 6
@@ -115,9 +114,7 @@ def apply_preset(pipe, preset: str | InferenceChoices = "release"):
     return pipe
 
 
-def encode_condition(
-    vae, frames_BCFHW: torch.Tensor, sample: bool, generator=None
-) -> torch.Tensor:
+def encode_condition(vae, frames_BCFHW: torch.Tensor, sample: bool, generator=None) -> torch.Tensor:
     """Normalised conditioning latents of ``frames`` (on the VAE's device and dtype): the
     posterior mean, or with ``sample`` ``mean + std * eps`` with ``eps`` drawn on the CPU
     from ``generator`` (the same latent on any device)."""
@@ -126,6 +123,8 @@ def encode_condition(
         return vae.normalize(posterior.mode())
     if isinstance(generator, list):
         generator = generator[0]
+    from diffusers.utils.torch_utils import randn_tensor  # diffusers: only where it samples
+
     eps = randn_tensor(
         posterior.mean.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32
     )

@@ -25,25 +25,27 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 from mugv_formats import LatentDataset, LatentShardWriter, atomic_write_text
-from mugv_formats.lifecycle import die_with_parent
 
+from mugv.chain import run_in_process
 from mugv.layout import RunLayout
 from mugv.media import to_uint8, write_mp4
 from mugv.runner import script
 
 
 def _run(cmd: list[str]) -> None:
+    """The console-script command ``cmd`` in this process (:func:`mugv.chain.run_in_process`:
+    its own entry point; Megatron and torch are imported once for the training, the export
+    and the samples)."""
     print("$", " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        raise SystemExit(f"{Path(cmd[0]).name} failed with exit code {res.returncode}")
+    code = run_in_process(cmd)
+    if code != 0:
+        raise SystemExit(f"{Path(cmd[0]).name} failed with exit code {code}")
 
 
 def _one_clip_dataset(src: Path, dst: Path, copies: int, key: str | None = None):
@@ -156,9 +158,7 @@ def run_memorise(
     rec = pick.record
     print(f"memorising {rec.key} ({rec.caption!r}), latents {pick.latents.shape}", flush=True)
 
-    cfg = memorise_config(
-        run, steps=steps, lr=lr, batch=batch, preset=preset, model=model or {}
-    )
+    cfg = memorise_config(run, steps=steps, lr=lr, batch=batch, preset=preset, model=model or {})
     atomic_write_text(run.memorise_config, yaml.safe_dump(cfg, sort_keys=False))
     _run([script("mugv-dit"), "train", str(run.memorise_config)])
     _run([script("mugv-dit"), "export", "--run", str(run.memorise_run), "--output",

@@ -26,6 +26,11 @@ Stages that do not read each other's files run side by side, at most ``parallel_
 a time: text beside curate / the VAE, recon beside latents, memorise beside the DiT chain,
 samples beside sft, kto beside dpo. Each stage waits for the stages that write what it reads
 (``mugv.stages.NEEDS``).
+
+A stage's commands run one after another in one child process (:func:`in_one_process`,
+``python -m mugv.tools chain``), each through its console script's own entry point: a trainer
+and its export, encode and embed-text, T2V, the I2V frame and I2V share their imports
+(torch, Megatron-Core, diffusers), which a process of its own paid again (2-6 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pathlib import Path
 import yaml
 from mugv_formats import atomic_write_bytes, atomic_write_text
 
+from mugv.chain import is_tool_command
 from mugv.config import PipelineConfig
 from mugv.layout import RunLayout
 from mugv.runner import Stage, Step, script
@@ -52,6 +58,22 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 def tool(*args: str) -> list[str]:
     """A command of the umbrella's own glue, :mod:`mugv.tools`."""
     return [sys.executable, "-m", "mugv.tools", *args]
+
+
+def in_one_process(*commands: list[str]) -> list[str]:
+    """One child process that runs ``commands`` one after another, each through its own
+    entry point (``mugv.tools chain``, :mod:`mugv.chain`): the imports they share are paid
+    once instead of once a command (2-6 s a process on 2 cores)."""
+    return tool("chain", json.dumps([list(c) for c in commands]))
+
+
+def step_commands(step: Step) -> list[list[str]]:
+    """The pipeline commands a step runs: its ``cmd``, or each command of its chain."""
+    if step.cmd is None:
+        return []
+    if is_tool_command(step.cmd) and step.cmd[3:4] == ["chain"]:
+        return json.loads(step.cmd[4])
+    return [step.cmd]
 
 
 def sample_clip_dir() -> Path:
@@ -205,14 +227,19 @@ def vae_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
 
 def recon_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
     size = {"resolution": cfg.vae.recon_resolution, "frames": cfg.vae.recon_frames}
-    steps = [Step("mugv.tools recon", tool("recon", "--run", str(run.root), *_flags(size)))]
+    commands = [tool("recon", "--run", str(run.root), *_flags(size))]
+    title = "mugv.tools recon"
     if cfg.vae.eval_resolutions:  # the `mugv eval vae` table of the trained VAE
-        steps.append(Step("mugv eval vae", [
+        commands.append([
             script("mugv"), "eval", "vae", str(run.vae), "--clips", str(run.clips),
             "--resolutions", *cfg.vae.eval_resolutions, "--frames", str(cfg.vae.recon_frames),
             # decoder window 1: as the recon above decodes and the demo recipe trains
             "--window", "1", "--device", "cpu", "--output", str(run.recon_eval),
-        ]))  # fmt: skip
+        ])  # fmt: skip
+        title += " + mugv eval vae (one process)"
+        steps = [Step(title, in_one_process(*commands))]
+    else:
+        steps = [Step(title, commands[0])]
     return Stage(
         "recon",
         "reconstruct the clips with the VAE (PSNR; mugv eval vae)",
@@ -239,7 +266,11 @@ def latents_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         "clip shards -> latent shards + text features (mugv-vae, mugv-dit)",
         enc.model_dump(),
         [run.latents, run.latents_text],
-        steps=[Step("mugv-vae encode", encode), Step("mugv-dit embed-text", embed)],
+        steps=[
+            Step(
+                "mugv-vae encode + mugv-dit embed-text (one process)", in_one_process(encode, embed)
+            )
+        ],
     )
 
 
@@ -273,22 +304,24 @@ def train_and_export(
     trainer ``command`` (console script, subcommand) run on it, its run exported with that
     script's ``export``. ``folders``: the run folder (the config's ``output_dir``) and the
     export. ``before``: steps that come first, each with the output it writes;
-    ``export_flags``: extra arguments of the export (``--merge-lora``)."""
+    ``export_flags``: extra arguments of the export (``--merge-lora``). The ``before``
+    commands, the trainer and the export run in one process (:func:`in_one_process`)."""
     package, subcommand = command
     cfg_file = run.config(name)
     train_dir, export_dir = folders
     export = [script(package), "export", "--run", str(train_dir), "--output", str(export_dir)]
     export += export_flags
+    train = [script(package), subcommand, str(cfg_file)]
+    titles = [*(step.title for step, _ in before), f"{package} {subcommand}", f"{package} export"]
+    commands = [*(step.cmd for step, _ in before), train, export]
     return Stage(
         name,
         title,
         {"config": config},
         [cfg_file, *(out for _, out in before), train_dir, export_dir],
         steps=[
-            *(step for step, _ in before),
             Step("config", fn=lambda: write_yaml(cfg_file, config)),
-            Step(f"{package} {subcommand}", [script(package), subcommand, str(cfg_file)]),
-            Step(f"{package} export", export),
+            Step(" + ".join(titles) + " (one process)", in_one_process(*commands)),
         ],
     )
 
@@ -333,14 +366,14 @@ def samples_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         [run.samples, run.rdpo, run.prompts],
         steps=[
             Step(
-                "captions of the real clips",
-                tool("prompts", "--latents", str(run.latents_text), "--out", str(run.prompts)),
+                "captions + mugv-infer generate --output-type latent + mugv-align make-pairs "
+                "(one process)",
+                in_one_process(
+                    tool("prompts", "--latents", str(run.latents_text), "--out", str(run.prompts)),
+                    tool("infer", "--prompts", str(run.prompts), "--", *generate),
+                    pairs,
+                ),
             ),
-            Step(
-                "mugv-infer generate --output-type latent",
-                tool("infer", "--prompts", str(run.prompts), "--", *generate),
-            ),
-            Step("mugv-align make-pairs", pairs),
         ],
     )
 
@@ -425,7 +458,12 @@ def generate_stage(cfg: PipelineConfig, run: RunLayout) -> Stage:
         "T2V of each caption and I2V from a clip's first frame (mugv-infer)",
         gen.model_dump(),
         [run.videos],
-        [Step("T2V", t2v), Step("first frame of a curated clip", first_frame), Step("I2V", i2v)],
+        [
+            Step(
+                "T2V + first frame of a curated clip + I2V (one process)",
+                in_one_process(t2v, first_frame, i2v),
+            )
+        ],
     )
 
 

@@ -8,6 +8,10 @@
 - ``prompts``: the distinct captions of a latent dataset (JSON list).
 - ``kto-labels``: pass/fail labels over make-pairs' pool (real passes, generated fails).
 - ``infer``: ``exec`` a ``mugv-infer generate`` command with one ``--prompt`` per caption.
+- ``chain``: several of the pipeline's commands (console scripts of this environment, or
+  ``python -m mugv.tools ...``) one after another in this one process, each through its own
+  entry point, so that the imports they share (torch, Megatron-Core, diffusers: seconds each
+  on 2 cores) are paid once; it stops at the first that fails, with its exit status.
 - ``recon``: each curated clip of a run through its VAE (posterior mean): original and
   reconstruction as mp4, PSNR (JSON).
 - ``first-frame``: the first curated clip's first frame at the generation size (I2V input).
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from mugv_formats import ClipDataset, LatentDataset, atomic_open, atomic_write_text
 
+from mugv.chain import chain, run_in_process
 from mugv.layout import RunLayout
 from mugv.media import to_uint8, write_mp4
 from mugv.memorise import run_memorise
@@ -84,12 +89,18 @@ def kto_labels(latents: Path, out: Path) -> None:
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def infer(args: argparse.Namespace, cmd: list[str]) -> None:
+def infer_argv(args: argparse.Namespace, cmd: list[str]) -> list[str]:
+    """``cmd`` (a ``mugv-infer generate`` command) with one ``--prompt`` per caption."""
     caps = args.prompt_list or json.loads(Path(args.prompts).read_text())
     caps = caps[: args.max_prompts] if args.max_prompts else caps
     argv = [*cmd]
     for c in caps:
         argv += ["--prompt", c]
+    return argv
+
+
+def infer(args: argparse.Namespace, cmd: list[str]) -> None:
+    argv = infer_argv(args, cmd)
     os.execv(argv[0], argv)  # same process: dies with the pipeline like any stage
 
 
@@ -137,7 +148,9 @@ def first_frame(clips: Path, resolution: str, out: Path) -> None:
         Image.fromarray(to_uint8(x_CTHW.numpy())[0]).save(f, format="PNG")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
+    """The tools' command line; ``in_process`` (a step of :func:`chain`): ``infer`` runs its
+    command here instead of ``exec``-ing it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     tail: list[str] = []
     if "--" in argv:
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--model", type=json.loads, default={}, help="its model section (JSON)")
     s = sub.add_parser("report")
     s.add_argument("--run", type=Path, required=True)
+    s = sub.add_parser("chain")
+    s.add_argument("commands", type=json.loads, help="JSON list of commands (argument lists)")
     a = p.parse_args(argv)
     if a.cmd == "text-encoder":
         text_encoder_folder(a.source, a.out)
@@ -185,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "infer":
         if not tail:
             p.error("infer needs -- COMMAND ...")
+        if in_process:
+            return run_in_process(infer_argv(a, tail))
         infer(a, tail)
     elif a.cmd == "recon":
         recon(RunLayout(a.run.resolve()), a.resolution, a.frames)
@@ -198,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     elif a.cmd == "report":
         write_report(RunLayout(a.run.resolve()))
+    elif a.cmd == "chain":
+        ok = isinstance(a.commands, list) and all(
+            isinstance(c, list) and c and all(isinstance(x, str) for x in c) for c in a.commands
+        )
+        if not ok:
+            p.error(f"chain: COMMANDS must be a JSON list of argument lists, got {a.commands!r}")
+        return chain(a.commands)
     return 0
 
 

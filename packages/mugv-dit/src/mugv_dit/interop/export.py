@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from mugv_dit import __version__
 from mugv_dit.config import LEGACY_MODEL_RUNTIME_FIELDS, ModelConfig, RuntimeConfig, resolve_config
-from mugv_dit.lora.adapters import is_adapter_name
 from mugv_dit.lora.config import LoraConfig
+from mugv_dit.lora.names import is_adapter_name
 
 ARCHITECTURE = "MUGDiT"
 
@@ -203,7 +203,11 @@ def run_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
 
 
 def checkpoint_state(
-    ckpt: str | Path, model_cfg: ModelConfig, *, weights: str = "ema", lora: LoraConfig | None = None
+    ckpt: str | Path,
+    model_cfg: ModelConfig,
+    *,
+    weights: str = "ema",
+    lora: LoraConfig | None = None,
 ) -> dict[str, torch.Tensor]:
     """The full (TP=1) state dict of the ``weights`` (``ema`` / ``model``) of a training
     checkpoint, read in one local process; with ``lora`` (the run's adapters) the adapters

@@ -61,24 +61,11 @@ from torch import nn
 
 from mugv_dit.lora.config import LoraConfig
 
-#: suffixes of adapter parameter names (``<linear>.lora_A`` / ``<linear>.lora_B``)
-ADAPTER_SUFFIXES = (".lora_A", ".lora_B")
-
-
-def is_adapter_name(name: str) -> bool:
-    """Whether a parameter / state-dict name is a LoRA adapter's."""
-    return name.endswith(ADAPTER_SUFFIXES)
-
-
-# set on adapter_copy's result: its base tensors are another model's, not its own to save
-_ADAPTER_COPY = "_mugv_adapter_copy"
-
-
-def holds_only_adapters(module: nn.Module) -> bool:
-    """Whether ``module`` is (or holds) an :func:`adapter_copy`: a model whose only own
-    tensors are its adapters. Its checkpoint slot and snapshots keep those alone (the base is
-    the run's frozen base, saved once in the model slot / named by ``train.init_from``)."""
-    return any(getattr(m, _ADAPTER_COPY, False) for m in module.modules())
+# the adapters' names and flag live in mugv_dit.lora.names (no Megatron), re-exported here
+from mugv_dit.lora.names import ADAPTER_COPY_ATTR as _ADAPTER_COPY
+from mugv_dit.lora.names import ADAPTER_SUFFIXES as ADAPTER_SUFFIXES
+from mugv_dit.lora.names import holds_only_adapters as holds_only_adapters
+from mugv_dit.lora.names import is_adapter_name
 
 
 @dataclass

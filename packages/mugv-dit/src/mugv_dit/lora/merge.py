@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mugv_dit.lora.adapters import is_adapter_name
+from mugv_dit.lora.names import is_adapter_name
 
 
 def adapter_bases(state: dict[str, torch.Tensor]) -> list[str]:

@@ -58,7 +58,8 @@ class DataConfig(_Cfg):
     cache_decoded: bool = Field(
         False,
         description="Decode each clip once and keep its frames in memory (small clip sets, "
-        "e.g. the demo's: decoding is then not repeated every step).",
+        "e.g. the demo's: decoding is then not repeated every step), and each distinct "
+        "sample's resized model input (clip, image step, first frame).",
     )
     eval_clips: str | None = Field(None, description="Held-out clips for periodic PSNR.")
 
@@ -101,9 +102,12 @@ class OptimConfig(_Cfg):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     warmup_steps: int = Field(0, ge=0)
     lr_decay: Literal["constant", "cosine"] = Field(
-        "constant", description="After warm-up: keep lr, or cosine-decay it to min_lr at the last step."
+        "constant",
+        description="After warm-up: keep lr, or cosine-decay it to min_lr at the last step.",
     )
-    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False, description="Final lr of the cosine decay.")
+    min_lr: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Final lr of the cosine decay."
+    )
     grad_clip: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
