@@ -59,6 +59,7 @@ def _curate_cli(*args) -> subprocess.CompletedProcess:
 #: What our report itself uses: any other tag or any event-handler attribute came from data.
 OUR_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "b", "i", "br"}
 OUR_TAGS |= {"table", "tr", "td", "div", "code", "small", "img", "svg", "text", "rect", "line"}
+OUR_TAGS |= {"figure", "figcaption", "span"}  # histogram captions, override labels
 HOSTILE_NAMES = [
     "<script>alert(1)<\\script>.mp4",
     "<img src=x onerror=alert(2)>.mp4",
