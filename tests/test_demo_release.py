@@ -46,7 +46,7 @@ def test_demo_finishes_and_reports_every_stage(demo) -> None:
     ]  # fmt: skip
     print(json.dumps({s["stage"]: s["seconds"] for s in timings["stages"]}, indent=1))
     # a guard against a stage gone pathological, not the speed goal (that is measured and
-    # stated in the README: ~200-340 s on 2 shared cores, 2026-12-07): CI shares the machine
+    # stated in the README: ~180-220 s on 2 shared cores, 2026-12-08): CI shares the machine
     assert timings["wall_seconds"] < 900
     page = (run / "report.html").read_text()
     for section in SECTIONS:
