@@ -445,6 +445,7 @@ class SourceProcessor:
             preset=cc.preset,
             threads=max(1, self.config.decode.threads),
             frame_format="yuv420p",
+            deterministic=cc.deterministic,
         )
         o.fps, o.num_frames, o.width, o.height = float(fps), len(idx), w, h
         return out_reader

@@ -81,7 +81,8 @@ def load_video(path: str | Path, height: int, width: int, max_frames: int | None
 
 
 def save_video(frames_THWC: np.ndarray, path: str | Path, fps: float = 21.0) -> Path:
-    """Write ``.mp4`` (H.264, :data:`MP4_CRF`; an odd height or width loses its last pixel
+    """Write ``.mp4`` (H.264, :data:`MP4_CRF`, the same bytes for the same frames: x264's
+    mb-tree off, see ``mugv_formats.video.encode_mp4``; an odd height or width loses its last pixel
     row / column), ``.gif`` (PIL) or a folder of PNG frames (any other path, or a path ending
     in ``/``). The MP4 and the GIF appear complete or not at all."""
     path = Path(path)
@@ -89,7 +90,7 @@ def save_video(frames_THWC: np.ndarray, path: str | Path, fps: float = 21.0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
-        write_mp4(frames_THWC, path, fps, crf=MP4_CRF)
+        write_mp4(frames_THWC, path, fps, crf=MP4_CRF, deterministic=True)
     elif suffix == ".gif":
         images = [Image.fromarray(f) for f in frames_THWC]
         with atomic_open(path) as f:

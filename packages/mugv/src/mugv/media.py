@@ -22,5 +22,8 @@ def to_uint8(video_CTHW: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(frames_THW3: np.ndarray, path: Path, fps: float = FPS) -> Path:
-    """uint8 frames -> H.264 mp4 (crf 18), written atomically; an odd size loses a pixel."""
-    return mugv_formats.video.write_mp4(frames_THW3, path, fps, crf=18, preset="veryfast")
+    """uint8 frames -> H.264 mp4 (crf 18), written atomically; an odd size loses a pixel; the
+    same frames give the same bytes (``deterministic``: x264's mb-tree off)."""
+    return mugv_formats.video.write_mp4(
+        frames_THW3, path, fps, crf=18, preset="veryfast", deterministic=True
+    )
