@@ -5,7 +5,8 @@
 #   call 1 (carry .fa4a):       bash .fa4a/fa4-install.sh stage
 #   call 2 (carry .fa4b .whl):  OUT=$OUT bash packages/mugv-kernels/benchmarks/run_fa4_varlen_gpu.sh
 # Env: SKIP_TESTS=1 skips step 2, SKIP_DRIVER=1 step 1; DRIVER_BUDGET_S (default 240) bounds
-# step 1. Both steps share
+# step 1, TESTS_LIMIT_S (default 330; 180 cut the 26th test on 2026-12-07, after 25 passed)
+# step 2. Both steps share
 # FA4's persistent JIT cache (/tmp/fa4cache), so step 2 reuses step 1's compiles.
 set -u -o pipefail
 source .fa4b/fa4-install.sh || exit 1
@@ -27,9 +28,11 @@ if [ "${SKIP_DRIVER:-0}" != 1 ]; then
 fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   t1=$(date +%s)
-  COLUMNS=200 timeout -k 10 180 python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu_fa4.py \
+  COLUMNS=200 timeout -k 10 ${TESTS_LIMIT_S:-330} python3 -m pytest -m gpu packages/mugv-dit/tests/test_gpu_fa4.py \
     -k "varlen or self_check" -q -p no:cacheprovider --tb=short -rfEX \
     -W ignore::DeprecationWarning -W ignore::UserWarning > "$OUT/gpu_tests.log" 2>&1
+  rc=$?
   tail -n 25 "$OUT/gpu_tests.log"
-  echo "step 2 (GPU tests) took $(( $(date +%s) - t1 )) s"
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "step 2 CUT at its ${TESTS_LIMIT_S:-330} s limit: the last test did not finish"
+  echo "step 2 (GPU tests) took $(( $(date +%s) - t1 )) s (pytest rc $rc)"
 fi
