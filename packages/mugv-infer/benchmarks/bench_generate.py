@@ -204,6 +204,13 @@ def main() -> int:
     ap.add_argument(
         "--cache-only", action="store_true", help="with --step-cache: no exact e2e run first"
     )
+    ap.add_argument(
+        "--save-latent", type=Path, help="e2e: write the final latent of the last run (safetensors)"
+    )
+    ap.add_argument(
+        "--compare-latent", type=Path,
+        help="e2e: rel L2 / max abs of the final latent against one --save-latent wrote",
+    )  # fmt: skip
     ap.add_argument("--cache-curve", default="", help="thresholds 'T1,T2,..': calibration")
     ap.add_argument("--cache-prompts", type=int, default=2)
     ap.add_argument("--cache-steps", type=int, default=25)
@@ -726,7 +733,9 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
     from mugv_infer.pipeline import MUGVPipeline
     from mugv_infer.scheduler import MUGVFlowEulerScheduler
 
-    # random init is fast on the GPU (T5-XXL: 4.7B parameters); offloaded parts then go to the CPU
+    # random init is fast on the GPU (T5-XXL: 4.7B parameters); offloaded parts then go to the CPU.
+    # Seeded: the same text features and VAE in every process (--save-latent / --compare-latent)
+    torch.manual_seed(0)
     t5 = build_t5(device, dtype, model.config.text_dim)
     vae = build_vae(device, dtype, tiny=args.preset == "debug")
     if args.offload:
@@ -839,15 +848,18 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         partial(res)
         return tensors
 
-    if args.cache_only and args.step_cache > 0:  # the cached run alone (no deviation)
-        cached, _lat, _video = run(args.step_cache, progress)
+    if args.cache_only and args.step_cache > 0:  # the cached run alone
+        cached, lat_c, _video = run(args.step_cache, progress)
         res.pop("ours_progress", None)
         res["ours+cache"] = {**cached, "threshold": args.step_cache}
+        res["ours+cache"].update(latent_io(args, lat_c))
         print(f"e2e ours+cache: {json.dumps(res['ours+cache'])}", flush=True)
         return res
     exact, lat, video = run(0.0, progress)
     res.pop("ours_progress", None)
     res["ours"] = exact
+    if args.step_cache <= 0:
+        exact.update(latent_io(args, lat))
     print(f"e2e ours: {json.dumps(exact)}", flush=True)
     partial(res)
     if args.step_cache > 0:
@@ -864,6 +876,34 @@ def e2e(args, model, device, dtype, partial=lambda part: None) -> dict:
         res["ours+cache"] = cached
         print(f"e2e ours+cache: {json.dumps(cached)}")
     return res
+
+
+def latent_io(args, latent: torch.Tensor) -> dict:
+    """``--compare-latent``: the final latent's deviation from one an earlier run saved (same
+    seed, shapes and text features: e.g. the exact run of one call against the cached run of
+    the next); ``--save-latent``: write it for such a comparison."""
+    from safetensors.torch import load_file, save_file
+
+    out: dict = {}
+    if args.compare_latent is not None:
+        ref = load_file(str(args.compare_latent))["latent"].to(latent.device)
+        if ref.shape != latent.shape:
+            raise SystemExit(
+                f"--compare-latent {args.compare_latent}: shape {tuple(ref.shape)}, this run's "
+                f"latent {tuple(latent.shape)}"
+            )
+        d = (latent.float() - ref.float()).abs()
+        out.update(
+            compared_with=str(args.compare_latent),
+            latent_rel_l2=_rel(latent, ref),
+            latent_max_abs=d.max().item(),
+            latent_mean_abs=d.mean().item(),
+        )
+    if args.save_latent is not None:
+        args.save_latent.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"latent": latent.detach().cpu().contiguous()}, str(args.save_latent))
+        out["saved_latent"] = str(args.save_latent)
+    return out
 
 
 def cache_curve(args, run, text_features, keep=lambda _partial: None) -> dict:

@@ -46,6 +46,9 @@
 # with a table of every JSON found there (summary.md). BENCH_EXTRA="..." appends flags to
 # every bench_generate.py call (e.g. "--no-compile" if compiling the 10b block eats the e2e
 # budget; "--device cpu --preset debug --height 32 --width 48 --frames 9" for a CPU dry run).
+# The cached run's deviation at the 10b across two calls on one machine (/tmp survives):
+#     BENCH_EXTRA="--save-latent /tmp/lat-cal.safetensors" ... run_h200.sh e2e-fp8-cal
+#     BENCH_EXTRA="--compare-latent /tmp/lat-cal.safetensors" ... run_h200.sh e2e-fp8-cal-cache
 set -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 1
 OUT=${OUT:-/tmp/out}
