@@ -12,7 +12,7 @@
 #     call 1 (carry .decord-whl ...):  bash packages/mugv-data/benchmarks/run_gpu.sh stage
 #     call 2 (carry .data-wheels):     OUT=$OUT bash packages/mugv-data/benchmarks/run_gpu.sh stage nvdec
 # Without decord its rows say "error"; every other row still runs.
-# PARTs: stage (install what is carried into /tmp/data-deps) | nvdec (the benchmark, 420 s limit;
+# PARTs: stage (install what is carried into /tmp/data-deps) | nvdec (the benchmark, limit NVDEC_LIMIT_S, default 420 s;
 # NVDEC_ARGS adds options, e.g. "--tiny --device cpu" for a smoke run on a CPU)
 set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 1
@@ -47,7 +47,7 @@ for part in $parts; do
 'torchcodec', torchcodec.__version__, 'torch', torch.__version__, 'transformers', \
 transformers.__version__, 'cv2', cv2.__version__)" 2>&1 | tee "$OUT/env.txt"
       python3 -c "import decord; print('decord', decord.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.txt"
-      timeout -k 10 420 python3 packages/mugv-data/benchmarks/nvdec_decode.py \
+      timeout -k 10 "${NVDEC_LIMIT_S:-420}" python3 packages/mugv-data/benchmarks/nvdec_decode.py \
         ${NVDEC_ARGS:-} --json "$OUT/nvdec.json" --md "$OUT/nvdec.md" 2>&1 | tee "$OUT/nvdec.log" | tail -40
       echo "=== nvdec rc ${PIPESTATUS[0]} (124: cut at the limit)"
       ;;
