@@ -895,7 +895,8 @@ def latent_io(args, latent: torch.Tensor) -> dict:
         d = (latent.float() - ref.float()).abs()
         out.update(
             compared_with=str(args.compare_latent),
-            latent_rel_l2=_rel(latent, ref),
+            latent_rel_l2=_rel(latent, ref),  # |this - saved| / |saved|
+            latent_rel_l2_to_this=_rel(ref, latent),  # |this - saved| / |this|
             latent_max_abs=d.max().item(),
             latent_mean_abs=d.mean().item(),
         )
