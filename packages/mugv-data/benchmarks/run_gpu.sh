@@ -13,7 +13,10 @@
 #     call 2 (carry .data-wheels):     OUT=$OUT bash packages/mugv-data/benchmarks/run_gpu.sh stage nvdec
 # Without decord its rows say "error"; every other row still runs.
 # PARTs: stage (install what is carried into /tmp/data-deps) | nvdec (the benchmark, limit NVDEC_LIMIT_S, default 420 s;
-# NVDEC_ARGS adds options, e.g. "--tiny --device cpu" for a smoke run on a CPU)
+# NVDEC_ARGS adds options, e.g. "--tiny --device cpu" for a smoke run on a CPU) | pool
+# (benchmarks/model_pool.py --device cuda, limit POOL_LIMIT_S, default 300 s; POOL_ARGS adds
+# options, e.g. "--sources 48"; needs no wheels beyond .data-wheels: the image has OpenCV and
+# pyarrow, so model_pool-carry.sh's three calls are not needed)
 set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 1
 OUT=${OUT:-/tmp/out}
@@ -51,6 +54,19 @@ transformers.__version__, 'cv2', cv2.__version__)" 2>&1 | tee "$OUT/env.txt"
         ${NVDEC_ARGS:-} --json "$OUT/nvdec.json" --md "$OUT/nvdec.md" 2>&1 | tee "$OUT/nvdec.log" | tail -40
       echo "=== nvdec rc ${PIPESTATUS[0]} (124: cut at the limit)"
       ;;
-    *) echo "unknown part $part (stage | nvdec)"; exit 2 ;;
+    pool)
+      # model_pool.py: the curation's own workers, per-worker models vs the model pool
+      # (OpenCV, pyarrow, PyYAML, tqdm from the image; the rest from /tmp/data-deps)
+      export PYTHONPATH=$DEPS:$PWD/packages/mugv-formats/src:$PWD/packages/mugv-data/src
+      export PYTHONUNBUFFERED=1
+      python3 -c "import cv2, pyarrow, yaml, scenedetect; print('cv2', cv2.__version__, \
+'pyarrow', pyarrow.__version__, 'pyyaml', yaml.__version__, 'scenedetect', \
+scenedetect.__version__)" 2>&1 | tail -1 | tee "$OUT/pool-env.txt"
+      timeout -k 10 "${POOL_LIMIT_S:-300}" python3 packages/mugv-data/benchmarks/model_pool.py \
+        --device cuda ${POOL_ARGS:-} --json "$OUT/model_pool.json" --md "$OUT/model_pool.md" 2>&1 \
+        | tee "$OUT/model_pool.log" | tail -30
+      echo "=== pool rc ${PIPESTATUS[0]} (124: cut at the limit)"
+      ;;
+    *) echo "unknown part $part (stage | nvdec | pool)"; exit 2 ;;
   esac
 done
