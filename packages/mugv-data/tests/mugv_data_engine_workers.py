@@ -122,3 +122,10 @@ class FakeModels:
 
 def build_fake_models(config):
     return FakeModels(config)
+
+
+def build_gpu_reporter(config):
+    """A worker that answers every unit with the ``CUDA_VISIBLE_DEVICES`` it was pinned to."""
+    import os
+
+    return lambda unit: os.environ.get("CUDA_VISIBLE_DEVICES")

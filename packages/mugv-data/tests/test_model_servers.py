@@ -19,7 +19,11 @@ import pytest
 from mugv_data.config import load_config
 from mugv_data.model_pool import ModelPoolUnavailable
 from mugv_data.model_servers import ModelServers, ServerAddresses, ServerConnections
-from mugv_data_engine_workers import build_answerer, build_answerer_failing_setup
+from mugv_data_engine_workers import (
+    build_answerer,
+    build_answerer_failing_setup,
+    build_gpu_reporter,
+)
 from mugv_data_procs import alive, wait_dead
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -72,6 +76,21 @@ def test_servers_are_pinned_to_the_drivers_visible_gpus(monkeypatch):
             engine.start_pool(spec, 3, max_restarts=0)
         conns = ServerConnections(engine.start_pool(spec, 2, max_restarts=0))
         assert [conns.result(conns.submit(i, "gpu")) for i in (0, 1)] == ["5", "7"]
+
+
+def test_gpu_workers_of_a_map_take_their_gpu_from_the_managers_queue(monkeypatch):
+    """Workers of 0.5 GPU each under a driver limited to GPUs 5 and 7: the map runs 2 per GPU,
+    each pinned through the queue of the engine's manager (mugv_formats.lifecycle's
+    start_manager), and every unit is answered by a pinned worker."""
+    from mugv_data.engines import ProcessPoolEngine, WorkerSpec
+    from mugv_data.stages.base import Resources
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    spec = WorkerSpec("gpu-stage", build_gpu_reporter, Resources(cpus=0.1, gpus=0.5))
+    with ProcessPoolEngine(load_config(None)) as engine:
+        answers = dict(engine.map(spec, range(40)))
+    assert sorted(answers) == list(range(40))
+    assert set(answers.values()) <= {"5", "7"} and None not in answers.values()
 
 
 def test_a_server_that_cannot_set_up_names_the_error_and_leaves_no_process():

@@ -91,3 +91,69 @@ def test_the_module_imports_nothing_heavy():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+# The program's __main__ logs each import of itself (as __main__ in the parent, as __mp_main__
+# in a spawn child that re-imports it), starts a manager one way or the other, uses its queue.
+MANAGER_MAIN = textwrap.dedent(
+    """
+    import os, sys
+    with open(os.environ["MAIN_LOG"], "a") as f:
+        f.write(f"{__name__} {os.getpid()}\\n")
+    if __name__ == "__main__":
+        import multiprocessing as mp
+        from multiprocessing.managers import SyncManager
+        from mugv_formats.lifecycle import start_manager
+        spec, path = __spec__, __file__
+        if sys.argv[1] == "start_manager":
+            manager = start_manager()
+        else:  # what start_manager replaces: a plain spawn manager
+            manager = SyncManager(ctx=mp.get_context("spawn"))
+            manager.start()
+        q = manager.Queue()
+        q.put("through the server")
+        assert __spec__ is spec and __file__ == path, "__main__ not restored"
+        print(q.get(), manager._process.pid, flush=True)
+        manager.shutdown()
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["start_manager", "plain"])
+def test_start_managers_server_does_not_import_the_programs_main(tmp_path, how):
+    script, log = tmp_path / "trainer_main.py", tmp_path / "imports.log"
+    script.write_text(MANAGER_MAIN)
+    res = subprocess.run(
+        [sys.executable, str(script), how],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "MAIN_LOG": str(log)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    served, server_pid = res.stdout.split()[:-1], int(res.stdout.split()[-1])
+    assert " ".join(served) == "through the server"
+    imports = [line.split() for line in log.read_text().splitlines()]
+    assert imports[0][0] == "__main__"  # the parent itself
+    children = [name for name, pid in imports if int(pid) == server_pid]
+    if how == "start_manager":
+        assert len(imports) == 1 and children == [], imports
+    else:  # the control: multiprocessing's spawn re-imports the main script in the server
+        assert children == ["__mp_main__"], imports
+
+
+def test_start_managers_server_dies_with_its_parent():
+    code = (
+        "import time; from mugv_formats.lifecycle import start_manager;"
+        " m = start_manager(); print(m._process.pid, flush=True); time.sleep(300)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    server = int(parent.stdout.readline())
+    try:
+        assert _alive(server)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(server), "the manager's server outlived its SIGKILLed parent"
+    finally:
+        if _alive(server):
+            os.kill(server, signal.SIGKILL)

@@ -25,10 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing.managers import SyncManager
 from typing import Any
 
-from mugv_formats.lifecycle import die_with_parent
+from mugv_formats.lifecycle import die_with_parent, start_manager
 
 from mugv_data.config import CurateConfig
 from mugv_data.lifecycle import TreeReaper
@@ -246,8 +245,7 @@ class ProcessPoolEngine(Engine):
         slots = pinned_devices(visible_gpus(), r.gpus, n) if r.gpus > 0 else []
         if slots:
             n = len(slots)
-            manager = SyncManager(ctx=ctx)
-            manager.start(die_with_parent, (os.getpid(),))
+            manager = start_manager()
             queue = manager.Queue()
             for s in slots:
                 queue.put(s)

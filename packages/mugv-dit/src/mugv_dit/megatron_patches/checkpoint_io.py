@@ -9,8 +9,9 @@
 * :func:`own_write_results_queue`: Megatron's async filesystem writer passes results through
   ``strategies.filesystem_async._results_queue``, served by a spawned manager process it starts
   on the first save and never stops (a SIGKILLed trainer leaves it running). We start that
-  manager ourselves, with :func:`mugv_formats.lifecycle.die_with_parent` as its initializer,
-  and set the queue before Megatron would.
+  manager ourselves (:func:`mugv_formats.lifecycle.start_manager`: it dies with the trainer,
+  and its server does not re-import the trainer's entry point, which cost the first save
+  1.6-3 s of torch import) and set the queue before Megatron would.
 
 Megatron symbols touched: :data:`MEGATRON_SYMBOLS`. Tests: ``tests/test_megatron_patches.py``,
 the planted-pickle tests (``tests/hostile/test_run_folder_code_execution.py``) and every
@@ -20,14 +21,12 @@ checkpoint save / resume test.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
-import os
 from collections.abc import Callable, Iterator
 from multiprocessing.managers import SyncManager
 
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies import torch as mcore_torch_strategy
-from mugv_formats.lifecycle import die_with_parent
+from mugv_formats.lifecycle import start_manager
 
 MEGATRON_SYMBOLS = (
     "megatron.core.dist_checkpointing.strategies.torch._get_filesystem_reader",
@@ -53,8 +52,6 @@ def own_write_results_queue() -> None:
     """Serve Megatron's torch_dist write-results queue from a manager process that dies with
     this one (started once; a no-op when the queue exists)."""
     if filesystem_async._results_queue is None:
-        manager = SyncManager(ctx=mp.get_context("spawn"))
-        # mugv_formats.lifecycle imports only the standard library: the child starts fast
-        manager.start(die_with_parent, (os.getpid(),))
+        manager = start_manager()
         _MANAGERS.append(manager)  # the queue lives as long as its manager
         filesystem_async._results_queue = manager.Queue()
