@@ -41,7 +41,7 @@
 #   e2e-fp8-cal-cache  the same with the step cache at CACHE_THRESHOLD (the cached
 #             run alone)                                                    470 s  [~220 s]
 #   curve     2b fp8, 720p x 105: the step-cache calibration over 2 prompts,
-#             thresholds 0.05 / 0.1 / 0.2, 25 steps                         470 s  [~400 s]
+#             thresholds 0.05 / 0.1 / 0.2 (CACHE_CURVE), 25 steps           470 s  [~400 s]
 # Each part writes its log and JSON under $OUT (partial JSON if cut short) and the call ends
 # with a table of every JSON found there (summary.md). BENCH_EXTRA="..." appends flags to
 # every bench_generate.py call (e.g. "--no-compile" if compiling the 10b block eats the e2e
@@ -168,7 +168,7 @@ for part in $parts; do
     e2e-fp8-cal-cache) bench e2e-fp8-cal-cache 470 --preset 10b --steps 0 --e2e-steps 25 --fp8 \
       --graphed --offload --vae-tile 32 --fp8-calibration "${FP8_CALIBRATION:-$FAST2_CAL}" \
       --step-cache "${CACHE_THRESHOLD:-0.1}" --cache-only ;;
-    curve) bench curve 470 --preset 2b --steps 0 --fp8 --cache-curve 0.05,0.1,0.2 \
+    curve) bench curve 470 --preset 2b --steps 0 --fp8 --cache-curve "${CACHE_CURVE:-0.05,0.1,0.2}" \
       --cache-prompts 2 --cache-steps 25 ;;
     fasttests)
       echo "=== fasttests (limit 180 s)"
