@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Fallback only: `run_gpu.sh stage pool` runs model_pool.py with .data-wheels alone (the GPU image
+# has OpenCV, pyarrow, PyYAML and tqdm). Use these three calls where the image's own copies do
+# not import or are too old for mugv-data's pins.
 # Wheels the GPU image lacks for benchmarks/model_pool.py (the curation's per-source workers:
 # OpenCV, PyAV, pyarrow, pydantic, PySceneDetect), for Python 3.12 x86_64, into three folders
 # .pool-wheels/{1,2,3} (git-ignored through .git/info/exclude) of at most ~57 MB each: one
