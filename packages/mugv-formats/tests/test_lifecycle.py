@@ -42,10 +42,11 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.parametrize("mode", ["initializer", "preexec"])
-def test_child_dies_when_its_parent_is_sigkilled(mode):
+def _assert_dies_with_sigkilled_parent(code: str, *args: str) -> None:
+    """Run ``python -c code *args``, which prints a child's pid first; SIGKILL it; the child
+    must be gone within 10 s."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, mode], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True
     )
     child = int(parent.stdout.readline())
     try:
@@ -62,6 +63,11 @@ def test_child_dies_when_its_parent_is_sigkilled(mode):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+@pytest.mark.parametrize("mode", ["initializer", "preexec"])
+def test_child_dies_when_its_parent_is_sigkilled(mode):
+    _assert_dies_with_sigkilled_parent(PARENT, mode)
 
 
 def test_a_parent_already_gone_ends_the_child_at_once():
@@ -144,16 +150,4 @@ def test_start_managers_server_dies_with_its_parent():
         "import time; from mugv_formats.lifecycle import start_manager;"
         " m = start_manager(); print(m._process.pid, flush=True); time.sleep(300)"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    server = int(parent.stdout.readline())
-    try:
-        assert _alive(server)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while _alive(server) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(server), "the manager's server outlived its SIGKILLed parent"
-    finally:
-        if _alive(server):
-            os.kill(server, signal.SIGKILL)
+    _assert_dies_with_sigkilled_parent(code)
