@@ -10,8 +10,9 @@
   ``strategies.filesystem_async._results_queue``, served by a spawned manager process it starts
   on the first save and never stops (a SIGKILLed trainer leaves it running). We start that
   manager ourselves (:func:`mugv_formats.lifecycle.start_manager`: it dies with the trainer,
-  and its server does not re-import the trainer's entry point, which cost the first save
-  1.6-3 s of torch import) and set the queue before Megatron would.
+  and its server does not re-import the program's ``__main__``, which cost the first save up
+  to ~11 s where the main script imports Megatron at its top) and set the queue before
+  Megatron would.
 
 Megatron symbols touched: :data:`MEGATRON_SYMBOLS`. Tests: ``tests/test_megatron_patches.py``,
 the planted-pickle tests (``tests/hostile/test_run_folder_code_execution.py``) and every
